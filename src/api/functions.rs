@@ -1,0 +1,306 @@
+//! Function routes: register (JSON or multipart), list, show, remove.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState, read_body};
+use crate::broker::now_ms;
+use crate::proto::Runtime;
+use crate::store::FunctionRecord;
+
+/// A function as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct FunctionView {
+    name: String,
+    version: u32,
+    runtime: &'static str,
+    code_sha256: String,
+    code_bytes: u64,
+    timeout_ms: u64,
+    concurrency: Option<u32>,
+    queue_limit: u32,
+    max_attempts: u32,
+    env: BTreeMap<String, String>,
+    created_at: String,
+}
+
+impl From<&FunctionRecord> for FunctionView {
+    fn from(f: &FunctionRecord) -> Self {
+        FunctionView {
+            name: f.name.clone(),
+            version: f.version,
+            runtime: f.runtime.as_str(),
+            code_sha256: f.code_hash.iter().map(|b| format!("{b:02x}")).collect(),
+            code_bytes: f.code_bytes,
+            timeout_ms: f.timeout_ms,
+            concurrency: f.concurrency,
+            queue_limit: f.queue_limit,
+            max_attempts: f.max_attempts,
+            env: f.env.iter().cloned().collect(),
+            created_at: rfc3339(f.created_ms),
+        }
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 with milliseconds.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A timeout given as seconds (a number) or a duration text such as `"30s"` or `"1m 30s"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TimeoutField {
+    Seconds(f64),
+    Text(String),
+}
+
+impl TimeoutField {
+    fn duration(&self) -> Result<Duration, ApiError> {
+        let d = match self {
+            TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
+            TimeoutField::Seconds(s) => {
+                return Err(ApiError::invalid(format!("timeout must be positive, got {s}")));
+            }
+            TimeoutField::Text(t) => humantime::parse_duration(t).map_err(|e| {
+                ApiError::invalid(format!("timeout {t:?} is not a duration such as \"30s\": {e}"))
+            })?,
+        };
+        if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+            return Err(ApiError::invalid("timeout must be between 1ms and 24h"));
+        }
+        Ok(d)
+    }
+}
+
+/// The JSON form of a registration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    name: String,
+    #[serde(default = "default_runtime")]
+    runtime: String,
+    /// The code, base64 (standard alphabet; line breaks allowed).
+    code: String,
+    timeout: Option<TimeoutField>,
+    concurrency: Option<u32>,
+    queue_limit: Option<u32>,
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+fn default_runtime() -> String {
+    "shell".into()
+}
+
+/// Checks a function name against `[a-z0-9][a-z0-9_-]{0,62}`.
+pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!(
+                "invalid function name {name:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (k, v) in env {
+        let key_ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !key_ok {
+            return Err(ApiError::invalid(format!(
+                "invalid environment variable name {k:?}: use letters, digits and '_'"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(format!("environment variable {k} contains a NUL byte")));
+        }
+    }
+    Ok(())
+}
+
+fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
+    let compact: String = code.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_base64",
+                format!("code is not valid base64: {e}"),
+            )
+        })
+}
+
+/// `POST /v1/functions`.
+pub async fn register(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (req, code) = if is_multipart {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad multipart body: {e}")))?;
+        from_multipart(multipart, state.max_body_bytes).await?
+    } else {
+        let body = read_body(request.into_body(), state.max_body_bytes).await?;
+        let req: RegisterRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("bad registration JSON: {e}")))?;
+        let code = decode_base64(&req.code)?;
+        (req, code)
+    };
+    validate_name(&req.name)?;
+    validate_env(&req.env)?;
+    let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
+    if code.is_empty() {
+        return Err(ApiError::invalid("code is empty"));
+    }
+    let timeout = match &req.timeout {
+        Some(t) => t.duration()?,
+        None => state.defaults.timeout,
+    };
+    if req.concurrency == Some(0) {
+        return Err(ApiError::invalid("concurrency must be at least 1 (omit it for unlimited)"));
+    }
+    let record = FunctionRecord {
+        name: req.name,
+        version: 0,
+        runtime,
+        code_hash: Sha256::digest(&code).into(),
+        code_bytes: code.len() as u64,
+        timeout_ms: timeout.as_millis() as u64,
+        concurrency: req.concurrency,
+        queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit).max(1),
+        max_attempts: req.max_attempts.unwrap_or(state.defaults.max_attempts).max(1),
+        env: req.env.into_iter().collect(),
+        created_ms: now_ms(),
+    };
+    let record = state.broker.register(record, code.into()).await?;
+    tracing::info!(function = %record.name, version = record.version, "registered");
+    Ok((StatusCode::CREATED, Json(FunctionView::from(record.as_ref()))))
+}
+
+/// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
+/// `queue_limit`, `max_attempts`, repeated `env` fields of `K=V`, and a `code` file part.
+async fn from_multipart(
+    mut form: Multipart,
+    limit: usize,
+) -> Result<(RegisterRequest, Vec<u8>), ApiError> {
+    let mut req = RegisterRequest {
+        name: String::new(),
+        runtime: default_runtime(),
+        code: String::new(),
+        timeout: None,
+        concurrency: None,
+        queue_limit: None,
+        max_attempts: None,
+        env: BTreeMap::new(),
+    };
+    let mut code = None;
+    let multipart_err = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::invalid(format!("bad multipart body: {e}"))
+        }
+    };
+    while let Some(field) = form.next_field().await.map_err(multipart_err)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "code" {
+            code = Some(field.bytes().await.map_err(multipart_err)?.to_vec());
+            continue;
+        }
+        let text = field.text().await.map_err(multipart_err)?;
+        let number = |what: &str| {
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| ApiError::invalid(format!("{what} must be a whole number, got {text:?}")))
+        };
+        match name.as_str() {
+            "name" => req.name = text,
+            "runtime" => req.runtime = text,
+            "timeout" => req.timeout = Some(TimeoutField::Text(text)),
+            "concurrency" => req.concurrency = Some(number("concurrency")?),
+            "queue_limit" => req.queue_limit = Some(number("queue_limit")?),
+            "max_attempts" => req.max_attempts = Some(number("max_attempts")?),
+            "env" => {
+                let (k, v) = text.split_once('=').ok_or_else(|| {
+                    ApiError::invalid(format!("env field must be K=V, got {text:?}"))
+                })?;
+                req.env.insert(k.to_string(), v.to_string());
+            }
+            other => return Err(ApiError::invalid(format!("unknown form field {other:?}"))),
+        }
+    }
+    let code = code.ok_or_else(|| ApiError::invalid("the form has no `code` file part"))?;
+    Ok((req, code))
+}
+
+/// `GET /v1/functions`.
+pub async fn list(State(state): State<AppState>) -> Json<Vec<FunctionView>> {
+    Json(
+        state
+            .broker
+            .functions()
+            .iter()
+            .map(|f| FunctionView::from(f.as_ref()))
+            .collect(),
+    )
+}
+
+fn function_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "function_not_found",
+        format!("no function named {name:?}"),
+    )
+}
+
+/// `GET /v1/functions/{name}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let f = state
+        .broker
+        .function(&name)
+        .ok_or_else(|| function_not_found(&name))?;
+    Ok(Json(FunctionView::from(f.as_ref())))
+}
+
+/// `DELETE /v1/functions/{name}`.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    _body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = state.broker.delete(&name).await?;
+    tracing::info!(function = %name, "deleted");
+    Ok(Json(serde_json::json!({"name": f.name, "version": f.version, "deleted": true})))
+}

@@ -1,0 +1,136 @@
+//! The HTTP API: routes, request bodies, and the mapping of broker outcomes to answers.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/functions` | register (JSON with base64 code, or multipart) |
+//! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
+//! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`) |
+//! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |
+//! | `ANY /function/{name}` | body to stdin, stdout to body |
+//! | `GET /v1/workers`, `GET /healthz` | workers, health |
+
+mod error;
+mod functions;
+mod tasks;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{any, get, post};
+
+use crate::broker::Broker;
+pub use error::{ApiError, TASK_ID_HEADER};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The broker (and through it the store).
+    pub broker: Broker,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Defaults for functions registered without them.
+    pub defaults: FunctionDefaults,
+}
+
+/// Settings a registration gets when it does not give them.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionDefaults {
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// How many tasks may wait in a function's queue.
+    pub queue_limit: u32,
+    /// How many times a task is started before it fails with `worker_lost`.
+    pub max_attempts: u32,
+}
+
+impl Default for FunctionDefaults {
+    fn default() -> Self {
+        FunctionDefaults {
+            timeout: Duration::from_secs(30),
+            queue_limit: 100_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Builds the router over `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/functions",
+            post(functions::register).get(functions::list),
+        )
+        .route(
+            "/v1/functions/{name}",
+            get(functions::show).delete(functions::remove),
+        )
+        .route("/v1/functions/{name}/invoke", post(tasks::invoke))
+        .route("/function/{name}", any(tasks::invoke_url))
+        .route("/v1/tasks/{id}", get(tasks::status))
+        .route("/v1/tasks/{id}/result", get(tasks::result))
+        .route("/v1/tasks/{id}/logs", get(tasks::logs))
+        .route("/v1/workers", get(workers))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Multipart bodies honour this; plain bodies are read by `read_body` with the same cap.
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let counts = state.broker.counts();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "queued": counts.queued,
+        "running": counts.running,
+        "workers": counts.workers,
+        "slots": counts.slots,
+    }))
+}
+
+async fn workers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<Vec<crate::broker::WorkerView>> {
+    axum::Json(state.broker.workers())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Reads a whole request body, answering 413 past `limit` bytes.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            // The length-limit error is wrapped; find it by walking the source chain.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::too_large(limit));
+                }
+                source = err.source();
+            }
+            Err(ApiError::invalid(format!("cannot read request body: {e}")))
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Task routes: invoke (sync or async), the per-function URL, status, result and logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::functions::{rfc3339, validate_name};
+use super::{ApiError, AppState, TASK_ID_HEADER, read_body};
+use crate::broker::Finished;
+use crate::store::{TaskRecord, TaskStatus};
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    id: String,
+    function: String,
+    version: u32,
+    status: &'static str,
+    attempts: u32,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    reason: Option<&'static str>,
+    message: Option<String>,
+    payload_bytes: u64,
+    result_bytes: u64,
+    stderr_bytes: u64,
+    queued_ms: Option<u64>,
+    run_ms: Option<f64>,
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(t: &TaskRecord) -> Self {
+        TaskView {
+            id: uuid::Uuid::from_u128(t.id).to_string(),
+            function: t.function.clone(),
+            version: t.version,
+            status: t.status.as_str(),
+            attempts: t.attempts,
+            created_at: rfc3339(t.created_ms),
+            started_at: t.started_ms.map(rfc3339),
+            finished_at: t.finished_ms.map(rfc3339),
+            exit_code: t.exit_code,
+            signal: t.signal,
+            reason: t.failure.map(|f| f.as_str()),
+            message: t.message.clone(),
+            payload_bytes: t.payload_bytes,
+            result_bytes: t.result_bytes,
+            stderr_bytes: t.stderr_bytes,
+            queued_ms: t.started_ms.map(|s| s.saturating_sub(t.created_ms)),
+            run_ms: t.status.is_finished().then(|| t.run_us as f64 / 1000.0),
+        }
+    }
+}
+
+/// `?async=true` on invoke.
+#[derive(Debug, Deserialize)]
+pub struct InvokeQuery {
+    #[serde(default, rename = "async", deserialize_with = "flag")]
+    is_async: bool,
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.as_str() {
+        "" | "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "expected true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// `POST /v1/functions/{name}/invoke`.
+pub async fn invoke(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<InvokeQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    call(&state, &name, body, query.is_async).await
+}
+
+/// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body.
+pub async fn invoke_url(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call(&state, &name, body, false).await
+}
+
+async fn call(state: &AppState, name: &str, body: Body, is_async: bool) -> Result<Response, ApiError> {
+    validate_name(name)?;
+    let payload = read_body(body, state.max_body_bytes).await?;
+    let (record, waiter) = state.broker.submit(name, payload, !is_async).await?;
+    let id = uuid::Uuid::from_u128(record.id).to_string();
+    let Some(waiter) = waiter else {
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"task_id": id, "status": "QUEUED"})),
+        )
+            .into_response();
+        set_task_header(&mut response, &id);
+        return Ok(response);
+    };
+    let finished = waiter
+        .await
+        .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
+        .map_err(ApiError::internal)?;
+    finished_response(&finished)
+}
+
+fn set_task_header(response: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(TASK_ID_HEADER, v);
+    }
+}
+
+/// The answer for a finished task: its result bytes, or the failure as an error.
+fn finished_response(finished: &Arc<Finished>) -> Result<Response, ApiError> {
+    let record = &finished.record;
+    if record.status != TaskStatus::Completed {
+        return Err(ApiError::task_failed(record, &finished.logs));
+    }
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        finished.result.clone(),
+    )
+        .into_response();
+    set_task_header(&mut response, &uuid::Uuid::from_u128(record.id).to_string());
+    Ok(response)
+}
+
+fn parse_id(id: &str) -> Result<u128, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.as_u128())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_task_id",
+                format!("{id:?} is not a task id (a UUID)"),
+            )
+        })
+}
+
+/// `?wait=30s` on the status route: hold the answer until the task finishes or this passes.
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    wait: Option<String>,
+}
+
+/// The longest a status request may be held.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// `GET /v1/tasks/{id}`.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let task_id = parse_id(&id)?;
+    if let Some(wait) = query.wait {
+        let wait = humantime::parse_duration(&wait)
+            .map_err(|e| ApiError::invalid(format!("wait {wait:?} is not a duration: {e}")))?
+            .min(MAX_WAIT);
+        if let Some(waiter) = state.broker.watch(task_id) {
+            if let Ok(Ok(Ok(finished))) = tokio::time::timeout(wait, waiter).await {
+                return Ok(Json(TaskView::from(&finished.record)));
+            }
+        }
+    }
+    let record = state
+        .broker
+        .task(task_id)
+        .await?
+        .ok_or_else(|| ApiError::task_not_found(&id))?;
+    Ok(Json(TaskView::from(&record)))
+}
+
+async fn finished_record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
+    let task_id = parse_id(id)?;
+    let record = state
+        .broker
+        .task(task_id)
+        .await?
+        .ok_or_else(|| ApiError::task_not_found(id))?;
+    if !record.status.is_finished() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_not_finished",
+            format!("task {id} is {}; it has no result yet", record.status.as_str()),
+        )
+        .with("status", serde_json::json!(record.status.as_str())));
+    }
+    Ok(record)
+}
+
+/// `GET /v1/tasks/{id}/result`: 200 with the result bytes when COMPLETED, the failure's error
+/// when FAILED, 409 while QUEUED or RUNNING, 404 when unknown.
+pub async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = finished_record(&state, &id).await?;
+    let store = state.broker.store();
+    let result = store.result(record.id).await?.unwrap_or_default();
+    if record.status == TaskStatus::Completed {
+        let finished = Arc::new(Finished {
+            record,
+            result,
+            logs: Default::default(),
+        });
+        return finished_response(&finished);
+    }
+    let logs = store.logs(record.id).await?.unwrap_or_default();
+    Err(ApiError::task_failed(&record, &logs))
+}
+
+/// `GET /v1/tasks/{id}/logs`: the captured stderr of a finished task (409 while unfinished).
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = finished_record(&state, &id).await?;
+    let logs = state.broker.store().logs(record.id).await?.unwrap_or_default();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        logs,
+    )
+        .into_response())
+}

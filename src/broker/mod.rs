@@ -1,0 +1,469 @@
+//! The broker: per-function queues, concurrency caps, placement on workers, leases, retries and
+//! the waiters of synchronous calls.
+//!
+//! All scheduling state lives in memory under one short-held mutex; every change that matters
+//! after a crash goes to the store first (a task is acknowledged only once its QUEUED record is
+//! committed). Store writes that follow a state change are queued to the store's single writer
+//! while the lock is held, so they reach disk in the order the changes happened.
+
+mod session;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::proto::{CodeHash, DispatchMode, Frame, Report};
+use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
+pub use session::serve_worker;
+use state::{Active, State, WorkerEntry};
+
+/// Errors of the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No live function has this name.
+    #[error("no function named {name:?}")]
+    UnknownFunction {
+        /// The name asked for.
+        name: String,
+    },
+    /// The function's queue is at its limit.
+    #[error("the queue of {name:?} is full ({limit} tasks waiting)")]
+    QueueFull {
+        /// The function.
+        name: String,
+        /// Its queue limit.
+        limit: u32,
+    },
+    /// The server is shutting down and takes no new tasks.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The store failed or is closed.
+    #[error("{0}")]
+    Store(#[from] Arc<store::Error>),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        Error::Store(Arc::new(e))
+    }
+}
+
+/// A task at its end, as committed to the store.
+#[derive(Debug)]
+pub struct Finished {
+    /// The task's final record.
+    pub record: TaskRecord,
+    /// Its stdout.
+    pub result: Bytes,
+    /// Its captured stderr.
+    pub logs: Bytes,
+}
+
+/// Resolves once the task's end is committed (or with an error if the commit failed).
+pub type Waiter = oneshot::Receiver<Result<Arc<Finished>, Arc<store::Error>>>;
+
+/// A worker as listed by `GET /v1/workers`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerView {
+    /// The id given at the handshake.
+    pub id: u64,
+    /// The worker's name.
+    pub name: String,
+    /// Where it connected from (`local` for in-process workers).
+    pub address: String,
+    /// `push` or `pull`.
+    pub dispatch: &'static str,
+    /// Its slots.
+    pub slots: u32,
+    /// Tasks it runs now.
+    pub running: usize,
+    /// Tasks it finished.
+    pub done: u64,
+    /// `ready` or `draining`.
+    pub state: &'static str,
+}
+
+/// Counters for `/healthz` and the CLI.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Counts {
+    /// Tasks waiting in queues.
+    pub queued: usize,
+    /// Tasks leased to workers.
+    pub running: usize,
+    /// Connected workers.
+    pub workers: usize,
+    /// Their total slots.
+    pub slots: u64,
+}
+
+/// A cheap, cloneable handle on the broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    state: Mutex<State>,
+    /// Signalled whenever the number of running tasks drops.
+    settled: Notify,
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Broker {
+    /// Starts the broker over `store`: loads the live functions and puts every task that was
+    /// QUEUED or RUNNING when the store was last closed back in its queue, in arrival order.
+    pub async fn start(store: Store) -> Result<Broker, Error> {
+        let functions = store.functions().await?;
+        let pending = store.pending().await?;
+        let last_seq = store.last_seq().await?;
+        let mut versions: HashMap<(String, u32), Arc<FunctionRecord>> = HashMap::new();
+        let mut state = State::new(last_seq);
+        for f in functions {
+            state.set_function(Arc::new(f));
+        }
+        let mut requeued = 0usize;
+        let mut failed = Vec::new();
+        for task in pending {
+            let key = (task.record.function.clone(), task.record.version);
+            let func = match versions.get(&key) {
+                Some(f) => f.clone(),
+                None => match store.function(&key.0, Some(key.1)).await? {
+                    Some(f) => {
+                        let f = Arc::new(f);
+                        versions.insert(key, f.clone());
+                        f
+                    }
+                    None => {
+                        tracing::error!(task = %uuid::Uuid::from_u128(task.record.id), "pending task pins a missing function version; dropping it");
+                        continue;
+                    }
+                },
+            };
+            let mut record = task.record;
+            if record.status == TaskStatus::Running {
+                // Interrupted mid-run by the stop: that attempt counts.
+                if record.attempts >= func.max_attempts {
+                    failed.push(record);
+                    continue;
+                }
+                record.status = TaskStatus::Queued;
+                store.write_later(Write::Update {
+                    record: record.clone(),
+                });
+            }
+            state.enqueue(Active::new(record, task.payload, func), false);
+            requeued += 1;
+        }
+        if requeued > 0 {
+            tracing::info!(tasks = requeued, "re-queued unfinished tasks from the store");
+        }
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                store,
+                state: Mutex::new(state),
+                settled: Notify::new(),
+            }),
+        };
+        for record in failed {
+            broker.fail_lost_at_start(record).await?;
+        }
+        Ok(broker)
+    }
+
+    async fn fail_lost_at_start(&self, mut record: TaskRecord) -> Result<(), Error> {
+        record.status = TaskStatus::Failed;
+        record.failure = Some(crate::proto::FailureReason::WorkerLost);
+        record.message = Some("interrupted by server stops on every attempt".into());
+        record.finished_ms = Some(now_ms());
+        self.inner
+            .store
+            .write(Write::Finish {
+                record,
+                result: Bytes::new(),
+                logs: Bytes::new(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves scheduling state we cannot trust; propagating
+        // the poison as a panic is the honest outcome.
+        self.inner
+            .state
+            .lock()
+            .expect("broker state lock poisoned by an earlier panic")
+    }
+
+    /// The store this broker writes to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Registers a new version of a function and returns it with its assigned version.
+    pub async fn register(
+        &self,
+        record: FunctionRecord,
+        code: Bytes,
+    ) -> Result<Arc<FunctionRecord>, Error> {
+        let version = self
+            .inner
+            .store
+            .write(Write::Register {
+                record: record.clone(),
+                code,
+            })
+            .await?;
+        let record = Arc::new(FunctionRecord { version, ..record });
+        let mut state = self.lock();
+        state.set_function(record.clone());
+        state.dispatch(&self.inner.store);
+        Ok(record)
+    }
+
+    /// Removes a function's live version; its queued tasks still run on the version they pin.
+    pub async fn delete(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
+        let Some(func) = self.function(name) else {
+            return Err(Error::UnknownFunction { name: name.into() });
+        };
+        self.inner
+            .store
+            .write(Write::Delete { name: name.into() })
+            .await?;
+        self.lock().functions.remove(name);
+        Ok(func)
+    }
+
+    /// The live version of a function.
+    pub fn function(&self, name: &str) -> Option<Arc<FunctionRecord>> {
+        self.lock().functions.get(name).cloned()
+    }
+
+    /// Every live function, sorted by name.
+    pub fn functions(&self) -> Vec<Arc<FunctionRecord>> {
+        let mut all: Vec<_> = self.lock().functions.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Accepts a call: commits it as QUEUED, then queues it for a worker. With `wait`, also
+    /// returns a [`Waiter`] for its end.
+    pub async fn submit(
+        &self,
+        name: &str,
+        payload: Bytes,
+        wait: bool,
+    ) -> Result<(TaskRecord, Option<Waiter>), Error> {
+        let (func, seq) = {
+            let mut state = self.lock();
+            if !state.accepting {
+                return Err(Error::ShuttingDown);
+            }
+            let func = state
+                .functions
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
+            let waiting = state.queues.get(name).map_or(0, |q| q.waiting.len());
+            if waiting >= func.queue_limit as usize {
+                return Err(Error::QueueFull {
+                    name: name.into(),
+                    limit: func.queue_limit,
+                });
+            }
+            state.next_seq += 1;
+            (func, state.next_seq)
+        };
+        let record = TaskRecord {
+            id: uuid::Uuid::now_v7().as_u128(),
+            seq,
+            function: func.name.clone(),
+            version: func.version,
+            status: TaskStatus::Queued,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            exit_code: None,
+            signal: None,
+            failure: None,
+            message: None,
+            payload_bytes: payload.len() as u64,
+            result_bytes: 0,
+            stderr_bytes: 0,
+            run_us: 0,
+        };
+        self.inner
+            .store
+            .write(Write::Enqueue {
+                record: record.clone(),
+                payload: payload.clone(),
+            })
+            .await?;
+        let mut state = self.lock();
+        let waiter = state.enqueue(Active::new(record.clone(), payload, func), wait);
+        state.dispatch(&self.inner.store);
+        Ok((record, waiter))
+    }
+
+    /// A task's current record: from memory while it is active, else from the store.
+    pub async fn task(&self, id: u128) -> Result<Option<TaskRecord>, Error> {
+        if let Some(active) = self.lock().tasks.get(&id) {
+            return Ok(Some(active.record.clone()));
+        }
+        Ok(self.inner.store.task(id).await?)
+    }
+
+    /// A waiter for an active task's end, or `None` if the task is not active (finished or
+    /// unknown: read the store).
+    pub fn watch(&self, id: u128) -> Option<Waiter> {
+        self.lock().tasks.get_mut(&id).map(Active::watch)
+    }
+
+    /// Attaches a worker that completed the handshake; frames for it go to `frames`.
+    pub(crate) fn attach_worker(
+        &self,
+        name: String,
+        address: String,
+        slots: u32,
+        mode: DispatchMode,
+        frames: mpsc::UnboundedSender<Frame>,
+    ) -> u64 {
+        let mut state = self.lock();
+        state.next_worker += 1;
+        let id = state.next_worker;
+        state
+            .workers
+            .insert(id, WorkerEntry::new(name, address, slots, mode, frames));
+        state.dispatch(&self.inner.store);
+        id
+    }
+
+    /// Detaches a worker whose connection ended: its tasks go back to their queues (or fail
+    /// with `worker_lost` past their attempt limit).
+    pub(crate) fn detach_worker(&self, id: u64) {
+        let mut state = self.lock();
+        let lost = state.detach_worker(id, &self.inner.store);
+        state.dispatch(&self.inner.store);
+        drop(state);
+        for (task_id, commit) in lost {
+            self.finalize_after(task_id, commit);
+        }
+        self.inner.settled.notify_waiters();
+    }
+
+    /// Records that a worker holds a code bundle (it fetched it).
+    pub(crate) fn note_cached(&self, worker: u64, hash: CodeHash) {
+        if let Some(w) = self.lock().workers.get_mut(&worker) {
+            w.cached.insert(hash);
+        }
+    }
+
+    /// Grants a pull-mode worker more task credits.
+    pub(crate) fn pull(&self, worker: u64, slots: u32) {
+        let mut state = self.lock();
+        if let Some(w) = state.workers.get_mut(&worker) {
+            w.credits = w.credits.saturating_add(slots).min(w.slots);
+        }
+        state.dispatch(&self.inner.store);
+    }
+
+    /// Marks a worker as draining: it gets no new tasks.
+    pub(crate) fn drain_worker(&self, worker: u64) {
+        if let Some(w) = self.lock().workers.get_mut(&worker) {
+            w.draining = true;
+        }
+    }
+
+    /// Takes a worker's report of a finished task. A report under a lease that is no longer the
+    /// task's current one is refused and logged, so a task never has two results.
+    pub(crate) fn report(&self, worker: u64, report: Report) {
+        let task_id = report.task_id;
+        let mut state = self.lock();
+        let commit = state.finish(worker, report, &self.inner.store);
+        state.dispatch(&self.inner.store);
+        drop(state);
+        if let Some(commit) = commit {
+            self.finalize_after(task_id, commit);
+            self.inner.settled.notify_waiters();
+        }
+    }
+
+    /// Once the end of a task is committed, drops it from memory and wakes its waiters.
+    fn finalize_after(&self, task_id: u128, commit: state::PendingCommit) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let committed = commit.ack.await;
+            let outcome = match committed {
+                Ok(Ok(_)) => Ok(commit.finished),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Arc::new(store::Error::Closed)),
+            };
+            if let Err(e) = &outcome {
+                tracing::error!(task = %uuid::Uuid::from_u128(task_id), error = %e, "could not commit a finished task");
+            }
+            let waiters = broker
+                .lock()
+                .tasks
+                .remove(&task_id)
+                .map(|a| a.waiters)
+                .unwrap_or_default();
+            for w in waiters {
+                let _ = w.send(outcome.clone());
+            }
+        });
+    }
+
+    /// Stops accepting and dispatching tasks (queued ones stay in the store for the next start).
+    pub fn stop_dispatch(&self) {
+        let mut state = self.lock();
+        state.accepting = false;
+        state.dispatching = false;
+    }
+
+    /// Waits until no task is running, or `deadline` passes; returns the number still running.
+    pub async fn wait_settled(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.inner.settled.notified();
+            let running = self.lock().running_count();
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.lock().running_count();
+            }
+        }
+    }
+
+    /// Counters of queued and running tasks and connected workers.
+    pub fn counts(&self) -> Counts {
+        let state = self.lock();
+        Counts {
+            queued: state.queues.values().map(|q| q.waiting.len()).sum(),
+            running: state.running_count(),
+            workers: state.workers.len(),
+            slots: state.workers.values().map(|w| u64::from(w.slots)).sum(),
+        }
+    }
+
+    /// Every connected worker.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.lock()
+            .workers
+            .iter()
+            .map(|(id, w)| w.view(*id))
+            .collect()
+    }
+}

@@ -1,0 +1,442 @@
+//! The broker's in-memory scheduling state: queues, active tasks, workers, and the placement
+//! loop. Everything here runs under the broker's mutex and never blocks.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Finished, Waiter, WorkerView, now_ms};
+use crate::proto::{Assignment, CodeHash, DispatchMode, FailureReason, Frame, Report};
+use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
+
+/// A task the broker is responsible for: queued, leased, or finishing (its end not yet on disk).
+pub(super) struct Active {
+    pub record: TaskRecord,
+    payload: Bytes,
+    func: Arc<FunctionRecord>,
+    lease: u64,
+    worker: Option<u64>,
+    finishing: bool,
+    pub waiters: Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>>,
+}
+
+impl Active {
+    pub fn new(record: TaskRecord, payload: Bytes, func: Arc<FunctionRecord>) -> Active {
+        Active {
+            record,
+            payload,
+            func,
+            lease: 0,
+            worker: None,
+            finishing: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Adds a waiter for this task's end.
+    pub fn watch(&mut self) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        rx
+    }
+}
+
+/// A task end that is being committed; its waiters are woken once `ack` resolves.
+pub(super) struct PendingCommit {
+    pub ack: oneshot::Receiver<Result<u32, Arc<store::Error>>>,
+    pub finished: Arc<Finished>,
+}
+
+/// One function's queue.
+pub(super) struct FnQueue {
+    /// Task ids waiting, in arrival order.
+    pub waiting: VecDeque<u128>,
+    running: u32,
+    cap: Option<u32>,
+    /// Whether the function is in the runnable rotation.
+    listed: bool,
+}
+
+impl FnQueue {
+    fn can_start(&self) -> bool {
+        !self.waiting.is_empty() && self.cap.is_none_or(|cap| self.running < cap)
+    }
+}
+
+/// A connected worker.
+pub(super) struct WorkerEntry {
+    name: String,
+    address: String,
+    pub slots: u32,
+    mode: DispatchMode,
+    frames: mpsc::UnboundedSender<Frame>,
+    running: HashSet<u128>,
+    done: u64,
+    /// Pull mode: tasks the worker has asked for and not yet received.
+    pub credits: u32,
+    /// Code bundles the worker holds.
+    pub cached: HashSet<CodeHash>,
+    pub draining: bool,
+}
+
+impl WorkerEntry {
+    pub fn new(
+        name: String,
+        address: String,
+        slots: u32,
+        mode: DispatchMode,
+        frames: mpsc::UnboundedSender<Frame>,
+    ) -> WorkerEntry {
+        WorkerEntry {
+            name,
+            address,
+            slots,
+            mode,
+            frames,
+            running: HashSet::new(),
+            done: 0,
+            credits: 0,
+            cached: HashSet::new(),
+            draining: false,
+        }
+    }
+
+    fn free(&self) -> u32 {
+        if self.draining {
+            return 0;
+        }
+        match self.mode {
+            DispatchMode::Push => self.slots.saturating_sub(self.running.len() as u32),
+            DispatchMode::Pull => self.credits,
+        }
+    }
+
+    pub fn view(&self, id: u64) -> WorkerView {
+        WorkerView {
+            id,
+            name: self.name.clone(),
+            address: self.address.clone(),
+            dispatch: match self.mode {
+                DispatchMode::Push => "push",
+                DispatchMode::Pull => "pull",
+            },
+            slots: self.slots,
+            running: self.running.len(),
+            done: self.done,
+            state: if self.draining { "draining" } else { "ready" },
+        }
+    }
+}
+
+/// Everything the broker schedules with.
+pub(super) struct State {
+    pub functions: HashMap<String, Arc<FunctionRecord>>,
+    pub queues: HashMap<String, FnQueue>,
+    /// Functions with a task that can start now, in rotation order.
+    runnable: VecDeque<String>,
+    pub tasks: HashMap<u128, Active>,
+    pub workers: BTreeMap<u64, WorkerEntry>,
+    pub next_worker: u64,
+    next_lease: u64,
+    pub next_seq: u64,
+    /// The worker picked last, where the round robin resumes.
+    last_pick: u64,
+    /// Tasks leased to a worker whose end is not yet reported.
+    leased: usize,
+    pub accepting: bool,
+    pub dispatching: bool,
+}
+
+impl State {
+    pub fn new(last_seq: u64) -> State {
+        State {
+            functions: HashMap::new(),
+            queues: HashMap::new(),
+            runnable: VecDeque::new(),
+            tasks: HashMap::new(),
+            workers: BTreeMap::new(),
+            next_worker: 0,
+            next_lease: 0,
+            next_seq: last_seq,
+            last_pick: 0,
+            leased: 0,
+            accepting: true,
+            dispatching: true,
+        }
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.leased
+    }
+
+    fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
+        self.queues
+            .entry(func.name.clone())
+            .or_insert_with(|| FnQueue {
+                waiting: VecDeque::new(),
+                running: 0,
+                cap: func.concurrency,
+                listed: false,
+            })
+    }
+
+    fn make_runnable(&mut self, name: &str) {
+        if let Some(q) = self.queues.get_mut(name) {
+            if !q.listed && q.can_start() {
+                q.listed = true;
+                self.runnable.push_back(name.to_owned());
+            }
+        }
+    }
+
+    /// Makes `func` the live version of its name (its cap applies from now on).
+    pub fn set_function(&mut self, func: Arc<FunctionRecord>) {
+        self.queue(&func).cap = func.concurrency;
+        let name = func.name.clone();
+        self.functions.insert(name.clone(), func);
+        self.make_runnable(&name);
+    }
+
+    /// Puts a task in its function's queue at its arrival position.
+    pub fn enqueue(&mut self, mut active: Active, wait: bool) -> Option<Waiter> {
+        let waiter = wait.then(|| active.watch());
+        let id = active.record.id;
+        let seq = active.record.seq;
+        let name = active.record.function.clone();
+        let func = active.func.clone();
+        self.tasks.insert(id, active);
+        self.insert_waiting(&func, id, seq);
+        self.make_runnable(&name);
+        waiter
+    }
+
+    fn insert_waiting(&mut self, func: &FunctionRecord, id: u128, seq: u64) {
+        let tasks = &self.tasks;
+        let seq_of = |id: &u128| tasks.get(id).map_or(0, |a| a.record.seq);
+        let queue = self
+            .queues
+            .entry(func.name.clone())
+            .or_insert_with(|| FnQueue {
+                waiting: VecDeque::new(),
+                running: 0,
+                cap: func.concurrency,
+                listed: false,
+            });
+        if queue.waiting.back().is_none_or(|last| seq_of(last) <= seq) {
+            queue.waiting.push_back(id);
+        } else {
+            let at = queue.waiting.partition_point(|other| seq_of(other) < seq);
+            queue.waiting.insert(at, id);
+        }
+    }
+
+    /// Picks the worker for a task of code `hash`: one with a free slot, preferring one that
+    /// holds the code, then the least loaded, then round robin from the last pick.
+    fn pick_worker(&self, hash: &CodeHash) -> Option<u64> {
+        let after = self.workers.range(self.last_pick + 1..);
+        let before = self.workers.range(..=self.last_pick);
+        let mut best: Option<(u64, bool, usize, u32)> = None;
+        for (&id, w) in after.chain(before) {
+            if w.free() == 0 {
+                continue;
+            }
+            let cold = !w.cached.contains(hash);
+            let (running, slots) = (w.running.len(), w.slots.max(1));
+            let better = match best {
+                None => true,
+                Some((_, b_cold, b_running, b_slots)) => {
+                    // Less loaded means a smaller running/slots ratio; compare by cross product.
+                    (cold, running * b_slots as usize) < (b_cold, b_running * slots as usize)
+                }
+            };
+            if better {
+                best = Some((id, cold, running, slots));
+            }
+        }
+        best.map(|(id, ..)| id)
+    }
+
+    /// Leases queued tasks to workers with free slots until either runs out.
+    pub fn dispatch(&mut self, store: &Store) {
+        if !self.dispatching {
+            return;
+        }
+        while let Some(name) = self.runnable.pop_front() {
+            let Some(queue) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            if !queue.can_start() {
+                queue.listed = false;
+                continue;
+            }
+            let head = queue.waiting[0];
+            let Some(hash) = self.tasks.get(&head).map(|a| a.func.code_hash) else {
+                queue.waiting.pop_front();
+                self.runnable.push_front(name);
+                continue;
+            };
+            let Some(worker_id) = self.pick_worker(&hash) else {
+                self.runnable.push_front(name);
+                return;
+            };
+            let queue = self
+                .queues
+                .get_mut(&name)
+                .expect("queue looked up above");
+            queue.waiting.pop_front();
+            queue.running += 1;
+            if queue.can_start() {
+                self.runnable.push_back(name);
+            } else {
+                queue.listed = false;
+            }
+            self.next_lease += 1;
+            self.last_pick = worker_id;
+            self.leased += 1;
+            let lease = self.next_lease;
+            let active = self.tasks.get_mut(&head).expect("queued task is active");
+            active.lease = lease;
+            active.worker = Some(worker_id);
+            let r = &mut active.record;
+            r.status = TaskStatus::Running;
+            r.attempts += 1;
+            r.started_ms = Some(now_ms());
+            let frame = Frame::Assign(Assignment {
+                task_id: head,
+                lease,
+                function: active.func.name.clone(),
+                version: active.func.version,
+                runtime: active.func.runtime,
+                code_hash: hash,
+                timeout_ms: active.func.timeout_ms,
+                env: active.func.env.clone(),
+                payload: active.payload.clone(),
+            });
+            store.write_later(Write::Update {
+                record: active.record.clone(),
+            });
+            let worker = self.workers.get_mut(&worker_id).expect("picked worker exists");
+            worker.running.insert(head);
+            worker.cached.insert(hash);
+            if worker.mode == DispatchMode::Pull {
+                worker.credits -= 1;
+            }
+            // A closed channel means the session is ending; its detach re-queues this task.
+            let _ = worker.frames.send(frame);
+        }
+    }
+
+    /// Applies a worker's report; returns the commit to wait on, or `None` if it was refused.
+    pub fn finish(&mut self, worker_id: u64, report: Report, store: &Store) -> Option<PendingCommit> {
+        let id = report.task_id;
+        let task = uuid::Uuid::from_u128(id);
+        let Some(active) = self.tasks.get_mut(&id) else {
+            tracing::warn!(%task, worker = worker_id, "refused a report for a task that is not active");
+            return None;
+        };
+        if active.finishing || active.lease != report.lease || active.worker != Some(worker_id) {
+            tracing::warn!(%task, worker = worker_id, lease = report.lease, current = active.lease,
+                "refused a report under a stale lease");
+            return None;
+        }
+        active.finishing = true;
+        let o = report.outcome;
+        let r = &mut active.record;
+        r.status = if o.failure.is_none() {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Failed
+        };
+        r.finished_ms = Some(now_ms());
+        r.exit_code = o.exit_code;
+        r.signal = o.signal;
+        r.failure = o.failure;
+        r.message = o.message;
+        r.result_bytes = o.stdout.len() as u64;
+        r.stderr_bytes = o.stderr.len() as u64;
+        r.run_us = o.run_us;
+        let finished = Arc::new(Finished {
+            record: r.clone(),
+            result: o.stdout,
+            logs: o.stderr,
+        });
+        let name = r.function.clone();
+        self.release(worker_id, id, &name, true);
+        let ack = store.submit(Write::Finish {
+            record: finished.record.clone(),
+            result: finished.result.clone(),
+            logs: finished.logs.clone(),
+        });
+        Some(PendingCommit { ack, finished })
+    }
+
+    /// Frees the slot and concurrency unit a leased task held.
+    fn release(&mut self, worker_id: u64, id: u128, function: &str, done: bool) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.running.remove(&id);
+            if done {
+                w.done += 1;
+            }
+        }
+        if let Some(q) = self.queues.get_mut(function) {
+            q.running = q.running.saturating_sub(1);
+        }
+        self.leased = self.leased.saturating_sub(1);
+        self.make_runnable(function);
+    }
+
+    /// Removes a worker; its leased tasks go back to their queues at their arrival position,
+    /// or fail with `worker_lost` once they have used every attempt.
+    pub fn detach_worker(&mut self, worker_id: u64, store: &Store) -> Vec<(u128, PendingCommit)> {
+        let Some(worker) = self.workers.get(&worker_id) else {
+            return Vec::new();
+        };
+        let mut lost: Vec<u128> = worker.running.iter().copied().collect();
+        lost.sort_by_key(|id| self.tasks.get(id).map_or(0, |a| a.record.seq));
+        let mut commits = Vec::new();
+        for id in lost {
+            let Some(active) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let func = active.func.clone();
+            active.worker = None;
+            active.lease = 0;
+            if active.record.attempts >= func.max_attempts {
+                active.finishing = true;
+                let r = &mut active.record;
+                r.status = TaskStatus::Failed;
+                r.failure = Some(FailureReason::WorkerLost);
+                r.message = Some(format!(
+                    "the worker running it was lost on each of {} attempts",
+                    r.attempts
+                ));
+                r.finished_ms = Some(now_ms());
+                let finished = Arc::new(Finished {
+                    record: r.clone(),
+                    result: Bytes::new(),
+                    logs: Bytes::new(),
+                });
+                let ack = store.submit(Write::Finish {
+                    record: finished.record.clone(),
+                    result: Bytes::new(),
+                    logs: Bytes::new(),
+                });
+                commits.push((id, PendingCommit { ack, finished }));
+                self.release(worker_id, id, &func.name, false);
+            } else {
+                active.record.status = TaskStatus::Queued;
+                let seq = active.record.seq;
+                store.write_later(Write::Update {
+                    record: active.record.clone(),
+                });
+                self.release(worker_id, id, &func.name, false);
+                self.insert_waiting(&func, id, seq);
+                self.make_runnable(&func.name);
+            }
+        }
+        self.workers.remove(&worker_id);
+        commits
+    }
+}

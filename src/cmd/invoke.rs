@@ -1,0 +1,76 @@
+//! `faasd invoke NAME [DATA | @file | -]`: call a function and print its result bytes.
+
+use std::io::{Read, Write};
+
+use anyhow::Context;
+use bytes::Bytes;
+
+use super::{ClientArgs, exit};
+use crate::client::{Client, segment};
+
+/// Invoke a function.
+#[derive(Debug, clap::Args)]
+pub struct InvokeArgs {
+    /// The function's name.
+    pub name: String,
+    /// The payload: literal text, `@file` for a file's bytes, or `-` for standard input
+    /// (default: empty).
+    pub data: Option<String>,
+    /// Queue the call and print its task id instead of waiting for the result.
+    #[arg(long = "async")]
+    pub is_async: bool,
+    /// With --async, print `{"task_id": ...}` instead of the bare id.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Reads the payload argument.
+pub fn payload(data: Option<&str>) -> anyhow::Result<Bytes> {
+    let usage = |e: anyhow::Error| exit::coded(exit::USAGE, format!("{e:#}"));
+    match data {
+        None => Ok(Bytes::new()),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the payload from standard input")
+                .map_err(usage)?;
+            Ok(buf.into())
+        }
+        Some(s) if s.starts_with('@') => std::fs::read(&s[1..])
+            .with_context(|| format!("cannot read payload file {}", &s[1..]))
+            .map(Bytes::from)
+            .map_err(usage),
+        Some(s) => Ok(Bytes::copy_from_slice(s.as_bytes())),
+    }
+}
+
+/// Runs `faasd invoke`.
+pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
+    let body = payload(args.data.as_deref())?;
+    let client = Client::new(&args.client.url)?;
+    let path = format!(
+        "/v1/functions/{}/invoke{}",
+        segment(&args.name),
+        if args.is_async { "?async=true" } else { "" }
+    );
+    let answer = client
+        .post(&path, "application/octet-stream", body)
+        .await?
+        .ok()?;
+    let mut out = std::io::stdout().lock();
+    if args.is_async {
+        let v: serde_json::Value = answer.json()?;
+        if args.json {
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out, "{}", v["task_id"].as_str().unwrap_or_default())?;
+        }
+    } else {
+        out.write_all(&answer.body)?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}

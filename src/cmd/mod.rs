@@ -1,0 +1,129 @@
+//! The command line: the top-level parser, tracing set-up, dispatch to one file per
+//! subcommand, and the documented exit codes.
+
+mod invoke;
+mod ls;
+mod register;
+mod rm;
+mod serve;
+mod tasks;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes, stable for scripts.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The function (task) failed; also any other failure of a command.
+    pub const FAILURE: u8 = 1;
+    /// Usage error: bad arguments or input.
+    pub const USAGE: u8 = 2;
+    /// The server is unreachable or answered with a server error.
+    pub const SERVER: u8 = 3;
+    /// The function or task does not exist.
+    pub const NOT_FOUND: u8 = 4;
+    /// The task has not finished yet (`faasd result`, `faasd logs`).
+    pub const NOT_FINISHED: u8 = 5;
+
+    /// An error that carries its exit code.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    pub struct Coded {
+        /// The exit code.
+        pub code: u8,
+        /// The one line printed on stderr.
+        pub message: String,
+    }
+
+    /// Builds a coded error.
+    pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Coded {
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// The exit code an error carries, or [`FAILURE`].
+    pub fn code_of(err: &anyhow::Error) -> u8 {
+        err.chain()
+            .find_map(|e| e.downcast_ref::<Coded>())
+            .map_or(FAILURE, |c| c.code)
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// faasd: register code once, invoke it many times, on sandboxed executors.
+#[derive(Debug, Parser)]
+#[command(name = "faasd", version, about)]
+pub struct Cli {
+    /// Log format (filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The server address the client commands talk to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "FAASD_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: HTTP API, store, broker and local workers.
+    Serve(serve::ServeArgs),
+    /// Register (or update) a function from a file.
+    Register(register::RegisterArgs),
+    /// Invoke a function and print its result (or its task id with --async).
+    Invoke(invoke::InvokeArgs),
+    /// Show a task's status.
+    Status(tasks::StatusArgs),
+    /// Print a finished task's result bytes.
+    Result(tasks::ResultArgs),
+    /// Print a finished task's captured stderr.
+    Logs(tasks::LogsArgs),
+    /// List functions.
+    Ls(ls::LsArgs),
+    /// Remove a function.
+    Rm(rm::RmArgs),
+}
+
+/// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Register(args) => register::run(args).await,
+        Command::Invoke(args) => invoke::run(args).await,
+        Command::Status(args) => tasks::status(args).await,
+        Command::Result(args) => tasks::result(args).await,
+        Command::Logs(args) => tasks::logs(args).await,
+        Command::Ls(args) => ls::run(args).await,
+        Command::Rm(args) => rm::run(args).await,
+    }
+}

@@ -1,0 +1,98 @@
+//! `faasd register NAME FILE`: upload a function's code and settings.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use base64::Engine;
+
+use super::{ClientArgs, exit};
+use crate::client::Client;
+
+/// Register (or update) a function.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// The function's name: 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit.
+    pub name: String,
+    /// The code file (`-` reads standard input).
+    pub file: PathBuf,
+    /// How the code runs: `shell` (sh runs it) or `exec` (run directly).
+    #[arg(long, default_value = "shell")]
+    pub runtime: String,
+    /// Per-call timeout, such as `30s` or `2m` (server default 30s).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The most calls running at once (default unlimited).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// The most tasks waiting in the function's queue.
+    #[arg(long)]
+    pub queue_limit: Option<u32>,
+    /// How many times a task is started before it fails with `worker_lost`.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// An environment variable for every call, `K=V` (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Print the registered function as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs `faasd register`.
+pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
+    let code = read_code(&args.file)?;
+    let mut env = serde_json::Map::new();
+    for pair in &args.env {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| exit::coded(exit::USAGE, format!("--env wants K=V, got {pair:?}")))?;
+        env.insert(k.to_string(), v.into());
+    }
+    let mut body = serde_json::json!({
+        "name": args.name,
+        "runtime": args.runtime,
+        "code": base64::engine::general_purpose::STANDARD.encode(&code),
+        "env": env,
+    });
+    let fields = [
+        ("timeout", args.timeout.map(serde_json::Value::from)),
+        ("concurrency", args.concurrency.map(serde_json::Value::from)),
+        ("queue_limit", args.queue_limit.map(serde_json::Value::from)),
+        ("max_attempts", args.max_attempts.map(serde_json::Value::from)),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            body[key] = v;
+        }
+    }
+    let client = Client::new(&args.client.url)?;
+    let answer = client
+        .post("/v1/functions", "application/json", serde_json::to_vec(&body)?.into())
+        .await?
+        .ok()?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+    } else {
+        let f: serde_json::Value = answer.json()?;
+        println!("registered {} version {}", f["name"].as_str().unwrap_or("?"), f["version"]);
+    }
+    Ok(exit::OK)
+}
+
+fn read_code(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    let mut code = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_end(&mut code)
+            .context("cannot read code from standard input")
+            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")))?;
+    } else {
+        code = std::fs::read(file)
+            .with_context(|| format!("cannot read {}", file.display()))
+            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")))?;
+    }
+    Ok(code)
+}

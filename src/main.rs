@@ -1,0 +1,26 @@
+//! The `faasd` binary: parses the command line, starts tracing, runs the subcommand, and turns
+//! its outcome into an exit code.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = faasd::cmd::Cli::parse();
+    faasd::cmd::init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("faasd: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(faasd::cmd::exit::FAILURE);
+        }
+    };
+    match runtime.block_on(faasd::cmd::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(err) => {
+            eprintln!("faasd: {err:#}");
+            std::process::ExitCode::from(faasd::cmd::exit::code_of(&err))
+        }
+    }
+}

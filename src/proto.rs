@@ -1,0 +1,451 @@
+//! The worker protocol: the frames `serve` and its workers exchange, and their codec.
+//!
+//! Frames are postcard-encoded [`Frame`] values inside a `LengthDelimitedCodec` with a capped
+//! frame length. The same frames travel over TCP for remote workers and over an in-memory
+//! `tokio::io::duplex` pipe for the workers inside `serve`.
+//!
+//! postcard encodes enum variants by index, so variants and fields are only ever appended, and
+//! [`PROTOCOL_VERSION`] is bumped on any change. The golden-bytes tests below pin every variant.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+/// The protocol version both sides announce in their first frame.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts (64 MiB).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// How long a new connection may take to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A SHA-256 content hash naming a code bundle.
+pub type CodeHash = [u8; 32];
+
+/// How a worker receives tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatchMode {
+    /// The broker places tasks on the worker's free slots.
+    Push,
+    /// The worker asks for one task each time a slot frees.
+    Pull,
+}
+
+/// How a function's code is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// `sh` runs the script.
+    Shell,
+    /// The bundle is an executable run directly.
+    Exec,
+}
+
+impl Runtime {
+    /// The name used in the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Shell => "shell",
+            Runtime::Exec => "exec",
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shell" => Ok(Runtime::Shell),
+            "exec" => Ok(Runtime::Exec),
+            other => Err(format!("unknown runtime {other:?} (expected shell or exec)")),
+        }
+    }
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The function exited with a non-zero status.
+    ExitStatus,
+    /// The function was killed by a signal it did not ask for.
+    Signal,
+    /// The function ran past its timeout and its process group was killed.
+    Timeout,
+    /// The executor could not be started.
+    SpawnFailed,
+    /// The function wrote more to stdout than the result limit allows.
+    OutputTooLarge,
+    /// The worker running the task went away too many times.
+    WorkerLost,
+    /// The worker could not obtain the function's code.
+    CodeUnavailable,
+}
+
+impl FailureReason {
+    /// The reason's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ExitStatus => "exit_status",
+            FailureReason::Signal => "signal",
+            FailureReason::Timeout => "timeout",
+            FailureReason::SpawnFailed => "spawn_failed",
+            FailureReason::OutputTooLarge => "output_too_large",
+            FailureReason::WorkerLost => "worker_lost",
+            FailureReason::CodeUnavailable => "code_unavailable",
+        }
+    }
+}
+
+/// One task handed to a worker under a lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task's id.
+    pub task_id: u128,
+    /// The lease number; a report under any other number is refused.
+    pub lease: u64,
+    /// The function's name.
+    pub function: String,
+    /// The function's version.
+    pub version: u32,
+    /// How to run the code.
+    pub runtime: Runtime,
+    /// The code bundle's content hash; the worker fetches it if it lacks it.
+    pub code_hash: CodeHash,
+    /// How long the run may take before its process group is killed.
+    pub timeout_ms: u64,
+    /// Environment variables of the function.
+    pub env: Vec<(String, String)>,
+    /// The bytes written to the function's stdin.
+    pub payload: Bytes,
+}
+
+/// The outcome of one run, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Why the run failed, or `None` when it completed.
+    pub failure: Option<FailureReason>,
+    /// The exit status, when the process exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, when one did.
+    pub signal: Option<i32>,
+    /// A human-readable detail of a failure.
+    pub message: Option<String>,
+    /// What the function wrote to stdout (its result).
+    pub stdout: Bytes,
+    /// What it wrote to stderr, bounded, with a truncation marker.
+    pub stderr: Bytes,
+    /// Wall-clock time from spawn to exit, in microseconds.
+    pub run_us: u64,
+}
+
+/// A worker's report of a finished task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The task's id.
+    pub task_id: u128,
+    /// The lease the worker ran it under.
+    pub lease: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Every message of the worker protocol. Append only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Worker → server, first frame: who it is and what it offers.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// A name for people (host name by default).
+        name: String,
+        /// How many tasks it runs at once.
+        slots: u32,
+        /// How it wants to receive tasks.
+        mode: DispatchMode,
+    },
+    /// Server → worker: the handshake succeeded.
+    Welcome {
+        /// The server's protocol version.
+        protocol: u32,
+        /// The id the server gave this connection.
+        worker_id: u64,
+        /// How often the worker must heartbeat.
+        heartbeat_ms: u32,
+    },
+    /// Either side: the connection is refused, with the reason; the sender then closes it.
+    Refused {
+        /// What was wrong, for the log on the other side.
+        reason: String,
+    },
+    /// Server → worker: run this task.
+    Assign(Assignment),
+    /// Worker → server: send me the code with this hash.
+    FetchCode {
+        /// The bundle wanted.
+        hash: CodeHash,
+    },
+    /// Server → worker: the code asked for (empty and `found: false` when unknown).
+    Code {
+        /// The bundle's hash.
+        hash: CodeHash,
+        /// Whether the server has it.
+        found: bool,
+        /// The bundle's bytes.
+        bytes: Bytes,
+    },
+    /// Worker → server: a task finished.
+    Report(Report),
+    /// Worker → server: still alive, with the number of running tasks.
+    Heartbeat {
+        /// Tasks running on the worker now.
+        running: u32,
+    },
+    /// Worker → server (pull mode): send me up to `slots` more tasks.
+    Pull {
+        /// How many tasks the worker can take now.
+        slots: u32,
+    },
+    /// Worker → server: take no new tasks for me; I finish what I have, then leave.
+    Drain,
+}
+
+/// Errors of the frame codec.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the connection failed (includes frames over the size cap).
+    #[error("worker connection {op} failed: {source}")]
+    Io {
+        /// `read` or `write`.
+        op: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A frame's bytes are not a valid postcard `Frame`.
+    #[error("undecodable frame of {len} bytes: {source}")]
+    Decode {
+        /// The frame's length.
+        len: usize,
+        /// The decoder's complaint.
+        source: postcard::Error,
+    },
+    /// A frame could not be encoded.
+    #[error("cannot encode frame: {source}")]
+    Encode {
+        /// The encoder's complaint.
+        source: postcard::Error,
+    },
+}
+
+/// The reading half of a worker connection.
+pub struct Reader<R> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+}
+
+/// The writing half of a worker connection.
+pub struct Writer<W> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// Splits a byte stream into a frame reader and a frame writer, with the size cap set.
+pub fn split<T: AsyncRead + AsyncWrite>(io: T) -> (Reader<ReadHalf<T>>, Writer<WriteHalf<T>>) {
+    let (r, w) = tokio::io::split(io);
+    (Reader::new(r), Writer::new(w))
+}
+
+/// Encodes one frame to its postcard bytes.
+pub fn encode(frame: &Frame) -> Result<Bytes, Error> {
+    postcard::to_stdvec(frame)
+        .map(Bytes::from)
+        .map_err(|source| Error::Encode { source })
+}
+
+/// Decodes one frame from its postcard bytes.
+pub fn decode(bytes: &[u8]) -> Result<Frame, Error> {
+    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+        len: bytes.len(),
+        source,
+    })
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Wraps a byte reader.
+    pub fn new(io: R) -> Self {
+        Reader {
+            inner: FramedRead::new(io, codec()),
+        }
+    }
+
+    /// Reads the next frame; `Ok(None)` is a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>, Error> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Err(source)) => Err(Error::Io { op: "read", source }),
+            Some(Ok(bytes)) => decode(&bytes).map(Some),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Wraps a byte writer.
+    pub fn new(io: W) -> Self {
+        Writer {
+            inner: FramedWrite::new(io, codec()),
+        }
+    }
+
+    /// Queues a frame without flushing, so that many frames leave in one write.
+    pub async fn feed(&mut self, frame: &Frame) -> Result<(), Error> {
+        let bytes = encode(frame)?;
+        self.inner
+            .feed(bytes)
+            .await
+            .map_err(|source| Error::Io { op: "write", source })
+    }
+
+    /// Flushes the frames queued by [`Writer::feed`].
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        SinkExt::<Bytes>::flush(&mut self.inner)
+            .await
+            .map_err(|source| Error::Io { op: "write", source })
+    }
+
+    /// Writes one frame and flushes it.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), Error> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    /// Writes every frame that arrives on `frames` until the channel closes, flushing only when
+    /// no more are waiting, so a burst of frames leaves in few writes.
+    pub async fn pump(&mut self, mut frames: mpsc::UnboundedReceiver<Frame>) -> Result<(), Error> {
+        while let Some(frame) = frames.recv().await {
+            self.feed(&frame).await?;
+            while let Ok(frame) = frames.try_recv() {
+                self.feed(&frame).await?;
+            }
+            self.flush().await?;
+        }
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(frame: Frame, hex: &str) {
+        let bytes = encode(&frame).expect("encode");
+        let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, hex, "encoding of {frame:?} changed: bump PROTOCOL_VERSION");
+        assert_eq!(decode(&bytes).expect("decode"), frame);
+    }
+
+    fn outcome() -> Outcome {
+        Outcome {
+            failure: Some(FailureReason::Timeout),
+            exit_code: None,
+            signal: Some(9),
+            message: Some("m".into()),
+            stdout: Bytes::from_static(b"o"),
+            stderr: Bytes::from_static(b"e"),
+            run_us: 300,
+        }
+    }
+
+    #[test]
+    fn frames_have_pinned_encodings() {
+        golden(
+            Frame::Hello {
+                protocol: 1,
+                name: "w".into(),
+                slots: 2,
+                mode: DispatchMode::Pull,
+            },
+            "000101770201",
+        );
+        golden(
+            Frame::Welcome {
+                protocol: 1,
+                worker_id: 7,
+                heartbeat_ms: 1000,
+            },
+            "010107e807",
+        );
+        golden(Frame::Refused { reason: "no".into() }, "02026e6f");
+        golden(
+            Frame::Assign(Assignment {
+                task_id: 5,
+                lease: 3,
+                function: "f".into(),
+                version: 1,
+                runtime: Runtime::Exec,
+                code_hash: [0xab; 32],
+                timeout_ms: 1000,
+                env: vec![("K".into(), "V".into())],
+                payload: Bytes::from_static(b"hi"),
+            }),
+            concat!(
+                "0305030166010120",
+                "abababababababababababababababababababababababababababababababab",
+                "e80701014b01560268 69"
+            )
+            .replace(' ', "")
+            .as_str(),
+        );
+        golden(Frame::FetchCode { hash: [1; 32] }, &format!("0420{}", "01".repeat(32)));
+        golden(
+            Frame::Code {
+                hash: [2; 32],
+                found: true,
+                bytes: Bytes::from_static(b"x"),
+            },
+            &format!("0520{}010178", "02".repeat(32)),
+        );
+        golden(
+            Frame::Report(Report {
+                task_id: 5,
+                lease: 3,
+                outcome: outcome(),
+            }),
+            "060503010200010901016d01 6f0165ac02".replace(' ', "").as_str(),
+        );
+        golden(Frame::Heartbeat { running: 4 }, "0704");
+        golden(Frame::Pull { slots: 2 }, "0802");
+        golden(Frame::Drain, "09");
+    }
+
+    #[tokio::test]
+    async fn frames_cross_a_duplex_pipe() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut a = Writer::new(a);
+        let mut b = Reader::new(b);
+        a.send(&Frame::Heartbeat { running: 1 }).await.expect("send");
+        drop(a);
+        assert_eq!(
+            b.next().await.expect("read"),
+            Some(Frame::Heartbeat { running: 1 })
+        );
+        assert_eq!(b.next().await.expect("eof"), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_length_prefix_is_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = Reader::new(b);
+        a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        assert!(matches!(b.next().await, Err(Error::Io { .. })));
+    }
+}

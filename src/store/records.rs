@@ -1,0 +1,170 @@
+//! The typed records kept in the store, encoded with postcard (fields are only appended).
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{CodeHash, FailureReason, Runtime};
+
+/// One registered version of a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// The function's name.
+    pub name: String,
+    /// Its version, 1 for the first registration and bumped on every one after.
+    pub version: u32,
+    /// How its code runs.
+    pub runtime: Runtime,
+    /// The code bundle's content hash (the key into the blob table).
+    pub code_hash: CodeHash,
+    /// The code bundle's size.
+    pub code_bytes: u64,
+    /// How long one call may run.
+    pub timeout_ms: u64,
+    /// How many calls may run at once; `None` is unlimited.
+    pub concurrency: Option<u32>,
+    /// How many tasks may wait in its queue.
+    pub queue_limit: u32,
+    /// How many times a task is started before it fails for good with `worker_lost`.
+    pub max_attempts: u32,
+    /// Environment variables set for every call.
+    pub env: Vec<(String, String)>,
+    /// When this version was registered (Unix ms).
+    pub created_ms: u64,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Acknowledged and waiting for a slot.
+    Queued,
+    /// Leased to a worker.
+    Running,
+    /// Finished with exit status 0.
+    Completed,
+    /// Finished any other way.
+    Failed,
+}
+
+impl TaskStatus {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "QUEUED",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Completed => "COMPLETED",
+            TaskStatus::Failed => "FAILED",
+        }
+    }
+
+    /// Whether the task has reached an end state.
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed)
+    }
+}
+
+/// One task: a call of a pinned function version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id (a UUIDv7, so ids sort by creation time).
+    pub id: u128,
+    /// The arrival sequence number, the key of the pending table.
+    pub seq: u64,
+    /// The function's name.
+    pub function: String,
+    /// The function version the task runs.
+    pub version: u32,
+    /// Where it is in its life.
+    pub status: TaskStatus,
+    /// When it was acknowledged (Unix ms).
+    pub created_ms: u64,
+    /// When its latest attempt started (Unix ms).
+    pub started_ms: Option<u64>,
+    /// When it finished (Unix ms).
+    pub finished_ms: Option<u64>,
+    /// How many times it has been started.
+    pub attempts: u32,
+    /// The exit status of the finished run.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the finished run.
+    pub signal: Option<i32>,
+    /// Why it failed.
+    pub failure: Option<FailureReason>,
+    /// A human-readable detail of the failure.
+    pub message: Option<String>,
+    /// The size of the payload.
+    pub payload_bytes: u64,
+    /// The size of the result.
+    pub result_bytes: u64,
+    /// The size of the captured stderr.
+    pub stderr_bytes: u64,
+    /// The run's wall-clock time in microseconds.
+    pub run_us: u64,
+}
+
+/// Encodes a record for the store.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(record)
+}
+
+/// Decodes a record read from the store.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn function_record_has_a_pinned_encoding() {
+        let record = FunctionRecord {
+            name: "f".into(),
+            version: 2,
+            runtime: Runtime::Shell,
+            code_hash: [7; 32],
+            code_bytes: 10,
+            timeout_ms: 30_000,
+            concurrency: Some(4),
+            queue_limit: 100,
+            max_attempts: 3,
+            env: vec![("A".into(), "b".into())],
+            created_ms: 1,
+        };
+        let bytes = encode(&record).expect("encode");
+        assert_eq!(
+            hex(&bytes),
+            format!("016602002{}", "0".to_string() + &"07".repeat(32))
+                + "0ab0ea901010464030101410162 01".replace(' ', "").as_str()
+        );
+        assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
+    }
+
+    #[test]
+    fn task_record_has_a_pinned_encoding() {
+        let record = TaskRecord {
+            id: 1,
+            seq: 2,
+            function: "f".into(),
+            version: 1,
+            status: TaskStatus::Failed,
+            created_ms: 3,
+            started_ms: Some(4),
+            finished_ms: None,
+            attempts: 1,
+            exit_code: Some(-1),
+            signal: None,
+            failure: Some(FailureReason::ExitStatus),
+            message: None,
+            payload_bytes: 5,
+            result_bytes: 6,
+            stderr_bytes: 7,
+            run_us: 8,
+        };
+        let bytes = encode(&record).expect("encode");
+        assert_eq!(hex(&bytes), "0102016601030301040001010101000005060708");
+        assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
+    }
+}

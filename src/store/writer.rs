@@ -1,0 +1,225 @@
+//! The group-commit writer: one thread that applies every write, many per durable transaction.
+//!
+//! Callers queue [`Write`]s; the thread takes the first, drains whatever else is already queued
+//! (up to a batch limit), applies them all in one write transaction with immediate durability,
+//! commits once, and only then acknowledges each of them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::records::{self, FunctionRecord, TaskRecord};
+use super::{BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, TASKS, db};
+
+/// The most writes one transaction groups.
+const MAX_BATCH: usize = 4096;
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum Write {
+    /// Registers a new version of a function: the version is the highest ever used for the
+    /// name plus one (the record's own version is ignored), and the code blob is stored once.
+    Register {
+        /// The function (version assigned on commit).
+        record: FunctionRecord,
+        /// Its code bundle.
+        code: Bytes,
+    },
+    /// Removes a function's live version; old versions stay for the tasks that pin them.
+    Delete {
+        /// The function's name.
+        name: String,
+    },
+    /// Records a new QUEUED task and its payload.
+    Enqueue {
+        /// The task.
+        record: TaskRecord,
+        /// What it will read on stdin.
+        payload: Bytes,
+    },
+    /// Replaces a task's record (a state change that is not the end).
+    Update {
+        /// The task.
+        record: TaskRecord,
+    },
+    /// Records a finished task with its result and stderr, and drops its payload.
+    Finish {
+        /// The task in its end state.
+        record: TaskRecord,
+        /// Its stdout.
+        result: Bytes,
+        /// Its captured stderr.
+        logs: Bytes,
+    },
+}
+
+type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
+
+pub(super) enum Op {
+    Write { write: Write, ack: Option<Ack> },
+    Close(oneshot::Sender<()>),
+}
+
+/// Starts the writer thread and returns the queue that feeds it.
+pub(super) fn start(database: Arc<Database>) -> mpsc::UnboundedSender<Op> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("faasd-store-writer".into())
+        .spawn(move || run(&database, rx))
+        .expect("the OS refused to start the store writer thread");
+    tx
+}
+
+fn run(database: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut batch: Vec<(Write, Option<Ack>)> = Vec::new();
+    while let Some(op) = rx.blocking_recv() {
+        let mut close = None;
+        match op {
+            Op::Write { write, ack } => batch.push((write, ack)),
+            Op::Close(done) => close = Some(done),
+        }
+        while close.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Op::Write { write, ack }) => batch.push((write, ack)),
+                Ok(Op::Close(done)) => close = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit(database, &mut batch);
+        }
+        if let Some(done) = close {
+            rx.close();
+            // Writes queued behind the close are refused: their acks drop.
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+fn commit(database: &Database, batch: &mut Vec<(Write, Option<Ack>)>) {
+    let started = std::time::Instant::now();
+    let count = batch.len();
+    match apply(database, batch) {
+        Ok(versions) => {
+            for ((_, ack), version) in batch.drain(..).zip(versions) {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Ok(version));
+                }
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, writes = count, "store commit failed");
+            let err = Arc::new(err);
+            for (_, ack) in batch.drain(..) {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+    tracing::trace!(writes = count, elapsed_us = started.elapsed().as_micros() as u64, "group commit");
+}
+
+fn apply(database: &Database, batch: &[(Write, Option<Ack>)]) -> Result<Vec<u32>, Error> {
+    let txn = database.begin_write().map_err(db("begin write"))?;
+    let mut versions = Vec::with_capacity(batch.len());
+    for (write, _) in batch {
+        versions.push(apply_one(&txn, write)?);
+    }
+    txn.commit().map_err(db("commit"))?;
+    Ok(versions)
+}
+
+fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<u32, Error> {
+    match write {
+        Write::Register { record, code } => register(txn, record, code),
+        Write::Delete { name } => {
+            let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+            heads.remove(name.as_str()).map_err(db("remove head"))?;
+            Ok(0)
+        }
+        Write::Enqueue { record, payload } => {
+            put_task(txn, record)?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(db("open payloads"))?;
+            payloads
+                .insert(record.id, payload.as_ref())
+                .map_err(db("write payload"))?;
+            let mut pending = txn.open_table(PENDING).map_err(db("open pending"))?;
+            pending
+                .insert(record.seq, record.id)
+                .map_err(db("write pending"))?;
+            Ok(0)
+        }
+        Write::Update { record } => {
+            put_task(txn, record)?;
+            Ok(0)
+        }
+        Write::Finish {
+            record,
+            result,
+            logs,
+        } => {
+            put_task(txn, record)?;
+            let mut results = txn.open_table(RESULTS).map_err(db("open results"))?;
+            results
+                .insert(record.id, result.as_ref())
+                .map_err(db("write result"))?;
+            let mut logs_table = txn.open_table(LOGS).map_err(db("open logs"))?;
+            logs_table
+                .insert(record.id, logs.as_ref())
+                .map_err(db("write logs"))?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(db("open payloads"))?;
+            payloads.remove(record.id).map_err(db("drop payload"))?;
+            let mut pending = txn.open_table(PENDING).map_err(db("open pending"))?;
+            pending.remove(record.seq).map_err(db("drop pending"))?;
+            Ok(0)
+        }
+    }
+}
+
+fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Result<u32, Error> {
+    let mut functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+    let name = record.name.as_str();
+    let last = functions
+        .range((name, 0)..=(name, u32::MAX))
+        .map_err(db("scan versions"))?
+        .next_back()
+        .transpose()
+        .map_err(db("scan versions"))?
+        .map_or(0, |(key, _)| key.value().1);
+    let version = last + 1;
+    let record = FunctionRecord {
+        version,
+        ..record.clone()
+    };
+    let bytes = encode("functions", &record)?;
+    functions
+        .insert((name, version), bytes.as_slice())
+        .map_err(db("write function"))?;
+    let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+    heads.insert(name, version).map_err(db("write head"))?;
+    let mut blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
+    let hash = record.code_hash.as_slice();
+    if blobs.get(hash).map_err(db("read blob"))?.is_none() {
+        blobs
+            .insert(hash, code.as_ref())
+            .map_err(db("write blob"))?;
+    }
+    Ok(version)
+}
+
+fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), Error> {
+    let bytes = encode("tasks", record)?;
+    let mut tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
+    tasks
+        .insert(record.id, bytes.as_slice())
+        .map_err(db("write task"))?;
+    Ok(())
+}
+
+fn encode<T: serde::Serialize>(table: &'static str, record: &T) -> Result<Vec<u8>, Error> {
+    records::encode(record).map_err(|source| Error::Corrupt { table, source })
+}

@@ -397,21 +397,21 @@ mod tests {
                 payload: Bytes::from_static(b"hi"),
             }),
             concat!(
-                "0305030166010120",
+                "03050301660101",
                 "abababababababababababababababababababababababababababababababab",
                 "e80701014b01560268 69"
             )
             .replace(' ', "")
             .as_str(),
         );
-        golden(Frame::FetchCode { hash: [1; 32] }, &format!("0420{}", "01".repeat(32)));
+        golden(Frame::FetchCode { hash: [1; 32] }, &format!("04{}", "01".repeat(32)));
         golden(
             Frame::Code {
                 hash: [2; 32],
                 found: true,
                 bytes: Bytes::from_static(b"x"),
             },
-            &format!("0520{}010178", "02".repeat(32)),
+            &format!("05{}010178", "02".repeat(32)),
         );
         golden(
             Frame::Report(Report {
@@ -419,7 +419,7 @@ mod tests {
                 lease: 3,
                 outcome: outcome(),
             }),
-            "060503010200010901016d01 6f0165ac02".replace(' ', "").as_str(),
+            "060503010200011201016d01 6f0165ac02".replace(' ', "").as_str(),
         );
         golden(Frame::Heartbeat { running: 4 }, "0704");
         golden(Frame::Pull { slots: 2 }, "0802");

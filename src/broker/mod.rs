@@ -257,15 +257,20 @@ impl Broker {
         all
     }
 
-    /// Accepts a call: commits it as QUEUED, then queues it for a worker. With `wait`, also
-    /// returns a [`Waiter`] for its end.
+    /// Accepts a call: queues its QUEUED record to the store and the task to its function's
+    /// queue, and returns once the record is durably committed. With `wait`, also returns a
+    /// [`Waiter`] for its end.
+    ///
+    /// Dispatch does not wait for that commit: the store applies writes in the order they are
+    /// queued, so the task's later records (RUNNING, its end) always land after its QUEUED one,
+    /// and the caller hears nothing before the QUEUED record is on disk.
     pub async fn submit(
         &self,
         name: &str,
         payload: Bytes,
         wait: bool,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
-        let (func, seq) = {
+        let (record, waiter, committed) = {
             let mut state = self.lock();
             if !state.accepting {
                 return Err(Error::ShuttingDown);
@@ -283,37 +288,36 @@ impl Broker {
                 });
             }
             state.next_seq += 1;
-            (func, state.next_seq)
-        };
-        let record = TaskRecord {
-            id: uuid::Uuid::now_v7().as_u128(),
-            seq,
-            function: func.name.clone(),
-            version: func.version,
-            status: TaskStatus::Queued,
-            created_ms: now_ms(),
-            started_ms: None,
-            finished_ms: None,
-            attempts: 0,
-            exit_code: None,
-            signal: None,
-            failure: None,
-            message: None,
-            payload_bytes: payload.len() as u64,
-            result_bytes: 0,
-            stderr_bytes: 0,
-            run_us: 0,
-        };
-        self.inner
-            .store
-            .write(Write::Enqueue {
+            let record = TaskRecord {
+                id: uuid::Uuid::now_v7().as_u128(),
+                seq: state.next_seq,
+                function: func.name.clone(),
+                version: func.version,
+                status: TaskStatus::Queued,
+                created_ms: now_ms(),
+                started_ms: None,
+                finished_ms: None,
+                attempts: 0,
+                exit_code: None,
+                signal: None,
+                failure: None,
+                message: None,
+                payload_bytes: payload.len() as u64,
+                result_bytes: 0,
+                stderr_bytes: 0,
+                run_us: 0,
+            };
+            let committed = self.inner.store.submit(Write::Enqueue {
                 record: record.clone(),
                 payload: payload.clone(),
-            })
-            .await?;
-        let mut state = self.lock();
-        let waiter = state.enqueue(Active::new(record.clone(), payload, func), wait);
-        state.dispatch(&self.inner.store);
+            });
+            let waiter = state.enqueue(Active::new(record.clone(), payload, func), wait);
+            state.dispatch(&self.inner.store);
+            (record, waiter, committed)
+        };
+        committed
+            .await
+            .map_err(|_| Error::Store(Arc::new(store::Error::Closed)))??;
         Ok((record, waiter))
     }
 

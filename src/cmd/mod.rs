@@ -1,6 +1,7 @@
 //! The command line: the top-level parser, tracing set-up, dispatch to one file per
 //! subcommand, and the documented exit codes.
 
+mod bench;
 mod invoke;
 mod ls;
 mod register;
@@ -99,6 +100,8 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Remove a function.
     Rm(rm::RmArgs),
+    /// Benchmark a running server (async throughput, sync latency).
+    Bench(bench::BenchArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -107,6 +110,7 @@ pub fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -125,5 +129,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(args) => tasks::logs(args).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -71,8 +71,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
-pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     let store = Store::open(&args.data).context("cannot open the store")?;
+    // Executors run in their own working directories, so every path handed down is absolute.
+    args.data = std::fs::canonicalize(&args.data)
+        .with_context(|| format!("cannot resolve {}", args.data.display()))?;
     let broker = Broker::start(store.clone())
         .await
         .context("cannot load the store")?;

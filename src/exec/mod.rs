@@ -6,15 +6,16 @@
 //! process group is killed when the call ends or times out.
 
 mod spawn;
+mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 
 use crate::proto::{FailureReason, Outcome, Runtime};
 pub use spawn::DEFAULT_PATH;
@@ -36,7 +37,13 @@ pub enum Error {
         /// The program that was to run.
         program: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: sys::SysError,
+    },
+    /// An argument or variable cannot be passed to a process.
+    #[error("cannot pass to the executor: {what}")]
+    BadArgument {
+        /// What was wrong.
+        what: String,
     },
 }
 
@@ -108,37 +115,32 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         workdir: workdir.path(),
         env: call.env,
     })?;
-    // The child is its own process group leader (setsid), so its pid names the group.
-    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+    let stdin = child.stdin.take().and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+    let stdout = child.stdout.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    let stderr = child.stderr.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
 
-    let mut stdin = child.stdin.take();
     let payload = call.payload.clone();
     let feed = async move {
-        if let Some(stdin) = stdin.as_mut() {
+        if let Some(mut stdin) = stdin {
             // A function that exits without reading its input closes the pipe: not an error.
             let _ = stdin.write_all(&payload).await;
         }
-        drop(stdin);
     };
-    let stdout = capture(child.stdout.take(), call.limits.stdout_bytes);
-    let stderr = capture(child.stderr.take(), call.limits.stderr_bytes);
+    let stdout = capture(stdout, call.limits.stdout_bytes);
+    let stderr = capture(stderr, call.limits.stderr_bytes);
 
     let timeout = call.timeout;
     let main = async {
         let waited = async {
-            let (_, status) = tokio::join!(feed, child.wait());
-            status
+            let (_, exited) = tokio::join!(feed, child.exited());
+            exited
         };
-        let result = tokio::time::timeout(timeout, waited).await;
+        let timed_out = tokio::time::timeout(timeout, waited).await.is_err();
         // Whatever the outcome, nothing of the call's process group may outlive it; this also
-        // ends background children that would hold the output pipes open.
-        if let Some(group) = group {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-        match result {
-            Ok(status) => (status.ok(), false),
-            Err(_) => (child.wait().await.ok(), true),
-        }
+        // ends background children that would hold the output pipes open. The leader is not
+        // reaped yet, so its pid still names this group.
+        child.kill_group();
+        (child.reap().ok(), timed_out)
     };
     let ((status, timed_out), (out, out_dropped), (err, err_dropped)) =
         tokio::join!(main, stdout, stderr);

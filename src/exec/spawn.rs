@@ -1,20 +1,23 @@
-//! The one place that builds an executor process: everything the child gets set up before it
-//! runs the function's code happens here, so the sandbox can grow in one spot.
+//! The one place that decides what an executor process gets before it runs the function's
+//! code, so the sandbox can grow in one spot.
 //!
-//! The checklist, in order: new session and process group → cleared environment plus the
-//! function's own variables → fresh working directory → stdin/stdout/stderr pipes → exec.
+//! The checklist, in order: new session and process group, default signals → stdio pipes →
+//! fresh working directory → cleared environment plus the function's own variables → exec.
+//! The system calls themselves are in [`super::sys`].
 
-use std::ffi::OsStr;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Stdio;
-
-use tokio::process::{Child, Command};
 
 use super::Error;
+use super::sys::{self, Child};
 use crate::proto::Runtime;
 
 /// The `PATH` every executor starts with (the host environment is never inherited).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The shell that runs `shell` functions.
+const SHELL: &str = "/bin/sh";
 
 /// What to start.
 pub struct SpawnSpec<'a> {
@@ -28,45 +31,46 @@ pub struct SpawnSpec<'a> {
     pub env: &'a [(String, String)],
 }
 
+fn c_path(path: &Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::BadArgument {
+        what: format!("path {} contains a NUL byte", path.display()),
+    })
+}
+
+fn c_string(text: String) -> Result<CString, Error> {
+    CString::new(text).map_err(|e| Error::BadArgument {
+        what: format!("{:?} contains a NUL byte", String::from_utf8_lossy(&e.into_vec())),
+    })
+}
+
 /// Starts the executor with piped stdio in its own session and process group.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
-    let mut cmd = match spec.runtime {
-        Runtime::Shell => {
-            let mut cmd = Command::new("/bin/sh");
-            cmd.arg(spec.program);
-            cmd
-        }
-        Runtime::Exec => Command::new(spec.program),
-    };
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", spec.workdir)
-        .env("TMPDIR", spec.workdir)
-        .envs(spec.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
-        .current_dir(spec.workdir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
-    // is async-signal-safe; it touches no memory shared with the parent's other threads.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
     let program = match spec.runtime {
-        Runtime::Shell => Path::new("/bin/sh"),
+        Runtime::Shell => Path::new(SHELL),
         Runtime::Exec => spec.program,
     };
-    // A freshly written executable can be briefly busy (ETXTBSY) while another thread's fork
-    // still holds its write descriptor; that clears within microseconds.
+    let c_program = c_path(program)?;
+    let mut argv = vec![c_program.clone()];
+    if spec.runtime == Runtime::Shell {
+        argv.push(c_path(spec.program)?);
+    }
+    let workdir = spec.workdir.to_string_lossy();
+    let mut envp = vec![
+        c_string(format!("PATH={DEFAULT_PATH}"))?,
+        c_string(format!("HOME={workdir}"))?,
+        c_string(format!("TMPDIR={workdir}"))?,
+    ];
+    for (k, v) in spec.env {
+        envp.push(c_string(format!("{k}={v}"))?);
+    }
+    let cwd = c_path(spec.workdir)?;
+    // A freshly written executable can be briefly busy (ETXTBSY) while another thread still
+    // holds its write descriptor; that clears within microseconds.
     let mut tries = 0;
     loop {
-        match cmd.spawn() {
+        match sys::spawn(&c_program, &argv, &envp, &cwd) {
             Ok(child) => return Ok(child),
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 20 => {
+            Err(e) if e.errno == nix::errno::Errno::ETXTBSY && tries < 20 => {
                 tries += 1;
                 std::thread::yield_now();
             }

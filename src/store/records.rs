@@ -134,11 +134,9 @@ mod tests {
             created_ms: 1,
         };
         let bytes = encode(&record).expect("encode");
-        assert_eq!(
-            hex(&bytes),
-            format!("016602002{}", "0".to_string() + &"07".repeat(32))
-                + "0ab0ea901010464030101410162 01".replace(' ', "").as_str()
-        );
+        // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created.
+        let expected = format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201";
+        assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
     }
 
@@ -164,7 +162,7 @@ mod tests {
             run_us: 8,
         };
         let bytes = encode(&record).expect("encode");
-        assert_eq!(hex(&bytes), "0102016601030301040001010101000005060708");
+        assert_eq!(hex(&bytes), "010201660103030104000101010001000005060708");
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
 }

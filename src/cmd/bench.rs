@@ -1,0 +1,167 @@
+//! `faasd bench`: measure a running server: async throughput and sync latency of a no-op
+//! function.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use base64::Engine;
+use bytes::Bytes;
+
+use super::{ClientArgs, exit};
+use crate::client::Client;
+
+/// Benchmark a running server.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Tasks submitted asynchronously for the throughput figure.
+    #[arg(long, default_value_t = 10_000)]
+    pub tasks: usize,
+    /// Concurrent HTTP connections submitting them.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Sequential sync calls for the latency figures.
+    #[arg(long, default_value_t = 1_000)]
+    pub sync_calls: usize,
+    /// The function's code (a shell script); the default is the no-op `cat`.
+    #[arg(long, default_value = "cat")]
+    pub script: String,
+    /// The function's name.
+    #[arg(long, default_value = "bench-noop")]
+    pub function: String,
+    /// A label printed with the figures.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs `faasd bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&args.client.url)?;
+    let body = serde_json::json!({
+        "name": args.function,
+        "runtime": "shell",
+        "code": base64::engine::general_purpose::STANDARD.encode(args.script.as_bytes()),
+    });
+    client
+        .post("/v1/functions", "application/json", serde_json::to_vec(&body)?.into())
+        .await?
+        .ok()
+        .context("cannot register the benchmark function")?;
+    let label = if args.label.is_empty() {
+        String::new()
+    } else {
+        format!("[{}] ", args.label)
+    };
+
+    if args.tasks > 0 {
+        let (rate, elapsed) = throughput(&client, &args).await?;
+        println!(
+            "{label}async throughput: {} tasks over {} connections in {:.2} s = {rate:.0} tasks/s (submit to last COMPLETED)",
+            args.tasks,
+            args.connections,
+            elapsed.as_secs_f64()
+        );
+    }
+    if args.sync_calls > 0 {
+        let mut latencies = sync_latency(&client, &args).await?;
+        latencies.sort();
+        let pct = |p: f64| {
+            let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i].as_secs_f64() * 1000.0
+        };
+        println!(
+            "{label}sync latency over {} sequential calls: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            latencies.len(),
+            pct(0.50),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, Duration)> {
+    let path = Arc::new(format!("/v1/functions/{}/invoke?async=true", args.function));
+    let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let mut submitters = tokio::task::JoinSet::new();
+    let connections = args.connections.max(1);
+    for c in 0..connections {
+        let share = args.tasks / connections + usize::from(c < args.tasks % connections);
+        let client = client.clone();
+        let path = path.clone();
+        submitters.spawn(async move {
+            let mut ids = Vec::with_capacity(share);
+            for _ in 0..share {
+                let answer = client
+                    .post(&path, "application/octet-stream", Bytes::new())
+                    .await?
+                    .ok()?;
+                let v: serde_json::Value = answer.json()?;
+                ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
+            }
+            anyhow::Ok(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(args.tasks);
+    while let Some(joined) = submitters.join_next().await {
+        ids.extend(joined.context("a submitter panicked")??);
+    }
+    let submitted = started.elapsed();
+    // Every task's end, read after the fact; the run ends at the latest finished_at.
+    let mut last_finished = started_wall;
+    let mut waiters = tokio::task::JoinSet::new();
+    let ids = Arc::new(ids);
+    for c in 0..connections {
+        let client = client.clone();
+        let ids = ids.clone();
+        waiters.spawn(async move {
+            let mut latest = SystemTime::UNIX_EPOCH;
+            let mut failed = 0usize;
+            for id in ids.iter().skip(c).step_by(connections) {
+                let t: serde_json::Value = client
+                    .get(&format!("/v1/tasks/{id}?wait=120s"))
+                    .await?
+                    .ok()?
+                    .json()?;
+                if t["status"] != "COMPLETED" {
+                    failed += 1;
+                }
+                if let Some(ts) = t["finished_at"].as_str() {
+                    latest = latest.max(humantime::parse_rfc3339(ts)?);
+                }
+            }
+            anyhow::Ok((latest, failed))
+        });
+    }
+    let mut failed = 0;
+    while let Some(joined) = waiters.join_next().await {
+        let (latest, f) = joined.context("a waiter panicked")??;
+        last_finished = last_finished.max(latest);
+        failed += f;
+    }
+    if failed > 0 {
+        return Err(exit::coded(exit::FAILURE, format!("{failed} benchmark tasks did not complete")));
+    }
+    let elapsed = last_finished
+        .duration_since(started_wall)
+        .unwrap_or(submitted)
+        .max(submitted);
+    Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
+}
+
+async fn sync_latency(client: &Client, args: &BenchArgs) -> anyhow::Result<Vec<Duration>> {
+    let path = format!("/v1/functions/{}/invoke", args.function);
+    let mut latencies = Vec::with_capacity(args.sync_calls);
+    for _ in 0..args.sync_calls {
+        let t = Instant::now();
+        client
+            .post(&path, "application/octet-stream", Bytes::from_static(b"x"))
+            .await?
+            .ok()?;
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}

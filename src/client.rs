@@ -119,11 +119,12 @@ impl Client {
         if let Some(ct) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
         }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| exit::coded(exit::USAGE, format!("cannot build request for {path}: {e}")))?;
+        let request = builder.body(Full::new(body)).map_err(|e| {
+            exit::coded(exit::USAGE, format!("cannot build request for {path}: {e}"))
+        })?;
         let response = self.http.request(request).await.map_err(|e| {
-            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             exit::coded(
                 exit::SERVER,
                 format!("cannot reach the faasd server at {}: {cause}", self.base),
@@ -148,7 +149,12 @@ impl Client {
     }
 
     /// `POST path` with a body.
-    pub async fn post(&self, path: &str, content_type: &str, body: Bytes) -> anyhow::Result<Answer> {
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
         self.request(Method::POST, path, Some(content_type), body)
             .await
     }

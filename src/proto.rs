@@ -62,7 +62,9 @@ impl std::str::FromStr for Runtime {
         match s {
             "shell" => Ok(Runtime::Shell),
             "exec" => Ok(Runtime::Exec),
-            other => Err(format!("unknown runtime {other:?} (expected shell or exec)")),
+            other => Err(format!(
+                "unknown runtime {other:?} (expected shell or exec)"
+            )),
         }
     }
 }
@@ -308,17 +310,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Queues a frame without flushing, so that many frames leave in one write.
     pub async fn feed(&mut self, frame: &Frame) -> Result<(), Error> {
         let bytes = encode(frame)?;
-        self.inner
-            .feed(bytes)
-            .await
-            .map_err(|source| Error::Io { op: "write", source })
+        self.inner.feed(bytes).await.map_err(|source| Error::Io {
+            op: "write",
+            source,
+        })
     }
 
     /// Flushes the frames queued by [`Writer::feed`].
     pub async fn flush(&mut self) -> Result<(), Error> {
         SinkExt::<Bytes>::flush(&mut self.inner)
             .await
-            .map_err(|source| Error::Io { op: "write", source })
+            .map_err(|source| Error::Io {
+                op: "write",
+                source,
+            })
     }
 
     /// Writes one frame and flushes it.
@@ -348,7 +353,10 @@ mod tests {
     fn golden(frame: Frame, hex: &str) {
         let bytes = encode(&frame).expect("encode");
         let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(got, hex, "encoding of {frame:?} changed: bump PROTOCOL_VERSION");
+        assert_eq!(
+            got, hex,
+            "encoding of {frame:?} changed: bump PROTOCOL_VERSION"
+        );
         assert_eq!(decode(&bytes).expect("decode"), frame);
     }
 
@@ -383,7 +391,12 @@ mod tests {
             },
             "010107e807",
         );
-        golden(Frame::Refused { reason: "no".into() }, "02026e6f");
+        golden(
+            Frame::Refused {
+                reason: "no".into(),
+            },
+            "02026e6f",
+        );
         golden(
             Frame::Assign(Assignment {
                 task_id: 5,
@@ -404,7 +417,10 @@ mod tests {
             .replace(' ', "")
             .as_str(),
         );
-        golden(Frame::FetchCode { hash: [1; 32] }, &format!("04{}", "01".repeat(32)));
+        golden(
+            Frame::FetchCode { hash: [1; 32] },
+            &format!("04{}", "01".repeat(32)),
+        );
         golden(
             Frame::Code {
                 hash: [2; 32],
@@ -419,7 +435,9 @@ mod tests {
                 lease: 3,
                 outcome: outcome(),
             }),
-            "060503010200011201016d01 6f0165ac02".replace(' ', "").as_str(),
+            "060503010200011201016d01 6f0165ac02"
+                .replace(' ', "")
+                .as_str(),
         );
         golden(Frame::Heartbeat { running: 4 }, "0704");
         golden(Frame::Pull { slots: 2 }, "0802");
@@ -431,7 +449,9 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let mut a = Writer::new(a);
         let mut b = Reader::new(b);
-        a.send(&Frame::Heartbeat { running: 1 }).await.expect("send");
+        a.send(&Frame::Heartbeat { running: 1 })
+            .await
+            .expect("send");
         drop(a);
         assert_eq!(
             b.next().await.expect("read"),

@@ -41,7 +41,11 @@ impl ApiError {
 
     /// 404 `task_not_found`.
     pub fn task_not_found(id: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "task_not_found", format!("no task with id {id}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+            format!("no task with id {id}"),
+        )
     }
 
     /// 413 `payload_too_large`.
@@ -87,7 +91,8 @@ impl ApiError {
             "reason".into(),
             json!(record.failure.map(FailureReason::as_str)),
         );
-        err.extra.insert("exit_code".into(), json!(record.exit_code));
+        err.extra
+            .insert("exit_code".into(), json!(record.exit_code));
         err.extra.insert("signal".into(), json!(record.signal));
         err.extra
             .insert("stderr_tail".into(), json!(tail(stderr, 2048)));
@@ -139,9 +144,11 @@ impl From<broker::Error> for ApiError {
             broker::Error::QueueFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
             }
-            broker::Error::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string())
-            }
+            broker::Error::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
             broker::Error::Store(e) => ApiError::internal(e),
         }
     }

@@ -69,10 +69,14 @@ impl TimeoutField {
         let d = match self {
             TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
             TimeoutField::Seconds(s) => {
-                return Err(ApiError::invalid(format!("timeout must be positive, got {s}")));
+                return Err(ApiError::invalid(format!(
+                    "timeout must be positive, got {s}"
+                )));
             }
             TimeoutField::Text(t) => humantime::parse_duration(t).map_err(|e| {
-                ApiError::invalid(format!("timeout {t:?} is not a duration such as \"30s\": {e}"))
+                ApiError::invalid(format!(
+                    "timeout {t:?} is not a duration such as \"30s\": {e}"
+                ))
             })?,
         };
         if d.is_zero() || d > Duration::from_secs(24 * 3600) {
@@ -109,7 +113,8 @@ pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if first_ok && rest_ok && name.len() <= 63 {
         Ok(())
     } else {
@@ -134,7 +139,9 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
             )));
         }
         if v.contains('\0') {
-            return Err(ApiError::invalid(format!("environment variable {k} contains a NUL byte")));
+            return Err(ApiError::invalid(format!(
+                "environment variable {k} contains a NUL byte"
+            )));
         }
     }
     Ok(())
@@ -186,7 +193,9 @@ pub async fn register(
         None => state.defaults.timeout,
     };
     if req.concurrency == Some(0) {
-        return Err(ApiError::invalid("concurrency must be at least 1 (omit it for unlimited)"));
+        return Err(ApiError::invalid(
+            "concurrency must be at least 1 (omit it for unlimited)",
+        ));
     }
     let record = FunctionRecord {
         name: req.name,
@@ -197,13 +206,19 @@ pub async fn register(
         timeout_ms: timeout.as_millis() as u64,
         concurrency: req.concurrency,
         queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit).max(1),
-        max_attempts: req.max_attempts.unwrap_or(state.defaults.max_attempts).max(1),
+        max_attempts: req
+            .max_attempts
+            .unwrap_or(state.defaults.max_attempts)
+            .max(1),
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
     };
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
-    Ok((StatusCode::CREATED, Json(FunctionView::from(record.as_ref()))))
+    Ok((
+        StatusCode::CREATED,
+        Json(FunctionView::from(record.as_ref())),
+    ))
 }
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
@@ -238,9 +253,9 @@ async fn from_multipart(
         }
         let text = field.text().await.map_err(multipart_err)?;
         let number = |what: &str| {
-            text.trim()
-                .parse::<u32>()
-                .map_err(|_| ApiError::invalid(format!("{what} must be a whole number, got {text:?}")))
+            text.trim().parse::<u32>().map_err(|_| {
+                ApiError::invalid(format!("{what} must be a whole number, got {text:?}"))
+            })
         };
         match name.as_str() {
             "name" => req.name = text,
@@ -302,5 +317,7 @@ pub async fn remove(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let f = state.broker.delete(&name).await?;
     tracing::info!(function = %name, "deleted");
-    Ok(Json(serde_json::json!({"name": f.name, "version": f.version, "deleted": true})))
+    Ok(Json(
+        serde_json::json!({"name": f.name, "version": f.version, "deleted": true}),
+    ))
 }

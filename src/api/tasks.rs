@@ -99,7 +99,12 @@ pub async fn invoke_url(
     call(&state, &name, body, false).await
 }
 
-async fn call(state: &AppState, name: &str, body: Body, is_async: bool) -> Result<Response, ApiError> {
+async fn call(
+    state: &AppState,
+    name: &str,
+    body: Body,
+    is_async: bool,
+) -> Result<Response, ApiError> {
     validate_name(name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
     let (record, waiter) = state.broker.submit(name, payload, !is_async).await?;
@@ -143,15 +148,13 @@ fn finished_response(finished: &Arc<Finished>) -> Result<Response, ApiError> {
 }
 
 fn parse_id(id: &str) -> Result<u128, ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|u| u.as_u128())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_task_id",
-                format!("{id:?} is not a task id (a UUID)"),
-            )
-        })
+    uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_task_id",
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })
 }
 
 /// `?wait=30s` on the status route: hold the answer until the task finishes or this passes.
@@ -200,7 +203,10 @@ async fn finished_record(state: &AppState, id: &str) -> Result<TaskRecord, ApiEr
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "task_not_finished",
-            format!("task {id} is {}; it has no result yet", record.status.as_str()),
+            format!(
+                "task {id} is {}; it has no result yet",
+                record.status.as_str()
+            ),
         )
         .with("status", serde_json::json!(record.status.as_str())));
     }
@@ -234,7 +240,12 @@ pub async fn logs(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = finished_record(&state, &id).await?;
-    let logs = state.broker.store().logs(record.id).await?.unwrap_or_default();
+    let logs = state
+        .broker
+        .store()
+        .logs(record.id)
+        .await?
+        .unwrap_or_default();
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -166,7 +166,10 @@ impl Broker {
             requeued += 1;
         }
         if requeued > 0 {
-            tracing::info!(tasks = requeued, "re-queued unfinished tasks from the store");
+            tracing::info!(
+                tasks = requeued,
+                "re-queued unfinished tasks from the store"
+            );
         }
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -335,7 +338,8 @@ impl Broker {
         self.lock().tasks.get_mut(&id).map(Active::watch)
     }
 
-    /// Attaches a worker that completed the handshake; frames for it go to `frames`.
+    /// Attaches a worker that sent a valid `Hello`: queues its `Welcome` on `frames` (ahead
+    /// of any task) and returns its id.
     pub(crate) fn attach_worker(
         &self,
         name: String,
@@ -343,10 +347,16 @@ impl Broker {
         slots: u32,
         mode: DispatchMode,
         frames: mpsc::UnboundedSender<Frame>,
+        heartbeat: Duration,
     ) -> u64 {
         let mut state = self.lock();
         state.next_worker += 1;
         let id = state.next_worker;
+        let _ = frames.send(Frame::Welcome {
+            protocol: crate::proto::PROTOCOL_VERSION,
+            worker_id: id,
+            heartbeat_ms: heartbeat.as_millis() as u32,
+        });
         state
             .workers
             .insert(id, WorkerEntry::new(name, address, slots, mode, frames));

@@ -56,12 +56,14 @@ where
     }
 
     let (frames, outbox) = mpsc::unbounded_channel();
-    let id = broker.attach_worker(name.clone(), address.clone(), slots, mode, frames.clone());
-    let _ = frames.send(Frame::Welcome {
-        protocol: PROTOCOL_VERSION,
-        worker_id: id,
-        heartbeat_ms: HEARTBEAT.as_millis() as u32,
-    });
+    let id = broker.attach_worker(
+        name.clone(),
+        address.clone(),
+        slots,
+        mode,
+        frames.clone(),
+        HEARTBEAT,
+    );
     tracing::info!(worker = id, %name, %address, slots, ?mode, "worker joined");
     let pump = tokio::spawn(async move { writer.pump(outbox).await });
 
@@ -80,12 +82,24 @@ where
                     let frame = match blob {
                         Ok(Some(bytes)) => {
                             broker.note_cached(id, hash);
-                            Frame::Code { hash, found: true, bytes }
+                            Frame::Code {
+                                hash,
+                                found: true,
+                                bytes,
+                            }
                         }
-                        Ok(None) => Frame::Code { hash, found: false, bytes: Default::default() },
+                        Ok(None) => Frame::Code {
+                            hash,
+                            found: false,
+                            bytes: Default::default(),
+                        },
                         Err(e) => {
                             tracing::error!(error = %e, "cannot read a code blob for a worker");
-                            Frame::Code { hash, found: false, bytes: Default::default() }
+                            Frame::Code {
+                                hash,
+                                found: false,
+                                bytes: Default::default(),
+                            }
                         }
                     };
                     let _ = frames.send(frame);

@@ -281,10 +281,7 @@ impl State {
                 self.runnable.push_front(name);
                 return;
             };
-            let queue = self
-                .queues
-                .get_mut(&name)
-                .expect("queue looked up above");
+            let queue = self.queues.get_mut(&name).expect("queue looked up above");
             queue.waiting.pop_front();
             queue.running += 1;
             if queue.can_start() {
@@ -317,7 +314,10 @@ impl State {
             store.write_later(Write::Update {
                 record: active.record.clone(),
             });
-            let worker = self.workers.get_mut(&worker_id).expect("picked worker exists");
+            let worker = self
+                .workers
+                .get_mut(&worker_id)
+                .expect("picked worker exists");
             worker.running.insert(head);
             worker.cached.insert(hash);
             if worker.mode == DispatchMode::Pull {
@@ -329,7 +329,12 @@ impl State {
     }
 
     /// Applies a worker's report; returns the commit to wait on, or `None` if it was refused.
-    pub fn finish(&mut self, worker_id: u64, report: Report, store: &Store) -> Option<PendingCommit> {
+    pub fn finish(
+        &mut self,
+        worker_id: u64,
+        report: Report,
+        store: &Store,
+    ) -> Option<PendingCommit> {
         let id = report.task_id;
         let task = uuid::Uuid::from_u128(id);
         let Some(active) = self.tasks.get_mut(&id) else {

@@ -45,7 +45,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         "code": base64::engine::general_purpose::STANDARD.encode(args.script.as_bytes()),
     });
     client
-        .post("/v1/functions", "application/json", serde_json::to_vec(&body)?.into())
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body)?.into(),
+        )
         .await?
         .ok()
         .context("cannot register the benchmark function")?;
@@ -143,7 +147,10 @@ async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, D
         failed += f;
     }
     if failed > 0 {
-        return Err(exit::coded(exit::FAILURE, format!("{failed} benchmark tasks did not complete")));
+        return Err(exit::coded(
+            exit::FAILURE,
+            format!("{failed} benchmark tasks did not complete"),
+        ));
     }
     let elapsed = last_finished
         .duration_since(started_wall)

@@ -22,7 +22,10 @@ pub async fn run(args: LsArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let functions: Vec<serde_json::Value> = answer.json()?;
-    println!("{:<24} {:>7} {:<7} {:>9} {:>11}", "NAME", "VERSION", "RUNTIME", "TIMEOUT", "CONCURRENCY");
+    println!(
+        "{:<24} {:>7} {:<7} {:>9} {:>11}",
+        "NAME", "VERSION", "RUNTIME", "TIMEOUT", "CONCURRENCY"
+    );
     for f in functions {
         let timeout = f["timeout_ms"].as_u64().map_or_else(String::new, |ms| {
             humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()

@@ -61,7 +61,10 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         ("timeout", args.timeout.map(serde_json::Value::from)),
         ("concurrency", args.concurrency.map(serde_json::Value::from)),
         ("queue_limit", args.queue_limit.map(serde_json::Value::from)),
-        ("max_attempts", args.max_attempts.map(serde_json::Value::from)),
+        (
+            "max_attempts",
+            args.max_attempts.map(serde_json::Value::from),
+        ),
     ];
     for (key, value) in fields {
         if let Some(v) = value {
@@ -70,14 +73,22 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
     }
     let client = Client::new(&args.client.url)?;
     let answer = client
-        .post("/v1/functions", "application/json", serde_json::to_vec(&body)?.into())
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body)?.into(),
+        )
         .await?
         .ok()?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&answer.body));
     } else {
         let f: serde_json::Value = answer.json()?;
-        println!("registered {} version {}", f["name"].as_str().unwrap_or("?"), f["version"]);
+        println!(
+            "registered {} version {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["version"]
+        );
     }
     Ok(exit::OK)
 }

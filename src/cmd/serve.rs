@@ -94,17 +94,17 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     let stop_http = CancellationToken::new();
     let stop_workers = CancellationToken::new();
 
-    let slots = args.local_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    });
+    let slots = args
+        .local_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     // Executors' working directories live in a private temporary directory, removed on exit.
     let work_root = tempfile::Builder::new()
         .prefix("faasd-work-")
         .tempdir()
         .context("cannot create the executors' working directory")?;
     if slots > 0 {
-        let cache = CodeCache::new(args.data.join("code-cache"))
-            .context("cannot create the code cache")?;
+        let cache =
+            CodeCache::new(args.data.join("code-cache")).context("cannot create the code cache")?;
         let config = Arc::new(worker::Config {
             name: "local".into(),
             slots,
@@ -160,12 +160,18 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     tracing::info!(%http_addr, %worker_addr, local_slots = slots, data = %args.data.display(), "faasd ready");
 
     let signal = wait_for_signal().await?;
-    tracing::info!(signal, "stopping: no new requests; waiting for running tasks");
+    tracing::info!(
+        signal,
+        "stopping: no new requests; waiting for running tasks"
+    );
     broker.stop_dispatch();
     stop_http.cancel();
     let still_running = broker.wait_settled(args.shutdown_timeout).await;
     if still_running > 0 {
-        tracing::warn!(tasks = still_running, "shutdown deadline passed; those tasks re-run at the next start");
+        tracing::warn!(
+            tasks = still_running,
+            "shutdown deadline passed; those tasks re-run at the next start"
+        );
     }
     stop_workers.cancel();
     tracker.close();
@@ -176,7 +182,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         tracing::warn!("some worker sessions did not end in time");
     }
     // In-flight HTTP requests (sync calls whose tasks stay queued) get a short grace, then go.
-    if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .is_err()
+    {
         tracing::warn!("some HTTP requests were still open at shutdown");
     }
     store.close().await;

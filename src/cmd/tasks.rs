@@ -52,7 +52,11 @@ fn is_finished(task: &serde_json::Value) -> bool {
 async fn fetch_status(client: &Client, id: &str, wait: bool) -> anyhow::Result<serde_json::Value> {
     let base = format!("/v1/tasks/{}", segment(id));
     loop {
-        let path = if wait { format!("{base}?wait=60s") } else { base.clone() };
+        let path = if wait {
+            format!("{base}?wait=60s")
+        } else {
+            base.clone()
+        };
         let task: serde_json::Value = client.get(&path).await?.ok()?.json()?;
         if !wait || is_finished(&task) {
             return Ok(task);
@@ -70,7 +74,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         print_task(&task);
     }
     let failed = task["status"].as_str() == Some("FAILED");
-    Ok(if args.wait && failed { exit::FAILURE } else { exit::OK })
+    Ok(if args.wait && failed {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
 }
 
 fn print_task(t: &serde_json::Value) {
@@ -80,7 +88,11 @@ fn print_task(t: &serde_json::Value) {
         other => other.to_string(),
     };
     println!("task      {}", text("id"));
-    println!("function  {} (version {})", text("function"), text("version"));
+    println!(
+        "function  {} (version {})",
+        text("function"),
+        text("version")
+    );
     println!("status    {}", text("status"));
     println!("attempts  {}", text("attempts"));
     println!("created   {}", text("created_at"));

@@ -115,9 +115,18 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         workdir: workdir.path(),
         env: call.env,
     })?;
-    let stdin = child.stdin.take().and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
-    let stdout = child.stdout.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
-    let stderr = child.stderr.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    let stdin = child
+        .stdin
+        .take()
+        .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+    let stdout = child
+        .stdout
+        .take()
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    let stderr = child
+        .stderr
+        .take()
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
 
     let payload = call.payload.clone();
     let feed = async move {
@@ -237,7 +246,12 @@ async fn capture<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> (Vec<
 mod tests {
     use super::*;
 
-    async fn run_script(script: &str, payload: &[u8], timeout: Duration, limits: Limits) -> Outcome {
+    async fn run_script(
+        script: &str,
+        payload: &[u8],
+        timeout: Duration,
+        limits: Limits,
+    ) -> Outcome {
         let dir = tempfile::tempdir().expect("tempdir");
         let program = dir.path().join("script.sh");
         std::fs::write(&program, script).expect("write script");
@@ -255,7 +269,13 @@ mod tests {
 
     #[tokio::test]
     async fn payload_in_result_out() {
-        let out = run_script("cat; echo \"$GREETING\" >&2", b"abc", Duration::from_secs(5), Limits::default()).await;
+        let out = run_script(
+            "cat; echo \"$GREETING\" >&2",
+            b"abc",
+            Duration::from_secs(5),
+            Limits::default(),
+        )
+        .await;
         assert_eq!(out.failure, None);
         assert_eq!(out.exit_code, Some(0));
         assert_eq!(&out.stdout[..], b"abc");
@@ -266,13 +286,25 @@ mod tests {
     async fn environment_is_cleared() {
         // SAFETY: tests in this module do not read this variable concurrently.
         unsafe { std::env::set_var("FAASD_TEST_LEAK", "leaked") };
-        let out = run_script("printf '%s' \"${FAASD_TEST_LEAK:-clean}\"", b"", Duration::from_secs(5), Limits::default()).await;
+        let out = run_script(
+            "printf '%s' \"${FAASD_TEST_LEAK:-clean}\"",
+            b"",
+            Duration::from_secs(5),
+            Limits::default(),
+        )
+        .await;
         assert_eq!(&out.stdout[..], b"clean");
     }
 
     #[tokio::test]
     async fn nonzero_exit_fails_with_status() {
-        let out = run_script("echo bad >&2; exit 3", b"", Duration::from_secs(5), Limits::default()).await;
+        let out = run_script(
+            "echo bad >&2; exit 3",
+            b"",
+            Duration::from_secs(5),
+            Limits::default(),
+        )
+        .await;
         assert_eq!(out.failure, Some(FailureReason::ExitStatus));
         assert_eq!(out.exit_code, Some(3));
         assert_eq!(&out.stderr[..], b"bad\n");
@@ -286,25 +318,50 @@ mod tests {
         let started = Instant::now();
         let out = run_script(&script, b"", Duration::from_millis(200), Limits::default()).await;
         assert_eq!(out.failure, Some(FailureReason::Timeout));
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "a background child outlived the timeout");
     }
 
     #[tokio::test]
     async fn stderr_is_bounded_with_a_marker() {
-        let limits = Limits { stdout_bytes: 1 << 20, stderr_bytes: 100 };
-        let out = run_script("head -c 1000 /dev/zero >&2", b"", Duration::from_secs(5), limits).await;
+        let limits = Limits {
+            stdout_bytes: 1 << 20,
+            stderr_bytes: 100,
+        };
+        let out = run_script(
+            "head -c 1000 /dev/zero >&2",
+            b"",
+            Duration::from_secs(5),
+            limits,
+        )
+        .await;
         assert_eq!(out.failure, None);
         assert!(out.stderr.starts_with(&[0u8; 100]));
         let tail = String::from_utf8_lossy(&out.stderr[100..]).to_string();
-        assert!(tail.contains("stderr truncated, 900 more bytes dropped"), "{tail}");
+        assert!(
+            tail.contains("stderr truncated, 900 more bytes dropped"),
+            "{tail}"
+        );
     }
 
     #[tokio::test]
     async fn oversized_stdout_fails() {
-        let limits = Limits { stdout_bytes: 10, stderr_bytes: 100 };
-        let out = run_script("head -c 1000 /dev/zero", b"", Duration::from_secs(5), limits).await;
+        let limits = Limits {
+            stdout_bytes: 10,
+            stderr_bytes: 100,
+        };
+        let out = run_script(
+            "head -c 1000 /dev/zero",
+            b"",
+            Duration::from_secs(5),
+            limits,
+        )
+        .await;
         assert_eq!(out.failure, Some(FailureReason::OutputTooLarge));
     }
 
@@ -326,7 +383,10 @@ mod tests {
         })
         .await;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(text.trim().starts_with(root.to_str().expect("utf8")), "{text}");
+        assert!(
+            text.trim().starts_with(root.to_str().expect("utf8")),
+            "{text}"
+        );
         assert_eq!(std::fs::read_dir(&root).expect("read").count(), 0);
     }
 

@@ -39,7 +39,10 @@ fn c_path(path: &Path) -> Result<CString, Error> {
 
 fn c_string(text: String) -> Result<CString, Error> {
     CString::new(text).map_err(|e| Error::BadArgument {
-        what: format!("{:?} contains a NUL byte", String::from_utf8_lossy(&e.into_vec())),
+        what: format!(
+            "{:?} contains a NUL byte",
+            String::from_utf8_lossy(&e.into_vec())
+        ),
     })
 }
 

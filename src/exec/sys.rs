@@ -136,13 +136,13 @@ pub fn spawn(
     check("posix_spawnattr_setflags", unsafe {
         libc::posix_spawnattr_setflags(&mut attrs.0, flags as libc::c_short)
     })?;
-    let mut empty: libc::sigset_t = unsafe {
+    let empty: libc::sigset_t = unsafe {
         // SAFETY: sigemptyset fully initialises the set.
         let mut set = std::mem::MaybeUninit::uninit();
         libc::sigemptyset(set.as_mut_ptr());
         set.assume_init()
     };
-    let mut all: libc::sigset_t = unsafe {
+    let all: libc::sigset_t = unsafe {
         // SAFETY: sigfillset fully initialises the set.
         let mut set = std::mem::MaybeUninit::uninit();
         libc::sigfillset(set.as_mut_ptr());
@@ -150,12 +150,12 @@ pub fn spawn(
     };
     // SAFETY: `attrs` is initialised and the sets are valid for the calls.
     check("posix_spawnattr_setsigmask", unsafe {
-        libc::posix_spawnattr_setsigmask(&mut attrs.0, &mut empty)
+        libc::posix_spawnattr_setsigmask(&mut attrs.0, &empty)
     })?;
     // Every signal back to its default: the server ignores SIGPIPE, its functions must not.
     // SAFETY: as above.
     check("posix_spawnattr_setsigdefault", unsafe {
-        libc::posix_spawnattr_setsigdefault(&mut attrs.0, &mut all)
+        libc::posix_spawnattr_setsigdefault(&mut attrs.0, &all)
     })?;
 
     let mut argv_ptrs: Vec<*mut libc::c_char> =

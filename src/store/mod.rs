@@ -141,7 +141,7 @@ impl Store {
         let (ack, done) = oneshot::channel();
         // A closed writer drops the ack, which the receiver sees as an error.
         let _ = self.inner.ops.send(Op::Write {
-            write,
+            write: Box::new(write),
             ack: Some(ack),
         });
         done
@@ -157,7 +157,10 @@ impl Store {
 
     /// Queues a write without waiting for its commit (it still commits in order).
     pub fn write_later(&self, write: Write) {
-        let _ = self.inner.ops.send(Op::Write { write, ack: None });
+        let _ = self.inner.ops.send(Op::Write {
+            write: Box::new(write),
+            ack: None,
+        });
     }
 
     /// Commits everything queued, stops the writer thread and waits for it.
@@ -207,7 +210,8 @@ impl Store {
         version: Option<u32>,
     ) -> Result<Option<FunctionRecord>, Error> {
         let name = name.to_owned();
-        self.read(move |database| read_function(database, &name, version)).await
+        self.read(move |database| read_function(database, &name, version))
+            .await
     }
 
     /// A code bundle by its hash.
@@ -236,12 +240,14 @@ impl Store {
 
     /// A finished task's result bytes.
     pub async fn result(&self, id: u128) -> Result<Option<Bytes>, Error> {
-        self.read(move |database| read_bytes(database, RESULTS, id)).await
+        self.read(move |database| read_bytes(database, RESULTS, id))
+            .await
     }
 
     /// A finished task's captured stderr.
     pub async fn logs(&self, id: u128) -> Result<Option<Bytes>, Error> {
-        self.read(move |database| read_bytes(database, LOGS, id)).await
+        self.read(move |database| read_bytes(database, LOGS, id))
+            .await
     }
 
     /// Every unfinished task in arrival order, with the function versions they pin.

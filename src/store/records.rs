@@ -135,7 +135,8 @@ mod tests {
         };
         let bytes = encode(&record).expect("encode");
         // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created.
-        let expected = format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201";
+        let expected =
+            format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201";
         assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
     }

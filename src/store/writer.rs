@@ -58,7 +58,7 @@ pub enum Write {
 type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
 
 pub(super) enum Op {
-    Write { write: Write, ack: Option<Ack> },
+    Write { write: Box<Write>, ack: Option<Ack> },
     Close(oneshot::Sender<()>),
 }
 
@@ -73,7 +73,7 @@ pub(super) fn start(database: Arc<Database>) -> mpsc::UnboundedSender<Op> {
 }
 
 fn run(database: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut batch: Vec<(Write, Option<Ack>)> = Vec::new();
+    let mut batch: Vec<(Box<Write>, Option<Ack>)> = Vec::new();
     while let Some(op) = rx.blocking_recv() {
         let mut close = None;
         match op {
@@ -99,7 +99,7 @@ fn run(database: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
-fn commit(database: &Database, batch: &mut Vec<(Write, Option<Ack>)>) {
+fn commit(database: &Database, batch: &mut Vec<(Box<Write>, Option<Ack>)>) {
     let started = std::time::Instant::now();
     let count = batch.len();
     match apply(database, batch) {
@@ -120,10 +120,14 @@ fn commit(database: &Database, batch: &mut Vec<(Write, Option<Ack>)>) {
             }
         }
     }
-    tracing::trace!(writes = count, elapsed_us = started.elapsed().as_micros() as u64, "group commit");
+    tracing::trace!(
+        writes = count,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "group commit"
+    );
 }
 
-fn apply(database: &Database, batch: &[(Write, Option<Ack>)]) -> Result<Vec<u32>, Error> {
+fn apply(database: &Database, batch: &[(Box<Write>, Option<Ack>)]) -> Result<Vec<u32>, Error> {
     let mut txn = database.begin_write().map_err(db("begin write"))?;
     // A batch nobody waits on (state changes such as RUNNING) skips the fsync: the next
     // durable commit persists it along with its own writes, and recovery treats a RUNNING task

@@ -97,14 +97,19 @@ impl CodeCache {
         let result = if !found {
             Err(format!("the server has no code with hash {}", hex(&hash)))
         } else if Sha256::digest(&bytes).as_slice() != hash {
-            Err(format!("code received for {} does not match its hash", hex(&hash)))
+            Err(format!(
+                "code received for {} does not match its hash",
+                hex(&hash)
+            ))
         } else {
             let path = self.path_of(&hash);
             let dir = self.inner.dir.clone();
-            tokio::task::spawn_blocking(move || write_executable(&dir, &path, &bytes).map(|()| path))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| format!("cannot write code to the cache: {e}")))
+            tokio::task::spawn_blocking(move || {
+                write_executable(&dir, &path, &bytes).map(|()| path)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot write code to the cache: {e}")))
         };
         let waiters = {
             let mut entries = self.entries();
@@ -139,7 +144,8 @@ fn write_executable(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()
     use std::os::unix::fs::PermissionsExt;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o755))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use cache::CodeCache;
 use crate::exec;
 use crate::proto::{self, Assignment, DispatchMode, FailureReason, Frame, Outcome, Report};
+pub use cache::CodeCache;
 
 /// Errors that end a worker session.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +131,10 @@ where
     if ended == Ended::Drained {
         let _ = frames.send(Frame::Drain);
         tracker.close();
-        if tokio::time::timeout(drain_deadline, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain deadline passed with tasks still running");
         }
     }
@@ -142,7 +145,11 @@ where
     Ok(ended)
 }
 
-async fn run_task(config: &Config, task: Assignment, frames: &mpsc::UnboundedSender<Frame>) -> Report {
+async fn run_task(
+    config: &Config,
+    task: Assignment,
+    frames: &mpsc::UnboundedSender<Frame>,
+) -> Report {
     let outcome = match config.cache.get(task.code_hash, frames).await {
         Ok(program) => {
             exec::run(exec::Call {

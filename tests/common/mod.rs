@@ -1,0 +1,217 @@
+//! Test harness: starts the real `faasd` binary on port 0 with a temporary data directory,
+//! reads the addresses it prints when ready, and kills it on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use faasd::client::{Answer, Client};
+
+/// The faasd binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_faasd");
+
+/// A running `faasd serve`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub worker_addr: String,
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on a new temporary data directory.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut server = Server::start_on(&data, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing data directory (the caller keeps it alive).
+    pub fn start_on(data: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faasd serve");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut worker_addr = None;
+        while url.is_none() || worker_addr.is_none() {
+            let line = lines
+                .next()
+                .expect("faasd serve exited before it was ready")
+                .expect("read stdout");
+            if let Some(rest) = line.strip_prefix("faasd listening on ") {
+                url = Some(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix("faasd worker port on ") {
+                worker_addr = Some(rest.to_string());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: url.expect("url"),
+            worker_addr: worker_addr.expect("worker addr"),
+            data: data.to_owned(),
+            _dir: None,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url).expect("client")
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, b"")
+    }
+
+    /// Runs the CLI against this server with `input` on stdin.
+    pub fn cli_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("FAASD_URL", &self.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run faasd CLI");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("CLI output")
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit; returns its exit code.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registers a shell function through the JSON API.
+pub async fn register(
+    client: &Client,
+    name: &str,
+    script: &str,
+    extra: serde_json::Value,
+) -> Answer {
+    use base64::Engine;
+    let mut body = serde_json::json!({
+        "name": name,
+        "runtime": "shell",
+        "code": base64::engine::general_purpose::STANDARD.encode(script),
+    });
+    if let serde_json::Value::Object(map) = extra {
+        for (k, v) in map {
+            body[k] = v;
+        }
+    }
+    client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register request")
+}
+
+/// Submits an async call and returns the task id.
+pub async fn submit(client: &Client, name: &str, payload: &[u8]) -> String {
+    let answer = client
+        .post(
+            &format!("/v1/functions/{name}/invoke?async=true"),
+            "application/octet-stream",
+            Bytes::copy_from_slice(payload),
+        )
+        .await
+        .expect("invoke request");
+    assert_eq!(
+        answer.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let v: serde_json::Value = answer.json().expect("json");
+    v["task_id"].as_str().expect("task_id").to_string()
+}
+
+/// Reads a task's status JSON.
+pub async fn status(client: &Client, id: &str) -> serde_json::Value {
+    let answer = client
+        .get(&format!("/v1/tasks/{id}"))
+        .await
+        .expect("status");
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json().expect("json")
+}
+
+/// Waits (long-polling, bounded) until a task has finished; returns its status JSON.
+pub async fn wait_finished(client: &Client, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = client
+            .get(&format!("/v1/tasks/{id}?wait=10s"))
+            .await
+            .expect("status");
+        let v: serde_json::Value = answer.json().expect("json");
+        if matches!(v["status"].as_str(), Some("COMPLETED" | "FAILED")) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "task {id} did not finish: {v}");
+    }
+}
+
+/// The JSON body of an error answer, checking its status and code.
+pub fn expect_error(answer: &Answer, status: u16, code: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|_| panic!("error body is not JSON: {:?}", answer.body));
+    assert_eq!(answer.status.as_u16(), status, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    v
+}

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -87,6 +87,8 @@ pub enum FailureReason {
     WorkerLost,
     /// The worker could not obtain the function's code.
     CodeUnavailable,
+    /// A process that escaped the call's process group kept its output pipes open.
+    OutputHeldOpen,
 }
 
 impl FailureReason {
@@ -100,6 +102,7 @@ impl FailureReason {
             FailureReason::OutputTooLarge => "output_too_large",
             FailureReason::WorkerLost => "worker_lost",
             FailureReason::CodeUnavailable => "code_unavailable",
+            FailureReason::OutputHeldOpen => "output_held_open",
         }
     }
 }

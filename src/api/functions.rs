@@ -50,11 +50,7 @@ impl From<&FunctionRecord> for FunctionView {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 with milliseconds.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub(crate) use crate::broker::rfc3339;
 
 /// A timeout given as seconds (a number) or a duration text such as `"30s"` or `"1m 30s"`.
 #[derive(Debug, Deserialize)]
@@ -79,7 +75,7 @@ impl TimeoutField {
                 ))
             })?,
         };
-        if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+        if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
             return Err(ApiError::invalid("timeout must be between 1ms and 24h"));
         }
         Ok(d)

@@ -83,6 +83,8 @@ pub struct WorkerView {
     pub running: usize,
     /// Tasks it finished.
     pub done: u64,
+    /// When it last heartbeat (RFC 3339).
+    pub last_heartbeat: String,
     /// `ready` or `draining`.
     pub state: &'static str,
 }
@@ -111,6 +113,12 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever the number of running tasks drops.
     settled: Notify,
+}
+
+/// Formats Unix milliseconds as RFC 3339 with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The current time in Unix milliseconds.
@@ -391,6 +399,35 @@ impl Broker {
             w.credits = w.credits.saturating_add(slots).min(w.slots);
         }
         state.dispatch(&self.inner.store);
+    }
+
+    /// Records a heartbeat from a worker.
+    pub(crate) fn heartbeat(&self, worker: u64) {
+        self.lock().heartbeat(worker);
+    }
+
+    /// Revokes expired leases every `period` until `cancel` fires.
+    pub async fn watch_leases(
+        &self,
+        period: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            let mut state = self.lock();
+            let failed = state.revoke_expired(std::time::Instant::now(), &self.inner.store);
+            state.dispatch(&self.inner.store);
+            drop(state);
+            for (task_id, commit) in failed {
+                self.finalize_after(task_id, commit);
+            }
+            self.inner.settled.notify_waiters();
+        }
     }
 
     /// Marks a worker as draining: it gets no new tasks.

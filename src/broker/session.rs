@@ -13,6 +13,9 @@ use crate::proto::{self, Frame, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 /// How often workers are asked to heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How many heartbeat periods may pass without any frame before the worker is declared dead.
+const MISSED_HEARTBEATS: u32 = 3;
+
 /// Serves one worker connection until it ends or `cancel` fires.
 pub async fn serve_worker<T>(broker: Broker, io: T, address: String, cancel: CancellationToken)
 where
@@ -65,12 +68,24 @@ where
         HEARTBEAT,
     );
     tracing::info!(worker = id, %name, %address, slots, ?mode, "worker joined");
-    let pump = tokio::spawn(async move { writer.pump(outbox).await });
+    let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
 
+    let silence_limit = HEARTBEAT * MISSED_HEARTBEATS;
     loop {
+        // Any frame proves the worker alive; silence past the limit ends the connection and
+        // hands its tasks to other workers.
         let frame = tokio::select! {
             frame = reader.next() => frame,
+            () = tokio::time::sleep(silence_limit) => {
+                tracing::warn!(worker = id, %name, "no heartbeat for {silence_limit:?}; declaring the worker dead");
+                break;
+            }
             () = cancel.cancelled() => break,
+            ended = &mut pump => {
+                // Nothing more can reach the worker: end the session so its tasks move on.
+                tracing::warn!(worker = id, %name, outcome = ?ended, "writing to the worker failed; closing");
+                break;
+            }
         };
         match frame {
             Ok(Some(Frame::Report(report))) => broker.report(id, report),
@@ -105,7 +120,7 @@ where
                     let _ = frames.send(frame);
                 });
             }
-            Ok(Some(Frame::Heartbeat { .. })) => {}
+            Ok(Some(Frame::Heartbeat { .. })) => broker.heartbeat(id),
             Ok(Some(Frame::Pull { slots })) => broker.pull(id, slots),
             Ok(Some(Frame::Drain)) => {
                 tracing::info!(worker = id, "worker is draining");

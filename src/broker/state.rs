@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -11,6 +12,9 @@ use super::{Finished, Waiter, WorkerView, now_ms};
 use crate::proto::{Assignment, CodeHash, DispatchMode, FailureReason, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 
+/// How long past its timeout a leased task may stay unreported before the lease is revoked.
+pub(super) const LEASE_GRACE: Duration = Duration::from_secs(5);
+
 /// A task the broker is responsible for: queued, leased, or finishing (its end not yet on disk).
 pub(super) struct Active {
     pub record: TaskRecord,
@@ -18,6 +22,8 @@ pub(super) struct Active {
     func: Arc<FunctionRecord>,
     lease: u64,
     worker: Option<u64>,
+    /// When the current lease expires: the function's timeout plus [`LEASE_GRACE`].
+    deadline: Option<Instant>,
     finishing: bool,
     pub waiters: Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>>,
 }
@@ -30,6 +36,7 @@ impl Active {
             func,
             lease: 0,
             worker: None,
+            deadline: None,
             finishing: false,
             waiters: Vec::new(),
         }
@@ -37,6 +44,7 @@ impl Active {
 
     /// Adds a waiter for this task's end.
     pub fn watch(&mut self) -> Waiter {
+        self.waiters.retain(|w| !w.is_closed());
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
         rx
@@ -79,6 +87,11 @@ pub(super) struct WorkerEntry {
     /// Code bundles the worker holds.
     pub cached: HashSet<CodeHash>,
     pub draining: bool,
+    /// Tasks whose lease was revoked while the worker still runs them: their slots stay taken
+    /// until the late report arrives or the worker leaves.
+    revoked: HashSet<u128>,
+    /// When the worker last heartbeat (Unix ms; its join time before the first).
+    last_heartbeat_ms: u64,
 }
 
 impl WorkerEntry {
@@ -100,6 +113,8 @@ impl WorkerEntry {
             credits: 0,
             cached: HashSet::new(),
             draining: false,
+            revoked: HashSet::new(),
+            last_heartbeat_ms: now_ms(),
         }
     }
 
@@ -108,7 +123,9 @@ impl WorkerEntry {
             return 0;
         }
         match self.mode {
-            DispatchMode::Push => self.slots.saturating_sub(self.running.len() as u32),
+            DispatchMode::Push => self
+                .slots
+                .saturating_sub((self.running.len() + self.revoked.len()) as u32),
             DispatchMode::Pull => self.credits,
         }
     }
@@ -125,6 +142,7 @@ impl WorkerEntry {
             slots: self.slots,
             running: self.running.len(),
             done: self.done,
+            last_heartbeat: super::rfc3339(self.last_heartbeat_ms),
             state: if self.draining { "draining" } else { "ready" },
         }
     }
@@ -158,7 +176,8 @@ impl State {
             tasks: HashMap::new(),
             workers: BTreeMap::new(),
             next_worker: 0,
-            next_lease: 0,
+            // Seeded from the clock so lease numbers never repeat across restarts of the server.
+            next_lease: now_ms() << 16,
             next_seq: last_seq,
             last_pick: 0,
             leased: 0,
@@ -193,6 +212,14 @@ impl State {
 
     /// Makes `func` the live version of its name (its cap applies from now on).
     pub fn set_function(&mut self, func: Arc<FunctionRecord>) {
+        if self
+            .functions
+            .get(&func.name)
+            .is_some_and(|live| live.version > func.version)
+        {
+            // A concurrent registration committed a newer version first.
+            return;
+        }
         self.queue(&func).cap = func.concurrency;
         let name = func.name.clone();
         self.functions.insert(name.clone(), func);
@@ -296,6 +323,8 @@ impl State {
             let active = self.tasks.get_mut(&head).expect("queued task is active");
             active.lease = lease;
             active.worker = Some(worker_id);
+            active.deadline =
+                Some(Instant::now() + Duration::from_millis(active.func.timeout_ms) + LEASE_GRACE);
             let r = &mut active.record;
             r.status = TaskStatus::Running;
             r.attempts += 1;
@@ -337,18 +366,27 @@ impl State {
     ) -> Option<PendingCommit> {
         let id = report.task_id;
         let task = uuid::Uuid::from_u128(id);
-        let Some(active) = self.tasks.get_mut(&id) else {
-            tracing::warn!(%task, worker = worker_id, "refused a report for a task that is not active");
-            return None;
+        let stale = match self.tasks.get(&id) {
+            None => Some("a task that is not active"),
+            Some(a) if a.finishing || a.lease != report.lease || a.worker != Some(worker_id) => {
+                Some("a stale lease")
+            }
+            Some(_) => None,
         };
-        if active.finishing || active.lease != report.lease || active.worker != Some(worker_id) {
-            tracing::warn!(%task, worker = worker_id, lease = report.lease, current = active.lease,
-                "refused a report under a stale lease");
+        if let Some(why) = stale {
+            tracing::warn!(%task, worker = worker_id, lease = report.lease, "refused a report for {why}");
+            // A slot held for a revoked lease is free once its late report arrives.
+            if let Some(w) = self.workers.get_mut(&worker_id) {
+                w.revoked.remove(&id);
+            }
             return None;
         }
+        let active = self.tasks.get_mut(&id).expect("checked above");
         active.finishing = true;
         let o = report.outcome;
-        let r = &mut active.record;
+        // Readers keep seeing RUNNING until the end is committed: the end record is a copy.
+        let mut end = active.record.clone();
+        let r = &mut end;
         r.status = if o.failure.is_none() {
             TaskStatus::Completed
         } else {
@@ -362,12 +400,12 @@ impl State {
         r.result_bytes = o.stdout.len() as u64;
         r.stderr_bytes = o.stderr.len() as u64;
         r.run_us = o.run_us;
+        let name = end.function.clone();
         let finished = Arc::new(Finished {
-            record: r.clone(),
+            record: end,
             result: o.stdout,
             logs: o.stderr,
         });
-        let name = r.function.clone();
         self.release(worker_id, id, &name, true);
         let ack = store.submit(Write::Finish {
             record: finished.record.clone(),
@@ -399,49 +437,94 @@ impl State {
             return Vec::new();
         };
         let mut lost: Vec<u128> = worker.running.iter().copied().collect();
-        lost.sort_by_key(|id| self.tasks.get(id).map_or(0, |a| a.record.seq));
-        let mut commits = Vec::new();
-        for id in lost {
-            let Some(active) = self.tasks.get_mut(&id) else {
-                continue;
-            };
-            let func = active.func.clone();
-            active.worker = None;
-            active.lease = 0;
-            if active.record.attempts >= func.max_attempts {
-                active.finishing = true;
-                let r = &mut active.record;
-                r.status = TaskStatus::Failed;
-                r.failure = Some(FailureReason::WorkerLost);
-                r.message = Some(format!(
-                    "the worker running it was lost on each of {} attempts",
-                    r.attempts
-                ));
-                r.finished_ms = Some(now_ms());
-                let finished = Arc::new(Finished {
-                    record: r.clone(),
-                    result: Bytes::new(),
-                    logs: Bytes::new(),
-                });
-                let ack = store.submit(Write::Finish {
-                    record: finished.record.clone(),
-                    result: Bytes::new(),
-                    logs: Bytes::new(),
-                });
-                commits.push((id, PendingCommit { ack, finished }));
-                self.release(worker_id, id, &func.name, false);
-            } else {
-                active.record.status = TaskStatus::Queued;
-                let seq = active.record.seq;
-                store.write_later(Write::Update {
-                    record: active.record.clone(),
-                });
-                self.release(worker_id, id, &func.name, false);
-                self.insert_waiting(&func, id, seq);
-                self.make_runnable(&func.name);
-            }
+        if !self.accepting {
+            // Stopping: the tasks stay RUNNING in the store and run again at the next start;
+            // they must not spend an attempt or fail here.
+            self.workers.remove(&worker_id);
+            return Vec::new();
         }
+        lost.sort_by_key(|id| self.tasks.get(id).map_or(0, |a| a.record.seq));
+        let commits = lost
+            .into_iter()
+            .filter_map(|id| {
+                self.revoke(id, "the worker running it was lost", store)
+                    .map(|c| (id, c))
+            })
+            .collect();
         self.workers.remove(&worker_id);
         commits
+    }
+
+    /// Revokes every lease whose deadline has passed (the worker holds the task far past its
+    /// timeout); returns the commits of tasks that thereby failed for good.
+    pub fn revoke_expired(&mut self, now: Instant, store: &Store) -> Vec<(u128, PendingCommit)> {
+        let mut expired: Vec<(u64, u128)> = self
+            .tasks
+            .iter()
+            .filter(|(_, a)| {
+                a.worker.is_some() && !a.finishing && a.deadline.is_some_and(|d| d <= now)
+            })
+            .map(|(id, a)| (a.record.seq, *id))
+            .collect();
+        expired.sort_unstable();
+        expired
+            .into_iter()
+            .filter_map(|(_, id)| {
+                tracing::warn!(task = %uuid::Uuid::from_u128(id), "lease expired; revoking it");
+                let worker = self.tasks.get(&id).and_then(|a| a.worker);
+                let commit = self.revoke(id, "its lease expired", store).map(|c| (id, c));
+                if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+                    w.revoked.insert(id);
+                }
+                commit
+            })
+            .collect()
+    }
+
+    /// Takes a leased task back from its worker: QUEUED again at its arrival position, or FAILED
+    /// `worker_lost` when it has used every attempt (then returns the commit to wait on).
+    fn revoke(&mut self, id: u128, why: &str, store: &Store) -> Option<PendingCommit> {
+        let active = self.tasks.get_mut(&id)?;
+        let worker_id = active.worker.take()?;
+        let func = active.func.clone();
+        active.lease = 0;
+        active.deadline = None;
+        if active.record.attempts >= func.max_attempts {
+            active.finishing = true;
+            let r = &mut active.record;
+            r.status = TaskStatus::Failed;
+            r.failure = Some(FailureReason::WorkerLost);
+            r.message = Some(format!("{why}, on each of {} attempts", r.attempts));
+            r.finished_ms = Some(now_ms());
+            let finished = Arc::new(Finished {
+                record: r.clone(),
+                result: Bytes::new(),
+                logs: Bytes::new(),
+            });
+            let ack = store.submit(Write::Finish {
+                record: finished.record.clone(),
+                result: Bytes::new(),
+                logs: Bytes::new(),
+            });
+            self.release(worker_id, id, &func.name, false);
+            Some(PendingCommit { ack, finished })
+        } else {
+            active.record.status = TaskStatus::Queued;
+            let seq = active.record.seq;
+            store.write_later(Write::Update {
+                record: active.record.clone(),
+            });
+            self.release(worker_id, id, &func.name, false);
+            self.insert_waiting(&func, id, seq);
+            self.make_runnable(&func.name);
+            None
+        }
+    }
+
+    /// Records a heartbeat from a worker.
+    pub fn heartbeat(&mut self, worker_id: u64) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.last_heartbeat_ms = now_ms();
+        }
     }
 }

@@ -8,6 +8,8 @@ mod register;
 mod rm;
 mod serve;
 mod tasks;
+mod worker;
+mod workers;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -86,6 +88,10 @@ pub struct ClientArgs {
 pub enum Command {
     /// Run the platform: HTTP API, store, broker and local workers.
     Serve(serve::ServeArgs),
+    /// Join a server's worker port and run its tasks.
+    Worker(worker::WorkerArgs),
+    /// List the workers connected to a server.
+    Workers(workers::WorkersArgs),
     /// Register (or update) a function from a file.
     Register(register::RegisterArgs),
     /// Invoke a function and print its result (or its task id with --async).
@@ -122,6 +128,8 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Workers(args) => workers::run(args).await,
         Command::Register(args) => register::run(args).await,
         Command::Invoke(args) => invoke::run(args).await,
         Command::Status(args) => tasks::status(args).await,

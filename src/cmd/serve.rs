@@ -72,6 +72,14 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
+    // A payload travels to its worker in one frame, next to a little metadata.
+    let max_body_limit = crate::proto::MAX_FRAME_BYTES - (1 << 20);
+    if args.max_body > max_body_limit {
+        return Err(exit::coded(
+            exit::USAGE,
+            format!("--max-body may be at most {max_body_limit} bytes (the worker frame limit)"),
+        ));
+    }
     let store = Store::open(&args.data).context("cannot open the store")?;
     // Executors run in their own working directories, so every path handed down is absolute.
     args.data = std::fs::canonicalize(&args.data)
@@ -105,7 +113,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     if slots > 0 {
         let cache =
             CodeCache::new(args.data.join("code-cache")).context("cannot create the code cache")?;
-        let config = Arc::new(worker::Config {
+        let agent = worker::Agent::new(worker::Config {
             name: "local".into(),
             slots,
             mode: DispatchMode::Push,
@@ -123,10 +131,15 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         let cancel = stop_workers.clone();
         let deadline = args.shutdown_timeout;
         tracker.spawn(async move {
-            if let Err(e) = worker::run_session(worker_end, config, cancel, deadline).await {
+            if let Err(e) = worker::run_session(worker_end, agent, cancel, deadline).await {
                 tracing::error!(error = %e, "local worker stopped");
             }
         });
+    }
+    {
+        let broker = broker.clone();
+        let cancel = stop_workers.clone();
+        tracker.spawn(async move { broker.watch_leases(Duration::from_secs(1), cancel).await });
     }
     tracker.spawn(accept_workers(
         workers,
@@ -151,6 +164,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
             .await
     });
 
+    // Watch for signals before announcing readiness, so a stop right after it is graceful.
+    let stop_signal = wait_for_signal().await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "faasd listening on http://{http_addr}")?;
@@ -159,7 +174,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     }
     tracing::info!(%http_addr, %worker_addr, local_slots = slots, data = %args.data.display(), "faasd ready");
 
-    let signal = wait_for_signal().await?;
+    let signal = stop_signal.await;
     tracing::info!(
         signal,
         "stopping: no new requests; waiting for running tasks"
@@ -193,13 +208,18 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// Installs SIGTERM and SIGINT handlers now; the returned future resolves with the name of the
+/// first of them to arrive.
+pub(crate) async fn wait_for_signal()
+-> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 

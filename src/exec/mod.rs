@@ -20,6 +20,9 @@ use tokio::net::unix::pipe;
 use crate::proto::{FailureReason, Outcome, Runtime};
 pub use spawn::DEFAULT_PATH;
 
+/// How long output may keep flowing after the call's process group is gone.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Errors of starting an executor.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -139,6 +142,7 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
     let stderr = capture(stderr, call.limits.stderr_bytes);
 
     let timeout = call.timeout;
+    let (reaped, reaped_rx) = tokio::sync::oneshot::channel::<()>();
     let main = async {
         let waited = async {
             let (_, exited) = tokio::join!(feed, child.exited());
@@ -149,10 +153,24 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         // ends background children that would hold the output pipes open. The leader is not
         // reaped yet, so its pid still names this group.
         child.kill_group();
-        (child.reap().ok(), timed_out)
+        let status = child.reap().ok();
+        let _ = reaped.send(());
+        (status, timed_out)
     };
-    let ((status, timed_out), (out, out_dropped), (err, err_dropped)) =
-        tokio::join!(main, stdout, stderr);
+    // A descendant that left the process group can hold the pipes open: once the group is
+    // gone, the output gets a short grace and is then abandoned.
+    let outputs = async {
+        tokio::select! {
+            both = async { tokio::join!(stdout, stderr) } => Some(both),
+            () = async {
+                let _ = reaped_rx.await;
+                tokio::time::sleep(OUTPUT_GRACE).await;
+            } => None,
+        }
+    };
+    let ((status, timed_out), outputs) = tokio::join!(main, outputs);
+    let held_open = outputs.is_none();
+    let ((out, out_dropped), (err, err_dropped)) = outputs.unwrap_or_default();
     let run_us = started.elapsed().as_micros() as u64;
     drop(workdir);
 
@@ -163,7 +181,12 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         );
     }
     let (exit_code, signal) = decode_status(status);
-    let (failure, message) = if timed_out {
+    let (failure, message) = if held_open {
+        (
+            Some(FailureReason::OutputHeldOpen),
+            Some("a process that left the call's process group kept its output open".into()),
+        )
+    } else if timed_out {
         (
             Some(FailureReason::Timeout),
             Some(format!(

@@ -58,13 +58,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
         argv.push(c_path(spec.program)?);
     }
     let workdir = spec.workdir.to_string_lossy();
-    let mut envp = vec![
-        c_string(format!("PATH={DEFAULT_PATH}"))?,
-        c_string(format!("HOME={workdir}"))?,
-        c_string(format!("TMPDIR={workdir}"))?,
-    ];
+    // The function's own variables win over the defaults.
+    let mut envp = Vec::with_capacity(spec.env.len() + 3);
     for (k, v) in spec.env {
         envp.push(c_string(format!("{k}={v}"))?);
+    }
+    for (k, v) in [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", &workdir),
+        ("TMPDIR", &workdir),
+    ] {
+        if !spec.env.iter().any(|(name, _)| name == k) {
+            envp.push(c_string(format!("{k}={v}"))?);
+        }
     }
     let cwd = c_path(spec.workdir)?;
     // A freshly written executable can be briefly busy (ETXTBSY) while another thread still

@@ -2,16 +2,19 @@
 //!
 //! It is the same code inside `serve` (over an in-memory duplex pipe) and in `faasd worker`
 //! (over TCP): it says `Hello`, waits for `Welcome`, then runs every `Assign` it gets in an
-//! executor, fetching code it lacks by hash, and sends back a `Report` per task.
+//! executor, fetching code it lacks by hash, heartbeats, and sends back a `Report` per task.
+//! Reports that find their session gone are kept and sent at the start of the next session;
+//! the server refuses any whose lease has since moved on.
 
 mod cache;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -55,26 +58,92 @@ pub struct Config {
     pub limits: exec::Limits,
 }
 
+/// A worker across its sessions: its configuration, its running tasks, and the reports that
+/// could not be delivered yet.
+pub struct Agent {
+    config: Config,
+    /// The current session's outbound frames; `None` between sessions.
+    link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
+    /// Signalled when the last running task finishes.
+    idle: Notify,
+    running: AtomicU32,
+    unsent: Mutex<Vec<Report>>,
+    tasks: TaskTracker,
+}
+
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
-    /// The server closed the connection.
+    /// The server closed the connection (or went silent).
     ServerClosed,
     /// `cancel` fired: the worker drained and left.
     Drained,
+}
+
+impl Agent {
+    /// A new agent.
+    pub fn new(config: Config) -> Arc<Agent> {
+        Arc::new(Agent {
+            config,
+            link: Mutex::new(None),
+            idle: Notify::new(),
+            running: AtomicU32::new(0),
+            unsent: Mutex::new(Vec::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn sender(&self) -> Option<mpsc::UnboundedSender<Frame>> {
+        self.link.lock().expect("link lock poisoned").clone()
+    }
+
+    fn set_link(&self, frames: Option<mpsc::UnboundedSender<Frame>>) {
+        *self.link.lock().expect("link lock poisoned") = frames;
+    }
+
+    /// Sends a report on the current session, or keeps it for the next one.
+    fn deliver(&self, report: Report) {
+        let frame = Frame::Report(report);
+        let undelivered = match self.sender() {
+            Some(tx) => tx.send(frame).err().map(|e| e.0),
+            None => Some(frame),
+        };
+        if let Some(Frame::Report(report)) = undelivered {
+            self.unsent
+                .lock()
+                .expect("unsent lock poisoned")
+                .push(report);
+        }
+    }
+
+    /// Waits until every running task has finished, or `deadline` passes.
+    pub async fn wait_idle(&self, deadline: Duration) -> bool {
+        self.tasks.close();
+        let done = tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok();
+        self.tasks.reopen();
+        done
+    }
 }
 
 /// Runs one session over `io` until the server closes it or `cancel` fires; on cancel it sends
 /// `Drain`, finishes its running tasks (up to `drain_deadline`) and reports them.
 pub async fn run_session<T>(
     io: T,
-    config: Arc<Config>,
+    agent: Arc<Agent>,
     cancel: CancellationToken,
     drain_deadline: Duration,
 ) -> Result<Ended, Error>
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let config = &agent.config;
     let (mut reader, mut writer) = proto::split(io);
     writer
         .send(&Frame::Hello {
@@ -87,70 +156,122 @@ where
     let answer = tokio::time::timeout(proto::HANDSHAKE_TIMEOUT, reader.next())
         .await
         .map_err(|_| Error::HandshakeTimeout(proto::HANDSHAKE_TIMEOUT))??;
-    match answer {
-        Some(Frame::Welcome { .. }) => {}
+    let heartbeat = match answer {
+        Some(Frame::Welcome { heartbeat_ms, .. }) => {
+            Duration::from_millis(u64::from(heartbeat_ms.max(50)))
+        }
         Some(Frame::Refused { reason }) => return Err(Error::Refused { reason }),
         Some(other) => return Err(Error::Handshake(format!("{other:?}"))),
         None => return Err(Error::Handshake("the server closed the connection".into())),
-    }
+    };
 
     let (frames, outbox) = mpsc::unbounded_channel();
-    let pump = tokio::spawn(async move { writer.pump(outbox).await });
-    if config.mode == DispatchMode::Pull {
-        let _ = frames.send(Frame::Pull {
-            slots: config.slots,
-        });
+    agent.set_link(Some(frames.clone()));
+    let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
+    for report in std::mem::take(&mut *agent.unsent.lock().expect("unsent lock poisoned")) {
+        let _ = frames.send(Frame::Report(report));
     }
-    let tracker = TaskTracker::new();
+    if config.mode == DispatchMode::Pull {
+        let free = config
+            .slots
+            .saturating_sub(agent.running.load(Ordering::Relaxed));
+        let _ = frames.send(Frame::Pull { slots: free });
+    }
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While draining the session keeps reading (code still arrives for running tasks) and
+    // heartbeating (so the server does not declare it dead), until its tasks are done.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     let ended = loop {
+        if let Some(until) = drain_until {
+            if agent.running.load(Ordering::Acquire) == 0 || tokio::time::Instant::now() >= until {
+                break Ended::Drained;
+            }
+        }
+        let idle = agent.idle.notified();
         let frame = tokio::select! {
             frame = reader.next() => frame,
-            () = cancel.cancelled() => break Ended::Drained,
+            _ = beat.tick() => {
+                let running = agent.running.load(Ordering::Relaxed);
+                let _ = frames.send(Frame::Heartbeat { running });
+                continue;
+            }
+            () = idle, if drain_until.is_some() => continue,
+            () = cancel.cancelled(), if drain_until.is_none() => {
+                let _ = frames.send(Frame::Drain);
+                drain_until = Some(tokio::time::Instant::now() + drain_deadline);
+                continue;
+            }
+            _ = &mut pump => {
+                tracing::warn!("writing to the server failed");
+                break Ended::ServerClosed;
+            }
         };
-        match frame? {
-            Some(Frame::Assign(task)) => {
-                let config = config.clone();
-                let frames = frames.clone();
-                tracker.spawn(async move {
-                    let report = run_task(&config, task, &frames).await;
-                    let _ = frames.send(Frame::Report(report));
-                    if config.mode == DispatchMode::Pull {
-                        let _ = frames.send(Frame::Pull { slots: 1 });
+        match frame {
+            Ok(Some(Frame::Assign(task))) => {
+                let agent_for_task = agent.clone();
+                agent.running.fetch_add(1, Ordering::AcqRel);
+                agent.tasks.spawn(async move {
+                    let agent = agent_for_task;
+                    let report = run_task(&agent, task).await;
+                    agent.deliver(report);
+                    if agent.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        agent.idle.notify_waiters();
+                    }
+                    if agent.config.mode == DispatchMode::Pull {
+                        if let Some(tx) = agent.sender() {
+                            let _ = tx.send(Frame::Pull { slots: 1 });
+                        }
                     }
                 });
             }
-            Some(Frame::Code { hash, found, bytes }) => {
+            Ok(Some(Frame::Code { hash, found, bytes })) => {
                 let cache = config.cache.clone();
                 tokio::spawn(async move { cache.fill(hash, found, bytes).await });
             }
-            Some(Frame::Refused { reason }) => return Err(Error::Refused { reason }),
-            Some(other) => tracing::warn!(frame = ?other, "unexpected frame from the server"),
-            None => break Ended::ServerClosed,
+            Ok(Some(Frame::Refused { reason })) => {
+                agent.close_session(pump);
+                return Err(Error::Refused { reason });
+            }
+            Ok(Some(other)) => tracing::warn!(frame = ?other, "unexpected frame from the server"),
+            Ok(None) => break Ended::ServerClosed,
+            Err(e) => {
+                tracing::warn!(error = %e, "connection to the server failed");
+                break Ended::ServerClosed;
+            }
         }
     };
     if ended == Ended::Drained {
-        let _ = frames.send(Frame::Drain);
-        tracker.close();
-        if tokio::time::timeout(drain_deadline, tracker.wait())
-            .await
-            .is_err()
-        {
+        if agent.running.load(Ordering::Acquire) > 0 {
             tracing::warn!("drain deadline passed with tasks still running");
         }
+        // Every finished task's report is queued: let the pump write them, then close.
+        agent.set_link(None);
+        drop(frames);
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+        config.cache.abandon_fetches();
+        return Ok(ended);
     }
-    config.cache.abandon_fetches();
-    drop(frames);
-    // Reports already queued still go out; the pump ends when every sender is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    agent.close_session(pump);
     Ok(ended)
 }
 
-async fn run_task(
-    config: &Config,
-    task: Assignment,
-    frames: &mpsc::UnboundedSender<Frame>,
-) -> Report {
-    let outcome = match config.cache.get(task.code_hash, frames).await {
+impl Agent {
+    /// Ends a session whose connection is gone: later reports wait for the next session.
+    fn close_session(&self, pump: tokio::task::JoinHandle<Result<(), proto::Error>>) {
+        self.set_link(None);
+        self.config.cache.abandon_fetches();
+        pump.abort();
+    }
+}
+
+async fn run_task(agent: &Agent, task: Assignment) -> Report {
+    let config = &agent.config;
+    let code = match agent.sender() {
+        Some(frames) => config.cache.get(task.code_hash, &frames).await,
+        None => Err("the connection to the server closed".to_string()),
+    };
+    let outcome = match code {
         Ok(program) => {
             exec::run(exec::Call {
                 runtime: task.runtime,

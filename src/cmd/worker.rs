@@ -1,0 +1,149 @@
+//! `faasd worker --server HOST:PORT`: join a server from any machine and run its tasks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::exec;
+use crate::proto::DispatchMode;
+use crate::worker::{self, Agent, CodeCache, Ended};
+
+/// How a worker takes tasks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Dispatch {
+    /// The server places tasks on free slots.
+    Push,
+    /// The worker asks for a task each time a slot frees.
+    Pull,
+}
+
+/// Run a worker that joins a server.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The server's worker port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: String,
+    /// Executor slots (default: one per core).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// How tasks reach this worker.
+    #[arg(long, value_enum, default_value = "push")]
+    pub dispatch: Dispatch,
+    /// A name for people (default: the host name and pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where fetched code is cached.
+    #[arg(long, default_value = "./faasd-worker-cache")]
+    pub cache: PathBuf,
+    /// How long SIGTERM waits for running tasks before the worker exits anyway.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs `faasd worker` until SIGTERM/SIGINT (after draining) or a refused handshake.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    if slots == 0 {
+        return Err(exit::coded(exit::USAGE, "--slots must be at least 1"));
+    }
+    std::fs::create_dir_all(&args.cache)
+        .with_context(|| format!("cannot create the code cache {}", args.cache.display()))?;
+    // Executors run in their own working directories: hand them absolute paths.
+    let cache_dir = std::fs::canonicalize(&args.cache)
+        .with_context(|| format!("cannot resolve {}", args.cache.display()))?;
+    let cache = CodeCache::new(cache_dir).context("cannot open the code cache")?;
+    let work_root = tempfile::Builder::new()
+        .prefix("faasd-work-")
+        .tempdir()
+        .context("cannot create the executors' working directory")?;
+    let agent = Agent::new(worker::Config {
+        name: args.name.unwrap_or_else(default_name),
+        slots,
+        mode: match args.dispatch {
+            Dispatch::Push => DispatchMode::Push,
+            Dispatch::Pull => DispatchMode::Pull,
+        },
+        cache,
+        work_root: work_root.path().to_owned(),
+        limits: exec::Limits::default(),
+    });
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        let signal = super::serve::wait_for_signal().await?;
+        tokio::spawn(async move {
+            let name = signal.await;
+            tracing::info!(
+                signal = name,
+                "draining: no new tasks; finishing the running ones"
+            );
+            cancel.cancel();
+        });
+    }
+
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(exit::OK);
+        }
+        let connected = tokio::select! {
+            c = tokio::net::TcpStream::connect(&args.server) => c,
+            () = cancel.cancelled() => return Ok(exit::OK),
+        };
+        match connected {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                tracing::info!(server = %args.server, name = agent.name(), slots, "connected");
+                let started = std::time::Instant::now();
+                match worker::run_session(stream, agent.clone(), cancel.clone(), args.drain_timeout)
+                    .await
+                {
+                    Ok(Ended::Drained) => {
+                        tracing::info!("drained; exiting");
+                        return Ok(exit::OK);
+                    }
+                    Ok(Ended::ServerClosed) => {
+                        tracing::warn!(server = %args.server, "the server closed the connection; reconnecting");
+                    }
+                    Err(worker::Error::Refused { reason }) => {
+                        return Err(exit::coded(
+                            exit::FAILURE,
+                            format!(
+                                "the server at {} refused this worker: {reason}",
+                                args.server
+                            ),
+                        ));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = %args.server, error = %e, retry_in = ?backoff, "cannot connect");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = cancel.cancelled() => {
+                // Finish what is still running from the lost session before leaving.
+                agent.wait_idle(args.drain_timeout).await;
+                return Ok(exit::OK);
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

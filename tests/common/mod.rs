@@ -35,11 +35,13 @@ impl Server {
 
     /// Starts a server on an existing data directory (the caller keeps it alive).
     pub fn start_on(data: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0"])
+        let mut command = Command::new(BIN);
+        command.arg("serve").arg("--data").arg(data);
+        command.args(["--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--worker-listen") {
+            command.args(["--worker-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -214,4 +216,73 @@ pub fn expect_error(answer: &Answer, status: u16, code: &str) -> serde_json::Val
     assert_eq!(v["code"], code, "{v}");
     assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     v
+}
+
+/// A running `faasd worker`.
+pub struct Worker {
+    pub child: Child,
+    _cache: tempfile::TempDir,
+}
+
+impl Worker {
+    /// Starts a worker against `server_addr` with the given name, slots and dispatch mode.
+    pub fn start(server_addr: &str, name: &str, slots: u32, dispatch: &str) -> Worker {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(BIN)
+            .args([
+                "worker",
+                "--server",
+                server_addr,
+                "--name",
+                name,
+                "--dispatch",
+                dispatch,
+            ])
+            .args(["--slots", &slots.to_string()])
+            .arg("--cache")
+            .arg(cache.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start faasd worker");
+        Worker {
+            child,
+            _cache: cache,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until the server lists `n` connected workers; returns the list.
+pub async fn wait_workers(client: &Client, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: Vec<serde_json::Value> = client
+            .get("/v1/workers")
+            .await
+            .expect("workers")
+            .json()
+            .expect("json");
+        if list.len() == n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} workers, have {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,326 @@
+//! Remote workers: push and pull dispatch, lost and frozen workers, the protocol handshake,
+//! malformed peers, and a server restart under a connected worker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Server, Worker, register, status, submit, wait_finished, wait_workers};
+use faasd::proto::{self, DispatchMode, Frame};
+use nix::sys::signal::{Signal, kill};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_and_pull_workers_share_a_thousand_tasks() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let _workers = [
+        Worker::start(&server.worker_addr, "push-1", 2, "push"),
+        Worker::start(&server.worker_addr, "push-2", 2, "push"),
+        Worker::start(&server.worker_addr, "pull-1", 2, "pull"),
+        Worker::start(&server.worker_addr, "pull-2", 2, "pull"),
+    ];
+    wait_workers(&client, 4).await;
+    assert_eq!(
+        register(&client, "echo", "sleep 0.01; cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    let mut submitters = tokio::task::JoinSet::new();
+    for c in 0..8 {
+        let client = client.clone();
+        submitters.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..125 {
+                ids.push(submit(&client, "echo", format!("{c}-{i}").as_bytes()).await);
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(batch) = submitters.join_next().await {
+        ids.extend(batch.expect("submitter"));
+    }
+    for id in &ids {
+        assert_eq!(wait_finished(&client, id).await["status"], "COMPLETED");
+    }
+    let list = wait_workers(&client, 4).await;
+    let total: u64 = list.iter().map(|w| w["done"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(total, 1000, "{list:?}");
+    for w in &list {
+        assert!(
+            w["done"].as_u64().unwrap_or(0) > 0,
+            "worker {} ran nothing: {list:?}",
+            w["name"]
+        );
+    }
+    let out = server.cli(&["workers"]);
+    assert!(
+        text(&out.stdout).contains("pull-2"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Registers `sleep 2; echo $PPID` (the worker's pid is the executor's parent) with one slot
+/// per worker, starts it, and returns the task id and the worker pid running it.
+async fn start_long_task(server: &Server, workers: &[Worker]) -> (String, nix::unistd::Pid) {
+    let client = server.client();
+    let answer = register(
+        &client,
+        "who",
+        "sleep 2; echo $PPID",
+        serde_json::json!({"timeout": "10s"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    let id = submit(&client, "who", b"").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Vec<serde_json::Value> = client
+            .get("/v1/workers")
+            .await
+            .expect("workers")
+            .json()
+            .expect("json");
+        if let Some(busy) = list.iter().find(|w| w["running"] == 1) {
+            let name = busy["name"].as_str().expect("name");
+            let index: usize = name.trim_start_matches('w').parse().expect("worker index");
+            return (id, workers[index].pid());
+        }
+        assert!(Instant::now() < deadline, "task never started: {list:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_loses_its_task_to_another_worker() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let workers = [
+        Worker::start(&server.worker_addr, "w0", 1, "push"),
+        Worker::start(&server.worker_addr, "w1", 1, "push"),
+    ];
+    wait_workers(&client, 2).await;
+    let (id, victim) = start_long_task(&server, &workers).await;
+    let killed_at = Instant::now();
+    kill(victim, Signal::SIGKILL).expect("kill worker");
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(task["attempts"], 2, "{task}");
+    // timeout (10 s) + 3 heartbeats + a few seconds.
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(18),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let result = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    let survivor = workers
+        .iter()
+        .find(|w| w.pid() != victim)
+        .expect("survivor")
+        .pid();
+    assert_eq!(text(&result.body).trim(), survivor.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_s_late_result_is_refused() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let workers = [
+        Worker::start(&server.worker_addr, "w0", 1, "push"),
+        Worker::start(&server.worker_addr, "w1", 1, "push"),
+    ];
+    wait_workers(&client, 2).await;
+    let (id, frozen) = start_long_task(&server, &workers).await;
+    kill(frozen, Signal::SIGSTOP).expect("stop worker");
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(task["attempts"], 2, "{task}");
+    let survivor = workers
+        .iter()
+        .find(|w| w.pid() != frozen)
+        .expect("survivor")
+        .pid();
+    let first = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    assert_eq!(text(&first.body).trim(), survivor.to_string());
+
+    // Thaw it: it finishes its copy, reconnects, and delivers the late report, which is refused.
+    kill(frozen, Signal::SIGCONT).expect("continue worker");
+    wait_workers(&client, 2).await;
+    let again = status(&client, &id).await;
+    assert_eq!(again["attempts"], 2, "{again}");
+    assert_eq!(
+        again["finished_at"], task["finished_at"],
+        "the task ended twice: {again}"
+    );
+    let result = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    assert_eq!(result.body, first.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_the_wrong_protocol_version_is_refused() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let stream = tokio::net::TcpStream::connect(&server.worker_addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = proto::split(stream);
+    writer
+        .send(&Frame::Hello {
+            protocol: 999,
+            name: "time-traveller".into(),
+            slots: 1,
+            mode: DispatchMode::Push,
+        })
+        .await
+        .expect("send hello");
+    match reader.next().await.expect("read answer") {
+        Some(Frame::Refused { reason }) => {
+            assert!(reason.contains("protocol version mismatch"), "{reason}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(reader.next().await.expect("eof"), None);
+    let health = server.client().get("/healthz").await.expect("healthz");
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_peers_do_not_disturb_a_concurrent_client() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let _worker = Worker::start(&server.worker_addr, "good", 2, "push");
+    wait_workers(&client, 1).await;
+    assert_eq!(
+        register(&client, "echo", "cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+
+    let addr = server.worker_addr.clone();
+    let attackers = tokio::spawn(async move {
+        let mut garbage = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        garbage
+            .write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .expect("write");
+        let mut huge = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        huge.write_all(&u32::MAX.to_be_bytes())
+            .await
+            .expect("write");
+        let mut truncated = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        truncated
+            .write_all(&[0, 0, 0, 100, 1, 2, 3])
+            .await
+            .expect("write");
+        drop(truncated);
+        let silent = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        // Each misbehaving connection is closed by the server (read returns 0 or an error).
+        for mut stream in [garbage, huge, silent] {
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(
+                closed.is_ok(),
+                "the server kept a misbehaving connection open"
+            );
+        }
+    });
+    for i in 0..50 {
+        let payload = format!("call {i}");
+        let answer = client
+            .post(
+                "/v1/functions/echo/invoke",
+                "text/plain",
+                Bytes::from(payload.clone()),
+            )
+            .await
+            .expect("invoke");
+        assert_eq!(text(&answer.body), payload);
+    }
+    attackers.await.expect("attackers");
+    assert_eq!(wait_workers(&client, 1).await[0]["name"], "good");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_reconnects_after_the_server_restarts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let worker_listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let args = [
+        "--local-workers",
+        "0",
+        "--worker-listen",
+        worker_listen.as_str(),
+    ];
+    let mut server = Server::start_on(&data, &args);
+    let client = server.client();
+    let _worker = Worker::start(&worker_listen, "steady", 1, "pull");
+    wait_workers(&client, 1).await;
+    assert_eq!(
+        register(&client, "echo", "cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    let answer = client
+        .post(
+            "/v1/functions/echo/invoke",
+            "text/plain",
+            Bytes::from_static(b"before"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(&answer.body[..], b"before");
+
+    assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
+    drop(server);
+    let server = Server::start_on(&data, &args);
+    let client = server.client();
+    wait_workers(&client, 1).await;
+    let answer = client
+        .post(
+            "/v1/functions/echo/invoke",
+            "text/plain",
+            Bytes::from_static(b"after"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(&answer.body[..], b"after");
+}

@@ -220,6 +220,11 @@ pub enum Frame {
     Drain,
 }
 
+/// The lowercase hex form of bytes (content hashes in paths, logs and the API).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Errors of the frame codec.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -353,11 +358,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 mod tests {
     use super::*;
 
-    fn golden(frame: Frame, hex: &str) {
+    fn golden(frame: Frame, expected: &str) {
         let bytes = encode(&frame).expect("encode");
-        let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let got = hex(&bytes);
         assert_eq!(
-            got, hex,
+            got, expected,
             "encoding of {frame:?} changed: bump PROTOCOL_VERSION"
         );
         assert_eq!(decode(&bytes).expect("decode"), frame);

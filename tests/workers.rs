@@ -68,10 +68,16 @@ async fn push_and_pull_workers_share_a_thousand_tasks() {
     );
 }
 
-/// Registers `sleep 2; echo $PPID` (the worker's pid is the executor's parent) with one slot
-/// per worker, starts it, and returns the task id and the worker pid running it.
-async fn start_long_task(server: &Server, workers: &[Worker]) -> (String, nix::unistd::Pid) {
+/// A server with two one-slot push workers running `sleep 2; echo $PPID` (the worker's pid is
+/// the executor's parent): returns them, the task id, and the pid of the worker running it.
+async fn long_task_on_two_workers() -> (Server, [Worker; 2], String, nix::unistd::Pid) {
+    let server = Server::start(&["--local-workers", "0"]);
     let client = server.client();
+    let workers = [
+        Worker::start(&server.worker_addr, "w0", 1, "push"),
+        Worker::start(&server.worker_addr, "w1", 1, "push"),
+    ];
+    wait_workers(&client, 2).await;
     let answer = register(
         &client,
         "who",
@@ -92,7 +98,8 @@ async fn start_long_task(server: &Server, workers: &[Worker]) -> (String, nix::u
         if let Some(busy) = list.iter().find(|w| w["running"] == 1) {
             let name = busy["name"].as_str().expect("name");
             let index: usize = name.trim_start_matches('w').parse().expect("worker index");
-            return (id, workers[index].pid());
+            let pid = workers[index].pid();
+            return (server, workers, id, pid);
         }
         assert!(Instant::now() < deadline, "task never started: {list:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -101,14 +108,8 @@ async fn start_long_task(server: &Server, workers: &[Worker]) -> (String, nix::u
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_worker_loses_its_task_to_another_worker() {
-    let server = Server::start(&["--local-workers", "0"]);
+    let (server, workers, id, victim) = long_task_on_two_workers().await;
     let client = server.client();
-    let workers = [
-        Worker::start(&server.worker_addr, "w0", 1, "push"),
-        Worker::start(&server.worker_addr, "w1", 1, "push"),
-    ];
-    wait_workers(&client, 2).await;
-    let (id, victim) = start_long_task(&server, &workers).await;
     let killed_at = Instant::now();
     kill(victim, Signal::SIGKILL).expect("kill worker");
     let task = wait_finished(&client, &id).await;
@@ -134,14 +135,8 @@ async fn a_killed_worker_loses_its_task_to_another_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_worker_s_late_result_is_refused() {
-    let server = Server::start(&["--local-workers", "0"]);
+    let (server, workers, id, frozen) = long_task_on_two_workers().await;
     let client = server.client();
-    let workers = [
-        Worker::start(&server.worker_addr, "w0", 1, "push"),
-        Worker::start(&server.worker_addr, "w1", 1, "push"),
-    ];
-    wait_workers(&client, 2).await;
-    let (id, frozen) = start_long_task(&server, &workers).await;
     kill(frozen, Signal::SIGSTOP).expect("stop worker");
     let task = wait_finished(&client, &id).await;
     assert_eq!(task["status"], "COMPLETED", "{task}");

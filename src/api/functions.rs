@@ -38,7 +38,7 @@ impl From<&FunctionRecord> for FunctionView {
             name: f.name.clone(),
             version: f.version,
             runtime: f.runtime.as_str(),
-            code_sha256: f.code_hash.iter().map(|b| format!("{b:02x}")).collect(),
+            code_sha256: crate::proto::hex(&f.code_hash),
             code_bytes: f.code_bytes,
             timeout_ms: f.timeout_ms,
             concurrency: f.concurrency,

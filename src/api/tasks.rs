@@ -1,6 +1,5 @@
 //! Task routes: invoke (sync or async), the per-function URL, status, result and logs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -8,11 +7,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::functions::{rfc3339, validate_name};
 use super::{ApiError, AppState, TASK_ID_HEADER, read_body};
-use crate::broker::Finished;
 use crate::store::{TaskRecord, TaskStatus};
 
 /// A task as the API shows it.
@@ -122,7 +121,7 @@ async fn call(
         .await
         .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
         .map_err(ApiError::internal)?;
-    finished_response(&finished)
+    finished_response(&finished.record, finished.result.clone(), &finished.logs)
 }
 
 fn set_task_header(response: &mut Response, id: &str) {
@@ -132,15 +131,18 @@ fn set_task_header(response: &mut Response, id: &str) {
 }
 
 /// The answer for a finished task: its result bytes, or the failure as an error.
-fn finished_response(finished: &Arc<Finished>) -> Result<Response, ApiError> {
-    let record = &finished.record;
+fn finished_response(
+    record: &TaskRecord,
+    result: Bytes,
+    logs: &[u8],
+) -> Result<Response, ApiError> {
     if record.status != TaskStatus::Completed {
-        return Err(ApiError::task_failed(record, &finished.logs));
+        return Err(ApiError::task_failed(record, logs));
     }
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        finished.result.clone(),
+        result,
     )
         .into_response();
     set_task_header(&mut response, &uuid::Uuid::from_u128(record.id).to_string());
@@ -221,17 +223,17 @@ pub async fn result(
 ) -> Result<Response, ApiError> {
     let record = finished_record(&state, &id).await?;
     let store = state.broker.store();
-    let result = store.result(record.id).await?.unwrap_or_default();
-    if record.status == TaskStatus::Completed {
-        let finished = Arc::new(Finished {
-            record,
-            result,
-            logs: Default::default(),
-        });
-        return finished_response(&finished);
-    }
-    let logs = store.logs(record.id).await?.unwrap_or_default();
-    Err(ApiError::task_failed(&record, &logs))
+    // A success needs its result; a failure's answer carries the stderr tail instead.
+    let (result, logs) = if record.status == TaskStatus::Completed {
+        let result = store.result(record.id).await?.unwrap_or_default();
+        (result, Bytes::new())
+    } else {
+        (
+            Bytes::new(),
+            store.logs(record.id).await?.unwrap_or_default(),
+        )
+    };
+    finished_response(&record, result, &logs)
 }
 
 /// `GET /v1/tasks/{id}/logs`: the captured stderr of a finished task (409 while unfinished).

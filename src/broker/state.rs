@@ -68,6 +68,15 @@ pub(super) struct FnQueue {
 }
 
 impl FnQueue {
+    fn new(func: &FunctionRecord) -> FnQueue {
+        FnQueue {
+            waiting: VecDeque::new(),
+            running: 0,
+            cap: func.concurrency,
+            listed: false,
+        }
+    }
+
     fn can_start(&self) -> bool {
         !self.waiting.is_empty() && self.cap.is_none_or(|cap| self.running < cap)
     }
@@ -193,12 +202,7 @@ impl State {
     fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
         self.queues
             .entry(func.name.clone())
-            .or_insert_with(|| FnQueue {
-                waiting: VecDeque::new(),
-                running: 0,
-                cap: func.concurrency,
-                listed: false,
-            })
+            .or_insert_with(|| FnQueue::new(func))
     }
 
     fn make_runnable(&mut self, name: &str) {
@@ -245,12 +249,7 @@ impl State {
         let queue = self
             .queues
             .entry(func.name.clone())
-            .or_insert_with(|| FnQueue {
-                waiting: VecDeque::new(),
-                running: 0,
-                cap: func.concurrency,
-                listed: false,
-            });
+            .or_insert_with(|| FnQueue::new(func));
         if queue.waiting.back().is_none_or(|last| seq_of(last) <= seq) {
             queue.waiting.push_back(id);
         } else {

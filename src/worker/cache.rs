@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{CodeHash, Frame};
+use crate::proto::{CodeHash, Frame, hex};
 
 type Fetch = oneshot::Sender<Result<PathBuf, String>>;
 
@@ -26,11 +26,6 @@ pub struct CodeCache {
 struct CacheInner {
     dir: PathBuf,
     entries: Mutex<HashMap<CodeHash, Entry>>,
-}
-
-/// The hex form of a content hash.
-pub fn hex(hash: &CodeHash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl CodeCache {
@@ -88,18 +83,21 @@ impl CodeCache {
     }
 
     fn path_of(&self, hash: &CodeHash) -> PathBuf {
-        self.inner.dir.join(hex(hash))
+        self.inner.dir.join(hex(hash.as_slice()))
     }
 
     /// Stores a bundle the server sent, after checking it matches its hash, and wakes the
     /// calls waiting for it.
     pub async fn fill(&self, hash: CodeHash, found: bool, bytes: Bytes) {
         let result = if !found {
-            Err(format!("the server has no code with hash {}", hex(&hash)))
+            Err(format!(
+                "the server has no code with hash {}",
+                hex(hash.as_slice())
+            ))
         } else if Sha256::digest(&bytes).as_slice() != hash {
             Err(format!(
                 "code received for {} does not match its hash",
-                hex(&hash)
+                hex(hash.as_slice())
             ))
         } else {
             let path = self.path_of(&hash);

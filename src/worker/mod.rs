@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::exec;
 use crate::proto::{self, Assignment, DispatchMode, FailureReason, Frame, Outcome, Report};
@@ -68,7 +67,6 @@ pub struct Agent {
     idle: Notify,
     running: AtomicU32,
     unsent: Mutex<Vec<Report>>,
-    tasks: TaskTracker,
 }
 
 /// How a session ended.
@@ -89,7 +87,6 @@ impl Agent {
             idle: Notify::new(),
             running: AtomicU32::new(0),
             unsent: Mutex::new(Vec::new()),
-            tasks: TaskTracker::new(),
         })
     }
 
@@ -121,14 +118,21 @@ impl Agent {
         }
     }
 
-    /// Waits until every running task has finished, or `deadline` passes.
+    /// Waits until no task is running, or `deadline` passes; returns whether it is idle.
     pub async fn wait_idle(&self, deadline: Duration) -> bool {
-        self.tasks.close();
-        let done = tokio::time::timeout(deadline, self.tasks.wait())
-            .await
-            .is_ok();
-        self.tasks.reopen();
-        done
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so a task ending in between still wakes us.
+            idle.as_mut().enable();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                return self.running.load(Ordering::Acquire) == 0;
+            }
+        }
     }
 }
 
@@ -181,14 +185,8 @@ where
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While draining the session keeps reading (code still arrives for running tasks) and
     // heartbeating (so the server does not declare it dead), until its tasks are done.
-    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut drained: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
     let ended = loop {
-        if let Some(until) = drain_until {
-            if agent.running.load(Ordering::Acquire) == 0 || tokio::time::Instant::now() >= until {
-                break Ended::Drained;
-            }
-        }
-        let idle = agent.idle.notified();
         let frame = tokio::select! {
             frame = reader.next() => frame,
             _ = beat.tick() => {
@@ -196,10 +194,16 @@ where
                 let _ = frames.send(Frame::Heartbeat { running });
                 continue;
             }
-            () = idle, if drain_until.is_some() => continue,
-            () = cancel.cancelled(), if drain_until.is_none() => {
+            idle = async { drained.as_mut().expect("guarded by is_some").await }, if drained.is_some() => {
+                if !idle {
+                    tracing::warn!("drain deadline passed with tasks still running");
+                }
+                break Ended::Drained;
+            }
+            () = cancel.cancelled(), if drained.is_none() => {
                 let _ = frames.send(Frame::Drain);
-                drain_until = Some(tokio::time::Instant::now() + drain_deadline);
+                let agent = agent.clone();
+                drained = Some(Box::pin(async move { agent.wait_idle(drain_deadline).await }));
                 continue;
             }
             _ = &mut pump => {
@@ -211,7 +215,7 @@ where
             Ok(Some(Frame::Assign(task))) => {
                 let agent_for_task = agent.clone();
                 agent.running.fetch_add(1, Ordering::AcqRel);
-                agent.tasks.spawn(async move {
+                tokio::spawn(async move {
                     let agent = agent_for_task;
                     let report = run_task(&agent, task).await;
                     agent.deliver(report);
@@ -242,9 +246,6 @@ where
         }
     };
     if ended == Ended::Drained {
-        if agent.running.load(Ordering::Acquire) > 0 {
-            tracing::warn!("drain deadline passed with tasks still running");
-        }
         // Every finished task's report is queued: let the pump write them, then close.
         agent.set_link(None);
         drop(frames);

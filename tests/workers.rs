@@ -319,3 +319,40 @@ async fn a_worker_reconnects_after_the_server_restarts() {
         .expect("invoke");
     assert_eq!(&answer.body[..], b"after");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_worker_it_finishes_its_task_and_takes_no_new_one() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let mut worker = Worker::start(&server.worker_addr, "drainer", 1, "push");
+    wait_workers(&client, 1).await;
+    let answer = register(&client, "nap", "sleep 1; echo done", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201);
+    let running = submit(&client, "nap", b"").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&client, &running).await["status"] != "RUNNING" {
+        assert!(Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill(worker.pid(), Signal::SIGTERM).expect("signal worker");
+    // Wait (bounded) until the server has seen the drain, then queue more work.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wait_workers(&client, 1).await[0]["state"] != "draining" {
+        assert!(Instant::now() < deadline, "worker never reported draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waiting = submit(&client, "nap", b"").await;
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = worker.child.wait().expect("wait worker");
+        (status.code(), worker)
+    })
+    .await
+    .expect("join");
+    assert_eq!(exit.0, Some(0), "a drained worker exits 0");
+    // Its report left before it exited; the server commits it on its own time.
+    let task = wait_finished(&client, &running).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(task["attempts"], 1, "{task}");
+    assert_eq!(status(&client, &waiting).await["status"], "QUEUED");
+}

@@ -326,9 +326,16 @@ impl Broker {
             state.dispatch(&self.inner.store);
             (record, waiter, committed)
         };
-        committed
-            .await
-            .map_err(|_| Error::Store(Arc::new(store::Error::Closed)))??;
+        let committed = match committed.await {
+            Ok(result) => result,
+            Err(_) => Err(Arc::new(store::Error::Closed)),
+        };
+        if let Err(e) = committed {
+            // Never acknowledged: take it back if it has not started (it may have, since
+            // dispatch does not wait for the commit; then it runs once, unrecorded as QUEUED).
+            self.lock().withdraw(record.id);
+            return Err(Error::Store(e));
+        }
         Ok((record, waiter))
     }
 
@@ -452,18 +459,32 @@ impl Broker {
     }
 
     /// Once the end of a task is committed, drops it from memory and wakes its waiters.
+    /// A failed commit (a full disk, say) is retried with backoff: the task stays in memory,
+    /// still RUNNING to readers, until its end is on disk or the store closes (then the task is
+    /// still pending in the store and runs again at the next start).
     fn finalize_after(&self, task_id: u128, commit: state::PendingCommit) {
         let broker = self.clone();
         tokio::spawn(async move {
-            let committed = commit.ack.await;
-            let outcome = match committed {
-                Ok(Ok(_)) => Ok(commit.finished),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Arc::new(store::Error::Closed)),
+            let task = uuid::Uuid::from_u128(task_id);
+            let finished = commit.finished;
+            let mut ack = commit.ack;
+            let mut retry_in = Duration::from_millis(100);
+            let outcome = loop {
+                match ack.await {
+                    Ok(Ok(_)) => break Ok(finished),
+                    Err(_) => break Err(Arc::new(store::Error::Closed)),
+                    Ok(Err(e)) => {
+                        tracing::error!(%task, error = %e, ?retry_in, "could not commit a finished task; retrying");
+                        tokio::time::sleep(retry_in).await;
+                        retry_in = (retry_in * 2).min(Duration::from_secs(10));
+                        ack = broker.inner.store.submit(Write::Finish {
+                            record: finished.record.clone(),
+                            result: finished.result.clone(),
+                            logs: finished.logs.clone(),
+                        });
+                    }
+                }
             };
-            if let Err(e) = &outcome {
-                tracing::error!(task = %uuid::Uuid::from_u128(task_id), error = %e, "could not commit a finished task");
-            }
             let waiters = broker
                 .lock()
                 .tasks

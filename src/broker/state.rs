@@ -258,6 +258,20 @@ impl State {
         }
     }
 
+    /// Removes a task that is still waiting in its queue (its QUEUED record never committed).
+    pub fn withdraw(&mut self, id: u128) {
+        let Some(active) = self.tasks.get(&id) else {
+            return;
+        };
+        let name = active.record.function.clone();
+        if let Some(queue) = self.queues.get_mut(&name) {
+            if let Some(at) = queue.waiting.iter().position(|t| *t == id) {
+                queue.waiting.remove(at);
+                self.tasks.remove(&id);
+            }
+        }
+    }
+
     /// Picks the worker for a task of code `hash`: one with a free slot, preferring one that
     /// holds the code, then the least loaded, then round robin from the last pick.
     fn pick_worker(&self, hash: &CodeHash) -> Option<u64> {

@@ -153,6 +153,8 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         // ends background children that would hold the output pipes open. The leader is not
         // reaped yet, so its pid still names this group.
         child.kill_group();
+        // Reap only once the kernel says it is gone, so the blocking waitpid never waits.
+        let _ = child.exited().await;
         let status = child.reap().ok();
         let _ = reaped.send(());
         (status, timed_out)

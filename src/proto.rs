@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -43,6 +43,10 @@ pub enum Runtime {
     Shell,
     /// The bundle is an executable run directly.
     Exec,
+    /// The bundle is a Python module defining `handle(payload)`, run by the embedded harness.
+    Python,
+    /// The bundle is a dill-pickled Python callable, called with pickled `(args, kwargs)`.
+    Pickle,
 }
 
 impl Runtime {
@@ -51,7 +55,14 @@ impl Runtime {
         match self {
             Runtime::Shell => "shell",
             Runtime::Exec => "exec",
+            Runtime::Python => "python",
+            Runtime::Pickle => "pickle",
         }
+    }
+
+    /// Whether calls of this runtime always run in warm executors.
+    pub fn always_warm(self) -> bool {
+        matches!(self, Runtime::Python | Runtime::Pickle)
     }
 }
 
@@ -62,8 +73,10 @@ impl std::str::FromStr for Runtime {
         match s {
             "shell" => Ok(Runtime::Shell),
             "exec" => Ok(Runtime::Exec),
+            "python" => Ok(Runtime::Python),
+            "pickle" => Ok(Runtime::Pickle),
             other => Err(format!(
-                "unknown runtime {other:?} (expected shell or exec)"
+                "unknown runtime {other:?} (expected shell, exec, python or pickle)"
             )),
         }
     }
@@ -89,6 +102,14 @@ pub enum FailureReason {
     CodeUnavailable,
     /// A process that escaped the call's process group kept its output pipes open.
     OutputHeldOpen,
+    /// The handler raised an exception (its traceback is in the logs).
+    Exception,
+    /// A warm executor died during the call.
+    ExecutorDied,
+    /// A warm executor broke the frame protocol (garbage on its stdout).
+    ProtocolError,
+    /// A warm executor failed to start or to initialise.
+    InitFailed,
 }
 
 impl FailureReason {
@@ -103,6 +124,10 @@ impl FailureReason {
             FailureReason::WorkerLost => "worker_lost",
             FailureReason::CodeUnavailable => "code_unavailable",
             FailureReason::OutputHeldOpen => "output_held_open",
+            FailureReason::Exception => "exception",
+            FailureReason::ExecutorDied => "executor_died",
+            FailureReason::ProtocolError => "protocol_error",
+            FailureReason::InitFailed => "init_failed",
         }
     }
 }
@@ -128,6 +153,19 @@ pub struct Assignment {
     pub env: Vec<(String, String)>,
     /// The bytes written to the function's stdin.
     pub payload: Bytes,
+    /// Run in a warm executor kept between calls (`None`: a fresh process per call).
+    pub warm: Option<WarmSpec>,
+    /// The payload is JSON (the caller sent `Content-Type: application/json`).
+    pub json: bool,
+}
+
+/// How a function's warm executors are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmSpec {
+    /// Executors kept ready even when idle.
+    pub min_warm: u32,
+    /// How long an idle executor (beyond `min_warm`) lives.
+    pub idle_timeout_ms: u64,
 }
 
 /// The outcome of one run, as the executor saw it.
@@ -145,8 +183,12 @@ pub struct Outcome {
     pub stdout: Bytes,
     /// What it wrote to stderr, bounded, with a truncation marker.
     pub stderr: Bytes,
-    /// Wall-clock time from spawn to exit, in microseconds.
+    /// Wall-clock time of the call itself, in microseconds.
     pub run_us: u64,
+    /// Whether the call started a new executor.
+    pub cold_start: bool,
+    /// The new executor's start-up and init time (the load phase), in microseconds.
+    pub init_us: u64,
 }
 
 /// A worker's report of a finished task.
@@ -377,6 +419,8 @@ mod tests {
             stdout: Bytes::from_static(b"o"),
             stderr: Bytes::from_static(b"e"),
             run_us: 300,
+            cold_start: true,
+            init_us: 5,
         }
     }
 
@@ -416,11 +460,17 @@ mod tests {
                 timeout_ms: 1000,
                 env: vec![("K".into(), "V".into())],
                 payload: Bytes::from_static(b"hi"),
+                warm: Some(WarmSpec {
+                    min_warm: 1,
+                    idle_timeout_ms: 2,
+                }),
+                json: true,
             }),
             concat!(
                 "03050301660101",
                 "abababababababababababababababababababababababababababababababab",
-                "e80701014b01560268 69"
+                "e80701014b01560268 69",
+                "01010201"
             )
             .replace(' ', "")
             .as_str(),
@@ -443,7 +493,7 @@ mod tests {
                 lease: 3,
                 outcome: outcome(),
             }),
-            "060503010200011201016d01 6f0165ac02"
+            "060503010200011201016d01 6f0165ac020105"
                 .replace(' ', "")
                 .as_str(),
         );

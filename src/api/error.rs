@@ -72,7 +72,14 @@ impl ApiError {
             Some(FailureReason::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
             Some(FailureReason::WorkerLost) => (StatusCode::SERVICE_UNAVAILABLE, "worker_lost"),
             Some(FailureReason::OutputTooLarge) => (StatusCode::BAD_GATEWAY, "output_too_large"),
-            Some(FailureReason::OutputHeldOpen) => (StatusCode::BAD_GATEWAY, "function_failed"),
+            Some(
+                FailureReason::OutputHeldOpen
+                | FailureReason::Exception
+                | FailureReason::ExecutorDied,
+            ) => (StatusCode::BAD_GATEWAY, "function_failed"),
+            Some(FailureReason::ProtocolError | FailureReason::InitFailed) => {
+                (StatusCode::BAD_GATEWAY, "executor_failed")
+            }
             Some(FailureReason::SpawnFailed | FailureReason::CodeUnavailable) => {
                 (StatusCode::BAD_GATEWAY, "executor_failed")
             }

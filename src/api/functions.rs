@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, read_body};
 use crate::broker::now_ms;
-use crate::proto::Runtime;
+use crate::proto::{Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 
 /// A function as the API shows it.
@@ -30,6 +30,9 @@ pub struct FunctionView {
     max_attempts: u32,
     env: BTreeMap<String, String>,
     created_at: String,
+    warm: bool,
+    min_warm: Option<u32>,
+    idle_timeout_ms: Option<u64>,
 }
 
 impl From<&FunctionRecord> for FunctionView {
@@ -46,6 +49,9 @@ impl From<&FunctionRecord> for FunctionView {
             max_attempts: f.max_attempts,
             env: f.env.iter().cloned().collect(),
             created_at: rfc3339(f.created_ms),
+            warm: f.warm.is_some(),
+            min_warm: f.warm.map(|w| w.min_warm),
+            idle_timeout_ms: f.warm.map(|w| w.idle_timeout_ms),
         }
     }
 }
@@ -85,7 +91,7 @@ impl TimeoutField {
 /// The JSON form of a registration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
+pub(crate) struct RegisterRequest {
     name: String,
     #[serde(default = "default_runtime")]
     runtime: String,
@@ -97,7 +103,35 @@ struct RegisterRequest {
     max_attempts: Option<u32>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Keep executors warm between calls (`exec` programs that speak the warm frame protocol;
+    /// always on for `python` and `pickle`).
+    #[serde(default)]
+    warm: bool,
+    min_warm: Option<u32>,
+    idle_timeout: Option<TimeoutField>,
 }
+
+impl RegisterRequest {
+    /// A request with every setting at its default.
+    pub(crate) fn new(name: String, runtime: &str) -> RegisterRequest {
+        RegisterRequest {
+            name,
+            runtime: runtime.into(),
+            code: String::new(),
+            timeout: None,
+            concurrency: None,
+            queue_limit: None,
+            max_attempts: None,
+            env: BTreeMap::new(),
+            warm: false,
+            min_warm: None,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// How long an idle warm executor lives by default.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn default_runtime() -> String {
     "shell".into()
@@ -178,6 +212,16 @@ pub async fn register(
         let code = decode_base64(&req.code)?;
         (req, code)
     };
+    let record = register_function(&state, req, code).await?;
+    Ok((StatusCode::CREATED, Json(FunctionView::from(record.as_ref()))))
+}
+
+/// Validates a registration and registers it; shared by the native and the MPCS routes.
+pub(crate) async fn register_function(
+    state: &AppState,
+    req: RegisterRequest,
+    code: Vec<u8>,
+) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
     validate_name(&req.name)?;
     validate_env(&req.env)?;
     let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
@@ -193,6 +237,23 @@ pub async fn register(
             "concurrency must be at least 1 (omit it for unlimited)",
         ));
     }
+    let warm = if runtime.always_warm() || req.warm {
+        if runtime == Runtime::Shell {
+            return Err(ApiError::invalid(
+                "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
+            ));
+        }
+        let idle = match &req.idle_timeout {
+            Some(t) => t.duration()?,
+            None => DEFAULT_IDLE_TIMEOUT,
+        };
+        Some(WarmSpec {
+            min_warm: req.min_warm.unwrap_or(0),
+            idle_timeout_ms: idle.as_millis() as u64,
+        })
+    } else {
+        None
+    };
     let record = FunctionRecord {
         name: req.name,
         version: 0,
@@ -208,13 +269,11 @@ pub async fn register(
             .max(1),
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
+        warm,
     };
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(FunctionView::from(record.as_ref())),
-    ))
+    Ok(record)
 }
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
@@ -223,16 +282,7 @@ async fn from_multipart(
     mut form: Multipart,
     limit: usize,
 ) -> Result<(RegisterRequest, Vec<u8>), ApiError> {
-    let mut req = RegisterRequest {
-        name: String::new(),
-        runtime: default_runtime(),
-        code: String::new(),
-        timeout: None,
-        concurrency: None,
-        queue_limit: None,
-        max_attempts: None,
-        env: BTreeMap::new(),
-    };
+    let mut req = RegisterRequest::new(String::new(), "shell");
     let mut code = None;
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -260,6 +310,9 @@ async fn from_multipart(
             "concurrency" => req.concurrency = Some(number("concurrency")?),
             "queue_limit" => req.queue_limit = Some(number("queue_limit")?),
             "max_attempts" => req.max_attempts = Some(number("max_attempts")?),
+            "min_warm" => req.min_warm = Some(number("min_warm")?),
+            "idle_timeout" => req.idle_timeout = Some(TimeoutField::Text(text)),
+            "warm" => req.warm = matches!(text.trim(), "1" | "true" | "yes"),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
                     ApiError::invalid(format!("env field must be K=V, got {text:?}"))

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,8 @@ pub struct TaskView {
     stderr_bytes: u64,
     queued_ms: Option<u64>,
     run_ms: Option<f64>,
+    cold_start: Option<bool>,
+    init_ms: Option<f64>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -56,6 +58,8 @@ impl From<&TaskRecord> for TaskView {
             stderr_bytes: t.stderr_bytes,
             queued_ms: t.started_ms.map(|s| s.saturating_sub(t.created_ms)),
             run_ms: t.status.is_finished().then(|| t.run_us as f64 / 1000.0),
+            cold_start: t.status.is_finished().then_some(t.cold_start),
+            init_ms: t.status.is_finished().then(|| t.init_us as f64 / 1000.0),
         }
     }
 }
@@ -83,30 +87,41 @@ pub async fn invoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<InvokeQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    call(&state, &name, body, query.is_async).await
+    call(&state, &name, &headers, body, query.is_async).await
 }
 
 /// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body.
 pub async fn invoke_url(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    call(&state, &name, body, false).await
+    call(&state, &name, &headers, body, false).await
 }
 
 async fn call(
     state: &AppState,
     name: &str,
+    headers: &HeaderMap,
     body: Body,
     is_async: bool,
 ) -> Result<Response, ApiError> {
+    // A JSON payload is handed to `python` handlers decoded.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
-    let (record, waiter) = state.broker.submit(name, payload, !is_async).await?;
+    let (record, waiter) = state
+        .broker
+        .submit(name, payload, json, !is_async)
+        .await?;
     let id = uuid::Uuid::from_u128(record.id).to_string();
     let Some(waiter) = waiter else {
         let mut response = (

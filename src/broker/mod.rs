@@ -279,6 +279,7 @@ impl Broker {
         &self,
         name: &str,
         payload: Bytes,
+        json: bool,
         wait: bool,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         let (record, waiter, committed) = {
@@ -317,6 +318,9 @@ impl Broker {
                 result_bytes: 0,
                 stderr_bytes: 0,
                 run_us: 0,
+                json,
+                cold_start: false,
+                init_us: 0,
             };
             let committed = self.inner.store.submit(Write::Enqueue {
                 record: record.clone(),

@@ -352,6 +352,8 @@ impl State {
                 timeout_ms: active.func.timeout_ms,
                 env: active.func.env.clone(),
                 payload: active.payload.clone(),
+                warm: active.func.warm,
+                json: active.record.json,
             });
             store.write_later(Write::Update {
                 record: active.record.clone(),
@@ -413,6 +415,8 @@ impl State {
         r.result_bytes = o.stdout.len() as u64;
         r.stderr_bytes = o.stderr.len() as u64;
         r.run_us = o.run_us;
+        r.cold_start = o.cold_start;
+        r.init_us = o.init_us;
         let name = end.function.clone();
         let finished = Arc::new(Finished {
             record: end,

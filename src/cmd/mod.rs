@@ -83,6 +83,27 @@ pub struct ClientArgs {
     pub url: String,
 }
 
+/// How workers find Python (on `serve` for its local workers, and on `worker`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PythonArgs {
+    /// The Python interpreter for `python` and `pickle` functions (default: `python3` on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<std::path::PathBuf>,
+    /// A directory put on the executors' PYTHONPATH, so functions pickled by reference to a
+    /// module can be resolved (repeatable).
+    #[arg(long = "python-path", value_name = "DIR")]
+    pub python_path: Vec<std::path::PathBuf>,
+}
+
+impl PythonArgs {
+    /// Resolves the interpreter and writes the harness into `dir`.
+    pub fn runtimes(&self, dir: &std::path::Path) -> anyhow::Result<crate::exec::Runtimes> {
+        use anyhow::Context;
+        crate::exec::Runtimes::new(self.python.as_deref(), self.python_path.clone(), dir)
+            .with_context(|| format!("cannot prepare the runtimes in {}", dir.display()))
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -43,6 +43,8 @@ pub struct ServeArgs {
     /// How long a stop waits for running tasks before it closes the store anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub python: super::PythonArgs,
     /// The most worker connections at once.
     #[arg(long, default_value_t = 1024)]
     pub max_worker_connections: usize,
@@ -120,6 +122,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
             cache,
             work_root: work_root.path().to_owned(),
             limits: exec::Limits::default(),
+            runtimes: args.python.runtimes(&args.data.join("runtime"))?,
         });
         let (server_end, worker_end) = tokio::io::duplex(1 << 20);
         tracker.spawn(broker::serve_worker(

@@ -38,6 +38,8 @@ pub struct WorkerArgs {
     /// Where fetched code is cached.
     #[arg(long, default_value = "./faasd-worker-cache")]
     pub cache: PathBuf,
+    #[command(flatten)]
+    pub python: super::PythonArgs,
     /// How long SIGTERM waits for running tasks before the worker exits anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -63,7 +65,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     // Executors run in their own working directories: hand them absolute paths.
     let cache_dir = std::fs::canonicalize(&args.cache)
         .with_context(|| format!("cannot resolve {}", args.cache.display()))?;
-    let cache = CodeCache::new(cache_dir).context("cannot open the code cache")?;
+    let cache = CodeCache::new(cache_dir.clone()).context("cannot open the code cache")?;
     let work_root = tempfile::Builder::new()
         .prefix("faasd-work-")
         .tempdir()
@@ -78,6 +80,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         cache,
         work_root: work_root.path().to_owned(),
         limits: exec::Limits::default(),
+        runtimes: args.python.runtimes(&cache_dir)?,
     });
     let cancel = CancellationToken::new();
     {

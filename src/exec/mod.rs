@@ -5,9 +5,13 @@
 //! stderr is captured up to [`Limits::stderr_bytes`] with a truncation marker, and the whole
 //! process group is killed when the call ends or times out.
 
+mod pool;
+mod runtimes;
 mod spawn;
 mod sys;
+mod warm;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -17,7 +21,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use crate::proto::{FailureReason, Outcome, Runtime};
+use crate::proto::{FailureReason, Outcome, WarmSpec};
+pub use pool::{Pool, WarmCall};
+pub use runtimes::Runtimes;
 pub use spawn::DEFAULT_PATH;
 
 /// How long output may keep flowing after the call's process group is gone.
@@ -68,13 +74,17 @@ impl Default for Limits {
     }
 }
 
-/// One call to run.
+/// Warm settings of `python` and `pickle` functions registered without any.
+pub const DEFAULT_WARM: WarmSpec = WarmSpec {
+    min_warm: 0,
+    idle_timeout_ms: 60_000,
+};
+
+/// One call to run in a fresh process.
 pub struct Call<'a> {
-    /// How the code runs.
-    pub runtime: Runtime,
-    /// The code bundle on disk.
-    pub program: &'a Path,
-    /// The function's environment variables.
+    /// The command line (from [`Runtimes::command`]).
+    pub argv: &'a [OsString],
+    /// The environment variables (from [`Runtimes::env`]).
     pub env: &'a [(String, String)],
     /// What the function reads on stdin.
     pub payload: Bytes,
@@ -100,6 +110,8 @@ pub async fn run(call: Call<'_>) -> Outcome {
             stdout: Bytes::new(),
             stderr: Bytes::new(),
             run_us: started.elapsed().as_micros() as u64,
+            cold_start: true,
+            init_us: 0,
         },
     }
 }
@@ -113,8 +125,7 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
             source,
         })?;
     let mut child = spawn::spawn(&spawn::SpawnSpec {
-        runtime: call.runtime,
-        program: call.program,
+        argv: call.argv,
         workdir: workdir.path(),
         env: call.env,
     })?;
@@ -230,6 +241,8 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         },
         stderr: Bytes::from(stderr),
         run_us,
+        cold_start: true,
+        init_us: 0,
     })
 }
 
@@ -271,6 +284,10 @@ async fn capture<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> (Vec<
 mod tests {
     use super::*;
 
+    fn shell(script: &Path) -> Vec<OsString> {
+        vec!["/bin/sh".into(), script.into()]
+    }
+
     async fn run_script(
         script: &str,
         payload: &[u8],
@@ -281,8 +298,7 @@ mod tests {
         let program = dir.path().join("script.sh");
         std::fs::write(&program, script).expect("write script");
         run(Call {
-            runtime: Runtime::Shell,
-            program: &program,
+            argv: &shell(&program),
             env: &[("GREETING".into(), "hi".into())],
             payload: Bytes::copy_from_slice(payload),
             timeout,
@@ -398,8 +414,7 @@ mod tests {
         let root = dir.path().join("work");
         std::fs::create_dir(&root).expect("mkdir");
         let out = run(Call {
-            runtime: Runtime::Shell,
-            program: &program,
+            argv: &shell(&program),
             env: &[],
             payload: Bytes::new(),
             timeout: Duration::from_secs(5),
@@ -419,8 +434,7 @@ mod tests {
     async fn missing_program_is_spawn_failed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = run(Call {
-            runtime: Runtime::Exec,
-            program: &dir.path().join("nope"),
+            argv: &[dir.path().join("nope").into()],
             env: &[],
             payload: Bytes::new(),
             timeout: Duration::from_secs(5),

@@ -3,31 +3,27 @@
 //!
 //! The checklist, in order: new session and process group, default signals → stdio pipes →
 //! fresh working directory → cleared environment plus the function's own variables → exec.
+//! Which command line a runtime runs is decided by [`super::Runtimes::command`].
 //! The system calls themselves are in [`super::sys`].
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+
 use super::Error;
 use super::sys::{self, Child};
-use crate::proto::Runtime;
 
 /// The `PATH` every executor starts with (the host environment is never inherited).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// The shell that runs `shell` functions.
-const SHELL: &str = "/bin/sh";
-
 /// What to start.
 pub struct SpawnSpec<'a> {
-    /// How the code runs.
-    pub runtime: Runtime,
-    /// The cached code bundle.
-    pub program: &'a Path,
+    /// The command line; `argv[0]` is the program's path.
+    pub argv: &'a [OsString],
     /// The working directory (fresh and empty).
     pub workdir: &'a Path,
-    /// The function's environment variables.
+    /// The function's environment variables (plus any the runtime adds).
     pub env: &'a [(String, String)],
 }
 
@@ -48,15 +44,17 @@ fn c_string(text: String) -> Result<CString, Error> {
 
 /// Starts the executor with piped stdio in its own session and process group.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
-    let program = match spec.runtime {
-        Runtime::Shell => Path::new(SHELL),
-        Runtime::Exec => spec.program,
+    let Some(program) = spec.argv.first().map(Path::new) else {
+        return Err(Error::BadArgument {
+            what: "an empty command line".into(),
+        });
     };
     let c_program = c_path(program)?;
-    let mut argv = vec![c_program.clone()];
-    if spec.runtime == Runtime::Shell {
-        argv.push(c_path(spec.program)?);
-    }
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| c_path(Path::new(a)))
+        .collect::<Result<Vec<_>, _>>()?;
     let workdir = spec.workdir.to_string_lossy();
     // The function's own variables win over the defaults.
     let mut envp = Vec::with_capacity(spec.env.len() + 3);

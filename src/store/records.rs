@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{CodeHash, FailureReason, Runtime};
+use crate::proto::{CodeHash, FailureReason, Runtime, WarmSpec};
 
 /// One registered version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,8 @@ pub struct FunctionRecord {
     pub env: Vec<(String, String)>,
     /// When this version was registered (Unix ms).
     pub created_ms: u64,
+    /// Warm executor settings (always set for `python` and `pickle`).
+    pub warm: Option<WarmSpec>,
 }
 
 /// Where a task is in its life.
@@ -98,6 +100,12 @@ pub struct TaskRecord {
     pub stderr_bytes: u64,
     /// The run's wall-clock time in microseconds.
     pub run_us: u64,
+    /// The payload is JSON (the caller sent `Content-Type: application/json`).
+    pub json: bool,
+    /// Whether the finished run started a new executor.
+    pub cold_start: bool,
+    /// That executor's start-up and init time in microseconds.
+    pub init_us: u64,
 }
 
 /// Encodes a record for the store.
@@ -130,11 +138,15 @@ mod tests {
             max_attempts: 3,
             env: vec![("A".into(), "b".into())],
             created_ms: 1,
+            warm: Some(WarmSpec {
+                min_warm: 1,
+                idle_timeout_ms: 2,
+            }),
         };
         let bytes = encode(&record).expect("encode");
         // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created.
         let expected =
-            format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201";
+            format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201010102";
         assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
     }
@@ -159,9 +171,12 @@ mod tests {
             result_bytes: 6,
             stderr_bytes: 7,
             run_us: 8,
+            json: true,
+            cold_start: true,
+            init_us: 9,
         };
         let bytes = encode(&record).expect("encode");
-        assert_eq!(hex(&bytes), "010201660103030104000101010001000005060708");
+        assert_eq!(hex(&bytes), "010201660103030104000101010001000005060708010109");
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
 }

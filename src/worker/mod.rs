@@ -55,12 +55,16 @@ pub struct Config {
     pub work_root: PathBuf,
     /// Output bounds per call.
     pub limits: exec::Limits,
+    /// How executors of each runtime are launched.
+    pub runtimes: exec::Runtimes,
 }
 
 /// A worker across its sessions: its configuration, its running tasks, and the reports that
 /// could not be delivered yet.
 pub struct Agent {
     config: Config,
+    /// Warm executors, kept across sessions.
+    pool: exec::Pool,
     /// The current session's outbound frames; `None` between sessions.
     link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
     /// Signalled when the last running task finishes.
@@ -68,6 +72,9 @@ pub struct Agent {
     running: AtomicU32,
     unsent: Mutex<Vec<Report>>,
 }
+
+/// How often idle warm executors are reaped and `min_warm` topped up.
+const REAP_PERIOD: Duration = Duration::from_millis(250);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,8 +88,19 @@ pub enum Ended {
 impl Agent {
     /// A new agent.
     pub fn new(config: Config) -> Arc<Agent> {
+        let pool = exec::Pool::default();
+        let reaper = pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                reaper.reap().await;
+            }
+        });
         Arc::new(Agent {
             config,
+            pool,
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
@@ -267,32 +285,53 @@ impl Agent {
 }
 
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
-    let config = &agent.config;
-    let code = match agent.sender() {
-        Some(frames) => config.cache.get(task.code_hash, &frames).await,
-        None => Err("the connection to the server closed".to_string()),
-    };
-    let outcome = match code {
-        Ok(program) => {
-            exec::run(exec::Call {
-                runtime: task.runtime,
-                program: &program,
-                env: &task.env,
-                payload: task.payload,
-                timeout: Duration::from_millis(task.timeout_ms),
-                work_root: &config.work_root,
-                limits: config.limits,
-            })
-            .await
+    let outcome = match prepare(agent, &task).await {
+        Ok((argv, env)) => {
+            let config = &agent.config;
+            let timeout = Duration::from_millis(task.timeout_ms);
+            let warm = task
+                .warm
+                .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM));
+            match warm {
+                Some(warm) => {
+                    agent
+                        .pool
+                        .run(exec::WarmCall {
+                            key: (task.function, task.version),
+                            warm,
+                            argv,
+                            env,
+                            work_root: config.work_root.clone(),
+                            payload: task.payload,
+                            json: task.json,
+                            timeout,
+                            limits: config.limits,
+                        })
+                        .await
+                }
+                None => {
+                    exec::run(exec::Call {
+                        argv: &argv,
+                        env: &env,
+                        payload: task.payload,
+                        timeout,
+                        work_root: &config.work_root,
+                        limits: config.limits,
+                    })
+                    .await
+                }
+            }
         }
-        Err(message) => Outcome {
-            failure: Some(FailureReason::CodeUnavailable),
+        Err((reason, message)) => Outcome {
+            failure: Some(reason),
             exit_code: None,
             signal: None,
             message: Some(message),
             stdout: Default::default(),
             stderr: Default::default(),
             run_us: 0,
+            cold_start: false,
+            init_us: 0,
         },
     };
     Report {
@@ -300,4 +339,22 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
         lease: task.lease,
         outcome,
     }
+}
+
+/// The executor's command line and environment, with the code fetched if needed.
+async fn prepare(
+    agent: &Agent,
+    task: &Assignment,
+) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
+    let config = &agent.config;
+    let code = match agent.sender() {
+        Some(frames) => config.cache.get(task.code_hash, &frames).await,
+        None => Err("the connection to the server closed".to_string()),
+    }
+    .map_err(|m| (FailureReason::CodeUnavailable, m))?;
+    let argv = config
+        .runtimes
+        .command(task.runtime, &code)
+        .map_err(|m| (FailureReason::InitFailed, format!("cannot run a {} function: {m}", task.runtime.as_str())))?;
+    Ok((argv, config.runtimes.env(task.runtime, &task.env)))
 }

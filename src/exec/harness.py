@@ -1,0 +1,135 @@
+# faasd's Python harness: runs one function in a warm executor, speaking the warm frame protocol
+# on stdin/stdout (see src/exec/warm.rs). Embedded in the faasd binary.
+#
+#   python3 harness.py python MODULE.py   # calls handle(payload), after init() once if defined
+#   python3 harness.py pickle FUNC.pkl    # calls a dill-pickled callable with pickled (args, kwargs)
+#
+# Frames are a 4-byte big-endian length, then the body. The harness sends b"R" when ready (or
+# b"E" + traceback if loading failed, then exits), reads b"C" + flags + payload per call (flags
+# bit 0: the payload is JSON), and answers b"O" or b"X" (exception) + 4-byte result length +
+# result + the call's captured stdout/stderr text.
+
+import io
+import os
+import struct
+import sys
+import traceback
+
+
+def main():
+    mode, bundle = sys.argv[1], sys.argv[2]
+    # Frames own the real stdout; anything the function prints goes to stderr instead.
+    frames_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    frames_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdout = sys.stderr
+
+    def send(body):
+        # One write per frame: a frame must never leave in pieces.
+        frames_out.write(struct.pack(">I", len(body)) + body)
+
+    def read_exact(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = frames_in.read(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    try:
+        call = load(mode, bundle)
+    except BaseException:
+        send(b"E" + traceback.format_exc().encode("utf-8", "replace"))
+        return 1
+    send(b"R")
+
+    while True:
+        header = read_exact(4)
+        if header is None:
+            return 0
+        body = read_exact(struct.unpack(">I", header)[0])
+        if body is None or body[:1] != b"C":
+            return 2
+        is_json = bool(body[1] & 1)
+        payload = body[2:]
+        captured = io.StringIO()
+        sys.stdout = sys.stderr = captured
+        try:
+            kind, result = b"O", call(payload, is_json)
+        except BaseException as exc:  # the function's failure is the call's outcome
+            traceback.print_exc(file=captured)
+            kind, result = b"X", failure_result(mode, exc)
+        finally:
+            sys.stdout = sys.stderr = sys.__stderr__
+        logs = captured.getvalue().encode("utf-8", "replace")
+        send(kind + struct.pack(">I", len(result)) + result + logs)
+
+
+def to_bytes(value):
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    import json
+    return json.dumps(value).encode("utf-8")
+
+
+def load(mode, bundle):
+    if mode == "python":
+        import importlib.machinery
+        import importlib.util
+        # Bundles are cached under their hash, without a .py suffix: name the loader outright.
+        loader = importlib.machinery.SourceFileLoader("handler", bundle)
+        spec = importlib.util.spec_from_loader("handler", loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["handler"] = module
+        spec.loader.exec_module(module)
+        if not hasattr(module, "handle"):
+            raise RuntimeError("the module defines no handle(payload) function")
+        if hasattr(module, "init"):
+            module.init()
+        handle = module.handle
+
+        def call(payload, is_json):
+            if is_json:
+                import json
+                payload = json.loads(payload)
+            return to_bytes(handle(payload))
+
+        return call
+
+    if mode == "pickle":
+        import base64
+        import dill
+        with open(bundle, "rb") as f:
+            fn = dill.load(f)
+
+        def call(payload, is_json):
+            args, kwargs = dill.loads(base64.b64decode(payload))
+            result = fn(*args, **kwargs)
+            return base64.b64encode(dill.dumps(result))
+
+        return call
+
+    raise RuntimeError("unknown harness mode %r" % mode)
+
+
+def failure_result(mode, exc):
+    # The pickle contract: a failed call's result is the serialized exception.
+    if mode != "pickle":
+        return b""
+    import base64
+    import dill
+    try:
+        return base64.b64encode(dill.dumps(exc))
+    except BaseException:
+        return base64.b64encode(dill.dumps(RuntimeError(repr(exc))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

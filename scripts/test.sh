@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests beside the code and the integration tests in tests/, which start
-# the real faasd binary. Needs only the Rust toolchain and /bin/sh.
+# Runs every test: unit tests beside the code, the integration tests in tests/ (which start the
+# real faasd binary), and the Python tests of the MPCS FaaS contract (tests/python). Installs
+# what the Python tests need (dill, pytest, requests) with the machine's python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  dill pytest requests
 cargo test --locked --all-targets -- --test-threads 4
+# The Python tests start target/debug/faasd, which cargo test has just built.
+python3 -m pytest -q tests/python

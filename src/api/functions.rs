@@ -177,7 +177,7 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
     let compact: String = code.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
@@ -213,7 +213,10 @@ pub async fn register(
         (req, code)
     };
     let record = register_function(&state, req, code).await?;
-    Ok((StatusCode::CREATED, Json(FunctionView::from(record.as_ref()))))
+    Ok((
+        StatusCode::CREATED,
+        Json(FunctionView::from(record.as_ref())),
+    ))
 }
 
 /// Validates a registration and registers it; shared by the native and the MPCS routes.

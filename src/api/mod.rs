@@ -8,9 +8,11 @@
 //! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
+//! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
 mod error;
 mod functions;
+mod mpcs;
 mod tasks;
 
 use std::time::Duration;
@@ -74,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/result", get(tasks::result))
         .route("/v1/tasks/{id}/logs", get(tasks::logs))
         .route("/v1/workers", get(workers))
+        .route("/register_function", post(mpcs::register))
+        .route("/execute_function", post(mpcs::execute))
+        .route("/status/{id}", get(mpcs::status))
+        .route("/result/{id}", get(mpcs::result))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

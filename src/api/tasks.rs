@@ -118,10 +118,7 @@ async fn call(
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
-    let (record, waiter) = state
-        .broker
-        .submit(name, payload, json, !is_async)
-        .await?;
+    let (record, waiter) = state.broker.submit(name, payload, json, !is_async).await?;
     let id = uuid::Uuid::from_u128(record.id).to_string();
     let Some(waiter) = waiter else {
         let mut response = (

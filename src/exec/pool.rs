@@ -188,7 +188,9 @@ impl Pool {
         // Dropping an executor kills its process group and reaps it.
         drop(stopped);
         for (key, recipe) in top_up {
-            let started = WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout).await;
+            let started =
+                WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout)
+                    .await;
             match started {
                 Ok(executor) => self.release(&key, Some(executor)),
                 Err(failure) => {
@@ -201,10 +203,12 @@ impl Pool {
 
     /// How many executors the pool holds for a function version.
     pub fn size(&self, key: &PoolKey) -> PoolSize {
-        self.lock().get(key).map_or(PoolSize { idle: 0, busy: 0 }, |e| PoolSize {
-            idle: e.idle.len(),
-            busy: e.busy,
-        })
+        self.lock()
+            .get(key)
+            .map_or(PoolSize { idle: 0, busy: 0 }, |e| PoolSize {
+                idle: e.idle.len(),
+                busy: e.busy,
+            })
     }
 }
 

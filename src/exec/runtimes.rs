@@ -58,7 +58,11 @@ impl Runtimes {
             Runtime::Exec => vec![bundle.into()],
             Runtime::Python | Runtime::Pickle => {
                 let python = self.python.as_ref().map_err(Clone::clone)?;
-                let mode = if runtime == Runtime::Python { "python" } else { "pickle" };
+                let mode = if runtime == Runtime::Python {
+                    "python"
+                } else {
+                    "pickle"
+                };
                 vec![
                     python.into(),
                     "-u".into(),

@@ -10,7 +10,6 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-
 use super::Error;
 use super::sys::{self, Child};
 

@@ -93,9 +93,18 @@ impl WarmExecutor {
             ..init_failed(e.to_string())
         })?;
         let pipes = (
-            child.stdin.take().and_then(|fd| pipe::Sender::from_owned_fd(fd).ok()),
-            child.stdout.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
-            child.stderr.take().and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
+            child
+                .stdin
+                .take()
+                .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok()),
+            child
+                .stdout
+                .take()
+                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
+            child
+                .stderr
+                .take()
+                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
         );
         let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
             return Err(init_failed("cannot set up the executor's pipes".into()));
@@ -198,7 +207,10 @@ impl WarmExecutor {
 
     async fn read_frame(&mut self, limit: usize) -> Result<Bytes, FrameError> {
         let mut header = [0u8; 4];
-        self.stdout.read_exact(&mut header).await.map_err(FrameError::Io)?;
+        self.stdout
+            .read_exact(&mut header)
+            .await
+            .map_err(FrameError::Io)?;
         let len = u32::from_be_bytes(header) as usize;
         if len > limit {
             return Err(FrameError::Garbage(format!(
@@ -206,7 +218,10 @@ impl WarmExecutor {
             )));
         }
         let mut body = vec![0u8; len];
-        self.stdout.read_exact(&mut body).await.map_err(FrameError::Io)?;
+        self.stdout
+            .read_exact(&mut body)
+            .await
+            .map_err(FrameError::Io)?;
         Ok(Bytes::from(body))
     }
 
@@ -221,7 +236,8 @@ impl WarmExecutor {
             },
             FrameError::Io(io) => {
                 // The pipe closed: the executor is exiting; collect how it ended.
-                let exited = tokio::time::timeout(Duration::from_secs(1), self.child.exited()).await;
+                let exited =
+                    tokio::time::timeout(Duration::from_secs(1), self.child.exited()).await;
                 self.child.kill_group();
                 let status = match exited {
                     Ok(_) => self.child.reap().ok(),
@@ -275,7 +291,11 @@ fn bound(logs: Bytes, limit: usize) -> Bytes {
     }
     let mut kept = logs[..limit].to_vec();
     kept.extend_from_slice(
-        format!("\n[faasd: stderr truncated, {} more bytes dropped]\n", logs.len() - limit).as_bytes(),
+        format!(
+            "\n[faasd: stderr truncated, {} more bytes dropped]\n",
+            logs.len() - limit
+        )
+        .as_bytes(),
     );
     Bytes::from(kept)
 }

@@ -176,7 +176,10 @@ mod tests {
             init_us: 9,
         };
         let bytes = encode(&record).expect("encode");
-        assert_eq!(hex(&bytes), "010201660103030104000101010001000005060708010109");
+        assert_eq!(
+            hex(&bytes),
+            "010201660103030104000101010001000005060708010109"
+        );
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
 }

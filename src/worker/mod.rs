@@ -352,9 +352,11 @@ async fn prepare(
         None => Err("the connection to the server closed".to_string()),
     }
     .map_err(|m| (FailureReason::CodeUnavailable, m))?;
-    let argv = config
-        .runtimes
-        .command(task.runtime, &code)
-        .map_err(|m| (FailureReason::InitFailed, format!("cannot run a {} function: {m}", task.runtime.as_str())))?;
+    let argv = config.runtimes.command(task.runtime, &code).map_err(|m| {
+        (
+            FailureReason::InitFailed,
+            format!("cannot run a {} function: {m}", task.runtime.as_str()),
+        )
+    })?;
     Ok((argv, config.runtimes.env(task.runtime, &task.env)))
 }

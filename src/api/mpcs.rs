@@ -1,0 +1,148 @@
+//! The MPCS FaaS REST API, as its Python clients expect it: register a dill-pickled function,
+//! execute it with pickled arguments, poll status, fetch the pickled result.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /register_function` `{"name", "payload"}` | 200 `{"function_id"}`; 400 if `payload` is not base64 of a pickle; 422 if a field is missing |
+//! | `POST /execute_function` `{"function_id", "payload"}` | 200 `{"task_id"}`; 404 for an unknown function |
+//! | `GET /status/{task_id}` | 200 `{"task_id", "status"}`; 404 |
+//! | `GET /result/{task_id}` | 200 `{"task_id", "status", "result"}` (`result`: dill + base64, `null` until finished); 404 |
+//!
+//! Functions registered here are `pickle` functions named by their UUID, so they also appear in
+//! the native API. The server never unpickles anything: it only checks the pickle's framing.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::functions::{RegisterRequest, decode_base64, register_function};
+use super::{ApiError, AppState, read_body};
+use crate::store::TaskStatus;
+
+/// Reads a JSON object body and the string fields it must have (422 when one is missing).
+async fn fields<const N: usize>(
+    state: &AppState,
+    body: Body,
+    names: [&str; N],
+) -> Result<[String; N], ApiError> {
+    let body = read_body(body, state.max_body_bytes).await?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = value
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "missing_field",
+                    format!("the body needs a string field {name:?}"),
+                )
+                .with(
+                    "detail",
+                    json!([{"loc": ["body", name], "msg": "field required"}]),
+                )
+            })?
+            .to_string();
+    }
+    Ok(out)
+}
+
+/// `POST /register_function`.
+pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+    let [name, payload] = fields(&state, body, ["name", "payload"]).await?;
+    let code = decode_base64(&payload)?;
+    // A pickle ends with the STOP opcode; protocol 2+ pickles (dill's) start with PROTO.
+    if code.last() != Some(&b'.') || code[0] > 0x80 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_pickle",
+            "payload is base64, but not of a pickle (serialize the function with dill, then base64)",
+        ));
+    }
+    let function_id = uuid::Uuid::now_v7().to_string();
+    let record = register_function(
+        &state,
+        RegisterRequest::new(function_id.clone(), "pickle"),
+        code,
+    )
+    .await?;
+    tracing::info!(function = %record.name, mpcs_name = %name, "registered an MPCS function");
+    Ok(Json(json!({ "function_id": function_id })))
+}
+
+/// `POST /execute_function`.
+pub async fn execute(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+    let [function_id, payload] = fields(&state, body, ["function_id", "payload"]).await?;
+    if uuid::Uuid::parse_str(&function_id).is_err() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("no function with id {function_id:?}"),
+        ));
+    }
+    let (record, _) = state
+        .broker
+        .submit(&function_id, Bytes::from(payload), false, false)
+        .await?;
+    Ok(Json(
+        json!({ "task_id": uuid::Uuid::from_u128(record.id).to_string() }),
+    ))
+}
+
+async fn task(state: &AppState, id: &str) -> Result<crate::store::TaskRecord, ApiError> {
+    let Ok(task_id) = uuid::Uuid::parse_str(id) else {
+        return Err(ApiError::task_not_found(id));
+    };
+    state
+        .broker
+        .task(task_id.as_u128())
+        .await?
+        .ok_or_else(|| ApiError::task_not_found(id))
+}
+
+/// `GET /status/{task_id}`.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = task(&state, &id).await?;
+    Ok(Json(
+        json!({ "task_id": id, "status": record.status.as_str() }),
+    ))
+}
+
+/// `GET /result/{task_id}`.
+pub async fn result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = task(&state, &id).await?;
+    let result = if record.status.is_finished() {
+        let bytes = state
+            .broker
+            .store()
+            .result(record.id)
+            .await?
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        // A failure without a pickled exception (a timeout, a lost worker) has no result.
+        (!(text.is_empty() && record.status == TaskStatus::Failed)).then_some(text)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "task_id": id,
+        "status": record.status.as_str(),
+        "result": result,
+    })))
+}

@@ -1,0 +1,269 @@
+//! Warm executors and the `python` runtime, end to end.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Server, expect_error, register, status, submit, wait_finished};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const HANDLER: &str = r#"
+import os, time
+inits = 0
+
+def init():
+    global inits
+    inits += 1
+
+def handle(payload):
+    if payload == b"boom":
+        raise ValueError("boom from the handler")
+    if payload == b"exit":
+        os._exit(3)
+    if payload == b"hang":
+        time.sleep(30)
+    if isinstance(payload, dict):
+        return {"doubled": payload["n"] * 2}
+    print("handling", payload)
+    return "%d %d" % (os.getpid(), inits)
+"#;
+
+async fn register_python(client: &faasd::client::Client, name: &str, extra: serde_json::Value) {
+    use base64::Engine;
+    let mut body = serde_json::json!({
+        "name": name,
+        "runtime": "python",
+        "code": base64::engine::general_purpose::STANDARD.encode(HANDLER),
+        "timeout": "2s",
+    });
+    if let serde_json::Value::Object(map) = extra {
+        for (k, v) in map {
+            body[k] = v;
+        }
+    }
+    let answer = client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register");
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+}
+
+async fn call(
+    client: &faasd::client::Client,
+    name: &str,
+    payload: &'static [u8],
+) -> faasd::client::Answer {
+    client
+        .post(
+            &format!("/v1/functions/{name}/invoke"),
+            "application/octet-stream",
+            Bytes::from_static(payload),
+        )
+        .await
+        .expect("invoke")
+}
+
+/// `pid inits` from the handler.
+fn pid_and_inits(answer: &faasd::client::Answer) -> (i32, u32) {
+    let body = text(&answer.body);
+    let mut parts = body.split_whitespace();
+    let pid = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer {body:?}"));
+    let inits = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer {body:?}"));
+    (pid, inits)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    register_python(&client, "warm", serde_json::json!({})).await;
+    let first = call(&client, "warm", b"x").await;
+    assert_eq!(first.status, 200, "{}", text(&first.body));
+    let (pid, inits) = pid_and_inits(&first);
+    assert_eq!(inits, 1);
+    for _ in 0..20 {
+        let answer = call(&client, "warm", b"x").await;
+        assert_eq!(
+            pid_and_inits(&answer),
+            (pid, 1),
+            "a different executor or a second init"
+        );
+    }
+    // The first call was a cold start with a load phase; later ones are warm.
+    let id = submit(&client, "warm", b"x").await;
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(task["cold_start"], false, "{task}");
+    let first_id = first.headers["x-faasd-task-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let first_task = status(&client, &first_id).await;
+    assert_eq!(first_task["cold_start"], true, "{first_task}");
+    assert!(
+        first_task["init_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{first_task}"
+    );
+    // What the handler printed is the task's log.
+    let logs = client
+        .get(&format!("/v1/tasks/{id}/logs"))
+        .await
+        .expect("logs");
+    assert_eq!(text(&logs.body), "handling b'x'\n");
+    // JSON in, JSON out.
+    let answer = client
+        .post(
+            "/function/warm",
+            "application/json",
+            Bytes::from_static(br#"{"n": 21}"#),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(text(&answer.body), r#"{"doubled": 42}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_executor_is_stopped_and_reaped() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    register_python(
+        &client,
+        "brief",
+        serde_json::json!({"idle_timeout": "500ms"}),
+    )
+    .await;
+    let (pid, _) = pid_and_inits(&call(&client, "brief", b"x").await);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    // Bounded wait: gone (not even a zombie) shortly after the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "executor {pid} still exists after its idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (next, inits) = pid_and_inits(&call(&client, "brief", b"x").await);
+    assert_ne!(next, pid);
+    assert_eq!(inits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_kill_only_that_executor() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    register_python(&client, "frail", serde_json::json!({})).await;
+    let (pid, _) = pid_and_inits(&call(&client, "frail", b"x").await);
+
+    // An exception fails the task with the traceback in its logs; the executor stays.
+    let body = expect_error(
+        &call(&client, "frail", b"boom").await,
+        502,
+        "function_failed",
+    );
+    assert_eq!(body["reason"], "exception");
+    assert!(
+        body["stderr_tail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ValueError: boom from the handler"),
+        "{body}"
+    );
+    assert_eq!(pid_and_inits(&call(&client, "frail", b"x").await).0, pid);
+
+    // Exiting mid-call fails that call; a fresh executor serves the next.
+    let body = expect_error(
+        &call(&client, "frail", b"exit").await,
+        502,
+        "function_failed",
+    );
+    assert_eq!(body["reason"], "executor_died");
+    let (second, inits) = pid_and_inits(&call(&client, "frail", b"x").await);
+    assert_ne!(second, pid);
+    assert_eq!(inits, 1);
+
+    // A hang past the timeout: killed, failed with `timeout`, replaced.
+    let body = expect_error(
+        &call(&client, "frail", b"hang").await,
+        504,
+        "function_timeout",
+    );
+    assert_eq!(body["reason"], "timeout");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{second}")).exists(),
+        "the hung executor lives on"
+    );
+    let (third, _) = pid_and_inits(&call(&client, "frail", b"x").await);
+    assert_ne!(third, second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_writing_garbage_fails_its_call_with_a_protocol_error() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    // A warm `exec` program that says ready, then answers a call with garbage.
+    let script = "#!/bin/sh\nprintf '\\000\\000\\000\\001R'\nhead -c 4 >/dev/null\nprintf 'GARBAGE, NOT A FRAME'\nsleep 30\n";
+    let answer = register(
+        &client,
+        "liar",
+        script,
+        serde_json::json!({"runtime": "exec", "warm": true, "timeout": "5s"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let body = expect_error(&call(&client, "liar", b"x").await, 502, "executor_failed");
+    assert_eq!(body["reason"], "protocol_error", "{body}");
+    // The platform keeps serving.
+    assert_eq!(
+        register(&client, "plain", "cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(&call(&client, "plain", b"fine").await.body[..], b"fine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_interpreter_is_one_clear_error() {
+    let server = Server::start(&["--local-workers", "1", "--python", "/no/such/python3"]);
+    let client = server.client();
+    register_python(&client, "nopy", serde_json::json!({})).await;
+    let body = expect_error(&call(&client, "nopy", b"x").await, 502, "executor_failed");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/python3"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_warm_keeps_an_executor_ready() {
+    let server = Server::start(&["--local-workers", "2"]);
+    let client = server.client();
+    register_python(
+        &client,
+        "ready",
+        serde_json::json!({"min_warm": 1, "idle_timeout": "200ms"}),
+    )
+    .await;
+    let (pid, _) = pid_and_inits(&call(&client, "ready", b"x").await);
+    // Well past the idle timeout, the one executor min_warm keeps is still the same process.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(pid_and_inits(&call(&client, "ready", b"x").await).0, pid);
+}

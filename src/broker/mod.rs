@@ -269,8 +269,9 @@ impl Broker {
     }
 
     /// Accepts a call: queues its QUEUED record to the store and the task to its function's
-    /// queue, and returns once the record is durably committed. With `wait`, also returns a
-    /// [`Waiter`] for its end.
+    /// queue, and returns once the record is durably committed. With `wait` (a sync call),
+    /// returns at once with a [`Waiter`] for its end, which resolves only once the end, and so
+    /// the QUEUED record before it, is durable.
     ///
     /// Dispatch does not wait for that commit: the store applies writes in the order they are
     /// queued, so the task's later records (RUNNING, its end) always land after its QUEUED one,
@@ -322,13 +323,25 @@ impl Broker {
                 cold_start: false,
                 init_us: 0,
             };
-            let committed = self.inner.store.submit(Write::Enqueue {
+            let enqueue = Write::Enqueue {
                 record: record.clone(),
                 payload: payload.clone(),
-            });
+            };
+            // A sync caller's acknowledgement is the result, whose commit makes this record
+            // durable too (one writer, in order); it learns no task id before then, so an
+            // fsync for the QUEUED record alone would buy it nothing.
+            let committed = if wait {
+                self.inner.store.write_later(enqueue);
+                None
+            } else {
+                Some(self.inner.store.submit(enqueue))
+            };
             let waiter = state.enqueue(Active::new(record.clone(), payload, func), wait);
             state.dispatch(&self.inner.store);
             (record, waiter, committed)
+        };
+        let Some(committed) = committed else {
+            return Ok((record, waiter));
         };
         let committed = match committed.await {
             Ok(result) => result,

@@ -26,6 +26,15 @@ pub struct BenchArgs {
     /// The function's code (a shell script); the default is the no-op `cat`.
     #[arg(long, default_value = "cat")]
     pub script: String,
+    /// The function's runtime.
+    #[arg(long, default_value = "shell")]
+    pub runtime: String,
+    /// Read the function's code from this file instead of --script.
+    #[arg(long)]
+    pub code_file: Option<std::path::PathBuf>,
+    /// The payload of every call.
+    #[arg(long, default_value = "x")]
+    pub payload: String,
     /// The function's name.
     #[arg(long, default_value = "bench-noop")]
     pub function: String,
@@ -39,10 +48,16 @@ pub struct BenchArgs {
 /// Runs `faasd bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let client = Client::new(&args.client.url)?;
+    let code = match &args.code_file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => args.script.clone().into_bytes(),
+    };
     let body = serde_json::json!({
         "name": args.function,
-        "runtime": "shell",
-        "code": base64::engine::general_purpose::STANDARD.encode(args.script.as_bytes()),
+        "runtime": args.runtime,
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
     });
     client
         .post(
@@ -96,11 +111,12 @@ async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, D
         let share = args.tasks / connections + usize::from(c < args.tasks % connections);
         let client = client.clone();
         let path = path.clone();
+        let payload = Bytes::from(args.payload.clone());
         submitters.spawn(async move {
             let mut ids = Vec::with_capacity(share);
             for _ in 0..share {
                 let answer = client
-                    .post(&path, "application/octet-stream", Bytes::new())
+                    .post(&path, "application/octet-stream", payload.clone())
                     .await?
                     .ok()?;
                 let v: serde_json::Value = answer.json()?;
@@ -165,7 +181,11 @@ async fn sync_latency(client: &Client, args: &BenchArgs) -> anyhow::Result<Vec<D
     for _ in 0..args.sync_calls {
         let t = Instant::now();
         client
-            .post(&path, "application/octet-stream", Bytes::from_static(b"x"))
+            .post(
+                &path,
+                "application/octet-stream",
+                Bytes::from(args.payload.clone()),
+            )
             .await?
             .ok()?;
         latencies.push(t.elapsed());

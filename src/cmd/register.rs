@@ -16,7 +16,8 @@ pub struct RegisterArgs {
     pub name: String,
     /// The code file (`-` reads standard input).
     pub file: PathBuf,
-    /// How the code runs: `shell` (sh runs it) or `exec` (run directly).
+    /// How the code runs: `shell` (sh runs it), `exec` (run directly), `python` (a module with
+    /// `handle(payload)`) or `pickle` (a dill-pickled callable).
     #[arg(long, default_value = "shell")]
     pub runtime: String,
     /// Per-call timeout, such as `30s` or `2m` (server default 30s).
@@ -31,6 +32,16 @@ pub struct RegisterArgs {
     /// How many times a task is started before it fails with `worker_lost`.
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// Keep executors warm between calls (`exec` programs that speak the warm frame protocol;
+    /// always on for `python` and `pickle`).
+    #[arg(long)]
+    pub warm: bool,
+    /// Warm executors kept ready even when idle.
+    #[arg(long)]
+    pub min_warm: Option<u32>,
+    /// How long an idle warm executor lives, such as `60s`.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
     /// An environment variable for every call, `K=V` (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
@@ -56,6 +67,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         "runtime": args.runtime,
         "code": base64::engine::general_purpose::STANDARD.encode(&code),
         "env": env,
+        "warm": args.warm,
     });
     let fields = [
         ("timeout", args.timeout.map(serde_json::Value::from)),

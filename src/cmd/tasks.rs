@@ -103,6 +103,14 @@ fn print_task(t: &serde_json::Value) {
         println!("message   {}", text("message"));
     }
     println!("exit code {}", text("exit_code"));
+    if let Some(cold) = t["cold_start"].as_bool() {
+        let init = t["init_ms"].as_f64().unwrap_or(0.0);
+        if cold {
+            println!("start     cold (load {init:.3} ms)");
+        } else {
+            println!("start     warm");
+        }
+    }
     if let Some(ms) = t["run_ms"].as_f64() {
         println!("run       {ms:.3} ms");
     }

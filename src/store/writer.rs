@@ -137,14 +137,46 @@ fn apply(database: &Database, batch: &[(Box<Write>, Option<Ack>)]) -> Result<Vec
             .map_err(db("set durability"))?;
     }
     let mut versions = Vec::with_capacity(batch.len());
-    for (write, _) in batch {
-        versions.push(apply_one(&txn, write)?);
+    {
+        let mut tables = TaskTables::open(&txn)?;
+        for (write, _) in batch {
+            versions.push(apply_one(&txn, &mut tables, write)?);
+        }
     }
     txn.commit().map_err(db("commit"))?;
     Ok(versions)
 }
 
-fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<u32, Error> {
+/// The tables every task write touches, opened once per transaction.
+struct TaskTables<'txn> {
+    tasks: redb::Table<'txn, u128, &'static [u8]>,
+    payloads: redb::Table<'txn, u128, &'static [u8]>,
+    pending: redb::Table<'txn, u64, u128>,
+    results: redb::Table<'txn, u128, &'static [u8]>,
+    logs: redb::Table<'txn, u128, &'static [u8]>,
+}
+
+impl<'txn> TaskTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, Error> {
+        Ok(TaskTables {
+            tasks: txn.open_table(TASKS).map_err(db("open tasks"))?,
+            payloads: txn.open_table(PAYLOADS).map_err(db("open payloads"))?,
+            pending: txn.open_table(PENDING).map_err(db("open pending"))?,
+            results: txn.open_table(RESULTS).map_err(db("open results"))?,
+            logs: txn.open_table(LOGS).map_err(db("open logs"))?,
+        })
+    }
+
+    fn put_task(&mut self, record: &TaskRecord) -> Result<(), Error> {
+        let bytes = encode("tasks", record)?;
+        self.tasks
+            .insert(record.id, bytes.as_slice())
+            .map_err(db("write task"))?;
+        Ok(())
+    }
+}
+
+fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> Result<u32, Error> {
     match write {
         Write::Register { record, code } => register(txn, record, code),
         Write::Delete { name } => {
@@ -153,19 +185,17 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<u32, Error> {
             Ok(0)
         }
         Write::Enqueue { record, payload } => {
-            put_task(txn, record)?;
-            let mut payloads = txn.open_table(PAYLOADS).map_err(db("open payloads"))?;
-            payloads
+            t.put_task(record)?;
+            t.payloads
                 .insert(record.id, payload.as_ref())
                 .map_err(db("write payload"))?;
-            let mut pending = txn.open_table(PENDING).map_err(db("open pending"))?;
-            pending
+            t.pending
                 .insert(record.seq, record.id)
                 .map_err(db("write pending"))?;
             Ok(0)
         }
         Write::Update { record } => {
-            put_task(txn, record)?;
+            t.put_task(record)?;
             Ok(0)
         }
         Write::Finish {
@@ -173,19 +203,15 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<u32, Error> {
             result,
             logs,
         } => {
-            put_task(txn, record)?;
-            let mut results = txn.open_table(RESULTS).map_err(db("open results"))?;
-            results
+            t.put_task(record)?;
+            t.results
                 .insert(record.id, result.as_ref())
                 .map_err(db("write result"))?;
-            let mut logs_table = txn.open_table(LOGS).map_err(db("open logs"))?;
-            logs_table
+            t.logs
                 .insert(record.id, logs.as_ref())
                 .map_err(db("write logs"))?;
-            let mut payloads = txn.open_table(PAYLOADS).map_err(db("open payloads"))?;
-            payloads.remove(record.id).map_err(db("drop payload"))?;
-            let mut pending = txn.open_table(PENDING).map_err(db("open pending"))?;
-            pending.remove(record.seq).map_err(db("drop pending"))?;
+            t.payloads.remove(record.id).map_err(db("drop payload"))?;
+            t.pending.remove(record.seq).map_err(db("drop pending"))?;
             Ok(0)
         }
     }
@@ -220,15 +246,6 @@ fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Re
             .map_err(db("write blob"))?;
     }
     Ok(version)
-}
-
-fn put_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), Error> {
-    let bytes = encode("tasks", record)?;
-    let mut tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
-    tasks
-        .insert(record.id, bytes.as_slice())
-        .map_err(db("write task"))?;
-    Ok(())
 }
 
 fn encode<T: serde::Serialize>(table: &'static str, record: &T) -> Result<Vec<u8>, Error> {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks faasd on this machine: starts a release server on a temporary data directory,
-# registers a no-op shell function (`cat`), and prints
+# registers no-op functions (`cat` in the cold shell runtime, then warm python and pickle
+# handlers), and prints for each
 #   - async throughput: 10,000 tasks over 32 concurrent HTTP connections, submit to last COMPLETED
 #   - sync latency p50/p99 over 1,000 sequential calls
+#   - for the warm runtimes, the first call's cold start (the load phase)
 #   - the yardstick: a bash loop per core forking the same `sh` script, and our ratio to it.
 # Usage: scripts/bench.sh [extra `faasd serve` flags]
 set -euo pipefail
@@ -28,6 +30,22 @@ echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d)"
 echo "server:  faasd serve $* (url $url)"
 out="$("$bin" bench --url "$url" --tasks 10000 --connections 32 --sync-calls 1000)"
 echo "$out"
+
+# Warm runtimes: a no-op python handler and a no-op dill-pickled callable.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dill
+printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
+args="$(python3 - "$work/noop.pkl" <<'PY'
+import base64, sys, dill
+def noop(x):
+    return x
+open(sys.argv[1], "wb").write(dill.dumps(noop))
+print(base64.b64encode(dill.dumps(((1,), {}))).decode())
+PY
+)"
+"$bin" bench --url "$url" --label "python warm" --runtime python --function py-noop \
+  --code-file "$work/noop.py" --tasks 10000 --connections 32 --sync-calls 1000
+"$bin" bench --url "$url" --label "pickle warm" --runtime pickle --function pickle-noop \
+  --code-file "$work/noop.pkl" --payload "$args" --tasks 10000 --connections 32 --sync-calls 1000
 
 # The yardstick: one bash loop per core, each forking `sh script` (script = cat) 1,000 times.
 echo cat >"$work/noop.sh"

@@ -74,6 +74,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         format!("[{}] ", args.label)
     };
 
+    // The first call of a fresh function: for warm runtimes, a cold start with its load phase.
+    let first = client
+        .post(
+            &format!("/v1/functions/{}/invoke", args.function),
+            "application/octet-stream",
+            Bytes::from(args.payload.clone()),
+        )
+        .await?
+        .ok()?;
+    if let Some(id) = first
+        .headers
+        .get("x-faasd-task-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let task: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).await?.ok()?.json()?;
+        if task["cold_start"] == true && task["init_ms"].as_f64().unwrap_or(0.0) > 0.0 {
+            println!(
+                "{label}first call: cold start, load {:.1} ms, run {:.2} ms",
+                task["init_ms"].as_f64().unwrap_or(0.0),
+                task["run_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+
     if args.tasks > 0 {
         let (rate, elapsed) = throughput(&client, &args).await?;
         println!(

@@ -4,6 +4,7 @@
 //! (up to a batch limit), applies them all in one write transaction with immediate durability,
 //! commits once, and only then acknowledges each of them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -136,11 +137,26 @@ fn apply(database: &Database, batch: &[(Box<Write>, Option<Ack>)]) -> Result<Vec
         txn.set_durability(Durability::None)
             .map_err(db("set durability"))?;
     }
+    // A task that starts and ends within one batch needs only its end record: the RUNNING
+    // update would be overwritten in the same transaction.
+    let ending: HashSet<u128> = batch
+        .iter()
+        .filter_map(|(w, _)| match w.as_ref() {
+            Write::Finish { record, .. } => Some(record.id),
+            _ => None,
+        })
+        .collect();
     let mut versions = Vec::with_capacity(batch.len());
     {
         let mut tables = TaskTables::open(&txn)?;
         for (write, _) in batch {
-            versions.push(apply_one(&txn, &mut tables, write)?);
+            let superseded =
+                matches!(write.as_ref(), Write::Update { record } if ending.contains(&record.id));
+            versions.push(if superseded {
+                0
+            } else {
+                apply_one(&txn, &mut tables, write)?
+            });
         }
     }
     txn.commit().map_err(db("commit"))?;

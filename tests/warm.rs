@@ -267,3 +267,66 @@ async fn min_warm_keeps_an_executor_ready() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(pid_and_inits(&call(&client, "ready", b"x").await).0, pid);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_directory_bundle_runs_its_entry_module() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("lib")).expect("mkdir");
+    std::fs::write(app.join("lib/__init__.py"), "").expect("write");
+    std::fs::write(
+        app.join("lib/words.py"),
+        "def shout(s):\n    return s.upper() + '!'\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.join("main.py"),
+        "from lib.words import shout\n\ndef handle(payload):\n    return shout(payload.decode())\n",
+    )
+    .expect("write");
+    std::fs::write(
+        app.join("other.py"),
+        "def handle(payload):\n    return b'other'\n",
+    )
+    .expect("write");
+    let app_path = app.to_str().expect("utf8");
+
+    let out = server.cli(&["register", "app", app_path, "--runtime", "python"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = server.cli(&["invoke", "app", "hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "HELLO!");
+
+    let out = server.cli(&[
+        "register",
+        "app2",
+        app_path,
+        "--runtime",
+        "python",
+        "--entry",
+        "other",
+        "--min-warm",
+        "1",
+        "--idle-timeout",
+        "5s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(f["min_warm"], 1, "{f}");
+    assert_eq!(f["idle_timeout_ms"], 5000, "{f}");
+    assert_eq!(f["env"]["FAASD_ENTRY"], "other", "{f}");
+    assert_eq!(server.cli(&["invoke", "app2"]).stdout, b"other");
+
+    let out = server.cli(&[
+        "register",
+        "app3",
+        app_path,
+        "--runtime",
+        "python",
+        "--entry",
+        "no such",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

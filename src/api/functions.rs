@@ -109,6 +109,8 @@ pub(crate) struct RegisterRequest {
     warm: bool,
     min_warm: Option<u32>,
     idle_timeout: Option<TimeoutField>,
+    /// For a `python` directory bundle: the entry module (default `main`).
+    entry: Option<String>,
 }
 
 impl RegisterRequest {
@@ -126,6 +128,7 @@ impl RegisterRequest {
             warm: false,
             min_warm: None,
             idle_timeout: None,
+            entry: None,
         }
     }
 }
@@ -226,6 +229,22 @@ pub(crate) async fn register_function(
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
     validate_name(&req.name)?;
+    let mut req = req;
+    if let Some(entry) = req.entry.take() {
+        let valid = !entry.is_empty()
+            && entry.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with(|c: char| c.is_ascii_digit())
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !valid {
+            return Err(ApiError::invalid(format!(
+                "entry {entry:?} is not a Python module name"
+            )));
+        }
+        // The harness reads the entry module of a directory bundle from the environment.
+        req.env.insert("FAASD_ENTRY".into(), entry);
+    }
     validate_env(&req.env)?;
     let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
     if code.is_empty() {
@@ -316,6 +335,7 @@ async fn from_multipart(
             "min_warm" => req.min_warm = Some(number("min_warm")?),
             "idle_timeout" => req.idle_timeout = Some(TimeoutField::Text(text)),
             "warm" => req.warm = matches!(text.trim(), "1" | "true" | "yes"),
+            "entry" => req.entry = Some(text),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
                     ApiError::invalid(format!("env field must be K=V, got {text:?}"))

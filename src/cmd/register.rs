@@ -14,8 +14,12 @@ use crate::client::Client;
 pub struct RegisterArgs {
     /// The function's name: 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit.
     pub name: String,
-    /// The code file (`-` reads standard input).
+    /// The code file (`-` reads standard input), or for `python` a directory, uploaded as a
+    /// bundle whose entry module (`--entry`) defines `handle`.
     pub file: PathBuf,
+    /// The entry module of a `python` directory bundle (default `main`, i.e. `main.py`).
+    #[arg(long)]
+    pub entry: Option<String>,
     /// How the code runs: `shell` (sh runs it), `exec` (run directly), `python` (a module with
     /// `handle(payload)`) or `pickle` (a dill-pickled callable).
     #[arg(long, default_value = "shell")]
@@ -77,6 +81,12 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
             "max_attempts",
             args.max_attempts.map(serde_json::Value::from),
         ),
+        ("min_warm", args.min_warm.map(serde_json::Value::from)),
+        (
+            "idle_timeout",
+            args.idle_timeout.map(serde_json::Value::from),
+        ),
+        ("entry", args.entry.map(serde_json::Value::from)),
     ];
     for (key, value) in fields {
         if let Some(v) = value {
@@ -106,6 +116,11 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
 }
 
 fn read_code(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    if file.is_dir() {
+        return bundle_dir(file)
+            .with_context(|| format!("cannot bundle the directory {}", file.display()))
+            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")));
+    }
     let mut code = Vec::new();
     if file.as_os_str() == "-" {
         std::io::stdin()
@@ -118,4 +133,15 @@ fn read_code(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
             .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")))?;
     }
     Ok(code)
+}
+
+/// Packs a directory into a tar archive (paths relative to it, symlinks refused).
+fn bundle_dir(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    archive.mode(tar::HeaderMode::Deterministic);
+    archive
+        .append_dir_all(".", dir)
+        .context("cannot add the files")?;
+    archive.into_inner().context("cannot finish the archive")
 }

@@ -2,6 +2,7 @@
 # on stdin/stdout (see src/exec/warm.rs). Embedded in the faasd binary.
 #
 #   python3 harness.py python MODULE.py   # calls handle(payload), after init() once if defined
+#   python3 harness.py python BUNDLE.tar  # the same, from module $FAASD_ENTRY (default main)
 #   python3 harness.py pickle FUNC.pkl    # calls a dill-pickled callable with pickled (args, kwargs)
 #
 # Frames are a 4-byte big-endian length, then the body. The harness sends b"R" when ready (or
@@ -81,14 +82,28 @@ def to_bytes(value):
 
 def load(mode, bundle):
     if mode == "python":
+        import importlib
         import importlib.machinery
         import importlib.util
-        # Bundles are cached under their hash, without a .py suffix: name the loader outright.
-        loader = importlib.machinery.SourceFileLoader("handler", bundle)
-        spec = importlib.util.spec_from_loader("handler", loader)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["handler"] = module
-        spec.loader.exec_module(module)
+        import tarfile
+        if tarfile.is_tarfile(bundle):
+            # A directory bundle: unpack it into this executor's private working directory and
+            # import its entry module (FAASD_ENTRY, default "main") from there.
+            target = os.path.abspath("bundle")
+            with tarfile.open(bundle) as archive:
+                try:
+                    archive.extractall(target, filter="data")
+                except TypeError:  # Pythons without extraction filters
+                    archive.extractall(target)
+            sys.path.insert(0, target)
+            module = importlib.import_module(os.environ.get("FAASD_ENTRY", "main"))
+        else:
+            # Bundles are cached under their hash, without a .py suffix: name the loader.
+            loader = importlib.machinery.SourceFileLoader("handler", bundle)
+            spec = importlib.util.spec_from_loader("handler", loader)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["handler"] = module
+            spec.loader.exec_module(module)
         if not hasattr(module, "handle"):
             raise RuntimeError("the module defines no handle(payload) function")
         if hasattr(module, "init"):

@@ -260,6 +260,27 @@ pub enum Frame {
     },
     /// Worker → server: take no new tasks for me; I finish what I have, then leave.
     Drain,
+    /// Server → worker: keep `warm.min_warm` executors of this function version ready.
+    Prewarm(Prewarm),
+}
+
+/// What a worker needs to start warm executors of a function version before any call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prewarm {
+    /// The function's name.
+    pub function: String,
+    /// Its version.
+    pub version: u32,
+    /// How its code runs.
+    pub runtime: Runtime,
+    /// The code bundle's hash.
+    pub code_hash: CodeHash,
+    /// The start-up timeout.
+    pub timeout_ms: u64,
+    /// Its environment variables.
+    pub env: Vec<(String, String)>,
+    /// How its executors are kept.
+    pub warm: WarmSpec,
 }
 
 /// The lowercase hex form of bytes (content hashes in paths, logs and the API).
@@ -500,6 +521,21 @@ mod tests {
         golden(Frame::Heartbeat { running: 4 }, "0704");
         golden(Frame::Pull { slots: 2 }, "0802");
         golden(Frame::Drain, "09");
+        golden(
+            Frame::Prewarm(Prewarm {
+                function: "f".into(),
+                version: 1,
+                runtime: Runtime::Python,
+                code_hash: [3; 32],
+                timeout_ms: 5,
+                env: vec![],
+                warm: WarmSpec {
+                    min_warm: 1,
+                    idle_timeout_ms: 2,
+                },
+            }),
+            &format!("0a016601 02{}05000102", "03".repeat(32)).replace(' ', ""),
+        );
     }
 
     #[tokio::test]

@@ -330,3 +330,46 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_warm_executors_start_at_registration() {
+    let server = Server::start(&["--local-workers", "2"]);
+    let client = server.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("started");
+    // A handler module whose import leaves a mark: it runs before any call.
+    let code =
+        "import os\nopen(os.environ['MARKER'], 'w').close()\ndef handle(p):\n    return b'ok'\n";
+    use base64::Engine;
+    let body = serde_json::json!({
+        "name": "eager",
+        "runtime": "python",
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
+        "min_warm": 1,
+        "env": {"MARKER": marker.to_str().expect("utf8")},
+    });
+    let answer = client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register");
+    assert_eq!(answer.status, 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no executor was started before the first call"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = submit(&client, "eager", b"").await;
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(
+        task["cold_start"], false,
+        "the first call found a ready executor: {task}"
+    );
+}

@@ -239,6 +239,7 @@ impl Broker {
         let record = Arc::new(FunctionRecord { version, ..record });
         let mut state = self.lock();
         state.set_function(record.clone());
+        state.prewarm_all(&record);
         state.dispatch(&self.inner.store);
         Ok(record)
     }
@@ -252,7 +253,11 @@ impl Broker {
             .store
             .write(Write::Delete { name: name.into() })
             .await?;
-        self.lock().functions.remove(name);
+        let mut state = self.lock();
+        state.functions.remove(name);
+        for worker in state.workers.values() {
+            worker.retire(&func);
+        }
         Ok(func)
     }
 
@@ -389,9 +394,11 @@ impl Broker {
             worker_id: id,
             heartbeat_ms: heartbeat.as_millis() as u32,
         });
-        state
-            .workers
-            .insert(id, WorkerEntry::new(name, address, slots, mode, frames));
+        let worker = WorkerEntry::new(name, address, slots, mode, frames);
+        for func in state.functions.values() {
+            worker.prewarm(func);
+        }
+        state.workers.insert(id, worker);
         state.dispatch(&self.inner.store);
         id
     }

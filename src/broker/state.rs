@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Finished, Waiter, WorkerView, now_ms};
-use crate::proto::{Assignment, CodeHash, DispatchMode, FailureReason, Frame, Report};
+use crate::proto::{
+    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Prewarm, Report, WarmSpec,
+};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 
 /// How long past its timeout a leased task may stay unreported before the lease is revoked.
@@ -139,6 +141,38 @@ impl WorkerEntry {
         }
     }
 
+    /// Sends a `Prewarm` for `func` if it keeps executors warm even when idle.
+    pub fn prewarm(&self, func: &FunctionRecord) {
+        if let Some(warm) = func.warm.filter(|w| w.min_warm > 0) {
+            self.send_prewarm(func, warm);
+        }
+    }
+
+    /// Tells the worker to keep no executors of a removed function ready.
+    pub fn retire(&self, func: &FunctionRecord) {
+        if let Some(warm) = func.warm.filter(|w| w.min_warm > 0) {
+            self.send_prewarm(
+                func,
+                WarmSpec {
+                    min_warm: 0,
+                    ..warm
+                },
+            );
+        }
+    }
+
+    fn send_prewarm(&self, func: &FunctionRecord, warm: WarmSpec) {
+        let _ = self.frames.send(Frame::Prewarm(Prewarm {
+            function: func.name.clone(),
+            version: func.version,
+            runtime: func.runtime,
+            code_hash: func.code_hash,
+            timeout_ms: func.timeout_ms,
+            env: func.env.clone(),
+            warm,
+        }));
+    }
+
     pub fn view(&self, id: u64) -> WorkerView {
         WorkerView {
             id,
@@ -211,6 +245,13 @@ impl State {
                 q.listed = true;
                 self.runnable.push_back(name.to_owned());
             }
+        }
+    }
+
+    /// Asks every worker to keep `func`'s `min_warm` executors ready (if it has any).
+    pub fn prewarm_all(&self, func: &FunctionRecord) {
+        for worker in self.workers.values() {
+            worker.prewarm(func);
         }
     }
 

@@ -78,22 +78,41 @@ impl Pool {
         self.entries.lock().expect("pool lock poisoned")
     }
 
+    /// The function version's entry, made from `call` if it has none; `call`'s warm settings
+    /// apply from now on.
+    fn entry<'a>(entries: &'a mut HashMap<PoolKey, Entry>, call: &WarmCall) -> &'a mut Entry {
+        // Older versions of the function keep no executors ready any more: they shrink away.
+        for (key, older) in entries.iter_mut() {
+            if key.0 == call.key.0 && key.1 < call.key.1 {
+                older.warm.min_warm = 0;
+            }
+        }
+        let entry = entries.entry(call.key.clone()).or_insert_with(|| Entry {
+            warm: call.warm,
+            recipe: Arc::new(Recipe {
+                argv: call.argv.clone(),
+                env: call.env.clone(),
+                work_root: call.work_root.clone(),
+                timeout: call.timeout,
+            }),
+            idle: Vec::new(),
+            busy: 0,
+        });
+        entry.warm = call.warm;
+        entry
+    }
+
+    /// Makes the pool keep `call.warm.min_warm` executors of this function version ready from
+    /// its next round on, before any call.
+    pub fn prewarm(&self, call: WarmCall) {
+        Self::entry(&mut self.lock(), &call);
+    }
+
     /// Runs one call on a warm executor.
     pub async fn run(&self, call: WarmCall) -> Outcome {
         let idle = {
             let mut entries = self.lock();
-            let entry = entries.entry(call.key.clone()).or_insert_with(|| Entry {
-                warm: call.warm,
-                recipe: Arc::new(Recipe {
-                    argv: call.argv.clone(),
-                    env: call.env.clone(),
-                    work_root: call.work_root.clone(),
-                    timeout: call.timeout,
-                }),
-                idle: Vec::new(),
-                busy: 0,
-            });
-            entry.warm = call.warm;
+            let entry = Self::entry(&mut entries, &call);
             entry.busy += 1;
             // The most recently used executor is the warmest (its caches are hot).
             entry.idle.pop()

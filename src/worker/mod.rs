@@ -247,6 +247,10 @@ where
                     }
                 });
             }
+            Ok(Some(Frame::Prewarm(spec))) => {
+                let agent = agent.clone();
+                tokio::spawn(async move { agent.prewarm(spec).await });
+            }
             Ok(Some(Frame::Code { hash, found, bytes })) => {
                 let cache = config.cache.clone();
                 tokio::spawn(async move { cache.fill(hash, found, bytes).await });
@@ -276,6 +280,28 @@ where
 }
 
 impl Agent {
+    /// Registers a function version's warm settings with the pool, which starts its `min_warm`
+    /// executors on its next round.
+    async fn prewarm(&self, spec: proto::Prewarm) {
+        let prepared = self.prepare(spec.runtime, spec.code_hash, &spec.env).await;
+        match prepared {
+            Ok((argv, env)) => self.pool.prewarm(exec::WarmCall {
+                key: (spec.function, spec.version),
+                warm: spec.warm,
+                argv,
+                env,
+                work_root: self.config.work_root.clone(),
+                payload: Default::default(),
+                json: false,
+                timeout: Duration::from_millis(spec.timeout_ms),
+                limits: self.config.limits,
+            }),
+            Err((_, why)) => {
+                tracing::warn!(function = %spec.function, error = %why, "cannot pre-start warm executors");
+            }
+        }
+    }
+
     /// Ends a session whose connection is gone: later reports wait for the next session.
     fn close_session(&self, pump: tokio::task::JoinHandle<Result<(), proto::Error>>) {
         self.set_link(None);
@@ -285,7 +311,7 @@ impl Agent {
 }
 
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
-    let outcome = match prepare(agent, &task).await {
+    let outcome = match agent.prepare(task.runtime, task.code_hash, &task.env).await {
         Ok((argv, env)) => {
             let config = &agent.config;
             let timeout = Duration::from_millis(task.timeout_ms);
@@ -341,22 +367,26 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
     }
 }
 
-/// The executor's command line and environment, with the code fetched if needed.
-async fn prepare(
-    agent: &Agent,
-    task: &Assignment,
-) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
-    let config = &agent.config;
-    let code = match agent.sender() {
-        Some(frames) => config.cache.get(task.code_hash, &frames).await,
-        None => Err("the connection to the server closed".to_string()),
+impl Agent {
+    /// The executor's command line and environment, with the code fetched if needed.
+    async fn prepare(
+        &self,
+        runtime: proto::Runtime,
+        code_hash: proto::CodeHash,
+        env: &[(String, String)],
+    ) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
+        let config = &self.config;
+        let code = match self.sender() {
+            Some(frames) => config.cache.get(code_hash, &frames).await,
+            None => Err("the connection to the server closed".to_string()),
+        }
+        .map_err(|m| (FailureReason::CodeUnavailable, m))?;
+        let argv = config.runtimes.command(runtime, &code).map_err(|m| {
+            (
+                FailureReason::InitFailed,
+                format!("cannot run a {} function: {m}", runtime.as_str()),
+            )
+        })?;
+        Ok((argv, config.runtimes.env(runtime, env)))
     }
-    .map_err(|m| (FailureReason::CodeUnavailable, m))?;
-    let argv = config.runtimes.command(task.runtime, &code).map_err(|m| {
-        (
-            FailureReason::InitFailed,
-            format!("cannot run a {} function: {m}", task.runtime.as_str()),
-        )
-    })?;
-    Ok((argv, config.runtimes.env(task.runtime, &task.env)))
 }

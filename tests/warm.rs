@@ -373,3 +373,25 @@ async fn min_warm_executors_start_at_registration() {
         "the first call found a ready executor: {task}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_executor_killed_from_outside_is_replaced_not_used() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    register_python(&client, "victim", serde_json::json!({})).await;
+    let (pid, _) = pid_and_inits(&call(&client, "victim", b"x").await);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill executor");
+    // The pidfd reports the death (bounded wait), then the next call must not be handed the corpse.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "the executor did not die");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = call(&client, "victim", b"x").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_ne!(pid_and_inits(&answer).0, pid);
+}

@@ -83,16 +83,22 @@ pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<
 /// `POST /execute_function`.
 pub async fn execute(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
     let [function_id, payload] = fields(&state, body, ["function_id", "payload"]).await?;
-    if uuid::Uuid::parse_str(&function_id).is_err() {
+    // Functions are named by the canonical (lowercase, hyphenated) form of their id.
+    let Ok(id) = uuid::Uuid::parse_str(&function_id) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "function_not_found",
             format!("no function with id {function_id:?}"),
         ));
-    }
+    };
     let (record, _) = state
         .broker
-        .submit(&function_id, Bytes::from(payload), false, false)
+        .submit(
+            &id.hyphenated().to_string(),
+            Bytes::from(payload),
+            false,
+            false,
+        )
         .await?;
     Ok(Json(
         json!({ "task_id": uuid::Uuid::from_u128(record.id).to_string() }),

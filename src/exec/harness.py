@@ -16,6 +16,9 @@ import struct
 import sys
 import traceback
 
+# The most log text one call returns (faasd's stderr limit); the rest is replaced by a marker.
+LOG_LIMIT = 1 << 20
+
 
 def main():
     mode, bundle = sys.argv[1], sys.argv[2]
@@ -28,17 +31,21 @@ def main():
     sys.stdout = sys.stderr
 
     def send(body):
-        # One write per frame: a frame must never leave in pieces.
-        frames_out.write(struct.pack(">I", len(body)) + body)
+        # One write per frame where the pipe takes it; a short write continues, never drops.
+        view = memoryview(struct.pack(">I", len(body)) + body)
+        while view:
+            view = view[frames_out.write(view):]
 
     def read_exact(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = frames_in.read(n - len(buf))
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            chunk = frames_in.readinto(view[got:])
             if not chunk:
                 return None
-            buf += chunk
-        return buf
+            got += chunk
+        return bytes(buf)
 
     try:
         call = load(mode, bundle)
@@ -66,6 +73,11 @@ def main():
         finally:
             sys.stdout = sys.stderr = sys.__stderr__
         logs = captured.getvalue().encode("utf-8", "replace")
+        if len(logs) > LOG_LIMIT:
+            dropped = len(logs) - LOG_LIMIT
+            logs = logs[:LOG_LIMIT] + (
+                "\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped
+            ).encode()
         send(kind + struct.pack(">I", len(result)) + result + logs)
 
 
@@ -143,7 +155,11 @@ def failure_result(mode, exc):
     try:
         return base64.b64encode(dill.dumps(exc))
     except BaseException:
-        return base64.b64encode(dill.dumps(RuntimeError(repr(exc))))
+        try:
+            text = repr(exc)
+        except BaseException:
+            text = type(exc).__name__
+        return base64.b64encode(dill.dumps(RuntimeError(text)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 //! So a function's executors grow with its concurrent calls, up to the worker's slots or the
 //! function's concurrency cap, and [`Pool::reap`] shrinks them back: an executor idle past the
 //! function's idle timeout is stopped, except the `min_warm` kept ready, which it also tops up.
+//! Across all functions a worker keeps at most `max_idle` idle executors (least recently used go
+//! first), and only the newest version of a function keeps executors ready.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -16,10 +18,13 @@ use bytes::Bytes;
 
 use super::Limits;
 use super::warm::WarmExecutor;
-use crate::proto::{Outcome, WarmSpec};
+use crate::proto::{FailureReason, Outcome, WarmSpec};
 
 /// Which executors can serve a call: one function version.
 pub type PoolKey = (String, u32);
+
+/// The longest a function whose executors fail to start waits before the next top-up try.
+const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
 
 /// One call for a warm executor.
 pub struct WarmCall {
@@ -37,7 +42,7 @@ pub struct WarmCall {
     pub payload: Bytes,
     /// Whether the payload is JSON.
     pub json: bool,
-    /// The call's (and the start-up's) timeout.
+    /// The time start-up and call together may take.
     pub timeout: Duration,
     /// Output bounds.
     pub limits: Limits,
@@ -56,37 +61,56 @@ struct Entry {
     idle: Vec<WarmExecutor>,
     /// Executors serving a call or starting.
     busy: usize,
+    /// After a failed top-up: no new one before this, and the next wait doubles.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Entry {
+    /// Executors this version keeps ready even when idle.
+    fn min_warm(&self, superseded: bool) -> usize {
+        if superseded {
+            0
+        } else {
+            self.warm.min_warm as usize
+        }
+    }
 }
 
 /// A cheap, cloneable handle on a worker's warm executors.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Pool {
-    entries: Arc<Mutex<HashMap<PoolKey, Entry>>>,
+    inner: Arc<PoolInner>,
 }
 
-/// How many executors a pool holds for one function version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSize {
-    /// Waiting for a call.
-    pub idle: usize,
-    /// Serving a call or starting.
-    pub busy: usize,
+struct PoolInner {
+    entries: Mutex<HashMap<PoolKey, Entry>>,
+    max_idle: usize,
+}
+
+/// Whether a newer version of `key`'s function is in the pool.
+fn superseded(entries: &HashMap<PoolKey, Entry>, key: &PoolKey) -> bool {
+    entries.keys().any(|k| k.0 == key.0 && k.1 > key.1)
 }
 
 impl Pool {
+    /// A pool that keeps at most `max_idle` idle executors across all functions.
+    pub fn new(max_idle: usize) -> Pool {
+        Pool {
+            inner: Arc::new(PoolInner {
+                entries: Mutex::new(HashMap::new()),
+                max_idle: max_idle.max(1),
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Entry>> {
-        self.entries.lock().expect("pool lock poisoned")
+        self.inner.entries.lock().expect("pool lock poisoned")
     }
 
     /// The function version's entry, made from `call` if it has none; `call`'s warm settings
     /// apply from now on.
     fn entry<'a>(entries: &'a mut HashMap<PoolKey, Entry>, call: &WarmCall) -> &'a mut Entry {
-        // Older versions of the function keep no executors ready any more: they shrink away.
-        for (key, older) in entries.iter_mut() {
-            if key.0 == call.key.0 && key.1 < call.key.1 {
-                older.warm.min_warm = 0;
-            }
-        }
         let entry = entries.entry(call.key.clone()).or_insert_with(|| Entry {
             warm: call.warm,
             recipe: Arc::new(Recipe {
@@ -97,6 +121,8 @@ impl Pool {
             }),
             idle: Vec::new(),
             busy: 0,
+            retry_at: None,
+            backoff: Duration::from_millis(250),
         });
         entry.warm = call.warm;
         entry
@@ -105,19 +131,30 @@ impl Pool {
     /// Makes the pool keep `call.warm.min_warm` executors of this function version ready from
     /// its next round on, before any call.
     pub fn prewarm(&self, call: WarmCall) {
-        Self::entry(&mut self.lock(), &call);
+        let mut entries = self.lock();
+        let entry = Self::entry(&mut entries, &call);
+        entry.retry_at = None;
     }
 
-    /// Runs one call on a warm executor.
+    /// Takes the most recently used idle executor that is still alive (its caches are hot).
+    fn take_idle(&self, call: &WarmCall) -> Option<WarmExecutor> {
+        let mut entries = self.lock();
+        let entry = Self::entry(&mut entries, call);
+        entry.busy += 1;
+        // One that died while idle (killed from outside) is dropped here, not handed out.
+        while let Some(executor) = entry.idle.pop() {
+            if !executor.has_exited() {
+                return Some(executor);
+            }
+        }
+        None
+    }
+
+    /// Runs one call on a warm executor; start-up (on a cold start) and the call share the
+    /// call's timeout, so a task never runs past the lease the server gave it.
     pub async fn run(&self, call: WarmCall) -> Outcome {
-        let idle = {
-            let mut entries = self.lock();
-            let entry = Self::entry(&mut entries, &call);
-            entry.busy += 1;
-            // The most recently used executor is the warmest (its caches are hot).
-            entry.idle.pop()
-        };
-        let (executor, cold_start, init_us) = match idle {
+        let deadline = Instant::now() + call.timeout;
+        let (executor, cold_start, init_us) = match self.take_idle(&call) {
             Some(executor) => (Ok(executor), false, 0),
             None => {
                 let started = Instant::now();
@@ -134,8 +171,9 @@ impl Pool {
             }
         };
         let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
         let answer = executor
-            .call(&call.payload, call.json, call.timeout, call.limits)
+            .call(&call.payload, call.json, remaining, call.limits)
             .await;
         let run_us = started.elapsed().as_micros() as u64;
         match answer {
@@ -155,7 +193,7 @@ impl Pool {
             }
             Err(failure) => {
                 // An exception leaves the executor sound; anything else does not.
-                let keep = failure.reason == crate::proto::FailureReason::Exception;
+                let keep = failure.reason == FailureReason::Exception;
                 self.release(&call.key, keep.then_some(executor));
                 failed(failure, cold_start, init_us, run_us)
             }
@@ -173,16 +211,22 @@ impl Pool {
     }
 
     /// Stops executors idle past their function's idle timeout (keeping `min_warm` per
-    /// function) and starts executors to bring each function back up to `min_warm`.
-    pub async fn reap(&self) {
+    /// function), stops the least recently used past the pool's idle cap, and starts
+    /// executors in the background to bring each function back up to `min_warm`.
+    pub fn reap(&self) {
         let now = Instant::now();
         let mut stopped = Vec::new();
         let mut top_up = Vec::new();
         {
             let mut entries = self.lock();
-            for (key, entry) in entries.iter_mut() {
+            let keys: Vec<PoolKey> = entries.keys().cloned().collect();
+            for key in keys {
+                let old = superseded(&entries, &key);
+                let Some(entry) = entries.get_mut(&key) else {
+                    continue;
+                };
                 let idle_timeout = Duration::from_millis(entry.warm.idle_timeout_ms);
-                let min = entry.warm.min_warm as usize;
+                let min = entry.min_warm(old);
                 // Oldest first: they go before the warm ones (calls take from the back).
                 entry.idle.sort_by_key(|e| e.last_used);
                 while entry.idle.len() + entry.busy > min
@@ -193,13 +237,35 @@ impl Pool {
                 {
                     stopped.push(entry.idle.remove(0));
                 }
-                let live = entry.idle.len() + entry.busy;
-                for _ in live..min {
-                    entry.busy += 1;
-                    top_up.push((key.clone(), entry.recipe.clone()));
+                if entry.retry_at.is_none_or(|t| t <= now) {
+                    for _ in entry.idle.len() + entry.busy..min {
+                        entry.busy += 1;
+                        top_up.push((key.clone(), entry.recipe.clone()));
+                    }
                 }
             }
-            entries.retain(|_, e| e.busy > 0 || !e.idle.is_empty() || e.warm.min_warm > 0);
+            // Past the cap, the least recently used idle executors go, whatever their function.
+            let idle: usize = entries.values().map(|e| e.idle.len()).sum();
+            for _ in self.inner.max_idle..idle {
+                let oldest = entries
+                    .iter()
+                    .filter_map(|(k, e)| e.idle.first().map(|x| (x.last_used, k.clone())))
+                    .min_by_key(|(t, _)| *t);
+                let Some((_, key)) = oldest else {
+                    break;
+                };
+                if let Some(entry) = entries.get_mut(&key) {
+                    stopped.push(entry.idle.remove(0));
+                }
+            }
+            let keep: Vec<PoolKey> = entries
+                .iter()
+                .filter(|(k, e)| {
+                    e.busy > 0 || !e.idle.is_empty() || e.min_warm(superseded(&entries, k)) > 0
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            entries.retain(|k, _| keep.contains(k));
         }
         if !stopped.is_empty() {
             tracing::debug!(executors = stopped.len(), "stopping idle warm executors");
@@ -207,27 +273,36 @@ impl Pool {
         // Dropping an executor kills its process group and reaps it.
         drop(stopped);
         for (key, recipe) in top_up {
-            let started =
-                WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout)
-                    .await;
-            match started {
-                Ok(executor) => self.release(&key, Some(executor)),
-                Err(failure) => {
-                    tracing::warn!(function = %key.0, version = key.1, error = %failure.message, "cannot pre-start a warm executor");
-                    self.release(&key, None);
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let started = WarmExecutor::start(
+                    &recipe.argv,
+                    &recipe.env,
+                    &recipe.work_root,
+                    recipe.timeout,
+                )
+                .await;
+                match started {
+                    Ok(executor) => {
+                        pool.release(&key, Some(executor));
+                        if let Some(entry) = pool.lock().get_mut(&key) {
+                            entry.retry_at = None;
+                            entry.backoff = Duration::from_millis(250);
+                        }
+                    }
+                    Err(failure) => {
+                        let mut entries = pool.lock();
+                        if let Some(entry) = entries.get_mut(&key) {
+                            entry.busy = entry.busy.saturating_sub(1);
+                            entry.retry_at = Some(Instant::now() + entry.backoff);
+                            tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
+                                retry_in = ?entry.backoff, "cannot pre-start a warm executor");
+                            entry.backoff = (entry.backoff * 2).min(MAX_START_BACKOFF);
+                        }
+                    }
                 }
-            }
+            });
         }
-    }
-
-    /// How many executors the pool holds for a function version.
-    pub fn size(&self, key: &PoolKey) -> PoolSize {
-        self.lock()
-            .get(key)
-            .map_or(PoolSize { idle: 0, busy: 0 }, |e| PoolSize {
-                idle: e.idle.len(),
-                busy: e.busy,
-            })
     }
 }
 

@@ -252,6 +252,18 @@ impl Child {
         Ok(())
     }
 
+    /// Whether the child has exited, without waiting.
+    pub fn has_exited(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.pidfd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout; the pidfd stays open for the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        ready > 0 && fd.revents & libc::POLLIN != 0
+    }
+
     /// Sends SIGKILL to the child's whole process group.
     pub fn kill_group(&self) {
         // ESRCH (the group is already gone) is the normal case after a clean exit.

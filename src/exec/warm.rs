@@ -213,9 +213,17 @@ impl WarmExecutor {
             .map_err(FrameError::Io)?;
         let len = u32::from_be_bytes(header) as usize;
         if len > limit {
-            return Err(FrameError::Garbage(format!(
-                "a frame of {len} bytes (over the {limit} byte limit; garbage on stdout?)"
-            )));
+            // A real answer too big to take, or garbage whose first bytes read as a length.
+            let mut kind = [0u8; 1];
+            let answer =
+                self.stdout.read_exact(&mut kind).await.is_ok() && matches!(kind[0], b'O' | b'X');
+            return Err(if answer {
+                FrameError::TooLarge(len)
+            } else {
+                FrameError::Garbage(format!(
+                    "a frame of {len} bytes (over the {limit} byte limit; garbage on stdout?)"
+                ))
+            });
         }
         let mut body = vec![0u8; len];
         self.stdout
@@ -228,6 +236,12 @@ impl WarmExecutor {
     /// Explains a broken exchange: garbage, or the executor's exit with its stderr tail.
     async fn died(&mut self, error: FrameError, reason: FailureReason) -> Failure {
         match error {
+            FrameError::TooLarge(len) => Failure {
+                reason: FailureReason::OutputTooLarge,
+                message: format!("the executor's answer of {len} bytes exceeds the result limit"),
+                logs: self.stderr_tail(),
+                result: Bytes::new(),
+            },
             FrameError::Garbage(what) => Failure {
                 reason: FailureReason::ProtocolError,
                 message: format!("the executor broke the frame protocol: {what}"),
@@ -259,6 +273,11 @@ impl WarmExecutor {
         }
     }
 
+    /// Whether the process has exited (killed from outside while idle, say).
+    pub fn has_exited(&self) -> bool {
+        self.child.has_exited()
+    }
+
     fn stderr_tail(&self) -> Bytes {
         let tail = self.stderr_tail.lock().expect("stderr tail lock poisoned");
         Bytes::from(tail.iter().copied().collect::<Vec<u8>>())
@@ -268,6 +287,7 @@ impl WarmExecutor {
 enum FrameError {
     Io(std::io::Error),
     Garbage(String),
+    TooLarge(usize),
 }
 
 /// Keeps the last [`STDERR_TAIL_BYTES`] of what the executor writes outside calls.

@@ -88,14 +88,16 @@ pub enum Ended {
 impl Agent {
     /// A new agent.
     pub fn new(config: Config) -> Arc<Agent> {
-        let pool = exec::Pool::default();
+        // Idle executors across all functions: enough to keep every slot's function warm a few
+        // times over, bounded against clients that register many functions.
+        let pool = exec::Pool::new((config.slots as usize * 4).max(8));
         let reaper = pool.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_PERIOD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                reaper.reap().await;
+                reaper.reap();
             }
         });
         Arc::new(Agent {

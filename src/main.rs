@@ -4,6 +4,14 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The sandbox shim runs before anything else exists: no threads, no runtime.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == faasd::exec::sandbox::SHIM_COMMAND)
+    {
+        faasd::exec::sandbox::shim_main(&args[2..]);
+    }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

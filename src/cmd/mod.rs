@@ -83,9 +83,20 @@ pub struct ClientArgs {
     pub url: String,
 }
 
-/// How workers find Python (on `serve` for its local workers, and on `worker`).
+/// How executors are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// No sandbox: for trusted code only.
+    None,
+    /// Every layer this machine allows; says at start which could not be applied and why.
+    Auto,
+    /// Every layer, or refuse to start.
+    Strict,
+}
+
+/// How workers run executors (on `serve` for its local workers, and on `worker`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct PythonArgs {
+pub struct ExecutorArgs {
     /// The Python interpreter for `python` and `pickle` functions (default: `python3` on PATH).
     #[arg(long, value_name = "PATH")]
     pub python: Option<std::path::PathBuf>,
@@ -93,14 +104,74 @@ pub struct PythonArgs {
     /// module can be resolved (repeatable).
     #[arg(long = "python-path", value_name = "DIR")]
     pub python_path: Vec<std::path::PathBuf>,
+    /// Isolation of executors.
+    #[arg(long, value_enum, default_value = "none")]
+    pub sandbox: SandboxMode,
+    /// The uid:gid functions run as inside the sandbox.
+    #[arg(long, default_value = "65534:65534", value_parser = parse_ids)]
+    pub sandbox_user: (u32, u32),
+    /// Size of each executor's writable tmpfs (its /tmp and working directory).
+    #[arg(long, default_value = "64MiB", value_parser = serve::parse_bytes)]
+    pub sandbox_tmpfs: usize,
 }
 
-impl PythonArgs {
-    /// Resolves the interpreter and writes the harness into `dir`.
+fn parse_ids(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text.split_once(':').unwrap_or((text, text));
+    let id = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not UID:GID"))
+    };
+    Ok((id(uid)?, id(gid)?))
+}
+
+impl ExecutorArgs {
+    /// The sandbox to use, after probing it: `None` for `--sandbox none`, or for `auto` when
+    /// this machine cannot apply every layer (logged with the reason).
+    pub fn sandbox(&self) -> anyhow::Result<Option<crate::exec::Sandbox>> {
+        use anyhow::Context;
+        if self.sandbox == SandboxMode::None {
+            tracing::warn!(
+                "sandbox: off (--sandbox none): functions run with the worker's privileges"
+            );
+            return Ok(None);
+        }
+        let sandbox = crate::exec::Sandbox {
+            faasd: std::env::current_exe().context("cannot find the faasd binary")?,
+            uid: self.sandbox_user.0,
+            gid: self.sandbox_user.1,
+            tmpfs_bytes: self.sandbox_tmpfs as u64,
+        };
+        match sandbox.probe() {
+            Ok(()) => {
+                tracing::info!(
+                    "sandbox: active (pid, mount, ipc, uts and net namespaces; private read-only filesystem with a {} byte tmpfs; rlimits; no_new_privs; uid {}; seccomp)",
+                    sandbox.tmpfs_bytes,
+                    sandbox.uid
+                );
+                Ok(Some(sandbox))
+            }
+            Err(why) if self.sandbox == SandboxMode::Auto => {
+                tracing::warn!("sandbox: off, it cannot be applied here: {why}");
+                Ok(None)
+            }
+            Err(why) => Err(exit::coded(
+                exit::FAILURE,
+                format!("--sandbox strict: the sandbox cannot be applied here: {why}"),
+            )),
+        }
+    }
+
+    /// Resolves the interpreter, probes the sandbox, and writes the harness into `dir`.
     pub fn runtimes(&self, dir: &std::path::Path) -> anyhow::Result<crate::exec::Runtimes> {
         use anyhow::Context;
-        crate::exec::Runtimes::new(self.python.as_deref(), self.python_path.clone(), dir)
-            .with_context(|| format!("cannot prepare the runtimes in {}", dir.display()))
+        let sandbox = self.sandbox()?;
+        crate::exec::Runtimes::new(
+            self.python.as_deref(),
+            self.python_path.clone(),
+            dir,
+            sandbox,
+        )
+        .with_context(|| format!("cannot prepare the runtimes in {}", dir.display()))
     }
 }
 

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
-    pub python: super::PythonArgs,
+    pub executors: super::ExecutorArgs,
     /// The most worker connections at once.
     #[arg(long, default_value_t = 1024)]
     pub max_worker_connections: usize,
@@ -107,10 +107,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     let slots = args
         .local_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    // Executors' working directories live in a private temporary directory, removed on exit.
-    let work_root = tempfile::Builder::new()
-        .prefix("faasd-work-")
-        .tempdir()
+    let work_root = worker::WorkRoot::create(&args.data.join("work"))
         .context("cannot create the executors' working directory")?;
     if slots > 0 {
         let cache =
@@ -122,7 +119,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
             cache,
             work_root: work_root.path().to_owned(),
             limits: exec::Limits::default(),
-            runtimes: args.python.runtimes(&args.data.join("runtime"))?,
+            runtimes: args.executors.runtimes(&args.data.join("runtime"))?,
         });
         let (server_end, worker_end) = tokio::io::duplex(1 << 20);
         tracker.spawn(broker::serve_worker(

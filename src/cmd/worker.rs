@@ -39,7 +39,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "./faasd-worker-cache")]
     pub cache: PathBuf,
     #[command(flatten)]
-    pub python: super::PythonArgs,
+    pub executors: super::ExecutorArgs,
     /// How long SIGTERM waits for running tasks before the worker exits anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -66,9 +66,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     let cache_dir = std::fs::canonicalize(&args.cache)
         .with_context(|| format!("cannot resolve {}", args.cache.display()))?;
     let cache = CodeCache::new(cache_dir.clone()).context("cannot open the code cache")?;
-    let work_root = tempfile::Builder::new()
-        .prefix("faasd-work-")
-        .tempdir()
+    let work_root = worker::WorkRoot::create(&cache_dir.join("work"))
         .context("cannot create the executors' working directory")?;
     let agent = Agent::new(worker::Config {
         name: args.name.unwrap_or_else(default_name),
@@ -80,7 +78,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         cache,
         work_root: work_root.path().to_owned(),
         limits: exec::Limits::default(),
-        runtimes: args.python.runtimes(&cache_dir)?,
+        runtimes: args.executors.runtimes(&cache_dir)?,
     });
     let cancel = CancellationToken::new();
     {

@@ -7,6 +7,7 @@
 
 mod pool;
 mod runtimes;
+pub mod sandbox;
 mod spawn;
 mod sys;
 mod warm;
@@ -23,7 +24,7 @@ use tokio::net::unix::pipe;
 
 use crate::proto::{FailureReason, Outcome, WarmSpec};
 pub use pool::{Pool, WarmCall};
-pub use runtimes::Runtimes;
+pub use runtimes::{Runtimes, Sandbox};
 pub use spawn::DEFAULT_PATH;
 
 /// How long output may keep flowing after the call's process group is gone.
@@ -194,7 +195,15 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         );
     }
     let (exit_code, signal) = decode_status(status);
-    let (failure, message) = if held_open {
+    // The sandbox shim's own failure, before the function ever ran.
+    let sandbox_failed = exit_code == Some(sandbox::SETUP_FAILED)
+        && stderr.starts_with(sandbox::ERROR_PREFIX.as_bytes());
+    let (failure, message) = if sandbox_failed {
+        (
+            Some(FailureReason::SpawnFailed),
+            Some(String::from_utf8_lossy(&stderr).trim().to_string()),
+        )
+    } else if held_open {
         (
             Some(FailureReason::OutputHeldOpen),
             Some("a process that left the call's process group kept its output open".into()),

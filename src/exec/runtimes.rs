@@ -4,19 +4,86 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use super::sandbox;
 use crate::proto::Runtime;
 
 /// The embedded Python harness (see `harness.py`).
 const HARNESS: &str = include_str!("harness.py");
 
+/// Where the sandbox shows the function's bundle.
+const SANDBOX_BUNDLE: &str = "/faasd/bundle";
+
+/// Where the sandbox shows the Python harness.
+const SANDBOX_HARNESS: &str = "/faasd/harness.py";
+
+/// Where the sandbox shows the `i`th `--python-path` directory.
+fn sandbox_python_path(i: usize) -> PathBuf {
+    PathBuf::from(format!("/faasd/python-path/{i}"))
+}
+
 /// The shell that runs `shell` functions.
 const SHELL: &str = "/bin/sh";
+
+/// How a worker isolates its executors.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The faasd binary, re-executed as the sandbox shim.
+    pub faasd: PathBuf,
+    /// The uid and gid functions run as.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// Size of each executor's writable tmpfs.
+    pub tmpfs_bytes: u64,
+}
+
+impl Sandbox {
+    /// The shim's settings for one executor.
+    pub fn config(&self, timeout: Duration, read_only: Vec<(PathBuf, PathBuf)>) -> sandbox::Config {
+        sandbox::Config {
+            allow_net: false,
+            tmpfs_bytes: self.tmpfs_bytes,
+            // A little over the timeout: the timeout itself is enforced by the worker.
+            cpu_seconds: timeout.as_secs() + 2,
+            max_files: 1024,
+            max_processes: 1024,
+            uid: self.uid,
+            gid: self.gid,
+            read_only,
+        }
+    }
+
+    /// Runs `/bin/true` in the sandbox: `Ok` when every layer could be applied here, else the
+    /// shim's account of the step that failed.
+    pub fn probe(&self) -> Result<(), String> {
+        let argv = sandbox::wrap(
+            &self.faasd,
+            &self.config(Duration::from_secs(5), Vec::new()),
+            vec!["/bin/true".into()],
+        );
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.faasd.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
 
 /// What a worker launches executors with.
 #[derive(Debug, Clone)]
 pub struct Runtimes {
-    /// The Python interpreter's real path, or why there is none.
-    python: Result<PathBuf, String>,
+    /// The Python interpreter's real path and its prefix, or why there is none.
+    python: Result<(PathBuf, PathBuf), String>,
+    /// Executors run in the sandbox when set.
+    sandbox: Option<Sandbox>,
     /// Directories put on `PYTHONPATH` (to resolve functions pickled by reference).
     python_path: Vec<PathBuf>,
     /// Where the harness was written.
@@ -31,13 +98,14 @@ impl Runtimes {
         python: Option<&Path>,
         python_path: Vec<PathBuf>,
         dir: &Path,
+        sandbox: Option<Sandbox>,
     ) -> std::io::Result<Runtimes> {
         std::fs::create_dir_all(dir)?;
         let harness = dir.join("faasd_harness.py");
         std::fs::write(&harness, HARNESS)?;
         let python = resolve_python(python.unwrap_or(Path::new("python3")));
         match &python {
-            Ok(path) => tracing::info!(python = %path.display(), "python runtime ready"),
+            Ok((path, _)) => tracing::info!(python = %path.display(), "python runtime ready"),
             Err(why) => tracing::warn!("python runtimes unavailable: {why}"),
         }
         let python_path = python_path
@@ -46,18 +114,56 @@ impl Runtimes {
             .collect();
         Ok(Runtimes {
             python,
+            sandbox,
             python_path,
             harness,
         })
     }
 
-    /// The command line that runs `bundle` under `runtime`.
-    pub fn command(&self, runtime: Runtime, bundle: &Path) -> Result<Vec<OsString>, String> {
+    /// The command line that runs `bundle` under `runtime` (inside the sandbox when the worker
+    /// has one; `timeout` sets its CPU limit).
+    pub fn command(
+        &self,
+        runtime: Runtime,
+        bundle: &Path,
+        timeout: Duration,
+    ) -> Result<Vec<OsString>, String> {
+        let Some(sandbox) = &self.sandbox else {
+            return self.program(runtime, bundle, &self.harness);
+        };
+        // Inside, the bundle and the harness sit at fixed paths; the interpreter's installation
+        // at its own path (its location is how it finds its library).
+        let mut read_only = vec![(bundle.to_owned(), PathBuf::from(SANDBOX_BUNDLE))];
+        if let (Runtime::Python | Runtime::Pickle, Ok((_, prefix))) = (runtime, &self.python) {
+            read_only.push((self.harness.clone(), PathBuf::from(SANDBOX_HARNESS)));
+            read_only.push((prefix.clone(), prefix.clone()));
+            for (i, dir) in self.python_path.iter().enumerate() {
+                read_only.push((dir.clone(), sandbox_python_path(i)));
+            }
+        }
+        let argv = self.program(
+            runtime,
+            Path::new(SANDBOX_BUNDLE),
+            Path::new(SANDBOX_HARNESS),
+        )?;
+        Ok(sandbox::wrap(
+            &sandbox.faasd,
+            &sandbox.config(timeout, read_only),
+            argv,
+        ))
+    }
+
+    fn program(
+        &self,
+        runtime: Runtime,
+        bundle: &Path,
+        harness: &Path,
+    ) -> Result<Vec<OsString>, String> {
         Ok(match runtime {
             Runtime::Shell => vec![SHELL.into(), bundle.into()],
             Runtime::Exec => vec![bundle.into()],
             Runtime::Python | Runtime::Pickle => {
-                let python = self.python.as_ref().map_err(Clone::clone)?;
+                let (python, _) = self.python.as_ref().map_err(Clone::clone)?;
                 let mode = if runtime == Runtime::Python {
                     "python"
                 } else {
@@ -66,7 +172,7 @@ impl Runtimes {
                 vec![
                     python.into(),
                     "-u".into(),
-                    self.harness.clone().into(),
+                    harness.into(),
                     mode.into(),
                     bundle.into(),
                 ]
@@ -84,7 +190,13 @@ impl Runtimes {
                 }
             };
             if !self.python_path.is_empty() {
-                let joined = std::env::join_paths(&self.python_path)
+                let dirs: Vec<PathBuf> = match self.sandbox {
+                    Some(_) => (0..self.python_path.len())
+                        .map(sandbox_python_path)
+                        .collect(),
+                    None => self.python_path.clone(),
+                };
+                let joined = std::env::join_paths(&dirs)
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 add("PYTHONPATH", joined);
@@ -95,10 +207,13 @@ impl Runtimes {
     }
 }
 
-/// Asks the interpreter for its own real path (`sys.executable`).
-fn resolve_python(python: &Path) -> Result<PathBuf, String> {
+/// Asks the interpreter for its own real path (`sys.executable`) and its installation prefix.
+fn resolve_python(python: &Path) -> Result<(PathBuf, PathBuf), String> {
     let out = std::process::Command::new(python)
-        .args(["-c", "import sys; print(sys.executable)"])
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.base_prefix)",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
@@ -109,9 +224,15 @@ fn resolve_python(python: &Path) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if path.as_os_str().is_empty() {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let (Some(path), Some(prefix)) = (lines.next(), lines.next()) else {
         return Err(format!("{} did not say where it lives", python.display()));
-    }
-    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+    };
+    let path = PathBuf::from(path);
+    let prefix = PathBuf::from(prefix);
+    Ok((
+        std::fs::canonicalize(&path).unwrap_or(path),
+        std::fs::canonicalize(&prefix).unwrap_or(prefix),
+    ))
 }

@@ -73,6 +73,38 @@ pub struct Agent {
     unsent: Mutex<Vec<Report>>,
 }
 
+/// The directory executors' working directories are made in: emptied when created (a worker
+/// killed outright leaves its calls' directories behind) and removed when dropped.
+pub struct WorkRoot {
+    path: PathBuf,
+}
+
+impl WorkRoot {
+    /// Makes `path` an empty directory.
+    pub fn create(path: &std::path::Path) -> std::io::Result<WorkRoot> {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(path)?;
+        Ok(WorkRoot {
+            path: path.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// How often idle warm executors are reaped and `min_warm` topped up.
 const REAP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -285,7 +317,10 @@ impl Agent {
     /// Registers a function version's warm settings with the pool, which starts its `min_warm`
     /// executors on its next round.
     async fn prewarm(&self, spec: proto::Prewarm) {
-        let prepared = self.prepare(spec.runtime, spec.code_hash, &spec.env).await;
+        let timeout = Duration::from_millis(spec.timeout_ms);
+        let prepared = self
+            .prepare(spec.runtime, spec.code_hash, &spec.env, timeout)
+            .await;
         match prepared {
             Ok((argv, env)) => self.pool.prewarm(exec::WarmCall {
                 key: (spec.function, spec.version),
@@ -313,7 +348,11 @@ impl Agent {
 }
 
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
-    let outcome = match agent.prepare(task.runtime, task.code_hash, &task.env).await {
+    let timeout = Duration::from_millis(task.timeout_ms);
+    let outcome = match agent
+        .prepare(task.runtime, task.code_hash, &task.env, timeout)
+        .await
+    {
         Ok((argv, env)) => {
             let config = &agent.config;
             let timeout = Duration::from_millis(task.timeout_ms);
@@ -376,6 +415,7 @@ impl Agent {
         runtime: proto::Runtime,
         code_hash: proto::CodeHash,
         env: &[(String, String)],
+        timeout: Duration,
     ) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
         let config = &self.config;
         let code = match self.sender() {
@@ -383,12 +423,15 @@ impl Agent {
             None => Err("the connection to the server closed".to_string()),
         }
         .map_err(|m| (FailureReason::CodeUnavailable, m))?;
-        let argv = config.runtimes.command(runtime, &code).map_err(|m| {
-            (
-                FailureReason::InitFailed,
-                format!("cannot run a {} function: {m}", runtime.as_str()),
-            )
-        })?;
+        let argv = config
+            .runtimes
+            .command(runtime, &code, timeout)
+            .map_err(|m| {
+                (
+                    FailureReason::InitFailed,
+                    format!("cannot run a {} function: {m}", runtime.as_str()),
+                )
+            })?;
         Ok((argv, config.runtimes.env(runtime, env)))
     }
 }

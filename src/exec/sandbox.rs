@@ -4,7 +4,9 @@
 //!
 //! 1. session and process group (already new, from `posix_spawn`), `PR_SET_PDEATHSIG`;
 //! 2. new PID, mount, IPC, UTS and (unless the function may use the network) network
-//!    namespaces; the shim forks the namespace's init and waits for it, passing its exit on;
+//!    namespaces; the shim forks the namespace's init, which forks the function as pid 2 (so
+//!    signals and zombies behave as on any host) and reports how it ended; the shim then ends
+//!    the same way;
 //! 3. a private filesystem: a fresh tmpfs root holding read-only binds of the host's `/usr`,
 //!    `/bin`, `/lib*`, `/sbin`, a few files of `/etc`, the device nodes a program needs, the
 //!    paths the runtime needs (the bundle, the interpreter); a size-capped writable tmpfs as
@@ -172,50 +174,108 @@ fn shim(args: &[OsString]) -> Result<i32, StepError> {
     }
     step("unshare(PID|NS|IPC|UTS|NET)", unshare(flags))?;
 
+    // The namespace's init reports how the function ended through this pipe.
+    let (report_r, report_w) = step("pipe2", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
     // SAFETY: the shim is single-threaded (it runs before the async runtime starts), so the
     // child may run any code.
     match step("fork", unsafe { fork() })? {
-        ForkResult::Parent { child } => Ok(wait_for_init(child)),
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            Ok(pass_on(child, report_r))
+        }
         ForkResult::Child => {
-            let err = init(&config, argv);
+            drop(report_r);
+            let err = match init(&config, argv, report_w) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
             eprintln!("{ERROR_PREFIX}{err}");
             std::process::exit(SETUP_FAILED)
         }
     }
 }
 
-/// The shim's parent half: waits for the namespace's init and exits the same way it did.
-fn wait_for_init(child: nix::unistd::Pid) -> i32 {
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                // Die by the same signal, so the worker sees what happened to the function.
-                // SAFETY: restoring the default disposition of a signal is always sound.
-                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-                let _ = nix::sys::signal::raise(sig);
-                return 128 + sig as i32;
-            }
+/// The shim outside the namespaces: waits for the namespace's init, then ends the way the
+/// function did (the same exit status, or death by the same signal), so the worker sees it.
+fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
+    let status = loop {
+        match waitpid(init, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(..)) => break SETUP_FAILED,
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(_) => return SETUP_FAILED,
         }
+    };
+    let mut buf = [0u8; 5];
+    let mut file = std::fs::File::from(report);
+    let got = std::io::Read::read(&mut file, &mut buf).unwrap_or(0);
+    if got < 5 {
+        // Set-up failed before the function started; init said why on stderr.
+        return status;
     }
+    let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if buf[0] == b'S' {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(value) {
+            let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+            // SAFETY: restoring the default disposition of a signal is always sound.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+            let _ = nix::sys::signal::raise(sig);
+        }
+        return 128 + value;
+    }
+    value
 }
 
-/// The namespace's init (pid 1): builds the filesystem, drops privileges, execs the function.
-fn init(config: &Config, argv: &[OsString]) -> StepError {
-    match init_steps(config, argv) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
-fn init_steps(config: &Config, argv: &[OsString]) -> Result<std::convert::Infallible, StepError> {
+/// The namespace's init (pid 1): builds the filesystem, starts the function as pid 2 and waits
+/// for it, reaping whatever else ends, then reports the function's end and exits, which ends
+/// every process left in the namespace.
+fn init(
+    config: &Config,
+    argv: &[OsString],
+    report: std::os::fd::OwnedFd,
+) -> Result<std::convert::Infallible, StepError> {
     let _ = nix::unistd::sethostname("faasd");
     if !config.allow_net {
         loopback_up()?;
     }
     build_root(config)?;
+    // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
+    let function = match step("fork", unsafe { fork() })? {
+        ForkResult::Child => {
+            drop(report);
+            let err = match start_function(config, argv) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            eprintln!("{ERROR_PREFIX}{err}");
+            std::process::exit(SETUP_FAILED)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let (kind, value) = loop {
+        match waitpid(None::<nix::unistd::Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == function => break (b'E', code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => break (b'S', sig as i32),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(errno) => {
+                return Err(StepError {
+                    call: "waitpid".into(),
+                    errno,
+                });
+            }
+        }
+    };
+    let mut message = [kind, 0, 0, 0, 0];
+    message[1..].copy_from_slice(&value.to_be_bytes());
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(report), &message);
+    std::process::exit(0)
+}
+
+/// The function's own process (pid 2): limits, privileges, fds, seccomp, exec.
+fn start_function(
+    config: &Config,
+    argv: &[OsString],
+) -> Result<std::convert::Infallible, StepError> {
     limit(config)?;
     drop_privileges(config)?;
     close_inherited_fds()?;

@@ -24,8 +24,15 @@ pub enum Dispatch {
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
     /// The server's worker port.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub server: String,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "check_sandbox"
+    )]
+    pub server: Option<String>,
+    /// Print which sandbox layers this machine can apply, then exit (1 if any cannot).
+    #[arg(long)]
+    pub check_sandbox: bool,
     /// Executor slots (default: one per core).
     #[arg(long)]
     pub slots: Option<u32>,
@@ -54,6 +61,10 @@ fn default_name() -> String {
 
 /// Runs `faasd worker` until SIGTERM/SIGINT (after draining) or a refused handshake.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
+    if args.check_sandbox {
+        return check_sandbox(&args.executors);
+    }
+    let server = args.server.clone().unwrap_or_default();
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
@@ -100,13 +111,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
             return Ok(exit::OK);
         }
         let connected = tokio::select! {
-            c = tokio::net::TcpStream::connect(&args.server) => c,
+            c = tokio::net::TcpStream::connect(&server) => c,
             () = cancel.cancelled() => return Ok(exit::OK),
         };
         match connected {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                tracing::info!(server = %args.server, name = agent.name(), slots, "connected");
+                tracing::info!(server = %server, name = agent.name(), slots, "connected");
                 let started = std::time::Instant::now();
                 match worker::run_session(stream, agent.clone(), cancel.clone(), args.drain_timeout)
                     .await
@@ -116,15 +127,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                         return Ok(exit::OK);
                     }
                     Ok(Ended::ServerClosed) => {
-                        tracing::warn!(server = %args.server, "the server closed the connection; reconnecting");
+                        tracing::warn!(server = %server, "the server closed the connection; reconnecting");
                     }
                     Err(worker::Error::Refused { reason }) => {
                         return Err(exit::coded(
                             exit::FAILURE,
-                            format!(
-                                "the server at {} refused this worker: {reason}",
-                                args.server
-                            ),
+                            format!("the server at {} refused this worker: {reason}", server),
                         ));
                     }
                     Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),
@@ -134,7 +142,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
                 }
             }
             Err(e) => {
-                tracing::warn!(server = %args.server, error = %e, retry_in = ?backoff, "cannot connect");
+                tracing::warn!(server = %server, error = %e, retry_in = ?backoff, "cannot connect");
             }
         }
         tokio::select! {
@@ -147,4 +155,41 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// `--check-sandbox`: the table of layers and whether each applies here.
+fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
+    let sandbox = crate::exec::Sandbox {
+        faasd: std::env::current_exe().context("cannot find the faasd binary")?,
+        uid: executors.sandbox_user.0,
+        gid: executors.sandbox_user.1,
+        tmpfs_bytes: executors.sandbox_tmpfs as u64,
+    };
+    // The shim applies every layer or fails at the first it cannot, naming its system call.
+    let probe = sandbox.probe();
+    let state = match &probe {
+        Ok(()) => "active".to_string(),
+        Err(why) => format!("unavailable ({why})"),
+    };
+    let layers = [
+        "new session and process group, default signals",
+        "PR_SET_PDEATHSIG",
+        "pid, mount, ipc and uts namespaces",
+        "network namespace (loopback only)",
+        "private read-only filesystem, tmpfs /tmp, fresh /proc",
+        "rlimits: core, nofile, fsize, cpu, nproc",
+        "no_new_privs, unprivileged uid/gid, no capabilities",
+        "inherited fds closed, environment cleared",
+        "seccomp filter",
+    ];
+    println!("{:<56} STATE", "LAYER");
+    for layer in layers {
+        println!("{layer:<56} {state}");
+    }
+    println!("{:<56} not built yet", "cgroup memory and pids limits");
+    Ok(if probe.is_ok() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }

@@ -476,10 +476,11 @@ fn limit(config: &Config) -> Result<(), StepError> {
             Resource::RLIMIT_NOFILE,
             config.max_files,
         ),
+        // Above the tmpfs size, so filling the disk meets ENOSPC rather than SIGXFSZ.
         (
             "setrlimit(FSIZE)",
             Resource::RLIMIT_FSIZE,
-            config.tmpfs_bytes,
+            config.tmpfs_bytes + (1 << 20),
         ),
         ("setrlimit(CPU)", Resource::RLIMIT_CPU, config.cpu_seconds),
         (

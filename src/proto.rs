@@ -110,6 +110,8 @@ pub enum FailureReason {
     ProtocolError,
     /// A warm executor failed to start or to initialise.
     InitFailed,
+    /// The call's memory limit killed it.
+    OutOfMemory,
 }
 
 impl FailureReason {
@@ -128,6 +130,7 @@ impl FailureReason {
             FailureReason::ExecutorDied => "executor_died",
             FailureReason::ProtocolError => "protocol_error",
             FailureReason::InitFailed => "init_failed",
+            FailureReason::OutOfMemory => "out_of_memory",
         }
     }
 }

@@ -202,3 +202,20 @@ async fn python_runs_in_the_sandbox_too() {
         .expect("invoke");
     assert_eq!(text(&answer.body), "65534 2 /tmp");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_fails_with_out_of_memory() {
+    let server = Server::start(&[
+        "--local-workers",
+        "2",
+        "--sandbox",
+        "strict",
+        "--sandbox-memory",
+        "64MiB",
+    ]);
+    let answer = register(&server.client(), "benign", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201);
+    let script = "exec python3 -c 'x = bytearray(400 * 1024 * 1024); print(len(x))'";
+    let (task, _, _) = run(&server, "hog", script).await;
+    assert_eq!(task["reason"], "out_of_memory", "{task}");
+}

@@ -75,7 +75,8 @@ impl ApiError {
             Some(
                 FailureReason::OutputHeldOpen
                 | FailureReason::Exception
-                | FailureReason::ExecutorDied,
+                | FailureReason::ExecutorDied
+                | FailureReason::OutOfMemory,
             ) => (StatusCode::BAD_GATEWAY, "function_failed"),
             Some(FailureReason::ProtocolError | FailureReason::InitFailed) => {
                 (StatusCode::BAD_GATEWAY, "executor_failed")

@@ -113,6 +113,10 @@ pub struct ExecutorArgs {
     /// Size of each executor's writable tmpfs (its /tmp and working directory).
     #[arg(long, default_value = "64MiB", value_parser = serve::parse_bytes)]
     pub sandbox_tmpfs: usize,
+    /// Memory limit of each call in the sandbox (a cgroup; exceeding it fails the task with
+    /// `out_of_memory`).
+    #[arg(long, default_value = "512MiB", value_parser = serve::parse_bytes)]
+    pub sandbox_memory: usize,
 }
 
 fn parse_ids(text: &str) -> Result<(u32, u32), String> {
@@ -125,24 +129,35 @@ fn parse_ids(text: &str) -> Result<(u32, u32), String> {
 }
 
 impl ExecutorArgs {
+    /// The sandbox these flags describe (not yet probed).
+    pub fn sandbox_settings(&self) -> anyhow::Result<crate::exec::Sandbox> {
+        use anyhow::Context;
+        Ok(crate::exec::Sandbox {
+            faasd: std::env::current_exe().context("cannot find the faasd binary")?,
+            uid: self.sandbox_user.0,
+            gid: self.sandbox_user.1,
+            tmpfs_bytes: self.sandbox_tmpfs as u64,
+            memory_bytes: if crate::exec::cgroup::available() {
+                self.sandbox_memory as u64
+            } else {
+                0
+            },
+        })
+    }
+
     /// The sandbox to use, after probing it: `None` for `--sandbox none`, or for `auto` when
     /// this machine cannot apply every layer (logged with the reason).
     pub fn sandbox(&self) -> anyhow::Result<Option<crate::exec::Sandbox>> {
-        use anyhow::Context;
         if self.sandbox == SandboxMode::None {
             tracing::warn!(
                 "sandbox: off (--sandbox none): functions run with the worker's privileges"
             );
             return Ok(None);
         }
-        let sandbox = crate::exec::Sandbox {
-            faasd: std::env::current_exe().context("cannot find the faasd binary")?,
-            uid: self.sandbox_user.0,
-            gid: self.sandbox_user.1,
-            tmpfs_bytes: self.sandbox_tmpfs as u64,
-        };
+        let sandbox = self.sandbox_settings()?;
         match sandbox.probe() {
             Ok(()) => {
+                crate::exec::cgroup::sweep();
                 tracing::info!(
                     "sandbox: active (pid, mount, ipc, uts and net namespaces; private read-only filesystem with a {} byte tmpfs; rlimits; no_new_privs; uid {}; seccomp)",
                     sandbox.tmpfs_bytes,

@@ -159,12 +159,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
 
 /// `--check-sandbox`: the table of layers and whether each applies here.
 fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
-    let sandbox = crate::exec::Sandbox {
-        faasd: std::env::current_exe().context("cannot find the faasd binary")?,
-        uid: executors.sandbox_user.0,
-        gid: executors.sandbox_user.1,
-        tmpfs_bytes: executors.sandbox_tmpfs as u64,
-    };
+    let sandbox = executors.sandbox_settings()?;
     // The shim applies every layer or fails at the first it cannot, naming its system call.
     let probe = sandbox.probe();
     let state = match &probe {
@@ -186,7 +181,12 @@ fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
     for layer in layers {
         println!("{layer:<56} {state}");
     }
-    println!("{:<56} not built yet", "cgroup memory and pids limits");
+    let cgroups = if sandbox.memory_bytes == 0 {
+        "unavailable (no cgroup v1 memory and pids controllers)".to_string()
+    } else {
+        state.clone()
+    };
+    println!("{:<56} {cgroups}", "cgroup memory and pids limits (v1)");
     Ok(if probe.is_ok() {
         exit::OK
     } else {

@@ -5,6 +5,7 @@
 //! stderr is captured up to [`Limits::stderr_bytes`] with a truncation marker, and the whole
 //! process group is killed when the call ends or times out.
 
+pub mod cgroup;
 mod pool;
 mod runtimes;
 pub mod sandbox;
@@ -130,6 +131,7 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         workdir: workdir.path(),
         env: call.env,
     })?;
+    let pid = child.pid();
     let stdin = child
         .stdin
         .take()
@@ -195,10 +197,17 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         );
     }
     let (exit_code, signal) = decode_status(status);
+    // The sandbox's memory limit, read (and its cgroups removed) now the call's processes are gone.
+    let out_of_memory = sandbox::is_wrapped(call.argv) && cgroup::finish(pid);
     // The sandbox shim's own failure, before the function ever ran.
     let sandbox_failed = exit_code == Some(sandbox::SETUP_FAILED)
         && stderr.starts_with(sandbox::ERROR_PREFIX.as_bytes());
-    let (failure, message) = if sandbox_failed {
+    let (failure, message) = if out_of_memory {
+        (
+            Some(FailureReason::OutOfMemory),
+            Some("killed by the memory limit".to_string()),
+        )
+    } else if sandbox_failed {
         (
             Some(FailureReason::SpawnFailed),
             Some(String::from_utf8_lossy(&stderr).trim().to_string()),

@@ -37,6 +37,8 @@ pub struct Sandbox {
     pub gid: u32,
     /// Size of each executor's writable tmpfs.
     pub tmpfs_bytes: u64,
+    /// Memory limit of each call (0: no cgroups).
+    pub memory_bytes: u64,
 }
 
 impl Sandbox {
@@ -49,6 +51,7 @@ impl Sandbox {
             cpu_seconds: timeout.as_secs() + 2,
             max_files: 1024,
             max_processes: 1024,
+            memory_bytes: self.memory_bytes,
             uid: self.uid,
             gid: self.gid,
             read_only,

@@ -11,7 +11,8 @@
 //!    `/bin`, `/lib*`, `/sbin`, a few files of `/etc`, the device nodes a program needs, the
 //!    paths the runtime needs (the bundle, the interpreter); a size-capped writable tmpfs as
 //!    `/tmp` and the working directory; a fresh `/proc`; nothing else of the host;
-//! 4. rlimits: `CORE` 0, `NOFILE`, `FSIZE`, `CPU`, `NPROC`;
+//! 4. cgroups (v1 `memory` and `pids`) limiting the call's memory and process count, and
+//!    rlimits: `CORE` 0, `NOFILE`, `FSIZE`, `CPU`, `NPROC`;
 //! 5. `no_new_privs`; an unprivileged uid/gid (which also drops every capability); every fd but
 //!    0–2 closed;
 //! 6. a seccomp filter answering EPERM to ptrace, mount, kexec, bpf, keyctl, io_uring,
@@ -59,8 +60,10 @@ pub struct Config {
     pub cpu_seconds: u64,
     /// Open files (`RLIMIT_NOFILE`).
     pub max_files: u64,
-    /// Processes of the function's uid (`RLIMIT_NPROC`).
+    /// Processes of the function's uid (`RLIMIT_NPROC`), and of the call (its pids cgroup).
     pub max_processes: u64,
+    /// The call's memory limit (its memory cgroup); 0 for none.
+    pub memory_bytes: u64,
     /// The uid and gid the function runs as.
     pub uid: u32,
     /// See `uid`.
@@ -117,6 +120,11 @@ fn step<T>(call: impl Into<String>, result: nix::Result<T>) -> Result<T, StepErr
     })
 }
 
+/// Whether a command line runs through the shim.
+pub fn is_wrapped(argv: &[OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == SHIM_COMMAND)
+}
+
 /// The shim's command line for `argv` under `config`.
 pub fn wrap(faasd: &Path, config: &Config, argv: Vec<OsString>) -> Vec<OsString> {
     let mut out = vec![
@@ -162,6 +170,16 @@ fn shim(args: &[OsString]) -> Result<i32, StepError> {
             call: "prctl(PR_SET_PDEATHSIG)".into(),
             errno: Errno::last(),
         });
+    }
+
+    // The call's cgroups, which every process it starts inherits.
+    if config.memory_bytes > 0 {
+        super::cgroup::enter(config.memory_bytes, config.max_processes).map_err(|(file, e)| {
+            StepError {
+                call: format!("write({})", file.display()),
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        })?;
     }
 
     // 2. Namespaces; the PID namespace takes effect for the next child.

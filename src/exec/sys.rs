@@ -252,6 +252,11 @@ impl Child {
         Ok(())
     }
 
+    /// The child's pid (also its process group and session id).
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
     /// Whether the child has exited, without waiting.
     pub fn has_exited(&self) -> bool {
         let mut fd = libc::pollfd {
@@ -264,8 +269,12 @@ impl Child {
         ready > 0 && fd.revents & libc::POLLIN != 0
     }
 
-    /// Sends SIGKILL to the child's whole process group.
+    /// Sends SIGKILL to the child's whole process group (not once it is reaped: its pid, and so
+    /// the group id, may have been reused).
     pub fn kill_group(&self) {
+        if self.reaped {
+            return;
+        }
         // ESRCH (the group is already gone) is the normal case after a clean exit.
         let _ = killpg(self.pid, Signal::SIGKILL);
     }
@@ -274,7 +283,14 @@ impl Child {
     /// after a SIGKILL).
     ///
     /// [`exited`]: Child::exited
+    /// Reaping twice is refused (the pid may belong to another process by then).
     pub fn reap(&mut self) -> Result<ExitStatus, SysError> {
+        if self.reaped {
+            return Err(SysError {
+                call: "waitpid (already reaped)",
+                errno: Errno::ECHILD,
+            });
+        }
         let status = reap(self.pid);
         self.reaped = true;
         status

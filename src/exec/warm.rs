@@ -60,6 +60,8 @@ pub struct WarmExecutor {
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    /// Runs through the sandbox shim (whose cgroups must go when it does).
+    sandboxed: bool,
     _workdir: tempfile::TempDir,
     /// When it last finished a call.
     pub last_used: Instant,
@@ -116,6 +118,7 @@ impl WarmExecutor {
             stdin,
             stdout,
             stderr_tail,
+            sandboxed: super::sandbox::is_wrapped(argv),
             _workdir: workdir,
             last_used: Instant::now(),
         };
@@ -257,6 +260,13 @@ impl WarmExecutor {
                     Ok(_) => self.child.reap().ok(),
                     Err(_) => None,
                 };
+                let killed_by_memory_limit =
+                    self.sandboxed && status.is_some() && super::cgroup::finish(self.child.pid());
+                let reason = if killed_by_memory_limit {
+                    FailureReason::OutOfMemory
+                } else {
+                    reason
+                };
                 let how = status.map_or_else(
                     || format!("stopped answering ({io})"),
                     |s| format!("exited ({s})"),
@@ -281,6 +291,17 @@ impl WarmExecutor {
     fn stderr_tail(&self) -> Bytes {
         let tail = self.stderr_tail.lock().expect("stderr tail lock poisoned");
         Bytes::from(tail.iter().copied().collect::<Vec<u8>>())
+    }
+}
+
+impl Drop for WarmExecutor {
+    fn drop(&mut self) {
+        if self.sandboxed {
+            // Reap first (the child's own drop would), then remove the call's cgroups.
+            self.child.kill_group();
+            let _ = self.child.reap();
+            super::cgroup::finish(self.child.pid());
+        }
     }
 }
 

@@ -1,0 +1,183 @@
+//! No leaks: 10,000 sandboxed invocations, mixed cold and warm, some failing, then the server
+//! holds the same number of fds, has no zombie children, and has left no working directories
+//! or cgroups behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, register, submit, wait_finished};
+
+/// The server's open fds other than sockets (HTTP keep-alive connections come and go with the
+/// client; pipes, pidfds and files are what executors could leak).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .map(|target| !target.to_string_lossy().starts_with("socket:"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// Children of `pid` and their states.
+fn children(pid: u32) -> Vec<(u32, char)> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let child: u32 = head.split_whitespace().next()?.parse().ok()?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == pid).then_some((child, state))
+        })
+        .collect()
+}
+
+fn call_cgroups() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup/memory/faasd")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(state) => assert!(Instant::now() < deadline, "{what}: {state}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_invocations_leave_nothing_behind() {
+    let server = Server::start(&["--local-workers", "2", "--sandbox", "strict"]);
+    let client = server.client();
+    let pid = server.child.id();
+    let brief = serde_json::json!({"idle_timeout": "300ms", "runtime": "python"});
+    use base64::Engine;
+    let mut py = brief.clone();
+    py["code"] = base64::engine::general_purpose::STANDARD
+        .encode("def handle(p):\n    if p == b'fail':\n        raise ValueError(p)\n    return p\n")
+        .into();
+    py["name"] = "warm".into();
+    let answer = client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&py).expect("json").into(),
+        )
+        .await
+        .expect("register");
+    assert_eq!(answer.status, 201);
+    assert_eq!(
+        register(&client, "cold", "cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        register(&client, "bad", "exit 3", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+
+    // Baseline: one call of each kind, then every warm executor gone idle and stopped.
+    for name in ["warm", "cold", "bad"] {
+        wait_finished(&client, &submit(&client, name, b"x").await).await;
+    }
+    let work = server.data.join("work");
+    let no_executors = || {
+        let kids = children(pid);
+        if kids.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("children {kids:?}"))
+        }
+    };
+    eventually("executors stop when idle", no_executors).await;
+    let baseline = fd_count(pid);
+
+    // 10,000 invocations: 8,000 warm (1 in 10 raising), 1,500 cold, 500 failing cold.
+    let mut jobs = tokio::task::JoinSet::new();
+    for c in 0..16usize {
+        let client = client.clone();
+        jobs.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (c..10_000).step_by(16) {
+                let (name, payload): (&str, &[u8]) = match i % 20 {
+                    0..=15 if i % 10 == 0 => ("warm", b"fail"),
+                    0..=15 => ("warm", b"ok"),
+                    16..=18 => ("cold", b"ok"),
+                    _ => ("bad", b""),
+                };
+                ids.push((
+                    submit(&client, name, payload).await,
+                    name,
+                    payload == b"fail",
+                ));
+            }
+            for (id, name, raises) in &ids {
+                let task = wait_finished(&client, id).await;
+                let expected = if *name == "bad" || *raises {
+                    "FAILED"
+                } else {
+                    "COMPLETED"
+                };
+                assert_eq!(task["status"], expected, "{task}");
+            }
+            ids.len()
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = jobs.join_next().await {
+        total += n.expect("job");
+    }
+    assert_eq!(total, 10_000);
+
+    eventually("executors stop when idle", no_executors).await;
+    eventually("fd count returns to the baseline", || {
+        let now = fd_count(pid);
+        if now == baseline {
+            Ok(())
+        } else {
+            Err(format!("{now} fds, baseline {baseline}"))
+        }
+    })
+    .await;
+    eventually("no working directories left", || {
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .expect("work dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    eventually("no call cgroups left", || {
+        let left = call_cgroups();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+}

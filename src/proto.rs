@@ -160,6 +160,17 @@ pub struct Assignment {
     pub warm: Option<WarmSpec>,
     /// The payload is JSON (the caller sent `Content-Type: application/json`).
     pub json: bool,
+    /// The function's sandbox settings.
+    pub isolation: Isolation,
+}
+
+/// A function's own sandbox settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// Its memory limit per call (`None`: the worker's default).
+    pub memory_bytes: Option<u64>,
+    /// Whether it may use the host's network (else loopback only).
+    pub allow_net: bool,
 }
 
 /// How a function's warm executors are kept.
@@ -284,6 +295,8 @@ pub struct Prewarm {
     pub env: Vec<(String, String)>,
     /// How its executors are kept.
     pub warm: WarmSpec,
+    /// Its sandbox settings.
+    pub isolation: Isolation,
 }
 
 /// The lowercase hex form of bytes (content hashes in paths, logs and the API).
@@ -489,12 +502,17 @@ mod tests {
                     idle_timeout_ms: 2,
                 }),
                 json: true,
+                isolation: Isolation {
+                    memory_bytes: Some(7),
+                    allow_net: true,
+                },
             }),
             concat!(
                 "03050301660101",
                 "abababababababababababababababababababababababababababababababab",
                 "e80701014b01560268 69",
-                "01010201"
+                "01010201",
+                "010701"
             )
             .replace(' ', "")
             .as_str(),
@@ -536,8 +554,9 @@ mod tests {
                     min_warm: 1,
                     idle_timeout_ms: 2,
                 },
+                isolation: Isolation::default(),
             }),
-            &format!("0a016601 02{}05000102", "03".repeat(32)).replace(' ', ""),
+            &format!("0a016601 02{}0500010200 00", "03".repeat(32)).replace(' ', ""),
         );
     }
 

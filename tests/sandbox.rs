@@ -219,3 +219,52 @@ async fn a_memory_hog_fails_with_out_of_memory() {
     let (task, _, _) = run(&server, "hog", script).await;
     assert_eq!(task["reason"], "out_of_memory", "{task}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_s_own_memory_limit_and_network_access_apply() {
+    let server = sandboxed_server().await;
+    let client = server.client();
+    let hog = "exec python3 -c 'x = bytearray(200 * 1024 * 1024); print(len(x))'";
+    // The worker's default (512 MiB) lets it through; the function's own 64 MiB does not.
+    let answer = register(&client, "roomy", hog, serde_json::json!({})).await;
+    assert_eq!(answer.status, 201);
+    let task = wait_finished(&client, &submit(&client, "roomy", b"").await).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    let answer = register(
+        &client,
+        "tight",
+        hog,
+        serde_json::json!({"memory": "64MiB"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let task = wait_finished(&client, &submit(&client, "tight", b"").await).await;
+    assert_eq!(task["reason"], "out_of_memory", "{task}");
+
+    let port = server.url.rsplit(':').next().expect("port").to_string();
+    let dial = format!(
+        "exec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port})); print(\"connected\")'"
+    );
+    let answer = register(
+        &client,
+        "online",
+        &dial,
+        serde_json::json!({"allow_net": true}),
+    )
+    .await;
+    assert_eq!(answer.status, 201);
+    let id = submit(&client, "online", b"").await;
+    assert_eq!(wait_finished(&client, &id).await["status"], "COMPLETED");
+    let result = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    assert_eq!(text(&result.body).trim(), "connected");
+    let answer = register(&client, "offline", &dial, serde_json::json!({})).await;
+    assert_eq!(answer.status, 201);
+    let task = wait_finished(&client, &submit(&client, "offline", b"").await).await;
+    assert_eq!(
+        task["status"], "FAILED",
+        "no network, so the connection is refused: {task}"
+    );
+}

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, read_body};
 use crate::broker::now_ms;
-use crate::proto::{Runtime, WarmSpec};
+use crate::proto::{Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 
 /// A function as the API shows it.
@@ -33,6 +33,8 @@ pub struct FunctionView {
     warm: bool,
     min_warm: Option<u32>,
     idle_timeout_ms: Option<u64>,
+    memory_bytes: Option<u64>,
+    allow_net: bool,
 }
 
 impl From<&FunctionRecord> for FunctionView {
@@ -52,6 +54,8 @@ impl From<&FunctionRecord> for FunctionView {
             warm: f.warm.is_some(),
             min_warm: f.warm.map(|w| w.min_warm),
             idle_timeout_ms: f.warm.map(|w| w.idle_timeout_ms),
+            memory_bytes: f.isolation.memory_bytes,
+            allow_net: f.isolation.allow_net,
         }
     }
 }
@@ -111,6 +115,32 @@ pub(crate) struct RegisterRequest {
     idle_timeout: Option<TimeoutField>,
     /// For a `python` directory bundle: the entry module (default `main`).
     entry: Option<String>,
+    /// Memory limit per call in the sandbox, bytes or a size such as "256MiB".
+    memory: Option<SizeField>,
+    /// Let the function use the host's network in the sandbox.
+    #[serde(default)]
+    allow_net: bool,
+}
+
+/// A size given as bytes (a number) or a text such as `"256MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeField {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeField {
+    fn bytes(&self) -> Result<u64, ApiError> {
+        let n = match self {
+            SizeField::Bytes(n) => *n,
+            SizeField::Text(t) => crate::cmd::parse_bytes(t).map_err(ApiError::invalid)? as u64,
+        };
+        if n < (4 << 20) {
+            return Err(ApiError::invalid("memory must be at least 4MiB"));
+        }
+        Ok(n)
+    }
 }
 
 impl RegisterRequest {
@@ -129,6 +159,8 @@ impl RegisterRequest {
             min_warm: None,
             idle_timeout: None,
             entry: None,
+            memory: None,
+            allow_net: false,
         }
     }
 }
@@ -292,6 +324,10 @@ pub(crate) async fn register_function(
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
         warm,
+        isolation: Isolation {
+            memory_bytes: req.memory.as_ref().map(SizeField::bytes).transpose()?,
+            allow_net: req.allow_net,
+        },
     };
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
@@ -336,6 +372,8 @@ async fn from_multipart(
             "idle_timeout" => req.idle_timeout = Some(TimeoutField::Text(text)),
             "warm" => req.warm = matches!(text.trim(), "1" | "true" | "yes"),
             "entry" => req.entry = Some(text),
+            "memory" => req.memory = Some(SizeField::Text(text)),
+            "allow_net" => req.allow_net = matches!(text.trim(), "1" | "true" | "yes"),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
                     ApiError::invalid(format!("env field must be K=V, got {text:?}"))

@@ -170,6 +170,7 @@ impl WorkerEntry {
             timeout_ms: func.timeout_ms,
             env: func.env.clone(),
             warm,
+            isolation: func.isolation,
         }));
     }
 
@@ -395,6 +396,7 @@ impl State {
                 payload: active.payload.clone(),
                 warm: active.func.warm,
                 json: active.record.json,
+                isolation: active.func.isolation,
             });
             store.write_later(Write::Update {
                 record: active.record.clone(),

@@ -7,6 +7,7 @@ mod ls;
 mod register;
 mod rm;
 mod serve;
+pub use serve::parse_bytes;
 mod tasks;
 mod worker;
 mod workers;

@@ -46,6 +46,12 @@ pub struct RegisterArgs {
     /// How long an idle warm executor lives, such as `60s`.
     #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// Memory limit per call in the sandbox, such as `256MiB`.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Let the function use the network in the sandbox (default: loopback only).
+    #[arg(long)]
+    pub allow_net: bool,
     /// An environment variable for every call, `K=V` (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
@@ -72,6 +78,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         "code": base64::engine::general_purpose::STANDARD.encode(&code),
         "env": env,
         "warm": args.warm,
+        "allow_net": args.allow_net,
     });
     let fields = [
         ("timeout", args.timeout.map(serde_json::Value::from)),
@@ -87,6 +94,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
             args.idle_timeout.map(serde_json::Value::from),
         ),
         ("entry", args.entry.map(serde_json::Value::from)),
+        ("memory", args.memory.map(serde_json::Value::from)),
     ];
     for (key, value) in fields {
         if let Some(v) = value {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::sandbox;
-use crate::proto::Runtime;
+use crate::proto::{Isolation, Runtime};
 
 /// The embedded Python harness (see `harness.py`).
 const HARNESS: &str = include_str!("harness.py");
@@ -43,15 +43,25 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// The shim's settings for one executor.
-    pub fn config(&self, timeout: Duration, read_only: Vec<(PathBuf, PathBuf)>) -> sandbox::Config {
+    pub fn config(
+        &self,
+        timeout: Duration,
+        read_only: Vec<(PathBuf, PathBuf)>,
+        isolation: Isolation,
+    ) -> sandbox::Config {
+        // Without cgroups (memory_bytes 0) a function's own limit cannot apply either.
+        let memory_bytes = match (self.memory_bytes, isolation.memory_bytes) {
+            (0, _) => 0,
+            (default, own) => own.unwrap_or(default),
+        };
         sandbox::Config {
-            allow_net: false,
+            allow_net: isolation.allow_net,
             tmpfs_bytes: self.tmpfs_bytes,
             // A little over the timeout: the timeout itself is enforced by the worker.
             cpu_seconds: timeout.as_secs() + 2,
             max_files: 1024,
             max_processes: 1024,
-            memory_bytes: self.memory_bytes,
+            memory_bytes,
             uid: self.uid,
             gid: self.gid,
             read_only,
@@ -63,7 +73,7 @@ impl Sandbox {
     pub fn probe(&self) -> Result<(), String> {
         let argv = sandbox::wrap(
             &self.faasd,
-            &self.config(Duration::from_secs(5), Vec::new()),
+            &self.config(Duration::from_secs(5), Vec::new(), Isolation::default()),
             vec!["/bin/true".into()],
         );
         let out = std::process::Command::new(&argv[0])
@@ -130,6 +140,7 @@ impl Runtimes {
         runtime: Runtime,
         bundle: &Path,
         timeout: Duration,
+        isolation: Isolation,
     ) -> Result<Vec<OsString>, String> {
         let Some(sandbox) = &self.sandbox else {
             return self.program(runtime, bundle, &self.harness);
@@ -151,7 +162,7 @@ impl Runtimes {
         )?;
         Ok(sandbox::wrap(
             &sandbox.faasd,
-            &sandbox.config(timeout, read_only),
+            &sandbox.config(timeout, read_only, isolation),
             argv,
         ))
     }

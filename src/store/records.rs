@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{CodeHash, FailureReason, Runtime, WarmSpec};
+use crate::proto::{CodeHash, FailureReason, Isolation, Runtime, WarmSpec};
 
 /// One registered version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,8 @@ pub struct FunctionRecord {
     pub created_ms: u64,
     /// Warm executor settings (always set for `python` and `pickle`).
     pub warm: Option<WarmSpec>,
+    /// Sandbox settings of its calls.
+    pub isolation: Isolation,
 }
 
 /// Where a task is in its life.
@@ -142,11 +144,16 @@ mod tests {
                 min_warm: 1,
                 idle_timeout_ms: 2,
             }),
+            isolation: Isolation {
+                memory_bytes: None,
+                allow_net: true,
+            },
         };
         let bytes = encode(&record).expect("encode");
         // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created.
-        let expected =
-            format!("0166020{}{}", "0", "07".repeat(32)) + "0ab0ea0101046403010141016201010102";
+        let expected = format!("0166020{}{}", "0", "07".repeat(32))
+            + "0ab0ea010104640301014101620101010200 01";
+        let expected = expected.replace(' ', "");
         assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
     }

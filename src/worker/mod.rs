@@ -319,7 +319,13 @@ impl Agent {
     async fn prewarm(&self, spec: proto::Prewarm) {
         let timeout = Duration::from_millis(spec.timeout_ms);
         let prepared = self
-            .prepare(spec.runtime, spec.code_hash, &spec.env, timeout)
+            .prepare(
+                spec.runtime,
+                spec.code_hash,
+                &spec.env,
+                timeout,
+                spec.isolation,
+            )
             .await;
         match prepared {
             Ok((argv, env)) => self.pool.prewarm(exec::WarmCall {
@@ -350,7 +356,13 @@ impl Agent {
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
     let timeout = Duration::from_millis(task.timeout_ms);
     let outcome = match agent
-        .prepare(task.runtime, task.code_hash, &task.env, timeout)
+        .prepare(
+            task.runtime,
+            task.code_hash,
+            &task.env,
+            timeout,
+            task.isolation,
+        )
         .await
     {
         Ok((argv, env)) => {
@@ -416,6 +428,7 @@ impl Agent {
         code_hash: proto::CodeHash,
         env: &[(String, String)],
         timeout: Duration,
+        isolation: proto::Isolation,
     ) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
         let config = &self.config;
         let code = match self.sender() {
@@ -425,7 +438,7 @@ impl Agent {
         .map_err(|m| (FailureReason::CodeUnavailable, m))?;
         let argv = config
             .runtimes
-            .command(runtime, &code, timeout)
+            .command(runtime, &code, timeout, isolation)
             .map_err(|m| {
                 (
                     FailureReason::InitFailed,

@@ -159,11 +159,25 @@ impl ExecutorArgs {
         match sandbox.probe() {
             Ok(()) => {
                 crate::exec::cgroup::sweep();
+                let cgroups = if sandbox.memory_bytes > 0 {
+                    format!(
+                        "cgroup memory limit {} bytes and pids limit",
+                        sandbox.memory_bytes
+                    )
+                } else {
+                    "no cgroup limits (no v1 memory and pids controllers here)".to_string()
+                };
                 tracing::info!(
-                    "sandbox: active (pid, mount, ipc, uts and net namespaces; private read-only filesystem with a {} byte tmpfs; rlimits; no_new_privs; uid {}; seccomp)",
+                    "sandbox: active (pid, mount, ipc, uts and net namespaces; private read-only filesystem with a {} byte tmpfs; {cgroups}; rlimits; no_new_privs; uid {}; seccomp)",
                     sandbox.tmpfs_bytes,
                     sandbox.uid
                 );
+                if self.sandbox == SandboxMode::Strict && sandbox.memory_bytes == 0 {
+                    return Err(exit::coded(
+                        exit::FAILURE,
+                        "--sandbox strict: no cgroup v1 memory and pids controllers on this machine",
+                    ));
+                }
                 Ok(Some(sandbox))
             }
             Err(why) if self.sandbox == SandboxMode::Auto => {

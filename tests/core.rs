@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, expect_error, register, status, submit, wait_finished};
+use common::{Server, expect_error, invoke, register, status, submit, wait_finished};
 use nix::sys::signal::Signal;
 
 fn text(bytes: &[u8]) -> String {
@@ -279,14 +279,7 @@ async fn bad_inputs_get_their_documented_status_and_the_server_stays_healthy() {
     let healthy = |client: faasd::client::Client| async move {
         let answer = client.get("/healthz").await.expect("healthz");
         assert_eq!(answer.status, 200);
-        let answer = client
-            .post(
-                "/v1/functions/ok/invoke",
-                "text/plain",
-                Bytes::from_static(b"still here"),
-            )
-            .await
-            .expect("invoke");
+        let answer = invoke(&client, "ok", b"still here").await;
         assert_eq!(&answer.body[..], b"still here");
     };
 

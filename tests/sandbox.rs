@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, register, submit, wait_finished};
+use common::{Server, invoke, register, submit, wait_finished};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -28,14 +28,7 @@ async fn run(server: &Server, name: &str, script: &str) -> (serde_json::Value, S
         .get(&format!("/v1/tasks/{id}/logs"))
         .await
         .expect("logs");
-    let benign = client
-        .post(
-            "/v1/functions/benign/invoke",
-            "text/plain",
-            Bytes::from_static(b"alive"),
-        )
-        .await
-        .expect("benign");
+    let benign = invoke(&client, "benign", b"alive").await;
     assert_eq!(
         &benign.body[..],
         b"alive",
@@ -179,22 +172,15 @@ async fn a_crash_is_reported_as_the_signal_it_was() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_runs_in_the_sandbox_too() {
     let server = sandboxed_server().await;
-    use base64::Engine;
     let code = "import os\ndef handle(p):\n    return '%d %d %s' % (os.getuid(), os.getpid(), os.getcwd())\n";
-    let body = serde_json::json!({
-        "name": "py",
-        "runtime": "python",
-        "code": base64::engine::general_purpose::STANDARD.encode(code),
-    });
     let client = server.client();
-    let answer = client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("register");
+    let answer = register(
+        &client,
+        "py",
+        code,
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
     assert_eq!(answer.status, 201);
     let answer = client
         .post("/v1/functions/py/invoke", "text/plain", Bytes::new())

@@ -33,26 +33,13 @@ def handle(payload):
 "#;
 
 async fn register_python(client: &faasd::client::Client, name: &str, extra: serde_json::Value) {
-    use base64::Engine;
-    let mut body = serde_json::json!({
-        "name": name,
-        "runtime": "python",
-        "code": base64::engine::general_purpose::STANDARD.encode(HANDLER),
-        "timeout": "2s",
-    });
+    let mut settings = serde_json::json!({"runtime": "python", "timeout": "2s"});
     if let serde_json::Value::Object(map) = extra {
         for (k, v) in map {
-            body[k] = v;
+            settings[k] = v;
         }
     }
-    let answer = client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("register");
+    let answer = register(client, name, HANDLER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
 }
 
@@ -340,22 +327,12 @@ async fn min_warm_executors_start_at_registration() {
     // A handler module whose import leaves a mark: it runs before any call.
     let code =
         "import os\nopen(os.environ['MARKER'], 'w').close()\ndef handle(p):\n    return b'ok'\n";
-    use base64::Engine;
-    let body = serde_json::json!({
-        "name": "eager",
+    let settings = serde_json::json!({
         "runtime": "python",
-        "code": base64::engine::general_purpose::STANDARD.encode(code),
         "min_warm": 1,
         "env": {"MARKER": marker.to_str().expect("utf8")},
     });
-    let answer = client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("register");
+    let answer = register(&client, "eager", code, settings).await;
     assert_eq!(answer.status, 201);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !marker.exists() {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, Worker, register, status, submit, wait_finished, wait_workers};
+use common::{Server, Worker, invoke, register, status, submit, wait_finished, wait_workers};
 use faasd::proto::{self, DispatchMode, Frame};
 use nix::sys::signal::{Signal, kill};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,14 +294,7 @@ async fn a_worker_reconnects_after_the_server_restarts() {
             .status,
         201
     );
-    let answer = client
-        .post(
-            "/v1/functions/echo/invoke",
-            "text/plain",
-            Bytes::from_static(b"before"),
-        )
-        .await
-        .expect("invoke");
+    let answer = invoke(&client, "echo", b"before").await;
     assert_eq!(&answer.body[..], b"before");
 
     assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
@@ -309,14 +302,7 @@ async fn a_worker_reconnects_after_the_server_restarts() {
     let server = Server::start_on(&data, &args);
     let client = server.client();
     wait_workers(&client, 1).await;
-    let answer = client
-        .post(
-            "/v1/functions/echo/invoke",
-            "text/plain",
-            Bytes::from_static(b"after"),
-        )
-        .await
-        .expect("invoke");
+    let answer = invoke(&client, "echo", b"after").await;
     assert_eq!(&answer.body[..], b"after");
 }
 

@@ -157,6 +157,18 @@ pub async fn register(
         .expect("register request")
 }
 
+/// A sync call of `name` with `payload`.
+pub async fn invoke(client: &Client, name: &str, payload: &[u8]) -> Answer {
+    client
+        .post(
+            &format!("/v1/functions/{name}/invoke"),
+            "application/octet-stream",
+            Bytes::copy_from_slice(payload),
+        )
+        .await
+        .expect("invoke request")
+}
+
 /// Submits an async call and returns the task id.
 pub async fn submit(client: &Client, name: &str, payload: &[u8]) -> String {
     let answer = client

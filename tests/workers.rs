@@ -89,12 +89,7 @@ async fn long_task_on_two_workers() -> (Server, [Worker; 2], String, nix::unistd
     let id = submit(&client, "who", b"").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let list: Vec<serde_json::Value> = client
-            .get("/v1/workers")
-            .await
-            .expect("workers")
-            .json()
-            .expect("json");
+        let list = common::workers(&client).await;
         if let Some(busy) = list.iter().find(|w| w["running"] == 1) {
             let name = busy["name"].as_str().expect("name");
             let index: usize = name.trim_start_matches('w').parse().expect("worker index");

@@ -278,16 +278,21 @@ impl Drop for Worker {
     }
 }
 
+/// The server's list of workers.
+pub async fn workers(client: &Client) -> Vec<serde_json::Value> {
+    client
+        .get("/v1/workers")
+        .await
+        .expect("workers")
+        .json()
+        .expect("json")
+}
+
 /// Waits (bounded) until the server lists `n` connected workers; returns the list.
 pub async fn wait_workers(client: &Client, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list: Vec<serde_json::Value> = client
-            .get("/v1/workers")
-            .await
-            .expect("workers")
-            .json()
-            .expect("json");
+        let list = workers(client).await;
         if list.len() == n {
             return list;
         }

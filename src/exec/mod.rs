@@ -9,6 +9,7 @@ pub mod cgroup;
 mod pool;
 mod runtimes;
 pub mod sandbox;
+mod seccomp;
 mod spawn;
 mod sys;
 mod warm;

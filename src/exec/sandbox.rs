@@ -22,7 +22,6 @@
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the
 //! system call, and the shim then exits with [`SETUP_FAILED`].
 
-use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -541,118 +540,9 @@ fn close_inherited_fds() -> Result<(), StepError> {
     Ok(())
 }
 
-/// The syscalls a function may not make; each answers EPERM.
-const DENIED: &[i64] = &[
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_bpf,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_perf_event_open,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_reboot,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_userfaultfd,
-];
-
-/// Namespace flags a `clone` may not carry.
-const NAMESPACE_FLAGS: &[u64] = &[
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWCGROUP as u64,
-];
-
-/// The seccomp filter as BPF.
-pub fn seccomp_program() -> Result<seccompiler::BpfProgram, String> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
-    let clone_rules = NAMESPACE_FLAGS
-        .iter()
-        .map(|flag| {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(*flag),
-                *flag,
-            )
-            .map_err(|e| e.to_string())?;
-            SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_clone, clone_rules);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    // clone3 passes its flags in memory a filter cannot read: refuse it with ENOSYS, so the C
-    // library falls back to clone, whose flags the filter checks.
-    program.splice(0..0, clone3_enosys());
-    Ok(program)
-}
-
-/// BPF that answers `clone3` with ENOSYS (checked before the generated filter).
-fn clone3_enosys() -> Vec<seccompiler::sock_filter> {
-    use seccompiler::sock_filter;
-    const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    vec![
-        // Load the syscall number (offset 0 of seccomp_data).
-        sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        sock_filter {
-            code: BPF_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_clone3 as u32,
-        },
-        sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        },
-    ]
-}
-
 /// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
 fn install_seccomp() -> Result<(), StepError> {
-    let program = seccomp_program().map_err(|_| StepError {
+    let program = super::seccomp::program().map_err(|_| StepError {
         call: "building the seccomp filter".into(),
         errno: Errno::EINVAL,
     })?;

@@ -283,6 +283,25 @@ impl Child {
     /// after a SIGKILL).
     ///
     /// [`exited`]: Child::exited
+    /// Kills the process group and reaps the child, then runs `after`; the reap (short, but a
+    /// blocking wait) runs off the async threads when there are any. Does nothing once reaped.
+    pub fn kill_and_reap_then(&mut self, after: impl FnOnce() + Send + 'static) {
+        if self.reaped {
+            return;
+        }
+        self.kill_group();
+        self.reaped = true;
+        let pid = self.pid;
+        let finish = move || {
+            let _ = reap(pid);
+            after();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(finish)),
+            Err(_) => finish(),
+        }
+    }
+
     /// Reaping twice is refused (the pid may belong to another process by then).
     pub fn reap(&mut self) -> Result<ExitStatus, SysError> {
         if self.reaped {
@@ -299,10 +318,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if !self.reaped {
-            // Dropped mid-run (the call was cancelled): nothing of it may outlive us.
-            self.kill_group();
-            let _ = reap(self.pid);
-        }
+        // Dropped mid-run (the call was cancelled): nothing of it may outlive us.
+        self.kill_and_reap_then(|| {});
     }
 }

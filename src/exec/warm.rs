@@ -296,12 +296,14 @@ impl WarmExecutor {
 
 impl Drop for WarmExecutor {
     fn drop(&mut self) {
-        if self.sandboxed {
-            // Reap first (the child's own drop would), then remove the call's cgroups.
-            self.child.kill_group();
-            let _ = self.child.reap();
-            super::cgroup::finish(self.child.pid());
-        }
+        // Reap first, then remove the call's cgroups (which must be empty by then).
+        let sandboxed = self.sandboxed;
+        let pid = self.child.pid();
+        self.child.kill_and_reap_then(move || {
+            if sandboxed {
+                super::cgroup::finish(pid);
+            }
+        });
     }
 }
 

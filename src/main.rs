@@ -12,6 +12,12 @@ fn main() -> std::process::ExitCode {
     {
         faasd::exec::sandbox::shim_main(&args[2..]);
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == faasd::exec::zygote::ZYGOTE_COMMAND)
+    {
+        faasd::exec::zygote::zygote_main();
+    }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

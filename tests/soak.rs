@@ -1,6 +1,6 @@
 //! No leaks: 10,000 sandboxed invocations, mixed cold and warm, some failing, then the server
-//! holds the same number of fds, has no zombie children, and has left no working directories
-//! or cgroups behind.
+//! and its sandbox zygote hold the same number of fds, have no children but the zygote, and
+//! have left no working directories or cgroups behind.
 
 mod common;
 
@@ -8,18 +8,39 @@ use std::time::{Duration, Instant};
 
 use common::{Server, register, submit, wait_finished};
 
-/// The server's open fds other than sockets (HTTP keep-alive connections come and go with the
-/// client; pipes, pidfds and files are what executors could leak).
+/// A process's open fds other than sockets (HTTP keep-alive connections come and go with the
+/// client; pipes, pidfds and files are what executors could leak) and network namespaces (the
+/// zygote's pool of them, bounded, grows with concurrency).
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fds")
         .flatten()
         .filter(|e| {
             std::fs::read_link(e.path())
-                .map(|target| !target.to_string_lossy().starts_with("socket:"))
+                .map(|target| {
+                    let target = target.to_string_lossy();
+                    !target.starts_with("socket:") && !target.starts_with("net:")
+                })
                 .unwrap_or(false)
         })
         .count()
+}
+
+/// The pooled network namespaces a process holds.
+fn netns_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("net:"))
+        })
+        .count()
+}
+
+fn is_zygote(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__zygote"))
 }
 
 /// Children of `pid` and their states.
@@ -100,8 +121,19 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         wait_finished(&client, &submit(&client, name, b"x").await).await;
     }
     let work = server.data.join("work");
+    let zygotes: Vec<u32> = children(pid)
+        .into_iter()
+        .map(|(child, _)| child)
+        .filter(|child| is_zygote(*child))
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one sandbox zygote: {zygotes:?}");
+    let zygote = zygotes[0];
     let no_executors = || {
-        let kids = children(pid);
+        let kids: Vec<_> = children(pid)
+            .into_iter()
+            .filter(|(child, _)| *child != zygote)
+            .chain(children(zygote))
+            .collect();
         if kids.is_empty() {
             Ok(())
         } else {
@@ -110,6 +142,7 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
     };
     eventually("executors stop when idle", no_executors).await;
     let baseline = fd_count(pid);
+    let zygote_baseline = fd_count(zygote);
 
     // 10,000 invocations: 8,000 warm (1 in 10 raising), 1,500 cold, 500 failing cold.
     let mut jobs = tokio::task::JoinSet::new();
@@ -158,6 +191,22 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         }
     })
     .await;
+    eventually("the zygote's fd count returns to the baseline", || {
+        let now = fd_count(zygote);
+        if now == zygote_baseline {
+            Ok(())
+        } else {
+            Err(format!("{now} fds, baseline {zygote_baseline}"))
+        }
+    })
+    .await;
+    // Two slots and their warm executors: never more than a few namespaces in use at once.
+    let pooled = netns_count(zygote);
+    assert!((1..=8).contains(&pooled), "{pooled} pooled network namespaces");
+    assert!(
+        children(pid).iter().any(|(child, _)| *child == zygote),
+        "the same zygote served every call"
+    );
     eventually("no working directories left", || {
         let left: Vec<_> = std::fs::read_dir(&work)
             .expect("work dir")

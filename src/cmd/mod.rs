@@ -138,57 +138,70 @@ impl ExecutorArgs {
             uid: self.sandbox_user.0,
             gid: self.sandbox_user.1,
             tmpfs_bytes: self.sandbox_tmpfs as u64,
-            memory_bytes: if crate::exec::cgroup::available() {
-                self.sandbox_memory as u64
-            } else {
-                0
-            },
+            memory_bytes: self.sandbox_memory as u64,
+            namespaces: true,
+            isolate_net: true,
+            drop_uid: true,
         })
     }
 
-    /// The sandbox to use, after probing it: `None` for `--sandbox none`, or for `auto` when
-    /// this machine cannot apply every layer (logged with the reason).
+    /// The sandbox to use, after finding which layers apply here (each logged, with the reason
+    /// for any that cannot): `None` for `--sandbox none`, or for `auto` when not even the base
+    /// layers apply; `strict` refuses to start without every layer.
     pub fn sandbox(&self) -> anyhow::Result<Option<crate::exec::Sandbox>> {
+        use crate::exec::layers::State;
         if self.sandbox == SandboxMode::None {
             tracing::warn!(
                 "sandbox: off (--sandbox none): functions run with the worker's privileges"
             );
             return Ok(None);
         }
-        let sandbox = self.sandbox_settings()?;
-        match sandbox.probe() {
-            Ok(()) => {
-                crate::exec::cgroup::sweep();
-                let cgroups = if sandbox.memory_bytes > 0 {
-                    format!(
-                        "cgroup memory limit {} bytes and pids limit",
-                        sandbox.memory_bytes
-                    )
-                } else {
-                    "no cgroup limits (no v1 memory and pids controllers here)".to_string()
-                };
-                tracing::info!(
-                    "sandbox: active (pid, mount, ipc, uts and net namespaces; private read-only filesystem with a {} byte tmpfs; {cgroups}; rlimits; no_new_privs; uid {}; seccomp)",
-                    sandbox.tmpfs_bytes,
-                    sandbox.uid
-                );
-                if self.sandbox == SandboxMode::Strict && sandbox.memory_bytes == 0 {
-                    return Err(exit::coded(
-                        exit::FAILURE,
-                        "--sandbox strict: no cgroup v1 memory and pids controllers on this machine",
-                    ));
+        let wanted = self.sandbox_settings()?;
+        let (sandbox, layers) = crate::exec::layers::negotiate(&wanted);
+        let mut missing = Vec::new();
+        for layer in &layers {
+            match &layer.state {
+                State::Active(note) if note.is_empty() => {
+                    tracing::info!("sandbox layer active: {}", layer.name)
                 }
-                Ok(Some(sandbox))
+                State::Active(note) => {
+                    tracing::info!("sandbox layer active: {} ({note})", layer.name)
+                }
+                State::Unavailable(why) => {
+                    tracing::warn!("sandbox layer unavailable: {}: {why}", layer.name);
+                    missing.push(format!("{} ({why})", layer.name));
+                }
             }
-            Err(why) if self.sandbox == SandboxMode::Auto => {
-                tracing::warn!("sandbox: off, it cannot be applied here: {why}");
-                Ok(None)
-            }
-            Err(why) => Err(exit::coded(
-                exit::FAILURE,
-                format!("--sandbox strict: the sandbox cannot be applied here: {why}"),
-            )),
         }
+        if self.sandbox == SandboxMode::Strict && !missing.is_empty() {
+            return Err(exit::coded(
+                exit::FAILURE,
+                format!(
+                    "--sandbox strict: these layers cannot be applied here: {}",
+                    missing.join("; ")
+                ),
+            ));
+        }
+        let Some(sandbox) = sandbox else {
+            tracing::warn!("sandbox: off, not even its base layers can be applied here");
+            return Ok(None);
+        };
+        if sandbox.memory_bytes > 0 {
+            crate::exec::cgroup::sweep();
+        }
+        match crate::exec::zygote::start(&sandbox.faasd) {
+            Ok(started) if started.fast_attach => tracing::info!(
+                "sandbox zygote ready: executors are forked from it, network namespaces pooled, cgroup moves fast (favordynmods)"
+            ),
+            Ok(started) => tracing::info!(
+                "sandbox zygote ready: executors are forked from it, network namespaces pooled; cgroup moves stay slow ({})",
+                started.note
+            ),
+            Err(why) => tracing::warn!(
+                "sandbox zygote unavailable ({why}): each executor starts through an exec of the shim"
+            ),
+        }
+        Ok(Some(sandbox))
     }
 
     /// Resolves the interpreter, probes the sandbox, and writes the harness into `dir`.

@@ -159,37 +159,21 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
 
 /// `--check-sandbox`: the table of layers and whether each applies here.
 fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
-    let sandbox = executors.sandbox_settings()?;
-    // The shim applies every layer or fails at the first it cannot, naming its system call.
-    let probe = sandbox.probe();
-    let state = match &probe {
-        Ok(()) => "active".to_string(),
-        Err(why) => format!("unavailable ({why})"),
-    };
-    let layers = [
-        "new session and process group, default signals",
-        "PR_SET_PDEATHSIG",
-        "pid, mount, ipc and uts namespaces",
-        "network namespace (loopback only)",
-        "private read-only filesystem, tmpfs /tmp, fresh /proc",
-        "rlimits: core, nofile, fsize, cpu, nproc",
-        "no_new_privs, unprivileged uid/gid, no capabilities",
-        "inherited fds closed, environment cleared",
-        "seccomp filter",
-    ];
-    println!("{:<56} STATE", "LAYER");
-    for layer in layers {
-        println!("{layer:<56} {state}");
+    use crate::exec::layers::State;
+    let wanted = executors.sandbox_settings()?;
+    let (_, layers) = crate::exec::layers::negotiate(&wanted);
+    println!("{:<64} STATE", "LAYER");
+    let mut all = true;
+    for layer in &layers {
+        let state = match &layer.state {
+            State::Active(note) if note.is_empty() => "active".to_string(),
+            State::Active(note) => format!("active ({note})"),
+            State::Unavailable(why) => {
+                all = false;
+                format!("unavailable ({why})")
+            }
+        };
+        println!("{:<64} {state}", layer.name);
     }
-    let cgroups = if sandbox.memory_bytes == 0 {
-        "unavailable (no cgroup v1 memory and pids controllers)".to_string()
-    } else {
-        state.clone()
-    };
-    println!("{:<56} {cgroups}", "cgroup memory and pids limits (v1)");
-    Ok(if probe.is_ok() {
-        exit::OK
-    } else {
-        exit::FAILURE
-    })
+    Ok(if all { exit::OK } else { exit::FAILURE })
 }

@@ -6,6 +6,7 @@
 //! process group is killed when the call ends or times out.
 
 pub mod cgroup;
+pub mod layers;
 mod pool;
 mod runtimes;
 pub mod sandbox;
@@ -13,6 +14,7 @@ mod seccomp;
 mod spawn;
 mod sys;
 mod warm;
+pub mod zygote;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -39,6 +39,12 @@ pub struct Sandbox {
     pub tmpfs_bytes: u64,
     /// Memory limit of each call (0: no cgroups).
     pub memory_bytes: u64,
+    /// New namespaces and a private filesystem for each executor.
+    pub namespaces: bool,
+    /// A network namespace of its own for each executor of a function without `--allow-net`.
+    pub isolate_net: bool,
+    /// Switch to `uid`/`gid` (off when the worker already runs unprivileged).
+    pub drop_uid: bool,
 }
 
 impl Sandbox {
@@ -55,7 +61,9 @@ impl Sandbox {
             (default, own) => own.unwrap_or(default),
         };
         sandbox::Config {
-            allow_net: isolation.allow_net,
+            allow_net: isolation.allow_net || !self.isolate_net,
+            namespaces: self.namespaces,
+            drop_uid: self.drop_uid,
             tmpfs_bytes: self.tmpfs_bytes,
             // A little over the timeout: the timeout itself is enforced by the worker.
             cpu_seconds: timeout.as_secs() + 2,
@@ -145,6 +153,15 @@ impl Runtimes {
         let Some(sandbox) = &self.sandbox else {
             return self.program(runtime, bundle, &self.harness);
         };
+        if !sandbox.namespaces {
+            // No private filesystem: the program sees the host's paths.
+            let argv = self.program(runtime, bundle, &self.harness)?;
+            return Ok(sandbox::wrap(
+                &sandbox.faasd,
+                &sandbox.config(timeout, Vec::new(), isolation),
+                argv,
+            ));
+        }
         // Inside, the bundle and the harness sit at fixed paths; the interpreter's installation
         // at its own path (its location is how it finds its library).
         let mut read_only = vec![(bundle.to_owned(), PathBuf::from(SANDBOX_BUNDLE))];
@@ -204,11 +221,11 @@ impl Runtimes {
                 }
             };
             if !self.python_path.is_empty() {
-                let dirs: Vec<PathBuf> = match self.sandbox {
-                    Some(_) => (0..self.python_path.len())
+                let dirs: Vec<PathBuf> = match &self.sandbox {
+                    Some(sandbox) if sandbox.namespaces => (0..self.python_path.len())
                         .map(sandbox_python_path)
                         .collect(),
-                    None => self.python_path.clone(),
+                    _ => self.python_path.clone(),
                 };
                 let joined = std::env::join_paths(&dirs)
                     .map(|p| p.to_string_lossy().into_owned())

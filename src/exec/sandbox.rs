@@ -53,6 +53,12 @@ pub const WORKDIR: &str = "/tmp";
 pub struct Config {
     /// Leave the network namespace shared (the function was registered with network access).
     pub allow_net: bool,
+    /// New namespaces and the private filesystem (off where the worker may not make them).
+    #[serde(default = "on")]
+    pub namespaces: bool,
+    /// Switch to `uid`/`gid` (off where the worker may not, or already runs unprivileged).
+    #[serde(default = "on")]
+    pub drop_uid: bool,
     /// Size of the writable tmpfs (`/tmp`, the working directory), also `RLIMIT_FSIZE`.
     pub tmpfs_bytes: u64,
     /// CPU seconds (`RLIMIT_CPU`).
@@ -70,6 +76,10 @@ pub struct Config {
     /// Host paths made visible read-only, each at the given path inside (the bundle, the
     /// interpreter...).
     pub read_only: Vec<(PathBuf, PathBuf)>,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// Host directories every sandbox sees read-only (symlinks among them are recreated).
@@ -101,9 +111,16 @@ const DEVICES: &[&str] = &[
 
 /// A failed set-up step, naming the system call.
 #[derive(Debug)]
-struct StepError {
+pub(super) struct StepError {
     call: String,
     errno: Errno,
+}
+
+impl StepError {
+    /// The error number.
+    pub(super) fn errno(&self) -> Errno {
+        self.errno
+    }
 }
 
 impl std::fmt::Display for StepError {
@@ -140,7 +157,10 @@ pub fn wrap(faasd: &Path, config: &Config, argv: Vec<OsString>) -> Vec<OsString>
 
 /// Runs the shim: `args` are what follows `__sandbox` on the command line. Never returns.
 pub fn shim_main(args: &[OsString]) -> ! {
-    let code = match shim(args) {
+    let code = match shim(args).and_then(|(config, argv)| {
+        let env: Vec<OsString> = std::env::vars_os().map(|(k, v)| env_entry(k, &v)).collect();
+        run(&config, argv, &env, &Prepared::default())
+    }) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{ERROR_PREFIX}{e}");
@@ -150,7 +170,24 @@ pub fn shim_main(args: &[OsString]) -> ! {
     std::process::exit(code)
 }
 
-fn shim(args: &[OsString]) -> Result<i32, StepError> {
+/// What a zygote did ahead of time for the shim.
+#[derive(Default)]
+pub(super) struct Prepared {
+    /// The shim already sits in a pooled network namespace with loopback up.
+    pub net_joined: bool,
+    /// The seccomp filter, compiled once.
+    pub filter: Option<seccompiler::BpfProgram>,
+}
+
+fn env_entry(key: OsString, value: &std::ffi::OsStr) -> OsString {
+    let mut kv = key;
+    kv.push("=");
+    kv.push(value);
+    kv
+}
+
+/// Splits the shim's arguments into its config and the function's command line.
+pub(super) fn shim(args: &[OsString]) -> Result<(Config, &[OsString]), StepError> {
     let bad = |what: &str| StepError {
         call: format!("reading the sandbox arguments ({what})"),
         errno: Errno::EINVAL,
@@ -161,8 +198,21 @@ fn shim(args: &[OsString]) -> Result<i32, StepError> {
     };
     let config: Config =
         serde_json::from_slice(config.as_bytes()).map_err(|_| bad("config is not valid JSON"))?;
+    Ok((config, argv))
+}
 
-    // 1. Die with the worker.
+/// Applies every layer and runs `argv` with exactly `env`; returns the exit status to end with.
+/// `prepared` is what a zygote has already done.
+pub(super) fn run(
+    config: &Config,
+    argv: &[OsString],
+    env: &[OsString],
+    prepared: &Prepared,
+) -> Result<i32, StepError> {
+    // 1. Default dispositions for every signal (a Rust program starts with SIGPIPE ignored,
+    //    and an ignored signal stays ignored across exec) and an empty mask; die with the
+    //    worker.
+    reset_signals();
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(StepError {
@@ -182,14 +232,17 @@ fn shim(args: &[OsString]) -> Result<i32, StepError> {
     }
 
     // 2. Namespaces; the PID namespace takes effect for the next child.
-    let mut flags = CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
-    if !config.allow_net {
-        flags |= CloneFlags::CLONE_NEWNET;
+    let new_net = config.namespaces && !config.allow_net && !prepared.net_joined;
+    if config.namespaces {
+        let mut flags = CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS;
+        if new_net {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        step("unshare(PID|NS|IPC|UTS|NET)", unshare(flags))?;
     }
-    step("unshare(PID|NS|IPC|UTS|NET)", unshare(flags))?;
 
     // The namespace's init reports how the function ended through this pipe.
     let (report_r, report_w) = step("pipe2", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
@@ -202,7 +255,7 @@ fn shim(args: &[OsString]) -> Result<i32, StepError> {
         }
         ForkResult::Child => {
             drop(report_r);
-            let err = match init(&config, argv, report_w) {
+            let err = match init(config, new_net, argv, env, prepared, report_w) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -248,19 +301,32 @@ fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
 /// every process left in the namespace.
 fn init(
     config: &Config,
+    new_net: bool,
     argv: &[OsString],
+    env: &[OsString],
+    prepared: &Prepared,
     report: std::os::fd::OwnedFd,
 ) -> Result<std::convert::Infallible, StepError> {
-    let _ = nix::unistd::sethostname("faasd");
-    if !config.allow_net {
-        loopback_up()?;
+    // If the shim dies (killed with the worker), init dies, and the namespace with it.
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(StepError {
+            call: "prctl(PR_SET_PDEATHSIG) in init".into(),
+            errno: Errno::last(),
+        });
     }
-    build_root(config)?;
+    if config.namespaces {
+        let _ = nix::unistd::sethostname("faasd");
+        if new_net {
+            loopback_up()?;
+        }
+        build_root(config)?;
+    }
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
         ForkResult::Child => {
             drop(report);
-            let err = match start_function(config, argv) {
+            let err = match start_function(config, argv, env, prepared) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -292,12 +358,30 @@ fn init(
 fn start_function(
     config: &Config,
     argv: &[OsString],
+    env: &[OsString],
+    prepared: &Prepared,
 ) -> Result<std::convert::Infallible, StepError> {
     limit(config)?;
     drop_privileges(config)?;
     close_inherited_fds()?;
-    install_seccomp()?;
-    exec(argv)
+    install_seccomp(prepared.filter.as_ref())?;
+    exec(argv, env, config.namespaces)
+}
+
+/// Every catchable signal back to its default disposition, and an empty signal mask.
+fn reset_signals() {
+    for signo in 1..=libc::SIGRTMAX() {
+        if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+            // SAFETY: restoring the default disposition of a signal is always sound; numbers
+            // the kernel refuses (reserved by the C library) just fail.
+            unsafe { libc::signal(signo, libc::SIG_DFL) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
 }
 
 fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), StepError> {
@@ -367,7 +451,7 @@ fn io_step(call: &str, path: &Path, e: std::io::Error) -> StepError {
 }
 
 /// In a new network namespace, brings up loopback (its only interface).
-fn loopback_up() -> Result<(), StepError> {
+pub(super) fn loopback_up() -> Result<(), StepError> {
     let failed = |call: &str| StepError {
         call: call.into(),
         errno: Errno::last(),
@@ -521,6 +605,9 @@ fn drop_privileges(config: &Config) -> Result<(), StepError> {
             errno: Errno::last(),
         });
     }
+    if !config.drop_uid {
+        return Ok(());
+    }
     let (uid, gid) = (Uid::from_raw(config.uid), Gid::from_raw(config.gid));
     step("setgroups", nix::unistd::setgroups(&[gid]))?;
     step("setresgid", nix::unistd::setresgid(gid, gid, gid))?;
@@ -541,18 +628,29 @@ fn close_inherited_fds() -> Result<(), StepError> {
 }
 
 /// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
-fn install_seccomp() -> Result<(), StepError> {
-    let program = super::seccomp::program().map_err(|_| StepError {
-        call: "building the seccomp filter".into(),
-        errno: Errno::EINVAL,
-    })?;
-    seccompiler::apply_filter(&program).map_err(|_| StepError {
+fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), StepError> {
+    let built;
+    let program = match compiled {
+        Some(program) => program,
+        None => {
+            built = super::seccomp::program().map_err(|_| StepError {
+                call: "building the seccomp filter".into(),
+                errno: Errno::EINVAL,
+            })?;
+            &built
+        }
+    };
+    seccompiler::apply_filter(program).map_err(|_| StepError {
         call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(),
         errno: Errno::last(),
     })
 }
 
-fn exec(argv: &[OsString]) -> Result<std::convert::Infallible, StepError> {
+fn exec(
+    argv: &[OsString],
+    env: &[OsString],
+    private_fs: bool,
+) -> Result<std::convert::Infallible, StepError> {
     let c = |s: &OsString| {
         CString::new(s.as_bytes()).map_err(|_| StepError {
             call: "execve (argument with a NUL byte)".into(),
@@ -560,17 +658,21 @@ fn exec(argv: &[OsString]) -> Result<std::convert::Infallible, StepError> {
         })
     };
     let args = argv.iter().map(c).collect::<Result<Vec<_>, _>>()?;
-    // HOME and TMPDIR point at the sandbox's own writable space.
-    let env = std::env::vars_os()
-        .filter(|(k, _)| k != "HOME" && k != "TMPDIR")
-        .map(|(k, v)| {
-            let mut kv = k;
-            kv.push("=");
-            kv.push(v);
-            kv
+    // HOME and TMPDIR point at the sandbox's own writable space (without a private filesystem
+    // the worker already pointed them at the working directory).
+    let own: &[OsString] = if private_fs {
+        &[OsString::from("HOME=/tmp"), OsString::from("TMPDIR=/tmp")][..]
+    } else {
+        &[]
+    };
+    let env = env
+        .iter()
+        .filter(|kv| {
+            let b = kv.as_bytes();
+            !private_fs || (!b.starts_with(b"HOME=") && !b.starts_with(b"TMPDIR="))
         })
-        .chain([OsString::from("HOME=/tmp"), OsString::from("TMPDIR=/tmp")])
-        .map(|kv| c(&kv))
+        .chain(own)
+        .map(c)
         .collect::<Result<Vec<_>, _>>()?;
     let program = args[0].clone();
     step(

@@ -74,7 +74,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
     // holds its write descriptor; that clears within microseconds.
     let mut tries = 0;
     loop {
-        match sys::spawn(&c_program, &argv, &envp, &cwd) {
+        let zygote = super::zygote::get().filter(|_| super::sandbox::is_wrapped(spec.argv));
+        let started = match zygote {
+            Some(zygote) => sys::spawn_in_zygote(zygote, &argv, &envp, &cwd),
+            None => sys::spawn(&c_program, &argv, &envp, &cwd),
+        };
+        match started {
             Ok(child) => return Ok(child),
             Err(e) if e.errno == nix::errno::Errno::ETXTBSY && tries < 20 => {
                 tries += 1;

@@ -9,7 +9,7 @@
 //! clone and exec. Its exit is watched through a pidfd.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitStatus;
 
 use nix::errno::Errno;
@@ -47,6 +47,8 @@ pub struct Child {
     pid: Pid,
     pidfd: AsyncFd<OwnedFd>,
     reaped: bool,
+    /// The sandbox zygote, when it forked the child (and so reaps it).
+    zygote: Option<&'static super::zygote::Zygote>,
     /// The write end of the child's stdin.
     pub stdin: Option<OwnedFd>,
     /// The read end of the child's stdout.
@@ -102,6 +104,63 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
         call: "pipe2",
         errno,
     })
+}
+
+/// Has the sandbox zygote fork a shim for `argv` (a [`super::sandbox::wrap`] command line)
+/// with exactly `envp`, in `cwd`, in a new session: what [`spawn`] does, without an `exec` of
+/// faasd.
+pub fn spawn_in_zygote(
+    zygote: &'static super::zygote::Zygote,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CStr,
+) -> Result<Child, SysError> {
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (pid, pidfd) = zygote.spawn(
+        argv,
+        envp,
+        cwd,
+        [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
+    )?;
+    drop((stdin_r, stdout_w, stderr_w));
+    let pid = Pid::from_raw(pid);
+    // SAFETY: `OwnedFd::as_raw_fd` always returns the one fd it owns, open until it drops.
+    let pidfd =
+        match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let (fd, _) = e.into_parts();
+                wait_exited(&fd);
+                let _ = zygote.reap(pid.as_raw());
+                return Err(SysError {
+                    call: "epoll_ctl(pidfd)",
+                    errno: Errno::EIO,
+                });
+            }
+        };
+    Ok(Child {
+        pid,
+        pidfd,
+        reaped: false,
+        zygote: Some(zygote),
+        stdin: Some(stdin_w),
+        stdout: Some(stdout_r),
+        stderr: Some(stderr_r),
+    })
+}
+
+/// Blocks until the process behind `pidfd` has exited.
+fn wait_exited(pidfd: &OwnedFd) {
+    let mut fd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the pidfd stays open for the call.
+    while unsafe { libc::poll(&mut fd, 1, -1) } < 0 && Errno::last() == Errno::EINTR {}
 }
 
 /// Starts `program` with `argv` and exactly `envp`, in `cwd`, in a new session.
@@ -193,6 +252,7 @@ pub fn spawn(
         pid,
         pidfd,
         reaped: false,
+        zygote: None,
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -277,6 +337,11 @@ impl Child {
         }
         // ESRCH (the group is already gone) is the normal case after a clean exit.
         let _ = killpg(self.pid, Signal::SIGKILL);
+        // A child the zygote has just forked may not have made its session yet (it does
+        // before it starts anything else), so it is also signalled on its own.
+        if self.zygote.is_some() {
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        }
     }
 
     /// Collects the exit status (blocks until the child has exited: call after [`exited`] or
@@ -292,8 +357,18 @@ impl Child {
         self.kill_group();
         self.reaped = true;
         let pid = self.pid;
+        let zygote = self.zygote;
+        // The zygote reaps only a child that has ended; wait for that on a copy of the pidfd.
+        let pidfd = self.pidfd.get_ref().try_clone().ok();
         let finish = move || {
-            let _ = reap(pid);
+            match (zygote, pidfd) {
+                (Some(zygote), Some(pidfd)) => {
+                    wait_exited(&pidfd);
+                    let _ = zygote.reap(pid.as_raw());
+                }
+                (Some(_), None) => {}
+                (None, _) => drop(reap(pid)),
+            }
             after();
         };
         match tokio::runtime::Handle::try_current() {
@@ -310,7 +385,13 @@ impl Child {
                 errno: Errno::ECHILD,
             });
         }
-        let status = reap(self.pid);
+        let status = match self.zygote {
+            Some(zygote) => {
+                wait_exited(self.pidfd.get_ref());
+                zygote.reap(self.pid.as_raw())
+            }
+            None => reap(self.pid),
+        };
         self.reaped = true;
         status
     }

@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
         .get(1)
         .is_some_and(|a| a == faasd::exec::zygote::ZYGOTE_COMMAND)
     {
-        faasd::exec::zygote::zygote_main();
+        faasd::exec::zygote::zygote_main(&args[2..]);
     }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);

@@ -202,7 +202,10 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
     .await;
     // Two slots and their warm executors: never more than a few namespaces in use at once.
     let pooled = netns_count(zygote);
-    assert!((1..=8).contains(&pooled), "{pooled} pooled network namespaces");
+    assert!(
+        (1..=8).contains(&pooled),
+        "{pooled} pooled network namespaces"
+    );
     assert!(
         children(pid).iter().any(|(child, _)| *child == zygote),
         "the same zygote served every call"

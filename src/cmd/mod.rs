@@ -189,18 +189,6 @@ impl ExecutorArgs {
         if sandbox.memory_bytes > 0 {
             crate::exec::cgroup::sweep();
         }
-        match crate::exec::zygote::start(&sandbox.faasd) {
-            Ok(started) if started.fast_attach => tracing::info!(
-                "sandbox zygote ready: executors are forked from it, network namespaces pooled, cgroup moves fast (favordynmods)"
-            ),
-            Ok(started) => tracing::info!(
-                "sandbox zygote ready: executors are forked from it, network namespaces pooled; cgroup moves stay slow ({})",
-                started.note
-            ),
-            Err(why) => tracing::warn!(
-                "sandbox zygote unavailable ({why}): each executor starts through an exec of the shim"
-            ),
-        }
         Ok(Some(sandbox))
     }
 
@@ -208,6 +196,20 @@ impl ExecutorArgs {
     pub fn runtimes(&self, dir: &std::path::Path) -> anyhow::Result<crate::exec::Runtimes> {
         use anyhow::Context;
         let sandbox = self.sandbox()?;
+        if let Some(sandbox) = &sandbox {
+            match crate::exec::zygote::start(&sandbox.faasd, &dir.join("zygote")) {
+                Ok(started) if started.fast_attach => tracing::info!(
+                    "sandbox zygote ready: executors are forked from it, network namespaces pooled, cgroup moves fast (favordynmods)"
+                ),
+                Ok(started) => tracing::info!(
+                    "sandbox zygote ready: executors are forked from it, network namespaces pooled; cgroup moves stay slow ({})",
+                    started.note
+                ),
+                Err(why) => tracing::warn!(
+                    "sandbox zygote unavailable ({why}): each executor starts through an exec of the shim"
+                ),
+            }
+        }
         crate::exec::Runtimes::new(
             self.python.as_deref(),
             self.python_path.clone(),

@@ -13,7 +13,7 @@ use crate::proto::{Isolation, Runtime};
 const HARNESS: &str = include_str!("harness.py");
 
 /// Where the sandbox shows the function's bundle.
-const SANDBOX_BUNDLE: &str = "/faasd/bundle";
+const SANDBOX_BUNDLE: &str = sandbox::BUNDLE;
 
 /// Where the sandbox shows the Python harness.
 const SANDBOX_HARNESS: &str = "/faasd/harness.py";

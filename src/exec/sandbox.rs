@@ -177,6 +177,8 @@ pub(super) struct Prepared {
     pub net_joined: bool,
     /// The seccomp filter, compiled once.
     pub filter: Option<seccompiler::BpfProgram>,
+    /// A root the zygote built for this set of read-only paths (see [`fill_template`]).
+    pub template: Option<PathBuf>,
 }
 
 fn env_entry(key: OsString, value: &std::ffi::OsStr) -> OsString {
@@ -320,7 +322,7 @@ fn init(
         if new_net {
             loopback_up()?;
         }
-        build_root(config)?;
+        build_root(config, prepared.template.as_deref())?;
     }
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
@@ -484,30 +486,30 @@ pub(super) fn loopback_up() -> Result<(), StepError> {
     result
 }
 
-/// Step 3: the private filesystem view, then `pivot_root` into it.
-fn build_root(config: &Config) -> Result<(), StepError> {
+/// Where the sandbox shows the function's bundle.
+pub const BUNDLE: &str = "/faasd/bundle";
+
+/// Step 3: the private filesystem view, then `pivot_root` into it: over a template a zygote
+/// built once, or built here from nothing.
+fn build_root(config: &Config, template: Option<&Path>) -> Result<(), StepError> {
     let none: Option<&str> = None;
     step(
         "mount(make / private)",
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
     )?;
-    // The new root is a tmpfs over the executor's fresh, empty working directory (the worker
-    // made it; no path the sandbox shows lies beneath it), visible only in this namespace.
-    let root = &std::env::current_dir().map_err(|e| io_step("getcwd", Path::new("."), e))?;
-    step(
-        "mount(tmpfs root)",
-        mount(
-            Some("tmpfs"),
-            root,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("size=16m,mode=0755"),
-        ),
-    )?;
-    // The function's writable space first (so nothing bound below can be hidden by it): a
-    // size-capped tmpfs owned by its uid.
+    let root = match template {
+        Some(template) => template.to_owned(),
+        None => {
+            // A tmpfs over the executor's fresh, empty working directory (the worker made it;
+            // no path the sandbox shows lies beneath it), visible only in this namespace.
+            let root = std::env::current_dir().map_err(|e| io_step("getcwd", Path::new("."), e))?;
+            let everything: Vec<_> = config.read_only.iter().collect();
+            fill_template(&root, &everything, None)?;
+            root
+        }
+    };
+    // The function's writable space: a size-capped tmpfs owned by its uid.
     let work = root.join(WORKDIR.trim_start_matches('/'));
-    std::fs::create_dir_all(&work).map_err(|e| io_step("mkdir", &work, e))?;
     let options = format!(
         "size={},mode=0700,uid={},gid={}",
         config.tmpfs_bytes, config.uid, config.gid
@@ -522,19 +524,16 @@ fn build_root(config: &Config) -> Result<(), StepError> {
             Some(options.as_str()),
         ),
     )?;
-    let system = SYSTEM_PATHS
-        .iter()
-        .chain(ETC_FILES)
-        .chain(DEVICES)
-        .map(|p| (PathBuf::from(p), PathBuf::from(p)));
-    for (host, inside) in system.chain(config.read_only.iter().cloned()) {
-        if let Some(target) = mirror(&host, &inside, root)? {
-            bind_read_only(&host, &target, host.starts_with("/dev"))?;
+    if template.is_some() {
+        // The template has a mount point for the bundle, of the right kind.
+        for (host, inside) in config
+            .read_only
+            .iter()
+            .filter(|(_, inside)| inside == Path::new(BUNDLE))
+        {
+            let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
+            bind_read_only(host, &target, false)?;
         }
-    }
-    for dir in ["proc", "dev", ".old-root"] {
-        let d = root.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| io_step("mkdir", &d, e))?;
     }
     step("chdir(new root)", nix::unistd::chdir(root.as_path()))?;
     step("pivot_root", nix::unistd::pivot_root(".", ".old-root"))?;
@@ -543,7 +542,6 @@ fn build_root(config: &Config) -> Result<(), StepError> {
         "umount2(old root)",
         umount2("/.old-root", MntFlags::MNT_DETACH),
     )?;
-    let _ = std::fs::remove_dir("/.old-root");
     step(
         "mount(proc)",
         mount(
@@ -554,18 +552,67 @@ fn build_root(config: &Config) -> Result<(), StepError> {
             none,
         ),
     )?;
+    step("chdir(/tmp)", nix::unistd::chdir(WORKDIR))
+}
+
+/// Builds a root at `root` (a directory): a tmpfs holding read-only binds of the system paths
+/// and of `read_only`, mount points for `/tmp`, `/proc` and (when `bundle_stub` says whether
+/// it is a directory) the bundle, then made read-only. A zygote builds one per set of paths and
+/// every executor's root is a copy of it; without a zygote each executor builds its own.
+pub(super) fn fill_template(
+    root: &Path,
+    read_only: &[&(PathBuf, PathBuf)],
+    bundle_stub: Option<bool>,
+) -> Result<(), StepError> {
+    let none: Option<&str> = None;
+    step(
+        "mount(tmpfs root)",
+        mount(
+            Some("tmpfs"),
+            root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=16m,mode=0755"),
+        ),
+    )?;
+    // The function's writable space's mount point first (so nothing bound below is hidden).
+    for dir in [WORKDIR.trim_start_matches('/'), "proc", "dev", ".old-root"] {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| io_step("mkdir", &d, e))?;
+    }
+    let system = SYSTEM_PATHS
+        .iter()
+        .chain(ETC_FILES)
+        .chain(DEVICES)
+        .map(|p| (PathBuf::from(p), PathBuf::from(p)));
+    for (host, inside) in system.chain(read_only.iter().map(|&p| p.clone())) {
+        if let Some(target) = mirror(&host, &inside, root)? {
+            bind_read_only(&host, &target, host.starts_with("/dev"))?;
+        }
+    }
+    if let Some(is_dir) = bundle_stub {
+        let stub = root.join(BUNDLE.trim_start_matches('/'));
+        if let Some(parent) = stub.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_step("mkdir", parent, e))?;
+        }
+        let made = if is_dir {
+            std::fs::create_dir(&stub)
+        } else {
+            std::fs::File::create(&stub).map(drop)
+        };
+        made.map_err(|e| io_step("mkdir", &stub, e))?;
+    }
     // Everything but /tmp is read-only from here on.
     step(
-        "mount(remount / read-only)",
+        "mount(remount root read-only)",
         mount(
             none,
-            "/",
+            root,
             none,
             MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             none,
         ),
-    )?;
-    step("chdir(/tmp)", nix::unistd::chdir(WORKDIR))
+    )
 }
 
 /// Step 4: resource limits.

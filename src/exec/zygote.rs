@@ -189,6 +189,8 @@ fn read_frame<T: for<'de> Deserialize<'de>>(
 /// The worker's handle on its zygote.
 pub struct Zygote {
     faasd: std::path::PathBuf,
+    /// Where it builds its template roots (visible only in its own mount namespace).
+    dir: std::path::PathBuf,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -215,17 +217,28 @@ pub struct Started {
     pub note: String,
 }
 
-/// Starts this process's zygote (once; later calls report on the running one).
-pub fn start(faasd: &std::path::Path) -> Result<Started, String> {
+/// Starts this process's zygote, which keeps its template roots under `dir` (once; later calls
+/// start a new one in its place).
+pub fn start(faasd: &std::path::Path, dir: &std::path::Path) -> Result<Started, String> {
     let zygote = ZYGOTE.get_or_init(|| Zygote {
         faasd: faasd.to_owned(),
+        dir: dir.to_owned(),
         conn: Mutex::new(None),
     });
     let mut conn = zygote
         .conn
         .lock()
         .map_err(|_| "zygote lock poisoned".to_string())?;
-    let (new, started) = launch(&zygote.faasd)?;
+    *conn = None;
+    // Whatever an earlier zygote left there was mounted only in its own namespace.
+    match std::fs::remove_dir_all(&zygote.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot clear {}: {e}", zygote.dir.display())),
+    }
+    std::fs::create_dir_all(&zygote.dir)
+        .map_err(|e| format!("cannot create {}: {e}", zygote.dir.display()))?;
+    let (new, started) = launch(&zygote.faasd, &zygote.dir)?;
     *conn = Some(new);
     Ok(started)
 }
@@ -235,10 +248,11 @@ pub fn get() -> Option<&'static Zygote> {
     ZYGOTE.get()
 }
 
-fn launch(faasd: &std::path::Path) -> Result<(Conn, Started), String> {
+fn launch(faasd: &std::path::Path, dir: &std::path::Path) -> Result<(Conn, Started), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let process = std::process::Command::new(faasd)
         .arg(ZYGOTE_COMMAND)
+        .arg(dir)
         .env_clear()
         .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
         .stdout(std::process::Stdio::null())
@@ -271,7 +285,7 @@ impl Zygote {
         let mut relaunched = false;
         loop {
             if conn.is_none() {
-                let (new, _) = launch(&self.faasd).map_err(|why| {
+                let (new, _) = launch(&self.faasd, &self.dir).map_err(|why| {
                     tracing::warn!("sandbox zygote: {why}");
                     SysError {
                         call: "starting the sandbox zygote",
@@ -359,11 +373,16 @@ impl Zygote {
 // ---------------------------------------------------------------------------------------------
 // The zygote's side.
 
-/// Runs the zygote on the socket at fd 0. Never returns.
-pub fn zygote_main() -> ! {
+/// Runs the zygote on the socket at fd 0; `args` (what follows `__zygote`) name the directory
+/// for its template roots. Never returns.
+pub fn zygote_main(args: &[OsString]) -> ! {
     // SAFETY: fd 0 is the socket the worker gave us; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(0) };
-    let code = match serve(&sock) {
+    let dir = args
+        .first()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let code = match serve(&sock, dir) {
         Ok(()) => 0,
         Err(e) => {
             let _ = write_frame(
@@ -385,8 +404,16 @@ fn sys(call: &'static str, result: nix::Result<impl Sized>) -> Result<(), SysErr
     result.map(drop).map_err(|errno| SysError { call, errno })
 }
 
+/// Which template root serves an executor: its read-only paths other than the bundle, and
+/// whether the bundle is a directory.
+type TemplateKey = (Vec<(std::path::PathBuf, std::path::PathBuf)>, Option<bool>);
+
 struct State {
     filter: seccompiler::BpfProgram,
+    /// Where template roots are built.
+    dir: std::path::PathBuf,
+    /// The template roots built so far.
+    templates: HashMap<TemplateKey, std::path::PathBuf>,
     /// This process's own network namespace.
     home_net: OwnedFd,
     /// Idle pooled network namespaces.
@@ -395,7 +422,7 @@ struct State {
     held_nets: HashMap<i32, OwnedFd>,
 }
 
-fn serve(sock: &OwnedFd) -> Result<(), SysError> {
+fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(SysError {
@@ -403,7 +430,13 @@ fn serve(sock: &OwnedFd) -> Result<(), SysError> {
             errno: Errno::last(),
         });
     }
-    let (fast_attach, note) = match private_mounts().and_then(|()| fast_cgroup_moves()) {
+    let private = private_mounts().is_ok();
+    let moves = if private {
+        fast_cgroup_moves()
+    } else {
+        private_mounts()
+    };
+    let (fast_attach, note) = match moves {
         Ok(()) => (true, String::new()),
         Err(e) => (false, e.to_string()),
     };
@@ -414,6 +447,9 @@ fn serve(sock: &OwnedFd) -> Result<(), SysError> {
     let home_net = open_ns("/proc/self/ns/net")?;
     let mut state = State {
         filter,
+        // Templates need the private mount namespace.
+        dir: if private { dir } else { Default::default() },
+        templates: HashMap::new(),
         home_net,
         idle_nets: Vec::new(),
         held_nets: HashMap::new(),
@@ -545,6 +581,51 @@ fn new_netns(home: &OwnedFd) -> Result<OwnedFd, SysError> {
     made
 }
 
+/// The template root for `config`'s paths, built on first use; `None` (each executor then
+/// builds its own root) when it cannot be built.
+fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path::PathBuf> {
+    if state.dir.as_os_str().is_empty() {
+        return None;
+    }
+    let bundle = std::path::Path::new(sandbox::BUNDLE);
+    let others: Vec<_> = config
+        .read_only
+        .iter()
+        .filter(|(_, inside)| inside != bundle)
+        .cloned()
+        .collect();
+    let stub = config
+        .read_only
+        .iter()
+        .find(|(_, inside)| inside == bundle)
+        .map(|(host, _)| host.is_dir());
+    let key = (others, stub);
+    if let Some(path) = state.templates.get(&key) {
+        return (!path.as_os_str().is_empty()).then(|| path.clone());
+    }
+    let path = state.dir.join(format!("root-{}", state.templates.len()));
+    let built = std::fs::create_dir_all(&path)
+        .map_err(|e| format!("mkdir({}): {e}", path.display()))
+        .and_then(|()| {
+            let refs: Vec<_> = key.0.iter().collect();
+            sandbox::fill_template(&path, &refs, stub).map_err(|e| e.to_string())
+        });
+    match built {
+        Ok(()) => {
+            state.templates.insert(key, path.clone());
+            Some(path)
+        }
+        Err(why) => {
+            eprintln!(
+                "faasd zygote: cannot build a template root, executors build their own: {why}"
+            );
+            // Not tried again for these paths.
+            state.templates.insert(key, std::path::PathBuf::new());
+            None
+        }
+    }
+}
+
 fn reap(pid: i32) -> Result<i32, Errno> {
     let mut status: libc::c_int = 0;
     loop {
@@ -578,6 +659,11 @@ fn spawn_one(
         return Err(bad(Errno::EINVAL));
     }
     let (config, inner) = sandbox::shim(&argv[2..]).map_err(|e| bad(e.errno()))?;
+    let template = if config.namespaces {
+        template_for(state, &config)
+    } else {
+        None
+    };
     let net = if config.allow_net || !config.namespaces {
         None
     } else {
@@ -592,15 +678,12 @@ fn spawn_one(
         errno,
     })? {
         nix::unistd::ForkResult::Child => {
-            let code = child(
-                &config,
-                inner,
-                &env,
-                &cwd,
-                &fds,
-                net.as_ref(),
-                &state.filter,
-            );
+            let prepared = Prepared {
+                net_joined: net.is_some(),
+                filter: Some(state.filter.clone()),
+                template,
+            };
+            let code = child(&config, inner, &env, &cwd, &fds, net.as_ref(), &prepared);
             std::process::exit(code)
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -637,7 +720,7 @@ fn child(
     cwd: &OsString,
     stdio: &[OwnedFd],
     net: Option<&OwnedFd>,
-    filter: &seccompiler::BpfProgram,
+    prepared: &Prepared,
 ) -> i32 {
     let setup = || -> Result<(), SysError> {
         sys("setsid", nix::unistd::setsid())?;
@@ -674,11 +757,7 @@ fn child(
         eprintln!("{}{e}", sandbox::ERROR_PREFIX);
         return sandbox::SETUP_FAILED;
     }
-    let prepared = Prepared {
-        net_joined: net.is_some(),
-        filter: Some(filter.clone()),
-    };
-    match sandbox::run(config, argv, env, &prepared) {
+    match sandbox::run(config, argv, env, prepared) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}{e}", sandbox::ERROR_PREFIX);

@@ -254,3 +254,202 @@ async fn a_function_s_own_memory_limit_and_network_access_apply() {
         "no network, so the connection is refused: {task}"
     );
 }
+
+/// The pids of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `count` processes with `marker` run.
+async fn processes_running(marker: &str, count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = processes_with(marker);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{marker}: only {found:?} started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sandbox zygote among `server`'s children.
+fn zygote_of(server: u32) -> u32 {
+    let parent = format!(" {server} ");
+    let zygotes: Vec<u32> = processes_with("__zygote")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest[1..].starts_with(&parent))
+            })
+        })
+        .collect();
+    assert_eq!(
+        zygotes.len(),
+        1,
+        "one zygote for server {server}: {zygotes:?}"
+    );
+    zygotes[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_zygote_takes_its_executors_along_and_is_replaced() {
+    let server = sandboxed_server().await;
+    let client = server.client();
+    let settings = serde_json::json!({"timeout": "60s", "max_attempts": 1});
+    assert_eq!(
+        register(&client, "sleeper", "sleep 31.5", settings)
+            .await
+            .status,
+        201
+    );
+    let id = submit(&client, "sleeper", b"").await;
+    processes_running("sleep 31.5", 1).await;
+    let zygote = zygote_of(server.child.id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the zygote");
+    // Its executors die with it, and their task fails rather than hanging.
+    no_process_with("sleep 31.5").await;
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(task["status"], "FAILED", "{task}");
+    // The next call starts a new zygote.
+    let answer = invoke(&client, "benign", b"again").await;
+    assert_eq!(&answer.body[..], b"again");
+    assert_ne!(zygote_of(server.child.id()), zygote);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_sandboxed_outlives_a_killed_server() {
+    let mut server = sandboxed_server().await;
+    let client = server.client();
+    let script = "sleep 32.5 & setsid sleep 32.5 & sleep 32.5";
+    let settings = serde_json::json!({"timeout": "60s"});
+    assert_eq!(
+        register(&client, "lingerer", script, settings).await.status,
+        201
+    );
+    submit(&client, "lingerer", b"").await;
+    processes_running("sleep 32.5", 3).await;
+    let zygote = zygote_of(server.child.id());
+    server.child.kill().expect("kill -9 the server");
+    server.child.wait().expect("reap the server");
+    // The zygote dies with the server, the shim with the zygote, the namespace's init with
+    // the shim, and every process of the namespace with its init.
+    no_process_with("sleep 32.5").await;
+    let zygote_state = std::fs::read_to_string(format!("/proc/{zygote}/stat")).map(|stat| {
+        stat.rsplit_once(") ")
+            .map(|(_, rest)| rest[..1].to_string())
+    });
+    assert!(
+        match &zygote_state {
+            Err(_) => true,
+            Ok(state) => state.as_deref() == Some("Z"),
+        },
+        "the zygote outlived the server: {zygote_state:?}"
+    );
+}
+
+/// `faasd` run as uid and gid 65534.
+fn unprivileged(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run setpriv")
+}
+
+#[test]
+fn without_root_each_layer_says_whether_it_applies() {
+    let out = unprivileged(&["worker", "--check-sandbox"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let state = |layer: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(layer))
+            .unwrap_or_else(|| panic!("no {layer} row in {table}"))
+            .to_string()
+    };
+    assert!(state("seccomp filter").contains(" active"), "{table}");
+    assert!(state("rlimits").contains(" active"), "{table}");
+    assert!(
+        state("unprivileged uid/gid").contains("active (functions run as the worker's own uid"),
+        "{table}"
+    );
+    let namespaces = state("pid, mount, ipc, uts namespaces");
+    assert!(
+        namespaces.contains("unavailable") && namespaces.contains("not root"),
+        "{table}"
+    );
+    assert!(
+        state("network namespace").contains("unavailable"),
+        "{table}"
+    );
+
+    // --sandbox strict refuses to start, naming what is missing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).expect("chown");
+    let data = dir.path().join("data");
+    let out = unprivileged(&[
+        "serve",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--worker-listen",
+        "127.0.0.1:0",
+        "--sandbox",
+        "strict",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--sandbox strict: these layers cannot be applied here")
+            && stderr.contains("namespaces"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_root_auto_applies_the_layers_it_can() {
+    let server = Server::start_unprivileged(&["--local-workers", "1"]);
+    let client = server.client();
+    let script = "id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+                  cat /etc/shadow >/dev/null 2>&1 || echo shadow denied; \
+                  ulimit -c";
+    assert_eq!(
+        register(&client, "who", script, serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    let answer = invoke(&client, "who", b"").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    let out = text(&answer.body);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "65534", "{out}");
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{out}");
+    assert!(lines.contains(&"Seccomp:\t2"), "{out}");
+    assert!(lines.contains(&"shadow denied"), "{out}");
+    assert_eq!(lines.last(), Some(&"0"), "core dumps off: {out}");
+}

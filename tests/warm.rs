@@ -1,4 +1,8 @@
 //! Warm executors and the `python` runtime, end to end.
+//!
+//! The tests that follow one executor by its host pid, or that look at a file it writes on the
+//! host, run with `--sandbox none`: inside the sandbox a function's pid is 2 and its files are
+//! its own. Warm executors in the sandbox are covered by `tests/sandbox.rs` and `tests/soak.rs`.
 
 mod common;
 
@@ -124,7 +128,7 @@ async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_executor_is_stopped_and_reaped() {
-    let server = Server::start(&["--local-workers", "1"]);
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(
         &client,
@@ -151,7 +155,7 @@ async fn an_idle_executor_is_stopped_and_reaped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_kill_only_that_executor() {
-    let server = Server::start(&["--local-workers", "1"]);
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "frail", serde_json::json!({})).await;
     let (pid, _) = pid_and_inits(&call(&client, "frail", b"x").await);
@@ -320,7 +324,7 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn min_warm_executors_start_at_registration() {
-    let server = Server::start(&["--local-workers", "2"]);
+    let server = Server::start(&["--local-workers", "2", "--sandbox", "none"]);
     let client = server.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("started");
@@ -353,7 +357,7 @@ async fn min_warm_executors_start_at_registration() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_executor_killed_from_outside_is_replaced_not_used() {
-    let server = Server::start(&["--local-workers", "1"]);
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "victim", serde_json::json!({})).await;
     let (pid, _) = pid_and_inits(&call(&client, "victim", b"x").await);

@@ -105,8 +105,9 @@ pub struct ExecutorArgs {
     /// module can be resolved (repeatable).
     #[arg(long = "python-path", value_name = "DIR")]
     pub python_path: Vec<std::path::PathBuf>,
-    /// Isolation of executors.
-    #[arg(long, value_enum, default_value = "none")]
+    /// Isolation of executors: `auto` applies every layer this machine allows and logs any it
+    /// cannot; `strict` refuses to start without all of them; `none` is for trusted code only.
+    #[arg(long, value_enum, default_value = "auto")]
     pub sandbox: SandboxMode,
     /// The uid:gid functions run as inside the sandbox.
     #[arg(long, default_value = "65534:65534", value_parser = parse_ids)]

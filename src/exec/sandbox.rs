@@ -243,7 +243,12 @@ pub(super) fn run(
         if new_net {
             flags |= CloneFlags::CLONE_NEWNET;
         }
-        step("unshare(PID|NS|IPC|UTS|NET)", unshare(flags))?;
+        let call = if new_net {
+            "unshare(PID|NS|IPC|UTS|NET)"
+        } else {
+            "unshare(PID|NS|IPC|UTS)"
+        };
+        step(call, unshare(flags))?;
     }
 
     // The namespace's init reports how the function ended through this pipe.

@@ -35,7 +35,27 @@ impl Server {
 
     /// Starts a server on an existing data directory (the caller keeps it alive).
     pub fn start_on(data: &Path, args: &[&str]) -> Server {
-        let mut command = Command::new(BIN);
+        Server::start_with(Command::new(BIN), data, args)
+    }
+
+    /// Starts a server as uid and gid 65534 (through `setpriv`) on a new temporary data
+    /// directory it owns.
+    pub fn start_unprivileged(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        for path in [dir.path(), &data] {
+            std::os::unix::fs::chown(path, Some(65534), Some(65534)).expect("chown");
+        }
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        let mut server = Server::start_with(command, &data, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts `command` (which runs faasd) as `serve` on `data`.
+    fn start_with(mut command: Command, data: &Path, args: &[&str]) -> Server {
         command.arg("serve").arg("--data").arg(data);
         command.args(["--listen", "127.0.0.1:0"]);
         if !args.contains(&"--worker-listen") {

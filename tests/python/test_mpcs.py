@@ -1,7 +1,7 @@
 """The MPCS FaaS client contract, against a real `faasd serve`.
 
 Run by scripts/test.sh; FAASD_URL names the server (the harness starts one when it is unset,
-with FAASD_SANDBOX as its --sandbox mode).
+with FAASD_SANDBOX as its --sandbox mode, or the default, auto, when that is unset).
 """
 
 import base64
@@ -37,11 +37,12 @@ def base_url(tmp_path_factory):
         return
     binary = os.environ.get("FAASD_BIN", os.path.join(HERE, "..", "..", "target", "debug", "faasd"))
     data = tmp_path_factory.mktemp("data")
-    sandbox = os.environ.get("FAASD_SANDBOX", "none")
+    # Unset: the platform's default (--sandbox auto).
+    sandbox = os.environ.get("FAASD_SANDBOX")
     proc = subprocess.Popen(
         [binary, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
-         "--worker-listen", "127.0.0.1:0", "--local-workers", "4", "--python-path", HERE,
-         "--sandbox", sandbox],
+         "--worker-listen", "127.0.0.1:0", "--local-workers", "4", "--python-path", HERE]
+        + (["--sandbox", sandbox] if sandbox else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = proc.stdout.readline()

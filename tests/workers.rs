@@ -69,13 +69,15 @@ async fn push_and_pull_workers_share_a_thousand_tasks() {
 }
 
 /// A server with two one-slot push workers running `sleep 2; echo $PPID` (the worker's pid is
-/// the executor's parent): returns them, the task id, and the pid of the worker running it.
+/// the executor's parent; the workers run `--sandbox none`, since inside the sandbox the parent
+/// is the namespace's init): returns them, the task id, and the pid of the worker running it.
 async fn long_task_on_two_workers() -> (Server, [Worker; 2], String, nix::unistd::Pid) {
     let server = Server::start(&["--local-workers", "0"]);
     let client = server.client();
+    let unsandboxed = ["--sandbox", "none"];
     let workers = [
-        Worker::start(&server.worker_addr, "w0", 1, "push"),
-        Worker::start(&server.worker_addr, "w1", 1, "push"),
+        Worker::start_with(&server.worker_addr, "w0", 1, "push", &unsandboxed),
+        Worker::start_with(&server.worker_addr, "w1", 1, "push", &unsandboxed),
     ];
     wait_workers(&client, 2).await;
     let answer = register(

@@ -259,6 +259,17 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker against `server_addr` with the given name, slots and dispatch mode.
     pub fn start(server_addr: &str, name: &str, slots: u32, dispatch: &str) -> Worker {
+        Worker::start_with(server_addr, name, slots, dispatch, &[])
+    }
+
+    /// [`Worker::start`] with more flags.
+    pub fn start_with(
+        server_addr: &str,
+        name: &str,
+        slots: u32,
+        dispatch: &str,
+        extra: &[&str],
+    ) -> Worker {
         let cache = tempfile::tempdir().expect("tempdir");
         let child = Command::new(BIN)
             .args([
@@ -271,6 +282,7 @@ impl Worker {
                 dispatch,
             ])
             .args(["--slots", &slots.to_string()])
+            .args(extra)
             .arg("--cache")
             .arg(cache.path())
             .env("RUST_LOG", "warn")

@@ -1,69 +1,161 @@
-//! Per-call cgroups (v1 `memory` and `pids` controllers): the sandbox shim creates and joins
-//! them, named by its own pid; the worker, once it has reaped the shim, reads whether the memory
-//! limit killed anything and removes them.
+//! Per-call cgroups limiting memory and processes: the sandbox shim creates and joins them,
+//! named by its own pid; the worker, once it has reaped the shim, reads whether the memory limit
+//! killed anything and removes them.
+//!
+//! cgroup v2 is used where its `memory` and `pids` controllers are available (a unified
+//! hierarchy at `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts), v1's `memory`
+//! and `pids` hierarchies otherwise. The layer is probed at start like every other, so a host
+//! where neither works reports the layer unavailable rather than failing calls.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The controllers used, and faasd's directory in each.
-const CONTROLLERS: [(&str, &str); 2] = [
+/// Which cgroup interface this host offers faasd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// v1: separate `memory` and `pids` hierarchies.
+    V1,
+    /// v2: one hierarchy (its mount point) with both controllers.
+    V2(PathBuf),
+}
+
+/// v1's controllers, and faasd's directory in each.
+const V1_DIRS: [(&str, &str); 2] = [
     ("memory", "/sys/fs/cgroup/memory/faasd"),
     ("pids", "/sys/fs/cgroup/pids/faasd"),
 ];
 
-fn dir(root: &str, shim_pid: u32) -> PathBuf {
-    PathBuf::from(format!("{root}/{shim_pid}"))
+/// Where a unified (v2) hierarchy may be mounted.
+const V2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+/// The interface to use here, if any (decided once per process).
+pub fn version() -> Option<&'static Version> {
+    static VERSION: OnceLock<Option<Version>> = OnceLock::new();
+    VERSION.get_or_init(detect).as_ref()
 }
 
-/// Whether this machine has the controllers faasd uses.
+fn detect() -> Option<Version> {
+    for mount in V2_MOUNTS {
+        let controllers = std::fs::read_to_string(Path::new(mount).join("cgroup.controllers"));
+        if let Ok(list) = controllers
+            && has_controllers(&list)
+        {
+            return Some(Version::V2(PathBuf::from(mount)));
+        }
+    }
+    let v1 = V1_DIRS
+        .iter()
+        .all(|(_, dir)| Path::new(dir).parent().is_some_and(Path::exists));
+    v1.then_some(Version::V1)
+}
+
+/// Whether a `cgroup.controllers` list has both controllers faasd needs.
+fn has_controllers(list: &str) -> bool {
+    let names: Vec<&str> = list.split_whitespace().collect();
+    names.contains(&"memory") && names.contains(&"pids")
+}
+
+/// Whether this machine has controllers faasd can use.
 pub fn available() -> bool {
-    CONTROLLERS.iter().all(|(_, root)| {
-        std::path::Path::new(root)
-            .parent()
-            .is_some_and(|p| p.exists())
-    })
+    version().is_some()
+}
+
+/// A short name of the interface in use, for the layer table.
+pub fn describe() -> &'static str {
+    match version() {
+        Some(Version::V1) => "v1",
+        Some(Version::V2(_)) => "v2",
+        None => "none",
+    }
+}
+
+/// The directories of one call's cgroups.
+fn call_dirs(shim_pid: u32) -> Vec<PathBuf> {
+    match version() {
+        Some(Version::V1) => V1_DIRS
+            .iter()
+            .map(|(_, root)| PathBuf::from(format!("{root}/{shim_pid}")))
+            .collect(),
+        Some(Version::V2(mount)) => vec![mount.join("faasd").join(shim_pid.to_string())],
+        None => Vec::new(),
+    }
+}
+
+fn write(file: PathBuf, value: &str) -> Result<(), (PathBuf, std::io::Error)> {
+    std::fs::write(&file, value).map_err(|e| (file, e))
 }
 
 /// In the shim: creates the call's cgroups, sets their limits and moves the shim into them
 /// (its children follow). Returns the file whose write failed, with the error.
 pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
     let pid = std::process::id();
-    for (controller, root) in CONTROLLERS {
-        let d = dir(root, pid);
-        std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
-        let limit = match controller {
-            "memory" => ("memory.limit_in_bytes", memory_bytes.to_string()),
-            _ => ("pids.max", max_pids.to_string()),
-        };
-        if controller == "memory" {
-            // Swap must not extend the limit where the kernel accounts it.
-            let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), &limit.1);
+    let memory = memory_bytes.to_string();
+    let pids = max_pids.to_string();
+    match version() {
+        Some(Version::V1) => {
+            for ((controller, _), d) in V1_DIRS.iter().zip(call_dirs(pid)) {
+                std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+                if *controller == "memory" {
+                    // Swap must not extend the limit where the kernel accounts it.
+                    let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), &memory);
+                    write(d.join("memory.limit_in_bytes"), &memory)?;
+                } else {
+                    write(d.join("pids.max"), &pids)?;
+                }
+                write(d.join("cgroup.procs"), &pid.to_string())?;
+            }
+            Ok(())
         }
-        let file = d.join(limit.0);
-        std::fs::write(&file, &limit.1).map_err(|e| (file.clone(), e))?;
-        let procs = d.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string()).map_err(|e| (procs.clone(), e))?;
+        Some(Version::V2(mount)) => {
+            // The controllers must be enabled for faasd's subtree (a cgroup with processes of
+            // its own cannot, so the calls live under a directory that has none).
+            let base = mount.join("faasd");
+            std::fs::create_dir_all(&base).map_err(|e| (base.clone(), e))?;
+            for parent in [mount, &base] {
+                let control = parent.join("cgroup.subtree_control");
+                let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+                if !has_controllers(&enabled) {
+                    write(control, "+memory +pids")?;
+                }
+            }
+            let d = base.join(pid.to_string());
+            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+            write(d.join("memory.max"), &memory)?;
+            let _ = std::fs::write(d.join("memory.swap.max"), "0");
+            write(d.join("pids.max"), &pids)?;
+            write(d.join("cgroup.procs"), &pid.to_string())
+        }
+        None => Err((
+            PathBuf::from("/sys/fs/cgroup"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )),
     }
-    Ok(())
+}
+
+/// The count of processes the memory limit killed, from a v1 `memory.oom_control` or a v2
+/// `memory.events`.
+fn oom_kills(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// In the worker, after reaping the shim: whether the memory limit killed a process of the
 /// call; then removes the call's cgroups (in the background while their last processes exit).
 pub fn finish(shim_pid: u32) -> bool {
-    let memory = dir(CONTROLLERS[0].1, shim_pid);
-    let oom = std::fs::read_to_string(memory.join("memory.oom_control"))
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
-        })
-        .is_some_and(|kills| kills > 0);
-    let dirs: Vec<PathBuf> = CONTROLLERS
-        .iter()
-        .map(|(_, root)| dir(root, shim_pid))
-        .collect();
+    let dirs = call_dirs(shim_pid);
+    let events = match version() {
+        Some(Version::V1) => "memory.oom_control",
+        _ => "memory.events",
+    };
+    let oom = dirs
+        .first()
+        .and_then(|d| std::fs::read_to_string(d.join(events)).ok())
+        .is_some_and(|text| oom_kills(&text) > 0);
     let remove = move || {
         for d in dirs {
             for _ in 0..100 {
@@ -87,8 +179,13 @@ pub fn finish(shim_pid: u32) -> bool {
 /// executors ran). A cgroup that still has processes cannot be removed, so this never disturbs
 /// a live call.
 pub fn sweep() {
-    for (_, root) in CONTROLLERS {
-        let Ok(entries) = std::fs::read_dir(root) else {
+    let roots: Vec<PathBuf> = match version() {
+        Some(Version::V1) => V1_DIRS.iter().map(|(_, d)| PathBuf::from(d)).collect(),
+        Some(Version::V2(mount)) => vec![mount.join("faasd")],
+        None => Vec::new(),
+    };
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -96,9 +193,28 @@ pub fn sweep() {
             let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir(entry.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_and_oom_counts_are_read_from_either_version() {
+        assert!(has_controllers(
+            "cpuset cpu io memory hugetlb pids rdma misc"
+        ));
+        assert!(!has_controllers("cpuset cpu io"));
+        assert!(!has_controllers(""));
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills(v1), 2);
+        assert_eq!(oom_kills(v2), 1);
+        assert_eq!(oom_kills("oom_group_kill 3\n"), 0);
     }
 }

@@ -45,7 +45,7 @@ pub fn negotiate(wanted: &Sandbox) -> (Option<Sandbox>, Vec<Layer>) {
             row(name, State::Unavailable(why.clone()));
         }
         let rest = "the base layers cannot be applied".to_string();
-        for name in [UID, NAMESPACES, NETWORK, CGROUPS] {
+        for name in [UID, NAMESPACES, NETWORK, "cgroup memory and pids limits"] {
             row(name, State::Unavailable(rest.clone()));
         }
         return (None, rows);
@@ -94,18 +94,25 @@ pub fn negotiate(wanted: &Sandbox) -> (Option<Sandbox>, Vec<Layer>) {
     row(NETWORK, network);
 
     let cgroups = if wanted.memory_bytes == 0 || !super::cgroup::available() {
-        State::Unavailable("no cgroup v1 memory and pids controllers on this machine".into())
+        State::Unavailable(
+            "no cgroup v2 nor v1 hierarchy with the memory and pids controllers on this machine"
+                .into(),
+        )
     } else {
         match try_layer(&mut current, &|s| s.memory_bytes = wanted.memory_bytes) {
             Ok(()) => State::Active(format!("memory limit {} bytes", wanted.memory_bytes)),
             Err(why) => State::Unavailable(why),
         }
     };
-    row(CGROUPS, cgroups);
+    let name = match super::cgroup::describe() {
+        "v2" => "cgroup memory and pids limits (v2)",
+        "v1" => "cgroup memory and pids limits (v1)",
+        _ => "cgroup memory and pids limits",
+    };
+    row(name, cgroups);
     (Some(current), rows)
 }
 
 const UID: &str = "unprivileged uid/gid, no capabilities";
 const NAMESPACES: &str = "pid, mount, ipc, uts namespaces; private read-only filesystem";
 const NETWORK: &str = "network namespace (loopback only)";
-const CGROUPS: &str = "cgroup memory and pids limits (v1)";

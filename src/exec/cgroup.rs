@@ -82,14 +82,24 @@ fn call_dirs(shim_pid: u32) -> Vec<PathBuf> {
     }
 }
 
+/// This process's pid as the host (and so the worker) sees it: a zygote's child is already
+/// pid 1 of its own PID namespace, but `/proc` is still the host's.
+fn host_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(std::process::id)
+}
+
 fn write(file: PathBuf, value: &str) -> Result<(), (PathBuf, std::io::Error)> {
     std::fs::write(&file, value).map_err(|e| (file, e))
 }
 
-/// In the shim: creates the call's cgroups, sets their limits and moves the shim into them
-/// (its children follow). Returns the file whose write failed, with the error.
+/// In the shim: creates the call's cgroups (named by its host pid), sets their limits and moves
+/// the shim into them (writing 0, "this process", which holds in any PID namespace); its
+/// children follow. Returns the file whose write failed, with the error.
 pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
-    let pid = std::process::id();
+    let pid = host_pid();
     let memory = memory_bytes.to_string();
     let pids = max_pids.to_string();
     match version() {
@@ -103,7 +113,7 @@ pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::
                 } else {
                     write(d.join("pids.max"), &pids)?;
                 }
-                write(d.join("cgroup.procs"), &pid.to_string())?;
+                write(d.join("cgroup.procs"), "0")?;
             }
             Ok(())
         }
@@ -124,7 +134,7 @@ pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::
             write(d.join("memory.max"), &memory)?;
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
             write(d.join("pids.max"), &pids)?;
-            write(d.join("cgroup.procs"), &pid.to_string())
+            write(d.join("cgroup.procs"), "0")
         }
         None => Err((
             PathBuf::from("/sys/fs/cgroup"),

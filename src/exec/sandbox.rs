@@ -211,6 +211,49 @@ pub(super) fn run(
     env: &[OsString],
     prepared: &Prepared,
 ) -> Result<i32, StepError> {
+    prologue(config)?;
+    // 2. Namespaces; the PID namespace takes effect for the next child, the namespace's init.
+    let new_net = enter_namespaces(config, prepared, true)?;
+
+    // The namespace's init reports how the function ended through this pipe.
+    let (report_r, report_w) = step("pipe2", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
+    // SAFETY: the shim is single-threaded (it runs before the async runtime starts), so the
+    // child may run any code.
+    match step("fork", unsafe { fork() })? {
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            Ok(pass_on(child, report_r))
+        }
+        ForkResult::Child => {
+            drop(report_r);
+            let err = match init(config, new_net, argv, env, prepared, report_w) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            eprintln!("{ERROR_PREFIX}{err}");
+            std::process::exit(SETUP_FAILED)
+        }
+    }
+}
+
+/// What [`run`] does, for a process a zygote has already made the init of a new PID namespace
+/// (with namespaces on): the layers, then the function as pid 2. How the function ended goes to
+/// `report` (for the zygote to pass on), not into this process's own exit status, since an
+/// init cannot die by a signal it sends itself. Returns only when a step fails.
+pub(super) fn run_as_init(
+    config: &Config,
+    argv: &[OsString],
+    env: &[OsString],
+    prepared: &Prepared,
+    report: std::os::fd::OwnedFd,
+) -> Result<std::convert::Infallible, StepError> {
+    prologue(config)?;
+    let new_net = enter_namespaces(config, prepared, false)?;
+    init(config, new_net, argv, env, prepared, report)
+}
+
+/// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
+fn prologue(config: &Config) -> Result<(), StepError> {
     // 1. Default dispositions for every signal (a Rust program starts with SIGPIPE ignored,
     //    and an ignored signal stays ignored across exec) and an empty mask; die with the
     //    worker.
@@ -233,43 +276,31 @@ pub(super) fn run(
         })?;
     }
 
-    // 2. Namespaces; the PID namespace takes effect for the next child.
-    let new_net = config.namespaces && !config.allow_net && !prepared.net_joined;
-    if config.namespaces {
-        let mut flags = CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS;
-        if new_net {
-            flags |= CloneFlags::CLONE_NEWNET;
-        }
-        let call = if new_net {
-            "unshare(PID|NS|IPC|UTS|NET)"
-        } else {
-            "unshare(PID|NS|IPC|UTS)"
-        };
-        step(call, unshare(flags))?;
-    }
+    Ok(())
+}
 
-    // The namespace's init reports how the function ended through this pipe.
-    let (report_r, report_w) = step("pipe2", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
-    // SAFETY: the shim is single-threaded (it runs before the async runtime starts), so the
-    // child may run any code.
-    match step("fork", unsafe { fork() })? {
-        ForkResult::Parent { child } => {
-            drop(report_w);
-            Ok(pass_on(child, report_r))
-        }
-        ForkResult::Child => {
-            drop(report_r);
-            let err = match init(config, new_net, argv, env, prepared, report_w) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            eprintln!("{ERROR_PREFIX}{err}");
-            std::process::exit(SETUP_FAILED)
-        }
+/// Step 2: the mount, IPC, UTS (and `pid`: PID) namespaces, and a network namespace unless the
+/// function may use the network or a zygote already put us in one. Returns whether a new
+/// network namespace was made (its loopback is still down).
+fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<bool, StepError> {
+    let new_net = config.namespaces && !config.allow_net && !prepared.net_joined;
+    if !config.namespaces {
+        return Ok(false);
     }
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let mut call = String::from("unshare(");
+    if pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+        call.push_str("PID|");
+    }
+    call.push_str("NS|IPC|UTS");
+    if new_net {
+        flags |= CloneFlags::CLONE_NEWNET;
+        call.push_str("|NET");
+    }
+    call.push(')');
+    step(call, unshare(flags))?;
+    Ok(new_net)
 }
 
 /// The shim outside the namespaces: waits for the namespace's init, then ends the way the

@@ -30,6 +30,7 @@ use std::process::ExitStatus;
 use std::sync::{Mutex, OnceLock};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::libc;
 use nix::sched::CloneFlags;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
@@ -420,6 +421,10 @@ struct State {
     idle_nets: Vec<OwnedFd>,
     /// The pooled namespace each unreaped child holds.
     held_nets: HashMap<i32, OwnedFd>,
+    /// This process's own PID namespace.
+    home_pid: OwnedFd,
+    /// The read end of each unreaped child's report pipe.
+    reports: HashMap<i32, OwnedFd>,
 }
 
 fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
@@ -445,6 +450,7 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         errno: Errno::EINVAL,
     })?;
     let home_net = open_ns("/proc/self/ns/net")?;
+    let home_pid = open_ns("/proc/self/ns/pid")?;
     let mut state = State {
         filter,
         // Templates need the private mount namespace.
@@ -453,6 +459,8 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         home_net,
         idle_nets: Vec::new(),
         held_nets: HashMap::new(),
+        home_pid,
+        reports: HashMap::new(),
     };
     write_frame(sock.as_fd(), &Reply::Ready { fast_attach, note }, &[])?;
     while let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? {
@@ -471,8 +479,11 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
                 )?,
             },
             Request::Reap { pid } => {
+                let report = state.reports.remove(&pid);
                 let reply = match reap(pid) {
-                    Ok(status) => Reply::Reaped { status },
+                    Ok(status) => Reply::Reaped {
+                        status: report.and_then(|r| reported(&r)).unwrap_or(status),
+                    },
                     Err(errno) => Reply::Failed {
                         call: "waitpid".into(),
                         errno: errno as i32,
@@ -506,16 +517,13 @@ fn private_mounts() -> Result<(), SysError> {
     )
 }
 
-fn open_ns(path: &str) -> Result<OwnedFd, SysError> {
+fn open_ns(path: &'static str) -> Result<OwnedFd, SysError> {
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|errno| SysError {
-        call: "open(/proc/self/ns/net)",
-        errno,
-    })?;
+    .map_err(|errno| SysError { call: path, errno })?;
     Ok(fd)
 }
 
@@ -626,6 +634,25 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
     }
 }
 
+/// The fd on which the call's init finds its report pipe.
+const REPORT_FD: RawFd = 3;
+
+/// The wait status the function itself ended with, as its init reported it (`None` when init
+/// died before it could say, killed with the call).
+fn reported(report: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 5];
+    let got = nix::unistd::read(report, &mut buf).ok()?;
+    if got < 5 {
+        return None;
+    }
+    let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    match buf[0] {
+        b'E' => Some((value & 0xff) << 8),
+        b'S' => Some(value & 0x7f),
+        _ => None,
+    }
+}
+
 fn reap(pid: i32) -> Result<i32, Errno> {
     let mut status: libc::c_int = 0;
     loop {
@@ -672,23 +699,55 @@ fn spawn_one(
             None => new_netns(&state.home_net)?,
         })
     };
+    // How the function ended, from the call's init (the child); the zygote reads it at reaping.
+    let (report_r, report_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|errno| SysError {
+            call: "pipe2",
+            errno,
+        })?;
+    // The child is the init of a new PID namespace: unshare makes the next child one, and
+    // setns sets the zygote's own children back to its namespace.
+    if config.namespaces {
+        sys(
+            "unshare(PID)",
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID),
+        )?;
+    }
     // SAFETY: the zygote is single-threaded, so the child may run any code.
-    match unsafe { nix::unistd::fork() }.map_err(|errno| SysError {
+    let forked = unsafe { nix::unistd::fork() };
+    if config.namespaces && !matches!(forked, Ok(nix::unistd::ForkResult::Child)) {
+        sys(
+            "setns(home PID)",
+            nix::sched::setns(&state.home_pid, CloneFlags::CLONE_NEWPID),
+        )?;
+    }
+    match forked.map_err(|errno| SysError {
         call: "fork",
         errno,
     })? {
         nix::unistd::ForkResult::Child => {
+            drop(report_r);
             let prepared = Prepared {
                 net_joined: net.is_some(),
                 filter: Some(state.filter.clone()),
                 template,
             };
-            let code = child(&config, inner, &env, &cwd, &fds, net.as_ref(), &prepared);
+            let code = child(
+                &config,
+                inner,
+                &env,
+                &cwd,
+                &fds,
+                net.as_ref(),
+                &prepared,
+                report_w,
+            );
             std::process::exit(code)
         }
         nix::unistd::ForkResult::Parent { child } => {
-            drop(fds);
+            drop((fds, report_w));
             let pid = child.as_raw();
+            state.reports.insert(pid, report_r);
             // The child cannot be reaped before we wait for it, so this is its pidfd.
             // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -700,6 +759,7 @@ fn spawn_one(
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = reap(pid);
                 state.held_nets.remove(&pid);
+                state.reports.remove(&pid);
                 return Err(SysError {
                     call: "pidfd_open",
                     errno,
@@ -711,8 +771,9 @@ fn spawn_one(
     }
 }
 
-/// The forked child: what `posix_spawn` does for an ordinary executor (session, stdio,
-/// working directory), then the shim's layers.
+/// The forked child, the call's init: what `posix_spawn` does for an ordinary executor
+/// (session, stdio, working directory), then the shim's layers and the function.
+#[allow(clippy::too_many_arguments)]
 fn child(
     config: &sandbox::Config,
     argv: &[OsString],
@@ -721,6 +782,7 @@ fn child(
     stdio: &[OwnedFd],
     net: Option<&OwnedFd>,
     prepared: &Prepared,
+    report: OwnedFd,
 ) -> i32 {
     let setup = || -> Result<(), SysError> {
         sys("setsid", nix::unistd::setsid())?;
@@ -743,9 +805,17 @@ fn child(
                 nix::sched::setns(net, CloneFlags::CLONE_NEWNET),
             )?;
         }
+        // The report pipe on fd 3, everything above closed.
+        // SAFETY: dup2 onto 3 of an fd this process holds.
+        if unsafe { libc::dup2(report.as_raw_fd(), REPORT_FD) } < 0 {
+            return Err(SysError {
+                call: "dup2(report)",
+                errno: Errno::last(),
+            });
+        }
         // SAFETY: close_range on fds this process owns (the zygote's socket, the namespace
-        // and the originals of 0-2); nothing in this process uses them again.
-        if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        // and the originals of 0-3); nothing in this process uses them again.
+        if unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) } != 0 {
             return Err(SysError {
                 call: "close_range",
                 errno: Errno::last(),
@@ -757,8 +827,10 @@ fn child(
         eprintln!("{}{e}", sandbox::ERROR_PREFIX);
         return sandbox::SETUP_FAILED;
     }
-    match sandbox::run(config, argv, env, prepared) {
-        Ok(code) => code,
+    // SAFETY: fd 3 is the report pipe, dup'ed there above; nothing else owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    match sandbox::run_as_init(config, argv, env, prepared, report) {
+        Ok(never) => match never {},
         Err(e) => {
             eprintln!("{}{e}", sandbox::ERROR_PREFIX);
             sandbox::SETUP_FAILED

@@ -321,6 +321,14 @@ async fn a_killed_zygote_takes_its_executors_along_and_is_replaced() {
     let id = submit(&client, "sleeper", b"").await;
     processes_running("sleep 31.5", 1).await;
     let zygote = zygote_of(server.child.id());
+    let group = |pid: u32| {
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).expect("getpgid")
+    };
+    assert_ne!(
+        group(zygote),
+        group(server.child.id()),
+        "a Ctrl-C for the server must not reach the zygote"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(zygote as i32),
         nix::sys::signal::Signal::SIGKILL,

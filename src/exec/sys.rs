@@ -47,8 +47,8 @@ pub struct Child {
     pid: Pid,
     pidfd: AsyncFd<OwnedFd>,
     reaped: bool,
-    /// The sandbox zygote, when it forked the child (and so reaps it).
-    zygote: Option<&'static super::zygote::Zygote>,
+    /// The sandbox zygote and its generation, when it forked the child (and so reaps it).
+    zygote: Option<(&'static super::zygote::Zygote, u64)>,
     /// The write end of the child's stdin.
     pub stdin: Option<OwnedFd>,
     /// The read end of the child's stdout.
@@ -118,7 +118,7 @@ pub fn spawn_in_zygote(
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
-    let (pid, pidfd) = zygote.spawn(
+    let (pid, pidfd, generation) = zygote.spawn(
         argv,
         envp,
         cwd,
@@ -131,10 +131,8 @@ pub fn spawn_in_zygote(
         match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = killpg(pid, Signal::SIGKILL);
-                let (fd, _) = e.into_parts();
-                wait_exited(&fd);
-                let _ = zygote.reap(pid.as_raw());
+                drop(e);
+                zygote.kill(pid.as_raw(), generation);
                 return Err(SysError {
                     call: "epoll_ctl(pidfd)",
                     errno: Errno::EIO,
@@ -145,7 +143,7 @@ pub fn spawn_in_zygote(
         pid,
         pidfd,
         reaped: false,
-        zygote: Some(zygote),
+        zygote: Some((zygote, generation)),
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -335,13 +333,26 @@ impl Child {
         if self.reaped {
             return;
         }
+        if let Some((zygote, generation)) = self.zygote {
+            // Through the pidfd, which cannot name another process; a child the zygote has
+            // just forked may not have made its session yet. Its group only while its zygote
+            // runs: a dead zygote's children were reaped by someone else, freeing their pids.
+            // SAFETY: pidfd_send_signal on our own open pidfd, no siginfo, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.get_ref().as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            };
+            if !zygote.is_current(generation) {
+                return;
+            }
+        }
         // ESRCH (the group is already gone) is the normal case after a clean exit.
         let _ = killpg(self.pid, Signal::SIGKILL);
-        // A child the zygote has just forked may not have made its session yet (it does
-        // before it starts anything else), so it is also signalled on its own.
-        if self.zygote.is_some() {
-            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-        }
     }
 
     /// Collects the exit status (blocks until the child has exited: call after [`exited`] or
@@ -362,11 +373,12 @@ impl Child {
         let pidfd = self.pidfd.get_ref().try_clone().ok();
         let finish = move || {
             match (zygote, pidfd) {
-                (Some(zygote), Some(pidfd)) => {
+                (Some((zygote, generation)), Some(pidfd)) => {
                     wait_exited(&pidfd);
-                    let _ = zygote.reap(pid.as_raw());
+                    let _ = zygote.reap(pid.as_raw(), generation);
                 }
-                (Some(_), None) => {}
+                // No copy of the pidfd to wait on: the zygote kills and reaps it.
+                (Some((zygote, generation)), None) => zygote.kill(pid.as_raw(), generation),
                 (None, _) => drop(reap(pid)),
             }
             after();
@@ -386,9 +398,9 @@ impl Child {
             });
         }
         let status = match self.zygote {
-            Some(zygote) => {
+            Some((zygote, generation)) => {
                 wait_exited(self.pidfd.get_ref());
-                zygote.reap(self.pid.as_raw())
+                zygote.reap(self.pid.as_raw(), generation)
             }
             None => reap(self.pid),
         };

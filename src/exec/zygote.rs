@@ -4,9 +4,12 @@
 //!
 //! - the seccomp filter, compiled once;
 //! - network namespaces: a pool of empty ones with loopback up, one per running executor,
-//!   given back when the worker reaps it (creating and destroying a namespace per call costs
+//!   given back when the worker reaps it and reused only by the same function's executors, and
+//!   only when they run without privileges (creating and destroying a namespace per call costs
 //!   more than everything else the sandbox does, and one shared namespace would let functions
 //!   reach each other over loopback);
+//! - template roots, one per set of read-only paths, built in the zygote's own mount namespace
+//!   and rebuilt after a minute (so a host file replaced since is seen);
 //! - fast cgroup moves: on cgroup v1 a process entering a cgroup waits for an RCU grace period
 //!   (about 11 ms here) unless some hierarchy is mounted with `favordynmods`; the zygote mounts
 //!   an empty named hierarchy with that option, privately, for as long as it lives. The
@@ -15,10 +18,18 @@
 //! The worker talks to it over a Unix stream socket on the zygote's stdin, one request at a
 //! time: `Spawn` (the shim's command line, the environment, the working directory, and the
 //! three stdio fds as `SCM_RIGHTS`) is answered by the child's pid with a pidfd for it; `Reap`
-//! (sent once the pidfd says the child ended) by its wait status. The zygote never reaps a
-//! child before it is asked to, so the worker may signal the child's process group until then,
-//! exactly as it would its own child. Frames are a little-endian `u32` length and a postcard
-//! body. The zygote dies with the worker (`PR_SET_PDEATHSIG`), and its children with it.
+//! (sent once the pidfd says the child ended; refused, never waited for, if it has not) by its
+//! wait status; `Kill` kills and reaps a child the worker cannot follow. The zygote never reaps
+//! a child before it is asked to, so the worker may signal the child's process group until
+//! then, exactly as it would its own child. Frames are a little-endian `u32` length and a
+//! postcard body; a frame the zygote cannot use fails that request alone.
+//!
+//! The zygote dies with the worker (`PR_SET_PDEATHSIG`, tied to the thread that started it, so a
+//! dedicated thread that lives as long as the process starts every zygote), and its children
+//! with it. It runs in its own process group, so a Ctrl-C meant for the worker leaves it (and
+//! the calls the worker is draining) alone. If it dies anyway, the next spawn starts a new one
+//! (a new generation); children of an earlier generation are never signalled by pid nor reaped
+//! through the new one, since their pids may have been reused.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsString};
@@ -27,7 +38,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -57,8 +70,11 @@ enum Request {
         env: Vec<Vec<u8>>,
         cwd: Vec<u8>,
     },
-    /// Collect the wait status of a child that has ended.
+    /// Collect the wait status of a child that has ended (refused, not waited for, if it has
+    /// not).
     Reap { pid: i32 },
+    /// Kill a child and reap it (one the worker could not follow).
+    Kill { pid: i32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +98,12 @@ fn write_frame(
         call: "encoding a zygote frame",
         errno: Errno::EINVAL,
     })?;
+    if body.len() > MAX_FRAME {
+        return Err(SysError {
+            call: "encoding a zygote frame (too large)",
+            errno: Errno::EMSGSIZE,
+        });
+    }
     let len = (body.len() as u32).to_le_bytes();
     let iov = [IoSlice::new(&len), IoSlice::new(&body)];
     let rights = [ControlMessage::ScmRights(fds)];
@@ -126,13 +148,19 @@ fn borrowed_stream(sock: BorrowedFd<'_>) -> std::mem::ManuallyDrop<UnixStream> {
     std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(sock.as_raw_fd()) })
 }
 
-/// Reads one frame and the fds that came with it; `Ok(None)` at end of stream.
+/// One frame as read: the message, or why this frame (alone) was unusable; and its fds.
+type Frame<T> = (Result<T, SysError>, Vec<OwnedFd>);
+
+/// Reads one frame and the fds that came with it; `Ok(None)` at end of stream. The outer error
+/// means the stream itself broke; the inner one, that this frame could not be used (too large,
+/// undecodable, or its fds were cut off), with the stream still in step.
 fn read_frame<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
-) -> Result<Option<(T, Vec<OwnedFd>)>, SysError> {
+) -> Result<Option<Frame<T>>, SysError> {
     let failed = |call: &'static str, errno: Errno| SysError { call, errno };
     let mut len = [0u8; 4];
     let mut fds = Vec::new();
+    let mut problem = None;
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let got = loop {
         let mut iov = [IoSliceMut::new(&mut len)];
@@ -143,15 +171,21 @@ fn read_frame<T: for<'de> Deserialize<'de>>(
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(msg) => {
-                for cmsg in msg.cmsgs().map_err(|e| failed("recvmsg(zygote)", e))? {
-                    if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        // SAFETY: the kernel just installed these fds in this process.
-                        fds.extend(
-                            received
-                                .into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
+                match msg.cmsgs() {
+                    Ok(cmsgs) => {
+                        for cmsg in cmsgs {
+                            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                                // SAFETY: the kernel just installed these fds in this process.
+                                fds.extend(
+                                    received
+                                        .into_iter()
+                                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                                );
+                            }
+                        }
                     }
+                    // Cut off (no room for the fds, or no fds left to take them).
+                    Err(errno) => problem = Some(failed("recvmsg(zygote, fds cut off)", errno)),
                 }
                 break msg.bytes;
             }
@@ -172,15 +206,22 @@ fn read_frame<T: for<'de> Deserialize<'de>>(
     stream.read_exact(&mut len[got..]).map_err(io)?;
     let size = u32::from_le_bytes(len) as usize;
     if size > MAX_FRAME {
-        return Err(failed(
-            "reading a zygote frame (too large)",
-            Errno::EMSGSIZE,
-        ));
+        // Skipped, so the next frame is read from its start.
+        std::io::copy(
+            &mut std::io::Read::by_ref(&mut *stream).take(size as u64),
+            &mut std::io::sink(),
+        )
+        .map_err(io)?;
+        let error = failed("reading a zygote frame (too large)", Errno::EMSGSIZE);
+        return Ok(Some((Err(error), fds)));
     }
     let mut body = vec![0u8; size];
     stream.read_exact(&mut body).map_err(io)?;
-    let message = postcard::from_bytes(&body)
-        .map_err(|_| failed("decoding a zygote frame", Errno::EBADMSG))?;
+    let message = match problem {
+        Some(error) => Err(error),
+        None => postcard::from_bytes(&body)
+            .map_err(|_| failed("decoding a zygote frame", Errno::EBADMSG)),
+    };
     Ok(Some((message, fds)))
 }
 
@@ -193,11 +234,15 @@ pub struct Zygote {
     /// Where it builds its template roots (visible only in its own mount namespace).
     dir: std::path::PathBuf,
     conn: Mutex<Option<Conn>>,
+    /// How many zygotes have been started: a child is signalled and reaped only through the
+    /// zygote that forked it (once that one is gone, its pids may belong to anyone).
+    generation: AtomicU64,
 }
 
 struct Conn {
     sock: OwnedFd,
     process: std::process::Child,
+    generation: u64,
 }
 
 impl Drop for Conn {
@@ -218,29 +263,29 @@ pub struct Started {
     pub note: String,
 }
 
-/// Starts this process's zygote, which keeps its template roots under `dir` (once; later calls
-/// start a new one in its place).
+/// Starts this process's zygote, which keeps its template roots under `dir`. Until this
+/// succeeds, [`get`] says there is none and executors start through an `exec` of the shim.
 pub fn start(faasd: &std::path::Path, dir: &std::path::Path) -> Result<Started, String> {
-    let zygote = ZYGOTE.get_or_init(|| Zygote {
-        faasd: faasd.to_owned(),
-        dir: dir.to_owned(),
-        conn: Mutex::new(None),
-    });
-    let mut conn = zygote
-        .conn
-        .lock()
-        .map_err(|_| "zygote lock poisoned".to_string())?;
-    *conn = None;
+    if ZYGOTE.get().is_some() {
+        return Err("this process already has a sandbox zygote".into());
+    }
     // Whatever an earlier zygote left there was mounted only in its own namespace.
-    match std::fs::remove_dir_all(&zygote.dir) {
+    match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot clear {}: {e}", zygote.dir.display())),
+        Err(e) => return Err(format!("cannot clear {}: {e}", dir.display())),
     }
-    std::fs::create_dir_all(&zygote.dir)
-        .map_err(|e| format!("cannot create {}: {e}", zygote.dir.display()))?;
-    let (new, started) = launch(&zygote.faasd, &zygote.dir)?;
-    *conn = Some(new);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (conn, started) = launch(faasd, dir, 1)?;
+    let zygote = Zygote {
+        faasd: faasd.to_owned(),
+        dir: dir.to_owned(),
+        conn: Mutex::new(Some(conn)),
+        generation: AtomicU64::new(1),
+    };
+    ZYGOTE
+        .set(zygote)
+        .map_err(|_| "this process already has a sandbox zygote".to_string())?;
     Ok(started)
 }
 
@@ -249,88 +294,173 @@ pub fn get() -> Option<&'static Zygote> {
     ZYGOTE.get()
 }
 
-fn launch(faasd: &std::path::Path, dir: &std::path::Path) -> Result<(Conn, Started), String> {
-    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+/// What the keeper thread is asked to start.
+type LaunchJob = (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::sync::mpsc::Sender<std::io::Result<(std::process::Child, OwnedFd)>>,
+);
+
+/// Starts `faasd __zygote DIR` from one thread that lives as long as the process: the
+/// zygote's `PR_SET_PDEATHSIG` fires when the *thread* that forked it ends, and a blocking-pool
+/// thread would end after a few idle seconds, taking the zygote and every executor with it.
+fn spawn_from_keeper(
+    faasd: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<(std::process::Child, OwnedFd)> {
+    static KEEPER: OnceLock<Mutex<std::sync::mpsc::Sender<LaunchJob>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<LaunchJob>();
+        let started = std::thread::Builder::new()
+            .name("faasd-zygote-keeper".into())
+            .spawn(move || {
+                for (faasd, dir, answer) in queue {
+                    let _ = answer.send(spawn_zygote(&faasd, &dir));
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!("cannot start the zygote keeper thread: {e}");
+        }
+        Mutex::new(jobs)
+    });
+    let (answer, answered) = std::sync::mpsc::channel();
+    let sent = keeper
+        .lock()
+        .map_err(|_| std::io::Error::other("zygote keeper lock poisoned"))?
+        .send((faasd.to_owned(), dir.to_owned(), answer));
+    sent.map_err(|_| std::io::Error::other("the zygote keeper thread is gone"))?;
+    answered
+        .recv()
+        .map_err(|_| std::io::Error::other("the zygote keeper thread is gone"))?
+}
+
+fn spawn_zygote(
+    faasd: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<(std::process::Child, OwnedFd)> {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair()?;
     let process = std::process::Command::new(faasd)
         .arg(ZYGOTE_COMMAND)
         .arg(dir)
         .env_clear()
         .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
         .stdout(std::process::Stdio::null())
-        .spawn()
+        // Its own process group: a Ctrl-C meant for the worker must not end the zygote (and
+        // every running call) before the worker has drained.
+        .process_group(0)
+        .spawn()?;
+    Ok((process, OwnedFd::from(ours)))
+}
+
+fn launch(
+    faasd: &std::path::Path,
+    dir: &std::path::Path,
+    generation: u64,
+) -> Result<(Conn, Started), String> {
+    let (process, sock) = spawn_from_keeper(faasd, dir)
         .map_err(|e| format!("cannot start {} {ZYGOTE_COMMAND}: {e}", faasd.display()))?;
     let conn = Conn {
-        sock: OwnedFd::from(ours),
+        sock,
         process,
+        generation,
     };
     match read_frame::<Reply>(conn.sock.as_fd()) {
-        Ok(Some((Reply::Ready { fast_attach, note }, _))) => {
+        Ok(Some((Ok(Reply::Ready { fast_attach, note }), _))) => {
             Ok((conn, Started { fast_attach, note }))
         }
-        Ok(Some((Reply::Failed { call, errno }, _))) => Err(format!(
+        Ok(Some((Ok(Reply::Failed { call, errno }), _))) => Err(format!(
             "the zygote could not start: {call} failed: {}",
             Errno::from_raw(errno)
         )),
+        Ok(Some((Err(e), _))) => Err(format!("the zygote did not start: {e}")),
         Ok(_) => Err("the zygote ended before it was ready".into()),
         Err(e) => Err(format!("the zygote did not start: {e}")),
     }
 }
 
-impl Zygote {
-    /// One request and its reply; a zygote that has gone away is started again once.
-    fn ask(&self, request: &Request, fds: &[RawFd]) -> Result<(Reply, Vec<OwnedFd>), SysError> {
-        let mut conn = self.conn.lock().map_err(|_| SysError {
-            call: "zygote lock (poisoned)",
-            errno: Errno::EDEADLK,
-        })?;
-        let mut relaunched = false;
-        loop {
-            if conn.is_none() {
-                let (new, _) = launch(&self.faasd, &self.dir).map_err(|why| {
-                    tracing::warn!("sandbox zygote: {why}");
-                    SysError {
-                        call: "starting the sandbox zygote",
-                        errno: Errno::ECHILD,
-                    }
-                })?;
-                *conn = Some(new);
-                relaunched = true;
-            }
-            let Some(c) = conn.as_ref() else { continue };
-            let result = write_frame(c.sock.as_fd(), request, fds)
-                .and_then(|()| read_frame::<Reply>(c.sock.as_fd()));
-            match result {
-                Ok(Some(reply)) => return Ok(reply),
-                // The zygote is gone. A spawn may go to a new one; a reap may not (the child
-                // belonged to the old zygote and died with it).
-                Ok(None) | Err(_) if !relaunched && matches!(request, Request::Spawn { .. }) => {
-                    tracing::warn!("sandbox zygote went away; starting a new one");
-                    *conn = None;
-                }
-                Ok(None) => {
-                    *conn = None;
-                    return Err(SysError {
-                        call: "zygote (ended)",
-                        errno: Errno::EPIPE,
-                    });
-                }
-                Err(e) => {
-                    *conn = None;
-                    return Err(e);
-                }
-            }
+/// Runs `f`, which blocks on the zygote, telling the async runtime first when called from one
+/// of its worker threads (so it moves its other tasks elsewhere meanwhile).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
         }
+        _ => f(),
+    }
+}
+
+impl Zygote {
+    /// One request and its reply, through the zygote of `generation` (`None`: the current one,
+    /// started again if it has gone away).
+    fn ask(
+        &self,
+        request: &Request,
+        fds: &[RawFd],
+        generation: Option<u64>,
+    ) -> Result<(Reply, Vec<OwnedFd>, u64), SysError> {
+        blocking(|| {
+            let mut conn = self.conn.lock().map_err(|_| SysError {
+                call: "zygote lock (poisoned)",
+                errno: Errno::EDEADLK,
+            })?;
+            let gone = SysError {
+                call: "zygote (the one that forked this child is gone)",
+                errno: Errno::ECHILD,
+            };
+            let mut relaunched = false;
+            loop {
+                if conn.is_none() {
+                    if generation.is_some() || relaunched {
+                        return Err(gone);
+                    }
+                    let next = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    let (new, _) = launch(&self.faasd, &self.dir, next).map_err(|why| {
+                        tracing::warn!("sandbox zygote: {why}");
+                        SysError {
+                            call: "starting the sandbox zygote",
+                            errno: Errno::ECHILD,
+                        }
+                    })?;
+                    tracing::info!("sandbox zygote started again");
+                    *conn = Some(new);
+                    relaunched = true;
+                }
+                let Some(c) = conn.as_ref() else { continue };
+                if generation.is_some_and(|g| g != c.generation) {
+                    return Err(gone);
+                }
+                let result = write_frame(c.sock.as_fd(), request, fds)
+                    .and_then(|()| read_frame::<Reply>(c.sock.as_fd()));
+                match result {
+                    Ok(Some((Ok(reply), fds))) => return Ok((reply, fds, c.generation)),
+                    Ok(Some((Err(e), _))) => return Err(e),
+                    // The zygote is gone (its children died with it).
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("sandbox zygote went away");
+                        *conn = None;
+                    }
+                }
+            }
+        })
     }
 
-    /// Forks a shim for `argv` (a command line from [`sandbox::wrap`]); returns its pid and a
-    /// pidfd for it.
+    /// Whether the zygote of `generation` is still the one running.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.conn
+            .lock()
+            .is_ok_and(|c| c.as_ref().is_some_and(|c| c.generation == generation))
+    }
+
+    /// Forks a shim for `argv` (a command line from [`sandbox::wrap`]); returns its pid, a
+    /// pidfd for it, and the zygote's generation.
     pub fn spawn(
         &self,
         argv: &[CString],
         envp: &[CString],
         cwd: &CStr,
         stdio: [BorrowedFd<'_>; 3],
-    ) -> Result<(i32, OwnedFd), SysError> {
+    ) -> Result<(i32, OwnedFd, u64), SysError> {
         let bytes = |v: &[CString]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
         let request = Request::Spawn {
             argv: bytes(argv),
@@ -338,9 +468,19 @@ impl Zygote {
             cwd: cwd.to_bytes().to_vec(),
         };
         let fds = stdio.map(|fd| fd.as_raw_fd());
-        match self.ask(&request, &fds)? {
-            (Reply::Spawned { pid }, mut fds) if fds.len() == 1 => Ok((pid, fds.remove(0))),
-            (Reply::Failed { call, errno }, _) => {
+        match self.ask(&request, &fds, None)? {
+            (Reply::Spawned { pid }, mut fds, generation) if fds.len() == 1 => {
+                Ok((pid, fds.remove(0), generation))
+            }
+            (Reply::Spawned { pid }, _, generation) => {
+                // A child we cannot follow must not run unwatched.
+                self.kill(pid, generation);
+                Err(SysError {
+                    call: "zygote (a child without its pidfd)",
+                    errno: Errno::EPROTO,
+                })
+            }
+            (Reply::Failed { call, errno }, _, _) => {
                 tracing::warn!("sandbox zygote: {call} failed: {}", Errno::from_raw(errno));
                 Err(SysError {
                     call: "zygote fork",
@@ -354,12 +494,13 @@ impl Zygote {
         }
     }
 
-    /// The wait status of a child that has ended (its pidfd is readable).
-    pub fn reap(&self, pid: i32) -> Result<ExitStatus, SysError> {
+    /// The wait status of a child of the zygote of `generation` that has ended (its pidfd is
+    /// readable).
+    pub fn reap(&self, pid: i32, generation: u64) -> Result<ExitStatus, SysError> {
         use std::os::unix::process::ExitStatusExt;
-        match self.ask(&Request::Reap { pid }, &[])? {
-            (Reply::Reaped { status }, _) => Ok(ExitStatus::from_raw(status)),
-            (Reply::Failed { errno, .. }, _) => Err(SysError {
+        match self.ask(&Request::Reap { pid }, &[], Some(generation))? {
+            (Reply::Reaped { status }, _, _) => Ok(ExitStatus::from_raw(status)),
+            (Reply::Failed { errno, .. }, _, _) => Err(SysError {
                 call: "waitpid (zygote)",
                 errno: Errno::from_raw(errno),
             }),
@@ -368,6 +509,11 @@ impl Zygote {
                 errno: Errno::EPROTO,
             }),
         }
+    }
+
+    /// Has the zygote of `generation` kill and reap a child.
+    pub fn kill(&self, pid: i32, generation: u64) {
+        let _ = self.ask(&Request::Kill { pid }, &[], Some(generation));
     }
 }
 
@@ -414,13 +560,19 @@ struct State {
     /// Where template roots are built.
     dir: std::path::PathBuf,
     /// The template roots built so far.
-    templates: HashMap<TemplateKey, std::path::PathBuf>,
+    templates: HashMap<TemplateKey, (std::path::PathBuf, Instant)>,
+    /// Templates replaced by newer ones, and since when (detached once no child can still be
+    /// about to copy them).
+    retired: Vec<(std::path::PathBuf, Instant)>,
+    /// Numbers the template directories.
+    next_template: usize,
     /// This process's own network namespace.
     home_net: OwnedFd,
-    /// Idle pooled network namespaces.
-    idle_nets: Vec<OwnedFd>,
-    /// The pooled namespace each unreaped child holds.
-    held_nets: HashMap<i32, OwnedFd>,
+    /// Idle pooled network namespaces, oldest first, each for the function (its bundle) whose
+    /// executors used it.
+    idle_nets: std::collections::VecDeque<(std::path::PathBuf, OwnedFd)>,
+    /// The network namespace each unreaped child holds, and its pool (`None`: not reused).
+    held_nets: HashMap<i32, (Option<std::path::PathBuf>, OwnedFd)>,
     /// This process's own PID namespace.
     home_pid: OwnedFd,
     /// The read end of each unreaped child's report pipe.
@@ -434,6 +586,13 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
             call: "prctl(PR_SET_PDEATHSIG)",
             errno: Errno::last(),
         });
+    }
+    // Each running executor holds a pidfd, a report pipe and a network namespace here.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     let private = private_mounts().is_ok();
     let moves = if private {
@@ -456,49 +615,82 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         // Templates need the private mount namespace.
         dir: if private { dir } else { Default::default() },
         templates: HashMap::new(),
+        retired: Vec::new(),
+        next_template: 0,
         home_net,
-        idle_nets: Vec::new(),
+        idle_nets: std::collections::VecDeque::new(),
         held_nets: HashMap::new(),
         home_pid,
         reports: HashMap::new(),
     };
     write_frame(sock.as_fd(), &Reply::Ready { fast_attach, note }, &[])?;
     while let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? {
-        match request {
-            Request::Spawn { argv, env, cwd } => match spawn_one(&mut state, argv, env, cwd, fds) {
-                Ok((pid, pidfd)) => {
-                    write_frame(sock.as_fd(), &Reply::Spawned { pid }, &[pidfd.as_raw_fd()])?;
+        let failed = |e: SysError| Reply::Failed {
+            call: e.call.to_string(),
+            errno: e.errno as i32,
+        };
+        let reply = match request {
+            // A frame this zygote cannot use fails that request alone.
+            Err(e) => failed(e),
+            Ok(Request::Spawn { argv, env, cwd }) => {
+                match spawn_one(&mut state, argv, env, cwd, fds) {
+                    Ok((pid, pidfd)) => {
+                        write_frame(sock.as_fd(), &Reply::Spawned { pid }, &[pidfd.as_raw_fd()])?;
+                        continue;
+                    }
+                    Err(e) => failed(e),
                 }
-                Err(e) => write_frame(
-                    sock.as_fd(),
-                    &Reply::Failed {
-                        call: e.call.to_string(),
-                        errno: e.errno as i32,
-                    },
-                    &[],
-                )?,
-            },
-            Request::Reap { pid } => {
-                let report = state.reports.remove(&pid);
-                let reply = match reap(pid) {
-                    Ok(status) => Reply::Reaped {
-                        status: report.and_then(|r| reported(&r)).unwrap_or(status),
-                    },
-                    Err(errno) => Reply::Failed {
-                        call: "waitpid".into(),
-                        errno: errno as i32,
-                    },
-                };
-                if let Some(net) = state.held_nets.remove(&pid)
-                    && state.idle_nets.len() < MAX_POOLED_NETNS
-                {
-                    state.idle_nets.push(net);
-                }
-                write_frame(sock.as_fd(), &reply, &[])?;
             }
-        }
+            Ok(Request::Reap { pid }) => reap_child(&mut state, pid, false),
+            Ok(Request::Kill { pid }) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                reap_child(&mut state, pid, true)
+            }
+        };
+        write_frame(sock.as_fd(), &reply, &[])?;
     }
     Ok(())
+}
+
+/// Reaps a child (`wait`: even if it has not ended yet; otherwise a child still running is
+/// refused with EAGAIN rather than waited for) and gives its network namespace back to the
+/// pool.
+fn reap_child(state: &mut State, pid: i32, wait: bool) -> Reply {
+    let mut status: libc::c_int = 0;
+    let flags = if wait { 0 } else { libc::WNOHANG };
+    let rc = loop {
+        // SAFETY: waitpid on one of our children with a valid out pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if rc >= 0 || Errno::last() != Errno::EINTR {
+            break rc;
+        }
+    };
+    if rc == 0 {
+        return Reply::Failed {
+            call: "waitpid (the child has not ended)".into(),
+            errno: Errno::EAGAIN as i32,
+        };
+    }
+    let errno = Errno::last();
+    let report = state.reports.remove(&pid);
+    if let Some((Some(key), net)) = state.held_nets.remove(&pid) {
+        state.idle_nets.push_back((key, net));
+        if state.idle_nets.len() > MAX_POOLED_NETNS {
+            state.idle_nets.pop_front();
+        }
+    }
+    if rc < 0 {
+        return Reply::Failed {
+            call: "waitpid".into(),
+            errno: errno as i32,
+        };
+    }
+    Reply::Reaped {
+        status: report.and_then(|r| reported(&r)).unwrap_or(status),
+    }
 }
 
 /// A private mount namespace (still receiving the host's later mounts) for the cgroup mount.
@@ -608,10 +800,28 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
         .find(|(_, inside)| inside == bundle)
         .map(|(host, _)| host.is_dir());
     let key = (others, stub);
-    if let Some(path) = state.templates.get(&key) {
-        return (!path.as_os_str().is_empty()).then(|| path.clone());
+    if let Some((path, built)) = state.templates.get(&key) {
+        if built.elapsed() < TEMPLATE_LIFE {
+            return (!path.as_os_str().is_empty()).then(|| path.clone());
+        }
+        // Files bound one by one (`/etc/resolv.conf`, `hosts`, `localtime`) keep the inode
+        // they had when the template was built; a host that replaced one gets it seen anew.
+        if !path.as_os_str().is_empty() {
+            state.retired.push((path.clone(), Instant::now()));
+        }
     }
-    let path = state.dir.join(format!("root-{}", state.templates.len()));
+    // A child forked just before a template was retired may not have copied the mount
+    // namespace yet; a few seconds later every such child has.
+    state.retired.retain(|(path, since)| {
+        if since.elapsed() < RETIRED_GRACE {
+            return true;
+        }
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(path);
+        false
+    });
+    let path = state.dir.join(format!("root-{}", state.next_template));
+    state.next_template += 1;
     let built = std::fs::create_dir_all(&path)
         .map_err(|e| format!("mkdir({}): {e}", path.display()))
         .and_then(|()| {
@@ -620,19 +830,28 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
         });
     match built {
         Ok(()) => {
-            state.templates.insert(key, path.clone());
+            state.templates.insert(key, (path.clone(), Instant::now()));
             Some(path)
         }
         Err(why) => {
             eprintln!(
                 "faasd zygote: cannot build a template root, executors build their own: {why}"
             );
-            // Not tried again for these paths.
-            state.templates.insert(key, std::path::PathBuf::new());
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            // Tried again for these paths once the template's life has passed.
+            state
+                .templates
+                .insert(key, (std::path::PathBuf::new(), Instant::now()));
             None
         }
     }
 }
+
+/// How long a template root serves before it is built anew.
+const TEMPLATE_LIFE: Duration = Duration::from_secs(60);
+
+/// How long a replaced template stays mounted.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
 
 /// The fd on which the call's init finds its report pipe.
 const REPORT_FD: RawFd = 3;
@@ -691,10 +910,26 @@ fn spawn_one(
     } else {
         None
     };
+    // A network namespace is reused only by the same function's executors (a namespace keeps
+    // traces of its last user: TIME_WAIT sockets, counters), and only when they run without
+    // privileges (a privileged one could change its interfaces, routes or filters).
+    let bundle = std::path::Path::new(sandbox::BUNDLE);
+    let pool = config.drop_uid.then(|| {
+        config
+            .read_only
+            .iter()
+            .find(|(_, inside)| inside == bundle)
+            .map(|(host, _)| host.clone())
+            .unwrap_or_default()
+    });
     let net = if config.allow_net || !config.namespaces {
         None
     } else {
-        Some(match state.idle_nets.pop() {
+        let reused = pool.as_ref().and_then(|key| {
+            let at = state.idle_nets.iter().rposition(|(k, _)| k == key)?;
+            state.idle_nets.remove(at).map(|(_, net)| net)
+        });
+        Some(match reused {
             Some(net) => net,
             None => new_netns(&state.home_net)?,
         })
@@ -715,11 +950,13 @@ fn spawn_one(
     }
     // SAFETY: the zygote is single-threaded, so the child may run any code.
     let forked = unsafe { nix::unistd::fork() };
-    if config.namespaces && !matches!(forked, Ok(nix::unistd::ForkResult::Child)) {
-        sys(
-            "setns(home PID)",
-            nix::sched::setns(&state.home_pid, CloneFlags::CLONE_NEWPID),
-        )?;
+    if config.namespaces
+        && !matches!(forked, Ok(nix::unistd::ForkResult::Child))
+        && let Err(errno) = nix::sched::setns(&state.home_pid, CloneFlags::CLONE_NEWPID)
+    {
+        // Every later child would land in this call's namespace: end, taking them all along.
+        eprintln!("faasd zygote: setns(home PID) failed: {errno}");
+        std::process::exit(1);
     }
     match forked.map_err(|errno| SysError {
         call: "fork",
@@ -752,7 +989,7 @@ fn spawn_one(
             // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             if let Some(net) = net {
-                state.held_nets.insert(pid, net);
+                state.held_nets.insert(pid, (pool, net));
             }
             if fd < 0 {
                 let errno = Errno::last();

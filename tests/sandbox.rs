@@ -461,3 +461,44 @@ async fn without_root_auto_applies_the_layers_it_can() {
     assert!(lines.contains(&"shadow denied"), "{out}");
     assert_eq!(lines.last(), Some(&"0"), "core dumps off: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_cannot_reach_each_other_over_loopback() {
+    let server = sandboxed_server().await;
+    let client = server.client();
+    // One function listens on loopback for a while; another, running at the same time, dials
+    // that port: each has a network namespace of its own, so nothing is there.
+    let listen = "exec python3 -c 'import socket, time; s = socket.socket(); \
+                  s.bind((\"127.0.0.1\", 47321)); s.listen(); time.sleep(33.25)'";
+    let dial = "exec python3 -c 'import socket\n\
+                try:\n    socket.create_connection((\"127.0.0.1\", 47321), timeout=2); print(\"reached\")\n\
+                except OSError as e:\n    print(\"refused\", e.errno)'";
+    let settings = serde_json::json!({"timeout": "60s"});
+    assert_eq!(
+        register(&client, "listener", listen, settings.clone())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        register(&client, "dialer", dial, settings).await.status,
+        201
+    );
+    submit(&client, "listener", b"").await;
+    let pid = processes_running("time.sleep(33.25)", 1).await[0];
+    // Listening (port 47321 is B8D9, state 0A), seen through the listener's own namespace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+        .is_ok_and(|t| t.lines().any(|l| l.contains(":B8D9 00000000:0000 0A")))
+    {
+        assert!(Instant::now() < deadline, "the listener never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = invoke(&client, "dialer", b"").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert!(
+        text(&answer.body).starts_with("refused"),
+        "{}",
+        text(&answer.body)
+    );
+}

@@ -59,6 +59,31 @@ fn children(pid: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
+/// The memory cgroups the kernel holds (live ones and removed ones it has not freed yet).
+fn memory_cgroups_in_kernel() -> usize {
+    std::fs::read_to_string("/proc/cgroups")
+        .expect("/proc/cgroups")
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.first() == Some(&"memory")).then(|| fields[2].parse().expect("count"))
+        })
+        .expect("a memory controller")
+}
+
+/// The zygote's pooled cgroups (`z<zygote pid>-<n>`).
+fn pooled_cgroups(zygote: u32) -> usize {
+    let prefix = format!("z{zygote}-");
+    std::fs::read_dir("/sys/fs/cgroup/memory/faasd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        })
+        .unwrap_or_default()
+}
+
+/// Per-call cgroups (named by a shim's pid).
 fn call_cgroups() -> Vec<String> {
     std::fs::read_dir("/sys/fs/cgroup/memory/faasd")
         .map(|d| {
@@ -143,6 +168,7 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
     eventually("executors stop when idle", no_executors).await;
     let baseline = fd_count(pid);
     let zygote_baseline = fd_count(zygote);
+    let kernel_cgroups = memory_cgroups_in_kernel();
 
     // 10,000 invocations: 8,000 warm (1 in 10 raising), 1,500 cold, 500 failing cold.
     let mut jobs = tokio::task::JoinSet::new();
@@ -200,11 +226,19 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         }
     })
     .await;
-    // Two slots and their warm executors: never more than a few namespaces in use at once.
+    // Two slots and their warm executors: never more than a few namespaces and cgroups in use
+    // at once, and the kernel is not left holding thousands of removed memory cgroups.
     let pooled = netns_count(zygote);
     assert!(
         (1..=8).contains(&pooled),
         "{pooled} pooled network namespaces"
+    );
+    let pooled = pooled_cgroups(zygote);
+    assert!((1..=8).contains(&pooled), "{pooled} pooled cgroups");
+    let kernel_now = memory_cgroups_in_kernel();
+    assert!(
+        kernel_now <= kernel_cgroups + 16,
+        "memory cgroups in the kernel: {kernel_cgroups} before, {kernel_now} after"
     );
     assert!(
         children(pid).iter().any(|(child, _)| *child == zygote),

@@ -70,16 +70,21 @@ pub fn describe() -> &'static str {
     }
 }
 
-/// The directories of one call's cgroups.
-fn call_dirs(shim_pid: u32) -> Vec<PathBuf> {
+/// The directories of the cgroups called `name` (a shim's pid, or a zygote's pooled name), the
+/// memory one first.
+fn dirs_of(name: &str) -> Vec<PathBuf> {
     match version() {
         Some(Version::V1) => V1_DIRS
             .iter()
-            .map(|(_, root)| PathBuf::from(format!("{root}/{shim_pid}")))
+            .map(|(_, root)| PathBuf::from(format!("{root}/{name}")))
             .collect(),
-        Some(Version::V2(mount)) => vec![mount.join("faasd").join(shim_pid.to_string())],
+        Some(Version::V2(mount)) => vec![mount.join("faasd").join(name)],
         None => Vec::new(),
     }
+}
+
+fn call_dirs(shim_pid: u32) -> Vec<PathBuf> {
+    dirs_of(&shim_pid.to_string())
 }
 
 /// This process's pid as the host (and so the worker) sees it: a zygote's child is already
@@ -96,18 +101,53 @@ fn write(file: PathBuf, value: &str) -> Result<(), (PathBuf, std::io::Error)> {
 }
 
 /// In the shim: creates the call's cgroups (named by its host pid), sets their limits and moves
-/// the shim into them (writing 0, "this process", which holds in any PID namespace); its
-/// children follow. Returns the file whose write failed, with the error.
+/// the shim into them; its children follow.
 pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
-    let pid = host_pid();
+    let name = host_pid().to_string();
+    create(&name)?;
+    join(&name, memory_bytes, max_pids)
+}
+
+/// Creates the cgroups called `name` (empty, without limits).
+pub fn create(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
+    if let Some(Version::V2(mount)) = version() {
+        // The controllers must be enabled for faasd's subtree (a cgroup with processes of its
+        // own cannot, so the calls live under a directory that has none).
+        let base = mount.join("faasd");
+        std::fs::create_dir_all(&base).map_err(|e| (base.clone(), e))?;
+        for parent in [mount, &base] {
+            let control = parent.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            if !has_controllers(&enabled) {
+                write(control, "+memory +pids")?;
+            }
+        }
+    }
+    if version().is_none() {
+        return Err((
+            PathBuf::from("/sys/fs/cgroup"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    for d in dirs_of(name) {
+        std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// Sets the limits of the cgroups called `name` and moves this process into them (writing 0,
+/// "this process", which holds in any PID namespace); its children follow.
+pub fn join(name: &str, memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
     let memory = memory_bytes.to_string();
     let pids = max_pids.to_string();
+    let dirs = dirs_of(name);
     match version() {
         Some(Version::V1) => {
-            for ((controller, _), d) in V1_DIRS.iter().zip(call_dirs(pid)) {
-                std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
-                if *controller == "memory" {
-                    // Swap must not extend the limit where the kernel accounts it.
+            for (i, d) in dirs.iter().enumerate() {
+                if i == 0 {
+                    // Swap must not extend the limit where the kernel accounts it. Lowered
+                    // in that order: memsw may never be below the plain limit.
+                    let _ = std::fs::write(d.join("memory.limit_in_bytes"), &memory);
                     let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), &memory);
                     write(d.join("memory.limit_in_bytes"), &memory)?;
                 } else {
@@ -117,20 +157,8 @@ pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::
             }
             Ok(())
         }
-        Some(Version::V2(mount)) => {
-            // The controllers must be enabled for faasd's subtree (a cgroup with processes of
-            // its own cannot, so the calls live under a directory that has none).
-            let base = mount.join("faasd");
-            std::fs::create_dir_all(&base).map_err(|e| (base.clone(), e))?;
-            for parent in [mount, &base] {
-                let control = parent.join("cgroup.subtree_control");
-                let enabled = std::fs::read_to_string(&control).unwrap_or_default();
-                if !has_controllers(&enabled) {
-                    write(control, "+memory +pids")?;
-                }
-            }
-            let d = base.join(pid.to_string());
-            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+        Some(Version::V2(_)) => {
+            let d = &dirs[0];
             write(d.join("memory.max"), &memory)?;
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
             write(d.join("pids.max"), &pids)?;
@@ -140,6 +168,25 @@ pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::
             PathBuf::from("/sys/fs/cgroup"),
             std::io::Error::from(std::io::ErrorKind::NotFound),
         )),
+    }
+}
+
+/// How many processes the memory limit of the cgroup called `name` has killed so far.
+pub fn oom_kills_of(name: &str) -> u64 {
+    let events = match version() {
+        Some(Version::V1) => "memory.oom_control",
+        _ => "memory.events",
+    };
+    dirs_of(name)
+        .first()
+        .and_then(|d| std::fs::read_to_string(d.join(events)).ok())
+        .map_or(0, |text| oom_kills(&text))
+}
+
+/// Removes the (empty) cgroups called `name`.
+pub fn remove(name: &str) {
+    for d in dirs_of(name) {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
@@ -157,15 +204,8 @@ fn oom_kills(text: &str) -> u64 {
 /// In the worker, after reaping the shim: whether the memory limit killed a process of the
 /// call; then removes the call's cgroups (in the background while their last processes exit).
 pub fn finish(shim_pid: u32) -> bool {
+    let oom = oom_kills_of(&shim_pid.to_string()) > 0;
     let dirs = call_dirs(shim_pid);
-    let events = match version() {
-        Some(Version::V1) => "memory.oom_control",
-        _ => "memory.events",
-    };
-    let oom = dirs
-        .first()
-        .and_then(|d| std::fs::read_to_string(d.join(events)).ok())
-        .is_some_and(|text| oom_kills(&text) > 0);
     let remove = move || {
         for d in dirs {
             for _ in 0..100 {
@@ -185,8 +225,8 @@ pub fn finish(shim_pid: u32) -> bool {
     oom
 }
 
-/// Removes the cgroups of shims that no longer exist (left by a worker that was killed while
-/// executors ran). A cgroup that still has processes cannot be removed, so this never disturbs
+/// Removes the cgroups of shims and zygotes that no longer exist (left by a worker that was
+/// killed while executors ran). A cgroup that still has processes cannot be removed, so this never disturbs
 /// a live call.
 pub fn sweep() {
     let roots: Vec<PathBuf> = match version() {
@@ -200,7 +240,14 @@ pub fn sweep() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            // A shim's pid, or a zygote's pooled cgroup (`z<zygote pid>-<n>`).
+            let owner = name.to_str().and_then(|n| {
+                let n = n
+                    .strip_prefix('z')
+                    .map_or(n, |rest| rest.split('-').next().unwrap_or(""));
+                n.parse::<u32>().ok()
+            });
+            let Some(pid) = owner else {
                 continue;
             };
             if !Path::new(&format!("/proc/{pid}")).exists() {

@@ -134,7 +134,6 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         workdir: workdir.path(),
         env: call.env,
     })?;
-    let pid = child.pid();
     let stdin = child
         .stdin
         .take()
@@ -201,7 +200,7 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
     }
     let (exit_code, signal) = decode_status(status);
     // The sandbox's memory limit, read (and its cgroups removed) now the call's processes are gone.
-    let out_of_memory = sandbox::is_wrapped(call.argv) && cgroup::finish(pid);
+    let out_of_memory = sandbox::is_wrapped(call.argv) && child.out_of_memory();
     // The sandbox shim's own failure, before the function ever ran.
     let sandbox_failed = exit_code == Some(sandbox::SETUP_FAILED)
         && stderr.starts_with(sandbox::ERROR_PREFIX.as_bytes());

@@ -179,6 +179,8 @@ pub(super) struct Prepared {
     pub filter: Option<seccompiler::BpfProgram>,
     /// A root the zygote built for this set of read-only paths (see [`fill_template`]).
     pub template: Option<PathBuf>,
+    /// Pooled cgroups the zygote made for this call (else the shim makes its own).
+    pub cgroup: Option<String>,
 }
 
 fn env_entry(key: OsString, value: &std::ffi::OsStr) -> OsString {
@@ -211,7 +213,7 @@ pub(super) fn run(
     env: &[OsString],
     prepared: &Prepared,
 ) -> Result<i32, StepError> {
-    prologue(config)?;
+    prologue(config, prepared)?;
     // 2. Namespaces; the PID namespace takes effect for the next child, the namespace's init.
     let new_net = enter_namespaces(config, prepared, true)?;
 
@@ -247,13 +249,13 @@ pub(super) fn run_as_init(
     prepared: &Prepared,
     report: std::os::fd::OwnedFd,
 ) -> Result<std::convert::Infallible, StepError> {
-    prologue(config)?;
+    prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
     init(config, new_net, argv, env, prepared, report)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
-fn prologue(config: &Config) -> Result<(), StepError> {
+fn prologue(config: &Config, prepared: &Prepared) -> Result<(), StepError> {
     // 1. Default dispositions for every signal (a Rust program starts with SIGPIPE ignored,
     //    and an ignored signal stays ignored across exec) and an empty mask; die with the
     //    worker.
@@ -268,11 +270,13 @@ fn prologue(config: &Config) -> Result<(), StepError> {
 
     // The call's cgroups, which every process it starts inherits.
     if config.memory_bytes > 0 {
-        super::cgroup::enter(config.memory_bytes, config.max_processes).map_err(|(file, e)| {
-            StepError {
-                call: format!("write({})", file.display()),
-                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            }
+        match &prepared.cgroup {
+            Some(name) => super::cgroup::join(name, config.memory_bytes, config.max_processes),
+            None => super::cgroup::enter(config.memory_bytes, config.max_processes),
+        }
+        .map_err(|(file, e)| StepError {
+            call: format!("write({})", file.display()),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
     }
 

@@ -49,6 +49,8 @@ pub struct Child {
     reaped: bool,
     /// The sandbox zygote and its generation, when it forked the child (and so reaps it).
     zygote: Option<(&'static super::zygote::Zygote, u64)>,
+    /// The zygote said, when reaping, that the call's memory limit killed a process of it.
+    memory_killed: bool,
     /// The write end of the child's stdin.
     pub stdin: Option<OwnedFd>,
     /// The read end of the child's stdout.
@@ -144,6 +146,7 @@ pub fn spawn_in_zygote(
         pidfd,
         reaped: false,
         zygote: Some((zygote, generation)),
+        memory_killed: false,
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -251,6 +254,7 @@ pub fn spawn(
         pidfd,
         reaped: false,
         zygote: None,
+        memory_killed: false,
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -308,6 +312,20 @@ impl Child {
         })?;
         drop(guard);
         Ok(())
+    }
+
+    /// Whether the sandbox's memory limit killed a process of the call, once the child is
+    /// reaped; a shim's own cgroups (no zygote) are removed here too.
+    pub fn out_of_memory(&self) -> bool {
+        match self.zygote {
+            Some(_) => self.memory_killed,
+            None => super::cgroup::finish(self.pid()),
+        }
+    }
+
+    /// Whether the sandbox zygote forked the child (and so looks after its cgroups).
+    pub fn forked_by_zygote(&self) -> bool {
+        self.zygote.is_some()
     }
 
     /// The child's pid (also its process group and session id).
@@ -400,7 +418,12 @@ impl Child {
         let status = match self.zygote {
             Some((zygote, generation)) => {
                 wait_exited(self.pidfd.get_ref());
-                zygote.reap(self.pid.as_raw(), generation)
+                zygote
+                    .reap(self.pid.as_raw(), generation)
+                    .map(|(status, oom)| {
+                        self.memory_killed = oom;
+                        status
+                    })
             }
             None => reap(self.pid),
         };

@@ -261,7 +261,7 @@ impl WarmExecutor {
                     Err(_) => None,
                 };
                 let killed_by_memory_limit =
-                    self.sandboxed && status.is_some() && super::cgroup::finish(self.child.pid());
+                    self.sandboxed && status.is_some() && self.child.out_of_memory();
                 let reason = if killed_by_memory_limit {
                     FailureReason::OutOfMemory
                 } else {
@@ -296,8 +296,9 @@ impl WarmExecutor {
 
 impl Drop for WarmExecutor {
     fn drop(&mut self) {
-        // Reap first, then remove the call's cgroups (which must be empty by then).
-        let sandboxed = self.sandboxed;
+        // Reap first, then remove the call's cgroups (which must be empty by then); a zygote
+        // recycles its children's cgroups itself.
+        let sandboxed = self.sandboxed && !self.child.forked_by_zygote();
         let pid = self.child.pid();
         self.child.kill_and_reap_then(move || {
             if sandboxed {

@@ -8,6 +8,9 @@
 //!   only when they run without privileges (creating and destroying a namespace per call costs
 //!   more than everything else the sandbox does, and one shared namespace would let functions
 //!   reach each other over loopback);
+//! - cgroups: a pool of memory and pids cgroup pairs, one per running executor, reused once
+//!   its call is over (a removed memory cgroup lingers in the kernel while page cache is
+//!   charged to it);
 //! - template roots, one per set of read-only paths, built in the zygote's own mount namespace
 //!   and rebuilt after a minute (so a host file replaced since is seen);
 //! - fast cgroup moves: on cgroup v1 a process entering a cgroup waits for an RCU grace period
@@ -58,6 +61,9 @@ pub const ZYGOTE_COMMAND: &str = "__zygote";
 /// The largest request or reply accepted (a command line and an environment).
 const MAX_FRAME: usize = 16 << 20;
 
+/// The most idle cgroups kept for reuse.
+const MAX_POOLED_CGROUPS: usize = 64;
+
 /// The most idle network namespaces kept for reuse.
 const MAX_POOLED_NETNS: usize = 64;
 
@@ -83,8 +89,8 @@ enum Reply {
     Ready { fast_attach: bool, note: String },
     /// The child's pid; its pidfd comes as an fd.
     Spawned { pid: i32 },
-    /// The child's raw wait status.
-    Reaped { status: i32 },
+    /// The child's raw wait status, and whether its memory limit killed any of its processes.
+    Reaped { status: i32, oom: bool },
     /// The request failed in this system call.
     Failed { call: String, errno: i32 },
 }
@@ -496,10 +502,11 @@ impl Zygote {
 
     /// The wait status of a child of the zygote of `generation` that has ended (its pidfd is
     /// readable).
-    pub fn reap(&self, pid: i32, generation: u64) -> Result<ExitStatus, SysError> {
+    /// Also says whether the call's memory limit killed any of its processes.
+    pub fn reap(&self, pid: i32, generation: u64) -> Result<(ExitStatus, bool), SysError> {
         use std::os::unix::process::ExitStatusExt;
         match self.ask(&Request::Reap { pid }, &[], Some(generation))? {
-            (Reply::Reaped { status }, _, _) => Ok(ExitStatus::from_raw(status)),
+            (Reply::Reaped { status, oom }, _, _) => Ok((ExitStatus::from_raw(status), oom)),
             (Reply::Failed { errno, .. }, _, _) => Err(SysError {
                 call: "waitpid (zygote)",
                 errno: Errno::from_raw(errno),
@@ -566,6 +573,13 @@ struct State {
     retired: Vec<(std::path::PathBuf, Instant)>,
     /// Numbers the template directories.
     next_template: usize,
+    /// Idle pooled cgroups (each a memory and a pids cgroup of one name).
+    idle_cgroups: Vec<String>,
+    /// The pooled cgroups each unreaped child is in, with their count of memory-limit kills
+    /// when it got them.
+    held_cgroups: HashMap<i32, (String, u64)>,
+    /// Numbers the pooled cgroups.
+    next_cgroup: usize,
     /// This process's own network namespace.
     home_net: OwnedFd,
     /// Idle pooled network namespaces, oldest first, each for the function (its bundle) whose
@@ -617,6 +631,9 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         templates: HashMap::new(),
         retired: Vec::new(),
         next_template: 0,
+        idle_cgroups: Vec::new(),
+        held_cgroups: HashMap::new(),
+        next_cgroup: 0,
         home_net,
         idle_nets: std::collections::VecDeque::new(),
         held_nets: HashMap::new(),
@@ -652,6 +669,11 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         };
         write_frame(sock.as_fd(), &reply, &[])?;
     }
+    // The worker is gone: its idle cgroups go too (those still in use are swept at its next
+    // start, their zygote being gone).
+    for name in state.idle_cgroups.drain(..) {
+        super::cgroup::remove(&name);
+    }
     Ok(())
 }
 
@@ -676,6 +698,17 @@ fn reap_child(state: &mut State, pid: i32, wait: bool) -> Reply {
     }
     let errno = Errno::last();
     let report = state.reports.remove(&pid);
+    // Every process of the call is gone (its PID namespace ended with its init), so its cgroups
+    // are empty and serve the next call; the memory limit's kill count says if it struck.
+    let mut oom = false;
+    if let Some((name, before)) = state.held_cgroups.remove(&pid) {
+        oom = super::cgroup::oom_kills_of(&name) > before;
+        if state.idle_cgroups.len() < MAX_POOLED_CGROUPS {
+            state.idle_cgroups.push(name);
+        } else {
+            super::cgroup::remove(&name);
+        }
+    }
     if let Some((Some(key), net)) = state.held_nets.remove(&pid) {
         state.idle_nets.push_back((key, net));
         if state.idle_nets.len() > MAX_POOLED_NETNS {
@@ -690,6 +723,7 @@ fn reap_child(state: &mut State, pid: i32, wait: bool) -> Reply {
     }
     Reply::Reaped {
         status: report.and_then(|r| reported(&r)).unwrap_or(status),
+        oom,
     }
 }
 
@@ -934,6 +968,26 @@ fn spawn_one(
             None => new_netns(&state.home_net)?,
         })
     };
+    // Pooled cgroups: creating and removing a memory cgroup per call costs time, and a removed
+    // one lingers in the kernel as long as page cache is charged to it.
+    let cgroup = if config.memory_bytes > 0 && config.namespaces && super::cgroup::available() {
+        let name = match state.idle_cgroups.pop() {
+            Some(name) => name,
+            None => {
+                let name = format!("z{}-{}", std::process::id(), state.next_cgroup);
+                state.next_cgroup += 1;
+                super::cgroup::create(&name).map_err(|(_, e)| SysError {
+                    call: "mkdir(pooled cgroup)",
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                })?;
+                name
+            }
+        };
+        let before = super::cgroup::oom_kills_of(&name);
+        Some((name, before))
+    } else {
+        None
+    };
     // How the function ended, from the call's init (the child); the zygote reads it at reaping.
     let (report_r, report_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|errno| SysError {
@@ -958,16 +1012,26 @@ fn spawn_one(
         eprintln!("faasd zygote: setns(home PID) failed: {errno}");
         std::process::exit(1);
     }
-    match forked.map_err(|errno| SysError {
-        call: "fork",
-        errno,
-    })? {
+    let forked = match forked {
+        Ok(forked) => forked,
+        Err(errno) => {
+            if let Some((name, _)) = cgroup {
+                state.idle_cgroups.push(name);
+            }
+            return Err(SysError {
+                call: "fork",
+                errno,
+            });
+        }
+    };
+    match forked {
         nix::unistd::ForkResult::Child => {
             drop(report_r);
             let prepared = Prepared {
                 net_joined: net.is_some(),
                 filter: Some(state.filter.clone()),
                 template,
+                cgroup: cgroup.as_ref().map(|(name, _)| name.clone()),
             };
             let code = child(
                 &config,
@@ -985,6 +1049,9 @@ fn spawn_one(
             drop((fds, report_w));
             let pid = child.as_raw();
             state.reports.insert(pid, report_r);
+            if let Some(cgroup) = cgroup {
+                state.held_cgroups.insert(pid, cgroup);
+            }
             // The child cannot be reaped before we wait for it, so this is its pidfd.
             // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -997,6 +1064,9 @@ fn spawn_one(
                 let _ = reap(pid);
                 state.held_nets.remove(&pid);
                 state.reports.remove(&pid);
+                if let Some((name, _)) = state.held_cgroups.remove(&pid) {
+                    state.idle_cgroups.push(name);
+                }
                 return Err(SysError {
                     call: "pidfd_open",
                     errno,

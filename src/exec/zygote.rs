@@ -989,19 +989,31 @@ fn spawn_one(
         None
     };
     // How the function ended, from the call's init (the child); the zygote reads it at reaping.
-    let (report_r, report_w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|errno| SysError {
-            call: "pipe2",
-            errno,
-        })?;
     // The child is the init of a new PID namespace: unshare makes the next child one, and
     // setns sets the zygote's own children back to its namespace.
-    if config.namespaces {
-        sys(
-            "unshare(PID)",
-            nix::sched::unshare(CloneFlags::CLONE_NEWPID),
-        )?;
-    }
+    let prepared = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|errno| SysError {
+            call: "pipe2",
+            errno,
+        })
+        .and_then(|pipe| {
+            if config.namespaces {
+                sys(
+                    "unshare(PID)",
+                    nix::sched::unshare(CloneFlags::CLONE_NEWPID),
+                )?;
+            }
+            Ok(pipe)
+        });
+    let (report_r, report_w) = match prepared {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            if let Some((name, _)) = cgroup {
+                state.idle_cgroups.push(name);
+            }
+            return Err(e);
+        }
+    };
     // SAFETY: the zygote is single-threaded, so the child may run any code.
     let forked = unsafe { nix::unistd::fork() };
     if config.namespaces

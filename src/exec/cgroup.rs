@@ -105,7 +105,8 @@ fn write(file: PathBuf, value: &str) -> Result<(), (PathBuf, std::io::Error)> {
 pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
     let name = host_pid().to_string();
     create(&name)?;
-    join(&name, memory_bytes, max_pids)
+    set_limits(&name, memory_bytes, max_pids)?;
+    join(&name)
 }
 
 /// Creates the cgroups called `name` (empty, without limits).
@@ -130,45 +131,59 @@ pub fn create(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
         ));
     }
     for d in dirs_of(name) {
-        std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+        if let Err(e) = std::fs::create_dir_all(&d) {
+            remove(name);
+            return Err((d, e));
+        }
     }
     Ok(())
 }
 
-/// Sets the limits of the cgroups called `name` and moves this process into them (writing 0,
-/// "this process", which holds in any PID namespace); its children follow.
-pub fn join(name: &str, memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
+/// Sets the limits of the cgroups called `name`.
+pub fn set_limits(
+    name: &str,
+    memory_bytes: u64,
+    max_pids: u64,
+) -> Result<(), (PathBuf, std::io::Error)> {
     let memory = memory_bytes.to_string();
     let pids = max_pids.to_string();
     let dirs = dirs_of(name);
     match version() {
         Some(Version::V1) => {
-            for (i, d) in dirs.iter().enumerate() {
-                if i == 0 {
-                    // Swap must not extend the limit where the kernel accounts it. Lowered
-                    // in that order: memsw may never be below the plain limit.
-                    let _ = std::fs::write(d.join("memory.limit_in_bytes"), &memory);
-                    let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), &memory);
-                    write(d.join("memory.limit_in_bytes"), &memory)?;
-                } else {
-                    write(d.join("pids.max"), &pids)?;
-                }
-                write(d.join("cgroup.procs"), "0")?;
+            let (memory_dir, pids_dir) = (&dirs[0], &dirs[1]);
+            // Swap must not extend the limit where the kernel accounts it (the memsw file is
+            // absent where it does not). memsw may never be below the plain limit, so the plain
+            // limit is tried first (it fails when raised above the old memsw), then memsw, then
+            // the plain limit for good.
+            let _ = std::fs::write(memory_dir.join("memory.limit_in_bytes"), &memory);
+            let memsw = memory_dir.join("memory.memsw.limit_in_bytes");
+            match std::fs::write(&memsw, &memory) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((memsw, e)),
+                _ => {}
             }
-            Ok(())
+            write(memory_dir.join("memory.limit_in_bytes"), &memory)?;
+            write(pids_dir.join("pids.max"), &pids)
         }
         Some(Version::V2(_)) => {
             let d = &dirs[0];
             write(d.join("memory.max"), &memory)?;
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
-            write(d.join("pids.max"), &pids)?;
-            write(d.join("cgroup.procs"), "0")
+            write(d.join("pids.max"), &pids)
         }
         None => Err((
             PathBuf::from("/sys/fs/cgroup"),
             std::io::Error::from(std::io::ErrorKind::NotFound),
         )),
     }
+}
+
+/// Moves this process into the cgroups called `name` (writing 0, "this process", which holds
+/// in any PID namespace); its children follow.
+pub fn join(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
+    for d in dirs_of(name) {
+        write(d.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
 }
 
 /// How many processes the memory limit of the cgroup called `name` has killed so far.

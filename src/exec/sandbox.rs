@@ -271,7 +271,8 @@ fn prologue(config: &Config, prepared: &Prepared) -> Result<(), StepError> {
     // The call's cgroups, which every process it starts inherits.
     if config.memory_bytes > 0 {
         match &prepared.cgroup {
-            Some(name) => super::cgroup::join(name, config.memory_bytes, config.max_processes),
+            // The zygote set its limits.
+            Some(name) => super::cgroup::join(name),
             None => super::cgroup::enter(config.memory_bytes, config.max_processes),
         }
         .map_err(|(file, e)| StepError {

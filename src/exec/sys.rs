@@ -49,8 +49,8 @@ pub struct Child {
     reaped: bool,
     /// The sandbox zygote and its generation, when it forked the child (and so reaps it).
     zygote: Option<(&'static super::zygote::Zygote, u64)>,
-    /// The zygote said, when reaping, that the call's memory limit killed a process of it.
-    memory_killed: bool,
+    /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
+    memory_killed: Option<bool>,
     /// The write end of the child's stdin.
     pub stdin: Option<OwnedFd>,
     /// The read end of the child's stdout.
@@ -146,7 +146,7 @@ pub fn spawn_in_zygote(
         pidfd,
         reaped: false,
         zygote: Some((zygote, generation)),
-        memory_killed: false,
+        memory_killed: None,
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -254,7 +254,7 @@ pub fn spawn(
         pidfd,
         reaped: false,
         zygote: None,
-        memory_killed: false,
+        memory_killed: None,
         stdin: Some(stdin_w),
         stdout: Some(stdout_r),
         stderr: Some(stderr_r),
@@ -317,8 +317,8 @@ impl Child {
     /// Whether the sandbox's memory limit killed a process of the call, once the child is
     /// reaped; a shim's own cgroups (no zygote) are removed here too.
     pub fn out_of_memory(&self) -> bool {
-        match self.zygote {
-            Some(_) => self.memory_killed,
+        match self.memory_killed {
+            Some(killed) => killed,
             None => super::cgroup::finish(self.pid()),
         }
     }
@@ -356,7 +356,7 @@ impl Child {
             // just forked may not have made its session yet. Its group only while its zygote
             // runs: a dead zygote's children were reaped by someone else, freeing their pids.
             // SAFETY: pidfd_send_signal on our own open pidfd, no siginfo, no flags.
-            unsafe {
+            let sent = unsafe {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
                     self.pidfd.get_ref().as_raw_fd(),
@@ -365,7 +365,8 @@ impl Child {
                     0u32,
                 )
             };
-            if !zygote.is_current(generation) {
+            // ESRCH: reaped already (by whoever took over a dead zygote's children).
+            if sent != 0 || !zygote.is_current(generation) {
                 return;
             }
         }
@@ -393,7 +394,10 @@ impl Child {
             match (zygote, pidfd) {
                 (Some((zygote, generation)), Some(pidfd)) => {
                     wait_exited(&pidfd);
-                    let _ = zygote.reap(pid.as_raw(), generation);
+                    if let Ok((_, None)) = zygote.reap(pid.as_raw(), generation) {
+                        // Cgroups the child made itself, named by its pid.
+                        super::cgroup::finish(pid.as_raw() as u32);
+                    }
                 }
                 // No copy of the pidfd to wait on: the zygote kills and reaps it.
                 (Some((zygote, generation)), None) => zygote.kill(pid.as_raw(), generation),

@@ -89,8 +89,9 @@ enum Reply {
     Ready { fast_attach: bool, note: String },
     /// The child's pid; its pidfd comes as an fd.
     Spawned { pid: i32 },
-    /// The child's raw wait status, and whether its memory limit killed any of its processes.
-    Reaped { status: i32, oom: bool },
+    /// The child's raw wait status, and whether its memory limit killed any of its processes
+    /// (`None`: its cgroups are not the zygote's, the worker reads and removes them).
+    Reaped { status: i32, oom: Option<bool> },
     /// The request failed in this system call.
     Failed { call: String, errno: i32 },
 }
@@ -243,6 +244,9 @@ pub struct Zygote {
     /// How many zygotes have been started: a child is signalled and reaped only through the
     /// zygote that forked it (once that one is gone, its pids may belong to anyone).
     generation: AtomicU64,
+    /// The generation of the zygote running now, 0 once it is known to be gone (read without
+    /// the connection's lock, which a spawn holds).
+    current: AtomicU64,
 }
 
 struct Conn {
@@ -288,6 +292,7 @@ pub fn start(faasd: &std::path::Path, dir: &std::path::Path) -> Result<Started, 
         dir: dir.to_owned(),
         conn: Mutex::new(Some(conn)),
         generation: AtomicU64::new(1),
+        current: AtomicU64::new(1),
     };
     ZYGOTE
         .set(zygote)
@@ -429,6 +434,7 @@ impl Zygote {
                         }
                     })?;
                     tracing::info!("sandbox zygote started again");
+                    self.current.store(next, Ordering::SeqCst);
                     *conn = Some(new);
                     relaunched = true;
                 }
@@ -444,7 +450,10 @@ impl Zygote {
                     // The zygote is gone (its children died with it).
                     Ok(None) | Err(_) => {
                         tracing::warn!("sandbox zygote went away");
+                        self.current.store(0, Ordering::SeqCst);
                         *conn = None;
+                        // Its children died with it; their cgroups go once empty.
+                        super::cgroup::sweep();
                     }
                 }
             }
@@ -453,9 +462,7 @@ impl Zygote {
 
     /// Whether the zygote of `generation` is still the one running.
     pub fn is_current(&self, generation: u64) -> bool {
-        self.conn
-            .lock()
-            .is_ok_and(|c| c.as_ref().is_some_and(|c| c.generation == generation))
+        self.current.load(Ordering::SeqCst) == generation
     }
 
     /// Forks a shim for `argv` (a command line from [`sandbox::wrap`]); returns its pid, a
@@ -502,8 +509,9 @@ impl Zygote {
 
     /// The wait status of a child of the zygote of `generation` that has ended (its pidfd is
     /// readable).
-    /// Also says whether the call's memory limit killed any of its processes.
-    pub fn reap(&self, pid: i32, generation: u64) -> Result<(ExitStatus, bool), SysError> {
+    /// Also says whether the call's memory limit killed any of its processes (`None`: the
+    /// child made its own cgroups, named by its pid, for the worker to read and remove).
+    pub fn reap(&self, pid: i32, generation: u64) -> Result<(ExitStatus, Option<bool>), SysError> {
         use std::os::unix::process::ExitStatusExt;
         match self.ask(&Request::Reap { pid }, &[], Some(generation))? {
             (Reply::Reaped { status, oom }, _, _) => Ok((ExitStatus::from_raw(status), oom)),
@@ -658,13 +666,24 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
                     Err(e) => failed(e),
                 }
             }
-            Ok(Request::Reap { pid }) => reap_child(&mut state, pid, false),
+            Ok(Request::Reap { pid }) => reap_child(&mut state, pid),
             Ok(Request::Kill { pid }) => {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                reap_child(&mut state, pid, true)
+                // A killed process ends at once unless stuck in the kernel: waited for a
+                // moment, never for ever (the worker's other calls wait on this zygote).
+                let mut reply = reap_child(&mut state, pid);
+                for _ in 0..100 {
+                    if !matches!(&reply, Reply::Failed { errno, .. } if *errno == Errno::EAGAIN as i32)
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    reply = reap_child(&mut state, pid);
+                }
+                reply
             }
         };
         write_frame(sock.as_fd(), &reply, &[])?;
@@ -677,12 +696,11 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
     Ok(())
 }
 
-/// Reaps a child (`wait`: even if it has not ended yet; otherwise a child still running is
-/// refused with EAGAIN rather than waited for) and gives its network namespace back to the
-/// pool.
-fn reap_child(state: &mut State, pid: i32, wait: bool) -> Reply {
+/// Reaps a child that has ended (one still running is refused with EAGAIN, never waited for)
+/// and gives its network namespace and cgroups back to the pools.
+fn reap_child(state: &mut State, pid: i32) -> Reply {
     let mut status: libc::c_int = 0;
-    let flags = if wait { 0 } else { libc::WNOHANG };
+    let flags = libc::WNOHANG;
     let rc = loop {
         // SAFETY: waitpid on one of our children with a valid out pointer.
         let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
@@ -700,9 +718,9 @@ fn reap_child(state: &mut State, pid: i32, wait: bool) -> Reply {
     let report = state.reports.remove(&pid);
     // Every process of the call is gone (its PID namespace ended with its init), so its cgroups
     // are empty and serve the next call; the memory limit's kill count says if it struck.
-    let mut oom = false;
+    let mut oom = None;
     if let Some((name, before)) = state.held_cgroups.remove(&pid) {
-        oom = super::cgroup::oom_kills_of(&name) > before;
+        oom = Some(super::cgroup::oom_kills_of(&name) > before);
         if state.idle_cgroups.len() < MAX_POOLED_CGROUPS {
             state.idle_cgroups.push(name);
         } else {
@@ -813,6 +831,30 @@ fn new_netns(home: &OwnedFd) -> Result<OwnedFd, SysError> {
     )?;
     up?;
     made
+}
+
+/// An idle pooled cgroup pair with this call's limits set, or a new one: a pair whose limits
+/// cannot be set (a lower memory limit than the charge a previous call left, or a pair removed
+/// from outside) is dropped from the pool.
+fn pooled_cgroup(state: &mut State, memory_bytes: u64, max_pids: u64) -> Result<String, SysError> {
+    let failed = |(_, e): (std::path::PathBuf, std::io::Error)| SysError {
+        call: "setting up a pooled cgroup",
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    while let Some(name) = state.idle_cgroups.pop() {
+        if super::cgroup::set_limits(&name, memory_bytes, max_pids).is_ok() {
+            return Ok(name);
+        }
+        super::cgroup::remove(&name);
+    }
+    let name = format!("z{}-{}", std::process::id(), state.next_cgroup);
+    state.next_cgroup += 1;
+    super::cgroup::create(&name).map_err(failed)?;
+    if let Err(e) = super::cgroup::set_limits(&name, memory_bytes, max_pids) {
+        super::cgroup::remove(&name);
+        return Err(failed(e));
+    }
+    Ok(name)
 }
 
 /// The template root for `config`'s paths, built on first use; `None` (each executor then
@@ -970,19 +1012,9 @@ fn spawn_one(
     };
     // Pooled cgroups: creating and removing a memory cgroup per call costs time, and a removed
     // one lingers in the kernel as long as page cache is charged to it.
+    // Only with a PID namespace: its end guarantees no process of the call is left in them.
     let cgroup = if config.memory_bytes > 0 && config.namespaces && super::cgroup::available() {
-        let name = match state.idle_cgroups.pop() {
-            Some(name) => name,
-            None => {
-                let name = format!("z{}-{}", std::process::id(), state.next_cgroup);
-                state.next_cgroup += 1;
-                super::cgroup::create(&name).map_err(|(_, e)| SysError {
-                    call: "mkdir(pooled cgroup)",
-                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                })?;
-                name
-            }
-        };
+        let name = pooled_cgroup(state, config.memory_bytes, config.max_processes)?;
         let before = super::cgroup::oom_kills_of(&name);
         Some((name, before))
     } else {

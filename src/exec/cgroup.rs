@@ -61,15 +61,6 @@ pub fn available() -> bool {
     version().is_some()
 }
 
-/// A short name of the interface in use, for the layer table.
-pub fn describe() -> &'static str {
-    match version() {
-        Some(Version::V1) => "v1",
-        Some(Version::V2(_)) => "v2",
-        None => "none",
-    }
-}
-
 /// The directories of the cgroups called `name` (a shim's pid, or a zygote's pooled name), the
 /// memory one first.
 fn dirs_of(name: &str) -> Vec<PathBuf> {

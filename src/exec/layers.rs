@@ -104,10 +104,10 @@ pub fn negotiate(wanted: &Sandbox) -> (Option<Sandbox>, Vec<Layer>) {
             Err(why) => State::Unavailable(why),
         }
     };
-    let name = match super::cgroup::describe() {
-        "v2" => "cgroup memory and pids limits (v2)",
-        "v1" => "cgroup memory and pids limits (v1)",
-        _ => "cgroup memory and pids limits",
+    let name = match super::cgroup::version() {
+        Some(super::cgroup::Version::V2(_)) => "cgroup memory and pids limits (v2)",
+        Some(super::cgroup::Version::V1) => "cgroup memory and pids limits (v1)",
+        None => "cgroup memory and pids limits",
     };
     row(name, cgroups);
     (Some(current), rows)

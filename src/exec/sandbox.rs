@@ -308,6 +308,50 @@ fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<b
     Ok(new_net)
 }
 
+/// How the function ended, as the namespace's init reports it on a pipe: a kind byte and a
+/// big-endian `i32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Report {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal of this number killed it.
+    Signaled(i32),
+}
+
+impl Report {
+    fn encode(self) -> [u8; 5] {
+        let (kind, value) = match self {
+            Report::Exited(code) => (b'E', code),
+            Report::Signaled(sig) => (b'S', sig),
+        };
+        let mut message = [kind, 0, 0, 0, 0];
+        message[1..].copy_from_slice(&value.to_be_bytes());
+        message
+    }
+
+    /// Reads the report from `pipe`; `None` when init ended before it could write one.
+    pub(super) fn read(pipe: &std::os::fd::OwnedFd) -> Option<Report> {
+        let mut buf = [0u8; 5];
+        if nix::unistd::read(pipe, &mut buf).ok()? < buf.len() {
+            return None;
+        }
+        let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        match buf[0] {
+            b'E' => Some(Report::Exited(value)),
+            b'S' => Some(Report::Signaled(value)),
+            _ => None,
+        }
+    }
+
+    /// As a raw wait status.
+    pub(super) fn wait_status(self) -> i32 {
+        match self {
+            Report::Exited(code) => (code & 0xff) << 8,
+            Report::Signaled(sig) => sig & 0x7f,
+        }
+    }
+}
+
 /// The shim outside the namespaces: waits for the namespace's init, then ends the way the
 /// function did (the same exit status, or death by the same signal), so the worker sees it.
 fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
@@ -319,24 +363,20 @@ fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
             Err(_) => return SETUP_FAILED,
         }
     };
-    let mut buf = [0u8; 5];
-    let mut file = std::fs::File::from(report);
-    let got = std::io::Read::read(&mut file, &mut buf).unwrap_or(0);
-    if got < 5 {
+    match Report::read(&report) {
         // Set-up failed before the function started; init said why on stderr.
-        return status;
-    }
-    let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if buf[0] == b'S' {
-        if let Ok(sig) = nix::sys::signal::Signal::try_from(value) {
-            let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-            // SAFETY: restoring the default disposition of a signal is always sound.
-            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-            let _ = nix::sys::signal::raise(sig);
+        None => status,
+        Some(Report::Exited(code)) => code,
+        Some(Report::Signaled(value)) => {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(value) {
+                let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+                // SAFETY: restoring the default disposition of a signal is always sound.
+                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+                let _ = nix::sys::signal::raise(sig);
+            }
+            128 + value
         }
-        return 128 + value;
     }
-    value
 }
 
 /// The namespace's init (pid 1): builds the filesystem, starts the function as pid 2 and waits
@@ -378,10 +418,12 @@ fn init(
         }
         ForkResult::Parent { child } => child,
     };
-    let (kind, value) = loop {
+    let ended = loop {
         match waitpid(None::<nix::unistd::Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == function => break (b'E', code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => break (b'S', sig as i32),
+            Ok(WaitStatus::Exited(pid, code)) if pid == function => break Report::Exited(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => {
+                break Report::Signaled(sig as i32);
+            }
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(errno) => {
                 return Err(StepError {
@@ -391,9 +433,7 @@ fn init(
             }
         }
     };
-    let mut message = [kind, 0, 0, 0, 0];
-    message[1..].copy_from_slice(&value.to_be_bytes());
-    let _ = std::io::Write::write_all(&mut std::fs::File::from(report), &message);
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(report), &ended.encode());
     std::process::exit(0)
 }
 

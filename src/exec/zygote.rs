@@ -574,8 +574,8 @@ struct State {
     filter: seccompiler::BpfProgram,
     /// Where template roots are built.
     dir: std::path::PathBuf,
-    /// The template roots built so far.
-    templates: HashMap<TemplateKey, (std::path::PathBuf, Instant)>,
+    /// The template roots built so far and when (`None`: building failed then).
+    templates: HashMap<TemplateKey, (Option<std::path::PathBuf>, Instant)>,
     /// Templates replaced by newer ones, and since when (detached once no child can still be
     /// about to copy them).
     retired: Vec<(std::path::PathBuf, Instant)>,
@@ -740,7 +740,9 @@ fn reap_child(state: &mut State, pid: i32) -> Reply {
         };
     }
     Reply::Reaped {
-        status: report.and_then(|r| reported(&r)).unwrap_or(status),
+        status: report
+            .and_then(|r| sandbox::Report::read(&r))
+            .map_or(status, sandbox::Report::wait_status),
         oom,
     }
 }
@@ -878,11 +880,11 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
     let key = (others, stub);
     if let Some((path, built)) = state.templates.get(&key) {
         if built.elapsed() < TEMPLATE_LIFE {
-            return (!path.as_os_str().is_empty()).then(|| path.clone());
+            return path.clone();
         }
         // Files bound one by one (`/etc/resolv.conf`, `hosts`, `localtime`) keep the inode
         // they had when the template was built; a host that replaced one gets it seen anew.
-        if !path.as_os_str().is_empty() {
+        if let Some(path) = path {
             state.retired.push((path.clone(), Instant::now()));
         }
     }
@@ -906,7 +908,9 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
         });
     match built {
         Ok(()) => {
-            state.templates.insert(key, (path.clone(), Instant::now()));
+            state
+                .templates
+                .insert(key, (Some(path.clone()), Instant::now()));
             Some(path)
         }
         Err(why) => {
@@ -915,9 +919,7 @@ fn template_for(state: &mut State, config: &sandbox::Config) -> Option<std::path
             );
             let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
             // Tried again for these paths once the template's life has passed.
-            state
-                .templates
-                .insert(key, (std::path::PathBuf::new(), Instant::now()));
+            state.templates.insert(key, (None, Instant::now()));
             None
         }
     }
@@ -931,22 +933,6 @@ const RETIRED_GRACE: Duration = Duration::from_secs(10);
 
 /// The fd on which the call's init finds its report pipe.
 const REPORT_FD: RawFd = 3;
-
-/// The wait status the function itself ended with, as its init reported it (`None` when init
-/// died before it could say, killed with the call).
-fn reported(report: &OwnedFd) -> Option<i32> {
-    let mut buf = [0u8; 5];
-    let got = nix::unistd::read(report, &mut buf).ok()?;
-    if got < 5 {
-        return None;
-    }
-    let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    match buf[0] {
-        b'E' => Some((value & 0xff) << 8),
-        b'S' => Some(value & 0x7f),
-        _ => None,
-    }
-}
 
 fn reap(pid: i32) -> Result<i32, Errno> {
     let mut status: libc::c_int = 0;

@@ -2,15 +2,22 @@
 //!
 //! # Layout
 //!
+//! Dependencies run one way, top to bottom:
+//! `main → cmd → {api, client, worker} → {broker, exec} → {store, sandbox} → proto`, with
+//! [`units`] a leaf that any of them may use.
+//!
 //! - [`cmd`]: the command line, one file per subcommand, and the exit codes.
-//! - [`client`]: the HTTP client the CLI commands share.
+//! - [`client`]: the HTTP client the CLI commands share, with a typed error.
 //! - [`api`]: the HTTP routes and their error mapping.
+//! - [`worker`]: the worker agent, the same in `serve` and in `faasd worker`.
 //! - [`broker`]: queues, placement, leases, retries, waiters, and the server side of worker
 //!   connections.
-//! - [`store`]: the redb file and its group-commit writer.
-//! - [`worker`]: the worker agent, the same in `serve` and in `faasd worker`.
-//! - [`exec`]: executors: spawning, timeouts, output capture.
+//! - [`exec`]: running calls: runtimes, cold calls, warm executors and their pools.
+//! - [`store`]: the redb file, its typed records and its group-commit writer.
+//! - [`sandbox`]: isolation: layers and their negotiation, raw system calls, the shim, the
+//!   zygote, cgroups, seccomp.
 //! - [`proto`]: the worker frames and their codec.
+//! - [`units`]: byte sizes, durations and timestamps, parsed and printed.
 
 pub mod api;
 pub mod broker;
@@ -18,5 +25,7 @@ pub mod client;
 pub mod cmd;
 pub mod exec;
 pub mod proto;
+pub mod sandbox;
 pub mod store;
+pub mod units;
 pub mod worker;

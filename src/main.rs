@@ -8,15 +8,15 @@ fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
-        .is_some_and(|a| a == faasd::exec::sandbox::SHIM_COMMAND)
+        .is_some_and(|a| a == faasd::sandbox::shim::SHIM_COMMAND)
     {
-        faasd::exec::sandbox::shim_main(&args[2..]);
+        faasd::sandbox::shim::shim_main(&args[2..]);
     }
     if args
         .get(1)
-        .is_some_and(|a| a == faasd::exec::zygote::ZYGOTE_COMMAND)
+        .is_some_and(|a| a == faasd::sandbox::zygote::ZYGOTE_COMMAND)
     {
-        faasd::exec::zygote::zygote_main(&args[2..]);
+        faasd::sandbox::zygote::zygote_main(&args[2..]);
     }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);

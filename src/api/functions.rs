@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, read_body};
-use crate::broker::now_ms;
 use crate::proto::{Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
+use crate::units::now_ms;
 
 /// A function as the API shows it.
 #[derive(Debug, Serialize)]
@@ -60,7 +60,7 @@ impl From<&FunctionRecord> for FunctionView {
     }
 }
 
-pub(crate) use crate::broker::rfc3339;
+pub(crate) use crate::units::rfc3339;
 
 /// A timeout given as seconds (a number) or a duration text such as `"30s"` or `"1m 30s"`.
 #[derive(Debug, Deserialize)]
@@ -134,7 +134,9 @@ impl SizeField {
     fn bytes(&self) -> Result<u64, ApiError> {
         let n = match self {
             SizeField::Bytes(n) => *n,
-            SizeField::Text(t) => crate::cmd::parse_bytes(t).map_err(ApiError::invalid)? as u64,
+            SizeField::Text(t) => {
+                crate::units::parse_bytes(t).map_err(|e| ApiError::invalid(e.to_string()))? as u64
+            }
         };
         if n < (4 << 20) {
             return Err(ApiError::invalid("memory must be at least 4MiB"));

@@ -11,13 +11,14 @@ mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
+use crate::units::now_ms;
 pub use session::serve_worker;
 use state::{Active, State, WorkerEntry};
 
@@ -113,19 +114,6 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever the number of running tasks drops.
     settled: Notify,
-}
-
-/// Formats Unix milliseconds as RFC 3339 with milliseconds.
-pub fn rfc3339(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Broker {

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Finished, Waiter, WorkerView, now_ms};
+use super::{Finished, Waiter, WorkerView};
 use crate::proto::{
     Assignment, CodeHash, DispatchMode, FailureReason, Frame, Prewarm, Report, WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
+use crate::units::{now_ms, rfc3339};
 
 /// How long past its timeout a leased task may stay unreported before the lease is revoked.
 pub(super) const LEASE_GRACE: Duration = Duration::from_secs(5);
@@ -186,7 +187,7 @@ impl WorkerEntry {
             slots: self.slots,
             running: self.running.len(),
             done: self.done,
-            last_heartbeat: super::rfc3339(self.last_heartbeat_ms),
+            last_heartbeat: rfc3339(self.last_heartbeat_ms),
             state: if self.draining { "draining" } else { "ready" },
         }
     }

@@ -7,7 +7,6 @@ mod ls;
 mod register;
 mod rm;
 mod serve;
-pub use serve::parse_bytes;
 mod tasks;
 mod worker;
 mod workers;
@@ -84,17 +83,6 @@ pub struct ClientArgs {
     pub url: String,
 }
 
-/// How executors are isolated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SandboxMode {
-    /// No sandbox: for trusted code only.
-    None,
-    /// Every layer this machine allows; says at start which could not be applied and why.
-    Auto,
-    /// Every layer, or refuse to start.
-    Strict,
-}
-
 /// How workers run executors (on `serve` for its local workers, and on `worker`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecutorArgs {
@@ -108,16 +96,16 @@ pub struct ExecutorArgs {
     /// Isolation of executors: `auto` applies every layer this machine allows and logs any it
     /// cannot; `strict` refuses to start without all of them; `none` is for trusted code only.
     #[arg(long, value_enum, default_value = "auto")]
-    pub sandbox: SandboxMode,
+    pub sandbox: crate::sandbox::Mode,
     /// The uid:gid functions run as inside the sandbox.
     #[arg(long, default_value = "65534:65534", value_parser = parse_ids)]
     pub sandbox_user: (u32, u32),
     /// Size of each executor's writable tmpfs (its /tmp and working directory).
-    #[arg(long, default_value = "64MiB", value_parser = serve::parse_bytes)]
+    #[arg(long, default_value = "64MiB", value_parser = crate::units::parse_bytes)]
     pub sandbox_tmpfs: usize,
     /// Memory limit of each call in the sandbox (a cgroup; exceeding it fails the task with
     /// `out_of_memory`).
-    #[arg(long, default_value = "512MiB", value_parser = serve::parse_bytes)]
+    #[arg(long, default_value = "512MiB", value_parser = crate::units::parse_bytes)]
     pub sandbox_memory: usize,
 }
 
@@ -131,85 +119,23 @@ fn parse_ids(text: &str) -> Result<(u32, u32), String> {
 }
 
 impl ExecutorArgs {
-    /// The sandbox these flags describe (not yet probed).
-    pub fn sandbox_settings(&self) -> anyhow::Result<crate::exec::Sandbox> {
-        use anyhow::Context;
-        Ok(crate::exec::Sandbox {
-            faasd: std::env::current_exe().context("cannot find the faasd binary")?,
+    /// The sandbox these flags ask for, before negotiation.
+    pub fn sandbox_settings(&self) -> crate::sandbox::Settings {
+        crate::sandbox::Settings {
             uid: self.sandbox_user.0,
             gid: self.sandbox_user.1,
             tmpfs_bytes: self.sandbox_tmpfs as u64,
             memory_bytes: self.sandbox_memory as u64,
-            namespaces: true,
-            isolate_net: true,
-            drop_uid: true,
-        })
+        }
     }
 
-    /// The sandbox to use, after finding which layers apply here (each logged, with the reason
-    /// for any that cannot): `None` for `--sandbox none`, or for `auto` when not even the base
-    /// layers apply; `strict` refuses to start without every layer.
-    pub fn sandbox(&self) -> anyhow::Result<Option<crate::exec::Sandbox>> {
-        use crate::exec::layers::State;
-        if self.sandbox == SandboxMode::None {
-            tracing::warn!(
-                "sandbox: off (--sandbox none): functions run with the worker's privileges"
-            );
-            return Ok(None);
-        }
-        let wanted = self.sandbox_settings()?;
-        let (sandbox, layers) = crate::exec::layers::negotiate(&wanted);
-        let mut missing = Vec::new();
-        for layer in &layers {
-            match &layer.state {
-                State::Active(note) if note.is_empty() => {
-                    tracing::info!("sandbox layer active: {}", layer.name)
-                }
-                State::Active(note) => {
-                    tracing::info!("sandbox layer active: {} ({note})", layer.name)
-                }
-                State::Unavailable(why) => {
-                    tracing::warn!("sandbox layer unavailable: {}: {why}", layer.name);
-                    missing.push(format!("{} ({why})", layer.name));
-                }
-            }
-        }
-        if self.sandbox == SandboxMode::Strict && !missing.is_empty() {
-            return Err(exit::coded(
-                exit::FAILURE,
-                format!(
-                    "--sandbox strict: these layers cannot be applied here: {}",
-                    missing.join("; ")
-                ),
-            ));
-        }
-        let Some(sandbox) = sandbox else {
-            tracing::warn!("sandbox: off, not even its base layers can be applied here");
-            return Ok(None);
-        };
-        if sandbox.memory_bytes > 0 {
-            crate::exec::cgroup::sweep();
-        }
-        Ok(Some(sandbox))
-    }
-
-    /// Resolves the interpreter, probes the sandbox, and writes the harness into `dir`.
+    /// Negotiates the sandbox, starts its zygote, resolves the interpreter, and writes the
+    /// harness into `dir`.
     pub fn runtimes(&self, dir: &std::path::Path) -> anyhow::Result<crate::exec::Runtimes> {
         use anyhow::Context;
-        let sandbox = self.sandbox()?;
+        let sandbox = self.sandbox_settings().negotiate(self.sandbox)?;
         if let Some(sandbox) = &sandbox {
-            match crate::exec::zygote::start(&sandbox.faasd, &dir.join("zygote")) {
-                Ok(started) if started.fast_attach => tracing::info!(
-                    "sandbox zygote ready: executors are forked from it, network namespaces pooled, cgroup moves fast (favordynmods)"
-                ),
-                Ok(started) => tracing::info!(
-                    "sandbox zygote ready: executors are forked from it, network namespaces pooled; cgroup moves stay slow ({})",
-                    started.note
-                ),
-                Err(why) => tracing::warn!(
-                    "sandbox zygote unavailable ({why}): each executor starts through an exec of the shim"
-                ),
-            }
+            crate::sandbox::start_zygote(sandbox, &dir.join("zygote"));
         }
         crate::exec::Runtimes::new(
             self.python.as_deref(),

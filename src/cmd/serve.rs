@@ -35,41 +35,19 @@ pub struct ServeArgs {
     #[arg(long)]
     pub local_workers: Option<u32>,
     /// The largest request body accepted, such as `6MiB` (413 past it).
-    #[arg(long, default_value = "6MiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "6MiB", value_parser = crate::units::parse_bytes)]
     pub max_body: usize,
     /// Timeout of functions registered without one.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub default_timeout: Duration,
     /// How long a stop waits for running tasks before it closes the store anyway.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub executors: super::ExecutorArgs,
     /// The most worker connections at once.
     #[arg(long, default_value_t = 1024)]
     pub max_worker_connections: usize,
-}
-
-/// Parses a byte size: a number with an optional K, M, G (×1000) or KiB, MiB, GiB (×1024) suffix.
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 6MiB"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "KiB" => 1 << 10,
-        "M" | "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "G" | "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.

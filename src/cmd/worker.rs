@@ -48,7 +48,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub executors: super::ExecutorArgs,
     /// How long SIGTERM waits for running tasks before the worker exits anyway.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub drain_timeout: Duration,
 }
 
@@ -159,9 +159,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
 
 /// `--check-sandbox`: the table of layers and whether each applies here.
 fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
-    use crate::exec::layers::State;
-    let wanted = executors.sandbox_settings()?;
-    let (_, layers) = crate::exec::layers::negotiate(&wanted);
+    use crate::sandbox::layers::{self, State};
+    let wanted = executors.sandbox_settings().wanted()?;
+    let (_, layers) = layers::negotiate(&wanted);
     println!("{:<64} STATE", "LAYER");
     let mut all = true;
     for layer in &layers {

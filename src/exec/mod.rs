@@ -5,16 +5,10 @@
 //! stderr is captured up to [`Limits::stderr_bytes`] with a truncation marker, and the whole
 //! process group is killed when the call ends or times out.
 
-pub mod cgroup;
-pub mod layers;
 mod pool;
 mod runtimes;
-pub mod sandbox;
-mod seccomp;
 mod spawn;
-mod sys;
 mod warm;
-pub mod zygote;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 use crate::proto::{FailureReason, Outcome, WarmSpec};
+use crate::sandbox::{shim as sandbox, sys};
 pub use pool::{Pool, WarmCall};
-pub use runtimes::{Runtimes, Sandbox};
+pub use runtimes::Runtimes;
 pub use spawn::DEFAULT_PATH;
 
 /// How long output may keep flowing after the call's process group is gone.

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use super::sandbox;
 use crate::proto::{Isolation, Runtime};
+use crate::sandbox::{Sandbox, shim};
 
 /// The embedded Python harness (see `harness.py`).
 const HARNESS: &str = include_str!("harness.py");
 
 /// Where the sandbox shows the function's bundle.
-const SANDBOX_BUNDLE: &str = sandbox::BUNDLE;
+const SANDBOX_BUNDLE: &str = shim::BUNDLE;
 
 /// Where the sandbox shows the Python harness.
 const SANDBOX_HARNESS: &str = "/faasd/harness.py";
@@ -25,78 +25,6 @@ fn sandbox_python_path(i: usize) -> PathBuf {
 
 /// The shell that runs `shell` functions.
 const SHELL: &str = "/bin/sh";
-
-/// How a worker isolates its executors.
-#[derive(Debug, Clone)]
-pub struct Sandbox {
-    /// The faasd binary, re-executed as the sandbox shim.
-    pub faasd: PathBuf,
-    /// The uid and gid functions run as.
-    pub uid: u32,
-    /// See `uid`.
-    pub gid: u32,
-    /// Size of each executor's writable tmpfs.
-    pub tmpfs_bytes: u64,
-    /// Memory limit of each call (0: no cgroups).
-    pub memory_bytes: u64,
-    /// New namespaces and a private filesystem for each executor.
-    pub namespaces: bool,
-    /// A network namespace of its own for each executor of a function without `--allow-net`.
-    pub isolate_net: bool,
-    /// Switch to `uid`/`gid` (off when the worker already runs unprivileged).
-    pub drop_uid: bool,
-}
-
-impl Sandbox {
-    /// The shim's settings for one executor.
-    pub fn config(
-        &self,
-        timeout: Duration,
-        read_only: Vec<(PathBuf, PathBuf)>,
-        isolation: Isolation,
-    ) -> sandbox::Config {
-        // Without cgroups (memory_bytes 0) a function's own limit cannot apply either.
-        let memory_bytes = match (self.memory_bytes, isolation.memory_bytes) {
-            (0, _) => 0,
-            (default, own) => own.unwrap_or(default),
-        };
-        sandbox::Config {
-            allow_net: isolation.allow_net || !self.isolate_net,
-            namespaces: self.namespaces,
-            drop_uid: self.drop_uid,
-            tmpfs_bytes: self.tmpfs_bytes,
-            // A little over the timeout: the timeout itself is enforced by the worker.
-            cpu_seconds: timeout.as_secs() + 2,
-            max_files: 1024,
-            max_processes: 1024,
-            memory_bytes,
-            uid: self.uid,
-            gid: self.gid,
-            read_only,
-        }
-    }
-
-    /// Runs `/bin/true` in the sandbox: `Ok` when every layer could be applied here, else the
-    /// shim's account of the step that failed.
-    pub fn probe(&self) -> Result<(), String> {
-        let argv = sandbox::wrap(
-            &self.faasd,
-            &self.config(Duration::from_secs(5), Vec::new(), Isolation::default()),
-            vec!["/bin/true".into()],
-        );
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.faasd.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-}
 
 /// What a worker launches executors with.
 #[derive(Debug, Clone)]
@@ -156,7 +84,7 @@ impl Runtimes {
         if !sandbox.namespaces {
             // No private filesystem: the program sees the host's paths.
             let argv = self.program(runtime, bundle, &self.harness)?;
-            return Ok(sandbox::wrap(
+            return Ok(shim::wrap(
                 &sandbox.faasd,
                 &sandbox.config(timeout, Vec::new(), isolation),
                 argv,
@@ -177,7 +105,7 @@ impl Runtimes {
             Path::new(SANDBOX_BUNDLE),
             Path::new(SANDBOX_HARNESS),
         )?;
-        Ok(sandbox::wrap(
+        Ok(shim::wrap(
             &sandbox.faasd,
             &sandbox.config(timeout, read_only, isolation),
             argv,

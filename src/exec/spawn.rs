@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::Error;
-use super::sys::{self, Child};
+use crate::sandbox::sys::{self, Child};
 
 /// The `PATH` every executor starts with (the host environment is never inherited).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -74,7 +74,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
     // holds its write descriptor; that clears within microseconds.
     let mut tries = 0;
     loop {
-        let zygote = super::zygote::get().filter(|_| super::sandbox::is_wrapped(spec.argv));
+        let zygote =
+            crate::sandbox::zygote::get().filter(|_| crate::sandbox::shim::is_wrapped(spec.argv));
         let started = match zygote {
             Some(zygote) => sys::spawn_in_zygote(zygote, &argv, &envp, &cwd),
             None => sys::spawn(&c_program, &argv, &envp, &cwd),

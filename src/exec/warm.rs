@@ -27,8 +27,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::{Limits, spawn, sys};
+use super::{Limits, spawn};
 use crate::proto::FailureReason;
+use crate::sandbox::sys;
 
 /// How much of a warm executor's own stderr (outside calls) is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
@@ -118,7 +119,7 @@ impl WarmExecutor {
             stdin,
             stdout,
             stderr_tail,
-            sandboxed: super::sandbox::is_wrapped(argv),
+            sandboxed: crate::sandbox::shim::is_wrapped(argv),
             _workdir: workdir,
             last_used: Instant::now(),
         };
@@ -302,7 +303,7 @@ impl Drop for WarmExecutor {
         let pid = self.child.pid();
         self.child.kill_and_reap_then(move || {
             if sandboxed {
-                super::cgroup::finish(pid);
+                crate::sandbox::cgroup::finish(pid);
             }
         });
     }

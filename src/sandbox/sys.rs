@@ -48,7 +48,7 @@ pub struct Child {
     pidfd: AsyncFd<OwnedFd>,
     reaped: bool,
     /// The sandbox zygote and its generation, when it forked the child (and so reaps it).
-    zygote: Option<(&'static super::zygote::Zygote, u64)>,
+    zygote: Option<(&'static crate::sandbox::zygote::Zygote, u64)>,
     /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
     memory_killed: Option<bool>,
     /// The write end of the child's stdin.
@@ -108,11 +108,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
     })
 }
 
-/// Has the sandbox zygote fork a shim for `argv` (a [`super::sandbox::wrap`] command line)
+/// Has the sandbox zygote fork a shim for `argv` (a [`crate::sandbox::shim::wrap`] command line)
 /// with exactly `envp`, in `cwd`, in a new session: what [`spawn`] does, without an `exec` of
 /// faasd.
 pub fn spawn_in_zygote(
-    zygote: &'static super::zygote::Zygote,
+    zygote: &'static crate::sandbox::zygote::Zygote,
     argv: &[CString],
     envp: &[CString],
     cwd: &CStr,

@@ -52,8 +52,8 @@ use nix::sched::CloneFlags;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use super::sandbox::{self, Prepared};
-use super::sys::SysError;
+use crate::sandbox::shim::{self as sandbox, Prepared};
+use crate::sandbox::sys::SysError;
 
 /// The hidden subcommand that runs the zygote.
 pub const ZYGOTE_COMMAND: &str = "__zygote";
@@ -453,7 +453,7 @@ impl Zygote {
                         self.current.store(0, Ordering::SeqCst);
                         *conn = None;
                         // Its children died with it; their cgroups go once empty.
-                        super::cgroup::sweep();
+                        crate::sandbox::cgroup::sweep();
                     }
                 }
             }
@@ -626,7 +626,7 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
         Ok(()) => (true, String::new()),
         Err(e) => (false, e.to_string()),
     };
-    let filter = super::seccomp::program().map_err(|_| SysError {
+    let filter = crate::sandbox::seccomp::program().map_err(|_| SysError {
         call: "building the seccomp filter",
         errno: Errno::EINVAL,
     })?;
@@ -691,7 +691,7 @@ fn serve(sock: &OwnedFd, dir: std::path::PathBuf) -> Result<(), SysError> {
     // The worker is gone: its idle cgroups go too (those still in use are swept at its next
     // start, their zygote being gone).
     for name in state.idle_cgroups.drain(..) {
-        super::cgroup::remove(&name);
+        crate::sandbox::cgroup::remove(&name);
     }
     Ok(())
 }
@@ -720,11 +720,11 @@ fn reap_child(state: &mut State, pid: i32) -> Reply {
     // are empty and serve the next call; the memory limit's kill count says if it struck.
     let mut oom = None;
     if let Some((name, before)) = state.held_cgroups.remove(&pid) {
-        oom = Some(super::cgroup::oom_kills_of(&name) > before);
+        oom = Some(crate::sandbox::cgroup::oom_kills_of(&name) > before);
         if state.idle_cgroups.len() < MAX_POOLED_CGROUPS {
             state.idle_cgroups.push(name);
         } else {
-            super::cgroup::remove(&name);
+            crate::sandbox::cgroup::remove(&name);
         }
     }
     if let Some((Some(key), net)) = state.held_nets.remove(&pid) {
@@ -844,16 +844,16 @@ fn pooled_cgroup(state: &mut State, memory_bytes: u64, max_pids: u64) -> Result<
         errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
     };
     while let Some(name) = state.idle_cgroups.pop() {
-        if super::cgroup::set_limits(&name, memory_bytes, max_pids).is_ok() {
+        if crate::sandbox::cgroup::set_limits(&name, memory_bytes, max_pids).is_ok() {
             return Ok(name);
         }
-        super::cgroup::remove(&name);
+        crate::sandbox::cgroup::remove(&name);
     }
     let name = format!("z{}-{}", std::process::id(), state.next_cgroup);
     state.next_cgroup += 1;
-    super::cgroup::create(&name).map_err(failed)?;
-    if let Err(e) = super::cgroup::set_limits(&name, memory_bytes, max_pids) {
-        super::cgroup::remove(&name);
+    crate::sandbox::cgroup::create(&name).map_err(failed)?;
+    if let Err(e) = crate::sandbox::cgroup::set_limits(&name, memory_bytes, max_pids) {
+        crate::sandbox::cgroup::remove(&name);
         return Err(failed(e));
     }
     Ok(name)
@@ -999,13 +999,14 @@ fn spawn_one(
     // Pooled cgroups: creating and removing a memory cgroup per call costs time, and a removed
     // one lingers in the kernel as long as page cache is charged to it.
     // Only with a PID namespace: its end guarantees no process of the call is left in them.
-    let cgroup = if config.memory_bytes > 0 && config.namespaces && super::cgroup::available() {
-        let name = pooled_cgroup(state, config.memory_bytes, config.max_processes)?;
-        let before = super::cgroup::oom_kills_of(&name);
-        Some((name, before))
-    } else {
-        None
-    };
+    let cgroup =
+        if config.memory_bytes > 0 && config.namespaces && crate::sandbox::cgroup::available() {
+            let name = pooled_cgroup(state, config.memory_bytes, config.max_processes)?;
+            let before = crate::sandbox::cgroup::oom_kills_of(&name);
+            Some((name, before))
+        } else {
+            None
+        };
     // How the function ended, from the call's init (the child); the zygote reads it at reaping.
     // The child is the init of a new PID namespace: unshare makes the next child one, and
     // setns sets the zygote's own children back to its namespace.

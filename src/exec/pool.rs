@@ -4,7 +4,8 @@
 //! and gives it back when the call succeeds; a failed call drops (kills and reaps) its executor.
 //! So a function's executors grow with its concurrent calls, up to the worker's slots or the
 //! function's concurrency cap, and [`Pool::reap`] shrinks them back: an executor idle past the
-//! function's idle timeout is stopped, except the `min_warm` kept ready, which it also tops up.
+//! function's idle timeout is stopped, except the `min_warm` kept ready, which
+//! [`Pool::keep_min_warm`] tops up (backing off a version whose executors fail to start).
 //! Across all functions a worker keeps at most `max_idle` idle executors (least recently used go
 //! first), and only the newest version of a function keeps executors ready.
 
@@ -22,6 +23,9 @@ use crate::proto::{FailureReason, Outcome, WarmSpec};
 
 /// Which executors can serve a call: one function version.
 pub type PoolKey = (String, u32);
+
+/// The wait after a function's first failed top-up start.
+const FIRST_START_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest a function whose executors fail to start waits before the next top-up try.
 const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
@@ -122,7 +126,7 @@ impl Pool {
             idle: Vec::new(),
             busy: 0,
             retry_at: None,
-            backoff: Duration::from_millis(250),
+            backoff: FIRST_START_BACKOFF,
         });
         entry.warm = call.warm;
         entry
@@ -210,13 +214,12 @@ impl Pool {
         }
     }
 
-    /// Stops executors idle past their function's idle timeout (keeping `min_warm` per
-    /// function), stops the least recently used past the pool's idle cap, and starts
-    /// executors in the background to bring each function back up to `min_warm`.
-    pub fn reap(&self) {
+    /// Starts executors in the background to bring each function version that may try again
+    /// (see [`next_backoff`]) back up to its `min_warm`. The worker calls it before [`Pool::reap`]
+    /// each round, so an executor the idle cap stops is replaced on the next round, not at once.
+    pub fn keep_min_warm(&self) {
         let now = Instant::now();
-        let mut stopped = Vec::new();
-        let mut top_up = Vec::new();
+        let mut starts = Vec::new();
         {
             let mut entries = self.lock();
             let keys: Vec<PoolKey> = entries.keys().cloned().collect();
@@ -225,85 +228,126 @@ impl Pool {
                 let Some(entry) = entries.get_mut(&key) else {
                     continue;
                 };
-                let idle_timeout = Duration::from_millis(entry.warm.idle_timeout_ms);
                 let min = entry.min_warm(old);
-                // Oldest first: they go before the warm ones (calls take from the back).
-                entry.idle.sort_by_key(|e| e.last_used);
-                while entry.idle.len() + entry.busy > min
-                    && entry
-                        .idle
-                        .first()
-                        .is_some_and(|e| now.duration_since(e.last_used) >= idle_timeout)
-                {
-                    stopped.push(entry.idle.remove(0));
-                }
                 if entry.retry_at.is_none_or(|t| t <= now) {
                     for _ in entry.idle.len() + entry.busy..min {
                         entry.busy += 1;
-                        top_up.push((key.clone(), entry.recipe.clone()));
+                        starts.push((key.clone(), entry.recipe.clone()));
                     }
                 }
             }
-            // Past the cap, the least recently used idle executors go, whatever their function.
-            let idle: usize = entries.values().map(|e| e.idle.len()).sum();
-            for _ in self.inner.max_idle..idle {
-                let oldest = entries
-                    .iter()
-                    .filter_map(|(k, e)| e.idle.first().map(|x| (x.last_used, k.clone())))
-                    .min_by_key(|(t, _)| *t);
-                let Some((_, key)) = oldest else {
-                    break;
-                };
-                if let Some(entry) = entries.get_mut(&key) {
-                    stopped.push(entry.idle.remove(0));
+        }
+        for (key, recipe) in starts {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.start_for_min_warm(key, &recipe).await });
+        }
+    }
+
+    /// Starts one executor counted as busy by [`Pool::keep_min_warm`] and makes it idle; on
+    /// failure, backs the function version off.
+    async fn start_for_min_warm(&self, key: PoolKey, recipe: &Recipe) {
+        let started =
+            WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout).await;
+        match started {
+            Ok(executor) => {
+                self.release(&key, Some(executor));
+                if let Some(entry) = self.lock().get_mut(&key) {
+                    entry.retry_at = None;
+                    entry.backoff = FIRST_START_BACKOFF;
                 }
             }
-            let keep: Vec<PoolKey> = entries
-                .iter()
-                .filter(|(k, e)| {
-                    e.busy > 0 || !e.idle.is_empty() || e.min_warm(superseded(&entries, k)) > 0
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            entries.retain(|k, _| keep.contains(k));
+            Err(failure) => {
+                let mut entries = self.lock();
+                if let Some(entry) = entries.get_mut(&key) {
+                    entry.busy = entry.busy.saturating_sub(1);
+                    entry.retry_at = Some(Instant::now() + entry.backoff);
+                    tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
+                        retry_in = ?entry.backoff, "cannot pre-start a warm executor");
+                    entry.backoff = next_backoff(entry.backoff);
+                }
+            }
         }
+    }
+
+    /// Stops executors idle past their function's idle timeout (keeping `min_warm` per
+    /// function), stops the least recently used past the pool's idle cap, and forgets
+    /// function versions left with nothing to keep.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let stopped = {
+            let mut entries = self.lock();
+            let mut stopped = stop_expired(&mut entries, now);
+            stopped.extend(stop_past_cap(&mut entries, self.inner.max_idle));
+            forget_unused(&mut entries);
+            stopped
+        };
         if !stopped.is_empty() {
             tracing::debug!(executors = stopped.len(), "stopping idle warm executors");
         }
         // Dropping an executor kills its process group and reaps it.
         drop(stopped);
-        for (key, recipe) in top_up {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                let started = WarmExecutor::start(
-                    &recipe.argv,
-                    &recipe.env,
-                    &recipe.work_root,
-                    recipe.timeout,
-                )
-                .await;
-                match started {
-                    Ok(executor) => {
-                        pool.release(&key, Some(executor));
-                        if let Some(entry) = pool.lock().get_mut(&key) {
-                            entry.retry_at = None;
-                            entry.backoff = Duration::from_millis(250);
-                        }
-                    }
-                    Err(failure) => {
-                        let mut entries = pool.lock();
-                        if let Some(entry) = entries.get_mut(&key) {
-                            entry.busy = entry.busy.saturating_sub(1);
-                            entry.retry_at = Some(Instant::now() + entry.backoff);
-                            tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
-                                retry_in = ?entry.backoff, "cannot pre-start a warm executor");
-                            entry.backoff = (entry.backoff * 2).min(MAX_START_BACKOFF);
-                        }
-                    }
-                }
-            });
+    }
+}
+
+/// Takes out the executors idle past their function's idle timeout, oldest first, keeping
+/// each version's `min_warm` (counting its busy ones).
+fn stop_expired(entries: &mut HashMap<PoolKey, Entry>, now: Instant) -> Vec<WarmExecutor> {
+    let mut stopped = Vec::new();
+    let keys: Vec<PoolKey> = entries.keys().cloned().collect();
+    for key in keys {
+        let old = superseded(entries, &key);
+        let Some(entry) = entries.get_mut(&key) else {
+            continue;
+        };
+        let idle_timeout = Duration::from_millis(entry.warm.idle_timeout_ms);
+        let min = entry.min_warm(old);
+        // Oldest first: they go before the warm ones (calls take from the back).
+        entry.idle.sort_by_key(|e| e.last_used);
+        while entry.idle.len() + entry.busy > min
+            && entry
+                .idle
+                .first()
+                .is_some_and(|e| now.duration_since(e.last_used) >= idle_timeout)
+        {
+            stopped.push(entry.idle.remove(0));
         }
     }
+    stopped
+}
+
+/// Takes out the least recently used idle executors, whatever their function, until at most
+/// `max_idle` are left.
+fn stop_past_cap(entries: &mut HashMap<PoolKey, Entry>, max_idle: usize) -> Vec<WarmExecutor> {
+    let mut stopped = Vec::new();
+    let idle: usize = entries.values().map(|e| e.idle.len()).sum();
+    for _ in max_idle..idle {
+        let oldest = entries
+            .iter()
+            .filter_map(|(k, e)| e.idle.first().map(|x| (x.last_used, k.clone())))
+            .min_by_key(|(t, _)| *t);
+        let Some((_, key)) = oldest else {
+            break;
+        };
+        if let Some(entry) = entries.get_mut(&key) {
+            stopped.push(entry.idle.remove(0));
+        }
+    }
+    stopped
+}
+
+/// Drops the entries of versions with no executor and none to keep ready.
+fn forget_unused(entries: &mut HashMap<PoolKey, Entry>) {
+    let keep: Vec<PoolKey> = entries
+        .iter()
+        .filter(|(k, e)| e.busy > 0 || !e.idle.is_empty() || e.min_warm(superseded(entries, k)) > 0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    entries.retain(|k, _| keep.contains(k));
+}
+
+/// The wait after the next failed start: double the last, up to [`MAX_START_BACKOFF`].
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(MAX_START_BACKOFF)
 }
 
 fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us: u64) -> Outcome {

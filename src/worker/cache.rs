@@ -1,4 +1,8 @@
 //! The worker's code cache: bundles fetched from the server by content hash, kept as files.
+//!
+//! A bundle is asked for once (a `FetchCode` frame) however many calls wait for it; what the
+//! server sends back is checked against its hash before it is written and handed out. A bundle
+//! already on disk (from an earlier run of the worker) is served without asking.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,45 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::{CodeHash, Frame, hex};
 
-type Fetch = oneshot::Sender<Result<PathBuf, String>>;
+/// Why a bundle could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The session's connection closed before the bundle could be asked for.
+    #[error("the connection to the server closed")]
+    ConnectionClosed,
+    /// The connection closed while the bundle was being fetched.
+    #[error("the connection closed while fetching code")]
+    FetchAbandoned,
+    /// The server has no bundle with this hash.
+    #[error("the server has no code with hash {}", hex(hash.as_slice()))]
+    CodeNotFound {
+        /// The bundle asked for.
+        hash: CodeHash,
+    },
+    /// The bytes the server sent do not hash to what was asked for.
+    #[error("code received for {} does not match its hash", hex(hash.as_slice()))]
+    HashMismatch {
+        /// The bundle asked for.
+        hash: CodeHash,
+    },
+    /// The bundle could not be written to the cache directory.
+    #[error("cannot write code to the cache: {source}")]
+    WriteCode {
+        /// Where it was to go.
+        path: PathBuf,
+        /// Why (shared: every call waiting for the bundle gets this error).
+        source: Arc<std::io::Error>,
+    },
+    /// The blocking task writing the bundle did not finish (it panicked or was cancelled).
+    #[error("{reason}")]
+    WriteTask {
+        /// What the runtime said.
+        reason: String,
+    },
+}
+
+/// A call waiting for a bundle being fetched.
+type Fetch = oneshot::Sender<Result<PathBuf, Error>>;
 
 enum Entry {
     Ready(PathBuf),
@@ -52,7 +94,7 @@ impl CodeCache {
         &self,
         hash: CodeHash,
         frames: &mpsc::UnboundedSender<Frame>,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, Error> {
         let rx = {
             let mut entries = self.entries();
             match entries.get_mut(&hash) {
@@ -72,14 +114,13 @@ impl CodeCache {
                     entries.insert(hash, Entry::Fetching(vec![tx]));
                     if frames.send(Frame::FetchCode { hash }).is_err() {
                         entries.remove(&hash);
-                        return Err("the connection to the server closed".into());
+                        return Err(Error::ConnectionClosed);
                     }
                     rx
                 }
             }
         };
-        rx.await
-            .map_err(|_| "the connection closed while fetching code".to_string())?
+        rx.await.map_err(|_| Error::FetchAbandoned)?
     }
 
     fn path_of(&self, hash: &CodeHash) -> PathBuf {
@@ -90,24 +131,11 @@ impl CodeCache {
     /// calls waiting for it.
     pub async fn fill(&self, hash: CodeHash, found: bool, bytes: Bytes) {
         let result = if !found {
-            Err(format!(
-                "the server has no code with hash {}",
-                hex(hash.as_slice())
-            ))
+            Err(Error::CodeNotFound { hash })
         } else if Sha256::digest(&bytes).as_slice() != hash {
-            Err(format!(
-                "code received for {} does not match its hash",
-                hex(hash.as_slice())
-            ))
+            Err(Error::HashMismatch { hash })
         } else {
-            let path = self.path_of(&hash);
-            let dir = self.inner.dir.clone();
-            tokio::task::spawn_blocking(move || {
-                write_executable(&dir, &path, &bytes).map(|()| path)
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("cannot write code to the cache: {e}")))
+            self.write(hash, bytes).await
         };
         let waiters = {
             let mut entries = self.entries();
@@ -127,6 +155,24 @@ impl CodeCache {
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+
+    /// Writes a checked bundle into the cache directory, off the async threads.
+    async fn write(&self, hash: CodeHash, bytes: Bytes) -> Result<PathBuf, Error> {
+        let path = self.path_of(&hash);
+        let dir = self.inner.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            write_executable(&dir, &path, &bytes)
+                .map(|()| path.clone())
+                .map_err(|source| Error::WriteCode {
+                    path,
+                    source: Arc::new(source),
+                })
+        })
+        .await
+        .map_err(|e| Error::WriteTask {
+            reason: e.to_string(),
+        })?
     }
 
     /// Forgets fetches in flight (their connection ended); their callers get an error.

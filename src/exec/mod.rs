@@ -427,6 +427,152 @@ mod tests {
         .await
     }
 
+    #[test]
+    fn decode_status_splits_exit_code_and_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            decode_status(Some(ExitStatus::from_raw(3 << 8))),
+            (Some(3), None)
+        );
+        assert_eq!(
+            decode_status(Some(ExitStatus::from_raw(9))),
+            (None, Some(9))
+        );
+        assert_eq!(decode_status(None), (None, None));
+    }
+
+    #[test]
+    fn signal_name_is_the_name_or_the_number() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(1000), "1000");
+    }
+
+    #[tokio::test]
+    async fn capture_keeps_exactly_the_limit() {
+        let data = vec![7u8; 100];
+        let captured = capture(Some(&data[..]), 100).await;
+        assert_eq!(captured.kept, data);
+        assert_eq!(captured.dropped_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn capture_counts_what_it_drops_across_reads() {
+        // Larger than one read buffer, so the limit falls inside a later read.
+        let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let captured = capture(Some(std::io::Cursor::new(data.clone())), 20_001).await;
+        assert_eq!(captured.kept, data[..20_001]);
+        assert_eq!(captured.dropped_bytes, 19_999);
+    }
+
+    #[tokio::test]
+    async fn capture_of_no_stream_is_empty() {
+        let captured = capture(None::<&[u8]>, 10).await;
+        assert_eq!(captured, Captured::default());
+    }
+
+    #[test]
+    fn truncation_marker_names_the_dropped_bytes() {
+        assert_eq!(
+            truncation_marker(900),
+            b"\n[faasd: stderr truncated, 900 more bytes dropped]\n"
+        );
+    }
+
+    fn judged(ending: Ending) -> (Option<FailureReason>, Option<String>) {
+        ending.failure(
+            b"  faasd sandbox: no such user\n",
+            Duration::from_millis(1500),
+            10,
+        )
+    }
+
+    #[test]
+    fn a_clean_exit_is_no_failure() {
+        let ending = Ending {
+            exit_code: Some(0),
+            ..Ending::default()
+        };
+        assert_eq!(judged(ending), (None, None));
+    }
+
+    #[test]
+    fn exit_status_and_signal_messages() {
+        let exited = Ending {
+            exit_code: Some(3),
+            ..Ending::default()
+        };
+        assert_eq!(
+            judged(exited),
+            (
+                Some(FailureReason::ExitStatus),
+                Some("exited with status 3".into())
+            )
+        );
+        assert_eq!(
+            judged(Ending::default()),
+            (
+                Some(FailureReason::ExitStatus),
+                Some("exited with status unknown".into())
+            )
+        );
+        let killed = Ending {
+            signal: Some(9),
+            ..Ending::default()
+        };
+        assert_eq!(
+            judged(killed),
+            (
+                Some(FailureReason::Signal),
+                Some("killed by signal SIGKILL".into())
+            )
+        );
+    }
+
+    #[test]
+    fn failure_reasons_apply_in_order() {
+        let everything = Ending {
+            out_of_memory: true,
+            sandbox_failed: true,
+            held_open: true,
+            timed_out: true,
+            stdout_dropped_bytes: 5,
+            exit_code: None,
+            signal: Some(9),
+        };
+        let mut ending = everything;
+        let mut reasons = Vec::new();
+        loop {
+            let (reason, message) = judged(ending);
+            reasons.push((reason.expect("a failure"), message.expect("a message")));
+            match reason {
+                Some(FailureReason::OutOfMemory) => ending.out_of_memory = false,
+                Some(FailureReason::SpawnFailed) => ending.sandbox_failed = false,
+                Some(FailureReason::OutputHeldOpen) => ending.held_open = false,
+                Some(FailureReason::Timeout) => ending.timed_out = false,
+                Some(FailureReason::OutputTooLarge) => ending.stdout_dropped_bytes = 0,
+                _ => break,
+            }
+        }
+        let expected = [
+            (FailureReason::OutOfMemory, "killed by the memory limit"),
+            (FailureReason::SpawnFailed, "faasd sandbox: no such user"),
+            (
+                FailureReason::OutputHeldOpen,
+                "a process that left the call's process group kept its output open",
+            ),
+            (FailureReason::Timeout, "timed out after 1s 500ms"),
+            (
+                FailureReason::OutputTooLarge,
+                "stdout exceeded the 10 byte result limit",
+            ),
+            (FailureReason::Signal, "killed by signal SIGKILL"),
+        ];
+        let expected: Vec<(FailureReason, String)> =
+            expected.iter().map(|(r, m)| (*r, m.to_string())).collect();
+        assert_eq!(reasons, expected);
+    }
+
     #[tokio::test]
     async fn payload_in_result_out() {
         let out = run_script(

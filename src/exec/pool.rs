@@ -363,3 +363,157 @@ fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us:
         init_us,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warm(min_warm: u32, idle_timeout_ms: u64) -> WarmSpec {
+        WarmSpec {
+            min_warm,
+            idle_timeout_ms,
+        }
+    }
+
+    /// A call whose executor runs `script` under `/bin/sh`, working under `dir`.
+    fn call(dir: &std::path::Path, version: u32, script: &str, warm: WarmSpec) -> WarmCall {
+        let program = dir.join(format!("executor-{version}.sh"));
+        std::fs::write(&program, script).expect("write script");
+        WarmCall {
+            key: ("f".into(), version),
+            warm,
+            argv: vec!["/bin/sh".into(), program.into()],
+            env: Vec::new(),
+            work_root: dir.to_owned(),
+            payload: Bytes::new(),
+            json: false,
+            timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        }
+    }
+
+    /// An executor that says it is ready, then waits for its stdin to close.
+    const READY: &str = "printf '\\000\\000\\000\\001R'; cat >/dev/null";
+
+    /// Waits (boundedly) until `check` holds of the pool's entries.
+    async fn eventually(pool: &Pool, check: impl Fn(&HashMap<PoolKey, Entry>) -> bool) {
+        for _ in 0..500 {
+            if check(&pool.lock()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the pool never reached the expected state");
+    }
+
+    fn idle(entries: &HashMap<PoolKey, Entry>, version: u32) -> usize {
+        entries
+            .get(&("f".to_string(), version))
+            .map_or(0, |e| e.idle.len())
+    }
+
+    #[test]
+    fn only_a_newer_version_of_the_same_function_supersedes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        for (name, version) in [("f", 1), ("f", 2), ("g", 1)] {
+            let mut spec = call(dir.path(), version, READY, warm(1, 0));
+            spec.key = (name.into(), version);
+            pool.prewarm(spec);
+        }
+        let entries = pool.lock();
+        assert!(superseded(&entries, &("f".into(), 1)));
+        assert!(!superseded(&entries, &("f".into(), 2)));
+        assert!(!superseded(&entries, &("g".into(), 1)));
+        let old = &entries[&("f".to_string(), 1)];
+        assert_eq!(old.min_warm(true), 0);
+        assert_eq!(old.min_warm(false), 1);
+    }
+
+    #[test]
+    fn start_backoff_doubles_up_to_the_cap() {
+        assert_eq!(
+            next_backoff(FIRST_START_BACKOFF),
+            Duration::from_millis(500)
+        );
+        assert_eq!(next_backoff(Duration::from_secs(40)), MAX_START_BACKOFF);
+        assert_eq!(next_backoff(MAX_START_BACKOFF), MAX_START_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn min_warm_is_kept_and_survives_reaping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        // Idle past its (zero) timeout, but it is the one kept ready.
+        pool.reap();
+        assert_eq!(idle(&pool.lock(), 1), 1);
+        // Another round starts no second one.
+        pool.keep_min_warm();
+        let entries = pool.lock();
+        let entry = &entries[&("f".to_string(), 1)];
+        assert_eq!((entry.idle.len(), entry.busy), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_retires_the_older_ones_executors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        pool.prewarm(call(dir.path(), 2, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 2) == 1).await;
+        pool.reap();
+        let entries = pool.lock();
+        assert!(!entries.contains_key(&("f".to_string(), 1)), "v1 kept");
+        assert_eq!(idle(&entries, 2), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_start_backs_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, "exit 1", warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| {
+            e.values().all(|x| x.retry_at.is_some() && x.busy == 0)
+        })
+        .await;
+        let backoff = pool.lock()[&("f".to_string(), 1)].backoff;
+        assert_eq!(backoff, next_backoff(FIRST_START_BACKOFF));
+        // Within the backoff, no new start is tried.
+        pool.keep_min_warm();
+        assert_eq!(pool.lock()[&("f".to_string(), 1)].busy, 0);
+    }
+
+    #[tokio::test]
+    async fn the_idle_cap_stops_the_least_recently_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(1);
+        // Two idle executors of two functions, the first used less recently.
+        for (name, version) in [("f1", 1), ("f2", 2)] {
+            let mut spec = call(dir.path(), version, READY, warm(0, 60_000));
+            spec.key = (name.into(), version);
+            let executor = WarmExecutor::start(&spec.argv, &[], dir.path(), spec.timeout)
+                .await
+                .expect("ready");
+            pool.prewarm(spec);
+            pool.lock()
+                .get_mut(&(name.to_string(), version))
+                .expect("entry")
+                .idle
+                .push(executor);
+        }
+        pool.reap();
+        let entries = pool.lock();
+        assert!(
+            !entries.contains_key(&("f1".to_string(), 1)),
+            "the older stayed"
+        );
+        assert_eq!(entries[&("f2".to_string(), 2)].idle.len(), 1);
+    }
+}

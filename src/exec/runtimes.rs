@@ -239,3 +239,134 @@ fn resolve_python(python: &Path) -> Result<Python, Error> {
         prefix: std::fs::canonicalize(&prefix).unwrap_or(prefix),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runtimes without a sandbox, with `python` resolved (or not) as given.
+    fn runtimes(python: Result<Python, Error>, python_path: &[&str]) -> Runtimes {
+        Runtimes {
+            python,
+            sandbox: None,
+            python_path: python_path.iter().map(PathBuf::from).collect(),
+            harness: PathBuf::from("/cache/faasd_harness.py"),
+        }
+    }
+
+    fn python() -> Result<Python, Error> {
+        Ok(Python {
+            path: PathBuf::from("/usr/bin/python3.12"),
+            prefix: PathBuf::from("/usr"),
+        })
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn command(runtimes: &Runtimes, runtime: Runtime) -> Result<Vec<OsString>, Error> {
+        runtimes.command(
+            runtime,
+            Path::new("/cache/abc"),
+            Duration::from_secs(1),
+            Isolation::default(),
+        )
+    }
+
+    #[test]
+    fn shell_and_exec_command_lines() {
+        let runtimes = runtimes(python(), &[]);
+        assert_eq!(
+            command(&runtimes, Runtime::Shell).expect("shell"),
+            ["/bin/sh", "/cache/abc"].map(OsString::from)
+        );
+        assert_eq!(
+            command(&runtimes, Runtime::Exec).expect("exec"),
+            ["/cache/abc"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn python_and_pickle_run_the_harness() {
+        let runtimes = runtimes(python(), &[]);
+        for (runtime, mode) in [(Runtime::Python, "python"), (Runtime::Pickle, "pickle")] {
+            assert_eq!(
+                command(&runtimes, runtime).expect("python"),
+                [
+                    "/usr/bin/python3.12",
+                    "-u",
+                    "/cache/faasd_harness.py",
+                    mode,
+                    "/cache/abc"
+                ]
+                .map(OsString::from)
+            );
+        }
+    }
+
+    #[test]
+    fn without_python_only_python_functions_fail() {
+        let missing = Err(Error::PythonLocationUnknown {
+            python: PathBuf::from("/opt/py"),
+        });
+        let runtimes = runtimes(missing, &[]);
+        assert!(command(&runtimes, Runtime::Shell).is_ok());
+        let err = command(&runtimes, Runtime::Pickle).expect_err("no python");
+        assert_eq!(err.to_string(), "/opt/py did not say where it lives");
+    }
+
+    #[test]
+    fn python_env_adds_only_what_is_unset() {
+        let runtimes = runtimes(python(), &["/srv/a", "/srv/b"]);
+        let env = runtimes.env(Runtime::Python, &vars(&[("X", "1")]));
+        assert_eq!(
+            env,
+            vars(&[
+                ("X", "1"),
+                ("PYTHONPATH", "/srv/a:/srv/b"),
+                ("PYTHONDONTWRITEBYTECODE", "1")
+            ])
+        );
+        let own = vars(&[("PYTHONPATH", "/mine"), ("PYTHONDONTWRITEBYTECODE", "0")]);
+        assert_eq!(runtimes.env(Runtime::Pickle, &own), own);
+    }
+
+    #[test]
+    fn pythonpath_only_when_directories_are_given() {
+        let runtimes = runtimes(python(), &[]);
+        assert_eq!(
+            runtimes.env(Runtime::Python, &[]),
+            vars(&[("PYTHONDONTWRITEBYTECODE", "1")])
+        );
+    }
+
+    #[test]
+    fn shell_and_exec_env_is_the_functions_own() {
+        let runtimes = runtimes(python(), &["/srv/a"]);
+        let own = vars(&[("X", "1")]);
+        assert_eq!(runtimes.env(Runtime::Shell, &own), own);
+        assert_eq!(runtimes.env(Runtime::Exec, &own), own);
+    }
+
+    #[test]
+    fn resolving_a_missing_interpreter_names_it() {
+        let err = resolve_python(Path::new("/no/such/python3")).expect_err("missing");
+        assert!(matches!(err, Error::PythonStart { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("cannot run /no/such/python3: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_interpreter_that_fails_or_says_nothing_is_refused() {
+        let failed = resolve_python(Path::new("/bin/false")).expect_err("fails");
+        assert_eq!(failed.to_string(), "/bin/false failed: ");
+        let silent = resolve_python(Path::new("/bin/true")).expect_err("silent");
+        assert_eq!(silent.to_string(), "/bin/true did not say where it lives");
+    }
+}

@@ -118,9 +118,7 @@ impl WarmExecutor {
             stderr: Some(stderr),
         } = Pipes::take(&mut child)
         else {
-            return Err(Failure::init_failed(
-                "cannot set up the executor's pipes",
-            ));
+            return Err(Failure::init_failed("cannot set up the executor's pipes"));
         };
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
@@ -374,4 +372,147 @@ fn bound(logs: Bytes, limit: usize) -> Bytes {
     let mut kept = logs[..limit].to_vec();
     kept.extend_from_slice(&truncation_marker((logs.len() - limit) as u64));
     Bytes::from(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        stdout_bytes: 8,
+        stderr_bytes: 6,
+    };
+
+    /// An answer body: the kind, the result's length, the result, the logs.
+    fn answer(kind: u8, result: &[u8], logs: &[u8]) -> Bytes {
+        let mut body = vec![kind];
+        body.extend_from_slice(&(result.len() as u32).to_be_bytes());
+        body.extend_from_slice(result);
+        body.extend_from_slice(logs);
+        Bytes::from(body)
+    }
+
+    #[test]
+    fn bound_keeps_logs_up_to_the_limit() {
+        let logs = Bytes::from_static(b"123456");
+        assert_eq!(bound(logs.clone(), 6), logs);
+        assert_eq!(bound(logs.clone(), 100), logs);
+    }
+
+    #[test]
+    fn bound_cuts_with_a_marker() {
+        let cut = bound(Bytes::from(vec![b'x'; 1000]), 100);
+        assert_eq!(&cut[..100], &[b'x'; 100][..]);
+        assert_eq!(
+            &cut[100..],
+            b"\n[faasd: stderr truncated, 900 more bytes dropped]\n"
+        );
+    }
+
+    #[test]
+    fn call_frame_is_length_kind_flags_payload() {
+        assert_eq!(call_frame(b"hi", true), b"\0\0\0\x04C\x01hi");
+        assert_eq!(call_frame(b"", false), b"\0\0\0\x02C\x00");
+    }
+
+    #[test]
+    fn an_ok_answer_splits_result_and_logs() {
+        let done = parse_answer(answer(b'O', b"result", b"log"), LIMITS).expect("an answer");
+        assert_eq!(done.result, Bytes::from_static(b"result"));
+        assert_eq!(done.logs, Bytes::from_static(b"log"));
+    }
+
+    #[test]
+    fn an_exception_keeps_its_result_and_logs() {
+        let failure = parse_answer(answer(b'X', b"pickled", b"trace"), LIMITS)
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::Exception);
+        assert_eq!(failure.result, Bytes::from_static(b"pickled"));
+        assert_eq!(failure.logs, Bytes::from_static(b"trace"));
+    }
+
+    #[test]
+    fn an_oversized_result_fails_with_bounded_logs() {
+        let failure = parse_answer(answer(b'O', b"123456789", b"1234567"), LIMITS)
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::OutputTooLarge);
+        assert_eq!(failure.message, "the result exceeded the 8 byte limit");
+        assert!(failure.result.is_empty());
+        assert!(
+            failure
+                .logs
+                .starts_with(b"123456\n[faasd: stderr truncated, 1 more")
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_protocol_errors() {
+        let mut bad_length = answer(b'O', b"abc", b"").to_vec();
+        bad_length[4] = 4;
+        let cases = [
+            (Bytes::new(), "the executor's answer is too short"),
+            (
+                Bytes::from_static(b"O\0\0\0"),
+                "the executor's answer is too short",
+            ),
+            (
+                Bytes::from(bad_length),
+                "the executor's answer has a bad result length",
+            ),
+            (
+                answer(b'Q', b"", b""),
+                "the executor's answer is neither `O` nor `X`",
+            ),
+        ];
+        for (body, message) in cases {
+            let failure = parse_answer(body, LIMITS).err().expect("a failure");
+            assert_eq!(failure.reason, FailureReason::ProtocolError);
+            assert_eq!(failure.message, message);
+        }
+    }
+
+    /// Starts a warm executor running `script` under `/bin/sh`.
+    async fn start_script(script: &str, timeout: Duration) -> Result<WarmExecutor, Failure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("executor.sh");
+        std::fs::write(&program, script).expect("write script");
+        let argv: Vec<OsString> = vec!["/bin/sh".into(), program.into()];
+        WarmExecutor::start(&argv, &[], dir.path(), timeout).await
+    }
+
+    #[tokio::test]
+    async fn start_waits_for_ready() {
+        let executor = start_script(
+            "printf '\\000\\000\\000\\001R'; cat >/dev/null",
+            Duration::from_secs(5),
+        )
+        .await;
+        let executor = executor.expect("ready");
+        assert!(!executor.has_exited());
+    }
+
+    #[tokio::test]
+    async fn a_load_error_is_init_failed_with_its_traceback() {
+        let failure = start_script(
+            "printf '\\000\\000\\000\\006Eboom!'",
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::InitFailed);
+        assert_eq!(failure.logs, Bytes::from_static(b"boom!"));
+    }
+
+    #[tokio::test]
+    async fn an_executor_never_ready_times_out() {
+        let failure = start_script("sleep 30", Duration::from_millis(200))
+            .await
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::InitFailed);
+        assert_eq!(failure.message, "the executor was not ready within 200ms");
+    }
 }

@@ -559,3 +559,105 @@ impl Agent {
         Ok((argv, config.runtimes.env(runtime, env)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            name: "test".into(),
+            slots: 2,
+            mode: DispatchMode::Push,
+            cache: CodeCache::new(dir.join("code")).expect("cache"),
+            work_root: dir.join("work"),
+            limits: exec::Limits::default(),
+            runtimes: exec::Runtimes::new(
+                Some(std::path::Path::new("/bin/true")),
+                Vec::new(),
+                dir,
+                None,
+            )
+            .expect("runtimes"),
+        }
+    }
+
+    /// Runs the worker's side of the handshake against a server that answers `answer`
+    /// (or closes the connection when it is `None`); checks the worker's `Hello`.
+    async fn handshake_answered(answer: Option<Frame>) -> Result<Duration, Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let (worker_end, server_end) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let (mut reader, mut writer) = proto::split(server_end);
+            let hello = reader.next().await.expect("read").expect("a frame");
+            if let Some(answer) = answer {
+                writer.send(&answer).await.expect("send");
+            }
+            hello
+        });
+        let (mut reader, mut writer) = proto::split(worker_end);
+        let result = handshake(&config, &mut reader, &mut writer).await;
+        let hello = server.await.expect("join");
+        assert_eq!(
+            hello,
+            Frame::Hello {
+                protocol: proto::PROTOCOL_VERSION,
+                name: "test".into(),
+                slots: 2,
+                mode: DispatchMode::Push,
+            }
+        );
+        result
+    }
+
+    #[tokio::test]
+    async fn a_welcome_sets_the_heartbeat() {
+        let welcome = Frame::Welcome {
+            protocol: proto::PROTOCOL_VERSION,
+            worker_id: 7,
+            heartbeat_ms: 1500,
+        };
+        let heartbeat = handshake_answered(Some(welcome)).await.expect("welcomed");
+        assert_eq!(heartbeat, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_heartbeat_is_at_least_50ms() {
+        assert_eq!(on_welcome(0), Duration::from_millis(50));
+        assert_eq!(on_welcome(49), Duration::from_millis(50));
+        assert_eq!(on_welcome(51), Duration::from_millis(51));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_ends_the_handshake_with_its_reason() {
+        let refused = Frame::Refused {
+            reason: "wrong token".into(),
+        };
+        match handshake_answered(Some(refused)).await {
+            Err(Error::Refused { reason }) => assert_eq!(reason, "wrong token"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_or_another_frame_is_a_handshake_error() {
+        let err = handshake_answered(None).await.expect_err("closed");
+        assert_eq!(
+            err.to_string(),
+            "unexpected handshake answer from the server: the server closed the connection"
+        );
+        let err = handshake_answered(Some(Frame::Drain))
+            .await
+            .expect_err("not a welcome");
+        assert!(matches!(err, Error::Handshake(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_task_that_cannot_start_fails_without_running() {
+        let outcome = not_started(FailureReason::CodeUnavailable, "no code".into());
+        assert_eq!(outcome.failure, Some(FailureReason::CodeUnavailable));
+        assert_eq!(outcome.message.as_deref(), Some("no code"));
+        assert_eq!((outcome.run_us, outcome.cold_start), (0, false));
+    }
+}

@@ -4,6 +4,12 @@
 //! process group, with the payload on stdin. stdout is the result (bounded by the result limit),
 //! stderr is captured up to [`Limits::stderr_bytes`] with a truncation marker, and the whole
 //! process group is killed when the call ends or times out.
+//!
+//! [`run`] goes through named steps: spawn, `feed_and_wait` (feed stdin and capture the
+//! output while waiting for the exit or the timeout, then kill and reap the group), and
+//! `judge` (which fact decides the failure, in `Ending::failure`). The rest of the module:
+//! `spawn` (what an executor process gets), `runtimes` (each runtime's command line and
+//! environment), `warm` (one process serving many calls) and `pool` (a worker's warm executors).
 
 mod pool;
 pub mod runtimes;

@@ -215,7 +215,7 @@ impl Pool {
     }
 
     /// Starts executors in the background to bring each function version that may try again
-    /// (see [`next_backoff`]) back up to its `min_warm`. The worker calls it before [`Pool::reap`]
+    /// (see `next_backoff`) back up to its `min_warm`. The worker calls it before [`Pool::reap`]
     /// each round, so an executor the idle cap stops is replaced on the next round, not at once.
     pub fn keep_min_warm(&self) {
         let now = Instant::now();

@@ -4,7 +4,7 @@
 //! The checklist, in order: new session and process group, default signals → stdio pipes →
 //! fresh working directory → cleared environment plus the function's own variables → exec.
 //! Which command line a runtime runs is decided by [`super::Runtimes::command`].
-//! The system calls themselves are in [`super::sys`].
+//! The system calls themselves are in [`crate::sandbox::sys`].
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;

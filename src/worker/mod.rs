@@ -5,6 +5,11 @@
 //! executor, fetching code it lacks by hash, heartbeats, and sends back a `Report` per task.
 //! Reports that find their session gone are kept and sent at the start of the next session;
 //! the server refuses any whose lease has since moved on.
+//!
+//! A session is `handshake` (with `on_welcome`), then a loop that hands each frame from
+//! the server to a handler named after it (`on_assign`, `on_prewarm`, `on_code`; `Refused`
+//! ends it) and reacts to its own events (`on_heartbeat_tick`, `on_cancel` to drain).
+//! `run_task` runs one assignment, warm or cold, and makes its report.
 
 pub mod cache;
 

@@ -4,9 +4,15 @@
 //! process group, with the payload on stdin. stdout is the result (bounded by the result limit),
 //! stderr is captured up to [`Limits::stderr_bytes`] with a truncation marker, and the whole
 //! process group is killed when the call ends or times out.
+//!
+//! [`run`] goes through named steps: spawn, `feed_and_wait` (feed stdin and capture the
+//! output while waiting for the exit or the timeout, then kill and reap the group), and
+//! `judge` (which fact decides the failure, in `Ending::failure`). The rest of the module:
+//! `spawn` (what an executor process gets), `runtimes` (each runtime's command line and
+//! environment), `warm` (one process serving many calls) and `pool` (a worker's warm executors).
 
 mod pool;
-mod runtimes;
+pub mod runtimes;
 mod spawn;
 mod warm;
 
@@ -22,6 +28,7 @@ use tokio::net::unix::pipe;
 
 use crate::proto::{FailureReason, Outcome, WarmSpec};
 use crate::sandbox::{shim as sandbox, sys};
+use crate::units::format_duration;
 pub use pool::{Pool, WarmCall};
 pub use runtimes::Runtimes;
 pub use spawn::DEFAULT_PATH;
@@ -116,6 +123,8 @@ pub async fn run(call: Call<'_>) -> Outcome {
     }
 }
 
+/// The steps of a call: make its working directory, spawn, feed and capture until it ends or
+/// times out, then judge what it left behind.
 async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> {
     let workdir = tempfile::Builder::new()
         .prefix("call-")
@@ -129,138 +138,240 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
         workdir: workdir.path(),
         env: call.env,
     })?;
-    let stdin = child
-        .stdin
-        .take()
-        .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
-    let stdout = child
-        .stdout
-        .take()
-        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
-    let stderr = child
-        .stderr
-        .take()
-        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
-
-    let payload = call.payload.clone();
-    let feed = async move {
-        if let Some(mut stdin) = stdin {
-            // A function that exits without reading its input closes the pipe: not an error.
-            let _ = stdin.write_all(&payload).await;
-        }
-    };
-    let stdout = capture(stdout, call.limits.stdout_bytes);
-    let stderr = capture(stderr, call.limits.stderr_bytes);
-
-    let timeout = call.timeout;
-    let (reaped, reaped_rx) = tokio::sync::oneshot::channel::<()>();
-    let main = async {
-        let waited = async {
-            let (_, exited) = tokio::join!(feed, child.exited());
-            exited
-        };
-        let timed_out = tokio::time::timeout(timeout, waited).await.is_err();
-        // Whatever the outcome, nothing of the call's process group may outlive it; this also
-        // ends background children that would hold the output pipes open. The leader is not
-        // reaped yet, so its pid still names this group.
-        child.kill_group();
-        // Reap only once the kernel says it is gone, so the blocking waitpid never waits.
-        let _ = child.exited().await;
-        let status = child.reap().ok();
-        let _ = reaped.send(());
-        (status, timed_out)
-    };
-    // A descendant that left the process group can hold the pipes open: once the group is
-    // gone, the output gets a short grace and is then abandoned.
-    let outputs = async {
-        tokio::select! {
-            both = async { tokio::join!(stdout, stderr) } => Some(both),
-            () = async {
-                let _ = reaped_rx.await;
-                tokio::time::sleep(OUTPUT_GRACE).await;
-            } => None,
-        }
-    };
-    let ((status, timed_out), outputs) = tokio::join!(main, outputs);
-    let held_open = outputs.is_none();
-    let ((out, out_dropped), (err, err_dropped)) = outputs.unwrap_or_default();
+    let pipes = Pipes::take(&mut child);
+    let finished = feed_and_wait(&mut child, pipes, call).await;
     let run_us = started.elapsed().as_micros() as u64;
     drop(workdir);
+    Ok(judge(call, &child, finished, run_us))
+}
 
-    let mut stderr = err;
-    if err_dropped > 0 {
-        stderr.extend_from_slice(
-            format!("\n[faasd: stderr truncated, {err_dropped} more bytes dropped]\n").as_bytes(),
-        );
+/// The call's ends of the child's stdio pipes.
+struct Pipes {
+    stdin: Option<pipe::Sender>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+}
+
+impl Pipes {
+    /// Takes the child's stdio as async pipes.
+    fn take(child: &mut sys::Child) -> Pipes {
+        Pipes {
+            stdin: child
+                .stdin
+                .take()
+                .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok()),
+            stdout: child
+                .stdout
+                .take()
+                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
+            stderr: child
+                .stderr
+                .take()
+                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
+        }
     }
-    let (exit_code, signal) = decode_status(status);
-    // The sandbox's memory limit, read (and its cgroups removed) now the call's processes are gone.
-    let out_of_memory = sandbox::is_wrapped(call.argv) && child.out_of_memory();
-    // The sandbox shim's own failure, before the function ever ran.
-    let sandbox_failed = exit_code == Some(sandbox::SETUP_FAILED)
-        && stderr.starts_with(sandbox::ERROR_PREFIX.as_bytes());
-    let (failure, message) = if out_of_memory {
-        (
-            Some(FailureReason::OutOfMemory),
-            Some("killed by the memory limit".to_string()),
-        )
-    } else if sandbox_failed {
-        (
-            Some(FailureReason::SpawnFailed),
-            Some(String::from_utf8_lossy(&stderr).trim().to_string()),
-        )
-    } else if held_open {
-        (
-            Some(FailureReason::OutputHeldOpen),
-            Some("a process that left the call's process group kept its output open".into()),
-        )
-    } else if timed_out {
-        (
-            Some(FailureReason::Timeout),
-            Some(format!(
-                "timed out after {}",
-                humantime::format_duration(call.timeout)
-            )),
-        )
-    } else if out_dropped > 0 {
-        (
-            Some(FailureReason::OutputTooLarge),
-            Some(format!(
-                "stdout exceeded the {} byte result limit",
-                call.limits.stdout_bytes
-            )),
-        )
-    } else if let Some(sig) = signal {
-        (
-            Some(FailureReason::Signal),
-            Some(format!("killed by signal {}", signal_name(sig))),
-        )
-    } else if exit_code != Some(0) {
-        let code = exit_code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        (
-            Some(FailureReason::ExitStatus),
-            Some(format!("exited with status {code}")),
-        )
-    } else {
-        (None, None)
+}
+
+/// What a stream left: the bytes kept, and how many more were dropped past the limit.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped_bytes: u64,
+}
+
+/// What a call left behind once its process group is gone, before it is judged.
+struct Finished {
+    /// The leader's exit status (`None` when it could not be collected).
+    status: Option<ExitStatus>,
+    /// It ran past its timeout and was killed.
+    timed_out: bool,
+    /// A process that left the group kept the output pipes open past [`OUTPUT_GRACE`].
+    held_open: bool,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+/// Feeds the payload and captures stdout and stderr while waiting for the process to exit or
+/// time out; then kills its group and reaps it.
+async fn feed_and_wait(child: &mut sys::Child, pipes: Pipes, call: &Call<'_>) -> Finished {
+    let feed = feed(pipes.stdin, call.payload.clone());
+    let stdout = capture(pipes.stdout, call.limits.stdout_bytes);
+    let stderr = capture(pipes.stderr, call.limits.stderr_bytes);
+    let (reaped, reaped_rx) = tokio::sync::oneshot::channel::<()>();
+    let waited = wait_then_kill(child, feed, call.timeout, reaped);
+    let outputs = outputs_within_grace(stdout, stderr, reaped_rx);
+    let ((status, timed_out), outputs) = tokio::join!(waited, outputs);
+    let held_open = outputs.is_none();
+    let (stdout, stderr) = outputs.unwrap_or_default();
+    Finished {
+        status,
+        timed_out,
+        held_open,
+        stdout,
+        stderr,
+    }
+}
+
+/// Writes the payload to the function's stdin and closes it.
+async fn feed(stdin: Option<pipe::Sender>, payload: Bytes) {
+    if let Some(mut stdin) = stdin {
+        // A function that exits without reading its input closes the pipe: not an error.
+        let _ = stdin.write_all(&payload).await;
+    }
+}
+
+/// Waits (up to `timeout`) for the payload to be fed and the process to exit, then kills its
+/// group, reaps it and signals `reaped`; returns its status and whether it timed out.
+async fn wait_then_kill(
+    child: &mut sys::Child,
+    feed: impl Future<Output = ()>,
+    timeout: Duration,
+    reaped: tokio::sync::oneshot::Sender<()>,
+) -> (Option<ExitStatus>, bool) {
+    let waited = async {
+        let (_, exited) = tokio::join!(feed, child.exited());
+        exited
     };
-    Ok(Outcome {
+    let timed_out = tokio::time::timeout(timeout, waited).await.is_err();
+    // Whatever the outcome, nothing of the call's process group may outlive it; this also
+    // ends background children that would hold the output pipes open. The leader is not
+    // reaped yet, so its pid still names this group.
+    child.kill_group();
+    // Reap only once the kernel says it is gone, so the blocking waitpid never waits.
+    let _ = child.exited().await;
+    let status = child.reap().ok();
+    let _ = reaped.send(());
+    (status, timed_out)
+}
+
+/// Both outputs to their end, or `None` when they are still open [`OUTPUT_GRACE`] after the
+/// group was reaped: a descendant that left the process group can hold the pipes open, and
+/// its output is then abandoned.
+async fn outputs_within_grace(
+    stdout: impl Future<Output = Captured>,
+    stderr: impl Future<Output = Captured>,
+    reaped: tokio::sync::oneshot::Receiver<()>,
+) -> Option<(Captured, Captured)> {
+    tokio::select! {
+        both = async { tokio::join!(stdout, stderr) } => Some(both),
+        () = async {
+            let _ = reaped.await;
+            tokio::time::sleep(OUTPUT_GRACE).await;
+        } => None,
+    }
+}
+
+/// Turns what a call left behind into its outcome.
+fn judge(call: &Call<'_>, child: &sys::Child, finished: Finished, run_us: u64) -> Outcome {
+    let mut stderr = finished.stderr.kept;
+    if finished.stderr.dropped_bytes > 0 {
+        stderr.extend_from_slice(&truncation_marker(finished.stderr.dropped_bytes));
+    }
+    let (exit_code, signal) = decode_status(finished.status);
+    let ending = Ending {
+        // The sandbox's memory limit, read (and its cgroups removed) now the call's processes
+        // are gone.
+        out_of_memory: sandbox::is_wrapped(call.argv) && child.out_of_memory(),
+        // The sandbox shim's own failure, before the function ever ran.
+        sandbox_failed: exit_code == Some(sandbox::SETUP_FAILED)
+            && stderr.starts_with(sandbox::ERROR_PREFIX.as_bytes()),
+        held_open: finished.held_open,
+        timed_out: finished.timed_out,
+        stdout_dropped_bytes: finished.stdout.dropped_bytes,
+        exit_code,
+        signal,
+    };
+    let (failure, message) = ending.failure(&stderr, call.timeout, call.limits.stdout_bytes);
+    Outcome {
         failure,
         exit_code,
         signal,
         message,
-        stdout: if out_dropped > 0 {
+        stdout: if ending.stdout_dropped_bytes > 0 {
             Bytes::new()
         } else {
-            Bytes::from(out)
+            Bytes::from(finished.stdout.kept)
         },
         stderr: Bytes::from(stderr),
         run_us,
         cold_start: true,
         init_us: 0,
-    })
+    }
 }
 
+/// The marker put after stderr cut at its limit.
+fn truncation_marker(dropped_bytes: u64) -> Vec<u8> {
+    format!("\n[faasd: stderr truncated, {dropped_bytes} more bytes dropped]\n").into_bytes()
+}
+
+/// The facts about how a call ended that decide whether (and why) it failed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ending {
+    out_of_memory: bool,
+    sandbox_failed: bool,
+    held_open: bool,
+    timed_out: bool,
+    stdout_dropped_bytes: u64,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+}
+
+impl Ending {
+    /// The failure reason and message, the first fact that applies winning: the memory limit,
+    /// the sandbox's own failure, output held open, timeout, oversized stdout, a signal, a
+    /// non-zero status. `stderr` is the sandbox's message when it failed.
+    fn failure(
+        &self,
+        stderr: &[u8],
+        timeout: Duration,
+        stdout_limit_bytes: usize,
+    ) -> (Option<FailureReason>, Option<String>) {
+        let (reason, message) = if self.out_of_memory {
+            (
+                FailureReason::OutOfMemory,
+                "killed by the memory limit".to_string(),
+            )
+        } else if self.sandbox_failed {
+            (
+                FailureReason::SpawnFailed,
+                String::from_utf8_lossy(stderr).trim().to_string(),
+            )
+        } else if self.held_open {
+            (
+                FailureReason::OutputHeldOpen,
+                "a process that left the call's process group kept its output open".into(),
+            )
+        } else if self.timed_out {
+            (
+                FailureReason::Timeout,
+                format!("timed out after {}", format_duration(timeout)),
+            )
+        } else if self.stdout_dropped_bytes > 0 {
+            (
+                FailureReason::OutputTooLarge,
+                format!("stdout exceeded the {stdout_limit_bytes} byte result limit"),
+            )
+        } else if let Some(sig) = self.signal {
+            (
+                FailureReason::Signal,
+                format!("killed by signal {}", signal_name(sig)),
+            )
+        } else if self.exit_code != Some(0) {
+            let code = self
+                .exit_code
+                .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+            (
+                FailureReason::ExitStatus,
+                format!("exited with status {code}"),
+            )
+        } else {
+            return (None, None);
+        };
+        (Some(reason), Some(message))
+    }
+}
+
+/// The exit code and the terminating signal of a status, if any.
 fn decode_status(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
     use std::os::unix::process::ExitStatusExt;
     match status {
@@ -269,30 +380,29 @@ fn decode_status(status: Option<ExitStatus>) -> (Option<i32>, Option<i32>) {
     }
 }
 
+/// A signal's name (`SIGKILL`), or its number when it has none.
 fn signal_name(sig: i32) -> String {
     Signal::try_from(sig).map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
 }
 
-/// Reads a stream to its end, keeping at most `limit` bytes; returns what was kept and how many
-/// bytes were dropped.
-async fn capture<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> (Vec<u8>, u64) {
-    let mut kept = Vec::new();
-    let mut dropped = 0u64;
+/// Reads a stream to its end, keeping at most `limit` bytes and counting the rest.
+async fn capture<R: AsyncRead + Unpin>(stream: Option<R>, limit: usize) -> Captured {
+    let mut captured = Captured::default();
     let Some(mut stream) = stream else {
-        return (kept, dropped);
+        return captured;
     };
     let mut buf = [0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = limit.saturating_sub(kept.len()).min(n);
-                kept.extend_from_slice(&buf[..room]);
-                dropped += (n - room) as u64;
+                let room = limit.saturating_sub(captured.kept.len()).min(n);
+                captured.kept.extend_from_slice(&buf[..room]);
+                captured.dropped_bytes += (n - room) as u64;
             }
         }
     }
-    (kept, dropped)
+    captured
 }
 
 #[cfg(test)]
@@ -321,6 +431,152 @@ mod tests {
             limits,
         })
         .await
+    }
+
+    #[test]
+    fn decode_status_splits_exit_code_and_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            decode_status(Some(ExitStatus::from_raw(3 << 8))),
+            (Some(3), None)
+        );
+        assert_eq!(
+            decode_status(Some(ExitStatus::from_raw(9))),
+            (None, Some(9))
+        );
+        assert_eq!(decode_status(None), (None, None));
+    }
+
+    #[test]
+    fn signal_name_is_the_name_or_the_number() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(1000), "1000");
+    }
+
+    #[tokio::test]
+    async fn capture_keeps_exactly_the_limit() {
+        let data = vec![7u8; 100];
+        let captured = capture(Some(&data[..]), 100).await;
+        assert_eq!(captured.kept, data);
+        assert_eq!(captured.dropped_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn capture_counts_what_it_drops_across_reads() {
+        // Larger than one read buffer, so the limit falls inside a later read.
+        let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let captured = capture(Some(std::io::Cursor::new(data.clone())), 20_001).await;
+        assert_eq!(captured.kept, data[..20_001]);
+        assert_eq!(captured.dropped_bytes, 19_999);
+    }
+
+    #[tokio::test]
+    async fn capture_of_no_stream_is_empty() {
+        let captured = capture(None::<&[u8]>, 10).await;
+        assert_eq!(captured, Captured::default());
+    }
+
+    #[test]
+    fn truncation_marker_names_the_dropped_bytes() {
+        assert_eq!(
+            truncation_marker(900),
+            b"\n[faasd: stderr truncated, 900 more bytes dropped]\n"
+        );
+    }
+
+    fn judged(ending: Ending) -> (Option<FailureReason>, Option<String>) {
+        ending.failure(
+            b"  faasd sandbox: no such user\n",
+            Duration::from_millis(1500),
+            10,
+        )
+    }
+
+    #[test]
+    fn a_clean_exit_is_no_failure() {
+        let ending = Ending {
+            exit_code: Some(0),
+            ..Ending::default()
+        };
+        assert_eq!(judged(ending), (None, None));
+    }
+
+    #[test]
+    fn exit_status_and_signal_messages() {
+        let exited = Ending {
+            exit_code: Some(3),
+            ..Ending::default()
+        };
+        assert_eq!(
+            judged(exited),
+            (
+                Some(FailureReason::ExitStatus),
+                Some("exited with status 3".into())
+            )
+        );
+        assert_eq!(
+            judged(Ending::default()),
+            (
+                Some(FailureReason::ExitStatus),
+                Some("exited with status unknown".into())
+            )
+        );
+        let killed = Ending {
+            signal: Some(9),
+            ..Ending::default()
+        };
+        assert_eq!(
+            judged(killed),
+            (
+                Some(FailureReason::Signal),
+                Some("killed by signal SIGKILL".into())
+            )
+        );
+    }
+
+    #[test]
+    fn failure_reasons_apply_in_order() {
+        let everything = Ending {
+            out_of_memory: true,
+            sandbox_failed: true,
+            held_open: true,
+            timed_out: true,
+            stdout_dropped_bytes: 5,
+            exit_code: None,
+            signal: Some(9),
+        };
+        let mut ending = everything;
+        let mut reasons = Vec::new();
+        loop {
+            let (reason, message) = judged(ending);
+            reasons.push((reason.expect("a failure"), message.expect("a message")));
+            match reason {
+                Some(FailureReason::OutOfMemory) => ending.out_of_memory = false,
+                Some(FailureReason::SpawnFailed) => ending.sandbox_failed = false,
+                Some(FailureReason::OutputHeldOpen) => ending.held_open = false,
+                Some(FailureReason::Timeout) => ending.timed_out = false,
+                Some(FailureReason::OutputTooLarge) => ending.stdout_dropped_bytes = 0,
+                _ => break,
+            }
+        }
+        let expected = [
+            (FailureReason::OutOfMemory, "killed by the memory limit"),
+            (FailureReason::SpawnFailed, "faasd sandbox: no such user"),
+            (
+                FailureReason::OutputHeldOpen,
+                "a process that left the call's process group kept its output open",
+            ),
+            (FailureReason::Timeout, "timed out after 1s 500ms"),
+            (
+                FailureReason::OutputTooLarge,
+                "stdout exceeded the 10 byte result limit",
+            ),
+            (FailureReason::Signal, "killed by signal SIGKILL"),
+        ];
+        let expected: Vec<(FailureReason, String)> =
+            expected.iter().map(|(r, m)| (*r, m.to_string())).collect();
+        assert_eq!(reasons, expected);
     }
 
     #[tokio::test]

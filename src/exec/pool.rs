@@ -4,7 +4,8 @@
 //! and gives it back when the call succeeds; a failed call drops (kills and reaps) its executor.
 //! So a function's executors grow with its concurrent calls, up to the worker's slots or the
 //! function's concurrency cap, and [`Pool::reap`] shrinks them back: an executor idle past the
-//! function's idle timeout is stopped, except the `min_warm` kept ready, which it also tops up.
+//! function's idle timeout is stopped, except the `min_warm` kept ready, which
+//! [`Pool::keep_min_warm`] tops up (backing off a version whose executors fail to start).
 //! Across all functions a worker keeps at most `max_idle` idle executors (least recently used go
 //! first), and only the newest version of a function keeps executors ready.
 
@@ -22,6 +23,9 @@ use crate::proto::{FailureReason, Outcome, WarmSpec};
 
 /// Which executors can serve a call: one function version.
 pub type PoolKey = (String, u32);
+
+/// The wait after a function's first failed top-up start.
+const FIRST_START_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest a function whose executors fail to start waits before the next top-up try.
 const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
@@ -122,7 +126,7 @@ impl Pool {
             idle: Vec::new(),
             busy: 0,
             retry_at: None,
-            backoff: Duration::from_millis(250),
+            backoff: FIRST_START_BACKOFF,
         });
         entry.warm = call.warm;
         entry
@@ -210,13 +214,12 @@ impl Pool {
         }
     }
 
-    /// Stops executors idle past their function's idle timeout (keeping `min_warm` per
-    /// function), stops the least recently used past the pool's idle cap, and starts
-    /// executors in the background to bring each function back up to `min_warm`.
-    pub fn reap(&self) {
+    /// Starts executors in the background to bring each function version that may try again
+    /// (see `next_backoff`) back up to its `min_warm`. The worker calls it before [`Pool::reap`]
+    /// each round, so an executor the idle cap stops is replaced on the next round, not at once.
+    pub fn keep_min_warm(&self) {
         let now = Instant::now();
-        let mut stopped = Vec::new();
-        let mut top_up = Vec::new();
+        let mut starts = Vec::new();
         {
             let mut entries = self.lock();
             let keys: Vec<PoolKey> = entries.keys().cloned().collect();
@@ -225,85 +228,126 @@ impl Pool {
                 let Some(entry) = entries.get_mut(&key) else {
                     continue;
                 };
-                let idle_timeout = Duration::from_millis(entry.warm.idle_timeout_ms);
                 let min = entry.min_warm(old);
-                // Oldest first: they go before the warm ones (calls take from the back).
-                entry.idle.sort_by_key(|e| e.last_used);
-                while entry.idle.len() + entry.busy > min
-                    && entry
-                        .idle
-                        .first()
-                        .is_some_and(|e| now.duration_since(e.last_used) >= idle_timeout)
-                {
-                    stopped.push(entry.idle.remove(0));
-                }
                 if entry.retry_at.is_none_or(|t| t <= now) {
                     for _ in entry.idle.len() + entry.busy..min {
                         entry.busy += 1;
-                        top_up.push((key.clone(), entry.recipe.clone()));
+                        starts.push((key.clone(), entry.recipe.clone()));
                     }
                 }
             }
-            // Past the cap, the least recently used idle executors go, whatever their function.
-            let idle: usize = entries.values().map(|e| e.idle.len()).sum();
-            for _ in self.inner.max_idle..idle {
-                let oldest = entries
-                    .iter()
-                    .filter_map(|(k, e)| e.idle.first().map(|x| (x.last_used, k.clone())))
-                    .min_by_key(|(t, _)| *t);
-                let Some((_, key)) = oldest else {
-                    break;
-                };
-                if let Some(entry) = entries.get_mut(&key) {
-                    stopped.push(entry.idle.remove(0));
+        }
+        for (key, recipe) in starts {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.start_for_min_warm(key, &recipe).await });
+        }
+    }
+
+    /// Starts one executor counted as busy by [`Pool::keep_min_warm`] and makes it idle; on
+    /// failure, backs the function version off.
+    async fn start_for_min_warm(&self, key: PoolKey, recipe: &Recipe) {
+        let started =
+            WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout).await;
+        match started {
+            Ok(executor) => {
+                self.release(&key, Some(executor));
+                if let Some(entry) = self.lock().get_mut(&key) {
+                    entry.retry_at = None;
+                    entry.backoff = FIRST_START_BACKOFF;
                 }
             }
-            let keep: Vec<PoolKey> = entries
-                .iter()
-                .filter(|(k, e)| {
-                    e.busy > 0 || !e.idle.is_empty() || e.min_warm(superseded(&entries, k)) > 0
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            entries.retain(|k, _| keep.contains(k));
+            Err(failure) => {
+                let mut entries = self.lock();
+                if let Some(entry) = entries.get_mut(&key) {
+                    entry.busy = entry.busy.saturating_sub(1);
+                    entry.retry_at = Some(Instant::now() + entry.backoff);
+                    tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
+                        retry_in = ?entry.backoff, "cannot pre-start a warm executor");
+                    entry.backoff = next_backoff(entry.backoff);
+                }
+            }
         }
+    }
+
+    /// Stops executors idle past their function's idle timeout (keeping `min_warm` per
+    /// function), stops the least recently used past the pool's idle cap, and forgets
+    /// function versions left with nothing to keep.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let stopped = {
+            let mut entries = self.lock();
+            let mut stopped = stop_expired(&mut entries, now);
+            stopped.extend(stop_past_cap(&mut entries, self.inner.max_idle));
+            forget_unused(&mut entries);
+            stopped
+        };
         if !stopped.is_empty() {
             tracing::debug!(executors = stopped.len(), "stopping idle warm executors");
         }
         // Dropping an executor kills its process group and reaps it.
         drop(stopped);
-        for (key, recipe) in top_up {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                let started = WarmExecutor::start(
-                    &recipe.argv,
-                    &recipe.env,
-                    &recipe.work_root,
-                    recipe.timeout,
-                )
-                .await;
-                match started {
-                    Ok(executor) => {
-                        pool.release(&key, Some(executor));
-                        if let Some(entry) = pool.lock().get_mut(&key) {
-                            entry.retry_at = None;
-                            entry.backoff = Duration::from_millis(250);
-                        }
-                    }
-                    Err(failure) => {
-                        let mut entries = pool.lock();
-                        if let Some(entry) = entries.get_mut(&key) {
-                            entry.busy = entry.busy.saturating_sub(1);
-                            entry.retry_at = Some(Instant::now() + entry.backoff);
-                            tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
-                                retry_in = ?entry.backoff, "cannot pre-start a warm executor");
-                            entry.backoff = (entry.backoff * 2).min(MAX_START_BACKOFF);
-                        }
-                    }
-                }
-            });
+    }
+}
+
+/// Takes out the executors idle past their function's idle timeout, oldest first, keeping
+/// each version's `min_warm` (counting its busy ones).
+fn stop_expired(entries: &mut HashMap<PoolKey, Entry>, now: Instant) -> Vec<WarmExecutor> {
+    let mut stopped = Vec::new();
+    let keys: Vec<PoolKey> = entries.keys().cloned().collect();
+    for key in keys {
+        let old = superseded(entries, &key);
+        let Some(entry) = entries.get_mut(&key) else {
+            continue;
+        };
+        let idle_timeout = Duration::from_millis(entry.warm.idle_timeout_ms);
+        let min = entry.min_warm(old);
+        // Oldest first: they go before the warm ones (calls take from the back).
+        entry.idle.sort_by_key(|e| e.last_used);
+        while entry.idle.len() + entry.busy > min
+            && entry
+                .idle
+                .first()
+                .is_some_and(|e| now.duration_since(e.last_used) >= idle_timeout)
+        {
+            stopped.push(entry.idle.remove(0));
         }
     }
+    stopped
+}
+
+/// Takes out the least recently used idle executors, whatever their function, until at most
+/// `max_idle` are left.
+fn stop_past_cap(entries: &mut HashMap<PoolKey, Entry>, max_idle: usize) -> Vec<WarmExecutor> {
+    let mut stopped = Vec::new();
+    let idle: usize = entries.values().map(|e| e.idle.len()).sum();
+    for _ in max_idle..idle {
+        let oldest = entries
+            .iter()
+            .filter_map(|(k, e)| e.idle.first().map(|x| (x.last_used, k.clone())))
+            .min_by_key(|(t, _)| *t);
+        let Some((_, key)) = oldest else {
+            break;
+        };
+        if let Some(entry) = entries.get_mut(&key) {
+            stopped.push(entry.idle.remove(0));
+        }
+    }
+    stopped
+}
+
+/// Drops the entries of versions with no executor and none to keep ready.
+fn forget_unused(entries: &mut HashMap<PoolKey, Entry>) {
+    let keep: Vec<PoolKey> = entries
+        .iter()
+        .filter(|(k, e)| e.busy > 0 || !e.idle.is_empty() || e.min_warm(superseded(entries, k)) > 0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    entries.retain(|k, _| keep.contains(k));
+}
+
+/// The wait after the next failed start: double the last, up to [`MAX_START_BACKOFF`].
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(MAX_START_BACKOFF)
 }
 
 fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us: u64) -> Outcome {
@@ -317,5 +361,159 @@ fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us:
         run_us,
         cold_start,
         init_us,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warm(min_warm: u32, idle_timeout_ms: u64) -> WarmSpec {
+        WarmSpec {
+            min_warm,
+            idle_timeout_ms,
+        }
+    }
+
+    /// A call whose executor runs `script` under `/bin/sh`, working under `dir`.
+    fn call(dir: &std::path::Path, version: u32, script: &str, warm: WarmSpec) -> WarmCall {
+        let program = dir.join(format!("executor-{version}.sh"));
+        std::fs::write(&program, script).expect("write script");
+        WarmCall {
+            key: ("f".into(), version),
+            warm,
+            argv: vec!["/bin/sh".into(), program.into()],
+            env: Vec::new(),
+            work_root: dir.to_owned(),
+            payload: Bytes::new(),
+            json: false,
+            timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        }
+    }
+
+    /// An executor that says it is ready, then waits for its stdin to close.
+    const READY: &str = "printf '\\000\\000\\000\\001R'; cat >/dev/null";
+
+    /// Waits (boundedly) until `check` holds of the pool's entries.
+    async fn eventually(pool: &Pool, check: impl Fn(&HashMap<PoolKey, Entry>) -> bool) {
+        for _ in 0..500 {
+            if check(&pool.lock()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the pool never reached the expected state");
+    }
+
+    fn idle(entries: &HashMap<PoolKey, Entry>, version: u32) -> usize {
+        entries
+            .get(&("f".to_string(), version))
+            .map_or(0, |e| e.idle.len())
+    }
+
+    #[test]
+    fn only_a_newer_version_of_the_same_function_supersedes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        for (name, version) in [("f", 1), ("f", 2), ("g", 1)] {
+            let mut spec = call(dir.path(), version, READY, warm(1, 0));
+            spec.key = (name.into(), version);
+            pool.prewarm(spec);
+        }
+        let entries = pool.lock();
+        assert!(superseded(&entries, &("f".into(), 1)));
+        assert!(!superseded(&entries, &("f".into(), 2)));
+        assert!(!superseded(&entries, &("g".into(), 1)));
+        let old = &entries[&("f".to_string(), 1)];
+        assert_eq!(old.min_warm(true), 0);
+        assert_eq!(old.min_warm(false), 1);
+    }
+
+    #[test]
+    fn start_backoff_doubles_up_to_the_cap() {
+        assert_eq!(
+            next_backoff(FIRST_START_BACKOFF),
+            Duration::from_millis(500)
+        );
+        assert_eq!(next_backoff(Duration::from_secs(40)), MAX_START_BACKOFF);
+        assert_eq!(next_backoff(MAX_START_BACKOFF), MAX_START_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn min_warm_is_kept_and_survives_reaping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        // Idle past its (zero) timeout, but it is the one kept ready.
+        pool.reap();
+        assert_eq!(idle(&pool.lock(), 1), 1);
+        // Another round starts no second one.
+        pool.keep_min_warm();
+        let entries = pool.lock();
+        let entry = &entries[&("f".to_string(), 1)];
+        assert_eq!((entry.idle.len(), entry.busy), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_retires_the_older_ones_executors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        pool.prewarm(call(dir.path(), 2, READY, warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 2) == 1).await;
+        pool.reap();
+        let entries = pool.lock();
+        assert!(!entries.contains_key(&("f".to_string(), 1)), "v1 kept");
+        assert_eq!(idle(&entries, 2), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_start_backs_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(8);
+        pool.prewarm(call(dir.path(), 1, "exit 1", warm(1, 0)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| {
+            e.values().all(|x| x.retry_at.is_some() && x.busy == 0)
+        })
+        .await;
+        let backoff = pool.lock()[&("f".to_string(), 1)].backoff;
+        assert_eq!(backoff, next_backoff(FIRST_START_BACKOFF));
+        // Within the backoff, no new start is tried.
+        pool.keep_min_warm();
+        assert_eq!(pool.lock()[&("f".to_string(), 1)].busy, 0);
+    }
+
+    #[tokio::test]
+    async fn the_idle_cap_stops_the_least_recently_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(1);
+        // Two idle executors of two functions, the first used less recently.
+        for (name, version) in [("f1", 1), ("f2", 2)] {
+            let mut spec = call(dir.path(), version, READY, warm(0, 60_000));
+            spec.key = (name.into(), version);
+            let executor = WarmExecutor::start(&spec.argv, &[], dir.path(), spec.timeout)
+                .await
+                .expect("ready");
+            pool.prewarm(spec);
+            pool.lock()
+                .get_mut(&(name.to_string(), version))
+                .expect("entry")
+                .idle
+                .push(executor);
+        }
+        pool.reap();
+        let entries = pool.lock();
+        assert!(
+            !entries.contains_key(&("f1".to_string(), 1)),
+            "the older stayed"
+        );
+        assert_eq!(entries[&("f2".to_string(), 2)].idle.len(), 1);
     }
 }

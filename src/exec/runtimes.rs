@@ -1,9 +1,11 @@
 //! How each runtime's executor is launched: its command line and the environment it adds, and
-//! the Python interpreter and harness the `python` and `pickle` runtimes share.
+//! the Python interpreter and harness the `python` and `pickle` runtimes share. An interpreter
+//! that cannot be resolved is an [`Error`] kept for the worker's life: `shell` and `exec`
+//! functions still run, and every `python` or `pickle` call fails with it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{Isolation, Runtime};
@@ -26,11 +28,48 @@ fn sandbox_python_path(i: usize) -> PathBuf {
 /// The shell that runs `shell` functions.
 const SHELL: &str = "/bin/sh";
 
+/// Why the Python interpreter cannot be used (and so why a `python` or `pickle` function
+/// cannot run).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Running the interpreter to ask where it lives failed.
+    #[error("cannot run {}: {source}", python.display())]
+    PythonStart {
+        /// The interpreter asked for.
+        python: PathBuf,
+        /// Why it did not start (shared: every call that needs it gets this error).
+        source: Arc<std::io::Error>,
+    },
+    /// The interpreter ran but exited with a failure.
+    #[error("{} failed: {stderr}", python.display())]
+    PythonFailed {
+        /// The interpreter asked for.
+        python: PathBuf,
+        /// What it wrote on stderr, trimmed.
+        stderr: String,
+    },
+    /// The interpreter did not print its path and prefix.
+    #[error("{} did not say where it lives", python.display())]
+    PythonLocationUnknown {
+        /// The interpreter asked for.
+        python: PathBuf,
+    },
+}
+
+/// A resolved Python interpreter.
+#[derive(Debug, Clone)]
+struct Python {
+    /// Its real path (`sys.executable`, canonical).
+    path: PathBuf,
+    /// Its installation prefix (`sys.base_prefix`, canonical).
+    prefix: PathBuf,
+}
+
 /// What a worker launches executors with.
 #[derive(Debug, Clone)]
 pub struct Runtimes {
-    /// The Python interpreter's real path and its prefix, or why there is none.
-    python: Result<(PathBuf, PathBuf), String>,
+    /// The Python interpreter, or why there is none.
+    python: Result<Python, Error>,
     /// Executors run in the sandbox when set.
     sandbox: Option<Sandbox>,
     /// Directories put on `PYTHONPATH` (to resolve functions pickled by reference).
@@ -54,7 +93,7 @@ impl Runtimes {
         std::fs::write(&harness, HARNESS)?;
         let python = resolve_python(python.unwrap_or(Path::new("python3")));
         match &python {
-            Ok((path, _)) => tracing::info!(python = %path.display(), "python runtime ready"),
+            Ok(found) => tracing::info!(python = %found.path.display(), "python runtime ready"),
             Err(why) => tracing::warn!("python runtimes unavailable: {why}"),
         }
         let python_path = python_path
@@ -77,7 +116,7 @@ impl Runtimes {
         bundle: &Path,
         timeout: Duration,
         isolation: Isolation,
-    ) -> Result<Vec<OsString>, String> {
+    ) -> Result<Vec<OsString>, Error> {
         let Some(sandbox) = &self.sandbox else {
             return self.program(runtime, bundle, &self.harness);
         };
@@ -93,9 +132,9 @@ impl Runtimes {
         // Inside, the bundle and the harness sit at fixed paths; the interpreter's installation
         // at its own path (its location is how it finds its library).
         let mut read_only = vec![(bundle.to_owned(), PathBuf::from(SANDBOX_BUNDLE))];
-        if let (Runtime::Python | Runtime::Pickle, Ok((_, prefix))) = (runtime, &self.python) {
+        if let (Runtime::Python | Runtime::Pickle, Ok(python)) = (runtime, &self.python) {
             read_only.push((self.harness.clone(), PathBuf::from(SANDBOX_HARNESS)));
-            read_only.push((prefix.clone(), prefix.clone()));
+            read_only.push((python.prefix.clone(), python.prefix.clone()));
             for (i, dir) in self.python_path.iter().enumerate() {
                 read_only.push((dir.clone(), sandbox_python_path(i)));
             }
@@ -112,17 +151,18 @@ impl Runtimes {
         ))
     }
 
+    /// The command line outside any sandbox, with the bundle and harness at the paths given.
     fn program(
         &self,
         runtime: Runtime,
         bundle: &Path,
         harness: &Path,
-    ) -> Result<Vec<OsString>, String> {
+    ) -> Result<Vec<OsString>, Error> {
         Ok(match runtime {
             Runtime::Shell => vec![SHELL.into(), bundle.into()],
             Runtime::Exec => vec![bundle.into()],
             Runtime::Python | Runtime::Pickle => {
-                let (python, _) = self.python.as_ref().map_err(Clone::clone)?;
+                let python = &self.python.as_ref().map_err(Clone::clone)?.path;
                 let mode = if runtime == Runtime::Python {
                     "python"
                 } else {
@@ -167,7 +207,7 @@ impl Runtimes {
 }
 
 /// Asks the interpreter for its own real path (`sys.executable`) and its installation prefix.
-fn resolve_python(python: &Path) -> Result<(PathBuf, PathBuf), String> {
+fn resolve_python(python: &Path) -> Result<Python, Error> {
     let out = std::process::Command::new(python)
         .args([
             "-c",
@@ -175,23 +215,158 @@ fn resolve_python(python: &Path) -> Result<(PathBuf, PathBuf), String> {
         ])
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        .map_err(|source| Error::PythonStart {
+            python: python.to_owned(),
+            source: Arc::new(source),
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(Error::PythonFailed {
+            python: python.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let (Some(path), Some(prefix)) = (lines.next(), lines.next()) else {
-        return Err(format!("{} did not say where it lives", python.display()));
+        return Err(Error::PythonLocationUnknown {
+            python: python.to_owned(),
+        });
     };
     let path = PathBuf::from(path);
     let prefix = PathBuf::from(prefix);
-    Ok((
-        std::fs::canonicalize(&path).unwrap_or(path),
-        std::fs::canonicalize(&prefix).unwrap_or(prefix),
-    ))
+    Ok(Python {
+        path: std::fs::canonicalize(&path).unwrap_or(path),
+        prefix: std::fs::canonicalize(&prefix).unwrap_or(prefix),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runtimes without a sandbox, with `python` resolved (or not) as given.
+    fn runtimes(python: Result<Python, Error>, python_path: &[&str]) -> Runtimes {
+        Runtimes {
+            python,
+            sandbox: None,
+            python_path: python_path.iter().map(PathBuf::from).collect(),
+            harness: PathBuf::from("/cache/faasd_harness.py"),
+        }
+    }
+
+    fn python() -> Result<Python, Error> {
+        Ok(Python {
+            path: PathBuf::from("/usr/bin/python3.12"),
+            prefix: PathBuf::from("/usr"),
+        })
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn command(runtimes: &Runtimes, runtime: Runtime) -> Result<Vec<OsString>, Error> {
+        runtimes.command(
+            runtime,
+            Path::new("/cache/abc"),
+            Duration::from_secs(1),
+            Isolation::default(),
+        )
+    }
+
+    #[test]
+    fn shell_and_exec_command_lines() {
+        let runtimes = runtimes(python(), &[]);
+        assert_eq!(
+            command(&runtimes, Runtime::Shell).expect("shell"),
+            ["/bin/sh", "/cache/abc"].map(OsString::from)
+        );
+        assert_eq!(
+            command(&runtimes, Runtime::Exec).expect("exec"),
+            ["/cache/abc"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn python_and_pickle_run_the_harness() {
+        let runtimes = runtimes(python(), &[]);
+        for (runtime, mode) in [(Runtime::Python, "python"), (Runtime::Pickle, "pickle")] {
+            assert_eq!(
+                command(&runtimes, runtime).expect("python"),
+                [
+                    "/usr/bin/python3.12",
+                    "-u",
+                    "/cache/faasd_harness.py",
+                    mode,
+                    "/cache/abc"
+                ]
+                .map(OsString::from)
+            );
+        }
+    }
+
+    #[test]
+    fn without_python_only_python_functions_fail() {
+        let missing = Err(Error::PythonLocationUnknown {
+            python: PathBuf::from("/opt/py"),
+        });
+        let runtimes = runtimes(missing, &[]);
+        assert!(command(&runtimes, Runtime::Shell).is_ok());
+        let err = command(&runtimes, Runtime::Pickle).expect_err("no python");
+        assert_eq!(err.to_string(), "/opt/py did not say where it lives");
+    }
+
+    #[test]
+    fn python_env_adds_only_what_is_unset() {
+        let runtimes = runtimes(python(), &["/srv/a", "/srv/b"]);
+        let env = runtimes.env(Runtime::Python, &vars(&[("X", "1")]));
+        assert_eq!(
+            env,
+            vars(&[
+                ("X", "1"),
+                ("PYTHONPATH", "/srv/a:/srv/b"),
+                ("PYTHONDONTWRITEBYTECODE", "1")
+            ])
+        );
+        let own = vars(&[("PYTHONPATH", "/mine"), ("PYTHONDONTWRITEBYTECODE", "0")]);
+        assert_eq!(runtimes.env(Runtime::Pickle, &own), own);
+    }
+
+    #[test]
+    fn pythonpath_only_when_directories_are_given() {
+        let runtimes = runtimes(python(), &[]);
+        assert_eq!(
+            runtimes.env(Runtime::Python, &[]),
+            vars(&[("PYTHONDONTWRITEBYTECODE", "1")])
+        );
+    }
+
+    #[test]
+    fn shell_and_exec_env_is_the_functions_own() {
+        let runtimes = runtimes(python(), &["/srv/a"]);
+        let own = vars(&[("X", "1")]);
+        assert_eq!(runtimes.env(Runtime::Shell, &own), own);
+        assert_eq!(runtimes.env(Runtime::Exec, &own), own);
+    }
+
+    #[test]
+    fn resolving_a_missing_interpreter_names_it() {
+        let err = resolve_python(Path::new("/no/such/python3")).expect_err("missing");
+        assert!(matches!(err, Error::PythonStart { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("cannot run /no/such/python3: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_interpreter_that_fails_or_says_nothing_is_refused() {
+        let failed = resolve_python(Path::new("/bin/false")).expect_err("fails");
+        assert_eq!(failed.to_string(), "/bin/false failed: ");
+        let silent = resolve_python(Path::new("/bin/true")).expect_err("silent");
+        assert_eq!(silent.to_string(), "/bin/true did not say where it lives");
+    }
 }

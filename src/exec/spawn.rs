@@ -4,7 +4,7 @@
 //! The checklist, in order: new session and process group, default signals → stdio pipes →
 //! fresh working directory → cleared environment plus the function's own variables → exec.
 //! Which command line a runtime runs is decided by [`super::Runtimes::command`].
-//! The system calls themselves are in [`super::sys`].
+//! The system calls themselves are in [`crate::sandbox::sys`].
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -41,19 +41,9 @@ fn c_string(text: String) -> Result<CString, Error> {
     })
 }
 
-/// Starts the executor with piped stdio in its own session and process group.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
-    let Some(program) = spec.argv.first().map(Path::new) else {
-        return Err(Error::BadArgument {
-            what: "an empty command line".into(),
-        });
-    };
-    let c_program = c_path(program)?;
-    let argv = spec
-        .argv
-        .iter()
-        .map(|a| c_path(Path::new(a)))
-        .collect::<Result<Vec<_>, _>>()?;
+/// The executor's whole environment: the function's variables, then `PATH`, `HOME` and
+/// `TMPDIR` (the last two the working directory) unless the function sets them itself.
+fn environment(spec: &SpawnSpec<'_>) -> Result<Vec<CString>, Error> {
     let workdir = spec.workdir.to_string_lossy();
     // The function's own variables win over the defaults.
     let mut envp = Vec::with_capacity(spec.env.len() + 3);
@@ -69,6 +59,23 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
             envp.push(c_string(format!("{k}={v}"))?);
         }
     }
+    Ok(envp)
+}
+
+/// Starts the executor with piped stdio in its own session and process group.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
+    let Some(program) = spec.argv.first().map(Path::new) else {
+        return Err(Error::BadArgument {
+            what: "an empty command line".into(),
+        });
+    };
+    let c_program = c_path(program)?;
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| c_path(Path::new(a)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = environment(spec)?;
     let cwd = c_path(spec.workdir)?;
     // A freshly written executable can be briefly busy (ETXTBSY) while another thread still
     // holds its write descriptor; that clears within microseconds.

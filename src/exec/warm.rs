@@ -27,9 +27,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::{Limits, spawn};
+use super::{Limits, Pipes, spawn, truncation_marker};
 use crate::proto::FailureReason;
 use crate::sandbox::sys;
+use crate::units::format_duration;
 
 /// How much of a warm executor's own stderr (outside calls) is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
@@ -68,6 +69,31 @@ pub struct WarmExecutor {
     pub last_used: Instant,
 }
 
+/// The largest frame an executor may send before it is ready (its traceback, if loading fails).
+const READY_FRAME_LIMIT_BYTES: usize = 1 << 20;
+
+impl Failure {
+    /// A failure without logs or result.
+    fn new(reason: FailureReason, message: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            message: message.into(),
+            logs: Bytes::new(),
+            result: Bytes::new(),
+        }
+    }
+
+    /// A start that failed.
+    fn init_failed(message: impl Into<String>) -> Failure {
+        Failure::new(FailureReason::InitFailed, message)
+    }
+
+    /// An answer that breaks the frame protocol.
+    fn protocol(message: &str) -> Failure {
+        Failure::new(FailureReason::ProtocolError, message)
+    }
+}
+
 impl WarmExecutor {
     /// Starts an executor and waits (up to `timeout`) until it is ready.
     pub async fn start(
@@ -76,41 +102,23 @@ impl WarmExecutor {
         work_root: &Path,
         timeout: Duration,
     ) -> Result<WarmExecutor, Failure> {
-        let init_failed = |message: String| Failure {
-            reason: FailureReason::InitFailed,
-            message,
-            logs: Bytes::new(),
-            result: Bytes::new(),
-        };
         let workdir = tempfile::Builder::new()
             .prefix("warm-")
             .tempdir_in(work_root)
-            .map_err(|e| init_failed(format!("cannot create a working directory: {e}")))?;
+            .map_err(|e| Failure::init_failed(format!("cannot create a working directory: {e}")))?;
         let mut child = spawn::spawn(&spawn::SpawnSpec {
             argv,
             workdir: workdir.path(),
             env,
         })
-        .map_err(|e| Failure {
-            reason: FailureReason::SpawnFailed,
-            ..init_failed(e.to_string())
-        })?;
-        let pipes = (
-            child
-                .stdin
-                .take()
-                .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok()),
-            child
-                .stdout
-                .take()
-                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
-            child
-                .stderr
-                .take()
-                .and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
-        );
-        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-            return Err(init_failed("cannot set up the executor's pipes".into()));
+        .map_err(|e| Failure::new(FailureReason::SpawnFailed, e.to_string()))?;
+        let Pipes {
+            stdin: Some(stdin),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        } = Pipes::take(&mut child)
+        else {
+            return Err(Failure::init_failed("cannot set up the executor's pipes"));
         };
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
@@ -123,22 +131,27 @@ impl WarmExecutor {
             _workdir: workdir,
             last_used: Instant::now(),
         };
-        let limit = 1 << 20;
-        match tokio::time::timeout(timeout, executor.read_frame(limit)).await {
-            Err(_) => Err(init_failed(format!(
+        executor.wait_ready(timeout).await?;
+        Ok(executor)
+    }
+
+    /// Waits (up to `timeout`) for the executor's first frame, which must say it is ready.
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), Failure> {
+        let first = tokio::time::timeout(timeout, self.read_frame(READY_FRAME_LIMIT_BYTES)).await;
+        match first {
+            Err(_) => Err(Failure::init_failed(format!(
                 "the executor was not ready within {}",
-                humantime::format_duration(timeout)
+                format_duration(timeout)
             ))),
-            Ok(Ok(body)) if body.as_ref() == b"R" => Ok(executor),
+            Ok(Ok(body)) if body.as_ref() == b"R" => Ok(()),
             Ok(Ok(body)) if body.first() == Some(&b'E') => Err(Failure {
                 logs: body.slice(1..),
-                ..init_failed("loading the function failed (traceback in the logs)".into())
+                ..Failure::init_failed("loading the function failed (traceback in the logs)")
             }),
-            Ok(Ok(_)) => Err(Failure {
-                reason: FailureReason::ProtocolError,
-                ..init_failed("the executor's first frame was not `R` (ready)".into())
-            }),
-            Ok(Err(e)) => Err(executor.died(e, FailureReason::InitFailed).await),
+            Ok(Ok(_)) => Err(Failure::protocol(
+                "the executor's first frame was not `R` (ready)",
+            )),
+            Ok(Err(e)) => Err(self.died(e, FailureReason::InitFailed).await),
         }
     }
 
@@ -150,62 +163,34 @@ impl WarmExecutor {
         timeout: Duration,
         limits: Limits,
     ) -> Result<Answer, Failure> {
-        let mut frame = Vec::with_capacity(payload.len() + 6);
-        frame.extend_from_slice(&((payload.len() + 2) as u32).to_be_bytes());
-        frame.push(b'C');
-        frame.push(u8::from(json));
-        frame.extend_from_slice(payload);
+        let frame = call_frame(payload, json);
         let limit = limits.stdout_bytes + limits.stderr_bytes + 16;
+        let body = self.exchange(&frame, limit, timeout).await?;
+        self.last_used = Instant::now();
+        parse_answer(body, limits)
+    }
+
+    /// Writes a call frame and reads the answer's body, within `timeout`.
+    async fn exchange(
+        &mut self,
+        frame: &[u8],
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, Failure> {
         let exchange = async {
-            self.stdin.write_all(&frame).await.map_err(FrameError::Io)?;
+            self.stdin.write_all(frame).await.map_err(FrameError::Io)?;
             self.read_frame(limit).await
         };
-        let body = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => {
-                return Err(Failure {
-                    reason: FailureReason::Timeout,
-                    message: format!("timed out after {}", humantime::format_duration(timeout)),
-                    logs: self.stderr_tail(),
-                    result: Bytes::new(),
-                });
-            }
-            Ok(Err(e)) => return Err(self.died(e, FailureReason::ExecutorDied).await),
-            Ok(Ok(body)) => body,
-        };
-        self.last_used = Instant::now();
-        let protocol = |message: &str| Failure {
-            reason: FailureReason::ProtocolError,
-            message: message.to_string(),
-            logs: Bytes::new(),
-            result: Bytes::new(),
-        };
-        let (kind, rest) = match body.split_first() {
-            Some((k, rest)) if rest.len() >= 4 => (*k, rest),
-            _ => return Err(protocol("the executor's answer is too short")),
-        };
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len > rest.len() - 4 {
-            return Err(protocol("the executor's answer has a bad result length"));
-        }
-        let result = body.slice(5..5 + len);
-        let logs = bound(body.slice(5 + len..), limits.stderr_bytes);
-        if result.len() > limits.stdout_bytes {
-            return Err(Failure {
-                reason: FailureReason::OutputTooLarge,
-                message: format!("the result exceeded the {} byte limit", limits.stdout_bytes),
-                logs,
-                result: Bytes::new(),
-            });
-        }
-        match kind {
-            b'O' => Ok(Answer { result, logs }),
-            b'X' => Err(Failure {
-                reason: FailureReason::Exception,
-                message: "the handler raised an exception (traceback in the logs)".into(),
-                logs,
-                result,
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(Failure {
+                logs: self.stderr_tail(),
+                ..Failure::new(
+                    FailureReason::Timeout,
+                    format!("timed out after {}", format_duration(timeout)),
+                )
             }),
-            _ => Err(protocol("the executor's answer is neither `O` nor `X`")),
+            Ok(Err(e)) => Err(self.died(e, FailureReason::ExecutorDied).await),
+            Ok(Ok(body)) => Ok(body),
         }
     }
 
@@ -329,18 +314,205 @@ async fn drain_stderr(mut stderr: pipe::Receiver, tail: Arc<Mutex<VecDeque<u8>>>
     }
 }
 
+/// The frame of one call: `C`, the flags, the payload.
+fn call_frame(payload: &[u8], json: bool) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 6);
+    frame.extend_from_slice(&((payload.len() + 2) as u32).to_be_bytes());
+    frame.push(b'C');
+    frame.push(u8::from(json));
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads an answer's body (`O` or `X`, the result's length, the result, the logs), bounding
+/// the logs and refusing a result over the limit.
+fn parse_answer(body: Bytes, limits: Limits) -> Result<Answer, Failure> {
+    let (kind, rest) = match body.split_first() {
+        Some((k, rest)) if rest.len() >= 4 => (*k, rest),
+        _ => return Err(Failure::protocol("the executor's answer is too short")),
+    };
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    if len > rest.len() - 4 {
+        return Err(Failure::protocol(
+            "the executor's answer has a bad result length",
+        ));
+    }
+    let result = body.slice(5..5 + len);
+    let logs = bound(body.slice(5 + len..), limits.stderr_bytes);
+    if result.len() > limits.stdout_bytes {
+        return Err(Failure {
+            logs,
+            ..Failure::new(
+                FailureReason::OutputTooLarge,
+                format!("the result exceeded the {} byte limit", limits.stdout_bytes),
+            )
+        });
+    }
+    match kind {
+        b'O' => Ok(Answer { result, logs }),
+        b'X' => Err(Failure {
+            logs,
+            result,
+            ..Failure::new(
+                FailureReason::Exception,
+                "the handler raised an exception (traceback in the logs)",
+            )
+        }),
+        _ => Err(Failure::protocol(
+            "the executor's answer is neither `O` nor `X`",
+        )),
+    }
+}
+
 /// Cuts logs to `limit` bytes with the truncation marker.
 fn bound(logs: Bytes, limit: usize) -> Bytes {
     if logs.len() <= limit {
         return logs;
     }
     let mut kept = logs[..limit].to_vec();
-    kept.extend_from_slice(
-        format!(
-            "\n[faasd: stderr truncated, {} more bytes dropped]\n",
-            logs.len() - limit
-        )
-        .as_bytes(),
-    );
+    kept.extend_from_slice(&truncation_marker((logs.len() - limit) as u64));
     Bytes::from(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        stdout_bytes: 8,
+        stderr_bytes: 6,
+    };
+
+    /// An answer body: the kind, the result's length, the result, the logs.
+    fn answer(kind: u8, result: &[u8], logs: &[u8]) -> Bytes {
+        let mut body = vec![kind];
+        body.extend_from_slice(&(result.len() as u32).to_be_bytes());
+        body.extend_from_slice(result);
+        body.extend_from_slice(logs);
+        Bytes::from(body)
+    }
+
+    #[test]
+    fn bound_keeps_logs_up_to_the_limit() {
+        let logs = Bytes::from_static(b"123456");
+        assert_eq!(bound(logs.clone(), 6), logs);
+        assert_eq!(bound(logs.clone(), 100), logs);
+    }
+
+    #[test]
+    fn bound_cuts_with_a_marker() {
+        let cut = bound(Bytes::from(vec![b'x'; 1000]), 100);
+        assert_eq!(&cut[..100], &[b'x'; 100][..]);
+        assert_eq!(
+            &cut[100..],
+            b"\n[faasd: stderr truncated, 900 more bytes dropped]\n"
+        );
+    }
+
+    #[test]
+    fn call_frame_is_length_kind_flags_payload() {
+        assert_eq!(call_frame(b"hi", true), b"\0\0\0\x04C\x01hi");
+        assert_eq!(call_frame(b"", false), b"\0\0\0\x02C\x00");
+    }
+
+    #[test]
+    fn an_ok_answer_splits_result_and_logs() {
+        let done = parse_answer(answer(b'O', b"result", b"log"), LIMITS).expect("an answer");
+        assert_eq!(done.result, Bytes::from_static(b"result"));
+        assert_eq!(done.logs, Bytes::from_static(b"log"));
+    }
+
+    #[test]
+    fn an_exception_keeps_its_result_and_logs() {
+        let failure = parse_answer(answer(b'X', b"pickled", b"trace"), LIMITS)
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::Exception);
+        assert_eq!(failure.result, Bytes::from_static(b"pickled"));
+        assert_eq!(failure.logs, Bytes::from_static(b"trace"));
+    }
+
+    #[test]
+    fn an_oversized_result_fails_with_bounded_logs() {
+        let failure = parse_answer(answer(b'O', b"123456789", b"1234567"), LIMITS)
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::OutputTooLarge);
+        assert_eq!(failure.message, "the result exceeded the 8 byte limit");
+        assert!(failure.result.is_empty());
+        assert!(
+            failure
+                .logs
+                .starts_with(b"123456\n[faasd: stderr truncated, 1 more")
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_protocol_errors() {
+        let mut bad_length = answer(b'O', b"abc", b"").to_vec();
+        bad_length[4] = 4;
+        let cases = [
+            (Bytes::new(), "the executor's answer is too short"),
+            (
+                Bytes::from_static(b"O\0\0\0"),
+                "the executor's answer is too short",
+            ),
+            (
+                Bytes::from(bad_length),
+                "the executor's answer has a bad result length",
+            ),
+            (
+                answer(b'Q', b"", b""),
+                "the executor's answer is neither `O` nor `X`",
+            ),
+        ];
+        for (body, message) in cases {
+            let failure = parse_answer(body, LIMITS).err().expect("a failure");
+            assert_eq!(failure.reason, FailureReason::ProtocolError);
+            assert_eq!(failure.message, message);
+        }
+    }
+
+    /// Starts a warm executor running `script` under `/bin/sh`.
+    async fn start_script(script: &str, timeout: Duration) -> Result<WarmExecutor, Failure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("executor.sh");
+        std::fs::write(&program, script).expect("write script");
+        let argv: Vec<OsString> = vec!["/bin/sh".into(), program.into()];
+        WarmExecutor::start(&argv, &[], dir.path(), timeout).await
+    }
+
+    #[tokio::test]
+    async fn start_waits_for_ready() {
+        let executor = start_script(
+            "printf '\\000\\000\\000\\001R'; cat >/dev/null",
+            Duration::from_secs(5),
+        )
+        .await;
+        let executor = executor.expect("ready");
+        assert!(!executor.has_exited());
+    }
+
+    #[tokio::test]
+    async fn a_load_error_is_init_failed_with_its_traceback() {
+        let failure = start_script(
+            "printf '\\000\\000\\000\\006Eboom!'",
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::InitFailed);
+        assert_eq!(failure.logs, Bytes::from_static(b"boom!"));
+    }
+
+    #[tokio::test]
+    async fn an_executor_never_ready_times_out() {
+        let failure = start_script("sleep 30", Duration::from_millis(200))
+            .await
+            .err()
+            .expect("a failure");
+        assert_eq!(failure.reason, FailureReason::InitFailed);
+        assert_eq!(failure.message, "the executor was not ready within 200ms");
+    }
 }

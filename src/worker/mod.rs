@@ -5,8 +5,13 @@
 //! executor, fetching code it lacks by hash, heartbeats, and sends back a `Report` per task.
 //! Reports that find their session gone are kept and sent at the start of the next session;
 //! the server refuses any whose lease has since moved on.
+//!
+//! A session is `handshake` (with `on_welcome`), then a loop that hands each frame from
+//! the server to a handler named after it (`on_assign`, `on_prewarm`, `on_code`; `Refused`
+//! ends it) and reacts to its own events (`on_heartbeat_tick`, `on_cancel` to drain).
+//! `run_task` runs one assignment, warm or cold, and makes its report.
 
-mod cache;
+pub mod cache;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -129,6 +134,7 @@ impl Agent {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                reaper.keep_min_warm();
                 reaper.reap();
             }
         });
@@ -199,8 +205,39 @@ pub async fn run_session<T>(
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let config = &agent.config;
     let (mut reader, mut writer) = proto::split(io);
+    let heartbeat = handshake(&agent.config, &mut reader, &mut writer).await?;
+    let mut session = Session::open(agent, writer);
+    match session
+        .serve(&mut reader, heartbeat, cancel, drain_deadline)
+        .await
+    {
+        Ok(Ended::Drained) => {
+            session.finish_drain().await;
+            Ok(Ended::Drained)
+        }
+        Ok(Ended::ServerClosed) => {
+            session.agent.close_session(session.pump);
+            Ok(Ended::ServerClosed)
+        }
+        Err(err) => {
+            session.agent.close_session(session.pump);
+            Err(err)
+        }
+    }
+}
+
+/// Says `Hello` and waits for the server's answer; returns the heartbeat period its `Welcome`
+/// asks for.
+async fn handshake<R, W>(
+    config: &Config,
+    reader: &mut proto::Reader<R>,
+    writer: &mut proto::Writer<W>,
+) -> Result<Duration, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     writer
         .send(&Frame::Hello {
             protocol: proto::PROTOCOL_VERSION,
@@ -212,105 +249,168 @@ where
     let answer = tokio::time::timeout(proto::HANDSHAKE_TIMEOUT, reader.next())
         .await
         .map_err(|_| Error::HandshakeTimeout(proto::HANDSHAKE_TIMEOUT))??;
-    let heartbeat = match answer {
-        Some(Frame::Welcome { heartbeat_ms, .. }) => {
-            Duration::from_millis(u64::from(heartbeat_ms.max(50)))
-        }
-        Some(Frame::Refused { reason }) => return Err(Error::Refused { reason }),
-        Some(other) => return Err(Error::Handshake(format!("{other:?}"))),
-        None => return Err(Error::Handshake("the server closed the connection".into())),
-    };
+    match answer {
+        Some(Frame::Welcome { heartbeat_ms, .. }) => Ok(on_welcome(heartbeat_ms)),
+        Some(Frame::Refused { reason }) => Err(Error::Refused { reason }),
+        Some(other) => Err(Error::Handshake(format!("{other:?}"))),
+        None => Err(Error::Handshake("the server closed the connection".into())),
+    }
+}
 
-    let (frames, outbox) = mpsc::unbounded_channel();
-    agent.set_link(Some(frames.clone()));
-    let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
-    for report in std::mem::take(&mut *agent.unsent.lock().expect("unsent lock poisoned")) {
-        let _ = frames.send(Frame::Report(report));
+/// The heartbeat period a `Welcome` asks for (at least 50 ms).
+fn on_welcome(heartbeat_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(heartbeat_ms.max(50)))
+}
+
+/// A wait for the running tasks to finish (up to the drain deadline): whether they did.
+type DrainWait = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// One connection to the server, once the handshake is done.
+struct Session {
+    agent: Arc<Agent>,
+    /// Outbound frames, written by `pump`.
+    frames: mpsc::UnboundedSender<Frame>,
+    /// Writes `frames` to the connection; ends when writing fails.
+    pump: tokio::task::JoinHandle<Result<(), proto::Error>>,
+}
+
+impl Session {
+    /// Starts writing frames, makes this the agent's current session, sends the reports the
+    /// last session could not, and (in pull mode) asks for work for the free slots.
+    fn open<W>(agent: Arc<Agent>, mut writer: proto::Writer<W>) -> Session
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = &agent.config;
+        let (frames, outbox) = mpsc::unbounded_channel();
+        agent.set_link(Some(frames.clone()));
+        let pump = tokio::spawn(async move { writer.pump(outbox).await });
+        for report in std::mem::take(&mut *agent.unsent.lock().expect("unsent lock poisoned")) {
+            let _ = frames.send(Frame::Report(report));
+        }
+        if config.mode == DispatchMode::Pull {
+            let free = config
+                .slots
+                .saturating_sub(agent.running.load(Ordering::Relaxed));
+            let _ = frames.send(Frame::Pull { slots: free });
+        }
+        Session {
+            agent,
+            frames,
+            pump,
+        }
     }
-    if config.mode == DispatchMode::Pull {
-        let free = config
-            .slots
-            .saturating_sub(agent.running.load(Ordering::Relaxed));
-        let _ = frames.send(Frame::Pull { slots: free });
-    }
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // While draining the session keeps reading (code still arrives for running tasks) and
-    // heartbeating (so the server does not declare it dead), until its tasks are done.
-    let mut drained: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
-    let ended = loop {
-        let frame = tokio::select! {
-            frame = reader.next() => frame,
-            _ = beat.tick() => {
-                let running = agent.running.load(Ordering::Relaxed);
-                let _ = frames.send(Frame::Heartbeat { running });
-                continue;
-            }
-            idle = async { drained.as_mut().expect("guarded by is_some").await }, if drained.is_some() => {
-                if !idle {
-                    tracing::warn!("drain deadline passed with tasks still running");
+
+    /// Reads and handles frames, heartbeating every `heartbeat`, until the connection ends or
+    /// (once `cancel` fires) the running tasks are drained. While draining the session keeps
+    /// reading (code still arrives for running tasks) and heartbeating (so the server does not
+    /// declare it dead).
+    async fn serve<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut proto::Reader<R>,
+        heartbeat: Duration,
+        cancel: CancellationToken,
+        drain_deadline: Duration,
+    ) -> Result<Ended, Error> {
+        let mut beat = tokio::time::interval(heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drained: Option<DrainWait> = None;
+        loop {
+            let frame = tokio::select! {
+                frame = reader.next() => frame,
+                _ = beat.tick() => {
+                    self.on_heartbeat_tick();
+                    continue;
                 }
-                break Ended::Drained;
-            }
-            () = cancel.cancelled(), if drained.is_none() => {
-                let _ = frames.send(Frame::Drain);
-                let agent = agent.clone();
-                drained = Some(Box::pin(async move { agent.wait_idle(drain_deadline).await }));
-                continue;
-            }
-            _ = &mut pump => {
-                tracing::warn!("writing to the server failed");
-                break Ended::ServerClosed;
-            }
-        };
-        match frame {
-            Ok(Some(Frame::Assign(task))) => {
-                let agent_for_task = agent.clone();
-                agent.running.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
-                    let agent = agent_for_task;
-                    let report = run_task(&agent, task).await;
-                    agent.deliver(report);
-                    if agent.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        agent.idle.notify_waiters();
+                idle = async { drained.as_mut().expect("guarded by is_some").await }, if drained.is_some() => {
+                    if !idle {
+                        tracing::warn!("drain deadline passed with tasks still running");
                     }
-                    if agent.config.mode == DispatchMode::Pull {
-                        if let Some(tx) = agent.sender() {
-                            let _ = tx.send(Frame::Pull { slots: 1 });
-                        }
-                    }
-                });
-            }
-            Ok(Some(Frame::Prewarm(spec))) => {
-                let agent = agent.clone();
-                tokio::spawn(async move { agent.prewarm(spec).await });
-            }
-            Ok(Some(Frame::Code { hash, found, bytes })) => {
-                let cache = config.cache.clone();
-                tokio::spawn(async move { cache.fill(hash, found, bytes).await });
-            }
-            Ok(Some(Frame::Refused { reason })) => {
-                agent.close_session(pump);
-                return Err(Error::Refused { reason });
-            }
-            Ok(Some(other)) => tracing::warn!(frame = ?other, "unexpected frame from the server"),
-            Ok(None) => break Ended::ServerClosed,
-            Err(e) => {
-                tracing::warn!(error = %e, "connection to the server failed");
-                break Ended::ServerClosed;
+                    return Ok(Ended::Drained);
+                }
+                () = cancel.cancelled(), if drained.is_none() => {
+                    drained = Some(self.on_cancel(drain_deadline));
+                    continue;
+                }
+                _ = &mut self.pump => {
+                    tracing::warn!("writing to the server failed");
+                    return Ok(Ended::ServerClosed);
+                }
+            };
+            match frame {
+                Ok(Some(frame)) => self.on_frame(frame)?,
+                Ok(None) => return Ok(Ended::ServerClosed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection to the server failed");
+                    return Ok(Ended::ServerClosed);
+                }
             }
         }
-    };
-    if ended == Ended::Drained {
-        // Every finished task's report is queued: let the pump write them, then close.
-        agent.set_link(None);
-        drop(frames);
-        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
-        config.cache.abandon_fetches();
-        return Ok(ended);
     }
-    agent.close_session(pump);
-    Ok(ended)
+
+    /// Hands a frame from the server to its handler; a `Refused` ends the session.
+    fn on_frame(&self, frame: Frame) -> Result<(), Error> {
+        match frame {
+            Frame::Assign(task) => self.on_assign(task),
+            Frame::Prewarm(spec) => self.on_prewarm(spec),
+            Frame::Code { hash, found, bytes } => self.on_code(hash, found, bytes),
+            Frame::Refused { reason } => return Err(Error::Refused { reason }),
+            other => tracing::warn!(frame = ?other, "unexpected frame from the server"),
+        }
+        Ok(())
+    }
+
+    /// Runs the task in the background and reports it; in pull mode, then asks for another.
+    fn on_assign(&self, task: Assignment) {
+        let agent = self.agent.clone();
+        agent.running.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let report = run_task(&agent, task).await;
+            agent.deliver(report);
+            if agent.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                agent.idle.notify_waiters();
+            }
+            if agent.config.mode == DispatchMode::Pull {
+                if let Some(tx) = agent.sender() {
+                    let _ = tx.send(Frame::Pull { slots: 1 });
+                }
+            }
+        });
+    }
+
+    /// Registers the function version's warm settings in the background.
+    fn on_prewarm(&self, spec: proto::Prewarm) {
+        let agent = self.agent.clone();
+        tokio::spawn(async move { agent.prewarm(spec).await });
+    }
+
+    /// Stores the code the server sent and wakes the calls waiting for it.
+    fn on_code(&self, hash: proto::CodeHash, found: bool, bytes: bytes::Bytes) {
+        let cache = self.agent.config.cache.clone();
+        tokio::spawn(async move { cache.fill(hash, found, bytes).await });
+    }
+
+    /// Tells the server this worker is alive and how many tasks it runs.
+    fn on_heartbeat_tick(&self) {
+        let running = self.agent.running.load(Ordering::Relaxed);
+        let _ = self.frames.send(Frame::Heartbeat { running });
+    }
+
+    /// Asks the server for no new tasks and starts waiting for the running ones.
+    fn on_cancel(&self, drain_deadline: Duration) -> DrainWait {
+        let _ = self.frames.send(Frame::Drain);
+        let agent = self.agent.clone();
+        Box::pin(async move { agent.wait_idle(drain_deadline).await })
+    }
+
+    /// Ends a drained session: every finished task's report is queued, so the pump gets a
+    /// moment to write them before the connection closes.
+    async fn finish_drain(self) {
+        self.agent.set_link(None);
+        drop(self.frames);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.pump).await;
+        self.agent.config.cache.abandon_fetches();
+    }
 }
 
 impl Agent {
@@ -353,9 +453,11 @@ impl Agent {
     }
 }
 
+/// Runs one task (warm when its function is kept warm, else in a fresh process) and makes its
+/// report; a task whose code or command line cannot be had fails without running.
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
     let timeout = Duration::from_millis(task.timeout_ms);
-    let outcome = match agent
+    let prepared = agent
         .prepare(
             task.runtime,
             task.code_hash,
@@ -363,60 +465,74 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
             timeout,
             task.isolation,
         )
-        .await
-    {
-        Ok((argv, env)) => {
-            let config = &agent.config;
-            let timeout = Duration::from_millis(task.timeout_ms);
-            let warm = task
-                .warm
-                .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM));
-            match warm {
-                Some(warm) => {
-                    agent
-                        .pool
-                        .run(exec::WarmCall {
-                            key: (task.function, task.version),
-                            warm,
-                            argv,
-                            env,
-                            work_root: config.work_root.clone(),
-                            payload: task.payload,
-                            json: task.json,
-                            timeout,
-                            limits: config.limits,
-                        })
-                        .await
-                }
-                None => {
-                    exec::run(exec::Call {
-                        argv: &argv,
-                        env: &env,
-                        payload: task.payload,
-                        timeout,
-                        work_root: &config.work_root,
-                        limits: config.limits,
-                    })
-                    .await
-                }
-            }
-        }
-        Err((reason, message)) => Outcome {
-            failure: Some(reason),
-            exit_code: None,
-            signal: None,
-            message: Some(message),
-            stdout: Default::default(),
-            stderr: Default::default(),
-            run_us: 0,
-            cold_start: false,
-            init_us: 0,
-        },
+        .await;
+    let (task_id, lease) = (task.task_id, task.lease);
+    let outcome = match prepared {
+        Ok((argv, env)) => run_prepared(agent, task, argv, env).await,
+        Err((reason, message)) => not_started(reason, message),
     };
     Report {
-        task_id: task.task_id,
-        lease: task.lease,
+        task_id,
+        lease,
         outcome,
+    }
+}
+
+/// Runs a task whose executor command line and environment are ready.
+async fn run_prepared(
+    agent: &Agent,
+    task: Assignment,
+    argv: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+) -> Outcome {
+    let config = &agent.config;
+    let timeout = Duration::from_millis(task.timeout_ms);
+    let warm = task
+        .warm
+        .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM));
+    match warm {
+        Some(warm) => {
+            agent
+                .pool
+                .run(exec::WarmCall {
+                    key: (task.function, task.version),
+                    warm,
+                    argv,
+                    env,
+                    work_root: config.work_root.clone(),
+                    payload: task.payload,
+                    json: task.json,
+                    timeout,
+                    limits: config.limits,
+                })
+                .await
+        }
+        None => {
+            exec::run(exec::Call {
+                argv: &argv,
+                env: &env,
+                payload: task.payload,
+                timeout,
+                work_root: &config.work_root,
+                limits: config.limits,
+            })
+            .await
+        }
+    }
+}
+
+/// The outcome of a task that failed before any executor ran it.
+fn not_started(reason: FailureReason, message: String) -> Outcome {
+    Outcome {
+        failure: Some(reason),
+        exit_code: None,
+        signal: None,
+        message: Some(message),
+        stdout: Default::default(),
+        stderr: Default::default(),
+        run_us: 0,
+        cold_start: false,
+        init_us: 0,
     }
 }
 
@@ -433,18 +549,120 @@ impl Agent {
         let config = &self.config;
         let code = match self.sender() {
             Some(frames) => config.cache.get(code_hash, &frames).await,
-            None => Err("the connection to the server closed".to_string()),
+            None => Err(cache::Error::ConnectionClosed),
         }
-        .map_err(|m| (FailureReason::CodeUnavailable, m))?;
+        .map_err(|e| (FailureReason::CodeUnavailable, e.to_string()))?;
         let argv = config
             .runtimes
             .command(runtime, &code, timeout, isolation)
-            .map_err(|m| {
+            .map_err(|e| {
                 (
                     FailureReason::InitFailed,
-                    format!("cannot run a {} function: {m}", runtime.as_str()),
+                    format!("cannot run a {} function: {e}", runtime.as_str()),
                 )
             })?;
         Ok((argv, config.runtimes.env(runtime, env)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            name: "test".into(),
+            slots: 2,
+            mode: DispatchMode::Push,
+            cache: CodeCache::new(dir.join("code")).expect("cache"),
+            work_root: dir.join("work"),
+            limits: exec::Limits::default(),
+            runtimes: exec::Runtimes::new(
+                Some(std::path::Path::new("/bin/true")),
+                Vec::new(),
+                dir,
+                None,
+            )
+            .expect("runtimes"),
+        }
+    }
+
+    /// Runs the worker's side of the handshake against a server that answers `answer`
+    /// (or closes the connection when it is `None`); checks the worker's `Hello`.
+    async fn handshake_answered(answer: Option<Frame>) -> Result<Duration, Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let (worker_end, server_end) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let (mut reader, mut writer) = proto::split(server_end);
+            let hello = reader.next().await.expect("read").expect("a frame");
+            if let Some(answer) = answer {
+                writer.send(&answer).await.expect("send");
+            }
+            hello
+        });
+        let (mut reader, mut writer) = proto::split(worker_end);
+        let result = handshake(&config, &mut reader, &mut writer).await;
+        let hello = server.await.expect("join");
+        assert_eq!(
+            hello,
+            Frame::Hello {
+                protocol: proto::PROTOCOL_VERSION,
+                name: "test".into(),
+                slots: 2,
+                mode: DispatchMode::Push,
+            }
+        );
+        result
+    }
+
+    #[tokio::test]
+    async fn a_welcome_sets_the_heartbeat() {
+        let welcome = Frame::Welcome {
+            protocol: proto::PROTOCOL_VERSION,
+            worker_id: 7,
+            heartbeat_ms: 1500,
+        };
+        let heartbeat = handshake_answered(Some(welcome)).await.expect("welcomed");
+        assert_eq!(heartbeat, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_heartbeat_is_at_least_50ms() {
+        assert_eq!(on_welcome(0), Duration::from_millis(50));
+        assert_eq!(on_welcome(49), Duration::from_millis(50));
+        assert_eq!(on_welcome(51), Duration::from_millis(51));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_ends_the_handshake_with_its_reason() {
+        let refused = Frame::Refused {
+            reason: "wrong token".into(),
+        };
+        match handshake_answered(Some(refused)).await {
+            Err(Error::Refused { reason }) => assert_eq!(reason, "wrong token"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_or_another_frame_is_a_handshake_error() {
+        let err = handshake_answered(None).await.expect_err("closed");
+        assert_eq!(
+            err.to_string(),
+            "unexpected handshake answer from the server: the server closed the connection"
+        );
+        let err = handshake_answered(Some(Frame::Drain))
+            .await
+            .expect_err("not a welcome");
+        assert!(matches!(err, Error::Handshake(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_task_that_cannot_start_fails_without_running() {
+        let outcome = not_started(FailureReason::CodeUnavailable, "no code".into());
+        assert_eq!(outcome.failure, Some(FailureReason::CodeUnavailable));
+        assert_eq!(outcome.message.as_deref(), Some("no code"));
+        assert_eq!((outcome.run_us, outcome.cold_start), (0, false));
     }
 }

@@ -307,15 +307,33 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
+/// Whether the harness with process id `pid` waits for a call: its one thread is blocked
+/// reading a pipe, which it does only once it has sent its ready frame.
+fn waiting_for_a_call(pid: &str) -> Result<(), String> {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .map_err(|err| format!("executor {pid:?}: {err}"))?;
+    let mut fields = syscall.split_whitespace();
+    let read = 0; // x86_64's read(2)
+    let blocked_in_read = fields.next() == Some(&read.to_string());
+    let fd = fields
+        .next()
+        .and_then(|fd| u32::from_str_radix(fd.trim_start_matches("0x"), 16).ok());
+    let target = fd.and_then(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok());
+    match target {
+        Some(target) if blocked_in_read && target.to_string_lossy().starts_with("pipe:") => Ok(()),
+        _ => Err(format!("executor {pid} in {syscall:?}, fd {target:?}")),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn min_warm_executors_start_at_registration() {
     let server = Server::start(&["--local-workers", "2", "--sandbox", "none"]);
     let client = server.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("started");
-    // A handler module whose import leaves a mark: it runs before any call.
-    let code =
-        "import os\nopen(os.environ['MARKER'], 'w').close()\ndef handle(p):\n    return b'ok'\n";
+    // A handler module whose import leaves a mark (its pid): it runs before any call.
+    let code = "import os\nwith open(os.environ['MARKER'], 'w') as f:\n    f.write(str(os.getpid()))\n\
+                def handle(p):\n    return b'ok'\n";
     let settings = serde_json::json!({
         "runtime": "python",
         "min_warm": 1,
@@ -323,15 +341,13 @@ async fn min_warm_executors_start_at_registration() {
     });
     let answer = register(&client, "eager", code, settings).await;
     assert_eq!(answer.status, 201);
-    let marked = || async {
-        if marker.exists() {
-            Ok(())
-        } else {
-            Err("no marker yet")
-        }
+    // Imported is not yet ready: wait until it has said so and waits for its first call.
+    let ready = || async {
+        let pid = std::fs::read_to_string(&marker).map_err(|_| "no marker yet".to_string())?;
+        waiting_for_a_call(pid.trim())
     };
     let what = "an executor to start before the first call";
-    eventually(what, Duration::from_secs(10), marked).await;
+    eventually(what, Duration::from_secs(10), ready).await;
     let id = submit(&client, "eager", b"").await;
     let task = wait_finished(&client, &id).await;
     assert_eq!(task["status"], "COMPLETED", "{task}");

@@ -5,12 +5,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Server, expect_error, invoke, register, status, submit, wait_finished};
+use common::{
+    Server, eventually, expect_error, invoke, register, status, submit, text, wait_finished,
+    wait_running,
+};
 use nix::sys::signal::Signal;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_invoke_status_result_logs_through_the_cli() {
@@ -107,10 +106,7 @@ async fn a_failing_function_is_failed_with_status_and_stderr() {
     .await;
     assert_eq!(answer.status, 201);
 
-    let answer = client
-        .post("/v1/functions/bad/invoke", "text/plain", Bytes::new())
-        .await
-        .expect("invoke");
+    let answer = invoke(&client, "bad", b"").await;
     let body = expect_error(&answer, 502, "function_failed");
     assert_eq!(body["exit_code"], 3);
     assert_eq!(body["reason"], "exit_status");
@@ -158,10 +154,7 @@ async fn a_timeout_kills_the_function_and_fails_the_task() {
     .await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let started = Instant::now();
-    let answer = client
-        .post("/v1/functions/slow/invoke", "text/plain", Bytes::new())
-        .await
-        .expect("invoke");
+    let answer = invoke(&client, "slow", b"").await;
     let body = expect_error(&answer, 504, "function_timeout");
     assert_eq!(body["reason"], "timeout");
     assert!(
@@ -231,20 +224,18 @@ async fn kill_9_then_restart_runs_every_acknowledged_task() {
         ));
     }
     // Wait (bounded) until some tasks run while others still wait.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let running_and_queued = || async {
         let first = status(&client, &ids[0].0).await;
         let last = status(&client, &ids[11].0).await;
         if first["status"] == "RUNNING" && last["status"] == "QUEUED" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{first} {last}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "never saw RUNNING and QUEUED together: {first} {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    server.stop_with(Signal::SIGKILL);
+    };
+    let what = "the first task RUNNING while the last is QUEUED";
+    eventually(what, Duration::from_secs(10), running_and_queued).await;
+    server.stop_with(Signal::SIGKILL).await;
     drop(server);
 
     let server = Server::start_on(&data, &["--local-workers", "2"]);
@@ -283,10 +274,7 @@ async fn bad_inputs_get_their_documented_status_and_the_server_stays_healthy() {
         assert_eq!(&answer.body[..], b"still here");
     };
 
-    let answer = client
-        .post("/v1/functions/nope/invoke", "text/plain", Bytes::new())
-        .await
-        .expect("request");
+    let answer = invoke(&client, "nope", b"").await;
     expect_error(&answer, 404, "function_not_found");
     healthy(client.clone()).await;
 
@@ -316,11 +304,7 @@ async fn bad_inputs_get_their_documented_status_and_the_server_stays_healthy() {
     expect_error(&answer, 400, "invalid_request");
     healthy(client.clone()).await;
 
-    let big = Bytes::from(vec![b'x'; 65 * 1024]);
-    let answer = client
-        .post("/v1/functions/ok/invoke", "text/plain", big)
-        .await
-        .expect("request");
+    let answer = invoke(&client, "ok", &[b'x'; 65 * 1024]).await;
     expect_error(&answer, 413, "payload_too_large");
     healthy(client.clone()).await;
 
@@ -423,12 +407,8 @@ async fn sigterm_lets_running_tasks_finish_and_exits_cleanly() {
         201
     );
     let id = submit(&client, "nap", b"").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&client, &id).await["status"] != "RUNNING" {
-        assert!(Instant::now() < deadline, "task never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
+    wait_running(&client, &id).await;
+    assert_eq!(server.stop_with(Signal::SIGTERM).await, Some(0));
     drop(server);
 
     // The task finished before the stop, so the next start finds it COMPLETED on its first try.

@@ -3,38 +3,23 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use common::{Server, invoke, register, submit, wait_finished};
+use common::{Outcome, Server, eventually, invoke, register, run, submit, text, wait_finished};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Registers `script` (timeout 2 s), runs it, returns its status JSON, result and logs; then
-/// checks a benign function still answers.
-async fn run(server: &Server, name: &str, script: &str) -> (serde_json::Value, String, String) {
+/// Registers `script` (timeout 2 s) and runs it; then checks a benign function still answers.
+async fn run_hostile(server: &Server, name: &str, script: &str) -> Outcome {
     let client = server.client();
     let answer = register(&client, name, script, serde_json::json!({"timeout": "2s"})).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let id = submit(&client, name, b"").await;
-    let task = wait_finished(&client, &id).await;
-    let result = client
-        .get(&format!("/v1/tasks/{id}/result"))
-        .await
-        .expect("result");
-    let logs = client
-        .get(&format!("/v1/tasks/{id}/logs"))
-        .await
-        .expect("logs");
+    let outcome = run(&client, name, b"").await;
     let benign = invoke(&client, "benign", b"alive").await;
     assert_eq!(
         &benign.body[..],
         b"alive",
         "the benign function stopped answering after {name}"
     );
-    (task, text(&result.body), text(&logs.body))
+    outcome
 }
 
 async fn sandboxed_server() -> Server {
@@ -46,8 +31,7 @@ async fn sandboxed_server() -> Server {
 
 /// Waits (bounded) until no process's command line contains `marker`.
 async fn no_process_with(marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let none_alive = || async {
         let alive: Vec<String> = std::fs::read_dir("/proc")
             .expect("proc")
             .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
@@ -55,26 +39,28 @@ async fn no_process_with(marker: &str) {
             .filter(|c| c.contains(marker))
             .collect();
         if alive.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("left running: {alive:?}"))
         }
-        assert!(Instant::now() < deadline, "left running: {alive:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let what = format!("no process with {marker:?}");
+    eventually(&what, Duration::from_secs(10), none_alive).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runaway_functions_are_stopped_and_nothing_is_left() {
     let server = sandboxed_server().await;
 
-    let (task, _, _) = run(&server, "loop", "while :; do :; done").await;
+    let Outcome { task, .. } = run_hostile(&server, "loop", "while :; do :; done").await;
     assert_eq!(task["reason"], "timeout", "{task}");
 
     let script = "bomb() { bomb | bomb & }; bomb; sleep 7777.8";
-    let (task, _, _) = run(&server, "bomb", script).await;
+    let Outcome { task, .. } = run_hostile(&server, "bomb", script).await;
     assert_eq!(task["reason"], "timeout", "{task}");
 
     let script = "trap '' TERM; (setsid sleep 7777.5 &); sleep 7777.6 & sleep 7777.7";
-    let (task, _, _) = run(&server, "daemon", script).await;
+    let Outcome { task, .. } = run_hostile(&server, "daemon", script).await;
     assert_eq!(task["reason"], "timeout", "{task}");
     no_process_with("7777.").await;
 }
@@ -83,19 +69,22 @@ async fn runaway_functions_are_stopped_and_nothing_is_left() {
 async fn floods_and_full_disks_are_contained() {
     let server = sandboxed_server().await;
 
-    let (task, _, _) = run(&server, "flood-out", "head -c 20000000 /dev/zero").await;
+    let Outcome { task, .. } =
+        run_hostile(&server, "flood-out", "head -c 20000000 /dev/zero").await;
     assert_eq!(task["reason"], "output_too_large", "{task}");
 
-    let (task, _, logs) = run(&server, "flood-err", "head -c 3000000 /dev/zero >&2").await;
+    let Outcome { task, logs, .. } =
+        run_hostile(&server, "flood-err", "head -c 3000000 /dev/zero >&2").await;
     assert_eq!(task["status"], "COMPLETED", "{task}");
     assert!(logs.contains("stderr truncated"), "no truncation marker");
 
     let script = "dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1; df -k /tmp | tail -1";
-    let (task, result, _) = run(&server, "disk", script).await;
+    let Outcome { task, result, .. } = run_hostile(&server, "disk", script).await;
     assert_eq!(task["status"], "COMPLETED", "{task}");
     assert!(result.contains("No space left on device"), "{result}");
 
-    let (task, result, _) = run(&server, "early-close", "exec >&-; echo still here >&2").await;
+    let Outcome { task, result, .. } =
+        run_hostile(&server, "early-close", "exec >&-; echo still here >&2").await;
     assert_eq!(task["status"], "COMPLETED", "{task}");
     assert_eq!(result, "");
 }
@@ -131,7 +120,7 @@ except OSError as e:
 PY
 "#
     );
-    let (task, result, _) = run(&server, "snoop", &script).await;
+    let Outcome { task, result, .. } = run_hostile(&server, "snoop", &script).await;
     assert_eq!(task["status"], "COMPLETED", "{task}: {result}");
     let lines: Vec<&str> = result.lines().collect();
     assert_eq!(lines[0], "65534", "{result}");
@@ -159,7 +148,7 @@ PY
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_is_reported_as_the_signal_it_was() {
     let server = sandboxed_server().await;
-    let (task, _, _) = run(
+    let Outcome { task, .. } = run_hostile(
         &server,
         "segv",
         "exec python3 -c 'import ctypes; ctypes.string_at(0)'",
@@ -182,10 +171,7 @@ async fn python_runs_in_the_sandbox_too() {
     )
     .await;
     assert_eq!(answer.status, 201);
-    let answer = client
-        .post("/v1/functions/py/invoke", "text/plain", Bytes::new())
-        .await
-        .expect("invoke");
+    let answer = invoke(&client, "py", b"").await;
     assert_eq!(text(&answer.body), "65534 2 /tmp");
 }
 
@@ -202,7 +188,7 @@ async fn a_memory_hog_fails_with_out_of_memory() {
     let answer = register(&server.client(), "benign", "cat", serde_json::json!({})).await;
     assert_eq!(answer.status, 201);
     let script = "exec python3 -c 'x = bytearray(400 * 1024 * 1024); print(len(x))'";
-    let (task, _, _) = run(&server, "hog", script).await;
+    let Outcome { task, .. } = run_hostile(&server, "hog", script).await;
     assert_eq!(task["reason"], "out_of_memory", "{task}");
 }
 
@@ -239,13 +225,9 @@ async fn a_function_s_own_memory_limit_and_network_access_apply() {
     )
     .await;
     assert_eq!(answer.status, 201);
-    let id = submit(&client, "online", b"").await;
-    assert_eq!(wait_finished(&client, &id).await["status"], "COMPLETED");
-    let result = client
-        .get(&format!("/v1/tasks/{id}/result"))
-        .await
-        .expect("result");
-    assert_eq!(text(&result.body).trim(), "connected");
+    let online = run(&client, "online", b"").await;
+    assert_eq!(online.task["status"], "COMPLETED");
+    assert_eq!(online.result.trim(), "connected");
     let answer = register(&client, "offline", &dial, serde_json::json!({})).await;
     assert_eq!(answer.status, 201);
     let task = wait_finished(&client, &submit(&client, "offline", b"").await).await;
@@ -271,20 +253,18 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Waits (bounded) until `count` processes with `marker` run.
+/// Waits (bounded) until `count` processes with `marker` run; returns their pids.
 async fn processes_running(marker: &str, count: usize) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let started = || async {
         let found = processes_with(marker);
         if found.len() >= count {
-            return found;
+            Ok(found)
+        } else {
+            Err(format!("only {found:?} started"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{marker}: only {found:?} started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let what = format!("{count} processes with {marker:?}");
+    eventually(&what, Duration::from_secs(10), started).await
 }
 
 /// The sandbox zygote among `server`'s children.
@@ -487,13 +467,14 @@ async fn functions_cannot_reach_each_other_over_loopback() {
     submit(&client, "listener", b"").await;
     let pid = processes_running("time.sleep(33.25)", 1).await[0];
     // Listening (port 47321 is B8D9, state 0A), seen through the listener's own namespace.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
-        .is_ok_and(|t| t.lines().any(|l| l.contains(":B8D9 00000000:0000 0A")))
-    {
-        assert!(Instant::now() < deadline, "the listener never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let listening = || async {
+        match std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) {
+            Ok(table) if table.lines().any(|l| l.contains(":B8D9 00000000:0000 0A")) => Ok(()),
+            Ok(table) => Err(table),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    eventually("the listener to listen", Duration::from_secs(10), listening).await;
     let answer = invoke(&client, "dialer", b"").await;
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
     assert!(

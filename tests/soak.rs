@@ -4,9 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, register, submit, wait_finished};
+use common::{Server, eventually, register, submit, wait_finished};
+
+/// How long each clean-up [`eventually`] waits for.
+const SETTLE: Duration = Duration::from_secs(20);
 
 /// A process's open fds other than sockets (HTTP keep-alive connections come and go with the
 /// client; pipes, pidfds and files are what executors could leak) and network namespaces (the
@@ -95,39 +98,14 @@ fn call_cgroups() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits (bounded) for `check` to hold.
-async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(state) => assert!(Instant::now() < deadline, "{what}: {state}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_invocations_leave_nothing_behind() {
     let server = Server::start(&["--local-workers", "2", "--sandbox", "strict"]);
     let client = server.client();
     let pid = server.child.id();
     let brief = serde_json::json!({"idle_timeout": "300ms", "runtime": "python"});
-    use base64::Engine;
-    let mut py = brief.clone();
-    py["code"] = base64::engine::general_purpose::STANDARD
-        .encode("def handle(p):\n    if p == b'fail':\n        raise ValueError(p)\n    return p\n")
-        .into();
-    py["name"] = "warm".into();
-    let answer = client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&py).expect("json").into(),
-        )
-        .await
-        .expect("register");
-    assert_eq!(answer.status, 201);
+    let code = "def handle(p):\n    if p == b'fail':\n        raise ValueError(p)\n    return p\n";
+    assert_eq!(register(&client, "warm", code, brief).await.status, 201);
     assert_eq!(
         register(&client, "cold", "cat", serde_json::json!({}))
             .await
@@ -165,7 +143,10 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
             Err(format!("children {kids:?}"))
         }
     };
-    eventually("executors stop when idle", no_executors).await;
+    eventually("executors to stop when idle", SETTLE, || async {
+        no_executors()
+    })
+    .await;
     let baseline = fd_count(pid);
     let zygote_baseline = fd_count(zygote);
     let kernel_cgroups = memory_cgroups_in_kernel();
@@ -207,8 +188,11 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
     }
     assert_eq!(total, 10_000);
 
-    eventually("executors stop when idle", no_executors).await;
-    eventually("fd count returns to the baseline", || {
+    eventually("executors to stop when idle", SETTLE, || async {
+        no_executors()
+    })
+    .await;
+    eventually("the fd count to return to the baseline", SETTLE, || async {
         let now = fd_count(pid);
         if now == baseline {
             Ok(())
@@ -217,15 +201,16 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         }
     })
     .await;
-    eventually("the zygote's fd count returns to the baseline", || {
+    let zygote_fds_settled = || async {
         let now = fd_count(zygote);
         if now == zygote_baseline {
             Ok(())
         } else {
             Err(format!("{now} fds, baseline {zygote_baseline}"))
         }
-    })
-    .await;
+    };
+    let what = "the zygote's fd count to return to the baseline";
+    eventually(what, SETTLE, zygote_fds_settled).await;
     // Two slots and their warm executors: never more than a few namespaces and cgroups in use
     // at once, and the kernel is not left holding thousands of removed memory cgroups.
     let pooled = netns_count(zygote);
@@ -244,7 +229,7 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         children(pid).iter().any(|(child, _)| *child == zygote),
         "the same zygote served every call"
     );
-    eventually("no working directories left", || {
+    eventually("no working directories left", SETTLE, || async {
         let left: Vec<_> = std::fs::read_dir(&work)
             .expect("work dir")
             .flatten()
@@ -257,7 +242,7 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         }
     })
     .await;
-    eventually("no call cgroups left", || {
+    eventually("no call cgroups left", SETTLE, || async {
         let left = call_cgroups();
         if left.is_empty() {
             Ok(())

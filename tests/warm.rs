@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Server, expect_error, register, status, submit, wait_finished};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{
+    Server, eventually, expect_error, invoke, register, status, submit, text, wait_finished,
+};
 
 const HANDLER: &str = r#"
 import os, time
@@ -36,6 +34,7 @@ def handle(payload):
     return "%d %d" % (os.getpid(), inits)
 "#;
 
+/// Registers [`HANDLER`] as a `python` function (timeout 2 s) with the settings in `extra`.
 async fn register_python(client: &faasd::client::Client, name: &str, extra: serde_json::Value) {
     let mut settings = serde_json::json!({"runtime": "python", "timeout": "2s"});
     if let serde_json::Value::Object(map) = extra {
@@ -45,21 +44,6 @@ async fn register_python(client: &faasd::client::Client, name: &str, extra: serd
     }
     let answer = register(client, name, HANDLER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-}
-
-async fn call(
-    client: &faasd::client::Client,
-    name: &str,
-    payload: &'static [u8],
-) -> faasd::client::Answer {
-    client
-        .post(
-            &format!("/v1/functions/{name}/invoke"),
-            "application/octet-stream",
-            Bytes::from_static(payload),
-        )
-        .await
-        .expect("invoke")
 }
 
 /// `pid inits` from the handler.
@@ -82,12 +66,12 @@ async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
     let server = Server::start(&["--local-workers", "1"]);
     let client = server.client();
     register_python(&client, "warm", serde_json::json!({})).await;
-    let first = call(&client, "warm", b"x").await;
+    let first = invoke(&client, "warm", b"x").await;
     assert_eq!(first.status, 200, "{}", text(&first.body));
     let (pid, inits) = pid_and_inits(&first);
     assert_eq!(inits, 1);
     for _ in 0..20 {
-        let answer = call(&client, "warm", b"x").await;
+        let answer = invoke(&client, "warm", b"x").await;
         assert_eq!(
             pid_and_inits(&answer),
             (pid, 1),
@@ -136,19 +120,20 @@ async fn an_idle_executor_is_stopped_and_reaped() {
         serde_json::json!({"idle_timeout": "500ms"}),
     )
     .await;
-    let (pid, _) = pid_and_inits(&call(&client, "brief", b"x").await);
+    let (pid, _) = pid_and_inits(&invoke(&client, "brief", b"x").await);
     let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
     assert!(proc_dir.exists());
     // Bounded wait: gone (not even a zombie) shortly after the idle timeout.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proc_dir.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "executor {pid} still exists after its idle timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (next, inits) = pid_and_inits(&call(&client, "brief", b"x").await);
+    let gone = || async {
+        if proc_dir.exists() {
+            Err("it still exists")
+        } else {
+            Ok(())
+        }
+    };
+    let what = format!("executor {pid} to be gone after its idle timeout");
+    eventually(&what, Duration::from_secs(10), gone).await;
+    let (next, inits) = pid_and_inits(&invoke(&client, "brief", b"x").await);
     assert_ne!(next, pid);
     assert_eq!(inits, 1);
 }
@@ -158,11 +143,11 @@ async fn failures_kill_only_that_executor() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "frail", serde_json::json!({})).await;
-    let (pid, _) = pid_and_inits(&call(&client, "frail", b"x").await);
+    let (pid, _) = pid_and_inits(&invoke(&client, "frail", b"x").await);
 
     // An exception fails the task with the traceback in its logs; the executor stays.
     let body = expect_error(
-        &call(&client, "frail", b"boom").await,
+        &invoke(&client, "frail", b"boom").await,
         502,
         "function_failed",
     );
@@ -174,22 +159,22 @@ async fn failures_kill_only_that_executor() {
             .contains("ValueError: boom from the handler"),
         "{body}"
     );
-    assert_eq!(pid_and_inits(&call(&client, "frail", b"x").await).0, pid);
+    assert_eq!(pid_and_inits(&invoke(&client, "frail", b"x").await).0, pid);
 
     // Exiting mid-call fails that call; a fresh executor serves the next.
     let body = expect_error(
-        &call(&client, "frail", b"exit").await,
+        &invoke(&client, "frail", b"exit").await,
         502,
         "function_failed",
     );
     assert_eq!(body["reason"], "executor_died");
-    let (second, inits) = pid_and_inits(&call(&client, "frail", b"x").await);
+    let (second, inits) = pid_and_inits(&invoke(&client, "frail", b"x").await);
     assert_ne!(second, pid);
     assert_eq!(inits, 1);
 
     // A hang past the timeout: killed, failed with `timeout`, replaced.
     let body = expect_error(
-        &call(&client, "frail", b"hang").await,
+        &invoke(&client, "frail", b"hang").await,
         504,
         "function_timeout",
     );
@@ -198,7 +183,7 @@ async fn failures_kill_only_that_executor() {
         !std::path::Path::new(&format!("/proc/{second}")).exists(),
         "the hung executor lives on"
     );
-    let (third, _) = pid_and_inits(&call(&client, "frail", b"x").await);
+    let (third, _) = pid_and_inits(&invoke(&client, "frail", b"x").await);
     assert_ne!(third, second);
 }
 
@@ -216,7 +201,7 @@ async fn an_executor_writing_garbage_fails_its_call_with_a_protocol_error() {
     )
     .await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let body = expect_error(&call(&client, "liar", b"x").await, 502, "executor_failed");
+    let body = expect_error(&invoke(&client, "liar", b"x").await, 502, "executor_failed");
     assert_eq!(body["reason"], "protocol_error", "{body}");
     // The platform keeps serving.
     assert_eq!(
@@ -225,7 +210,7 @@ async fn an_executor_writing_garbage_fails_its_call_with_a_protocol_error() {
             .status,
         201
     );
-    assert_eq!(&call(&client, "plain", b"fine").await.body[..], b"fine");
+    assert_eq!(&invoke(&client, "plain", b"fine").await.body[..], b"fine");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,7 +218,7 @@ async fn a_missing_interpreter_is_one_clear_error() {
     let server = Server::start(&["--local-workers", "1", "--python", "/no/such/python3"]);
     let client = server.client();
     register_python(&client, "nopy", serde_json::json!({})).await;
-    let body = expect_error(&call(&client, "nopy", b"x").await, 502, "executor_failed");
+    let body = expect_error(&invoke(&client, "nopy", b"x").await, 502, "executor_failed");
     assert!(
         body["error"]
             .as_str()
@@ -253,10 +238,10 @@ async fn min_warm_keeps_an_executor_ready() {
         serde_json::json!({"min_warm": 1, "idle_timeout": "200ms"}),
     )
     .await;
-    let (pid, _) = pid_and_inits(&call(&client, "ready", b"x").await);
+    let (pid, _) = pid_and_inits(&invoke(&client, "ready", b"x").await);
     // Well past the idle timeout, the one executor min_warm keeps is still the same process.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(pid_and_inits(&call(&client, "ready", b"x").await).0, pid);
+    assert_eq!(pid_and_inits(&invoke(&client, "ready", b"x").await).0, pid);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,15 +307,33 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
+/// Whether the harness with process id `pid` waits for a call: its one thread is blocked
+/// reading a pipe, which it does only once it has sent its ready frame.
+fn waiting_for_a_call(pid: &str) -> Result<(), String> {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .map_err(|err| format!("executor {pid:?}: {err}"))?;
+    let mut fields = syscall.split_whitespace();
+    let read = 0; // x86_64's read(2)
+    let blocked_in_read = fields.next() == Some(&read.to_string());
+    let fd = fields
+        .next()
+        .and_then(|fd| u32::from_str_radix(fd.trim_start_matches("0x"), 16).ok());
+    let target = fd.and_then(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok());
+    match target {
+        Some(target) if blocked_in_read && target.to_string_lossy().starts_with("pipe:") => Ok(()),
+        _ => Err(format!("executor {pid} in {syscall:?}, fd {target:?}")),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn min_warm_executors_start_at_registration() {
     let server = Server::start(&["--local-workers", "2", "--sandbox", "none"]);
     let client = server.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("started");
-    // A handler module whose import leaves a mark: it runs before any call.
-    let code =
-        "import os\nopen(os.environ['MARKER'], 'w').close()\ndef handle(p):\n    return b'ok'\n";
+    // A handler module whose import leaves a mark (its pid): it runs before any call.
+    let code = "import os\nwith open(os.environ['MARKER'], 'w') as f:\n    f.write(str(os.getpid()))\n\
+                def handle(p):\n    return b'ok'\n";
     let settings = serde_json::json!({
         "runtime": "python",
         "min_warm": 1,
@@ -338,14 +341,13 @@ async fn min_warm_executors_start_at_registration() {
     });
     let answer = register(&client, "eager", code, settings).await;
     assert_eq!(answer.status, 201);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no executor was started before the first call"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Imported is not yet ready: wait until it has said so and waits for its first call.
+    let ready = || async {
+        let pid = std::fs::read_to_string(&marker).map_err(|_| "no marker yet".to_string())?;
+        waiting_for_a_call(pid.trim())
+    };
+    let what = "an executor to start before the first call";
+    eventually(what, Duration::from_secs(10), ready).await;
     let id = submit(&client, "eager", b"").await;
     let task = wait_finished(&client, &id).await;
     assert_eq!(task["status"], "COMPLETED", "{task}");
@@ -360,19 +362,21 @@ async fn an_idle_executor_killed_from_outside_is_replaced_not_used() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "victim", serde_json::json!({})).await;
-    let (pid, _) = pid_and_inits(&call(&client, "victim", b"x").await);
+    let (pid, _) = pid_and_inits(&invoke(&client, "victim", b"x").await);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill executor");
     // The pidfd reports the death (bounded wait), then the next call must not be handed the corpse.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
-        assert!(Instant::now() < deadline, "the executor did not die");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let answer = call(&client, "victim", b"x").await;
+    let dead = || async {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if !stat.contains(") Z ") => Err(stat),
+            _ => Ok(()),
+        }
+    };
+    eventually("the executor to die", Duration::from_secs(5), dead).await;
+    let answer = invoke(&client, "victim", b"x").await;
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
     assert_ne!(pid_and_inits(&answer).0, pid);
 }

@@ -5,15 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{Server, Worker, invoke, register, status, submit, wait_finished, wait_workers};
+use common::{
+    Server, Worker, eventually, invoke, register, status, submit, text, wait_finished,
+    wait_running, wait_workers,
+};
 use faasd::proto::{self, DispatchMode, Frame};
 use nix::sys::signal::{Signal, kill};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_and_pull_workers_share_a_thousand_tasks() {
@@ -89,18 +87,24 @@ async fn long_task_on_two_workers() -> (Server, [Worker; 2], String, nix::unistd
     .await;
     assert_eq!(answer.status, 201);
     let id = submit(&client, "who", b"").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let busy_worker = || async {
         let list = common::workers(&client).await;
-        if let Some(busy) = list.iter().find(|w| w["running"] == 1) {
-            let name = busy["name"].as_str().expect("name");
-            let index: usize = name.trim_start_matches('w').parse().expect("worker index");
-            let pid = workers[index].pid();
-            return (server, workers, id, pid);
+        match list.iter().find(|w| w["running"] == 1) {
+            Some(busy) => {
+                let name = busy["name"].as_str().expect("name");
+                let index: usize = name.trim_start_matches('w').parse().expect("worker index");
+                Ok(workers[index].pid())
+            }
+            None => Err(serde_json::Value::from(list)),
         }
-        assert!(Instant::now() < deadline, "task never started: {list:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    let pid = eventually(
+        "a worker to run the task",
+        Duration::from_secs(10),
+        busy_worker,
+    )
+    .await;
+    (server, workers, id, pid)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,14 +255,7 @@ async fn malformed_peers_do_not_disturb_a_concurrent_client() {
     });
     for i in 0..50 {
         let payload = format!("call {i}");
-        let answer = client
-            .post(
-                "/v1/functions/echo/invoke",
-                "text/plain",
-                Bytes::from(payload.clone()),
-            )
-            .await
-            .expect("invoke");
+        let answer = invoke(&client, "echo", payload.as_bytes()).await;
         assert_eq!(text(&answer.body), payload);
     }
     attackers.await.expect("attackers");
@@ -294,7 +291,7 @@ async fn a_worker_reconnects_after_the_server_restarts() {
     let answer = invoke(&client, "echo", b"before").await;
     assert_eq!(&answer.body[..], b"before");
 
-    assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
+    assert_eq!(server.stop_with(Signal::SIGTERM).await, Some(0));
     drop(server);
     let server = Server::start_on(&data, &args);
     let client = server.client();
@@ -312,18 +309,23 @@ async fn sigterm_drains_a_worker_it_finishes_its_task_and_takes_no_new_one() {
     let answer = register(&client, "nap", "sleep 1; echo done", serde_json::json!({})).await;
     assert_eq!(answer.status, 201);
     let running = submit(&client, "nap", b"").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&client, &running).await["status"] != "RUNNING" {
-        assert!(Instant::now() < deadline, "task never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_running(&client, &running).await;
     kill(worker.pid(), Signal::SIGTERM).expect("signal worker");
     // Wait (bounded) until the server has seen the drain, then queue more work.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wait_workers(&client, 1).await[0]["state"] != "draining" {
-        assert!(Instant::now() < deadline, "worker never reported draining");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let draining = || async {
+        let list = wait_workers(&client, 1).await;
+        if list[0]["state"] == "draining" {
+            Ok(())
+        } else {
+            Err(serde_json::Value::from(list))
+        }
+    };
+    eventually(
+        "the worker to report draining",
+        Duration::from_secs(10),
+        draining,
+    )
+    .await;
     let waiting = submit(&client, "nap", b"").await;
 
     let exit = tokio::task::spawn_blocking(move || {

@@ -1,5 +1,7 @@
-//! Test harness: starts the real `faasd` binary on port 0 with a temporary data directory,
-//! reads the addresses it prints when ready, and kills it on drop.
+//! Test harness shared by the integration tests: starts the real `faasd` binary on port 0 with
+//! a temporary data directory, reads the addresses it prints when ready, and kills it on drop;
+//! registers and calls functions through the HTTP API; and waits, bounded, for conditions with
+//! [`eventually`].
 
 #![allow(dead_code)]
 
@@ -16,9 +18,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_faasd");
 
 /// A running `faasd serve`.
 pub struct Server {
+    /// The `faasd serve` process.
     pub child: Child,
+    /// The HTTP API's base URL.
     pub url: String,
+    /// The address workers connect to.
     pub worker_addr: String,
+    /// The data directory.
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -95,6 +101,7 @@ impl Server {
         }
     }
 
+    /// An HTTP client for this server.
     pub fn client(&self) -> Client {
         Client::new(&self.url).expect("client")
     }
@@ -125,20 +132,16 @@ impl Server {
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit; returns its exit code.
-    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<i32> {
+    pub async fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        let exited =
+            || std::future::ready(child.try_wait().expect("try_wait").ok_or("still running"));
+        let what = format!("the server to exit after {signal}");
+        eventually(&what, Duration::from_secs(30), exited)
+            .await
+            .code()
     }
 }
 
@@ -149,7 +152,37 @@ impl Drop for Server {
     }
 }
 
-/// Registers a shell function through the JSON API.
+/// How often [`eventually`] checks its condition again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Checks `check` until it returns `Ok`, and returns that value. `check` runs at least once,
+/// then again every few milliseconds; if `within` passes first, the test fails with a message
+/// naming `what` was awaited and the state the last check reported.
+pub async fn eventually<T, E, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("waited {within:?} for {what}; last seen: {state}")
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// Bytes as text, for messages and for comparing outputs (invalid UTF-8 replaced).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Registers a function through the JSON API: a `shell` one unless `extra` names another
+/// `runtime`; the other keys of `extra` are its settings.
 pub async fn register(
     client: &Client,
     name: &str,
@@ -199,12 +232,7 @@ pub async fn submit(client: &Client, name: &str, payload: &[u8]) -> String {
         )
         .await
         .expect("invoke request");
-    assert_eq!(
-        answer.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, 202, "{}", text(&answer.body));
     let v: serde_json::Value = answer.json().expect("json");
     v["task_id"].as_str().expect("task_id").to_string()
 }
@@ -215,28 +243,68 @@ pub async fn status(client: &Client, id: &str) -> serde_json::Value {
         .get(&format!("/v1/tasks/{id}"))
         .await
         .expect("status");
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
     answer.json().expect("json")
 }
 
 /// Waits (long-polling, bounded) until a task has finished; returns its status JSON.
 pub async fn wait_finished(client: &Client, id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let finished = || async {
         let answer = client
             .get(&format!("/v1/tasks/{id}?wait=10s"))
             .await
             .expect("status");
         let v: serde_json::Value = answer.json().expect("json");
-        if matches!(v["status"].as_str(), Some("COMPLETED" | "FAILED")) {
-            return v;
+        match v["status"].as_str() {
+            Some("COMPLETED" | "FAILED") => Ok(v),
+            _ => Err(v),
         }
-        assert!(Instant::now() < deadline, "task {id} did not finish: {v}");
+    };
+    let what = format!("task {id} to finish");
+    eventually(&what, Duration::from_secs(120), finished).await
+}
+
+/// Waits (bounded) until a task is running; returns its status JSON.
+pub async fn wait_running(client: &Client, id: &str) -> serde_json::Value {
+    let running = || async {
+        let v = status(client, id).await;
+        if v["status"] == "RUNNING" {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    };
+    let what = format!("task {id} to start");
+    eventually(&what, Duration::from_secs(10), running).await
+}
+
+/// What an async call left behind.
+pub struct Outcome {
+    /// Its status JSON.
+    pub task: serde_json::Value,
+    /// Its result, as text.
+    pub result: String,
+    /// Its logs (what it wrote to stderr).
+    pub logs: String,
+}
+
+/// Submits an async call of `name` with `payload`, waits for it to finish, and reads its
+/// result and logs.
+pub async fn run(client: &Client, name: &str, payload: &[u8]) -> Outcome {
+    let id = submit(client, name, payload).await;
+    let task = wait_finished(client, &id).await;
+    let result = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    let logs = client
+        .get(&format!("/v1/tasks/{id}/logs"))
+        .await
+        .expect("logs");
+    Outcome {
+        task,
+        result: text(&result.body),
+        logs: text(&logs.body),
     }
 }
 
@@ -252,6 +320,7 @@ pub fn expect_error(answer: &Answer, status: u16, code: &str) -> serde_json::Val
 
 /// A running `faasd worker`.
 pub struct Worker {
+    /// The `faasd worker` process.
     pub child: Child,
     _cache: tempfile::TempDir,
 }
@@ -297,6 +366,7 @@ impl Worker {
         }
     }
 
+    /// The worker's process id.
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
@@ -322,16 +392,14 @@ pub async fn workers(client: &Client) -> Vec<serde_json::Value> {
 
 /// Waits (bounded) until the server lists `n` connected workers; returns the list.
 pub async fn wait_workers(client: &Client, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let listed = || async {
         let list = workers(client).await;
         if list.len() == n {
-            return list;
+            Ok(list)
+        } else {
+            Err(serde_json::Value::from(list))
         }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} workers, have {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let what = format!("{n} connected workers");
+    eventually(&what, Duration::from_secs(20), listed).await
 }

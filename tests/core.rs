@@ -214,7 +214,10 @@ async fn kill_9_then_restart_runs_every_acknowledged_task() {
     let data = dir.path().join("data");
     let mut server = Server::start_on(&data, &["--local-workers", "2"]);
     let client = server.client();
-    let answer = register(&client, "work", "sleep 0.3; cat", serde_json::json!({})).await;
+    // The first task runs long enough to be seen RUNNING however slowly the others are
+    // submitted on a loaded machine; the rest keep the second slot busy behind it.
+    let script = r#"p=$(cat); case "$p" in task-0) sleep 3;; *) sleep 0.3;; esac; printf %s "$p""#;
+    let answer = register(&client, "work", script, serde_json::json!({})).await;
     assert_eq!(answer.status, 201);
     let mut ids = Vec::new();
     for i in 0..12 {

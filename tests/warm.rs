@@ -16,6 +16,9 @@ use common::{
 const HANDLER: &str = r#"
 import os, time
 inits = 0
+# Which process this is: its pid (host pid when unsandboxed; 2 in the sandbox) and a random
+# token, so two executors never look the same even when the sandbox gives both pid 2.
+EXECUTOR = "%d:%s" % (os.getpid(), os.urandom(8).hex())
 
 def init():
     global inits
@@ -31,7 +34,7 @@ def handle(payload):
     if isinstance(payload, dict):
         return {"doubled": payload["n"] * 2}
     print("handling", payload)
-    return "%d %d" % (os.getpid(), inits)
+    return "%s %d" % (EXECUTOR, inits)
 "#;
 
 /// Registers [`HANDLER`] as a `python` function (timeout 2 s) with the settings in `extra`.
@@ -46,19 +49,28 @@ async fn register_python(client: &faasd::client::Client, name: &str, extra: serd
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
 }
 
-/// `pid inits` from the handler.
-fn pid_and_inits(answer: &faasd::client::Answer) -> (i32, u32) {
+/// One executor process, as the handler names itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Executor {
+    /// Its pid (on the host with `--sandbox none`).
+    pid: i32,
+    /// A random token drawn when its module was imported.
+    token: String,
+}
+
+/// The executor that answered and how many times its `init` ran, from the handler's answer.
+fn executor_and_inits(answer: &faasd::client::Answer) -> (Executor, u32) {
     let body = text(&answer.body);
-    let mut parts = body.split_whitespace();
-    let pid = parts
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad answer {body:?}"));
-    let inits = parts
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad answer {body:?}"));
-    (pid, inits)
+    let parse = || -> Option<(Executor, u32)> {
+        let (executor, inits) = body.split_once(' ')?;
+        let (pid, token) = executor.split_once(':')?;
+        let executor = Executor {
+            pid: pid.parse().ok()?,
+            token: token.to_string(),
+        };
+        Some((executor, inits.trim().parse().ok()?))
+    };
+    parse().unwrap_or_else(|| panic!("bad answer {body:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,13 +80,13 @@ async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
     register_python(&client, "warm", serde_json::json!({})).await;
     let first = invoke(&client, "warm", b"x").await;
     assert_eq!(first.status, 200, "{}", text(&first.body));
-    let (pid, inits) = pid_and_inits(&first);
+    let (executor, inits) = executor_and_inits(&first);
     assert_eq!(inits, 1);
     for _ in 0..20 {
         let answer = invoke(&client, "warm", b"x").await;
         assert_eq!(
-            pid_and_inits(&answer),
-            (pid, 1),
+            executor_and_inits(&answer),
+            (executor.clone(), 1),
             "a different executor or a second init"
         );
     }
@@ -120,7 +132,8 @@ async fn an_idle_executor_is_stopped_and_reaped() {
         serde_json::json!({"idle_timeout": "500ms"}),
     )
     .await;
-    let (pid, _) = pid_and_inits(&invoke(&client, "brief", b"x").await);
+    let (executor, _) = executor_and_inits(&invoke(&client, "brief", b"x").await);
+    let pid = executor.pid;
     let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
     assert!(proc_dir.exists());
     // Bounded wait: gone (not even a zombie) shortly after the idle timeout.
@@ -133,8 +146,8 @@ async fn an_idle_executor_is_stopped_and_reaped() {
     };
     let what = format!("executor {pid} to be gone after its idle timeout");
     eventually(&what, Duration::from_secs(10), gone).await;
-    let (next, inits) = pid_and_inits(&invoke(&client, "brief", b"x").await);
-    assert_ne!(next, pid);
+    let (next, inits) = executor_and_inits(&invoke(&client, "brief", b"x").await);
+    assert_ne!(next, executor);
     assert_eq!(inits, 1);
 }
 
@@ -143,7 +156,7 @@ async fn failures_kill_only_that_executor() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "frail", serde_json::json!({})).await;
-    let (pid, _) = pid_and_inits(&invoke(&client, "frail", b"x").await);
+    let (first, _) = executor_and_inits(&invoke(&client, "frail", b"x").await);
 
     // An exception fails the task with the traceback in its logs; the executor stays.
     let body = expect_error(
@@ -159,7 +172,10 @@ async fn failures_kill_only_that_executor() {
             .contains("ValueError: boom from the handler"),
         "{body}"
     );
-    assert_eq!(pid_and_inits(&invoke(&client, "frail", b"x").await).0, pid);
+    assert_eq!(
+        executor_and_inits(&invoke(&client, "frail", b"x").await).0,
+        first
+    );
 
     // Exiting mid-call fails that call; a fresh executor serves the next.
     let body = expect_error(
@@ -168,8 +184,8 @@ async fn failures_kill_only_that_executor() {
         "function_failed",
     );
     assert_eq!(body["reason"], "executor_died");
-    let (second, inits) = pid_and_inits(&invoke(&client, "frail", b"x").await);
-    assert_ne!(second, pid);
+    let (second, inits) = executor_and_inits(&invoke(&client, "frail", b"x").await);
+    assert_ne!(second, first);
     assert_eq!(inits, 1);
 
     // A hang past the timeout: killed, failed with `timeout`, replaced.
@@ -180,10 +196,10 @@ async fn failures_kill_only_that_executor() {
     );
     assert_eq!(body["reason"], "timeout");
     assert!(
-        !std::path::Path::new(&format!("/proc/{second}")).exists(),
+        !std::path::Path::new(&format!("/proc/{}", second.pid)).exists(),
         "the hung executor lives on"
     );
-    let (third, _) = pid_and_inits(&invoke(&client, "frail", b"x").await);
+    let (third, _) = executor_and_inits(&invoke(&client, "frail", b"x").await);
     assert_ne!(third, second);
 }
 
@@ -238,10 +254,13 @@ async fn min_warm_keeps_an_executor_ready() {
         serde_json::json!({"min_warm": 1, "idle_timeout": "200ms"}),
     )
     .await;
-    let (pid, _) = pid_and_inits(&invoke(&client, "ready", b"x").await);
-    // Well past the idle timeout, the one executor min_warm keeps is still the same process.
+    let (executor, _) = executor_and_inits(&invoke(&client, "ready", b"x").await);
+    // Well past the idle timeout, the one executor min_warm keeps is still the same executor.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(pid_and_inits(&invoke(&client, "ready", b"x").await).0, pid);
+    assert_eq!(
+        executor_and_inits(&invoke(&client, "ready", b"x").await).0,
+        executor
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -362,7 +381,8 @@ async fn an_idle_executor_killed_from_outside_is_replaced_not_used() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_python(&client, "victim", serde_json::json!({})).await;
-    let (pid, _) = pid_and_inits(&invoke(&client, "victim", b"x").await);
+    let (executor, _) = executor_and_inits(&invoke(&client, "victim", b"x").await);
+    let pid = executor.pid;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -378,5 +398,5 @@ async fn an_idle_executor_killed_from_outside_is_replaced_not_used() {
     eventually("the executor to die", Duration::from_secs(5), dead).await;
     let answer = invoke(&client, "victim", b"x").await;
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
-    assert_ne!(pid_and_inits(&answer).0, pid);
+    assert_ne!(executor_and_inits(&answer).0, executor);
 }

@@ -26,8 +26,10 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A SHA-256 content hash naming a code bundle.
 pub type CodeHash = [u8; 32];
 
-/// How a worker receives tasks.
+/// How a worker receives tasks. Named `push` and `pull` in JSON (`GET /v1/workers`); postcard
+/// encodes it by variant index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DispatchMode {
     /// The broker places tasks on the worker's free slots.
     Push,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Finished, Waiter, WorkerView};
+use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
-    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Prewarm, Report, WarmSpec,
+    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Outcome, Prewarm, Report, WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::{now_ms, rfc3339};
@@ -180,16 +180,44 @@ impl WorkerEntry {
             id,
             name: self.name.clone(),
             address: self.address.clone(),
-            dispatch: match self.mode {
-                DispatchMode::Push => "push",
-                DispatchMode::Pull => "pull",
-            },
+            dispatch: self.mode,
             slots: self.slots,
             running: self.running.len(),
             done: self.done,
             last_heartbeat: rfc3339(self.last_heartbeat_ms),
-            state: if self.draining { "draining" } else { "ready" },
+            state: if self.draining {
+                WorkerState::Draining
+            } else {
+                WorkerState::Ready
+            },
         }
+    }
+}
+
+/// The end of a task as a worker reported it: a copy of its running `record` with the outcome.
+fn ended(record: &TaskRecord, outcome: Outcome) -> Finished {
+    let o = outcome;
+    let mut end = record.clone();
+    let r = &mut end;
+    r.status = if o.failure.is_none() {
+        TaskStatus::Completed
+    } else {
+        TaskStatus::Failed
+    };
+    r.finished_ms = Some(now_ms());
+    r.exit_code = o.exit_code;
+    r.signal = o.signal;
+    r.failure = o.failure;
+    r.message = o.message;
+    r.result_bytes = o.stdout.len() as u64;
+    r.stderr_bytes = o.stderr.len() as u64;
+    r.run_us = o.run_us;
+    r.cold_start = o.cold_start;
+    r.init_us = o.init_us;
+    Finished {
+        record: end,
+        result: o.stdout,
+        logs: o.stderr,
     }
 }
 
@@ -233,6 +261,27 @@ impl State {
 
     pub fn running_count(&self) -> usize {
         self.leased
+    }
+
+    /// Checks that a new call of `name` may be queued: the server accepts tasks, the function
+    /// is live, and its queue is under its limit. Returns the live version.
+    pub fn admit(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
+        if !self.accepting {
+            return Err(Error::ShuttingDown);
+        }
+        let func = self
+            .functions
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
+        let waiting = self.queues.get(name).map_or(0, |q| q.waiting.len());
+        if waiting >= func.queue_limit as usize {
+            return Err(Error::QueueFull {
+                name: name.into(),
+                limit: func.queue_limit,
+            });
+        }
+        Ok(func)
     }
 
     fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
@@ -346,6 +395,21 @@ impl State {
         if !self.dispatching {
             return;
         }
+        while let Some((name, head, hash)) = self.next_runnable() {
+            let Some(worker_id) = self.pick_worker(&hash) else {
+                self.runnable.push_front(name);
+                return;
+            };
+            self.take_head(name);
+            let frame = self.lease(head, worker_id, store);
+            self.hand_over(worker_id, head, hash, frame);
+        }
+    }
+
+    /// The next function in the rotation whose queue can start a task, with its head task and
+    /// that task's code hash. Functions that cannot start now leave the rotation; a head that is
+    /// no longer active is dropped from its queue.
+    fn next_runnable(&mut self) -> Option<(String, u128, CodeHash)> {
         while let Some(name) = self.runnable.pop_front() {
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
@@ -360,60 +424,73 @@ impl State {
                 self.runnable.push_front(name);
                 continue;
             };
-            let Some(worker_id) = self.pick_worker(&hash) else {
-                self.runnable.push_front(name);
-                return;
-            };
-            let queue = self.queues.get_mut(&name).expect("queue looked up above");
-            queue.waiting.pop_front();
-            queue.running += 1;
-            if queue.can_start() {
-                self.runnable.push_back(name);
-            } else {
-                queue.listed = false;
-            }
-            self.next_lease += 1;
-            self.last_pick = worker_id;
-            self.leased += 1;
-            let lease = self.next_lease;
-            let active = self.tasks.get_mut(&head).expect("queued task is active");
-            active.lease = lease;
-            active.worker = Some(worker_id);
-            active.deadline =
-                Some(Instant::now() + Duration::from_millis(active.func.timeout_ms) + LEASE_GRACE);
-            let r = &mut active.record;
-            r.status = TaskStatus::Running;
-            r.attempts += 1;
-            r.started_ms = Some(now_ms());
-            let frame = Frame::Assign(Assignment {
-                task_id: head,
-                lease,
-                function: active.func.name.clone(),
-                version: active.func.version,
-                runtime: active.func.runtime,
-                code_hash: hash,
-                timeout_ms: active.func.timeout_ms,
-                env: active.func.env.clone(),
-                payload: active.payload.clone(),
-                warm: active.func.warm,
-                json: active.record.json,
-                isolation: active.func.isolation,
-            });
-            store.write_later(Write::Update {
-                record: active.record.clone(),
-            });
-            let worker = self
-                .workers
-                .get_mut(&worker_id)
-                .expect("picked worker exists");
-            worker.running.insert(head);
-            worker.cached.insert(hash);
-            if worker.mode == DispatchMode::Pull {
-                worker.credits -= 1;
-            }
-            // A closed channel means the session is ending; its detach re-queues this task.
-            let _ = worker.frames.send(frame);
+            return Some((name, head, hash));
         }
+        None
+    }
+
+    /// Takes the head task off `name`'s queue as running, and keeps the function in the
+    /// rotation (at its end) only if it can start another.
+    fn take_head(&mut self, name: String) {
+        let queue = self.queues.get_mut(&name).expect("queue looked up above");
+        queue.waiting.pop_front();
+        queue.running += 1;
+        if queue.can_start() {
+            self.runnable.push_back(name);
+        } else {
+            queue.listed = false;
+        }
+    }
+
+    /// Leases task `id` to `worker_id` under a new lease number and deadline, queues its
+    /// RUNNING record to the store, and returns the `Assign` frame for the worker.
+    fn lease(&mut self, id: u128, worker_id: u64, store: &Store) -> Frame {
+        self.next_lease += 1;
+        self.last_pick = worker_id;
+        self.leased += 1;
+        let lease = self.next_lease;
+        let active = self.tasks.get_mut(&id).expect("queued task is active");
+        active.lease = lease;
+        active.worker = Some(worker_id);
+        active.deadline =
+            Some(Instant::now() + Duration::from_millis(active.func.timeout_ms) + LEASE_GRACE);
+        let r = &mut active.record;
+        r.status = TaskStatus::Running;
+        r.attempts += 1;
+        r.started_ms = Some(now_ms());
+        let frame = Frame::Assign(Assignment {
+            task_id: id,
+            lease,
+            function: active.func.name.clone(),
+            version: active.func.version,
+            runtime: active.func.runtime,
+            code_hash: active.func.code_hash,
+            timeout_ms: active.func.timeout_ms,
+            env: active.func.env.clone(),
+            payload: active.payload.clone(),
+            warm: active.func.warm,
+            json: active.record.json,
+            isolation: active.func.isolation,
+        });
+        store.write_later(Write::Update {
+            record: active.record.clone(),
+        });
+        frame
+    }
+
+    /// Takes a slot (or a pull credit) of `worker_id` for task `id` and sends it the task.
+    fn hand_over(&mut self, worker_id: u64, id: u128, hash: CodeHash, frame: Frame) {
+        let worker = self
+            .workers
+            .get_mut(&worker_id)
+            .expect("picked worker exists");
+        worker.running.insert(id);
+        worker.cached.insert(hash);
+        if worker.mode == DispatchMode::Pull {
+            worker.credits -= 1;
+        }
+        // A closed channel means the session is ending; its detach re-queues this task.
+        let _ = worker.frames.send(frame);
     }
 
     /// Applies a worker's report; returns the commit to wait on, or `None` if it was refused.
@@ -424,15 +501,8 @@ impl State {
         store: &Store,
     ) -> Option<PendingCommit> {
         let id = report.task_id;
-        let task = uuid::Uuid::from_u128(id);
-        let stale = match self.tasks.get(&id) {
-            None => Some("a task that is not active"),
-            Some(a) if a.finishing || a.lease != report.lease || a.worker != Some(worker_id) => {
-                Some("a stale lease")
-            }
-            Some(_) => None,
-        };
-        if let Some(why) = stale {
+        if let Some(why) = self.refusal(worker_id, &report) {
+            let task = uuid::Uuid::from_u128(id);
             tracing::warn!(%task, worker = worker_id, lease = report.lease, "refused a report for {why}");
             // A slot held for a revoked lease is free once its late report arrives.
             if let Some(w) = self.workers.get_mut(&worker_id) {
@@ -440,33 +510,11 @@ impl State {
             }
             return None;
         }
-        let active = self.tasks.get_mut(&id).expect("checked above");
+        let active = self.tasks.get_mut(&id).expect("checked by refusal");
         active.finishing = true;
-        let o = report.outcome;
         // Readers keep seeing RUNNING until the end is committed: the end record is a copy.
-        let mut end = active.record.clone();
-        let r = &mut end;
-        r.status = if o.failure.is_none() {
-            TaskStatus::Completed
-        } else {
-            TaskStatus::Failed
-        };
-        r.finished_ms = Some(now_ms());
-        r.exit_code = o.exit_code;
-        r.signal = o.signal;
-        r.failure = o.failure;
-        r.message = o.message;
-        r.result_bytes = o.stdout.len() as u64;
-        r.stderr_bytes = o.stderr.len() as u64;
-        r.run_us = o.run_us;
-        r.cold_start = o.cold_start;
-        r.init_us = o.init_us;
-        let name = end.function.clone();
-        let finished = Arc::new(Finished {
-            record: end,
-            result: o.stdout,
-            logs: o.stderr,
-        });
+        let finished = Arc::new(ended(&active.record, report.outcome));
+        let name = finished.record.function.clone();
         self.release(worker_id, id, &name, true);
         let ack = store.submit(Write::Finish {
             record: finished.record.clone(),
@@ -474,6 +522,18 @@ impl State {
             logs: finished.logs.clone(),
         });
         Some(PendingCommit { ack, finished })
+    }
+
+    /// Why a report must be refused: its task is not active, already finishing, or leased under
+    /// another lease or to another worker. `None` accepts it.
+    fn refusal(&self, worker_id: u64, report: &Report) -> Option<&'static str> {
+        match self.tasks.get(&report.task_id) {
+            None => Some("a task that is not active"),
+            Some(a) if a.finishing || a.lease != report.lease || a.worker != Some(worker_id) => {
+                Some("a stale lease")
+            }
+            Some(_) => None,
+        }
     }
 
     /// Frees the slot and concurrency unit a leased task held.

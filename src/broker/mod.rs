@@ -349,9 +349,7 @@ impl Broker {
     /// Grants a pull-mode worker more task credits.
     pub(crate) fn pull(&self, worker: u64, slots: u32) {
         let mut state = self.lock();
-        if let Some(w) = state.workers.get_mut(&worker) {
-            w.credits = w.credits.saturating_add(slots).min(w.slots);
-        }
+        state.grant_credits(worker, slots);
         state.dispatch(&self.inner.store);
     }
 
@@ -566,5 +564,50 @@ fn queued_record(func: &FunctionRecord, seq: u64, payload: &Bytes, json: bool) -
         json,
         cold_start: false,
         init_us: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_view_serializes_its_mode_and_state_as_lowercase_words() {
+        let view = WorkerView {
+            id: 3,
+            name: "w".into(),
+            address: "local".into(),
+            dispatch: DispatchMode::Pull,
+            slots: 2,
+            running: 1,
+            done: 5,
+            last_heartbeat: "1970-01-01T00:00:00Z".into(),
+            state: WorkerState::Draining,
+        };
+        let json = serde_json::to_value(&view).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": 3,
+                "name": "w",
+                "address": "local",
+                "dispatch": "pull",
+                "slots": 2,
+                "running": 1,
+                "done": 5,
+                "last_heartbeat": "1970-01-01T00:00:00Z",
+                "state": "draining",
+            })
+        );
+        let ready = WorkerView {
+            dispatch: DispatchMode::Push,
+            state: WorkerState::Ready,
+            ..view
+        };
+        let json = serde_json::to_value(&ready).expect("serialize");
+        assert_eq!(
+            (json["dispatch"].as_str(), json["state"].as_str()),
+            (Some("push"), Some("ready"))
+        );
     }
 }

@@ -95,7 +95,7 @@ pub(super) struct WorkerEntry {
     running: HashSet<u128>,
     done: u64,
     /// Pull mode: tasks the worker has asked for and not yet received.
-    pub credits: u32,
+    credits: u32,
     /// Code bundles the worker holds.
     pub cached: HashSet<CodeHash>,
     pub draining: bool,
@@ -642,10 +642,697 @@ impl State {
         }
     }
 
+    /// Grants a pull-mode worker `slots` more task credits, never more than its slots.
+    pub fn grant_credits(&mut self, worker_id: u64, slots: u32) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.credits = w.credits.saturating_add(slots).min(w.slots);
+        }
+    }
+
     /// Records a heartbeat from a worker.
     pub fn heartbeat(&mut self, worker_id: u64) {
         if let Some(w) = self.workers.get_mut(&worker_id) {
             w.last_heartbeat_ms = now_ms();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduling state on its own: a real store in a temporary directory takes its writes,
+    //! workers are channels whose frames the tests read back.
+
+    use super::*;
+
+    use crate::proto::{Isolation, Runtime};
+
+    /// A state, the store it writes to, and the directory holding that store.
+    struct Fixture {
+        state: State,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let store = Store::open(dir.path()).expect("open store");
+            Fixture {
+                state: State::new(0),
+                store,
+                _dir: dir,
+            }
+        }
+
+        /// Makes a function live: code hash `[code; 32]`, timeout 1 s.
+        fn function(
+            &mut self,
+            name: &str,
+            code: u8,
+            concurrency: Option<u32>,
+        ) -> Arc<FunctionRecord> {
+            let func = Arc::new(FunctionRecord {
+                name: name.into(),
+                version: 1,
+                runtime: Runtime::Shell,
+                code_hash: [code; 32],
+                code_bytes: 1,
+                timeout_ms: 1000,
+                concurrency,
+                queue_limit: 3,
+                max_attempts: 2,
+                env: Vec::new(),
+                created_ms: 0,
+                warm: None,
+                isolation: Isolation::default(),
+            });
+            self.state.set_function(func.clone());
+            func
+        }
+
+        /// Queues a task of `func` with arrival number `seq`; its id is `seq` too.
+        fn enqueue(&mut self, func: &Arc<FunctionRecord>, seq: u64) -> u128 {
+            let record = TaskRecord {
+                id: u128::from(seq),
+                seq,
+                function: func.name.clone(),
+                version: func.version,
+                status: TaskStatus::Queued,
+                created_ms: 0,
+                started_ms: None,
+                finished_ms: None,
+                attempts: 0,
+                exit_code: None,
+                signal: None,
+                failure: None,
+                message: None,
+                payload_bytes: 0,
+                result_bytes: 0,
+                stderr_bytes: 0,
+                run_us: 0,
+                json: false,
+                cold_start: false,
+                init_us: 0,
+            };
+            let id = record.id;
+            self.state
+                .enqueue(Active::new(record, Bytes::new(), func.clone()), false);
+            id
+        }
+
+        /// Connects a worker; returns its id and the frames sent to it.
+        fn worker(
+            &mut self,
+            slots: u32,
+            mode: DispatchMode,
+        ) -> (u64, mpsc::UnboundedReceiver<Frame>) {
+            let (frames, outbox) = mpsc::unbounded_channel();
+            self.state.next_worker += 1;
+            let id = self.state.next_worker;
+            let entry = WorkerEntry::new(format!("w{id}"), "local".into(), slots, mode, frames);
+            self.state.workers.insert(id, entry);
+            (id, outbox)
+        }
+
+        fn dispatch(&mut self) {
+            self.state.dispatch(&self.store);
+        }
+
+        /// Reports task `id` done (successfully) by `worker` under `lease`.
+        fn report(&mut self, worker: u64, id: u128, lease: u64) -> Option<PendingCommit> {
+            self.state
+                .finish(worker, report(id, lease, None), &self.store)
+        }
+
+        /// Past the deadline of every lease handed out so far.
+        fn expire(&mut self) -> Vec<(u128, PendingCommit)> {
+            let later =
+                Instant::now() + Duration::from_secs(1) + LEASE_GRACE + Duration::from_millis(1);
+            self.state.revoke_expired(later, &self.store)
+        }
+
+        fn status(&self, id: u128) -> TaskStatus {
+            self.state.tasks[&id].record.status
+        }
+
+        fn waiting(&self, function: &str) -> Vec<u128> {
+            self.state.queues[function]
+                .waiting
+                .iter()
+                .copied()
+                .collect()
+        }
+    }
+
+    fn report(id: u128, lease: u64, failure: Option<FailureReason>) -> Report {
+        Report {
+            task_id: id,
+            lease,
+            outcome: Outcome {
+                failure,
+                exit_code: Some(if failure.is_some() { 1 } else { 0 }),
+                signal: None,
+                message: None,
+                stdout: Bytes::from_static(b"out"),
+                stderr: Bytes::from_static(b"err!"),
+                run_us: 7,
+                cold_start: true,
+                init_us: 3,
+            },
+        }
+    }
+
+    /// The tasks assigned on a worker's channel so far, as `(task id, lease)`.
+    fn assigned(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Vec<(u128, u64)> {
+        let mut out = Vec::new();
+        while let Ok(frame) = frames.try_recv() {
+            if let Frame::Assign(a) = frame {
+                out.push((a.task_id, a.lease));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_least_loaded_worker_gets_the_task() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (busy, mut busy_frames) = fx.worker(2, DispatchMode::Push);
+        let (idle, mut idle_frames) = fx.worker(2, DispatchMode::Push);
+        fx.state
+            .workers
+            .get_mut(&busy)
+            .expect("worker")
+            .running
+            .insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut busy_frames).is_empty());
+        assert_eq!(assigned(&mut idle_frames).len(), 1);
+        assert_eq!(fx.state.tasks[&id].worker, Some(idle));
+    }
+
+    #[test]
+    fn load_compares_running_tasks_against_slots() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        // One of two slots taken is a heavier load than one of four.
+        let (small, _small_frames) = fx.worker(2, DispatchMode::Push);
+        let (large, _large_frames) = fx.worker(4, DispatchMode::Push);
+        fx.state
+            .workers
+            .get_mut(&small)
+            .expect("worker")
+            .running
+            .insert(98);
+        fx.state
+            .workers
+            .get_mut(&large)
+            .expect("worker")
+            .running
+            .insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.state.tasks[&id].worker, Some(large));
+    }
+
+    #[test]
+    fn a_worker_holding_the_code_wins_over_a_less_loaded_one() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (cold, _cold_frames) = fx.worker(2, DispatchMode::Push);
+        let (warm, _warm_frames) = fx.worker(2, DispatchMode::Push);
+        let w = fx.state.workers.get_mut(&warm).expect("worker");
+        w.cached.insert(f.code_hash);
+        w.running.insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.state.tasks[&id].worker, Some(warm));
+        assert_eq!(fx.state.workers[&cold].running.len(), 0);
+    }
+
+    #[test]
+    fn equally_loaded_workers_take_turns() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (first, mut first_frames) = fx.worker(1, DispatchMode::Push);
+        let (second, mut second_frames) = fx.worker(1, DispatchMode::Push);
+        for w in fx.state.workers.values_mut() {
+            w.cached.insert(f.code_hash);
+        }
+        let mut picks = Vec::new();
+        for seq in 1..=4 {
+            let id = fx.enqueue(&f, seq);
+            fx.dispatch();
+            let worker = fx.state.tasks[&id].worker.expect("leased");
+            picks.push(worker);
+            let frames = if worker == first {
+                &mut first_frames
+            } else {
+                &mut second_frames
+            };
+            let (_, lease) = assigned(frames)[0];
+            fx.report(worker, id, lease).expect("accepted");
+        }
+        assert_eq!(picks, [first, second, first, second]);
+    }
+
+    #[test]
+    fn tasks_start_in_arrival_order_whatever_order_they_are_queued_in() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in [3, 1, 2] {
+            fx.enqueue(&f, seq);
+        }
+        assert_eq!(fx.waiting("f"), [1, 2, 3]);
+        let (_, mut frames) = fx.worker(3, DispatchMode::Push);
+        fx.dispatch();
+        let order: Vec<u128> = assigned(&mut frames)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_task_whose_worker_left_goes_ahead_of_newer_work() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (lost, _lost_frames) = fx.worker(1, DispatchMode::Push);
+        let old = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.enqueue(&f, 2);
+        fx.enqueue(&f, 3);
+        let failed = fx.state.detach_worker(lost, &fx.store);
+        assert!(failed.is_empty());
+        assert_eq!(fx.waiting("f"), [old, 2, 3]);
+        assert_eq!(fx.status(old), TaskStatus::Queued);
+        assert_eq!(fx.state.tasks[&old].record.attempts, 1);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames)[0].0, old);
+    }
+
+    #[test]
+    fn an_expired_lease_puts_the_task_back_in_its_queue() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert!(fx.expire().is_empty());
+        let active = &fx.state.tasks[&id];
+        assert_eq!(active.record.status, TaskStatus::Queued);
+        assert_eq!((active.lease, active.worker), (0, None));
+        assert_eq!(fx.waiting("f"), [id]);
+        assert_eq!(fx.state.running_count(), 0);
+    }
+
+    #[test]
+    fn a_lease_is_kept_until_its_deadline() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(
+            fx.state
+                .revoke_expired(Instant::now(), &fx.store)
+                .is_empty()
+        );
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].worker, Some(worker));
+    }
+
+    #[test]
+    fn an_expired_lease_on_the_last_attempt_fails_the_task_as_worker_lost() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.expire();
+        // The first worker's slot stays taken by the revoked run: the retry goes elsewhere.
+        let (_, _retry_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let failed = fx.expire();
+        assert_eq!(failed.len(), 1);
+        let (failed_id, commit) = &failed[0];
+        assert_eq!(*failed_id, id);
+        let record = &commit.finished.record;
+        assert_eq!(record.status, TaskStatus::Failed);
+        assert_eq!(record.failure, Some(FailureReason::WorkerLost));
+        assert_eq!(record.attempts, 2);
+        assert_eq!(
+            record.message.as_deref(),
+            Some("its lease expired, on each of 2 attempts")
+        );
+        assert!(fx.waiting("f").is_empty());
+    }
+
+    #[test]
+    fn a_report_under_a_revoked_lease_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (slow, mut slow_frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, old_lease) = assigned(&mut slow_frames)[0];
+        fx.expire();
+        let (fresh, mut fresh_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let (_, new_lease) = assigned(&mut fresh_frames)[0];
+        assert_ne!(old_lease, new_lease);
+        assert!(fx.report(slow, id, old_lease).is_none());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].lease, new_lease);
+        let commit = fx
+            .report(fresh, id, new_lease)
+            .expect("current lease accepted");
+        assert_eq!(commit.finished.record.status, TaskStatus::Completed);
+    }
+
+    #[test]
+    fn a_report_from_another_worker_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        let (other, _other_frames) = fx.worker(1, DispatchMode::Push);
+        fx.state.workers.get_mut(&other).expect("worker").draining = true;
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        assert!(fx.report(other, id, lease).is_none());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+    }
+
+    #[test]
+    fn a_report_for_an_unknown_task_is_refused() {
+        let mut fx = Fixture::new();
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        assert!(fx.report(worker, 42, 1).is_none());
+    }
+
+    #[test]
+    fn a_second_report_of_the_same_lease_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        assert!(fx.report(worker, id, lease).is_some());
+        assert!(fx.report(worker, id, lease).is_none());
+        assert_eq!(fx.state.workers[&worker].done, 1);
+    }
+
+    #[test]
+    fn a_report_ends_the_task_with_its_outcome_and_frees_the_slot() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let commit = fx.report(worker, id, lease).expect("accepted");
+        let end = &commit.finished;
+        assert_eq!(end.record.status, TaskStatus::Completed);
+        assert_eq!((end.record.result_bytes, end.record.stderr_bytes), (3, 4));
+        assert_eq!((end.record.run_us, end.record.init_us), (7, 3));
+        assert!(end.record.cold_start && end.record.finished_ms.is_some());
+        assert_eq!(end.result, Bytes::from_static(b"out"));
+        // Readers see RUNNING until the end is committed.
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        let w = &fx.state.workers[&worker];
+        assert_eq!((w.running.len(), w.done, w.free()), (0, 1, 1));
+        assert_eq!(fx.state.running_count(), 0);
+        assert_eq!(
+            commit.ack.blocking_recv().expect("writer alive").ok(),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_report_with_a_failure_fails_the_task() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let failed = report(id, lease, Some(FailureReason::ExitStatus));
+        let commit = fx
+            .state
+            .finish(worker, failed, &fx.store)
+            .expect("accepted");
+        let record = &commit.finished.record;
+        assert_eq!(record.status, TaskStatus::Failed);
+        assert_eq!(
+            (record.failure, record.exit_code),
+            (Some(FailureReason::ExitStatus), Some(1))
+        );
+    }
+
+    #[test]
+    fn a_function_with_concurrency_one_never_runs_two_tasks_while_others_dispatch() {
+        let mut fx = Fixture::new();
+        let capped = fx.function("capped", 1, Some(1));
+        let free = fx.function("free", 2, None);
+        for seq in 1..=3 {
+            fx.enqueue(&capped, seq);
+        }
+        fx.enqueue(&free, 4);
+        fx.enqueue(&free, 5);
+        let (worker, mut frames) = fx.worker(8, DispatchMode::Push);
+        fx.dispatch();
+        let leases = assigned(&mut frames);
+        let ids: Vec<u128> = leases.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 4, 5]);
+        assert_eq!(fx.waiting("capped"), [2, 3]);
+        fx.report(worker, 1, leases[0].1).expect("accepted");
+        fx.dispatch();
+        let next: Vec<u128> = assigned(&mut frames)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(next, [2]);
+    }
+
+    #[test]
+    fn a_lowered_concurrency_cap_applies_to_the_next_dispatch() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in 1..=2 {
+            fx.enqueue(&f, seq);
+        }
+        let capped = Arc::new(FunctionRecord {
+            version: 2,
+            concurrency: Some(1),
+            ..(*f).clone()
+        });
+        fx.state.set_function(capped);
+        let (_, mut frames) = fx.worker(4, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 1);
+    }
+
+    #[test]
+    fn a_pull_worker_gets_no_more_tasks_than_it_asked_for() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in 1..=3 {
+            fx.enqueue(&f, seq);
+        }
+        let (worker, mut frames) = fx.worker(4, DispatchMode::Pull);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+        fx.state.grant_credits(worker, 2);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 2);
+        assert_eq!(fx.state.workers[&worker].credits, 0);
+        assert_eq!(fx.waiting("f"), [3]);
+    }
+
+    #[test]
+    fn pull_credits_never_exceed_the_workers_slots() {
+        let mut fx = Fixture::new();
+        let (worker, _frames) = fx.worker(2, DispatchMode::Pull);
+        fx.state.grant_credits(worker, 1);
+        fx.state.grant_credits(worker, 5);
+        assert_eq!(fx.state.workers[&worker].credits, 2);
+        fx.state.grant_credits(worker, u32::MAX);
+        assert_eq!(fx.state.workers[&worker].free(), 2);
+    }
+
+    #[test]
+    fn a_draining_worker_gets_no_tasks() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(2, DispatchMode::Push);
+        fx.state.workers.get_mut(&worker).expect("worker").draining = true;
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+        assert_eq!(fx.status(id), TaskStatus::Queued);
+    }
+
+    #[test]
+    fn nothing_dispatches_once_dispatch_is_stopped() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, mut frames) = fx.worker(2, DispatchMode::Push);
+        fx.state.dispatching = false;
+        fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+    }
+
+    #[test]
+    fn a_leaving_worker_frees_its_slots_and_concurrency() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, Some(2));
+        let (leaving, _frames) = fx.worker(2, DispatchMode::Push);
+        for seq in 1..=3 {
+            fx.enqueue(&f, seq);
+        }
+        fx.dispatch();
+        assert_eq!(fx.state.running_count(), 2);
+        fx.state.detach_worker(leaving, &fx.store);
+        assert!(!fx.state.workers.contains_key(&leaving));
+        assert_eq!(fx.state.running_count(), 0);
+        assert_eq!(fx.state.queues["f"].running, 0);
+        assert_eq!(fx.waiting("f"), [1, 2, 3]);
+        let (_, mut frames) = fx.worker(4, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 2);
+    }
+
+    #[test]
+    fn a_leaving_worker_fails_tasks_on_their_last_attempt() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (first, _first_frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.detach_worker(first, &fx.store);
+        let (second, _second_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let failed = fx.state.detach_worker(second, &fx.store);
+        assert_eq!(failed.len(), 1);
+        let record = &failed[0].1.finished.record;
+        assert_eq!(record.id, id);
+        assert_eq!(record.failure, Some(FailureReason::WorkerLost));
+        assert_eq!(
+            record.message.as_deref(),
+            Some("the worker running it was lost, on each of 2 attempts")
+        );
+    }
+
+    #[test]
+    fn a_worker_leaving_during_shutdown_keeps_its_tasks_running() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.accepting = false;
+        assert!(fx.state.detach_worker(worker, &fx.store).is_empty());
+        assert!(fx.state.workers.is_empty());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].record.attempts, 1);
+    }
+
+    #[test]
+    fn a_revoked_slot_stays_taken_until_the_late_report_arrives() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        fx.expire();
+        fx.dispatch();
+        // The worker still runs the revoked task: no free slot for its retry.
+        assert!(assigned(&mut frames).is_empty());
+        assert_eq!(fx.state.workers[&worker].free(), 0);
+        assert!(fx.report(worker, id, lease).is_none());
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames)[0].0, id);
+    }
+
+    #[test]
+    fn admission_refuses_unknown_functions_full_queues_and_a_stopping_server() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        assert!(matches!(
+            fx.state.admit("nope"),
+            Err(Error::UnknownFunction { name }) if name == "nope"
+        ));
+        for seq in 1..=3 {
+            assert_eq!(fx.state.admit("f").expect("room").version, 1);
+            fx.enqueue(&f, seq);
+        }
+        assert!(matches!(
+            fx.state.admit("f"),
+            Err(Error::QueueFull { limit: 3, .. })
+        ));
+        fx.state.accepting = false;
+        assert!(matches!(fx.state.admit("f"), Err(Error::ShuttingDown)));
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_the_live_one() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let newer = Arc::new(FunctionRecord {
+            version: 3,
+            ..(*f).clone()
+        });
+        fx.state.set_function(newer);
+        fx.state.set_function(Arc::new(FunctionRecord {
+            version: 2,
+            ..(*f).clone()
+        }));
+        assert_eq!(fx.state.functions["f"].version, 3);
+    }
+
+    #[test]
+    fn a_withdrawn_task_leaves_its_queue() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let first = fx.enqueue(&f, 1);
+        let second = fx.enqueue(&f, 2);
+        fx.state.withdraw(first);
+        assert_eq!(fx.waiting("f"), [second]);
+        assert!(!fx.state.tasks.contains_key(&first));
+    }
+
+    #[test]
+    fn a_leased_task_is_not_withdrawn() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.withdraw(id);
+        assert_eq!(fx.status(id), TaskStatus::Running);
+    }
+
+    #[test]
+    fn an_assignment_carries_the_task_and_its_function() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 5, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let Ok(Frame::Assign(a)) = frames.try_recv() else {
+            panic!("expected an assignment");
+        };
+        assert_eq!((a.task_id, a.function.as_str(), a.version), (id, "f", 1));
+        assert_eq!((a.code_hash, a.timeout_ms), ([5; 32], 1000));
+        assert_eq!(fx.state.tasks[&id].lease, a.lease);
+        assert!(fx.state.workers[&worker].cached.contains(&[5; 32]));
+        assert_eq!(fx.state.tasks[&id].record.attempts, 1);
     }
 }

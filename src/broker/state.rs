@@ -1,5 +1,10 @@
 //! The broker's in-memory scheduling state: queues, active tasks, workers, and the placement
 //! loop. Everything here runs under the broker's mutex and never blocks.
+//!
+//! [`State::dispatch`] reads as its steps: the next runnable function, the worker to place its
+//! head task on ([`State::pick_worker`]), the lease, the hand-over. Reports pass
+//! [`State::finish`], which refuses stale ones. The tests below drive this state directly,
+//! without a server or a broker handle.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! captured stderr.
 //!
 //! Reads open their own read transaction. Every write goes through one writer thread
-//! ([`writer`]) that commits many pending writes in a single durable transaction (group commit),
+//! (`writer`) that commits many pending writes in a single durable transaction (group commit),
 //! so an acknowledged write is on disk and throughput is not one fsync per task.
 
 mod records;

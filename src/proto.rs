@@ -26,8 +26,10 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A SHA-256 content hash naming a code bundle.
 pub type CodeHash = [u8; 32];
 
-/// How a worker receives tasks.
+/// How a worker receives tasks. Named `push` and `pull` in JSON (`GET /v1/workers`); postcard
+/// encodes it by variant index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DispatchMode {
     /// The broker places tasks on the worker's free slots.
     Push,
@@ -583,5 +585,89 @@ mod tests {
         let mut b = Reader::new(b);
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         assert!(matches!(b.next().await, Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn dispatch_modes_are_named_push_and_pull_in_json() {
+        let names = serde_json::to_value([DispatchMode::Push, DispatchMode::Pull]).expect("json");
+        assert_eq!(names, serde_json::json!(["push", "pull"]));
+    }
+
+    #[test]
+    fn failure_reasons_serialize_as_their_api_names() {
+        let all = [
+            FailureReason::ExitStatus,
+            FailureReason::Signal,
+            FailureReason::Timeout,
+            FailureReason::SpawnFailed,
+            FailureReason::OutputTooLarge,
+            FailureReason::WorkerLost,
+            FailureReason::CodeUnavailable,
+            FailureReason::OutputHeldOpen,
+            FailureReason::Exception,
+            FailureReason::ExecutorDied,
+            FailureReason::ProtocolError,
+            FailureReason::InitFailed,
+            FailureReason::OutOfMemory,
+        ];
+        for (index, reason) in all.into_iter().enumerate() {
+            let json = serde_json::to_value(reason).expect("json");
+            assert_eq!(json.as_str(), Some(reason.as_str()));
+            // postcard pins the variant index: reasons are only ever appended.
+            let bytes = postcard::to_stdvec(&reason).expect("encode");
+            assert_eq!(bytes, [index as u8], "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn runtimes_parse_from_their_names() {
+        for runtime in [
+            Runtime::Shell,
+            Runtime::Exec,
+            Runtime::Python,
+            Runtime::Pickle,
+        ] {
+            assert_eq!(runtime.as_str().parse::<Runtime>(), Ok(runtime));
+        }
+        assert!("ruby".parse::<Runtime>().is_err());
+    }
+
+    #[test]
+    fn an_unknown_frame_variant_does_not_decode() {
+        assert!(matches!(decode(&[0x0b]), Err(Error::Decode { len: 1, .. })));
+    }
+
+    #[test]
+    fn a_truncated_frame_does_not_decode() {
+        let bytes = encode(&Frame::Refused {
+            reason: "no".into(),
+        })
+        .expect("encode");
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(Error::Decode { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_pump_writes_every_queued_frame_in_order() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut writer = Writer::new(a);
+        let mut reader = Reader::new(b);
+        let (frames, outbox) = mpsc::unbounded_channel();
+        for running in 0..5 {
+            frames.send(Frame::Heartbeat { running }).expect("queue");
+        }
+        frames.send(Frame::Drain).expect("queue");
+        drop(frames);
+        writer.pump(outbox).await.expect("pump");
+        drop(writer);
+        let mut got = Vec::new();
+        while let Some(frame) = reader.next().await.expect("read") {
+            got.push(frame);
+        }
+        let mut expected: Vec<Frame> = (0..5).map(|running| Frame::Heartbeat { running }).collect();
+        expected.push(Frame::Drain);
+        assert_eq!(got, expected);
     }
 }

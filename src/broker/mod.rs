@@ -76,8 +76,8 @@ pub struct WorkerView {
     pub name: String,
     /// Where it connected from (`local` for in-process workers).
     pub address: String,
-    /// `push` or `pull`.
-    pub dispatch: &'static str,
+    /// How it receives tasks (`push` or `pull` in JSON).
+    pub dispatch: DispatchMode,
     /// Its slots.
     pub slots: u32,
     /// Tasks it runs now.
@@ -86,8 +86,18 @@ pub struct WorkerView {
     pub done: u64,
     /// When it last heartbeat (RFC 3339).
     pub last_heartbeat: String,
-    /// `ready` or `draining`.
-    pub state: &'static str,
+    /// Whether it takes new tasks (`ready` or `draining` in JSON).
+    pub state: WorkerState,
+}
+
+/// Whether a worker takes new tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// It takes new tasks.
+    Ready,
+    /// It finishes what it runs and takes nothing new.
+    Draining,
 }
 
 /// Counters for `/healthz` and the CLI.
@@ -121,52 +131,12 @@ impl Broker {
     /// QUEUED or RUNNING when the store was last closed back in its queue, in arrival order.
     pub async fn start(store: Store) -> Result<Broker, Error> {
         let functions = store.functions().await?;
-        let pending = store.pending().await?;
         let last_seq = store.last_seq().await?;
-        let mut versions: HashMap<(String, u32), Arc<FunctionRecord>> = HashMap::new();
         let mut state = State::new(last_seq);
         for f in functions {
             state.set_function(Arc::new(f));
         }
-        let mut requeued = 0usize;
-        let mut failed = Vec::new();
-        for task in pending {
-            let key = (task.record.function.clone(), task.record.version);
-            let func = match versions.get(&key) {
-                Some(f) => f.clone(),
-                None => match store.function(&key.0, Some(key.1)).await? {
-                    Some(f) => {
-                        let f = Arc::new(f);
-                        versions.insert(key, f.clone());
-                        f
-                    }
-                    None => {
-                        tracing::error!(task = %uuid::Uuid::from_u128(task.record.id), "pending task pins a missing function version; dropping it");
-                        continue;
-                    }
-                },
-            };
-            let mut record = task.record;
-            if record.status == TaskStatus::Running {
-                // Interrupted mid-run by the stop: that attempt counts.
-                if record.attempts >= func.max_attempts {
-                    failed.push(record);
-                    continue;
-                }
-                record.status = TaskStatus::Queued;
-                store.write_later(Write::Update {
-                    record: record.clone(),
-                });
-            }
-            state.enqueue(Active::new(record, task.payload, func), false);
-            requeued += 1;
-        }
-        if requeued > 0 {
-            tracing::info!(
-                tasks = requeued,
-                "re-queued unfinished tasks from the store"
-            );
-        }
+        let failed = recover_pending(&store, &mut state).await?;
         let broker = Broker {
             inner: Arc::new(Inner {
                 store,
@@ -278,44 +248,9 @@ impl Broker {
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         let (record, waiter, committed) = {
             let mut state = self.lock();
-            if !state.accepting {
-                return Err(Error::ShuttingDown);
-            }
-            let func = state
-                .functions
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
-            let waiting = state.queues.get(name).map_or(0, |q| q.waiting.len());
-            if waiting >= func.queue_limit as usize {
-                return Err(Error::QueueFull {
-                    name: name.into(),
-                    limit: func.queue_limit,
-                });
-            }
+            let func = state.admit(name)?;
             state.next_seq += 1;
-            let record = TaskRecord {
-                id: uuid::Uuid::now_v7().as_u128(),
-                seq: state.next_seq,
-                function: func.name.clone(),
-                version: func.version,
-                status: TaskStatus::Queued,
-                created_ms: now_ms(),
-                started_ms: None,
-                finished_ms: None,
-                attempts: 0,
-                exit_code: None,
-                signal: None,
-                failure: None,
-                message: None,
-                payload_bytes: payload.len() as u64,
-                result_bytes: 0,
-                stderr_bytes: 0,
-                run_us: 0,
-                json,
-                cold_start: false,
-                init_us: 0,
-            };
+            let record = queued_record(&func, state.next_seq, &payload, json);
             let enqueue = Write::Enqueue {
                 record: record.clone(),
                 payload: payload.clone(),
@@ -414,9 +349,7 @@ impl Broker {
     /// Grants a pull-mode worker more task credits.
     pub(crate) fn pull(&self, worker: u64, slots: u32) {
         let mut state = self.lock();
-        if let Some(w) = state.workers.get_mut(&worker) {
-            w.credits = w.credits.saturating_add(slots).min(w.slots);
-        }
+        state.grant_credits(worker, slots);
         state.dispatch(&self.inner.store);
     }
 
@@ -549,5 +482,132 @@ impl Broker {
             .iter()
             .map(|(id, w)| w.view(*id))
             .collect()
+    }
+}
+
+/// Puts every task the store holds as unfinished back in its queue, in arrival order, pinned to
+/// the function version it was called with. A task that was RUNNING counts that attempt; one
+/// that has used every attempt is returned, to be failed with `worker_lost`.
+async fn recover_pending(store: &Store, state: &mut State) -> Result<Vec<TaskRecord>, Error> {
+    let pending = store.pending().await?;
+    let mut versions: HashMap<(String, u32), Arc<FunctionRecord>> = HashMap::new();
+    let mut requeued = 0usize;
+    let mut failed = Vec::new();
+    for task in pending {
+        let Some(func) = pinned_function(store, &mut versions, &task.record).await? else {
+            tracing::error!(task = %uuid::Uuid::from_u128(task.record.id), "pending task pins a missing function version; dropping it");
+            continue;
+        };
+        let mut record = task.record;
+        if record.status == TaskStatus::Running {
+            // Interrupted mid-run by the stop: that attempt counts.
+            if record.attempts >= func.max_attempts {
+                failed.push(record);
+                continue;
+            }
+            record.status = TaskStatus::Queued;
+            store.write_later(Write::Update {
+                record: record.clone(),
+            });
+        }
+        state.enqueue(Active::new(record, task.payload, func), false);
+        requeued += 1;
+    }
+    if requeued > 0 {
+        tracing::info!(
+            tasks = requeued,
+            "re-queued unfinished tasks from the store"
+        );
+    }
+    Ok(failed)
+}
+
+/// The function version a task pins, read from the store once per version (`None` when the
+/// store no longer has it).
+async fn pinned_function(
+    store: &Store,
+    versions: &mut HashMap<(String, u32), Arc<FunctionRecord>>,
+    task: &TaskRecord,
+) -> Result<Option<Arc<FunctionRecord>>, Error> {
+    let key = (task.function.clone(), task.version);
+    if let Some(f) = versions.get(&key) {
+        return Ok(Some(f.clone()));
+    }
+    let Some(f) = store.function(&key.0, Some(key.1)).await? else {
+        return Ok(None);
+    };
+    let f = Arc::new(f);
+    versions.insert(key, f.clone());
+    Ok(Some(f))
+}
+
+/// The QUEUED record of a new call of `func`, arriving as number `seq`.
+fn queued_record(func: &FunctionRecord, seq: u64, payload: &Bytes, json: bool) -> TaskRecord {
+    TaskRecord {
+        id: uuid::Uuid::now_v7().as_u128(),
+        seq,
+        function: func.name.clone(),
+        version: func.version,
+        status: TaskStatus::Queued,
+        created_ms: now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        attempts: 0,
+        exit_code: None,
+        signal: None,
+        failure: None,
+        message: None,
+        payload_bytes: payload.len() as u64,
+        result_bytes: 0,
+        stderr_bytes: 0,
+        run_us: 0,
+        json,
+        cold_start: false,
+        init_us: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_view_serializes_its_mode_and_state_as_lowercase_words() {
+        let view = WorkerView {
+            id: 3,
+            name: "w".into(),
+            address: "local".into(),
+            dispatch: DispatchMode::Pull,
+            slots: 2,
+            running: 1,
+            done: 5,
+            last_heartbeat: "1970-01-01T00:00:00Z".into(),
+            state: WorkerState::Draining,
+        };
+        let json = serde_json::to_value(&view).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": 3,
+                "name": "w",
+                "address": "local",
+                "dispatch": "pull",
+                "slots": 2,
+                "running": 1,
+                "done": 5,
+                "last_heartbeat": "1970-01-01T00:00:00Z",
+                "state": "draining",
+            })
+        );
+        let ready = WorkerView {
+            dispatch: DispatchMode::Push,
+            state: WorkerState::Ready,
+            ..view
+        };
+        let json = serde_json::to_value(&ready).expect("serialize");
+        assert_eq!(
+            (json["dispatch"].as_str(), json["state"].as_str()),
+            (Some("push"), Some("ready"))
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! The server side of one worker connection: handshake, then frames in both directions until
-//! the connection ends, when the worker's leased tasks are handed back to the broker.
+//! The server side of one worker connection: the handshake ([`handshake`]), then a loop that
+//! hands each frame from the worker to a handler named after it (`on_report`, `on_fetch_code`,
+//! `on_heartbeat`, `on_pull`, `on_drain`) until the connection ends, when the worker's leased
+//! tasks are handed back to the broker.
 
 use std::time::Duration;
 
@@ -8,7 +10,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use crate::proto::{self, Frame, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use crate::proto::{
+    self, CodeHash, DispatchMode, Frame, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, Reader, Report,
+    Writer,
+};
 
 /// How often workers are asked to heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -16,22 +21,85 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How many heartbeat periods may pass without any frame before the worker is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
+/// What a worker announced in its `Hello`.
+struct Hello {
+    name: String,
+    slots: u32,
+    mode: DispatchMode,
+}
+
+/// One attached worker, as the session loop sees it.
+struct Session {
+    broker: Broker,
+    id: u64,
+    name: String,
+    /// Frames queued to the worker (written by the pump task).
+    frames: mpsc::UnboundedSender<Frame>,
+}
+
+/// The task writing queued frames to the worker.
+type Pump = tokio::task::JoinHandle<Result<(), proto::Error>>;
+
+/// Whether the session loop goes on after a frame.
+enum Next {
+    Continue,
+    Close,
+}
+
 /// Serves one worker connection until it ends or `cancel` fires.
 pub async fn serve_worker<T>(broker: Broker, io: T, address: String, cancel: CancellationToken)
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = proto::split(io);
+    let Some(Hello { name, slots, mode }) = handshake(&mut reader, &mut writer, &address).await
+    else {
+        return;
+    };
+
+    let (frames, outbox) = mpsc::unbounded_channel();
+    let id = broker.attach_worker(
+        name.clone(),
+        address.clone(),
+        slots,
+        mode,
+        frames.clone(),
+        HEARTBEAT,
+    );
+    tracing::info!(worker = id, %name, %address, slots, ?mode, "worker joined");
+    let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
+    let session = Session {
+        broker,
+        id,
+        name,
+        frames,
+    };
+
+    session.run(&mut reader, &mut pump, &cancel).await;
+    session.end(pump);
+}
+
+/// Waits for the worker's `Hello` and checks it. A worker that stays silent, sends garbage, sends
+/// another frame first, or speaks another protocol version is refused (`None`).
+async fn handshake<R, W>(
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+    address: &str,
+) -> Option<Hello>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
         Err(_) => {
             tracing::warn!(%address, "worker sent no hello within {HANDSHAKE_TIMEOUT:?}; closing");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
-            return;
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(frame))) => frame,
     };
     let Frame::Hello {
@@ -47,7 +115,7 @@ where
                 reason: "the first frame must be a Hello".into(),
             })
             .await;
-        return;
+        return None;
     };
     if protocol != PROTOCOL_VERSION {
         let reason = format!(
@@ -55,90 +123,134 @@ where
         );
         tracing::warn!(%address, worker = %name, "{reason}; refusing");
         let _ = writer.send(&Frame::Refused { reason }).await;
-        return;
+        return None;
     }
+    Some(Hello { name, slots, mode })
+}
 
-    let (frames, outbox) = mpsc::unbounded_channel();
-    let id = broker.attach_worker(
-        name.clone(),
-        address.clone(),
-        slots,
-        mode,
-        frames.clone(),
-        HEARTBEAT,
-    );
-    tracing::info!(worker = id, %name, %address, slots, ?mode, "worker joined");
-    let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
-
-    let silence_limit = HEARTBEAT * MISSED_HEARTBEATS;
-    loop {
-        // Any frame proves the worker alive; silence past the limit ends the connection and
-        // hands its tasks to other workers.
-        let frame = tokio::select! {
-            frame = reader.next() => frame,
-            () = tokio::time::sleep(silence_limit) => {
-                tracing::warn!(worker = id, %name, "no heartbeat for {silence_limit:?}; declaring the worker dead");
-                break;
-            }
-            () = cancel.cancelled() => break,
-            ended = &mut pump => {
-                // Nothing more can reach the worker: end the session so its tasks move on.
-                tracing::warn!(worker = id, %name, outcome = ?ended, "writing to the worker failed; closing");
-                break;
-            }
-        };
-        match frame {
-            Ok(Some(Frame::Report(report))) => broker.report(id, report),
-            Ok(Some(Frame::FetchCode { hash })) => {
-                let broker = broker.clone();
-                let frames = frames.clone();
-                tokio::spawn(async move {
-                    let blob = broker.store().blob(hash).await;
-                    let frame = match blob {
-                        Ok(Some(bytes)) => {
-                            broker.note_cached(id, hash);
-                            Frame::Code {
-                                hash,
-                                found: true,
-                                bytes,
-                            }
-                        }
-                        Ok(None) => Frame::Code {
-                            hash,
-                            found: false,
-                            bytes: Default::default(),
-                        },
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot read a code blob for a worker");
-                            Frame::Code {
-                                hash,
-                                found: false,
-                                bytes: Default::default(),
-                            }
-                        }
-                    };
-                    let _ = frames.send(frame);
-                });
-            }
-            Ok(Some(Frame::Heartbeat { .. })) => broker.heartbeat(id),
-            Ok(Some(Frame::Pull { slots })) => broker.pull(id, slots),
-            Ok(Some(Frame::Drain)) => {
-                tracing::info!(worker = id, "worker is draining");
-                broker.drain_worker(id);
-            }
-            Ok(Some(other)) => {
-                tracing::warn!(worker = id, frame = ?other, "unexpected frame from worker; closing");
-                break;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(worker = id, error = %e, "worker connection failed; closing");
-                break;
+impl Session {
+    /// Reads frames from the worker and handles each until the connection ends, the worker
+    /// falls silent, writing to it fails, or `cancel` fires.
+    async fn run<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut Reader<R>,
+        pump: &mut Pump,
+        cancel: &CancellationToken,
+    ) {
+        let silence_limit = HEARTBEAT * MISSED_HEARTBEATS;
+        loop {
+            // Any frame proves the worker alive; silence past the limit ends the connection and
+            // hands its tasks to other workers.
+            let frame = tokio::select! {
+                frame = reader.next() => frame,
+                () = tokio::time::sleep(silence_limit) => {
+                    tracing::warn!(worker = self.id, name = %self.name, "no heartbeat for {silence_limit:?}; declaring the worker dead");
+                    return;
+                }
+                () = cancel.cancelled() => return,
+                ended = &mut *pump => {
+                    // Nothing more can reach the worker: end the session so its tasks move on.
+                    tracing::warn!(worker = self.id, name = %self.name, outcome = ?ended, "writing to the worker failed; closing");
+                    return;
+                }
+            };
+            let next = match frame {
+                Ok(Some(frame)) => self.on_frame(frame),
+                Ok(None) => Next::Close,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "worker connection failed; closing");
+                    Next::Close
+                }
+            };
+            if let Next::Close = next {
+                return;
             }
         }
     }
-    broker.detach_worker(id);
-    drop(frames);
-    pump.abort();
-    tracing::info!(worker = id, %name, "worker left");
+
+    /// Hands one frame from the worker to its handler.
+    fn on_frame(&self, frame: Frame) -> Next {
+        match frame {
+            Frame::Report(report) => self.on_report(report),
+            Frame::FetchCode { hash } => self.on_fetch_code(hash),
+            Frame::Heartbeat { .. } => self.on_heartbeat(),
+            Frame::Pull { slots } => self.on_pull(slots),
+            Frame::Drain => self.on_drain(),
+            other => {
+                tracing::warn!(worker = self.id, frame = ?other, "unexpected frame from worker; closing");
+                return Next::Close;
+            }
+        }
+        Next::Continue
+    }
+
+    /// A task finished on the worker.
+    fn on_report(&self, report: Report) {
+        self.broker.report(self.id, report);
+    }
+
+    /// The worker wants a code bundle: read it from the store off the session loop and send it
+    /// back as a `Code` frame (`found: false` when the store has no such bundle or fails).
+    fn on_fetch_code(&self, hash: CodeHash) {
+        let broker = self.broker.clone();
+        let frames = self.frames.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            let blob = broker.store().blob(hash).await;
+            let frame = match blob {
+                Ok(Some(bytes)) => {
+                    broker.note_cached(id, hash);
+                    Frame::Code {
+                        hash,
+                        found: true,
+                        bytes,
+                    }
+                }
+                Ok(None) => Frame::Code {
+                    hash,
+                    found: false,
+                    bytes: Default::default(),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a code blob for a worker");
+                    Frame::Code {
+                        hash,
+                        found: false,
+                        bytes: Default::default(),
+                    }
+                }
+            };
+            let _ = frames.send(frame);
+        });
+    }
+
+    /// The worker is alive.
+    fn on_heartbeat(&self) {
+        self.broker.heartbeat(self.id);
+    }
+
+    /// A pull-mode worker asks for up to `slots` more tasks.
+    fn on_pull(&self, slots: u32) {
+        self.broker.pull(self.id, slots);
+    }
+
+    /// The worker takes no new tasks from now on.
+    fn on_drain(&self) {
+        tracing::info!(worker = self.id, "worker is draining");
+        self.broker.drain_worker(self.id);
+    }
+
+    /// Detaches the worker, handing its leased tasks back, and stops writing to it.
+    fn end(self, pump: Pump) {
+        let Session {
+            broker,
+            id,
+            name,
+            frames,
+        } = self;
+        broker.detach_worker(id);
+        drop(frames);
+        pump.abort();
+        tracing::info!(worker = id, %name, "worker left");
+    }
 }

@@ -1,5 +1,10 @@
 //! The broker's in-memory scheduling state: queues, active tasks, workers, and the placement
 //! loop. Everything here runs under the broker's mutex and never blocks.
+//!
+//! [`State::dispatch`] reads as its steps: the next runnable function, the worker to place its
+//! head task on ([`State::pick_worker`]), the lease, the hand-over. Reports pass
+//! [`State::finish`], which refuses stale ones. The tests below drive this state directly,
+//! without a server or a broker handle.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -8,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Finished, Waiter, WorkerView};
+use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
-    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Prewarm, Report, WarmSpec,
+    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Outcome, Prewarm, Report, WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::{now_ms, rfc3339};
@@ -95,7 +100,7 @@ pub(super) struct WorkerEntry {
     running: HashSet<u128>,
     done: u64,
     /// Pull mode: tasks the worker has asked for and not yet received.
-    pub credits: u32,
+    credits: u32,
     /// Code bundles the worker holds.
     pub cached: HashSet<CodeHash>,
     pub draining: bool,
@@ -180,16 +185,44 @@ impl WorkerEntry {
             id,
             name: self.name.clone(),
             address: self.address.clone(),
-            dispatch: match self.mode {
-                DispatchMode::Push => "push",
-                DispatchMode::Pull => "pull",
-            },
+            dispatch: self.mode,
             slots: self.slots,
             running: self.running.len(),
             done: self.done,
             last_heartbeat: rfc3339(self.last_heartbeat_ms),
-            state: if self.draining { "draining" } else { "ready" },
+            state: if self.draining {
+                WorkerState::Draining
+            } else {
+                WorkerState::Ready
+            },
         }
+    }
+}
+
+/// The end of a task as a worker reported it: a copy of its running `record` with the outcome.
+fn ended(record: &TaskRecord, outcome: Outcome) -> Finished {
+    let o = outcome;
+    let mut end = record.clone();
+    let r = &mut end;
+    r.status = if o.failure.is_none() {
+        TaskStatus::Completed
+    } else {
+        TaskStatus::Failed
+    };
+    r.finished_ms = Some(now_ms());
+    r.exit_code = o.exit_code;
+    r.signal = o.signal;
+    r.failure = o.failure;
+    r.message = o.message;
+    r.result_bytes = o.stdout.len() as u64;
+    r.stderr_bytes = o.stderr.len() as u64;
+    r.run_us = o.run_us;
+    r.cold_start = o.cold_start;
+    r.init_us = o.init_us;
+    Finished {
+        record: end,
+        result: o.stdout,
+        logs: o.stderr,
     }
 }
 
@@ -233,6 +266,27 @@ impl State {
 
     pub fn running_count(&self) -> usize {
         self.leased
+    }
+
+    /// Checks that a new call of `name` may be queued: the server accepts tasks, the function
+    /// is live, and its queue is under its limit. Returns the live version.
+    pub fn admit(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
+        if !self.accepting {
+            return Err(Error::ShuttingDown);
+        }
+        let func = self
+            .functions
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
+        let waiting = self.queues.get(name).map_or(0, |q| q.waiting.len());
+        if waiting >= func.queue_limit as usize {
+            return Err(Error::QueueFull {
+                name: name.into(),
+                limit: func.queue_limit,
+            });
+        }
+        Ok(func)
     }
 
     fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
@@ -346,6 +400,21 @@ impl State {
         if !self.dispatching {
             return;
         }
+        while let Some((name, head, hash)) = self.next_runnable() {
+            let Some(worker_id) = self.pick_worker(&hash) else {
+                self.runnable.push_front(name);
+                return;
+            };
+            self.take_head(name);
+            let frame = self.lease(head, worker_id, store);
+            self.hand_over(worker_id, head, hash, frame);
+        }
+    }
+
+    /// The next function in the rotation whose queue can start a task, with its head task and
+    /// that task's code hash. Functions that cannot start now leave the rotation; a head that is
+    /// no longer active is dropped from its queue.
+    fn next_runnable(&mut self) -> Option<(String, u128, CodeHash)> {
         while let Some(name) = self.runnable.pop_front() {
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
@@ -360,60 +429,73 @@ impl State {
                 self.runnable.push_front(name);
                 continue;
             };
-            let Some(worker_id) = self.pick_worker(&hash) else {
-                self.runnable.push_front(name);
-                return;
-            };
-            let queue = self.queues.get_mut(&name).expect("queue looked up above");
-            queue.waiting.pop_front();
-            queue.running += 1;
-            if queue.can_start() {
-                self.runnable.push_back(name);
-            } else {
-                queue.listed = false;
-            }
-            self.next_lease += 1;
-            self.last_pick = worker_id;
-            self.leased += 1;
-            let lease = self.next_lease;
-            let active = self.tasks.get_mut(&head).expect("queued task is active");
-            active.lease = lease;
-            active.worker = Some(worker_id);
-            active.deadline =
-                Some(Instant::now() + Duration::from_millis(active.func.timeout_ms) + LEASE_GRACE);
-            let r = &mut active.record;
-            r.status = TaskStatus::Running;
-            r.attempts += 1;
-            r.started_ms = Some(now_ms());
-            let frame = Frame::Assign(Assignment {
-                task_id: head,
-                lease,
-                function: active.func.name.clone(),
-                version: active.func.version,
-                runtime: active.func.runtime,
-                code_hash: hash,
-                timeout_ms: active.func.timeout_ms,
-                env: active.func.env.clone(),
-                payload: active.payload.clone(),
-                warm: active.func.warm,
-                json: active.record.json,
-                isolation: active.func.isolation,
-            });
-            store.write_later(Write::Update {
-                record: active.record.clone(),
-            });
-            let worker = self
-                .workers
-                .get_mut(&worker_id)
-                .expect("picked worker exists");
-            worker.running.insert(head);
-            worker.cached.insert(hash);
-            if worker.mode == DispatchMode::Pull {
-                worker.credits -= 1;
-            }
-            // A closed channel means the session is ending; its detach re-queues this task.
-            let _ = worker.frames.send(frame);
+            return Some((name, head, hash));
         }
+        None
+    }
+
+    /// Takes the head task off `name`'s queue as running, and keeps the function in the
+    /// rotation (at its end) only if it can start another.
+    fn take_head(&mut self, name: String) {
+        let queue = self.queues.get_mut(&name).expect("queue looked up above");
+        queue.waiting.pop_front();
+        queue.running += 1;
+        if queue.can_start() {
+            self.runnable.push_back(name);
+        } else {
+            queue.listed = false;
+        }
+    }
+
+    /// Leases task `id` to `worker_id` under a new lease number and deadline, queues its
+    /// RUNNING record to the store, and returns the `Assign` frame for the worker.
+    fn lease(&mut self, id: u128, worker_id: u64, store: &Store) -> Frame {
+        self.next_lease += 1;
+        self.last_pick = worker_id;
+        self.leased += 1;
+        let lease = self.next_lease;
+        let active = self.tasks.get_mut(&id).expect("queued task is active");
+        active.lease = lease;
+        active.worker = Some(worker_id);
+        active.deadline =
+            Some(Instant::now() + Duration::from_millis(active.func.timeout_ms) + LEASE_GRACE);
+        let r = &mut active.record;
+        r.status = TaskStatus::Running;
+        r.attempts += 1;
+        r.started_ms = Some(now_ms());
+        let frame = Frame::Assign(Assignment {
+            task_id: id,
+            lease,
+            function: active.func.name.clone(),
+            version: active.func.version,
+            runtime: active.func.runtime,
+            code_hash: active.func.code_hash,
+            timeout_ms: active.func.timeout_ms,
+            env: active.func.env.clone(),
+            payload: active.payload.clone(),
+            warm: active.func.warm,
+            json: active.record.json,
+            isolation: active.func.isolation,
+        });
+        store.write_later(Write::Update {
+            record: active.record.clone(),
+        });
+        frame
+    }
+
+    /// Takes a slot (or a pull credit) of `worker_id` for task `id` and sends it the task.
+    fn hand_over(&mut self, worker_id: u64, id: u128, hash: CodeHash, frame: Frame) {
+        let worker = self
+            .workers
+            .get_mut(&worker_id)
+            .expect("picked worker exists");
+        worker.running.insert(id);
+        worker.cached.insert(hash);
+        if worker.mode == DispatchMode::Pull {
+            worker.credits -= 1;
+        }
+        // A closed channel means the session is ending; its detach re-queues this task.
+        let _ = worker.frames.send(frame);
     }
 
     /// Applies a worker's report; returns the commit to wait on, or `None` if it was refused.
@@ -424,15 +506,8 @@ impl State {
         store: &Store,
     ) -> Option<PendingCommit> {
         let id = report.task_id;
-        let task = uuid::Uuid::from_u128(id);
-        let stale = match self.tasks.get(&id) {
-            None => Some("a task that is not active"),
-            Some(a) if a.finishing || a.lease != report.lease || a.worker != Some(worker_id) => {
-                Some("a stale lease")
-            }
-            Some(_) => None,
-        };
-        if let Some(why) = stale {
+        if let Some(why) = self.refusal(worker_id, &report) {
+            let task = uuid::Uuid::from_u128(id);
             tracing::warn!(%task, worker = worker_id, lease = report.lease, "refused a report for {why}");
             // A slot held for a revoked lease is free once its late report arrives.
             if let Some(w) = self.workers.get_mut(&worker_id) {
@@ -440,33 +515,11 @@ impl State {
             }
             return None;
         }
-        let active = self.tasks.get_mut(&id).expect("checked above");
+        let active = self.tasks.get_mut(&id).expect("checked by refusal");
         active.finishing = true;
-        let o = report.outcome;
         // Readers keep seeing RUNNING until the end is committed: the end record is a copy.
-        let mut end = active.record.clone();
-        let r = &mut end;
-        r.status = if o.failure.is_none() {
-            TaskStatus::Completed
-        } else {
-            TaskStatus::Failed
-        };
-        r.finished_ms = Some(now_ms());
-        r.exit_code = o.exit_code;
-        r.signal = o.signal;
-        r.failure = o.failure;
-        r.message = o.message;
-        r.result_bytes = o.stdout.len() as u64;
-        r.stderr_bytes = o.stderr.len() as u64;
-        r.run_us = o.run_us;
-        r.cold_start = o.cold_start;
-        r.init_us = o.init_us;
-        let name = end.function.clone();
-        let finished = Arc::new(Finished {
-            record: end,
-            result: o.stdout,
-            logs: o.stderr,
-        });
+        let finished = Arc::new(ended(&active.record, report.outcome));
+        let name = finished.record.function.clone();
         self.release(worker_id, id, &name, true);
         let ack = store.submit(Write::Finish {
             record: finished.record.clone(),
@@ -474,6 +527,18 @@ impl State {
             logs: finished.logs.clone(),
         });
         Some(PendingCommit { ack, finished })
+    }
+
+    /// Why a report must be refused: its task is not active, already finishing, or leased under
+    /// another lease or to another worker. `None` accepts it.
+    fn refusal(&self, worker_id: u64, report: &Report) -> Option<&'static str> {
+        match self.tasks.get(&report.task_id) {
+            None => Some("a task that is not active"),
+            Some(a) if a.finishing || a.lease != report.lease || a.worker != Some(worker_id) => {
+                Some("a stale lease")
+            }
+            Some(_) => None,
+        }
     }
 
     /// Frees the slot and concurrency unit a leased task held.
@@ -582,10 +647,697 @@ impl State {
         }
     }
 
+    /// Grants a pull-mode worker `slots` more task credits, never more than its slots.
+    pub fn grant_credits(&mut self, worker_id: u64, slots: u32) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.credits = w.credits.saturating_add(slots).min(w.slots);
+        }
+    }
+
     /// Records a heartbeat from a worker.
     pub fn heartbeat(&mut self, worker_id: u64) {
         if let Some(w) = self.workers.get_mut(&worker_id) {
             w.last_heartbeat_ms = now_ms();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduling state on its own: a real store in a temporary directory takes its writes,
+    //! workers are channels whose frames the tests read back.
+
+    use super::*;
+
+    use crate::proto::{Isolation, Runtime};
+
+    /// A state, the store it writes to, and the directory holding that store.
+    struct Fixture {
+        state: State,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let store = Store::open(dir.path()).expect("open store");
+            Fixture {
+                state: State::new(0),
+                store,
+                _dir: dir,
+            }
+        }
+
+        /// Makes a function live: code hash `[code; 32]`, timeout 1 s.
+        fn function(
+            &mut self,
+            name: &str,
+            code: u8,
+            concurrency: Option<u32>,
+        ) -> Arc<FunctionRecord> {
+            let func = Arc::new(FunctionRecord {
+                name: name.into(),
+                version: 1,
+                runtime: Runtime::Shell,
+                code_hash: [code; 32],
+                code_bytes: 1,
+                timeout_ms: 1000,
+                concurrency,
+                queue_limit: 3,
+                max_attempts: 2,
+                env: Vec::new(),
+                created_ms: 0,
+                warm: None,
+                isolation: Isolation::default(),
+            });
+            self.state.set_function(func.clone());
+            func
+        }
+
+        /// Queues a task of `func` with arrival number `seq`; its id is `seq` too.
+        fn enqueue(&mut self, func: &Arc<FunctionRecord>, seq: u64) -> u128 {
+            let record = TaskRecord {
+                id: u128::from(seq),
+                seq,
+                function: func.name.clone(),
+                version: func.version,
+                status: TaskStatus::Queued,
+                created_ms: 0,
+                started_ms: None,
+                finished_ms: None,
+                attempts: 0,
+                exit_code: None,
+                signal: None,
+                failure: None,
+                message: None,
+                payload_bytes: 0,
+                result_bytes: 0,
+                stderr_bytes: 0,
+                run_us: 0,
+                json: false,
+                cold_start: false,
+                init_us: 0,
+            };
+            let id = record.id;
+            self.state
+                .enqueue(Active::new(record, Bytes::new(), func.clone()), false);
+            id
+        }
+
+        /// Connects a worker; returns its id and the frames sent to it.
+        fn worker(
+            &mut self,
+            slots: u32,
+            mode: DispatchMode,
+        ) -> (u64, mpsc::UnboundedReceiver<Frame>) {
+            let (frames, outbox) = mpsc::unbounded_channel();
+            self.state.next_worker += 1;
+            let id = self.state.next_worker;
+            let entry = WorkerEntry::new(format!("w{id}"), "local".into(), slots, mode, frames);
+            self.state.workers.insert(id, entry);
+            (id, outbox)
+        }
+
+        fn dispatch(&mut self) {
+            self.state.dispatch(&self.store);
+        }
+
+        /// Reports task `id` done (successfully) by `worker` under `lease`.
+        fn report(&mut self, worker: u64, id: u128, lease: u64) -> Option<PendingCommit> {
+            self.state
+                .finish(worker, report(id, lease, None), &self.store)
+        }
+
+        /// Past the deadline of every lease handed out so far.
+        fn expire(&mut self) -> Vec<(u128, PendingCommit)> {
+            let later =
+                Instant::now() + Duration::from_secs(1) + LEASE_GRACE + Duration::from_millis(1);
+            self.state.revoke_expired(later, &self.store)
+        }
+
+        fn status(&self, id: u128) -> TaskStatus {
+            self.state.tasks[&id].record.status
+        }
+
+        fn waiting(&self, function: &str) -> Vec<u128> {
+            self.state.queues[function]
+                .waiting
+                .iter()
+                .copied()
+                .collect()
+        }
+    }
+
+    fn report(id: u128, lease: u64, failure: Option<FailureReason>) -> Report {
+        Report {
+            task_id: id,
+            lease,
+            outcome: Outcome {
+                failure,
+                exit_code: Some(if failure.is_some() { 1 } else { 0 }),
+                signal: None,
+                message: None,
+                stdout: Bytes::from_static(b"out"),
+                stderr: Bytes::from_static(b"err!"),
+                run_us: 7,
+                cold_start: true,
+                init_us: 3,
+            },
+        }
+    }
+
+    /// The tasks assigned on a worker's channel so far, as `(task id, lease)`.
+    fn assigned(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Vec<(u128, u64)> {
+        let mut out = Vec::new();
+        while let Ok(frame) = frames.try_recv() {
+            if let Frame::Assign(a) = frame {
+                out.push((a.task_id, a.lease));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_least_loaded_worker_gets_the_task() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (busy, mut busy_frames) = fx.worker(2, DispatchMode::Push);
+        let (idle, mut idle_frames) = fx.worker(2, DispatchMode::Push);
+        fx.state
+            .workers
+            .get_mut(&busy)
+            .expect("worker")
+            .running
+            .insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut busy_frames).is_empty());
+        assert_eq!(assigned(&mut idle_frames).len(), 1);
+        assert_eq!(fx.state.tasks[&id].worker, Some(idle));
+    }
+
+    #[test]
+    fn load_compares_running_tasks_against_slots() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        // One of two slots taken is a heavier load than one of four.
+        let (small, _small_frames) = fx.worker(2, DispatchMode::Push);
+        let (large, _large_frames) = fx.worker(4, DispatchMode::Push);
+        fx.state
+            .workers
+            .get_mut(&small)
+            .expect("worker")
+            .running
+            .insert(98);
+        fx.state
+            .workers
+            .get_mut(&large)
+            .expect("worker")
+            .running
+            .insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.state.tasks[&id].worker, Some(large));
+    }
+
+    #[test]
+    fn a_worker_holding_the_code_wins_over_a_less_loaded_one() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (cold, _cold_frames) = fx.worker(2, DispatchMode::Push);
+        let (warm, _warm_frames) = fx.worker(2, DispatchMode::Push);
+        let w = fx.state.workers.get_mut(&warm).expect("worker");
+        w.cached.insert(f.code_hash);
+        w.running.insert(99);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.state.tasks[&id].worker, Some(warm));
+        assert_eq!(fx.state.workers[&cold].running.len(), 0);
+    }
+
+    #[test]
+    fn equally_loaded_workers_take_turns() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (first, mut first_frames) = fx.worker(1, DispatchMode::Push);
+        let (second, mut second_frames) = fx.worker(1, DispatchMode::Push);
+        for w in fx.state.workers.values_mut() {
+            w.cached.insert(f.code_hash);
+        }
+        let mut picks = Vec::new();
+        for seq in 1..=4 {
+            let id = fx.enqueue(&f, seq);
+            fx.dispatch();
+            let worker = fx.state.tasks[&id].worker.expect("leased");
+            picks.push(worker);
+            let frames = if worker == first {
+                &mut first_frames
+            } else {
+                &mut second_frames
+            };
+            let (_, lease) = assigned(frames)[0];
+            fx.report(worker, id, lease).expect("accepted");
+        }
+        assert_eq!(picks, [first, second, first, second]);
+    }
+
+    #[test]
+    fn tasks_start_in_arrival_order_whatever_order_they_are_queued_in() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in [3, 1, 2] {
+            fx.enqueue(&f, seq);
+        }
+        assert_eq!(fx.waiting("f"), [1, 2, 3]);
+        let (_, mut frames) = fx.worker(3, DispatchMode::Push);
+        fx.dispatch();
+        let order: Vec<u128> = assigned(&mut frames)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_task_whose_worker_left_goes_ahead_of_newer_work() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (lost, _lost_frames) = fx.worker(1, DispatchMode::Push);
+        let old = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.enqueue(&f, 2);
+        fx.enqueue(&f, 3);
+        let failed = fx.state.detach_worker(lost, &fx.store);
+        assert!(failed.is_empty());
+        assert_eq!(fx.waiting("f"), [old, 2, 3]);
+        assert_eq!(fx.status(old), TaskStatus::Queued);
+        assert_eq!(fx.state.tasks[&old].record.attempts, 1);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames)[0].0, old);
+    }
+
+    #[test]
+    fn an_expired_lease_puts_the_task_back_in_its_queue() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert!(fx.expire().is_empty());
+        let active = &fx.state.tasks[&id];
+        assert_eq!(active.record.status, TaskStatus::Queued);
+        assert_eq!((active.lease, active.worker), (0, None));
+        assert_eq!(fx.waiting("f"), [id]);
+        assert_eq!(fx.state.running_count(), 0);
+    }
+
+    #[test]
+    fn a_lease_is_kept_until_its_deadline() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(
+            fx.state
+                .revoke_expired(Instant::now(), &fx.store)
+                .is_empty()
+        );
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].worker, Some(worker));
+    }
+
+    #[test]
+    fn an_expired_lease_on_the_last_attempt_fails_the_task_as_worker_lost() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.expire();
+        // The first worker's slot stays taken by the revoked run: the retry goes elsewhere.
+        let (_, _retry_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let failed = fx.expire();
+        assert_eq!(failed.len(), 1);
+        let (failed_id, commit) = &failed[0];
+        assert_eq!(*failed_id, id);
+        let record = &commit.finished.record;
+        assert_eq!(record.status, TaskStatus::Failed);
+        assert_eq!(record.failure, Some(FailureReason::WorkerLost));
+        assert_eq!(record.attempts, 2);
+        assert_eq!(
+            record.message.as_deref(),
+            Some("its lease expired, on each of 2 attempts")
+        );
+        assert!(fx.waiting("f").is_empty());
+    }
+
+    #[test]
+    fn a_report_under_a_revoked_lease_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (slow, mut slow_frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, old_lease) = assigned(&mut slow_frames)[0];
+        fx.expire();
+        let (fresh, mut fresh_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let (_, new_lease) = assigned(&mut fresh_frames)[0];
+        assert_ne!(old_lease, new_lease);
+        assert!(fx.report(slow, id, old_lease).is_none());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].lease, new_lease);
+        let commit = fx
+            .report(fresh, id, new_lease)
+            .expect("current lease accepted");
+        assert_eq!(commit.finished.record.status, TaskStatus::Completed);
+    }
+
+    #[test]
+    fn a_report_from_another_worker_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        let (other, _other_frames) = fx.worker(1, DispatchMode::Push);
+        fx.state.workers.get_mut(&other).expect("worker").draining = true;
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        assert!(fx.report(other, id, lease).is_none());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+    }
+
+    #[test]
+    fn a_report_for_an_unknown_task_is_refused() {
+        let mut fx = Fixture::new();
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        assert!(fx.report(worker, 42, 1).is_none());
+    }
+
+    #[test]
+    fn a_second_report_of_the_same_lease_is_refused() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        assert!(fx.report(worker, id, lease).is_some());
+        assert!(fx.report(worker, id, lease).is_none());
+        assert_eq!(fx.state.workers[&worker].done, 1);
+    }
+
+    #[test]
+    fn a_report_ends_the_task_with_its_outcome_and_frees_the_slot() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let commit = fx.report(worker, id, lease).expect("accepted");
+        let end = &commit.finished;
+        assert_eq!(end.record.status, TaskStatus::Completed);
+        assert_eq!((end.record.result_bytes, end.record.stderr_bytes), (3, 4));
+        assert_eq!((end.record.run_us, end.record.init_us), (7, 3));
+        assert!(end.record.cold_start && end.record.finished_ms.is_some());
+        assert_eq!(end.result, Bytes::from_static(b"out"));
+        // Readers see RUNNING until the end is committed.
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        let w = &fx.state.workers[&worker];
+        assert_eq!((w.running.len(), w.done, w.free()), (0, 1, 1));
+        assert_eq!(fx.state.running_count(), 0);
+        assert_eq!(
+            commit.ack.blocking_recv().expect("writer alive").ok(),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_report_with_a_failure_fails_the_task() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let failed = report(id, lease, Some(FailureReason::ExitStatus));
+        let commit = fx
+            .state
+            .finish(worker, failed, &fx.store)
+            .expect("accepted");
+        let record = &commit.finished.record;
+        assert_eq!(record.status, TaskStatus::Failed);
+        assert_eq!(
+            (record.failure, record.exit_code),
+            (Some(FailureReason::ExitStatus), Some(1))
+        );
+    }
+
+    #[test]
+    fn a_function_with_concurrency_one_never_runs_two_tasks_while_others_dispatch() {
+        let mut fx = Fixture::new();
+        let capped = fx.function("capped", 1, Some(1));
+        let free = fx.function("free", 2, None);
+        for seq in 1..=3 {
+            fx.enqueue(&capped, seq);
+        }
+        fx.enqueue(&free, 4);
+        fx.enqueue(&free, 5);
+        let (worker, mut frames) = fx.worker(8, DispatchMode::Push);
+        fx.dispatch();
+        let leases = assigned(&mut frames);
+        let ids: Vec<u128> = leases.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 4, 5]);
+        assert_eq!(fx.waiting("capped"), [2, 3]);
+        fx.report(worker, 1, leases[0].1).expect("accepted");
+        fx.dispatch();
+        let next: Vec<u128> = assigned(&mut frames)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(next, [2]);
+    }
+
+    #[test]
+    fn a_lowered_concurrency_cap_applies_to_the_next_dispatch() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in 1..=2 {
+            fx.enqueue(&f, seq);
+        }
+        let capped = Arc::new(FunctionRecord {
+            version: 2,
+            concurrency: Some(1),
+            ..(*f).clone()
+        });
+        fx.state.set_function(capped);
+        let (_, mut frames) = fx.worker(4, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 1);
+    }
+
+    #[test]
+    fn a_pull_worker_gets_no_more_tasks_than_it_asked_for() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        for seq in 1..=3 {
+            fx.enqueue(&f, seq);
+        }
+        let (worker, mut frames) = fx.worker(4, DispatchMode::Pull);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+        fx.state.grant_credits(worker, 2);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 2);
+        assert_eq!(fx.state.workers[&worker].credits, 0);
+        assert_eq!(fx.waiting("f"), [3]);
+    }
+
+    #[test]
+    fn pull_credits_never_exceed_the_workers_slots() {
+        let mut fx = Fixture::new();
+        let (worker, _frames) = fx.worker(2, DispatchMode::Pull);
+        fx.state.grant_credits(worker, 1);
+        fx.state.grant_credits(worker, 5);
+        assert_eq!(fx.state.workers[&worker].credits, 2);
+        fx.state.grant_credits(worker, u32::MAX);
+        assert_eq!(fx.state.workers[&worker].free(), 2);
+    }
+
+    #[test]
+    fn a_draining_worker_gets_no_tasks() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(2, DispatchMode::Push);
+        fx.state.workers.get_mut(&worker).expect("worker").draining = true;
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+        assert_eq!(fx.status(id), TaskStatus::Queued);
+    }
+
+    #[test]
+    fn nothing_dispatches_once_dispatch_is_stopped() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, mut frames) = fx.worker(2, DispatchMode::Push);
+        fx.state.dispatching = false;
+        fx.enqueue(&f, 1);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty());
+    }
+
+    #[test]
+    fn a_leaving_worker_frees_its_slots_and_concurrency() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, Some(2));
+        let (leaving, _frames) = fx.worker(2, DispatchMode::Push);
+        for seq in 1..=3 {
+            fx.enqueue(&f, seq);
+        }
+        fx.dispatch();
+        assert_eq!(fx.state.running_count(), 2);
+        fx.state.detach_worker(leaving, &fx.store);
+        assert!(!fx.state.workers.contains_key(&leaving));
+        assert_eq!(fx.state.running_count(), 0);
+        assert_eq!(fx.state.queues["f"].running, 0);
+        assert_eq!(fx.waiting("f"), [1, 2, 3]);
+        let (_, mut frames) = fx.worker(4, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames).len(), 2);
+    }
+
+    #[test]
+    fn a_leaving_worker_fails_tasks_on_their_last_attempt() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (first, _first_frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.detach_worker(first, &fx.store);
+        let (second, _second_frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        let failed = fx.state.detach_worker(second, &fx.store);
+        assert_eq!(failed.len(), 1);
+        let record = &failed[0].1.finished.record;
+        assert_eq!(record.id, id);
+        assert_eq!(record.failure, Some(FailureReason::WorkerLost));
+        assert_eq!(
+            record.message.as_deref(),
+            Some("the worker running it was lost, on each of 2 attempts")
+        );
+    }
+
+    #[test]
+    fn a_worker_leaving_during_shutdown_keeps_its_tasks_running() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.accepting = false;
+        assert!(fx.state.detach_worker(worker, &fx.store).is_empty());
+        assert!(fx.state.workers.is_empty());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert_eq!(fx.state.tasks[&id].record.attempts, 1);
+    }
+
+    #[test]
+    fn a_revoked_slot_stays_taken_until_the_late_report_arrives() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        fx.expire();
+        fx.dispatch();
+        // The worker still runs the revoked task: no free slot for its retry.
+        assert!(assigned(&mut frames).is_empty());
+        assert_eq!(fx.state.workers[&worker].free(), 0);
+        assert!(fx.report(worker, id, lease).is_none());
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames)[0].0, id);
+    }
+
+    #[test]
+    fn admission_refuses_unknown_functions_full_queues_and_a_stopping_server() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        assert!(matches!(
+            fx.state.admit("nope"),
+            Err(Error::UnknownFunction { name }) if name == "nope"
+        ));
+        for seq in 1..=3 {
+            assert_eq!(fx.state.admit("f").expect("room").version, 1);
+            fx.enqueue(&f, seq);
+        }
+        assert!(matches!(
+            fx.state.admit("f"),
+            Err(Error::QueueFull { limit: 3, .. })
+        ));
+        fx.state.accepting = false;
+        assert!(matches!(fx.state.admit("f"), Err(Error::ShuttingDown)));
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_the_live_one() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let newer = Arc::new(FunctionRecord {
+            version: 3,
+            ..(*f).clone()
+        });
+        fx.state.set_function(newer);
+        fx.state.set_function(Arc::new(FunctionRecord {
+            version: 2,
+            ..(*f).clone()
+        }));
+        assert_eq!(fx.state.functions["f"].version, 3);
+    }
+
+    #[test]
+    fn a_withdrawn_task_leaves_its_queue() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let first = fx.enqueue(&f, 1);
+        let second = fx.enqueue(&f, 2);
+        fx.state.withdraw(first);
+        assert_eq!(fx.waiting("f"), [second]);
+        assert!(!fx.state.tasks.contains_key(&first));
+    }
+
+    #[test]
+    fn a_leased_task_is_not_withdrawn() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, _frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        fx.state.withdraw(id);
+        assert_eq!(fx.status(id), TaskStatus::Running);
+    }
+
+    #[test]
+    fn an_assignment_carries_the_task_and_its_function() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 5, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let Ok(Frame::Assign(a)) = frames.try_recv() else {
+            panic!("expected an assignment");
+        };
+        assert_eq!((a.task_id, a.function.as_str(), a.version), (id, "f", 1));
+        assert_eq!((a.code_hash, a.timeout_ms), ([5; 32], 1000));
+        assert_eq!(fx.state.tasks[&id].lease, a.lease);
+        assert!(fx.state.workers[&worker].cached.contains(&[5; 32]));
+        assert_eq!(fx.state.tasks[&id].record.attempts, 1);
     }
 }

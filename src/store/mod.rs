@@ -2,7 +2,7 @@
 //! captured stderr.
 //!
 //! Reads open their own read transaction. Every write goes through one writer thread
-//! ([`writer`]) that commits many pending writes in a single durable transaction (group commit),
+//! (`writer`) that commits many pending writes in a single durable transaction (group commit),
 //! so an acknowledged write is on disk and throughput is not one fsync per task.
 
 mod records;
@@ -361,4 +361,140 @@ fn decode_task(bytes: &[u8]) -> Result<TaskRecord, Error> {
         table: "tasks",
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::proto::{Isolation, Runtime};
+
+    fn function(name: &str) -> FunctionRecord {
+        FunctionRecord {
+            name: name.into(),
+            version: 0,
+            runtime: Runtime::Exec,
+            code_hash: [4; 32],
+            code_bytes: 3,
+            timeout_ms: 1000,
+            concurrency: Some(2),
+            queue_limit: 10,
+            max_attempts: 3,
+            env: vec![("K".into(), "V".into())],
+            created_ms: 5,
+            warm: None,
+            isolation: Isolation::default(),
+        }
+    }
+
+    fn queued(id: u128, seq: u64) -> TaskRecord {
+        TaskRecord {
+            id,
+            seq,
+            function: "f".into(),
+            version: 1,
+            status: TaskStatus::Queued,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            exit_code: None,
+            signal: None,
+            failure: None,
+            message: None,
+            payload_bytes: 1,
+            result_bytes: 0,
+            stderr_bytes: 0,
+            run_us: 0,
+            json: false,
+            cold_start: false,
+            init_us: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn unfinished_tasks_are_listed_in_arrival_order_and_finished_ones_keep_their_output() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        // Ids deliberately out of arrival order: the pending table is keyed by seq.
+        for (id, seq) in [(30, 1), (10, 2), (20, 3)] {
+            store
+                .write(Write::Enqueue {
+                    record: queued(id, seq),
+                    payload: Bytes::from(vec![id as u8]),
+                })
+                .await
+                .expect("enqueue");
+        }
+        let mut done = queued(10, 2);
+        done.status = TaskStatus::Completed;
+        store
+            .write(Write::Finish {
+                record: done,
+                result: Bytes::from_static(b"result"),
+                logs: Bytes::from_static(b"logs"),
+            })
+            .await
+            .expect("finish");
+        let pending = store.pending().await.expect("pending");
+        let order: Vec<(u128, u8)> = pending
+            .iter()
+            .map(|p| (p.record.id, p.payload[0]))
+            .collect();
+        assert_eq!(order, [(30, 30), (20, 20)]);
+        assert_eq!(store.last_seq().await.expect("last seq"), 3);
+        assert_eq!(
+            store.result(10).await.expect("result"),
+            Some(Bytes::from_static(b"result"))
+        );
+        assert_eq!(
+            store.logs(10).await.expect("logs"),
+            Some(Bytes::from_static(b"logs"))
+        );
+        let status = store.task(10).await.expect("task").map(|t| t.status);
+        assert_eq!(status, Some(TaskStatus::Completed));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_function_keeps_the_versions_its_tasks_pin() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        let code = Bytes::from_static(b"abc");
+        for expected in [1, 2] {
+            let version = store
+                .write(Write::Register {
+                    record: function("f"),
+                    code: code.clone(),
+                })
+                .await
+                .expect("register");
+            assert_eq!(version, expected);
+        }
+        let live = store.function("f", None).await.expect("read");
+        assert_eq!(live.map(|f| f.version), Some(2));
+        store
+            .write(Write::Delete { name: "f".into() })
+            .await
+            .expect("delete");
+        assert!(store.function("f", None).await.expect("read").is_none());
+        assert!(store.functions().await.expect("list").is_empty());
+        let pinned = store.function("f", Some(1)).await.expect("read");
+        assert_eq!(
+            pinned.map(|f| (f.version, f.env)),
+            Some((1, function("f").env))
+        );
+        assert_eq!(store.blob([4; 32]).await.expect("blob"), Some(code));
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_writes() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        store.close().await;
+        let refused = store.write(Write::Delete { name: "f".into() }).await;
+        assert!(matches!(
+            refused.as_ref().map_err(|e| e.as_ref()),
+            Err(Error::Closed)
+        ));
+    }
 }

@@ -189,4 +189,116 @@ mod tests {
         );
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
+
+    fn bare_task() -> TaskRecord {
+        TaskRecord {
+            id: u128::MAX,
+            seq: 300,
+            function: "fn".into(),
+            version: 1,
+            status: TaskStatus::Queued,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            exit_code: None,
+            signal: None,
+            failure: None,
+            message: None,
+            payload_bytes: 0,
+            result_bytes: 0,
+            stderr_bytes: 0,
+            run_us: 0,
+            json: false,
+            cold_start: false,
+            init_us: 0,
+        }
+    }
+
+    #[test]
+    fn task_statuses_are_stored_as_their_variant_index() {
+        for (status, byte) in [
+            (TaskStatus::Queued, "00"),
+            (TaskStatus::Running, "01"),
+            (TaskStatus::Completed, "02"),
+            (TaskStatus::Failed, "03"),
+        ] {
+            let bytes = encode(&status).expect("encode");
+            assert_eq!(hex(&bytes), byte, "{status:?}");
+            assert_eq!(decode::<TaskStatus>(&bytes).expect("decode"), status);
+        }
+    }
+
+    #[test]
+    fn a_task_record_with_every_option_empty_has_a_pinned_encoding() {
+        let record = bare_task();
+        let bytes = encode(&record).expect("encode");
+        // id: u128::MAX as a 19-byte varint; seq 300 as ac02; then the name and zeros.
+        let expected = format!("{}03ac0202666e01{}", "ff".repeat(18), "00".repeat(16));
+        assert_eq!(hex(&bytes), expected);
+        assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
+    }
+
+    #[test]
+    fn a_finished_task_record_round_trips() {
+        let record = TaskRecord {
+            status: TaskStatus::Completed,
+            started_ms: Some(1_700_000_000_000),
+            finished_ms: Some(1_700_000_000_500),
+            attempts: 2,
+            exit_code: Some(0),
+            signal: Some(15),
+            failure: Some(FailureReason::OutOfMemory),
+            message: Some("ünïcode message".into()),
+            payload_bytes: u64::MAX,
+            json: true,
+            ..bare_task()
+        };
+        let bytes = encode(&record).expect("encode");
+        assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
+    }
+
+    #[test]
+    fn a_function_record_without_limits_or_warm_settings_round_trips() {
+        let record = FunctionRecord {
+            name: "plain".into(),
+            version: 1,
+            runtime: Runtime::Pickle,
+            code_hash: [0; 32],
+            code_bytes: 0,
+            timeout_ms: 0,
+            concurrency: None,
+            queue_limit: 0,
+            max_attempts: 1,
+            env: Vec::new(),
+            created_ms: 0,
+            warm: None,
+            isolation: Isolation {
+                memory_bytes: Some(64 << 20),
+                allow_net: false,
+            },
+        };
+        let bytes = encode(&record).expect("encode");
+        assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
+    }
+
+    #[test]
+    fn a_truncated_record_does_not_decode() {
+        let bytes = encode(&bare_task()).expect("encode");
+        assert!(decode::<TaskRecord>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn task_statuses_have_api_names_and_only_completed_and_failed_are_ends() {
+        let all = [
+            TaskStatus::Queued,
+            TaskStatus::Running,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+        ];
+        let names: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["QUEUED", "RUNNING", "COMPLETED", "FAILED"]);
+        let ends: Vec<bool> = all.iter().map(|s| s.is_finished()).collect();
+        assert_eq!(ends, [false, false, true, true]);
+    }
 }

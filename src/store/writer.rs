@@ -267,3 +267,238 @@ fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Re
 fn encode<T: serde::Serialize>(table: &'static str, record: &T) -> Result<Vec<u8>, Error> {
     records::encode(record).map_err(|source| Error::Corrupt { table, source })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer driven in-process: ops are queued first, then [`run`] applies them on the
+    //! test's own thread, so what one batch holds is known.
+
+    use super::*;
+
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use crate::proto::{Isolation, Runtime};
+    use crate::store::{TaskStatus, create_tables};
+
+    /// A database in a temporary directory, with the store's tables.
+    fn database() -> (Database, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database = Database::create(dir.path().join("test.redb")).expect("create database");
+        create_tables(&database).expect("create tables");
+        (database, dir)
+    }
+
+    fn function(name: &str) -> FunctionRecord {
+        FunctionRecord {
+            name: name.into(),
+            version: 0,
+            runtime: Runtime::Shell,
+            code_hash: [9; 32],
+            code_bytes: 4,
+            timeout_ms: 1000,
+            concurrency: None,
+            queue_limit: 10,
+            max_attempts: 1,
+            env: Vec::new(),
+            created_ms: 0,
+            warm: None,
+            isolation: Isolation::default(),
+        }
+    }
+
+    fn task(id: u128, status: TaskStatus) -> TaskRecord {
+        TaskRecord {
+            id,
+            seq: id as u64,
+            function: "f".into(),
+            version: 1,
+            status,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            exit_code: None,
+            signal: None,
+            failure: None,
+            message: None,
+            payload_bytes: 1,
+            result_bytes: 0,
+            stderr_bytes: 0,
+            run_us: 0,
+            json: false,
+            cold_start: false,
+            init_us: 0,
+        }
+    }
+
+    fn batch(writes: Vec<Write>) -> Vec<(Box<Write>, Option<Ack>)> {
+        writes.into_iter().map(|w| (Box::new(w), None)).collect()
+    }
+
+    fn stored_task(database: &Database, id: u128) -> Option<TaskRecord> {
+        let txn = database.begin_read().expect("read");
+        let tasks = txn.open_table(TASKS).expect("tasks");
+        let bytes = tasks.get(id).expect("get")?;
+        Some(records::decode(bytes.value()).expect("decode"))
+    }
+
+    fn has(database: &Database, table: redb::TableDefinition<u128, &[u8]>, id: u128) -> bool {
+        let txn = database.begin_read().expect("read");
+        let t = txn.open_table(table).expect("open");
+        t.get(id).expect("get").is_some()
+    }
+
+    fn pending_count(database: &Database) -> u64 {
+        let txn = database.begin_read().expect("read");
+        let t = txn.open_table(PENDING).expect("pending");
+        t.len().expect("len")
+    }
+
+    #[test]
+    fn registering_a_name_again_assigns_the_next_version() {
+        let (database, _dir) = database();
+        let writes = batch(vec![
+            Write::Register {
+                record: function("f"),
+                code: Bytes::from_static(b"code"),
+            },
+            Write::Register {
+                record: function("f"),
+                code: Bytes::from_static(b"code"),
+            },
+            Write::Register {
+                record: function("g"),
+                code: Bytes::from_static(b"code"),
+            },
+        ]);
+        assert_eq!(apply(&database, &writes).expect("apply"), [1, 2, 1]);
+        let txn = database.begin_read().expect("read");
+        let heads = txn.open_table(HEADS).expect("heads");
+        assert_eq!(heads.get("f").expect("get").map(|v| v.value()), Some(2));
+    }
+
+    #[test]
+    fn a_task_started_and_finished_in_one_batch_keeps_only_its_end() {
+        let (database, _dir) = database();
+        let mut running = task(1, TaskStatus::Running);
+        running.attempts = 1;
+        let mut end = running.clone();
+        end.status = TaskStatus::Completed;
+        let writes = batch(vec![
+            Write::Enqueue {
+                record: task(1, TaskStatus::Queued),
+                payload: Bytes::from_static(b"p"),
+            },
+            Write::Update {
+                record: running.clone(),
+            },
+            Write::Finish {
+                record: end.clone(),
+                result: Bytes::from_static(b"r"),
+                logs: Bytes::from_static(b"l"),
+            },
+            // A stale RUNNING update behind the end must not overwrite it.
+            Write::Update { record: running },
+        ]);
+        apply(&database, &writes).expect("apply");
+        assert_eq!(stored_task(&database, 1), Some(end));
+        assert!(!has(&database, PAYLOADS, 1));
+        assert!(has(&database, RESULTS, 1) && has(&database, LOGS, 1));
+        assert_eq!(pending_count(&database), 0);
+    }
+
+    #[test]
+    fn an_update_of_a_task_that_does_not_end_in_the_batch_is_applied() {
+        let (database, _dir) = database();
+        let running = task(2, TaskStatus::Running);
+        let writes = batch(vec![
+            Write::Enqueue {
+                record: task(1, TaskStatus::Queued),
+                payload: Bytes::new(),
+            },
+            Write::Enqueue {
+                record: task(2, TaskStatus::Queued),
+                payload: Bytes::new(),
+            },
+            Write::Update {
+                record: running.clone(),
+            },
+            Write::Finish {
+                record: task(1, TaskStatus::Failed),
+                result: Bytes::new(),
+                logs: Bytes::new(),
+            },
+        ]);
+        apply(&database, &writes).expect("apply");
+        assert_eq!(stored_task(&database, 2), Some(running));
+        assert!(has(&database, PAYLOADS, 2));
+        assert_eq!(pending_count(&database), 1);
+    }
+
+    #[test]
+    fn writes_queued_together_are_acknowledged_after_one_commit_and_writes_behind_a_close_are_refused()
+     {
+        let (database, _dir) = database();
+        let (ops, queue) = mpsc::unbounded_channel();
+        let mut acks = Vec::new();
+        for id in 1..=3 {
+            let (ack, acked) = oneshot::channel();
+            let write = Write::Enqueue {
+                record: task(id, TaskStatus::Queued),
+                payload: Bytes::new(),
+            };
+            ops.send(Op::Write {
+                write: Box::new(write),
+                ack: Some(ack),
+            })
+            .expect("queue");
+            acks.push(acked);
+        }
+        let (done, closed) = oneshot::channel();
+        ops.send(Op::Close(done)).expect("queue");
+        let (late_ack, late) = oneshot::channel();
+        ops.send(Op::Write {
+            write: Box::new(Write::Delete { name: "f".into() }),
+            ack: Some(late_ack),
+        })
+        .expect("queue");
+        run(&database, queue);
+        for acked in acks {
+            assert_eq!(acked.blocking_recv().expect("acknowledged").ok(), Some(0));
+        }
+        assert!(closed.blocking_recv().is_ok());
+        assert!(late.blocking_recv().is_err());
+        assert_eq!(pending_count(&database), 3);
+    }
+
+    #[test]
+    fn a_failed_batch_answers_every_waiting_writer_with_the_error() {
+        let (database, _dir) = database();
+        // A `tasks` table of another type makes every task write fail.
+        let txn = database.begin_write().expect("write");
+        txn.delete_table(TASKS).expect("drop tasks");
+        let wrong: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("tasks");
+        txn.open_table(wrong)
+            .expect("create a mistyped tasks table");
+        txn.commit().expect("commit");
+        let mut writes = Vec::new();
+        let mut acks = Vec::new();
+        for id in 1..=2 {
+            let (ack, acked) = oneshot::channel();
+            let write = Write::Update {
+                record: task(id, TaskStatus::Running),
+            };
+            writes.push((Box::new(write), Some(ack)));
+            acks.push(acked);
+        }
+        commit(&database, &mut writes);
+        assert!(writes.is_empty());
+        for acked in acks {
+            let answer = acked.blocking_recv().expect("answered");
+            let Err(error) = answer else {
+                panic!("a write into a mistyped table succeeded");
+            };
+            assert!(matches!(*error, Error::Db { .. }), "{error}");
+        }
+    }
+}

@@ -46,7 +46,7 @@ pub enum Error {
         /// The program that was to run.
         program: PathBuf,
         /// Why.
-        source: sys::SysError,
+        source: sys::Error,
     },
     /// An argument or variable cannot be passed to a process.
     #[error("cannot pass to the executor: {what}")]

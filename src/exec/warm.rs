@@ -29,7 +29,7 @@ use tokio::net::unix::pipe;
 
 use super::{Limits, spawn};
 use crate::proto::FailureReason;
-use crate::sandbox::sys;
+use crate::sandbox::process;
 
 /// How much of a warm executor's own stderr (outside calls) is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 16 * 1024;
@@ -57,7 +57,7 @@ pub struct Answer {
 
 /// A running warm executor.
 pub struct WarmExecutor {
-    child: sys::Child,
+    child: process::Child,
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,

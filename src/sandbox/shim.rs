@@ -23,6 +23,7 @@
 //! system call, and the shim then exits with [`SETUP_FAILED`].
 
 use std::ffi::{CString, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,8 @@ use nix::sys::signal::{SigHandler, signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
+
+use super::sys::{self, Error, call as step};
 
 /// The hidden subcommand that runs the shim.
 pub const SHIM_COMMAND: &str = "__sandbox";
@@ -109,33 +112,6 @@ const DEVICES: &[&str] = &[
     "/dev/urandom",
 ];
 
-/// A failed set-up step, naming the system call.
-#[derive(Debug)]
-pub(super) struct StepError {
-    call: String,
-    errno: Errno,
-}
-
-impl StepError {
-    /// The error number.
-    pub(super) fn errno(&self) -> Errno {
-        self.errno
-    }
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.call, self.errno)
-    }
-}
-
-fn step<T>(call: impl Into<String>, result: nix::Result<T>) -> Result<T, StepError> {
-    result.map_err(|errno| StepError {
-        call: call.into(),
-        errno,
-    })
-}
-
 /// Whether a command line runs through the shim.
 pub fn is_wrapped(argv: &[OsString]) -> bool {
     argv.get(1).is_some_and(|a| a == SHIM_COMMAND)
@@ -157,7 +133,7 @@ pub fn wrap(faasd: &Path, config: &Config, argv: Vec<OsString>) -> Vec<OsString>
 
 /// Runs the shim: `args` are what follows `__sandbox` on the command line. Never returns.
 pub fn shim_main(args: &[OsString]) -> ! {
-    let code = match shim(args).and_then(|(config, argv)| {
+    let code = match parse_args(args).and_then(|(config, argv)| {
         let env: Vec<OsString> = std::env::vars_os().map(|(k, v)| env_entry(k, &v)).collect();
         run(&config, argv, &env, &Prepared::default())
     }) {
@@ -191,17 +167,19 @@ fn env_entry(key: OsString, value: &std::ffi::OsStr) -> OsString {
 }
 
 /// Splits the shim's arguments into its config and the function's command line.
-pub(super) fn shim(args: &[OsString]) -> Result<(Config, &[OsString]), StepError> {
-    let bad = |what: &str| StepError {
-        call: format!("reading the sandbox arguments ({what})"),
-        errno: Errno::EINVAL,
-    };
+pub(super) fn parse_args(args: &[OsString]) -> Result<(Config, &[OsString]), Error> {
     let (config, argv) = match args {
         [config, dashes, argv @ ..] if dashes == "--" && !argv.is_empty() => (config, argv),
-        _ => return Err(bad("expected CONFIG -- PROGRAM ARGS...")),
+        _ => {
+            return Err(Error::Arguments {
+                what: "expected CONFIG -- PROGRAM ARGS...",
+            });
+        }
     };
     let config: Config =
-        serde_json::from_slice(config.as_bytes()).map_err(|_| bad("config is not valid JSON"))?;
+        serde_json::from_slice(config.as_bytes()).map_err(|_| Error::Arguments {
+            what: "config is not valid JSON",
+        })?;
     Ok((config, argv))
 }
 
@@ -212,7 +190,7 @@ pub(super) fn run(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-) -> Result<i32, StepError> {
+) -> Result<i32, Error> {
     prologue(config, prepared)?;
     // 2. Namespaces; the PID namespace takes effect for the next child, the namespace's init.
     let new_net = enter_namespaces(config, prepared, true)?;
@@ -247,114 +225,115 @@ pub(super) fn run_as_init(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-    report: std::os::fd::OwnedFd,
-) -> Result<std::convert::Infallible, StepError> {
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
     init(config, new_net, argv, env, prepared, report)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
-fn prologue(config: &Config, prepared: &Prepared) -> Result<(), StepError> {
+fn prologue(config: &Config, prepared: &Prepared) -> Result<(), Error> {
     // 1. Default dispositions for every signal (a Rust program starts with SIGPIPE ignored,
     //    and an ignored signal stays ignored across exec) and an empty mask; die with the
     //    worker.
     reset_signals();
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_PDEATHSIG)".into(),
-            errno: Errno::last(),
-        });
-    }
+    sys::die_with_parent()?;
 
     // The call's cgroups, which every process it starts inherits.
     if config.memory_bytes > 0 {
         match &prepared.cgroup {
             // The zygote set its limits.
-            Some(name) => super::cgroup::join(name),
-            None => super::cgroup::enter(config.memory_bytes, config.max_processes),
+            Some(name) => super::cgroup::join(name)?,
+            None => super::cgroup::enter(config.memory_bytes, config.max_processes)?,
         }
-        .map_err(|(file, e)| StepError {
-            call: format!("write({})", file.display()),
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
     }
-
     Ok(())
 }
 
 /// Step 2: the mount, IPC, UTS (and `pid`: PID) namespaces, and a network namespace unless the
 /// function may use the network or a zygote already put us in one. Returns whether a new
 /// network namespace was made (its loopback is still down).
-fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<bool, StepError> {
+fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<bool, Error> {
     let new_net = config.namespaces && !config.allow_net && !prepared.net_joined;
     if !config.namespaces {
         return Ok(false);
     }
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    let mut call = String::from("unshare(");
     if pid {
         flags |= CloneFlags::CLONE_NEWPID;
-        call.push_str("PID|");
     }
-    call.push_str("NS|IPC|UTS");
     if new_net {
         flags |= CloneFlags::CLONE_NEWNET;
-        call.push_str("|NET");
     }
-    call.push(')');
+    let call = match (pid, new_net) {
+        (true, true) => "unshare(PID|NS|IPC|UTS|NET)",
+        (true, false) => "unshare(PID|NS|IPC|UTS)",
+        (false, true) => "unshare(NS|IPC|UTS|NET)",
+        (false, false) => "unshare(NS|IPC|UTS)",
+    };
     step(call, unshare(flags))?;
     Ok(new_net)
 }
 
-/// How the function ended, as the namespace's init reports it on a pipe: a kind byte and a
-/// big-endian `i32`.
+/// How the function ended, as the namespace's init reports it on a pipe: a kind byte (`E` or
+/// `S`) and a big-endian `i32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Report {
+pub(super) enum Ending {
     /// It exited with this status.
     Exited(i32),
     /// A signal of this number killed it.
     Signaled(i32),
 }
 
-impl Report {
+impl Ending {
+    /// The report's bytes.
     fn encode(self) -> [u8; 5] {
         let (kind, value) = match self {
-            Report::Exited(code) => (b'E', code),
-            Report::Signaled(sig) => (b'S', sig),
+            Ending::Exited(code) => (b'E', code),
+            Ending::Signaled(sig) => (b'S', sig),
         };
         let mut message = [kind, 0, 0, 0, 0];
         message[1..].copy_from_slice(&value.to_be_bytes());
         message
     }
 
+    /// The ending a report's bytes say; `None` for bytes that are not a report.
+    fn decode(bytes: [u8; 5]) -> Option<Ending> {
+        let value = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        match bytes[0] {
+            b'E' => Some(Ending::Exited(value)),
+            b'S' => Some(Ending::Signaled(value)),
+            _ => None,
+        }
+    }
+
     /// Reads the report from `pipe`; `None` when init ended before it could write one.
-    pub(super) fn read(pipe: &std::os::fd::OwnedFd) -> Option<Report> {
+    pub(super) fn read(pipe: &OwnedFd) -> Option<Ending> {
         let mut buf = [0u8; 5];
         if nix::unistd::read(pipe, &mut buf).ok()? < buf.len() {
             return None;
         }
-        let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        match buf[0] {
-            b'E' => Some(Report::Exited(value)),
-            b'S' => Some(Report::Signaled(value)),
-            _ => None,
-        }
+        Ending::decode(buf)
+    }
+
+    /// Writes the report to `pipe`.
+    fn write(self, pipe: OwnedFd) {
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(pipe), &self.encode());
     }
 
     /// As a raw wait status.
     pub(super) fn wait_status(self) -> i32 {
         match self {
-            Report::Exited(code) => (code & 0xff) << 8,
-            Report::Signaled(sig) => sig & 0x7f,
+            Ending::Exited(code) => (code & 0xff) << 8,
+            Ending::Signaled(sig) => sig & 0x7f,
         }
     }
 }
 
 /// The shim outside the namespaces: waits for the namespace's init, then ends the way the
 /// function did (the same exit status, or death by the same signal), so the worker sees it.
-fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
+fn pass_on(init: nix::unistd::Pid, report: OwnedFd) -> i32 {
     let status = loop {
         match waitpid(init, None) {
             Ok(WaitStatus::Exited(_, code)) => break code,
@@ -363,11 +342,11 @@ fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
             Err(_) => return SETUP_FAILED,
         }
     };
-    match Report::read(&report) {
+    match Ending::read(&report) {
         // Set-up failed before the function started; init said why on stderr.
         None => status,
-        Some(Report::Exited(code)) => code,
-        Some(Report::Signaled(value)) => {
+        Some(Ending::Exited(code)) => code,
+        Some(Ending::Signaled(value)) => {
             if let Ok(sig) = nix::sys::signal::Signal::try_from(value) {
                 let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
                 // SAFETY: restoring the default disposition of a signal is always sound.
@@ -388,20 +367,14 @@ fn init(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-    report: std::os::fd::OwnedFd,
-) -> Result<std::convert::Infallible, StepError> {
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     // If the shim dies (killed with the worker), init dies, and the namespace with it.
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_PDEATHSIG) in init".into(),
-            errno: Errno::last(),
-        });
-    }
+    sys::die_with_parent()?;
     if config.namespaces {
         let _ = nix::unistd::sethostname("faasd");
         if new_net {
-            loopback_up()?;
+            sys::loopback_up()?;
         }
         build_root(config, prepared.template.as_deref())?;
     }
@@ -418,23 +391,29 @@ fn init(
         }
         ForkResult::Parent { child } => child,
     };
-    let ended = loop {
+    wait_for_function(function)?.write(report);
+    std::process::exit(0)
+}
+
+/// In init: reaps every process that ends until `function` does; how it ended.
+fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
+    loop {
         match waitpid(None::<nix::unistd::Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == function => break Report::Exited(code),
+            Ok(WaitStatus::Exited(pid, code)) if pid == function => {
+                return Ok(Ending::Exited(code));
+            }
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => {
-                break Report::Signaled(sig as i32);
+                return Ok(Ending::Signaled(sig as i32));
             }
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(errno) => {
-                return Err(StepError {
-                    call: "waitpid".into(),
+                return Err(Error::Call {
+                    call: "waitpid",
                     errno,
                 });
             }
         }
-    };
-    let _ = std::io::Write::write_all(&mut std::fs::File::from(report), &ended.encode());
-    std::process::exit(0)
+    }
 }
 
 /// The function's own process (pid 2): limits, privileges, fds, seccomp, exec.
@@ -443,10 +422,11 @@ fn start_function(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-) -> Result<std::convert::Infallible, StepError> {
+) -> Result<std::convert::Infallible, Error> {
     limit(config)?;
     drop_privileges(config)?;
-    close_inherited_fds()?;
+    // Every fd above 2, inherited or the shim's own.
+    sys::close_range(3)?;
     install_seccomp(prepared.filter.as_ref())?;
     exec(argv, env, config.namespaces)
 }
@@ -467,104 +447,59 @@ fn reset_signals() {
     );
 }
 
-fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), StepError> {
+/// Binds `source` at `target`, read-only, without set-uid (and without devices unless
+/// `devices`).
+fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), Error> {
     let nodev = if devices {
         MsFlags::empty()
     } else {
         MsFlags::MS_NODEV
     };
     let none: Option<&str> = None;
-    step(
-        format!("mount(bind {})", source.display()),
-        mount(
-            Some(source),
-            target,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        ),
-    )?;
-    step(
-        format!("mount(remount read-only {})", target.display()),
-        mount(
-            none,
-            target,
-            none,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | nodev,
-            none,
-        ),
-    )
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(source), target, none, flags, none).map_err(|errno| Error::Path {
+        call: "mount(bind)",
+        path: source.to_owned(),
+        errno,
+    })?;
+    let flags =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | nodev;
+    mount(none, target, none, flags, none).map_err(|errno| Error::Path {
+        call: "mount(remount read-only)",
+        path: target.to_owned(),
+        errno,
+    })
 }
 
 /// Makes `inside` (a path under the new root) a mount point for `host`: a directory or an empty
 /// file, or the same symlink (returns `None` then, and for a host path that does not exist).
-fn mirror(host: &Path, inside: &Path, root: &Path) -> Result<Option<PathBuf>, StepError> {
+fn mirror(host: &Path, inside: &Path, root: &Path) -> Result<Option<PathBuf>, Error> {
     let Ok(meta) = std::fs::symlink_metadata(host) else {
         return Ok(None);
     };
     let inside = root.join(inside.strip_prefix("/").unwrap_or(inside));
     if let Some(parent) = inside.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| io_step("mkdir", parent, e))?;
+        mkdir_all(parent)?;
     }
     if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(host).map_err(|e| io_step("readlink", host, e))?;
+        let target = std::fs::read_link(host).map_err(|e| sys::on_path("readlink", host, &e))?;
         if !inside.exists() {
             std::os::unix::fs::symlink(&target, &inside)
-                .map_err(|e| io_step("symlink", &inside, e))?;
+                .map_err(|e| sys::on_path("symlink", &inside, &e))?;
         }
         return Ok(None);
     }
     if meta.is_dir() {
-        std::fs::create_dir_all(&inside).map_err(|e| io_step("mkdir", &inside, e))?;
+        mkdir_all(&inside)?;
     } else if !inside.exists() {
-        std::fs::File::create(&inside).map_err(|e| io_step("creat", &inside, e))?;
+        std::fs::File::create(&inside).map_err(|e| sys::on_path("creat", &inside, &e))?;
     }
     Ok(Some(inside))
 }
 
-fn io_step(call: &str, path: &Path, e: std::io::Error) -> StepError {
-    StepError {
-        call: format!("{call}({})", path.display()),
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    }
-}
-
-/// In a new network namespace, brings up loopback (its only interface).
-pub(super) fn loopback_up() -> Result<(), StepError> {
-    let failed = |call: &str| StepError {
-        call: call.into(),
-        errno: Errno::last(),
-    };
-    // SAFETY: a plain socket call; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(failed("socket(AF_INET)"));
-    }
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own; fd is a valid socket.
-    let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
-            Err(failed("ioctl(SIOCGIFFLAGS, lo)"))
-        } else {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-                Err(failed("ioctl(SIOCSIFFLAGS, lo)"))
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
-    result
+/// Creates `dir` and its parents.
+fn mkdir_all(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| sys::on_path("mkdir", dir, &e))
 }
 
 /// Where the sandbox shows the function's bundle.
@@ -572,7 +507,7 @@ pub const BUNDLE: &str = "/faasd/bundle";
 
 /// Step 3: the private filesystem view, then `pivot_root` into it: over a template a zygote
 /// built once, or built here from nothing.
-fn build_root(config: &Config, template: Option<&Path>) -> Result<(), StepError> {
+fn build_root(config: &Config, template: Option<&Path>) -> Result<(), Error> {
     let none: Option<&str> = None;
     step(
         "mount(make / private)",
@@ -583,13 +518,30 @@ fn build_root(config: &Config, template: Option<&Path>) -> Result<(), StepError>
         None => {
             // A tmpfs over the executor's fresh, empty working directory (the worker made it;
             // no path the sandbox shows lies beneath it), visible only in this namespace.
-            let root = std::env::current_dir().map_err(|e| io_step("getcwd", Path::new("."), e))?;
+            let root =
+                std::env::current_dir().map_err(|e| sys::on_path("getcwd", Path::new("."), &e))?;
             let everything: Vec<_> = config.read_only.iter().collect();
             fill_template(&root, &everything, None)?;
             root
         }
     };
-    // The function's writable space: a size-capped tmpfs owned by its uid.
+    mount_workdir(config, &root)?;
+    if template.is_some() {
+        // The template has a mount point for the bundle, of the right kind.
+        for (host, inside) in config
+            .read_only
+            .iter()
+            .filter(|(_, inside)| inside == Path::new(BUNDLE))
+        {
+            let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
+            bind_read_only(host, &target, false)?;
+        }
+    }
+    enter_root(&root)
+}
+
+/// The function's writable space under `root`: a size-capped tmpfs owned by its uid.
+fn mount_workdir(config: &Config, root: &Path) -> Result<(), Error> {
     let work = root.join(WORKDIR.trim_start_matches('/'));
     let options = format!(
         "size={},mode=0700,uid={},gid={}",
@@ -604,25 +556,20 @@ fn build_root(config: &Config, template: Option<&Path>) -> Result<(), StepError>
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(options.as_str()),
         ),
-    )?;
-    if template.is_some() {
-        // The template has a mount point for the bundle, of the right kind.
-        for (host, inside) in config
-            .read_only
-            .iter()
-            .filter(|(_, inside)| inside == Path::new(BUNDLE))
-        {
-            let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
-            bind_read_only(host, &target, false)?;
-        }
-    }
-    step("chdir(new root)", nix::unistd::chdir(root.as_path()))?;
+    )
+}
+
+/// `pivot_root` into `root`, the old root detached, a fresh `/proc`, and `/tmp` the working
+/// directory.
+fn enter_root(root: &Path) -> Result<(), Error> {
+    step("chdir(new root)", nix::unistd::chdir(root))?;
     step("pivot_root", nix::unistd::pivot_root(".", ".old-root"))?;
     step("chdir(/)", nix::unistd::chdir("/"))?;
     step(
         "umount2(old root)",
         umount2("/.old-root", MntFlags::MNT_DETACH),
     )?;
+    let none: Option<&str> = None;
     step(
         "mount(proc)",
         mount(
@@ -644,8 +591,7 @@ pub(super) fn fill_template(
     root: &Path,
     read_only: &[&(PathBuf, PathBuf)],
     bundle_stub: Option<bool>,
-) -> Result<(), StepError> {
-    let none: Option<&str> = None;
+) -> Result<(), Error> {
     step(
         "mount(tmpfs root)",
         mount(
@@ -658,8 +604,7 @@ pub(super) fn fill_template(
     )?;
     // The function's writable space's mount point first (so nothing bound below is hidden).
     for dir in [WORKDIR.trim_start_matches('/'), "proc", "dev", ".old-root"] {
-        let d = root.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| io_step("mkdir", &d, e))?;
+        mkdir_all(&root.join(dir))?;
     }
     let system = SYSTEM_PATHS
         .iter()
@@ -672,18 +617,10 @@ pub(super) fn fill_template(
         }
     }
     if let Some(is_dir) = bundle_stub {
-        let stub = root.join(BUNDLE.trim_start_matches('/'));
-        if let Some(parent) = stub.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_step("mkdir", parent, e))?;
-        }
-        let made = if is_dir {
-            std::fs::create_dir(&stub)
-        } else {
-            std::fs::File::create(&stub).map(drop)
-        };
-        made.map_err(|e| io_step("mkdir", &stub, e))?;
+        make_bundle_stub(root, is_dir)?;
     }
     // Everything but /tmp is read-only from here on.
+    let none: Option<&str> = None;
     step(
         "mount(remount root read-only)",
         mount(
@@ -696,8 +633,22 @@ pub(super) fn fill_template(
     )
 }
 
+/// The bundle's mount point in a template: a directory or an empty file.
+fn make_bundle_stub(root: &Path, is_dir: bool) -> Result<(), Error> {
+    let stub = root.join(BUNDLE.trim_start_matches('/'));
+    if let Some(parent) = stub.parent() {
+        mkdir_all(parent)?;
+    }
+    let made = if is_dir {
+        std::fs::create_dir(&stub)
+    } else {
+        std::fs::File::create(&stub).map(drop)
+    };
+    made.map_err(|e| sys::on_path("mkdir", &stub, &e))
+}
+
 /// Step 4: resource limits.
-fn limit(config: &Config) -> Result<(), StepError> {
+fn limit(config: &Config) -> Result<(), Error> {
     let limits = [
         ("setrlimit(CORE)", Resource::RLIMIT_CORE, 0),
         (
@@ -725,14 +676,8 @@ fn limit(config: &Config) -> Result<(), StepError> {
 }
 
 /// Step 5: no new privileges, an unprivileged uid/gid (which clears every capability).
-fn drop_privileges(config: &Config) -> Result<(), StepError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_NO_NEW_PRIVS)".into(),
-            errno: Errno::last(),
-        });
-    }
+fn drop_privileges(config: &Config) -> Result<(), Error> {
+    sys::no_new_privs()?;
     if !config.drop_uid {
         return Ok(());
     }
@@ -742,49 +687,27 @@ fn drop_privileges(config: &Config) -> Result<(), StepError> {
     step("setresuid", nix::unistd::setresuid(uid, uid, uid))
 }
 
-/// Closes every inherited fd above 2.
-fn close_inherited_fds() -> Result<(), StepError> {
-    // SAFETY: close_range on fds this process owns; nothing else holds them past exec.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if rc != 0 {
-        return Err(StepError {
-            call: "close_range".into(),
-            errno: Errno::last(),
-        });
-    }
-    Ok(())
-}
-
 /// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
-fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), StepError> {
+fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), Error> {
     let built;
     let program = match compiled {
         Some(program) => program,
         None => {
-            built = super::seccomp::program().map_err(|_| StepError {
-                call: "building the seccomp filter".into(),
-                errno: Errno::EINVAL,
-            })?;
+            built = super::seccomp::program().map_err(|source| Error::SeccompBuild { source })?;
             &built
         }
     };
-    seccompiler::apply_filter(program).map_err(|_| StepError {
-        call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(),
-        errno: Errno::last(),
-    })
+    seccompiler::apply_filter(program).map_err(|source| Error::SeccompInstall { source })
 }
 
+/// Executes the function: `argv` with `env`, where (with a private filesystem) `HOME` and
+/// `TMPDIR` are the sandbox's own writable space.
 fn exec(
     argv: &[OsString],
     env: &[OsString],
     private_fs: bool,
-) -> Result<std::convert::Infallible, StepError> {
-    let c = |s: &OsString| {
-        CString::new(s.as_bytes()).map_err(|_| StepError {
-            call: "execve (argument with a NUL byte)".into(),
-            errno: Errno::EINVAL,
-        })
-    };
+) -> Result<std::convert::Infallible, Error> {
+    let c = |s: &OsString| CString::new(s.as_bytes()).map_err(|_| Error::NulByte);
     let args = argv.iter().map(c).collect::<Result<Vec<_>, _>>()?;
     // HOME and TMPDIR point at the sandbox's own writable space (without a private filesystem
     // the worker already pointed them at the working directory).
@@ -803,8 +726,9 @@ fn exec(
         .map(c)
         .collect::<Result<Vec<_>, _>>()?;
     let program = args[0].clone();
-    step(
-        format!("execve({})", program.to_string_lossy()),
-        nix::unistd::execve(&program, &args, &env),
-    )
+    nix::unistd::execve(&program, &args, &env).map_err(|errno| Error::Path {
+        call: "execve",
+        path: PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes())),
+        errno,
+    })
 }

@@ -3,7 +3,7 @@
 //! with the system call that refused it, and the others stay on.
 
 use super::cgroup::{self, Version};
-use super::policy::Sandbox;
+use super::policy::{ProbeError, Sandbox};
 
 /// Whether one layer applies here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +71,10 @@ pub fn negotiate(wanted: &Sandbox) -> (Option<Sandbox>, Vec<Layer>) {
 }
 
 /// Probes `current` with `change` made; keeps the change when the probe passes, else says why.
-fn try_layer(current: &mut Sandbox, change: impl FnOnce(&mut Sandbox)) -> Result<(), String> {
+fn try_layer(current: &mut Sandbox, change: impl FnOnce(&mut Sandbox)) -> Result<(), ProbeError> {
     let mut next = current.clone();
     change(&mut next);
-    next.probe().map_err(|why| why.to_string())?;
+    next.probe()?;
     *current = next;
     Ok(())
 }
@@ -88,7 +88,7 @@ fn uid_layer(current: &mut Sandbox, wanted: &Sandbox, euid: u32) -> Availability
     }
     match try_layer(current, |s| s.drop_uid = true) {
         Ok(()) => Availability::Active(format!("uid {}, gid {}", wanted.uid, wanted.gid)),
-        Err(why) => Availability::Unavailable(why),
+        Err(why) => Availability::Unavailable(why.to_string()),
     }
 }
 
@@ -99,7 +99,7 @@ fn namespace_layer(current: &mut Sandbox, euid: u32) -> Availability {
         Err(why) if euid != 0 => Availability::Unavailable(format!(
             "the worker is not root (user namespaces are not used): {why}"
         )),
-        Err(why) => Availability::Unavailable(why),
+        Err(why) => Availability::Unavailable(why.to_string()),
     }
 }
 
@@ -110,7 +110,7 @@ fn network_layer(current: &mut Sandbox, have_namespaces: bool) -> Availability {
     }
     match try_layer(current, |s| s.isolate_net = true) {
         Ok(()) => Availability::Active(String::new()),
-        Err(why) => Availability::Unavailable(why),
+        Err(why) => Availability::Unavailable(why.to_string()),
     }
 }
 
@@ -124,7 +124,7 @@ fn cgroup_layer(current: &mut Sandbox, wanted: &Sandbox) -> Availability {
     }
     match try_layer(current, |s| s.memory_bytes = wanted.memory_bytes) {
         Ok(()) => Availability::Active(format!("memory limit {} bytes", wanted.memory_bytes)),
-        Err(why) => Availability::Unavailable(why),
+        Err(why) => Availability::Unavailable(why.to_string()),
     }
 }
 

@@ -103,3 +103,91 @@ impl Sandbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(memory_bytes: u64, isolate_net: bool) -> Sandbox {
+        Sandbox {
+            faasd: PathBuf::from("/usr/bin/faasd"),
+            uid: 65534,
+            gid: 65534,
+            tmpfs_bytes: 64 << 20,
+            memory_bytes,
+            namespaces: true,
+            isolate_net,
+            drop_uid: true,
+        }
+    }
+
+    fn isolation(memory_bytes: Option<u64>, allow_net: bool) -> Isolation {
+        Isolation {
+            memory_bytes,
+            allow_net,
+        }
+    }
+
+    fn config(sandbox: &Sandbox, isolation: Isolation) -> shim::Config {
+        sandbox.config(Duration::from_secs(10), Vec::new(), isolation)
+    }
+
+    #[test]
+    fn a_function_s_own_memory_limit_wins_over_the_worker_s() {
+        let worker = sandbox(512 << 20, true);
+        assert_eq!(
+            config(&worker, isolation(None, false)).memory_bytes,
+            512 << 20
+        );
+        assert_eq!(
+            config(&worker, isolation(Some(64 << 20), false)).memory_bytes,
+            64 << 20
+        );
+    }
+
+    #[test]
+    fn without_cgroups_no_memory_limit_applies_not_even_a_function_s_own() {
+        let worker = sandbox(0, true);
+        assert_eq!(
+            config(&worker, isolation(Some(64 << 20), false)).memory_bytes,
+            0
+        );
+        assert_eq!(config(&worker, isolation(None, false)).memory_bytes, 0);
+    }
+
+    #[test]
+    fn the_network_is_shared_when_the_function_may_use_it_or_cannot_be_isolated() {
+        let isolating = sandbox(0, true);
+        assert!(!config(&isolating, isolation(None, false)).allow_net);
+        assert!(config(&isolating, isolation(None, true)).allow_net);
+        let not_isolating = sandbox(0, false);
+        assert!(config(&not_isolating, isolation(None, false)).allow_net);
+    }
+
+    #[test]
+    fn the_cpu_limit_is_a_little_over_the_timeout() {
+        let c = config(&sandbox(0, true), isolation(None, false));
+        assert_eq!(c.cpu_seconds, 12);
+        assert_eq!((c.uid, c.gid, c.tmpfs_bytes), (65534, 65534, 64 << 20));
+    }
+
+    #[test]
+    fn a_probe_says_whether_the_shim_could_run_or_why_it_refused() {
+        let mut missing = sandbox(0, true);
+        missing.faasd = PathBuf::from("/nonexistent/faasd");
+        let run = missing.probe();
+        assert!(matches!(run, Err(ProbeError::Run { .. })), "{run:?}");
+        assert!(
+            run.expect_err("no binary")
+                .to_string()
+                .contains("/nonexistent/faasd")
+        );
+        let mut refusing = sandbox(0, true);
+        refusing.faasd = PathBuf::from("/bin/false");
+        let refused = refusing.probe();
+        assert!(
+            matches!(refused, Err(ProbeError::Refused { .. })),
+            "{refused:?}"
+        );
+    }
+}

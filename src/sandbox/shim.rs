@@ -732,3 +732,98 @@ fn exec(
         errno,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            allow_net: false,
+            namespaces: true,
+            drop_uid: false,
+            tmpfs_bytes: 64 << 20,
+            cpu_seconds: 32,
+            max_files: 1024,
+            max_processes: 1024,
+            memory_bytes: 256 << 20,
+            uid: 65534,
+            gid: 65533,
+            read_only: vec![(PathBuf::from("/srv/bundle"), PathBuf::from(BUNDLE))],
+        }
+    }
+
+    #[test]
+    fn a_wrapped_command_line_parses_back_to_its_config_and_program() {
+        let argv = vec![OsString::from("/bin/echo"), OsString::from("hi there")];
+        let wrapped = wrap(Path::new("/usr/bin/faasd"), &config(), argv.clone());
+        assert!(is_wrapped(&wrapped));
+        assert_eq!(wrapped[0], "/usr/bin/faasd");
+        assert_eq!(wrapped[1], SHIM_COMMAND);
+        let (parsed, program) = parse_args(&wrapped[2..]).expect("parses");
+        assert_eq!(program, &argv[..]);
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("json"),
+            serde_json::to_value(config()).expect("json")
+        );
+        assert!(!is_wrapped(&argv));
+        assert!(!is_wrapped(&[OsString::from("faasd")]));
+    }
+
+    #[test]
+    fn a_config_without_the_later_switches_keeps_them_on() {
+        let mut json = serde_json::to_value(config()).expect("json");
+        let object = json.as_object_mut().expect("an object");
+        object.remove("namespaces");
+        object.remove("drop_uid");
+        let parsed: Config = serde_json::from_value(json).expect("decodes");
+        assert!(parsed.namespaces && parsed.drop_uid);
+    }
+
+    #[test]
+    fn shim_arguments_without_a_program_or_with_a_bad_config_are_refused() {
+        let refused = |list: &[&str]| {
+            let args: Vec<OsString> = list.iter().map(OsString::from).collect();
+            matches!(parse_args(&args), Err(Error::Arguments { .. }))
+        };
+        assert!(refused(&["{}", "--"]), "no program");
+        assert!(refused(&["{}", "/bin/true"]), "no dashes");
+        assert!(refused(&["{not json", "--", "/bin/true"]), "not JSON");
+    }
+
+    #[test]
+    fn every_ending_round_trips_through_its_five_bytes() {
+        for ending in [
+            Ending::Exited(0),
+            Ending::Exited(3),
+            Ending::Exited(-1),
+            Ending::Signaled(9),
+            Ending::Signaled(i32::MAX),
+        ] {
+            let bytes = ending.encode();
+            assert_eq!(Ending::decode(bytes), Some(ending));
+        }
+        // The encoding itself: a kind byte and a big-endian i32.
+        assert_eq!(Ending::Exited(258).encode(), [b'E', 0, 0, 1, 2]);
+        assert_eq!(Ending::Signaled(11).encode(), [b'S', 0, 0, 0, 11]);
+        assert_eq!(Ending::decode([b'X', 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn an_ending_is_read_from_its_pipe_and_a_short_report_is_none() {
+        let (r, w) = sys::pipe().expect("pipe");
+        Ending::Signaled(6).write(w);
+        assert_eq!(Ending::read(&r), Some(Ending::Signaled(6)));
+        let (r, w) = sys::pipe().expect("pipe");
+        drop(w);
+        assert_eq!(Ending::read(&r), None, "init ended before it reported");
+    }
+
+    #[test]
+    fn an_ending_as_a_wait_status_reads_back_as_the_same_ending() {
+        let exited = Ending::Exited(7).wait_status();
+        assert!(libc::WIFEXITED(exited) && libc::WEXITSTATUS(exited) == 7);
+        let killed = Ending::Signaled(libc::SIGKILL).wait_status();
+        assert!(libc::WIFSIGNALED(killed) && libc::WTERMSIG(killed) == libc::SIGKILL);
+    }
+}

@@ -20,7 +20,12 @@
 //!
 //! The shim runs before any thread exists (main dispatches to it before starting the async
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the
-//! system call, and the shim then exits with [`SETUP_FAILED`].
+//! system call (a [`sys::Error`]), and the shim then exits with [`SETUP_FAILED`].
+//!
+//! This file owns the shim's command line ([`wrap`], [`is_wrapped`], [`Config`]), its steps, the
+//! filesystem it builds (also as a zygote's template root, `fill_template`), and `Ending`, the
+//! five-byte report of how the function ended that init writes for the shim or the zygote. A
+//! zygote runs the same steps from `run_as_init`, with what it did ahead of time (`Prepared`).
 
 use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;

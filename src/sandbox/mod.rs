@@ -5,6 +5,7 @@
 //! - `sys.rs`: the raw system calls, and [`sys::Error`], the one error of a failed call;
 //! - `seccomp.rs`: the seccomp filter;
 //! - `cgroup.rs`: the per-call memory and pids cgroups;
+//! - `root.rs`: the private filesystem an executor sees (step 3 of the shim);
 //! - `shim.rs`: the shim (`faasd __sandbox`) that applies every layer, then runs the function;
 //! - `zygote/`: the zygote (`faasd __zygote`) that forks sandboxed executors, and the worker's
 //!   handle on it;
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod layers;
 mod policy;
 pub mod process;
+mod root;
 mod seccomp;
 pub mod shim;
 pub mod sys;

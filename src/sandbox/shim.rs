@@ -22,10 +22,10 @@
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the
 //! system call (a [`sys::Error`]), and the shim then exits with [`SETUP_FAILED`].
 //!
-//! This file owns the shim's command line ([`wrap`], [`is_wrapped`], [`Config`]), its steps, the
-//! filesystem it builds (also as a zygote's template root, `fill_template`), and `Ending`, the
-//! five-byte report of how the function ended that init writes for the shim or the zygote. A
-//! zygote runs the same steps from `run_as_init`, with what it did ahead of time (`Prepared`).
+//! This file owns the shim's command line ([`wrap`], [`is_wrapped`], [`Config`]), its steps
+//! (step 3, the filesystem, is `root.rs`), and `Ending`, the five-byte report of how the
+//! function ended that init writes for the shim or the zygote. A zygote runs the same steps
+//! from `run_as_init`, with what it did ahead of time (`Prepared`).
 
 use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;
@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, signal};
@@ -42,6 +41,9 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
 
+/// Where the sandbox shows the bundle, and its working directory (see `root.rs`).
+pub use super::root::{BUNDLE, WORKDIR};
+use super::root::{Workspace, build_root};
 use super::sys::{self, Error, call as step};
 
 /// The hidden subcommand that runs the shim.
@@ -52,9 +54,6 @@ pub const SETUP_FAILED: i32 = 125;
 
 /// How the shim's error messages begin (on the executor's stderr).
 pub const ERROR_PREFIX: &str = "faasd sandbox: ";
-
-/// Where the function's writable tmpfs is mounted, also its working directory.
-pub const WORKDIR: &str = "/tmp";
 
 /// What the shim applies for one executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,33 +88,6 @@ pub struct Config {
 fn on() -> bool {
     true
 }
-
-/// Host directories every sandbox sees read-only (symlinks among them are recreated).
-const SYSTEM_PATHS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-];
-
-/// Files of the host's `/etc` a program may need; nothing else of `/etc` (no `shadow`).
-const ETC_FILES: &[&str] = &[
-    "/etc/ld.so.cache",
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/nsswitch.conf",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/localtime",
-    "/etc/ssl",
-    "/etc/alternatives",
-];
-
-/// Device nodes bound into the sandbox's `/dev`.
-const DEVICES: &[&str] = &[
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
 
 /// Whether a command line runs through the shim.
 pub fn is_wrapped(argv: &[OsString]) -> bool {
@@ -381,7 +353,12 @@ fn init(
         if new_net {
             sys::loopback_up()?;
         }
-        build_root(config, prepared.template.as_deref())?;
+        let workspace = Workspace {
+            tmpfs_bytes: config.tmpfs_bytes,
+            uid: config.uid,
+            gid: config.gid,
+        };
+        build_root(&config.read_only, &workspace, prepared.template.as_deref())?;
     }
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
@@ -450,206 +427,6 @@ fn reset_signals() {
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-}
-
-/// Binds `source` at `target`, read-only, without set-uid (and without devices unless
-/// `devices`).
-fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), Error> {
-    let nodev = if devices {
-        MsFlags::empty()
-    } else {
-        MsFlags::MS_NODEV
-    };
-    let none: Option<&str> = None;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-    mount(Some(source), target, none, flags, none).map_err(|errno| Error::Path {
-        call: "mount(bind)",
-        path: source.to_owned(),
-        errno,
-    })?;
-    let flags =
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | nodev;
-    mount(none, target, none, flags, none).map_err(|errno| Error::Path {
-        call: "mount(remount read-only)",
-        path: target.to_owned(),
-        errno,
-    })
-}
-
-/// Makes `inside` (a path under the new root) a mount point for `host`: a directory or an empty
-/// file, or the same symlink (returns `None` then, and for a host path that does not exist).
-fn mirror(host: &Path, inside: &Path, root: &Path) -> Result<Option<PathBuf>, Error> {
-    let Ok(meta) = std::fs::symlink_metadata(host) else {
-        return Ok(None);
-    };
-    let inside = root.join(inside.strip_prefix("/").unwrap_or(inside));
-    if let Some(parent) = inside.parent() {
-        mkdir_all(parent)?;
-    }
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(host).map_err(|e| sys::on_path("readlink", host, &e))?;
-        if !inside.exists() {
-            std::os::unix::fs::symlink(&target, &inside)
-                .map_err(|e| sys::on_path("symlink", &inside, &e))?;
-        }
-        return Ok(None);
-    }
-    if meta.is_dir() {
-        mkdir_all(&inside)?;
-    } else if !inside.exists() {
-        std::fs::File::create(&inside).map_err(|e| sys::on_path("creat", &inside, &e))?;
-    }
-    Ok(Some(inside))
-}
-
-/// Creates `dir` and its parents.
-fn mkdir_all(dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| sys::on_path("mkdir", dir, &e))
-}
-
-/// Where the sandbox shows the function's bundle.
-pub const BUNDLE: &str = "/faasd/bundle";
-
-/// Step 3: the private filesystem view, then `pivot_root` into it: over a template a zygote
-/// built once, or built here from nothing.
-fn build_root(config: &Config, template: Option<&Path>) -> Result<(), Error> {
-    let none: Option<&str> = None;
-    step(
-        "mount(make / private)",
-        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
-    )?;
-    let root = match template {
-        Some(template) => template.to_owned(),
-        None => {
-            // A tmpfs over the executor's fresh, empty working directory (the worker made it;
-            // no path the sandbox shows lies beneath it), visible only in this namespace.
-            let root =
-                std::env::current_dir().map_err(|e| sys::on_path("getcwd", Path::new("."), &e))?;
-            let everything: Vec<_> = config.read_only.iter().collect();
-            fill_template(&root, &everything, None)?;
-            root
-        }
-    };
-    mount_workdir(config, &root)?;
-    if template.is_some() {
-        // The template has a mount point for the bundle, of the right kind.
-        for (host, inside) in config
-            .read_only
-            .iter()
-            .filter(|(_, inside)| inside == Path::new(BUNDLE))
-        {
-            let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
-            bind_read_only(host, &target, false)?;
-        }
-    }
-    enter_root(&root)
-}
-
-/// The function's writable space under `root`: a size-capped tmpfs owned by its uid.
-fn mount_workdir(config: &Config, root: &Path) -> Result<(), Error> {
-    let work = root.join(WORKDIR.trim_start_matches('/'));
-    let options = format!(
-        "size={},mode=0700,uid={},gid={}",
-        config.tmpfs_bytes, config.uid, config.gid
-    );
-    step(
-        "mount(tmpfs /tmp)",
-        mount(
-            Some("tmpfs"),
-            &work,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(options.as_str()),
-        ),
-    )
-}
-
-/// `pivot_root` into `root`, the old root detached, a fresh `/proc`, and `/tmp` the working
-/// directory.
-fn enter_root(root: &Path) -> Result<(), Error> {
-    step("chdir(new root)", nix::unistd::chdir(root))?;
-    step("pivot_root", nix::unistd::pivot_root(".", ".old-root"))?;
-    step("chdir(/)", nix::unistd::chdir("/"))?;
-    step(
-        "umount2(old root)",
-        umount2("/.old-root", MntFlags::MNT_DETACH),
-    )?;
-    let none: Option<&str> = None;
-    step(
-        "mount(proc)",
-        mount(
-            Some("proc"),
-            "/proc",
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            none,
-        ),
-    )?;
-    step("chdir(/tmp)", nix::unistd::chdir(WORKDIR))
-}
-
-/// Builds a root at `root` (a directory): a tmpfs holding read-only binds of the system paths
-/// and of `read_only`, mount points for `/tmp`, `/proc` and (when `bundle_stub` says whether
-/// it is a directory) the bundle, then made read-only. A zygote builds one per set of paths and
-/// every executor's root is a copy of it; without a zygote each executor builds its own.
-pub(super) fn fill_template(
-    root: &Path,
-    read_only: &[&(PathBuf, PathBuf)],
-    bundle_stub: Option<bool>,
-) -> Result<(), Error> {
-    step(
-        "mount(tmpfs root)",
-        mount(
-            Some("tmpfs"),
-            root,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("size=16m,mode=0755"),
-        ),
-    )?;
-    // The function's writable space's mount point first (so nothing bound below is hidden).
-    for dir in [WORKDIR.trim_start_matches('/'), "proc", "dev", ".old-root"] {
-        mkdir_all(&root.join(dir))?;
-    }
-    let system = SYSTEM_PATHS
-        .iter()
-        .chain(ETC_FILES)
-        .chain(DEVICES)
-        .map(|p| (PathBuf::from(p), PathBuf::from(p)));
-    for (host, inside) in system.chain(read_only.iter().map(|&p| p.clone())) {
-        if let Some(target) = mirror(&host, &inside, root)? {
-            bind_read_only(&host, &target, host.starts_with("/dev"))?;
-        }
-    }
-    if let Some(is_dir) = bundle_stub {
-        make_bundle_stub(root, is_dir)?;
-    }
-    // Everything but /tmp is read-only from here on.
-    let none: Option<&str> = None;
-    step(
-        "mount(remount root read-only)",
-        mount(
-            none,
-            root,
-            none,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            none,
-        ),
-    )
-}
-
-/// The bundle's mount point in a template: a directory or an empty file.
-fn make_bundle_stub(root: &Path, is_dir: bool) -> Result<(), Error> {
-    let stub = root.join(BUNDLE.trim_start_matches('/'));
-    if let Some(parent) = stub.parent() {
-        mkdir_all(parent)?;
-    }
-    let made = if is_dir {
-        std::fs::create_dir(&stub)
-    } else {
-        std::fs::File::create(&stub).map(drop)
-    };
-    made.map_err(|e| sys::on_path("mkdir", &stub, &e))
 }
 
 /// Step 4: resource limits.

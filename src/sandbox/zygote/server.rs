@@ -19,6 +19,7 @@ use nix::unistd::ForkResult;
 use super::pools::{Cgroups, Nets, TakenCgroup};
 use super::templates::Templates;
 use super::wire::{Reply, Request, read_frame, write_frame};
+use crate::sandbox::root;
 use crate::sandbox::shim::{self, Config, Ending, Prepared};
 use crate::sandbox::sys::{self, Error};
 
@@ -310,7 +311,7 @@ impl Server {
 /// counters), and only when they run without privileges (a privileged one could change its
 /// interfaces, routes or filters). `None`: not reused.
 fn net_pool(config: &Config) -> Option<PathBuf> {
-    let bundle = Path::new(shim::BUNDLE);
+    let bundle = Path::new(root::BUNDLE);
     config.drop_uid.then(|| {
         config
             .read_only
@@ -474,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_network_namespace_is_pooled_per_function_and_only_without_privileges() {
-        let bundle = vec![(PathBuf::from("/srv/f1"), PathBuf::from(shim::BUNDLE))];
+        let bundle = vec![(PathBuf::from("/srv/f1"), PathBuf::from(root::BUNDLE))];
         assert_eq!(
             net_pool(&config(true, bundle.clone())),
             Some(PathBuf::from("/srv/f1"))

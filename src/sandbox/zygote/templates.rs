@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::sandbox::shim::{self, Config};
+use crate::sandbox::root;
+use crate::sandbox::shim::Config;
 
 /// How long a template root serves before it is built anew.
 const TEMPLATE_LIFE: Duration = Duration::from_secs(60);
@@ -86,7 +87,7 @@ impl Templates {
             .map_err(|e| crate::sandbox::sys::on_path("mkdir", &path, &e))
             .and_then(|()| {
                 let refs: Vec<_> = key.0.iter().collect();
-                shim::fill_template(&path, &refs, key.1)
+                root::fill_template(&path, &refs, key.1)
             });
         match built {
             Ok(()) => {
@@ -109,7 +110,7 @@ impl Templates {
 /// The template key of `config`: its read-only paths but the bundle, and whether the bundle is
 /// a directory (`None`: it has none).
 fn key_of(config: &Config) -> TemplateKey {
-    let bundle = Path::new(shim::BUNDLE);
+    let bundle = Path::new(root::BUNDLE);
     let others: Vec<_> = config
         .read_only
         .iter()

@@ -311,13 +311,11 @@ impl Ending {
 /// The shim outside the namespaces: waits for the namespace's init, then ends the way the
 /// function did (the same exit status, or death by the same signal), so the worker sees it.
 fn pass_on(init: nix::unistd::Pid, report: OwnedFd) -> i32 {
-    let status = loop {
-        match waitpid(init, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(..)) => break SETUP_FAILED,
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => return SETUP_FAILED,
-        }
+    let status = match sys::reap(init.as_raw()) {
+        Ok(status) if libc::WIFEXITED(status) => libc::WEXITSTATUS(status),
+        // Killed by a signal: the report, if init wrote one, still says how the function ended.
+        Ok(_) => SETUP_FAILED,
+        Err(_) => return SETUP_FAILED,
     };
     match Ending::read(&report) {
         // Set-up failed before the function started; init said why on stderr.

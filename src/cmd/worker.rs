@@ -159,16 +159,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
 
 /// `--check-sandbox`: the table of layers and whether each applies here.
 fn check_sandbox(executors: &super::ExecutorArgs) -> anyhow::Result<u8> {
-    use crate::sandbox::layers::{self, State};
+    use crate::sandbox::layers::{self, Availability};
     let wanted = executors.sandbox_settings().wanted()?;
     let (_, layers) = layers::negotiate(&wanted);
     println!("{:<64} STATE", "LAYER");
     let mut all = true;
     for layer in &layers {
         let state = match &layer.state {
-            State::Active(note) if note.is_empty() => "active".to_string(),
-            State::Active(note) => format!("active ({note})"),
-            State::Unavailable(why) => {
+            Availability::Active(note) if note.is_empty() => "active".to_string(),
+            Availability::Active(note) => format!("active ({note})"),
+            Availability::Unavailable(why) => {
                 all = false;
                 format!("unavailable ({why})")
             }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
 use crate::proto::{FailureReason, Outcome, WarmSpec};
-use crate::sandbox::{shim as sandbox, sys};
+use crate::sandbox::{process, shim as sandbox, sys};
 use crate::units::format_duration;
 pub use pool::{Pool, WarmCall};
 pub use runtimes::Runtimes;
@@ -53,7 +53,7 @@ pub enum Error {
         /// The program that was to run.
         program: PathBuf,
         /// Why.
-        source: sys::SysError,
+        source: sys::Error,
     },
     /// An argument or variable cannot be passed to a process.
     #[error("cannot pass to the executor: {what}")]
@@ -154,7 +154,7 @@ struct Pipes {
 
 impl Pipes {
     /// Takes the child's stdio as async pipes.
-    fn take(child: &mut sys::Child) -> Pipes {
+    fn take(child: &mut process::Child) -> Pipes {
         Pipes {
             stdin: child
                 .stdin
@@ -193,7 +193,7 @@ struct Finished {
 
 /// Feeds the payload and captures stdout and stderr while waiting for the process to exit or
 /// time out; then kills its group and reaps it.
-async fn feed_and_wait(child: &mut sys::Child, pipes: Pipes, call: &Call<'_>) -> Finished {
+async fn feed_and_wait(child: &mut process::Child, pipes: Pipes, call: &Call<'_>) -> Finished {
     let feed = feed(pipes.stdin, call.payload.clone());
     let stdout = capture(pipes.stdout, call.limits.stdout_bytes);
     let stderr = capture(pipes.stderr, call.limits.stderr_bytes);
@@ -223,7 +223,7 @@ async fn feed(stdin: Option<pipe::Sender>, payload: Bytes) {
 /// Waits (up to `timeout`) for the payload to be fed and the process to exit, then kills its
 /// group, reaps it and signals `reaped`; returns its status and whether it timed out.
 async fn wait_then_kill(
-    child: &mut sys::Child,
+    child: &mut process::Child,
     feed: impl Future<Output = ()>,
     timeout: Duration,
     reaped: tokio::sync::oneshot::Sender<()>,
@@ -262,7 +262,7 @@ async fn outputs_within_grace(
 }
 
 /// Turns what a call left behind into its outcome.
-fn judge(call: &Call<'_>, child: &sys::Child, finished: Finished, run_us: u64) -> Outcome {
+fn judge(call: &Call<'_>, child: &process::Child, finished: Finished, run_us: u64) -> Outcome {
     let mut stderr = finished.stderr.kept;
     if finished.stderr.dropped_bytes > 0 {
         stderr.extend_from_slice(&truncation_marker(finished.stderr.dropped_bytes));

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::Error;
-use crate::sandbox::sys::{self, Child};
+use crate::sandbox::process::{self, Child};
 
 /// The `PATH` every executor starts with (the host environment is never inherited).
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -84,12 +84,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
         let zygote =
             crate::sandbox::zygote::get().filter(|_| crate::sandbox::shim::is_wrapped(spec.argv));
         let started = match zygote {
-            Some(zygote) => sys::spawn_in_zygote(zygote, &argv, &envp, &cwd),
-            None => sys::spawn(&c_program, &argv, &envp, &cwd),
+            Some(zygote) => process::spawn_in_zygote(zygote, &argv, &envp, &cwd),
+            None => process::spawn(&c_program, &argv, &envp, &cwd),
         };
         match started {
             Ok(child) => return Ok(child),
-            Err(e) if e.errno == nix::errno::Errno::ETXTBSY && tries < 20 => {
+            Err(e) if e.errno() == nix::errno::Errno::ETXTBSY && tries < 20 => {
                 tries += 1;
                 std::thread::yield_now();
             }

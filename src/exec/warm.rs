@@ -29,7 +29,7 @@ use tokio::net::unix::pipe;
 
 use super::{Limits, Pipes, spawn, truncation_marker};
 use crate::proto::FailureReason;
-use crate::sandbox::sys;
+use crate::sandbox::process;
 use crate::units::format_duration;
 
 /// How much of a warm executor's own stderr (outside calls) is kept for error messages.
@@ -58,7 +58,7 @@ pub struct Answer {
 
 /// A running warm executor.
 pub struct WarmExecutor {
-    child: sys::Child,
+    child: process::Child,
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
     stderr_tail: Arc<Mutex<VecDeque<u8>>>,

@@ -1,6 +1,7 @@
 //! Per-call cgroups limiting memory and processes: the sandbox shim creates and joins them,
-//! named by its own pid; the worker, once it has reaped the shim, reads whether the memory limit
-//! killed anything and removes them.
+//! named by its own pid (or joins a pair the zygote pooled); the worker, once it has reaped the
+//! shim, reads whether the memory limit killed anything and removes them; [`sweep`] removes
+//! those left by a worker that was killed.
 //!
 //! cgroup v2 is used where its `memory` and `pids` controllers are available (a unified
 //! hierarchy at `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts), v1's `memory`
@@ -10,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use super::sys::{self, Error};
 
 /// Which cgroup interface this host offers faasd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,13 +90,14 @@ fn host_pid() -> u32 {
         .unwrap_or_else(std::process::id)
 }
 
-fn write(file: PathBuf, value: &str) -> Result<(), (PathBuf, std::io::Error)> {
-    std::fs::write(&file, value).map_err(|e| (file, e))
+/// Writes `value` to the cgroup file `file`.
+fn write(file: PathBuf, value: &str) -> Result<(), Error> {
+    std::fs::write(&file, value).map_err(|e| sys::on_path("write", &file, &e))
 }
 
 /// In the shim: creates the call's cgroups (named by its host pid), sets their limits and moves
 /// the shim into them; its children follow.
-pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::Error)> {
+pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), Error> {
     let name = host_pid().to_string();
     create(&name)?;
     set_limits(&name, memory_bytes, max_pids)?;
@@ -101,12 +105,12 @@ pub fn enter(memory_bytes: u64, max_pids: u64) -> Result<(), (PathBuf, std::io::
 }
 
 /// Creates the cgroups called `name` (empty, without limits).
-pub fn create(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
+pub fn create(name: &str) -> Result<(), Error> {
     if let Some(Version::V2(mount)) = version() {
         // The controllers must be enabled for faasd's subtree (a cgroup with processes of its
         // own cannot, so the calls live under a directory that has none).
         let base = mount.join("faasd");
-        std::fs::create_dir_all(&base).map_err(|e| (base.clone(), e))?;
+        std::fs::create_dir_all(&base).map_err(|e| sys::on_path("mkdir", &base, &e))?;
         for parent in [mount, &base] {
             let control = parent.join("cgroup.subtree_control");
             let enabled = std::fs::read_to_string(&control).unwrap_or_default();
@@ -116,26 +120,19 @@ pub fn create(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
         }
     }
     if version().is_none() {
-        return Err((
-            PathBuf::from("/sys/fs/cgroup"),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+        return Err(Error::NoCgroups);
     }
     for d in dirs_of(name) {
         if let Err(e) = std::fs::create_dir_all(&d) {
             remove(name);
-            return Err((d, e));
+            return Err(sys::on_path("mkdir", &d, &e));
         }
     }
     Ok(())
 }
 
 /// Sets the limits of the cgroups called `name`.
-pub fn set_limits(
-    name: &str,
-    memory_bytes: u64,
-    max_pids: u64,
-) -> Result<(), (PathBuf, std::io::Error)> {
+pub fn set_limits(name: &str, memory_bytes: u64, max_pids: u64) -> Result<(), Error> {
     let memory = memory_bytes.to_string();
     let pids = max_pids.to_string();
     let dirs = dirs_of(name);
@@ -149,7 +146,9 @@ pub fn set_limits(
             let _ = std::fs::write(memory_dir.join("memory.limit_in_bytes"), &memory);
             let memsw = memory_dir.join("memory.memsw.limit_in_bytes");
             match std::fs::write(&memsw, &memory) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((memsw, e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(sys::on_path("write", &memsw, &e));
+                }
                 _ => {}
             }
             write(memory_dir.join("memory.limit_in_bytes"), &memory)?;
@@ -161,16 +160,13 @@ pub fn set_limits(
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
             write(d.join("pids.max"), &pids)
         }
-        None => Err((
-            PathBuf::from("/sys/fs/cgroup"),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        )),
+        None => Err(Error::NoCgroups),
     }
 }
 
 /// Moves this process into the cgroups called `name` (writing 0, "this process", which holds
 /// in any PID namespace); its children follow.
-pub fn join(name: &str) -> Result<(), (PathBuf, std::io::Error)> {
+pub fn join(name: &str) -> Result<(), Error> {
     for d in dirs_of(name) {
         write(d.join("cgroup.procs"), "0")?;
     }

@@ -1,22 +1,34 @@
-//! Isolation of executors: the [`Sandbox`] settings a worker runs with and the negotiation of
-//! which layers this machine can apply ([`layers`]), the raw system calls ([`sys`]), the shim
-//! that applies every layer before the function runs ([`shim`]), cgroups ([`cgroup`]), the
-//! seccomp filter ([`seccomp`]), and the zygote that forks sandboxed executors ([`zygote`]).
+//! Isolation of executors. This file owns the `--sandbox` [`Mode`], the [`Settings`] a worker
+//! starts with and their negotiation into a [`Sandbox`] (logging each layer), and the start of
+//! the zygote. The files, each depending only on those listed before it:
+//!
+//! - `sys.rs`: the raw system calls, and [`sys::Error`], the one error of a failed call;
+//! - `seccomp.rs`: the seccomp filter;
+//! - `cgroup.rs`: the per-call memory and pids cgroups;
+//! - `root.rs`: the private filesystem an executor sees (step 3 of the shim);
+//! - `shim.rs`: the shim (`faasd __sandbox`) that applies every layer, then runs the function;
+//! - `zygote/`: the zygote (`faasd __zygote`) that forks sandboxed executors, and the worker's
+//!   handle on it;
+//! - `process.rs`: a started executor ([`process::Child`]), by `posix_spawn` or the zygote;
+//! - `policy.rs`: the negotiated [`Sandbox`] and the shim settings it gives each executor;
+//! - `layers.rs`: which layers this machine can apply, each probed on top of the others.
 //!
 //! This module knows nothing of runtimes, the broker or HTTP: it is handed a command line and
 //! the settings of one executor, and runs it isolated.
 
 pub mod cgroup;
 pub mod layers;
+mod policy;
+pub mod process;
+mod root;
 mod seccomp;
 pub mod shim;
 pub mod sys;
 pub mod zygote;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use crate::proto::Isolation;
+pub use policy::{ProbeError, Sandbox};
 
 /// How executors are isolated, as the `--sandbox` flag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,78 +56,6 @@ pub enum Error {
         /// Each missing layer, with the reason.
         missing: Vec<String>,
     },
-}
-
-/// How a worker isolates its executors.
-#[derive(Debug, Clone)]
-pub struct Sandbox {
-    /// The faasd binary, re-executed as the sandbox shim.
-    pub faasd: PathBuf,
-    /// The uid and gid functions run as.
-    pub uid: u32,
-    /// See `uid`.
-    pub gid: u32,
-    /// Size of each executor's writable tmpfs.
-    pub tmpfs_bytes: u64,
-    /// Memory limit of each call (0: no cgroups).
-    pub memory_bytes: u64,
-    /// New namespaces and a private filesystem for each executor.
-    pub namespaces: bool,
-    /// A network namespace of its own for each executor of a function without `--allow-net`.
-    pub isolate_net: bool,
-    /// Switch to `uid`/`gid` (off when the worker already runs unprivileged).
-    pub drop_uid: bool,
-}
-
-impl Sandbox {
-    /// The shim's settings for one executor.
-    pub fn config(
-        &self,
-        timeout: Duration,
-        read_only: Vec<(PathBuf, PathBuf)>,
-        isolation: Isolation,
-    ) -> shim::Config {
-        // Without cgroups (memory_bytes 0) a function's own limit cannot apply either.
-        let memory_bytes = match (self.memory_bytes, isolation.memory_bytes) {
-            (0, _) => 0,
-            (default, own) => own.unwrap_or(default),
-        };
-        shim::Config {
-            allow_net: isolation.allow_net || !self.isolate_net,
-            namespaces: self.namespaces,
-            drop_uid: self.drop_uid,
-            tmpfs_bytes: self.tmpfs_bytes,
-            // A little over the timeout: the timeout itself is enforced by the worker.
-            cpu_seconds: timeout.as_secs() + 2,
-            max_files: 1024,
-            max_processes: 1024,
-            memory_bytes,
-            uid: self.uid,
-            gid: self.gid,
-            read_only,
-        }
-    }
-
-    /// Runs `/bin/true` in the sandbox: `Ok` when every layer could be applied here, else the
-    /// shim's account of the step that failed.
-    pub fn probe(&self) -> Result<(), String> {
-        let argv = shim::wrap(
-            &self.faasd,
-            &self.config(Duration::from_secs(5), Vec::new(), Isolation::default()),
-            vec!["/bin/true".into()],
-        );
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.faasd.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
 }
 
 /// The settings of a sandbox before negotiation: every layer wanted.
@@ -160,13 +100,13 @@ impl Settings {
         let mut missing = Vec::new();
         for layer in &layers {
             match &layer.state {
-                layers::State::Active(note) if note.is_empty() => {
+                layers::Availability::Active(note) if note.is_empty() => {
                     tracing::info!("sandbox layer active: {}", layer.name)
                 }
-                layers::State::Active(note) => {
+                layers::Availability::Active(note) => {
                     tracing::info!("sandbox layer active: {} ({note})", layer.name)
                 }
-                layers::State::Unavailable(why) => {
+                layers::Availability::Unavailable(why) => {
                     tracing::warn!("sandbox layer unavailable: {}: {why}", layer.name);
                     missing.push(format!("{} ({why})", layer.name));
                 }

@@ -1,5 +1,6 @@
 //! The sandbox's seccomp filter: the system calls a function may not make answer EPERM (and
 //! `clone3` ENOSYS, so the C library falls back to `clone`, whose flags the filter can read).
+//! It imports nothing else of faasd.
 
 use std::collections::BTreeMap;
 
@@ -46,8 +47,8 @@ const NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-/// The seccomp filter as BPF.
-pub fn program() -> Result<seccompiler::BpfProgram, String> {
+/// The seccomp filter as BPF (seccompiler's own error when it cannot be compiled).
+pub fn program() -> Result<seccompiler::BpfProgram, seccompiler::Error> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     };
@@ -61,24 +62,18 @@ pub fn program() -> Result<seccompiler::BpfProgram, String> {
                 SeccompCmpArgLen::Qword,
                 SeccompCmpOp::MaskedEq(*flag),
                 *flag,
-            )
-            .map_err(|e| e.to_string())?;
-            SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+            )?;
+            SeccompRule::new(vec![cond])
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, seccompiler::BackendError>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+        std::env::consts::ARCH.try_into()?,
+    )?;
+    let mut program: seccompiler::BpfProgram = filter.try_into()?;
     // clone3 passes its flags in memory a filter cannot read: refuse it with ENOSYS, so the C
     // library falls back to clone, whose flags the filter checks.
     program.splice(0..0, clone3_enosys());

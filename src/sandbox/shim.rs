@@ -20,21 +20,31 @@
 //!
 //! The shim runs before any thread exists (main dispatches to it before starting the async
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the
-//! system call, and the shim then exits with [`SETUP_FAILED`].
+//! system call (a [`sys::Error`]), and the shim then exits with [`SETUP_FAILED`].
+//!
+//! This file owns the shim's command line ([`wrap`], [`is_wrapped`], [`Config`]), its steps
+//! (step 3, the filesystem, is `root.rs`), and `Ending`, the five-byte report of how the
+//! function ended that init writes for the shim or the zygote. A zygote runs the same steps
+//! from `run_as_init`, with what it did ahead of time (`Prepared`).
 
 use std::ffi::{CString, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork};
 use serde::{Deserialize, Serialize};
+
+/// Where the sandbox shows the bundle, and its working directory (see `root.rs`).
+pub use super::root::{BUNDLE, WORKDIR};
+use super::root::{Workspace, build_root};
+use super::sys::{self, Error, call as step};
 
 /// The hidden subcommand that runs the shim.
 pub const SHIM_COMMAND: &str = "__sandbox";
@@ -44,9 +54,6 @@ pub const SETUP_FAILED: i32 = 125;
 
 /// How the shim's error messages begin (on the executor's stderr).
 pub const ERROR_PREFIX: &str = "faasd sandbox: ";
-
-/// Where the function's writable tmpfs is mounted, also its working directory.
-pub const WORKDIR: &str = "/tmp";
 
 /// What the shim applies for one executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,60 +89,6 @@ fn on() -> bool {
     true
 }
 
-/// Host directories every sandbox sees read-only (symlinks among them are recreated).
-const SYSTEM_PATHS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-];
-
-/// Files of the host's `/etc` a program may need; nothing else of `/etc` (no `shadow`).
-const ETC_FILES: &[&str] = &[
-    "/etc/ld.so.cache",
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/nsswitch.conf",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/localtime",
-    "/etc/ssl",
-    "/etc/alternatives",
-];
-
-/// Device nodes bound into the sandbox's `/dev`.
-const DEVICES: &[&str] = &[
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
-
-/// A failed set-up step, naming the system call.
-#[derive(Debug)]
-pub(super) struct StepError {
-    call: String,
-    errno: Errno,
-}
-
-impl StepError {
-    /// The error number.
-    pub(super) fn errno(&self) -> Errno {
-        self.errno
-    }
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.call, self.errno)
-    }
-}
-
-fn step<T>(call: impl Into<String>, result: nix::Result<T>) -> Result<T, StepError> {
-    result.map_err(|errno| StepError {
-        call: call.into(),
-        errno,
-    })
-}
-
 /// Whether a command line runs through the shim.
 pub fn is_wrapped(argv: &[OsString]) -> bool {
     argv.get(1).is_some_and(|a| a == SHIM_COMMAND)
@@ -157,7 +110,7 @@ pub fn wrap(faasd: &Path, config: &Config, argv: Vec<OsString>) -> Vec<OsString>
 
 /// Runs the shim: `args` are what follows `__sandbox` on the command line. Never returns.
 pub fn shim_main(args: &[OsString]) -> ! {
-    let code = match shim(args).and_then(|(config, argv)| {
+    let code = match parse_args(args).and_then(|(config, argv)| {
         let env: Vec<OsString> = std::env::vars_os().map(|(k, v)| env_entry(k, &v)).collect();
         run(&config, argv, &env, &Prepared::default())
     }) {
@@ -191,17 +144,19 @@ fn env_entry(key: OsString, value: &std::ffi::OsStr) -> OsString {
 }
 
 /// Splits the shim's arguments into its config and the function's command line.
-pub(super) fn shim(args: &[OsString]) -> Result<(Config, &[OsString]), StepError> {
-    let bad = |what: &str| StepError {
-        call: format!("reading the sandbox arguments ({what})"),
-        errno: Errno::EINVAL,
-    };
+pub(super) fn parse_args(args: &[OsString]) -> Result<(Config, &[OsString]), Error> {
     let (config, argv) = match args {
         [config, dashes, argv @ ..] if dashes == "--" && !argv.is_empty() => (config, argv),
-        _ => return Err(bad("expected CONFIG -- PROGRAM ARGS...")),
+        _ => {
+            return Err(Error::Arguments {
+                what: "expected CONFIG -- PROGRAM ARGS...",
+            });
+        }
     };
     let config: Config =
-        serde_json::from_slice(config.as_bytes()).map_err(|_| bad("config is not valid JSON"))?;
+        serde_json::from_slice(config.as_bytes()).map_err(|_| Error::Arguments {
+            what: "config is not valid JSON",
+        })?;
     Ok((config, argv))
 }
 
@@ -212,7 +167,7 @@ pub(super) fn run(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-) -> Result<i32, StepError> {
+) -> Result<i32, Error> {
     prologue(config, prepared)?;
     // 2. Namespaces; the PID namespace takes effect for the next child, the namespace's init.
     let new_net = enter_namespaces(config, prepared, true)?;
@@ -247,127 +202,126 @@ pub(super) fn run_as_init(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-    report: std::os::fd::OwnedFd,
-) -> Result<std::convert::Infallible, StepError> {
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
     init(config, new_net, argv, env, prepared, report)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
-fn prologue(config: &Config, prepared: &Prepared) -> Result<(), StepError> {
+fn prologue(config: &Config, prepared: &Prepared) -> Result<(), Error> {
     // 1. Default dispositions for every signal (a Rust program starts with SIGPIPE ignored,
     //    and an ignored signal stays ignored across exec) and an empty mask; die with the
     //    worker.
     reset_signals();
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_PDEATHSIG)".into(),
-            errno: Errno::last(),
-        });
-    }
+    sys::die_with_parent()?;
 
     // The call's cgroups, which every process it starts inherits.
     if config.memory_bytes > 0 {
         match &prepared.cgroup {
             // The zygote set its limits.
-            Some(name) => super::cgroup::join(name),
-            None => super::cgroup::enter(config.memory_bytes, config.max_processes),
+            Some(name) => super::cgroup::join(name)?,
+            None => super::cgroup::enter(config.memory_bytes, config.max_processes)?,
         }
-        .map_err(|(file, e)| StepError {
-            call: format!("write({})", file.display()),
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
     }
-
     Ok(())
 }
 
 /// Step 2: the mount, IPC, UTS (and `pid`: PID) namespaces, and a network namespace unless the
 /// function may use the network or a zygote already put us in one. Returns whether a new
 /// network namespace was made (its loopback is still down).
-fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<bool, StepError> {
+fn enter_namespaces(config: &Config, prepared: &Prepared, pid: bool) -> Result<bool, Error> {
     let new_net = config.namespaces && !config.allow_net && !prepared.net_joined;
     if !config.namespaces {
         return Ok(false);
     }
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    let mut call = String::from("unshare(");
     if pid {
         flags |= CloneFlags::CLONE_NEWPID;
-        call.push_str("PID|");
     }
-    call.push_str("NS|IPC|UTS");
     if new_net {
         flags |= CloneFlags::CLONE_NEWNET;
-        call.push_str("|NET");
     }
-    call.push(')');
+    let call = match (pid, new_net) {
+        (true, true) => "unshare(PID|NS|IPC|UTS|NET)",
+        (true, false) => "unshare(PID|NS|IPC|UTS)",
+        (false, true) => "unshare(NS|IPC|UTS|NET)",
+        (false, false) => "unshare(NS|IPC|UTS)",
+    };
     step(call, unshare(flags))?;
     Ok(new_net)
 }
 
-/// How the function ended, as the namespace's init reports it on a pipe: a kind byte and a
-/// big-endian `i32`.
+/// How the function ended, as the namespace's init reports it on a pipe: a kind byte (`E` or
+/// `S`) and a big-endian `i32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Report {
+pub(super) enum Ending {
     /// It exited with this status.
     Exited(i32),
     /// A signal of this number killed it.
     Signaled(i32),
 }
 
-impl Report {
+impl Ending {
+    /// The report's bytes.
     fn encode(self) -> [u8; 5] {
         let (kind, value) = match self {
-            Report::Exited(code) => (b'E', code),
-            Report::Signaled(sig) => (b'S', sig),
+            Ending::Exited(code) => (b'E', code),
+            Ending::Signaled(sig) => (b'S', sig),
         };
         let mut message = [kind, 0, 0, 0, 0];
         message[1..].copy_from_slice(&value.to_be_bytes());
         message
     }
 
+    /// The ending a report's bytes say; `None` for bytes that are not a report.
+    fn decode(bytes: [u8; 5]) -> Option<Ending> {
+        let value = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        match bytes[0] {
+            b'E' => Some(Ending::Exited(value)),
+            b'S' => Some(Ending::Signaled(value)),
+            _ => None,
+        }
+    }
+
     /// Reads the report from `pipe`; `None` when init ended before it could write one.
-    pub(super) fn read(pipe: &std::os::fd::OwnedFd) -> Option<Report> {
+    pub(super) fn read(pipe: &OwnedFd) -> Option<Ending> {
         let mut buf = [0u8; 5];
         if nix::unistd::read(pipe, &mut buf).ok()? < buf.len() {
             return None;
         }
-        let value = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        match buf[0] {
-            b'E' => Some(Report::Exited(value)),
-            b'S' => Some(Report::Signaled(value)),
-            _ => None,
-        }
+        Ending::decode(buf)
+    }
+
+    /// Writes the report to `pipe`.
+    fn write(self, pipe: OwnedFd) {
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(pipe), &self.encode());
     }
 
     /// As a raw wait status.
     pub(super) fn wait_status(self) -> i32 {
         match self {
-            Report::Exited(code) => (code & 0xff) << 8,
-            Report::Signaled(sig) => sig & 0x7f,
+            Ending::Exited(code) => (code & 0xff) << 8,
+            Ending::Signaled(sig) => sig & 0x7f,
         }
     }
 }
 
 /// The shim outside the namespaces: waits for the namespace's init, then ends the way the
 /// function did (the same exit status, or death by the same signal), so the worker sees it.
-fn pass_on(init: nix::unistd::Pid, report: std::os::fd::OwnedFd) -> i32 {
-    let status = loop {
-        match waitpid(init, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(..)) => break SETUP_FAILED,
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => return SETUP_FAILED,
-        }
+fn pass_on(init: nix::unistd::Pid, report: OwnedFd) -> i32 {
+    let status = match sys::reap(init.as_raw()) {
+        Ok(status) if libc::WIFEXITED(status) => libc::WEXITSTATUS(status),
+        // Killed by a signal: the report, if init wrote one, still says how the function ended.
+        Ok(_) => SETUP_FAILED,
+        Err(_) => return SETUP_FAILED,
     };
-    match Report::read(&report) {
+    match Ending::read(&report) {
         // Set-up failed before the function started; init said why on stderr.
         None => status,
-        Some(Report::Exited(code)) => code,
-        Some(Report::Signaled(value)) => {
+        Some(Ending::Exited(code)) => code,
+        Some(Ending::Signaled(value)) => {
             if let Ok(sig) = nix::sys::signal::Signal::try_from(value) {
                 let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
                 // SAFETY: restoring the default disposition of a signal is always sound.
@@ -388,22 +342,21 @@ fn init(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-    report: std::os::fd::OwnedFd,
-) -> Result<std::convert::Infallible, StepError> {
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     // If the shim dies (killed with the worker), init dies, and the namespace with it.
-    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_PDEATHSIG) in init".into(),
-            errno: Errno::last(),
-        });
-    }
+    sys::die_with_parent()?;
     if config.namespaces {
         let _ = nix::unistd::sethostname("faasd");
         if new_net {
-            loopback_up()?;
+            sys::loopback_up()?;
         }
-        build_root(config, prepared.template.as_deref())?;
+        let workspace = Workspace {
+            tmpfs_bytes: config.tmpfs_bytes,
+            uid: config.uid,
+            gid: config.gid,
+        };
+        build_root(&config.read_only, &workspace, prepared.template.as_deref())?;
     }
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
@@ -418,23 +371,29 @@ fn init(
         }
         ForkResult::Parent { child } => child,
     };
-    let ended = loop {
+    wait_for_function(function)?.write(report);
+    std::process::exit(0)
+}
+
+/// In init: reaps every process that ends until `function` does; how it ended.
+fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
+    loop {
         match waitpid(None::<nix::unistd::Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == function => break Report::Exited(code),
+            Ok(WaitStatus::Exited(pid, code)) if pid == function => {
+                return Ok(Ending::Exited(code));
+            }
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => {
-                break Report::Signaled(sig as i32);
+                return Ok(Ending::Signaled(sig as i32));
             }
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(errno) => {
-                return Err(StepError {
-                    call: "waitpid".into(),
+                return Err(Error::Call {
+                    call: "waitpid",
                     errno,
                 });
             }
         }
-    };
-    let _ = std::io::Write::write_all(&mut std::fs::File::from(report), &ended.encode());
-    std::process::exit(0)
+    }
 }
 
 /// The function's own process (pid 2): limits, privileges, fds, seccomp, exec.
@@ -443,10 +402,11 @@ fn start_function(
     argv: &[OsString],
     env: &[OsString],
     prepared: &Prepared,
-) -> Result<std::convert::Infallible, StepError> {
+) -> Result<std::convert::Infallible, Error> {
     limit(config)?;
     drop_privileges(config)?;
-    close_inherited_fds()?;
+    // Every fd above 2, inherited or the shim's own.
+    sys::close_range(3)?;
     install_seccomp(prepared.filter.as_ref())?;
     exec(argv, env, config.namespaces)
 }
@@ -467,237 +427,8 @@ fn reset_signals() {
     );
 }
 
-fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), StepError> {
-    let nodev = if devices {
-        MsFlags::empty()
-    } else {
-        MsFlags::MS_NODEV
-    };
-    let none: Option<&str> = None;
-    step(
-        format!("mount(bind {})", source.display()),
-        mount(
-            Some(source),
-            target,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        ),
-    )?;
-    step(
-        format!("mount(remount read-only {})", target.display()),
-        mount(
-            none,
-            target,
-            none,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | nodev,
-            none,
-        ),
-    )
-}
-
-/// Makes `inside` (a path under the new root) a mount point for `host`: a directory or an empty
-/// file, or the same symlink (returns `None` then, and for a host path that does not exist).
-fn mirror(host: &Path, inside: &Path, root: &Path) -> Result<Option<PathBuf>, StepError> {
-    let Ok(meta) = std::fs::symlink_metadata(host) else {
-        return Ok(None);
-    };
-    let inside = root.join(inside.strip_prefix("/").unwrap_or(inside));
-    if let Some(parent) = inside.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| io_step("mkdir", parent, e))?;
-    }
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(host).map_err(|e| io_step("readlink", host, e))?;
-        if !inside.exists() {
-            std::os::unix::fs::symlink(&target, &inside)
-                .map_err(|e| io_step("symlink", &inside, e))?;
-        }
-        return Ok(None);
-    }
-    if meta.is_dir() {
-        std::fs::create_dir_all(&inside).map_err(|e| io_step("mkdir", &inside, e))?;
-    } else if !inside.exists() {
-        std::fs::File::create(&inside).map_err(|e| io_step("creat", &inside, e))?;
-    }
-    Ok(Some(inside))
-}
-
-fn io_step(call: &str, path: &Path, e: std::io::Error) -> StepError {
-    StepError {
-        call: format!("{call}({})", path.display()),
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    }
-}
-
-/// In a new network namespace, brings up loopback (its only interface).
-pub(super) fn loopback_up() -> Result<(), StepError> {
-    let failed = |call: &str| StepError {
-        call: call.into(),
-        errno: Errno::last(),
-    };
-    // SAFETY: a plain socket call; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(failed("socket(AF_INET)"));
-    }
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own; fd is a valid socket.
-    let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
-            Err(failed("ioctl(SIOCGIFFLAGS, lo)"))
-        } else {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
-                Err(failed("ioctl(SIOCSIFFLAGS, lo)"))
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
-    result
-}
-
-/// Where the sandbox shows the function's bundle.
-pub const BUNDLE: &str = "/faasd/bundle";
-
-/// Step 3: the private filesystem view, then `pivot_root` into it: over a template a zygote
-/// built once, or built here from nothing.
-fn build_root(config: &Config, template: Option<&Path>) -> Result<(), StepError> {
-    let none: Option<&str> = None;
-    step(
-        "mount(make / private)",
-        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
-    )?;
-    let root = match template {
-        Some(template) => template.to_owned(),
-        None => {
-            // A tmpfs over the executor's fresh, empty working directory (the worker made it;
-            // no path the sandbox shows lies beneath it), visible only in this namespace.
-            let root = std::env::current_dir().map_err(|e| io_step("getcwd", Path::new("."), e))?;
-            let everything: Vec<_> = config.read_only.iter().collect();
-            fill_template(&root, &everything, None)?;
-            root
-        }
-    };
-    // The function's writable space: a size-capped tmpfs owned by its uid.
-    let work = root.join(WORKDIR.trim_start_matches('/'));
-    let options = format!(
-        "size={},mode=0700,uid={},gid={}",
-        config.tmpfs_bytes, config.uid, config.gid
-    );
-    step(
-        "mount(tmpfs /tmp)",
-        mount(
-            Some("tmpfs"),
-            &work,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(options.as_str()),
-        ),
-    )?;
-    if template.is_some() {
-        // The template has a mount point for the bundle, of the right kind.
-        for (host, inside) in config
-            .read_only
-            .iter()
-            .filter(|(_, inside)| inside == Path::new(BUNDLE))
-        {
-            let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
-            bind_read_only(host, &target, false)?;
-        }
-    }
-    step("chdir(new root)", nix::unistd::chdir(root.as_path()))?;
-    step("pivot_root", nix::unistd::pivot_root(".", ".old-root"))?;
-    step("chdir(/)", nix::unistd::chdir("/"))?;
-    step(
-        "umount2(old root)",
-        umount2("/.old-root", MntFlags::MNT_DETACH),
-    )?;
-    step(
-        "mount(proc)",
-        mount(
-            Some("proc"),
-            "/proc",
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            none,
-        ),
-    )?;
-    step("chdir(/tmp)", nix::unistd::chdir(WORKDIR))
-}
-
-/// Builds a root at `root` (a directory): a tmpfs holding read-only binds of the system paths
-/// and of `read_only`, mount points for `/tmp`, `/proc` and (when `bundle_stub` says whether
-/// it is a directory) the bundle, then made read-only. A zygote builds one per set of paths and
-/// every executor's root is a copy of it; without a zygote each executor builds its own.
-pub(super) fn fill_template(
-    root: &Path,
-    read_only: &[&(PathBuf, PathBuf)],
-    bundle_stub: Option<bool>,
-) -> Result<(), StepError> {
-    let none: Option<&str> = None;
-    step(
-        "mount(tmpfs root)",
-        mount(
-            Some("tmpfs"),
-            root,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("size=16m,mode=0755"),
-        ),
-    )?;
-    // The function's writable space's mount point first (so nothing bound below is hidden).
-    for dir in [WORKDIR.trim_start_matches('/'), "proc", "dev", ".old-root"] {
-        let d = root.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| io_step("mkdir", &d, e))?;
-    }
-    let system = SYSTEM_PATHS
-        .iter()
-        .chain(ETC_FILES)
-        .chain(DEVICES)
-        .map(|p| (PathBuf::from(p), PathBuf::from(p)));
-    for (host, inside) in system.chain(read_only.iter().map(|&p| p.clone())) {
-        if let Some(target) = mirror(&host, &inside, root)? {
-            bind_read_only(&host, &target, host.starts_with("/dev"))?;
-        }
-    }
-    if let Some(is_dir) = bundle_stub {
-        let stub = root.join(BUNDLE.trim_start_matches('/'));
-        if let Some(parent) = stub.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_step("mkdir", parent, e))?;
-        }
-        let made = if is_dir {
-            std::fs::create_dir(&stub)
-        } else {
-            std::fs::File::create(&stub).map(drop)
-        };
-        made.map_err(|e| io_step("mkdir", &stub, e))?;
-    }
-    // Everything but /tmp is read-only from here on.
-    step(
-        "mount(remount root read-only)",
-        mount(
-            none,
-            root,
-            none,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            none,
-        ),
-    )
-}
-
 /// Step 4: resource limits.
-fn limit(config: &Config) -> Result<(), StepError> {
+fn limit(config: &Config) -> Result<(), Error> {
     let limits = [
         ("setrlimit(CORE)", Resource::RLIMIT_CORE, 0),
         (
@@ -725,14 +456,8 @@ fn limit(config: &Config) -> Result<(), StepError> {
 }
 
 /// Step 5: no new privileges, an unprivileged uid/gid (which clears every capability).
-fn drop_privileges(config: &Config) -> Result<(), StepError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(StepError {
-            call: "prctl(PR_SET_NO_NEW_PRIVS)".into(),
-            errno: Errno::last(),
-        });
-    }
+fn drop_privileges(config: &Config) -> Result<(), Error> {
+    sys::no_new_privs()?;
     if !config.drop_uid {
         return Ok(());
     }
@@ -742,49 +467,27 @@ fn drop_privileges(config: &Config) -> Result<(), StepError> {
     step("setresuid", nix::unistd::setresuid(uid, uid, uid))
 }
 
-/// Closes every inherited fd above 2.
-fn close_inherited_fds() -> Result<(), StepError> {
-    // SAFETY: close_range on fds this process owns; nothing else holds them past exec.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if rc != 0 {
-        return Err(StepError {
-            call: "close_range".into(),
-            errno: Errno::last(),
-        });
-    }
-    Ok(())
-}
-
 /// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
-fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), StepError> {
+fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), Error> {
     let built;
     let program = match compiled {
         Some(program) => program,
         None => {
-            built = super::seccomp::program().map_err(|_| StepError {
-                call: "building the seccomp filter".into(),
-                errno: Errno::EINVAL,
-            })?;
+            built = super::seccomp::program().map_err(|source| Error::SeccompBuild { source })?;
             &built
         }
     };
-    seccompiler::apply_filter(program).map_err(|_| StepError {
-        call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(),
-        errno: Errno::last(),
-    })
+    seccompiler::apply_filter(program).map_err(|source| Error::SeccompInstall { source })
 }
 
+/// Executes the function: `argv` with `env`, where (with a private filesystem) `HOME` and
+/// `TMPDIR` are the sandbox's own writable space.
 fn exec(
     argv: &[OsString],
     env: &[OsString],
     private_fs: bool,
-) -> Result<std::convert::Infallible, StepError> {
-    let c = |s: &OsString| {
-        CString::new(s.as_bytes()).map_err(|_| StepError {
-            call: "execve (argument with a NUL byte)".into(),
-            errno: Errno::EINVAL,
-        })
-    };
+) -> Result<std::convert::Infallible, Error> {
+    let c = |s: &OsString| CString::new(s.as_bytes()).map_err(|_| Error::NulByte);
     let args = argv.iter().map(c).collect::<Result<Vec<_>, _>>()?;
     // HOME and TMPDIR point at the sandbox's own writable space (without a private filesystem
     // the worker already pointed them at the working directory).
@@ -803,8 +506,104 @@ fn exec(
         .map(c)
         .collect::<Result<Vec<_>, _>>()?;
     let program = args[0].clone();
-    step(
-        format!("execve({})", program.to_string_lossy()),
-        nix::unistd::execve(&program, &args, &env),
-    )
+    nix::unistd::execve(&program, &args, &env).map_err(|errno| Error::Path {
+        call: "execve",
+        path: PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes())),
+        errno,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            allow_net: false,
+            namespaces: true,
+            drop_uid: false,
+            tmpfs_bytes: 64 << 20,
+            cpu_seconds: 32,
+            max_files: 1024,
+            max_processes: 1024,
+            memory_bytes: 256 << 20,
+            uid: 65534,
+            gid: 65533,
+            read_only: vec![(PathBuf::from("/srv/bundle"), PathBuf::from(BUNDLE))],
+        }
+    }
+
+    #[test]
+    fn a_wrapped_command_line_parses_back_to_its_config_and_program() {
+        let argv = vec![OsString::from("/bin/echo"), OsString::from("hi there")];
+        let wrapped = wrap(Path::new("/usr/bin/faasd"), &config(), argv.clone());
+        assert!(is_wrapped(&wrapped));
+        assert_eq!(wrapped[0], "/usr/bin/faasd");
+        assert_eq!(wrapped[1], SHIM_COMMAND);
+        let (parsed, program) = parse_args(&wrapped[2..]).expect("parses");
+        assert_eq!(program, &argv[..]);
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("json"),
+            serde_json::to_value(config()).expect("json")
+        );
+        assert!(!is_wrapped(&argv));
+        assert!(!is_wrapped(&[OsString::from("faasd")]));
+    }
+
+    #[test]
+    fn a_config_without_the_later_switches_keeps_them_on() {
+        let mut json = serde_json::to_value(config()).expect("json");
+        let object = json.as_object_mut().expect("an object");
+        object.remove("namespaces");
+        object.remove("drop_uid");
+        let parsed: Config = serde_json::from_value(json).expect("decodes");
+        assert!(parsed.namespaces && parsed.drop_uid);
+    }
+
+    #[test]
+    fn shim_arguments_without_a_program_or_with_a_bad_config_are_refused() {
+        let refused = |list: &[&str]| {
+            let args: Vec<OsString> = list.iter().map(OsString::from).collect();
+            matches!(parse_args(&args), Err(Error::Arguments { .. }))
+        };
+        assert!(refused(&["{}", "--"]), "no program");
+        assert!(refused(&["{}", "/bin/true"]), "no dashes");
+        assert!(refused(&["{not json", "--", "/bin/true"]), "not JSON");
+    }
+
+    #[test]
+    fn every_ending_round_trips_through_its_five_bytes() {
+        for ending in [
+            Ending::Exited(0),
+            Ending::Exited(3),
+            Ending::Exited(-1),
+            Ending::Signaled(9),
+            Ending::Signaled(i32::MAX),
+        ] {
+            let bytes = ending.encode();
+            assert_eq!(Ending::decode(bytes), Some(ending));
+        }
+        // The encoding itself: a kind byte and a big-endian i32.
+        assert_eq!(Ending::Exited(258).encode(), [b'E', 0, 0, 1, 2]);
+        assert_eq!(Ending::Signaled(11).encode(), [b'S', 0, 0, 0, 11]);
+        assert_eq!(Ending::decode([b'X', 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn an_ending_is_read_from_its_pipe_and_a_short_report_is_none() {
+        let (r, w) = sys::pipe().expect("pipe");
+        Ending::Signaled(6).write(w);
+        assert_eq!(Ending::read(&r), Some(Ending::Signaled(6)));
+        let (r, w) = sys::pipe().expect("pipe");
+        drop(w);
+        assert_eq!(Ending::read(&r), None, "init ended before it reported");
+    }
+
+    #[test]
+    fn an_ending_as_a_wait_status_reads_back_as_the_same_ending() {
+        let exited = Ending::Exited(7).wait_status();
+        assert!(libc::WIFEXITED(exited) && libc::WEXITSTATUS(exited) == 7);
+        let killed = Ending::Signaled(libc::SIGKILL).wait_status();
+        assert!(libc::WIFSIGNALED(killed) && libc::WTERMSIG(killed) == libc::SIGKILL);
+    }
 }

@@ -1,75 +1,228 @@
-//! The raw system calls of process start-up, each wrapper's error naming the call.
+//! The raw system calls of the sandbox, one wrapper each, and [`Error`], the one error type of a
+//! failed system call anywhere in `sandbox/` (its variants name the call and its object).
 //!
-//! Executors start through `posix_spawn(3)`, which glibc and musl implement with
-//! `clone(CLONE_VM | CLONE_VFORK)`: the child borrows the parent's memory until it execs, so a
-//! start costs no page-table copy and no copy-on-write faults in the busy, multi-threaded
+//! Executors start through `posix_spawn(3)` ([`posix_spawn`]), which glibc and musl implement
+//! with `clone(CLONE_VM | CLONE_VFORK)`: the child borrows the parent's memory until it execs, so
+//! a start costs no page-table copy and no copy-on-write faults in the busy, multi-threaded
 //! server (a plain `fork` here spent more time in those faults than the function ran). The
 //! child gets a new session and process group, default signal dispositions and an empty signal
 //! mask, its pipes on fds 0-2, and its working directory, all applied by the C library between
-//! clone and exec. Its exit is watched through a pidfd.
+//! clone and exec. Its exit is watched through a pidfd ([`pidfd_open`]).
+//!
+//! This file is the bottom of the sandbox: it imports nothing else of faasd.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::process::ExitStatus;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
 
-/// A failed system call, named.
+/// A failed system call, named with its object; or a request the sandbox zygote could not
+/// serve, since executors start through it too.
 #[derive(Debug, thiserror::Error)]
-#[error("{call} failed: {errno}")]
-pub struct SysError {
-    /// The call that failed.
-    pub call: &'static str,
-    /// Its errno.
-    pub errno: Errno,
+pub enum Error {
+    /// A system call failed.
+    #[error("{call} failed: {errno}")]
+    Call {
+        /// The call (with its object, where it has a fixed one).
+        call: &'static str,
+        /// Its errno.
+        errno: Errno,
+    },
+    /// A system call on a path failed.
+    #[error("{call} {} failed: {errno}", path.display())]
+    Path {
+        /// The call.
+        call: &'static str,
+        /// The path it was made on.
+        path: PathBuf,
+        /// Its errno.
+        errno: Errno,
+    },
+    /// No cgroup hierarchy with the `memory` and `pids` controllers on this machine.
+    #[error("no cgroup hierarchy with the memory and pids controllers")]
+    NoCgroups,
+    /// The seccomp filter could not be compiled.
+    #[error("building the seccomp filter failed: {source}")]
+    SeccompBuild {
+        /// What seccompiler said.
+        #[source]
+        source: seccompiler::Error,
+    },
+    /// The seccomp filter could not be installed.
+    #[error("seccomp(SECCOMP_SET_MODE_FILTER) failed: {source}")]
+    SeccompInstall {
+        /// What seccompiler said.
+        #[source]
+        source: seccompiler::Error,
+    },
+    /// The shim's command line is not `CONFIG -- PROGRAM ARGS...` with a valid config.
+    #[error("reading the sandbox arguments failed: {what}")]
+    Arguments {
+        /// What is wrong with them.
+        what: &'static str,
+    },
+    /// An argument or variable of the function holds a NUL byte.
+    #[error("execve failed: an argument or variable holds a NUL byte")]
+    NulByte,
+    /// A zygote frame over the size limit.
+    #[error("a zygote frame of {len} bytes is over the limit of {max}")]
+    FrameTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The zygote's stream ended inside a frame.
+    #[error("the zygote's stream ended inside a frame")]
+    FrameTruncated,
+    /// A message could not be encoded as a zygote frame.
+    #[error("encoding a zygote frame failed: {source}")]
+    FrameEncode {
+        /// What postcard said.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A zygote frame could not be decoded.
+    #[error("decoding a zygote frame failed: {source}")]
+    FrameDecode {
+        /// What postcard said.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The zygote answered a request with a reply of another kind.
+    #[error("the sandbox zygote answered with an unexpected reply")]
+    UnexpectedReply,
+    /// The zygote spawned a child but sent no pidfd for it (the child was killed).
+    #[error("the sandbox zygote sent no pidfd for its child")]
+    MissingPidfd,
+    /// The zygote that forked this child is gone (its pids may belong to anyone now).
+    #[error("the sandbox zygote that forked this child is gone")]
+    ZygoteGone,
+    /// The zygote was gone and could not be started again.
+    #[error("starting the sandbox zygote again failed")]
+    ZygoteRestart,
+    /// The lock on the zygote's connection was poisoned.
+    #[error("the sandbox zygote's lock is poisoned")]
+    ZygoteLock,
+    /// Reaping a child that has not ended (the zygote never waits for one).
+    #[error("waitpid({pid}) failed: the child has not ended")]
+    NotEnded {
+        /// Its pid.
+        pid: i32,
+    },
+    /// The zygote's own system call failed, as it reported.
+    #[error("in the sandbox zygote: {message}")]
+    InZygote {
+        /// The zygote's message.
+        message: String,
+        /// Its errno.
+        errno: Errno,
+    },
 }
 
-fn check(call: &'static str, rc: libc::c_int) -> Result<(), SysError> {
-    // posix_spawn* return the error number instead of setting errno.
+impl Error {
+    /// The errno that best says what went wrong (for the zygote's replies and for retries).
+    pub fn errno(&self) -> Errno {
+        match self {
+            Error::Call { errno, .. } | Error::Path { errno, .. } => *errno,
+            Error::InZygote { errno, .. } => *errno,
+            Error::NoCgroups => Errno::ENOENT,
+            Error::SeccompBuild { .. } | Error::Arguments { .. } | Error::NulByte => Errno::EINVAL,
+            Error::SeccompInstall { source } => seccomp_errno(source),
+            Error::FrameTooLarge { .. } => Errno::EMSGSIZE,
+            Error::FrameTruncated => Errno::EPIPE,
+            Error::FrameEncode { .. } => Errno::EINVAL,
+            Error::FrameDecode { .. } => Errno::EBADMSG,
+            Error::UnexpectedReply | Error::MissingPidfd => Errno::EPROTO,
+            Error::ZygoteGone | Error::ZygoteRestart => Errno::ECHILD,
+            Error::ZygoteLock => Errno::EDEADLK,
+            Error::NotEnded { .. } => Errno::EAGAIN,
+        }
+    }
+}
+
+fn seccomp_errno(error: &seccompiler::Error) -> Errno {
+    match error {
+        seccompiler::Error::Prctl(e) | seccompiler::Error::Seccomp(e) => errno_of(e),
+        _ => Errno::EINVAL,
+    }
+}
+
+/// The errno of an `io::Error` (EIO for one the kernel did not give).
+pub fn errno_of(error: &std::io::Error) -> Errno {
+    Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Names the call of a `nix` result.
+pub fn call<T>(call: &'static str, result: nix::Result<T>) -> Result<T, Error> {
+    result.map_err(|errno| Error::Call { call, errno })
+}
+
+/// The error of a call on `path` that returned `error`.
+pub fn on_path(call: &'static str, path: &Path, error: &std::io::Error) -> Error {
+    Error::Path {
+        call,
+        path: path.to_owned(),
+        errno: errno_of(error),
+    }
+}
+
+/// The error of a raw call that just failed (from `errno`).
+fn last(call: &'static str) -> Error {
+    Error::Call {
+        call,
+        errno: Errno::last(),
+    }
+}
+
+/// Checks the return of a `posix_spawn*` call, which returns the error number instead of
+/// setting errno.
+fn check(call: &'static str, rc: libc::c_int) -> Result<(), Error> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(SysError {
+        Err(Error::Call {
             call,
             errno: Errno::from_raw(rc),
         })
     }
 }
 
-/// A started executor: its pid (also its process group and session id), a pidfd to watch its
-/// exit, and the parent's ends of its stdio pipes.
-pub struct Child {
-    pid: Pid,
-    pidfd: AsyncFd<OwnedFd>,
-    reaped: bool,
-    /// The sandbox zygote and its generation, when it forked the child (and so reaps it).
-    zygote: Option<(&'static crate::sandbox::zygote::Zygote, u64)>,
-    /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
-    memory_killed: Option<bool>,
-    /// The write end of the child's stdin.
-    pub stdin: Option<OwnedFd>,
-    /// The read end of the child's stdout.
-    pub stdout: Option<OwnedFd>,
-    /// The read end of the child's stderr.
-    pub stderr: Option<OwnedFd>,
+/// A pipe, both ends close-on-exec: `(read, write)`.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    call("pipe2", nix::unistd::pipe2(OFlag::O_CLOEXEC))
 }
 
+/// `posix_spawn`'s file actions.
 struct FileActions(libc::posix_spawn_file_actions_t);
 
 impl FileActions {
-    fn new() -> Result<Self, SysError> {
+    /// Actions that put `stdio` on fds 0-2 and change to `cwd`.
+    fn new(stdio: [BorrowedFd<'_>; 3], cwd: &CStr) -> Result<Self, Error> {
         let mut raw = std::mem::MaybeUninit::uninit();
         // SAFETY: init writes a valid object into the uninitialised storage.
         check("posix_spawn_file_actions_init", unsafe {
             libc::posix_spawn_file_actions_init(raw.as_mut_ptr())
         })?;
         // SAFETY: initialised by the successful call above.
-        Ok(FileActions(unsafe { raw.assume_init() }))
+        let mut actions = FileActions(unsafe { raw.assume_init() });
+        for (fd, target) in stdio.iter().zip(0..) {
+            // SAFETY: `actions` is initialised; the fds stay open until posix_spawn returns.
+            // dup2 onto 0-2 clears close-on-exec on the copies; the originals (O_CLOEXEC) close
+            // at exec.
+            check("posix_spawn_file_actions_adddup2", unsafe {
+                libc::posix_spawn_file_actions_adddup2(&mut actions.0, fd.as_raw_fd(), target)
+            })?;
+        }
+        // SAFETY: `actions` is initialised; `cwd` is a valid C string that outlives the spawn.
+        check("posix_spawn_file_actions_addchdir_np", unsafe {
+            libc::posix_spawn_file_actions_addchdir_np(&mut actions.0, cwd.as_ptr())
+        })?;
+        Ok(actions)
     }
 }
 
@@ -80,17 +233,36 @@ impl Drop for FileActions {
     }
 }
 
+/// `posix_spawn`'s attributes.
 struct Attributes(libc::posix_spawnattr_t);
 
 impl Attributes {
-    fn new() -> Result<Self, SysError> {
+    /// A new session, an empty signal mask and every signal at its default disposition (the
+    /// server ignores SIGPIPE, its functions must not).
+    fn new() -> Result<Self, Error> {
         let mut raw = std::mem::MaybeUninit::uninit();
         // SAFETY: init writes a valid object into the uninitialised storage.
         check("posix_spawnattr_init", unsafe {
             libc::posix_spawnattr_init(raw.as_mut_ptr())
         })?;
         // SAFETY: initialised by the successful call above.
-        Ok(Attributes(unsafe { raw.assume_init() }))
+        let mut attrs = Attributes(unsafe { raw.assume_init() });
+        let flags = libc::POSIX_SPAWN_SETSID as libc::c_int
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        // SAFETY: `attrs` is initialised; the flag bits are the C library's own constants.
+        check("posix_spawnattr_setflags", unsafe {
+            libc::posix_spawnattr_setflags(&mut attrs.0, flags as libc::c_short)
+        })?;
+        // SAFETY: `attrs` is initialised and the sets are valid for the calls.
+        check("posix_spawnattr_setsigmask", unsafe {
+            libc::posix_spawnattr_setsigmask(&mut attrs.0, &signal_set(false))
+        })?;
+        // SAFETY: as above.
+        check("posix_spawnattr_setsigdefault", unsafe {
+            libc::posix_spawnattr_setsigdefault(&mut attrs.0, &signal_set(true))
+        })?;
+        Ok(attrs)
     }
 }
 
@@ -101,129 +273,39 @@ impl Drop for Attributes {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), SysError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| SysError {
-        call: "pipe2",
-        errno,
-    })
+/// The set of every signal (`full`) or of none.
+fn signal_set(full: bool) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::uninit();
+    // SAFETY: sigfillset and sigemptyset fully initialise the set.
+    unsafe {
+        if full {
+            libc::sigfillset(set.as_mut_ptr());
+        } else {
+            libc::sigemptyset(set.as_mut_ptr());
+        }
+        set.assume_init()
+    }
 }
 
-/// Has the sandbox zygote fork a shim for `argv` (a [`crate::sandbox::shim::wrap`] command line)
-/// with exactly `envp`, in `cwd`, in a new session: what [`spawn`] does, without an `exec` of
-/// faasd.
-pub fn spawn_in_zygote(
-    zygote: &'static crate::sandbox::zygote::Zygote,
-    argv: &[CString],
-    envp: &[CString],
-    cwd: &CStr,
-) -> Result<Child, SysError> {
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    let (pid, pidfd, generation) = zygote.spawn(
-        argv,
-        envp,
-        cwd,
-        [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
-    )?;
-    drop((stdin_r, stdout_w, stderr_w));
-    let pid = Pid::from_raw(pid);
-    // SAFETY: `OwnedFd::as_raw_fd` always returns the one fd it owns, open until it drops.
-    let pidfd =
-        match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
-            Ok(fd) => fd,
-            Err(e) => {
-                drop(e);
-                zygote.kill(pid.as_raw(), generation);
-                return Err(SysError {
-                    call: "epoll_ctl(pidfd)",
-                    errno: Errno::EIO,
-                });
-            }
-        };
-    Ok(Child {
-        pid,
-        pidfd,
-        reaped: false,
-        zygote: Some((zygote, generation)),
-        memory_killed: None,
-        stdin: Some(stdin_w),
-        stdout: Some(stdout_r),
-        stderr: Some(stderr_r),
-    })
+/// A null-terminated array of pointers to `strings` (valid while they are).
+fn pointers(strings: &[CString]) -> Vec<*mut libc::c_char> {
+    let mut ptrs: Vec<*mut libc::c_char> = strings.iter().map(|s| s.as_ptr().cast_mut()).collect();
+    ptrs.push(std::ptr::null_mut());
+    ptrs
 }
 
-/// Blocks until the process behind `pidfd` has exited.
-fn wait_exited(pidfd: &OwnedFd) {
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; the pidfd stays open for the call.
-    while unsafe { libc::poll(&mut fd, 1, -1) } < 0 && Errno::last() == Errno::EINTR {}
-}
-
-/// Starts `program` with `argv` and exactly `envp`, in `cwd`, in a new session.
-pub fn spawn(
+/// Starts `program` with `argv` and exactly `envp`, in `cwd`, with `stdio` on fds 0-2, in a new
+/// session with default signals; returns its pid.
+pub fn posix_spawn(
     program: &CStr,
     argv: &[CString],
     envp: &[CString],
     cwd: &CStr,
-) -> Result<Child, SysError> {
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-
-    let mut actions = FileActions::new()?;
-    for (fd, target) in [(&stdin_r, 0), (&stdout_w, 1), (&stderr_w, 2)] {
-        // SAFETY: `actions` is initialised; the fds stay open until posix_spawn returns. dup2
-        // onto 0-2 clears close-on-exec on the copies; the originals (O_CLOEXEC) close at exec.
-        check("posix_spawn_file_actions_adddup2", unsafe {
-            libc::posix_spawn_file_actions_adddup2(&mut actions.0, fd.as_raw_fd(), target)
-        })?;
-    }
-    // SAFETY: `actions` is initialised; `cwd` is a valid C string that outlives the spawn.
-    check("posix_spawn_file_actions_addchdir_np", unsafe {
-        libc::posix_spawn_file_actions_addchdir_np(&mut actions.0, cwd.as_ptr())
-    })?;
-
-    let mut attrs = Attributes::new()?;
-    let flags = libc::POSIX_SPAWN_SETSID as libc::c_int
-        | libc::POSIX_SPAWN_SETSIGMASK
-        | libc::POSIX_SPAWN_SETSIGDEF;
-    // SAFETY: `attrs` is initialised; the flag bits are the C library's own constants.
-    check("posix_spawnattr_setflags", unsafe {
-        libc::posix_spawnattr_setflags(&mut attrs.0, flags as libc::c_short)
-    })?;
-    let empty: libc::sigset_t = unsafe {
-        // SAFETY: sigemptyset fully initialises the set.
-        let mut set = std::mem::MaybeUninit::uninit();
-        libc::sigemptyset(set.as_mut_ptr());
-        set.assume_init()
-    };
-    let all: libc::sigset_t = unsafe {
-        // SAFETY: sigfillset fully initialises the set.
-        let mut set = std::mem::MaybeUninit::uninit();
-        libc::sigfillset(set.as_mut_ptr());
-        set.assume_init()
-    };
-    // SAFETY: `attrs` is initialised and the sets are valid for the calls.
-    check("posix_spawnattr_setsigmask", unsafe {
-        libc::posix_spawnattr_setsigmask(&mut attrs.0, &empty)
-    })?;
-    // Every signal back to its default: the server ignores SIGPIPE, its functions must not.
-    // SAFETY: as above.
-    check("posix_spawnattr_setsigdefault", unsafe {
-        libc::posix_spawnattr_setsigdefault(&mut attrs.0, &all)
-    })?;
-
-    let mut argv_ptrs: Vec<*mut libc::c_char> =
-        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
-    argv_ptrs.push(std::ptr::null_mut());
-    let mut envp_ptrs: Vec<*mut libc::c_char> =
-        envp.iter().map(|e| e.as_ptr().cast_mut()).collect();
-    envp_ptrs.push(std::ptr::null_mut());
+    stdio: [BorrowedFd<'_>; 3],
+) -> Result<Pid, Error> {
+    let actions = FileActions::new(stdio, cwd)?;
+    let attrs = Attributes::new()?;
+    let (argv_ptrs, envp_ptrs) = (pointers(argv), pointers(envp));
     let mut pid: libc::pid_t = 0;
     // SAFETY: every pointer is valid and NUL-terminated for the duration of the call; the
     // argv and envp arrays end with a null pointer; `actions` and `attrs` are initialised.
@@ -237,208 +319,211 @@ pub fn spawn(
             envp_ptrs.as_ptr(),
         )
     })?;
-    let pid = Pid::from_raw(pid);
-    drop((stdin_r, stdout_w, stderr_w));
-
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            // Without a pidfd we cannot watch it: end it now rather than leak it.
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = reap(pid);
-            return Err(e);
-        }
-    };
-    Ok(Child {
-        pid,
-        pidfd,
-        reaped: false,
-        zygote: None,
-        memory_killed: None,
-        stdin: Some(stdin_w),
-        stdout: Some(stdout_r),
-        stderr: Some(stderr_r),
-    })
+    Ok(Pid::from_raw(pid))
 }
 
-fn pidfd_open(pid: Pid) -> Result<AsyncFd<OwnedFd>, SysError> {
+/// A pidfd for `pid` (which must not be reaped yet, or the pid may name another process).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Error> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
-        return Err(SysError {
-            call: "pidfd_open",
-            errno: Errno::last(),
-        });
+        return Err(last("pidfd_open"));
     }
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    // SAFETY: `OwnedFd::as_raw_fd` always returns the one fd it owns, open until it drops.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| {
-        SysError {
-            call: "epoll_ctl(pidfd)",
-            errno: Errno::from_raw(e.into_parts().1.raw_os_error().unwrap_or(libc::EIO)),
-        }
-    })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn reap(pid: Pid) -> Result<ExitStatus, SysError> {
-    use std::os::unix::process::ExitStatusExt;
+/// Sends SIGKILL to the process behind `pidfd` (which, unlike a pid, cannot name another).
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>) -> Result<(), Error> {
+    // SAFETY: pidfd_send_signal on an open pidfd, no siginfo, no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if sent != 0 {
+        return Err(last("pidfd_send_signal"));
+    }
+    Ok(())
+}
+
+/// Whether `fd` is readable, waiting at most `timeout_ms` (-1: for ever, 0: not at all).
+fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd; the fd stays open for the call (it is borrowed).
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        if ready >= 0 || Errno::last() != Errno::EINTR {
+            return ready > 0 && poll.revents & libc::POLLIN != 0;
+        }
+    }
+}
+
+/// Blocks until the process behind `pidfd` has exited (a pidfd turns readable then).
+pub fn wait_exited(pidfd: BorrowedFd<'_>) {
+    poll_readable(pidfd, -1);
+}
+
+/// Whether the process behind `pidfd` has exited, without waiting.
+pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    poll_readable(pidfd, 0)
+}
+
+/// `waitpid` on our own child `pid`, again after a signal: its raw wait status, or with
+/// `nohang` `None` while it has not ended.
+pub fn waitpid(pid: i32, nohang: bool) -> Result<Option<i32>, Error> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: waitpid on our own child with a valid out pointer.
-        let rc = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
-        if rc == pid.as_raw() {
-            return Ok(ExitStatus::from_raw(status));
-        }
-        let errno = Errno::last();
-        if errno != Errno::EINTR {
-            return Err(SysError {
-                call: "waitpid",
-                errno,
-            });
+        let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
+        match rc {
+            0 => return Ok(None),
+            rc if rc > 0 => return Ok(Some(status)),
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return Err(last("waitpid")),
         }
     }
 }
 
-impl Child {
-    /// Waits until the child has exited, without reaping it: while it is an unreaped zombie
-    /// its pid (and so its process group id) cannot be reused, so the group can still be
-    /// killed safely.
-    pub async fn exited(&self) -> Result<(), SysError> {
-        // A pidfd turns readable when the process exits and stays readable.
-        let guard = self.pidfd.readable().await.map_err(|e| SysError {
-            call: "epoll_wait(pidfd)",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-        drop(guard);
-        Ok(())
-    }
-
-    /// Whether the sandbox's memory limit killed a process of the call, once the child is
-    /// reaped; a shim's own cgroups (no zygote) are removed here too.
-    pub fn out_of_memory(&self) -> bool {
-        match self.memory_killed {
-            Some(killed) => killed,
-            None => super::cgroup::finish(self.pid()),
-        }
-    }
-
-    /// Whether the sandbox zygote forked the child (and so looks after its cgroups).
-    pub fn forked_by_zygote(&self) -> bool {
-        self.zygote.is_some()
-    }
-
-    /// The child's pid (also its process group and session id).
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
-    /// Whether the child has exited, without waiting.
-    pub fn has_exited(&self) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.pidfd.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, a zero timeout; the pidfd stays open for the call.
-        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
-        ready > 0 && fd.revents & libc::POLLIN != 0
-    }
-
-    /// Sends SIGKILL to the child's whole process group (not once it is reaped: its pid, and so
-    /// the group id, may have been reused).
-    pub fn kill_group(&self) {
-        if self.reaped {
-            return;
-        }
-        if let Some((zygote, generation)) = self.zygote {
-            // Through the pidfd, which cannot name another process; a child the zygote has
-            // just forked may not have made its session yet. Its group only while its zygote
-            // runs: a dead zygote's children were reaped by someone else, freeing their pids.
-            // SAFETY: pidfd_send_signal on our own open pidfd, no siginfo, no flags.
-            let sent = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.pidfd.get_ref().as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0u32,
-                )
-            };
-            // ESRCH: reaped already (by whoever took over a dead zygote's children).
-            if sent != 0 || !zygote.is_current(generation) {
-                return;
-            }
-        }
-        // ESRCH (the group is already gone) is the normal case after a clean exit.
-        let _ = killpg(self.pid, Signal::SIGKILL);
-    }
-
-    /// Collects the exit status (blocks until the child has exited: call after [`exited`] or
-    /// after a SIGKILL).
-    ///
-    /// [`exited`]: Child::exited
-    /// Kills the process group and reaps the child, then runs `after`; the reap (short, but a
-    /// blocking wait) runs off the async threads when there are any. Does nothing once reaped.
-    pub fn kill_and_reap_then(&mut self, after: impl FnOnce() + Send + 'static) {
-        if self.reaped {
-            return;
-        }
-        self.kill_group();
-        self.reaped = true;
-        let pid = self.pid;
-        let zygote = self.zygote;
-        // The zygote reaps only a child that has ended; wait for that on a copy of the pidfd.
-        let pidfd = self.pidfd.get_ref().try_clone().ok();
-        let finish = move || {
-            match (zygote, pidfd) {
-                (Some((zygote, generation)), Some(pidfd)) => {
-                    wait_exited(&pidfd);
-                    if let Ok((_, None)) = zygote.reap(pid.as_raw(), generation) {
-                        // Cgroups the child made itself, named by its pid.
-                        super::cgroup::finish(pid.as_raw() as u32);
-                    }
-                }
-                // No copy of the pidfd to wait on: the zygote kills and reaps it.
-                (Some((zygote, generation)), None) => zygote.kill(pid.as_raw(), generation),
-                (None, _) => drop(reap(pid)),
-            }
-            after();
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(finish)),
-            Err(_) => finish(),
-        }
-    }
-
-    /// Reaping twice is refused (the pid may belong to another process by then).
-    pub fn reap(&mut self) -> Result<ExitStatus, SysError> {
-        if self.reaped {
-            return Err(SysError {
-                call: "waitpid (already reaped)",
-                errno: Errno::ECHILD,
-            });
-        }
-        let status = match self.zygote {
-            Some((zygote, generation)) => {
-                wait_exited(self.pidfd.get_ref());
-                zygote
-                    .reap(self.pid.as_raw(), generation)
-                    .map(|(status, oom)| {
-                        self.memory_killed = oom;
-                        status
-                    })
-            }
-            None => reap(self.pid),
-        };
-        self.reaped = true;
-        status
-    }
+/// Waits for our own child `pid` to end and reaps it: its raw wait status.
+pub fn reap(pid: i32) -> Result<i32, Error> {
+    waitpid(pid, false)?.ok_or(Error::Call {
+        call: "waitpid",
+        errno: Errno::ECHILD,
+    })
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        // Dropped mid-run (the call was cancelled): nothing of it may outlive us.
-        self.kill_and_reap_then(|| {});
+/// Closes every fd from `first` up.
+pub fn close_range(first: u32) -> Result<(), Error> {
+    // SAFETY: close_range on fds this process owns; the callers use none of them again.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) } != 0 {
+        return Err(last("close_range"));
+    }
+    Ok(())
+}
+
+/// Has the kernel send this process SIGKILL when the thread that forked it ends.
+pub fn die_with_parent() -> Result<(), Error> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(last("prctl(PR_SET_PDEATHSIG)"));
+    }
+    Ok(())
+}
+
+/// Sets `no_new_privs`: no exec may grant privileges from here on.
+pub fn no_new_privs() -> Result<(), Error> {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(last("prctl(PR_SET_NO_NEW_PRIVS)"));
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` onto `target` (`call` names the copy in errors).
+pub fn dup2(call: &'static str, fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Error> {
+    // SAFETY: dup2 of an fd this process holds (it is borrowed) onto a number it owns.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(last(call));
+    }
+    Ok(())
+}
+
+/// Opens the namespace file at `path` (`/proc/self/ns/...`), close-on-exec.
+pub fn open_namespace(path: &str) -> Result<OwnedFd, Error> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| Error::Path {
+        call: "open",
+        path: PathBuf::from(path),
+        errno,
+    })
+}
+
+/// In a new network namespace, brings up loopback (its only interface).
+pub fn loopback_up() -> Result<(), Error> {
+    // SAFETY: a plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last("socket(AF_INET)"));
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it; it closes on drop.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads into the ifreq we own; the socket is open.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(last("ioctl(SIOCGIFFLAGS, lo)"));
+    }
+    // SAFETY: writing the flags member of the union the kernel just filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own; the socket is open.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(last("ioctl(SIOCSIFFLAGS, lo)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_call_its_object_and_errno() {
+        let call = Error::Call {
+            call: "fork",
+            errno: Errno::EAGAIN,
+        };
+        assert_eq!(call.to_string(), format!("fork failed: {}", Errno::EAGAIN));
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        let path = on_path("mkdir", Path::new("/x/y"), &io);
+        assert_eq!(
+            path.to_string(),
+            format!("mkdir /x/y failed: {}", Errno::EACCES)
+        );
+        assert_eq!(path.errno(), Errno::EACCES);
+        assert_eq!(Error::NotEnded { pid: 7 }.errno(), Errno::EAGAIN);
+        // An io::Error the kernel did not give has no errno of its own.
+        assert_eq!(errno_of(&std::io::Error::other("x")), Errno::EIO);
+    }
+
+    #[test]
+    fn a_child_is_reaped_once_and_watched_through_its_pidfd() {
+        let (stdin, _keep) = pipe().expect("pipe");
+        let (_read, stdout) = pipe().expect("pipe");
+        let null = |s: &str| CString::new(s).expect("no NUL");
+        let pid = posix_spawn(
+            &null("/bin/sh"),
+            &[null("sh"), null("-c"), null("exit 3")],
+            &[],
+            &null("/"),
+            [
+                std::os::fd::AsFd::as_fd(&stdin),
+                std::os::fd::AsFd::as_fd(&stdout),
+                std::os::fd::AsFd::as_fd(&stdout),
+            ],
+        )
+        .expect("spawn");
+        let pidfd = pidfd_open(pid).expect("pidfd");
+        wait_exited(std::os::fd::AsFd::as_fd(&pidfd));
+        assert!(has_exited(std::os::fd::AsFd::as_fd(&pidfd)));
+        let status = reap(pid.as_raw()).expect("reap");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3);
+        assert!(reap(pid.as_raw()).is_err(), "a second reap is refused");
     }
 }

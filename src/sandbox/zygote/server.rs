@@ -1,0 +1,486 @@
+//! The zygote process (`faasd __zygote DIR`): [`zygote_main`] sets it up, then serves the
+//! worker's requests one at a time, each handled by a method of [`Server`] named after it
+//! (`spawn`, `reap`, `kill`). A spawn forks the call's init, which sets itself up as
+//! `posix_spawn` would (session, stdio, working directory), joins what the zygote prepared
+//! (a pooled network namespace and cgroups, a template root, the compiled seccomp filter) and
+//! runs the shim's layers and the function.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::unistd::ForkResult;
+
+use super::pools::{Cgroups, Nets, TakenCgroup};
+use super::templates::Templates;
+use super::wire::{Reply, Request, read_frame, write_frame};
+use crate::sandbox::root;
+use crate::sandbox::shim::{self, Config, Ending, Prepared};
+use crate::sandbox::sys::{self, Error};
+
+/// The fd on which the call's init finds its report pipe.
+const REPORT_FD: RawFd = 3;
+
+/// Runs the zygote on the socket at fd 0; `args` (what follows `__zygote`) name the directory
+/// for its template roots. Never returns.
+pub fn zygote_main(args: &[OsString]) -> ! {
+    // SAFETY: fd 0 is the socket the worker gave us; nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(0) };
+    let dir = args.first().map(PathBuf::from).unwrap_or_default();
+    let code = match serve(&sock, dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = write_frame(sock.as_fd(), &Reply::failed(&e), &[]);
+            eprintln!("faasd zygote: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Sets the zygote up, says it is ready, then answers requests until the worker goes away.
+fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
+    sys::die_with_parent()?;
+    raise_fd_limit();
+    let (mut server, ready) = Server::open(dir)?;
+    write_frame(sock.as_fd(), &ready, &[])?;
+    while let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? {
+        let (reply, pidfd) = match request {
+            // A frame this zygote cannot use fails that request alone.
+            Err(e) => (Reply::failed(&e), None),
+            Ok(request) => server.handle(request, fds),
+        };
+        let fds: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
+        write_frame(sock.as_fd(), &reply, &fds)?;
+    }
+    // The worker is gone: its idle cgroups go too.
+    server.cgroups.remove_idle();
+    Ok(())
+}
+
+/// Each running executor holds a pidfd, a report pipe and a network namespace here: the fd
+/// limit goes up to its hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The zygote's state: what it prepares once and pools for its executors, and what it holds
+/// for each unreaped child.
+struct Server {
+    /// The seccomp filter, compiled once.
+    filter: seccompiler::BpfProgram,
+    /// The template roots.
+    templates: Templates,
+    /// The pooled cgroups.
+    cgroups: Cgroups,
+    /// The pooled network namespaces.
+    nets: Nets,
+    /// This process's own PID namespace.
+    home_pid: OwnedFd,
+    /// The read end of each unreaped child's report pipe.
+    reports: HashMap<i32, OwnedFd>,
+}
+
+/// What a spawn took for its call before the fork.
+struct Taken {
+    template: Option<PathBuf>,
+    /// The pooled network namespace and its pool (`None`: the call uses the host's network).
+    net: Option<(Option<PathBuf>, OwnedFd)>,
+    cgroup: Option<TakenCgroup>,
+}
+
+impl Server {
+    /// Sets the zygote's process up: a private mount namespace (for the template roots and the
+    /// fast cgroup moves), the seccomp filter, its home namespaces. Returns the server and its
+    /// ready reply.
+    fn open(dir: PathBuf) -> Result<(Server, Reply), Error> {
+        let private = private_mounts().is_ok();
+        let moves = if private {
+            fast_cgroup_moves()
+        } else {
+            private_mounts()
+        };
+        let (fast_attach, note) = match moves {
+            Ok(()) => (true, String::new()),
+            Err(e) => (false, e.to_string()),
+        };
+        let filter =
+            crate::sandbox::seccomp::program().map_err(|source| Error::SeccompBuild { source })?;
+        let server = Server {
+            filter,
+            // Templates need the private mount namespace.
+            templates: Templates::new(if private { dir } else { PathBuf::new() }),
+            cgroups: Cgroups::default(),
+            nets: Nets::new(sys::open_namespace("/proc/self/ns/net")?),
+            home_pid: sys::open_namespace("/proc/self/ns/pid")?,
+            reports: HashMap::new(),
+        };
+        Ok((server, Reply::Ready { fast_attach, note }))
+    }
+
+    /// Answers one request: the reply, and the fd to send with it.
+    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Option<OwnedFd>) {
+        let answer = match request {
+            Request::Spawn { argv, env, cwd } => {
+                let argv = argv.into_iter().map(OsString::from_vec).collect();
+                let env = env.into_iter().map(OsString::from_vec).collect();
+                self.spawn(argv, env, OsString::from_vec(cwd), fds)
+                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, Some(pidfd)))
+            }
+            Request::Reap { pid } => self.reap(pid).map(|reply| (reply, None)),
+            Request::Kill { pid } => self.kill(pid).map(|reply| (reply, None)),
+        };
+        answer.unwrap_or_else(|e| (Reply::failed(&e), None))
+    }
+
+    /// `Spawn`: forks the call's init for a shim command line; returns its pid and a pidfd.
+    fn spawn(
+        &mut self,
+        argv: Vec<OsString>,
+        env: Vec<OsString>,
+        cwd: OsString,
+        stdio: Vec<OwnedFd>,
+    ) -> Result<(i32, OwnedFd), Error> {
+        if stdio.len() != 3 || !shim::is_wrapped(&argv) {
+            return Err(Error::Arguments {
+                what: "a spawn needs a shim's command line and three fds",
+            });
+        }
+        let (config, inner) = shim::parse_args(&argv[2..])?;
+        let taken = self.take(&config)?;
+        let (report_r, report_w) = match report_pipe_in_new_pid_namespace(&config) {
+            Ok(pipe) => pipe,
+            Err(e) => return Err(self.give_back(taken, e)),
+        };
+        match self.fork(&config) {
+            Err(e) => Err(self.give_back(taken, e)),
+            Ok(ForkResult::Child) => {
+                drop(report_r);
+                let prepared = Prepared {
+                    net_joined: taken.net.is_some(),
+                    filter: Some(self.filter.clone()),
+                    template: taken.template,
+                    cgroup: taken.cgroup.map(|(name, _)| name),
+                };
+                let net = taken.net.as_ref().map(|(_, net)| net);
+                let launch = Launch {
+                    env: &env,
+                    cwd: &cwd,
+                    stdio: &stdio,
+                    net,
+                };
+                std::process::exit(child(&config, inner, &launch, &prepared, report_w))
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop((stdio, report_w));
+                self.adopt(child.as_raw(), report_r, taken)
+            }
+        }
+    }
+
+    /// What the call takes before the fork: its template root, a pooled network namespace and
+    /// pooled cgroups.
+    fn take(&mut self, config: &Config) -> Result<Taken, Error> {
+        let template = if config.namespaces {
+            self.templates.for_config(config)
+        } else {
+            None
+        };
+        let net = if config.allow_net || !config.namespaces {
+            None
+        } else {
+            let pool = net_pool(config);
+            Some((pool.clone(), self.nets.take(pool.as_ref())?))
+        };
+        // Pooled cgroups: creating and removing a memory cgroup per call costs time, and a
+        // removed one lingers in the kernel as long as page cache is charged to it. Only with a
+        // PID namespace: its end guarantees no process of the call is left in them.
+        let pooled =
+            config.memory_bytes > 0 && config.namespaces && crate::sandbox::cgroup::available();
+        let cgroup = if pooled {
+            Some(
+                self.cgroups
+                    .take(config.memory_bytes, config.max_processes)?,
+            )
+        } else {
+            None
+        };
+        Ok(Taken {
+            template,
+            net,
+            cgroup,
+        })
+    }
+
+    /// Gives back what a spawn took when it failed before the fork; returns its error.
+    fn give_back(&mut self, taken: Taken, error: Error) -> Error {
+        if let Some(cgroup) = taken.cgroup {
+            self.cgroups.put_back(cgroup);
+        }
+        error
+    }
+
+    /// Forks; in the zygote, returns to its own PID namespace (with namespaces on, the child is
+    /// the init of a new one).
+    fn fork(&self, config: &Config) -> Result<ForkResult, Error> {
+        // SAFETY: the zygote is single-threaded, so the child may run any code.
+        let forked = unsafe { nix::unistd::fork() };
+        if config.namespaces
+            && !matches!(forked, Ok(ForkResult::Child))
+            && let Err(errno) = nix::sched::setns(&self.home_pid, CloneFlags::CLONE_NEWPID)
+        {
+            // Every later child would land in this call's namespace: end, taking them all along.
+            eprintln!("faasd zygote: setns(home PID) failed: {errno}");
+            std::process::exit(1);
+        }
+        sys::call("fork", forked)
+    }
+
+    /// Takes a forked child in: holds its report pipe, cgroups and network namespace until it
+    /// is reaped; returns its pid and a pidfd for it.
+    fn adopt(&mut self, pid: i32, report: OwnedFd, taken: Taken) -> Result<(i32, OwnedFd), Error> {
+        // The child cannot be reaped before we wait for it, so this is its pidfd.
+        let pidfd = match sys::pidfd_open(nix::unistd::Pid::from_raw(pid)) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = sys::reap(pid);
+                return Err(self.give_back(taken, e));
+            }
+        };
+        self.reports.insert(pid, report);
+        if let Some(cgroup) = taken.cgroup {
+            self.cgroups.hold(pid, cgroup);
+        }
+        if let Some((pool, net)) = taken.net {
+            self.nets.hold(pid, pool, net);
+        }
+        Ok((pid, pidfd))
+    }
+
+    /// `Reap`: reaps a child that has ended (one still running is refused, never waited for)
+    /// and gives its network namespace and cgroups back to the pools.
+    fn reap(&mut self, pid: i32) -> Result<Reply, Error> {
+        let waited = match sys::waitpid(pid, true) {
+            Ok(None) => return Err(Error::NotEnded { pid }),
+            Ok(Some(status)) => Ok(status),
+            Err(e) => Err(e),
+        };
+        let ending = self.reports.remove(&pid).and_then(|r| Ending::read(&r));
+        let oom = self.cgroups.release(pid);
+        self.nets.release(pid);
+        Ok(Reply::Reaped {
+            status: ending.map_or(waited?, Ending::wait_status),
+            oom,
+        })
+    }
+
+    /// `Kill`: kills a child and reaps it.
+    fn kill(&mut self, pid: i32) -> Result<Reply, Error> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // A killed process ends at once unless stuck in the kernel: waited for a moment, never
+        // for ever (the worker's other calls wait on this zygote).
+        let mut reply = self.reap(pid);
+        for _ in 0..100 {
+            if !matches!(&reply, Err(Error::NotEnded { .. })) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            reply = self.reap(pid);
+        }
+        reply
+    }
+}
+
+/// The pool a call's network namespace comes from and goes back to: reused only by the same
+/// function's executors (a namespace keeps traces of its last user: TIME_WAIT sockets,
+/// counters), and only when they run without privileges (a privileged one could change its
+/// interfaces, routes or filters). `None`: not reused.
+fn net_pool(config: &Config) -> Option<PathBuf> {
+    let bundle = Path::new(root::BUNDLE);
+    config.drop_uid.then(|| {
+        config
+            .read_only
+            .iter()
+            .find(|(_, inside)| inside == bundle)
+            .map(|(host, _)| host.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// The pipe on which the call's init reports how the function ended (the zygote reads it at
+/// reaping); with namespaces on, the next child is made the init of a new PID namespace.
+fn report_pipe_in_new_pid_namespace(config: &Config) -> Result<(OwnedFd, OwnedFd), Error> {
+    let pipe = sys::call(
+        "pipe2",
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK),
+    )?;
+    if config.namespaces {
+        sys::call(
+            "unshare(PID)",
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID),
+        )?;
+    }
+    Ok(pipe)
+}
+
+/// What the forked child sets itself up with before the shim's layers.
+struct Launch<'a> {
+    env: &'a [OsString],
+    cwd: &'a OsString,
+    /// stdin, stdout and stderr.
+    stdio: &'a [OwnedFd],
+    /// A pooled network namespace to join.
+    net: Option<&'a OwnedFd>,
+}
+
+/// The forked child, the call's init: what `posix_spawn` does for an ordinary executor
+/// (session, stdio, working directory), then the shim's layers and the function.
+fn child(
+    config: &Config,
+    argv: &[OsString],
+    launch: &Launch<'_>,
+    prepared: &Prepared,
+    report: OwnedFd,
+) -> i32 {
+    if let Err(e) = set_up_child(launch, &report) {
+        eprintln!("{}{e}", shim::ERROR_PREFIX);
+        return shim::SETUP_FAILED;
+    }
+    // Closed by the set-up's close_range already.
+    std::mem::forget(report);
+    // SAFETY: fd 3 is the report pipe, dup'ed there above; nothing else owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    match shim::run_as_init(config, argv, launch.env, prepared, report) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("{}{e}", shim::ERROR_PREFIX);
+            shim::SETUP_FAILED
+        }
+    }
+}
+
+/// The child's set-up, in order: a new session, stdio on 0-2, the working directory, the
+/// pooled network namespace, the report pipe on fd 3, every other fd closed (`report`'s
+/// original too, which the caller must then forget rather than close again).
+fn set_up_child(launch: &Launch<'_>, report: &OwnedFd) -> Result<(), Error> {
+    sys::call("setsid", nix::unistd::setsid())?;
+    for (fd, target) in launch.stdio.iter().zip(0..) {
+        sys::dup2("dup2", fd.as_fd(), target)?;
+    }
+    sys::call(
+        "chdir(working directory)",
+        nix::unistd::chdir(launch.cwd.as_os_str()),
+    )?;
+    if let Some(net) = launch.net {
+        sys::call(
+            "setns(pooled NET)",
+            nix::sched::setns(net, CloneFlags::CLONE_NEWNET),
+        )?;
+    }
+    sys::dup2("dup2(report)", report.as_fd(), REPORT_FD)?;
+    // The zygote's socket, the namespace and the originals of 0-3: nothing here uses them
+    // again.
+    sys::close_range(REPORT_FD as u32 + 1)
+}
+
+/// A private mount namespace (still receiving the host's later mounts) for the cgroup mount.
+fn private_mounts() -> Result<(), Error> {
+    sys::call("unshare(NS)", nix::sched::unshare(CloneFlags::CLONE_NEWNS))?;
+    let none: Option<&str> = None;
+    sys::call(
+        "mount(make / slave)",
+        nix::mount::mount(
+            none,
+            "/",
+            none,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+            none,
+        ),
+    )
+}
+
+/// Mounts an empty named cgroup v1 hierarchy with `favordynmods`, then detaches it, keeping it
+/// alive through an open fd for the zygote's life.
+fn fast_cgroup_moves() -> Result<(), Error> {
+    let dir = std::env::temp_dir().join(format!("faasd-zygote-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| sys::on_path("mkdir", &dir, &e))?;
+    let result = mount_favordynmods(&dir);
+    let _ = std::fs::remove_dir(&dir);
+    result
+}
+
+/// The named hierarchy's mount at `dir`, held open and detached.
+fn mount_favordynmods(dir: &Path) -> Result<(), Error> {
+    use nix::mount::MsFlags;
+    sys::call(
+        "mount(cgroup name=faasd,favordynmods)",
+        nix::mount::mount(
+            Some("cgroup"),
+            dir,
+            Some("cgroup"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("none,name=faasd,favordynmods"),
+        ),
+    )?;
+    let held = sys::call(
+        "open(cgroup mount)",
+        nix::fcntl::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        ),
+    )?;
+    // Held for the rest of this process's life: closing it would end the hierarchy.
+    std::mem::forget(held);
+    sys::call(
+        "umount2(cgroup mount, DETACH)",
+        nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(drop_uid: bool, read_only: Vec<(PathBuf, PathBuf)>) -> Config {
+        Config {
+            allow_net: false,
+            namespaces: true,
+            drop_uid,
+            tmpfs_bytes: 1 << 20,
+            cpu_seconds: 5,
+            max_files: 64,
+            max_processes: 64,
+            memory_bytes: 0,
+            uid: 65534,
+            gid: 65534,
+            read_only,
+        }
+    }
+
+    #[test]
+    fn a_network_namespace_is_pooled_per_function_and_only_without_privileges() {
+        let bundle = vec![(PathBuf::from("/srv/f1"), PathBuf::from(root::BUNDLE))];
+        assert_eq!(
+            net_pool(&config(true, bundle.clone())),
+            Some(PathBuf::from("/srv/f1"))
+        );
+        assert_eq!(net_pool(&config(false, bundle)), None);
+        assert_eq!(net_pool(&config(true, Vec::new())), Some(PathBuf::new()));
+    }
+}

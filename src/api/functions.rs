@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::proto::{Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 use crate::units::now_ms;
@@ -187,7 +187,7 @@ pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!(
                 "invalid function name {name:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
             ),
@@ -221,7 +221,7 @@ pub(crate) fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_base64",
+                ErrorCode::InvalidBase64,
                 format!("code is not valid base64: {e}"),
             )
         })
@@ -404,7 +404,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<FunctionView>> {
 fn function_not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "function_not_found",
+        ErrorCode::FunctionNotFound,
         format!("no function named {name:?}"),
     )
 }

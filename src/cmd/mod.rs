@@ -2,6 +2,7 @@
 //! subcommand, and the documented exit codes.
 
 mod bench;
+pub mod exit;
 mod invoke;
 mod ls;
 mod register;
@@ -12,47 +13,6 @@ mod worker;
 mod workers;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-/// Exit codes, stable for scripts.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// The function (task) failed; also any other failure of a command.
-    pub const FAILURE: u8 = 1;
-    /// Usage error: bad arguments or input.
-    pub const USAGE: u8 = 2;
-    /// The server is unreachable or answered with a server error.
-    pub const SERVER: u8 = 3;
-    /// The function or task does not exist.
-    pub const NOT_FOUND: u8 = 4;
-    /// The task has not finished yet (`faasd result`, `faasd logs`).
-    pub const NOT_FINISHED: u8 = 5;
-
-    /// An error that carries its exit code.
-    #[derive(Debug, thiserror::Error)]
-    #[error("{message}")]
-    pub struct Coded {
-        /// The exit code.
-        pub code: u8,
-        /// The one line printed on stderr.
-        pub message: String,
-    }
-
-    /// Builds a coded error.
-    pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Coded {
-            code,
-            message: message.into(),
-        })
-    }
-
-    /// The exit code an error carries, or [`FAILURE`].
-    pub fn code_of(err: &anyhow::Error) -> u8 {
-        err.chain()
-            .find_map(|e| e.downcast_ref::<Coded>())
-            .map_or(FAILURE, |c| c.code)
-    }
-}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, ValueEnum)]

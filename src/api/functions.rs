@@ -264,21 +264,7 @@ pub(crate) async fn register_function(
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
     validate_name(&req.name)?;
     let mut req = req;
-    if let Some(entry) = req.entry.take() {
-        let valid = !entry.is_empty()
-            && entry.split('.').all(|part| {
-                !part.is_empty()
-                    && !part.starts_with(|c: char| c.is_ascii_digit())
-                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            });
-        if !valid {
-            return Err(ApiError::invalid(format!(
-                "entry {entry:?} is not a Python module name"
-            )));
-        }
-        // The harness reads the entry module of a directory bundle from the environment.
-        req.env.insert("FAASD_ENTRY".into(), entry);
-    }
+    move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
     let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
     if code.is_empty() {
@@ -293,23 +279,7 @@ pub(crate) async fn register_function(
             "concurrency must be at least 1 (omit it for unlimited)",
         ));
     }
-    let warm = if runtime.always_warm() || req.warm {
-        if runtime == Runtime::Shell {
-            return Err(ApiError::invalid(
-                "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
-            ));
-        }
-        let idle = match &req.idle_timeout {
-            Some(t) => t.duration()?,
-            None => DEFAULT_IDLE_TIMEOUT,
-        };
-        Some(WarmSpec {
-            min_warm: req.min_warm.unwrap_or(0),
-            idle_timeout_ms: idle.as_millis() as u64,
-        })
-    } else {
-        None
-    };
+    let warm = warm_spec(&req, runtime)?;
     let record = FunctionRecord {
         name: req.name,
         version: 0,
@@ -334,6 +304,48 @@ pub(crate) async fn register_function(
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     Ok(record)
+}
+
+/// Checks the `entry` of a directory bundle and moves it into the environment, where the
+/// harness reads it (`FAASD_ENTRY`).
+fn move_entry_to_env(req: &mut RegisterRequest) -> Result<(), ApiError> {
+    let Some(entry) = req.entry.take() else {
+        return Ok(());
+    };
+    let valid = !entry.is_empty()
+        && entry.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "entry {entry:?} is not a Python module name"
+        )));
+    }
+    req.env.insert("FAASD_ENTRY".into(), entry);
+    Ok(())
+}
+
+/// The warm settings: `None` for a cold function; always warm for runtimes that need it;
+/// refused for `shell`.
+fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>, ApiError> {
+    if !runtime.always_warm() && !req.warm {
+        return Ok(None);
+    }
+    if runtime == Runtime::Shell {
+        return Err(ApiError::invalid(
+            "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
+        ));
+    }
+    let idle = match &req.idle_timeout {
+        Some(t) => t.duration()?,
+        None => DEFAULT_IDLE_TIMEOUT,
+    };
+    Ok(Some(WarmSpec {
+        min_warm: req.min_warm.unwrap_or(0),
+        idle_timeout_ms: idle.as_millis() as u64,
+    }))
 }
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,

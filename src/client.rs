@@ -228,3 +228,115 @@ pub fn segment(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: StatusCode, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: hyper::HeaderMap::new(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_segment_keeps_unreserved_characters() {
+        assert_eq!(segment("fn-1_x.v2~"), "fn-1_x.v2~");
+        assert_eq!(segment(""), "");
+    }
+
+    #[test]
+    fn a_segment_escapes_everything_else_bytewise() {
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("../x?y#z"), "..%2Fx%3Fy%23z");
+        assert_eq!(segment("caf\u{e9}"), "caf%C3%A9");
+        assert_eq!(segment("%"), "%25");
+    }
+
+    #[test]
+    fn a_server_url_must_be_http_with_an_authority() {
+        assert!(Client::new("http://127.0.0.1:8000/").is_ok());
+        let err = Client::new("https://example.com").err().expect("not http");
+        assert!(matches!(err, Error::UrlNotHttp { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "invalid server URL \"https://example.com\": expected http://HOST:PORT"
+        );
+        let err = Client::new("http://a b").err().expect("does not parse");
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid server URL \"http://a b\": ")
+        );
+    }
+
+    #[test]
+    fn an_error_answer_carries_the_servers_message_and_code() {
+        let body = r#"{"error": "no function named \"f\"", "code": "function_not_found"}"#;
+        let err = answer(StatusCode::NOT_FOUND, body).ok().expect_err("404");
+        assert_eq!(err.to_string(), "no function named \"f\"");
+        let Error::Answered { status, code, .. } = err else {
+            panic!("not an error answer: {err:?}");
+        };
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(code, Some(ErrorCode::FunctionNotFound));
+    }
+
+    #[test]
+    fn an_error_answer_without_json_shows_status_and_body() {
+        let err = answer(StatusCode::BAD_GATEWAY, "upstream down\n")
+            .ok()
+            .expect_err("502");
+        assert_eq!(
+            err.to_string(),
+            "server answered 502 Bad Gateway: upstream down"
+        );
+        assert!(matches!(err, Error::Answered { code: None, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_unknown_error_code_is_kept() {
+        let a = answer(
+            StatusCode::FORBIDDEN,
+            r#"{"error": "no", "code": "quota_exceeded"}"#,
+        );
+        assert_eq!(
+            a.error_code(),
+            Some(ErrorCode::Other("quota_exceeded".into()))
+        );
+        assert_eq!(
+            answer(StatusCode::FORBIDDEN, r#"{"code": 7}"#).error_code(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_success_passes_and_a_bad_body_is_an_unexpected_body() {
+        let ok = answer(StatusCode::OK, "[1, 2]").ok().expect("2xx");
+        assert_eq!(ok.json::<Vec<u32>>().expect("a list"), vec![1, 2]);
+        let err = ok.json::<String>().expect_err("not a string");
+        assert!(matches!(err, Error::UnexpectedBody { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("the server sent a body that is not the expected JSON: ")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        let client = Client::new(&format!("http://{addr}")).expect("client");
+        let err = client.get("/healthz").await.expect_err("nothing listens");
+        assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot reach the faasd server at http://{addr}: ")),
+            "{message}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
+    }
+}

@@ -179,6 +179,21 @@ impl ApiError {
         err
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine code.
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
+    }
+
+    /// The message for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Adds a field to the JSON body.
     pub fn with(mut self, key: &str, value: Value) -> ApiError {
         self.extra.insert(key.into(), value);
@@ -240,5 +255,91 @@ impl From<broker::Error> for ApiError {
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
         ApiError::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every known code and the exact string it has on the wire.
+    const CODES: [(ErrorCode, &str); 20] = [
+        (ErrorCode::InvalidRequest, "invalid_request"),
+        (ErrorCode::InvalidName, "invalid_name"),
+        (ErrorCode::InvalidBase64, "invalid_base64"),
+        (ErrorCode::InvalidPickle, "invalid_pickle"),
+        (ErrorCode::InvalidTaskId, "invalid_task_id"),
+        (ErrorCode::MissingField, "missing_field"),
+        (ErrorCode::PayloadTooLarge, "payload_too_large"),
+        (ErrorCode::FunctionNotFound, "function_not_found"),
+        (ErrorCode::TaskNotFound, "task_not_found"),
+        (ErrorCode::RouteNotFound, "route_not_found"),
+        (ErrorCode::MethodNotAllowed, "method_not_allowed"),
+        (ErrorCode::TaskNotFinished, "task_not_finished"),
+        (ErrorCode::QueueFull, "queue_full"),
+        (ErrorCode::ShuttingDown, "shutting_down"),
+        (ErrorCode::FunctionFailed, "function_failed"),
+        (ErrorCode::FunctionTimeout, "function_timeout"),
+        (ErrorCode::WorkerLost, "worker_lost"),
+        (ErrorCode::OutputTooLarge, "output_too_large"),
+        (ErrorCode::ExecutorFailed, "executor_failed"),
+        (ErrorCode::Internal, "internal"),
+    ];
+
+    #[test]
+    fn every_code_serializes_to_its_wire_string() {
+        for (code, text) in CODES {
+            let json = serde_json::to_value(&code).expect("serialize");
+            assert_eq!(json, Value::String(text.into()), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn every_wire_string_parses_back_to_its_code() {
+        for (code, text) in CODES {
+            let parsed: ErrorCode = serde_json::from_value(json!(text)).expect("deserialize");
+            assert_eq!(parsed, code);
+            assert_eq!(ErrorCode::parse(text), code);
+        }
+    }
+
+    #[test]
+    fn an_unknown_code_parses_as_other_and_keeps_its_text() {
+        let parsed: ErrorCode = serde_json::from_value(json!("quota_exceeded")).expect("parse");
+        assert_eq!(parsed, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(ErrorCode::parse("quota_exceeded"), parsed);
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("serialize"),
+            json!("quota_exceeded")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_carries_status_code_and_message_as_json() {
+        let response = ApiError::invalid("timeout must be positive")
+            .with("field", json!("timeout"))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"error": "timeout must be positive", "code": "invalid_request", "field": "timeout"})
+        );
+    }
+
+    #[test]
+    fn a_429_answer_asks_to_retry_after_a_second() {
+        let response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull, "full")
+            .into_response();
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn tail_starts_at_a_line_break_when_it_cuts() {
+        assert_eq!(tail(b"short", 2048), "short");
+        assert_eq!(tail(b"first line\nsecond", 10), "second");
     }
 }

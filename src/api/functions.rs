@@ -266,7 +266,10 @@ pub(crate) async fn register_function(
     let mut req = req;
     move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
-    let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
+    let runtime: Runtime = req
+        .runtime
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("{e}")))?;
     if code.is_empty() {
         return Err(ApiError::invalid("code is empty"));
     }
@@ -444,4 +447,198 @@ pub async fn remove(
     Ok(Json(
         serde_json::json!({"name": f.name, "version": f.version, "deleted": true}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_request(json: serde_json::Value) -> Result<RegisterRequest, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    fn timeout(json: serde_json::Value) -> Result<Duration, ApiError> {
+        serde_json::from_value::<TimeoutField>(json)
+            .expect("a number or a text")
+            .duration()
+    }
+
+    fn size(json: serde_json::Value) -> Result<u64, ApiError> {
+        serde_json::from_value::<SizeField>(json)
+            .expect("a number or a text")
+            .bytes()
+    }
+
+    #[test]
+    fn valid_names_pass() {
+        let longest = format!("a{}", "b".repeat(62));
+        for name in ["a", "0", "hello", "fn-1_x", "9lives", longest.as_str()] {
+            assert!(validate_name(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_name_is_refused() {
+        let err = validate_name("").expect_err("empty");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.code(), &ErrorCode::InvalidName);
+    }
+
+    #[test]
+    fn a_name_over_63_characters_is_refused() {
+        let name = "a".repeat(64);
+        assert_eq!(
+            validate_name(&name).expect_err("too long").code(),
+            &ErrorCode::InvalidName
+        );
+    }
+
+    #[test]
+    fn names_with_bad_characters_are_refused() {
+        for name in [
+            "Hello",
+            "-lead",
+            "_lead",
+            "a b",
+            "a/b",
+            "a.b",
+            "caf\u{e9}",
+            "a\n",
+        ] {
+            let err = validate_name(name).expect_err(name);
+            assert_eq!(err.code(), &ErrorCode::InvalidName, "{name:?}");
+            assert!(err.message().contains("invalid function name"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_in_seconds_may_have_a_fraction() {
+        assert_eq!(
+            timeout(serde_json::json!(1.5)).expect("1.5s"),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            timeout(serde_json::json!(30)).expect("30s"),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn a_timeout_as_text_is_a_duration() {
+        assert_eq!(
+            timeout(serde_json::json!("1m 30s")).expect("90s"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            timeout(serde_json::json!("250ms")).expect("250ms"),
+            Duration::from_millis(250)
+        );
+        let err = timeout(serde_json::json!("soon")).expect_err("not a duration");
+        assert_eq!(err.code(), &ErrorCode::InvalidRequest);
+        assert!(err.message().contains("\"soon\""), "{}", err.message());
+    }
+
+    #[test]
+    fn a_timeout_must_be_between_a_millisecond_and_a_day() {
+        assert!(timeout(serde_json::json!("24h")).is_ok());
+        assert!(timeout(serde_json::json!("1ms")).is_ok());
+        for out_of_range in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(0.0001),
+            serde_json::json!("25h"),
+            serde_json::json!("0s"),
+        ] {
+            let err = timeout(out_of_range.clone()).expect_err("out of range");
+            assert_eq!(err.code(), &ErrorCode::InvalidRequest, "{out_of_range}");
+        }
+    }
+
+    #[test]
+    fn a_memory_size_is_bytes_or_a_text_of_at_least_4mib() {
+        assert_eq!(size(serde_json::json!("256MiB")).expect("text"), 256 << 20);
+        assert_eq!(size(serde_json::json!(8 << 20)).expect("bytes"), 8 << 20);
+        assert_eq!(size(serde_json::json!("4MiB")).expect("the least"), 4 << 20);
+        let small = size(serde_json::json!("1MiB")).expect_err("below 4MiB");
+        assert_eq!(small.message(), "memory must be at least 4MiB");
+        let bad = size(serde_json::json!("lots")).expect_err("not a size");
+        assert_eq!(bad.code(), &ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn a_registration_defaults_to_the_shell_runtime() {
+        let req = parse_request(serde_json::json!({"name": "f", "code": "ZWNobw=="}))
+            .expect("minimal registration");
+        assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(Runtime::Shell));
+        assert!(!req.warm && !req.allow_net && req.env.is_empty());
+    }
+
+    #[test]
+    fn a_registration_names_each_runtime() {
+        for (text, runtime) in [
+            ("shell", Runtime::Shell),
+            ("exec", Runtime::Exec),
+            ("python", Runtime::Python),
+            ("pickle", Runtime::Pickle),
+        ] {
+            let req = parse_request(serde_json::json!({"name": "f", "runtime": text, "code": ""}))
+                .expect("registration");
+            assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(runtime), "{text}");
+        }
+        let req = parse_request(serde_json::json!({"name": "f", "runtime": "cobol", "code": ""}))
+            .expect("the runtime is checked later");
+        assert!(req.runtime.parse::<Runtime>().is_err());
+    }
+
+    #[test]
+    fn a_registration_with_an_unknown_field_is_refused() {
+        let err = parse_request(serde_json::json!({"name": "f", "code": "", "cpu": 2}))
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn warm_settings_follow_the_runtime() {
+        let mut req = RegisterRequest::new("f".into(), "python");
+        let spec = warm_spec(&req, Runtime::Python)
+            .expect("python is warm")
+            .expect("a warm spec");
+        assert_eq!(
+            spec.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT.as_millis() as u64
+        );
+        assert_eq!(spec.min_warm, 0);
+        assert!(warm_spec(&req, Runtime::Exec).expect("cold exec").is_none());
+        req.warm = true;
+        req.min_warm = Some(2);
+        req.idle_timeout = Some(TimeoutField::Text("5s".into()));
+        let spec = warm_spec(&req, Runtime::Exec)
+            .expect("warm exec")
+            .expect("a warm spec");
+        assert_eq!((spec.min_warm, spec.idle_timeout_ms), (2, 5000));
+        assert!(warm_spec(&req, Runtime::Shell).is_err());
+    }
+
+    #[test]
+    fn the_entry_module_moves_into_the_environment() {
+        let mut req = RegisterRequest::new("f".into(), "python");
+        req.entry = Some("pkg.main_mod".into());
+        move_entry_to_env(&mut req).expect("a module name");
+        assert_eq!(req.env["FAASD_ENTRY"], "pkg.main_mod");
+        assert!(req.entry.is_none());
+        for bad in ["", "1mod", "a..b", "a-b", "pkg."] {
+            req.entry = Some(bad.into());
+            assert!(move_entry_to_env(&mut req).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn environment_names_are_checked() {
+        let env = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(validate_env(&env("PATH_2", "x")).is_ok());
+        assert!(validate_env(&env("2X", "x")).is_err());
+        assert!(validate_env(&env("A-B", "x")).is_err());
+        assert!(validate_env(&env("", "x")).is_err());
+        assert!(validate_env(&env("A", "x\0y")).is_err());
+    }
 }

@@ -164,3 +164,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => bench::run(args).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uid_colon_gid_or_one_number_for_both() {
+        assert_eq!(parse_ids("1000:100"), Ok((1000, 100)));
+        assert_eq!(parse_ids("65534"), Ok((65534, 65534)));
+        assert_eq!(parse_ids("0:0"), Ok((0, 0)));
+    }
+
+    #[test]
+    fn ids_that_are_not_numbers_are_refused() {
+        for text in ["", "a:b", "1:", ":1", "1:2:3", "-1:0", "4294967296"] {
+            assert_eq!(
+                parse_ids(text),
+                Err(format!("{text:?} is not UID:GID")),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = Cli::try_parse_from(["faasd", "serve", "--sandbox-user", "10:20"])
+            .expect("serve parses");
+        let Command::Serve(_) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        let err =
+            Cli::try_parse_from(["faasd", "serve", "--sandbox-user", "x"]).expect_err("bad ids");
+        assert!(err.to_string().contains("\"x\" is not UID:GID"), "{err}");
+    }
+}

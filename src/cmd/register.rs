@@ -156,3 +156,46 @@ fn bundle_dir(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         .context("cannot add the files")?;
     archive.into_inner().context("cannot finish the archive")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cmd::{Cli, Command};
+
+    fn register_args(argv: &[&str]) -> RegisterArgs {
+        let argv = ["faasd", "register", "f", "code.sh"].iter().chain(argv);
+        match Cli::try_parse_from(argv).expect("register parses").command {
+            Command::Register(args) => args,
+            other => panic!("not register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_body_holds_only_the_settings_given() {
+        let args = register_args(&["--timeout", "5s", "--concurrency", "2", "--env", "A=b=c"]);
+        let body = request_body(&args, b"echo").expect("a body");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "name": "f",
+                "runtime": "shell",
+                "code": "ZWNobw==",
+                "env": {"A": "b=c"},
+                "warm": false,
+                "allow_net": false,
+                "timeout": "5s",
+                "concurrency": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn an_env_without_equals_is_a_usage_error() {
+        let args = register_args(&["--env", "NOVALUE"]);
+        let err = request_body(&args, b"echo").expect_err("not K=V");
+        assert_eq!(exit::code_of(&err), exit::USAGE);
+        assert_eq!(err.to_string(), "--env wants K=V, got \"NOVALUE\"");
+    }
+}

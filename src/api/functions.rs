@@ -266,10 +266,10 @@ pub(crate) async fn register_function(
     let mut req = req;
     move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
-    let runtime: Runtime = req
+    let runtime = req
         .runtime
-        .parse()
-        .map_err(|e| ApiError::invalid(format!("{e}")))?;
+        .parse::<Runtime>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     if code.is_empty() {
         return Err(ApiError::invalid("code is empty"));
     }

@@ -232,6 +232,7 @@ async fn wait_finished(
     Ok((last_finished, failed))
 }
 
+/// Makes `--sync-calls` sequential sync calls; returns the time each took.
 async fn sync_latency(client: &Client, args: &BenchArgs) -> anyhow::Result<Vec<Duration>> {
     let path = format!("/v1/functions/{}/invoke", args.function);
     let mut latencies = Vec::with_capacity(args.sync_calls);

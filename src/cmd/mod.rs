@@ -1,5 +1,6 @@
-//! The command line: the top-level parser, tracing set-up, dispatch to one file per
-//! subcommand, and the documented exit codes.
+//! The command line: the top-level parser, tracing set-up, and dispatch to one file per
+//! subcommand. The documented exit codes, and the mapping of client errors to them, are in
+//! [`exit`].
 
 mod bench;
 pub mod exit;
@@ -69,6 +70,7 @@ pub struct ExecutorArgs {
     pub sandbox_memory: usize,
 }
 
+/// Parses `--sandbox-user`: `UID:GID`, or one number for both (a clap value parser).
 fn parse_ids(text: &str) -> Result<(u32, u32), String> {
     let (uid, gid) = text.split_once(':').unwrap_or((text, text));
     let id = |s: &str| {

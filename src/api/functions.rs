@@ -259,11 +259,10 @@ pub async fn register(
 /// Validates a registration and registers it; shared by the native and the MPCS routes.
 pub(crate) async fn register_function(
     state: &AppState,
-    req: RegisterRequest,
+    mut req: RegisterRequest,
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
     validate_name(&req.name)?;
-    let mut req = req;
     move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
     let runtime = req

@@ -1,5 +1,6 @@
-//! The HTTP client the CLI commands share: requests to the faasd API, and the mapping of its
-//! error answers to the CLI's exit codes.
+//! The HTTP client the CLI commands share: requests to the faasd API, whole answers, and a
+//! typed [`Error`] that says what went wrong. The client knows nothing of exit codes: `cmd`
+//! maps its errors to them.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -8,7 +9,72 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::cmd::exit;
+use crate::api::ErrorCode;
+
+/// What went wrong talking to the server.
+///
+/// Each message is one whole line: a cause is written into it rather than returned by
+/// `source()`, so the CLI prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server URL does not parse.
+    #[error("invalid server URL {url:?}: {cause}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        cause: hyper::http::uri::InvalidUri,
+    },
+    /// The server URL is not `http://HOST:PORT`.
+    #[error("invalid server URL {url:?}: expected http://HOST:PORT")]
+    UrlNotHttp {
+        /// The URL as given.
+        url: String,
+    },
+    /// A request for `path` could not be built.
+    #[error("cannot build request for {path}: {cause}")]
+    BuildRequest {
+        /// The request's path.
+        path: String,
+        /// Why it could not be built.
+        cause: hyper::http::Error,
+    },
+    /// Connecting to the server or sending the request failed.
+    #[error("cannot reach the faasd server at {url}: {}", connect_cause(cause))]
+    Unreachable {
+        /// The server's base URL.
+        url: String,
+        /// What failed.
+        cause: hyper_util::client::legacy::Error,
+    },
+    /// Reading the answer's body failed.
+    #[error("reading the answer failed: {cause}")]
+    ReadAnswer {
+        /// What failed.
+        cause: hyper::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{message}")]
+    Answered {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `code` of the error body, if it has one.
+        code: Option<ErrorCode>,
+        /// The `error` of the error body, or the status and the body's text.
+        message: String,
+    },
+    /// The body is not the JSON the command expected.
+    #[error("the server sent a body that is not the expected JSON: {cause}")]
+    UnexpectedBody {
+        /// Why it does not parse.
+        cause: serde_json::Error,
+    },
+}
+
+/// The most telling part of a failed request: the cause under hyper's wrapper, if it has one.
+fn connect_cause(err: &hyper_util::client::legacy::Error) -> String {
+    std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string())
+}
 
 /// An answer from the server.
 #[derive(Debug)]
@@ -23,17 +89,12 @@ pub struct Answer {
 
 impl Answer {
     /// Parses the body as JSON.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            exit::coded(
-                exit::SERVER,
-                format!("the server sent a body that is not the expected JSON: {e}"),
-            )
-        })
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|cause| Error::UnexpectedBody { cause })
     }
 
-    /// Succeeds on a 2xx answer; otherwise turns the error answer into a coded error.
-    pub fn ok(self) -> anyhow::Result<Answer> {
+    /// Succeeds on a 2xx answer; otherwise turns the error answer into [`Error::Answered`].
+    pub fn ok(self) -> Result<Answer, Error> {
         if self.status.is_success() {
             Ok(self)
         } else {
@@ -42,14 +103,13 @@ impl Answer {
     }
 
     /// The error JSON's `code`, if the body has one.
-    pub fn error_code(&self) -> Option<String> {
-        serde_json::from_slice::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("code")?.as_str().map(ErrorCode::parse)
     }
 
-    /// Turns an error answer into a coded error with the server's message.
-    pub fn into_error(self) -> anyhow::Error {
+    /// Turns an error answer into [`Error::Answered`] with the server's message.
+    pub fn into_error(self) -> Error {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
         let message = parsed
             .as_ref()
@@ -61,19 +121,11 @@ impl Answer {
                     String::from_utf8_lossy(&self.body).trim()
                 )
             });
-        let code = self.error_code().unwrap_or_default();
-        let exit_code = match (self.status, code.as_str()) {
-            (
-                _,
-                "function_failed" | "function_timeout" | "worker_lost" | "output_too_large"
-                | "executor_failed",
-            ) => exit::FAILURE,
-            (_, "task_not_finished") => exit::NOT_FINISHED,
-            (StatusCode::NOT_FOUND, _) => exit::NOT_FOUND,
-            (s, _) if s.is_client_error() && s != StatusCode::TOO_MANY_REQUESTS => exit::USAGE,
-            _ => exit::SERVER,
-        };
-        exit::coded(exit_code, message)
+        Error::Answered {
+            status: self.status,
+            code: self.error_code(),
+            message,
+        }
     }
 }
 
@@ -86,16 +138,16 @@ pub struct Client {
 
 impl Client {
     /// A client for the server at `url` (`http://HOST:PORT`).
-    pub fn new(url: &str) -> anyhow::Result<Client> {
+    pub fn new(url: &str) -> Result<Client, Error> {
         let base = url.trim_end_matches('/').to_string();
-        let uri: hyper::Uri = base
-            .parse()
-            .map_err(|e| exit::coded(exit::USAGE, format!("invalid server URL {url:?}: {e}")))?;
+        let uri: hyper::Uri = base.parse().map_err(|cause| Error::InvalidUrl {
+            url: url.to_owned(),
+            cause,
+        })?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(exit::coded(
-                exit::USAGE,
-                format!("invalid server URL {url:?}: expected http://HOST:PORT"),
-            ));
+            return Err(Error::UrlNotHttp {
+                url: url.to_owned(),
+            });
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -112,29 +164,32 @@ impl Client {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Answer, Error> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
         if let Some(ct) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
         }
-        let request = builder.body(Full::new(body)).map_err(|e| {
-            exit::coded(exit::USAGE, format!("cannot build request for {path}: {e}"))
-        })?;
-        let response = self.http.request(request).await.map_err(|e| {
-            let cause =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            exit::coded(
-                exit::SERVER,
-                format!("cannot reach the faasd server at {}: {cause}", self.base),
-            )
-        })?;
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|cause| Error::BuildRequest {
+                path: path.to_owned(),
+                cause,
+            })?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|cause| Error::Unreachable {
+                url: self.base.clone(),
+                cause,
+            })?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| exit::coded(exit::SERVER, format!("reading the answer failed: {e}")))?
+            .map_err(|cause| Error::ReadAnswer { cause })?
             .to_bytes();
         Ok(Answer {
             status: parts.status,
@@ -144,23 +199,18 @@ impl Client {
     }
 
     /// `GET path`.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+    pub async fn get(&self, path: &str) -> Result<Answer, Error> {
         self.request(Method::GET, path, None, Bytes::new()).await
     }
 
     /// `POST path` with a body.
-    pub async fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: Bytes,
-    ) -> anyhow::Result<Answer> {
+    pub async fn post(&self, path: &str, content_type: &str, body: Bytes) -> Result<Answer, Error> {
         self.request(Method::POST, path, Some(content_type), body)
             .await
     }
 
     /// `DELETE path`.
-    pub async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
+    pub async fn delete(&self, path: &str) -> Result<Answer, Error> {
         self.request(Method::DELETE, path, None, Bytes::new()).await
     }
 }
@@ -177,4 +227,116 @@ pub fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: StatusCode, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: hyper::HeaderMap::new(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_segment_keeps_unreserved_characters() {
+        assert_eq!(segment("fn-1_x.v2~"), "fn-1_x.v2~");
+        assert_eq!(segment(""), "");
+    }
+
+    #[test]
+    fn a_segment_escapes_everything_else_bytewise() {
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("../x?y#z"), "..%2Fx%3Fy%23z");
+        assert_eq!(segment("caf\u{e9}"), "caf%C3%A9");
+        assert_eq!(segment("%"), "%25");
+    }
+
+    #[test]
+    fn a_server_url_must_be_http_with_an_authority() {
+        assert!(Client::new("http://127.0.0.1:8000/").is_ok());
+        let err = Client::new("https://example.com").err().expect("not http");
+        assert!(matches!(err, Error::UrlNotHttp { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "invalid server URL \"https://example.com\": expected http://HOST:PORT"
+        );
+        let err = Client::new("http://a b").err().expect("does not parse");
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid server URL \"http://a b\": ")
+        );
+    }
+
+    #[test]
+    fn an_error_answer_carries_the_servers_message_and_code() {
+        let body = r#"{"error": "no function named \"f\"", "code": "function_not_found"}"#;
+        let err = answer(StatusCode::NOT_FOUND, body).ok().expect_err("404");
+        assert_eq!(err.to_string(), "no function named \"f\"");
+        let Error::Answered { status, code, .. } = err else {
+            panic!("not an error answer: {err:?}");
+        };
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(code, Some(ErrorCode::FunctionNotFound));
+    }
+
+    #[test]
+    fn an_error_answer_without_json_shows_status_and_body() {
+        let err = answer(StatusCode::BAD_GATEWAY, "upstream down\n")
+            .ok()
+            .expect_err("502");
+        assert_eq!(
+            err.to_string(),
+            "server answered 502 Bad Gateway: upstream down"
+        );
+        assert!(matches!(err, Error::Answered { code: None, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_unknown_error_code_is_kept() {
+        let a = answer(
+            StatusCode::FORBIDDEN,
+            r#"{"error": "no", "code": "quota_exceeded"}"#,
+        );
+        assert_eq!(
+            a.error_code(),
+            Some(ErrorCode::Other("quota_exceeded".into()))
+        );
+        assert_eq!(
+            answer(StatusCode::FORBIDDEN, r#"{"code": 7}"#).error_code(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_success_passes_and_a_bad_body_is_an_unexpected_body() {
+        let ok = answer(StatusCode::OK, "[1, 2]").ok().expect("2xx");
+        assert_eq!(ok.json::<Vec<u32>>().expect("a list"), vec![1, 2]);
+        let err = ok.json::<String>().expect_err("not a string");
+        assert!(matches!(err, Error::UnexpectedBody { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("the server sent a body that is not the expected JSON: ")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        let client = Client::new(&format!("http://{addr}")).expect("client");
+        let err = client.get("/healthz").await.expect_err("nothing listens");
+        assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot reach the faasd server at http://{addr}: ")),
+            "{message}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
+    }
 }

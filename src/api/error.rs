@@ -1,7 +1,9 @@
-//! The API's one error type and its mapping to HTTP statuses and JSON bodies.
+//! The API's one error type, its stable machine codes ([`ErrorCode`], shared with the client),
+//! and its mapping to HTTP statuses and JSON bodies.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::broker;
@@ -11,12 +13,74 @@ use crate::store::TaskRecord;
 /// The header that carries a task's id on invoke answers.
 pub const TASK_ID_HEADER: &str = "x-faasd-task-id";
 
+/// The stable machine code of an error answer: the `code` field of its JSON body.
+///
+/// Serializes to the snake_case name of the variant (`FunctionNotFound` is
+/// `ErrorCode::FunctionNotFound`). A code this build does not know (from a newer server) parses as
+/// [`ErrorCode::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a setting is out of range.
+    InvalidRequest,
+    /// A function name breaks the naming rule.
+    InvalidName,
+    /// The code is not valid base64.
+    InvalidBase64,
+    /// An MPCS payload is not base64 of a pickle.
+    InvalidPickle,
+    /// A task id is not a UUID.
+    InvalidTaskId,
+    /// An MPCS request lacks a field.
+    MissingField,
+    /// The request body is over the limit.
+    PayloadTooLarge,
+    /// No function has that name.
+    FunctionNotFound,
+    /// No task has that id.
+    TaskNotFound,
+    /// No route matches the path.
+    RouteNotFound,
+    /// The route does not take that method.
+    MethodNotAllowed,
+    /// The task has not finished yet.
+    TaskNotFinished,
+    /// The function's queue is full.
+    QueueFull,
+    /// The server is stopping.
+    ShuttingDown,
+    /// The function failed (an exception, a non-zero exit, a signal, out of memory).
+    FunctionFailed,
+    /// The function ran past its timeout.
+    FunctionTimeout,
+    /// The task's worker was lost too many times.
+    WorkerLost,
+    /// The function's output is over the limit.
+    OutputTooLarge,
+    /// The executor could not run the function (spawn, init or protocol failure).
+    ExecutorFailed,
+    /// The server failed (a store error and the like).
+    Internal,
+    /// A code this build does not know.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code for `text`: a known variant, or [`ErrorCode::Other`].
+    pub fn parse(text: &str) -> ErrorCode {
+        use serde::de::value::{Error, StrDeserializer};
+        ErrorCode::deserialize(StrDeserializer::<Error>::new(text))
+            .unwrap_or_else(|_| ErrorCode::Other(text.to_owned()))
+    }
+}
+
 /// An error answer: status, a stable machine code, a message a person can act on, and
 /// optional extra fields.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     extra: Map<String, Value>,
     task_id: Option<String>,
@@ -24,7 +88,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a status, a code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -36,14 +100,14 @@ impl ApiError {
 
     /// 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
 
     /// 404 `task_not_found`.
     pub fn task_not_found(id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "task_not_found",
+            ErrorCode::TaskNotFound,
             format!("no task with id {id}"),
         )
     }
@@ -52,7 +116,7 @@ impl ApiError {
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request body exceeds the {limit} byte limit"),
         )
     }
@@ -61,7 +125,7 @@ impl ApiError {
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("internal error: {message}"),
         )
     }
@@ -69,23 +133,29 @@ impl ApiError {
     /// The answer for a task that ended FAILED: its status and code depend on the reason.
     pub fn task_failed(record: &TaskRecord, stderr: &[u8]) -> ApiError {
         let (status, code) = match record.failure {
-            Some(FailureReason::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
-            Some(FailureReason::WorkerLost) => (StatusCode::SERVICE_UNAVAILABLE, "worker_lost"),
-            Some(FailureReason::OutputTooLarge) => (StatusCode::BAD_GATEWAY, "output_too_large"),
+            Some(FailureReason::Timeout) => {
+                (StatusCode::GATEWAY_TIMEOUT, ErrorCode::FunctionTimeout)
+            }
+            Some(FailureReason::WorkerLost) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::WorkerLost)
+            }
+            Some(FailureReason::OutputTooLarge) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::OutputTooLarge)
+            }
             Some(
                 FailureReason::OutputHeldOpen
                 | FailureReason::Exception
                 | FailureReason::ExecutorDied
                 | FailureReason::OutOfMemory,
-            ) => (StatusCode::BAD_GATEWAY, "function_failed"),
+            ) => (StatusCode::BAD_GATEWAY, ErrorCode::FunctionFailed),
             Some(FailureReason::ProtocolError | FailureReason::InitFailed) => {
-                (StatusCode::BAD_GATEWAY, "executor_failed")
+                (StatusCode::BAD_GATEWAY, ErrorCode::ExecutorFailed)
             }
             Some(FailureReason::SpawnFailed | FailureReason::CodeUnavailable) => {
-                (StatusCode::BAD_GATEWAY, "executor_failed")
+                (StatusCode::BAD_GATEWAY, ErrorCode::ExecutorFailed)
             }
             Some(FailureReason::ExitStatus | FailureReason::Signal) | None => {
-                (StatusCode::BAD_GATEWAY, "function_failed")
+                (StatusCode::BAD_GATEWAY, ErrorCode::FunctionFailed)
             }
         };
         let id = uuid::Uuid::from_u128(record.id).to_string();
@@ -107,6 +177,21 @@ impl ApiError {
             .insert("stderr_tail".into(), json!(tail(stderr, 2048)));
         err.task_id = Some(id);
         err
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine code.
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
+    }
+
+    /// The message for a person.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// Adds a field to the JSON body.
@@ -147,15 +232,19 @@ impl IntoResponse for ApiError {
 impl From<broker::Error> for ApiError {
     fn from(e: broker::Error) -> Self {
         match e {
-            broker::Error::UnknownFunction { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "function_not_found", e.to_string())
-            }
-            broker::Error::QueueFull { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
-            }
+            broker::Error::UnknownFunction { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::FunctionNotFound,
+                e.to_string(),
+            ),
+            broker::Error::QueueFull { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            ),
             broker::Error::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 e.to_string(),
             ),
             broker::Error::Store(e) => ApiError::internal(e),
@@ -166,5 +255,91 @@ impl From<broker::Error> for ApiError {
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
         ApiError::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every known code and the exact string it has on the wire.
+    const CODES: [(ErrorCode, &str); 20] = [
+        (ErrorCode::InvalidRequest, "invalid_request"),
+        (ErrorCode::InvalidName, "invalid_name"),
+        (ErrorCode::InvalidBase64, "invalid_base64"),
+        (ErrorCode::InvalidPickle, "invalid_pickle"),
+        (ErrorCode::InvalidTaskId, "invalid_task_id"),
+        (ErrorCode::MissingField, "missing_field"),
+        (ErrorCode::PayloadTooLarge, "payload_too_large"),
+        (ErrorCode::FunctionNotFound, "function_not_found"),
+        (ErrorCode::TaskNotFound, "task_not_found"),
+        (ErrorCode::RouteNotFound, "route_not_found"),
+        (ErrorCode::MethodNotAllowed, "method_not_allowed"),
+        (ErrorCode::TaskNotFinished, "task_not_finished"),
+        (ErrorCode::QueueFull, "queue_full"),
+        (ErrorCode::ShuttingDown, "shutting_down"),
+        (ErrorCode::FunctionFailed, "function_failed"),
+        (ErrorCode::FunctionTimeout, "function_timeout"),
+        (ErrorCode::WorkerLost, "worker_lost"),
+        (ErrorCode::OutputTooLarge, "output_too_large"),
+        (ErrorCode::ExecutorFailed, "executor_failed"),
+        (ErrorCode::Internal, "internal"),
+    ];
+
+    #[test]
+    fn every_code_serializes_to_its_wire_string() {
+        for (code, text) in CODES {
+            let json = serde_json::to_value(&code).expect("serialize");
+            assert_eq!(json, Value::String(text.into()), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn every_wire_string_parses_back_to_its_code() {
+        for (code, text) in CODES {
+            let parsed: ErrorCode = serde_json::from_value(json!(text)).expect("deserialize");
+            assert_eq!(parsed, code);
+            assert_eq!(ErrorCode::parse(text), code);
+        }
+    }
+
+    #[test]
+    fn an_unknown_code_parses_as_other_and_keeps_its_text() {
+        let parsed: ErrorCode = serde_json::from_value(json!("quota_exceeded")).expect("parse");
+        assert_eq!(parsed, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(ErrorCode::parse("quota_exceeded"), parsed);
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("serialize"),
+            json!("quota_exceeded")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_carries_status_code_and_message_as_json() {
+        let response = ApiError::invalid("timeout must be positive")
+            .with("field", json!("timeout"))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"error": "timeout must be positive", "code": "invalid_request", "field": "timeout"})
+        );
+    }
+
+    #[test]
+    fn a_429_answer_asks_to_retry_after_a_second() {
+        let response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull, "full")
+            .into_response();
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn tail_starts_at_a_line_break_when_it_cuts() {
+        assert_eq!(tail(b"short", 2048), "short");
+        assert_eq!(tail(b"first line\nsecond", 10), "second");
     }
 }

@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::proto::{Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 use crate::units::now_ms;
@@ -187,7 +187,7 @@ pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!(
                 "invalid function name {name:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
             ),
@@ -221,7 +221,7 @@ pub(crate) fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_base64",
+                ErrorCode::InvalidBase64,
                 format!("code is not valid base64: {e}"),
             )
         })
@@ -259,28 +259,16 @@ pub async fn register(
 /// Validates a registration and registers it; shared by the native and the MPCS routes.
 pub(crate) async fn register_function(
     state: &AppState,
-    req: RegisterRequest,
+    mut req: RegisterRequest,
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
     validate_name(&req.name)?;
-    let mut req = req;
-    if let Some(entry) = req.entry.take() {
-        let valid = !entry.is_empty()
-            && entry.split('.').all(|part| {
-                !part.is_empty()
-                    && !part.starts_with(|c: char| c.is_ascii_digit())
-                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            });
-        if !valid {
-            return Err(ApiError::invalid(format!(
-                "entry {entry:?} is not a Python module name"
-            )));
-        }
-        // The harness reads the entry module of a directory bundle from the environment.
-        req.env.insert("FAASD_ENTRY".into(), entry);
-    }
+    move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
-    let runtime: Runtime = req.runtime.parse().map_err(ApiError::invalid)?;
+    let runtime = req
+        .runtime
+        .parse::<Runtime>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     if code.is_empty() {
         return Err(ApiError::invalid("code is empty"));
     }
@@ -293,23 +281,7 @@ pub(crate) async fn register_function(
             "concurrency must be at least 1 (omit it for unlimited)",
         ));
     }
-    let warm = if runtime.always_warm() || req.warm {
-        if runtime == Runtime::Shell {
-            return Err(ApiError::invalid(
-                "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
-            ));
-        }
-        let idle = match &req.idle_timeout {
-            Some(t) => t.duration()?,
-            None => DEFAULT_IDLE_TIMEOUT,
-        };
-        Some(WarmSpec {
-            min_warm: req.min_warm.unwrap_or(0),
-            idle_timeout_ms: idle.as_millis() as u64,
-        })
-    } else {
-        None
-    };
+    let warm = warm_spec(&req, runtime)?;
     let record = FunctionRecord {
         name: req.name,
         version: 0,
@@ -334,6 +306,48 @@ pub(crate) async fn register_function(
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     Ok(record)
+}
+
+/// Checks the `entry` of a directory bundle and moves it into the environment, where the
+/// harness reads it (`FAASD_ENTRY`).
+fn move_entry_to_env(req: &mut RegisterRequest) -> Result<(), ApiError> {
+    let Some(entry) = req.entry.take() else {
+        return Ok(());
+    };
+    let valid = !entry.is_empty()
+        && entry.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "entry {entry:?} is not a Python module name"
+        )));
+    }
+    req.env.insert("FAASD_ENTRY".into(), entry);
+    Ok(())
+}
+
+/// The warm settings: `None` for a cold function; always warm for runtimes that need it;
+/// refused for `shell`.
+fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>, ApiError> {
+    if !runtime.always_warm() && !req.warm {
+        return Ok(None);
+    }
+    if runtime == Runtime::Shell {
+        return Err(ApiError::invalid(
+            "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
+        ));
+    }
+    let idle = match &req.idle_timeout {
+        Some(t) => t.duration()?,
+        None => DEFAULT_IDLE_TIMEOUT,
+    };
+    Ok(Some(WarmSpec {
+        min_warm: req.min_warm.unwrap_or(0),
+        idle_timeout_ms: idle.as_millis() as u64,
+    }))
 }
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
@@ -404,7 +418,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<FunctionView>> {
 fn function_not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "function_not_found",
+        ErrorCode::FunctionNotFound,
         format!("no function named {name:?}"),
     )
 }
@@ -432,4 +446,198 @@ pub async fn remove(
     Ok(Json(
         serde_json::json!({"name": f.name, "version": f.version, "deleted": true}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_request(json: serde_json::Value) -> Result<RegisterRequest, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    fn timeout(json: serde_json::Value) -> Result<Duration, ApiError> {
+        serde_json::from_value::<TimeoutField>(json)
+            .expect("a number or a text")
+            .duration()
+    }
+
+    fn size(json: serde_json::Value) -> Result<u64, ApiError> {
+        serde_json::from_value::<SizeField>(json)
+            .expect("a number or a text")
+            .bytes()
+    }
+
+    #[test]
+    fn valid_names_pass() {
+        let longest = format!("a{}", "b".repeat(62));
+        for name in ["a", "0", "hello", "fn-1_x", "9lives", longest.as_str()] {
+            assert!(validate_name(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_name_is_refused() {
+        let err = validate_name("").expect_err("empty");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.code(), &ErrorCode::InvalidName);
+    }
+
+    #[test]
+    fn a_name_over_63_characters_is_refused() {
+        let name = "a".repeat(64);
+        assert_eq!(
+            validate_name(&name).expect_err("too long").code(),
+            &ErrorCode::InvalidName
+        );
+    }
+
+    #[test]
+    fn names_with_bad_characters_are_refused() {
+        for name in [
+            "Hello",
+            "-lead",
+            "_lead",
+            "a b",
+            "a/b",
+            "a.b",
+            "caf\u{e9}",
+            "a\n",
+        ] {
+            let err = validate_name(name).expect_err(name);
+            assert_eq!(err.code(), &ErrorCode::InvalidName, "{name:?}");
+            assert!(err.message().contains("invalid function name"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_in_seconds_may_have_a_fraction() {
+        assert_eq!(
+            timeout(serde_json::json!(1.5)).expect("1.5s"),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            timeout(serde_json::json!(30)).expect("30s"),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn a_timeout_as_text_is_a_duration() {
+        assert_eq!(
+            timeout(serde_json::json!("1m 30s")).expect("90s"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            timeout(serde_json::json!("250ms")).expect("250ms"),
+            Duration::from_millis(250)
+        );
+        let err = timeout(serde_json::json!("soon")).expect_err("not a duration");
+        assert_eq!(err.code(), &ErrorCode::InvalidRequest);
+        assert!(err.message().contains("\"soon\""), "{}", err.message());
+    }
+
+    #[test]
+    fn a_timeout_must_be_between_a_millisecond_and_a_day() {
+        assert!(timeout(serde_json::json!("24h")).is_ok());
+        assert!(timeout(serde_json::json!("1ms")).is_ok());
+        for out_of_range in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(0.0001),
+            serde_json::json!("25h"),
+            serde_json::json!("0s"),
+        ] {
+            let err = timeout(out_of_range.clone()).expect_err("out of range");
+            assert_eq!(err.code(), &ErrorCode::InvalidRequest, "{out_of_range}");
+        }
+    }
+
+    #[test]
+    fn a_memory_size_is_bytes_or_a_text_of_at_least_4mib() {
+        assert_eq!(size(serde_json::json!("256MiB")).expect("text"), 256 << 20);
+        assert_eq!(size(serde_json::json!(8 << 20)).expect("bytes"), 8 << 20);
+        assert_eq!(size(serde_json::json!("4MiB")).expect("the least"), 4 << 20);
+        let small = size(serde_json::json!("1MiB")).expect_err("below 4MiB");
+        assert_eq!(small.message(), "memory must be at least 4MiB");
+        let bad = size(serde_json::json!("lots")).expect_err("not a size");
+        assert_eq!(bad.code(), &ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn a_registration_defaults_to_the_shell_runtime() {
+        let req = parse_request(serde_json::json!({"name": "f", "code": "ZWNobw=="}))
+            .expect("minimal registration");
+        assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(Runtime::Shell));
+        assert!(!req.warm && !req.allow_net && req.env.is_empty());
+    }
+
+    #[test]
+    fn a_registration_names_each_runtime() {
+        for (text, runtime) in [
+            ("shell", Runtime::Shell),
+            ("exec", Runtime::Exec),
+            ("python", Runtime::Python),
+            ("pickle", Runtime::Pickle),
+        ] {
+            let req = parse_request(serde_json::json!({"name": "f", "runtime": text, "code": ""}))
+                .expect("registration");
+            assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(runtime), "{text}");
+        }
+        let req = parse_request(serde_json::json!({"name": "f", "runtime": "cobol", "code": ""}))
+            .expect("the runtime is checked later");
+        assert!(req.runtime.parse::<Runtime>().is_err());
+    }
+
+    #[test]
+    fn a_registration_with_an_unknown_field_is_refused() {
+        let err = parse_request(serde_json::json!({"name": "f", "code": "", "cpu": 2}))
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn warm_settings_follow_the_runtime() {
+        let mut req = RegisterRequest::new("f".into(), "python");
+        let spec = warm_spec(&req, Runtime::Python)
+            .expect("python is warm")
+            .expect("a warm spec");
+        assert_eq!(
+            spec.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT.as_millis() as u64
+        );
+        assert_eq!(spec.min_warm, 0);
+        assert!(warm_spec(&req, Runtime::Exec).expect("cold exec").is_none());
+        req.warm = true;
+        req.min_warm = Some(2);
+        req.idle_timeout = Some(TimeoutField::Text("5s".into()));
+        let spec = warm_spec(&req, Runtime::Exec)
+            .expect("warm exec")
+            .expect("a warm spec");
+        assert_eq!((spec.min_warm, spec.idle_timeout_ms), (2, 5000));
+        assert!(warm_spec(&req, Runtime::Shell).is_err());
+    }
+
+    #[test]
+    fn the_entry_module_moves_into_the_environment() {
+        let mut req = RegisterRequest::new("f".into(), "python");
+        req.entry = Some("pkg.main_mod".into());
+        move_entry_to_env(&mut req).expect("a module name");
+        assert_eq!(req.env["FAASD_ENTRY"], "pkg.main_mod");
+        assert!(req.entry.is_none());
+        for bad in ["", "1mod", "a..b", "a-b", "pkg."] {
+            req.entry = Some(bad.into());
+            assert!(move_entry_to_env(&mut req).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn environment_names_are_checked() {
+        let env = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(validate_env(&env("PATH_2", "x")).is_ok());
+        assert!(validate_env(&env("2X", "x")).is_err());
+        assert!(validate_env(&env("A-B", "x")).is_err());
+        assert!(validate_env(&env("", "x")).is_err());
+        assert!(validate_env(&env("A", "x\0y")).is_err());
+    }
 }

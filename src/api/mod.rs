@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 
 use crate::broker::Broker;
-pub use error::{ApiError, TASK_ID_HEADER};
+pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -110,7 +110,7 @@ async fn workers(
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "route_not_found",
+        ErrorCode::RouteNotFound,
         format!("no route for {}", uri.path()),
     )
 }
@@ -118,7 +118,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

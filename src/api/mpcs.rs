@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::functions::{RegisterRequest, decode_base64, register_function};
-use super::{ApiError, AppState, read_body};
+use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::store::TaskStatus;
 
 /// Reads a JSON object body and the string fields it must have (422 when one is missing).
@@ -32,7 +32,7 @@ async fn fields<const N: usize>(
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("the body is not JSON: {e}"),
         )
     })?;
@@ -44,7 +44,7 @@ async fn fields<const N: usize>(
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "missing_field",
+                    ErrorCode::MissingField,
                     format!("the body needs a string field {name:?}"),
                 )
                 .with(
@@ -65,7 +65,7 @@ pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<
     if code.last() != Some(&b'.') || code[0] > 0x80 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_pickle",
+            ErrorCode::InvalidPickle,
             "payload is base64, but not of a pickle (serialize the function with dill, then base64)",
         ));
     }
@@ -87,7 +87,7 @@ pub async fn execute(State(state): State<AppState>, body: Body) -> Result<Json<V
     let Ok(id) = uuid::Uuid::parse_str(&function_id) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "function_not_found",
+            ErrorCode::FunctionNotFound,
             format!("no function with id {function_id:?}"),
         ));
     };

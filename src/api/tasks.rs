@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::functions::{rfc3339, validate_name};
-use super::{ApiError, AppState, TASK_ID_HEADER, read_body};
+use super::{ApiError, AppState, ErrorCode, TASK_ID_HEADER, read_body};
 use crate::store::{TaskRecord, TaskStatus};
 
 /// A task as the API shows it.
@@ -165,7 +165,7 @@ fn parse_id(id: &str) -> Result<u128, ApiError> {
     uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_task_id",
+            ErrorCode::InvalidTaskId,
             format!("{id:?} is not a task id (a UUID)"),
         )
     })
@@ -216,7 +216,7 @@ async fn finished_record(state: &AppState, id: &str) -> Result<TaskRecord, ApiEr
     if !record.status.is_finished() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "task_not_finished",
+            ErrorCode::TaskNotFinished,
             format!(
                 "task {id} is {}; it has no result yet",
                 record.status.as_str()

@@ -48,56 +48,13 @@ pub struct BenchArgs {
 /// Runs `faasd bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let client = Client::new(&args.client.url)?;
-    let code = match &args.code_file {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-        }
-        None => args.script.clone().into_bytes(),
-    };
-    let body = serde_json::json!({
-        "name": args.function,
-        "runtime": args.runtime,
-        "code": base64::engine::general_purpose::STANDARD.encode(code),
-    });
-    client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body)?.into(),
-        )
-        .await?
-        .ok()
-        .context("cannot register the benchmark function")?;
+    register_function(&client, &args).await?;
     let label = if args.label.is_empty() {
         String::new()
     } else {
         format!("[{}] ", args.label)
     };
-
-    // The first call of a fresh function: for warm runtimes, a cold start with its load phase.
-    let first = client
-        .post(
-            &format!("/v1/functions/{}/invoke", args.function),
-            "application/octet-stream",
-            Bytes::from(args.payload.clone()),
-        )
-        .await?
-        .ok()?;
-    if let Some(id) = first
-        .headers
-        .get("x-faasd-task-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        let task: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).await?.ok()?.json()?;
-        if task["cold_start"] == true && task["init_ms"].as_f64().unwrap_or(0.0) > 0.0 {
-            println!(
-                "{label}first call: cold start, load {:.1} ms, run {:.2} ms",
-                task["init_ms"].as_f64().unwrap_or(0.0),
-                task["run_ms"].as_f64().unwrap_or(0.0)
-            );
-        }
-    }
-
+    first_call(&client, &args, &label).await?;
     if args.tasks > 0 {
         let (rate, elapsed) = throughput(&client, &args).await?;
         println!(
@@ -125,12 +82,91 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Registers the benchmark function (`--code-file` or `--script`).
+async fn register_function(client: &Client, args: &BenchArgs) -> anyhow::Result<()> {
+    let code = match &args.code_file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => args.script.clone().into_bytes(),
+    };
+    let body = serde_json::json!({
+        "name": args.function,
+        "runtime": args.runtime,
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
+    });
+    client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?
+        .ok()
+        .context("cannot register the benchmark function")?;
+    Ok(())
+}
+
+/// Makes the first call of the fresh function; for warm runtimes it is a cold start, whose
+/// load and run times are printed.
+async fn first_call(client: &Client, args: &BenchArgs, label: &str) -> anyhow::Result<()> {
+    let first = client
+        .post(
+            &format!("/v1/functions/{}/invoke", args.function),
+            "application/octet-stream",
+            Bytes::from(args.payload.clone()),
+        )
+        .await?
+        .ok()?;
+    if let Some(id) = first
+        .headers
+        .get("x-faasd-task-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let task: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).await?.ok()?.json()?;
+        if task["cold_start"] == true && task["init_ms"].as_f64().unwrap_or(0.0) > 0.0 {
+            println!(
+                "{label}first call: cold start, load {:.1} ms, run {:.2} ms",
+                task["init_ms"].as_f64().unwrap_or(0.0),
+                task["run_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits `--tasks` async calls over `--connections`, then reads every task's end: the rate
+/// runs from the first submit to the last `finished_at`.
 async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, Duration)> {
-    let path = Arc::new(format!("/v1/functions/{}/invoke?async=true", args.function));
     let started_wall = SystemTime::now();
     let started = Instant::now();
-    let mut submitters = tokio::task::JoinSet::new();
     let connections = args.connections.max(1);
+    let ids = submit(client, args, connections).await?;
+    let submitted = started.elapsed();
+    let (last_finished, failed) = wait_finished(client, ids, connections).await?;
+    if failed > 0 {
+        return Err(exit::coded(
+            exit::FAILURE,
+            format!("{failed} benchmark tasks did not complete"),
+        ));
+    }
+    let elapsed = last_finished
+        .max(started_wall)
+        .duration_since(started_wall)
+        .unwrap_or(submitted)
+        .max(submitted);
+    Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
+}
+
+/// Submits `--tasks` async calls, shared out over `connections` concurrent submitters;
+/// returns the task ids.
+async fn submit(
+    client: &Client,
+    args: &BenchArgs,
+    connections: usize,
+) -> anyhow::Result<Vec<String>> {
+    let path = Arc::new(format!("/v1/functions/{}/invoke?async=true", args.function));
+    let mut submitters = tokio::task::JoinSet::new();
     for c in 0..connections {
         let share = args.tasks / connections + usize::from(c < args.tasks % connections);
         let client = client.clone();
@@ -153,9 +189,16 @@ async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, D
     while let Some(joined) = submitters.join_next().await {
         ids.extend(joined.context("a submitter panicked")??);
     }
-    let submitted = started.elapsed();
-    // Every task's end, read after the fact; the run ends at the latest finished_at.
-    let mut last_finished = started_wall;
+    Ok(ids)
+}
+
+/// Waits for every task over `connections` concurrent readers; returns the latest
+/// `finished_at` and how many tasks did not complete.
+async fn wait_finished(
+    client: &Client,
+    ids: Vec<String>,
+    connections: usize,
+) -> anyhow::Result<(SystemTime, usize)> {
     let mut waiters = tokio::task::JoinSet::new();
     let ids = Arc::new(ids);
     for c in 0..connections {
@@ -180,25 +223,16 @@ async fn throughput(client: &Client, args: &BenchArgs) -> anyhow::Result<(f64, D
             anyhow::Ok((latest, failed))
         });
     }
-    let mut failed = 0;
+    let (mut last_finished, mut failed) = (SystemTime::UNIX_EPOCH, 0);
     while let Some(joined) = waiters.join_next().await {
         let (latest, f) = joined.context("a waiter panicked")??;
         last_finished = last_finished.max(latest);
         failed += f;
     }
-    if failed > 0 {
-        return Err(exit::coded(
-            exit::FAILURE,
-            format!("{failed} benchmark tasks did not complete"),
-        ));
-    }
-    let elapsed = last_finished
-        .duration_since(started_wall)
-        .unwrap_or(submitted)
-        .max(submitted);
-    Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
+    Ok((last_finished, failed))
 }
 
+/// Makes `--sync-calls` sequential sync calls; returns the time each took.
 async fn sync_latency(client: &Client, args: &BenchArgs) -> anyhow::Result<Vec<Duration>> {
     let path = format!("/v1/functions/{}/invoke", args.function);
     let mut latencies = Vec::with_capacity(args.sync_calls);

@@ -1,7 +1,9 @@
-//! The command line: the top-level parser, tracing set-up, dispatch to one file per
-//! subcommand, and the documented exit codes.
+//! The command line: the top-level parser, tracing set-up, and dispatch to one file per
+//! subcommand. The documented exit codes, and the mapping of client errors to them, are in
+//! [`exit`].
 
 mod bench;
+pub mod exit;
 mod invoke;
 mod ls;
 mod register;
@@ -12,47 +14,6 @@ mod worker;
 mod workers;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-/// Exit codes, stable for scripts.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// The function (task) failed; also any other failure of a command.
-    pub const FAILURE: u8 = 1;
-    /// Usage error: bad arguments or input.
-    pub const USAGE: u8 = 2;
-    /// The server is unreachable or answered with a server error.
-    pub const SERVER: u8 = 3;
-    /// The function or task does not exist.
-    pub const NOT_FOUND: u8 = 4;
-    /// The task has not finished yet (`faasd result`, `faasd logs`).
-    pub const NOT_FINISHED: u8 = 5;
-
-    /// An error that carries its exit code.
-    #[derive(Debug, thiserror::Error)]
-    #[error("{message}")]
-    pub struct Coded {
-        /// The exit code.
-        pub code: u8,
-        /// The one line printed on stderr.
-        pub message: String,
-    }
-
-    /// Builds a coded error.
-    pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Coded {
-            code,
-            message: message.into(),
-        })
-    }
-
-    /// The exit code an error carries, or [`FAILURE`].
-    pub fn code_of(err: &anyhow::Error) -> u8 {
-        err.chain()
-            .find_map(|e| e.downcast_ref::<Coded>())
-            .map_or(FAILURE, |c| c.code)
-    }
-}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,6 +70,7 @@ pub struct ExecutorArgs {
     pub sandbox_memory: usize,
 }
 
+/// Parses `--sandbox-user`: `UID:GID`, or one number for both (a clap value parser).
 fn parse_ids(text: &str) -> Result<(u32, u32), String> {
     let (uid, gid) = text.split_once(':').unwrap_or((text, text));
     let id = |s: &str| {
@@ -202,5 +164,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uid_colon_gid_or_one_number_for_both() {
+        assert_eq!(parse_ids("1000:100"), Ok((1000, 100)));
+        assert_eq!(parse_ids("65534"), Ok((65534, 65534)));
+        assert_eq!(parse_ids("0:0"), Ok((0, 0)));
+    }
+
+    #[test]
+    fn ids_that_are_not_numbers_are_refused() {
+        for text in ["", "a:b", "1:", ":1", "1:2:3", "-1:0", "4294967296"] {
+            assert_eq!(
+                parse_ids(text),
+                Err(format!("{text:?} is not UID:GID")),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = Cli::try_parse_from(["faasd", "serve", "--sandbox-user", "10:20"])
+            .expect("serve parses");
+        let Command::Serve(_) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        let err =
+            Cli::try_parse_from(["faasd", "serve", "--sandbox-user", "x"]).expect_err("bad ids");
+        assert!(err.to_string().contains("\"x\" is not UID:GID"), "{err}");
     }
 }

@@ -65,42 +65,7 @@ pub struct RegisterArgs {
 /// Runs `faasd register`.
 pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
     let code = read_code(&args.file)?;
-    let mut env = serde_json::Map::new();
-    for pair in &args.env {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| exit::coded(exit::USAGE, format!("--env wants K=V, got {pair:?}")))?;
-        env.insert(k.to_string(), v.into());
-    }
-    let mut body = serde_json::json!({
-        "name": args.name,
-        "runtime": args.runtime,
-        "code": base64::engine::general_purpose::STANDARD.encode(&code),
-        "env": env,
-        "warm": args.warm,
-        "allow_net": args.allow_net,
-    });
-    let fields = [
-        ("timeout", args.timeout.map(serde_json::Value::from)),
-        ("concurrency", args.concurrency.map(serde_json::Value::from)),
-        ("queue_limit", args.queue_limit.map(serde_json::Value::from)),
-        (
-            "max_attempts",
-            args.max_attempts.map(serde_json::Value::from),
-        ),
-        ("min_warm", args.min_warm.map(serde_json::Value::from)),
-        (
-            "idle_timeout",
-            args.idle_timeout.map(serde_json::Value::from),
-        ),
-        ("entry", args.entry.map(serde_json::Value::from)),
-        ("memory", args.memory.map(serde_json::Value::from)),
-    ];
-    for (key, value) in fields {
-        if let Some(v) = value {
-            body[key] = v;
-        }
-    }
+    let body = request_body(&args, &code)?;
     let client = Client::new(&args.client.url)?;
     let answer = client
         .post(
@@ -123,6 +88,44 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// The registration JSON: the code in base64 and every setting given on the command line.
+fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let mut env = serde_json::Map::new();
+    for pair in &args.env {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| exit::coded(exit::USAGE, format!("--env wants K=V, got {pair:?}")))?;
+        env.insert(k.to_string(), v.into());
+    }
+    let mut body = serde_json::json!({
+        "name": args.name,
+        "runtime": args.runtime,
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
+        "env": env,
+        "warm": args.warm,
+        "allow_net": args.allow_net,
+    });
+    let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
+    let number = |v: Option<u32>| v.map(serde_json::Value::from);
+    let fields = [
+        ("timeout", text(&args.timeout)),
+        ("concurrency", number(args.concurrency)),
+        ("queue_limit", number(args.queue_limit)),
+        ("max_attempts", number(args.max_attempts)),
+        ("min_warm", number(args.min_warm)),
+        ("idle_timeout", text(&args.idle_timeout)),
+        ("entry", text(&args.entry)),
+        ("memory", text(&args.memory)),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            body[key] = v;
+        }
+    }
+    Ok(body)
+}
+
+/// Reads the code: a file, standard input (`-`), or a directory packed as a bundle.
 fn read_code(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     if file.is_dir() {
         return bundle_dir(file)
@@ -152,4 +155,47 @@ fn bundle_dir(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
         .append_dir_all(".", dir)
         .context("cannot add the files")?;
     archive.into_inner().context("cannot finish the archive")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cmd::{Cli, Command};
+
+    fn register_args(argv: &[&str]) -> RegisterArgs {
+        let argv = ["faasd", "register", "f", "code.sh"].iter().chain(argv);
+        match Cli::try_parse_from(argv).expect("register parses").command {
+            Command::Register(args) => args,
+            other => panic!("not register: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_body_holds_only_the_settings_given() {
+        let args = register_args(&["--timeout", "5s", "--concurrency", "2", "--env", "A=b=c"]);
+        let body = request_body(&args, b"echo").expect("a body");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "name": "f",
+                "runtime": "shell",
+                "code": "ZWNobw==",
+                "env": {"A": "b=c"},
+                "warm": false,
+                "allow_net": false,
+                "timeout": "5s",
+                "concurrency": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn an_env_without_equals_is_a_usage_error() {
+        let args = register_args(&["--env", "NOVALUE"]);
+        let err = request_body(&args, b"echo").expect_err("not K=V");
+        assert_eq!(exit::code_of(&err), exit::USAGE);
+        assert_eq!(err.to_string(), "--env wants K=V, got \"NOVALUE\"");
+    }
 }

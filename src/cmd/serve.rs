@@ -2,12 +2,14 @@
 //! for remote workers, and in-process workers speaking the same frames over duplex pipes.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,14 +54,49 @@ pub struct ServeArgs {
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
-    // A payload travels to its worker in one frame, next to a little metadata.
+    check_max_body(args.max_body)?;
+    let (store, broker) = open_store(&mut args).await?;
+    let listeners = Listeners::bind(&args).await?;
+    let stops = Stops::default();
+    let tracker = TaskTracker::new();
+    let slots = args
+        .local_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    // Lives until `run` returns: dropping it removes the executors' working directories.
+    let work_root = worker::WorkRoot::create(&args.data.join("work"))
+        .context("cannot create the executors' working directory")?;
+    if slots > 0 {
+        start_local_worker(&args, slots, &work_root, &broker, &stops, &tracker)?;
+    }
+    start_worker_port(listeners.workers, &args, &broker, &stops, &tracker);
+    let server = start_http(listeners.http, &args, &broker, &stops);
+
+    // Watch for signals before announcing readiness, so a stop right after it is graceful.
+    let stop_signal = wait_for_signal().await?;
+    announce(&listeners.addrs, slots, &args)?;
+    let signal = stop_signal.await;
+    shut_down(signal, &args, &broker, &stops, &tracker, server).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}
+
+/// Refuses a `--max-body` that would not fit in a worker frame: a payload travels to its
+/// worker in one frame, next to a little metadata.
+fn check_max_body(max_body: usize) -> anyhow::Result<()> {
     let max_body_limit = crate::proto::MAX_FRAME_BYTES - (1 << 20);
-    if args.max_body > max_body_limit {
+    if max_body > max_body_limit {
         return Err(exit::coded(
             exit::USAGE,
             format!("--max-body may be at most {max_body_limit} bytes (the worker frame limit)"),
         ));
     }
+    Ok(())
+}
+
+/// Opens the store in the data directory, makes `args.data` absolute, and starts the broker
+/// on the store's contents.
+async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
     let store = Store::open(&args.data).context("cannot open the store")?;
     // Executors run in their own working directories, so every path handed down is absolute.
     args.data = std::fs::canonicalize(&args.data)
@@ -67,66 +104,119 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     let broker = Broker::start(store.clone())
         .await
         .context("cannot load the store")?;
-    let http = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", args.listen))?;
-    let workers = TcpListener::bind(&args.worker_listen)
-        .await
-        .with_context(|| format!("cannot listen for workers on {}", args.worker_listen))?;
-    let http_addr = http.local_addr().context("cannot read the HTTP address")?;
-    let worker_addr = workers
-        .local_addr()
-        .context("cannot read the worker address")?;
+    Ok((store, broker))
+}
 
-    let tracker = TaskTracker::new();
-    let stop_http = CancellationToken::new();
-    let stop_workers = CancellationToken::new();
+/// The bound HTTP and worker listeners.
+struct Listeners {
+    http: TcpListener,
+    workers: TcpListener,
+    addrs: Addrs,
+}
 
-    let slots = args
-        .local_workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let work_root = worker::WorkRoot::create(&args.data.join("work"))
-        .context("cannot create the executors' working directory")?;
-    if slots > 0 {
-        let cache =
-            CodeCache::new(args.data.join("code-cache")).context("cannot create the code cache")?;
-        let agent = worker::Agent::new(worker::Config {
-            name: "local".into(),
-            slots,
-            mode: DispatchMode::Push,
-            cache,
-            work_root: work_root.path().to_owned(),
-            limits: exec::Limits::default(),
-            runtimes: args.executors.runtimes(&args.data.join("runtime"))?,
-        });
-        let (server_end, worker_end) = tokio::io::duplex(1 << 20);
-        tracker.spawn(broker::serve_worker(
-            broker.clone(),
-            server_end,
-            "local".into(),
-            stop_workers.clone(),
-        ));
-        let cancel = stop_workers.clone();
-        let deadline = args.shutdown_timeout;
-        tracker.spawn(async move {
-            if let Err(e) = worker::run_session(worker_end, agent, cancel, deadline).await {
-                tracing::error!(error = %e, "local worker stopped");
-            }
-        });
+/// The addresses the listeners got (their ports may have been picked by the system).
+struct Addrs {
+    http: SocketAddr,
+    workers: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds `--listen` and `--worker-listen`.
+    async fn bind(args: &ServeArgs) -> anyhow::Result<Listeners> {
+        let http = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", args.listen))?;
+        let workers = TcpListener::bind(&args.worker_listen)
+            .await
+            .with_context(|| format!("cannot listen for workers on {}", args.worker_listen))?;
+        let addrs = Addrs {
+            http: http.local_addr().context("cannot read the HTTP address")?,
+            workers: workers
+                .local_addr()
+                .context("cannot read the worker address")?,
+        };
+        Ok(Listeners {
+            http,
+            workers,
+            addrs,
+        })
     }
+}
+
+/// The tokens that stop the server in two stages: HTTP first, then the worker sessions.
+#[derive(Default)]
+struct Stops {
+    http: CancellationToken,
+    workers: CancellationToken,
+}
+
+/// Starts the in-process worker with `slots` executor slots, connected to the broker over a
+/// duplex pipe that speaks the same frames as the worker port.
+fn start_local_worker(
+    args: &ServeArgs,
+    slots: u32,
+    work_root: &worker::WorkRoot,
+    broker: &Broker,
+    stops: &Stops,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let cache =
+        CodeCache::new(args.data.join("code-cache")).context("cannot create the code cache")?;
+    let agent = worker::Agent::new(worker::Config {
+        name: "local".into(),
+        slots,
+        mode: DispatchMode::Push,
+        cache,
+        work_root: work_root.path().to_owned(),
+        limits: exec::Limits::default(),
+        runtimes: args.executors.runtimes(&args.data.join("runtime"))?,
+    });
+    let (server_end, worker_end) = tokio::io::duplex(1 << 20);
+    tracker.spawn(broker::serve_worker(
+        broker.clone(),
+        server_end,
+        "local".into(),
+        stops.workers.clone(),
+    ));
+    let cancel = stops.workers.clone();
+    let deadline = args.shutdown_timeout;
+    tracker.spawn(async move {
+        if let Err(e) = worker::run_session(worker_end, agent, cancel, deadline).await {
+            tracing::error!(error = %e, "local worker stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Starts the lease watch and the worker port's accept loop.
+fn start_worker_port(
+    listener: TcpListener,
+    args: &ServeArgs,
+    broker: &Broker,
+    stops: &Stops,
+    tracker: &TaskTracker,
+) {
     {
         let broker = broker.clone();
-        let cancel = stop_workers.clone();
+        let cancel = stops.workers.clone();
         tracker.spawn(async move { broker.watch_leases(Duration::from_secs(1), cancel).await });
     }
     tracker.spawn(accept_workers(
-        workers,
+        listener,
         broker.clone(),
-        stop_workers.clone(),
+        stops.workers.clone(),
         args.max_worker_connections,
         tracker.clone(),
     ));
+}
 
+/// Serves the HTTP API on `listener` until `stops.http` fires.
+fn start_http(
+    listener: TcpListener,
+    args: &ServeArgs,
+    broker: &Broker,
+    stops: &Stops,
+) -> JoinHandle<std::io::Result<()>> {
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body_bytes: args.max_body,
@@ -135,15 +225,17 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
             ..FunctionDefaults::default()
         },
     });
-    let stop = stop_http.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(http, app)
+    let stop = stops.http.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-    });
+    })
+}
 
-    // Watch for signals before announcing readiness, so a stop right after it is graceful.
-    let stop_signal = wait_for_signal().await?;
+/// Prints the two addresses on standard output (the line tests and scripts wait for).
+fn announce(addrs: &Addrs, slots: u32, args: &ServeArgs) -> anyhow::Result<()> {
+    let (http_addr, worker_addr) = (addrs.http, addrs.workers);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "faasd listening on http://{http_addr}")?;
@@ -151,14 +243,25 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         out.flush()?;
     }
     tracing::info!(%http_addr, %worker_addr, local_slots = slots, data = %args.data.display(), "faasd ready");
+    Ok(())
+}
 
-    let signal = stop_signal.await;
+/// Stops in order: no new dispatch or requests, running tasks settle (up to
+/// `--shutdown-timeout`), worker sessions end, open HTTP requests get a short grace.
+async fn shut_down(
+    signal: &'static str,
+    args: &ServeArgs,
+    broker: &Broker,
+    stops: &Stops,
+    tracker: &TaskTracker,
+    server: JoinHandle<std::io::Result<()>>,
+) {
     tracing::info!(
         signal,
         "stopping: no new requests; waiting for running tasks"
     );
     broker.stop_dispatch();
-    stop_http.cancel();
+    stops.http.cancel();
     let still_running = broker.wait_settled(args.shutdown_timeout).await;
     if still_running > 0 {
         tracing::warn!(
@@ -166,7 +269,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
             "shutdown deadline passed; those tasks re-run at the next start"
         );
     }
-    stop_workers.cancel();
+    stops.workers.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
@@ -181,9 +284,6 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     {
         tracing::warn!("some HTTP requests were still open at shutdown");
     }
-    store.close().await;
-    tracing::info!("stopped");
-    Ok(exit::OK)
 }
 
 /// Installs SIGTERM and SIGINT handlers now; the returned future resolves with the name of the

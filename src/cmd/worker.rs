@@ -1,6 +1,8 @@
 //! `faasd worker --server HOST:PORT`: join a server from any machine and run its tasks.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,6 +73,21 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     if slots == 0 {
         return Err(exit::coded(exit::USAGE, "--slots must be at least 1"));
     }
+    // `_work_root` lives until `run` returns: dropping it removes the executors' directories.
+    let (agent, _work_root) = build_agent(&args, slots)?;
+    let link = ServerLink {
+        server,
+        agent,
+        slots,
+        cancel: cancel_on_signal().await?,
+        drain_timeout: args.drain_timeout,
+    };
+    link.stay_connected().await
+}
+
+/// Prepares the code cache and the executors' working directory under `--cache`, and the
+/// agent that runs tasks with them.
+fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, worker::WorkRoot)> {
     std::fs::create_dir_all(&args.cache)
         .with_context(|| format!("cannot create the code cache {}", args.cache.display()))?;
     // Executors run in their own working directories: hand them absolute paths.
@@ -80,7 +97,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     let work_root = worker::WorkRoot::create(&cache_dir.join("work"))
         .context("cannot create the executors' working directory")?;
     let agent = Agent::new(worker::Config {
-        name: args.name.unwrap_or_else(default_name),
+        name: args.name.clone().unwrap_or_else(default_name),
         slots,
         mode: match args.dispatch {
             Dispatch::Push => DispatchMode::Push,
@@ -91,69 +108,103 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         limits: exec::Limits::default(),
         runtimes: args.executors.runtimes(&cache_dir)?,
     });
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        let signal = super::serve::wait_for_signal().await?;
-        tokio::spawn(async move {
-            let name = signal.await;
-            tracing::info!(
-                signal = name,
-                "draining: no new tasks; finishing the running ones"
-            );
-            cancel.cancel();
-        });
-    }
+    Ok((agent, work_root))
+}
 
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if cancel.is_cancelled() {
-            return Ok(exit::OK);
-        }
-        let connected = tokio::select! {
-            c = tokio::net::TcpStream::connect(&server) => c,
-            () = cancel.cancelled() => return Ok(exit::OK),
-        };
-        match connected {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                tracing::info!(server = %server, name = agent.name(), slots, "connected");
-                let started = std::time::Instant::now();
-                match worker::run_session(stream, agent.clone(), cancel.clone(), args.drain_timeout)
-                    .await
-                {
-                    Ok(Ended::Drained) => {
-                        tracing::info!("drained; exiting");
-                        return Ok(exit::OK);
-                    }
-                    Ok(Ended::ServerClosed) => {
-                        tracing::warn!(server = %server, "the server closed the connection; reconnecting");
-                    }
-                    Err(worker::Error::Refused { reason }) => {
-                        return Err(exit::coded(
-                            exit::FAILURE,
-                            format!("the server at {} refused this worker: {reason}", server),
-                        ));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),
-                }
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(100);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(server = %server, error = %e, retry_in = ?backoff, "cannot connect");
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = cancel.cancelled() => {
-                // Finish what is still running from the lost session before leaving.
-                agent.wait_idle(args.drain_timeout).await;
+/// A token cancelled by the first SIGTERM or SIGINT: the worker drains and exits.
+async fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
+    let cancel = CancellationToken::new();
+    let signal = super::serve::wait_for_signal().await?;
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let name = signal.await;
+        tracing::info!(
+            signal = name,
+            "draining: no new tasks; finishing the running ones"
+        );
+        on_signal.cancel();
+    });
+    Ok(cancel)
+}
+
+/// The worker's tie to its server: it connects, runs a session, and reconnects with backoff
+/// until it is drained or refused.
+struct ServerLink {
+    server: String,
+    agent: Arc<Agent>,
+    slots: u32,
+    cancel: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl ServerLink {
+    /// Connects and reconnects until the worker is drained (exit 0) or refused (an error).
+    async fn stay_connected(&self) -> anyhow::Result<u8> {
+        let server = &self.server;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.cancel.is_cancelled() {
                 return Ok(exit::OK);
             }
+            let connected = tokio::select! {
+                c = tokio::net::TcpStream::connect(server) => c,
+                () = self.cancel.cancelled() => return Ok(exit::OK),
+            };
+            match connected {
+                Ok(stream) => {
+                    let started = std::time::Instant::now();
+                    if self.session(stream).await?.is_break() {
+                        return Ok(exit::OK);
+                    }
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %server, error = %e, retry_in = ?backoff, "cannot connect");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.cancel.cancelled() => {
+                    // Finish what is still running from the lost session before leaving.
+                    self.agent.wait_idle(self.drain_timeout).await;
+                    return Ok(exit::OK);
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+
+    /// Runs one session on `stream`: `Break` once drained, `Continue` to reconnect, an error
+    /// if the server refused this worker.
+    async fn session(&self, stream: tokio::net::TcpStream) -> anyhow::Result<ControlFlow<()>> {
+        let server = &self.server;
+        let _ = stream.set_nodelay(true);
+        tracing::info!(server = %server, name = self.agent.name(), slots = self.slots, "connected");
+        let session = worker::run_session(
+            stream,
+            self.agent.clone(),
+            self.cancel.clone(),
+            self.drain_timeout,
+        );
+        match session.await {
+            Ok(Ended::Drained) => {
+                tracing::info!("drained; exiting");
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(Ended::ServerClosed) => {
+                tracing::warn!(server = %server, "the server closed the connection; reconnecting");
+            }
+            Err(worker::Error::Refused { reason }) => {
+                return Err(exit::coded(
+                    exit::FAILURE,
+                    format!("the server at {} refused this worker: {reason}", server),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),
+        }
+        Ok(ControlFlow::Continue(()))
     }
 }
 

@@ -191,7 +191,7 @@ def main():
             for p in problems:
                 print(f"  {p}")
     if not failed:
-        print("layout: imports one way, no file cycles, functions within 80 lines, typed errors")
+        print("layout: imports one way, no import cycles, functions within 80 lines, typed errors")
     return 1 if failed else 0
 
 

@@ -543,27 +543,12 @@ async fn pinned_function(
 
 /// The QUEUED record of a new call of `func`, arriving as number `seq`.
 fn queued_record(func: &FunctionRecord, seq: u64, payload: &Bytes, json: bool) -> TaskRecord {
+    let id = uuid::Uuid::now_v7().as_u128();
     TaskRecord {
-        id: uuid::Uuid::now_v7().as_u128(),
-        seq,
-        function: func.name.clone(),
-        version: func.version,
-        status: TaskStatus::Queued,
         created_ms: now_ms(),
-        started_ms: None,
-        finished_ms: None,
-        attempts: 0,
-        exit_code: None,
-        signal: None,
-        failure: None,
-        message: None,
         payload_bytes: payload.len() as u64,
-        result_bytes: 0,
-        stderr_bytes: 0,
-        run_us: 0,
         json,
-        cold_start: false,
-        init_us: 0,
+        ..TaskRecord::queued(id, seq, func.name.clone(), func.version)
     }
 }
 

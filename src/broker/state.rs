@@ -717,28 +717,7 @@ mod tests {
 
         /// Queues a task of `func` with arrival number `seq`; its id is `seq` too.
         fn enqueue(&mut self, func: &Arc<FunctionRecord>, seq: u64) -> u128 {
-            let record = TaskRecord {
-                id: u128::from(seq),
-                seq,
-                function: func.name.clone(),
-                version: func.version,
-                status: TaskStatus::Queued,
-                created_ms: 0,
-                started_ms: None,
-                finished_ms: None,
-                attempts: 0,
-                exit_code: None,
-                signal: None,
-                failure: None,
-                message: None,
-                payload_bytes: 0,
-                result_bytes: 0,
-                stderr_bytes: 0,
-                run_us: 0,
-                json: false,
-                cold_start: false,
-                init_us: 0,
-            };
+            let record = TaskRecord::queued(u128::from(seq), seq, func.name.clone(), func.version);
             let id = record.id;
             self.state
                 .enqueue(Active::new(record, Bytes::new(), func.clone()), false);

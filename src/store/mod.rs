@@ -389,26 +389,8 @@ mod tests {
 
     fn queued(id: u128, seq: u64) -> TaskRecord {
         TaskRecord {
-            id,
-            seq,
-            function: "f".into(),
-            version: 1,
-            status: TaskStatus::Queued,
-            created_ms: 0,
-            started_ms: None,
-            finished_ms: None,
-            attempts: 0,
-            exit_code: None,
-            signal: None,
-            failure: None,
-            message: None,
             payload_bytes: 1,
-            result_bytes: 0,
-            stderr_bytes: 0,
-            run_us: 0,
-            json: false,
-            cold_start: false,
-            init_us: 0,
+            ..TaskRecord::queued(id, seq, "f".into(), 1)
         }
     }
 

@@ -110,6 +110,35 @@ pub struct TaskRecord {
     pub init_us: u64,
 }
 
+impl TaskRecord {
+    /// A task of `function` version `version` as it enters its queue: QUEUED, never started,
+    /// with no time, payload or outcome yet (set those with struct update syntax).
+    pub fn queued(id: u128, seq: u64, function: String, version: u32) -> TaskRecord {
+        TaskRecord {
+            id,
+            seq,
+            function,
+            version,
+            status: TaskStatus::Queued,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            exit_code: None,
+            signal: None,
+            failure: None,
+            message: None,
+            payload_bytes: 0,
+            result_bytes: 0,
+            stderr_bytes: 0,
+            run_us: 0,
+            json: false,
+            cold_start: false,
+            init_us: 0,
+        }
+    }
+}
+
 /// Encodes a record for the store.
 pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(record)

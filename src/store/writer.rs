@@ -308,26 +308,9 @@ mod tests {
 
     fn task(id: u128, status: TaskStatus) -> TaskRecord {
         TaskRecord {
-            id,
-            seq: id as u64,
-            function: "f".into(),
-            version: 1,
             status,
-            created_ms: 0,
-            started_ms: None,
-            finished_ms: None,
-            attempts: 0,
-            exit_code: None,
-            signal: None,
-            failure: None,
-            message: None,
             payload_bytes: 1,
-            result_bytes: 0,
-            stderr_bytes: 0,
-            run_us: 0,
-            json: false,
-            cold_start: false,
-            init_us: 0,
+            ..TaskRecord::queued(id, id as u64, "f".into(), 1)
         }
     }
 

@@ -168,7 +168,8 @@ def check_string_errors(files):
             m = FN_RE.match(line)
             if m:
                 current = m.group(7)
-            if re.search(r"Result<[^;{]*,\s*String>", strip(line)) and current not in parsers:
+            stringly = re.search(r"Result<[^;{]*,\s*String>|type\s+Err\s*=\s*String\b", strip(line))
+            if stringly and current not in parsers:
                 problems.append(f"{path.relative_to(ROOT.parent)}:{n}: Result<_, String> in {current}")
     return problems
 

@@ -68,8 +68,16 @@ impl Runtime {
     }
 }
 
+/// A runtime name that is not one of faasd's runtimes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown runtime {name:?} (expected shell, exec, python or pickle)")]
+pub struct UnknownRuntime {
+    /// The name given.
+    pub name: String,
+}
+
 impl std::str::FromStr for Runtime {
-    type Err = String;
+    type Err = UnknownRuntime;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -77,9 +85,9 @@ impl std::str::FromStr for Runtime {
             "exec" => Ok(Runtime::Exec),
             "python" => Ok(Runtime::Python),
             "pickle" => Ok(Runtime::Pickle),
-            other => Err(format!(
-                "unknown runtime {other:?} (expected shell, exec, python or pickle)"
-            )),
+            other => Err(UnknownRuntime {
+                name: other.to_string(),
+            }),
         }
     }
 }

@@ -26,8 +26,9 @@ pub enum ParseError {
         /// The text given.
         text: String,
     },
-    /// Not a duration such as `30s` or `1m 30s`.
-    #[error("{text:?} is not a duration such as \"30s\": {reason}")]
+    /// Not a duration such as `30s` or `1m 30s` (the message is the parser's alone, as clap
+    /// already names the flag and the value).
+    #[error("{reason}")]
     NotADuration {
         /// The text given.
         text: String,

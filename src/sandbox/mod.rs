@@ -45,7 +45,7 @@ pub enum Mode {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The faasd binary, which the shim and the zygote re-execute, cannot be found.
-    #[error("cannot find the faasd binary: {source}")]
+    #[error("cannot find the faasd binary")]
     CurrentExe {
         /// The underlying error.
         source: std::io::Error,

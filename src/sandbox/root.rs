@@ -64,14 +64,14 @@ fn bind_read_only(source: &Path, target: &Path, devices: bool) -> Result<(), Err
     let none: Option<&str> = None;
     let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(Some(source), target, none, flags, none).map_err(|errno| Error::Path {
-        call: "mount(bind)",
+        call: "bind mount",
         path: source.to_owned(),
         errno,
     })?;
     let flags =
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | nodev;
     mount(none, target, none, flags, none).map_err(|errno| Error::Path {
-        call: "mount(remount read-only)",
+        call: "read-only remount",
         path: target.to_owned(),
         errno,
     })

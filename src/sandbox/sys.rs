@@ -33,7 +33,7 @@ pub enum Error {
         errno: Errno,
     },
     /// A system call on a path failed.
-    #[error("{call} {} failed: {errno}", path.display())]
+    #[error("{call}({}) failed: {errno}", path.display())]
     Path {
         /// The call.
         call: &'static str,
@@ -53,20 +53,20 @@ pub enum Error {
         source: seccompiler::Error,
     },
     /// The seccomp filter could not be installed.
-    #[error("seccomp(SECCOMP_SET_MODE_FILTER) failed: {source}")]
+    #[error("seccomp(SECCOMP_SET_MODE_FILTER) failed: {}", seccomp_errno(source))]
     SeccompInstall {
         /// What seccompiler said.
         #[source]
         source: seccompiler::Error,
     },
     /// The shim's command line is not `CONFIG -- PROGRAM ARGS...` with a valid config.
-    #[error("reading the sandbox arguments failed: {what}")]
+    #[error("reading the sandbox arguments ({what}) failed: EINVAL: Invalid argument")]
     Arguments {
         /// What is wrong with them.
         what: &'static str,
     },
     /// An argument or variable of the function holds a NUL byte.
-    #[error("execve failed: an argument or variable holds a NUL byte")]
+    #[error("execve (argument with a NUL byte) failed: EINVAL: Invalid argument")]
     NulByte,
     /// A zygote frame over the size limit.
     #[error("a zygote frame of {len} bytes is over the limit of {max}")]

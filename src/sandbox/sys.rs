@@ -494,7 +494,7 @@ mod tests {
         let path = on_path("mkdir", Path::new("/x/y"), &io);
         assert_eq!(
             path.to_string(),
-            format!("mkdir /x/y failed: {}", Errno::EACCES)
+            format!("mkdir(/x/y) failed: {}", Errno::EACCES)
         );
         assert_eq!(path.errno(), Errno::EACCES);
         assert_eq!(Error::NotEnded { pid: 7 }.errno(), Errno::EAGAIN);

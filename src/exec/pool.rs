@@ -40,6 +40,9 @@ pub struct WarmCall {
     pub argv: Vec<OsString>,
     /// Its environment.
     pub env: Vec<(String, String)>,
+    /// Time the call already spent before it reached the pool (building the function's Python
+    /// environment): it counts as cold start, and comes off the call's timeout.
+    pub waited: Duration,
     /// Where its working directory is made.
     pub work_root: PathBuf,
     /// The payload.
@@ -157,16 +160,18 @@ impl Pool {
     /// Runs one call on a warm executor; start-up (on a cold start) and the call share the
     /// call's timeout, so a task never runs past the lease the server gave it.
     pub async fn run(&self, call: WarmCall) -> Outcome {
-        let deadline = Instant::now() + call.timeout;
+        let timeout = call.timeout.saturating_sub(call.waited);
+        let deadline = Instant::now() + timeout;
         let (executor, cold_start, init_us) = match self.take_idle(&call) {
-            Some(executor) => (Ok(executor), false, 0),
+            Some(executor) => (Ok(executor), !call.waited.is_zero(), 0),
             None => {
                 let started = Instant::now();
                 let executor =
-                    WarmExecutor::start(&call.argv, &call.env, &call.work_root, call.timeout).await;
+                    WarmExecutor::start(&call.argv, &call.env, &call.work_root, timeout).await;
                 (executor, true, started.elapsed().as_micros() as u64)
             }
         };
+        let init_us = init_us + call.waited.as_micros() as u64;
         let mut executor = match executor {
             Ok(executor) => executor,
             Err(failure) => {
@@ -384,6 +389,7 @@ mod tests {
             warm,
             argv: vec!["/bin/sh".into(), program.into()],
             env: Vec::new(),
+            waited: Duration::ZERO,
             work_root: dir.to_owned(),
             payload: Bytes::new(),
             json: false,

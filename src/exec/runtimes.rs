@@ -76,6 +76,9 @@ pub struct Runtimes {
     python_path: Vec<PathBuf>,
     /// Where the harness was written.
     harness: PathBuf,
+    /// The function's own virtualenv (see [`Runtimes::in_env`]), whose interpreter runs
+    /// `python` executors instead of the worker's.
+    function_env: Option<PathBuf>,
 }
 
 impl Runtimes {
@@ -105,7 +108,26 @@ impl Runtimes {
             sandbox,
             python_path,
             harness,
+            function_env: None,
         })
+    }
+
+    /// The worker's Python interpreter, or why there is none.
+    pub fn python(&self) -> Result<&Path, Error> {
+        self.python
+            .as_ref()
+            .map(|p| p.path.as_path())
+            .map_err(Clone::clone)
+    }
+
+    /// These runtimes with `python` executors running in the virtualenv `env` (shown read-only
+    /// at its own path inside the sandbox; its interpreter links into the base installation,
+    /// which the sandbox already shows).
+    pub fn in_env(&self, env: &Path) -> Runtimes {
+        Runtimes {
+            function_env: Some(env.to_owned()),
+            ..self.clone()
+        }
     }
 
     /// The command line that runs `bundle` under `runtime` (inside the sandbox when the worker
@@ -139,6 +161,9 @@ impl Runtimes {
                 read_only.push((dir.clone(), sandbox_python_path(i)));
             }
         }
+        if let (Runtime::Python, Some(env)) = (runtime, &self.function_env) {
+            read_only.push((env.clone(), env.clone()));
+        }
         let argv = self.program(
             runtime,
             Path::new(SANDBOX_BUNDLE),
@@ -162,7 +187,11 @@ impl Runtimes {
             Runtime::Shell => vec![SHELL.into(), bundle.into()],
             Runtime::Exec => vec![bundle.into()],
             Runtime::Python | Runtime::Pickle => {
-                let python = &self.python.as_ref().map_err(Clone::clone)?.path;
+                let base = &self.python.as_ref().map_err(Clone::clone)?.path;
+                let python = match (&self.function_env, runtime) {
+                    (Some(env), Runtime::Python) => env.join("bin").join("python"),
+                    _ => base.clone(),
+                };
                 let mode = if runtime == Runtime::Python {
                     "python"
                 } else {
@@ -251,6 +280,7 @@ mod tests {
             sandbox: None,
             python_path: python_path.iter().map(PathBuf::from).collect(),
             harness: PathBuf::from("/cache/faasd_harness.py"),
+            function_env: None,
         }
     }
 
@@ -306,6 +336,16 @@ mod tests {
                 .map(OsString::from)
             );
         }
+    }
+
+    #[test]
+    fn a_python_function_in_an_env_runs_its_interpreter() {
+        let runtimes = runtimes(python(), &[]).in_env(Path::new("/envs/abc/venv"));
+        let argv = command(&runtimes, Runtime::Python).expect("python");
+        assert_eq!(argv[0], OsString::from("/envs/abc/venv/bin/python"));
+        // A pickle function keeps the worker's interpreter.
+        let argv = command(&runtimes, Runtime::Pickle).expect("pickle");
+        assert_eq!(argv[0], OsString::from("/usr/bin/python3.12"));
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl CodeCache {
         })
     }
 
+    /// The directory the bundles are kept in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CodeHash, Entry>> {
         self.inner
             .entries

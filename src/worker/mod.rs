@@ -12,12 +12,14 @@
 //! `run_task` runs one assignment, warm or cold, and makes its report.
 
 pub mod cache;
+pub mod envs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,8 @@ pub struct Agent {
     config: Config,
     /// Warm executors, kept across sessions.
     pool: exec::Pool,
+    /// The `python` functions' own environments (from their `requirements.txt`).
+    envs: envs::Envs,
     /// The current session's outbound frames; `None` between sessions.
     link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
     /// Signalled when the last running task finishes.
@@ -138,9 +142,15 @@ impl Agent {
                 reaper.reap();
             }
         });
+        let python = config.runtimes.python().map(Path::to_owned);
+        let envs = envs::Envs::new(
+            config.cache.dir().join("envs"),
+            python.map_err(|e| e.to_string()),
+        );
         Arc::new(Agent {
             config,
             pool,
+            envs,
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
@@ -418,29 +428,29 @@ impl Agent {
     /// executors on its next round.
     async fn prewarm(&self, spec: proto::Prewarm) {
         let timeout = Duration::from_millis(spec.timeout_ms);
-        let prepared = self
-            .prepare(
-                spec.runtime,
-                spec.code_hash,
-                &spec.env,
-                timeout,
-                spec.isolation,
-            )
-            .await;
-        match prepared {
-            Ok((argv, env)) => self.pool.prewarm(exec::WarmCall {
+        let launch = Launch {
+            runtime: spec.runtime,
+            code_hash: spec.code_hash,
+            env: &spec.env,
+            timeout,
+            isolation: spec.isolation,
+        };
+        // No call waits: the function's environment may take as long as its build does.
+        match self.prepare(launch, None).await {
+            Ok(prepared) => self.pool.prewarm(exec::WarmCall {
                 key: (spec.function, spec.version),
                 warm: spec.warm,
-                argv,
-                env,
+                argv: prepared.argv,
+                env: prepared.env,
+                waited: Duration::ZERO,
                 work_root: self.config.work_root.clone(),
                 payload: Default::default(),
                 json: false,
                 timeout: Duration::from_millis(spec.timeout_ms),
                 limits: self.config.limits,
             }),
-            Err((_, why)) => {
-                tracing::warn!(function = %spec.function, error = %why, "cannot pre-start warm executors");
+            Err(why) => {
+                tracing::warn!(function = %spec.function, error = %why.message, "cannot pre-start warm executors");
             }
         }
     }
@@ -457,19 +467,18 @@ impl Agent {
 /// report; a task whose code or command line cannot be had fails without running.
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
     let timeout = Duration::from_millis(task.timeout_ms);
-    let prepared = agent
-        .prepare(
-            task.runtime,
-            task.code_hash,
-            &task.env,
-            timeout,
-            task.isolation,
-        )
-        .await;
+    let launch = Launch {
+        runtime: task.runtime,
+        code_hash: task.code_hash,
+        env: &task.env,
+        timeout,
+        isolation: task.isolation,
+    };
+    let prepared = agent.prepare(launch, Some(timeout)).await;
     let (task_id, lease) = (task.task_id, task.lease);
     let outcome = match prepared {
-        Ok((argv, env)) => run_prepared(agent, task, argv, env).await,
-        Err((reason, message)) => not_started(reason, message),
+        Ok(prepared) => run_prepared(agent, task, prepared).await,
+        Err(why) => not_started(why),
     };
     Report {
         task_id,
@@ -479,12 +488,8 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
 }
 
 /// Runs a task whose executor command line and environment are ready.
-async fn run_prepared(
-    agent: &Agent,
-    task: Assignment,
-    argv: Vec<std::ffi::OsString>,
-    env: Vec<(String, String)>,
-) -> Outcome {
+async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Outcome {
+    let Prepared { argv, env, waited } = prepared;
     let config = &agent.config;
     let timeout = Duration::from_millis(task.timeout_ms);
     let warm = task
@@ -499,6 +504,7 @@ async fn run_prepared(
                     warm,
                     argv,
                     env,
+                    waited,
                     work_root: config.work_root.clone(),
                     payload: task.payload,
                     json: task.json,
@@ -521,47 +527,128 @@ async fn run_prepared(
     }
 }
 
-/// The outcome of a task that failed before any executor ran it.
-fn not_started(reason: FailureReason, message: String) -> Outcome {
+/// The outcome of a task that failed before any executor ran it (a wait for its Python
+/// environment counts as its cold start).
+fn not_started(why: NotStarted) -> Outcome {
     Outcome {
-        failure: Some(reason),
+        failure: Some(why.reason),
         exit_code: None,
         signal: None,
-        message: Some(message),
+        message: Some(why.message),
         stdout: Default::default(),
-        stderr: Default::default(),
+        stderr: why.logs,
         run_us: 0,
-        cold_start: false,
-        init_us: 0,
+        cold_start: !why.waited.is_zero(),
+        init_us: why.waited.as_micros() as u64,
+    }
+}
+
+/// What an executor is started for: a task's or a prewarm's settings.
+struct Launch<'a> {
+    runtime: proto::Runtime,
+    code_hash: proto::CodeHash,
+    env: &'a [(String, String)],
+    timeout: Duration,
+    isolation: proto::Isolation,
+}
+
+/// An executor ready to start.
+struct Prepared {
+    argv: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    /// How long getting the function's Python environment built took.
+    waited: Duration,
+}
+
+/// Why a task cannot start, and what its outcome shows.
+struct NotStarted {
+    reason: FailureReason,
+    message: String,
+    logs: Bytes,
+    /// How long it waited for its Python environment first.
+    waited: Duration,
+}
+
+impl NotStarted {
+    fn new(reason: FailureReason, message: String) -> NotStarted {
+        NotStarted {
+            reason,
+            message,
+            logs: Bytes::new(),
+            waited: Duration::ZERO,
+        }
     }
 }
 
 impl Agent {
-    /// The executor's command line and environment, with the code fetched if needed.
+    /// The executor's command line and environment, with the code fetched and the function's
+    /// Python environment built if needed (waiting at most `wait_limit` for that).
     async fn prepare(
         &self,
-        runtime: proto::Runtime,
-        code_hash: proto::CodeHash,
-        env: &[(String, String)],
-        timeout: Duration,
-        isolation: proto::Isolation,
-    ) -> Result<(Vec<std::ffi::OsString>, Vec<(String, String)>), (FailureReason, String)> {
+        launch: Launch<'_>,
+        wait_limit: Option<Duration>,
+    ) -> Result<Prepared, NotStarted> {
         let config = &self.config;
         let code = match self.sender() {
-            Some(frames) => config.cache.get(code_hash, &frames).await,
+            Some(frames) => config.cache.get(launch.code_hash, &frames).await,
             None => Err(cache::Error::ConnectionClosed),
         }
-        .map_err(|e| (FailureReason::CodeUnavailable, e.to_string()))?;
-        let argv = config
-            .runtimes
-            .command(runtime, &code, timeout, isolation)
-            .map_err(|e| {
-                (
-                    FailureReason::InitFailed,
-                    format!("cannot run a {} function: {e}", runtime.as_str()),
+        .map_err(|e| NotStarted::new(FailureReason::CodeUnavailable, e.to_string()))?;
+        let function_env = match launch.runtime {
+            proto::Runtime::Python => {
+                self.function_env(launch.code_hash, &code, wait_limit)
+                    .await?
+            }
+            _ => None,
+        };
+        let runtimes = &config.runtimes;
+        let (runtime, timeout, isolation) = (launch.runtime, launch.timeout, launch.isolation);
+        let argv = match &function_env {
+            Some(ready) => runtimes
+                .in_env(&ready.venv)
+                .command(runtime, &code, timeout, isolation),
+            None => runtimes.command(runtime, &code, timeout, isolation),
+        }
+        .map_err(|e| {
+            let message = format!("cannot run a {} function: {e}", runtime.as_str());
+            NotStarted::new(FailureReason::InitFailed, message)
+        })?;
+        Ok(Prepared {
+            argv,
+            env: runtimes.env(runtime, launch.env),
+            waited: function_env.map_or(Duration::ZERO, |ready| ready.waited),
+        })
+    }
+
+    /// The Python environment of a bundle with requirements, built first if needed; a call
+    /// gives up after `wait_limit` (the build goes on).
+    async fn function_env(
+        &self,
+        hash: proto::CodeHash,
+        code: &Path,
+        wait_limit: Option<Duration>,
+    ) -> Result<Option<envs::Ready>, NotStarted> {
+        let started = Instant::now();
+        let get = self.envs.for_bundle(hash, code);
+        let got = match wait_limit {
+            None => get.await,
+            Some(limit) => tokio::time::timeout(limit, get).await.map_err(|_| NotStarted {
+                waited: limit,
+                ..NotStarted::new(
+                    FailureReason::Timeout,
+                    format!(
+                        "timed out after {} waiting for the function's Python environment to be built (the build goes on)",
+                        crate::units::format_duration(limit)
+                    ),
                 )
-            })?;
-        Ok((argv, config.runtimes.env(runtime, env)))
+            })?,
+        };
+        got.map_err(|e| NotStarted {
+            reason: FailureReason::InitFailed,
+            message: e.to_string(),
+            logs: e.logs(),
+            waited: started.elapsed(),
+        })
     }
 }
 
@@ -660,7 +747,10 @@ mod tests {
 
     #[test]
     fn a_task_that_cannot_start_fails_without_running() {
-        let outcome = not_started(FailureReason::CodeUnavailable, "no code".into());
+        let outcome = not_started(NotStarted::new(
+            FailureReason::CodeUnavailable,
+            "no code".into(),
+        ));
         assert_eq!(outcome.failure, Some(FailureReason::CodeUnavailable));
         assert_eq!(outcome.message.as_deref(), Some("no code"));
         assert_eq!((outcome.run_us, outcome.cold_start), (0, false));

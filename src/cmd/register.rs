@@ -20,6 +20,11 @@ pub struct RegisterArgs {
     /// The entry module of a `python` directory bundle (default `main`, i.e. `main.py`).
     #[arg(long)]
     pub entry: Option<String>,
+    /// A pip requirements file for a `python` function: it runs in a virtualenv of its own,
+    /// built by the worker once per distinct requirements (a directory bundle's top-level
+    /// `requirements.txt` does the same without this flag; the flag replaces it).
+    #[arg(long, value_name = "FILE")]
+    pub requirements: Option<PathBuf>,
     /// How the code runs: `shell` (sh runs it), `exec` (run directly), `python` (a module with
     /// `handle(payload)`) or `pickle` (a dill-pickled callable).
     #[arg(long, default_value = "shell")]
@@ -64,8 +69,14 @@ pub struct RegisterArgs {
 
 /// Runs `faasd register`.
 pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
-    let code = read_code(&args.file)?;
-    let body = request_body(&args, &code)?;
+    let requirements = read_requirements(&args)?;
+    let code = read_code(&args.file, requirements.as_deref())?;
+    let mut body = request_body(&args, &code)?;
+    if requirements.is_some() && !args.file.is_dir() {
+        // A single module travels as a bundle with its requirements; it keeps the module
+        // name a single-file function has.
+        body["entry"] = SINGLE_MODULE.into();
+    }
     let client = Client::new(&args.client.url)?;
     let answer = client
         .post(
@@ -125,36 +136,127 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
     Ok(body)
 }
 
-/// Reads the code: a file, standard input (`-`), or a directory packed as a bundle.
-fn read_code(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
+/// The module name of a single file sent with `--requirements`.
+const SINGLE_MODULE: &str = "handler";
+
+/// The `--requirements` file, checked as the worker will check it; refused for runtimes
+/// other than `python` and with `--entry` on a single file.
+fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    let usage = |message: String| exit::coded(exit::USAGE, message);
+    let Some(path) = &args.requirements else {
+        if args.runtime == "python" && args.file.is_dir() {
+            let inside = args.file.join("requirements.txt");
+            if let Ok(text) = std::fs::read_to_string(&inside) {
+                check_requirements(&text, &inside)?;
+            }
+        }
+        return Ok(None);
+    };
+    if args.runtime != "python" {
+        return Err(usage(format!(
+            "--requirements is for the python runtime, not {}",
+            args.runtime
+        )));
+    }
+    if args.entry.is_some() && !args.file.is_dir() {
+        return Err(usage(
+            "--entry names the module of a directory bundle; a single file with --requirements runs as module `handler`".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    check_requirements(&text, path)?;
+    Ok(Some(text.into_bytes()))
+}
+
+/// Refuses a requirements file the worker would refuse (a usage error naming the file).
+fn check_requirements(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    crate::worker::envs::normalize(text)
+        .map(drop)
+        .map_err(|e| exit::coded(exit::USAGE, format!("{}: {e}", path.display())))
+}
+
+/// Reads the code: a file, standard input (`-`), or a directory packed as a bundle; with
+/// `requirements`, a file becomes a bundle too.
+fn read_code(file: &PathBuf, requirements: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
+    let usage = |e: anyhow::Error| exit::coded(exit::USAGE, format!("{e:#}"));
     if file.is_dir() {
-        return bundle_dir(file)
+        return bundle_dir(file, requirements)
             .with_context(|| format!("cannot bundle the directory {}", file.display()))
-            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")));
+            .map_err(usage);
     }
     let mut code = Vec::new();
     if file.as_os_str() == "-" {
         std::io::stdin()
             .read_to_end(&mut code)
             .context("cannot read code from standard input")
-            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")))?;
+            .map_err(usage)?;
     } else {
         code = std::fs::read(file)
             .with_context(|| format!("cannot read {}", file.display()))
-            .map_err(|e| exit::coded(exit::USAGE, format!("{e:#}")))?;
+            .map_err(usage)?;
     }
-    Ok(code)
+    match requirements {
+        Some(requirements) => bundle_module(&code, requirements)
+            .context("cannot bundle the module with its requirements")
+            .map_err(usage),
+        None => Ok(code),
+    }
 }
 
-/// Packs a directory into a tar archive (paths relative to it, symlinks refused).
-fn bundle_dir(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+/// Packs a directory into a tar archive (paths relative to it, symlinks kept as links); with
+/// `requirements`, they replace its top-level `requirements.txt`.
+fn bundle_dir(dir: &std::path::Path, requirements: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
     let mut archive = tar::Builder::new(Vec::new());
     archive.follow_symlinks(false);
     archive.mode(tar::HeaderMode::Deterministic);
-    archive
-        .append_dir_all(".", dir)
-        .context("cannot add the files")?;
+    let Some(requirements) = requirements else {
+        archive
+            .append_dir_all(".", dir)
+            .context("cannot add the files")?;
+        return archive.into_inner().context("cannot finish the archive");
+    };
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+        .context("cannot list the files")?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .context("cannot list the files")?;
+    names.sort();
+    for name in names.iter().filter(|n| *n != "requirements.txt") {
+        let path = dir.join(name);
+        if path.is_dir() && !path.is_symlink() {
+            archive.append_dir_all(name, &path)
+        } else {
+            archive.append_path_with_name(&path, name)
+        }
+        .with_context(|| format!("cannot add {}", path.display()))?;
+    }
+    append_file(&mut archive, "requirements.txt", requirements)?;
     archive.into_inner().context("cannot finish the archive")
+}
+
+/// Packs one module as `handler.py` with its `requirements.txt`.
+fn bundle_module(code: &[u8], requirements: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    append_file(&mut archive, &format!("{SINGLE_MODULE}.py"), code)?;
+    append_file(&mut archive, "requirements.txt", requirements)?;
+    archive.into_inner().context("cannot finish the archive")
+}
+
+/// Adds a regular file (mode 0644, no timestamp) to an archive.
+fn append_file(
+    archive: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    archive
+        .append_data(&mut header, name, bytes)
+        .with_context(|| format!("cannot add {name}"))
 }
 
 #[cfg(test)]

@@ -596,3 +596,256 @@ pub fn read_requirements(bundle: &Path) -> Result<Option<String>, Error> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar archive of `files` (name, text).
+    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for (name, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            archive
+                .append_data(&mut header, name, text.as_bytes())
+                .expect("append");
+        }
+        archive.into_inner().expect("finish")
+    }
+
+    fn read(bytes: &[u8]) -> Result<Option<String>, Error> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("bundle");
+        std::fs::write(&bundle, bytes).expect("write");
+        read_requirements(&bundle)
+    }
+
+    #[test]
+    fn normalizing_drops_comments_blanks_and_order() {
+        let text = "# pinned\nsix==1.16.0   # for py2\n\n  requests >= 2  \nsix==1.16.0\nattrs \\\n  ==23.1\n";
+        assert_eq!(
+            normalize(text).expect("valid"),
+            "attrs ==23.1\nrequests >= 2\nsix==1.16.0\n"
+        );
+        assert_eq!(
+            normalize("requests\nsix==1.16.0").expect("valid"),
+            normalize("six==1.16.0 \r\n# x\nrequests\n").expect("valid")
+        );
+        assert_eq!(normalize("# nothing\n\n").expect("valid"), "");
+    }
+
+    #[test]
+    fn a_url_fragment_is_not_a_comment() {
+        let text = "pkg @ https://example.com/pkg.whl#sha256=abc\n";
+        assert_eq!(normalize(text).expect("valid"), text);
+    }
+
+    #[test]
+    fn only_index_options_are_allowed() {
+        let ok = "--index-url https://pypi.org/simple\n-i https://x\n--extra-index-url=https://y\n--pre\nsix\n";
+        assert!(normalize(ok).is_ok());
+        for bad in [
+            "-r other.txt",
+            "-e .",
+            "--no-binary :all:",
+            "--find-links /srv",
+        ] {
+            let err = normalize(&format!("six\n{bad}\n")).expect_err(bad);
+            assert!(
+                matches!(err, Error::OptionRefused { ref line } if line == bad),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_env_name_follows_the_requirements_and_the_interpreter() {
+        let py311 = "/usr/bin/python3.11\n3.11.7";
+        let a = wanted(py311, "six==1.16.0\n");
+        assert_eq!(a, wanted(py311, "six==1.16.0\n"));
+        assert_eq!(a.name.len(), 64);
+        assert_ne!(a.name, wanted(py311, "six==1.15.0\n").name);
+        assert_ne!(
+            a.name,
+            wanted("/usr/bin/python3.12\n3.12.1", "six==1.16.0\n").name
+        );
+    }
+
+    #[test]
+    fn requirements_are_read_from_the_top_of_a_tar_bundle() {
+        let bundle = tar_of(&[
+            ("main.py", "def handle(p):\n    return p\n"),
+            ("./requirements.txt", "six==1.16.0\n"),
+            ("lib/requirements.txt", "not-this\n"),
+        ]);
+        assert_eq!(
+            read(&bundle).expect("read").as_deref(),
+            Some("six==1.16.0\n")
+        );
+        let without = tar_of(&[("main.py", ""), ("lib/requirements.txt", "x\n")]);
+        assert_eq!(read(&without).expect("read"), None);
+    }
+
+    #[test]
+    fn a_single_module_has_no_requirements() {
+        assert_eq!(read(b"def handle(p):\n    return p\n").expect("read"), None);
+        let long = "# a long module\n".repeat(200);
+        assert_eq!(read(long.as_bytes()).expect("read"), None);
+    }
+
+    #[test]
+    fn oversized_or_binary_requirements_are_refused() {
+        let big = "six\n".repeat(20_000);
+        let err = read(&tar_of(&[("requirements.txt", &big)])).expect_err("too big");
+        assert!(matches!(err, Error::RequirementsUnreadable), "{err:?}");
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        archive
+            .append_data(&mut header, "requirements.txt", &[0xff, 0xfe][..])
+            .expect("append");
+        let err = read(&archive.into_inner().expect("finish")).expect_err("not text");
+        assert!(matches!(err, Error::RequirementsUnreadable), "{err:?}");
+    }
+
+    #[test]
+    fn a_failed_build_keeps_the_end_of_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("build.log");
+        let mut text = "x".repeat(LOG_TAIL_BYTES as usize);
+        text.push_str("ERROR: No matching distribution found for nothing-here\n");
+        std::fs::write(&log, &text).expect("write");
+        let tail = log_tail(&log);
+        assert_eq!(tail.len(), LOG_TAIL_BYTES as usize);
+        assert!(tail.ends_with("No matching distribution found for nothing-here\n"));
+    }
+
+    #[test]
+    fn the_build_plan_uses_uv_when_it_is_there() {
+        let dir = Path::new("/cache/envs/abc");
+        let pip = Plan::new(Path::new("/usr/bin/python3"), dir, None);
+        let steps: Vec<&str> = pip.steps.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(steps, ["python -m venv", "pip install"]);
+        assert_eq!(pip.steps[1].1[0], "/cache/envs/abc/venv/bin/python");
+        let uv = Plan::new(Path::new("/usr/bin/python3"), dir, Some("/bin/uv".into()));
+        let steps: Vec<&str> = uv.steps.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(steps, ["uv venv", "uv pip install"]);
+        for plan in [pip, uv] {
+            let install = plan.steps[1].1.join(std::ffi::OsStr::new(" "));
+            assert!(
+                install
+                    .to_string_lossy()
+                    .contains("--only-binary :all: -r /cache/envs/abc/requirements.txt"),
+                "{install:?}"
+            );
+        }
+    }
+
+    /// Envs built with a stand-in `python` script (it makes `venv/bin/python` and fails the
+    /// install when the requirements name `fail`), counting its runs in `runs`.
+    fn fake_envs(dir: &Path) -> Envs {
+        let python = dir.join("python");
+        let runs = dir.join("runs");
+        let script = format!(
+            "#!/bin/sh\necho run >> {runs}\n\
+             case \"$1\" in\n\
+             -c) echo /fake/python; echo 3.0 ;;\n\
+             -m) mkdir -p \"$3/bin\" && ln -s {python} \"$3/bin/python\" ;;\n\
+             esac\n\
+             if [ \"$2\" = pip ] && grep -q fail \"$9\"; then echo 'ERROR: no such package' >&2; exit 1; fi\n",
+            runs = runs.display(),
+            python = python.display(),
+        );
+        std::fs::write(&python, script).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Envs::new(dir.join("envs"), Ok(python))
+    }
+
+    fn runs(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("runs")).map_or(0, |t| t.lines().count())
+    }
+
+    fn bundle(dir: &Path, name: &str, requirements: &str) -> (CodeHash, PathBuf) {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            tar_of(&[("main.py", ""), ("requirements.txt", requirements)]),
+        )
+        .expect("write");
+        (Sha256::digest(name.as_bytes()).into(), path)
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_one_build_and_later_ones_reuse_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let envs = fake_envs(dir.path());
+        let (h1, b1) = bundle(dir.path(), "v1", "six\n");
+        let (h2, b2) = bundle(dir.path(), "v2", "# same\nsix\n");
+        let (first, second) = tokio::join!(envs.for_bundle(h1, &b1), envs.for_bundle(h2, &b2));
+        let (first, second) = (
+            first.expect("built").expect("an env"),
+            second.expect("built").expect("an env"),
+        );
+        assert_eq!(first.venv, second.venv);
+        assert!(first.venv.join("bin/python").exists());
+        // One probe, one venv, one install.
+        assert_eq!(runs(dir.path()), 3);
+        let again = envs
+            .for_bundle(h1, &b1)
+            .await
+            .expect("ready")
+            .expect("an env");
+        assert_eq!(
+            (again.venv, again.waited),
+            (first.venv.clone(), Duration::ZERO)
+        );
+        // A new worker finds the env on disk.
+        let reopened = Envs::new(dir.path().join("envs"), envs.inner.python.clone());
+        let found = reopened
+            .for_bundle(h1, &b1)
+            .await
+            .expect("ready")
+            .expect("an env");
+        assert_eq!(found.venv, first.venv);
+        assert_eq!(runs(dir.path()), 4, "only the new worker's probe ran");
+        let listed = std::fs::read_dir(dir.path().join("envs"))
+            .expect("list")
+            .count();
+        assert_eq!(listed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_is_remembered_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let envs = fake_envs(dir.path());
+        let (hash, path) = bundle(dir.path(), "v1", "fail\n");
+        let err = envs.for_bundle(hash, &path).await.expect_err("fails");
+        assert!(
+            matches!(err, Error::Build { ref step, .. } if step == "pip install"),
+            "{err:?}"
+        );
+        assert!(String::from_utf8_lossy(&err.logs()).contains("ERROR: no such package"));
+        let before = runs(dir.path());
+        let again = envs.for_bundle(hash, &path).await.expect_err("remembered");
+        assert_eq!(again.to_string(), err.to_string());
+        assert_eq!(
+            runs(dir.path()),
+            before,
+            "rebuilt within the failure memory"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bundle_without_requirements_needs_no_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let envs = fake_envs(dir.path());
+        let path = dir.path().join("module.py");
+        std::fs::write(&path, "def handle(p):\n    return p\n").expect("write");
+        let got = envs.for_bundle([7; 32], &path).await.expect("no env");
+        assert!(got.is_none());
+        assert_eq!(runs(dir.path()), 0);
+    }
+}

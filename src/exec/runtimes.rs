@@ -20,6 +20,10 @@ const SANDBOX_BUNDLE: &str = shim::BUNDLE;
 /// Where the sandbox shows the Python harness.
 const SANDBOX_HARNESS: &str = "/faasd/harness.py";
 
+/// Where the sandbox shows a function's own virtualenv (it finds its `pyvenv.cfg` beside its
+/// interpreter, so it runs from any path).
+const SANDBOX_ENV: &str = "/faasd/env";
+
 /// Where the sandbox shows the `i`th `--python-path` directory.
 fn sandbox_python_path(i: usize) -> PathBuf {
     PathBuf::from(format!("/faasd/python-path/{i}"))
@@ -121,7 +125,7 @@ impl Runtimes {
     }
 
     /// These runtimes with `python` executors running in the virtualenv `env` (shown read-only
-    /// at its own path inside the sandbox; its interpreter links into the base installation,
+    /// at `/faasd/env` inside the sandbox; its interpreter links into the base installation,
     /// which the sandbox already shows).
     pub fn in_env(&self, env: &Path) -> Runtimes {
         Runtimes {
@@ -140,11 +144,12 @@ impl Runtimes {
         isolation: Isolation,
     ) -> Result<Vec<OsString>, Error> {
         let Some(sandbox) = &self.sandbox else {
-            return self.program(runtime, bundle, &self.harness);
+            return self.program(runtime, bundle, &self.harness, self.function_env.as_deref());
         };
         if !sandbox.namespaces {
             // No private filesystem: the program sees the host's paths.
-            let argv = self.program(runtime, bundle, &self.harness)?;
+            let argv =
+                self.program(runtime, bundle, &self.harness, self.function_env.as_deref())?;
             return Ok(shim::wrap(
                 &sandbox.faasd,
                 &sandbox.config(timeout, Vec::new(), isolation),
@@ -162,12 +167,13 @@ impl Runtimes {
             }
         }
         if let (Runtime::Python, Some(env)) = (runtime, &self.function_env) {
-            read_only.push((env.clone(), env.clone()));
+            read_only.push((env.clone(), PathBuf::from(SANDBOX_ENV)));
         }
         let argv = self.program(
             runtime,
             Path::new(SANDBOX_BUNDLE),
             Path::new(SANDBOX_HARNESS),
+            self.function_env.as_ref().map(|_| Path::new(SANDBOX_ENV)),
         )?;
         Ok(shim::wrap(
             &sandbox.faasd,
@@ -176,19 +182,21 @@ impl Runtimes {
         ))
     }
 
-    /// The command line outside any sandbox, with the bundle and harness at the paths given.
+    /// The command line outside any sandbox, with the bundle, the harness and the function's
+    /// virtualenv (if any) at the paths given.
     fn program(
         &self,
         runtime: Runtime,
         bundle: &Path,
         harness: &Path,
+        function_env: Option<&Path>,
     ) -> Result<Vec<OsString>, Error> {
         Ok(match runtime {
             Runtime::Shell => vec![SHELL.into(), bundle.into()],
             Runtime::Exec => vec![bundle.into()],
             Runtime::Python | Runtime::Pickle => {
                 let base = &self.python.as_ref().map_err(Clone::clone)?.path;
-                let python = match (&self.function_env, runtime) {
+                let python = match (function_env, runtime) {
                     (Some(env), Runtime::Python) => env.join("bin").join("python"),
                     _ => base.clone(),
                 };

@@ -132,12 +132,14 @@ pub struct Wanted {
     pub requirements: String,
 }
 
-/// An env ready for executors.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    /// The virtualenv (its interpreter is `bin/python`).
-    pub venv: PathBuf,
-    /// How long the call waited for it to be built (zero when it was ready).
+/// A bundle's env, and how long the call waited for its build.
+#[derive(Debug)]
+pub struct Got {
+    /// The virtualenv (its interpreter is `bin/python`); `None` when the bundle has no
+    /// requirements.
+    pub venv: Result<Option<PathBuf>, Error>,
+    /// How long the call waited for a build (zero when it found the env ready, or its
+    /// failure remembered).
     pub waited: Duration,
 }
 
@@ -182,24 +184,25 @@ impl Envs {
         }
     }
 
-    /// The env a `python` bundle runs in, built first if needed; `None` when the bundle has no
-    /// requirements.
-    pub async fn for_bundle(&self, hash: CodeHash, bundle: &Path) -> Result<Option<Ready>, Error> {
-        let Some(text) = self.requirements_of(hash, bundle).await? else {
-            return Ok(None);
-        };
+    /// The env a `python` bundle runs in, built first if needed.
+    pub async fn for_bundle(&self, hash: CodeHash, bundle: &Path) -> Got {
         let started = Instant::now();
-        let identity = self.identity().await?;
-        let wanted = wanted(&identity, &text);
-        let venv = self.env_dir(&wanted.name).join("venv");
-        let waited = match self.ready_or_wait(wanted)? {
-            None => Duration::ZERO,
-            Some(built) => {
-                built.await.map_err(|_| Error::BuildLost)??;
-                started.elapsed()
+        let mut waited = Duration::ZERO;
+        let venv = async {
+            let Some(text) = self.requirements_of(hash, bundle).await? else {
+                return Ok(None);
+            };
+            let wanted = wanted(&self.identity().await?, &text);
+            let venv = self.env_dir(&wanted.name).join("venv");
+            if let Some(built) = self.ready_or_wait(wanted)? {
+                let built = built.await;
+                waited = started.elapsed();
+                built.map_err(|_| Error::BuildLost)??;
             }
-        };
-        Ok(Some(Ready { venv, waited }))
+            Ok(Some(venv))
+        }
+        .await;
+        Got { venv, waited }
     }
 
     /// The normalized requirements of a bundle (`None`: it has none), read once per code hash.
@@ -778,6 +781,11 @@ mod tests {
         (Sha256::digest(name.as_bytes()).into(), path)
     }
 
+    /// The env a call got, which must be there.
+    fn venv(got: Got) -> PathBuf {
+        got.venv.expect("built").expect("an env")
+    }
+
     #[tokio::test]
     async fn concurrent_calls_share_one_build_and_later_ones_reuse_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -785,31 +793,21 @@ mod tests {
         let (h1, b1) = bundle(dir.path(), "v1", "six\n");
         let (h2, b2) = bundle(dir.path(), "v2", "# same\nsix\n");
         let (first, second) = tokio::join!(envs.for_bundle(h1, &b1), envs.for_bundle(h2, &b2));
-        let (first, second) = (
-            first.expect("built").expect("an env"),
-            second.expect("built").expect("an env"),
+        assert!(
+            !first.waited.is_zero(),
+            "the first call waited for no build"
         );
-        assert_eq!(first.venv, second.venv);
-        assert!(first.venv.join("bin/python").exists());
+        let (first, second) = (venv(first), venv(second));
+        assert_eq!(first, second);
+        assert!(first.join("bin/python").exists());
         // One probe, one venv, one install.
         assert_eq!(runs(dir.path()), 3);
-        let again = envs
-            .for_bundle(h1, &b1)
-            .await
-            .expect("ready")
-            .expect("an env");
-        assert_eq!(
-            (again.venv, again.waited),
-            (first.venv.clone(), Duration::ZERO)
-        );
+        let again = envs.for_bundle(h1, &b1).await;
+        assert_eq!(again.waited, Duration::ZERO);
+        assert_eq!(venv(again), first);
         // A new worker finds the env on disk.
         let reopened = Envs::new(dir.path().join("envs"), envs.inner.python.clone());
-        let found = reopened
-            .for_bundle(h1, &b1)
-            .await
-            .expect("ready")
-            .expect("an env");
-        assert_eq!(found.venv, first.venv);
+        assert_eq!(venv(reopened.for_bundle(h1, &b1).await), first);
         assert_eq!(runs(dir.path()), 4, "only the new worker's probe ran");
         let listed = std::fs::read_dir(dir.path().join("envs"))
             .expect("list")
@@ -822,15 +820,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let envs = fake_envs(dir.path());
         let (hash, path) = bundle(dir.path(), "v1", "fail\n");
-        let err = envs.for_bundle(hash, &path).await.expect_err("fails");
+        let first = envs.for_bundle(hash, &path).await;
+        assert!(!first.waited.is_zero());
+        let err = first.venv.expect_err("fails");
         assert!(
             matches!(err, Error::Build { ref step, .. } if step == "pip install"),
             "{err:?}"
         );
         assert!(String::from_utf8_lossy(&err.logs()).contains("ERROR: no such package"));
         let before = runs(dir.path());
-        let again = envs.for_bundle(hash, &path).await.expect_err("remembered");
-        assert_eq!(again.to_string(), err.to_string());
+        let again = envs.for_bundle(hash, &path).await;
+        assert_eq!(
+            again.waited,
+            Duration::ZERO,
+            "a remembered failure waits for nothing"
+        );
+        assert_eq!(
+            again.venv.expect_err("remembered").to_string(),
+            err.to_string()
+        );
         assert_eq!(
             runs(dir.path()),
             before,
@@ -844,8 +852,8 @@ mod tests {
         let envs = fake_envs(dir.path());
         let path = dir.path().join("module.py");
         std::fs::write(&path, "def handle(p):\n    return p\n").expect("write");
-        let got = envs.for_bundle([7; 32], &path).await.expect("no env");
-        assert!(got.is_none());
+        let got = envs.for_bundle([7; 32], &path).await;
+        assert!(got.venv.expect("no env").is_none());
         assert_eq!(runs(dir.path()), 0);
     }
 }

@@ -17,7 +17,7 @@ pub mod envs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -604,8 +604,8 @@ impl Agent {
         let runtimes = &config.runtimes;
         let (runtime, timeout, isolation) = (launch.runtime, launch.timeout, launch.isolation);
         let argv = match &function_env {
-            Some(ready) => runtimes
-                .in_env(&ready.venv)
+            Some((venv, _)) => runtimes
+                .in_env(venv)
                 .command(runtime, &code, timeout, isolation),
             None => runtimes.command(runtime, &code, timeout, isolation),
         }
@@ -616,7 +616,7 @@ impl Agent {
         Ok(Prepared {
             argv,
             env: runtimes.env(runtime, launch.env),
-            waited: function_env.map_or(Duration::ZERO, |ready| ready.waited),
+            waited: function_env.map_or(Duration::ZERO, |(_, waited)| waited),
         })
     }
 
@@ -627,8 +627,7 @@ impl Agent {
         hash: proto::CodeHash,
         code: &Path,
         wait_limit: Option<Duration>,
-    ) -> Result<Option<envs::Ready>, NotStarted> {
-        let started = Instant::now();
+    ) -> Result<Option<(PathBuf, Duration)>, NotStarted> {
         let get = self.envs.for_bundle(hash, code);
         let got = match wait_limit {
             None => get.await,
@@ -643,12 +642,15 @@ impl Agent {
                 )
             })?,
         };
-        got.map_err(|e| NotStarted {
-            reason: FailureReason::InitFailed,
-            message: e.to_string(),
-            logs: e.logs(),
-            waited: started.elapsed(),
-        })
+        match got.venv {
+            Ok(venv) => Ok(venv.map(|venv| (venv, got.waited))),
+            Err(e) => Err(NotStarted {
+                reason: FailureReason::InitFailed,
+                message: e.to_string(),
+                logs: e.logs(),
+                waited: got.waited,
+            }),
+        }
     }
 }
 

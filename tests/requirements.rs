@@ -189,3 +189,52 @@ async fn requirements_are_for_python_functions_only() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_warm_builds_the_env_at_registration() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = write(&dir.path().join("uses_six.py"), USES_SIX);
+    let requirements = write(&dir.path().join("reqs.txt"), "six==1.16.0\n");
+    register(
+        &server,
+        &[
+            "w",
+            &handler,
+            "--runtime",
+            "python",
+            "--requirements",
+            &requirements,
+            "--min-warm",
+            "1",
+        ],
+    );
+    let ready = || async {
+        match envs(&server).first() {
+            Some(env) if env.join("ready").exists() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    common::eventually(
+        "the env built before any call",
+        std::time::Duration::from_secs(120),
+        ready,
+    )
+    .await;
+    // The pre-started executor answers: no cold start.
+    let warm_executor = || async {
+        let out = run(&client, "w", b"w").await;
+        match out.task["cold_start"].as_bool() {
+            Some(false) => Ok(out),
+            _ => Err(out.task.to_string()),
+        }
+    };
+    let out = common::eventually(
+        "a call served by the pre-started executor",
+        std::time::Duration::from_secs(30),
+        warm_executor,
+    )
+    .await;
+    assert_eq!(out.result, "six 1.16.0 w");
+}

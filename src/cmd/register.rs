@@ -300,4 +300,73 @@ mod tests {
         assert_eq!(exit::code_of(&err), exit::USAGE);
         assert_eq!(err.to_string(), "--env wants K=V, got \"NOVALUE\"");
     }
+
+    /// The names and texts of a tar archive's files.
+    fn files_of(archive: &[u8]) -> Vec<(String, String)> {
+        let mut archive = tar::Archive::new(archive);
+        let mut files = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = entry.path().expect("path").to_string_lossy().into_owned();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).expect("text");
+            files.push((name.trim_start_matches("./").to_string(), text));
+        }
+        files.sort();
+        files
+    }
+
+    fn pair(name: &str, text: &str) -> (String, String) {
+        (name.to_string(), text.to_string())
+    }
+
+    #[test]
+    fn a_module_with_requirements_travels_as_handler_py() {
+        let bundle = bundle_module(b"def handle(p): return p\n", b"six\n").expect("bundle");
+        assert_eq!(
+            files_of(&bundle),
+            [
+                pair("handler.py", "def handle(p): return p\n"),
+                pair("requirements.txt", "six\n")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_flag_replaces_a_directory_bundles_requirements() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("lib")).expect("mkdir");
+        std::fs::write(dir.path().join("lib/util.py"), "X = 1\n").expect("write");
+        std::fs::write(dir.path().join("main.py"), "import lib.util\n").expect("write");
+        std::fs::write(dir.path().join("requirements.txt"), "old\n").expect("write");
+        let expected = |reqs: &str| {
+            vec![
+                pair("lib/util.py", "X = 1\n"),
+                pair("main.py", "import lib.util\n"),
+                pair("requirements.txt", reqs),
+            ]
+        };
+        let kept = bundle_dir(dir.path(), None).expect("bundle");
+        assert_eq!(files_of(&kept), expected("old\n"));
+        let replaced = bundle_dir(dir.path(), Some(b"new\n")).expect("bundle");
+        assert_eq!(files_of(&replaced), expected("new\n"));
+    }
+
+    #[test]
+    fn requirements_for_another_runtime_or_with_entry_are_usage_errors() {
+        let mut args = register_args(&["--requirements", "reqs.txt"]);
+        let err = read_requirements(&args).expect_err("shell");
+        assert_eq!(exit::code_of(&err), exit::USAGE);
+        assert_eq!(
+            err.to_string(),
+            "--requirements is for the python runtime, not shell"
+        );
+        args.runtime = "python".into();
+        args.entry = Some("other".into());
+        let err = read_requirements(&args).expect_err("entry");
+        assert_eq!(exit::code_of(&err), exit::USAGE);
+    }
 }

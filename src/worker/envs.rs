@@ -32,6 +32,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
+use crate::exec::runtimes;
 use crate::proto::{CodeHash, hex};
 
 /// How long a failed build is remembered before a call tries again.
@@ -75,10 +76,10 @@ pub enum Error {
         line: String,
     },
     /// The worker has no Python interpreter to build with.
-    #[error("no Python interpreter to build the environment with: {reason}")]
+    #[error("no Python interpreter to build the environment with: {source}")]
     NoPython {
         /// Why.
-        reason: String,
+        source: runtimes::Error,
     },
     /// Asking the interpreter who it is failed.
     #[error("cannot ask {} for its version: {reason}", python.display())]
@@ -160,7 +161,7 @@ struct EnvsInner {
     /// `<code cache>/envs`.
     dir: PathBuf,
     /// The interpreter envs are built with, or why there is none.
-    python: Result<PathBuf, String>,
+    python: Result<PathBuf, runtimes::Error>,
     /// Its identity (real path and version), asked once.
     identity: OnceCell<Result<String, Error>>,
     /// Each bundle's normalized requirements, read once per code hash (`None`: it has none).
@@ -171,7 +172,7 @@ struct EnvsInner {
 
 impl Envs {
     /// Envs kept in `dir` (made when the first is built), built with `python`.
-    pub fn new(dir: PathBuf, python: Result<PathBuf, String>) -> Envs {
+    pub fn new(dir: PathBuf, python: Result<PathBuf, runtimes::Error>) -> Envs {
         Envs {
             inner: Arc::new(EnvsInner {
                 dir,
@@ -233,7 +234,7 @@ impl Envs {
             .inner
             .python
             .clone()
-            .map_err(|reason| Error::NoPython { reason })?;
+            .map_err(|source| Error::NoPython { source })?;
         self.inner
             .identity
             .get_or_init(|| probe_identity(python))
@@ -317,7 +318,7 @@ impl Envs {
             .inner
             .python
             .clone()
-            .map_err(|reason| Error::NoPython { reason })?;
+            .map_err(|source| Error::NoPython { source })?;
         let dir = self.env_dir(&wanted.name);
         let plan = Plan::new(&python, &dir, which("uv"));
         let prepare = |path: &Path, source: std::io::Error| Error::Prepare {

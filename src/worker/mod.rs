@@ -143,10 +143,7 @@ impl Agent {
             }
         });
         let python = config.runtimes.python().map(Path::to_owned);
-        let envs = envs::Envs::new(
-            config.cache.dir().join("envs"),
-            python.map_err(|e| e.to_string()),
-        );
+        let envs = envs::Envs::new(config.cache.dir().join("envs"), python);
         Arc::new(Agent {
             config,
             pool,

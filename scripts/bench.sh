@@ -19,6 +19,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The warm runtimes' executors use a venv with dill (first on PATH), never the system python.
+venv="$PWD/target/bench-venv"
+scripts/python-venv.sh "$venv" dill
+export PATH="$venv/bin:$PATH"
+
 "$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 "$@" \
   >"$work/out" 2>"$work/log" &
 server_pid=$!
@@ -32,7 +37,6 @@ out="$("$bin" bench --url "$url" --tasks 10000 --connections 32 --sync-calls 100
 echo "$out"
 
 # Warm runtimes: a no-op python handler and a no-op dill-pickled callable.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dill
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 args="$(python3 - "$work/noop.pkl" <<'PY'
 import base64, sys, dill

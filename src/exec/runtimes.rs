@@ -52,7 +52,7 @@ pub enum Error {
         /// What it wrote on stderr, trimmed.
         stderr: String,
     },
-    /// The interpreter did not print its path and prefix.
+    /// The interpreter did not print where it lives and imports from.
     #[error("{} did not say where it lives", python.display())]
     PythonLocationUnknown {
         /// The interpreter asked for.
@@ -63,10 +63,44 @@ pub enum Error {
 /// A resolved Python interpreter.
 #[derive(Debug, Clone)]
 struct Python {
-    /// Its real path (`sys.executable`, canonical).
+    /// The interpreter as it names itself (`sys.executable`): a launcher script such as a pyenv
+    /// shim is resolved to the interpreter it starts, but a virtualenv's interpreter stays the
+    /// venv's (resolving its symlink would step out of the venv and lose its packages).
     path: PathBuf,
-    /// Its installation prefix (`sys.base_prefix`, canonical).
-    prefix: PathBuf,
+    /// Every directory it imports from (its prefixes, base prefixes, site-packages, user site,
+    /// `.pth` additions), outermost only: the sandbox shows each read-only at its own path.
+    visible: Vec<PathBuf>,
+    /// Its user base (`site.USER_BASE`) when a user site directory exists, so executors, whose
+    /// `HOME` is their working directory, still find the packages installed with `pip --user`.
+    user_base: Option<PathBuf>,
+}
+
+/// Asks the interpreter where it lives and what it imports from, as one JSON object.
+const PYTHON_PROBE: &str = r#"
+import json, os, site, sys
+paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+paths.update(p for p in sys.path if p)
+try:
+    paths.update(site.getsitepackages())
+except AttributeError:
+    pass
+user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+user_base = site.getuserbase() if user_site and os.path.isdir(user_site) else None
+if user_base:
+    paths.add(user_site)
+print(json.dumps({
+    "executable": sys.executable,
+    "paths": sorted(p for p in paths if os.path.isdir(p)),
+    "user_base": user_base,
+}))
+"#;
+
+/// What [`PYTHON_PROBE`] prints.
+#[derive(Debug, serde::Deserialize)]
+struct ProbeAnswer {
+    executable: PathBuf,
+    paths: Vec<PathBuf>,
+    user_base: Option<PathBuf>,
 }
 
 /// What a worker launches executors with.
@@ -86,9 +120,9 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// Resolves the Python interpreter (`python3` on `PATH` unless `python` names one) to its
-    /// real path once, so no call pays for a launcher script such as a pyenv shim, and writes
-    /// the harness into `dir`.
+    /// Resolves the Python interpreter (`python3` on `PATH` unless `python` names one) once,
+    /// through any launcher script such as a pyenv shim (so no call pays for it) but never out
+    /// of a virtualenv, and writes the harness into `dir`.
     pub fn new(
         python: Option<&Path>,
         python_path: Vec<PathBuf>,
@@ -156,12 +190,12 @@ impl Runtimes {
                 argv,
             ));
         }
-        // Inside, the bundle and the harness sit at fixed paths; the interpreter's installation
-        // at its own path (its location is how it finds its library).
+        // Inside, the bundle and the harness sit at fixed paths; everything the interpreter
+        // imports from at its own path (its location is how it finds its library and a venv).
         let mut read_only = vec![(bundle.to_owned(), PathBuf::from(SANDBOX_BUNDLE))];
         if let (Runtime::Python | Runtime::Pickle, Ok(python)) = (runtime, &self.python) {
             read_only.push((self.harness.clone(), PathBuf::from(SANDBOX_HARNESS)));
-            read_only.push((python.prefix.clone(), python.prefix.clone()));
+            read_only.extend(python.visible.iter().map(|dir| (dir.clone(), dir.clone())));
             for (i, dir) in self.python_path.iter().enumerate() {
                 read_only.push((dir.clone(), sandbox_python_path(i)));
             }
@@ -238,18 +272,24 @@ impl Runtimes {
                 add("PYTHONPATH", joined);
             }
             add("PYTHONDONTWRITEBYTECODE", "1".into());
+            if let Ok(Python {
+                user_base: Some(base),
+                ..
+            }) = &self.python
+            {
+                add("PYTHONUSERBASE", base.to_string_lossy().into_owned());
+            }
         }
         all
     }
 }
 
-/// Asks the interpreter for its own real path (`sys.executable`) and its installation prefix.
+/// Runs [`PYTHON_PROBE`] with `python`, as executors will run it (no `PYTHONPATH` of the
+/// worker's), and keeps what it says.
 fn resolve_python(python: &Path) -> Result<Python, Error> {
     let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import sys; print(sys.executable); print(sys.base_prefix)",
-        ])
+        .args(["-c", PYTHON_PROBE])
+        .env_remove("PYTHONPATH")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|source| Error::PythonStart {
@@ -262,19 +302,34 @@ fn resolve_python(python: &Path) -> Result<Python, Error> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let (Some(path), Some(prefix)) = (lines.next(), lines.next()) else {
+    let answer: ProbeAnswer =
+        serde_json::from_slice(&out.stdout).map_err(|_| Error::PythonLocationUnknown {
+            python: python.to_owned(),
+        })?;
+    if answer.executable.as_os_str().is_empty() {
         return Err(Error::PythonLocationUnknown {
             python: python.to_owned(),
         });
-    };
-    let path = PathBuf::from(path);
-    let prefix = PathBuf::from(prefix);
+    }
     Ok(Python {
-        path: std::fs::canonicalize(&path).unwrap_or(path),
-        prefix: std::fs::canonicalize(&prefix).unwrap_or(prefix),
+        path: answer.executable,
+        visible: outermost(answer.paths),
+        user_base: answer.user_base,
     })
+}
+
+/// The directories of `paths` that no other one of them contains, in order.
+fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    paths.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        // Sorted, a directory comes right before what it contains.
+        if !kept.last().is_some_and(|outer| path.starts_with(outer)) {
+            kept.push(path);
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -295,8 +350,61 @@ mod tests {
     fn python() -> Result<Python, Error> {
         Ok(Python {
             path: PathBuf::from("/usr/bin/python3.12"),
-            prefix: PathBuf::from("/usr"),
+            visible: vec![PathBuf::from("/usr")],
+            user_base: None,
         })
+    }
+
+    #[test]
+    fn only_the_outermost_directories_are_kept() {
+        let paths = ["/v/lib/site", "/a-b", "/v", "/a/x", "/a", "/v/lib", "/a"];
+        let kept = outermost(paths.iter().map(PathBuf::from).collect());
+        assert_eq!(kept, ["/a", "/a-b", "/v"].map(PathBuf::from));
+    }
+
+    #[test]
+    fn the_user_base_reaches_executors_unless_the_function_sets_its_own() {
+        let mut runtimes = runtimes(python(), &[]);
+        if let Ok(python) = &mut runtimes.python {
+            python.user_base = Some(PathBuf::from("/home/me/.local"));
+        }
+        let env = runtimes.env(Runtime::Python, &[]);
+        assert!(env.contains(&("PYTHONUSERBASE".into(), "/home/me/.local".into())));
+        let own = vars(&[("PYTHONUSERBASE", "/opt/mine")]);
+        let env = runtimes.env(Runtime::Pickle, &own);
+        let bases: Vec<_> = env.iter().filter(|(k, _)| k == "PYTHONUSERBASE").collect();
+        assert_eq!(
+            bases,
+            [&("PYTHONUSERBASE".to_string(), "/opt/mine".to_string())]
+        );
+        assert!(runtimes.env(Runtime::Shell, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_virtualenv_keeps_its_own_interpreter_and_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let venv = dir.path().join("venv");
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            panic!("python3 -m venv failed: the tests need python3 with venv");
+        }
+        let found = resolve_python(&venv.join("bin/python3")).expect("resolved");
+        assert!(
+            found.path.starts_with(&venv),
+            "stepped out of the venv: {found:?}"
+        );
+        assert!(
+            found
+                .visible
+                .iter()
+                .any(|p| venv.starts_with(p) || p.starts_with(&venv)),
+            "the venv is not visible: {found:?}"
+        );
+        let base = resolve_python(Path::new("python3")).expect("base resolved");
+        assert!(!base.path.starts_with(&venv));
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -133,6 +133,7 @@ pub(super) fn build_root(
         }
     };
     mount_workspace(workspace, &root)?;
+    bind_into_workspace(read_only, &root)?;
     if template.is_some() {
         // The template has a mount point for the bundle, of the right kind.
         for (host, inside) in read_only
@@ -144,6 +145,28 @@ pub(super) fn build_root(
         }
     }
     enter_root(&root)
+}
+
+/// Whether `host`, shown at the same path, is visible anyway through a system path.
+fn shown_anyway(host: &Path, inside: &Path) -> bool {
+    host == inside && SYSTEM_PATHS.iter().any(|p| host.starts_with(p))
+}
+
+/// Whether `inside` lies in the function's workspace (`/tmp`), which is mounted over the
+/// template: such a path is bound after it, or the workspace would hide it.
+fn in_workspace(inside: &Path) -> bool {
+    inside.starts_with(WORKDIR) && inside != Path::new(WORKDIR)
+}
+
+/// Binds, read-only, the paths of `read_only` that lie in the workspace (a virtualenv or a
+/// `--python-path` directory under the host's `/tmp`), on top of the mounted workspace.
+fn bind_into_workspace(read_only: &[(PathBuf, PathBuf)], root: &Path) -> Result<(), Error> {
+    for (host, inside) in read_only.iter().filter(|(_, inside)| in_workspace(inside)) {
+        if let Some(target) = mirror(host, inside, root)? {
+            bind_read_only(host, &target, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// The function's writable space under `root`: a size-capped tmpfs owned by its uid.
@@ -217,7 +240,11 @@ pub(super) fn fill_template(
         .chain(ETC_FILES)
         .chain(DEVICES)
         .map(|p| (PathBuf::from(p), PathBuf::from(p)));
-    for (host, inside) in system.chain(read_only.iter().map(|&p| p.clone())) {
+    let own = read_only
+        .iter()
+        .filter(|(host, inside)| !shown_anyway(host, inside) && !in_workspace(inside))
+        .map(|&p| p.clone());
+    for (host, inside) in system.chain(own) {
         if let Some(target) = mirror(&host, &inside, root)? {
             bind_read_only(&host, &target, host.starts_with("/dev"))?;
         }

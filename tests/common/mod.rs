@@ -44,6 +44,17 @@ impl Server {
         Server::start_with(Command::new(BIN), data, args)
     }
 
+    /// Starts a server on a new temporary data directory with `vars` set in its environment.
+    pub fn start_with_env(vars: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut command = Command::new(BIN);
+        command.envs(vars.iter().map(|(k, v)| (*k, *v)));
+        let mut server = Server::start_with(command, &data, args);
+        server._dir = Some(dir);
+        server
+    }
+
     /// Starts a server as uid and gid 65534 (through `setpriv`) on a new temporary data
     /// directory it owns.
     pub fn start_unprivileged(args: &[&str]) -> Server {

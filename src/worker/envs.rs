@@ -756,7 +756,7 @@ mod tests {
             "#!/bin/sh\necho run >> {runs}\n\
              case \"$1\" in\n\
              -c) echo /fake/python; echo 3.0 ;;\n\
-             -m) mkdir -p \"$3/bin\" && ln -s {python} \"$3/bin/python\" ;;\n\
+             -m) if [ \"$2\" = venv ]; then mkdir -p \"$3/bin\" && ln -s {python} \"$3/bin/python\"; fi ;;\n\
              esac\n\
              if [ \"$2\" = pip ] && grep -q fail \"$9\"; then echo 'ERROR: no such package' >&2; exit 1; fi\n",
             runs = runs.display(),

@@ -119,8 +119,10 @@ def test_two_thousand_pending_futures_use_a_few_threads_and_connections(executor
         peak_threads = max(peak_threads, threading.active_count() - threads_before)
         peak_sockets = max(peak_sockets, socket_count() - sockets_before)
         time.sleep(0.05)
-    assert peak_threads <= 3, peak_threads  # the submitter and two waiters
-    assert peak_sockets <= 5, peak_sockets
+    # The submitter, two waiters (and, against a server without the batch route, four
+    # senders), each with one connection: never a thread or a connection per future.
+    assert peak_threads <= 7, peak_threads
+    assert peak_sockets <= 8, peak_sockets
     assert [f.result(timeout=120) for f in futures] == [i * i for i in range(2000)]
     concurrent.futures.wait(blockers, timeout=60)
 

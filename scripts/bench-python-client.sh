@@ -5,11 +5,15 @@
 # of the same kind, and prints both rates and their ratio (the client should reach 0.5 or more).
 # The client runs from a venv in target/venv-client (made when missing); the server's executors
 # use that venv's python3.
-# Usage: scripts/bench-python-client.sh [extra `faasd serve` flags]
+# Usage: scripts/bench-python-client.sh [extra `faasd serve` flags]   (FAASD_BIN: a built faasd to use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-bin="$PWD/target/release/faasd"
+if [ -n "${FAASD_BIN:-}" ]; then
+  bin="$FAASD_BIN"
+else
+  cargo build --release --locked --quiet
+  bin="$PWD/target/release/faasd"
+fi
 venv="$PWD/target/venv-client"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python

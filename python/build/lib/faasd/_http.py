@@ -51,6 +51,9 @@ class Transport:
         except requests.Timeout as exc:
             raise ServerUnreachable(self.url, "no answer in time: %s" % exc) from exc
         if response.status_code >= 400:
+            # The server may close a connection whose request body it did not read (a 404 to
+            # a large POST): drop the pooled connections rather than reuse a closed one.
+            self.session().close()
             raise error_for(response)
         return response
 

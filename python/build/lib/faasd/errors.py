@@ -52,6 +52,9 @@ class TaskFailed(Error):
         text = "task %s failed (%s)" % (task_id, reason or "unknown reason")
         if message:
             text += ": " + message
+        last_line = next((line for line in reversed(logs.splitlines()) if line.strip()), "")
+        if last_line and reason not in ("exception", "timeout"):
+            text += " [last log line: %s]" % last_line.strip()
         super().__init__(text)
         self.task_id = task_id
         self.reason = reason

@@ -37,6 +37,9 @@ SHORT_WAIT_SECONDS = 2.0
 # Answers that mean "this server has no such route".
 NO_ROUTE = ("route_not_found", "method_not_allowed")
 
+# Threads that send calls one by one to a server without the batch route.
+SINGLE_SENDERS = 4
+
 # How long the submitter waits before resending calls refused with 429 queue_full (the
 # server's Retry-After).
 QUEUE_FULL_RETRY_SECONDS = 1.0
@@ -107,6 +110,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._threads: List[threading.Thread] = []
         self._batch_route = True
+        self._single_senders: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._wait_route = True
 
     # The public interface.
@@ -195,6 +199,8 @@ class Executor(concurrent.futures.Executor):
                     for chunk in _chunks_of(group, self._batch_size, self._batch_bytes):
                         self._send(name, chunk)
         finally:
+            if self._single_senders is not None:
+                self._single_senders.shutdown()
             with self._lock:
                 self._submitting = False
                 self._ids_ready.notify_all()
@@ -223,7 +229,10 @@ class Executor(concurrent.futures.Executor):
         except Error as err:
             return self._give_up(calls, err)
         if not self._batch_route:
-            ids = [self._post_one(name, call) for call in calls]
+            # One request per call: a few threads send them, as the server commits each alone.
+            if self._single_senders is None:
+                self._single_senders = concurrent.futures.ThreadPoolExecutor(SINGLE_SENDERS, "faasd-sender")
+            ids = list(self._single_senders.map(lambda call: self._post_one(name, call), calls))
         with self._lock:
             for task_id, call in zip(ids, calls):
                 if task_id is not None:

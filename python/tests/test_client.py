@@ -1,0 +1,148 @@
+"""`faasd.Client` against a real server: registration, calls, task status and results, and
+the errors of bad input."""
+
+import socket
+import threading
+
+import pytest
+
+import faasd
+
+
+def make_adder(offset):
+    # Nested: dill pickles it by value, so the server needs nothing of this module.
+    def add(a, b=0):
+        return a + b + offset
+
+    return add
+
+
+def test_register_once_per_content_hash(client, server_url):
+    add = make_adder(1)
+    name = client.register(add)
+    assert name.startswith("add-") and len(name) == len("add-") + 12
+    assert client.register(add) == name
+    # The same code from another client (another process, say) is no new version.
+    with faasd.Client(server_url) as other:
+        assert other.register(make_adder(1)) == name
+    version = client._http.request("GET", "/v1/functions/" + name).json()["version"]
+    assert version == 1
+    # Different content (another closure value) is another function.
+    assert client.register(make_adder(2)) != name
+
+
+def test_register_with_an_explicit_name_and_settings(client):
+    name = client.register(make_adder(0), "adder-explicit", timeout=5)
+    assert name == "adder-explicit"
+    live = client._http.request("GET", "/v1/functions/adder-explicit").json()
+    assert live["runtime"] == "pickle"
+    assert live["timeout_ms"] == 5000
+
+
+def test_invalid_names_are_made_valid(client):
+    name = client.register(lambda x: x)
+    assert name.startswith("lambda-")
+    assert client.result(client.submit(name, 3), timeout=60) == 3
+
+
+def test_submit_status_result(client):
+    task_id = client.submit(make_adder(10), 1, b=2)
+    assert client.result(task_id, timeout=60) == 13
+    status = client.status(task_id)
+    assert status["id"] == task_id
+    assert status["status"] == "COMPLETED"
+
+
+def test_invoke_returns_the_result_bytes(client):
+    import base64
+
+    import dill
+
+    name = client.register(make_adder(0))
+    payload = base64.b64encode(dill.dumps(((20, 22), {})))
+    result = client.invoke(name, payload)
+    assert dill.loads(base64.b64decode(result)) == 42
+
+
+def test_invoke_of_an_unknown_function_is_an_api_error(client):
+    with pytest.raises(faasd.ApiError) as info:
+        client.invoke("no-such-function", b"")
+    assert info.value.status == 404
+    assert info.value.code == "function_not_found"
+
+
+def test_result_re_raises_the_remote_exception_with_its_traceback(client):
+    def explode(message):
+        raise KeyError(message)
+
+    task_id = client.submit(explode, "bad key")
+    with pytest.raises(KeyError) as info:
+        client.result(task_id, timeout=60)
+    assert "bad key" in str(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, faasd.RemoteTraceback)
+    assert "in explode" in cause.text and "KeyError" in cause.text
+
+
+def test_result_times_out_with_wait_timeout(client):
+    def nap(seconds):
+        import time
+
+        time.sleep(seconds)
+
+    task_id = client.submit(nap, 3)
+    with pytest.raises(faasd.WaitTimeout):
+        client.result(task_id, timeout=0.3)
+    assert client.result(task_id, timeout=60) is None
+
+
+def test_unpicklable_function_fails_at_submit(client):
+    generator = (i for i in range(3))
+
+    def uses_generator():
+        return next(generator)
+
+    with pytest.raises(faasd.PicklingError) as info:
+        client.submit(uses_generator)
+    assert isinstance(info.value, TypeError)
+    assert "uses_generator" in str(info.value)
+    assert "generator" in str(info.value)
+
+
+def test_unpicklable_arguments_fail_at_submit(client):
+    with socket.socket() as sock, pytest.raises(faasd.PicklingError) as info:
+        client.submit(make_adder(0), sock)
+    assert "add" in str(info.value)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_down_is_a_connection_error_with_the_url():
+    url = "http://127.0.0.1:%d" % free_port()
+    client = faasd.Client(url)
+    with pytest.raises(ConnectionError) as info:
+        client.submit(make_adder(0), 1)
+    assert isinstance(info.value, faasd.Error)
+    assert url in str(info.value)
+    with pytest.raises(ConnectionError, match=url):
+        faasd.Executor(url).submit(make_adder(0), 1)
+
+
+def test_url_and_token_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FAASD_URL", "http://127.0.0.1:1234/")
+    monkeypatch.setenv("FAASD_TOKEN", "secret")
+    client = faasd.Client()
+    assert client.url == "http://127.0.0.1:1234"
+    assert client._http.session().headers["Authorization"] == "Bearer secret"
+    monkeypatch.delenv("FAASD_URL")
+    assert faasd.Client().url == "http://127.0.0.1:8000"
+    # A thread-safety smoke check: each thread gets its own session.
+    sessions = []
+    thread = threading.Thread(target=lambda: sessions.append(client._http.session()))
+    thread.start()
+    thread.join()
+    assert sessions[0] is not client._http.session()

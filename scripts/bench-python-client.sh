@@ -18,7 +18,6 @@ venv="$PWD/target/venv-client"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python
 export PATH="$venv/bin:$PATH"
-site="$(python3 -c 'import dill, os; print(os.path.dirname(os.path.dirname(dill.__file__)))')"
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
@@ -27,9 +26,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --python-path: a server that resolves the venv's python3 to its base interpreter still finds dill.
+# The venv is first on PATH, so the server's pickle executors use its python3 and dill.
 "$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
-  --python-path "$site" "$@" >"$work/out" 2>"$work/log" &
+  "$@" >"$work/out" 2>"$work/log" &
 server_pid=$!
 for _ in $(seq 100); do grep -q '^faasd worker port' "$work/out" 2>/dev/null && break; sleep 0.05; done
 url="$(sed -n 's/^faasd listening on //p' "$work/out")"

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test: the layout check (scripts/check-layout.py), unit tests beside the code, the
 # integration tests in tests/ (which start the real faasd binary), and the Python tests of the
-# MPCS FaaS contract (tests/python). What the Python tests need (dill, pytest, requests) goes
-# into a virtualenv this script makes under target/, never into the system interpreter.
+# MPCS FaaS contract (tests/python) and of the Python client (python/tests). What they need
+# (dill, pytest, requests, the client itself) goes into a virtualenv this script makes under
+# target/, never into the system interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The shape of src/ (imports one way, no import cycles, short functions, typed errors).
 python3 scripts/check-layout.py
 venv="$PWD/target/test-venv"
-scripts/python-venv.sh "$venv" dill pytest requests
+scripts/python-venv.sh "$venv" dill pytest requests ./python
 cargo test --locked --all-targets -- --test-threads 4
 # The Python tests start target/debug/faasd, which cargo test has just built, with the venv first
 # on PATH (so its executors use the venv's python3 and dill): once with the default sandbox
 # (auto: every layer this machine allows), once with none (trusted code).
 PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider tests/python
 PATH="$venv/bin:$PATH" FAASD_SANDBOX=none python -m pytest -q -p no:cacheprovider tests/python
+PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider python/tests

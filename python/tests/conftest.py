@@ -7,7 +7,6 @@ so run the tests with a venv holding dill first on PATH (python/run-tests.sh doe
 
 import os
 import subprocess
-import sys
 from typing import Iterator
 
 import pytest
@@ -25,14 +24,10 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     binary = os.environ.get("FAASD_BIN", os.path.join(ROOT, "target", "debug", "faasd"))
     data = tmp_path_factory.mktemp("data")
-    # A server that resolves a venv's interpreter to its base one loses the venv's packages;
-    # naming the venv's site-packages keeps dill importable by the executors either way.
-    import dill
-
-    site = ["--python-path", os.path.dirname(os.path.dirname(dill.__file__))] if sys.prefix != sys.base_prefix else []
+    # The server's executors use `python3` on PATH: the venv running these tests, with its dill.
     proc = subprocess.Popen(
         [binary, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
-         "--worker-listen", "127.0.0.1:0", "--local-workers", "4"] + site,
+         "--worker-listen", "127.0.0.1:0", "--local-workers", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None

@@ -5,15 +5,19 @@
 //! | `POST /v1/functions` | register (JSON with base64 code, or multipart) |
 //! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
 //! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`) |
+//! | `POST /v1/functions/{name}/batch` | many async calls in one request and one commit |
 //! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |
+//! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
+mod batch;
 mod error;
 mod functions;
 mod mpcs;
 mod tasks;
+mod wait;
 
 use std::time::Duration;
 
@@ -71,7 +75,9 @@ pub fn router(state: AppState) -> Router {
             get(functions::show).delete(functions::remove),
         )
         .route("/v1/functions/{name}/invoke", post(tasks::invoke))
+        .route("/v1/functions/{name}/batch", post(batch::submit))
         .route("/function/{name}", any(tasks::invoke_url))
+        .route("/v1/tasks/wait", post(wait::wait))
         .route("/v1/tasks/{id}", get(tasks::status))
         .route("/v1/tasks/{id}/result", get(tasks::result))
         .route("/v1/tasks/{id}/logs", get(tasks::logs))

@@ -248,7 +248,7 @@ impl Broker {
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         let (record, waiter, committed) = {
             let mut state = self.lock();
-            let func = state.admit(name)?;
+            let func = state.admit(name, 1)?;
             state.next_seq += 1;
             let record = queued_record(&func, state.next_seq, &payload, json);
             let enqueue = Write::Enqueue {
@@ -284,6 +284,49 @@ impl Broker {
         Ok((record, waiter))
     }
 
+    /// Accepts many calls of one function at once, all or none: admits the whole batch against
+    /// the queue limit, queues every QUEUED record to the store under one lock (so the writer
+    /// groups them into one commit), and returns the records in input order once every one is
+    /// durable. If the commit fails, the tasks that have not started are taken back.
+    pub async fn submit_batch(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let (records, acks) = {
+            let mut state = self.lock();
+            let func = state.admit(name, payloads.len())?;
+            let mut records = Vec::with_capacity(payloads.len());
+            let mut acks = Vec::with_capacity(payloads.len());
+            for payload in payloads {
+                state.next_seq += 1;
+                let record = queued_record(&func, state.next_seq, &payload, false);
+                acks.push(self.inner.store.submit(Write::Enqueue {
+                    record: record.clone(),
+                    payload: payload.clone(),
+                }));
+                state.enqueue(Active::new(record.clone(), payload, func.clone()), false);
+                records.push(record);
+            }
+            state.dispatch(&self.inner.store);
+            (records, acks)
+        };
+        for ack in acks {
+            let committed = match ack.await {
+                Ok(result) => result,
+                Err(_) => Err(Arc::new(store::Error::Closed)),
+            };
+            if let Err(e) = committed {
+                let mut state = self.lock();
+                for record in &records {
+                    state.withdraw(record.id);
+                }
+                return Err(Error::Store(e));
+            }
+        }
+        Ok(records)
+    }
+
     /// A task's current record: from memory while it is active, else from the store.
     pub async fn task(&self, id: u128) -> Result<Option<TaskRecord>, Error> {
         if let Some(active) = self.lock().tasks.get(&id) {
@@ -296,6 +339,23 @@ impl Broker {
     /// unknown: read the store).
     pub fn watch(&self, id: u128) -> Option<Waiter> {
         self.lock().tasks.get_mut(&id).map(Active::watch)
+    }
+
+    /// Looks at many tasks under one lock: returns a [`Waiter`] for each of `ids` that is active
+    /// (none when `wait` is false), and the ids that are not active (finished or unknown: read
+    /// the store). A waiter dropped unresolved is cleared at the task's next watch or its end.
+    pub fn watch_many(&self, ids: &[u128], wait: bool) -> (Vec<Waiter>, Vec<u128>) {
+        let mut state = self.lock();
+        let mut waiters = Vec::new();
+        let mut inactive = Vec::new();
+        for id in ids {
+            match state.tasks.get_mut(id) {
+                Some(active) if wait => waiters.push(active.watch()),
+                Some(_) => {}
+                None => inactive.push(*id),
+            }
+        }
+        (waiters, inactive)
     }
 
     /// Attaches a worker that sent a valid `Hello`: queues its `Welcome` on `frames` (ahead

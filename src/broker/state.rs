@@ -268,9 +268,9 @@ impl State {
         self.leased
     }
 
-    /// Checks that a new call of `name` may be queued: the server accepts tasks, the function
-    /// is live, and its queue is under its limit. Returns the live version.
-    pub fn admit(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
+    /// Checks that `count` new calls of `name` may be queued: the server accepts tasks, the
+    /// function is live, and its queue has room for all of them. Returns the live version.
+    pub fn admit(&self, name: &str, count: usize) -> Result<Arc<FunctionRecord>, Error> {
         if !self.accepting {
             return Err(Error::ShuttingDown);
         }
@@ -280,7 +280,7 @@ impl State {
             .cloned()
             .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
         let waiting = self.queues.get(name).map_or(0, |q| q.waiting.len());
-        if waiting >= func.queue_limit as usize {
+        if waiting + count > func.queue_limit as usize {
             return Err(Error::QueueFull {
                 name: name.into(),
                 limit: func.queue_limit,
@@ -1250,19 +1250,34 @@ mod tests {
         let mut fx = Fixture::new();
         let f = fx.function("f", 1, None);
         assert!(matches!(
-            fx.state.admit("nope"),
+            fx.state.admit("nope", 1),
             Err(Error::UnknownFunction { name }) if name == "nope"
         ));
         for seq in 1..=3 {
-            assert_eq!(fx.state.admit("f").expect("room").version, 1);
+            assert_eq!(fx.state.admit("f", 1).expect("room").version, 1);
             fx.enqueue(&f, seq);
         }
         assert!(matches!(
-            fx.state.admit("f"),
+            fx.state.admit("f", 1),
             Err(Error::QueueFull { limit: 3, .. })
         ));
         fx.state.accepting = false;
-        assert!(matches!(fx.state.admit("f"), Err(Error::ShuttingDown)));
+        assert!(matches!(fx.state.admit("f", 1), Err(Error::ShuttingDown)));
+    }
+
+    #[test]
+    fn a_batch_is_admitted_only_if_all_of_it_fits_the_queue() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        fx.enqueue(&f, 1);
+        assert!(
+            fx.state.admit("f", 2).is_ok(),
+            "1 waiting + 2 fits a limit of 3"
+        );
+        assert!(matches!(
+            fx.state.admit("f", 3),
+            Err(Error::QueueFull { limit: 3, .. })
+        ));
     }
 
     #[test]

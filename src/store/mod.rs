@@ -250,6 +250,39 @@ impl Store {
             .await
     }
 
+    /// Many tasks' records, read in one transaction, in the order of `ids` (`None` for an
+    /// unknown id).
+    pub async fn tasks(&self, ids: Vec<u128>) -> Result<Vec<Option<TaskRecord>>, Error> {
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
+            ids.iter()
+                .map(|id| match tasks.get(*id).map_err(db("read task"))? {
+                    Some(bytes) => Ok(Some(decode_task(bytes.value())?)),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Many finished tasks' result bytes, read in one transaction, in the order of `ids`.
+    pub async fn results(&self, ids: Vec<u128>) -> Result<Vec<Option<Bytes>>, Error> {
+        self.read(move |database| read_many(database, RESULTS, &ids, usize::MAX))
+            .await
+    }
+
+    /// The last `max_bytes` of many finished tasks' captured stderr, read in one transaction,
+    /// in the order of `ids`.
+    pub async fn log_tails(
+        &self,
+        ids: Vec<u128>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Bytes>>, Error> {
+        self.read(move |database| read_many(database, LOGS, &ids, max_bytes))
+            .await
+    }
+
     /// Every unfinished task in arrival order, with the function versions they pin.
     pub async fn pending(&self) -> Result<Vec<PendingTask>, Error> {
         self.read(|database| {
@@ -349,6 +382,26 @@ fn read_bytes(
     Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
 }
 
+/// The values of `ids` in `table`, each cut to its last `max_bytes`.
+fn read_many(
+    database: &Database,
+    table: TableDefinition<u128, &[u8]>,
+    ids: &[u128],
+    max_bytes: usize,
+) -> Result<Vec<Option<Bytes>>, Error> {
+    let txn = database.begin_read().map_err(db("begin read"))?;
+    let t = txn.open_table(table).map_err(db("open table"))?;
+    ids.iter()
+        .map(|id| {
+            let value = t.get(*id).map_err(db("read"))?;
+            Ok(value.map(|v| {
+                let bytes = v.value();
+                Bytes::copy_from_slice(&bytes[bytes.len().saturating_sub(max_bytes)..])
+            }))
+        })
+        .collect()
+}
+
 fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, Error> {
     records::decode(bytes).map_err(|source| Error::Corrupt {
         table: "functions",
@@ -435,6 +488,44 @@ mod tests {
         );
         let status = store.task(10).await.expect("task").map(|t| t.status);
         assert_eq!(status, Some(TaskStatus::Completed));
+    }
+
+    #[tokio::test]
+    async fn many_tasks_read_together_come_back_in_the_order_asked() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        for (id, logs) in [(1, &b"first log"[..]), (2, b"second log")] {
+            let mut done = queued(id, id as u64);
+            done.status = TaskStatus::Failed;
+            store
+                .write(Write::Finish {
+                    record: done,
+                    result: Bytes::from(vec![id as u8]),
+                    logs: Bytes::copy_from_slice(logs),
+                })
+                .await
+                .expect("finish");
+        }
+        let records = store.tasks(vec![2, 9, 1]).await.expect("tasks");
+        let ids: Vec<Option<u128>> = records.iter().map(|r| r.as_ref().map(|r| r.id)).collect();
+        assert_eq!(ids, [Some(2), None, Some(1)]);
+        let results = store.results(vec![1, 9, 2]).await.expect("results");
+        assert_eq!(
+            results,
+            [
+                Some(Bytes::from_static(&[1])),
+                None,
+                Some(Bytes::from_static(&[2]))
+            ]
+        );
+        let tails = store.log_tails(vec![2, 1], 3).await.expect("log tails");
+        assert_eq!(
+            tails,
+            [
+                Some(Bytes::from_static(b"log")),
+                Some(Bytes::from_static(b"log"))
+            ]
+        );
     }
 
     #[tokio::test]

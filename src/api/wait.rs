@@ -170,9 +170,18 @@ pub async fn wait(
     let mut pending: FuturesUnordered<Waiter> = waiters.into_iter().collect();
     take_ready(&mut pending, &mut answer);
     if answer.tasks.is_empty() && !pending.is_empty() {
-        if let Ok(Some(finished)) = tokio::time::timeout(wait, first_end(&mut pending)).await {
+        let deadline = tokio::time::Instant::now() + wait;
+        if let Ok(Some(finished)) = tokio::time::timeout_at(deadline, first_end(&mut pending)).await
+        {
             answer.push_finished(&finished);
             take_ready(&mut pending, &mut answer);
+            let linger = linger_for(pending.len());
+            gather_until(
+                &mut pending,
+                &mut answer,
+                deadline.min(tokio::time::Instant::now() + linger),
+            )
+            .await;
         }
     }
     serde_json::to_value(&answer)
@@ -277,6 +286,29 @@ async fn first_end(pending: &mut FuturesUnordered<Waiter>) -> Option<Arc<Finishe
     None
 }
 
+/// How long an answer that has its first end waits for more: 20 µs per task still waited on, at
+/// most 20 ms. A long poll over many slow tasks then brings several ends per round, rather than
+/// one end per round for a request that names every id again; a poll over a few answers at once.
+fn linger_for(still_waiting: usize) -> Duration {
+    (Duration::from_micros(20) * still_waiting.min(1_000) as u32).min(MAX_LINGER)
+}
+
+/// The longest an answer lingers after its first end.
+const MAX_LINGER: Duration = Duration::from_millis(20);
+
+/// Adds the ends that arrive until `until`.
+async fn gather_until(
+    pending: &mut FuturesUnordered<Waiter>,
+    answer: &mut WaitAnswer,
+    until: tokio::time::Instant,
+) {
+    while let Ok(Some(outcome)) = tokio::time::timeout_at(until, pending.next()).await {
+        if let Ok(Ok(finished)) = outcome {
+            answer.push_finished(&finished);
+        }
+    }
+}
+
 /// Adds every end the waiters already hold, without waiting.
 fn take_ready(pending: &mut FuturesUnordered<Waiter>, answer: &mut WaitAnswer) {
     while let Some(Some(outcome)) = pending.next().now_or_never() {
@@ -343,6 +375,15 @@ mod tests {
         assert!(!answer.inline(11));
         assert!(answer.inline(10));
         assert!(!answer.inline(1));
+    }
+
+    #[test]
+    fn an_answer_lingers_longer_the_more_tasks_it_still_waits_on() {
+        assert_eq!(linger_for(0), Duration::ZERO);
+        assert_eq!(linger_for(1), Duration::from_micros(20));
+        assert_eq!(linger_for(500), Duration::from_millis(10));
+        assert_eq!(linger_for(1_000), MAX_LINGER);
+        assert_eq!(linger_for(10_000), MAX_LINGER);
     }
 
     #[test]

@@ -20,6 +20,12 @@ fn main() -> std::process::ExitCode {
     }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);
+    if matches!(
+        cli.command,
+        faasd::cmd::Command::Serve(_) | faasd::cmd::Command::Worker(_)
+    ) {
+        raise_open_files_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,6 +41,28 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             eprintln!("faasd: {err:#}");
             std::process::ExitCode::from(faasd::cmd::exit::code_of(&err))
+        }
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit, before any thread starts: a server holds a
+/// descriptor per connection, and the usual soft limit (1,024) is far below what it may use.
+/// A failure is a warning: the server still runs, with fewer connections.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(err) => tracing::warn!(
+                limit = soft,
+                hard,
+                error = %err,
+                "cannot raise the open-files limit (setrlimit NOFILE)"
+            ),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit"),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the open-files limit (getrlimit NOFILE)")
         }
     }
 }

@@ -20,6 +20,11 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// The largest frame either side accepts until the handshake is done: a `Hello`, `Welcome` or
+/// `Refused` is a few dozen bytes, so a peer cannot make the other side reserve a large frame
+/// buffer before it has said who it is.
+pub const HANDSHAKE_FRAME_BYTES: usize = 4 << 10;
+
 /// How long a new connection may take to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -394,6 +399,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Some(Ok(bytes)) => decode(&bytes).map(Some),
         }
     }
+
+    /// Sets the largest frame this reader accepts from now on: [`HANDSHAKE_FRAME_BYTES`] until
+    /// the handshake is done, then [`MAX_FRAME_BYTES`]. A larger length prefix is a read error,
+    /// raised before any of the frame is buffered.
+    pub fn set_max_frame_bytes(&mut self, max: usize) {
+        self.inner.decoder_mut().set_max_frame_length(max);
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -593,6 +605,37 @@ mod tests {
         let mut b = Reader::new(b);
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         assert!(matches!(b.next().await, Err(Error::Io { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_is_refused_under_the_handshake_limit_and_read_after_it() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut b = Reader::new(b);
+        b.set_max_frame_bytes(HANDSHAKE_FRAME_BYTES);
+        let big = (HANDSHAKE_FRAME_BYTES as u32 + 1).to_be_bytes();
+        a.write_all(&big).await.expect("write");
+        assert!(matches!(b.next().await, Err(Error::Io { .. })));
+
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut a, mut b) = (Writer::new(a), Reader::new(b));
+        b.set_max_frame_bytes(HANDSHAKE_FRAME_BYTES);
+        let hello = Frame::Hello {
+            protocol: PROTOCOL_VERSION,
+            name: "w".repeat(64),
+            slots: 4,
+            mode: DispatchMode::Push,
+        };
+        a.send(&hello).await.expect("send hello");
+        assert_eq!(b.next().await.expect("read hello"), Some(hello));
+        b.set_max_frame_bytes(MAX_FRAME_BYTES);
+        let code = Frame::Code {
+            hash: [0; 32],
+            found: true,
+            bytes: Bytes::from(vec![7; HANDSHAKE_FRAME_BYTES * 4]),
+        };
+        a.send(&code).await.expect("send code");
+        assert_eq!(b.next().await.expect("read code"), Some(code));
     }
 
     #[test]

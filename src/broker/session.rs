@@ -52,10 +52,13 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = proto::split(io);
+    // Until the worker has said who it is, it may only send small frames.
+    reader.set_max_frame_bytes(proto::HANDSHAKE_FRAME_BYTES);
     let Some(Hello { name, slots, mode }) = handshake(&mut reader, &mut writer, &address).await
     else {
         return;
     };
+    reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
 
     let (frames, outbox) = mpsc::unbounded_channel();
     let id = broker.attach_worker(

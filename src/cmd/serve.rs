@@ -1,6 +1,8 @@
 //! `faasd serve`: the whole platform in one process: store, broker, HTTP API, the worker port
 //! for remote workers, and in-process workers speaking the same frames over duplex pipes.
 
+mod http;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,11 +52,23 @@ pub struct ServeArgs {
     /// The most worker connections at once.
     #[arg(long, default_value_t = 1024)]
     pub max_worker_connections: usize,
+    /// How long an HTTP client may take to send a request's headers before its connection is
+    /// closed.
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub header_timeout: Duration,
+    /// How long an HTTP connection may sit idle between requests before it is closed.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// The most HTTP connections at once; more are closed as they arrive (default: 10000, or
+    /// half the open-files limit if that is lower).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     check_max_body(args.max_body)?;
+    let http_limits = http_limits(&args)?;
     let (store, broker) = open_store(&mut args).await?;
     let listeners = Listeners::bind(&args).await?;
     let stops = Stops::default();
@@ -69,7 +83,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         start_local_worker(&args, slots, &work_root, &broker, &stops, &tracker)?;
     }
     start_worker_port(listeners.workers, &args, &broker, &stops, &tracker);
-    let server = start_http(listeners.http, &args, &broker, &stops);
+    let server = start_http(listeners.http, &args, http_limits, &broker, &stops);
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
@@ -92,6 +106,44 @@ fn check_max_body(max_body: usize) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The HTTP limits from the flags; zero timeouts or a zero connection cap are refused.
+fn http_limits(args: &ServeArgs) -> anyhow::Result<http::HttpLimits> {
+    for (flag, value) in [
+        ("--header-timeout", args.header_timeout),
+        ("--keepalive-timeout", args.keepalive_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(exit::coded(
+                exit::USAGE,
+                format!("{flag} must be more than zero"),
+            ));
+        }
+    }
+    let max_connections = args.max_connections.unwrap_or_else(default_max_connections);
+    if max_connections == 0 {
+        return Err(exit::coded(
+            exit::USAGE,
+            "--max-connections must be at least 1",
+        ));
+    }
+    Ok(http::HttpLimits {
+        header_timeout: args.header_timeout,
+        keepalive_timeout: args.keepalive_timeout,
+        max_connections,
+    })
+}
+
+/// 10,000 connections, or half the open-files limit if that is lower (the other half is left
+/// to worker connections, the store and the executors' pipes).
+fn default_max_connections() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    const DEFAULT: usize = 10_000;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => usize::try_from(soft / 2).map_or(DEFAULT, |half| half.clamp(1, DEFAULT)),
+        Err(_) => DEFAULT,
+    }
 }
 
 /// Opens the store in the data directory, makes `args.data` absolute, and starts the broker
@@ -210,13 +262,14 @@ fn start_worker_port(
     ));
 }
 
-/// Serves the HTTP API on `listener` until `stops.http` fires.
+/// Serves the HTTP API on `listener`, within `limits`, until `stops.http` fires.
 fn start_http(
     listener: TcpListener,
     args: &ServeArgs,
+    limits: http::HttpLimits,
     broker: &Broker,
     stops: &Stops,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<()> {
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body_bytes: args.max_body,
@@ -225,12 +278,7 @@ fn start_http(
             ..FunctionDefaults::default()
         },
     });
-    let stop = stops.http.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+    tokio::spawn(http::serve(listener, app, limits, stops.http.clone()))
 }
 
 /// Prints the two addresses on standard output (the line tests and scripts wait for).
@@ -254,7 +302,7 @@ async fn shut_down(
     broker: &Broker,
     stops: &Stops,
     tracker: &TaskTracker,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
 ) {
     tracing::info!(
         signal,

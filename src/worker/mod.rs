@@ -253,9 +253,11 @@ where
             mode: config.mode,
         })
         .await?;
+    reader.set_max_frame_bytes(proto::HANDSHAKE_FRAME_BYTES);
     let answer = tokio::time::timeout(proto::HANDSHAKE_TIMEOUT, reader.next())
         .await
         .map_err(|_| Error::HandshakeTimeout(proto::HANDSHAKE_TIMEOUT))??;
+    reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
     match answer {
         Some(Frame::Welcome { heartbeat_ms, .. }) => Ok(on_welcome(heartbeat_ms)),
         Some(Frame::Refused { reason }) => Err(Error::Refused { reason }),

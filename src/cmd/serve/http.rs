@@ -1,0 +1,459 @@
+//! The HTTP server under the API: accepts connections up to `--max-connections`, serves each
+//! with hyper's HTTP/1 connection driving the axum router, and cuts a connection that is slow
+//! to send a request's headers (`--header-timeout`) or sits idle between requests
+//! (`--keepalive-timeout`). A stop closes idle connections and lets open requests finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often, at most, the connection limit and accept failures are logged.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long the accept loop pauses after a failed accept (such as running out of descriptors),
+/// so it does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The bounds put on HTTP clients.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HttpLimits {
+    /// How long a client may take to send a request's headers, counted from its first byte
+    /// (or from the connection's opening, for its first request).
+    pub header_timeout: Duration,
+    /// How long a connection may sit idle between requests.
+    pub keepalive_timeout: Duration,
+    /// The most HTTP connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+/// Serves `app` on `listener` until `stop` fires, then closes idle connections, waits for open
+/// requests to finish, and returns.
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused = RateLimitedWarning::default();
+    let mut failed = RateLimitedWarning::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                failed.warn(|count| {
+                    tracing::warn!(error = %e, failures = count, "accepting an HTTP connection failed");
+                });
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            refused.warn(|count| {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused = count,
+                    "HTTP connection limit reached (--max-connections); closing new connections"
+                );
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            stream,
+            app.clone(),
+            limits,
+            stop.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until the client closes it, it breaks a timeout, or a stop has let its
+/// open request finish. `_permit` holds its place under `--max-connections`.
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = Api {
+        router: TowerToHyperService::new(app),
+        activity: activity.clone(),
+    };
+    // The header timeout is enforced here rather than by hyper, whose header timer also runs
+    // while a kept-alive connection waits for its next request.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        // While a request is open there is no deadline: look again after a while.
+        let deadline = activity.deadline(&limits).unwrap_or_else(|| {
+            Instant::now() + limits.header_timeout.min(limits.keepalive_timeout)
+        });
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if let Some(phase) = activity.expired(&limits, Instant::now()) {
+                    tracing::debug!(phase, "closing a slow or idle HTTP connection");
+                    return;
+                }
+            }
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A warning logged at most once per [`WARN_INTERVAL`], with the number of occurrences since the
+/// last one it logged.
+#[derive(Default)]
+struct RateLimitedWarning {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl RateLimitedWarning {
+    /// Counts one occurrence and calls `log` with the count if the interval has passed.
+    fn warn(&mut self, log: impl FnOnce(u64)) {
+        self.count += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
+            log(self.count);
+            self.count = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// What a connection is doing, which decides its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the rest of a request's headers since `since` (its first byte, or the
+    /// connection's opening).
+    ReadingHead { since: Instant },
+    /// Handling `requests` requests (from their headers to the last byte of their responses).
+    Busy { requests: usize },
+    /// Idle since its last response.
+    Idle { since: Instant },
+}
+
+/// A connection's phase, shared by its reads, its requests and its watch.
+struct Activity {
+    phase: Mutex<Phase>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            phase: Mutex::new(Phase::ReadingHead {
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        let mut phase = self.phase.lock().expect("phase lock poisoned");
+        *phase = change(*phase);
+    }
+
+    /// Bytes arrived: an idle connection starts reading a request's headers.
+    fn on_read(&self) {
+        self.update(|phase| match phase {
+            Phase::Idle { .. } => Phase::ReadingHead {
+                since: Instant::now(),
+            },
+            other => other,
+        });
+    }
+
+    /// A request's headers were read.
+    fn request_started(&self) {
+        self.update(|phase| match phase {
+            Phase::Busy { requests } => Phase::Busy {
+                requests: requests + 1,
+            },
+            _ => Phase::Busy { requests: 1 },
+        });
+    }
+
+    /// A response was sent (or dropped).
+    fn request_finished(&self) {
+        self.update(|phase| match phase {
+            Phase::Busy { requests } if requests > 1 => Phase::Busy {
+                requests: requests - 1,
+            },
+            _ => Phase::Idle {
+                since: Instant::now(),
+            },
+        });
+    }
+
+    /// When the connection is cut if nothing happens (`None` while a request is open).
+    fn deadline(&self, limits: &HttpLimits) -> Option<Instant> {
+        match *self.phase.lock().expect("phase lock poisoned") {
+            Phase::ReadingHead { since } => Some(since + limits.header_timeout),
+            Phase::Idle { since } => Some(since + limits.keepalive_timeout),
+            Phase::Busy { .. } => None,
+        }
+    }
+
+    /// The name of the phase whose timeout has passed at `now`, if one has.
+    fn expired(&self, limits: &HttpLimits, now: Instant) -> Option<&'static str> {
+        let deadline = self.deadline(limits)?;
+        if now < deadline {
+            return None;
+        }
+        match *self.phase.lock().expect("phase lock poisoned") {
+            Phase::ReadingHead { .. } => Some("header timeout"),
+            _ => Some("keep-alive timeout"),
+        }
+    }
+}
+
+/// A TCP stream that tells its connection's [`Activity`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router as a hyper service that marks each request open until its response is sent.
+struct Api {
+    router: TowerToHyperService<Router>,
+    activity: Arc<Activity>,
+}
+
+/// The future of one call of [`Api`].
+type ApiFuture =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<GuardedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Api {
+    type Response = hyper::Response<GuardedBody>;
+    type Error = Infallible;
+    type Future = ApiFuture;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let open = OpenRequest::start(self.activity.clone());
+        let response = self.router.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| GuardedBody { body, _open: open }))
+        })
+    }
+}
+
+/// Marks a request open from its headers until it is dropped with its response body.
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.request_started();
+        OpenRequest(activity)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its request open until hyper has sent (and dropped) it.
+struct GuardedBody {
+    body: Body,
+    _open: OpenRequest,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const KEEPALIVE: Duration = Duration::from_secs(60);
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            header_timeout: HEADER,
+            keepalive_timeout: KEEPALIVE,
+            max_connections: 10,
+        }
+    }
+
+    /// The activity's deadline, checked to be `timeout` after a moment between `before` and now.
+    fn deadline_after(activity: &Activity, before: Instant, timeout: Duration) -> Instant {
+        let deadline = activity.deadline(&limits()).expect("a deadline");
+        assert!(deadline >= before + timeout && deadline <= Instant::now() + timeout);
+        deadline
+    }
+
+    #[test]
+    fn a_new_connection_has_the_header_timeout() {
+        let before = Instant::now();
+        let activity = Activity::new();
+        let deadline = deadline_after(&activity, before, HEADER);
+        let just_before = deadline - Duration::from_millis(1);
+        assert_eq!(activity.expired(&limits(), just_before), None);
+        assert_eq!(
+            activity.expired(&limits(), deadline),
+            Some("header timeout")
+        );
+    }
+
+    #[test]
+    fn an_open_request_has_no_deadline_and_its_end_starts_the_keepalive_timeout() {
+        let activity = Arc::new(Activity::new());
+        let open = OpenRequest::start(activity.clone());
+        assert_eq!(activity.deadline(&limits()), None);
+        let much_later = Instant::now() + KEEPALIVE * 10;
+        assert_eq!(activity.expired(&limits(), much_later), None);
+        let before = Instant::now();
+        drop(open);
+        let deadline = deadline_after(&activity, before, KEEPALIVE);
+        assert_eq!(
+            activity.expired(&limits(), deadline),
+            Some("keep-alive timeout")
+        );
+    }
+
+    #[test]
+    fn bytes_on_an_idle_connection_start_the_header_timeout() {
+        let activity = Arc::new(Activity::new());
+        drop(OpenRequest::start(activity.clone()));
+        let before = Instant::now();
+        activity.on_read();
+        let deadline = deadline_after(&activity, before, HEADER);
+        assert_eq!(
+            activity.expired(&limits(), deadline),
+            Some("header timeout")
+        );
+        // More bytes of the same headers do not move the deadline.
+        activity.on_read();
+        assert_eq!(activity.deadline(&limits()), Some(deadline));
+    }
+
+    #[test]
+    fn pipelined_requests_keep_the_connection_busy_until_the_last_ends() {
+        let activity = Arc::new(Activity::new());
+        let first = OpenRequest::start(activity.clone());
+        let second = OpenRequest::start(activity.clone());
+        drop(first);
+        assert_eq!(activity.deadline(&limits()), None);
+        drop(second);
+        assert!(activity.deadline(&limits()).is_some());
+    }
+
+    #[test]
+    fn a_rate_limited_warning_logs_once_per_interval_with_the_count() {
+        let mut warning = RateLimitedWarning::default();
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            warning.warn(|count| logged.push(count));
+        }
+        assert_eq!(logged, [1]);
+        assert_eq!(warning.count, 4);
+    }
+}

@@ -281,6 +281,7 @@ pub(crate) async fn register_function(
             "concurrency must be at least 1 (omit it for unlimited)",
         ));
     }
+    check_min_warm(req.min_warm, state.defaults.max_min_warm)?;
     let warm = warm_spec(&req, runtime)?;
     let record = FunctionRecord {
         name: req.name,
@@ -306,6 +307,16 @@ pub(crate) async fn register_function(
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     Ok(record)
+}
+
+/// Refuses a `min_warm` over the server's `--max-min-warm`.
+fn check_min_warm(min_warm: Option<u32>, max: u32) -> Result<(), ApiError> {
+    match min_warm {
+        Some(n) if n > max => Err(ApiError::invalid(format!(
+            "min_warm {n} is over this server's maximum of {max} (serve --max-min-warm); each worker also keeps at most one ready executor per slot"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the `entry` of a directory bundle and moves it into the environment, where the

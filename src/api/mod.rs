@@ -41,7 +41,10 @@ pub struct AppState {
     pub defaults: FunctionDefaults,
 }
 
-/// Settings a registration gets when it does not give them.
+/// The default of the largest `min_warm` a registration may ask for (`serve --max-min-warm`).
+pub const DEFAULT_MAX_MIN_WARM: u32 = 64;
+
+/// Settings a registration gets when it does not give them, and bounds it is held to.
 #[derive(Debug, Clone, Copy)]
 pub struct FunctionDefaults {
     /// Per-call timeout.
@@ -50,6 +53,8 @@ pub struct FunctionDefaults {
     pub queue_limit: u32,
     /// How many times a task is started before it fails with `worker_lost`.
     pub max_attempts: u32,
+    /// The largest `min_warm` accepted.
+    pub max_min_warm: u32,
 }
 
 impl Default for FunctionDefaults {
@@ -58,6 +63,7 @@ impl Default for FunctionDefaults {
             timeout: Duration::from_secs(30),
             queue_limit: 100_000,
             max_attempts: 3,
+            max_min_warm: DEFAULT_MAX_MIN_WARM,
         }
     }
 }

@@ -68,6 +68,11 @@ pub struct ExecutorArgs {
     /// `out_of_memory`).
     #[arg(long, default_value = "512MiB", value_parser = crate::units::parse_bytes)]
     pub sandbox_memory: usize,
+    /// The resident memory idle warm executors may hold, such as `2GiB`; past it (or when the
+    /// machine has under a tenth of its memory available) pre-warming for `min_warm` pauses.
+    /// Default: a quarter of the machine's memory.
+    #[arg(long, value_parser = crate::units::parse_bytes)]
+    pub max_warm_memory: Option<usize>,
 }
 
 /// Parses `--sandbox-user`: `UID:GID`, or one number for both (a clap value parser).
@@ -81,6 +86,12 @@ fn parse_ids(text: &str) -> Result<(u32, u32), String> {
 }
 
 impl ExecutorArgs {
+    /// `--max-warm-memory`, or its default.
+    pub fn max_warm_memory_bytes(&self) -> u64 {
+        self.max_warm_memory
+            .map_or_else(crate::exec::default_warm_budget_bytes, |b| b as u64)
+    }
+
     /// The sandbox these flags ask for, before negotiation.
     pub fn sandbox_settings(&self) -> crate::sandbox::Settings {
         crate::sandbox::Settings {

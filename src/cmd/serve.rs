@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// half the open-files limit if that is lower).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// The largest `min_warm` a registration may ask for (400 past it); each worker also keeps
+    /// at most one ready executor of a function per slot.
+    #[arg(long, default_value_t = api::DEFAULT_MAX_MIN_WARM)]
+    pub max_min_warm: u32,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -222,6 +226,7 @@ fn start_local_worker(
         work_root: work_root.path().to_owned(),
         limits: exec::Limits::default(),
         runtimes: args.executors.runtimes(&args.data.join("runtime"))?,
+        max_warm_memory_bytes: args.executors.max_warm_memory_bytes(),
     });
     let (server_end, worker_end) = tokio::io::duplex(1 << 20);
     tracker.spawn(broker::serve_worker(
@@ -275,6 +280,7 @@ fn start_http(
         max_body_bytes: args.max_body,
         defaults: FunctionDefaults {
             timeout: args.default_timeout,
+            max_min_warm: args.max_min_warm,
             ..FunctionDefaults::default()
         },
     });

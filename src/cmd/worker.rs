@@ -107,6 +107,7 @@ fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, wor
         work_root: work_root.path().to_owned(),
         limits: exec::Limits::default(),
         runtimes: args.executors.runtimes(&cache_dir)?,
+        max_warm_memory_bytes: args.executors.max_warm_memory_bytes(),
     });
     Ok((agent, work_root))
 }

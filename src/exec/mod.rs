@@ -9,8 +9,10 @@
 //! output while waiting for the exit or the timeout, then kill and reap the group), and
 //! `judge` (which fact decides the failure, in `Ending::failure`). The rest of the module:
 //! `spawn` (what an executor process gets), `runtimes` (each runtime's command line and
-//! environment), `warm` (one process serving many calls) and `pool` (a worker's warm executors).
+//! environment), `warm` (one process serving many calls), `pool` (a worker's warm executors)
+//! and `memory` (what pre-warmed executors hold, against their budget).
 
+mod memory;
 mod pool;
 pub mod runtimes;
 mod spawn;
@@ -29,7 +31,8 @@ use tokio::net::unix::pipe;
 use crate::proto::{FailureReason, Outcome, WarmSpec};
 use crate::sandbox::{process, shim as sandbox, sys};
 use crate::units::format_duration;
-pub use pool::{Pool, WarmCall};
+pub use memory::default_warm_budget_bytes;
+pub use pool::{Pool, PoolLimits, WarmCall};
 pub use runtimes::Runtimes;
 pub use spawn::DEFAULT_PATH;
 
@@ -54,6 +57,12 @@ pub enum Error {
         program: PathBuf,
         /// Why.
         source: sys::Error,
+    },
+    /// The thread starting the process ended without an answer (the worker is stopping).
+    #[error("the start of {program} was abandoned")]
+    Abandoned {
+        /// The program that was to run.
+        program: PathBuf,
     },
     /// An argument or variable cannot be passed to a process.
     #[error("cannot pass to the executor: {what}")]
@@ -133,11 +142,12 @@ async fn run_inner(call: &Call<'_>, started: Instant) -> Result<Outcome, Error> 
             root: call.work_root.to_owned(),
             source,
         })?;
-    let mut child = spawn::spawn(&spawn::SpawnSpec {
-        argv: call.argv,
-        workdir: workdir.path(),
-        env: call.env,
-    })?;
+    let mut child = spawn::spawn_off_runtime(
+        call.argv.to_vec(),
+        workdir.path().to_owned(),
+        call.env.to_vec(),
+    )
+    .await?;
     let pipes = Pipes::take(&mut child);
     let finished = feed_and_wait(&mut child, pipes, call).await;
     let run_us = started.elapsed().as_micros() as u64;

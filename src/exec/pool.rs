@@ -8,16 +8,25 @@
 //! [`Pool::keep_min_warm`] tops up (backing off a version whose executors fail to start).
 //! Across all functions a worker keeps at most `max_idle` idle executors (least recently used go
 //! first), and only the newest version of a function keeps executors ready.
+//!
+//! Pre-warming cannot sink the worker ([`PoolLimits`]): a function keeps at most one ready
+//! executor per slot whatever its `min_warm`, at most `max_starts` pre-starts run at once (the
+//! rest wait their turn), and none begins while the idle executors hold the memory budget or
+//! the machine runs low (see `memory`). [`Pool::retire`] (a removed function) stops its idle
+//! executors at once, abandons its pending starts, and drops its busy ones when they finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use super::Limits;
+use super::memory;
 use super::warm::WarmExecutor;
 use crate::proto::{FailureReason, Outcome, WarmSpec};
 
@@ -29,6 +38,33 @@ const FIRST_START_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest a function whose executors fail to start waits before the next top-up try.
 const MAX_START_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How a worker bounds its warm executors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Idle executors kept across all functions.
+    pub max_idle: usize,
+    /// The worker's slots: no function keeps more executors ready than this.
+    pub slots: usize,
+    /// Pre-starts (for `min_warm`) running at once; the rest wait their turn.
+    pub max_starts: usize,
+    /// The resident memory the idle executors may hold before pre-warming pauses.
+    pub warm_memory_bytes: u64,
+}
+
+impl PoolLimits {
+    /// The limits of a worker with `slots` slots: idle executors enough to keep every slot's
+    /// function warm a few times over, and at most two pre-starts at once.
+    pub fn for_slots(slots: u32, warm_memory_bytes: u64) -> PoolLimits {
+        let slots = (slots as usize).max(1);
+        PoolLimits {
+            max_idle: (slots * 4).max(8),
+            slots,
+            max_starts: slots.min(2),
+            warm_memory_bytes,
+        }
+    }
+}
 
 /// One call for a warm executor.
 pub struct WarmCall {
@@ -63,6 +99,7 @@ struct Recipe {
 }
 
 struct Entry {
+    /// Its warm settings, `min_warm` already capped by the worker's slots.
     warm: WarmSpec,
     recipe: Arc<Recipe>,
     idle: Vec<WarmExecutor>,
@@ -71,12 +108,16 @@ struct Entry {
     /// After a failed top-up: no new one before this, and the next wait doubles.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The function was removed: nothing is kept ready, and finished executors are stopped.
+    retired: bool,
+    /// Fires on retirement: pending pre-starts give up.
+    cancel: CancellationToken,
 }
 
 impl Entry {
     /// Executors this version keeps ready even when idle.
     fn min_warm(&self, superseded: bool) -> usize {
-        if superseded {
+        if superseded || self.retired {
             0
         } else {
             self.warm.min_warm as usize
@@ -92,7 +133,14 @@ pub struct Pool {
 
 struct PoolInner {
     entries: Mutex<HashMap<PoolKey, Entry>>,
-    max_idle: usize,
+    limits: PoolLimits,
+    /// Pre-starts under way; only raised under the `entries` lock, so it never passes
+    /// `limits.max_starts`.
+    starting: AtomicUsize,
+    /// Each removed function's highest removed version.
+    retired: Mutex<HashMap<String, u32>>,
+    /// Whether pre-warming waits for memory (said once per pause in the log).
+    memory_paused: AtomicBool,
 }
 
 /// Whether a newer version of `key`'s function is in the pool.
@@ -101,12 +149,20 @@ fn superseded(entries: &HashMap<PoolKey, Entry>, key: &PoolKey) -> bool {
 }
 
 impl Pool {
-    /// A pool that keeps at most `max_idle` idle executors across all functions.
-    pub fn new(max_idle: usize) -> Pool {
+    /// A pool within `limits`.
+    pub fn new(limits: PoolLimits) -> Pool {
         Pool {
             inner: Arc::new(PoolInner {
                 entries: Mutex::new(HashMap::new()),
-                max_idle: max_idle.max(1),
+                limits: PoolLimits {
+                    max_idle: limits.max_idle.max(1),
+                    slots: limits.slots.max(1),
+                    max_starts: limits.max_starts.max(1),
+                    ..limits
+                },
+                starting: AtomicUsize::new(0),
+                retired: Mutex::new(HashMap::new()),
+                memory_paused: AtomicBool::new(false),
             }),
         }
     }
@@ -115,9 +171,19 @@ impl Pool {
         self.inner.entries.lock().expect("pool lock poisoned")
     }
 
+    /// Whether `key`'s function was removed at or after this version.
+    fn is_retired(&self, key: &PoolKey) -> bool {
+        let retired = self.inner.retired.lock().expect("retired lock poisoned");
+        retired.get(&key.0).is_some_and(|v| key.1 <= *v)
+    }
+
     /// The function version's entry, made from `call` if it has none; `call`'s warm settings
-    /// apply from now on.
-    fn entry<'a>(entries: &'a mut HashMap<PoolKey, Entry>, call: &WarmCall) -> &'a mut Entry {
+    /// apply from now on, its `min_warm` capped by the worker's slots.
+    fn entry<'a>(
+        &self,
+        entries: &'a mut HashMap<PoolKey, Entry>,
+        call: &WarmCall,
+    ) -> &'a mut Entry {
         let entry = entries.entry(call.key.clone()).or_insert_with(|| Entry {
             warm: call.warm,
             recipe: Arc::new(Recipe {
@@ -130,23 +196,70 @@ impl Pool {
             busy: 0,
             retry_at: None,
             backoff: FIRST_START_BACKOFF,
+            retired: self.is_retired(&call.key),
+            cancel: CancellationToken::new(),
         });
-        entry.warm = call.warm;
+        let slots = u32::try_from(self.inner.limits.slots).unwrap_or(u32::MAX);
+        entry.warm = WarmSpec {
+            min_warm: call.warm.min_warm.min(slots),
+            ..call.warm
+        };
         entry
     }
 
-    /// Makes the pool keep `call.warm.min_warm` executors of this function version ready from
-    /// its next round on, before any call.
+    /// Makes the pool keep `call.warm.min_warm` executors of this function version ready
+    /// (at most one per slot) from its next round on, before any call. A version of a
+    /// removed function is not kept ready again.
     pub fn prewarm(&self, call: WarmCall) {
+        if self.is_retired(&call.key) {
+            return;
+        }
+        if call.warm.min_warm as usize > self.inner.limits.slots {
+            tracing::info!(function = %call.key.0, min_warm = call.warm.min_warm,
+                slots = self.inner.limits.slots, "min_warm capped by this worker's slots");
+        }
         let mut entries = self.lock();
-        let entry = Self::entry(&mut entries, &call);
+        let entry = self.entry(&mut entries, &call);
         entry.retry_at = None;
+    }
+
+    /// Stops keeping `function` ready at `version` and before (it was removed): its idle
+    /// executors stop now, its pending pre-starts are abandoned (their processes killed), and
+    /// executors serving calls stop when their call ends.
+    pub fn retire(&self, function: &str, version: u32) {
+        {
+            let mut retired = self.inner.retired.lock().expect("retired lock poisoned");
+            let highest = retired.entry(function.to_owned()).or_insert(version);
+            *highest = (*highest).max(version);
+        }
+        let stopped: Vec<WarmExecutor> = {
+            let mut entries = self.lock();
+            let mut stopped = Vec::new();
+            for (_, entry) in entries
+                .iter_mut()
+                .filter(|(k, _)| k.0 == function && k.1 <= version)
+            {
+                entry.retired = true;
+                entry.cancel.cancel();
+                stopped.append(&mut entry.idle);
+            }
+            forget_unused(&mut entries);
+            stopped
+        };
+        tracing::info!(
+            function,
+            version,
+            executors = stopped.len(),
+            "stopping a removed function's warm executors"
+        );
+        // Dropping an executor kills its process group and reaps it.
+        drop(stopped);
     }
 
     /// Takes the most recently used idle executor that is still alive (its caches are hot).
     fn take_idle(&self, call: &WarmCall) -> Option<WarmExecutor> {
         let mut entries = self.lock();
-        let entry = Self::entry(&mut entries, call);
+        let entry = self.entry(&mut entries, call);
         entry.busy += 1;
         // One that died while idle (killed from outside) is dropped here, not handed out.
         while let Some(executor) = entry.idle.pop() {
@@ -156,7 +269,6 @@ impl Pool {
         }
         None
     }
-
     /// Runs one call on a warm executor; start-up (on a cold start) and the call share the
     /// call's timeout, so a task never runs past the lease the server gave it.
     pub async fn run(&self, call: WarmCall) -> Outcome {
@@ -209,68 +321,146 @@ impl Pool {
         }
     }
 
+    /// Counts a call or start of `key` as over and keeps its executor idle, unless the
+    /// function was removed meanwhile (the executor then stops).
     fn release(&self, key: &PoolKey, executor: Option<WarmExecutor>) {
         let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(key) {
-            entry.busy = entry.busy.saturating_sub(1);
-            if let Some(executor) = executor {
-                entry.idle.push(executor);
+        let stop = match entries.get_mut(key) {
+            Some(entry) => {
+                entry.busy = entry.busy.saturating_sub(1);
+                match executor {
+                    Some(executor) if !entry.retired => {
+                        entry.idle.push(executor);
+                        None
+                    }
+                    other => other,
+                }
             }
-        }
+            None => executor,
+        };
+        drop(entries);
+        // Dropping an executor kills its process group and reaps it.
+        drop(stop);
     }
 
     /// Starts executors in the background to bring each function version that may try again
-    /// (see `next_backoff`) back up to its `min_warm`. The worker calls it before [`Pool::reap`]
-    /// each round, so an executor the idle cap stops is replaced on the next round, not at once.
+    /// (see `next_backoff`) back up to its `min_warm`, at most `max_starts` at a time and only
+    /// while memory allows; each start that ends calls this again for the next. The worker
+    /// calls it before [`Pool::reap`] each round, so an executor the idle cap stops is
+    /// replaced on the next round, not at once.
     pub fn keep_min_warm(&self) {
-        let now = Instant::now();
-        let mut starts = Vec::new();
-        {
-            let mut entries = self.lock();
-            let keys: Vec<PoolKey> = entries.keys().cloned().collect();
-            for key in keys {
-                let old = superseded(&entries, &key);
-                let Some(entry) = entries.get_mut(&key) else {
-                    continue;
-                };
-                let min = entry.min_warm(old);
-                if entry.retry_at.is_none_or(|t| t <= now) {
-                    for _ in entry.idle.len() + entry.busy..min {
-                        entry.busy += 1;
-                        starts.push((key.clone(), entry.recipe.clone()));
-                    }
-                }
-            }
+        let Some(groups) = self.wanted_starts() else {
+            return;
+        };
+        if !self.memory_allows_starts(&groups) {
+            return;
         }
-        for (key, recipe) in starts {
+        for (key, recipe, cancel) in self.claim_starts() {
             let pool = self.clone();
-            tokio::spawn(async move { pool.start_for_min_warm(key, &recipe).await });
+            tokio::spawn(async move { pool.start_for_min_warm(key, &recipe, cancel).await });
         }
     }
 
-    /// Starts one executor counted as busy by [`Pool::keep_min_warm`] and makes it idle; on
-    /// failure, backs the function version off.
-    async fn start_for_min_warm(&self, key: PoolKey, recipe: &Recipe) {
-        let started =
-            WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout).await;
+    /// Whether a pre-start is wanted and has a free turn: if so, the process groups of the
+    /// idle executors (whose memory counts against the budget).
+    fn wanted_starts(&self) -> Option<HashSet<u32>> {
+        let limits = self.inner.limits;
+        if self.inner.starting.load(Ordering::Acquire) >= limits.max_starts {
+            return None;
+        }
+        let now = Instant::now();
+        let entries = self.lock();
+        let wanted = entries.iter().any(|(key, entry)| {
+            entry.retry_at.is_none_or(|t| t <= now)
+                && entry.idle.len() + entry.busy < entry.min_warm(superseded(&entries, key))
+        });
+        wanted.then(|| {
+            let idle = entries.values().flat_map(|e| e.idle.iter());
+            idle.map(WarmExecutor::pid).collect()
+        })
+    }
+
+    /// Whether the idle executors' memory and the machine's allow another pre-start; says so
+    /// in the log once when pre-warming pauses, and once when it resumes.
+    fn memory_allows_starts(&self, groups: &HashSet<u32>) -> bool {
+        let shortage = memory::shortage(groups, self.inner.limits.warm_memory_bytes);
+        let was_paused = self
+            .inner
+            .memory_paused
+            .swap(shortage.is_some(), Ordering::AcqRel);
+        match (shortage, was_paused) {
+            (Some(shortage), false) => {
+                tracing::warn!(%shortage, "pre-warming paused: no new warm executor starts");
+            }
+            (None, true) => tracing::info!("pre-warming resumed: memory is available again"),
+            _ => {}
+        }
+        shortage.is_none()
+    }
+
+    /// Counts as starting (busy) the executors the next free turns go to, up to each
+    /// version's `min_warm`, and returns what to start.
+    fn claim_starts(&self) -> Vec<(PoolKey, Arc<Recipe>, CancellationToken)> {
+        let now = Instant::now();
+        let mut starts = Vec::new();
+        let mut entries = self.lock();
+        let keys: Vec<PoolKey> = entries.keys().cloned().collect();
+        for key in keys {
+            let old = superseded(&entries, &key);
+            let Some(entry) = entries.get_mut(&key) else {
+                continue;
+            };
+            if entry.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            for _ in entry.idle.len() + entry.busy..entry.min_warm(old) {
+                let starting = self.inner.starting.load(Ordering::Acquire);
+                if starting >= self.inner.limits.max_starts {
+                    return starts;
+                }
+                self.inner.starting.store(starting + 1, Ordering::Release);
+                entry.busy += 1;
+                starts.push((key.clone(), entry.recipe.clone(), entry.cancel.clone()));
+            }
+        }
+        starts
+    }
+
+    /// Starts one executor counted as busy by [`Pool::claim_starts`] and makes it idle; on
+    /// failure, backs the function version off; on retirement, gives up (killing it). Then
+    /// gives the freed turn to the next start.
+    async fn start_for_min_warm(&self, key: PoolKey, recipe: &Recipe, cancel: CancellationToken) {
+        let start =
+            WarmExecutor::start(&recipe.argv, &recipe.env, &recipe.work_root, recipe.timeout);
+        let started = tokio::select! {
+            started = start => Some(started),
+            () = cancel.cancelled() => None,
+        };
+        self.inner.starting.fetch_sub(1, Ordering::AcqRel);
         match started {
-            Ok(executor) => {
+            // The function was removed: the dropped start killed its process.
+            None => self.release(&key, None),
+            Some(Ok(executor)) => {
                 self.release(&key, Some(executor));
                 if let Some(entry) = self.lock().get_mut(&key) {
                     entry.retry_at = None;
                     entry.backoff = FIRST_START_BACKOFF;
                 }
             }
-            Err(failure) => {
-                let mut entries = self.lock();
-                if let Some(entry) = entries.get_mut(&key) {
-                    entry.busy = entry.busy.saturating_sub(1);
-                    entry.retry_at = Some(Instant::now() + entry.backoff);
-                    tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
-                        retry_in = ?entry.backoff, "cannot pre-start a warm executor");
-                    entry.backoff = next_backoff(entry.backoff);
-                }
-            }
+            Some(Err(failure)) => self.back_off(&key, &failure),
+        }
+        self.keep_min_warm();
+    }
+
+    /// Counts a failed pre-start as over and makes the version wait before the next.
+    fn back_off(&self, key: &PoolKey, failure: &super::warm::Failure) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(key) {
+            entry.busy = entry.busy.saturating_sub(1);
+            entry.retry_at = Some(Instant::now() + entry.backoff);
+            tracing::warn!(function = %key.0, version = key.1, error = %failure.message,
+                retry_in = ?entry.backoff, "cannot pre-start a warm executor");
+            entry.backoff = next_backoff(entry.backoff);
         }
     }
 
@@ -282,7 +472,7 @@ impl Pool {
         let stopped = {
             let mut entries = self.lock();
             let mut stopped = stop_expired(&mut entries, now);
-            stopped.extend(stop_past_cap(&mut entries, self.inner.max_idle));
+            stopped.extend(stop_past_cap(&mut entries, self.inner.limits.max_idle));
             forget_unused(&mut entries);
             stopped
         };
@@ -398,6 +588,16 @@ mod tests {
         }
     }
 
+    /// A pool with `max_idle` idle executors and no other bound in the way.
+    fn pool(max_idle: usize) -> Pool {
+        Pool::new(PoolLimits {
+            max_idle,
+            slots: 8,
+            max_starts: 8,
+            warm_memory_bytes: u64::MAX,
+        })
+    }
+
     /// An executor that says it is ready, then waits for its stdin to close.
     const READY: &str = "printf '\\000\\000\\000\\001R'; cat >/dev/null";
 
@@ -421,7 +621,7 @@ mod tests {
     #[test]
     fn only_a_newer_version_of_the_same_function_supersedes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = Pool::new(8);
+        let pool = pool(8);
         for (name, version) in [("f", 1), ("f", 2), ("g", 1)] {
             let mut spec = call(dir.path(), version, READY, warm(1, 0));
             spec.key = (name.into(), version);
@@ -449,7 +649,7 @@ mod tests {
     #[tokio::test]
     async fn min_warm_is_kept_and_survives_reaping() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = Pool::new(8);
+        let pool = pool(8);
         pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
         pool.keep_min_warm();
         eventually(&pool, |e| idle(e, 1) == 1).await;
@@ -466,7 +666,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_version_retires_the_older_ones_executors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = Pool::new(8);
+        let pool = pool(8);
         pool.prewarm(call(dir.path(), 1, READY, warm(1, 0)));
         pool.keep_min_warm();
         eventually(&pool, |e| idle(e, 1) == 1).await;
@@ -482,7 +682,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_start_backs_off() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = Pool::new(8);
+        let pool = pool(8);
         pool.prewarm(call(dir.path(), 1, "exit 1", warm(1, 0)));
         pool.keep_min_warm();
         eventually(&pool, |e| {
@@ -499,7 +699,7 @@ mod tests {
     #[tokio::test]
     async fn the_idle_cap_stops_the_least_recently_used() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = Pool::new(1);
+        let pool = pool(1);
         // Two idle executors of two functions, the first used less recently.
         for (name, version) in [("f1", 1), ("f2", 2)] {
             let mut spec = call(dir.path(), version, READY, warm(0, 60_000));
@@ -521,5 +721,84 @@ mod tests {
             "the older stayed"
         );
         assert_eq!(entries[&("f2".to_string(), 2)].idle.len(), 1);
+    }
+
+    /// Whether the process with this pid is still running (not gone, not a zombie).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[tokio::test]
+    async fn min_warm_is_capped_by_the_slots_and_starts_are_paced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(PoolLimits {
+            max_idle: 8,
+            slots: 3,
+            max_starts: 1,
+            warm_memory_bytes: u64::MAX,
+        });
+        let slow_ready = "sleep 0.2; printf '\\000\\000\\000\\001R'; cat >/dev/null";
+        pool.prewarm(call(dir.path(), 1, slow_ready, warm(1000, 0)));
+        assert_eq!(pool.lock()[&("f".to_string(), 1)].warm.min_warm, 3);
+        pool.keep_min_warm();
+        // One start at a time: the first is under way, the others wait their turn.
+        assert_eq!(pool.lock()[&("f".to_string(), 1)].busy, 1);
+        pool.keep_min_warm();
+        assert_eq!(pool.lock()[&("f".to_string(), 1)].busy, 1);
+        // Each start that ends hands its turn on, up to the cap and no further.
+        eventually(&pool, |e| idle(e, 1) == 3).await;
+        let entries = pool.lock();
+        assert_eq!(entries[&("f".to_string(), 1)].busy, 0);
+        assert_eq!(pool.inner.starting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn no_pre_start_past_the_memory_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::new(PoolLimits {
+            warm_memory_bytes: 0,
+            ..PoolLimits::for_slots(2, 0)
+        });
+        pool.prewarm(call(dir.path(), 1, READY, warm(2, 0)));
+        pool.keep_min_warm();
+        let entries = pool.lock();
+        assert_eq!(entries[&("f".to_string(), 1)].busy, 0);
+        assert!(pool.inner.memory_paused.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn retiring_stops_idle_executors_and_abandons_pending_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(8);
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 60_000)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        let idle_pid = pool.lock()[&("f".to_string(), 1)].idle[0].pid();
+        // Version 2 never gets ready: its start is pending when the function goes.
+        pool.prewarm(call(dir.path(), 2, "sleep 30", warm(1, 60_000)));
+        pool.keep_min_warm();
+        assert_eq!(pool.lock()[&("f".to_string(), 2)].busy, 1);
+        pool.retire("f", 2);
+        assert_eq!(idle(&pool.lock(), 1), 0);
+        eventually(&pool, |e| e.values().all(|x| x.busy == 0)).await;
+        assert_eq!(pool.inner.starting.load(Ordering::Acquire), 0);
+        pool.reap();
+        assert!(pool.lock().is_empty());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive(idle_pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive(idle_pid), "the idle executor outlived its function");
+        // A late prewarm of a removed version keeps nothing ready.
+        pool.prewarm(call(dir.path(), 1, READY, warm(1, 60_000)));
+        pool.keep_min_warm();
+        assert!(pool.lock().is_empty());
     }
 }

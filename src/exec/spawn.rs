@@ -8,7 +8,7 @@
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Error;
 use crate::sandbox::process::{self, Child};
@@ -101,4 +101,23 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, Error> {
             }
         }
     }
+}
+
+/// Starts the executor like [`spawn`], on a blocking thread: a start waits its turn at the
+/// sandbox's zygote (one at a time) and must never hold up the async threads, which carry
+/// the worker's heartbeats and frames.
+pub async fn spawn_off_runtime(
+    argv: Vec<OsString>,
+    workdir: PathBuf,
+    env: Vec<(String, String)>,
+) -> Result<Child, Error> {
+    let program = PathBuf::from(argv.first().cloned().unwrap_or_default());
+    let start = tokio::task::spawn_blocking(move || {
+        spawn(&SpawnSpec {
+            argv: &argv,
+            workdir: &workdir,
+            env: &env,
+        })
+    });
+    start.await.map_err(|_| Error::Abandoned { program })?
 }

@@ -106,12 +106,10 @@ impl WarmExecutor {
             .prefix("warm-")
             .tempdir_in(work_root)
             .map_err(|e| Failure::init_failed(format!("cannot create a working directory: {e}")))?;
-        let mut child = spawn::spawn(&spawn::SpawnSpec {
-            argv,
-            workdir: workdir.path(),
-            env,
-        })
-        .map_err(|e| Failure::new(FailureReason::SpawnFailed, e.to_string()))?;
+        let mut child =
+            spawn::spawn_off_runtime(argv.to_vec(), workdir.path().to_owned(), env.to_vec())
+                .await
+                .map_err(|e| Failure::new(FailureReason::SpawnFailed, e.to_string()))?;
         let Pipes {
             stdin: Some(stdin),
             stdout: Some(stdout),
@@ -267,6 +265,11 @@ impl WarmExecutor {
                 }
             }
         }
+    }
+
+    /// The executor's process id, which is also its process group's.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
     /// Whether the process has exited (killed from outside while idle, say).

@@ -8,8 +8,10 @@
 //!
 //! A session is `handshake` (with `on_welcome`), then a loop that hands each frame from
 //! the server to a handler named after it (`on_assign`, `on_prewarm`, `on_code`; `Refused`
-//! ends it) and reacts to its own events (`on_heartbeat_tick`, `on_cancel` to drain).
-//! `run_task` runs one assignment, warm or cold, and makes its report.
+//! ends it) and reacts to `on_cancel` (drain). None of them blocks: tasks, code fetches and
+//! executor starts run on tasks of their own. Heartbeats come from their own timer task
+//! (`Heartbeat`), so no amount of work, frames or executor starts makes a busy worker look
+//! dead. `run_task` runs one assignment, warm or cold, and makes its report.
 
 pub mod cache;
 pub mod envs;
@@ -64,6 +66,8 @@ pub struct Config {
     pub limits: exec::Limits,
     /// How executors of each runtime are launched.
     pub runtimes: exec::Runtimes,
+    /// The resident memory idle warm executors may hold before pre-warming pauses.
+    pub max_warm_memory_bytes: u64,
 }
 
 /// A worker across its sessions: its configuration, its running tasks, and the reports that
@@ -129,9 +133,10 @@ pub enum Ended {
 impl Agent {
     /// A new agent.
     pub fn new(config: Config) -> Arc<Agent> {
-        // Idle executors across all functions: enough to keep every slot's function warm a few
-        // times over, bounded against clients that register many functions.
-        let pool = exec::Pool::new((config.slots as usize * 4).max(8));
+        let pool = exec::Pool::new(exec::PoolLimits::for_slots(
+            config.slots,
+            config.max_warm_memory_bytes,
+        ));
         let reaper = pool.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_PERIOD);
@@ -214,11 +219,8 @@ where
 {
     let (mut reader, mut writer) = proto::split(io);
     let heartbeat = handshake(&agent.config, &mut reader, &mut writer).await?;
-    let mut session = Session::open(agent, writer);
-    match session
-        .serve(&mut reader, heartbeat, cancel, drain_deadline)
-        .await
-    {
+    let mut session = Session::open(agent, writer, heartbeat);
+    match session.serve(&mut reader, cancel, drain_deadline).await {
         Ok(Ended::Drained) => {
             session.finish_drain().await;
             Ok(Ended::Drained)
@@ -281,12 +283,46 @@ struct Session {
     frames: mpsc::UnboundedSender<Frame>,
     /// Writes `frames` to the connection; ends when writing fails.
     pump: tokio::task::JoinHandle<Result<(), proto::Error>>,
+    /// Sends the heartbeats while the session lasts.
+    heartbeat: Heartbeat,
+}
+
+/// The task that tells the server, every period, that this worker is alive and how many tasks
+/// it runs. It is a timer of its own that does nothing else, so frames, tasks and executor
+/// starts cannot delay it; it holds the outbound channel only weakly, and stops when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(agent: Arc<Agent>, frames: &mpsc::UnboundedSender<Frame>, period: Duration) -> Self {
+        let frames = frames.downgrade();
+        Heartbeat(tokio::spawn(async move {
+            let mut beat = tokio::time::interval(period);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                let running = agent.running.load(Ordering::Relaxed);
+                let sent = frames
+                    .upgrade()
+                    .is_some_and(|tx| tx.send(Frame::Heartbeat { running }).is_ok());
+                if !sent {
+                    return;
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Session {
-    /// Starts writing frames, makes this the agent's current session, sends the reports the
-    /// last session could not, and (in pull mode) asks for work for the free slots.
-    fn open<W>(agent: Arc<Agent>, mut writer: proto::Writer<W>) -> Session
+    /// Starts writing frames and heartbeating every `heartbeat`, makes this the agent's
+    /// current session, sends the reports the last session could not, and (in pull mode) asks
+    /// for work for the free slots.
+    fn open<W>(agent: Arc<Agent>, mut writer: proto::Writer<W>, heartbeat: Duration) -> Session
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -303,34 +339,29 @@ impl Session {
                 .saturating_sub(agent.running.load(Ordering::Relaxed));
             let _ = frames.send(Frame::Pull { slots: free });
         }
+        let heartbeat = Heartbeat::start(agent.clone(), &frames, heartbeat);
         Session {
             agent,
             frames,
             pump,
+            heartbeat,
         }
     }
 
-    /// Reads and handles frames, heartbeating every `heartbeat`, until the connection ends or
-    /// (once `cancel` fires) the running tasks are drained. While draining the session keeps
-    /// reading (code still arrives for running tasks) and heartbeating (so the server does not
+    /// Reads and handles frames until the connection ends or (once `cancel` fires) the
+    /// running tasks are drained. While draining the session keeps reading (code still
+    /// arrives for running tasks) and its heartbeat task keeps beating (so the server does not
     /// declare it dead).
     async fn serve<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut proto::Reader<R>,
-        heartbeat: Duration,
         cancel: CancellationToken,
         drain_deadline: Duration,
     ) -> Result<Ended, Error> {
-        let mut beat = tokio::time::interval(heartbeat);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drained: Option<DrainWait> = None;
         loop {
             let frame = tokio::select! {
                 frame = reader.next() => frame,
-                _ = beat.tick() => {
-                    self.on_heartbeat_tick();
-                    continue;
-                }
                 idle = async { drained.as_mut().expect("guarded by is_some").await }, if drained.is_some() => {
                     if !idle {
                         tracing::warn!("drain deadline passed with tasks still running");
@@ -387,8 +418,13 @@ impl Session {
         });
     }
 
-    /// Registers the function version's warm settings in the background.
+    /// Registers the function version's warm settings in the background; `min_warm` 0 (the
+    /// server's word that the function was removed) stops its executors at once.
     fn on_prewarm(&self, spec: proto::Prewarm) {
+        if spec.warm.min_warm == 0 {
+            self.agent.pool.retire(&spec.function, spec.version);
+            return;
+        }
         let agent = self.agent.clone();
         tokio::spawn(async move { agent.prewarm(spec).await });
     }
@@ -397,12 +433,6 @@ impl Session {
     fn on_code(&self, hash: proto::CodeHash, found: bool, bytes: bytes::Bytes) {
         let cache = self.agent.config.cache.clone();
         tokio::spawn(async move { cache.fill(hash, found, bytes).await });
-    }
-
-    /// Tells the server this worker is alive and how many tasks it runs.
-    fn on_heartbeat_tick(&self) {
-        let running = self.agent.running.load(Ordering::Relaxed);
-        let _ = self.frames.send(Frame::Heartbeat { running });
     }
 
     /// Asks the server for no new tasks and starts waiting for the running ones.
@@ -416,6 +446,7 @@ impl Session {
     /// moment to write them before the connection closes.
     async fn finish_drain(self) {
         self.agent.set_link(None);
+        drop(self.heartbeat);
         drop(self.frames);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.pump).await;
         self.agent.config.cache.abandon_fetches();
@@ -672,6 +703,7 @@ mod tests {
                 None,
             )
             .expect("runtimes"),
+            max_warm_memory_bytes: 1 << 30,
         }
     }
 

@@ -73,6 +73,11 @@ impl Watch {
         self.next_check
     }
 
+    /// Makes the next [`Watch::check_if_due`] measure at once.
+    pub fn due_now(&mut self) {
+        self.next_check = Instant::now();
+    }
+
     /// Measures now if a measurement is due, logging a warning when free space falls under the
     /// threshold (and at the first measurement if it starts under it) and a note when it is back.
     pub fn check_if_due(&mut self, now: Instant) {

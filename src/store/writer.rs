@@ -75,7 +75,10 @@ type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
 type Queued = (Box<Write>, Option<Ack>);
 
 pub(super) enum Op {
-    Write { write: Box<Write>, ack: Option<Ack> },
+    Write {
+        write: Box<Write>,
+        ack: Option<Ack>,
+    },
     /// Nothing to write: makes the writer plan its next timed check again.
     Wake,
     Close(oneshot::Sender<()>),
@@ -159,7 +162,10 @@ impl Writer {
                 if !self.held.is_empty() {
                     // Never acknowledged; recovery at the next start treats their tasks as
                     // the store last saw them.
-                    tracing::warn!(writes = self.held.len(), "store closed with unstored writes");
+                    tracing::warn!(
+                        writes = self.held.len(),
+                        "store closed with unstored writes"
+                    );
                 }
                 // Writes queued behind the close are refused: their acks drop with `rx`.
                 let _ = done.send(());
@@ -174,7 +180,11 @@ impl Writer {
         if let Some(fault) = &self.fault {
             wake = wake.min(fault.next_try);
         }
-        let watch = self.shared.space.lock().unwrap_or_else(PoisonError::into_inner);
+        let watch = self
+            .shared
+            .space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(watch) = watch.as_ref() {
             wake = wake.min(watch.next_check());
         }
@@ -231,7 +241,10 @@ impl Writer {
         let count = held.len();
         match self.apply_logged(&held, true) {
             Ok(_) => {
-                tracing::info!(writes = count, "store recovered: unstored writes re-applied");
+                tracing::info!(
+                    writes = count,
+                    "store recovered: unstored writes re-applied"
+                );
                 self.clear_fault();
             }
             Err(e) => {
@@ -251,6 +264,17 @@ impl Writer {
     /// Records a failed commit: the database is poisoned if the error was an I/O one.
     fn note_fault(&mut self, err: &Error, now: Instant) {
         let full = io_fault(err) == Some(true);
+        if let Some(watch) = self
+            .shared
+            .space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            // `/healthz` should show the space the failure found, not wait for the next check.
+            watch.due_now();
+            watch.check_if_due(now);
+        }
         let poisoned = io_fault(err).is_some();
         let free_bytes = free_bytes(&self.shared);
         match self.fault.as_mut() {

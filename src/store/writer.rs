@@ -122,7 +122,7 @@ struct Writer {
     shared: Arc<Shared>,
     /// Writes nobody waits on (RUNNING records, sync calls' QUEUED records) that could not be
     /// committed: re-applied, in order and before anything newer, once the store recovers.
-    held: Vec<Box<Write>>,
+    held: Vec<Queued>,
     fault: Option<Fault>,
 }
 
@@ -237,7 +237,7 @@ impl Writer {
             self.clear_fault();
             return;
         }
-        let held: Vec<Queued> = self.held.drain(..).map(|w| (w, None)).collect();
+        let held = std::mem::take(&mut self.held);
         let count = held.len();
         match self.apply_logged(&held, true) {
             Ok(_) => {
@@ -248,7 +248,7 @@ impl Writer {
                 self.clear_fault();
             }
             Err(e) => {
-                self.held = held.into_iter().map(|(w, _)| w).collect();
+                self.held = held;
                 self.note_fault(&e, now);
             }
         }
@@ -347,7 +347,7 @@ impl Writer {
                 Some(ack) => {
                     let _ = ack.send(Err(err.clone()));
                 }
-                None => self.held.push(write),
+                None => self.held.push((write, None)),
             }
         }
     }

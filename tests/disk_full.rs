@@ -189,6 +189,7 @@ async fn a_full_disk_answers_507_keeps_reads_and_heals_when_space_returns() {
 
     // Space returns: the store resumes by itself.
     std::fs::remove_file(&filler).expect("remove filler");
+    let freed = Instant::now();
     let resumed = || async {
         let answer = invoke_async(&client, "echo", Bytes::from_static(b"after")).await;
         if answer.status == 202 {

@@ -205,6 +205,10 @@ async fn a_full_disk_answers_507_keeps_reads_and_heals_when_space_returns() {
         resumed,
     )
     .await;
+    eprintln!(
+        "writes stored again {:?} after space returned",
+        freed.elapsed()
+    );
     acked.push(Acked {
         id: after,
         result: "got:5".into(),

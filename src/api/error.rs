@@ -61,6 +61,8 @@ pub enum ErrorCode {
     ExecutorFailed,
     /// The server failed (a store error and the like).
     Internal,
+    /// The data directory is full: the write was not stored.
+    InsufficientStorage,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -128,6 +130,18 @@ impl ApiError {
             ErrorCode::Internal,
             format!("internal error: {message}"),
         )
+    }
+
+    /// 507 `insufficient_storage` for a store error that is a full disk, else 500 `internal`.
+    pub fn store(e: &crate::store::Error) -> ApiError {
+        if e.is_disk_full() {
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                e.to_string(),
+            );
+        }
+        ApiError::internal(e)
     }
 
     /// The answer for a task that ended FAILED: its status and code depend on the reason.
@@ -247,14 +261,14 @@ impl From<broker::Error> for ApiError {
                 ErrorCode::ShuttingDown,
                 e.to_string(),
             ),
-            broker::Error::Store(e) => ApiError::internal(e),
+            broker::Error::Store(e) => ApiError::store(&e),
         }
     }
 }
 
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
-        ApiError::internal(e)
+        ApiError::store(&e)
     }
 }
 
@@ -263,7 +277,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 20] = [
+    const CODES: [(ErrorCode, &str); 21] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -284,6 +298,7 @@ mod tests {
         (ErrorCode::OutputTooLarge, "output_too_large"),
         (ErrorCode::ExecutorFailed, "executor_failed"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::InsufficientStorage, "insufficient_storage"),
     ];
 
     #[test]
@@ -335,6 +350,19 @@ mod tests {
         let response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull, "full")
             .into_response();
         assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn a_full_disk_is_507_insufficient_storage_and_other_store_errors_are_500() {
+        let full = crate::store::Error::DiskFull {
+            data_dir: "/data".into(),
+        };
+        let err = ApiError::from(broker::Error::from(full));
+        assert_eq!(err.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(err.code(), &ErrorCode::InsufficientStorage);
+        assert!(err.message().contains("/data is full"), "{}", err.message());
+        let closed = ApiError::from(crate::store::Error::Closed);
+        assert_eq!(closed.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -100,16 +100,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /healthz`: 200 with the counters, the data directory's free space (`disk`, once
+/// measured) and `warnings` (free space under `--min-free-space`, writes refused for a full
+/// disk); `status` is `ok`, or `degraded` while there is a warning.
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {
     let counts = state.broker.counts();
+    let store = state.broker.store();
+    let warnings = store.warnings();
     axum::Json(serde_json::json!({
-        "status": "ok",
+        "status": if warnings.is_empty() { "ok" } else { "degraded" },
         "queued": counts.queued,
         "running": counts.running,
         "workers": counts.workers,
         "slots": counts.slots,
+        "disk": store.space(),
+        "warnings": warnings,
     }))
 }
 

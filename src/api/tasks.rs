@@ -132,7 +132,7 @@ async fn call(
     let finished = waiter
         .await
         .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(&e))?;
     finished_response(&finished.record, finished.result.clone(), &finished.logs)
 }
 

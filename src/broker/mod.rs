@@ -246,6 +246,8 @@ impl Broker {
         json: bool,
         wait: bool,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
+        // A full disk refuses the call before it runs rather than after.
+        self.inner.store.check_writable()?;
         let (record, waiter, committed) = {
             let mut state = self.lock();
             let func = state.admit(name, 1)?;
@@ -293,6 +295,7 @@ impl Broker {
         name: &str,
         payloads: Vec<Bytes>,
     ) -> Result<Vec<TaskRecord>, Error> {
+        self.inner.store.check_writable()?;
         let (records, acks) = {
             let mut state = self.lock();
             let func = state.admit(name, payloads.len())?;
@@ -464,7 +467,8 @@ impl Broker {
     }
 
     /// Once the end of a task is committed, drops it from memory and wakes its waiters.
-    /// A failed commit (a full disk, say) is retried with backoff: the task stays in memory,
+    /// A failed commit (a full disk, say) answers the waiters at once with the error (a sync
+    /// call must not hang on the disk) and is retried with backoff: the task stays in memory,
     /// still RUNNING to readers, until its end is on disk or the store closes (then the task is
     /// still pending in the store and runs again at the next start).
     fn finalize_after(&self, task_id: u128, commit: state::PendingCommit) {
@@ -480,8 +484,10 @@ impl Broker {
                     Err(_) => break Err(Arc::new(store::Error::Closed)),
                     Ok(Err(e)) => {
                         tracing::error!(%task, error = %e, ?retry_in, "could not commit a finished task; retrying");
+                        broker.answer_waiters(task_id, &Err(e));
                         tokio::time::sleep(retry_in).await;
-                        retry_in = (retry_in * 2).min(Duration::from_secs(10));
+                        // The store retries on its own every second; this only needs to follow.
+                        retry_in = (retry_in * 2).min(Duration::from_secs(1));
                         ack = broker.inner.store.submit(Write::Finish {
                             record: finished.record.clone(),
                             result: finished.result.clone(),
@@ -500,6 +506,19 @@ impl Broker {
                 let _ = w.send(outcome.clone());
             }
         });
+    }
+
+    /// Answers (and forgets) the waiters a task has now, leaving the task in memory.
+    fn answer_waiters(&self, task_id: u128, outcome: &Result<Arc<Finished>, Arc<store::Error>>) {
+        let waiters = self
+            .lock()
+            .tasks
+            .get_mut(&task_id)
+            .map(|a| std::mem::take(&mut a.waiters))
+            .unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
     }
 
     /// Stops accepting and dispatching tasks (queued ones stay in the store for the next start).

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// at most one ready executor of a function per slot.
     #[arg(long, default_value_t = api::DEFAULT_MAX_MIN_WARM)]
     pub max_min_warm: u32,
+    /// Warn (log and `/healthz`) when free space in the data directory falls under this, such
+    /// as `2GiB` (default: the smaller of 1 GiB and 5% of its filesystem; 0: never).
+    #[arg(long, value_parser = crate::units::parse_bytes)]
+    pub min_free_space: Option<usize>,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -157,6 +161,7 @@ async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
     // Executors run in their own working directories, so every path handed down is absolute.
     args.data = std::fs::canonicalize(&args.data)
         .with_context(|| format!("cannot resolve {}", args.data.display()))?;
+    store.watch_free_space(args.min_free_space.map(|b| b as u64));
     let broker = Broker::start(store.clone())
         .await
         .context("cannot load the store")?;

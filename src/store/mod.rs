@@ -4,18 +4,27 @@
 //! Reads open their own read transaction. Every write goes through one writer thread
 //! (`writer`) that commits many pending writes in a single durable transaction (group commit),
 //! so an acknowledged write is on disk and throughput is not one fsync per task.
+//!
+//! A full disk is an answer, not an outage: a write that cannot be stored is refused with
+//! [`Error::DiskFull`], reads go on, and the writer reopens the database (redb refuses all I/O
+//! after a failed write) and resumes by itself once space returns. Readers reach the database
+//! through [`Shared`], whose handle the writer swaps when it reopens the file.
 
 mod records;
+mod space;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
+pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
 use writer::Op;
 pub use writer::Write;
 
@@ -80,6 +89,37 @@ pub enum Error {
     /// A blocking read task could not be joined.
     #[error("store read task failed: {0}")]
     Join(String),
+    /// The write was not stored: the filesystem of the data directory is out of space (or the
+    /// user's quota is spent).
+    #[error(
+        "the data directory {data_dir} is full: the write was not stored (free space there; \
+         the store resumes by itself within seconds)"
+    )]
+    DiskFull {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+    /// The database is being reopened after an I/O error and could not be reopened yet.
+    #[error("the store is reopening {path} after an I/O error; retry in a moment")]
+    Reopening {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The free space of the data directory could not be measured.
+    #[error("cannot measure free space in {path}: statvfs: {source}")]
+    Statvfs {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: nix::errno::Errno,
+    },
+}
+
+impl Error {
+    /// Whether this is [`Error::DiskFull`]: the write was refused for lack of space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::DiskFull { .. })
+    }
 }
 
 /// Maps any redb error to [`Error::Db`] naming the operation.
@@ -106,9 +146,92 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
+    ops: std::sync::mpsc::Sender<Op>,
+}
+
+/// What the handles and the writer thread share: the database behind a handle the writer swaps
+/// when it reopens the file, and what `/healthz` reports.
+struct Shared {
+    /// The database file.
     path: PathBuf,
-    ops: mpsc::UnboundedSender<Op>,
+    /// The data directory.
+    data_dir: PathBuf,
+    /// The open database; `None` only while a reopen is failing.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Set while the writer refuses writes because the disk is full.
+    full: AtomicBool,
+    /// The free-space watch, once `serve` set one.
+    space: Mutex<Option<space::Watch>>,
+}
+
+/// How long a reopen waits for the reads in flight on the old database to finish.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
+impl Shared {
+    fn new(path: PathBuf, data_dir: PathBuf, database: Database) -> Shared {
+        Shared {
+            path,
+            data_dir,
+            db: RwLock::new(Some(Arc::new(database))),
+            full: AtomicBool::new(false),
+            space: Mutex::new(None),
+        }
+    }
+
+    /// The open database (waits while the writer reopens it).
+    fn database(&self) -> Result<Arc<Database>, Error> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        db.clone().ok_or_else(|| Error::Reopening {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Closes the database and opens it again (redb refuses all I/O on a `Database` once a write
+    /// failed). Readers wait on the handle meanwhile; the reads in flight on the old database
+    /// are let finish first, as redb allows one open `Database` per file.
+    fn reopen(&self) -> Result<(), Error> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut old) = slot.take() {
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(database) => {
+                        drop(database);
+                        break;
+                    }
+                    // A read in flight holds a clone for the length of one read transaction;
+                    // no new clone can be taken while this holds the handle.
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(Error::Reopening {
+                            path: self.path.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let database = Database::create(&self.path).map_err(|source| Error::Open {
+            path: self.path.clone(),
+            source: Box::new(source),
+        })?;
+        *slot = Some(Arc::new(database));
+        Ok(())
+    }
+
+    fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::Release);
+    }
+
+    fn disk_full(&self) -> Error {
+        Error::DiskFull {
+            data_dir: self.data_dir.clone(),
+        }
+    }
 }
 
 impl Store {
@@ -123,17 +246,64 @@ impl Store {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let db = Arc::new(db);
         create_tables(&db)?;
-        let ops = writer::start(db.clone());
+        let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db));
+        let ops = writer::start(shared.clone());
         Ok(Store {
-            inner: Arc::new(Inner { db, path, ops }),
+            inner: Arc::new(Inner { shared, ops }),
         })
     }
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner.shared.path
+    }
+
+    /// Whether writes are refused now because the data directory is full.
+    pub fn is_full(&self) -> bool {
+        self.inner.shared.full.load(Ordering::Acquire)
+    }
+
+    /// [`Error::DiskFull`] while writes are refused for lack of space: lets a caller refuse work
+    /// before starting it rather than after.
+    pub fn check_writable(&self) -> Result<(), Error> {
+        if self.is_full() {
+            return Err(self.inner.shared.disk_full());
+        }
+        Ok(())
+    }
+
+    /// Watches free space in the data directory: measures it now and then every few seconds,
+    /// and warns in the log when it falls under `min_free_bytes` (`None`: the smaller of 1 GiB
+    /// and 5% of the filesystem). Returns the first measurement.
+    pub fn watch_free_space(&self, min_free_bytes: Option<u64>) -> Option<Space> {
+        let shared = &self.inner.shared;
+        let mut watch = space::Watch::new(shared.data_dir.clone(), min_free_bytes);
+        watch.check_if_due(Instant::now());
+        let first = watch.last;
+        *shared.space.lock().unwrap_or_else(PoisonError::into_inner) = Some(watch);
+        // Wakes the writer so it plans its next measurement.
+        let _ = self.inner.ops.send(Op::Wake);
+        first
+    }
+
+    /// The last free-space measurement (`None` before [`Store::watch_free_space`]).
+    pub fn space(&self) -> Option<Space> {
+        let watch = self.inner.shared.space.lock();
+        watch.unwrap_or_else(PoisonError::into_inner).as_ref()?.last
+    }
+
+    /// What an operator should know now: free space under the threshold, writes refused.
+    pub fn warnings(&self) -> Vec<String> {
+        let shared = &self.inner.shared;
+        let mut out = Vec::new();
+        if let Some(space) = self.space().filter(|s| s.low) {
+            out.push(space::low_space_message(&shared.data_dir, &space));
+        }
+        if self.is_full() {
+            out.push(shared.disk_full().to_string());
+        }
+        out
     }
 
     /// Queues a write and returns a receiver that resolves once it is durably committed.
@@ -176,8 +346,8 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, Error> + Send + 'static,
     {
-        let database = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || f(&database))
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || f(&*shared.database()?))
             .await
             .map_err(|e| Error::Join(e.to_string()))?
     }

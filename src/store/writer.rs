@@ -3,16 +3,29 @@
 //! Callers queue [`Write`]s; the thread takes the first, drains whatever else is already queued
 //! (up to a batch limit), applies them all in one write transaction with immediate durability,
 //! commits once, and only then acknowledges each of them.
+//!
+//! A commit that fails with an I/O error (a full disk, most often) faults the writer. Waiters
+//! of the failed batch are answered with the error ([`Error::DiskFull`] for lack of space);
+//! writes nobody waits on are held. redb refuses all I/O on a `Database` after a failed write,
+//! so the writer reopens the file at once (reads that miss redb's cache need it), and then,
+//! every second once free space has grown (or every ten seconds regardless), re-applies the
+//! held writes; when they are stored the fault clears. While faulted, new waiters are refused
+//! at once and new writes nobody waits on join the held ones, so they land in order.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use nix::errno::Errno;
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::records::{self, FunctionRecord, TaskRecord};
-use super::{BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, TASKS, db};
+use super::{
+    BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db, space,
+};
 
 /// The most writes one transaction groups.
 const MAX_BATCH: usize = 4096;
@@ -58,82 +71,341 @@ pub enum Write {
 
 type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
 
+/// A queued write and, when someone waits on its commit, where to answer.
+type Queued = (Box<Write>, Option<Ack>);
+
 pub(super) enum Op {
-    Write { write: Box<Write>, ack: Option<Ack> },
+    Write {
+        write: Box<Write>,
+        ack: Option<Ack>,
+    },
+    /// Nothing to write: makes the writer plan its next timed check again.
+    Wake,
     Close(oneshot::Sender<()>),
 }
 
+/// How often a faulted writer retries (reopening the database if it must).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// A faulted writer whose free space has not grown still retries this often (a quota being
+/// raised does not show in `statvfs`).
+const RETRY_BLIND_EVERY: Duration = Duration::from_secs(10);
+/// How much free space must grow before a faulted writer retries early.
+const SPACE_GAIN_BYTES: u64 = 1 << 20;
+
 /// Starts the writer thread and returns the queue that feeds it.
-pub(super) fn start(database: Arc<Database>) -> mpsc::UnboundedSender<Op> {
-    let (tx, rx) = mpsc::unbounded_channel();
+pub(super) fn start(shared: Arc<Shared>) -> mpsc::Sender<Op> {
+    let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("faasd-store-writer".into())
-        .spawn(move || run(&database, rx))
+        .spawn(move || Writer::new(shared).run(rx))
         .expect("the OS refused to start the store writer thread");
     tx
 }
 
-fn run(database: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut batch: Vec<(Box<Write>, Option<Ack>)> = Vec::new();
-    while let Some(op) = rx.blocking_recv() {
-        let mut close = None;
-        match op {
-            Op::Write { write, ack } => batch.push((write, ack)),
-            Op::Close(done) => close = Some(done),
+/// A failed write the writer has not recovered from yet.
+#[derive(Debug)]
+struct Fault {
+    /// Whether it was for lack of space (writes are refused with [`Error::DiskFull`]).
+    full: bool,
+    /// Whether the open `Database` has refused I/O since and must be reopened.
+    poisoned: bool,
+    /// When to retry next.
+    next_try: Instant,
+    /// When the unacknowledged writes were last tried.
+    last_try: Instant,
+    /// Free bytes when they were last tried.
+    free_bytes: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    shared: Arc<Shared>,
+    /// Writes nobody waits on (RUNNING records, sync calls' QUEUED records) that could not be
+    /// committed: re-applied, in order and before anything newer, once the store recovers.
+    held: Vec<Queued>,
+    fault: Option<Fault>,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>) -> Writer {
+        Writer {
+            shared,
+            held: Vec::new(),
+            fault: None,
         }
-        while close.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut batch: Vec<Queued> = Vec::new();
+        loop {
+            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            let mut close = None;
+            match rx.recv_timeout(wait) {
                 Ok(Op::Write { write, ack }) => batch.push((write, ack)),
+                Ok(Op::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Op::Close(done)) => close = Some(done),
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while close.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Op::Write { write, ack }) => batch.push((write, ack)),
+                    Ok(Op::Wake) => {}
+                    Ok(Op::Close(done)) => close = Some(done),
+                    Err(_) => break,
+                }
+            }
+            self.tick(Instant::now());
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            if let Some(done) = close {
+                if !self.held.is_empty() {
+                    // Never acknowledged; recovery at the next start treats their tasks as
+                    // the store last saw them.
+                    tracing::warn!(
+                        writes = self.held.len(),
+                        "store closed with unstored writes"
+                    );
+                }
+                // Writes queued behind the close are refused: their acks drop with `rx`.
+                let _ = done.send(());
+                return;
             }
         }
-        if !batch.is_empty() {
-            commit(database, &mut batch);
+    }
+
+    /// When the writer must wake with nothing queued: its next retry or space measurement.
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if let Some(fault) = &self.fault {
+            wake = wake.min(fault.next_try);
         }
-        if let Some(done) = close {
-            rx.close();
-            // Writes queued behind the close are refused: their acks drop.
-            let _ = done.send(());
+        let watch = self
+            .shared
+            .space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(watch) = watch.as_ref() {
+            wake = wake.min(watch.next_check());
+        }
+        wake
+    }
+
+    /// Timed work: measures free space when due, and retries after a fault when due.
+    fn tick(&mut self, now: Instant) {
+        if let Some(watch) = self
+            .shared
+            .space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            watch.check_if_due(now);
+        }
+        if self.fault.as_ref().is_some_and(|f| now >= f.next_try) {
+            self.recover(now);
+        }
+    }
+
+    /// One recovery attempt: reopens the database if it must, then, if space may have
+    /// returned, re-applies the held writes; the fault clears once they are stored.
+    fn recover(&mut self, now: Instant) {
+        let Some(fault) = self.fault.as_mut() else {
+            return;
+        };
+        fault.next_try = now + RETRY_EVERY;
+        if fault.poisoned {
+            let started = Instant::now();
+            if let Err(e) = self.shared.reopen() {
+                tracing::warn!(error = %e, "cannot reopen the store yet; retrying");
+                return;
+            }
+            fault.poisoned = false;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reopened the store after a failed write"
+            );
+        }
+        let free_bytes = free_bytes(&self.shared);
+        let gained = free_bytes >= fault.free_bytes.saturating_add(SPACE_GAIN_BYTES);
+        if fault.full && !gained && now < fault.last_try + RETRY_BLIND_EVERY {
             return;
         }
+        fault.last_try = now;
+        fault.free_bytes = free_bytes;
+        if self.held.is_empty() {
+            self.clear_fault();
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let count = held.len();
+        match self.apply_logged(&held, true) {
+            Ok(_) => {
+                tracing::info!(
+                    writes = count,
+                    "store recovered: unstored writes re-applied"
+                );
+                self.clear_fault();
+            }
+            Err(e) => {
+                self.held = held;
+                self.note_fault(&e, now);
+            }
+        }
     }
-}
 
-fn commit(database: &Database, batch: &mut Vec<(Box<Write>, Option<Ack>)>) {
-    let started = std::time::Instant::now();
-    let count = batch.len();
-    match apply(database, batch) {
-        Ok(versions) => {
-            for ((_, ack), version) in batch.drain(..).zip(versions) {
-                if let Some(ack) = ack {
-                    let _ = ack.send(Ok(version));
+    fn clear_fault(&mut self) {
+        if self.fault.take().is_some_and(|f| f.full) {
+            tracing::info!("the data directory has space again: writes are stored again");
+        }
+        self.shared.set_full(false);
+    }
+
+    /// Records a failed commit: the database is poisoned if the error was an I/O one.
+    fn note_fault(&mut self, err: &Error, now: Instant) {
+        let full = io_fault(err) == Some(true);
+        if let Some(watch) = self
+            .shared
+            .space
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            // `/healthz` should show the space the failure found, not wait for the next check.
+            watch.due_now();
+            watch.check_if_due(now);
+        }
+        let poisoned = io_fault(err).is_some();
+        let free_bytes = free_bytes(&self.shared);
+        match self.fault.as_mut() {
+            Some(fault) => {
+                fault.poisoned |= poisoned;
+                fault.full = full;
+                fault.free_bytes = free_bytes;
+            }
+            None => {
+                self.fault = Some(Fault {
+                    full,
+                    poisoned,
+                    // Reopen at once, so reads that miss redb's cache work again.
+                    next_try: now,
+                    last_try: now,
+                    free_bytes,
+                });
+            }
+        }
+        self.shared.set_full(full);
+    }
+
+    /// Commits a batch and answers its waiters. While faulted, nothing is tried: waiters are
+    /// refused at once and unacknowledged writes are held for the recovery.
+    fn commit(&mut self, batch: &mut Vec<Queued>) {
+        if let Some(fault) = &self.fault {
+            let err = Arc::new(if fault.full {
+                self.shared.disk_full()
+            } else {
+                previous_io()
+            });
+            self.refuse(batch, &err);
+            return;
+        }
+        let durable = batch.iter().any(|(_, ack)| ack.is_some());
+        match self.apply_logged(batch, durable) {
+            Ok(versions) => {
+                for ((_, ack), version) in batch.drain(..).zip(versions) {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Ok(version));
+                    }
+                }
+            }
+            Err(err) if io_fault(&err).is_some() => {
+                self.note_fault(&err, Instant::now());
+                let err = Arc::new(if io_fault(&err) == Some(true) {
+                    self.shared.disk_full()
+                } else {
+                    err
+                });
+                self.refuse(batch, &err);
+            }
+            Err(err) => {
+                // Not an I/O failure (a record that cannot be encoded, say): the batch is
+                // dropped and the database stays usable.
+                let err = Arc::new(err);
+                for (_, ack) in batch.drain(..) {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(err.clone()));
+                    }
                 }
             }
         }
-        Err(err) => {
-            tracing::error!(error = %err, writes = count, "store commit failed");
-            let err = Arc::new(err);
-            for (_, ack) in batch.drain(..) {
-                if let Some(ack) = ack {
+    }
+
+    /// Answers every waiter of `batch` with `err` and holds the writes nobody waits on.
+    fn refuse(&mut self, batch: &mut Vec<Queued>, err: &Arc<Error>) {
+        for (write, ack) in batch.drain(..) {
+            match ack {
+                Some(ack) => {
                     let _ = ack.send(Err(err.clone()));
                 }
+                None => self.held.push((write, None)),
             }
         }
     }
-    tracing::trace!(
-        writes = count,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "group commit"
-    );
+
+    /// Applies writes in one transaction, logging a failure and the time taken.
+    fn apply_logged(&self, batch: &[Queued], durable: bool) -> Result<Vec<u32>, Error> {
+        let started = Instant::now();
+        let result = self
+            .shared
+            .database()
+            .and_then(|database| apply(&database, batch, durable));
+        if let Err(err) = &result {
+            tracing::error!(error = %err, writes = batch.len(), "store commit failed");
+        }
+        tracing::trace!(
+            writes = batch.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        result
+    }
 }
 
-fn apply(database: &Database, batch: &[(Box<Write>, Option<Ack>)]) -> Result<Vec<u32>, Error> {
+/// Free bytes in the data directory (0 if they cannot be measured).
+fn free_bytes(shared: &Shared) -> u64 {
+    space::measure(&shared.data_dir).map_or(0, |(free, _)| free)
+}
+
+/// The error a faulted writer answers when the fault was not for lack of space.
+fn previous_io() -> Error {
+    Error::Db {
+        op: "commit (the store is recovering from an I/O error)",
+        source: Box::new(redb::Error::PreviousIo),
+    }
+}
+
+/// Whether `err` is an I/O failure of the database file (after which redb refuses all I/O on
+/// that `Database`), and if so whether it was for lack of space (`ENOSPC`, `EDQUOT`).
+fn io_fault(err: &Error) -> Option<bool> {
+    let Error::Db { source, .. } = err else {
+        return None;
+    };
+    match source.as_ref() {
+        redb::Error::Io(io) => Some(matches!(
+            io.raw_os_error().map(Errno::from_raw),
+            Some(Errno::ENOSPC | Errno::EDQUOT)
+        )),
+        redb::Error::PreviousIo => Some(false),
+        _ => None,
+    }
+}
+
+fn apply(database: &Database, batch: &[Queued], durable: bool) -> Result<Vec<u32>, Error> {
     let mut txn = database.begin_write().map_err(db("begin write"))?;
     // A batch nobody waits on (state changes such as RUNNING) skips the fsync: the next
     // durable commit persists it along with its own writes, and recovery treats a RUNNING task
     // like a QUEUED one, so losing such a batch in a crash loses nothing acknowledged.
-    if batch.iter().all(|(_, ack)| ack.is_none()) {
+    if !durable {
         txn.set_durability(Durability::None)
             .map_err(db("set durability"))?;
     }
@@ -314,7 +586,14 @@ mod tests {
         }
     }
 
-    fn batch(writes: Vec<Write>) -> Vec<(Box<Write>, Option<Ack>)> {
+    /// A writer over `database`, and the state it shares with the store's handles.
+    fn writer(database: Database, dir: &tempfile::TempDir) -> (Writer, Arc<Shared>) {
+        let path = dir.path().join("test.redb");
+        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database));
+        (Writer::new(shared.clone()), shared)
+    }
+
+    fn batch(writes: Vec<Write>) -> Vec<Queued> {
         writes.into_iter().map(|w| (Box::new(w), None)).collect()
     }
 
@@ -354,7 +633,7 @@ mod tests {
                 code: Bytes::from_static(b"code"),
             },
         ]);
-        assert_eq!(apply(&database, &writes).expect("apply"), [1, 2, 1]);
+        assert_eq!(apply(&database, &writes, false).expect("apply"), [1, 2, 1]);
         let txn = database.begin_read().expect("read");
         let heads = txn.open_table(HEADS).expect("heads");
         assert_eq!(heads.get("f").expect("get").map(|v| v.value()), Some(2));
@@ -383,7 +662,7 @@ mod tests {
             // A stale RUNNING update behind the end must not overwrite it.
             Write::Update { record: running },
         ]);
-        apply(&database, &writes).expect("apply");
+        apply(&database, &writes, false).expect("apply");
         assert_eq!(stored_task(&database, 1), Some(end));
         assert!(!has(&database, PAYLOADS, 1));
         assert!(has(&database, RESULTS, 1) && has(&database, LOGS, 1));
@@ -412,7 +691,7 @@ mod tests {
                 logs: Bytes::new(),
             },
         ]);
-        apply(&database, &writes).expect("apply");
+        apply(&database, &writes, false).expect("apply");
         assert_eq!(stored_task(&database, 2), Some(running));
         assert!(has(&database, PAYLOADS, 2));
         assert_eq!(pending_count(&database), 1);
@@ -421,8 +700,9 @@ mod tests {
     #[test]
     fn writes_queued_together_are_acknowledged_after_one_commit_and_writes_behind_a_close_are_refused()
      {
-        let (database, _dir) = database();
-        let (ops, queue) = mpsc::unbounded_channel();
+        let (database, dir) = database();
+        let (writer, shared) = writer(database, &dir);
+        let (ops, queue) = mpsc::channel();
         let mut acks = Vec::new();
         for id in 1..=3 {
             let (ack, acked) = oneshot::channel();
@@ -445,18 +725,18 @@ mod tests {
             ack: Some(late_ack),
         })
         .expect("queue");
-        run(&database, queue);
+        writer.run(queue);
         for acked in acks {
             assert_eq!(acked.blocking_recv().expect("acknowledged").ok(), Some(0));
         }
         assert!(closed.blocking_recv().is_ok());
         assert!(late.blocking_recv().is_err());
-        assert_eq!(pending_count(&database), 3);
+        assert_eq!(pending_count(&shared.database().expect("open")), 3);
     }
 
     #[test]
     fn a_failed_batch_answers_every_waiting_writer_with_the_error() {
-        let (database, _dir) = database();
+        let (database, dir) = database();
         // A `tasks` table of another type makes every task write fail.
         let txn = database.begin_write().expect("write");
         txn.delete_table(TASKS).expect("drop tasks");
@@ -474,8 +754,10 @@ mod tests {
             writes.push((Box::new(write), Some(ack)));
             acks.push(acked);
         }
-        commit(&database, &mut writes);
+        let (mut writer, _shared) = writer(database, &dir);
+        writer.commit(&mut writes);
         assert!(writes.is_empty());
+        assert!(writer.held.is_empty() && writer.fault.is_none());
         for acked in acks {
             let answer = acked.blocking_recv().expect("answered");
             let Err(error) = answer else {

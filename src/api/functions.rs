@@ -62,31 +62,57 @@ impl From<&FunctionRecord> for FunctionView {
 
 pub(crate) use crate::units::rfc3339;
 
+/// The longest per-call timeout or warm idle timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest per-call memory limit.
+const MAX_MEMORY_BYTES: u64 = 1 << 40;
+/// The smallest per-call memory limit.
+const MIN_MEMORY_BYTES: u64 = 4 << 20;
+/// The most times a task may be started.
+const MAX_ATTEMPTS: u32 = 1000;
+
 /// A timeout given as seconds (a number) or a duration text such as `"30s"` or `"1m 30s"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum TimeoutField {
     Seconds(f64),
     Text(String),
+    /// Anything else, refused by [`TimeoutField::duration`] with the field's name.
+    Other(serde_json::Value),
 }
 
 impl TimeoutField {
-    fn duration(&self) -> Result<Duration, ApiError> {
+    /// The duration, between 1ms and 24h; an error names `field`.
+    fn duration(&self, field: &str) -> Result<Duration, ApiError> {
+        let out_of_range = || {
+            ApiError::invalid(format!("{field} must be between 1ms and 24h"))
+                .with("field", field.into())
+        };
         let d = match self {
-            TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
+            TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => {
+                Duration::try_from_secs_f64(*s).map_err(|_| out_of_range())?
+            }
             TimeoutField::Seconds(s) => {
-                return Err(ApiError::invalid(format!(
-                    "timeout must be positive, got {s}"
-                )));
+                return Err(
+                    ApiError::invalid(format!("{field} must be positive, got {s}"))
+                        .with("field", field.into()),
+                );
             }
             TimeoutField::Text(t) => humantime::parse_duration(t).map_err(|e| {
                 ApiError::invalid(format!(
-                    "timeout {t:?} is not a duration such as \"30s\": {e}"
+                    "{field} {t:?} is not a duration such as \"30s\": {e}"
                 ))
+                .with("field", field.into())
             })?,
+            TimeoutField::Other(v) => {
+                return Err(ApiError::invalid(format!(
+                    "{field} must be seconds (a number) or a duration text such as \"30s\", got {v}"
+                ))
+                .with("field", field.into()));
+            }
         };
-        if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
-            return Err(ApiError::invalid("timeout must be between 1ms and 24h"));
+        if d < Duration::from_millis(1) || d > MAX_TIMEOUT {
+            return Err(out_of_range());
         }
         Ok(d)
     }
@@ -126,20 +152,36 @@ pub(crate) struct RegisterRequest {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum SizeField {
-    Bytes(u64),
+    Bytes(serde_json::Number),
     Text(String),
+    /// Anything else, refused by [`SizeField::bytes`].
+    Other(serde_json::Value),
 }
 
 impl SizeField {
+    /// The size in bytes, between 4MiB and 1TiB.
     fn bytes(&self) -> Result<u64, ApiError> {
+        let invalid = |message: String| ApiError::invalid(message).with("field", "memory".into());
         let n = match self {
-            SizeField::Bytes(n) => *n,
+            SizeField::Bytes(n) => n.as_u64().ok_or_else(|| {
+                invalid(format!("memory must be a whole number of bytes, got {n}"))
+            })?,
             SizeField::Text(t) => {
-                crate::units::parse_bytes(t).map_err(|e| ApiError::invalid(e.to_string()))? as u64
+                crate::units::parse_bytes(t).map_err(|e| invalid(format!("memory: {e}")))? as u64
+            }
+            SizeField::Other(v) => {
+                return Err(invalid(format!(
+                    "memory must be bytes (a number) or a size such as \"256MiB\", got {v}"
+                )));
             }
         };
-        if n < (4 << 20) {
-            return Err(ApiError::invalid("memory must be at least 4MiB"));
+        if n < MIN_MEMORY_BYTES {
+            return Err(invalid("memory must be at least 4MiB".into()));
+        }
+        if n > MAX_MEMORY_BYTES {
+            return Err(invalid(format!(
+                "memory must be at most 1TiB, got {n} bytes"
+            )));
         }
         Ok(n)
     }
@@ -244,8 +286,7 @@ pub async fn register(
         from_multipart(multipart, state.max_body_bytes).await?
     } else {
         let body = read_body(request.into_body(), state.max_body_bytes).await?;
-        let req: RegisterRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("bad registration JSON: {e}")))?;
+        let req: RegisterRequest = super::parse_json(&body, "registration JSON")?;
         let code = decode_base64(&req.code)?;
         (req, code)
     };
@@ -273,14 +314,10 @@ pub(crate) async fn register_function(
         return Err(ApiError::invalid("code is empty"));
     }
     let timeout = match &req.timeout {
-        Some(t) => t.duration()?,
+        Some(t) => t.duration("timeout")?,
         None => state.defaults.timeout,
     };
-    if req.concurrency == Some(0) {
-        return Err(ApiError::invalid(
-            "concurrency must be at least 1 (omit it for unlimited)",
-        ));
-    }
+    check_counts(&req)?;
     let warm = warm_spec(&req, runtime)?;
     let record = FunctionRecord {
         name: req.name,
@@ -290,11 +327,8 @@ pub(crate) async fn register_function(
         code_bytes: code.len() as u64,
         timeout_ms: timeout.as_millis() as u64,
         concurrency: req.concurrency,
-        queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit).max(1),
-        max_attempts: req
-            .max_attempts
-            .unwrap_or(state.defaults.max_attempts)
-            .max(1),
+        queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit),
+        max_attempts: req.max_attempts.unwrap_or(state.defaults.max_attempts),
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
         warm,
@@ -306,6 +340,26 @@ pub(crate) async fn register_function(
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     Ok(record)
+}
+
+/// Checks the whole-number settings: `concurrency` and `max_attempts` of at least 1,
+/// `max_attempts` of at most [`MAX_ATTEMPTS`]. A `queue_limit` of 0 is allowed: no waiting line.
+fn check_counts(req: &RegisterRequest) -> Result<(), ApiError> {
+    if req.concurrency == Some(0) {
+        return Err(
+            ApiError::invalid("concurrency must be at least 1 (omit it for unlimited)")
+                .with("field", "concurrency".into()),
+        );
+    }
+    if let Some(n) = req.max_attempts {
+        if n == 0 || n > MAX_ATTEMPTS {
+            return Err(ApiError::invalid(format!(
+                "max_attempts must be between 1 and {MAX_ATTEMPTS}, got {n}"
+            ))
+            .with("field", "max_attempts".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the `entry` of a directory bundle and moves it into the environment, where the
@@ -341,7 +395,7 @@ fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>
         ));
     }
     let idle = match &req.idle_timeout {
-        Some(t) => t.duration()?,
+        Some(t) => t.duration("idle_timeout")?,
         None => DEFAULT_IDLE_TIMEOUT,
     };
     Ok(Some(WarmSpec {
@@ -459,7 +513,7 @@ mod tests {
     fn timeout(json: serde_json::Value) -> Result<Duration, ApiError> {
         serde_json::from_value::<TimeoutField>(json)
             .expect("a number or a text")
-            .duration()
+            .duration("timeout")
     }
 
     fn size(json: serde_json::Value) -> Result<u64, ApiError> {

@@ -129,6 +129,28 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
+/// Parses a JSON body into `T`, answering 400 `invalid_request` with a message that names the
+/// field at fault (also given as the answer's `field`) and says what `what` was expected.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field == "." {
+            ApiError::invalid(format!("bad {what}: {inner}"))
+        } else {
+            ApiError::invalid(format!("bad {what}: field `{field}`: {inner}"))
+                .with("field", field.into())
+        }
+    })?;
+    json.end()
+        .map_err(|e| ApiError::invalid(format!("bad {what}: {e}")))?;
+    Ok(value)
+}
+
 /// Reads a whole request body, answering 413 past `limit` bytes.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match axum::body::to_bytes(body, limit).await {

@@ -47,6 +47,8 @@ struct WaitRequest {
 enum WaitField {
     Seconds(f64),
     Text(String),
+    /// Anything else, refused by [`WaitField::duration`].
+    Other(serde_json::Value),
 }
 
 impl WaitField {
@@ -63,6 +65,11 @@ impl WaitField {
             WaitField::Text(t) => humantime::parse_duration(t).map_err(|e| {
                 ApiError::invalid(format!("wait {t:?} is not a duration such as \"30s\": {e}"))
             })?,
+            WaitField::Other(v) => {
+                return Err(ApiError::invalid(format!(
+                    "wait must be seconds (a number) or a duration text such as \"30s\", got {v}"
+                )));
+            }
         };
         if wait > MAX_WAIT {
             return Err(ApiError::invalid(format!(
@@ -148,11 +155,10 @@ pub async fn wait(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let request: WaitRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(format!(
-            "bad wait request: {e} (expected {{\"ids\": [\"<task id>\", ...], \"wait\": \"30s\"}})"
-        ))
-    })?;
+    let request: WaitRequest = super::parse_json(
+        &body,
+        r#"wait request (expected {"ids": ["<task id>", ...], "wait": "30s"})"#,
+    )?;
     if request.ids.len() > MAX_IDS {
         return Err(ApiError::invalid(format!(
             "a wait request may name at most {MAX_IDS} task ids, got {}",
@@ -160,7 +166,7 @@ pub async fn wait(
         )));
     }
     let wait = match &request.wait {
-        Some(w) => w.duration()?,
+        Some(w) => w.duration().map_err(|e| e.with("field", "wait".into()))?,
         None => Duration::ZERO,
     };
     let mut answer = WaitAnswer::default();

@@ -16,6 +16,7 @@ mod batch;
 mod error;
 mod functions;
 mod mpcs;
+mod panic;
 mod tasks;
 mod wait;
 
@@ -29,6 +30,7 @@ use axum::routing::{any, get, post};
 
 use crate::broker::Broker;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
+pub use panic::log_panics;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -64,7 +66,11 @@ impl Default for FunctionDefaults {
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
+    finish(routes(), state)
+}
+
+/// Every route of the API.
+fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/functions",
@@ -87,10 +93,18 @@ pub fn router(state: AppState) -> Router {
         .route("/status/{id}", get(mpcs::status))
         .route("/result/{id}", get(mpcs::result))
         .route("/healthz", get(healthz))
+}
+
+/// Adds the fallbacks and the layers every route shares to `routes`, and binds `state`.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Multipart bodies honour this; plain bodies are read by `read_body` with the same cap.
         .layer(DefaultBodyLimit::max(limit))
+        // Outermost: a panic anywhere below is answered 500, not a dropped connection.
+        .layer(axum::middleware::from_fn(panic::catch_panic))
         .with_state(state)
 }
 

@@ -54,6 +54,7 @@ pub struct ServeArgs {
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
+    api::log_panics();
     check_max_body(args.max_body)?;
     let (store, broker) = open_store(&mut args).await?;
     let listeners = Listeners::bind(&args).await?;

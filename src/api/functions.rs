@@ -188,6 +188,12 @@ impl SizeField {
 }
 
 impl RegisterRequest {
+    /// The code as given: base64 text.
+    #[cfg(test)]
+    pub(crate) fn code_text(&self) -> String {
+        self.code.clone()
+    }
+
     /// A request with every setting at its default.
     pub(crate) fn new(name: String, runtime: &str) -> RegisterRequest {
         RegisterRequest {
@@ -300,9 +306,22 @@ pub async fn register(
 /// Validates a registration and registers it; shared by the native and the MPCS routes.
 pub(crate) async fn register_function(
     state: &AppState,
-    mut req: RegisterRequest,
+    req: RegisterRequest,
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
+    let record = function_record(req, &code, &state.defaults)?;
+    let record = state.broker.register(record, code.into()).await?;
+    tracing::info!(function = %record.name, version = record.version, "registered");
+    Ok(record)
+}
+
+/// Checks every setting of a registration and builds the record to store (version 0: the
+/// broker numbers it).
+pub(crate) fn function_record(
+    mut req: RegisterRequest,
+    code: &[u8],
+    defaults: &super::FunctionDefaults,
+) -> Result<FunctionRecord, ApiError> {
     validate_name(&req.name)?;
     move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
@@ -315,20 +334,20 @@ pub(crate) async fn register_function(
     }
     let timeout = match &req.timeout {
         Some(t) => t.duration("timeout")?,
-        None => state.defaults.timeout,
+        None => defaults.timeout,
     };
     check_counts(&req)?;
     let warm = warm_spec(&req, runtime)?;
-    let record = FunctionRecord {
+    Ok(FunctionRecord {
         name: req.name,
         version: 0,
         runtime,
-        code_hash: Sha256::digest(&code).into(),
+        code_hash: Sha256::digest(code).into(),
         code_bytes: code.len() as u64,
         timeout_ms: timeout.as_millis() as u64,
         concurrency: req.concurrency,
-        queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit),
-        max_attempts: req.max_attempts.unwrap_or(state.defaults.max_attempts),
+        queue_limit: req.queue_limit.unwrap_or(defaults.queue_limit),
+        max_attempts: req.max_attempts.unwrap_or(defaults.max_attempts),
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
         warm,
@@ -336,10 +355,7 @@ pub(crate) async fn register_function(
             memory_bytes: req.memory.as_ref().map(SizeField::bytes).transpose()?,
             allow_net: req.allow_net,
         },
-    };
-    let record = state.broker.register(record, code.into()).await?;
-    tracing::info!(function = %record.name, version = record.version, "registered");
-    Ok(record)
+    })
 }
 
 /// Checks the whole-number settings: `concurrency` and `max_attempts` of at least 1,

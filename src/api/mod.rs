@@ -15,6 +15,8 @@
 mod batch;
 mod error;
 mod functions;
+#[cfg(test)]
+mod fuzz;
 mod mpcs;
 mod panic;
 mod tasks;

@@ -36,15 +36,15 @@ const LOGS_TAIL_BYTES: usize = 8 << 10;
 /// The body of `POST /v1/tasks/wait`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WaitRequest {
-    ids: Vec<String>,
-    wait: Option<WaitField>,
+pub(super) struct WaitRequest {
+    pub(super) ids: Vec<String>,
+    pub(super) wait: Option<WaitField>,
 }
 
 /// How long to wait: seconds (a number) or a duration text such as `"30s"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum WaitField {
+pub(super) enum WaitField {
     Seconds(f64),
     Text(String),
     /// Anything else, refused by [`WaitField::duration`].
@@ -52,7 +52,7 @@ enum WaitField {
 }
 
 impl WaitField {
-    fn duration(&self) -> Result<Duration, ApiError> {
+    pub(super) fn duration(&self) -> Result<Duration, ApiError> {
         let wait = match self {
             WaitField::Seconds(s) if s.is_finite() && *s >= 0.0 => {
                 Duration::try_from_secs_f64(*s).unwrap_or(Duration::MAX)
@@ -188,7 +188,10 @@ pub async fn wait(
 
 /// The ids as numbers, each once, in the order given, and the text each was given as; a text
 /// that is not a UUID goes to `unknown`.
-fn parse_ids(texts: Vec<String>, unknown: &mut Vec<String>) -> (Vec<u128>, HashMap<u128, String>) {
+pub(super) fn parse_ids(
+    texts: Vec<String>,
+    unknown: &mut Vec<String>,
+) -> (Vec<u128>, HashMap<u128, String>) {
     let mut order = Vec::with_capacity(texts.len());
     let mut ids = HashMap::with_capacity(texts.len());
     let mut invalid = HashSet::new();

@@ -50,7 +50,7 @@ pub async fn submit(
 }
 
 /// The payloads of a JSON array body, in order.
-fn parse_array(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
+pub(super) fn parse_array(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
     let elements: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!(
             "a batch body is a JSON array of strings or {{\"payload_base64\": \"...\"}} objects \
@@ -68,7 +68,7 @@ fn parse_array(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
 }
 
 /// The payloads of an NDJSON body: one JSON value per non-blank line, in order.
-fn parse_ndjson(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
+pub(super) fn parse_ndjson(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
     let lines = body
         .split(|b| *b == b'\n')
         .enumerate()

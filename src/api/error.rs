@@ -251,7 +251,7 @@ impl From<broker::Error> for ApiError {
                 ErrorCode::FunctionNotFound,
                 e.to_string(),
             ),
-            broker::Error::QueueFull { .. } => ApiError::new(
+            broker::Error::QueueFull { .. } | broker::Error::NoFreeSlot { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::QueueFull,
                 e.to_string(),

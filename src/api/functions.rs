@@ -62,31 +62,57 @@ impl From<&FunctionRecord> for FunctionView {
 
 pub(crate) use crate::units::rfc3339;
 
+/// The longest per-call timeout or warm idle timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest per-call memory limit.
+const MAX_MEMORY_BYTES: u64 = 1 << 40;
+/// The smallest per-call memory limit.
+const MIN_MEMORY_BYTES: u64 = 4 << 20;
+/// The most times a task may be started.
+const MAX_ATTEMPTS: u32 = 1000;
+
 /// A timeout given as seconds (a number) or a duration text such as `"30s"` or `"1m 30s"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum TimeoutField {
     Seconds(f64),
     Text(String),
+    /// Anything else, refused by [`TimeoutField::duration`] with the field's name.
+    Other(serde_json::Value),
 }
 
 impl TimeoutField {
-    fn duration(&self) -> Result<Duration, ApiError> {
+    /// The duration, between 1ms and 24h; an error names `field`.
+    fn duration(&self, field: &str) -> Result<Duration, ApiError> {
+        let out_of_range = || {
+            ApiError::invalid(format!("{field} must be between 1ms and 24h"))
+                .with("field", field.into())
+        };
         let d = match self {
-            TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
+            TimeoutField::Seconds(s) if s.is_finite() && *s > 0.0 => {
+                Duration::try_from_secs_f64(*s).map_err(|_| out_of_range())?
+            }
             TimeoutField::Seconds(s) => {
-                return Err(ApiError::invalid(format!(
-                    "timeout must be positive, got {s}"
-                )));
+                return Err(
+                    ApiError::invalid(format!("{field} must be positive, got {s}"))
+                        .with("field", field.into()),
+                );
             }
             TimeoutField::Text(t) => humantime::parse_duration(t).map_err(|e| {
                 ApiError::invalid(format!(
-                    "timeout {t:?} is not a duration such as \"30s\": {e}"
+                    "{field} {t:?} is not a duration such as \"30s\": {e}"
                 ))
+                .with("field", field.into())
             })?,
+            TimeoutField::Other(v) => {
+                return Err(ApiError::invalid(format!(
+                    "{field} must be seconds (a number) or a duration text such as \"30s\", got {v}"
+                ))
+                .with("field", field.into()));
+            }
         };
-        if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
-            return Err(ApiError::invalid("timeout must be between 1ms and 24h"));
+        if d < Duration::from_millis(1) || d > MAX_TIMEOUT {
+            return Err(out_of_range());
         }
         Ok(d)
     }
@@ -126,26 +152,48 @@ pub(crate) struct RegisterRequest {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum SizeField {
-    Bytes(u64),
+    Bytes(serde_json::Number),
     Text(String),
+    /// Anything else, refused by [`SizeField::bytes`].
+    Other(serde_json::Value),
 }
 
 impl SizeField {
+    /// The size in bytes, between 4MiB and 1TiB.
     fn bytes(&self) -> Result<u64, ApiError> {
+        let invalid = |message: String| ApiError::invalid(message).with("field", "memory".into());
         let n = match self {
-            SizeField::Bytes(n) => *n,
+            SizeField::Bytes(n) => n.as_u64().ok_or_else(|| {
+                invalid(format!("memory must be a whole number of bytes, got {n}"))
+            })?,
             SizeField::Text(t) => {
-                crate::units::parse_bytes(t).map_err(|e| ApiError::invalid(e.to_string()))? as u64
+                crate::units::parse_bytes(t).map_err(|e| invalid(format!("memory: {e}")))? as u64
+            }
+            SizeField::Other(v) => {
+                return Err(invalid(format!(
+                    "memory must be bytes (a number) or a size such as \"256MiB\", got {v}"
+                )));
             }
         };
-        if n < (4 << 20) {
-            return Err(ApiError::invalid("memory must be at least 4MiB"));
+        if n < MIN_MEMORY_BYTES {
+            return Err(invalid("memory must be at least 4MiB".into()));
+        }
+        if n > MAX_MEMORY_BYTES {
+            return Err(invalid(format!(
+                "memory must be at most 1TiB, got {n} bytes"
+            )));
         }
         Ok(n)
     }
 }
 
 impl RegisterRequest {
+    /// The code as given: base64 text.
+    #[cfg(test)]
+    pub(crate) fn code_text(&self) -> String {
+        self.code.clone()
+    }
+
     /// A request with every setting at its default.
     pub(crate) fn new(name: String, runtime: &str) -> RegisterRequest {
         RegisterRequest {
@@ -244,8 +292,7 @@ pub async fn register(
         from_multipart(multipart, state.max_body_bytes).await?
     } else {
         let body = read_body(request.into_body(), state.max_body_bytes).await?;
-        let req: RegisterRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("bad registration JSON: {e}")))?;
+        let req: RegisterRequest = super::parse_json(&body, "registration JSON")?;
         let code = decode_base64(&req.code)?;
         (req, code)
     };
@@ -259,9 +306,22 @@ pub async fn register(
 /// Validates a registration and registers it; shared by the native and the MPCS routes.
 pub(crate) async fn register_function(
     state: &AppState,
-    mut req: RegisterRequest,
+    req: RegisterRequest,
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
+    let record = function_record(req, &code, &state.defaults)?;
+    let record = state.broker.register(record, code.into()).await?;
+    tracing::info!(function = %record.name, version = record.version, "registered");
+    Ok(record)
+}
+
+/// Checks every setting of a registration and builds the record to store (version 0: the
+/// broker numbers it).
+pub(crate) fn function_record(
+    mut req: RegisterRequest,
+    code: &[u8],
+    defaults: &super::FunctionDefaults,
+) -> Result<FunctionRecord, ApiError> {
     validate_name(&req.name)?;
     move_entry_to_env(&mut req)?;
     validate_env(&req.env)?;
@@ -273,29 +333,22 @@ pub(crate) async fn register_function(
         return Err(ApiError::invalid("code is empty"));
     }
     let timeout = match &req.timeout {
-        Some(t) => t.duration()?,
-        None => state.defaults.timeout,
+        Some(t) => t.duration("timeout")?,
+        None => defaults.timeout,
     };
-    if req.concurrency == Some(0) {
-        return Err(ApiError::invalid(
-            "concurrency must be at least 1 (omit it for unlimited)",
-        ));
-    }
-    check_min_warm(req.min_warm, state.defaults.max_min_warm)?;
+    check_counts(&req)?;
+    check_min_warm(req.min_warm, defaults.max_min_warm)?;
     let warm = warm_spec(&req, runtime)?;
-    let record = FunctionRecord {
+    Ok(FunctionRecord {
         name: req.name,
         version: 0,
         runtime,
-        code_hash: Sha256::digest(&code).into(),
+        code_hash: Sha256::digest(code).into(),
         code_bytes: code.len() as u64,
         timeout_ms: timeout.as_millis() as u64,
         concurrency: req.concurrency,
-        queue_limit: req.queue_limit.unwrap_or(state.defaults.queue_limit).max(1),
-        max_attempts: req
-            .max_attempts
-            .unwrap_or(state.defaults.max_attempts)
-            .max(1),
+        queue_limit: req.queue_limit.unwrap_or(defaults.queue_limit),
+        max_attempts: req.max_attempts.unwrap_or(defaults.max_attempts),
         env: req.env.into_iter().collect(),
         created_ms: now_ms(),
         warm,
@@ -303,10 +356,27 @@ pub(crate) async fn register_function(
             memory_bytes: req.memory.as_ref().map(SizeField::bytes).transpose()?,
             allow_net: req.allow_net,
         },
-    };
-    let record = state.broker.register(record, code.into()).await?;
-    tracing::info!(function = %record.name, version = record.version, "registered");
-    Ok(record)
+    })
+}
+
+/// Checks the whole-number settings: `concurrency` and `max_attempts` of at least 1,
+/// `max_attempts` of at most [`MAX_ATTEMPTS`]. A `queue_limit` of 0 is allowed: no waiting line.
+fn check_counts(req: &RegisterRequest) -> Result<(), ApiError> {
+    if req.concurrency == Some(0) {
+        return Err(
+            ApiError::invalid("concurrency must be at least 1 (omit it for unlimited)")
+                .with("field", "concurrency".into()),
+        );
+    }
+    if let Some(n) = req.max_attempts {
+        if n == 0 || n > MAX_ATTEMPTS {
+            return Err(ApiError::invalid(format!(
+                "max_attempts must be between 1 and {MAX_ATTEMPTS}, got {n}"
+            ))
+            .with("field", "max_attempts".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a `min_warm` over the server's `--max-min-warm`.
@@ -352,7 +422,7 @@ fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>
         ));
     }
     let idle = match &req.idle_timeout {
-        Some(t) => t.duration()?,
+        Some(t) => t.duration("idle_timeout")?,
         None => DEFAULT_IDLE_TIMEOUT,
     };
     Ok(Some(WarmSpec {
@@ -470,7 +540,7 @@ mod tests {
     fn timeout(json: serde_json::Value) -> Result<Duration, ApiError> {
         serde_json::from_value::<TimeoutField>(json)
             .expect("a number or a text")
-            .duration()
+            .duration("timeout")
     }
 
     fn size(json: serde_json::Value) -> Result<u64, ApiError> {

@@ -15,7 +15,10 @@
 mod batch;
 mod error;
 mod functions;
+#[cfg(test)]
+mod fuzz;
 mod mpcs;
+mod panic;
 mod tasks;
 mod wait;
 
@@ -29,6 +32,7 @@ use axum::routing::{any, get, post};
 
 use crate::broker::Broker;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
+pub use panic::log_panics;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -70,7 +74,11 @@ impl Default for FunctionDefaults {
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
+    finish(routes(), state)
+}
+
+/// Every route of the API.
+fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/functions",
@@ -93,10 +101,18 @@ pub fn router(state: AppState) -> Router {
         .route("/status/{id}", get(mpcs::status))
         .route("/result/{id}", get(mpcs::result))
         .route("/healthz", get(healthz))
+}
+
+/// Adds the fallbacks and the layers every route shares to `routes`, and binds `state`.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Multipart bodies honour this; plain bodies are read by `read_body` with the same cap.
         .layer(DefaultBodyLimit::max(limit))
+        // Outermost: a panic anywhere below is answered 500, not a dropped connection.
+        .layer(axum::middleware::from_fn(panic::catch_panic))
         .with_state(state)
 }
 
@@ -140,6 +156,28 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+/// Parses a JSON body into `T`, answering 400 `invalid_request` with a message that names the
+/// field at fault (also given as the answer's `field`) and says what `what` was expected.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field == "." {
+            ApiError::invalid(format!("bad {what}: {inner}"))
+        } else {
+            ApiError::invalid(format!("bad {what}: field `{field}`: {inner}"))
+                .with("field", field.into())
+        }
+    })?;
+    json.end()
+        .map_err(|e| ApiError::invalid(format!("bad {what}: {e}")))?;
+    Ok(value)
 }
 
 /// Reads a whole request body, answering 413 past `limit` bytes.

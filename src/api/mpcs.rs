@@ -29,7 +29,15 @@ async fn fields<const N: usize>(
     names: [&str; N],
 ) -> Result<[String; N], ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+    parse_fields(&body, names)
+}
+
+/// The string fields `names` of a JSON object body (422 when the body is not JSON or lacks one).
+pub(super) fn parse_fields<const N: usize>(
+    body: &[u8],
+    names: [&str; N],
+) -> Result<[String; N], ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidRequest,
@@ -57,18 +65,24 @@ async fn fields<const N: usize>(
     Ok(out)
 }
 
+/// Checks that `code` looks like a pickle: it ends with the STOP opcode, and protocol 2+
+/// pickles (dill's) start with PROTO.
+pub(super) fn check_pickle(code: &[u8]) -> Result<(), ApiError> {
+    match (code.first(), code.last()) {
+        (Some(&first), Some(b'.')) if first <= 0x80 => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPickle,
+            "payload is base64, but not of a pickle (serialize the function with dill, then base64)",
+        )),
+    }
+}
+
 /// `POST /register_function`.
 pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
     let [name, payload] = fields(&state, body, ["name", "payload"]).await?;
     let code = decode_base64(&payload)?;
-    // A pickle ends with the STOP opcode; protocol 2+ pickles (dill's) start with PROTO.
-    if code.last() != Some(&b'.') || code[0] > 0x80 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidPickle,
-            "payload is base64, but not of a pickle (serialize the function with dill, then base64)",
-        ));
-    }
+    check_pickle(&code)?;
     let function_id = uuid::Uuid::now_v7().to_string();
     let record = register_function(
         &state,

@@ -180,6 +180,16 @@ pub struct StatusQuery {
 /// The longest a status request may be held.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// The `?wait=` of the status route: a duration text, held to at most [`MAX_WAIT`].
+pub(super) fn wait_param(text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text)
+        .map(|wait| wait.min(MAX_WAIT))
+        .map_err(|e| {
+            ApiError::invalid(format!("wait {text:?} is not a duration: {e}"))
+                .with("field", "wait".into())
+        })
+}
+
 /// `GET /v1/tasks/{id}`.
 pub async fn status(
     State(state): State<AppState>,
@@ -189,9 +199,7 @@ pub async fn status(
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let task_id = parse_id(&id)?;
     if let Some(wait) = query.wait {
-        let wait = humantime::parse_duration(&wait)
-            .map_err(|e| ApiError::invalid(format!("wait {wait:?} is not a duration: {e}")))?
-            .min(MAX_WAIT);
+        let wait = wait_param(&wait)?;
         if let Some(waiter) = state.broker.watch(task_id) {
             if let Ok(Ok(Ok(finished))) = tokio::time::timeout(wait, waiter).await {
                 return Ok(Json(TaskView::from(&finished.record)));

@@ -36,21 +36,23 @@ const LOGS_TAIL_BYTES: usize = 8 << 10;
 /// The body of `POST /v1/tasks/wait`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WaitRequest {
-    ids: Vec<String>,
-    wait: Option<WaitField>,
+pub(super) struct WaitRequest {
+    pub(super) ids: Vec<String>,
+    pub(super) wait: Option<WaitField>,
 }
 
 /// How long to wait: seconds (a number) or a duration text such as `"30s"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum WaitField {
+pub(super) enum WaitField {
     Seconds(f64),
     Text(String),
+    /// Anything else, refused by [`WaitField::duration`].
+    Other(serde_json::Value),
 }
 
 impl WaitField {
-    fn duration(&self) -> Result<Duration, ApiError> {
+    pub(super) fn duration(&self) -> Result<Duration, ApiError> {
         let wait = match self {
             WaitField::Seconds(s) if s.is_finite() && *s >= 0.0 => {
                 Duration::try_from_secs_f64(*s).unwrap_or(Duration::MAX)
@@ -63,6 +65,11 @@ impl WaitField {
             WaitField::Text(t) => humantime::parse_duration(t).map_err(|e| {
                 ApiError::invalid(format!("wait {t:?} is not a duration such as \"30s\": {e}"))
             })?,
+            WaitField::Other(v) => {
+                return Err(ApiError::invalid(format!(
+                    "wait must be seconds (a number) or a duration text such as \"30s\", got {v}"
+                )));
+            }
         };
         if wait > MAX_WAIT {
             return Err(ApiError::invalid(format!(
@@ -148,11 +155,10 @@ pub async fn wait(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
-    let request: WaitRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(format!(
-            "bad wait request: {e} (expected {{\"ids\": [\"<task id>\", ...], \"wait\": \"30s\"}})"
-        ))
-    })?;
+    let request: WaitRequest = super::parse_json(
+        &body,
+        r#"wait request (expected {"ids": ["<task id>", ...], "wait": "30s"})"#,
+    )?;
     if request.ids.len() > MAX_IDS {
         return Err(ApiError::invalid(format!(
             "a wait request may name at most {MAX_IDS} task ids, got {}",
@@ -160,7 +166,7 @@ pub async fn wait(
         )));
     }
     let wait = match &request.wait {
-        Some(w) => w.duration()?,
+        Some(w) => w.duration().map_err(|e| e.with("field", "wait".into()))?,
         None => Duration::ZERO,
     };
     let mut answer = WaitAnswer::default();
@@ -191,7 +197,10 @@ pub async fn wait(
 
 /// The ids as numbers, each once, in the order given, and the text each was given as; a text
 /// that is not a UUID goes to `unknown`.
-fn parse_ids(texts: Vec<String>, unknown: &mut Vec<String>) -> (Vec<u128>, HashMap<u128, String>) {
+pub(super) fn parse_ids(
+    texts: Vec<String>,
+    unknown: &mut Vec<String>,
+) -> (Vec<u128>, HashMap<u128, String>) {
     let mut order = Vec::with_capacity(texts.len());
     let mut ids = HashMap::with_capacity(texts.len());
     let mut invalid = HashSet::new();

@@ -39,6 +39,17 @@ pub enum Error {
         /// Its queue limit.
         limit: u32,
     },
+    /// The function has no waiting line (`queue_limit` 0) and every concurrency slot is busy.
+    #[error(
+        "every one of the {concurrency} concurrency slots of {name:?} is busy, and it has no \
+         waiting line (queue_limit 0)"
+    )]
+    NoFreeSlot {
+        /// The function.
+        name: String,
+        /// Its concurrency cap.
+        concurrency: u32,
+    },
     /// The server is shutting down and takes no new tasks.
     #[error("the server is shutting down")]
     ShuttingDown,

@@ -269,7 +269,10 @@ impl State {
     }
 
     /// Checks that `count` new calls of `name` may be queued: the server accepts tasks, the
-    /// function is live, and its queue has room for all of them. Returns the live version.
+    /// function is live, and its queue has room for all of them. A `queue_limit` of 0 means no
+    /// waiting line: the calls are admitted only if, with the tasks already queued or running,
+    /// they all fit the function's concurrency cap (always, without a cap). Returns the live
+    /// version.
     pub fn admit(&self, name: &str, count: usize) -> Result<Arc<FunctionRecord>, Error> {
         if !self.accepting {
             return Err(Error::ShuttingDown);
@@ -279,7 +282,20 @@ impl State {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::UnknownFunction { name: name.into() })?;
-        let waiting = self.queues.get(name).map_or(0, |q| q.waiting.len());
+        let (waiting, running) = self
+            .queues
+            .get(name)
+            .map_or((0, 0), |q| (q.waiting.len(), q.running as usize));
+        if func.queue_limit == 0 {
+            // No waiting line: admitted only if every task can take a concurrency slot now.
+            return match func.concurrency {
+                Some(cap) if waiting + running + count > cap as usize => Err(Error::NoFreeSlot {
+                    name: name.into(),
+                    concurrency: cap,
+                }),
+                _ => Ok(func),
+            };
+        }
         if waiting + count > func.queue_limit as usize {
             return Err(Error::QueueFull {
                 name: name.into(),
@@ -1278,6 +1294,54 @@ mod tests {
             fx.state.admit("f", 3),
             Err(Error::QueueFull { limit: 3, .. })
         ));
+    }
+
+    /// Makes `func` live again as a new version with `queue_limit` 0.
+    fn without_waiting_line(fx: &mut Fixture, func: &FunctionRecord) -> Arc<FunctionRecord> {
+        let func = Arc::new(FunctionRecord {
+            version: func.version + 1,
+            queue_limit: 0,
+            ..func.clone()
+        });
+        fx.state.set_function(func.clone());
+        func
+    }
+
+    #[test]
+    fn without_a_waiting_line_a_call_is_admitted_only_if_a_slot_is_free() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, Some(2));
+        let f = without_waiting_line(&mut fx, &f);
+        let (worker, mut frames) = fx.worker(8, DispatchMode::Push);
+        assert!(fx.state.admit("f", 3).is_err(), "3 calls never fit 2 slots");
+        fx.state.admit("f", 1).expect("a free slot");
+        fx.enqueue(&f, 1);
+        fx.dispatch();
+        let leases = assigned(&mut frames);
+        fx.state.admit("f", 1).expect("1 running, 1 slot free");
+        fx.enqueue(&f, 2);
+        // Admitted but not yet dispatched, the second call holds the last slot all the same.
+        assert!(matches!(
+            fx.state.admit("f", 1),
+            Err(Error::NoFreeSlot { concurrency: 2, .. })
+        ));
+        fx.dispatch();
+        fx.report(worker, leases[0].0, leases[0].1)
+            .expect("accepted");
+        fx.state
+            .admit("f", 1)
+            .expect("a slot freed by the finished task");
+    }
+
+    #[test]
+    fn without_a_waiting_line_or_a_cap_every_call_is_admitted() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let f = without_waiting_line(&mut fx, &f);
+        for seq in 1..=5 {
+            fx.state.admit("f", 1).expect("no cap");
+            fx.enqueue(&f, seq);
+        }
     }
 
     #[test]

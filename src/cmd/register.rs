@@ -35,7 +35,8 @@ pub struct RegisterArgs {
     /// The most calls running at once (default unlimited).
     #[arg(long)]
     pub concurrency: Option<u32>,
-    /// The most tasks waiting in the function's queue.
+    /// The most tasks waiting in the function's queue; 0 for no waiting line (a call that finds
+    /// every `--concurrency` slot busy is refused at once).
     #[arg(long)]
     pub queue_limit: Option<u32>,
     /// How many times a task is started before it fails with `worker_lost`.

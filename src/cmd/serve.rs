@@ -75,6 +75,7 @@ pub struct ServeArgs {
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
+    api::log_panics();
     check_max_body(args.max_body)?;
     let http_limits = http_limits(&args)?;
     let (store, broker) = open_store(&mut args).await?;

@@ -459,26 +459,36 @@ impl Broker {
                 _ = tick.tick() => {}
                 () = cancel.cancelled() => return,
             }
-            let (failed, seq) = self.expire_leases();
+            let (failed, trim) = self.expire_leases(&mut trimmed_at_seq);
             for (task_id, commit) in failed {
                 self.finalize_after(task_id, commit);
             }
             self.inner.settled.notify_waiters();
-            if seq.is_some() && seq != trimmed_at_seq {
-                trimmed_at_seq = seq;
+            if trim {
                 let _ = tokio::task::spawn_blocking(trim_freed_memory).await;
             }
         }
     }
 
     /// Revokes expired leases and dispatches; returns the commits of tasks that failed for good,
-    /// and, when no task is left in memory, the arrival number of the last task taken.
-    fn expire_leases(&self) -> (Vec<(u128, state::PendingCommit)>, Option<u64>) {
+    /// and whether to trim the heap now: the broker went idle (no task in memory) since the last
+    /// trim (at arrival number `trimmed_at_seq`), or payloads of [`TRIM_AFTER_BYTES`] left
+    /// memory for the store.
+    fn expire_leases(
+        &self,
+        trimmed_at_seq: &mut Option<u64>,
+    ) -> (Vec<(u128, state::PendingCommit)>, bool) {
         let mut state = self.lock();
         let failed = state.revoke_expired(std::time::Instant::now(), &self.inner.store);
         state.dispatch(&self.inner.store);
         let idle_at = state.tasks.is_empty().then_some(state.next_seq);
-        (failed, idle_at)
+        let went_idle = idle_at.is_some() && idle_at != *trimmed_at_seq;
+        let trim = went_idle || state.released_bytes >= TRIM_AFTER_BYTES;
+        if trim {
+            state.released_bytes = 0;
+            *trimmed_at_seq = idle_at;
+        }
+        (failed, trim)
     }
 
     /// Marks a worker as draining: it gets no new tasks.
@@ -583,6 +593,9 @@ impl Broker {
             .collect()
     }
 }
+
+/// How many bytes of payloads may leave memory for the store before the heap is trimmed.
+const TRIM_AFTER_BYTES: usize = 32 << 20;
 
 /// Hands the heap memory freed by a drained backlog back to the system. glibc's allocator keeps
 /// freed memory for reuse, so without this the RSS of a server stays at its peak after a burst.

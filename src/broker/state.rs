@@ -258,6 +258,8 @@ pub(super) struct State {
     leased: usize,
     pub accepting: bool,
     pub dispatching: bool,
+    /// Bytes of payloads that left memory for the store since the heap was last trimmed.
+    pub released_bytes: usize,
 }
 
 impl State {
@@ -276,6 +278,7 @@ impl State {
             leased: 0,
             accepting: true,
             dispatching: true,
+            released_bytes: 0,
         }
     }
 
@@ -524,8 +527,10 @@ impl State {
     pub fn payloads_stored(&mut self, ids: impl IntoIterator<Item = u128>) {
         for id in ids {
             if let Some(active) = self.tasks.get_mut(&id) {
-                if active.payload.as_ref().is_some_and(|p| p.len() > INLINE_PAYLOAD) {
+                let len = active.payload.as_ref().map_or(0, Bytes::len);
+                if len > INLINE_PAYLOAD {
                     active.payload = None;
+                    self.released_bytes += len;
                 }
             }
         }

@@ -312,7 +312,10 @@ impl Broker {
                     record: record.clone(),
                     payload: payload.clone(),
                 }));
-                state.enqueue(Active::new(record.clone(), Some(payload), func.clone()), false);
+                state.enqueue(
+                    Active::new(record.clone(), Some(payload), func.clone()),
+                    false,
+                );
                 records.push(record);
             }
             state.dispatch(&self.inner.store);

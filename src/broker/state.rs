@@ -1438,10 +1438,16 @@ mod tests {
         let id = fx.enqueue(&f, 1);
         fx.dispatch();
         let (_, lease) = assigned(&mut frames)[0];
-        let stale = fx.state.take_back(worker, id, lease + 1, "unread", &fx.store);
+        let stale = fx
+            .state
+            .take_back(worker, id, lease + 1, "unread", &fx.store);
         assert!(stale.is_none());
         assert_eq!(fx.status(id), TaskStatus::Running);
-        assert!(fx.state.take_back(worker, id, lease, "unread", &fx.store).is_none());
+        assert!(
+            fx.state
+                .take_back(worker, id, lease, "unread", &fx.store)
+                .is_none()
+        );
         assert_eq!(fx.status(id), TaskStatus::Queued);
         assert_eq!(fx.state.workers[&worker].free(), 1);
         fx.dispatch();

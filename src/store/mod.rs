@@ -36,6 +36,10 @@ const LOGS: TableDefinition<u128, &[u8]> = TableDefinition::new("logs");
 /// arrival sequence → task id, for every task not yet finished.
 const PENDING: TableDefinition<u64, u128> = TableDefinition::new("pending");
 
+/// The most memory redb's page cache may hold (its default, 1 GiB, let a backlog of large
+/// payloads stay resident after they were written).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "faasd.redb";
 
@@ -120,10 +124,13 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|source| Error::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| Error::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
         let db = Arc::new(db);
         create_tables(&db)?;
         let ops = writer::start(db.clone());

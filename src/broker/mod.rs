@@ -5,7 +5,13 @@
 //! after a crash goes to the store first (a task is acknowledged only once its QUEUED record is
 //! committed). Store writes that follow a state change are queued to the store's single writer
 //! while the lock is held, so they reach disk in the order the changes happened.
+//!
+//! Memory follows the number of tasks, not their payloads: once a task's QUEUED record (its
+//! payload with it) is committed, only a small payload stays in memory; a larger one is read
+//! back from the store when the task is dispatched (see `outbox`). A sync call keeps its
+//! payload until it ends: its caller's connection holds the request body anyway.
 
+mod outbox;
 mod session;
 mod state;
 
@@ -20,7 +26,7 @@ use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
 pub use session::serve_worker;
-use state::{Active, State, WorkerEntry};
+use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 
 /// Errors of the broker.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +283,7 @@ impl Broker {
             } else {
                 Some(self.inner.store.submit(enqueue))
             };
-            let waiter = state.enqueue(Active::new(record.clone(), payload, func), wait);
+            let waiter = state.enqueue(Active::new(record.clone(), Some(payload), func), wait);
             state.dispatch(&self.inner.store);
             (record, waiter, committed)
         };
@@ -294,6 +300,7 @@ impl Broker {
             self.lock().withdraw(record.id);
             return Err(Error::Store(e));
         }
+        self.lock().payloads_stored([record.id]);
         Ok((record, waiter))
     }
 
@@ -319,7 +326,10 @@ impl Broker {
                     record: record.clone(),
                     payload: payload.clone(),
                 }));
-                state.enqueue(Active::new(record.clone(), payload, func.clone()), false);
+                state.enqueue(
+                    Active::new(record.clone(), Some(payload), func.clone()),
+                    false,
+                );
                 records.push(record);
             }
             state.dispatch(&self.inner.store);
@@ -338,6 +348,7 @@ impl Broker {
                 return Err(Error::Store(e));
             }
         }
+        self.lock().payloads_stored(records.iter().map(|r| r.id));
         Ok(records)
     }
 
@@ -391,7 +402,8 @@ impl Broker {
             worker_id: id,
             heartbeat_ms: heartbeat.as_millis() as u32,
         });
-        let worker = WorkerEntry::new(name, address, slots, mode, frames);
+        let outbox = outbox::start(self.clone(), id, frames);
+        let worker = WorkerEntry::new(name, address, slots, mode, outbox);
         for func in state.functions.values() {
             worker.prewarm(func);
         }
@@ -408,6 +420,22 @@ impl Broker {
         state.dispatch(&self.inner.store);
         drop(state);
         for (task_id, commit) in lost {
+            self.finalize_after(task_id, commit);
+        }
+        self.inner.settled.notify_waiters();
+    }
+
+    /// Takes back a task whose assignment under `lease` could not reach `worker` (its payload
+    /// could not be read from the store): it is queued again, or fails past its attempts.
+    fn undeliverable(&self, worker: u64, task_id: u128, lease: u64) {
+        let task = uuid::Uuid::from_u128(task_id);
+        tracing::error!(%task, worker, "could not read the task's payload to send it; taking it back");
+        let why = "its payload could not be read from the store";
+        let mut state = self.lock();
+        let commit = state.take_back(worker, task_id, lease, why, &self.inner.store);
+        state.dispatch(&self.inner.store);
+        drop(state);
+        if let Some(commit) = commit {
             self.finalize_after(task_id, commit);
         }
         self.inner.settled.notify_waiters();
@@ -432,7 +460,9 @@ impl Broker {
         self.lock().heartbeat(worker);
     }
 
-    /// Revokes expired leases every `period` until `cancel` fires.
+    /// Revokes expired leases every `period` until `cancel` fires. At a tick that finds the
+    /// broker idle (no task in memory) after tasks came in, hands the memory freed since back to
+    /// the system (see [`trim_freed_memory`]).
     pub async fn watch_leases(
         &self,
         period: Duration,
@@ -440,20 +470,42 @@ impl Broker {
     ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trimmed_at_seq = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = cancel.cancelled() => return,
             }
-            let mut state = self.lock();
-            let failed = state.revoke_expired(std::time::Instant::now(), &self.inner.store);
-            state.dispatch(&self.inner.store);
-            drop(state);
+            let (failed, trim) = self.expire_leases(&mut trimmed_at_seq);
             for (task_id, commit) in failed {
                 self.finalize_after(task_id, commit);
             }
             self.inner.settled.notify_waiters();
+            if trim {
+                let _ = tokio::task::spawn_blocking(trim_freed_memory).await;
+            }
         }
+    }
+
+    /// Revokes expired leases and dispatches; returns the commits of tasks that failed for good,
+    /// and whether to trim the heap now: the broker went idle (no task in memory) since the last
+    /// trim (at arrival number `trimmed_at_seq`), or payloads of [`TRIM_AFTER_BYTES`] left
+    /// memory for the store.
+    fn expire_leases(
+        &self,
+        trimmed_at_seq: &mut Option<u64>,
+    ) -> (Vec<(u128, state::PendingCommit)>, bool) {
+        let mut state = self.lock();
+        let failed = state.revoke_expired(std::time::Instant::now(), &self.inner.store);
+        state.dispatch(&self.inner.store);
+        let idle_at = state.tasks.is_empty().then_some(state.next_seq);
+        let went_idle = idle_at.is_some() && idle_at != *trimmed_at_seq;
+        let trim = went_idle || state.released_bytes >= TRIM_AFTER_BYTES;
+        if trim {
+            state.released_bytes = 0;
+            *trimmed_at_seq = idle_at;
+        }
+        (failed, trim)
     }
 
     /// Marks a worker as draining: it gets no new tasks.
@@ -575,11 +627,25 @@ impl Broker {
     }
 }
 
+/// How many bytes of payloads may leave memory for the store before the heap is trimmed.
+const TRIM_AFTER_BYTES: usize = 32 << 20;
+
+/// Hands the heap memory freed by a drained backlog back to the system. glibc's allocator keeps
+/// freed memory for reuse, so without this the RSS of a server stays at its peak after a burst.
+fn trim_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it takes the allocator's own locks and
+    // touches no memory in use.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Puts every task the store holds as unfinished back in its queue, in arrival order, pinned to
 /// the function version it was called with. A task that was RUNNING counts that attempt; one
 /// that has used every attempt is returned, to be failed with `worker_lost`.
 async fn recover_pending(store: &Store, state: &mut State) -> Result<Vec<TaskRecord>, Error> {
-    let pending = store.pending().await?;
+    let pending = store.pending(INLINE_PAYLOAD).await?;
     let mut versions: HashMap<(String, u32), Arc<FunctionRecord>> = HashMap::new();
     let mut requeued = 0usize;
     let mut failed = Vec::new();

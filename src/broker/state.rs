@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::outbox::{Outbound, Outbox};
 use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
     Assignment, CodeHash, DispatchMode, FailureReason, Frame, Outcome, Prewarm, Report, WarmSpec,
@@ -23,10 +24,15 @@ use crate::units::{now_ms, rfc3339};
 /// How long past its timeout a leased task may stay unreported before the lease is revoked.
 pub(super) const LEASE_GRACE: Duration = Duration::from_secs(5);
 
+/// Payloads of at most this many bytes stay in memory with their task; larger ones wait in the
+/// store once their QUEUED record is committed, and are read when the task is dispatched.
+pub(super) const INLINE_PAYLOAD: usize = 512;
+
 /// A task the broker is responsible for: queued, leased, or finishing (its end not yet on disk).
 pub(super) struct Active {
     pub record: TaskRecord,
-    payload: Bytes,
+    /// The payload, or `None` while it waits in the store.
+    payload: Option<Bytes>,
     func: Arc<FunctionRecord>,
     lease: u64,
     worker: Option<u64>,
@@ -37,7 +43,16 @@ pub(super) struct Active {
 }
 
 impl Active {
-    pub fn new(record: TaskRecord, payload: Bytes, func: Arc<FunctionRecord>) -> Active {
+    /// A task with its payload in memory (`Some`) or in the store (`None`). A small payload is
+    /// copied, so it never keeps a larger buffer (a whole request body) alive.
+    pub fn new(record: TaskRecord, payload: Option<Bytes>, func: Arc<FunctionRecord>) -> Active {
+        let payload = payload.map(|p| {
+            if p.len() <= INLINE_PAYLOAD {
+                Bytes::copy_from_slice(&p)
+            } else {
+                p
+            }
+        });
         Active {
             record,
             payload,
@@ -96,7 +111,7 @@ pub(super) struct WorkerEntry {
     address: String,
     pub slots: u32,
     mode: DispatchMode,
-    frames: mpsc::UnboundedSender<Frame>,
+    frames: Outbox,
     running: HashSet<u128>,
     done: u64,
     /// Pull mode: tasks the worker has asked for and not yet received.
@@ -117,7 +132,7 @@ impl WorkerEntry {
         address: String,
         slots: u32,
         mode: DispatchMode,
-        frames: mpsc::UnboundedSender<Frame>,
+        frames: Outbox,
     ) -> WorkerEntry {
         WorkerEntry {
             name,
@@ -168,7 +183,7 @@ impl WorkerEntry {
     }
 
     fn send_prewarm(&self, func: &FunctionRecord, warm: WarmSpec) {
-        let _ = self.frames.send(Frame::Prewarm(Prewarm {
+        let _ = self.frames.send(Outbound::Frame(Frame::Prewarm(Prewarm {
             function: func.name.clone(),
             version: func.version,
             runtime: func.runtime,
@@ -177,7 +192,7 @@ impl WorkerEntry {
             env: func.env.clone(),
             warm,
             isolation: func.isolation,
-        }));
+        })));
     }
 
     pub fn view(&self, id: u64) -> WorkerView {
@@ -243,6 +258,8 @@ pub(super) struct State {
     leased: usize,
     pub accepting: bool,
     pub dispatching: bool,
+    /// Bytes of payloads that left memory for the store since the heap was last trimmed.
+    pub released_bytes: usize,
 }
 
 impl State {
@@ -261,6 +278,7 @@ impl State {
             leased: 0,
             accepting: true,
             dispatching: true,
+            released_bytes: 0,
         }
     }
 
@@ -464,8 +482,9 @@ impl State {
     }
 
     /// Leases task `id` to `worker_id` under a new lease number and deadline, queues its
-    /// RUNNING record to the store, and returns the `Assign` frame for the worker.
-    fn lease(&mut self, id: u128, worker_id: u64, store: &Store) -> Frame {
+    /// RUNNING record to the store, and returns the assignment for the worker (without its
+    /// payload when that waits in the store).
+    fn lease(&mut self, id: u128, worker_id: u64, store: &Store) -> Outbound {
         self.next_lease += 1;
         self.last_pick = worker_id;
         self.leased += 1;
@@ -479,7 +498,7 @@ impl State {
         r.status = TaskStatus::Running;
         r.attempts += 1;
         r.started_ms = Some(now_ms());
-        let frame = Frame::Assign(Assignment {
+        let assignment = Assignment {
             task_id: id,
             lease,
             function: active.func.name.clone(),
@@ -488,19 +507,24 @@ impl State {
             code_hash: active.func.code_hash,
             timeout_ms: active.func.timeout_ms,
             env: active.func.env.clone(),
-            payload: active.payload.clone(),
+            payload: active.payload.clone().unwrap_or_default(),
             warm: active.func.warm,
             json: active.record.json,
             isolation: active.func.isolation,
-        });
+        };
+        let item = if active.payload.is_some() {
+            Outbound::Frame(Frame::Assign(assignment))
+        } else {
+            Outbound::Unloaded(assignment)
+        };
         store.write_later(Write::Update {
             record: active.record.clone(),
         });
-        frame
+        item
     }
 
     /// Takes a slot (or a pull credit) of `worker_id` for task `id` and sends it the task.
-    fn hand_over(&mut self, worker_id: u64, id: u128, hash: CodeHash, frame: Frame) {
+    fn hand_over(&mut self, worker_id: u64, id: u128, hash: CodeHash, item: Outbound) {
         let worker = self
             .workers
             .get_mut(&worker_id)
@@ -511,7 +535,39 @@ impl State {
             worker.credits -= 1;
         }
         // A closed channel means the session is ending; its detach re-queues this task.
-        let _ = worker.frames.send(frame);
+        let _ = worker.frames.send(item);
+    }
+
+    /// Lets the payloads of tasks `ids` wait in the store (their QUEUED records, payloads with
+    /// them, are committed), keeping only the small ones in memory.
+    pub fn payloads_stored(&mut self, ids: impl IntoIterator<Item = u128>) {
+        for id in ids {
+            if let Some(active) = self.tasks.get_mut(&id) {
+                let len = active.payload.as_ref().map_or(0, Bytes::len);
+                if len > INLINE_PAYLOAD {
+                    active.payload = None;
+                    self.released_bytes += len;
+                }
+            }
+        }
+    }
+
+    /// Takes task `id` back from `worker_id` when its assignment under `lease` never reached the
+    /// worker: it is queued again, or fails once it has used every attempt (then returns the
+    /// commit to wait on). A task no longer under that lease is left alone.
+    pub fn take_back(
+        &mut self,
+        worker_id: u64,
+        id: u128,
+        lease: u64,
+        why: &str,
+        store: &Store,
+    ) -> Option<PendingCommit> {
+        let active = self.tasks.get(&id)?;
+        if active.finishing || active.lease != lease || active.worker != Some(worker_id) {
+            return None;
+        }
+        self.revoke(id, why, store)
     }
 
     /// Applies a worker's report; returns the commit to wait on, or `None` if it was refused.
@@ -685,6 +741,8 @@ mod tests {
 
     use super::*;
 
+    use tokio::sync::mpsc;
+
     use crate::proto::{Isolation, Runtime};
 
     /// A state, the store it writes to, and the directory holding that store.
@@ -736,7 +794,7 @@ mod tests {
             let record = TaskRecord::queued(u128::from(seq), seq, func.name.clone(), func.version);
             let id = record.id;
             self.state
-                .enqueue(Active::new(record, Bytes::new(), func.clone()), false);
+                .enqueue(Active::new(record, Some(Bytes::new()), func.clone()), false);
             id
         }
 
@@ -745,7 +803,7 @@ mod tests {
             &mut self,
             slots: u32,
             mode: DispatchMode,
-        ) -> (u64, mpsc::UnboundedReceiver<Frame>) {
+        ) -> (u64, mpsc::UnboundedReceiver<Outbound>) {
             let (frames, outbox) = mpsc::unbounded_channel();
             self.state.next_worker += 1;
             let id = self.state.next_worker;
@@ -803,11 +861,14 @@ mod tests {
     }
 
     /// The tasks assigned on a worker's channel so far, as `(task id, lease)`.
-    fn assigned(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Vec<(u128, u64)> {
+    fn assigned(frames: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u128, u64)> {
         let mut out = Vec::new();
-        while let Ok(frame) = frames.try_recv() {
-            if let Frame::Assign(a) = frame {
-                out.push((a.task_id, a.lease));
+        while let Ok(item) = frames.try_recv() {
+            match item {
+                Outbound::Frame(Frame::Assign(a)) | Outbound::Unloaded(a) => {
+                    out.push((a.task_id, a.lease));
+                }
+                Outbound::Frame(_) => {}
             }
         }
         out
@@ -1389,7 +1450,7 @@ mod tests {
         let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
         let id = fx.enqueue(&f, 1);
         fx.dispatch();
-        let Ok(Frame::Assign(a)) = frames.try_recv() else {
+        let Ok(Outbound::Frame(Frame::Assign(a))) = frames.try_recv() else {
             panic!("expected an assignment");
         };
         assert_eq!((a.task_id, a.function.as_str(), a.version), (id, "f", 1));
@@ -1397,5 +1458,69 @@ mod tests {
         assert_eq!(fx.state.tasks[&id].lease, a.lease);
         assert!(fx.state.workers[&worker].cached.contains(&[5; 32]));
         assert_eq!(fx.state.tasks[&id].record.attempts, 1);
+    }
+
+    /// Queues a task of `func` whose payload is `payload` bytes of 7; returns its id (`seq`).
+    fn enqueue_payload(fx: &mut Fixture, func: &Arc<FunctionRecord>, seq: u64, len: usize) -> u128 {
+        let record = TaskRecord::queued(u128::from(seq), seq, func.name.clone(), func.version);
+        let payload = Bytes::from(vec![7; len]);
+        fx.state
+            .enqueue(Active::new(record, Some(payload), func.clone()), false);
+        u128::from(seq)
+    }
+
+    #[test]
+    fn a_stored_payload_leaves_memory_unless_it_is_small() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let small = enqueue_payload(&mut fx, &f, 1, INLINE_PAYLOAD);
+        let large = enqueue_payload(&mut fx, &f, 2, INLINE_PAYLOAD + 1);
+        fx.state.payloads_stored([small, large]);
+        assert_eq!(
+            fx.state.tasks[&small].payload.as_ref().map(Bytes::len),
+            Some(INLINE_PAYLOAD)
+        );
+        assert!(fx.state.tasks[&large].payload.is_none());
+        let (_, mut frames) = fx.worker(2, DispatchMode::Push);
+        fx.dispatch();
+        let Ok(Outbound::Frame(Frame::Assign(first))) = frames.try_recv() else {
+            panic!("expected the small payload's assignment ready to send");
+        };
+        assert_eq!(first.payload, vec![7; INLINE_PAYLOAD]);
+        let Ok(Outbound::Unloaded(second)) = frames.try_recv() else {
+            panic!("expected the large payload's assignment to be read from the store");
+        };
+        assert_eq!((second.task_id, second.payload.len()), (large, 0));
+        assert_eq!(fx.status(large), TaskStatus::Running);
+    }
+
+    #[test]
+    fn an_undelivered_assignment_is_taken_back_only_under_its_lease() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let stale = fx
+            .state
+            .take_back(worker, id, lease + 1, "unread", &fx.store);
+        assert!(stale.is_none());
+        assert_eq!(fx.status(id), TaskStatus::Running);
+        assert!(
+            fx.state
+                .take_back(worker, id, lease, "unread", &fx.store)
+                .is_none()
+        );
+        assert_eq!(fx.status(id), TaskStatus::Queued);
+        assert_eq!(fx.state.workers[&worker].free(), 1);
+        fx.dispatch();
+        let (_, again) = assigned(&mut frames)[0];
+        let failed = fx.state.take_back(worker, id, again, "unread", &fx.store);
+        let message = failed.map(|c| c.finished.record.message.clone());
+        assert_eq!(
+            message,
+            Some(Some("unread, on each of 2 attempts".to_string()))
+        );
     }
 }

@@ -45,6 +45,10 @@ const LOGS: TableDefinition<u128, &[u8]> = TableDefinition::new("logs");
 /// arrival sequence → task id, for every task not yet finished.
 const PENDING: TableDefinition<u64, u128> = TableDefinition::new("pending");
 
+/// The most memory redb's page cache may hold (its default, 1 GiB, let a backlog of large
+/// payloads stay resident after they were written).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "faasd.redb";
 
@@ -135,8 +139,9 @@ fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> Error {
 pub struct PendingTask {
     /// The task as last written.
     pub record: TaskRecord,
-    /// Its payload.
-    pub payload: Bytes,
+    /// Its payload when it is small (see [`Store::pending`]); `None` leaves it in the store,
+    /// to be read with [`Store::payloads`] when the task is dispatched.
+    pub payload: Option<Bytes>,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -215,7 +220,7 @@ impl Shared {
                 }
             }
         }
-        let database = Database::create(&self.path).map_err(|source| Error::Open {
+        let database = open_database(&self.path).map_err(|source| Error::Open {
             path: self.path.clone(),
             source: Box::new(source),
         })?;
@@ -234,6 +239,11 @@ impl Shared {
     }
 }
 
+/// Opens (or creates) the database file, its page cache capped at [`CACHE_BYTES`].
+fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 impl Store {
     /// Opens (or creates) the store in `data_dir` and starts its writer thread.
     pub fn open(data_dir: &Path) -> Result<Store, Error> {
@@ -242,7 +252,7 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|source| Error::Open {
+        let db = open_database(&path).map_err(|source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
         })?;
@@ -453,9 +463,18 @@ impl Store {
             .await
     }
 
-    /// Every unfinished task in arrival order, with the function versions they pin.
-    pub async fn pending(&self) -> Result<Vec<PendingTask>, Error> {
-        self.read(|database| {
+    /// Many unfinished tasks' payloads, read in one transaction, in the order of `ids` (`None`
+    /// for a task that has no payload stored: unknown, or finished since).
+    pub async fn payloads(&self, ids: Vec<u128>) -> Result<Vec<Option<Bytes>>, Error> {
+        self.read(move |database| read_many(database, PAYLOADS, &ids, usize::MAX))
+            .await
+    }
+
+    /// Every unfinished task in arrival order. Only payloads of at most `inline_max` bytes are
+    /// read (by the size their record gives), so the scan's memory grows with the number of
+    /// pending tasks, not with their payloads.
+    pub async fn pending(&self, inline_max: usize) -> Result<Vec<PendingTask>, Error> {
+        self.read(move |database| {
             let txn = database.begin_read().map_err(db("begin read"))?;
             let pending = txn.open_table(PENDING).map_err(db("open pending"))?;
             let tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
@@ -468,11 +487,12 @@ impl Store {
                     continue;
                 };
                 let record = decode_task(bytes.value())?;
-                let payload = payloads
-                    .get(id)
-                    .map_err(db("read payload"))?
-                    .map(|p| Bytes::copy_from_slice(p.value()))
-                    .unwrap_or_default();
+                let payload = if record.payload_bytes <= inline_max as u64 {
+                    let stored = payloads.get(id).map_err(db("read payload"))?;
+                    Some(stored.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(p.value())))
+                } else {
+                    None
+                };
                 out.push(PendingTask { record, payload });
             }
             Ok(out)
@@ -641,12 +661,29 @@ mod tests {
             })
             .await
             .expect("finish");
-        let pending = store.pending().await.expect("pending");
-        let order: Vec<(u128, u8)> = pending
+        let pending = store.pending(1).await.expect("pending");
+        let order: Vec<(u128, Option<Bytes>)> = pending
             .iter()
-            .map(|p| (p.record.id, p.payload[0]))
+            .map(|p| (p.record.id, p.payload.clone()))
             .collect();
-        assert_eq!(order, [(30, 30), (20, 20)]);
+        assert_eq!(
+            order,
+            [
+                (30, Some(Bytes::from_static(&[30]))),
+                (20, Some(Bytes::from_static(&[20])))
+            ]
+        );
+        let large_left_in_store = store.pending(0).await.expect("pending");
+        assert!(large_left_in_store.iter().all(|p| p.payload.is_none()));
+        let payloads = store.payloads(vec![20, 10, 30]).await.expect("payloads");
+        assert_eq!(
+            payloads,
+            [
+                Some(Bytes::from_static(&[20])),
+                None,
+                Some(Bytes::from_static(&[30]))
+            ]
+        );
         assert_eq!(store.last_seq().await.expect("last seq"), 3);
         assert_eq!(
             store.result(10).await.expect("result"),

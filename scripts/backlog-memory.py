@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Measures what a backlog costs `faasd serve` in memory (the figures of docs/performance.md,
+"Backlog memory"). Standard library only.
+
+    scripts/backlog-memory.py queue   --tasks 100000 --payload-bytes 1
+    scripts/backlog-memory.py drain   --tasks 200000 --payload-bytes 1
+    scripts/backlog-memory.py restart --tasks 300 --payload-bytes 1048576
+
+`queue` starts a server with no workers (`--local-workers 0`, so every task stays queued),
+submits the tasks through the batch route and prints the RSS before and after, per queued task.
+`drain` does the same with local workers and prints the RSS at the peak and once the queue has
+drained. `restart` queues the tasks, kills the server with SIGKILL, starts it again on the same
+data directory and prints how long it took to come back and its RSS then.
+"""
+
+import argparse
+import base64
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MAX_BATCH_BYTES = 4 << 20
+
+
+def rss_kib(pid):
+    """The process's resident set size in KiB, from /proc."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class Server:
+    """A `faasd serve` process on free ports over `data`."""
+
+    def __init__(self, binary, data, local_workers):
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
+             "--worker-listen", "127.0.0.1:0", "--local-workers", str(local_workers)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("faasd listening on "):
+                self.url = line.split()[-1]
+                break
+        else:
+            raise RuntimeError("the server exited before it was ready")
+        self.ready_after = time.monotonic() - started
+
+    def call(self, method, path, body=None, content_type="application/json"):
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            return json.loads(answer.read() or b"null")
+
+    def rss(self):
+        return rss_kib(self.proc.pid)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def register(server, tasks):
+    code = "cat >/dev/null\n"
+    server.call("POST", "/v1/functions", json.dumps({
+        "name": "sink", "runtime": "shell", "code": base64.b64encode(code.encode()).decode(),
+        "queue_limit": max(tasks, 1), "timeout": 60,
+    }).encode())
+
+
+def submit(server, tasks, payload_bytes, single=False):
+    """Submits `tasks` calls of `sink` with payloads of `payload_bytes` through the batch route
+    (with `single`, one async invoke each)."""
+    payload = "x" * payload_bytes
+    if single:
+        for _ in range(tasks):
+            server.call("POST", "/v1/functions/sink/invoke?async=true", payload.encode(),
+                        "application/octet-stream")
+        return
+    per_batch = max(1, min(10_000, MAX_BATCH_BYTES // (payload_bytes + 3)))
+    body_cache = {}
+    sent = 0
+    while sent < tasks:
+        n = min(per_batch, tasks - sent)
+        if n not in body_cache:
+            body_cache[n] = json.dumps([payload] * n).encode()
+        server.call("POST", "/v1/functions/sink/batch", body_cache[n])
+        sent += n
+
+
+def settle(server, seconds=2.0):
+    time.sleep(seconds)
+    return server.rss()
+
+
+def queue(args, data):
+    server = Server(args.binary, data, 0)
+    register(server, args.tasks)
+    before = settle(server)
+    started = time.monotonic()
+    submit(server, args.tasks, args.payload_bytes, args.single)
+    took = time.monotonic() - started
+    after = settle(server)
+    print(f"tasks={args.tasks} payload_bytes={args.payload_bytes} submit_s={took:.1f} "
+          f"rss_before_kib={before} rss_after_kib={after} "
+          f"kib_per_task={(after - before) / args.tasks:.3f}")
+    return server
+
+
+def drain(args, data):
+    server = Server(args.binary, data, args.workers)
+    register(server, args.tasks)
+    before = settle(server)
+    submit(server, args.tasks, args.payload_bytes)
+    peak = server.rss()
+    while True:
+        counts = server.call("GET", "/healthz")
+        if counts.get("queued", 1) == 0 and counts.get("running", 1) == 0:
+            break
+        peak = max(peak, server.rss())
+        time.sleep(0.5)
+    after = settle(server, 3.0)
+    print(f"tasks={args.tasks} payload_bytes={args.payload_bytes} rss_before_kib={before} "
+          f"rss_peak_kib={peak} rss_drained_kib={after}")
+    server.kill()
+
+
+def restart(args, data):
+    server = queue(args, data)
+    server.kill()
+    size = os.path.getsize(os.path.join(data, "faasd.redb"))
+    again = Server(args.binary, data, 0)
+    counts = again.call("GET", "/healthz")
+    print(f"store_bytes={size} restart_ready_s={again.ready_after:.2f} "
+          f"rss_after_restart_kib={again.rss()} queued={counts.get('queued')}")
+    again.kill()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("case", choices=["queue", "drain", "restart"])
+    parser.add_argument("--binary", default=str(ROOT / "target/release/faasd"))
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--payload-bytes", type=int, default=1)
+    parser.add_argument("--single", action="store_true",
+                        help="one async invoke per task instead of batches (queue)")
+    parser.add_argument("--workers", type=int, default=2, help="local worker slots (drain)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="faasd-backlog-") as data:
+        if args.case == "queue":
+            queue(args, data).kill()
+        elif args.case == "drain":
+            drain(args, data)
+        else:
+            restart(args, data)
+
+
+if __name__ == "__main__":
+    main()

@@ -799,6 +799,12 @@ mod tests {
         }
 
         /// Connects a worker; returns its id and the frames sent to it.
+        /// Marks task `id` as running on `worker` (a slot it holds).
+        fn occupy(&mut self, worker: u64, id: u128) {
+            let entry = self.state.workers.get_mut(&worker).expect("worker");
+            entry.running.insert(id);
+        }
+
         fn worker(
             &mut self,
             slots: u32,
@@ -880,12 +886,7 @@ mod tests {
         let f = fx.function("f", 1, None);
         let (busy, mut busy_frames) = fx.worker(2, DispatchMode::Push);
         let (idle, mut idle_frames) = fx.worker(2, DispatchMode::Push);
-        fx.state
-            .workers
-            .get_mut(&busy)
-            .expect("worker")
-            .running
-            .insert(99);
+        fx.occupy(busy, 99);
         let id = fx.enqueue(&f, 1);
         fx.dispatch();
         assert!(assigned(&mut busy_frames).is_empty());
@@ -900,18 +901,8 @@ mod tests {
         // One of two slots taken is a heavier load than one of four.
         let (small, _small_frames) = fx.worker(2, DispatchMode::Push);
         let (large, _large_frames) = fx.worker(4, DispatchMode::Push);
-        fx.state
-            .workers
-            .get_mut(&small)
-            .expect("worker")
-            .running
-            .insert(98);
-        fx.state
-            .workers
-            .get_mut(&large)
-            .expect("worker")
-            .running
-            .insert(99);
+        fx.occupy(small, 98);
+        fx.occupy(large, 99);
         let id = fx.enqueue(&f, 1);
         fx.dispatch();
         assert_eq!(fx.state.tasks[&id].worker, Some(large));

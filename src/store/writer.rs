@@ -191,17 +191,21 @@ impl Writer {
         wake
     }
 
-    /// Timed work: measures free space when due, and retries after a fault when due.
-    fn tick(&mut self, now: Instant) {
-        if let Some(watch) = self
+    /// Runs `f` on the free-space watch, when the store has one.
+    fn with_space_watch(&self, f: impl FnOnce(&mut super::space::Watch)) {
+        let mut space = self
             .shared
             .space
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-        {
-            watch.check_if_due(now);
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(watch) = space.as_mut() {
+            f(watch);
         }
+    }
+
+    /// Timed work: measures free space when due, and retries after a fault when due.
+    fn tick(&mut self, now: Instant) {
+        self.with_space_watch(|watch| watch.check_if_due(now));
         if self.fault.as_ref().is_some_and(|f| now >= f.next_try) {
             self.recover(now);
         }
@@ -264,17 +268,11 @@ impl Writer {
     /// Records a failed commit: the database is poisoned if the error was an I/O one.
     fn note_fault(&mut self, err: &Error, now: Instant) {
         let full = io_fault(err) == Some(true);
-        if let Some(watch) = self
-            .shared
-            .space
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-        {
-            // `/healthz` should show the space the failure found, not wait for the next check.
+        // `/healthz` should show the space the failure found, not wait for the next check.
+        self.with_space_watch(|watch| {
             watch.due_now();
             watch.check_if_due(now);
-        }
+        });
         let poisoned = io_fault(err).is_some();
         let free_bytes = free_bytes(&self.shared);
         match self.fault.as_mut() {

@@ -15,26 +15,10 @@ else
   bin="$PWD/target/release/faasd"
 fi
 venv="$PWD/target/venv-client"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python
-export PATH="$venv/bin:$PATH"
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+scripts/python-venv.sh "$venv" ./python
 # The venv is first on PATH, so the server's pickle executors use its python3 and dill.
-"$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
-  "$@" >"$work/out" 2>"$work/log" &
-server_pid=$!
-for _ in $(seq 100); do grep -q '^faasd worker port' "$work/out" 2>/dev/null && break; sleep 0.05; done
-url="$(sed -n 's/^faasd listening on //p' "$work/out")"
-[ -n "$url" ] || { echo "server did not start:"; cat "$work/log"; exit 1; }
-echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d)"
-echo "server:  faasd serve $* (url $url)"
+export PATH="$venv/bin:$PATH"
+source scripts/bench-server.sh
 
 args="$(python3 - "$work/noop.pkl" <<'PY'
 import base64, sys, dill

@@ -11,28 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet
 bin="$PWD/target/release/faasd"
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # The warm runtimes' executors use a venv with dill (first on PATH), never the system python.
 venv="$PWD/target/bench-venv"
 scripts/python-venv.sh "$venv" dill
 export PATH="$venv/bin:$PATH"
-
-"$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 "$@" \
-  >"$work/out" 2>"$work/log" &
-server_pid=$!
-for _ in $(seq 100); do grep -q '^faasd worker port' "$work/out" 2>/dev/null && break; sleep 0.05; done
-url="$(sed -n 's/^faasd listening on //p' "$work/out")"
-[ -n "$url" ] || { echo "server did not start:"; cat "$work/log"; exit 1; }
-
-echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d)"
-echo "server:  faasd serve $* (url $url)"
+source scripts/bench-server.sh
 out="$("$bin" bench --url "$url" --tasks 10000 --connections 32 --sync-calls 1000)"
 echo "$out"
 

@@ -11,8 +11,8 @@ python3 scripts/check-layout.py
 venv="$PWD/target/test-venv"
 scripts/python-venv.sh "$venv" dill pytest requests ./python
 cargo test --locked --all-targets -- --test-threads 4
-# A short fault-injection run (3 rounds a case); scripts/chaos.py without --short is the full one.
-python3 scripts/chaos.py --bin target/debug/faasd --short
+# A short fault-injection run (3 rounds a case); scripts/chaos.sh without --short is the full one.
+scripts/chaos.sh --bin target/debug/faasd --short
 # The Python tests start target/debug/faasd, which cargo test has just built, with the venv first
 # on PATH (so its executors use the venv's python3 and dill): once with the default sandbox
 # (auto: every layer this machine allows), once with none (trusted code).

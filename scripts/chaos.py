@@ -17,16 +17,26 @@ Only the standard library is used. Exits 1 if any task was lost or wrong, or a c
 """
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
 
-from chaos_cases import kills
-
+# Each case is a function (binary, rounds, work directory) -> table row, in scripts/chaos_cases/.
 CASES = {
-    "server-kill": kills.case_server_kill,
-    "worker-faults": kills.case_worker_faults,
+    "server-kill": "kills:case_server_kill",
+    "worker-faults": "kills:case_worker_faults",
+    "disk-full": "disk:case_disk_full",
+    "slow-clients": "clients:case_slow_clients",
+    "backlog": "backlog:case_backlog",
+    "min-warm": "pools:case_min_warm",
+    "absurd-input": "inputs:case_absurd_input",
 }
+
+
+def load(name):
+    module, function = CASES[name].split(":")
+    return getattr(importlib.import_module(f"chaos_cases.{module}"), function)
 
 
 def main():
@@ -41,7 +51,7 @@ def main():
     for name in args.case or list(CASES):
         with tempfile.TemporaryDirectory(prefix="faasd-chaos-") as work:
             try:
-                row = CASES[name](os.path.abspath(args.bin), rounds, work)
+                row = load(name)(os.path.abspath(args.bin), rounds, work)
             except Exception as err:  # a case that could not run is a failure, said plainly
                 row = dict(load="-", faults=f"case failed: {err}", acked=0, lost=0,
                            duplicated=0, wrong=0, rss_kb=0)

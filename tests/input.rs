@@ -27,6 +27,8 @@ const ABSURD_REGISTRATIONS: &[(&str, &str)] = &[
         r#""runtime": "python", "idle_timeout": 18446744073709551616"#,
         "idle_timeout",
     ),
+    // A cold function does not use idle_timeout, but a value out of range is still refused.
+    (r#""idle_timeout": 1e300"#, "idle_timeout"),
     (r#""memory": 1e30"#, "memory"),
     (r#""memory": 18446744073709551616"#, "memory"),
     (r#""memory": "99999999999999GiB""#, "memory"),

@@ -411,8 +411,13 @@ fn move_entry_to_env(req: &mut RegisterRequest) -> Result<(), ApiError> {
 }
 
 /// The warm settings: `None` for a cold function; always warm for runtimes that need it;
-/// refused for `shell`.
+/// refused for `shell`. An `idle_timeout` out of range is refused even for a cold function,
+/// which does not use it.
 fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>, ApiError> {
+    let idle = match &req.idle_timeout {
+        Some(t) => t.duration("idle_timeout")?,
+        None => DEFAULT_IDLE_TIMEOUT,
+    };
     if !runtime.always_warm() && !req.warm {
         return Ok(None);
     }
@@ -421,10 +426,6 @@ fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>
             "shell functions cannot be warm (use exec with a program that speaks the warm frame protocol)",
         ));
     }
-    let idle = match &req.idle_timeout {
-        Some(t) => t.duration("idle_timeout")?,
-        None => DEFAULT_IDLE_TIMEOUT,
-    };
     Ok(Some(WarmSpec {
         min_warm: req.min_warm.unwrap_or(0),
         idle_timeout_ms: idle.as_millis() as u64,

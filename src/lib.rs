@@ -3,12 +3,13 @@
 //! # Layout
 //!
 //! Dependencies run one way, top to bottom:
-//! `main → cmd → {api, client, worker} → {broker, exec} → {store, sandbox} → proto`, with
+//! `main → cmd → {api, client, worker} → {auth, broker, exec} → {store, sandbox} → proto`, with
 //! [`units`] a leaf that any of them may use.
 //!
 //! - [`cmd`]: the command line, one file per subcommand, and the exit codes.
 //! - [`client`]: the HTTP client the CLI commands share, with a typed error.
 //! - [`api`]: the HTTP routes and their error mapping.
+//! - [`auth`]: users, roles, tokens and grants: who is calling and what they may do.
 //! - [`worker`]: the worker agent, the same in `serve` and in `faasd worker`.
 //! - [`broker`]: queues, placement, leases, retries, waiters, and the server side of worker
 //!   connections.
@@ -20,6 +21,7 @@
 //! - [`units`]: byte sizes, durations and timestamps, parsed and printed.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod cmd;

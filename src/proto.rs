@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -218,6 +218,11 @@ pub struct Outcome {
     pub cold_start: bool,
     /// The new executor's start-up and init time (the load phase), in microseconds.
     pub init_us: u64,
+    /// CPU time (user + system) of the call, in microseconds: the executor's whole for a cold
+    /// run, its increase over the call for a warm one.
+    pub cpu_us: u64,
+    /// The executor's peak resident memory, in bytes (for a warm executor, over its life).
+    pub peak_memory_bytes: u64,
 }
 
 /// A worker's report of a finished task.
@@ -480,6 +485,8 @@ mod tests {
             run_us: 300,
             cold_start: true,
             init_us: 5,
+            cpu_us: 6,
+            peak_memory_bytes: 7,
         }
     }
 
@@ -557,7 +564,7 @@ mod tests {
                 lease: 3,
                 outcome: outcome(),
             }),
-            "060503010200011201016d01 6f0165ac020105"
+            "060503010200011201016d01 6f0165ac0201050607"
                 .replace(' ', "")
                 .as_str(),
         );

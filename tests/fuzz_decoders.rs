@@ -143,7 +143,11 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
             failure,
             any::<Option<String>>(),
         ),
-        (any::<[u64; 4]>(), any::<[bool; 2]>(), any::<u64>()),
+        (
+            any::<[u64; 4]>(),
+            any::<[bool; 2]>(),
+            any::<(u64, u32, u64, u64)>(),
+        ),
     )
         .prop_map(|(a, b, c, d)| {
             let mut r = TaskRecord::queued(a.0, a.1, a.2, a.3);
@@ -152,7 +156,7 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
             (r.exit_code, r.signal, r.failure, r.message) = c;
             [r.payload_bytes, r.result_bytes, r.stderr_bytes, r.run_us] = d.0;
             [r.json, r.cold_start] = d.1;
-            r.init_us = d.2;
+            (r.init_us, r.caller, r.cpu_us, r.peak_memory_bytes) = d.2;
             r
         })
 }
@@ -166,7 +170,14 @@ fn function_record() -> impl Strategy<Value = FunctionRecord> {
             any::<Option<u32>>(),
             any::<u32>(),
         ),
-        (any::<u32>(), env(), any::<u64>(), warm(), isolation()),
+        (
+            any::<u32>(),
+            env(),
+            any::<u64>(),
+            warm(),
+            isolation(),
+            any::<u32>(),
+        ),
     )
         .prop_map(|(a, b, c)| FunctionRecord {
             name: a.0,
@@ -182,6 +193,7 @@ fn function_record() -> impl Strategy<Value = FunctionRecord> {
             created_ms: c.2,
             warm: c.3,
             isolation: c.4,
+            owner: c.5,
         })
 }
 

@@ -63,6 +63,14 @@ pub enum ErrorCode {
     Internal,
     /// The data directory is full: the write was not stored.
     InsufficientStorage,
+    /// The request carries no token, or one no user holds (401).
+    Unauthenticated,
+    /// The caller's role or grants do not allow the request (403).
+    Forbidden,
+    /// A user of that name already exists.
+    UserExists,
+    /// No user has that name.
+    UserNotFound,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -98,6 +106,20 @@ impl ApiError {
             extra: Map::new(),
             task_id: None,
         }
+    }
+
+    /// 401 `unauthenticated`: no token, or one no user holds.
+    pub fn unauthenticated(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            message,
+        )
+    }
+
+    /// 403 `forbidden`: the caller may not do this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     /// 400 `invalid_request`.

@@ -356,6 +356,8 @@ pub(crate) fn function_record(
             memory_bytes: req.memory.as_ref().map(SizeField::bytes).transpose()?,
             allow_net: req.allow_net,
         },
+        // Set by the caller's identity once the registration is accepted.
+        owner: 0,
     })
 }
 

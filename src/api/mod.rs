@@ -12,6 +12,7 @@
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
+mod access;
 mod batch;
 mod error;
 mod functions;
@@ -111,6 +112,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Multipart bodies honour this; plain bodies are read by `read_body` with the same cap.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(access::authenticate))
         // Outermost: a panic anywhere below is answered 500, not a dropped connection.
         .layer(axum::middleware::from_fn(panic::catch_panic))
         .with_state(state)

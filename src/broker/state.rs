@@ -784,6 +784,7 @@ mod tests {
                 created_ms: 0,
                 warm: None,
                 isolation: Isolation::default(),
+                owner: 0,
             });
             self.state.set_function(func.clone());
             func
@@ -862,6 +863,8 @@ mod tests {
                 run_us: 7,
                 cold_start: true,
                 init_us: 3,
+                cpu_us: 2,
+                peak_memory_bytes: 1 << 20,
             },
         }
     }

@@ -128,6 +128,8 @@ pub async fn run(call: Call<'_>) -> Outcome {
             run_us: started.elapsed().as_micros() as u64,
             cold_start: true,
             init_us: 0,
+            cpu_us: 0,
+            peak_memory_bytes: 0,
         },
     }
 }
@@ -306,6 +308,8 @@ fn judge(call: &Call<'_>, child: &process::Child, finished: Finished, run_us: u6
         run_us,
         cold_start: true,
         init_us: 0,
+        cpu_us: 0,
+        peak_memory_bytes: 0,
     }
 }
 

@@ -310,6 +310,8 @@ impl Pool {
                     run_us,
                     cold_start,
                     init_us,
+                    cpu_us: 0,
+                    peak_memory_bytes: 0,
                 }
             }
             Err(failure) => {
@@ -556,6 +558,8 @@ fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us:
         run_us,
         cold_start,
         init_us,
+        cpu_us: 0,
+        peak_memory_bytes: 0,
     }
 }
 

@@ -627,6 +627,7 @@ mod tests {
             created_ms: 5,
             warm: None,
             isolation: Isolation::default(),
+            owner: 0,
         }
     }
 

@@ -1,6 +1,10 @@
 //! The typed records kept in the store, encoded with postcard (fields are only appended).
+//!
+//! postcard does not frame a struct's fields, so a record written before a field was appended
+//! simply ends early. Each appended field is read with [`appended`], which gives the field its
+//! default when the record ends before it: stores written by earlier versions keep loading.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::proto::{CodeHash, FailureReason, Isolation, Runtime, WarmSpec};
 
@@ -33,6 +37,9 @@ pub struct FunctionRecord {
     pub warm: Option<WarmSpec>,
     /// Sandbox settings of its calls.
     pub isolation: Isolation,
+    /// The id of the user who registered it; 0 when no user did (protected mode).
+    #[serde(deserialize_with = "appended")]
+    pub owner: u32,
 }
 
 /// Where a task is in its life.
@@ -108,6 +115,17 @@ pub struct TaskRecord {
     pub cold_start: bool,
     /// That executor's start-up and init time in microseconds.
     pub init_us: u64,
+    /// The id of the user who made the call; 0 when no user did (protected mode, anonymous).
+    #[serde(deserialize_with = "appended")]
+    pub caller: u32,
+    /// The CPU time (user + system) of the finished run, in microseconds: the executor's for a
+    /// cold run, the executor's increase over the call for a warm one.
+    #[serde(deserialize_with = "appended")]
+    pub cpu_us: u64,
+    /// The peak resident memory of the finished run's executor, in bytes. For a warm executor it
+    /// is the executor's peak over its whole life, not only over this call.
+    #[serde(deserialize_with = "appended")]
+    pub peak_memory_bytes: u64,
 }
 
 impl TaskRecord {
@@ -135,8 +153,21 @@ impl TaskRecord {
             json: false,
             cold_start: false,
             init_us: 0,
+            caller: 0,
+            cpu_us: 0,
+            peak_memory_bytes: 0,
         }
     }
+}
+
+/// Reads a field appended to a record after its first release: the field's default when the
+/// record, written before it existed, ends here.
+fn appended<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(T::deserialize(deserializer).unwrap_or_default())
 }
 
 /// Encodes a record for the store.
@@ -177,14 +208,19 @@ mod tests {
                 memory_bytes: None,
                 allow_net: true,
             },
+            owner: 5,
         };
         let bytes = encode(&record).expect("encode");
-        // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created.
-        let expected = format!("0166020{}{}", "0", "07".repeat(32))
+        // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created,
+        // warm, isolation, then the appended owner.
+        let before_owner = format!("0166020{}{}", "0", "07".repeat(32))
             + "0ab0ea010104640301014101620101010200 01";
-        let expected = expected.replace(' ', "");
-        assert_eq!(hex(&bytes), expected);
+        let before_owner = before_owner.replace(' ', "");
+        assert_eq!(hex(&bytes), format!("{before_owner}05"));
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
+        // A record written before `owner` was appended still loads, owned by no user.
+        let old = decode::<FunctionRecord>(&bytes[..bytes.len() - 1]).expect("decode old");
+        assert_eq!(old, FunctionRecord { owner: 0, ..record });
     }
 
     #[test]
@@ -210,13 +246,23 @@ mod tests {
             json: true,
             cold_start: true,
             init_us: 9,
+            caller: 10,
+            cpu_us: 11,
+            peak_memory_bytes: 12,
         };
         let bytes = encode(&record).expect("encode");
-        assert_eq!(
-            hex(&bytes),
-            "010201660103030104000101010001000005060708010109"
-        );
+        let before_usage = "010201660103030104000101010001000005060708010109";
+        assert_eq!(hex(&bytes), format!("{before_usage}0a0b0c"));
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
+        // A record written before the caller and usage fields were appended still loads.
+        let old = decode::<TaskRecord>(&bytes[..bytes.len() - 3]).expect("decode old");
+        let zeroed = TaskRecord {
+            caller: 0,
+            cpu_us: 0,
+            peak_memory_bytes: 0,
+            ..record
+        };
+        assert_eq!(old, zeroed);
     }
 
     fn bare_task() -> TaskRecord {
@@ -241,6 +287,9 @@ mod tests {
             json: false,
             cold_start: false,
             init_us: 0,
+            caller: 0,
+            cpu_us: 0,
+            peak_memory_bytes: 0,
         }
     }
 
@@ -263,7 +312,7 @@ mod tests {
         let record = bare_task();
         let bytes = encode(&record).expect("encode");
         // id: u128::MAX as a 19-byte varint; seq 300 as ac02; then the name and zeros.
-        let expected = format!("{}03ac0202666e01{}", "ff".repeat(18), "00".repeat(16));
+        let expected = format!("{}03ac0202666e01{}", "ff".repeat(18), "00".repeat(19));
         assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
@@ -306,15 +355,17 @@ mod tests {
                 memory_bytes: Some(64 << 20),
                 allow_net: false,
             },
+            owner: 0,
         };
         let bytes = encode(&record).expect("encode");
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
     }
 
     #[test]
-    fn a_truncated_record_does_not_decode() {
+    fn a_record_cut_before_its_appended_fields_does_not_decode() {
         let bytes = encode(&bare_task()).expect("encode");
-        assert!(decode::<TaskRecord>(&bytes[..bytes.len() - 1]).is_err());
+        // The last field of the first release is `init_us`, three bytes from the end.
+        assert!(decode::<TaskRecord>(&bytes[..bytes.len() - 4]).is_err());
     }
 
     #[test]

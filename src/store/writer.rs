@@ -573,6 +573,7 @@ mod tests {
             created_ms: 0,
             warm: None,
             isolation: Isolation::default(),
+            owner: 0,
         }
     }
 

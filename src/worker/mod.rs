@@ -570,6 +570,8 @@ fn not_started(why: NotStarted) -> Outcome {
         run_us: 0,
         cold_start: !why.waited.is_zero(),
         init_us: why.waited.as_micros() as u64,
+        cpu_us: 0,
+        peak_memory_bytes: 0,
     }
 }
 

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -104,6 +105,10 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
+    // Unknown only if the socket has already failed; the request then reads as not local.
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -111,6 +116,7 @@ async fn serve_connection(
     let service = Api {
         router: TowerToHyperService::new(app),
         activity: activity.clone(),
+        peer,
     };
     // The header timeout is enforced here rather than by hyper, whose header timer also runs
     // while a kept-alive connection waits for its next request.
@@ -305,6 +311,8 @@ impl AsyncWrite for Watched {
 struct Api {
     router: TowerToHyperService<Router>,
     activity: Arc<Activity>,
+    /// The client's address, given to every request as `ConnectInfo`.
+    peer: SocketAddr,
 }
 
 /// The future of one call of [`Api`].
@@ -316,7 +324,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Api {
     type Error = Infallible;
     type Future = ApiFuture;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let open = OpenRequest::start(self.activity.clone());
         let response = self.router.call(request);
         Box::pin(async move {

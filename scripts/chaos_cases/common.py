@@ -39,20 +39,25 @@ def http(method, url, body=None, timeout=10, headers=None):
 
 
 class Server:
-    """One `faasd serve` process on `data`, restartable on the same data directory."""
+    """One `faasd serve` process on `data`, restartable on the same data directory.
 
-    def __init__(self, binary, data, args):
+    `preexec_fn` runs in the child before the server starts (to join a cgroup, say); `ready_s`
+    is how long the last start took until the server listened."""
+
+    def __init__(self, binary, data, args, preexec_fn=None):
         self.binary, self.data, self.args = binary, data, args
         self.proc, self.url, self.worker_addr = None, None, None
         self.max_rss_kb = 0
+        self.preexec_fn, self.ready_s = preexec_fn, None
 
     def start(self):
+        started = time.monotonic()
         cmd = [self.binary, "serve", "--data", self.data, "--listen", "127.0.0.1:0"] + self.args
         if "--worker-listen" not in self.args:
             cmd += ["--worker-listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, RUST_LOG="error"),
+            env=dict(os.environ, RUST_LOG="error"), preexec_fn=self.preexec_fn,
         )
         for line in self.proc.stdout:
             if line.startswith("faasd listening on "):
@@ -63,6 +68,7 @@ class Server:
                 break
         if not self.url:
             raise RuntimeError("faasd serve did not start")
+        self.ready_s = time.monotonic() - started
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
     def sample_rss(self):

@@ -79,6 +79,25 @@ def hwm_kb(proc):
     return 0
 
 
+def last_error(log):
+    """The last line the server wrote to its log."""
+    with open(log, errors="replace") as f:
+        lines = f.read().strip().splitlines()
+    return lines[-1][-300:] if lines else "(nothing logged)"
+
+
+def restart(server, log, failures, attempts=5):
+    """Starts the server again; a start that fails is a failure of the case, and is retried."""
+    for _ in range(attempts):
+        try:
+            server.start()
+            return
+        except RuntimeError as err:
+            failures.append(f"restart failed: {err}: {last_error(log)}")
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not restart in {attempts} attempts: {last_error(log)}")
+
+
 def queue_backlog(url, ledger, tasks, submitters=2):
     """Submits `tasks` async calls of `digest`, each with its own random 1 MiB payload."""
     counter = iter(range(tasks))
@@ -117,9 +136,12 @@ def queue_backlog(url, ledger, tasks, submitters=2):
 def case_backlog(binary, rounds, work):
     """A backlog of 1 MiB payloads over 1 GiB queued with no workers; the server killed with -9 and
     restarted inside a 1 GiB memory cgroup `rounds` times while local workers drain it."""
-    tasks = 1500 if rounds >= 20 else 50 * rounds
-    runs = os.path.join(work, "runs")
-    server = Server(binary, os.path.join(work, "data"), ["--local-workers", "0", "--sandbox", "none"])
+    # The short run (the test command's debug build, where a restart after kill -9 checks the whole
+    # store at about 0.25 s per queued MiB) keeps a small backlog.
+    tasks = 1500 if rounds >= 20 else 24
+    runs, log = os.path.join(work, "runs"), os.path.join(work, "server.log")
+    server = Server(binary, os.path.join(work, "data"), ["--local-workers", "0", "--sandbox", "none"],
+                    log=log)
     server.start()
     register(server.url, "digest", DIGEST, runs, queue_limit=tasks)
     ledger = Ledger()
@@ -136,20 +158,22 @@ def case_backlog(binary, rounds, work):
     server.args = ["--local-workers", "2", "--sandbox", "none"]
     try:
         for r in range(rounds + 1):
-            server.start()
+            restart(server, log, failures)
             ready_s.append(server.ready_s)
             if r == rounds:
                 break
             time.sleep(random.uniform(0.3, 1.0))
             restart_hwm_kb = max(restart_hwm_kb, hwm_kb(server.proc))
             if server.proc.poll() is not None:
-                failures.append(f"server exited with {server.proc.returncode} before its kill")
-                server.start()
+                failures.append(f"server exited with {server.proc.returncode} before its kill: "
+                                f"{last_error(log)}")
+                restart(server, log, failures)
             server.kill()
         lost, dup, wrong = verify(server.url, ledger, runs)
         restart_hwm_kb = max(restart_hwm_kb, hwm_kb(server.proc))
         if server.proc.poll() is not None:
-            failures.append(f"server exited with {server.proc.returncode} while draining")
+            failures.append(f"server exited with {server.proc.returncode} while draining: "
+                            f"{last_error(log)}")
         server.sample_rss()
         server.stop()
         if server.proc.returncode not in (0, -signal.SIGTERM):

@@ -1,6 +1,7 @@
 """The backlog case: more queued payload than the server's memory limit, then kill -9 and restarts
 under that limit while the backlog drains."""
 
+import collections
 import hashlib
 import json
 import os
@@ -147,6 +148,7 @@ def case_backlog(binary, rounds, work):
     ledger = Ledger()
     queue_backlog(server.url, ledger, tasks)
     server.kill()
+    store_bytes = os.stat(os.path.join(server.data, "faasd.redb")).st_blocks * 512
 
     try:
         cgroup = MemoryCgroup(LIMIT_BYTES)
@@ -190,6 +192,7 @@ def case_backlog(binary, rounds, work):
         if cgroup:
             cgroup.remove()
     faults = (f"{rounds} kill -9 + restart while draining; {limit_note}; "
+              f"store {store_bytes / 2**30:.2f} GiB on disk; "
               f"restart RSS max {restart_hwm_kb / 1024:.0f} MiB; "
               f"ready after kill in max {max(ready_s):.2f} s")
     row = dict(load=f"{tasks} x 1 MiB async ({tasks / 1024:.2f} GiB) queued with no workers, "
@@ -197,5 +200,6 @@ def case_backlog(binary, rounds, work):
                faults=faults, acked=len(ledger.acked), lost=lost, duplicated=dup, wrong=wrong,
                rss_kb=server.max_rss_kb)
     if failures:
-        row["failed"] = "; ".join(failures)
+        counted = collections.Counter(failures)
+        row["failed"] = "; ".join(f"{f} (x{n})" if n > 1 else f for f, n in counted.items())
     return row

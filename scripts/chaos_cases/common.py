@@ -39,21 +39,33 @@ def http(method, url, body=None, timeout=10, headers=None):
 
 
 class Server:
-    """One `faasd serve` process on `data`, restartable on the same data directory."""
+    """One `faasd serve` process on `data`, restartable on the same data directory.
 
-    def __init__(self, binary, data, args):
+    `preexec_fn` runs in the child before the server starts (to join a cgroup, say); `log`, a
+    file its errors are appended to (default: dropped); `ready_s` is how long the last start took
+    until the server listened."""
+
+    def __init__(self, binary, data, args, preexec_fn=None, log=None):
         self.binary, self.data, self.args = binary, data, args
         self.proc, self.url, self.worker_addr = None, None, None
         self.max_rss_kb = 0
+        self.preexec_fn, self.log, self.ready_s = preexec_fn, log, None
 
     def start(self):
+        started = time.monotonic()
+        self.url = self.worker_addr = None  # not the last start's: a failed start must show
         cmd = [self.binary, "serve", "--data", self.data, "--listen", "127.0.0.1:0"] + self.args
         if "--worker-listen" not in self.args:
             cmd += ["--worker-listen", "127.0.0.1:0"]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, RUST_LOG="error"),
-        )
+        stderr = open(self.log, "a") if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                env=dict(os.environ, RUST_LOG="error"), preexec_fn=self.preexec_fn,
+            )
+        finally:
+            if self.log:
+                stderr.close()
         for line in self.proc.stdout:
             if line.startswith("faasd listening on "):
                 self.url = line.split()[-1]
@@ -62,7 +74,8 @@ class Server:
             if self.url and self.worker_addr:
                 break
         if not self.url:
-            raise RuntimeError("faasd serve did not start")
+            raise RuntimeError(f"faasd serve did not start (exit status {self.proc.wait()})")
+        self.ready_s = time.monotonic() - started
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
     def sample_rss(self):

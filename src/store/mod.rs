@@ -244,6 +244,30 @@ fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
     Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
+/// How long start-up waits for the database file's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the database as [`open_database`] does, waiting up to [`LOCK_WAIT`] while another
+/// process holds its lock. After a `kill -9` of the server, a child it was starting (forked,
+/// not yet exec'd) can hold the file open for a moment; a second server on the same data
+/// directory holds it for good, and is reported once the wait is over.
+fn open_database_waiting(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let until = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match open_database(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < until => {
+                if !logged {
+                    tracing::warn!(path = %path.display(), "the store is locked by another process; waiting for it");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `data_dir` and starts its writer thread.
     pub fn open(data_dir: &Path) -> Result<Store, Error> {
@@ -252,7 +276,7 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = open_database(&path).map_err(|source| Error::Open {
+        let db = open_database_waiting(&path).map_err(|source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
         })?;
@@ -611,6 +635,23 @@ mod tests {
     use super::*;
 
     use crate::proto::{Isolation, Runtime};
+
+    #[test]
+    fn opening_waits_while_another_process_briefly_holds_the_lock() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join(DB_FILE);
+        let holder = open_database(&path).expect("first open");
+        assert!(matches!(
+            open_database(&path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(holder);
+        });
+        open_database_waiting(&path).expect("opened once the holder let go");
+        release.join().expect("holder thread");
+    }
 
     fn function(name: &str) -> FunctionRecord {
         FunctionRecord {

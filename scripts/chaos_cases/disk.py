@@ -157,7 +157,9 @@ def mount_tmpfs(path):
                              capture_output=True, text=True)
     except OSError as err:
         return str(err)
-    return None if out.returncode == 0 else (out.stderr.strip() or f"mount exited {out.returncode}")
+    if out.returncode == 0:
+        return None
+    return (out.stderr.strip().splitlines() or [f"mount exited {out.returncode}"])[0]
 
 
 def case_disk_full(binary, rounds, work):

@@ -1,7 +1,8 @@
 //! Slow and idle clients are cut: half-sent HTTP requests are closed by the header timeout while
 //! normal requests keep answering, connections past `--max-connections` are closed with a log
 //! line, a worker-port connection announcing a huge frame before its handshake is closed
-//! without growing the server's memory, and the server raises its open-files soft limit.
+//! without growing the server's memory, a burst of connections waits in the listen backlog
+//! rather than being dropped, and the server raises its open-files soft limit.
 
 mod common;
 
@@ -271,6 +272,36 @@ async fn a_huge_frame_before_the_handshake_is_refused_without_growing_memory() {
         "{}",
         server.log()
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_connections_waits_in_the_backlog_while_the_server_is_not_accepting() {
+    const BURST: usize = 600;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("read somaxconn")
+        .trim()
+        .parse()
+        .expect("somaxconn is a number");
+    if somaxconn < BURST {
+        eprintln!("SKIPPED: net.core.somaxconn is {somaxconn}, under the burst of {BURST}");
+        return;
+    }
+    allow_open_files(BURST as u64 + 100);
+    let server = LoggedServer::start(&["--header-timeout", "60s"]);
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    // Frozen, the server accepts nothing: only the kernel's backlog holds the burst.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let burst =
+        futures_util::future::join_all((0..BURST).map(|_| TcpStream::connect(&server.http)));
+    let connected = tokio::time::timeout(Duration::from_secs(10), burst).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let connected = connected.expect("every connection of the burst was taken into the backlog");
+    assert!(connected.iter().all(Result::is_ok));
+    let status = tokio::time::timeout(Duration::from_secs(10), healthz(&server.http))
+        .await
+        .expect("a request answers once the server runs again")
+        .expect("the request completes");
+    assert_eq!(status, "HTTP/1.1 200 OK");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -185,10 +185,10 @@ struct Addrs {
 impl Listeners {
     /// Binds `--listen` and `--worker-listen`.
     async fn bind(args: &ServeArgs) -> anyhow::Result<Listeners> {
-        let http = TcpListener::bind(&args.listen)
+        let http = listen(&args.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", args.listen))?;
-        let workers = TcpListener::bind(&args.worker_listen)
+        let workers = listen(&args.worker_listen)
             .await
             .with_context(|| format!("cannot listen for workers on {}", args.worker_listen))?;
         let addrs = Addrs {
@@ -203,6 +203,39 @@ impl Listeners {
             addrs,
         })
     }
+}
+
+/// The listen backlog of both listeners: connections the kernel completes while the accept loop
+/// has not taken them yet, as in a burst of new clients. With the usual 128, the kernel drops
+/// the handshakes of a burst past it, and each dropped client waits a second or more for its
+/// retry. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` (`host:port`, the host maybe a name) with [`LISTEN_BACKLOG`],
+/// trying each address the name resolves to.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut failed = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(err) => failed = Some(err),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
 }
 
 /// The tokens that stop the server in two stages: HTTP first, then the worker sessions.

@@ -31,6 +31,9 @@ pub enum Error {
         /// The URL as given.
         url: String,
     },
+    /// The token cannot be sent in a header (it holds a control character or a line break).
+    #[error("the token is not valid: it must be printable text without line breaks")]
+    InvalidToken,
     /// A request for `path` could not be built.
     #[error("cannot build request for {path}: {cause}")]
     BuildRequest {
@@ -121,9 +124,16 @@ impl Answer {
                     String::from_utf8_lossy(&self.body).trim()
                 )
             });
+        let code = self.error_code();
+        // Say which of the two access refusals it was, whatever the server's wording.
+        let message = match self.status {
+            StatusCode::UNAUTHORIZED => format!("unauthenticated: {message}"),
+            StatusCode::FORBIDDEN => format!("forbidden: {message}"),
+            _ => message,
+        };
         Error::Answered {
             status: self.status,
-            code: self.error_code(),
+            code,
             message,
         }
     }
@@ -134,6 +144,8 @@ impl Answer {
 pub struct Client {
     base: String,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// The `Authorization` header value sent with every request, if a token was given.
+    authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl Client {
@@ -154,7 +166,21 @@ impl Client {
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
             .build(connector);
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            authorization: None,
+        })
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(mut self, token: &str) -> Result<Client, Error> {
+        let value = format!("Bearer {}", token.trim());
+        let mut value =
+            hyper::header::HeaderValue::from_str(&value).map_err(|_| Error::InvalidToken)?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// Sends a request and reads the whole answer.
@@ -170,6 +196,9 @@ impl Client {
             .uri(format!("{}{path}", self.base));
         if let Some(ct) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        if let Some(auth) = &self.authorization {
+            builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
         }
         let request = builder
             .body(Full::new(body))

@@ -47,7 +47,7 @@ pub struct BenchArgs {
 
 /// Runs `faasd bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     register_function(&client, &args).await?;
     let label = if args.label.is_empty() {
         String::new()

@@ -18,6 +18,9 @@ pub const SERVER: u8 = 3;
 pub const NOT_FOUND: u8 = 4;
 /// The task has not finished yet (`faasd result`, `faasd logs`).
 pub const NOT_FINISHED: u8 = 5;
+/// No token or an unknown one (401 `unauthenticated`), or a right the caller lacks (403
+/// `forbidden`); the message says which.
+pub const ACCESS: u8 = 6;
 
 /// An error that carries its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,7 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
 pub fn of_client(err: &client::Error) -> u8 {
     match err {
         client::Error::InvalidUrl { .. }
+        | client::Error::InvalidToken
         | client::Error::UrlNotHttp { .. }
         | client::Error::BuildRequest { .. } => USAGE,
         client::Error::Unreachable { .. }
@@ -64,10 +68,11 @@ pub fn of_client(err: &client::Error) -> u8 {
 }
 
 /// The exit code of an error answer: a failed task is [`FAILURE`], an unfinished one
-/// [`NOT_FINISHED`]; otherwise 404 is [`NOT_FOUND`], another 4xx but 429 is [`USAGE`], and
-/// the rest is [`SERVER`].
+/// [`NOT_FINISHED`]; otherwise 401 and 403 are [`ACCESS`], 404 is [`NOT_FOUND`], another 4xx
+/// but 429 is [`USAGE`], and the rest is [`SERVER`].
 pub fn of_answer(status: StatusCode, code: Option<&ErrorCode>) -> u8 {
     match (status, code) {
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => ACCESS,
         (
             _,
             Some(
@@ -97,6 +102,15 @@ mod tests {
             code,
             message: "message".into(),
         }
+    }
+
+    #[test]
+    fn refused_access_exits_6() {
+        let unknown = answered(StatusCode::UNAUTHORIZED, Some(ErrorCode::Unauthenticated));
+        let lacking = answered(StatusCode::FORBIDDEN, Some(ErrorCode::Forbidden));
+        assert_eq!((of_client(&unknown), of_client(&lacking)), (ACCESS, ACCESS));
+        // A 403 from a proxy in front of the server, without our error body, too.
+        assert_eq!(of_answer(StatusCode::FORBIDDEN, None), ACCESS);
     }
 
     #[test]
@@ -154,7 +168,7 @@ mod tests {
                 Some(ErrorCode::MissingField),
             ),
             (
-                StatusCode::FORBIDDEN,
+                StatusCode::CONFLICT,
                 Some(ErrorCode::Other("new_code".into())),
             ),
         ];

@@ -6,7 +6,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::{ClientArgs, exit};
-use crate::client::{Client, segment};
+use crate::client::segment;
 
 /// Invoke a function.
 #[derive(Debug, clap::Args)]
@@ -50,7 +50,7 @@ pub fn payload(data: Option<&str>) -> anyhow::Result<Bytes> {
 /// Runs `faasd invoke`.
 pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
     let body = payload(args.data.as_deref())?;
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     let path = format!(
         "/v1/functions/{}/invoke{}",
         segment(&args.name),

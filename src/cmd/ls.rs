@@ -1,7 +1,6 @@
 //! `faasd ls`: list the registered functions.
 
 use super::{ClientArgs, exit};
-use crate::client::Client;
 
 /// List functions.
 #[derive(Debug, clap::Args)]
@@ -15,7 +14,7 @@ pub struct LsArgs {
 
 /// Runs `faasd ls`.
 pub async fn run(args: LsArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     let answer = client.get("/v1/functions").await?.ok()?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&answer.body));

@@ -36,12 +36,27 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The server address the client commands talk to.
+/// The server address the client commands talk to, and who they are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The server's URL.
     #[arg(long, env = "FAASD_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// The token that identifies you to the server (`faasd user add` prints one); sent as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "FAASD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// A client for the server at `--url`, sending `--token` if one was given.
+    pub fn connect(&self) -> Result<crate::client::Client, crate::client::Error> {
+        let client = crate::client::Client::new(&self.url)?;
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => Ok(client),
+        }
+    }
 }
 
 /// How workers run executors (on `serve` for its local workers, and on `worker`).

@@ -7,7 +7,6 @@ use anyhow::Context;
 use base64::Engine;
 
 use super::{ClientArgs, exit};
-use crate::client::Client;
 
 /// Register (or update) a function.
 #[derive(Debug, clap::Args)]
@@ -78,7 +77,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         // name a single-file function has.
         body["entry"] = SINGLE_MODULE.into();
     }
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     let answer = client
         .post(
             "/v1/functions",

@@ -1,7 +1,7 @@
 //! `faasd rm NAME`: remove a function.
 
 use super::{ClientArgs, exit};
-use crate::client::{Client, segment};
+use crate::client::segment;
 
 /// Remove a function (queued tasks still run on the version they pin).
 #[derive(Debug, clap::Args)]
@@ -14,7 +14,7 @@ pub struct RmArgs {
 
 /// Runs `faasd rm`.
 pub async fn run(args: RmArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     client
         .delete(&format!("/v1/functions/{}", segment(&args.name)))
         .await?

@@ -66,7 +66,7 @@ async fn fetch_status(client: &Client, id: &str, wait: bool) -> anyhow::Result<s
 
 /// Runs `faasd status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     let task = fetch_status(&client, &args.id, args.wait).await?;
     if args.json {
         println!("{task}");
@@ -116,8 +116,13 @@ fn print_task(t: &serde_json::Value) {
     }
 }
 
-async fn fetch_bytes(url: &str, id: &str, wait: bool, what: &str) -> anyhow::Result<u8> {
-    let client = Client::new(url)?;
+async fn fetch_bytes(
+    client: &super::ClientArgs,
+    id: &str,
+    wait: bool,
+    what: &str,
+) -> anyhow::Result<u8> {
+    let client = client.connect()?;
     if wait {
         fetch_status(&client, id, true).await?;
     }
@@ -133,10 +138,10 @@ async fn fetch_bytes(url: &str, id: &str, wait: bool, what: &str) -> anyhow::Res
 
 /// Runs `faasd result`.
 pub async fn result(args: ResultArgs) -> anyhow::Result<u8> {
-    fetch_bytes(&args.client.url, &args.id, args.wait, "result").await
+    fetch_bytes(&args.client, &args.id, args.wait, "result").await
 }
 
 /// Runs `faasd logs`.
 pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
-    fetch_bytes(&args.client.url, &args.id, args.wait, "logs").await
+    fetch_bytes(&args.client, &args.id, args.wait, "logs").await
 }

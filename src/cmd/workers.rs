@@ -1,7 +1,6 @@
 //! `faasd workers`: list the workers connected to a server.
 
 use super::{ClientArgs, exit};
-use crate::client::Client;
 
 /// List workers.
 #[derive(Debug, clap::Args)]
@@ -15,7 +14,7 @@ pub struct WorkersArgs {
 
 /// Runs `faasd workers`.
 pub async fn run(args: WorkersArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&args.client.url)?;
+    let client = args.client.connect()?;
     let answer = client.get("/v1/workers").await?.ok()?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&answer.body));

@@ -5,12 +5,17 @@
     scripts/backlog-memory.py queue   --tasks 100000 --payload-bytes 1
     scripts/backlog-memory.py drain   --tasks 200000 --payload-bytes 1
     scripts/backlog-memory.py restart --tasks 300 --payload-bytes 1048576
+    scripts/backlog-memory.py crash-restart --tasks 1000 --payload-bytes 1048576 [--quick-repair]
 
 `queue` starts a server with no workers (`--local-workers 0`, so every task stays queued),
 submits the tasks through the batch route and prints the RSS before and after, per queued task.
 `drain` does the same with local workers and prints the RSS at the peak and once the queue has
 drained. `restart` queues the tasks, kills the server with SIGKILL, starts it again on the same
-data directory and prints how long it took to come back and its RSS then.
+data directory and prints how long it took to come back and its RSS then. `crash-restart` runs
+the tasks of a function that answers its payload to their end (a store as large as the results,
+with nothing pending), kills the server with SIGKILL while
+idle, and prints how long the restart took: the cost of a crash by the store's size
+(`--quick-repair` passes that flag to every server).
 """
 
 import argparse
@@ -39,11 +44,11 @@ def rss_kib(pid):
 class Server:
     """A `faasd serve` process on free ports over `data`."""
 
-    def __init__(self, binary, data, local_workers):
+    def __init__(self, binary, data, local_workers, extra=()):
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [binary, "serve", "--data", data, "--listen", "127.0.0.1:0",
-             "--worker-listen", "127.0.0.1:0", "--local-workers", str(local_workers)],
+             "--worker-listen", "127.0.0.1:0", "--local-workers", str(local_workers), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if line.startswith("faasd listening on "):
@@ -68,8 +73,7 @@ class Server:
         self.proc.wait()
 
 
-def register(server, tasks):
-    code = "cat >/dev/null\n"
+def register(server, tasks, code="cat >/dev/null\n"):
     server.call("POST", "/v1/functions", json.dumps({
         "name": "sink", "runtime": "shell", "code": base64.b64encode(code.encode()).decode(),
         "queue_limit": max(tasks, 1), "timeout": 60,
@@ -144,21 +148,48 @@ def restart(args, data):
     again.kill()
 
 
+def crash_restart(args, data):
+    extra = ["--sandbox", "none"] + (["--quick-repair"] if args.quick_repair else [])
+    server = Server(args.binary, data, args.workers, extra)
+    register(server, args.tasks, "cat\n")  # results as large as the payloads stay in the store
+    submit(server, args.tasks, args.payload_bytes)
+    while True:
+        counts = server.call("GET", "/healthz")
+        if counts.get("queued", 1) == 0 and counts.get("running", 1) == 0:
+            break
+        time.sleep(0.5)
+    server.kill()
+    size = os.path.getsize(os.path.join(data, "faasd.redb"))
+    again = Server(args.binary, data, 0, extra)
+    print(f"quick_repair={args.quick_repair} tasks={args.tasks} store_bytes={size} "
+          f"restart_after_kill_s={again.ready_after:.2f} rss_kib={again.rss()}")
+    again.proc.send_signal(signal.SIGTERM)
+    again.proc.wait()
+    clean = Server(args.binary, data, 0, extra)
+    print(f"restart_after_clean_stop_s={clean.ready_after:.2f}")
+    clean.kill()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("case", choices=["queue", "drain", "restart"])
+    parser.add_argument("case", choices=["queue", "drain", "restart", "crash-restart"])
     parser.add_argument("--binary", default=str(ROOT / "target/release/faasd"))
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--payload-bytes", type=int, default=1)
     parser.add_argument("--single", action="store_true",
                         help="one async invoke per task instead of batches (queue)")
-    parser.add_argument("--workers", type=int, default=2, help="local worker slots (drain)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="local worker slots (drain, crash-restart)")
+    parser.add_argument("--quick-repair", action="store_true",
+                        help="serve --quick-repair (crash-restart)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="faasd-backlog-") as data:
         if args.case == "queue":
             queue(args, data).kill()
         elif args.case == "drain":
             drain(args, data)
+        elif args.case == "crash-restart":
+            crash_restart(args, data)
         else:
             restart(args, data)
 

@@ -168,6 +168,9 @@ struct Shared {
     full: AtomicBool,
     /// The free-space watch, once `serve` set one.
     space: Mutex<Option<space::Watch>>,
+    /// Commits record the allocator state (redb's quick-repair), so a restart after a crash
+    /// need not walk the whole file.
+    quick_repair: AtomicBool,
 }
 
 /// How long a reopen waits for the reads in flight on the old database to finish.
@@ -181,6 +184,7 @@ impl Shared {
             db: RwLock::new(Some(Arc::new(database))),
             full: AtomicBool::new(false),
             space: Mutex::new(None),
+            quick_repair: AtomicBool::new(false),
         }
     }
 
@@ -319,6 +323,16 @@ impl Store {
         // Wakes the writer so it plans its next measurement.
         let _ = self.inner.ops.send(Op::Wake);
         first
+    }
+
+    /// Makes every commit from now on record redb's allocator state, with a two-phase commit
+    /// (two fsyncs instead of one), so that a restart after a crash is quick whatever the
+    /// store's size; without it, that restart verifies the whole file.
+    pub fn set_quick_repair(&self, enabled: bool) {
+        self.inner
+            .shared
+            .quick_repair
+            .store(enabled, Ordering::Release);
     }
 
     /// The last free-space measurement (`None` before [`Store::watch_free_space`]).

@@ -13,6 +13,7 @@
 //! at once and new writes nobody waits on join the held ones, so they land in order.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -353,10 +354,11 @@ impl Writer {
     /// Applies writes in one transaction, logging a failure and the time taken.
     fn apply_logged(&self, batch: &[Queued], durable: bool) -> Result<Vec<u32>, Error> {
         let started = Instant::now();
+        let quick_repair = self.shared.quick_repair.load(Ordering::Acquire);
         let result = self
             .shared
             .database()
-            .and_then(|database| apply(&database, batch, durable));
+            .and_then(|database| apply(&database, batch, durable, quick_repair));
         if let Err(err) = &result {
             tracing::error!(error = %err, writes = batch.len(), "store commit failed");
         }
@@ -398,8 +400,14 @@ fn io_fault(err: &Error) -> Option<bool> {
     }
 }
 
-fn apply(database: &Database, batch: &[Queued], durable: bool) -> Result<Vec<u32>, Error> {
+fn apply(
+    database: &Database,
+    batch: &[Queued],
+    durable: bool,
+    quick_repair: bool,
+) -> Result<Vec<u32>, Error> {
     let mut txn = database.begin_write().map_err(db("begin write"))?;
+    txn.set_quick_repair(quick_repair);
     // A batch nobody waits on (state changes such as RUNNING) skips the fsync: the next
     // durable commit persists it along with its own writes, and recovery treats a RUNNING task
     // like a QUEUED one, so losing such a batch in a crash loses nothing acknowledged.
@@ -632,7 +640,7 @@ mod tests {
                 code: Bytes::from_static(b"code"),
             },
         ]);
-        assert_eq!(apply(&database, &writes, false).expect("apply"), [1, 2, 1]);
+        assert_eq!(apply(&database, &writes, false, false).expect("apply"), [1, 2, 1]);
         let txn = database.begin_read().expect("read");
         let heads = txn.open_table(HEADS).expect("heads");
         assert_eq!(heads.get("f").expect("get").map(|v| v.value()), Some(2));
@@ -661,7 +669,7 @@ mod tests {
             // A stale RUNNING update behind the end must not overwrite it.
             Write::Update { record: running },
         ]);
-        apply(&database, &writes, false).expect("apply");
+        apply(&database, &writes, false, false).expect("apply");
         assert_eq!(stored_task(&database, 1), Some(end));
         assert!(!has(&database, PAYLOADS, 1));
         assert!(has(&database, RESULTS, 1) && has(&database, LOGS, 1));
@@ -690,7 +698,7 @@ mod tests {
                 logs: Bytes::new(),
             },
         ]);
-        apply(&database, &writes, false).expect("apply");
+        apply(&database, &writes, false, false).expect("apply");
         assert_eq!(stored_task(&database, 2), Some(running));
         assert!(has(&database, PAYLOADS, 2));
         assert_eq!(pending_count(&database), 1);

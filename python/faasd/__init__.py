@@ -13,10 +13,12 @@ from .client import Client
 from .errors import (
     ApiError,
     Error,
+    Forbidden,
     PicklingError,
     RemoteTraceback,
     ServerUnreachable,
     TaskFailed,
+    Unauthenticated,
     UnpicklingError,
     WaitTimeout,
 )
@@ -27,10 +29,12 @@ __all__ = [
     "Client",
     "Error",
     "Executor",
+    "Forbidden",
     "PicklingError",
     "RemoteTraceback",
     "ServerUnreachable",
     "TaskFailed",
+    "Unauthenticated",
     "UnpicklingError",
     "WaitTimeout",
 ]

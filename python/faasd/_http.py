@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import requests
 
-from .errors import ApiError, ServerUnreachable, TaskFailed
+from .errors import ApiError, Forbidden, ServerUnreachable, TaskFailed, Unauthenticated
 
 # Error codes the server gives a task that FAILED (see the README's HTTP API).
 TASK_FAILURE_CODES = {"function_failed", "function_timeout", "worker_lost", "output_too_large", "executor_failed"}
@@ -19,9 +19,10 @@ CONNECT_TIMEOUT = 10.0
 class Transport:
     """Sends requests to one server, from any thread, each thread over its own session."""
 
-    def __init__(self, url: str, token: Optional[str], timeout: float) -> None:
+    def __init__(self, url: str, token: Optional[str], timeout: float, cacert: Optional[str] = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._cacert = cacert
         self._headers = {"Authorization": "Bearer " + token} if token else {}
         self._local = threading.local()
         self._sessions: List[requests.Session] = []
@@ -33,6 +34,8 @@ class Transport:
         if session is None:
             session = requests.Session()
             session.headers.update(self._headers)
+            if self._cacert:
+                session.verify = self._cacert
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -78,4 +81,8 @@ def error_for(response: requests.Response) -> Exception:
     message = str(body.get("error", response.reason or ""))
     if code in TASK_FAILURE_CODES and body.get("task_id"):
         return TaskFailed(str(body["task_id"]), body.get("reason"), message, body.get("stderr_tail") or "")
+    if response.status_code == 401:
+        return Unauthenticated(response.status_code, code, message, body)
+    if response.status_code == 403:
+        return Forbidden(response.status_code, code, message, body)
     return ApiError(response.status_code, code, message, body)

@@ -32,8 +32,10 @@ class Client:
     """A connection to one faasd server.
 
     `url` defaults to `$FAASD_URL`, then `http://127.0.0.1:8000`; `token`, to `$FAASD_TOKEN`,
-    is sent as `Authorization: Bearer TOKEN`. `timeout` is how long a request waits for its
-    answer (a synchronous `invoke` waits as long as the call takes). Thread-safe.
+    is sent as `Authorization: Bearer TOKEN` (a 401 raises `Unauthenticated`, a 403 `Forbidden`).
+    For an `https://` server, `cacert` (default `$FAASD_CACERT`) is a PEM file of the
+    certificate authority to trust instead of the system's. `timeout` is how long a request waits
+    for its answer (a synchronous `invoke` waits as long as the call takes). Thread-safe.
 
     >>> with faasd.Client() as client:
     ...     name = client.register(lambda x: x + 1)
@@ -41,10 +43,18 @@ class Client:
     42
     """
 
-    def __init__(self, url: Optional[str] = None, token: Optional[str] = None, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 60.0,
+        cacert: Optional[str] = None,
+    ) -> None:
         url = url or os.environ.get("FAASD_URL") or DEFAULT_URL
         token = token if token is not None else os.environ.get("FAASD_TOKEN") or None
-        self._http = Transport(url, token, timeout)
+        cacert = cacert or os.environ.get("FAASD_CACERT") or None
+        self._http = Transport(url, token, timeout, cacert)
         self._lock = threading.Lock()
         self._names: Dict[str, str] = {}  # registration key -> function name
         self._by_object: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()

@@ -35,6 +35,15 @@ class ApiError(Error):
         self.body = body or {}
 
 
+class Unauthenticated(ApiError, PermissionError):
+    """The server needs a token and got none, or one no user holds (HTTP 401): pass `token=` or
+    set `$FAASD_TOKEN`."""
+
+
+class Forbidden(ApiError, PermissionError):
+    """The caller's role or grants do not allow the request (HTTP 403)."""
+
+
 class TaskFailed(Error):
     """A task ended FAILED for a reason other than an exception the function raised (or with an
     exception this process cannot unpickle).

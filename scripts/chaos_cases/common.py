@@ -144,9 +144,13 @@ def submitter(get_url, ledger, stop, rate_sleep=0.0):
     """Submits async calls of echo with unique payloads until `stop`, recording each 202."""
     n = 0
     while not stop.is_set():
+        url = get_url()
+        if url is None:  # the server is restarting and has no address yet
+            time.sleep(0.02)
+            continue
         payload = f"t{threading.get_ident() % 1000}-{n}-{random.getrandbits(32):08x}"
         n += 1
-        status, body = http("POST", get_url() + "/v1/functions/echo/invoke?async=true",
+        status, body = http("POST", url + "/v1/functions/echo/invoke?async=true",
                             payload.encode(), timeout=5)
         if status == 202:
             ledger.add_echo(json.loads(body)["task_id"], payload)

@@ -9,10 +9,9 @@ import resource
 import selectors
 import socket
 import struct
-import threading
 import time
 
-from .common import Ledger, Server, expected, http, register_echo, row, submitter, verify
+from .common import Ledger, Server, expected, http, register_echo, row, echo_load, verify
 
 HALF_REQUESTS = 2_000
 FRAME_CLAIMS = 20
@@ -221,11 +220,8 @@ def case_slow_clients(binary, rounds, work):
 
 
 def run_waves(server, waves, runs):
-    ledger, stop = Ledger(), threading.Event()
-    threads = [threading.Thread(target=submitter, args=(lambda: server.url, ledger, stop, 0.005))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
+    ledger = Ledger()
+    load = echo_load(2, server, ledger, 0.005)
     problems, figures = [], dict(worst=0.0, asked=0, cut=0.0, grown=0, claim=0.0, claim_grown=0)
     try:
         time.sleep(0.5)
@@ -237,9 +233,7 @@ def run_waves(server, waves, runs):
                      grown=max(f["grown"], grown), claim=max(f["claim"], claim),
                      claim_grown=max(f["claim_grown"], claim_grown))
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        load.stop()
     verified = verify(server.url, ledger, runs)
     f = figures
     faults = (f"{waves} wave{'s' if waves > 1 else ''} of {HALF_REQUESTS:,} half-requests "

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from .common import Ledger, Server, expected, http, register_echo, row, verify
+from .common import Ledger, Load, Server, expected, http, register_echo, row, verify
 
 TMPFS_SIZE = "64m"
 # How long the load keeps hitting the full disk once the first write was refused.
@@ -185,10 +185,8 @@ def case_disk_full(binary, rounds, work):
 
 
 def run_rounds(server, rounds, runs, mount):
-    ledger, tally, stop = Ledger(), Tally(), threading.Event()
-    threads = [threading.Thread(target=load, args=(server.url, ledger, tally, stop)) for _ in range(3)]
-    for t in threads:
-        t.start()
+    ledger, tally = Ledger(), Tally()
+    writers = Load(3, load, server.url, ledger, tally)
     problems, healed = [], []
     try:
         while not ledger.acked:
@@ -201,9 +199,7 @@ def run_rounds(server, rounds, runs, mount):
             healed.append(took)
             time.sleep(random.uniform(0.2, 0.5))
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        writers.stop()
     verified = verify(server.url, ledger, runs)
     if tally.get("other"):
         problems.insert(0, f"{tally.get('other')} writes answered neither 202 nor 507: {tally.others}")

@@ -4,10 +4,9 @@ answer 429 at once when every slot is busy."""
 
 import json
 import random
-import threading
 import time
 
-from .common import Ledger, Server, http, register, register_echo, row, submitter, verify
+from .common import Ledger, Server, http, register, register_echo, row, echo_load, verify
 
 JSON = {"Content-Type": "application/json"}
 
@@ -100,11 +99,8 @@ def case_absurd_input(binary, rounds, work):
     server = Server(binary, work + "/data", ["--local-workers", "2", "--sandbox", "none"])
     server.start()
     register_echo(server.url, runs)
-    ledger, stop = Ledger(), threading.Event()
-    threads = [threading.Thread(target=submitter, args=(lambda: server.url, ledger, stop, 0.002))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
+    ledger = Ledger()
+    load = echo_load(2, server, ledger, 0.002)
     sent = broken = 0
     for _ in range(rounds * 10):
         for method, url, body, headers in probes(server.url):
@@ -114,9 +110,7 @@ def case_absurd_input(binary, rounds, work):
                 broken += 1
     unnamed = named_refusals(server.url)
     zero_ok = queue_limit_zero(server.url, work)
-    stop.set()
-    for t in threads:
-        t.join()
+    load.stop()
     alive = server.proc.poll() is None
     result = row("2 async submitters", f"{sent:,} absurd requests on 13 routes: {broken} answered "
                  f"5xx or nothing; {len(NAMED) - unnamed}/{len(NAMED)} reported numbers refused "

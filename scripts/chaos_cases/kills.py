@@ -5,10 +5,9 @@ import random
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 
-from .common import Ledger, Server, register_echo, submitter, verify
+from .common import Ledger, Server, register_echo, echo_load, verify
 
 
 def case_server_kill(binary, rounds, work):
@@ -17,19 +16,14 @@ def case_server_kill(binary, rounds, work):
     server = Server(binary, os.path.join(work, "data"), ["--local-workers", "2", "--sandbox", "none"])
     server.start()
     register_echo(server.url, runs)
-    ledger, stop = Ledger(), threading.Event()
-    threads = [threading.Thread(target=submitter, args=(lambda: server.url, ledger, stop))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
+    ledger = Ledger()
+    load = echo_load(4, server, ledger)
     for _ in range(rounds):
         time.sleep(random.uniform(0.3, 1.0))
         server.kill()
         server.start()
     time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    load.stop()
     lost, dup, wrong = verify(server.url, ledger, runs)
     server.sample_rss()
     server.stop()
@@ -52,11 +46,8 @@ def case_worker_faults(binary, rounds, work):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
 
     workers = [worker(), worker()]
-    ledger, stop = Ledger(), threading.Event()
-    threads = [threading.Thread(target=submitter, args=(lambda: server.url, ledger, stop, 0.002))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
+    ledger = Ledger()
+    load = echo_load(2, server, ledger, 0.002)
     faults = 0
     for r in range(rounds):
         time.sleep(random.uniform(0.3, 0.8))
@@ -71,9 +62,7 @@ def case_worker_faults(binary, rounds, work):
             workers[victim] = worker()
         faults += 1
     time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    load.stop()
     lost, dup, wrong = verify(server.url, ledger, runs)
     for w in workers:
         w.kill()

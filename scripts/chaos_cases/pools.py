@@ -10,10 +10,9 @@ import datetime
 import json
 import os
 import random
-import threading
 import time
 
-from .common import Ledger, Server, http, register, register_echo, submitter, verify
+from .common import Ledger, Server, http, register, register_echo, echo_load, verify
 
 SLOTS = 2
 MAX_MIN_WARM = 64  # the server's default --max-min-warm
@@ -144,20 +143,15 @@ def case_min_warm(binary, rounds, work):
     if len(workers) != 1:
         raise RuntimeError(f"expected the local worker, listed: {workers}")
     worker_id = workers[0]["id"]
-    ledger, stop = Ledger(), threading.Event()
-    threads = [threading.Thread(target=submitter, args=(lambda: server.url, ledger, stop, 0.01))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
+    ledger = Ledger()
+    load = echo_load(2, server, ledger, 0.01)
     results = []
     try:
         for r in range(rounds):
             results.append(storm(server.url, r, worker_id, runs))
             server.sample_rss()
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        load.stop()
     lost, dup, wrong = verify(server.url, ledger, runs)
     server.sample_rss()
     server.stop()

@@ -320,3 +320,99 @@ impl Session {
         tracing::info!(worker = id, %name, "worker left");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(protocol: u32) -> Frame {
+        Frame::Hello {
+            protocol,
+            name: "w".into(),
+            slots: 1,
+            mode: DispatchMode::Push,
+        }
+    }
+
+    fn token(exempt: bool) -> Admission {
+        Admission::JoinToken {
+            token: "right".into(),
+            exempt,
+        }
+    }
+
+    /// Runs the server's handshake against a worker that sends `frames` and then waits;
+    /// returns whether it was admitted and the refusal it got, if any.
+    async fn handshake_with(frames: Vec<Frame>, admission: Admission) -> (bool, Option<String>) {
+        let (worker_end, server_end) = tokio::io::duplex(1 << 16);
+        let (mut server_reader, mut server_writer) = proto::split(server_end);
+        let (mut reader, mut writer) = proto::split(worker_end);
+        for frame in &frames {
+            writer.send(frame).await.expect("send");
+        }
+        let admitted = handshake(&mut server_reader, &mut server_writer, "test", &admission)
+            .await
+            .is_some();
+        // Both halves: the pipe closes only when the whole server end is gone.
+        drop((server_reader, server_writer));
+        let refusal = match reader.next().await.expect("read") {
+            Some(Frame::Refused { reason }) => Some(reason),
+            Some(other) => panic!("unexpected answer {other:?}"),
+            None => None,
+        };
+        (admitted, refusal)
+    }
+
+    fn join(token: &str) -> Frame {
+        Frame::Join {
+            token: token.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_right_token_is_admitted_and_a_wrong_or_empty_one_refused() {
+        let right = vec![hello(PROTOCOL_VERSION), join("right")];
+        assert_eq!(handshake_with(right, token(false)).await, (true, None));
+        for presented in ["wrong", "", "righ", "right "] {
+            let frames = vec![hello(PROTOCOL_VERSION), join(presented)];
+            let (admitted, refusal) = handshake_with(frames, token(false)).await;
+            assert!(!admitted, "{presented:?}");
+            assert_eq!(refusal.as_deref(), Some(WRONG_JOIN_TOKEN));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exempt_or_open_connection_needs_no_token() {
+        let frames = vec![hello(PROTOCOL_VERSION), join("")];
+        assert_eq!(
+            handshake_with(frames.clone(), token(true)).await,
+            (true, None)
+        );
+        assert_eq!(handshake_with(frames, Admission::Open).await, (true, None));
+    }
+
+    #[tokio::test]
+    async fn an_older_worker_that_sends_only_hello_gets_a_version_mismatch() {
+        let (admitted, refusal) =
+            handshake_with(vec![hello(PROTOCOL_VERSION - 1)], token(false)).await;
+        assert!(!admitted);
+        assert_eq!(
+            refusal.as_deref(),
+            Some(
+                format!(
+                    "protocol version mismatch: worker speaks {}, server speaks {PROTOCOL_VERSION}",
+                    PROTOCOL_VERSION - 1
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hello_not_followed_by_a_join_is_refused() {
+        let frames = vec![hello(PROTOCOL_VERSION), Frame::Drain];
+        let (admitted, refusal) = handshake_with(frames, Admission::Open).await;
+        assert!(!admitted);
+        assert_eq!(refusal.as_deref(), Some("the second frame must be a Join"));
+    }
+}

@@ -20,16 +20,17 @@ MAX_FN_LINES = 80
 # Who may import whom: main → cmd → {api, client, worker} → {broker, exec} → {store, sandbox}
 # → proto, with `units` a leaf any module may use. `client` may use `api`'s wire types.
 ALLOWED = {
-    "cmd": {"api", "auth", "client", "worker", "broker", "exec", "store", "sandbox", "proto", "units"},
+    "cmd": {"api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units"},
     "api": {"auth", "broker", "store", "proto", "units"},
     "auth": {"store", "proto", "units"},
-    "client": {"api", "auth", "proto", "units"},
+    "client": {"api", "auth", "tls", "proto", "units"},
     "worker": {"exec", "proto", "units"},
     "broker": {"store", "proto", "units"},
     "exec": {"sandbox", "proto", "units"},
     "store": {"proto", "units"},
     "sandbox": {"proto", "units"},
     "proto": set(),
+    "tls": set(),
     "units": set(),
 }
 

@@ -5,11 +5,13 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::api::ErrorCode;
+use crate::tls;
 
 /// What went wrong talking to the server.
 ///
@@ -25,11 +27,17 @@ pub enum Error {
         /// Why it does not parse.
         cause: hyper::http::uri::InvalidUri,
     },
-    /// The server URL is not `http://HOST:PORT`.
-    #[error("invalid server URL {url:?}: expected http://HOST:PORT")]
+    /// The server URL is not `http://HOST:PORT` or `https://HOST:PORT`.
+    #[error("invalid server URL {url:?}: expected http://HOST:PORT or https://HOST:PORT")]
     UrlNotHttp {
         /// The URL as given.
         url: String,
+    },
+    /// TLS cannot be set up for an `https://` URL (such as an unreadable `--cacert`).
+    #[error("{cause}")]
+    Tls {
+        /// What failed.
+        cause: tls::Error,
     },
     /// The token cannot be sent in a header (it holds a control character or a line break).
     #[error("the token is not valid: it must be printable text without line breaks")]
@@ -74,9 +82,17 @@ pub enum Error {
     },
 }
 
-/// The most telling part of a failed request: the cause under hyper's wrapper, if it has one.
+/// The most telling part of a failed request: the cause under hyper's wrapper, if it has one,
+/// and for a server certificate the client does not trust, what to do about it.
 fn connect_cause(err: &hyper_util::client::legacy::Error) -> String {
-    std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string())
+    let cause = std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string());
+    if tls::is_certificate_error(err) {
+        format!(
+            "{cause} (if a CA of your own signed the server's certificate, pass it with --cacert FILE or FAASD_CACERT)"
+        )
+    } else {
+        cause
+    }
 }
 
 /// An answer from the server.
@@ -143,26 +159,41 @@ impl Answer {
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The `Authorization` header value sent with every request, if a token was given.
     authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl Client {
-    /// A client for the server at `url` (`http://HOST:PORT`).
+    /// A client for the server at `url` (`http://HOST:PORT`, or `https://HOST:PORT` trusting
+    /// the system's roots).
     pub fn new(url: &str) -> Result<Client, Error> {
+        Client::with_cacert(url, None)
+    }
+
+    /// A client for the server at `url`; for `https://`, it trusts the CA certificate in
+    /// `cacert` (PEM), or without one the system's roots. An `http://` URL never uses TLS.
+    pub fn with_cacert(url: &str, cacert: Option<&std::path::Path>) -> Result<Client, Error> {
         let base = url.trim_end_matches('/').to_string();
         let uri: hyper::Uri = base.parse().map_err(|cause| Error::InvalidUrl {
             url: url.to_owned(),
             cause,
         })?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(Error::UrlNotHttp {
+                    url: url.to_owned(),
+                });
+            }
+        };
+        if uri.authority().is_none() {
             return Err(Error::UrlNotHttp {
                 url: url.to_owned(),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let connector = connector(https, cacert)?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
             .build(connector);
@@ -244,6 +275,35 @@ impl Client {
     }
 }
 
+/// The connector of a client: plain TCP for `http://`; TLS, trusting `cacert` or the system's
+/// roots, for `https://` (and then only TLS: an `https://` client never falls back to plain
+/// HTTP).
+fn connector(
+    https: bool,
+    cacert: Option<&std::path::Path>,
+) -> Result<HttpsConnector<HttpConnector>, Error> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    if https {
+        let config = tls::client_config(cacert).map_err(|cause| Error::Tls { cause })?;
+        Ok(builder
+            .with_tls_config((*config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp))
+    } else {
+        // Never used for a handshake: the URL is `http://`, and so is every request's.
+        let config = tls::client_config_trusting_nothing().map_err(|cause| Error::Tls { cause })?;
+        Ok(builder
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp))
+    }
+}
+
 /// Escapes a path segment (function names are validated, task ids are UUIDs, but user input
 /// reaches here before the server checks it).
 pub fn segment(s: &str) -> String {
@@ -285,14 +345,16 @@ mod tests {
     }
 
     #[test]
-    fn a_server_url_must_be_http_with_an_authority() {
+    fn a_server_url_must_be_http_or_https_with_an_authority() {
         assert!(Client::new("http://127.0.0.1:8000/").is_ok());
-        let err = Client::new("https://example.com").err().expect("not http");
+        let err = Client::new("ftp://example.com").err().expect("not http");
         assert!(matches!(err, Error::UrlNotHttp { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "invalid server URL \"https://example.com\": expected http://HOST:PORT"
+            "invalid server URL \"ftp://example.com\": expected http://HOST:PORT or https://HOST:PORT"
         );
+        let err = Client::new("/v1").err().expect("no authority");
+        assert!(matches!(err, Error::UrlNotHttp { .. }), "{err:?}");
         let err = Client::new("http://a b").err().expect("does not parse");
         assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
         assert!(
@@ -350,6 +412,23 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("the server sent a body that is not the expected JSON: ")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_cacert_is_a_tls_error_naming_the_file() {
+        let err = Client::with_cacert("https://127.0.0.1:1", Some("/nonexistent/ca.pem".as_ref()))
+            .err()
+            .expect("no such file");
+        assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read certificate /nonexistent/ca.pem: "),
+            "{err}"
+        );
+        // An http:// URL never reads it.
+        assert!(
+            Client::with_cacert("http://127.0.0.1:1", Some("/nonexistent/ca.pem".as_ref())).is_ok()
         );
     }
 

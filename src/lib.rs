@@ -18,6 +18,7 @@
 //! - [`sandbox`]: isolation: layers and their negotiation, raw system calls, the shim, the
 //!   zygote, cgroups, seccomp.
 //! - [`proto`]: the worker frames and their codec.
+//! - [`tls`]: PEM certificates and keys, and the rustls configurations of servers and clients.
 //! - [`units`]: byte sizes, durations and timestamps, parsed and printed.
 
 pub mod api;
@@ -29,5 +30,6 @@ pub mod exec;
 pub mod proto;
 pub mod sandbox;
 pub mod store;
+pub mod tls;
 pub mod units;
 pub mod worker;

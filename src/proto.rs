@@ -20,9 +20,9 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
-/// The largest frame either side accepts until the handshake is done: a `Hello`, `Welcome` or
-/// `Refused` is a few dozen bytes, so a peer cannot make the other side reserve a large frame
-/// buffer before it has said who it is.
+/// The largest frame either side accepts until the handshake is done: a `Hello`, `Join`,
+/// `Welcome` or `Refused` is a few dozen bytes, so a peer cannot make the other side reserve a
+/// large frame buffer before it has said who it is.
 pub const HANDSHAKE_FRAME_BYTES: usize = 4 << 10;
 
 /// How long a new connection may take to complete its handshake.
@@ -296,6 +296,13 @@ pub enum Frame {
     Drain,
     /// Server → worker: keep `warm.min_warm` executors of this function version ready.
     Prewarm(Prewarm),
+    /// Worker → server, right after its `Hello`: the join token that admits it (empty when it
+    /// has none). A separate frame so that `Hello` keeps its layout, and a worker of an older
+    /// protocol still gets a clear version mismatch.
+    Join {
+        /// The server's join token, as given to the worker.
+        token: String,
+    },
 }
 
 /// What a worker needs to start warm executors of a function version before any call.
@@ -587,6 +594,8 @@ mod tests {
             }),
             &format!("0a016601 02{}0500010200 00", "03".repeat(32)).replace(' ', ""),
         );
+        golden(Frame::Join { token: "tk".into() }, "0b02746b");
+        golden(Frame::Join { token: "".into() }, "0b00");
     }
 
     #[tokio::test]
@@ -692,7 +701,7 @@ mod tests {
 
     #[test]
     fn an_unknown_frame_variant_does_not_decode() {
-        assert!(matches!(decode(&[0x0b]), Err(Error::Decode { len: 1, .. })));
+        assert!(matches!(decode(&[0x0c]), Err(Error::Decode { len: 1, .. })));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
-pub use session::serve_worker;
+pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 
 /// Errors of the broker.

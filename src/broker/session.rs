@@ -1,10 +1,13 @@
-//! The server side of one worker connection: the handshake ([`handshake`]), then a loop that
+//! The server side of one worker connection: the handshake ([`handshake`], with the join-token
+//! check of [`Admission`]), then a loop that
 //! hands each frame from the worker to a handler named after it (`on_report`, `on_fetch_code`,
 //! `on_heartbeat`, `on_pull`, `on_drain`) until the connection ends, when the worker's leased
 //! tasks are handed back to the broker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,38 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How many heartbeat periods may pass without any frame before the worker is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
+
+/// Who may join over one connection.
+#[derive(Clone)]
+pub enum Admission {
+    /// Any worker: the workers inside `serve`, over their in-memory pipe.
+    Open,
+    /// A worker that presents the join token, or any worker when `exempt` (a loopback peer
+    /// while the server is in protected mode).
+    JoinToken {
+        /// The server's join token.
+        token: Arc<str>,
+        /// Whether this connection needs no token.
+        exempt: bool,
+    },
+}
+
+/// Why a worker with no token or the wrong one is refused.
+pub const WRONG_JOIN_TOKEN: &str = "the join token is missing or wrong: pass the server's token with --join-token or FAASD_JOIN_TOKEN (print it on the server with `faasd join-token`)";
+
+impl Admission {
+    /// Whether a worker that presents `presented` may join (compared in constant time).
+    fn admits(&self, presented: &str) -> bool {
+        match self {
+            Admission::Open => true,
+            Admission::JoinToken { exempt: true, .. } => true,
+            Admission::JoinToken { token, .. } => {
+                // Lengths are not secret (every generated token has the same); bytes are.
+                bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
+            }
+        }
+    }
+}
 
 /// What a worker announced in its `Hello`.
 struct Hello {
@@ -46,16 +81,29 @@ enum Next {
     Close,
 }
 
-/// Serves one worker connection until it ends or `cancel` fires.
-pub async fn serve_worker<T>(broker: Broker, io: T, address: String, cancel: CancellationToken)
-where
+/// Serves one worker connection, admitted by `admission`, until it ends or `cancel` fires.
+pub async fn serve_worker<T>(
+    broker: Broker,
+    io: T,
+    address: String,
+    admission: Admission,
+    cancel: CancellationToken,
+) where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = proto::split(io);
     // Until the worker has said who it is, it may only send small frames.
     reader.set_max_frame_bytes(proto::HANDSHAKE_FRAME_BYTES);
-    let Some(Hello { name, slots, mode }) = handshake(&mut reader, &mut writer, &address).await
-    else {
+    let handshake = handshake(&mut reader, &mut writer, &address, &admission);
+    // One deadline for the whole handshake, however the worker spreads its frames.
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(hello) => hello,
+        Err(_) => {
+            tracing::warn!(%address, "worker did not finish its handshake within {HANDSHAKE_TIMEOUT:?}; closing");
+            None
+        }
+    };
+    let Some(Hello { name, slots, mode }) = hello else {
         return;
     };
     reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
@@ -82,42 +130,28 @@ where
     session.end(pump);
 }
 
-/// Waits for the worker's `Hello` and checks it. A worker that stays silent, sends garbage, sends
-/// another frame first, or speaks another protocol version is refused (`None`).
+/// Waits for the worker's `Hello` and `Join` and checks them. A worker that sends garbage,
+/// sends another frame first, speaks another protocol version, or lacks the join token is
+/// refused (`None`); the caller bounds the wait.
 async fn handshake<R, W>(
     reader: &mut Reader<R>,
     writer: &mut Writer<W>,
     address: &str,
+    admission: &Admission,
 ) -> Option<Hello>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
-        Err(_) => {
-            tracing::warn!(%address, "worker sent no hello within {HANDSHAKE_TIMEOUT:?}; closing");
-            return None;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
-            return None;
-        }
-        Ok(Ok(None)) => return None,
-        Ok(Ok(Some(frame))) => frame,
-    };
     let Frame::Hello {
         protocol,
         name,
         slots,
         mode,
-    } = hello
+    } = handshake_frame(reader, address).await?
     else {
         tracing::warn!(%address, "worker's first frame was not a hello; closing");
-        let _ = writer
-            .send(&Frame::Refused {
-                reason: "the first frame must be a Hello".into(),
-            })
-            .await;
+        refuse(writer, "the first frame must be a Hello".into()).await;
         return None;
     };
     if protocol != PROTOCOL_VERSION {
@@ -125,10 +159,39 @@ where
             "protocol version mismatch: worker speaks {protocol}, server speaks {PROTOCOL_VERSION}"
         );
         tracing::warn!(%address, worker = %name, "{reason}; refusing");
-        let _ = writer.send(&Frame::Refused { reason }).await;
+        refuse(writer, reason).await;
+        return None;
+    }
+    let Frame::Join { token } = handshake_frame(reader, address).await? else {
+        tracing::warn!(%address, worker = %name, "worker's second frame was not a join; closing");
+        refuse(writer, "the second frame must be a Join".into()).await;
+        return None;
+    };
+    if !admission.admits(&token) {
+        tracing::warn!(%address, worker = %name, "worker's join token is missing or wrong; refusing");
+        refuse(writer, WRONG_JOIN_TOKEN.into()).await;
         return None;
     }
     Some(Hello { name, slots, mode })
+}
+
+/// Reads one handshake frame; `None` (logged) when the connection fails or ends first.
+async fn handshake_frame<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    address: &str,
+) -> Option<Frame> {
+    match reader.next().await {
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
+            None
+        }
+        Ok(frame) => frame,
+    }
+}
+
+/// Tells the worker why it is refused (best effort: it may be gone already).
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, reason: String) {
+    let _ = writer.send(&Frame::Refused { reason }).await;
 }
 
 impl Session {
@@ -255,5 +318,101 @@ impl Session {
         drop(frames);
         pump.abort();
         tracing::info!(worker = id, %name, "worker left");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(protocol: u32) -> Frame {
+        Frame::Hello {
+            protocol,
+            name: "w".into(),
+            slots: 1,
+            mode: DispatchMode::Push,
+        }
+    }
+
+    fn token(exempt: bool) -> Admission {
+        Admission::JoinToken {
+            token: "right".into(),
+            exempt,
+        }
+    }
+
+    /// Runs the server's handshake against a worker that sends `frames` and then waits;
+    /// returns whether it was admitted and the refusal it got, if any.
+    async fn handshake_with(frames: Vec<Frame>, admission: Admission) -> (bool, Option<String>) {
+        let (worker_end, server_end) = tokio::io::duplex(1 << 16);
+        let (mut server_reader, mut server_writer) = proto::split(server_end);
+        let (mut reader, mut writer) = proto::split(worker_end);
+        for frame in &frames {
+            writer.send(frame).await.expect("send");
+        }
+        let admitted = handshake(&mut server_reader, &mut server_writer, "test", &admission)
+            .await
+            .is_some();
+        // Both halves: the pipe closes only when the whole server end is gone.
+        drop((server_reader, server_writer));
+        let refusal = match reader.next().await.expect("read") {
+            Some(Frame::Refused { reason }) => Some(reason),
+            Some(other) => panic!("unexpected answer {other:?}"),
+            None => None,
+        };
+        (admitted, refusal)
+    }
+
+    fn join(token: &str) -> Frame {
+        Frame::Join {
+            token: token.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_right_token_is_admitted_and_a_wrong_or_empty_one_refused() {
+        let right = vec![hello(PROTOCOL_VERSION), join("right")];
+        assert_eq!(handshake_with(right, token(false)).await, (true, None));
+        for presented in ["wrong", "", "righ", "right "] {
+            let frames = vec![hello(PROTOCOL_VERSION), join(presented)];
+            let (admitted, refusal) = handshake_with(frames, token(false)).await;
+            assert!(!admitted, "{presented:?}");
+            assert_eq!(refusal.as_deref(), Some(WRONG_JOIN_TOKEN));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exempt_or_open_connection_needs_no_token() {
+        let frames = vec![hello(PROTOCOL_VERSION), join("")];
+        assert_eq!(
+            handshake_with(frames.clone(), token(true)).await,
+            (true, None)
+        );
+        assert_eq!(handshake_with(frames, Admission::Open).await, (true, None));
+    }
+
+    #[tokio::test]
+    async fn an_older_worker_that_sends_only_hello_gets_a_version_mismatch() {
+        let (admitted, refusal) =
+            handshake_with(vec![hello(PROTOCOL_VERSION - 1)], token(false)).await;
+        assert!(!admitted);
+        assert_eq!(
+            refusal.as_deref(),
+            Some(
+                format!(
+                    "protocol version mismatch: worker speaks {}, server speaks {PROTOCOL_VERSION}",
+                    PROTOCOL_VERSION - 1
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hello_not_followed_by_a_join_is_refused() {
+        let frames = vec![hello(PROTOCOL_VERSION), Frame::Drain];
+        let (admitted, refusal) = handshake_with(frames, Admission::Open).await;
+        assert!(!admitted);
+        assert_eq!(refusal.as_deref(), Some("the second frame must be a Join"));
     }
 }

@@ -59,6 +59,7 @@ pub fn of_client(err: &client::Error) -> u8 {
         client::Error::InvalidUrl { .. }
         | client::Error::InvalidToken
         | client::Error::UrlNotHttp { .. }
+        | client::Error::Tls { .. }
         | client::Error::BuildRequest { .. } => USAGE,
         client::Error::Unreachable { .. }
         | client::Error::ReadAnswer { .. }

@@ -5,6 +5,7 @@
 mod bench;
 pub mod exit;
 mod invoke;
+mod join_token;
 mod ls;
 mod register;
 mod rm;
@@ -46,12 +47,17 @@ pub struct ClientArgs {
     /// `Authorization: Bearer TOKEN`.
     #[arg(long, env = "FAASD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA certificate (PEM) that signed the server's certificate, for an `https://` URL;
+    /// without it the system's roots are trusted.
+    #[arg(long, env = "FAASD_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
-    /// A client for the server at `--url`, sending `--token` if one was given.
+    /// A client for the server at `--url`, sending `--token` if one was given and trusting
+    /// `--cacert` (or the system's roots) for an `https://` URL.
     pub fn connect(&self) -> Result<crate::client::Client, crate::client::Error> {
-        let client = crate::client::Client::new(&self.url)?;
+        let client = crate::client::Client::with_cacert(&self.url, self.cacert.as_deref())?;
         match &self.token {
             Some(token) => client.with_token(token),
             None => Ok(client),
@@ -142,6 +148,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Join a server's worker port and run its tasks.
     Worker(worker::WorkerArgs),
+    /// Print the join token remote workers need (`faasd worker --join-token`).
+    JoinToken(join_token::JoinTokenArgs),
     /// List the workers connected to a server.
     Workers(workers::WorkersArgs),
     /// Register (or update) a function from a file.
@@ -181,6 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::JoinToken(args) => join_token::run(args).await,
         Command::Workers(args) => workers::run(args).await,
         Command::Register(args) => register::run(args).await,
         Command::Invoke(args) => invoke::run(args).await,

@@ -77,6 +77,17 @@ pub struct ServeArgs {
     /// file (about a second per GB). See docs/performance.md for what it costs.
     #[arg(long)]
     pub quick_repair: bool,
+    /// The file holding the token remote workers must present (default: one generated into
+    /// the data directory at the first start; print it with `faasd join-token`).
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Serve HTTPS (and the worker port over TLS) with this certificate chain (PEM); needs
+    /// `--tls-key`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -84,7 +95,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     api::log_panics();
     check_max_body(args.max_body)?;
     let http_limits = http_limits(&args)?;
+    let tls = tls_acceptor(&args)?;
     let (store, broker) = open_store(&mut args).await?;
+    let worker_gate = WorkerGate {
+        token: super::join_token::load_or_create(args.join_token_file.as_deref(), &args.data)
+            .context("cannot set up the join token")?
+            .into(),
+        // TODO(lead): true only while no user exists (wire to the users directory).
+        protected: Arc::new(|| true),
+        tls: tls.clone(),
+    };
     let listeners = Listeners::bind(&args).await?;
     let stops = Stops::default();
     let tracker = TaskTracker::new();
@@ -97,12 +117,20 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     if slots > 0 {
         start_local_worker(&args, slots, &work_root, &broker, &stops, &tracker)?;
     }
-    start_worker_port(listeners.workers, &args, &broker, &stops, &tracker);
-    let server = start_http(listeners.http, &args, http_limits, &broker, &stops);
+    start_worker_port(
+        listeners.workers,
+        worker_gate,
+        &args,
+        &broker,
+        &stops,
+        &tracker,
+    );
+    let https = tls.is_some();
+    let server = start_http(listeners.http, &args, http_limits, tls, &broker, &stops);
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
-    announce(&listeners.addrs, slots, &args)?;
+    announce(&listeners.addrs, https, slots, &args)?;
     let signal = stop_signal.await;
     shut_down(signal, &args, &broker, &stops, &tracker, server).await;
     store.close().await;
@@ -121,6 +149,37 @@ fn check_max_body(max_body: usize) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The TLS acceptor of `--tls-cert` and `--tls-key` (both or neither), if given.
+fn tls_acceptor(args: &ServeArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let config = crate::tls::server_config(cert, key)
+        .map_err(|e| exit::coded(exit::USAGE, format!("cannot serve TLS: {e}")))?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
+}
+
+/// Who may join over the worker port, and over what.
+struct WorkerGate {
+    /// The join token workers present.
+    token: Arc<str>,
+    /// Whether the server is in protected mode (no user exists yet), when loopback workers
+    /// need no token.
+    protected: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The TLS every worker connection starts with, under `--tls-cert`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl WorkerGate {
+    /// What a worker connecting from `peer` must present.
+    fn admission(&self, peer: SocketAddr) -> broker::Admission {
+        broker::Admission::JoinToken {
+            token: self.token.clone(),
+            exempt: peer.ip().to_canonical().is_loopback() && (self.protected)(),
+        }
+    }
 }
 
 /// The HTTP limits from the flags; zero timeouts or a zero connection cap are refused.
@@ -273,12 +332,14 @@ fn start_local_worker(
         limits: exec::Limits::default(),
         runtimes: args.executors.runtimes(&args.data.join("runtime"))?,
         max_warm_memory_bytes: args.executors.max_warm_memory_bytes(),
+        join_token: String::new(),
     });
     let (server_end, worker_end) = tokio::io::duplex(1 << 20);
     tracker.spawn(broker::serve_worker(
         broker.clone(),
         server_end,
         "local".into(),
+        broker::Admission::Open,
         stops.workers.clone(),
     ));
     let cancel = stops.workers.clone();
@@ -294,6 +355,7 @@ fn start_local_worker(
 /// Starts the lease watch and the worker port's accept loop.
 fn start_worker_port(
     listener: TcpListener,
+    gate: WorkerGate,
     args: &ServeArgs,
     broker: &Broker,
     stops: &Stops,
@@ -306,6 +368,7 @@ fn start_worker_port(
     }
     tracker.spawn(accept_workers(
         listener,
+        gate,
         broker.clone(),
         stops.workers.clone(),
         args.max_worker_connections,
@@ -313,11 +376,13 @@ fn start_worker_port(
     ));
 }
 
-/// Serves the HTTP API on `listener`, within `limits`, until `stops.http` fires.
+/// Serves the HTTP API on `listener` (HTTPS with `tls`), within `limits`, until `stops.http`
+/// fires.
 fn start_http(
     listener: TcpListener,
     args: &ServeArgs,
     limits: http::HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     broker: &Broker,
     stops: &Stops,
 ) -> JoinHandle<()> {
@@ -330,15 +395,16 @@ fn start_http(
             ..FunctionDefaults::default()
         },
     });
-    tokio::spawn(http::serve(listener, app, limits, stops.http.clone()))
+    tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }
 
 /// Prints the two addresses on standard output (the line tests and scripts wait for).
-fn announce(addrs: &Addrs, slots: u32, args: &ServeArgs) -> anyhow::Result<()> {
+fn announce(addrs: &Addrs, https: bool, slots: u32, args: &ServeArgs) -> anyhow::Result<()> {
     let (http_addr, worker_addr) = (addrs.http, addrs.workers);
+    let scheme = if https { "https" } else { "http" };
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "faasd listening on http://{http_addr}")?;
+        writeln!(out, "faasd listening on {scheme}://{http_addr}")?;
         writeln!(out, "faasd worker port on {worker_addr}")?;
         out.flush()?;
     }
@@ -401,9 +467,11 @@ pub(crate) async fn wait_for_signal()
     })
 }
 
-/// Accepts worker connections (at most `max` at once) until `cancel` fires.
+/// Accepts worker connections (at most `max` at once) until `cancel` fires, each admitted by
+/// `gate`.
 async fn accept_workers(
     listener: TcpListener,
+    gate: WorkerGate,
     broker: Broker,
     cancel: CancellationToken,
     max: usize,
@@ -429,9 +497,39 @@ async fn accept_workers(
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         let cancel = cancel.clone();
+        let admission = gate.admission(peer);
+        let tls = gate.tls.clone();
         tracker.spawn(async move {
-            broker::serve_worker(broker, stream, peer.to_string(), cancel).await;
+            let address = peer.to_string();
+            match tls {
+                None => broker::serve_worker(broker, stream, address, admission, cancel).await,
+                Some(tls) => {
+                    if let Some(stream) = tls_handshake(&tls, stream, &address).await {
+                        broker::serve_worker(broker, stream, address, admission, cancel).await;
+                    }
+                }
+            }
             drop(permit);
         });
+    }
+}
+
+/// A worker connection's TLS handshake, bounded by the handshake timeout; `None` (logged) if it
+/// fails, as a plain connection to a TLS port does.
+async fn tls_handshake(
+    tls: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    address: &str,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(crate::proto::HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(%address, error = %e, "worker's TLS handshake failed; closing");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%address, "worker did not finish its TLS handshake in time; closing");
+            None
+        }
     }
 }

@@ -52,6 +52,18 @@ pub struct WorkerArgs {
     /// How long SIGTERM waits for running tasks before the worker exits anyway.
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub drain_timeout: Duration,
+    /// The server's join token (print it on the server with `faasd join-token`); a worker
+    /// joining over loopback while the server has no users needs none.
+    #[arg(long, env = "FAASD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Connect over TLS (the server runs with `--tls-cert`); the certificate must name the
+    /// host of `--server`.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (PEM) that signed the server's certificate (default: the system's
+    /// roots); with `--tls`.
+    #[arg(long, env = "FAASD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -73,16 +85,39 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     if slots == 0 {
         return Err(exit::coded(exit::USAGE, "--slots must be at least 1"));
     }
+    let tls = tls_connector(&args, &server)?;
     // `_work_root` lives until `run` returns: dropping it removes the executors' directories.
     let (agent, _work_root) = build_agent(&args, slots)?;
     let link = ServerLink {
         server,
+        tls,
         agent,
         slots,
         cancel: cancel_on_signal().await?,
         drain_timeout: args.drain_timeout,
     };
     link.stay_connected().await
+}
+
+/// The TLS connector and server name of `--tls` (with `--cacert`), if asked for.
+fn tls_connector(args: &WorkerArgs, server: &str) -> anyhow::Result<Option<WorkerTls>> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let usage = |e: crate::tls::Error| exit::coded(exit::USAGE, format!("cannot use TLS: {e}"));
+    let config = crate::tls::client_config(args.cacert.as_deref()).map_err(usage)?;
+    let name = crate::tls::server_name(server).map_err(usage)?;
+    Ok(Some(WorkerTls {
+        connector: tokio_rustls::TlsConnector::from(config),
+        name,
+    }))
+}
+
+/// How a `--tls` worker starts each connection.
+struct WorkerTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The name the server's certificate must carry (the host of `--server`).
+    name: rustls::pki_types::ServerName<'static>,
 }
 
 /// Prepares the code cache and the executors' working directory under `--cache`, and the
@@ -108,6 +143,12 @@ fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, wor
         limits: exec::Limits::default(),
         runtimes: args.executors.runtimes(&cache_dir)?,
         max_warm_memory_bytes: args.executors.max_warm_memory_bytes(),
+        join_token: args
+            .join_token
+            .clone()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     });
     Ok((agent, work_root))
 }
@@ -132,6 +173,8 @@ async fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
 /// until it is drained or refused.
 struct ServerLink {
     server: String,
+    /// Under `--tls`: every connection starts with a TLS handshake.
+    tls: Option<WorkerTls>,
     agent: Arc<Agent>,
     slots: u32,
     cancel: CancellationToken,
@@ -154,7 +197,7 @@ impl ServerLink {
             match connected {
                 Ok(stream) => {
                     let started = std::time::Instant::now();
-                    if self.session(stream).await?.is_break() {
+                    if self.secure_session(stream).await?.is_break() {
                         return Ok(exit::OK);
                     }
                     if started.elapsed() > Duration::from_secs(10) {
@@ -177,11 +220,45 @@ impl ServerLink {
         }
     }
 
+    /// Runs one session on `stream`, over TLS under `--tls`. A server certificate this worker
+    /// does not trust is an error (it will not be trusted on the next try either); another
+    /// failed TLS handshake is retried.
+    async fn secure_session(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return self.session(stream).await;
+        };
+        let handshake = tls.connector.connect(tls.name.clone(), stream);
+        match tokio::time::timeout(crate::proto::HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => self.session(stream).await,
+            Ok(Err(e)) if crate::tls::is_certificate_error(&e) => Err(exit::coded(
+                exit::FAILURE,
+                format!(
+                    "the server at {} has a certificate this worker does not trust: {e} (pass its CA certificate with --cacert FILE)",
+                    self.server
+                ),
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!(server = %self.server, error = %e, "TLS handshake failed; reconnecting");
+                Ok(ControlFlow::Continue(()))
+            }
+            Err(_) => {
+                tracing::warn!(server = %self.server, "TLS handshake timed out; reconnecting");
+                Ok(ControlFlow::Continue(()))
+            }
+        }
+    }
+
     /// Runs one session on `stream`: `Break` once drained, `Continue` to reconnect, an error
     /// if the server refused this worker.
-    async fn session(&self, stream: tokio::net::TcpStream) -> anyhow::Result<ControlFlow<()>> {
+    async fn session<S>(&self, stream: S) -> anyhow::Result<ControlFlow<()>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let server = &self.server;
-        let _ = stream.set_nodelay(true);
         tracing::info!(server = %server, name = self.agent.name(), slots = self.slots, "connected");
         let session = worker::run_session(
             stream,

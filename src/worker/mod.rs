@@ -1,7 +1,7 @@
 //! The worker: the agent that takes tasks over the frame protocol and runs them in executors.
 //!
 //! It is the same code inside `serve` (over an in-memory duplex pipe) and in `faasd worker`
-//! (over TCP): it says `Hello`, waits for `Welcome`, then runs every `Assign` it gets in an
+//! (over TCP): it says `Hello` and `Join` (its join token), waits for `Welcome`, then runs every `Assign` it gets in an
 //! executor, fetching code it lacks by hash, heartbeats, and sends back a `Report` per task.
 //! Reports that find their session gone are kept and sent at the start of the next session;
 //! the server refuses any whose lease has since moved on.
@@ -68,6 +68,8 @@ pub struct Config {
     pub runtimes: exec::Runtimes,
     /// The resident memory idle warm executors may hold before pre-warming pauses.
     pub max_warm_memory_bytes: u64,
+    /// The server's join token, sent in the handshake (empty: none).
+    pub join_token: String,
 }
 
 /// A worker across its sessions: its configuration, its running tasks, and the reports that
@@ -236,7 +238,7 @@ where
     }
 }
 
-/// Says `Hello` and waits for the server's answer; returns the heartbeat period its `Welcome`
+/// Says `Hello`, then `Join` with the join token, and waits for the server's answer; returns the heartbeat period its `Welcome`
 /// asks for.
 async fn handshake<R, W>(
     config: &Config,
@@ -248,11 +250,16 @@ where
     W: AsyncWrite + Unpin,
 {
     writer
-        .send(&Frame::Hello {
+        .feed(&Frame::Hello {
             protocol: proto::PROTOCOL_VERSION,
             name: config.name.clone(),
             slots: config.slots,
             mode: config.mode,
+        })
+        .await?;
+    writer
+        .send(&Frame::Join {
+            token: config.join_token.clone(),
         })
         .await?;
     reader.set_max_frame_bytes(proto::HANDSHAKE_FRAME_BYTES);
@@ -706,11 +713,12 @@ mod tests {
             )
             .expect("runtimes"),
             max_warm_memory_bytes: 1 << 30,
+            join_token: "secret".into(),
         }
     }
 
     /// Runs the worker's side of the handshake against a server that answers `answer`
-    /// (or closes the connection when it is `None`); checks the worker's `Hello`.
+    /// (or closes the connection when it is `None`); checks the worker's `Hello` and `Join`.
     async fn handshake_answered(answer: Option<Frame>) -> Result<Duration, Error> {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
@@ -718,14 +726,21 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut reader, mut writer) = proto::split(server_end);
             let hello = reader.next().await.expect("read").expect("a frame");
+            let join = reader.next().await.expect("read").expect("a frame");
             if let Some(answer) = answer {
                 writer.send(&answer).await.expect("send");
             }
-            hello
+            (hello, join)
         });
         let (mut reader, mut writer) = proto::split(worker_end);
         let result = handshake(&config, &mut reader, &mut writer).await;
-        let hello = server.await.expect("join");
+        let (hello, join) = server.await.expect("join");
+        assert_eq!(
+            join,
+            Frame::Join {
+                token: "secret".into()
+            }
+        );
         assert_eq!(
             hello,
             Frame::Hello {

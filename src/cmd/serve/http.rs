@@ -2,6 +2,8 @@
 //! with hyper's HTTP/1 connection driving the axum router, and cuts a connection that is slow
 //! to send a request's headers (`--header-timeout`) or sits idle between requests
 //! (`--keepalive-timeout`). A stop closes idle connections and lets open requests finish.
+//! With `--tls-cert` it serves HTTPS only: every connection starts with a TLS handshake, which
+//! must end within the header timeout, and a plain HTTP request fails that handshake.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,12 +46,13 @@ pub(super) struct HttpLimits {
     pub max_connections: usize,
 }
 
-/// Serves `app` on `listener` until `stop` fires, then closes idle connections, waits for open
-/// requests to finish, and returns.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop` fires, then closes
+/// idle connections, waits for open requests to finish, and returns.
 pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -82,8 +86,9 @@ pub(super) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(
+        connections.spawn(accept_connection(
             stream,
+            tls.clone(),
             app.clone(),
             limits,
             stop.clone(),
@@ -95,20 +100,50 @@ pub(super) async fn serve(
     connections.wait().await;
 }
 
-/// Serves one connection until the client closes it, it breaks a timeout, or a stop has let its
-/// open request finish. `_permit` holds its place under `--max-connections`.
-async fn serve_connection(
+/// Serves one accepted connection, after its TLS handshake when `tls` is given. `permit` holds
+/// its place under `--max-connections`.
+async fn accept_connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: HttpLimits,
     stop: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
+    // The header timeout runs from the connection's opening, through the TLS handshake.
     let activity = Arc::new(Activity::new());
     // Unknown only if the socket has already failed; the request then reads as not local.
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let Some(tls) = tls else {
+        return serve_connection(stream, peer, activity, app, limits, stop, permit).await;
+    };
+    let deadline = Instant::now() + limits.header_timeout;
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout_at(deadline, tls.accept(stream)) => handshake,
+        () = stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_connection(stream, peer, activity, app, limits, stop, permit).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "closing a connection slow to finish its TLS handshake"),
+    }
+}
+
+/// Serves one connection until the client closes it, it breaks a timeout, or a stop has let its
+/// open request finish. `_permit` holds its place under `--max-connections`.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    app: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -256,13 +291,13 @@ impl Activity {
     }
 }
 
-/// A TCP stream that tells its connection's [`Activity`] when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// A connection's stream (TCP, or TLS over TCP) that tells its [`Activity`] when bytes arrive.
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -277,7 +312,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,255 @@
+//! TLS: `serve --tls-cert --tls-key` serves HTTPS only and the worker port over TLS; the CLI
+//! and `faasd worker --tls` trust `--cacert`; a certificate they do not trust is a clear error.
+//! Certificates come from a CA each test generates with rcgen.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{BIN, Server, Worker, register, run, text, wait_workers};
+use faasd::client::Client;
+
+/// A CA, and a server certificate it signed for `localhost` and 127.0.0.1, as PEM files.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "faasd test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let params = rcgen::CertificateParams::new(names).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        let pki = Pki {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            _dir: dir,
+        };
+        std::fs::write(&pki.ca, ca.pem()).expect("write CA");
+        std::fs::write(&pki.cert, cert.pem()).expect("write certificate");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+        pki
+    }
+
+    /// A server with this certificate.
+    fn serve(&self, args: &[&str]) -> Server {
+        let mut all = vec!["--tls-cert", path(&self.cert), "--tls-key", path(&self.key)];
+        all.extend_from_slice(args);
+        Server::start(&all)
+    }
+
+    /// A client of `server` that trusts this CA.
+    fn client(&self, server: &Server) -> Client {
+        Client::with_cacert(&server.url, Some(&self.ca)).expect("client")
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// Runs the CLI with `env` set and no other faasd variables.
+fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FAASD_URL")
+        .env_remove("FAASD_CACERT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the CLI")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_registers_and_invokes_over_https_with_cacert() {
+    let pki = Pki::new();
+    let server = pki.serve(&[]);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("hello.sh");
+    std::fs::write(&script, "printf 'hello %s' \"$(cat)\"").expect("write script");
+
+    let out = cli(
+        &[
+            "register",
+            "hello",
+            path(&script),
+            "--cacert",
+            path(&pki.ca),
+        ],
+        &[("FAASD_URL", &server.url)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "registered hello version 1\n");
+    // The CA by environment variable this time.
+    let out = cli(
+        &["invoke", "hello", "tls"],
+        &[("FAASD_URL", &server.url), ("FAASD_CACERT", path(&pki.ca))],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello tls");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_and_https_are_never_mixed_on_one_port() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    let addr = server.url.trim_start_matches("https://").to_string();
+
+    // A plain HTTP request to the HTTPS port gets no HTTP answer.
+    let plain = Client::new(&format!("http://{addr}")).expect("client");
+    let err = plain.get("/healthz").await.expect_err("plain HTTP");
+    assert!(
+        err.to_string()
+            .starts_with("cannot reach the faasd server at "),
+        "{err}"
+    );
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{}", text(&answer));
+
+    // The same port over TLS answers.
+    let answer = pki.client(&server).get("/healthz").await.expect("https");
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+
+    // And an HTTPS client of a plain server fails too.
+    let plain_server = Server::start(&["--local-workers", "0"]);
+    let https_url = plain_server.url.replace("http://", "https://");
+    let client = Client::with_cacert(&https_url, Some(&pki.ca)).expect("client");
+    client
+        .get("/healthz")
+        .await
+        .expect_err("TLS to a plain port");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_client_that_does_not_trust_the_certificate_says_so() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    // The system's roots, made deterministic: another CA's file.
+    let other = Pki::new();
+    let out = cli(
+        &["ls"],
+        &[
+            ("FAASD_URL", &server.url),
+            ("SSL_CERT_FILE", path(&other.ca)),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(stderr.contains("--cacert"), "{stderr}");
+
+    let out = cli(
+        &["ls", "--cacert", "/no/such/ca.pem"],
+        &[("FAASD_URL", &server.url)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot read certificate /no/such/ca.pem"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_tls_and_cacert_joins_and_runs_a_task() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    let client = pki.client(&server);
+    let _worker = Worker::start_with(
+        &server.worker_addr,
+        "tls-worker",
+        1,
+        "push",
+        &["--tls", "--cacert", path(&pki.ca)],
+    );
+    let workers = wait_workers(&client, 1).await;
+    assert_eq!(workers[0]["name"], "tls-worker");
+    let answer = register(&client, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let outcome = run(&client, "echo", b"over tls").await;
+    assert_eq!(outcome.task["status"], "COMPLETED", "{}", outcome.task);
+    assert_eq!(outcome.result, "over tls");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_does_not_trust_the_certificate_exits_1() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    let other = Pki::new();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = cli(
+        &[
+            "worker",
+            "--server",
+            &server.worker_addr,
+            "--tls",
+            "--cacert",
+            path(&other.ca),
+            "--cache",
+            path(cache.path()),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has a certificate this worker does not trust"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_missing_key_or_an_invalid_certificate() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let serve = |args: &[&str]| {
+        let mut all = vec!["serve", "--data", path(&data), "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        cli(&all, &[])
+    };
+    let out = serve(&["--tls-cert", path(&pki.cert)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--tls-key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM").expect("write");
+    let out = serve(&["--tls-cert", path(&garbage), "--tls-key", path(&pki.key)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot serve TLS: {} is not a valid certificate file",
+            garbage.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// as `2GiB` (default: the smaller of 1 GiB and 5% of its filesystem; 0: never).
     #[arg(long, value_parser = crate::units::parse_bytes)]
     pub min_free_space: Option<usize>,
+    /// Let requests without a token act with this role (as the MPCS clients, which send no
+    /// header, need); requests with a wrong token are still refused.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub anonymous: Option<crate::auth::Role>,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -79,6 +83,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     check_max_body(args.max_body)?;
     let http_limits = http_limits(&args)?;
     let (store, broker) = open_store(&mut args).await?;
+    let users = load_users(&store, &args).await?;
     let listeners = Listeners::bind(&args).await?;
     let stops = Stops::default();
     let tracker = TaskTracker::new();
@@ -92,7 +97,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         start_local_worker(&args, slots, &work_root, &broker, &stops, &tracker)?;
     }
     start_worker_port(listeners.workers, &args, &broker, &stops, &tracker);
-    let server = start_http(listeners.http, &args, http_limits, &broker, &stops);
+    let server = start_http(listeners.http, &args, http_limits, &broker, users, &stops);
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
@@ -167,6 +172,23 @@ async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
         .await
         .context("cannot load the store")?;
     Ok((store, broker))
+}
+
+/// Loads the users and logs whether the server is in protected mode.
+async fn load_users(store: &Store, args: &ServeArgs) -> anyhow::Result<crate::auth::Directory> {
+    let users = crate::auth::Directory::load(store.clone())
+        .await
+        .context("cannot load the users")?;
+    let anonymous = args.anonymous.map(|r| r.as_str());
+    if users.is_empty() {
+        tracing::warn!(
+            anonymous,
+            "faasd is in protected mode: no user exists, so loopback clients act as admin and others are refused; add one with `faasd user add NAME --role admin`"
+        );
+    } else {
+        tracing::info!(anonymous, "users exist: every request needs a token");
+    }
+    Ok(users)
 }
 
 /// The bound HTTP and worker listeners.
@@ -312,9 +334,12 @@ fn start_http(
     args: &ServeArgs,
     limits: http::HttpLimits,
     broker: &Broker,
+    users: crate::auth::Directory,
     stops: &Stops,
 ) -> JoinHandle<()> {
     let app = api::router(AppState {
+        users,
+        anonymous: args.anonymous,
         broker: broker.clone(),
         max_body_bytes: args.max_body,
         defaults: FunctionDefaults {

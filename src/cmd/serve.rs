@@ -181,7 +181,7 @@ async fn load_users(store: &Store, args: &ServeArgs) -> anyhow::Result<crate::au
         .context("cannot load the users")?;
     let anonymous = args.anonymous.map(|r| r.as_str());
     if users.is_empty() {
-        tracing::warn!(
+        tracing::info!(
             anonymous,
             "faasd is in protected mode: no user exists, so loopback clients act as admin and others are refused; add one with `faasd user add NAME --role admin`"
         );

@@ -246,3 +246,59 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn every_listed_route_is_served_with_its_method() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open store");
+        let state = AppState {
+            users: crate::auth::Directory::load(store.clone())
+                .await
+                .expect("users"),
+            anonymous: None,
+            broker: Broker::start(store).await.expect("broker"),
+            max_body_bytes: 1 << 20,
+            defaults: FunctionDefaults::default(),
+        };
+        let app = router(state);
+        let table = route_table();
+        assert!(table.contains(&("GET", "/healthz")));
+        for (method, path) in table {
+            let uri = path
+                .replace("{name}", "f")
+                .replace("{function}", "f")
+                .replace("{id}", "0190a4b2-0000-7000-8000-000000000000");
+            let method = if method == "ANY" { "PATCH" } else { method };
+            let mut request = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .body(Body::empty())
+                .expect("request");
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let response = app.clone().oneshot(request).await.expect("an answer");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}: {text}"
+            );
+            assert!(!text.contains("route_not_found"), "{method} {uri}: {text}");
+        }
+    }
+}

@@ -29,7 +29,7 @@ pub async fn submit(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     validate_name(&name)?;
-    super::functions::invocable(&state, &caller, &name)?;
+    super::functions::check_invoke(&state, &caller, &name)?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -116,7 +116,7 @@ pub async fn execute(
         ));
     };
     let name = id.hyphenated().to_string();
-    super::functions::invocable(&state, &caller, &name)?;
+    super::functions::check_invoke(&state, &caller, &name)?;
     let (record, _) = state
         .broker
         .submit(&name, Bytes::from(payload), false, false, caller.user)

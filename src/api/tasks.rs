@@ -121,7 +121,7 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
-    super::functions::invocable(state, caller, name)?;
+    super::functions::check_invoke(state, caller, name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
     let (record, waiter) = state
         .broker

@@ -256,11 +256,9 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-    #[tokio::test]
-    async fn every_listed_route_is_served_with_its_method() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = Store::open(dir.path()).expect("open store");
-        let state = AppState {
+    async fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::open(dir).expect("open store");
+        AppState {
             users: crate::auth::Directory::load(store.clone())
                 .await
                 .expect("users"),
@@ -268,8 +266,59 @@ mod tests {
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),
-        };
-        let app = router(state);
+        }
+    }
+
+    #[tokio::test]
+    async fn protected_mode_refuses_clients_off_loopback_and_says_how_to_add_a_user() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let app = router(state(dir.path()).await);
+        let peers = [
+            (Some([127, 0, 0, 1]), StatusCode::OK),
+            (Some([10, 1, 2, 3]), StatusCode::FORBIDDEN),
+            (Some([192, 168, 0, 9]), StatusCode::FORBIDDEN),
+            // No peer address known: not trusted.
+            (None, StatusCode::FORBIDDEN),
+        ];
+        for (peer, expected) in peers {
+            let mut request = Request::get("/v1/whoami")
+                .body(Body::empty())
+                .expect("request");
+            if let Some(ip) = peer {
+                let addr = std::net::SocketAddr::from((ip, 40000));
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+            }
+            let response = app.clone().oneshot(request).await.expect("an answer");
+            assert_eq!(response.status(), expected, "{peer:?}");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            if expected == StatusCode::FORBIDDEN {
+                assert_eq!(json["code"], "forbidden");
+                let message = json["error"].as_str().expect("message");
+                assert!(message.contains("protected mode"), "{message}");
+                assert!(
+                    message.contains("faasd user add NAME --role admin"),
+                    "{message}"
+                );
+            } else {
+                assert_eq!(json["mode"], "protected");
+            }
+        }
+        let health = Request::get("/healthz")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(health).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn every_listed_route_is_served_with_its_method() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let app = router(state(dir.path()).await);
         let table = route_table();
         assert!(table.contains(&("GET", "/healthz")));
         for (method, path) in table {

@@ -207,10 +207,10 @@ pub async fn status(
 ) -> Result<Json<TaskView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let task_id = parse_id(&id)?;
-    // Checked before waiting, so a caller cannot learn of a task by how long it is held.
-    visible_task(&state, &caller, &id, task_id).await?;
     if let Some(wait) = query.wait {
         let wait = wait_param(&wait)?;
+        // Checked before waiting, so a caller cannot learn of a task by how long it is held.
+        visible_task(&state, &caller, &id, task_id).await?;
         if let Some(waiter) = state.broker.watch(task_id) {
             if let Ok(Ok(Ok(finished))) = tokio::time::timeout(wait, waiter).await {
                 return Ok(Json(TaskView::from(&finished.record)));

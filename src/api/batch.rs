@@ -5,10 +5,10 @@
 //! line (blank lines ignored). Each element is a string (the payload is its UTF-8 bytes) or an
 //! object `{"payload_base64": "..."}` (standard base64).
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::{Extension, Json};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
@@ -23,11 +23,13 @@ const NDJSON: &str = "application/x-ndjson";
 /// task's QUEUED record is durable; all or none are taken.
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     validate_name(&name)?;
+    super::functions::check_invoke(&state, &caller, &name)?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -38,7 +40,10 @@ pub async fn submit(
     } else {
         parse_array(&body)?
     };
-    let records = state.broker.submit_batch(&name, payloads).await?;
+    let records = state
+        .broker
+        .submit_batch(&name, payloads, caller.user)
+        .await?;
     let ids: Vec<String> = records
         .iter()
         .map(|r| uuid::Uuid::from_u128(r.id).to_string())

@@ -3,15 +3,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::{Extension, Json};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::access::forbidden;
 use super::{ApiError, AppState, ErrorCode, read_body};
+use crate::auth::{Caller, policy};
 use crate::proto::{Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 use crate::units::now_ms;
@@ -278,6 +280,7 @@ pub(crate) fn decode_base64(code: &str) -> Result<Vec<u8>, ApiError> {
 /// `POST /v1/functions`.
 pub async fn register(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
     let is_multipart = request
@@ -296,20 +299,34 @@ pub async fn register(
         let code = decode_base64(&req.code)?;
         (req, code)
     };
-    let record = register_function(&state, req, code).await?;
+    let record = register_function(&state, &caller, req, code).await?;
     Ok((
         StatusCode::CREATED,
         Json(FunctionView::from(record.as_ref())),
     ))
 }
 
-/// Validates a registration and registers it; shared by the native and the MPCS routes.
+/// Validates a registration and registers it, owned by `caller`; shared by the native and the
+/// MPCS routes. A developer may not replace a function another user owns (403).
 pub(crate) async fn register_function(
     state: &AppState,
+    caller: &Caller,
     req: RegisterRequest,
     code: Vec<u8>,
 ) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
-    let record = function_record(req, &code, &state.defaults)?;
+    if caller.role == crate::auth::Role::Invoker {
+        return Err(forbidden(caller, "register functions"));
+    }
+    let mut record = function_record(req, &code, &state.defaults)?;
+    let existing = state.broker.function(&record.name);
+    if !policy::may_register(caller, existing.as_ref().map(|f| f.owner)) {
+        return Err(forbidden(
+            caller,
+            &format!("replace {:?}, which another user owns", record.name),
+        ));
+    }
+    // An admin updating another user's function leaves it with its owner.
+    record.owner = existing.map_or(caller.user, |f| f.owner);
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     Ok(record)
@@ -487,19 +504,49 @@ async fn from_multipart(
     Ok((req, code))
 }
 
-/// `GET /v1/functions`.
-pub async fn list(State(state): State<AppState>) -> Json<Vec<FunctionView>> {
+/// `GET /v1/functions`: admins see every function, others the ones they own or are granted.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<FunctionView>> {
     Json(
         state
             .broker
             .functions()
             .iter()
+            .filter(|f| may_see(&state, &caller, f))
             .map(|f| FunctionView::from(f.as_ref()))
             .collect(),
     )
 }
 
-fn function_not_found(name: &str) -> ApiError {
+/// Whether `caller` may see and invoke `f`.
+pub(crate) fn may_see(state: &AppState, caller: &Caller, f: &FunctionRecord) -> bool {
+    caller.is_admin()
+        || policy::may_invoke(
+            caller,
+            f.owner,
+            state.users.is_granted(caller.user, &f.name),
+        )
+}
+
+/// Checks that `caller` may invoke the function `name`: 403 when it has no right to it. An
+/// unknown function is let through (the broker answers 404), and admins are not looked up at
+/// all, so their calls take no extra lock.
+pub(crate) fn check_invoke(state: &AppState, caller: &Caller, name: &str) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    match state.broker.function(name) {
+        Some(f) if !may_see(state, caller, &f) => Err(forbidden(
+            caller,
+            &format!("invoke {name:?} (it needs a grant: `faasd grant USER FUNCTION`)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn function_not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::FunctionNotFound,
@@ -510,8 +557,10 @@ fn function_not_found(name: &str) -> ApiError {
 /// `GET /v1/functions/{name}`.
 pub async fn show(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
+    check_invoke(&state, &caller, &name)?;
     let f = state
         .broker
         .function(&name)
@@ -522,11 +571,18 @@ pub async fn show(
 /// `DELETE /v1/functions/{name}`.
 pub async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     _body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(f) = state.broker.function(&name) {
+        if !policy::may_delete(&caller, f.owner) {
+            return Err(forbidden(&caller, &format!("delete {name:?}")));
+        }
+    }
     let f = state.broker.delete(&name).await?;
-    tracing::info!(function = %name, "deleted");
+    state.users.forget_function(&name).await?;
+    tracing::info!(function = %name, by = %caller.name, "deleted");
     Ok(Json(
         serde_json::json!({"name": f.name, "version": f.version, "deleted": true}),
     ))

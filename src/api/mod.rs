@@ -10,6 +10,7 @@
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
+//! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
 mod access;
@@ -21,6 +22,7 @@ mod fuzz;
 mod mpcs;
 mod panic;
 mod tasks;
+mod users;
 mod wait;
 
 use std::time::Duration;
@@ -29,7 +31,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{any, get, post};
+use axum::routing::{MethodRouter, any, delete, get, post, put};
 
 use crate::broker::Broker;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
@@ -44,6 +46,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Defaults for functions registered without them.
     pub defaults: FunctionDefaults,
+    /// The users, their tokens and grants.
+    pub users: crate::auth::Directory,
+    /// The role of requests without a token (`serve --anonymous`), if any.
+    pub anonymous: Option<crate::auth::Role>,
 }
 
 /// The default of the largest `min_warm` a registration may ask for (`serve --max-min-warm`).
@@ -78,30 +84,64 @@ pub fn router(state: AppState) -> Router {
     finish(routes(), state)
 }
 
+/// One route: its method (`ANY` for all), its path, and its handler.
+type Route = (&'static str, &'static str, MethodRouter<AppState>);
+
+/// Every route of the API; the router is built from this list, and [`route_table`] lists it.
+fn route_list() -> Vec<Route> {
+    vec![
+        ("POST", "/v1/functions", post(functions::register)),
+        ("GET", "/v1/functions", get(functions::list)),
+        ("GET", "/v1/functions/{name}", get(functions::show)),
+        ("DELETE", "/v1/functions/{name}", delete(functions::remove)),
+        ("POST", "/v1/functions/{name}/invoke", post(tasks::invoke)),
+        ("POST", "/v1/functions/{name}/batch", post(batch::submit)),
+        ("ANY", "/function/{name}", any(tasks::invoke_url)),
+        ("POST", "/v1/tasks/wait", post(wait::wait)),
+        ("GET", "/v1/tasks/{id}", get(tasks::status)),
+        ("GET", "/v1/tasks/{id}/result", get(tasks::result)),
+        ("GET", "/v1/tasks/{id}/logs", get(tasks::logs)),
+        ("GET", "/v1/workers", get(workers)),
+        ("POST", "/v1/users", post(users::add)),
+        ("GET", "/v1/users", get(users::list)),
+        ("GET", "/v1/users/{name}", get(users::show)),
+        ("DELETE", "/v1/users/{name}", delete(users::remove)),
+        ("POST", "/v1/users/{name}/token", post(users::rotate)),
+        (
+            "PUT",
+            "/v1/users/{name}/grants/{function}",
+            put(users::grant),
+        ),
+        (
+            "DELETE",
+            "/v1/users/{name}/grants/{function}",
+            delete(users::revoke),
+        ),
+        ("GET", "/v1/whoami", get(users::whoami)),
+        ("POST", "/register_function", post(mpcs::register)),
+        ("POST", "/execute_function", post(mpcs::execute)),
+        ("GET", "/status/{id}", get(mpcs::status)),
+        ("GET", "/result/{id}", get(mpcs::result)),
+        ("GET", "/healthz", get(healthz)),
+    ]
+}
+
+/// Every route of the API as (method, path), `ANY` for a route that takes every method. The
+/// access test checks its table of expected answers against this list.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    route_list()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 /// Every route of the API.
 fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/functions",
-            post(functions::register).get(functions::list),
-        )
-        .route(
-            "/v1/functions/{name}",
-            get(functions::show).delete(functions::remove),
-        )
-        .route("/v1/functions/{name}/invoke", post(tasks::invoke))
-        .route("/v1/functions/{name}/batch", post(batch::submit))
-        .route("/function/{name}", any(tasks::invoke_url))
-        .route("/v1/tasks/wait", post(wait::wait))
-        .route("/v1/tasks/{id}", get(tasks::status))
-        .route("/v1/tasks/{id}/result", get(tasks::result))
-        .route("/v1/tasks/{id}/logs", get(tasks::logs))
-        .route("/v1/workers", get(workers))
-        .route("/register_function", post(mpcs::register))
-        .route("/execute_function", post(mpcs::execute))
-        .route("/status/{id}", get(mpcs::status))
-        .route("/result/{id}", get(mpcs::result))
-        .route("/healthz", get(healthz))
+    route_list()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
 }
 
 /// Adds the fallbacks and the layers every route shares to `routes`, and binds `state`.
@@ -112,7 +152,10 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Multipart bodies honour this; plain bodies are read by `read_body` with the same cap.
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(access::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ))
         // Outermost: a panic anywhere below is answered 500, not a dropped connection.
         .layer(axum::middleware::from_fn(panic::catch_panic))
         .with_state(state)
@@ -140,8 +183,12 @@ async fn healthz(
 
 async fn workers(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::Json<Vec<crate::broker::WorkerView>> {
-    axum::Json(state.broker.workers())
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<axum::Json<Vec<crate::broker::WorkerView>>, ApiError> {
+    if !crate::auth::policy::may_list_workers(&caller) {
+        return Err(access::forbidden(&caller, "list the workers"));
+    }
+    Ok(axum::Json(state.broker.workers()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -196,6 +243,111 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
                 source = err.source();
             }
             Err(ApiError::invalid(format!("cannot read request body: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::Store;
+
+    async fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::open(dir).expect("open store");
+        AppState {
+            users: crate::auth::Directory::load(store.clone())
+                .await
+                .expect("users"),
+            anonymous: None,
+            broker: Broker::start(store).await.expect("broker"),
+            max_body_bytes: 1 << 20,
+            defaults: FunctionDefaults::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn protected_mode_refuses_clients_off_loopback_and_says_how_to_add_a_user() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let app = router(state(dir.path()).await);
+        let peers = [
+            (Some([127, 0, 0, 1]), StatusCode::OK),
+            (Some([10, 1, 2, 3]), StatusCode::FORBIDDEN),
+            (Some([192, 168, 0, 9]), StatusCode::FORBIDDEN),
+            // No peer address known: not trusted.
+            (None, StatusCode::FORBIDDEN),
+        ];
+        for (peer, expected) in peers {
+            let mut request = Request::get("/v1/whoami")
+                .body(Body::empty())
+                .expect("request");
+            if let Some(ip) = peer {
+                let addr = std::net::SocketAddr::from((ip, 40000));
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+            }
+            let response = app.clone().oneshot(request).await.expect("an answer");
+            assert_eq!(response.status(), expected, "{peer:?}");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            if expected == StatusCode::FORBIDDEN {
+                assert_eq!(json["code"], "forbidden");
+                let message = json["error"].as_str().expect("message");
+                assert!(message.contains("protected mode"), "{message}");
+                assert!(
+                    message.contains("faasd user add NAME --role admin"),
+                    "{message}"
+                );
+            } else {
+                assert_eq!(json["mode"], "protected");
+            }
+        }
+        let health = Request::get("/healthz")
+            .body(Body::empty())
+            .expect("request");
+        let response = app.oneshot(health).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn every_listed_route_is_served_with_its_method() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let app = router(state(dir.path()).await);
+        let table = route_table();
+        assert!(table.contains(&("GET", "/healthz")));
+        for (method, path) in table {
+            let uri = path
+                .replace("{name}", "f")
+                .replace("{function}", "f")
+                .replace("{id}", "0190a4b2-0000-7000-8000-000000000000");
+            let method = if method == "ANY" { "PATCH" } else { method };
+            let mut request = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .body(Body::empty())
+                .expect("request");
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let response = app.clone().oneshot(request).await.expect("an answer");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}: {text}"
+            );
+            assert!(!text.contains("route_not_found"), "{method} {uri}: {text}");
         }
     }
 }

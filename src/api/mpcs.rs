@@ -11,15 +11,16 @@
 //! Functions registered here are `pickle` functions named by their UUID, so they also appear in
 //! the native API. The server never unpickles anything: it only checks the pickle's framing.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::functions::{RegisterRequest, decode_base64, register_function};
 use super::{ApiError, AppState, ErrorCode, read_body};
+use crate::auth::Caller;
 use crate::store::TaskStatus;
 
 /// Reads a JSON object body and the string fields it must have (422 when one is missing).
@@ -79,13 +80,18 @@ pub(super) fn check_pickle(code: &[u8]) -> Result<(), ApiError> {
 }
 
 /// `POST /register_function`.
-pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let [name, payload] = fields(&state, body, ["name", "payload"]).await?;
     let code = decode_base64(&payload)?;
     check_pickle(&code)?;
     let function_id = uuid::Uuid::now_v7().to_string();
     let record = register_function(
         &state,
+        &caller,
         RegisterRequest::new(function_id.clone(), "pickle"),
         code,
     )
@@ -95,7 +101,11 @@ pub async fn register(State(state): State<AppState>, body: Body) -> Result<Json<
 }
 
 /// `POST /execute_function`.
-pub async fn execute(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn execute(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let [function_id, payload] = fields(&state, body, ["function_id", "payload"]).await?;
     // Functions are named by the canonical (lowercase, hyphenated) form of their id.
     let Ok(id) = uuid::Uuid::parse_str(&function_id) else {
@@ -105,37 +115,35 @@ pub async fn execute(State(state): State<AppState>, body: Body) -> Result<Json<V
             format!("no function with id {function_id:?}"),
         ));
     };
+    let name = id.hyphenated().to_string();
+    super::functions::check_invoke(&state, &caller, &name)?;
     let (record, _) = state
         .broker
-        .submit(
-            &id.hyphenated().to_string(),
-            Bytes::from(payload),
-            false,
-            false,
-        )
+        .submit(&name, Bytes::from(payload), false, false, caller.user)
         .await?;
     Ok(Json(
         json!({ "task_id": uuid::Uuid::from_u128(record.id).to_string() }),
     ))
 }
 
-async fn task(state: &AppState, id: &str) -> Result<crate::store::TaskRecord, ApiError> {
+async fn task(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::store::TaskRecord, ApiError> {
     let Ok(task_id) = uuid::Uuid::parse_str(id) else {
         return Err(ApiError::task_not_found(id));
     };
-    state
-        .broker
-        .task(task_id.as_u128())
-        .await?
-        .ok_or_else(|| ApiError::task_not_found(id))
+    super::tasks::visible_task(state, caller, id, task_id.as_u128()).await
 }
 
 /// `GET /status/{task_id}`.
 pub async fn status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = task(&state, &id).await?;
+    let record = task(&state, &caller, &id).await?;
     Ok(Json(
         json!({ "task_id": id, "status": record.status.as_str() }),
     ))
@@ -144,9 +152,10 @@ pub async fn status(
 /// `GET /result/{task_id}`.
 pub async fn result(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = task(&state, &id).await?;
+    let record = task(&state, &caller, &id).await?;
     let result = if record.status.is_finished() {
         let bytes = state
             .broker

@@ -74,6 +74,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Store::open(dir.path()).expect("open store");
         let state = AppState {
+            users: crate::auth::Directory::load(store.clone())
+                .await
+                .expect("users"),
+            anonymous: None,
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),
@@ -84,7 +88,15 @@ mod tests {
             }
         };
         let app = finish(routes().route("/test/panic", get(panics)), state);
-        let request = |uri: &str| Request::get(uri).body(Body::empty()).expect("request");
+        let request = |uri: &str| {
+            let mut request = Request::get(uri).body(Body::empty()).expect("request");
+            // A loopback client: in protected mode it acts as the admin.
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            request
+        };
         let response = app
             .clone()
             .oneshot(request("/test/panic"))

@@ -2,16 +2,17 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::functions::{rfc3339, validate_name};
 use super::{ApiError, AppState, ErrorCode, TASK_ID_HEADER, read_body};
+use crate::auth::{Caller, policy};
 use crate::store::{TaskRecord, TaskStatus};
 
 /// A task as the API shows it.
@@ -85,27 +86,30 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 /// `POST /v1/functions/{name}/invoke`.
 pub async fn invoke(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<InvokeQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    call(&state, &name, &headers, body, query.is_async).await
+    call(&state, &caller, &name, &headers, body, query.is_async).await
 }
 
 /// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body.
 pub async fn invoke_url(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    call(&state, &name, &headers, body, false).await
+    call(&state, &caller, &name, &headers, body, false).await
 }
 
 async fn call(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     headers: &HeaderMap,
     body: Body,
@@ -117,8 +121,12 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
+    super::functions::check_invoke(state, caller, name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
-    let (record, waiter) = state.broker.submit(name, payload, json, !is_async).await?;
+    let (record, waiter) = state
+        .broker
+        .submit(name, payload, json, !is_async, caller.user)
+        .await?;
     let id = uuid::Uuid::from_u128(record.id).to_string();
     let Some(waiter) = waiter else {
         let mut response = (
@@ -193,6 +201,7 @@ pub(super) fn wait_param(text: &str) -> Result<Duration, ApiError> {
 /// `GET /v1/tasks/{id}`.
 pub async fn status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
@@ -200,27 +209,49 @@ pub async fn status(
     let task_id = parse_id(&id)?;
     if let Some(wait) = query.wait {
         let wait = wait_param(&wait)?;
+        // Checked before waiting, so a caller cannot learn of a task by how long it is held.
+        visible_task(&state, &caller, &id, task_id).await?;
         if let Some(waiter) = state.broker.watch(task_id) {
             if let Ok(Ok(Ok(finished))) = tokio::time::timeout(wait, waiter).await {
                 return Ok(Json(TaskView::from(&finished.record)));
             }
         }
     }
-    let record = state
-        .broker
-        .task(task_id)
-        .await?
-        .ok_or_else(|| ApiError::task_not_found(&id))?;
+    let record = visible_task(&state, &caller, &id, task_id).await?;
     Ok(Json(TaskView::from(&record)))
 }
 
-async fn finished_record(state: &AppState, id: &str) -> Result<TaskRecord, ApiError> {
+/// Whether `caller` may read `record` (its caller, the function's owner, admins).
+pub(crate) fn may_read(state: &AppState, caller: &Caller, record: &TaskRecord) -> bool {
+    caller.is_admin()
+        || policy::may_read_task(
+            caller,
+            record.caller,
+            state.broker.function(&record.function).map(|f| f.owner),
+        )
+}
+
+/// The task `id` if `caller` may read it; 404 `task_not_found` both when it does not exist and
+/// when the caller may not read it, so task ids cannot be probed.
+pub(crate) async fn visible_task(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    task_id: u128,
+) -> Result<TaskRecord, ApiError> {
+    match state.broker.task(task_id).await? {
+        Some(record) if may_read(state, caller, &record) => Ok(record),
+        _ => Err(ApiError::task_not_found(id)),
+    }
+}
+
+async fn finished_record(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<TaskRecord, ApiError> {
     let task_id = parse_id(id)?;
-    let record = state
-        .broker
-        .task(task_id)
-        .await?
-        .ok_or_else(|| ApiError::task_not_found(id))?;
+    let record = visible_task(state, caller, id, task_id).await?;
     if !record.status.is_finished() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -239,9 +270,10 @@ async fn finished_record(state: &AppState, id: &str) -> Result<TaskRecord, ApiEr
 /// when FAILED, 409 while QUEUED or RUNNING, 404 when unknown.
 pub async fn result(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = finished_record(&state, &id).await?;
+    let record = finished_record(&state, &caller, &id).await?;
     let store = state.broker.store();
     // A success needs its result; a failure's answer carries the stderr tail instead.
     let (result, logs) = if record.status == TaskStatus::Completed {
@@ -259,9 +291,10 @@ pub async fn result(
 /// `GET /v1/tasks/{id}/logs`: the captured stderr of a finished task (409 while unfinished).
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = finished_record(&state, &id).await?;
+    let record = finished_record(&state, &caller, &id).await?;
     let logs = state
         .broker
         .store()

@@ -152,6 +152,7 @@ fn lossy_tail(bytes: &[u8]) -> String {
 /// ids is finished, or when `wait` passes.
 pub async fn wait(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
@@ -171,6 +172,7 @@ pub async fn wait(
     };
     let mut answer = WaitAnswer::default();
     let (ids, texts) = parse_ids(request.ids, &mut answer.unknown);
+    let ids = readable(&state, &caller, ids, &texts, &mut answer.unknown).await?;
     let (waiters, inactive) = state.broker.watch_many(&ids, !wait.is_zero());
     read_stored(&state, inactive, &texts, &mut answer).await?;
     let mut pending: FuturesUnordered<Waiter> = waiters.into_iter().collect();
@@ -220,6 +222,36 @@ pub(super) fn parse_ids(
         }
     }
     (order, ids)
+}
+
+/// The ids of `ids` that `caller` may read; the others join `unknown`, as if they did not
+/// exist, so task ids cannot be probed.
+async fn readable(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    ids: Vec<u128>,
+    texts: &HashMap<u128, String>,
+    unknown: &mut Vec<String>,
+) -> Result<Vec<u128>, ApiError> {
+    if caller.is_admin() || ids.is_empty() {
+        return Ok(ids);
+    }
+    let stored = state.broker.store().tasks(ids.clone()).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, record) in ids.into_iter().zip(stored) {
+        // A sync call's QUEUED record may not be written yet: the broker holds it.
+        let record = match record {
+            Some(r) => Some(r),
+            None => state.broker.task(id).await?,
+        };
+        match record {
+            Some(r) if super::tasks::may_read(state, caller, &r) => out.push(id),
+            Some(_) => unknown.push(texts.get(&id).cloned().unwrap_or_default()),
+            // Unknown ids are reported as such by the rest of the request.
+            None => out.push(id),
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the tasks that are not active from the store: finished ones join the answer with

@@ -3,7 +3,13 @@
 //! Every request the API serves carries a [`Caller`] in its extensions, put there by the
 //! authentication layer before any handler runs.
 
+mod directory;
+pub mod policy;
+pub mod token;
+
 use serde::{Deserialize, Serialize};
+
+pub use directory::{Directory, UserInfo};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -64,4 +70,46 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+}
+
+impl Caller {
+    /// A request without a token, acting with `serve --anonymous ROLE`.
+    pub fn anonymous(role: Role) -> Caller {
+        Caller {
+            user: NO_USER,
+            name: "anonymous".into(),
+            role,
+        }
+    }
+}
+
+/// Errors of the users directory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A user of that name exists.
+    #[error("a user named {name:?} already exists")]
+    UserExists {
+        /// The name.
+        name: String,
+    },
+    /// No user has that name.
+    #[error("no user named {name:?}")]
+    UserNotFound {
+        /// The name.
+        name: String,
+    },
+    /// The system's random source failed.
+    #[error("cannot draw random bytes for a token: {0}")]
+    Random(String),
+    /// A stored user has a role this version does not know.
+    #[error("stored user {name:?} has an unknown role {role:?}")]
+    CorruptRole {
+        /// The user.
+        name: String,
+        /// The stored role.
+        role: String,
+    },
+    /// The store failed.
+    #[error("users store: {0}")]
+    Store(#[from] crate::store::Error),
 }

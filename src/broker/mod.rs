@@ -256,12 +256,14 @@ impl Broker {
     /// Dispatch does not wait for that commit: the store applies writes in the order they are
     /// queued, so the task's later records (RUNNING, its end) always land after its QUEUED one,
     /// and the caller hears nothing before the QUEUED record is on disk.
+    /// `caller` is the id of the user making the call, recorded on the task.
     pub async fn submit(
         &self,
         name: &str,
         payload: Bytes,
         json: bool,
         wait: bool,
+        caller: u32,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         // A full disk refuses the call before it runs rather than after.
         self.inner.store.check_writable()?;
@@ -269,7 +271,7 @@ impl Broker {
             let mut state = self.lock();
             let func = state.admit(name, 1)?;
             state.next_seq += 1;
-            let record = queued_record(&func, state.next_seq, &payload, json);
+            let record = queued_record(&func, state.next_seq, &payload, json, caller);
             let enqueue = Write::Enqueue {
                 record: record.clone(),
                 payload: payload.clone(),
@@ -308,10 +310,12 @@ impl Broker {
     /// the queue limit, queues every QUEUED record to the store under one lock (so the writer
     /// groups them into one commit), and returns the records in input order once every one is
     /// durable. If the commit fails, the tasks that have not started are taken back.
+    /// `caller` is the id of the user making the calls, recorded on each task.
     pub async fn submit_batch(
         &self,
         name: &str,
         payloads: Vec<Bytes>,
+        caller: u32,
     ) -> Result<Vec<TaskRecord>, Error> {
         self.inner.store.check_writable()?;
         let (records, acks) = {
@@ -321,7 +325,7 @@ impl Broker {
             let mut acks = Vec::with_capacity(payloads.len());
             for payload in payloads {
                 state.next_seq += 1;
-                let record = queued_record(&func, state.next_seq, &payload, false);
+                let record = queued_record(&func, state.next_seq, &payload, false, caller);
                 acks.push(self.inner.store.submit(Write::Enqueue {
                     record: record.clone(),
                     payload: payload.clone(),
@@ -698,12 +702,19 @@ async fn pinned_function(
 }
 
 /// The QUEUED record of a new call of `func`, arriving as number `seq`.
-fn queued_record(func: &FunctionRecord, seq: u64, payload: &Bytes, json: bool) -> TaskRecord {
+fn queued_record(
+    func: &FunctionRecord,
+    seq: u64,
+    payload: &Bytes,
+    json: bool,
+    caller: u32,
+) -> TaskRecord {
     let id = uuid::Uuid::now_v7().as_u128();
     TaskRecord {
         created_ms: now_ms(),
         payload_bytes: payload.len() as u64,
         json,
+        caller,
         ..TaskRecord::queued(id, seq, func.name.clone(), func.version)
     }
 }

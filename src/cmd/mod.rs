@@ -4,6 +4,7 @@
 
 mod bench;
 pub mod exit;
+mod grant;
 mod invoke;
 mod join_token;
 mod ls;
@@ -11,6 +12,7 @@ mod register;
 mod rm;
 mod serve;
 mod tasks;
+mod user;
 mod worker;
 mod workers;
 
@@ -168,6 +170,12 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Benchmark a running server (async throughput, sync latency).
     Bench(bench::BenchArgs),
+    /// Manage users and their tokens (admins).
+    User(user::UserArgs),
+    /// Let a user invoke a function (admins and the function's owner).
+    Grant(grant::GrantArgs),
+    /// Take back a user's right to invoke a function.
+    Revoke(grant::GrantArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -199,6 +207,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::User(args) => user::run(args).await,
+        Command::Grant(args) => grant::grant(args).await,
+        Command::Revoke(args) => grant::revoke(args).await,
     }
 }
 

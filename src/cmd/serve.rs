@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Let requests without a token act with this role (as the MPCS clients, which send no
+    /// header, need); requests with a wrong token are still refused.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub anonymous: Option<crate::auth::Role>,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -97,12 +101,15 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     let http_limits = http_limits(&args)?;
     let tls = tls_acceptor(&args)?;
     let (store, broker) = open_store(&mut args).await?;
+    let users = load_users(&store, &args).await?;
     let worker_gate = WorkerGate {
         token: super::join_token::load_or_create(args.join_token_file.as_deref(), &args.data)
             .context("cannot set up the join token")?
             .into(),
-        // TODO(lead): true only while no user exists (wire to the users directory).
-        protected: Arc::new(|| true),
+        protected: {
+            let users = users.clone();
+            Arc::new(move || users.is_empty())
+        },
         tls: tls.clone(),
     };
     let listeners = Listeners::bind(&args).await?;
@@ -126,7 +133,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         &tracker,
     );
     let https = tls.is_some();
-    let server = start_http(listeners.http, &args, http_limits, tls, &broker, &stops);
+    let server = start_http(listeners.http, &args, http_limits, tls, &broker, users, &stops);
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
@@ -233,6 +240,23 @@ async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
         .await
         .context("cannot load the store")?;
     Ok((store, broker))
+}
+
+/// Loads the users and logs whether the server is in protected mode.
+async fn load_users(store: &Store, args: &ServeArgs) -> anyhow::Result<crate::auth::Directory> {
+    let users = crate::auth::Directory::load(store.clone())
+        .await
+        .context("cannot load the users")?;
+    let anonymous = args.anonymous.map(|r| r.as_str());
+    if users.is_empty() {
+        tracing::info!(
+            anonymous,
+            "faasd is in protected mode: no user exists, so loopback clients act as admin and others are refused; add one with `faasd user add NAME --role admin`"
+        );
+    } else {
+        tracing::info!(anonymous, "users exist: every request needs a token");
+    }
+    Ok(users)
 }
 
 /// The bound HTTP and worker listeners.
@@ -384,9 +408,12 @@ fn start_http(
     limits: http::HttpLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     broker: &Broker,
+    users: crate::auth::Directory,
     stops: &Stops,
 ) -> JoinHandle<()> {
     let app = api::router(AppState {
+        users,
+        anonymous: args.anonymous,
         broker: broker.clone(),
         max_body_bytes: args.max_body,
         defaults: FunctionDefaults {

@@ -12,6 +12,7 @@
 
 mod records;
 mod space;
+mod users;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use tokio::sync::oneshot;
 
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
+pub use users::UserRecord;
 use writer::Op;
 pub use writer::Write;
 
@@ -109,6 +111,9 @@ pub enum Error {
         /// The database file.
         path: PathBuf,
     },
+    /// Every user id has been used (ids are never reused).
+    #[error("no user id is left (ids are never reused)")]
+    UserIdsExhausted,
     /// The free space of the data directory could not be measured.
     #[error("cannot measure free space in {path}: statvfs: {source}")]
     Statvfs {
@@ -570,6 +575,7 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     txn.open_table(RESULTS).map_err(db("create results"))?;
     txn.open_table(LOGS).map_err(db("create logs"))?;
     txn.open_table(PENDING).map_err(db("create pending"))?;
+    users::create_tables(&txn)?;
     txn.commit().map_err(db("commit"))
 }
 

@@ -10,6 +10,7 @@
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
+//! | `GET /v1/usage` | calls, failures, wall and CPU seconds, GB-seconds per user or function |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
 mod access;
@@ -21,6 +22,7 @@ mod fuzz;
 mod mpcs;
 mod panic;
 mod tasks;
+mod usage;
 mod wait;
 
 use std::time::Duration;
@@ -97,6 +99,7 @@ fn routes() -> Router<AppState> {
         .route("/v1/tasks/{id}/result", get(tasks::result))
         .route("/v1/tasks/{id}/logs", get(tasks::logs))
         .route("/v1/workers", get(workers))
+        .route("/v1/usage", get(usage::usage))
         .route("/register_function", post(mpcs::register))
         .route("/execute_function", post(mpcs::execute))
         .route("/status/{id}", get(mpcs::status))

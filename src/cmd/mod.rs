@@ -10,6 +10,7 @@ mod register;
 mod rm;
 mod serve;
 mod tasks;
+mod usage;
 mod worker;
 mod workers;
 
@@ -160,6 +161,8 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Benchmark a running server (async throughput, sync latency).
     Bench(bench::BenchArgs),
+    /// Show usage per user or function: calls, failures, wall and CPU seconds, GB-seconds.
+    Usage(usage::UsageArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -190,6 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
 //! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |
+//! | `GET /v1/usage` | calls, failures, wall and CPU seconds, GB-seconds per user or function |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
 
 mod access;
@@ -22,6 +23,7 @@ mod fuzz;
 mod mpcs;
 mod panic;
 mod tasks;
+mod usage;
 mod users;
 mod wait;
 
@@ -102,6 +104,7 @@ fn route_list() -> Vec<Route> {
         ("GET", "/v1/tasks/{id}/result", get(tasks::result)),
         ("GET", "/v1/tasks/{id}/logs", get(tasks::logs)),
         ("GET", "/v1/workers", get(workers)),
+        ("GET", "/v1/usage", get(usage::usage)),
         ("POST", "/v1/users", post(users::add)),
         ("GET", "/v1/users", get(users::list)),
         ("GET", "/v1/users/{name}", get(users::show)),

@@ -37,6 +37,8 @@ pub struct TaskView {
     run_ms: Option<f64>,
     cold_start: Option<bool>,
     init_ms: Option<f64>,
+    cpu_ms: Option<f64>,
+    peak_memory_bytes: Option<u64>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -61,6 +63,8 @@ impl From<&TaskRecord> for TaskView {
             run_ms: t.status.is_finished().then(|| t.run_us as f64 / 1000.0),
             cold_start: t.status.is_finished().then_some(t.cold_start),
             init_ms: t.status.is_finished().then(|| t.init_us as f64 / 1000.0),
+            cpu_ms: t.status.is_finished().then(|| t.cpu_us as f64 / 1000.0),
+            peak_memory_bytes: t.status.is_finished().then_some(t.peak_memory_bytes),
         }
     }
 }

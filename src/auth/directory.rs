@@ -268,6 +268,11 @@ impl Directory {
             .ok_or_else(|| Error::UserNotFound { name: name.into() })
     }
 
+    /// The name of the user with id `id`, if it still exists.
+    pub fn name_of(&self, id: u32) -> Option<String> {
+        self.state().users.get(&id).map(|u| u.record.name.clone())
+    }
+
     /// Every user, sorted by name.
     pub fn list(&self) -> Vec<UserInfo> {
         let state = self.state();

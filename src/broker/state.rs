@@ -234,6 +234,8 @@ fn ended(record: &TaskRecord, outcome: Outcome) -> Finished {
     r.run_us = o.run_us;
     r.cold_start = o.cold_start;
     r.init_us = o.init_us;
+    r.cpu_us = o.cpu_us;
+    r.peak_memory_bytes = o.peak_memory_bytes;
     Finished {
         record: end,
         result: o.stdout,
@@ -1115,6 +1117,10 @@ mod tests {
         assert_eq!(end.record.status, TaskStatus::Completed);
         assert_eq!((end.record.result_bytes, end.record.stderr_bytes), (3, 4));
         assert_eq!((end.record.run_us, end.record.init_us), (7, 3));
+        assert_eq!(
+            (end.record.cpu_us, end.record.peak_memory_bytes),
+            (2, 1 << 20)
+        );
         assert!(end.record.cold_start && end.record.finished_ms.is_some());
         assert_eq!(end.result, Bytes::from_static(b"out"));
         // Readers see RUNNING until the end is committed.

@@ -12,6 +12,7 @@ mod register;
 mod rm;
 mod serve;
 mod tasks;
+mod usage;
 mod user;
 mod worker;
 mod workers;
@@ -176,6 +177,8 @@ pub enum Command {
     Grant(grant::GrantArgs),
     /// Take back a user's right to invoke a function.
     Revoke(grant::GrantArgs),
+    /// Show usage per user or function: calls, failures, wall and CPU seconds, GB-seconds.
+    Usage(usage::UsageArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -210,6 +213,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::User(args) => user::run(args).await,
         Command::Grant(args) => grant::grant(args).await,
         Command::Revoke(args) => grant::revoke(args).await,
+        Command::Usage(args) => usage::run(args).await,
     }
 }
 

@@ -133,7 +133,15 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         &tracker,
     );
     let https = tls.is_some();
-    let server = start_http(listeners.http, &args, http_limits, tls, &broker, users, &stops);
+    let server = start_http(
+        listeners.http,
+        &args,
+        http_limits,
+        tls,
+        &broker,
+        users,
+        &stops,
+    );
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;

@@ -114,6 +114,15 @@ fn print_task(t: &serde_json::Value) {
     if let Some(ms) = t["run_ms"].as_f64() {
         println!("run       {ms:.3} ms");
     }
+    if let Some(ms) = t["cpu_ms"].as_f64() {
+        println!("cpu       {ms:.3} ms");
+    }
+    if let Some(bytes) = t["peak_memory_bytes"].as_u64() {
+        println!(
+            "memory    {:.1} MiB peak",
+            bytes as f64 / (1u64 << 20) as f64
+        );
+    }
 }
 
 async fn fetch_bytes(

@@ -16,6 +16,7 @@ mod memory;
 mod pool;
 pub mod runtimes;
 mod spawn;
+mod usage;
 mod warm;
 
 use std::ffi::OsString;
@@ -294,6 +295,7 @@ fn judge(call: &Call<'_>, child: &process::Child, finished: Finished, run_us: u6
         signal,
     };
     let (failure, message) = ending.failure(&stderr, call.timeout, call.limits.stdout_bytes);
+    let usage = child.usage().unwrap_or_default();
     Outcome {
         failure,
         exit_code,
@@ -308,8 +310,8 @@ fn judge(call: &Call<'_>, child: &process::Child, finished: Finished, run_us: u6
         run_us,
         cold_start: true,
         init_us: 0,
-        cpu_us: 0,
-        peak_memory_bytes: 0,
+        cpu_us: usage.cpu_us,
+        peak_memory_bytes: usage.peak_memory_bytes,
     }
 }
 

@@ -293,10 +293,12 @@ impl Pool {
         };
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(started);
+        let cpu_before = executor.cpu_ticks();
         let answer = executor
             .call(&call.payload, call.json, remaining, call.limits)
             .await;
         let run_us = started.elapsed().as_micros() as u64;
+        let (cpu_us, peak_memory_bytes) = executor.usage_since(cpu_before);
         match answer {
             Ok(answer) => {
                 self.release(&call.key, Some(executor));
@@ -310,15 +312,19 @@ impl Pool {
                     run_us,
                     cold_start,
                     init_us,
-                    cpu_us: 0,
-                    peak_memory_bytes: 0,
+                    cpu_us,
+                    peak_memory_bytes,
                 }
             }
             Err(failure) => {
                 // An exception leaves the executor sound; anything else does not.
                 let keep = failure.reason == FailureReason::Exception;
                 self.release(&call.key, keep.then_some(executor));
-                failed(failure, cold_start, init_us, run_us)
+                Outcome {
+                    cpu_us,
+                    peak_memory_bytes,
+                    ..failed(failure, cold_start, init_us, run_us)
+                }
             }
         }
     }

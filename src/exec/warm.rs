@@ -65,6 +65,9 @@ pub struct WarmExecutor {
     /// Runs through the sandbox shim (whose cgroups must go when it does).
     sandboxed: bool,
     _workdir: tempfile::TempDir,
+    /// The process that runs the function, whose CPU and memory a call's usage reads (see
+    /// `usage.rs`); found once the executor is ready.
+    measured_pid: u32,
     /// When it last finished a call.
     pub last_used: Instant,
 }
@@ -120,6 +123,7 @@ impl WarmExecutor {
         };
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
+        let pid = child.pid();
         let mut executor = WarmExecutor {
             child,
             stdin,
@@ -127,9 +131,11 @@ impl WarmExecutor {
             stderr_tail,
             sandboxed: crate::sandbox::shim::is_wrapped(argv),
             _workdir: workdir,
+            measured_pid: pid,
             last_used: Instant::now(),
         };
         executor.wait_ready(timeout).await?;
+        executor.measured_pid = super::usage::executor_pid(pid);
         Ok(executor)
     }
 
@@ -270,6 +276,23 @@ impl WarmExecutor {
     /// The executor's process id, which is also its process group's.
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// The CPU time its function process has used so far, in clock ticks (read before a call).
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        super::usage::cpu_ticks(self.measured_pid)
+    }
+
+    /// What a call used: the CPU time since `before` (from [`WarmExecutor::cpu_ticks`]) in
+    /// microseconds, and the function process's peak memory over its life in bytes; zeros for
+    /// what cannot be read (the executor is gone).
+    pub fn usage_since(&self, before: Option<u64>) -> (u64, u64) {
+        let cpu_us = match (before, self.cpu_ticks()) {
+            (Some(before), Some(after)) => super::usage::ticks_to_us(after.saturating_sub(before)),
+            _ => 0,
+        };
+        let peak = super::usage::peak_memory_bytes(self.measured_pid).unwrap_or(0);
+        (cpu_us, peak)
     }
 
     /// Whether the process has exited (killed from outside while idle, say).

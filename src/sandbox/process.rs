@@ -35,6 +35,8 @@ pub struct Child {
     parent: Parent,
     /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
     memory_killed: Option<bool>,
+    /// What it used, once reaped by [`Child::reap`].
+    usage: Option<sys::Usage>,
     /// The write end of the child's stdin.
     pub stdin: Option<OwnedFd>,
     /// The read end of the child's stdout.
@@ -83,6 +85,7 @@ impl Pipes {
             reaped: false,
             parent,
             memory_killed: None,
+            usage: None,
             stdin: Some(self.stdin),
             stdout: Some(self.stdout),
             stderr: Some(self.stderr),
@@ -164,6 +167,12 @@ impl Child {
         }
     }
 
+    /// What the child used (its CPU time and peak memory, with those of the descendants that
+    /// were waited for), once [`Child::reap`] has collected it.
+    pub fn usage(&self) -> Option<sys::Usage> {
+        self.usage
+    }
+
     /// Whether the sandbox zygote forked the child (and so looks after its cgroups).
     pub fn forked_by_zygote(&self) -> bool {
         matches!(self.parent, Parent::Zygote(..))
@@ -215,7 +224,7 @@ impl Child {
             match (parent, pidfd) {
                 (Parent::Zygote(zygote, generation), Some(pidfd)) => {
                     sys::wait_exited(pidfd.as_fd());
-                    if let Ok((_, None)) = zygote.reap(pid, generation) {
+                    if let Ok((_, None, _)) = zygote.reap(pid, generation) {
                         // Cgroups the child made itself, named by its pid.
                         super::cgroup::finish(pid as u32);
                     }
@@ -250,12 +259,16 @@ impl Child {
                 sys::wait_exited(self.pidfd.get_ref().as_fd());
                 zygote
                     .reap(self.pid.as_raw(), generation)
-                    .map(|(status, oom)| {
+                    .map(|(status, oom, usage)| {
                         self.memory_killed = oom;
+                        self.usage = Some(usage);
                         status
                     })
             }
-            Parent::Us => sys::reap(self.pid.as_raw()).map(ExitStatus::from_raw),
+            Parent::Us => sys::reap_with_usage(self.pid.as_raw()).map(|(status, usage)| {
+                self.usage = Some(usage);
+                ExitStatus::from_raw(status)
+            }),
         };
         self.reaped = true;
         status

@@ -380,18 +380,56 @@ pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
 /// `waitpid` on our own child `pid`, again after a signal: its raw wait status, or with
 /// `nohang` `None` while it has not ended.
 pub fn waitpid(pid: i32, nohang: bool) -> Result<Option<i32>, Error> {
-    let flags = if nohang { libc::WNOHANG } else { 0 };
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid out pointer.
-        let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
-        match rc {
-            0 => return Ok(None),
-            rc if rc > 0 => return Ok(Some(status)),
-            _ if Errno::last() == Errno::EINTR => continue,
-            _ => return Err(last("waitpid")),
+    Ok(wait4(pid, nohang)?.map(|(status, _)| status))
+}
+
+/// What a reaped child used, as `wait4` reports it: its own CPU time and that of every
+/// descendant it (or they) waited for, and the largest peak resident set among them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User plus system CPU time, in microseconds.
+    pub cpu_us: u64,
+    /// The largest peak resident set size (`ru_maxrss`), in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+impl Usage {
+    fn of(ru: &libc::rusage) -> Usage {
+        let micros =
+            |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+        Usage {
+            cpu_us: micros(ru.ru_utime) + micros(ru.ru_stime),
+            // Linux reports ru_maxrss in KiB.
+            peak_memory_bytes: (ru.ru_maxrss.max(0) as u64) * 1024,
         }
     }
+}
+
+/// `wait4` on our own child `pid`, again after a signal: its raw wait status and what it used,
+/// or with `nohang` `None` while it has not ended.
+pub fn wait4(pid: i32, nohang: bool) -> Result<Option<(i32, Usage)>, Error> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 on our own child with valid out pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        match rc {
+            0 => return Ok(None),
+            rc if rc > 0 => return Ok(Some((status, Usage::of(&ru)))),
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return Err(last("wait4")),
+        }
+    }
+}
+
+/// Waits for our own child `pid` to end and reaps it: its raw wait status and what it used.
+pub fn reap_with_usage(pid: i32) -> Result<(i32, Usage), Error> {
+    wait4(pid, false)?.ok_or(Error::Call {
+        call: "wait4",
+        errno: Errno::ECHILD,
+    })
 }
 
 /// Waits for our own child `pid` to end and reaps it: its raw wait status.

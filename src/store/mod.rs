@@ -12,6 +12,7 @@
 
 mod records;
 mod space;
+mod usage;
 mod users;
 mod writer;
 
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
+pub use usage::{HOUR_MS, UsageRow, UsageTotals};
 pub use users::UserRecord;
 use writer::Op;
 pub use writer::Write;
@@ -461,6 +463,14 @@ impl Store {
         .await
     }
 
+    /// The usage buckets (see [`UsageRow`]) of every hour that ends after `since_ms` (Unix ms),
+    /// sorted by hour, caller and function.
+    pub async fn usage(&self, since_ms: u64) -> Result<Vec<UsageRow>, Error> {
+        let since_hour = since_ms / HOUR_MS;
+        self.read(move |database| usage::read_since(database, since_hour))
+            .await
+    }
+
     /// A finished task's result bytes.
     pub async fn result(&self, id: u128) -> Result<Option<Bytes>, Error> {
         self.read(move |database| read_bytes(database, RESULTS, id))
@@ -576,6 +586,7 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     txn.open_table(LOGS).map_err(db("create logs"))?;
     txn.open_table(PENDING).map_err(db("create pending"))?;
     users::create_tables(&txn)?;
+    txn.open_table(usage::USAGE).map_err(db("create usage"))?;
     txn.commit().map_err(db("commit"))
 }
 

@@ -437,6 +437,11 @@ fn apply(
             });
         }
     }
+    let finished = batch.iter().filter_map(|(w, _)| match w.as_ref() {
+        Write::Finish { record, .. } => Some(record),
+        _ => None,
+    });
+    super::usage::record(&txn, finished)?;
     txn.commit().map_err(db("commit"))?;
     Ok(versions)
 }
@@ -640,10 +645,61 @@ mod tests {
                 code: Bytes::from_static(b"code"),
             },
         ]);
-        assert_eq!(apply(&database, &writes, false, false).expect("apply"), [1, 2, 1]);
+        assert_eq!(
+            apply(&database, &writes, false, false).expect("apply"),
+            [1, 2, 1]
+        );
         let txn = database.begin_read().expect("read");
         let heads = txn.open_table(HEADS).expect("heads");
         assert_eq!(heads.get("f").expect("get").map(|v| v.value()), Some(2));
+    }
+
+    fn finish(id: u128, function: &str, caller: u32, status: TaskStatus) -> Write {
+        Write::Finish {
+            record: TaskRecord {
+                function: function.into(),
+                caller,
+                finished_ms: Some(5 * crate::store::HOUR_MS + 7),
+                run_us: 1000,
+                cpu_us: 10,
+                peak_memory_bytes: 3,
+                ..task(id, status)
+            },
+            result: Bytes::new(),
+            logs: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn usage_sums_each_commits_ends_per_hour_caller_and_function() {
+        let (database, _dir) = database();
+        let first = batch(vec![
+            finish(1, "f", 7, TaskStatus::Completed),
+            finish(2, "f", 7, TaskStatus::Failed),
+            finish(3, "g", 7, TaskStatus::Completed),
+            // Not an end: counts for nothing.
+            Write::Update {
+                record: task(4, TaskStatus::Running),
+            },
+        ]);
+        apply(&database, &first, true).expect("apply");
+        let second = batch(vec![finish(5, "f", 7, TaskStatus::Completed)]);
+        apply(&database, &second, true).expect("apply");
+        let rows = super::super::usage::read_since(&database, 0).expect("read usage");
+        let keys: Vec<(u64, u32, &str)> = rows
+            .iter()
+            .map(|r| (r.hour, r.caller, r.function.as_str()))
+            .collect();
+        assert_eq!(keys, [(5, 7, "f"), (5, 7, "g")]);
+        let f = rows[0].totals;
+        assert_eq!((f.calls, f.failures, f.wall_us, f.cpu_us), (3, 1, 3000, 30));
+        assert_eq!(f.memory_byte_us, 9000);
+        assert_eq!(rows[1].totals.calls, 1);
+        assert!(
+            super::super::usage::read_since(&database, 6)
+                .expect("read usage")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::wire::{Reply, Request, read_frame, write_frame};
-use crate::sandbox::sys::Error;
+use crate::sandbox::sys::{self, Error};
 
 /// The hidden subcommand that runs the zygote.
 pub const ZYGOTE_COMMAND: &str = "__zygote";
@@ -331,10 +331,30 @@ impl Zygote {
     /// readable). Also says whether the call's memory limit killed any of its processes
     /// (`None`: the child made its own cgroups, named by its pid, for the worker to read and
     /// remove).
-    pub fn reap(&self, pid: i32, generation: u64) -> Result<(ExitStatus, Option<bool>), Error> {
+    /// What the child used comes with it (see [`sys::Usage`]).
+    pub fn reap(
+        &self,
+        pid: i32,
+        generation: u64,
+    ) -> Result<(ExitStatus, Option<bool>, sys::Usage), Error> {
         use std::os::unix::process::ExitStatusExt;
         match self.ask(&Request::Reap { pid }, &[], Some(generation))? {
-            (Reply::Reaped { status, oom }, _, _) => Ok((ExitStatus::from_raw(status), oom)),
+            (
+                Reply::Reaped {
+                    status,
+                    oom,
+                    cpu_us,
+                    peak_memory_bytes,
+                },
+                _,
+                _,
+            ) => {
+                let usage = sys::Usage {
+                    cpu_us,
+                    peak_memory_bytes,
+                };
+                Ok((ExitStatus::from_raw(status), oom, usage))
+            }
             (Reply::Failed { message, errno }, _, _) => Err(Reply::into_error(message, errno)),
             _ => Err(Error::UnexpectedReply),
         }

@@ -272,10 +272,10 @@ impl Server {
     /// `Reap`: reaps a child that has ended (one still running is refused, never waited for)
     /// and gives its network namespace and cgroups back to the pools.
     fn reap(&mut self, pid: i32) -> Result<Reply, Error> {
-        let waited = match sys::waitpid(pid, true) {
+        let (waited, usage) = match sys::wait4(pid, true) {
             Ok(None) => return Err(Error::NotEnded { pid }),
-            Ok(Some(status)) => Ok(status),
-            Err(e) => Err(e),
+            Ok(Some((status, usage))) => (Ok(status), usage),
+            Err(e) => (Err(e), sys::Usage::default()),
         };
         let ending = self.reports.remove(&pid).and_then(|r| Ending::read(&r));
         let oom = self.cgroups.release(pid);
@@ -283,6 +283,8 @@ impl Server {
         Ok(Reply::Reaped {
             status: ending.map_or(waited?, Ending::wait_status),
             oom,
+            cpu_us: usage.cpu_us,
+            peak_memory_bytes: usage.peak_memory_bytes,
         })
     }
 

@@ -64,6 +64,10 @@ pub(super) enum Reply {
         status: i32,
         /// Whether the memory limit killed a process of the call.
         oom: Option<bool>,
+        /// CPU time of the child and the descendants it waited for, in microseconds.
+        cpu_us: u64,
+        /// The largest peak resident set among them, in bytes.
+        peak_memory_bytes: u64,
     },
     /// The request failed.
     Failed {
@@ -299,6 +303,8 @@ mod tests {
             Reply::Reaped {
                 status: 0x0300,
                 oom: Some(true),
+                cpu_us: 1500,
+                peak_memory_bytes: 4096,
             },
             Reply::failed(&Error::NotEnded { pid: 9 }),
         ];

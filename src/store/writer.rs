@@ -682,9 +682,9 @@ mod tests {
                 record: task(4, TaskStatus::Running),
             },
         ]);
-        apply(&database, &first, true).expect("apply");
+        apply(&database, &first, true, false).expect("apply");
         let second = batch(vec![finish(5, "f", 7, TaskStatus::Completed)]);
-        apply(&database, &second, true).expect("apply");
+        apply(&database, &second, true, false).expect("apply");
         let rows = super::super::usage::read_since(&database, 0).expect("read usage");
         let keys: Vec<(u64, u32, &str)> = rows
             .iter()

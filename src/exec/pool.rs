@@ -293,12 +293,11 @@ impl Pool {
         };
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(started);
-        let cpu_before = executor.cpu_ticks();
         let answer = executor
             .call(&call.payload, call.json, remaining, call.limits)
             .await;
         let run_us = started.elapsed().as_micros() as u64;
-        let (cpu_us, peak_memory_bytes) = executor.usage_since(cpu_before);
+        let (cpu_us, peak_memory_bytes) = executor.call_ended();
         match answer {
             Ok(answer) => {
                 self.release(&call.key, Some(executor));

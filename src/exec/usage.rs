@@ -10,7 +10,13 @@
 //! The process measured is the function's interpreter, not the one the worker started: the
 //! sandbox puts its shim and the namespace's init (both faasd) above it. [`executor_pid`] walks
 //! down that chain once, when the executor is ready.
+//!
+//! A [`Meter`] keeps both files open and rereads them in place (`pread` at offset 0), and a
+//! call's CPU reading is the next call's starting point: a warm call costs two small reads,
+//! not four opens, reads and closes.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
 /// How many faasd processes (shim, init) may stand between the worker and the interpreter.
@@ -35,13 +41,6 @@ pub fn ticks_to_us(ticks: u64) -> u64 {
     ticks.saturating_mul(1_000_000) / ticks_per_second()
 }
 
-/// The CPU time of process `pid` (user + system, its own and its waited-for children's), in
-/// clock ticks; `None` once it is gone.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat)
-}
-
 /// Fields 14 to 17 of a `/proc/PID/stat` line (utime, stime, cutime, cstime), summed. The
 /// command name (field 2) is in parentheses and may hold spaces, so fields count from the last
 /// `)`.
@@ -58,12 +57,6 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
         .sum()
 }
 
-/// The peak resident memory of process `pid` over its life (`VmHWM`), in bytes.
-pub fn peak_memory_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_hwm(&status)
-}
-
 fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -71,6 +64,82 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 }
 
 /// A process's command name (`/proc/PID/comm`).
+/// The open `/proc` files of one executor's function process, and its last CPU reading.
+pub struct Meter {
+    stat: Option<File>,
+    status: Option<File>,
+    /// The CPU time (clock ticks) at the end of the last call, or when the meter was made.
+    last_ticks: Option<u64>,
+    buf: Vec<u8>,
+}
+
+impl Meter {
+    /// A meter of process `pid`; reads nothing later if its files cannot be opened.
+    pub fn open(pid: u32) -> Meter {
+        let stat = File::open(format!("/proc/{pid}/stat")).ok();
+        let status = File::open(format!("/proc/{pid}/status")).ok();
+        let mut meter = Meter {
+            stat,
+            status,
+            last_ticks: None,
+            buf: Vec::with_capacity(2048),
+        };
+        meter.last_ticks = meter.read_ticks();
+        meter
+    }
+
+    /// A meter that measures nothing (zeros).
+    pub fn none() -> Meter {
+        Meter {
+            stat: None,
+            status: None,
+            last_ticks: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// What the call that just ended used: its CPU time in microseconds (the change since the
+    /// last reading) and the process's peak resident memory in bytes; zeros for what cannot
+    /// be read.
+    pub fn call_ended(&mut self) -> (u64, u64) {
+        let now = self.read_ticks();
+        let cpu_us = match (self.last_ticks, now) {
+            (Some(before), Some(after)) => ticks_to_us(after.saturating_sub(before)),
+            _ => 0,
+        };
+        self.last_ticks = now.or(self.last_ticks);
+        let peak = reread(self.status.as_ref(), &mut self.buf)
+            .and_then(parse_vm_hwm)
+            .unwrap_or(0);
+        (cpu_us, peak)
+    }
+
+    fn read_ticks(&mut self) -> Option<u64> {
+        reread(self.stat.as_ref(), &mut self.buf).and_then(parse_cpu_ticks)
+    }
+}
+
+/// The whole of `file` from its start, read into `buf` (a `/proc` file is produced anew by
+/// each read from offset 0).
+fn reread<'a>(file: Option<&File>, buf: &'a mut Vec<u8>) -> Option<&'a str> {
+    let file = file?;
+    buf.clear();
+    buf.resize(buf.capacity().max(2048), 0);
+    let mut filled = 0;
+    loop {
+        let n = file.read_at(&mut buf[filled..], filled as u64).ok()?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    buf.truncate(filled);
+    std::str::from_utf8(buf).ok()
+}
+
 fn comm(pid: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
@@ -127,14 +196,17 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_cpu_time_and_a_peak() {
-        let me = std::process::id();
+    fn a_meter_reads_the_cpu_a_call_used_and_the_peak() {
+        let mut meter = Meter::open(std::process::id());
         let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(30) {}
-        assert!(cpu_ticks(me).is_some_and(|t| t > 0));
-        assert!(peak_memory_bytes(me).is_some_and(|b| b > 1 << 20));
-        // Not faasd's own command name as a child would see it: the test binary is itself.
-        assert_eq!(executor_pid(me), me);
-        assert_eq!(ticks_to_us(ticks_per_second()), 1_000_000);
+        while spin.elapsed() < std::time::Duration::from_millis(50) {}
+        let (cpu_us, peak) = meter.call_ended();
+        // Clock ticks are 10 ms on most systems: 50 ms of spinning reads as at least 30.
+        assert!(cpu_us >= 30_000, "{cpu_us}");
+        assert!(peak > 1 << 20, "{peak}");
+        // The next call starts from this one's end: idle, it used (almost) nothing.
+        let (idle_us, _) = meter.call_ended();
+        assert!(idle_us < 30_000, "{idle_us}");
+        assert_eq!(Meter::none().call_ended(), (0, 0));
     }
 }

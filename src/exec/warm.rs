@@ -65,9 +65,9 @@ pub struct WarmExecutor {
     /// Runs through the sandbox shim (whose cgroups must go when it does).
     sandboxed: bool,
     _workdir: tempfile::TempDir,
-    /// The process that runs the function, whose CPU and memory a call's usage reads (see
-    /// `usage.rs`); found once the executor is ready.
-    measured_pid: u32,
+    /// The `/proc` files of the process that runs the function, whose CPU and memory a call's
+    /// usage reads (see `usage.rs`); opened once the executor is ready.
+    meter: super::usage::Meter,
     /// When it last finished a call.
     pub last_used: Instant,
 }
@@ -131,11 +131,11 @@ impl WarmExecutor {
             stderr_tail,
             sandboxed: crate::sandbox::shim::is_wrapped(argv),
             _workdir: workdir,
-            measured_pid: pid,
+            meter: super::usage::Meter::none(),
             last_used: Instant::now(),
         };
         executor.wait_ready(timeout).await?;
-        executor.measured_pid = super::usage::executor_pid(pid);
+        executor.meter = super::usage::Meter::open(super::usage::executor_pid(pid));
         Ok(executor)
     }
 
@@ -278,21 +278,11 @@ impl WarmExecutor {
         self.child.pid()
     }
 
-    /// The CPU time its function process has used so far, in clock ticks (read before a call).
-    pub fn cpu_ticks(&self) -> Option<u64> {
-        super::usage::cpu_ticks(self.measured_pid)
-    }
-
-    /// What a call used: the CPU time since `before` (from [`WarmExecutor::cpu_ticks`]) in
-    /// microseconds, and the function process's peak memory over its life in bytes; zeros for
-    /// what cannot be read (the executor is gone).
-    pub fn usage_since(&self, before: Option<u64>) -> (u64, u64) {
-        let cpu_us = match (before, self.cpu_ticks()) {
-            (Some(before), Some(after)) => super::usage::ticks_to_us(after.saturating_sub(before)),
-            _ => 0,
-        };
-        let peak = super::usage::peak_memory_bytes(self.measured_pid).unwrap_or(0);
-        (cpu_us, peak)
+    /// What the call that just ended used: its CPU time in microseconds (the function
+    /// process's increase since the previous call ended) and that process's peak memory over
+    /// its life in bytes; zeros for what cannot be read (the executor is gone).
+    pub fn call_ended(&mut self) -> (u64, u64) {
+        self.meter.call_ended()
     }
 
     /// Whether the process has exited (killed from outside while idle, say).

@@ -5,11 +5,7 @@
 #   scripts/backlog-memory.py crash-restart --tasks 2000 --payload-bytes 1048576 [--quick-repair]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-bin="$PWD/target/release/faasd"
-venv="$PWD/target/bench-venv"
-scripts/python-venv.sh "$venv" dill
-export PATH="$venv/bin:$PATH"
+source scripts/bench-env.sh
 code="$(mktemp)"
 trap 'rm -f "$code"' EXIT
 printf 'def handle(payload):\n    return payload\n' >"$code"

@@ -4,11 +4,7 @@
 # every request carries its token, alternated twice, in one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-bin="$PWD/target/release/faasd"
-venv="$PWD/target/bench-venv"
-scripts/python-venv.sh "$venv" dill
-export PATH="$venv/bin:$PATH"
+source scripts/bench-env.sh
 code="$(mktemp)"
 trap 'rm -f "$code"' EXIT
 printf 'def handle(payload):\n    return payload\n' >"$code"

@@ -9,12 +9,7 @@
 # Usage: scripts/bench.sh [extra `faasd serve` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --quiet
-bin="$PWD/target/release/faasd"
-# The warm runtimes' executors use a venv with dill (first on PATH), never the system python.
-venv="$PWD/target/bench-venv"
-scripts/python-venv.sh "$venv" dill
-export PATH="$venv/bin:$PATH"
+source scripts/bench-env.sh
 source scripts/bench-server.sh
 out="$("$bin" bench --url "$url" --tasks 10000 --connections 32 --sync-calls 1000)"
 echo "$out"

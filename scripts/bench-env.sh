@@ -1,0 +1,8 @@
+# Sourced by the benchmark scripts (from the repository's root): builds the release binary,
+# sets `bin` to it, and puts a venv with dill first on PATH, so the warm runtimes' executors use
+# it and never the system python.
+cargo build --release --locked --quiet
+bin="$PWD/target/release/faasd"
+venv="$PWD/target/bench-venv"
+scripts/python-venv.sh "$venv" dill
+export PATH="$venv/bin:$PATH"

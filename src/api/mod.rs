@@ -251,7 +251,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -259,7 +259,8 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-    async fn state(dir: &std::path::Path) -> AppState {
+    /// A state over a fresh store in `dir`: no users, no anonymous role, default limits.
+    pub(super) async fn state(dir: &std::path::Path) -> AppState {
         let store = Store::open(dir).expect("open store");
         AppState {
             users: crate::auth::Directory::load(store.clone())

@@ -65,23 +65,12 @@ mod tests {
     use axum::routing::get;
     use tower::ServiceExt;
 
-    use super::super::{AppState, FunctionDefaults, finish, routes};
-    use crate::broker::Broker;
-    use crate::store::Store;
+    use super::super::{finish, routes};
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_internal_and_the_router_keeps_serving() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = Store::open(dir.path()).expect("open store");
-        let state = AppState {
-            users: crate::auth::Directory::load(store.clone())
-                .await
-                .expect("users"),
-            anonymous: None,
-            broker: Broker::start(store).await.expect("broker"),
-            max_body_bytes: 1 << 20,
-            defaults: FunctionDefaults::default(),
-        };
+        let state = crate::api::tests::state(dir.path()).await;
         let panics = || async {
             if true {
                 panic!("a test route that always panics");

@@ -100,6 +100,14 @@ def submit(server, tasks, payload_bytes, single=False):
         sent += n
 
 
+def value_files_bytes(data):
+    """Bytes in the value files beside the database (large payloads, results and stderr)."""
+    values = os.path.join(data, "values")
+    if not os.path.isdir(values):
+        return 0
+    return sum(os.path.getsize(os.path.join(values, name)) for name in os.listdir(values))
+
+
 def settle(server, seconds=2.0):
     time.sleep(seconds)
     return server.rss()
@@ -141,9 +149,10 @@ def restart(args, data):
     server = queue(args, data)
     server.kill()
     size = os.path.getsize(os.path.join(data, "faasd.redb"))
+    values = value_files_bytes(data)
     again = Server(args.binary, data, 0)
     counts = again.call("GET", "/healthz")
-    print(f"store_bytes={size} restart_ready_s={again.ready_after:.2f} "
+    print(f"store_bytes={size} value_files_bytes={values} restart_ready_s={again.ready_after:.2f} "
           f"rss_after_restart_kib={again.rss()} queued={counts.get('queued')}")
     again.kill()
 
@@ -152,7 +161,9 @@ def crash_restart(args, data):
     extra = ["--sandbox", "none"] + (["--quick-repair"] if args.quick_repair else [])
     server = Server(args.binary, data, args.workers, extra)
     register(server, args.tasks, "cat\n")  # results as large as the payloads stay in the store
+    started = time.monotonic()
     submit(server, args.tasks, args.payload_bytes)
+    submitted = time.monotonic() - started
     while True:
         counts = server.call("GET", "/healthz")
         if counts.get("queued", 1) == 0 and counts.get("running", 1) == 0:
@@ -160,8 +171,11 @@ def crash_restart(args, data):
         time.sleep(0.5)
     server.kill()
     size = os.path.getsize(os.path.join(data, "faasd.redb"))
+    drained = time.monotonic() - started
+    values = value_files_bytes(data)
     again = Server(args.binary, data, 0, extra)
     print(f"quick_repair={args.quick_repair} tasks={args.tasks} store_bytes={size} "
+          f"value_files_bytes={values} submit_s={submitted:.2f} drained_s={drained:.2f} "
           f"restart_after_kill_s={again.ready_after:.2f} rss_kib={again.rss()}")
     again.proc.send_signal(signal.SIGTERM)
     again.proc.wait()

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Server, Worker, register, submit, wait_finished};
+use std::time::Duration;
+
+use common::{Server, Worker, eventually, register, submit, wait_finished};
 use faasd::client::Client;
 use nix::sys::signal::Signal;
 
@@ -67,8 +69,38 @@ async fn stored_payloads_survive_kill_9_and_run_after_the_restart() {
     let tasks = submit_mixed(&client).await;
     server.stop_with(Signal::SIGKILL).await;
     drop(server);
+    // Large payloads wait in files beside the database, so the database (which redb verifies
+    // page by page after a crash) stays small whatever they weigh.
+    let db_bytes = std::fs::metadata(data.join("faasd.redb"))
+        .expect("db")
+        .len();
+    assert!(db_bytes < 2_000_000, "the database holds {db_bytes} bytes");
+    assert_eq!(value_files(&data, "payload"), 2);
+    // A payload file a crash left for a task that was never stored.
+    let orphan = data.join("values").join(format!("{:032x}.payload", 1));
+    std::fs::write(&orphan, b"never committed").expect("orphan file");
 
     let server = Server::start_on(&data, &["--local-workers", "2"]);
     let client = server.client();
     assert_echoed(&client, &tasks).await;
+    // Finished tasks' payload files go, the orphan is swept, large results have files.
+    eventually("payload files removed", Duration::from_secs(10), || async {
+        match value_files(&data, "payload") {
+            0 => Ok(()),
+            n => Err(format!("{n} payload files left")),
+        }
+    })
+    .await;
+    assert_eq!(value_files(&data, "result"), 2);
+}
+
+/// How many value files of `kind` (`payload`, `result`, `logs`) the data directory holds.
+fn value_files(data: &std::path::Path, kind: &str) -> usize {
+    std::fs::read_dir(data.join("values"))
+        .expect("values directory")
+        .filter(|e| {
+            let name = e.as_ref().expect("entry").file_name();
+            name.to_string_lossy().ends_with(&format!(".{kind}"))
+        })
+        .count()
 }

@@ -14,6 +14,7 @@ mod records;
 mod space;
 mod usage;
 mod users;
+mod values;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use records::{FunctionRecord, TaskRecord, TaskStatus};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
 pub use usage::{HOUR_MS, UsageRow, UsageTotals};
 pub use users::UserRecord;
+use values::{Kind, Values};
 use writer::Op;
 pub use writer::Write;
 
@@ -116,6 +118,17 @@ pub enum Error {
     /// Every user id has been used (ids are never reused).
     #[error("no user id is left (ids are never reused)")]
     UserIdsExhausted,
+    /// A value file (a large payload, result or stderr kept beside the database) could not be
+    /// written or read.
+    #[error("cannot {op} value file {path}: {source}")]
+    Value {
+        /// What was being done.
+        op: &'static str,
+        /// The file (or their directory).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The free space of the data directory could not be measured.
     #[error("cannot measure free space in {path}: statvfs: {source}")]
     Statvfs {
@@ -178,16 +191,19 @@ struct Shared {
     /// Commits record the allocator state (redb's quick-repair), so a restart after a crash
     /// need not walk the whole file.
     quick_repair: AtomicBool,
+    /// The large values kept in files beside the database.
+    values: Values,
 }
 
 /// How long a reopen waits for the reads in flight on the old database to finish.
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
 
 impl Shared {
-    fn new(path: PathBuf, data_dir: PathBuf, database: Database) -> Shared {
+    fn new(path: PathBuf, data_dir: PathBuf, database: Database, values: Values) -> Shared {
         Shared {
             path,
             data_dir,
+            values,
             db: RwLock::new(Some(Arc::new(database))),
             full: AtomicBool::new(false),
             space: Mutex::new(None),
@@ -292,7 +308,9 @@ impl Store {
             source: Box::new(source),
         })?;
         create_tables(&db)?;
-        let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db));
+        let values = Values::open(data_dir)?;
+        let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db, values));
+        sweep_values_later(&shared);
         let ops = writer::start(shared.clone());
         Ok(Store {
             inner: Arc::new(Inner { shared, ops }),
@@ -473,14 +491,16 @@ impl Store {
 
     /// A finished task's result bytes.
     pub async fn result(&self, id: u128) -> Result<Option<Bytes>, Error> {
-        self.read(move |database| read_bytes(database, RESULTS, id))
-            .await
+        let mut one = self
+            .read_values(RESULT_VALUES, vec![id], usize::MAX)
+            .await?;
+        Ok(one.pop().flatten())
     }
 
     /// A finished task's captured stderr.
     pub async fn logs(&self, id: u128) -> Result<Option<Bytes>, Error> {
-        self.read(move |database| read_bytes(database, LOGS, id))
-            .await
+        let mut one = self.read_values(LOG_VALUES, vec![id], usize::MAX).await?;
+        Ok(one.pop().flatten())
     }
 
     /// Many tasks' records, read in one transaction, in the order of `ids` (`None` for an
@@ -501,8 +521,7 @@ impl Store {
 
     /// Many finished tasks' result bytes, read in one transaction, in the order of `ids`.
     pub async fn results(&self, ids: Vec<u128>) -> Result<Vec<Option<Bytes>>, Error> {
-        self.read(move |database| read_many(database, RESULTS, &ids, usize::MAX))
-            .await
+        self.read_values(RESULT_VALUES, ids, usize::MAX).await
     }
 
     /// The last `max_bytes` of many finished tasks' captured stderr, read in one transaction,
@@ -512,21 +531,39 @@ impl Store {
         ids: Vec<u128>,
         max_bytes: usize,
     ) -> Result<Vec<Option<Bytes>>, Error> {
-        self.read(move |database| read_many(database, LOGS, &ids, max_bytes))
-            .await
+        self.read_values(LOG_VALUES, ids, max_bytes).await
     }
 
     /// Many unfinished tasks' payloads, read in one transaction, in the order of `ids` (`None`
     /// for a task that has no payload stored: unknown, or finished since).
     pub async fn payloads(&self, ids: Vec<u128>) -> Result<Vec<Option<Bytes>>, Error> {
-        self.read(move |database| read_many(database, PAYLOADS, &ids, usize::MAX))
-            .await
+        self.read_values(PAYLOAD_VALUES, ids, usize::MAX).await
+    }
+
+    /// Values of one kind for many tasks, read in one transaction (files for values kept
+    /// beside the database), each cut to its last `max_bytes`.
+    async fn read_values(
+        &self,
+        (table, kind): (ValueTable, values::Kind),
+        ids: Vec<u128>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Bytes>>, Error> {
+        let values = self.inner.shared.values.clone();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let t = txn.open_table(table).map_err(db("open table"))?;
+            ids.iter()
+                .map(|id| read_value(&t, &values, kind, *id, max_bytes))
+                .collect()
+        })
+        .await
     }
 
     /// Every unfinished task in arrival order. Only payloads of at most `inline_max` bytes are
     /// read (by the size their record gives), so the scan's memory grows with the number of
     /// pending tasks, not with their payloads.
     pub async fn pending(&self, inline_max: usize) -> Result<Vec<PendingTask>, Error> {
+        let values = self.inner.shared.values.clone();
         self.read(move |database| {
             let txn = database.begin_read().map_err(db("begin read"))?;
             let pending = txn.open_table(PENDING).map_err(db("open pending"))?;
@@ -541,8 +578,8 @@ impl Store {
                 };
                 let record = decode_task(bytes.value())?;
                 let payload = if record.payload_bytes <= inline_max as u64 {
-                    let stored = payloads.get(id).map_err(db("read payload"))?;
-                    Some(stored.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(p.value())))
+                    let stored = read_value(&payloads, &values, Kind::Payload, id, usize::MAX)?;
+                    Some(stored.unwrap_or_default())
                 } else {
                     None
                 };
@@ -616,35 +653,60 @@ fn read_function(
     }
 }
 
-fn read_bytes(
-    database: &Database,
-    table: TableDefinition<u128, &[u8]>,
+/// A table of task values, and the kind of file it spills to.
+type ValueTable = TableDefinition<'static, u128, &'static [u8]>;
+const PAYLOAD_VALUES: (ValueTable, Kind) = (PAYLOADS, Kind::Payload);
+const RESULT_VALUES: (ValueTable, Kind) = (RESULTS, Kind::Result);
+const LOG_VALUES: (ValueTable, Kind) = (LOGS, Kind::Logs);
+
+/// A task's value, cut to its last `max_bytes`: from its table, or else from its file.
+fn read_value(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    values: &Values,
+    kind: Kind,
     id: u128,
+    max_bytes: usize,
 ) -> Result<Option<Bytes>, Error> {
-    let txn = database.begin_read().map_err(db("begin read"))?;
-    let t = txn.open_table(table).map_err(db("open table"))?;
-    let value = t.get(id).map_err(db("read"))?;
-    Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+    if let Some(value) = table.get(id).map_err(db("read"))? {
+        let bytes = value.value();
+        return Ok(Some(Bytes::copy_from_slice(
+            &bytes[bytes.len().saturating_sub(max_bytes)..],
+        )));
+    }
+    values.read(id, kind, max_bytes)
 }
 
-/// The values of `ids` in `table`, each cut to its last `max_bytes`.
-fn read_many(
-    database: &Database,
-    table: TableDefinition<u128, &[u8]>,
-    ids: &[u128],
-    max_bytes: usize,
-) -> Result<Vec<Option<Bytes>>, Error> {
-    let txn = database.begin_read().map_err(db("begin read"))?;
-    let t = txn.open_table(table).map_err(db("open table"))?;
-    ids.iter()
-        .map(|id| {
-            let value = t.get(*id).map_err(db("read"))?;
-            Ok(value.map(|v| {
-                let bytes = v.value();
-                Bytes::copy_from_slice(&bytes[bytes.len().saturating_sub(max_bytes)..])
-            }))
-        })
-        .collect()
+/// Starts a thread that removes the value files a crash left behind (see [`Values::sweep`]):
+/// a payload whose task has finished or was never stored, a result or stderr of a task that
+/// is not stored. (A result or stderr written for a task whose end did not commit stays: the
+/// task runs again, and its end rewrites the same file; removing it here could race that.)
+/// It runs beside the server, so start-up does not wait on the directory.
+fn sweep_values_later(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let before = std::time::SystemTime::now();
+    let spawned = std::thread::Builder::new()
+        .name("faasd-values-sweep".into())
+        .spawn(move || {
+            let swept = shared.database().and_then(|database| {
+                let txn = database.begin_read().map_err(db("begin read"))?;
+                let tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
+                shared.values.sweep(before, |id, kind| {
+                    let Some(bytes) = tasks.get(id).map_err(db("read task"))? else {
+                        return Ok(false);
+                    };
+                    let finished = decode_task(bytes.value())?.status.is_finished();
+                    Ok(kind != Kind::Payload || !finished)
+                })
+            });
+            match swept {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed value files a crash left behind"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep the value files"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the value files' sweep");
+    }
 }
 
 fn decode_function(bytes: &[u8]) -> Result<FunctionRecord, Error> {

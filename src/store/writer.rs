@@ -24,6 +24,7 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::records::{self, FunctionRecord, TaskRecord};
+use super::values::{self, Kind, Values};
 use super::{
     BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db, space,
 };
@@ -274,7 +275,7 @@ impl Writer {
             watch.due_now();
             watch.check_if_due(now);
         });
-        let poisoned = io_fault(err).is_some();
+        let poisoned = poisons(err);
         let free_bytes = free_bytes(&self.shared);
         match self.fault.as_mut() {
             Some(fault) => {
@@ -355,10 +356,9 @@ impl Writer {
     fn apply_logged(&self, batch: &[Queued], durable: bool) -> Result<Vec<u32>, Error> {
         let started = Instant::now();
         let quick_repair = self.shared.quick_repair.load(Ordering::Acquire);
-        let result = self
-            .shared
-            .database()
-            .and_then(|database| apply(&database, batch, durable, quick_repair));
+        let result = self.shared.database().and_then(|database| {
+            apply(&database, &self.shared.values, batch, durable, quick_repair)
+        });
         if let Err(err) = &result {
             tracing::error!(error = %err, writes = batch.len(), "store commit failed");
         }
@@ -385,27 +385,67 @@ fn previous_io() -> Error {
 }
 
 /// Whether `err` is an I/O failure of the database file (after which redb refuses all I/O on
-/// that `Database`), and if so whether it was for lack of space (`ENOSPC`, `EDQUOT`).
+/// that `Database`) or of a value file, and if so whether it was for lack of space (`ENOSPC`,
+/// `EDQUOT`).
 fn io_fault(err: &Error) -> Option<bool> {
-    let Error::Db { source, .. } = err else {
-        return None;
+    let source = match err {
+        Error::Db { source, .. } => source,
+        Error::Value { source, .. } => return Some(out_of_space(source)),
+        _ => return None,
     };
     match source.as_ref() {
-        redb::Error::Io(io) => Some(matches!(
-            io.raw_os_error().map(Errno::from_raw),
-            Some(Errno::ENOSPC | Errno::EDQUOT)
-        )),
+        redb::Error::Io(io) => Some(out_of_space(io)),
         redb::Error::PreviousIo => Some(false),
         _ => None,
     }
 }
 
+/// Whether an I/O error says the filesystem (or the user's quota) is out of space.
+fn out_of_space(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOSPC | Errno::EDQUOT)
+    )
+}
+
+/// Whether the database must be reopened after `err` (redb refuses all I/O once a write of its
+/// file failed; a value file's failure leaves it usable).
+fn poisons(err: &Error) -> bool {
+    matches!(err, Error::Db { .. }) && io_fault(err).is_some()
+}
+
+/// The large values of a batch, which go to files (see [`values`]).
+fn spilled_values(batch: &[Queued]) -> Vec<values::Item<'_>> {
+    let mut items: Vec<values::Item<'_>> = Vec::new();
+    for (write, _) in batch {
+        match write.as_ref() {
+            Write::Enqueue { record, payload } => {
+                items.push((record.id, Kind::Payload, payload));
+            }
+            Write::Finish {
+                record,
+                result,
+                logs,
+            } => {
+                items.push((record.id, Kind::Result, result));
+                items.push((record.id, Kind::Logs, logs));
+            }
+            _ => {}
+        }
+    }
+    items.retain(|(_, _, bytes)| values::spills(bytes.len()));
+    items
+}
+
 fn apply(
     database: &Database,
+    values: &Values,
     batch: &[Queued],
     durable: bool,
     quick_repair: bool,
 ) -> Result<Vec<u32>, Error> {
+    // Large values are durable in their files before the commit that refers to them.
+    values.write_durably(&spilled_values(batch))?;
     let mut txn = database.begin_write().map_err(db("begin write"))?;
     txn.set_quick_repair(quick_repair);
     // A batch nobody waits on (state changes such as RUNNING) skips the fsync: the next
@@ -441,8 +481,13 @@ fn apply(
         Write::Finish { record, .. } => Some(record),
         _ => None,
     });
-    super::usage::record(&txn, finished)?;
+    super::usage::record(&txn, finished.clone())?;
     txn.commit().map_err(db("commit"))?;
+    for record in finished {
+        if values::spills(record.payload_bytes as usize) {
+            values.remove(record.id, Kind::Payload);
+        }
+    }
     Ok(versions)
 }
 
@@ -485,9 +530,11 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
         }
         Write::Enqueue { record, payload } => {
             t.put_task(record)?;
-            t.payloads
-                .insert(record.id, payload.as_ref())
-                .map_err(db("write payload"))?;
+            if !values::spills(payload.len()) {
+                t.payloads
+                    .insert(record.id, payload.as_ref())
+                    .map_err(db("write payload"))?;
+            }
             t.pending
                 .insert(record.seq, record.id)
                 .map_err(db("write pending"))?;
@@ -503,12 +550,16 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
             logs,
         } => {
             t.put_task(record)?;
-            t.results
-                .insert(record.id, result.as_ref())
-                .map_err(db("write result"))?;
-            t.logs
-                .insert(record.id, logs.as_ref())
-                .map_err(db("write logs"))?;
+            if !values::spills(result.len()) {
+                t.results
+                    .insert(record.id, result.as_ref())
+                    .map_err(db("write result"))?;
+            }
+            if !values::spills(logs.len()) {
+                t.logs
+                    .insert(record.id, logs.as_ref())
+                    .map_err(db("write logs"))?;
+            }
             t.payloads.remove(record.id).map_err(db("drop payload"))?;
             t.pending.remove(record.seq).map_err(db("drop pending"))?;
             Ok(0)
@@ -571,6 +622,11 @@ mod tests {
         (database, dir)
     }
 
+    /// The value files of a test's directory.
+    fn values(dir: &tempfile::TempDir) -> Values {
+        Values::open(dir.path()).expect("value files")
+    }
+
     fn function(name: &str) -> FunctionRecord {
         FunctionRecord {
             name: name.into(),
@@ -601,7 +657,8 @@ mod tests {
     /// A writer over `database`, and the state it shares with the store's handles.
     fn writer(database: Database, dir: &tempfile::TempDir) -> (Writer, Arc<Shared>) {
         let path = dir.path().join("test.redb");
-        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database));
+        let values = Values::open(dir.path()).expect("value files");
+        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database, values));
         (Writer::new(shared.clone()), shared)
     }
 
@@ -646,7 +703,7 @@ mod tests {
             },
         ]);
         assert_eq!(
-            apply(&database, &writes, false, false).expect("apply"),
+            apply(&database, &values(&_dir), &writes, false, false).expect("apply"),
             [1, 2, 1]
         );
         let txn = database.begin_read().expect("read");
@@ -682,9 +739,9 @@ mod tests {
                 record: task(4, TaskStatus::Running),
             },
         ]);
-        apply(&database, &first, true, false).expect("apply");
+        apply(&database, &values(&_dir), &first, true, false).expect("apply");
         let second = batch(vec![finish(5, "f", 7, TaskStatus::Completed)]);
-        apply(&database, &second, true, false).expect("apply");
+        apply(&database, &values(&_dir), &second, true, false).expect("apply");
         let rows = super::super::usage::read_since(&database, 0).expect("read usage");
         let keys: Vec<(u64, u32, &str)> = rows
             .iter()
@@ -725,7 +782,7 @@ mod tests {
             // A stale RUNNING update behind the end must not overwrite it.
             Write::Update { record: running },
         ]);
-        apply(&database, &writes, false, false).expect("apply");
+        apply(&database, &values(&_dir), &writes, false, false).expect("apply");
         assert_eq!(stored_task(&database, 1), Some(end));
         assert!(!has(&database, PAYLOADS, 1));
         assert!(has(&database, RESULTS, 1) && has(&database, LOGS, 1));
@@ -754,7 +811,7 @@ mod tests {
                 logs: Bytes::new(),
             },
         ]);
-        apply(&database, &writes, false, false).expect("apply");
+        apply(&database, &values(&_dir), &writes, false, false).expect("apply");
         assert_eq!(stored_task(&database, 2), Some(running));
         assert!(has(&database, PAYLOADS, 2));
         assert_eq!(pending_count(&database), 1);
@@ -828,5 +885,40 @@ mod tests {
             };
             assert!(matches!(*error, Error::Db { .. }), "{error}");
         }
+    }
+
+    #[test]
+    fn large_values_go_to_files_and_a_finished_payload_file_is_removed() {
+        let (database, dir) = database();
+        let values = values(&dir);
+        let big = Bytes::from(vec![7u8; values::MIN_BYTES]);
+        let mut queued = task(1, TaskStatus::Queued);
+        queued.payload_bytes = big.len() as u64;
+        let enqueue = batch(vec![Write::Enqueue {
+            record: queued.clone(),
+            payload: big.clone(),
+        }]);
+        apply(&database, &values, &enqueue, true, false).expect("apply");
+        assert!(
+            !has(&database, PAYLOADS, 1),
+            "a large payload is not in the table"
+        );
+        let payload = values.read(1, Kind::Payload, usize::MAX).expect("read");
+        assert_eq!(payload, Some(big.clone()));
+        let end = TaskRecord {
+            status: TaskStatus::Completed,
+            ..queued
+        };
+        let finish = batch(vec![Write::Finish {
+            record: end,
+            result: big.clone(),
+            logs: Bytes::from_static(b"small"),
+        }]);
+        apply(&database, &values, &finish, true, false).expect("apply");
+        assert_eq!(values.read(1, Kind::Payload, 1).expect("read"), None);
+        assert!(!has(&database, RESULTS, 1) && has(&database, LOGS, 1));
+        let result = values.read(1, Kind::Result, usize::MAX).expect("read");
+        assert_eq!(result, Some(big));
+        assert_eq!(values.read(1, Kind::Logs, 1).expect("read"), None);
     }
 }

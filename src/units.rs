@@ -65,12 +65,29 @@ pub fn parse_bytes(text: &str) -> Result<usize, ParseError> {
     })
 }
 
-/// Parses a duration such as `30s`, `250ms` or `1m 30s`.
+/// Parses a duration such as `10` (seconds), `1.5` (seconds), `30s`, `500ms`, `2m` or `1m 30s`:
+/// the one duration parser of every command-line flag and every API field.
 pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
-    humantime::parse_duration(text).map_err(|e| ParseError::NotADuration {
+    let t = text.trim();
+    let not_a_duration = |reason: String| ParseError::NotADuration {
         text: text.to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let seconds: f64 = t
+            .parse()
+            .map_err(|_| not_a_duration("not a number of seconds".into()))?;
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| not_a_duration("too many seconds".into()));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| not_a_duration(format!("not a duration such as 10, 10s, 500ms or 2m ({e})")))
+}
+
+/// Checks a duration text with [`parse_duration`] and gives it back unchanged (a clap value
+/// parser for flags whose text travels on to the server).
+pub fn duration_text(text: &str) -> Result<String, ParseError> {
+    parse_duration(text).map(|_| text.trim().to_string())
 }
 
 /// Formats a duration for people: `1m 30s`, `250ms`.
@@ -148,14 +165,20 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(matches!(
-            parse_duration("10"),
-            Err(ParseError::NotADuration { .. })
-        ));
-        assert!(matches!(
-            parse_duration("soon"),
-            Err(ParseError::NotADuration { .. })
-        ));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration_text(" 10 "), Ok("10".to_string()));
+        for bad in ["", "soon", "10x", "1.2.3", "."] {
+            assert!(
+                matches!(parse_duration(bad), Err(ParseError::NotADuration { .. })),
+                "{bad:?}"
+            );
+        }
+        let err = parse_duration("10x").map(|_| ()).unwrap_err().to_string();
+        assert!(err.starts_with("not a duration such as 10, 10s"), "{err}");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
     }
 

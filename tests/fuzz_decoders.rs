@@ -177,6 +177,7 @@ fn function_record() -> impl Strategy<Value = FunctionRecord> {
             warm(),
             isolation(),
             any::<u32>(),
+            any::<Option<String>>(),
         ),
     )
         .prop_map(|(a, b, c)| FunctionRecord {
@@ -194,6 +195,7 @@ fn function_record() -> impl Strategy<Value = FunctionRecord> {
             warm: c.3,
             isolation: c.4,
             owner: c.5,
+            display_name: c.6,
         })
 }
 

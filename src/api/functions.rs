@@ -37,6 +37,8 @@ pub struct FunctionView {
     idle_timeout_ms: Option<u64>,
     memory_bytes: Option<u64>,
     allow_net: bool,
+    /// The name an MPCS client gave the function (whose name is its id), or null.
+    display_name: Option<String>,
 }
 
 impl From<&FunctionRecord> for FunctionView {
@@ -58,6 +60,7 @@ impl From<&FunctionRecord> for FunctionView {
             idle_timeout_ms: f.warm.map(|w| w.idle_timeout_ms),
             memory_bytes: f.isolation.memory_bytes,
             allow_net: f.isolation.allow_net,
+            display_name: f.display_name.clone(),
         }
     }
 }
@@ -100,11 +103,8 @@ impl TimeoutField {
                         .with("field", field.into()),
                 );
             }
-            TimeoutField::Text(t) => humantime::parse_duration(t).map_err(|e| {
-                ApiError::invalid(format!(
-                    "{field} {t:?} is not a duration such as \"30s\": {e}"
-                ))
-                .with("field", field.into())
+            TimeoutField::Text(t) => crate::units::parse_duration(t).map_err(|e| {
+                ApiError::invalid(format!("{field} {t:?}: {e}")).with("field", field.into())
             })?,
             TimeoutField::Other(v) => {
                 return Err(ApiError::invalid(format!(
@@ -148,6 +148,9 @@ pub(crate) struct RegisterRequest {
     /// Let the function use the host's network in the sandbox.
     #[serde(default)]
     allow_net: bool,
+    /// The name an MPCS client sent; not part of the native JSON.
+    #[serde(skip)]
+    display_name: Option<String>,
 }
 
 /// A size given as bytes (a number) or a text such as `"256MiB"`.
@@ -213,6 +216,15 @@ impl RegisterRequest {
             entry: None,
             memory: None,
             allow_net: false,
+            display_name: None,
+        }
+    }
+
+    /// The same request, keeping `display_name` beside the function's name.
+    pub(crate) fn with_display_name(self, display_name: String) -> RegisterRequest {
+        RegisterRequest {
+            display_name: Some(display_name),
+            ..self
         }
     }
 }
@@ -375,6 +387,7 @@ pub(crate) fn function_record(
         },
         // Set by the caller's identity once the registration is accepted.
         owner: 0,
+        display_name: req.display_name,
     })
 }
 

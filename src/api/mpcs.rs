@@ -9,7 +9,7 @@
 //! | `GET /result/{task_id}` | 200 `{"task_id", "status", "result"}` (`result`: dill + base64, `null` until finished); 404 |
 //!
 //! Functions registered here are `pickle` functions named by their UUID, so they also appear in
-//! the native API. The server never unpickles anything: it only checks the pickle's framing.
+//! the native API, with the `name` their client sent as their `display_name`. The server never unpickles anything: it only checks the pickle's framing.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -79,6 +79,25 @@ pub(super) fn check_pickle(code: &[u8]) -> Result<(), ApiError> {
     }
 }
 
+/// The longest `name` an MPCS registration may send, in characters.
+const MAX_DISPLAY_NAME_CHARS: usize = 200;
+
+/// The `name` of an MPCS registration, kept as the function's display name: at most
+/// [`MAX_DISPLAY_NAME_CHARS`] characters (400 past that), control characters replaced so that
+/// it prints on one line.
+pub(super) fn display_name(name: &str) -> Result<String, ApiError> {
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(ApiError::invalid(format!(
+            "name may be at most {MAX_DISPLAY_NAME_CHARS} characters"
+        ))
+        .with("field", "name".into()));
+    }
+    Ok(name
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect())
+}
+
 /// `POST /register_function`.
 pub async fn register(
     State(state): State<AppState>,
@@ -86,16 +105,13 @@ pub async fn register(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let [name, payload] = fields(&state, body, ["name", "payload"]).await?;
+    let name = display_name(&name)?;
     let code = decode_base64(&payload)?;
     check_pickle(&code)?;
     let function_id = uuid::Uuid::now_v7().to_string();
-    let record = register_function(
-        &state,
-        &caller,
-        RegisterRequest::new(function_id.clone(), "pickle"),
-        code,
-    )
-    .await?;
+    let request =
+        RegisterRequest::new(function_id.clone(), "pickle").with_display_name(name.clone());
+    let record = register_function(&state, &caller, request, code).await?;
     tracing::info!(function = %record.name, mpcs_name = %name, "registered an MPCS function");
     Ok(Json(json!({ "function_id": function_id })))
 }

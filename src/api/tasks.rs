@@ -194,12 +194,9 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The `?wait=` of the status route: a duration text, held to at most [`MAX_WAIT`].
 pub(super) fn wait_param(text: &str) -> Result<Duration, ApiError> {
-    humantime::parse_duration(text)
+    crate::units::parse_duration(text)
         .map(|wait| wait.min(MAX_WAIT))
-        .map_err(|e| {
-            ApiError::invalid(format!("wait {text:?} is not a duration: {e}"))
-                .with("field", "wait".into())
-        })
+        .map_err(|e| ApiError::invalid(format!("wait {text:?}: {e}")).with("field", "wait".into()))
 }
 
 /// `GET /v1/tasks/{id}`.

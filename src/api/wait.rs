@@ -62,8 +62,8 @@ impl WaitField {
                     "wait must be zero or more seconds, got {s}"
                 )));
             }
-            WaitField::Text(t) => humantime::parse_duration(t).map_err(|e| {
-                ApiError::invalid(format!("wait {t:?} is not a duration such as \"30s\": {e}"))
+            WaitField::Text(t) => crate::units::parse_duration(t).map_err(|e| {
+                ApiError::invalid(format!("wait {t:?}: {e}")).with("field", "wait".into())
             })?,
             WaitField::Other(v) => {
                 return Err(ApiError::invalid(format!(

@@ -787,6 +787,7 @@ mod tests {
                 warm: None,
                 isolation: Isolation::default(),
                 owner: 0,
+                display_name: None,
             });
             self.state.set_function(func.clone());
             func

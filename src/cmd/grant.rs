@@ -14,6 +14,9 @@ pub struct GrantArgs {
     pub user: String,
     /// The function's name.
     pub function: String,
+    /// Print `{"user", "function", "granted"}`.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -42,7 +45,11 @@ async fn set(args: GrantArgs, method: Method) -> anyhow::Result<()> {
         .request(method, &path, None, Bytes::new())
         .await?
         .ok()?;
-    if granting {
+    if args.json {
+        let v =
+            serde_json::json!({"user": args.user, "function": args.function, "granted": granting});
+        println!("{v}");
+    } else if granting {
         println!("{} may now invoke {}", args.user, args.function);
     } else {
         println!("{} may no longer invoke {}", args.user, args.function);

@@ -19,7 +19,8 @@ pub struct InvokeArgs {
     /// Queue the call and print its task id instead of waiting for the result.
     #[arg(long = "async")]
     pub is_async: bool,
-    /// With --async, print `{"task_id": ...}` instead of the bare id.
+    /// Print JSON: `{"task_id"}` with --async, else `{"task_id", "result"}` (or
+    /// `"result_base64"` when the result is not UTF-8).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -68,6 +69,14 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
         } else {
             writeln!(out, "{}", v["task_id"].as_str().unwrap_or_default())?;
         }
+    } else if args.json {
+        let id = answer.headers.get("x-faasd-task-id");
+        let id = id
+            .and_then(|v| v.to_str().ok())
+            .map(serde_json::Value::from);
+        let (key, value) = super::tasks::bytes_field("result", &answer.body);
+        let v = serde_json::json!({ "task_id": id, key: value });
+        writeln!(out, "{v}")?;
     } else {
         out.write_all(&answer.body)?;
     }

@@ -20,6 +20,9 @@ pub struct JoinTokenArgs {
     /// The server's data directory.
     #[arg(long, default_value = "./faasd-data")]
     pub data: PathBuf,
+    /// Print `{"join_token"}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `faasd join-token`: prints the token alone on a line.
@@ -40,7 +43,11 @@ pub async fn run(args: JoinTokenArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let token = checked(&token, &path)?;
-    println!("{token}");
+    if args.json {
+        println!("{}", serde_json::json!({ "join_token": token }));
+    } else {
+        println!("{token}");
+    }
     Ok(exit::OK)
 }
 

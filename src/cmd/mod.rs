@@ -3,6 +3,7 @@
 //! [`exit`].
 
 mod bench;
+mod completions;
 pub mod exit;
 mod grant;
 mod invoke;
@@ -11,6 +12,7 @@ mod ls;
 mod register;
 mod rm;
 mod serve;
+mod table;
 mod tasks;
 mod usage;
 mod user;
@@ -179,6 +181,8 @@ pub enum Command {
     Revoke(grant::GrantArgs),
     /// Show usage per user or function: calls, failures, wall and CPU seconds, GB-seconds.
     Usage(usage::UsageArgs),
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions(completions::CompletionsArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -214,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Grant(args) => grant::grant(args).await,
         Command::Revoke(args) => grant::revoke(args).await,
         Command::Usage(args) => usage::run(args).await,
+        Command::Completions(args) => completions::run(args).await,
     }
 }
 

@@ -28,8 +28,8 @@ pub struct RegisterArgs {
     /// `handle(payload)`) or `pickle` (a dill-pickled callable).
     #[arg(long, default_value = "shell")]
     pub runtime: String,
-    /// Per-call timeout, such as `30s` or `2m` (server default 30s).
-    #[arg(long)]
+    /// Per-call timeout, such as `10` (seconds), `500ms`, `30s` or `2m` (server default 30s).
+    #[arg(long, value_parser = crate::units::duration_text)]
     pub timeout: Option<String>,
     /// The most calls running at once (default unlimited).
     #[arg(long)]
@@ -48,8 +48,8 @@ pub struct RegisterArgs {
     /// Warm executors kept ready even when idle.
     #[arg(long)]
     pub min_warm: Option<u32>,
-    /// How long an idle warm executor lives, such as `60s`.
-    #[arg(long)]
+    /// How long an idle warm executor lives, such as `60` (seconds) or `60s`.
+    #[arg(long, value_parser = crate::units::duration_text)]
     pub idle_timeout: Option<String>,
     /// Memory limit per call in the sandbox, such as `256MiB`.
     #[arg(long)]

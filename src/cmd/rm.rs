@@ -8,6 +8,9 @@ use crate::client::segment;
 pub struct RmArgs {
     /// The function's name.
     pub name: String,
+    /// Print the server's JSON answer (`{"name", "version", "deleted"}`).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -15,10 +18,14 @@ pub struct RmArgs {
 /// Runs `faasd rm`.
 pub async fn run(args: RmArgs) -> anyhow::Result<u8> {
     let client = args.client.connect()?;
-    client
+    let answer = client
         .delete(&format!("/v1/functions/{}", segment(&args.name)))
         .await?
         .ok()?;
-    println!("removed {}", args.name);
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+    } else {
+        println!("removed {}", args.name);
+    }
     Ok(exit::OK)
 }

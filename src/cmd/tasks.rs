@@ -28,6 +28,9 @@ pub struct ResultArgs {
     /// Wait until the task finishes.
     #[arg(long)]
     pub wait: bool,
+    /// Print `{"task_id", ...}` with the bytes as text, or as base64 when not UTF-8.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -40,6 +43,9 @@ pub struct LogsArgs {
     /// Wait until the task finishes.
     #[arg(long)]
     pub wait: bool,
+    /// Print `{"task_id", ...}` with the bytes as text, or as base64 when not UTF-8.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -125,10 +131,11 @@ fn print_task(t: &serde_json::Value) {
     }
 }
 
+/// Fetches a task's `what` (`result` or `logs`) and prints its bytes, or with `json` a JSON
+/// object `{"task_id", what}` (see [`bytes_field`]).
 async fn fetch_bytes(
     client: &super::ClientArgs,
-    id: &str,
-    wait: bool,
+    (id, wait, json): (&str, bool, bool),
     what: &str,
 ) -> anyhow::Result<u8> {
     let client = client.connect()?;
@@ -140,17 +147,56 @@ async fn fetch_bytes(
         .await?
         .ok()?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&answer.body)?;
+    if json {
+        let mut object = serde_json::Map::new();
+        object.insert("task_id".into(), id.into());
+        let (key, value) = bytes_field(what, &answer.body);
+        object.insert(key, value);
+        writeln!(out, "{}", serde_json::Value::Object(object))?;
+    } else {
+        out.write_all(&answer.body)?;
+    }
     out.flush()?;
     Ok(exit::OK)
 }
 
+/// Bytes as a JSON field: `key` with the text when they are UTF-8, else `{key}_base64` with
+/// their base64 (standard alphabet).
+pub(super) fn bytes_field(key: &str, bytes: &[u8]) -> (String, serde_json::Value) {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (key.to_string(), text.into()),
+        Err(_) => (
+            format!("{key}_base64"),
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into(),
+        ),
+    }
+}
+
 /// Runs `faasd result`.
 pub async fn result(args: ResultArgs) -> anyhow::Result<u8> {
-    fetch_bytes(&args.client, &args.id, args.wait, "result").await
+    let task = (args.id.as_str(), args.wait, args.json);
+    fetch_bytes(&args.client, task, "result").await
 }
 
 /// Runs `faasd logs`.
 pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
-    fetch_bytes(&args.client, &args.id, args.wait, "logs").await
+    let task = (args.id.as_str(), args.wait, args.json);
+    fetch_bytes(&args.client, task, "logs").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_text_when_utf8_and_base64_otherwise() {
+        assert_eq!(bytes_field("result", b"hi"), ("result".into(), "hi".into()));
+        assert_eq!(
+            bytes_field("result", &[0xff, 0x00]),
+            ("result_base64".into(), "/wA=".into())
+        );
+    }
 }

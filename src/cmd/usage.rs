@@ -1,5 +1,6 @@
 //! `faasd usage`: what tasks used, per user or per function, as a table, JSON or CSV.
 
+use super::table::{Align, Table};
 use super::{ClientArgs, exit};
 use crate::client::segment;
 
@@ -65,7 +66,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<u8> {
     if args.csv {
         print!("{}", csv(by, &rows));
     } else {
-        print!("{}", table(by, &rows));
+        table(by, &rows).print();
     }
     Ok(exit::OK)
 }
@@ -101,29 +102,29 @@ fn csv_cell(text: &str) -> String {
 }
 
 /// The rows as a table for people.
-fn table(by: &str, rows: &[serde_json::Value]) -> String {
+fn table(by: &str, rows: &[serde_json::Value]) -> Table {
     let number = |row: &serde_json::Value, key: &str| row[key].as_f64().unwrap_or(0.0);
-    let mut out = format!(
-        "{:<24} {:>10} {:>10} {:>12} {:>12} {:>12}\n",
-        by.to_uppercase(),
-        "CALLS",
-        "FAILURES",
-        "WALL S",
-        "CPU S",
-        "GB-S"
-    );
+    let key = by.to_uppercase();
+    let right = Align::Right;
+    let mut table = Table::new(&[
+        (key.as_str(), Align::Left),
+        ("CALLS", right),
+        ("FAILURES", right),
+        ("WALL S", right),
+        ("CPU S", right),
+        ("GB-S", right),
+    ]);
     for row in rows {
-        out.push_str(&format!(
-            "{:<24} {:>10} {:>10} {:>12.3} {:>12.3} {:>12.6}\n",
+        table.row(vec![
             field(row, by),
             field(row, "calls"),
             field(row, "failures"),
-            number(row, "wall_seconds"),
-            number(row, "cpu_seconds"),
-            number(row, "gb_seconds"),
-        ));
+            format!("{:.3}", number(row, "wall_seconds")),
+            format!("{:.3}", number(row, "cpu_seconds")),
+            format!("{:.6}", number(row, "gb_seconds")),
+        ]);
     }
-    out
+    table
 }
 
 #[cfg(test)]
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn the_table_names_its_columns() {
-        let text = table("function", &rows());
+        let text = table("function", &rows()).render(None);
         let header: Vec<&str> = text
             .lines()
             .next()

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::table::{Align, Table};
 use super::{ClientArgs, exit};
 use crate::auth::Role;
 use crate::client::segment;
@@ -35,6 +36,9 @@ pub struct AddArgs {
     /// What the user may do.
     #[arg(long, value_enum)]
     pub role: Role,
+    /// Print the server's JSON answer (`{"name", "role", "token", "created_at"}`).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -54,6 +58,9 @@ pub struct LsArgs {
 pub struct NameArgs {
     /// The user's name.
     pub name: String,
+    /// Print JSON: `{"name", "removed"}` for `rm`, `{"name", "token"}` for `token`.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -89,6 +96,10 @@ async fn add(args: AddArgs) -> anyhow::Result<u8> {
         )
         .await?
         .ok()?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return Ok(exit::OK);
+    }
     print_token(&answer)?;
     eprintln!(
         "added {} ({}); the token above is shown only once",
@@ -105,7 +116,12 @@ async fn ls(args: LsArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let users: Vec<serde_json::Value> = answer.json()?;
-    println!("{:<24} {:<10} {:<26} GRANTS", "NAME", "ROLE", "CREATED");
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("ROLE", Align::Left),
+        ("CREATED", Align::Left),
+        ("GRANTS", Align::Left),
+    ]);
     for u in users {
         let text = |k: &str| u[k].as_str().unwrap_or_default().to_string();
         let grants: Vec<&str> = u["grants"]
@@ -117,13 +133,9 @@ async fn ls(args: LsArgs) -> anyhow::Result<u8> {
         } else {
             grants.join(",")
         };
-        println!(
-            "{:<24} {:<10} {:<26} {grants}",
-            text("name"),
-            text("role"),
-            text("created_at")
-        );
+        table.row(vec![text("name"), text("role"), text("created_at"), grants]);
     }
+    table.print();
     Ok(exit::OK)
 }
 
@@ -133,7 +145,14 @@ async fn rm(args: NameArgs) -> anyhow::Result<u8> {
         .delete(&format!("/v1/users/{}", segment(&args.name)))
         .await?
         .ok()?;
-    println!("removed user {}", args.name);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "name": args.name, "removed": true })
+        );
+    } else {
+        println!("removed user {}", args.name);
+    }
     Ok(exit::OK)
 }
 
@@ -147,6 +166,10 @@ async fn token(args: NameArgs) -> anyhow::Result<u8> {
         )
         .await?
         .ok()?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return Ok(exit::OK);
+    }
     print_token(&answer)?;
     eprintln!(
         "issued a new token for {}; its old token no longer works",

@@ -1,5 +1,6 @@
 //! `faasd workers`: list the workers connected to a server.
 
+use super::table::{Align, Table};
 use super::{ClientArgs, exit};
 
 /// List workers.
@@ -21,27 +22,30 @@ pub async fn run(args: WorkersArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let workers: Vec<serde_json::Value> = answer.json()?;
-    println!(
-        "{:>4} {:<20} {:<22} {:<8} {:>5} {:>7} {:>8} {:<24} {:<8}",
-        "ID", "NAME", "ADDRESS", "DISPATCH", "SLOTS", "RUNNING", "DONE", "LAST HEARTBEAT", "STATE"
-    );
+    let (left, right) = (Align::Left, Align::Right);
+    let mut table = Table::new(&[
+        ("ID", right),
+        ("NAME", left),
+        ("ADDRESS", left),
+        ("DISPATCH", left),
+        ("SLOTS", right),
+        ("RUNNING", right),
+        ("DONE", right),
+        ("LAST HEARTBEAT", left),
+        ("STATE", left),
+    ]);
     for w in workers {
         let s = |k: &str| match &w[k] {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        println!(
-            "{:>4} {:<20} {:<22} {:<8} {:>5} {:>7} {:>8} {:<24} {:<8}",
-            s("id"),
-            s("name"),
-            s("address"),
-            s("dispatch"),
-            s("slots"),
-            s("running"),
-            s("done"),
-            s("last_heartbeat"),
-            s("state")
-        );
+        let keys = [
+            "id", "name", "address", "dispatch", "slots", "running", "done",
+        ];
+        let mut row: Vec<String> = keys.iter().map(|k| s(k)).collect();
+        row.extend([s("last_heartbeat"), s("state")]);
+        table.row(row);
     }
+    table.print();
     Ok(exit::OK)
 }

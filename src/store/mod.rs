@@ -762,6 +762,7 @@ mod tests {
             warm: None,
             isolation: Isolation::default(),
             owner: 0,
+            display_name: None,
         }
     }
 

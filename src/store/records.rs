@@ -40,6 +40,10 @@ pub struct FunctionRecord {
     /// The id of the user who registered it; 0 when no user did (protected mode).
     #[serde(deserialize_with = "appended")]
     pub owner: u32,
+    /// The name its client gave it, when that is not its name: an MPCS function is named by
+    /// its id, and keeps here the `name` its `/register_function` call sent.
+    #[serde(deserialize_with = "appended")]
+    pub display_name: Option<String>,
 }
 
 /// Where a task is in its life.
@@ -209,18 +213,32 @@ mod tests {
                 allow_net: true,
             },
             owner: 5,
+            display_name: Some("f1".into()),
         };
         let bytes = encode(&record).expect("encode");
         // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created,
-        // warm, isolation, then the appended owner.
+        // warm, isolation, then the appended owner and display name (Some, length, "f1").
         let before_owner = format!("0166020{}{}", "0", "07".repeat(32))
             + "0ab0ea010104640301014101620101010200 01";
         let before_owner = before_owner.replace(' ', "");
-        assert_eq!(hex(&bytes), format!("{before_owner}05"));
+        assert_eq!(hex(&bytes), format!("{before_owner}05") + "01026631");
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
-        // A record written before `owner` was appended still loads, owned by no user.
-        let old = decode::<FunctionRecord>(&bytes[..bytes.len() - 1]).expect("decode old");
-        assert_eq!(old, FunctionRecord { owner: 0, ..record });
+        // A record written before `display_name` was appended still loads, without one.
+        let no_name = decode::<FunctionRecord>(&bytes[..bytes.len() - 4]).expect("decode");
+        let unnamed = FunctionRecord {
+            display_name: None,
+            ..record.clone()
+        };
+        assert_eq!(no_name, unnamed);
+        // One written before `owner` was appended still loads, owned by no user.
+        let old = decode::<FunctionRecord>(&bytes[..bytes.len() - 5]).expect("decode old");
+        assert_eq!(
+            old,
+            FunctionRecord {
+                owner: 0,
+                ..unnamed
+            }
+        );
     }
 
     #[test]
@@ -356,6 +374,7 @@ mod tests {
                 allow_net: false,
             },
             owner: 0,
+            display_name: None,
         };
         let bytes = encode(&record).expect("encode");
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);

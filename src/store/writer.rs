@@ -643,6 +643,7 @@ mod tests {
             warm: None,
             isolation: Isolation::default(),
             owner: 0,
+            display_name: None,
         }
     }
 

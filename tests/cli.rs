@@ -1,0 +1,363 @@
+//! The command line's consistency, through the real binary: shell completions, `--json` on
+//! every command that prints, durations as `10`, `10s`, `500ms` or `2m` in the CLI and the API,
+//! aligned tables, MPCS display names, and `faasd bench` cleaning up after itself.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+use bytes::Bytes;
+use common::{BIN, Server, register, text};
+
+/// Runs the CLI with `vars` in its environment and stdin closed.
+fn cli_env(server: &Server, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("FAASD_URL", &server.url)
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run faasd CLI")
+}
+
+/// Runs `faasd ARGS` on a pseudo-terminal (through `script`) `columns` wide; returns what it
+/// printed, without carriage returns.
+fn on_terminal(server: &Server, args: &str, columns: u32) -> String {
+    let command = format!("{BIN} {args}");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("FAASD_URL", &server.url)
+        .env("COLUMNS", columns.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout).replace('\r', "")
+}
+
+/// The stdout of a successful CLI run, parsed as exactly one JSON document.
+fn json_of(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", text(&out.stdout)))
+}
+
+/// The functions `faasd ls --json` lists, by name.
+fn function_names(server: &Server) -> Vec<String> {
+    let list = json_of(&server.cli(&["ls", "--json"]));
+    let list = list.as_array().expect("a list").iter();
+    list.map(|f| f["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains("faasd"), "{shell}: {script}");
+        for word in ["register", "invoke", "completions", "json"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+        if shell == "bash" {
+            let file = dir.path().join("faasd.bash");
+            std::fs::write(&file, &out.stdout).expect("write");
+            let check = Command::new("bash").arg("-n").arg(&file).output();
+            let check = check.expect("run bash -n");
+            assert!(check.status.success(), "{}", text(&check.stderr));
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durations_are_seconds_or_units_in_the_cli_and_the_api() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("f.sh");
+    std::fs::write(&script, "cat\n").expect("write");
+    let script = script.to_str().expect("utf8");
+    let timeout_ms = |server: &Server| {
+        let f = json_of(&server.cli(&["ls", "--json"]));
+        f[0]["timeout_ms"].as_u64().expect("timeout_ms")
+    };
+    for (given, ms) in [
+        ("10", 10_000),
+        ("10s", 10_000),
+        ("500ms", 500),
+        ("2m", 120_000),
+    ] {
+        let out = server.cli(&["register", "f", script, "--timeout", given]);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", text(&out.stderr));
+        assert_eq!(timeout_ms(&server), ms, "--timeout {given}");
+    }
+    let out = server.cli(&["register", "f", script, "--timeout", "10x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = server.cli(&["register", "f", script, "--idle-timeout", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    let client = server.client();
+    let api = [
+        (serde_json::json!(10), 10_000),
+        (serde_json::json!(1.5), 1_500),
+        (serde_json::json!("10"), 10_000),
+        (serde_json::json!("500ms"), 500),
+        (serde_json::json!("2m"), 120_000),
+    ];
+    for (given, ms) in api {
+        let extra = serde_json::json!({ "timeout": given, "idle_timeout": given });
+        let answer = register(&client, "g", "cat", extra).await;
+        assert!(
+            answer.status.is_success(),
+            "{given}: {}",
+            text(&answer.body)
+        );
+        let f: serde_json::Value = answer.json().expect("json");
+        assert_eq!(f["timeout_ms"], ms, "timeout {given}");
+    }
+    for (field, bad) in [("timeout", "10x"), ("idle_timeout", "soon")] {
+        let answer = register(&client, "g", "cat", serde_json::json!({ field: bad })).await;
+        assert_eq!(answer.status.as_u16(), 400, "{field} {bad}");
+        let error: serde_json::Value = answer.json().expect("json");
+        assert_eq!(error["field"], field, "{error}");
+        let message = error["error"].as_str().expect("message");
+        assert!(message.starts_with(&format!("{field} ")), "{message}");
+    }
+    // The status route's `?wait=` takes seconds too.
+    let id = common::submit(&client, "g", b"x").await;
+    let answer = client.get(&format!("/v1/tasks/{id}?wait=5")).await;
+    let answer = answer.expect("status");
+    assert_eq!(answer.status.as_u16(), 200, "{}", text(&answer.body));
+    let answer = client.get(&format!("/v1/tasks/{id}?wait=later")).await;
+    assert_eq!(answer.expect("status").status.as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_that_prints_has_json() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    assert!(
+        register(&client, "echo", "cat", serde_json::json!({}))
+            .await
+            .status
+            .is_success()
+    );
+    let binary = "printf '\\377\\000'; echo oops >&2";
+    assert!(
+        register(&client, "bin", binary, serde_json::json!({}))
+            .await
+            .status
+            .is_success()
+    );
+
+    let v = json_of(&server.cli(&["invoke", "echo", "hi", "--json"]));
+    assert_eq!(v["result"], "hi", "{v}");
+    assert_eq!(v["task_id"].as_str().map(str::len), Some(36), "{v}");
+    let v = json_of(&server.cli(&["invoke", "bin", "--json"]));
+    assert_eq!(v["result_base64"], "/wA=", "{v}");
+    assert!(v.get("result").is_none(), "{v}");
+
+    let id = json_of(&server.cli(&["invoke", "bin", "--async", "--json"]));
+    let id = id["task_id"].as_str().expect("task_id").to_string();
+    let v = json_of(&server.cli(&["result", &id, "--wait", "--json"]));
+    assert_eq!(
+        (&v["task_id"], &v["result_base64"]),
+        (&id.clone().into(), &"/wA=".into())
+    );
+    let v = json_of(&server.cli(&["logs", &id, "--json"]));
+    assert_eq!(v["logs"], "oops\n", "{v}");
+    let v = json_of(&server.cli(&["status", &id, "--json"]));
+    assert_eq!(v["status"], "COMPLETED", "{v}");
+
+    let v = json_of(&server.cli(&["rm", "bin", "--json"]));
+    assert_eq!(
+        (&v["name"], &v["deleted"]),
+        (&"bin".into(), &true.into()),
+        "{v}"
+    );
+    assert!(json_of(&server.cli(&["workers", "--json"])).is_array());
+    assert!(json_of(&server.cli(&["usage", "--json"]))["rows"].is_array());
+    let data = server.data.to_str().expect("utf8");
+    let v = json_of(&server.cli(&["join-token", "--data", data, "--json"]));
+    assert_eq!(v["join_token"].as_str().map(str::len), Some(43), "{v}");
+    users_and_grants_print_json(&server);
+}
+
+/// `user add|ls|token|rm`, `grant` and `revoke` with `--json` (the first user ends protected
+/// mode, so the rest use its token).
+fn users_and_grants_print_json(server: &Server) {
+    let v = json_of(&server.cli(&["user", "add", "root", "--role", "admin", "--json"]));
+    assert_eq!(v["role"], "admin", "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+    let cli = |args: &[&str]| json_of(&cli_env(server, args, &[("FAASD_TOKEN", &token)]));
+    let v = cli(&["user", "add", "bob", "--role", "invoker", "--json"]);
+    assert!(v["token"].is_string(), "{v}");
+    let v = cli(&["grant", "bob", "echo", "--json"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"user": "bob", "function": "echo", "granted": true})
+    );
+    let v = cli(&["user", "ls", "--json"]);
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    let v = cli(&["revoke", "bob", "echo", "--json"]);
+    assert_eq!(v["granted"], false, "{v}");
+    let v = cli(&["user", "token", "bob", "--json"]);
+    assert_eq!(v["name"], "bob", "{v}");
+    let v = cli(&["user", "rm", "bob", "--json"]);
+    assert_eq!(v, serde_json::json!({"name": "bob", "removed": true}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ls_aligns_long_names_and_shows_mpcs_display_names() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let long = format!("long-{}", "x".repeat(58));
+    for name in ["a", long.as_str()] {
+        assert!(
+            register(&client, name, "cat", serde_json::json!({}))
+                .await
+                .status
+                .is_success()
+        );
+    }
+    let pickle = base64::engine::general_purpose::STANDARD.encode(b"\x80\x04N.");
+    let body = serde_json::json!({"name": "square", "payload": pickle}).to_string();
+    let answer = client.post("/register_function", "application/json", Bytes::from(body));
+    let answer = answer.await.expect("register_function");
+    assert_eq!(answer.status.as_u16(), 200, "{}", text(&answer.body));
+    let id: serde_json::Value = answer.json().expect("json");
+    let id = id["function_id"].as_str().expect("function_id").to_string();
+
+    let list = json_of(&server.cli(&["ls", "--json"]));
+    let mpcs = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|f| f["name"] == id.as_str());
+    assert_eq!(
+        mpcs.expect("the MPCS function")["display_name"],
+        "square",
+        "{list}"
+    );
+
+    // Not a terminal: nothing is cut, whatever COLUMNS says.
+    let out = cli_env(&server, &["ls"], &[("COLUMNS", "20")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let column =
+        |line: &str, word: &str| line.find(word).unwrap_or_else(|| panic!("{word}: {table}"));
+    let display = column(lines[0], "DISPLAY NAME");
+    let runtime = column(lines[0], "RUNTIME");
+    assert!(display >= long.len() + 2, "{table}");
+    for line in &lines[1..] {
+        let name = line.split_whitespace().next().expect("name");
+        let (shown, runtime_name) = if name == id {
+            ("square", "pickle")
+        } else {
+            assert!(name == "a" || name == long, "{line:?} cut? {table}");
+            ("-", "shell")
+        };
+        assert_eq!(
+            line[display..].split_whitespace().next(),
+            Some(shown),
+            "{table}"
+        );
+        assert_eq!(
+            line[runtime..].split_whitespace().next(),
+            Some(runtime_name),
+            "{table}"
+        );
+    }
+    // On a terminal 60 columns wide, the widest text column is cut with `…`.
+    let out = on_terminal(&server, "ls", 60);
+    let long_line = out.lines().find(|l| l.starts_with("long-")).expect(&out);
+    assert!(long_line.contains('…'), "{out}");
+    for line in out.lines() {
+        assert!(
+            line.chars().count() <= 60,
+            "{line:?} is wider than 60: {out}"
+        );
+    }
+    let too_long = serde_json::json!({"name": "n".repeat(201), "payload": pickle}).to_string();
+    let answer = client.post(
+        "/register_function",
+        "application/json",
+        Bytes::from(too_long),
+    );
+    assert_eq!(
+        answer.await.expect("register_function").status.as_u16(),
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_removes_its_function_unless_kept() {
+    let server = Server::start(&[]);
+    let small = [
+        "bench",
+        "--tasks",
+        "4",
+        "--connections",
+        "2",
+        "--sync-calls",
+        "3",
+    ];
+    let out = server.cli(&small);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("async throughput: 4 tasks"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).is_empty(),
+        "no progress bar off a terminal: {}",
+        text(&out.stderr)
+    );
+    assert!(!function_names(&server).contains(&"bench-noop".to_string()));
+
+    let out = server.cli(&[&small[..], &["--keep", "--json"]].concat());
+    let report = json_of(&out);
+    assert_eq!(report["kept"], true, "{report}");
+    assert_eq!(report["throughput"]["tasks"], 4, "{report}");
+    assert_eq!(report["latency"]["calls"], 3, "{report}");
+    assert!(function_names(&server).contains(&"bench-noop".to_string()));
+
+    // A failed run removes what it registered too.
+    let out = server.cli(
+        &[
+            &small[..],
+            &["--script", "exit 3", "--function", "bench-fail"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!function_names(&server).contains(&"bench-fail".to_string()));
+}
+
+#[test]
+fn bench_shows_a_progress_bar_on_a_terminal() {
+    let server = Server::start(&[]);
+    let args = "bench --tasks 50 --connections 2 --sync-calls 50";
+    let out = on_terminal(&server, args, 100);
+    assert!(out.contains("] "), "no bar drawn: {out:?}");
+    assert!(out.contains("/150"), "no count of the 150 calls: {out:?}");
+    assert!(out.contains("async throughput: 50 tasks"), "{out:?}");
+}

@@ -5,7 +5,7 @@
     scripts/backlog-memory.py queue   --tasks 100000 --payload-bytes 1
     scripts/backlog-memory.py drain   --tasks 200000 --payload-bytes 1
     scripts/backlog-memory.py restart --tasks 300 --payload-bytes 1048576
-    scripts/backlog-memory.py crash-restart --tasks 1000 --payload-bytes 1048576 [--quick-repair]
+    scripts/backlog-memory.py crash-restart --tasks 1000 --payload-bytes 1048576 [--quick-repair] [--drop-caches]
 
 `queue` starts a server with no workers (`--local-workers 0`, so every task stays queued),
 submits the tasks through the batch route and prints the RSS before and after, per queued task.
@@ -173,6 +173,11 @@ def crash_restart(args, data):
     size = os.path.getsize(os.path.join(data, "faasd.redb"))
     drained = time.monotonic() - started
     values = value_files_bytes(data)
+    if args.drop_caches:
+        # A restart after a machine crash finds none of the store in the page cache.
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
     again = Server(args.binary, data, 0, extra)
     print(f"quick_repair={args.quick_repair} tasks={args.tasks} store_bytes={size} "
           f"value_files_bytes={values} submit_s={submitted:.2f} drained_s={drained:.2f} "
@@ -194,6 +199,8 @@ def main():
                         help="one async invoke per task instead of batches (queue)")
     parser.add_argument("--workers", type=int, default=2,
                         help="local worker slots (drain, crash-restart)")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="empty the page cache before the restart (crash-restart; root)")
     parser.add_argument("--quick-repair", action="store_true",
                         help="serve --quick-repair (crash-restart)")
     args = parser.parse_args()

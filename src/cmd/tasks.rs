@@ -37,8 +37,8 @@ pub struct ResultArgs {
 pub struct LogsArgs {
     /// The task id.
     pub id: String,
-    /// Wait until the task finishes.
-    #[arg(long)]
+    /// Wait until a queued or running task ends, then print its logs.
+    #[arg(long, visible_alias = "follow")]
     pub wait: bool,
     #[command(flatten)]
     pub client: ClientArgs,

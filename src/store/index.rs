@@ -376,6 +376,16 @@ mod tests {
         assert_eq!(ids(&f), [3, 1]);
         let f_queued = list(by(Some("f"), Some(TaskStatus::Queued))).await;
         assert_eq!(ids(&f_queued.expect("list")), [3]);
+        // The old status key went: one key per task in each index.
+        let lengths = store.read(|database| {
+            use redb::ReadableTableMetadata;
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let by_status = txn.open_table(BY_STATUS).map_err(db("open"))?;
+            let by_function = txn.open_table(BY_FUNCTION).map_err(db("open"))?;
+            let len = |n: Result<u64, redb::StorageError>| n.map_err(db("len"));
+            Ok((len(by_status.len())?, len(by_function.len())?))
+        });
+        assert_eq!(lengths.await.expect("lengths"), (3, 3));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use super::tasks::TaskView;
 use super::{ApiError, AppState};
 use crate::auth::{Caller, policy};
 use crate::store::{TaskQuery, TaskRecord, TaskStatus, first_id_at};
-use crate::units::{now_ms, parse_duration};
+use crate::units::{ParseError, now_ms, parse_duration};
 
 /// The page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -115,15 +115,12 @@ fn parse_query(query: ListQuery, now_ms: u64) -> Result<TaskQuery, ApiError> {
 
 /// A task age: a duration such as `500ms`, `10s`, `2m` or `1h`, or a bare number of seconds.
 /// The one parser of `since`, so every spelling the CLI passes through is read the same way.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
+pub fn parse_age(text: &str) -> Result<Duration, ParseError> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| e.to_string());
+        return parse_duration(&format!("{text}s"));
     }
-    parse_duration(text).map_err(|e| e.to_string())
+    parse_duration(text)
 }
 
 fn parse_status(text: &str) -> Result<TaskStatus, ApiError> {

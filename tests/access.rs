@@ -97,6 +97,7 @@ const TABLE: &[Row] = &[
         "/function/{name}",
         [200, 200, 403, 200, 403, 401, 401, 403],
     ),
+    row("GET", "/v1/tasks", [200, 200, 200, 200, 200, 401, 401, 200]),
     row(
         "POST",
         "/v1/tasks/wait",

@@ -6,6 +6,7 @@
 //! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
 //! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`) |
 //! | `POST /v1/functions/{name}/batch` | many async calls in one request and one commit |
+//! | `GET /v1/tasks` | the tasks the caller may read, newest first, filtered, paged by cursor |
 //! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
@@ -22,6 +23,7 @@ mod functions;
 mod fuzz;
 mod mpcs;
 mod panic;
+mod task_list;
 mod tasks;
 mod usage;
 mod users;
@@ -99,6 +101,7 @@ fn route_list() -> Vec<Route> {
         ("POST", "/v1/functions/{name}/invoke", post(tasks::invoke)),
         ("POST", "/v1/functions/{name}/batch", post(batch::submit)),
         ("ANY", "/function/{name}", any(tasks::invoke_url)),
+        ("GET", "/v1/tasks", get(task_list::list)),
         ("POST", "/v1/tasks/wait", post(wait::wait)),
         ("GET", "/v1/tasks/{id}", get(tasks::status)),
         ("GET", "/v1/tasks/{id}/result", get(tasks::result)),

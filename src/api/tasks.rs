@@ -246,21 +246,24 @@ pub(crate) async fn visible_task(
     }
 }
 
+/// The task `id` if it has finished; 409 `task_not_finished` if not, saying it has no `what`
+/// yet and, with `hint`, how to wait for it.
 async fn finished_record(
     state: &AppState,
     caller: &Caller,
     id: &str,
+    what: &str,
+    hint: Option<String>,
 ) -> Result<TaskRecord, ApiError> {
     let task_id = parse_id(id)?;
     let record = visible_task(state, caller, id, task_id).await?;
     if !record.status.is_finished() {
+        let status = record.status.as_str();
+        let hint = hint.map_or_else(String::new, |h| format!(" ({h})"));
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::TaskNotFinished,
-            format!(
-                "task {id} is {}; it has no result yet",
-                record.status.as_str()
-            ),
+            format!("task {id} is {status}; it has no {what} yet{hint}"),
         )
         .with("status", serde_json::json!(record.status.as_str())));
     }
@@ -274,7 +277,7 @@ pub async fn result(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = finished_record(&state, &caller, &id).await?;
+    let record = finished_record(&state, &caller, &id, "result", None).await?;
     let store = state.broker.store();
     // A success needs its result; a failure's answer carries the stderr tail instead.
     let (result, logs) = if record.status == TaskStatus::Completed {
@@ -295,7 +298,8 @@ pub async fn logs(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = finished_record(&state, &caller, &id).await?;
+    let hint = format!("`faasd logs {id} --follow` waits for it to end and prints them");
+    let record = finished_record(&state, &caller, &id, "logs", Some(hint)).await?;
     let logs = state
         .broker
         .store()

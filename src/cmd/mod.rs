@@ -13,6 +13,7 @@ mod register;
 mod rm;
 mod serve;
 mod table;
+mod task_list;
 mod tasks;
 mod usage;
 mod user;
@@ -165,8 +166,10 @@ pub enum Command {
     Status(tasks::StatusArgs),
     /// Print a finished task's result bytes.
     Result(tasks::ResultArgs),
-    /// Print a finished task's captured stderr.
+    /// Print a finished task's captured stderr (`--follow` waits for a running one).
     Logs(tasks::LogsArgs),
+    /// List tasks, newest first, by function, status and age.
+    Tasks(task_list::TasksArgs),
     /// List functions.
     Ls(ls::LsArgs),
     /// Remove a function.
@@ -211,6 +214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => tasks::status(args).await,
         Command::Result(args) => tasks::result(args).await,
         Command::Logs(args) => tasks::logs(args).await,
+        Command::Tasks(args) => task_list::run(args).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -40,8 +40,8 @@ pub struct ResultArgs {
 pub struct LogsArgs {
     /// The task id.
     pub id: String,
-    /// Wait until the task finishes.
-    #[arg(long)]
+    /// Wait until a queued or running task ends, then print its logs.
+    #[arg(long, visible_alias = "follow")]
     pub wait: bool,
     /// Print `{"task_id", ...}` with the bytes as text, or as base64 when not UTF-8.
     #[arg(long)]

@@ -10,6 +10,7 @@
 //! after a failed write) and resumes by itself once space returns. Readers reach the database
 //! through [`Shared`], whose handle the writer swaps when it reopens the file.
 
+mod index;
 mod records;
 mod space;
 mod usage;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
 pub use usage::{HOUR_MS, UsageRow, UsageTotals};
@@ -308,6 +310,7 @@ impl Store {
             source: Box::new(source),
         })?;
         create_tables(&db)?;
+        index::prepare(&db)?;
         let values = Values::open(data_dir)?;
         let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db, values));
         sweep_values_later(&shared);

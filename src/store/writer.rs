@@ -498,6 +498,7 @@ struct TaskTables<'txn> {
     pending: redb::Table<'txn, u64, u128>,
     results: redb::Table<'txn, u128, &'static [u8]>,
     logs: redb::Table<'txn, u128, &'static [u8]>,
+    index: super::index::Tables<'txn>,
 }
 
 impl<'txn> TaskTables<'txn> {
@@ -508,15 +509,17 @@ impl<'txn> TaskTables<'txn> {
             pending: txn.open_table(PENDING).map_err(db("open pending"))?,
             results: txn.open_table(RESULTS).map_err(db("open results"))?,
             logs: txn.open_table(LOGS).map_err(db("open logs"))?,
+            index: super::index::Tables::open(txn)?,
         })
     }
 
     fn put_task(&mut self, record: &TaskRecord) -> Result<(), Error> {
         let bytes = encode("tasks", record)?;
-        self.tasks
+        let old = self
+            .tasks
             .insert(record.id, bytes.as_slice())
             .map_err(db("write task"))?;
-        Ok(())
+        self.index.put(record, old.as_ref().map(|o| o.value()))
     }
 }
 

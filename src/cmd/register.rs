@@ -18,7 +18,7 @@ pub struct RegisterArgs {
     pub name: String,
     /// The code file (`-` reads standard input), or for `python` a directory, uploaded as a
     /// bundle whose entry module (`--entry`) defines `handle`. The code travels base64-encoded,
-    /// a third larger: with the default `serve --max-body` of 6 MiB, files up to about 4.5 MiB
+    /// a third larger: with the default `serve --max-body` of 6 MiB, files up to about 4.4 MiB
     /// fit. The server checks it before storing it (Python must compile and define `handle`).
     pub file: PathBuf,
     /// The entry module of a `python` directory bundle (default `main`, i.e. `main.py`).

@@ -268,3 +268,31 @@ async fn code_too_large_for_the_body_limit_is_explained_and_the_size_it_names_fi
     let (code, _, stderr) = register(&server, &["big", just.to_str().expect("utf8")]);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requirements_without_runtime_follow_the_kept_runtime() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = write(&dir.path().join("h.py"), "def handle(p):\n    return p\n");
+    let requirements = write(&dir.path().join("reqs.txt"), "six\n");
+    let args = [
+        "py",
+        handler.as_str(),
+        "--requirements",
+        requirements.as_str(),
+    ];
+    let (code, _, stderr) = register(&server, &args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--requirements is for the python runtime, not shell"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = register(&server, &["py", &handler, "--runtime", "python"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = register(&server, &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("registered py version 2\n"), "{stdout}");
+    let f = live(&server, "py").await.expect("py");
+    assert_eq!(f["runtime"], "python", "{f}");
+    assert_eq!(f["env"]["FAASD_ENTRY"], "handler", "{f}");
+}

@@ -78,7 +78,11 @@ pub struct RegisterArgs {
 }
 
 /// Runs `faasd register`.
-pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: RegisterArgs) -> anyhow::Result<u8> {
+    let client = args.client.connect()?;
+    if args.requirements.is_some() && args.runtime.is_none() {
+        args.runtime = Some(kept_runtime(&client, &args.name).await);
+    }
     let requirements = read_requirements(&args)?;
     let code = read_code(&args.file, requirements.as_deref())?;
     let mut body = request_body(&args, &code)?;
@@ -87,7 +91,6 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         // name a single-file function has.
         body["entry"] = SINGLE_MODULE.into();
     }
-    let client = args.client.connect()?;
     let answer = client
         .post(
             "/v1/functions",
@@ -110,6 +113,17 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The runtime a new version of `name` keeps: the live version's, or `shell` for a new
+/// function (or one the caller may not see).
+async fn kept_runtime(client: &crate::client::Client, name: &str) -> String {
+    let live = match client.get(&format!("/v1/functions/{name}")).await {
+        Ok(answer) if answer.status.is_success() => answer.json::<serde_json::Value>().ok(),
+        _ => None,
+    };
+    live.and_then(|f| f["runtime"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "shell".into())
 }
 
 /// One `setting: old -> new` line per setting the new version changed.
@@ -184,7 +198,8 @@ const SINGLE_MODULE: &str = "handler";
 /// other than `python` and with `--entry` on a single file.
 fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
     let usage = |message: String| exit::coded(exit::USAGE, message);
-    // Not given, the runtime is the previous version's: checked by the server.
+    // Not given (and without --requirements), the runtime is the previous version's, which
+    // the server checks.
     let runtime = args.runtime.as_deref().unwrap_or("python");
     let Some(path) = &args.requirements else {
         if runtime == "python" && args.file.is_dir() {

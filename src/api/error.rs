@@ -29,6 +29,9 @@ pub enum ErrorCode {
     InvalidBase64,
     /// An MPCS payload is not base64 of a pickle.
     InvalidPickle,
+    /// Registered code can never run: it does not compile, lacks its entry module or `handle`,
+    /// or does not suit its runtime.
+    InvalidCode,
     /// A task id is not a UUID.
     InvalidTaskId,
     /// An MPCS request lacks a field.
@@ -288,6 +291,21 @@ impl From<broker::Error> for ApiError {
     }
 }
 
+impl From<super::code::Invalid> for ApiError {
+    fn from(e: super::code::Invalid) -> Self {
+        let line = e.line();
+        let err = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCode,
+            e.to_string(),
+        );
+        match line {
+            Some(line) => err.with("line", line.into()),
+            None => err,
+        }
+    }
+}
+
 impl From<crate::store::Error> for ApiError {
     fn from(e: crate::store::Error) -> Self {
         ApiError::store(&e)
@@ -299,11 +317,12 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 21] = [
+    const CODES: [(ErrorCode, &str); 22] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
         (ErrorCode::InvalidPickle, "invalid_pickle"),
+        (ErrorCode::InvalidCode, "invalid_code"),
         (ErrorCode::InvalidTaskId, "invalid_task_id"),
         (ErrorCode::MissingField, "missing_field"),
         (ErrorCode::PayloadTooLarge, "payload_too_large"),

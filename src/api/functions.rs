@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::access::forbidden;
+use super::settings::{self, Base, Change};
 use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::auth::{Caller, policy};
 use crate::proto::{Isolation, Runtime, WarmSpec};
@@ -120,25 +121,23 @@ impl TimeoutField {
     }
 }
 
-/// The JSON form of a registration.
+/// The JSON form of a registration. A setting left out keeps the previous version's value
+/// (the server's default for a new function, or with `reset`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
     name: String,
-    #[serde(default = "default_runtime")]
-    runtime: String,
+    runtime: Option<String>,
     /// The code, base64 (standard alphabet; line breaks allowed).
     code: String,
     timeout: Option<TimeoutField>,
     concurrency: Option<u32>,
     queue_limit: Option<u32>,
     max_attempts: Option<u32>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: Option<BTreeMap<String, String>>,
     /// Keep executors warm between calls (`exec` programs that speak the warm frame protocol;
     /// always on for `python` and `pickle`).
-    #[serde(default)]
-    warm: bool,
+    warm: Option<bool>,
     min_warm: Option<u32>,
     idle_timeout: Option<TimeoutField>,
     /// For a `python` directory bundle: the entry module (default `main`).
@@ -146,8 +145,10 @@ pub(crate) struct RegisterRequest {
     /// Memory limit per call in the sandbox, bytes or a size such as "256MiB".
     memory: Option<SizeField>,
     /// Let the function use the host's network in the sandbox.
+    allow_net: Option<bool>,
+    /// Start from the server's defaults, not from the previous version's settings.
     #[serde(default)]
-    allow_net: bool,
+    reset: bool,
     /// The name an MPCS client sent; not part of the native JSON.
     #[serde(skip)]
     display_name: Option<String>,
@@ -203,19 +204,20 @@ impl RegisterRequest {
     pub(crate) fn new(name: String, runtime: &str) -> RegisterRequest {
         RegisterRequest {
             name,
-            runtime: runtime.into(),
+            runtime: Some(runtime.into()),
             code: String::new(),
             timeout: None,
             concurrency: None,
             queue_limit: None,
             max_attempts: None,
-            env: BTreeMap::new(),
-            warm: false,
+            env: None,
+            warm: None,
             min_warm: None,
             idle_timeout: None,
             entry: None,
             memory: None,
-            allow_net: false,
+            allow_net: None,
+            reset: false,
             display_name: None,
         }
     }
@@ -227,13 +229,6 @@ impl RegisterRequest {
             ..self
         }
     }
-}
-
-/// How long an idle warm executor lives by default.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn default_runtime() -> String {
-    "shell".into()
 }
 
 /// Checks a function name against `[a-z0-9][a-z0-9_-]{0,62}`.
@@ -294,7 +289,7 @@ pub async fn register(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     request: Request,
-) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+) -> Result<(StatusCode, Json<RegisteredView>), ApiError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -306,68 +301,123 @@ pub async fn register(
             .map_err(|e| ApiError::invalid(format!("bad multipart body: {e}")))?;
         from_multipart(multipart, state.max_body_bytes).await?
     } else {
-        let body = read_body(request.into_body(), state.max_body_bytes).await?;
+        let body = read_body(request.into_body(), state.max_body_bytes)
+            .await
+            .map_err(|e| explain_base64(e, state.max_body_bytes))?;
         let req: RegisterRequest = super::parse_json(&body, "registration JSON")?;
         let code = decode_base64(&req.code)?;
         (req, code)
     };
-    let record = register_function(&state, &caller, req, code).await?;
+    let (record, changed) = register_function(&state, &caller, req, code).await?;
     Ok((
         StatusCode::CREATED,
-        Json(FunctionView::from(record.as_ref())),
+        Json(RegisteredView {
+            function: FunctionView::from(record.as_ref()),
+            changed,
+        }),
     ))
 }
 
+/// Adds to a 413 why code that looks small enough is refused: it travels base64-encoded in
+/// the JSON body, and what size of file fits.
+fn explain_base64(err: ApiError, limit: usize) -> ApiError {
+    if err.code() != &ErrorCode::PayloadTooLarge {
+        return err;
+    }
+    // Base64 takes 4 bytes for every 3; leave room for the other fields.
+    let fits = limit.saturating_sub(REGISTRATION_OVERHEAD_BYTES) / 4 * 3;
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "request body exceeds the {limit} byte limit: the code is sent base64-encoded, which makes it a third larger, so a code file of up to about {fits} bytes fits; raise the limit with `faasd serve --max-body`, or send the code as a multipart file part"
+        ),
+    )
+}
+
+/// Room left in a registration body for everything but the code.
+const REGISTRATION_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// The answer to a registration: the function, and what this version changed from the
+/// previous one (empty for a first version).
+#[derive(Debug, Serialize)]
+pub struct RegisteredView {
+    #[serde(flatten)]
+    function: FunctionView,
+    changed: Vec<Change>,
+}
+
 /// Validates a registration and registers it, owned by `caller`; shared by the native and the
-/// MPCS routes. A developer may not replace a function another user owns (403).
+/// MPCS routes. A developer may not replace a function another user owns (403). Settings the
+/// request omits keep the previous version's values unless it asks to `reset`; code that can
+/// never run is refused (400 `invalid_code`) before anything is stored.
 pub(crate) async fn register_function(
     state: &AppState,
     caller: &Caller,
     req: RegisterRequest,
     code: Vec<u8>,
-) -> Result<std::sync::Arc<FunctionRecord>, ApiError> {
+) -> Result<(std::sync::Arc<FunctionRecord>, Vec<Change>), ApiError> {
     if caller.role == crate::auth::Role::Invoker {
         return Err(forbidden(caller, "register functions"));
     }
-    let mut record = function_record(req, &code, &state.defaults)?;
-    let existing = state.broker.function(&record.name);
+    validate_name(&req.name)?;
+    let existing = state.broker.function(&req.name);
     if !policy::may_register(caller, existing.as_ref().map(|f| f.owner)) {
         return Err(forbidden(
             caller,
-            &format!("replace {:?}, which another user owns", record.name),
+            &format!("replace {:?}, which another user owns", req.name),
         ));
     }
+    let mut record = function_record(req, &code, &state.defaults, existing.as_deref())?;
+    let entry = record.env.iter().find(|(k, _)| k == ENTRY_VAR);
+    let entry = entry.map_or(DEFAULT_ENTRY, |(_, v)| v.as_str());
+    state.code_check.check(record.runtime, &code, entry).await?;
     // An admin updating another user's function leaves it with its owner.
-    record.owner = existing.map_or(caller.user, |f| f.owner);
+    record.owner = existing.as_ref().map_or(caller.user, |f| f.owner);
     let record = state.broker.register(record, code.into()).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
-    Ok(record)
+    let changed = existing.map_or_else(Vec::new, |old| settings::changes(&old, &record));
+    Ok((record, changed))
 }
 
+/// The environment variable that carries a bundle's entry module to the harness.
+const ENTRY_VAR: &str = "FAASD_ENTRY";
+/// The entry module of a bundle registered without one.
+const DEFAULT_ENTRY: &str = "main";
+
 /// Checks every setting of a registration and builds the record to store (version 0: the
-/// broker numbers it).
+/// broker numbers it). Omitted settings come from `previous` (unless the request asks to
+/// `reset`), else from `defaults`.
 pub(crate) fn function_record(
     mut req: RegisterRequest,
     code: &[u8],
     defaults: &super::FunctionDefaults,
+    previous: Option<&FunctionRecord>,
 ) -> Result<FunctionRecord, ApiError> {
     validate_name(&req.name)?;
-    move_entry_to_env(&mut req)?;
-    validate_env(&req.env)?;
-    let runtime = req
-        .runtime
-        .parse::<Runtime>()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let base = match previous {
+        Some(f) if !req.reset => Base::of(f, defaults),
+        _ => Base::defaults(defaults),
+    };
+    let env = merged_env(&mut req, &base)?;
+    validate_env(&env)?;
+    let runtime = match &req.runtime {
+        Some(text) => text
+            .parse::<Runtime>()
+            .map_err(|e| ApiError::invalid(e.to_string()))?,
+        None => base.runtime,
+    };
     if code.is_empty() {
         return Err(ApiError::invalid("code is empty"));
     }
     let timeout = match &req.timeout {
         Some(t) => t.duration("timeout")?,
-        None => defaults.timeout,
+        None => base.timeout,
     };
     check_counts(&req)?;
     check_min_warm(req.min_warm, defaults.max_min_warm)?;
-    let warm = warm_spec(&req, runtime)?;
+    let warm = warm_spec(&req, runtime, &base)?;
+    let memory_bytes = req.memory.as_ref().map(SizeField::bytes).transpose()?;
     Ok(FunctionRecord {
         name: req.name,
         version: 0,
@@ -375,20 +425,36 @@ pub(crate) fn function_record(
         code_hash: Sha256::digest(code).into(),
         code_bytes: code.len() as u64,
         timeout_ms: timeout.as_millis() as u64,
-        concurrency: req.concurrency,
-        queue_limit: req.queue_limit.unwrap_or(defaults.queue_limit),
-        max_attempts: req.max_attempts.unwrap_or(defaults.max_attempts),
-        env: req.env.into_iter().collect(),
+        concurrency: req.concurrency.or(base.concurrency),
+        queue_limit: req.queue_limit.unwrap_or(base.queue_limit),
+        max_attempts: req.max_attempts.unwrap_or(base.max_attempts),
+        env: env.into_iter().collect(),
         created_ms: now_ms(),
         warm,
         isolation: Isolation {
-            memory_bytes: req.memory.as_ref().map(SizeField::bytes).transpose()?,
-            allow_net: req.allow_net,
+            memory_bytes: memory_bytes.or(base.memory_bytes),
+            allow_net: req.allow_net.unwrap_or(base.allow_net),
         },
         // Set by the caller's identity once the registration is accepted.
         owner: 0,
         display_name: req.display_name,
     })
+}
+
+/// The environment of the new version: the request's (else the base's), with the request's
+/// entry module (else the base's) as `FAASD_ENTRY`.
+fn merged_env(
+    req: &mut RegisterRequest,
+    base: &Base,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let kept_entry = base.env.get(ENTRY_VAR).cloned();
+    let mut env = req.env.take().unwrap_or_else(|| base.env.clone());
+    env.remove(ENTRY_VAR);
+    match check_entry(req.entry.take())? {
+        Some(entry) => env.insert(ENTRY_VAR.into(), entry),
+        None => kept_entry.and_then(|entry| env.insert(ENTRY_VAR.into(), entry)),
+    };
+    Ok(env)
 }
 
 /// Checks the whole-number settings: `concurrency` and `max_attempts` of at least 1,
@@ -421,11 +487,11 @@ fn check_min_warm(min_warm: Option<u32>, max: u32) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the `entry` of a directory bundle and moves it into the environment, where the
+/// Checks the `entry` of a directory bundle, which travels in the environment, where the
 /// harness reads it (`FAASD_ENTRY`).
-fn move_entry_to_env(req: &mut RegisterRequest) -> Result<(), ApiError> {
-    let Some(entry) = req.entry.take() else {
-        return Ok(());
+fn check_entry(entry: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(entry) = entry else {
+        return Ok(None);
     };
     let valid = !entry.is_empty()
         && entry.split('.').all(|part| {
@@ -438,19 +504,24 @@ fn move_entry_to_env(req: &mut RegisterRequest) -> Result<(), ApiError> {
             "entry {entry:?} is not a Python module name"
         )));
     }
-    req.env.insert("FAASD_ENTRY".into(), entry);
-    Ok(())
+    Ok(Some(entry))
 }
 
 /// The warm settings: `None` for a cold function; always warm for runtimes that need it;
 /// refused for `shell`. An `idle_timeout` out of range is refused even for a cold function,
 /// which does not use it.
-fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>, ApiError> {
+fn warm_spec(
+    req: &RegisterRequest,
+    runtime: Runtime,
+    base: &Base,
+) -> Result<Option<WarmSpec>, ApiError> {
     let idle = match &req.idle_timeout {
         Some(t) => t.duration("idle_timeout")?,
-        None => DEFAULT_IDLE_TIMEOUT,
+        None => base.idle_timeout,
     };
-    if !runtime.always_warm() && !req.warm {
+    // A shell function cannot be warm: a kept `warm` from an exec version does not carry over.
+    let warm = req.warm.unwrap_or(base.warm && runtime != Runtime::Shell);
+    if !runtime.always_warm() && !warm {
         return Ok(None);
     }
     if runtime == Runtime::Shell {
@@ -459,18 +530,21 @@ fn warm_spec(req: &RegisterRequest, runtime: Runtime) -> Result<Option<WarmSpec>
         ));
     }
     Ok(Some(WarmSpec {
-        min_warm: req.min_warm.unwrap_or(0),
+        min_warm: req.min_warm.unwrap_or(base.min_warm),
         idle_timeout_ms: idle.as_millis() as u64,
     }))
 }
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
-/// `queue_limit`, `max_attempts`, repeated `env` fields of `K=V`, and a `code` file part.
+/// `queue_limit`, `max_attempts`, `min_warm`, `idle_timeout`, `warm`, `entry`, `memory`,
+/// `allow_net`, `reset`, repeated `env` fields of `K=V`, and a `code` file part.
 async fn from_multipart(
     mut form: Multipart,
     limit: usize,
 ) -> Result<(RegisterRequest, Vec<u8>), ApiError> {
     let mut req = RegisterRequest::new(String::new(), "shell");
+    // Omitted, the runtime is kept from the previous version like any other setting.
+    req.runtime = None;
     let mut code = None;
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -493,28 +567,36 @@ async fn from_multipart(
         };
         match name.as_str() {
             "name" => req.name = text,
-            "runtime" => req.runtime = text,
+            "runtime" => req.runtime = Some(text),
             "timeout" => req.timeout = Some(TimeoutField::Text(text)),
             "concurrency" => req.concurrency = Some(number("concurrency")?),
             "queue_limit" => req.queue_limit = Some(number("queue_limit")?),
             "max_attempts" => req.max_attempts = Some(number("max_attempts")?),
             "min_warm" => req.min_warm = Some(number("min_warm")?),
             "idle_timeout" => req.idle_timeout = Some(TimeoutField::Text(text)),
-            "warm" => req.warm = matches!(text.trim(), "1" | "true" | "yes"),
+            "warm" => req.warm = Some(truthy(&text)),
             "entry" => req.entry = Some(text),
             "memory" => req.memory = Some(SizeField::Text(text)),
-            "allow_net" => req.allow_net = matches!(text.trim(), "1" | "true" | "yes"),
+            "allow_net" => req.allow_net = Some(truthy(&text)),
+            "reset" => req.reset = truthy(&text),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
                     ApiError::invalid(format!("env field must be K=V, got {text:?}"))
                 })?;
-                req.env.insert(k.to_string(), v.to_string());
+                req.env
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k.to_string(), v.to_string());
             }
             other => return Err(ApiError::invalid(format!("unknown form field {other:?}"))),
         }
     }
     let code = code.ok_or_else(|| ApiError::invalid("the form has no `code` file part"))?;
     Ok((req, code))
+}
+
+/// Whether a form field's text means yes.
+fn truthy(text: &str) -> bool {
+    matches!(text.trim(), "1" | "true" | "yes")
 }
 
 /// `GET /v1/functions`: admins see every function, others the ones they own or are granted.
@@ -717,12 +799,83 @@ mod tests {
         assert_eq!(bad.code(), &ErrorCode::InvalidRequest);
     }
 
+    fn defaults() -> super::super::FunctionDefaults {
+        super::super::FunctionDefaults::default()
+    }
+
     #[test]
     fn a_registration_defaults_to_the_shell_runtime() {
         let req = parse_request(serde_json::json!({"name": "f", "code": "ZWNobw=="}))
             .expect("minimal registration");
-        assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(Runtime::Shell));
-        assert!(!req.warm && !req.allow_net && req.env.is_empty());
+        let f = function_record(req, b"echo", &defaults(), None).expect("a record");
+        assert_eq!(f.runtime, Runtime::Shell);
+        assert!(f.warm.is_none() && !f.isolation.allow_net && f.env.is_empty());
+        assert_eq!(f.timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn omitted_settings_keep_the_previous_versions_and_reset_drops_them() {
+        let first = parse_request(serde_json::json!({
+            "name": "f", "code": "", "runtime": "exec", "timeout": "5s", "concurrency": 2,
+            "env": {"A": "1"}, "entry": "app", "warm": true, "min_warm": 1, "memory": "8MiB",
+            "allow_net": true, "queue_limit": 7, "max_attempts": 2,
+        }))
+        .expect("registration");
+        let old = function_record(first, b"x", &defaults(), None).expect("first version");
+        let again = parse_request(serde_json::json!({"name": "f", "code": "", "timeout": 10}))
+            .expect("registration");
+        let new = function_record(again, b"y", &defaults(), Some(&old)).expect("kept");
+        assert_eq!(new.timeout_ms, 10_000);
+        assert_eq!(
+            (
+                new.runtime,
+                new.concurrency,
+                new.queue_limit,
+                new.max_attempts
+            ),
+            (Runtime::Exec, Some(2), 7, 2)
+        );
+        assert_eq!(
+            (new.env.clone(), new.warm, new.isolation),
+            (old.env.clone(), old.warm, old.isolation)
+        );
+        let changed = settings::changes(&old, &new);
+        let names: Vec<&str> = changed.iter().map(|c| c.setting.as_str()).collect();
+        assert_eq!(names, ["code", "timeout"]);
+        assert_eq!(
+            (changed[1].from.as_str(), changed[1].to.as_str()),
+            ("5s", "10s")
+        );
+        let reset = parse_request(serde_json::json!({"name": "f", "code": "", "reset": true}))
+            .expect("registration");
+        let fresh = function_record(reset, b"y", &defaults(), Some(&old)).expect("reset");
+        let blank = parse_request(serde_json::json!({"name": "f", "code": ""})).expect("blank");
+        let mut first_time = function_record(blank, b"y", &defaults(), None).expect("new");
+        first_time.created_ms = fresh.created_ms;
+        assert_eq!(fresh, first_time);
+    }
+
+    #[test]
+    fn a_new_env_keeps_the_entry_module_and_a_shell_version_drops_warm() {
+        let first = parse_request(serde_json::json!({
+            "name": "f", "code": "", "runtime": "exec", "warm": true, "entry": "app",
+            "env": {"A": "1"},
+        }))
+        .expect("registration");
+        let old = function_record(first, b"x", &defaults(), None).expect("first version");
+        let again = parse_request(serde_json::json!({
+            "name": "f", "code": "", "runtime": "shell", "env": {"B": "2"},
+        }))
+        .expect("registration");
+        let new = function_record(again, b"x", &defaults(), Some(&old)).expect("shell");
+        assert_eq!(
+            new.env,
+            [
+                ("B".to_string(), "2".to_string()),
+                ("FAASD_ENTRY".into(), "app".into())
+            ]
+        );
+        assert!(new.warm.is_none());
     }
 
     #[test]
@@ -735,11 +888,12 @@ mod tests {
         ] {
             let req = parse_request(serde_json::json!({"name": "f", "runtime": text, "code": ""}))
                 .expect("registration");
-            assert_eq!(req.runtime.parse::<Runtime>().ok(), Some(runtime), "{text}");
+            let f = function_record(req, b"x", &defaults(), None).expect("a record");
+            assert_eq!(f.runtime, runtime, "{text}");
         }
         let req = parse_request(serde_json::json!({"name": "f", "runtime": "cobol", "code": ""}))
             .expect("the runtime is checked later");
-        assert!(req.runtime.parse::<Runtime>().is_err());
+        assert!(function_record(req, b"x", &defaults(), None).is_err());
     }
 
     #[test]
@@ -752,35 +906,39 @@ mod tests {
     #[test]
     fn warm_settings_follow_the_runtime() {
         let mut req = RegisterRequest::new("f".into(), "python");
-        let spec = warm_spec(&req, Runtime::Python)
+        let base = Base::defaults(&defaults());
+        let spec = warm_spec(&req, Runtime::Python, &base)
             .expect("python is warm")
             .expect("a warm spec");
         assert_eq!(
             spec.idle_timeout_ms,
-            DEFAULT_IDLE_TIMEOUT.as_millis() as u64
+            settings::DEFAULT_IDLE_TIMEOUT.as_millis() as u64
         );
         assert_eq!(spec.min_warm, 0);
-        assert!(warm_spec(&req, Runtime::Exec).expect("cold exec").is_none());
-        req.warm = true;
+        assert!(
+            warm_spec(&req, Runtime::Exec, &base)
+                .expect("cold exec")
+                .is_none()
+        );
+        req.warm = Some(true);
         req.min_warm = Some(2);
         req.idle_timeout = Some(TimeoutField::Text("5s".into()));
-        let spec = warm_spec(&req, Runtime::Exec)
+        let spec = warm_spec(&req, Runtime::Exec, &base)
             .expect("warm exec")
             .expect("a warm spec");
         assert_eq!((spec.min_warm, spec.idle_timeout_ms), (2, 5000));
-        assert!(warm_spec(&req, Runtime::Shell).is_err());
+        assert!(warm_spec(&req, Runtime::Shell, &base).is_err());
     }
 
     #[test]
     fn the_entry_module_moves_into_the_environment() {
         let mut req = RegisterRequest::new("f".into(), "python");
         req.entry = Some("pkg.main_mod".into());
-        move_entry_to_env(&mut req).expect("a module name");
-        assert_eq!(req.env["FAASD_ENTRY"], "pkg.main_mod");
+        let env = merged_env(&mut req, &Base::defaults(&defaults())).expect("a module name");
+        assert_eq!(env["FAASD_ENTRY"], "pkg.main_mod");
         assert!(req.entry.is_none());
         for bad in ["", "1mod", "a..b", "a-b", "pkg."] {
-            req.entry = Some(bad.into());
-            assert!(move_entry_to_env(&mut req).is_err(), "{bad:?}");
+            assert!(check_entry(Some(bad.into())).is_err(), "{bad:?}");
         }
     }
 

@@ -115,7 +115,7 @@ fn check_registration(body: &[u8]) {
         Ok(code) => code,
         Err(e) => return assert_client_error(&e),
     };
-    match function_record(req, &code, &FunctionDefaults::default()) {
+    match function_record(req, &code, &FunctionDefaults::default(), None) {
         Ok(f) => {
             assert!((1..=86_400_000).contains(&f.timeout_ms), "{f:?}");
             assert!((1..=1000).contains(&f.max_attempts), "{f:?}");
@@ -162,7 +162,7 @@ proptest! {
         });
         let req: RegisterRequest = parse_json(body.to_string().as_bytes(), "registration")
             .expect("a valid registration");
-        let f = function_record(req, b"echo", &FunctionDefaults::default())
+        let f = function_record(req, b"echo", &FunctionDefaults::default(), None)
             .expect("valid settings");
         // Seconds as a float may lose the last millisecond to rounding.
         prop_assert!(f.timeout_ms.abs_diff(millis) <= 1, "{} vs {millis}", f.timeout_ms);

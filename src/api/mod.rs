@@ -17,12 +17,14 @@
 
 mod access;
 mod batch;
+mod code;
 mod error;
 mod functions;
 #[cfg(test)]
 mod fuzz;
 mod mpcs;
 mod panic;
+mod settings;
 mod task_list;
 mod tasks;
 mod usage;
@@ -38,8 +40,10 @@ use axum::http::StatusCode;
 use axum::routing::{MethodRouter, any, delete, get, post, put};
 
 use crate::broker::Broker;
+pub use code::CodeCheck;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use panic::log_panics;
+pub use settings::Change;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -54,6 +58,8 @@ pub struct AppState {
     pub users: crate::auth::Directory,
     /// The role of requests without a token (`serve --anonymous`), if any.
     pub anonymous: Option<crate::auth::Role>,
+    /// Checks registered code before it is stored.
+    pub code_check: CodeCheck,
 }
 
 /// The default of the largest `min_warm` a registration may ask for (`serve --max-min-warm`).
@@ -273,6 +279,7 @@ pub(super) mod tests {
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),
+            code_check: CodeCheck::new(None),
         }
     }
 

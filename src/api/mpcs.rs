@@ -69,9 +69,9 @@ pub(super) fn parse_fields<const N: usize>(
 /// Checks that `code` looks like a pickle: it ends with the STOP opcode, and protocol 2+
 /// pickles (dill's) start with PROTO.
 pub(super) fn check_pickle(code: &[u8]) -> Result<(), ApiError> {
-    match (code.first(), code.last()) {
-        (Some(&first), Some(b'.')) if first <= 0x80 => Ok(()),
-        _ => Err(ApiError::new(
+    match super::code::looks_like_pickle(code) {
+        true => Ok(()),
+        false => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidPickle,
             "payload is base64, but not of a pickle (serialize the function with dill, then base64)",
@@ -111,7 +111,7 @@ pub async fn register(
     let function_id = uuid::Uuid::now_v7().to_string();
     let request =
         RegisterRequest::new(function_id.clone(), "pickle").with_display_name(name.clone());
-    let record = register_function(&state, &caller, request, code).await?;
+    let (record, _) = register_function(&state, &caller, request, code).await?;
     tracing::info!(function = %record.name, mpcs_name = %name, "registered an MPCS function");
     Ok(Json(json!({ "function_id": function_id })))
 }

@@ -1,4 +1,6 @@
-//! `faasd register NAME FILE`: upload a function's code and settings.
+//! `faasd register NAME FILE`: upload a function's code and settings. A new version keeps the
+//! previous version's value of every setting not given (`--reset` starts from the defaults), and
+//! the command prints what changed.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,13 +10,16 @@ use base64::Engine;
 
 use super::{ClientArgs, exit};
 
-/// Register (or update) a function.
+/// Register (or update) a function. Updating a function keeps its settings for every flag not
+/// given; `--reset` goes back to the defaults.
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
     /// The function's name: 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit.
     pub name: String,
     /// The code file (`-` reads standard input), or for `python` a directory, uploaded as a
-    /// bundle whose entry module (`--entry`) defines `handle`.
+    /// bundle whose entry module (`--entry`) defines `handle`. The code travels base64-encoded,
+    /// a third larger: with the default `serve --max-body` of 6 MiB, files up to about 4.4 MiB
+    /// fit. The server checks it before storing it (Python must compile and define `handle`).
     pub file: PathBuf,
     /// The entry module of a `python` directory bundle (default `main`, i.e. `main.py`).
     #[arg(long)]
@@ -25,9 +30,10 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "FILE")]
     pub requirements: Option<PathBuf>,
     /// How the code runs: `shell` (sh runs it), `exec` (run directly), `python` (a module with
-    /// `handle(payload)`) or `pickle` (a dill-pickled callable).
-    #[arg(long, default_value = "shell")]
-    pub runtime: String,
+    /// `handle(payload)`) or `pickle` (a dill-pickled callable). Default: the previous
+    /// version's, or `shell`.
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// Per-call timeout, such as `10` (seconds), `500ms`, `30s` or `2m` (server default 30s).
     #[arg(long, value_parser = crate::units::duration_text)]
     pub timeout: Option<String>,
@@ -57,9 +63,13 @@ pub struct RegisterArgs {
     /// Let the function use the network in the sandbox (default: loopback only).
     #[arg(long)]
     pub allow_net: bool,
-    /// An environment variable for every call, `K=V` (repeatable).
+    /// An environment variable for every call, `K=V` (repeatable); given at all, the list
+    /// replaces the previous version's.
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Start from the defaults instead of the previous version's settings.
+    #[arg(long)]
+    pub reset: bool,
     /// Print the registered function as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,7 +78,11 @@ pub struct RegisterArgs {
 }
 
 /// Runs `faasd register`.
-pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: RegisterArgs) -> anyhow::Result<u8> {
+    let client = args.client.connect()?;
+    if args.requirements.is_some() && args.runtime.is_none() {
+        args.runtime = Some(kept_runtime(&client, &args.name).await);
+    }
     let requirements = read_requirements(&args)?;
     let code = read_code(&args.file, requirements.as_deref())?;
     let mut body = request_body(&args, &code)?;
@@ -77,7 +91,6 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
         // name a single-file function has.
         body["entry"] = SINGLE_MODULE.into();
     }
-    let client = args.client.connect()?;
     let answer = client
         .post(
             "/v1/functions",
@@ -95,8 +108,41 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<u8> {
             f["name"].as_str().unwrap_or("?"),
             f["version"]
         );
+        for line in change_lines(&f) {
+            println!("{line}");
+        }
     }
     Ok(exit::OK)
+}
+
+/// The runtime a new version of `name` keeps: the live version's, or `shell` for a new
+/// function (or one the caller may not see).
+async fn kept_runtime(client: &crate::client::Client, name: &str) -> String {
+    let live = match client.get(&format!("/v1/functions/{name}")).await {
+        Ok(answer) if answer.status.is_success() => answer.json::<serde_json::Value>().ok(),
+        _ => None,
+    };
+    live.and_then(|f| f["runtime"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "shell".into())
+}
+
+/// One `setting: old -> new` line per setting the new version changed.
+fn change_lines(answer: &serde_json::Value) -> Vec<String> {
+    let Some(changed) = answer["changed"].as_array() else {
+        return Vec::new();
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    changed
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} -> {}",
+                text(&c["setting"]),
+                text(&c["from"]),
+                text(&c["to"])
+            )
+        })
+        .collect()
 }
 
 /// The registration JSON: the code in base64 and every setting given on the command line.
@@ -110,12 +156,21 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
     }
     let mut body = serde_json::json!({
         "name": args.name,
-        "runtime": args.runtime,
         "code": base64::engine::general_purpose::STANDARD.encode(code),
-        "env": env,
-        "warm": args.warm,
-        "allow_net": args.allow_net,
     });
+    // Only what is given: the server keeps the previous version's value of the rest.
+    let given = [
+        ("runtime", args.runtime.clone().map(serde_json::Value::from)),
+        ("env", (!env.is_empty()).then(|| env.into())),
+        ("warm", args.warm.then_some(true.into())),
+        ("allow_net", args.allow_net.then_some(true.into())),
+        ("reset", args.reset.then_some(true.into())),
+    ];
+    for (key, value) in given {
+        if let Some(v) = value {
+            body[key] = v;
+        }
+    }
     let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
     let number = |v: Option<u32>| v.map(serde_json::Value::from);
     let fields = [
@@ -143,8 +198,11 @@ const SINGLE_MODULE: &str = "handler";
 /// other than `python` and with `--entry` on a single file.
 fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
     let usage = |message: String| exit::coded(exit::USAGE, message);
+    // Not given (and without --requirements), the runtime is the previous version's, which
+    // the server checks.
+    let runtime = args.runtime.as_deref().unwrap_or("python");
     let Some(path) = &args.requirements else {
-        if args.runtime == "python" && args.file.is_dir() {
+        if runtime == "python" && args.file.is_dir() {
             let inside = args.file.join("requirements.txt");
             if let Ok(text) = std::fs::read_to_string(&inside) {
                 check_requirements(&text, &inside)?;
@@ -152,10 +210,9 @@ fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
         }
         return Ok(None);
     };
-    if args.runtime != "python" {
+    if runtime != "python" {
         return Err(usage(format!(
-            "--requirements is for the python runtime, not {}",
-            args.runtime
+            "--requirements is for the python runtime, not {runtime}"
         )));
     }
     if args.entry.is_some() && !args.file.is_dir() {
@@ -282,15 +339,37 @@ mod tests {
             body,
             serde_json::json!({
                 "name": "f",
-                "runtime": "shell",
                 "code": "ZWNobw==",
                 "env": {"A": "b=c"},
-                "warm": false,
-                "allow_net": false,
                 "timeout": "5s",
                 "concurrency": 2,
             })
         );
+        let args = register_args(&["--runtime", "exec", "--warm", "--reset"]);
+        let body = request_body(&args, b"echo").expect("a body");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "name": "f",
+                "code": "ZWNobw==",
+                "runtime": "exec",
+                "warm": true,
+                "reset": true,
+            })
+        );
+    }
+
+    #[test]
+    fn each_change_is_one_line() {
+        let answer = serde_json::json!({"name": "f", "changed": [
+            {"setting": "timeout", "from": "5s", "to": "10s"},
+            {"setting": "env A", "from": "1", "to": "unset"},
+        ]});
+        assert_eq!(
+            change_lines(&answer),
+            ["timeout: 5s -> 10s", "env A: 1 -> unset"]
+        );
+        assert!(change_lines(&serde_json::json!({"name": "f"})).is_empty());
     }
 
     #[test]
@@ -357,14 +436,14 @@ mod tests {
 
     #[test]
     fn requirements_for_another_runtime_or_with_entry_are_usage_errors() {
-        let mut args = register_args(&["--requirements", "reqs.txt"]);
+        let mut args = register_args(&["--requirements", "reqs.txt", "--runtime", "shell"]);
         let err = read_requirements(&args).expect_err("shell");
         assert_eq!(exit::code_of(&err), exit::USAGE);
         assert_eq!(
             err.to_string(),
             "--requirements is for the python runtime, not shell"
         );
-        args.runtime = "python".into();
+        args.runtime = Some("python".into());
         args.entry = Some("other".into());
         let err = read_requirements(&args).expect_err("entry");
         assert_eq!(exit::code_of(&err), exit::USAGE);

@@ -429,6 +429,7 @@ fn start_http(
             max_min_warm: args.max_min_warm,
             ..FunctionDefaults::default()
         },
+        code_check: api::CodeCheck::new(args.executors.python.clone()),
     });
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }

@@ -1,0 +1,410 @@
+//! Checks a function's code at registration, before anything is stored: code that can never run
+//! is refused with 400 `invalid_code`.
+//!
+//! - `shell` and `exec` take a file, not a directory (a tar bundle).
+//! - `pickle` must look like a pickle, by the rule `POST /register_function` applies.
+//! - `python`: a directory bundle must hold its entry module; the module (or the single file) is
+//!   compiled by the server's interpreter, without running it, and must define `handle` at top
+//!   level. When the server cannot start its interpreter the compile step is skipped (logged):
+//!   the first call then reports the error, as before.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::proto::Runtime;
+
+/// How long one compile may take.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most compiles running at once; more registrations wait for a turn.
+const MAX_COMPILES: usize = 4;
+/// The most output read from the compiler (its answer is one short JSON line).
+const MAX_ANSWER_BYTES: u64 = 64 << 10;
+
+/// Compiles the module on stdin (named by argv[1]) without running it, and prints one JSON
+/// object: `{}` when it compiles and binds `handle` at top level, else what is wrong.
+const COMPILE_SCRIPT: &str = r#"
+import ast, json, sys
+def answer(**kw):
+    sys.stdout.write(json.dumps(kw))
+    sys.exit(0)
+def binds_handle(tree):
+    todo = list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "handle":
+                return True
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == "handle":
+                    return True
+        if isinstance(node, ast.Name) and node.id == "handle" and isinstance(node.ctx, ast.Store):
+            return True
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+source = sys.stdin.buffer.read()
+try:
+    tree = compile(source, sys.argv[1], "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    compile(tree, sys.argv[1], "exec", dont_inherit=True)
+except SyntaxError as e:
+    answer(error="%s: %s" % (type(e).__name__, e.msg), line=e.lineno, column=e.offset,
+           text=(e.text or "").strip()[:200])
+except Exception as e:
+    answer(error="%s: %s" % (type(e).__name__, str(e)[:500]))
+answer() if binds_handle(tree) else answer(missing_handle=True)
+"#;
+
+/// Why registered code can never run.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// A `shell` or `exec` function was given a directory.
+    #[error(
+        "a {runtime} function takes a single file, not a directory (the code is a tar bundle); register the script or program itself, or use --runtime python for a Python package"
+    )]
+    Directory {
+        /// The runtime asked for.
+        runtime: &'static str,
+    },
+    /// A `pickle` function's code is not a pickle.
+    #[error(
+        "a pickle function's code must be a pickle (serialize the function with dill); this code does not start with a pickle opcode and end with STOP"
+    )]
+    NotPickle,
+    /// A directory bundle lacks its entry module.
+    #[error(
+        "the directory has no entry module {entry:?} (looked for {tried}); add it or name another with --entry"
+    )]
+    NoEntry {
+        /// The entry module.
+        entry: String,
+        /// The paths looked for.
+        tried: String,
+    },
+    /// The Python code does not compile.
+    #[error("{file} does not compile: {}", located(.message, *.line, *.column, .text))]
+    Syntax {
+        /// The module's file name.
+        file: String,
+        /// The compiler's message.
+        message: String,
+        /// The line, from 1.
+        line: Option<u64>,
+        /// The column, from 1.
+        column: Option<u64>,
+        /// The offending line's text.
+        text: String,
+    },
+    /// The Python module defines no `handle`.
+    #[error("{file} compiles but defines no top-level handle (write `def handle(payload): ...`)")]
+    NoHandle {
+        /// The module's file name.
+        file: String,
+    },
+    /// The compiler did not finish in time.
+    #[error("compiling {file} took longer than {}s", COMPILE_TIMEOUT.as_secs())]
+    CompileTimeout {
+        /// The module's file name.
+        file: String,
+    },
+}
+
+impl Invalid {
+    /// The line the compiler pointed at, if any.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Invalid::Syntax { line, .. } => *line,
+            _ => None,
+        }
+    }
+}
+
+/// `line 3, column 9: SyntaxError: expected ':' (def handle(p))`.
+fn located(message: &str, line: Option<u64>, column: Option<u64>, text: &str) -> String {
+    let mut out = String::new();
+    if let Some(line) = line {
+        out.push_str(&format!("line {line}"));
+        if let Some(column) = column {
+            out.push_str(&format!(", column {column}"));
+        }
+        out.push_str(": ");
+    }
+    out.push_str(message);
+    if !text.is_empty() {
+        out.push_str(&format!(" ({text})"));
+    }
+    out
+}
+
+/// Whether `code` looks like a pickle: it ends with the STOP opcode, and protocol 2+ pickles
+/// (dill's) start with PROTO. The rule of `POST /register_function`.
+pub fn looks_like_pickle(code: &[u8]) -> bool {
+    matches!((code.first(), code.last()), (Some(&first), Some(b'.')) if first <= 0x80)
+}
+
+/// Whether `code` is a tar archive (a directory bundle).
+fn is_tar(code: &[u8]) -> bool {
+    code.get(257..262) == Some(b"ustar".as_slice())
+}
+
+/// The code checker: the server's Python interpreter and a bound on compiles at once.
+#[derive(Debug, Clone)]
+pub struct CodeCheck {
+    python: PathBuf,
+    turns: Arc<Semaphore>,
+}
+
+impl CodeCheck {
+    /// A checker compiling with `python` (default `python3` on PATH).
+    pub fn new(python: Option<PathBuf>) -> CodeCheck {
+        CodeCheck {
+            python: python.unwrap_or_else(|| PathBuf::from("python3")),
+            turns: Arc::new(Semaphore::new(MAX_COMPILES)),
+        }
+    }
+
+    /// Refuses `code` that can never run under `runtime`; `entry` is a bundle's entry module.
+    pub async fn check(&self, runtime: Runtime, code: &[u8], entry: &str) -> Result<(), Invalid> {
+        match runtime {
+            Runtime::Shell | Runtime::Exec if is_tar(code) => Err(Invalid::Directory {
+                runtime: runtime.as_str(),
+            }),
+            Runtime::Pickle if !looks_like_pickle(code) || is_tar(code) => Err(Invalid::NotPickle),
+            Runtime::Python if is_tar(code) => match entry_module(code, entry)? {
+                Some((file, source)) => self.compile(&file, source).await,
+                None => Ok(()),
+            },
+            Runtime::Python => self.compile("the module", code.to_vec()).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Compiles `source` in a child interpreter, within [`COMPILE_TIMEOUT`].
+    async fn compile(&self, file: &str, source: Vec<u8>) -> Result<(), Invalid> {
+        let Ok(_turn) = self.turns.acquire().await else {
+            return Ok(());
+        };
+        let answer = match tokio::time::timeout(COMPILE_TIMEOUT, self.run(file, source)).await {
+            Err(_) => {
+                return Err(Invalid::CompileTimeout { file: file.into() });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(python = %self.python.display(), error = %e, "cannot check Python code at registration; the first call will");
+                return Ok(());
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        judge(file, answer)
+    }
+
+    /// Runs [`COMPILE_SCRIPT`] over `source` and parses its answer.
+    async fn run(&self, file: &str, source: Vec<u8>) -> std::io::Result<CompileAnswer> {
+        let mut child = tokio::process::Command::new(&self.python)
+            .args(["-I", "-S", "-B", "-c", COMPILE_SCRIPT, file])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("the compiler's pipes are missing"));
+        };
+        let write = async move {
+            // A compiler that stops reading early answers anyway; its answer decides.
+            let _ = stdin.write_all(&source).await;
+        };
+        let mut out = Vec::new();
+        let mut stdout = stdout.take(MAX_ANSWER_BYTES);
+        let read = stdout.read_to_end(&mut out);
+        let ((), read) = tokio::join!(write, read);
+        read?;
+        let status = child.wait().await?;
+        serde_json::from_slice(&out).map_err(|e| {
+            std::io::Error::other(format!(
+                "the compiler exited {status} without an answer: {e}"
+            ))
+        })
+    }
+}
+
+/// What [`COMPILE_SCRIPT`] prints.
+#[derive(Debug, Default, serde::Deserialize)]
+struct CompileAnswer {
+    error: Option<String>,
+    line: Option<u64>,
+    column: Option<u64>,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    missing_handle: bool,
+}
+
+/// The verdict on a compiler's answer.
+fn judge(file: &str, answer: CompileAnswer) -> Result<(), Invalid> {
+    if let Some(message) = answer.error {
+        return Err(Invalid::Syntax {
+            file: file.into(),
+            message,
+            line: answer.line,
+            column: answer.column,
+            text: answer.text,
+        });
+    }
+    if answer.missing_handle {
+        return Err(Invalid::NoHandle { file: file.into() });
+    }
+    Ok(())
+}
+
+/// The file name and source of a bundle's entry module (`pkg.mod`: `pkg/mod.py` or
+/// `pkg/mod/__init__.py`). An entry that is a link, or otherwise not a regular file, is let
+/// through unread.
+fn entry_module(bundle: &[u8], entry: &str) -> Result<Option<(String, Vec<u8>)>, Invalid> {
+    let base = entry.replace('.', "/");
+    let candidates = [format!("{base}.py"), format!("{base}/__init__.py")];
+    let no_entry = || Invalid::NoEntry {
+        entry: entry.into(),
+        tried: candidates.join(" and "),
+    };
+    let mut archive = tar::Archive::new(bundle);
+    let entries = archive.entries().map_err(|_| no_entry())?;
+    for item in entries {
+        let Ok(mut item) = item else { break };
+        let Ok(path) = item.path() else { continue };
+        let path = path.to_string_lossy();
+        let path = path.trim_start_matches("./").to_string();
+        if !candidates.contains(&path) {
+            continue;
+        }
+        if !item.header().entry_type().is_file() {
+            return Ok(None);
+        }
+        let mut source = Vec::new();
+        if item.read_to_end(&mut source).is_err() {
+            return Err(no_entry());
+        }
+        return Ok(Some((path, source)));
+    }
+    Err(no_entry())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar bundle of `files`.
+    fn bundle(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for (name, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            archive
+                .append_data(&mut header, name, text.as_bytes())
+                .expect("append");
+        }
+        archive.into_inner().expect("finish")
+    }
+
+    fn python_present() -> bool {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg("")
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[tokio::test]
+    async fn runtimes_refuse_what_they_cannot_run() {
+        let check = CodeCheck::new(Some("/no/such/python3".into()));
+        let tar = bundle(&[("main.py", "def handle(p): return p\n")]);
+        for runtime in [Runtime::Shell, Runtime::Exec] {
+            let err = check.check(runtime, &tar, "main").await.expect_err("a dir");
+            assert!(matches!(err, Invalid::Directory { .. }), "{err:?}");
+        }
+        let err = check.check(Runtime::Pickle, b"echo hi\n", "main").await;
+        assert!(matches!(err, Err(Invalid::NotPickle)), "{err:?}");
+        assert!(
+            check
+                .check(Runtime::Pickle, b"\x80\x04N.", "main")
+                .await
+                .is_ok()
+        );
+        assert!(
+            check
+                .check(Runtime::Shell, b"echo hi\n", "main")
+                .await
+                .is_ok()
+        );
+        let err = check.check(Runtime::Python, &tar, "app.web").await;
+        let Err(Invalid::NoEntry { tried, .. }) = err else {
+            panic!("no entry: {err:?}");
+        };
+        assert_eq!(tried, "app/web.py and app/web/__init__.py");
+        // Without an interpreter the compile step is skipped.
+        assert!(check.check(Runtime::Python, b"def (", "main").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn python_must_compile_and_define_handle() {
+        if !python_present() {
+            eprintln!("skipped: no python3");
+            return;
+        }
+        let check = CodeCheck::new(None);
+        let err = check
+            .check(
+                Runtime::Python,
+                b"x = 1\ndef handle(p)\n    return p\n",
+                "main",
+            )
+            .await
+            .expect_err("a syntax error");
+        assert_eq!(err.line(), Some(2), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the module does not compile: line 2"),
+            "{err}"
+        );
+        let err = check
+            .check(Runtime::Python, b"def main(p):\n    return p\n", "main")
+            .await
+            .expect_err("no handle");
+        assert!(matches!(err, Invalid::NoHandle { .. }), "{err:?}");
+        let err = check
+            .check(Runtime::Python, b"def f():\n    pass\nreturn 1\n", "main")
+            .await
+            .expect_err("return outside a function");
+        assert_eq!(err.line(), Some(3), "{err}");
+        for fine in [
+            "def handle(p):\n    return p\n",
+            "async def handle(p):\n    return p\n",
+            "handle = lambda p: p\n",
+            "from os.path import basename as handle\n",
+            "try:\n    from fast import handle\nexcept ImportError:\n    def handle(p): return p\n",
+            "from impl import *\n",
+        ] {
+            let result = check.check(Runtime::Python, fine.as_bytes(), "main").await;
+            assert!(result.is_ok(), "{fine:?}: {result:?}");
+        }
+        let tar = bundle(&[("./pkg/__init__.py", "def handle(p):\n  return p\n")]);
+        assert!(check.check(Runtime::Python, &tar, "pkg").await.is_ok());
+        let tar = bundle(&[("main.py", "def handle(p):\n  return (p\n")]);
+        let err = check
+            .check(Runtime::Python, &tar, "main")
+            .await
+            .expect_err("bad");
+        assert!(
+            err.to_string().starts_with("main.py does not compile"),
+            "{err}"
+        );
+    }
+}

@@ -199,13 +199,17 @@ impl ApiError {
             }
         };
         let id = uuid::Uuid::from_u128(record.id).to_string();
-        let detail = record.message.as_deref().unwrap_or("failed");
+        let detail = record
+            .message
+            .as_deref()
+            .unwrap_or("no reason was recorded");
         let mut err = ApiError::new(
             status,
             code,
-            format!("function {} {detail} (task {id})", record.function),
+            format!("function {} failed: {detail} (task {id})", record.function),
         );
         err.extra.insert("task_id".into(), json!(id));
+        err.extra.insert("message".into(), json!(detail));
         err.extra.insert(
             "reason".into(),
             json!(record.failure.map(FailureReason::as_str)),

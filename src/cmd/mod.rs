@@ -4,6 +4,7 @@
 
 mod bench;
 pub mod exit;
+mod failed;
 mod grant;
 mod invoke;
 mod join_token;

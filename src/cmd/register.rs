@@ -108,6 +108,15 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
             .ok_or_else(|| exit::coded(exit::USAGE, format!("--env wants K=V, got {pair:?}")))?;
         env.insert(k.to_string(), v.into());
     }
+    // Python tracebacks name the file (or directory) registered rather than the bundle's path.
+    let source = args
+        .file
+        .file_name()
+        .filter(|_| args.file.as_os_str() != "-");
+    if let (Some(source), "python") = (source, args.runtime.as_str()) {
+        let source = source.to_string_lossy().into_owned();
+        env.entry(SOURCE_ENV).or_insert(source.into());
+    }
     let mut body = serde_json::json!({
         "name": args.name,
         "runtime": args.runtime,
@@ -135,6 +144,9 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
     }
     Ok(body)
 }
+
+/// The environment variable that gives the harness the registered file's (or directory's) name.
+const SOURCE_ENV: &str = "FAASD_SOURCE";
 
 /// The module name of a single file sent with `--requirements`.
 const SINGLE_MODULE: &str = "handler";

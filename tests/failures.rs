@@ -181,6 +181,34 @@ async fn a_python_traceback_names_the_registered_file_and_line() {
         "{error}"
     );
 
+    // In a directory bundle, the path is the registered directory's.
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).expect("app dir");
+    std::fs::write(
+        app.join("main.py"),
+        "import lib\n\n\ndef handle(p):\n    return lib.work(p)\n",
+    )
+    .expect("write main");
+    std::fs::write(app.join("lib.py"), "def work(p):\n    return 1 / 0\n").expect("write lib");
+    let path = app.to_str().expect("utf-8");
+    let out = server.cli(&["register", "app", path, "--runtime", "python"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = server.cli(&["invoke", "app"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("    File \"app/main.py\", line 5, in handle\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("    File \"app/lib.py\", line 2, in work\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  ZeroDivisionError: division by zero\n"),
+        "{stderr}"
+    );
+
     // A module that does not load says so, and names its line.
     let broken = dir.path().join("broken.py");
     std::fs::write(&broken, "def handle(p):\n    return (\n").expect("write broken");

@@ -117,7 +117,7 @@ pub enum FailureReason {
     CodeUnavailable,
     /// A process that escaped the call's process group kept its output pipes open.
     OutputHeldOpen,
-    /// The handler raised an exception (its traceback is in the logs).
+    /// The handler raised an exception (its traceback is in the task's stderr).
     Exception,
     /// A warm executor died during the call.
     ExecutorDied,

@@ -129,12 +129,18 @@ async fn a_failing_function_is_failed_with_status_and_stderr() {
         .expect("logs");
     assert_eq!(text(&logs.body), "something broke\n");
 
-    // The CLI exits 1 with one line on stderr.
+    // The CLI exits 1, saying why, with the stderr tail and the command that shows it all.
     let out = server.cli(&["invoke", "bad"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("exited with status 3"), "{err}");
+    assert!(
+        err.starts_with("faasd: task ") && err.contains(" failed: exited with status 3\n"),
+        "{err}"
+    );
+    assert!(err.contains("\n  something broke\n"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[2].starts_with("see all of it: faasd logs "), "{err}");
     let out = server.cli(&["result", &id]);
     assert_eq!(out.status.code(), Some(1));
     let out = server.cli(&["status", &id, "--wait"]);

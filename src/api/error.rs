@@ -139,13 +139,17 @@ impl ApiError {
         )
     }
 
-    /// 413 `payload_too_large`.
+    /// 413 `payload_too_large`, naming the limit and the flag that sets it. The answer closes
+    /// the connection: the rest of the body is not read (the server drains it before closing).
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
-            format!("request body exceeds the {limit} byte limit"),
+            format!(
+                "request body exceeds the {limit} byte limit (--max-body); send less, or raise the server's --max-body"
+            ),
         )
+        .with("limit_bytes", json!(limit))
     }
 
     /// 500 `internal`: the server failed (store error and the like).
@@ -198,13 +202,17 @@ impl ApiError {
             }
         };
         let id = uuid::Uuid::from_u128(record.id).to_string();
-        let detail = record.message.as_deref().unwrap_or("failed");
+        let detail = record
+            .message
+            .as_deref()
+            .unwrap_or("no reason was recorded");
         let mut err = ApiError::new(
             status,
             code,
-            format!("function {} {detail} (task {id})", record.function),
+            format!("function {} failed: {detail} (task {id})", record.function),
         );
         err.extra.insert("task_id".into(), json!(id));
+        err.extra.insert("message".into(), json!(detail));
         err.extra.insert(
             "reason".into(),
             json!(record.failure.map(FailureReason::as_str)),
@@ -260,6 +268,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
         }
         if let Some(id) = self.task_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
             response.headers_mut().insert(TASK_ID_HEADER, id);

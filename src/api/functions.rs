@@ -142,6 +142,9 @@ pub(crate) struct RegisterRequest {
     idle_timeout: Option<TimeoutField>,
     /// For a `python` directory bundle: the entry module (default `main`).
     entry: Option<String>,
+    /// For `python`: the name of the file (or directory) the code was registered from, which
+    /// tracebacks show instead of the bundle's path (kept from the previous version if omitted).
+    source: Option<String>,
     /// Memory limit per call in the sandbox, bytes or a size such as "256MiB".
     memory: Option<SizeField>,
     /// Let the function use the host's network in the sandbox.
@@ -215,6 +218,7 @@ impl RegisterRequest {
             min_warm: None,
             idle_timeout: None,
             entry: None,
+            source: None,
             memory: None,
             allow_net: None,
             reset: false,
@@ -330,7 +334,7 @@ fn explain_base64(err: ApiError, limit: usize) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::PayloadTooLarge,
         format!(
-            "request body exceeds the {limit} byte limit: the code is sent base64-encoded, which makes it a third larger, so a code file of up to about {fits} bytes fits; raise the limit with `faasd serve --max-body`, or send the code as a multipart file part"
+            "request body exceeds the {limit} byte limit (--max-body): the code is sent base64-encoded, which makes it a third larger, so a code file of up to about {fits} bytes fits; raise the limit with `faasd serve --max-body`, or send the code as a multipart file part"
         ),
     )
 }
@@ -399,14 +403,14 @@ pub(crate) fn function_record(
         Some(f) if !req.reset => Base::of(f, defaults),
         _ => Base::defaults(defaults),
     };
-    let env = merged_env(&mut req, &base)?;
-    validate_env(&env)?;
     let runtime = match &req.runtime {
         Some(text) => text
             .parse::<Runtime>()
             .map_err(|e| ApiError::invalid(e.to_string()))?,
         None => base.runtime,
     };
+    let env = merged_env(&mut req, &base, runtime)?;
+    validate_env(&env)?;
     if code.is_empty() {
         return Err(ApiError::invalid("code is empty"));
     }
@@ -442,19 +446,50 @@ pub(crate) fn function_record(
 }
 
 /// The environment of the new version: the request's (else the base's), with the request's
-/// entry module (else the base's) as `FAASD_ENTRY`.
+/// entry module and source name (else the base's) as `FAASD_ENTRY` and, for `python`,
+/// `FAASD_SOURCE`.
 fn merged_env(
     req: &mut RegisterRequest,
     base: &Base,
+    runtime: Runtime,
 ) -> Result<BTreeMap<String, String>, ApiError> {
-    let kept_entry = base.env.get(ENTRY_VAR).cloned();
     let mut env = req.env.take().unwrap_or_else(|| base.env.clone());
-    env.remove(ENTRY_VAR);
-    match check_entry(req.entry.take())? {
-        Some(entry) => env.insert(ENTRY_VAR.into(), entry),
-        None => kept_entry.and_then(|entry| env.insert(ENTRY_VAR.into(), entry)),
-    };
+    let given = [
+        (ENTRY_VAR, check_entry(req.entry.take())?),
+        (SOURCE_VAR, check_source(req.source.take())?),
+    ];
+    for (var, value) in given {
+        let kept = base.env.get(var).cloned();
+        env.remove(var);
+        if let Some(value) = value.or(kept) {
+            env.insert(var.into(), value);
+        }
+    }
+    if runtime != Runtime::Python {
+        env.remove(SOURCE_VAR);
+    }
     Ok(env)
+}
+
+/// The variable that carries a `python` function's source name to its executors.
+const SOURCE_VAR: &str = "FAASD_SOURCE";
+
+/// Checks a `source` name: a file name, not a path, of at most 255 bytes.
+fn check_source(source: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    let valid = !source.is_empty()
+        && source.len() <= 255
+        && !source.contains('/')
+        && !source.chars().any(char::is_control);
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "source {source:?} is not a file name (no '/', at most 255 bytes)"
+        ))
+        .with("field", "source".into()));
+    }
+    Ok(Some(source))
 }
 
 /// Checks the whole-number settings: `concurrency` and `max_attempts` of at least 1,
@@ -576,6 +611,7 @@ async fn from_multipart(
             "idle_timeout" => req.idle_timeout = Some(TimeoutField::Text(text)),
             "warm" => req.warm = Some(truthy(&text)),
             "entry" => req.entry = Some(text),
+            "source" => req.source = Some(text),
             "memory" => req.memory = Some(SizeField::Text(text)),
             "allow_net" => req.allow_net = Some(truthy(&text)),
             "reset" => req.reset = truthy(&text),
@@ -934,7 +970,8 @@ mod tests {
     fn the_entry_module_moves_into_the_environment() {
         let mut req = RegisterRequest::new("f".into(), "python");
         req.entry = Some("pkg.main_mod".into());
-        let env = merged_env(&mut req, &Base::defaults(&defaults())).expect("a module name");
+        let env = merged_env(&mut req, &Base::defaults(&defaults()), Runtime::Python)
+            .expect("a module name");
         assert_eq!(env["FAASD_ENTRY"], "pkg.main_mod");
         assert!(req.entry.is_none());
         for bad in ["", "1mod", "a..b", "a-b", "pkg."] {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use anyhow::Context;
 use bytes::Bytes;
 
-use super::{ClientArgs, exit};
+use super::{ClientArgs, exit, failed};
 use crate::client::segment;
 
 /// Invoke a function.
@@ -57,10 +57,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
         segment(&args.name),
         if args.is_async { "?async=true" } else { "" }
     );
-    let answer = client
-        .post(&path, "application/octet-stream", body)
-        .await?
-        .ok()?;
+    let answer = failed::check(client.post(&path, "application/octet-stream", body).await?)?;
     let mut out = std::io::stdout().lock();
     if args.is_async {
         let v: serde_json::Value = answer.json()?;

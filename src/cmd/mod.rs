@@ -5,6 +5,7 @@
 mod bench;
 mod completions;
 pub mod exit;
+mod failed;
 mod grant;
 mod invoke;
 mod join_token;

@@ -158,6 +158,15 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
         "name": args.name,
         "code": base64::engine::general_purpose::STANDARD.encode(code),
     });
+    // Python tracebacks name the file (or directory) registered rather than the bundle's path
+    // (the server keeps it for `python` functions only).
+    let source = args
+        .file
+        .file_name()
+        .filter(|_| args.file.as_os_str() != "-");
+    if let Some(source) = source {
+        body["source"] = source.to_string_lossy().into_owned().into();
+    }
     // Only what is given: the server keeps the previous version's value of the rest.
     let given = [
         ("runtime", args.runtime.clone().map(serde_json::Value::from)),
@@ -343,6 +352,7 @@ mod tests {
                 "env": {"A": "b=c"},
                 "timeout": "5s",
                 "concurrency": 2,
+                "source": "code.sh",
             })
         );
         let args = register_args(&["--runtime", "exec", "--warm", "--reset"]);
@@ -355,6 +365,7 @@ mod tests {
                 "runtime": "exec",
                 "warm": true,
                 "reset": true,
+                "source": "code.sh",
             })
         );
     }

@@ -221,7 +221,15 @@ fn http_limits(args: &ServeArgs) -> anyhow::Result<http::HttpLimits> {
         header_timeout: args.header_timeout,
         keepalive_timeout: args.keepalive_timeout,
         max_connections,
+        linger_bytes: linger_bytes(args.max_body),
     })
+}
+
+/// How much of an unread request body a closing connection drains so that its client reads
+/// the 413 answer: 4 × `--max-body`, and at least 128 MiB.
+fn linger_bytes(max_body: usize) -> u64 {
+    const AT_LEAST: u64 = 128 << 20;
+    (max_body as u64).saturating_mul(4).max(AT_LEAST)
 }
 
 /// 10,000 connections, or half the open-files limit if that is lower (the other half is left
@@ -238,7 +246,13 @@ fn default_max_connections() -> usize {
 /// Opens the store in the data directory, makes `args.data` absolute, and starts the broker
 /// on the store's contents.
 async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
-    let store = Store::open(&args.data).context("cannot open the store")?;
+    let store = match Store::open(&args.data) {
+        // The one line says it all: which directory, and that another server holds it.
+        Err(locked @ crate::store::Error::Locked { .. }) => {
+            return Err(exit::coded(exit::FAILURE, locked.to_string()));
+        }
+        opened => opened.context("cannot open the store")?,
+    };
     // Executors run in their own working directories, so every path handed down is absolute.
     args.data = std::fs::canonicalize(&args.data)
         .with_context(|| format!("cannot resolve {}", args.data.display()))?;

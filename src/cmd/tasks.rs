@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::{ClientArgs, exit};
+use super::{ClientArgs, exit, failed};
 use crate::client::{Client, segment};
 
 /// Show a task's status.
@@ -142,10 +142,11 @@ async fn fetch_bytes(
     if wait {
         fetch_status(&client, id, true).await?;
     }
-    let answer = client
-        .get(&format!("/v1/tasks/{}/{what}", segment(id)))
-        .await?
-        .ok()?;
+    let answer = failed::check(
+        client
+            .get(&format!("/v1/tasks/{}/{what}", segment(id)))
+            .await?,
+    )?;
     let mut out = std::io::stdout().lock();
     if json {
         let mut object = serde_json::Map::new();

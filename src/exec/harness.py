@@ -9,6 +9,9 @@
 # b"E" + traceback if loading failed, then exits), reads b"C" + flags + payload per call (flags
 # bit 0: the payload is JSON), and answers b"O" or b"X" (exception) + 4-byte result length +
 # result + the call's captured stdout/stderr text.
+#
+# Tracebacks name the file the user registered ($FAASD_SOURCE, set by `faasd register`), not
+# the bundle's path, and start at the user's code rather than in this harness.
 
 import io
 import os
@@ -49,8 +52,8 @@ def main():
 
     try:
         call = load(mode, bundle)
-    except BaseException:
-        send(b"E" + traceback.format_exc().encode("utf-8", "replace"))
+    except BaseException as exc:
+        send(b"E" + user_traceback(exc).encode("utf-8", "replace"))
         return 1
     send(b"R")
 
@@ -68,7 +71,7 @@ def main():
         try:
             kind, result = b"O", call(payload, is_json)
         except BaseException as exc:  # the function's failure is the call's outcome
-            traceback.print_exc(file=captured)
+            captured.write(user_traceback(exc))
             kind, result = b"X", failure_result(mode, exc)
         finally:
             sys.stdout = sys.stderr = sys.__stderr__
@@ -93,6 +96,7 @@ def to_bytes(value):
 
 
 def load(mode, bundle):
+    global BUNDLE_DIR
     if mode == "python":
         import importlib
         import importlib.machinery
@@ -102,6 +106,7 @@ def load(mode, bundle):
             # A directory bundle: unpack it into this executor's private working directory and
             # import its entry module (FAASD_ENTRY, default "main") from there.
             target = os.path.abspath("bundle")
+            BUNDLE_DIR = target
             with tarfile.open(bundle) as archive:
                 try:
                     archive.extractall(target, filter="data")
@@ -110,12 +115,7 @@ def load(mode, bundle):
             sys.path.insert(0, target)
             module = importlib.import_module(os.environ.get("FAASD_ENTRY", "main"))
         else:
-            # Bundles are cached under their hash, without a .py suffix: name the loader.
-            loader = importlib.machinery.SourceFileLoader("handler", bundle)
-            spec = importlib.util.spec_from_loader("handler", loader)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["handler"] = module
-            spec.loader.exec_module(module)
+            module = load_file(bundle)
         if not hasattr(module, "handle"):
             raise RuntimeError("the module defines no handle(payload) function")
         if hasattr(module, "init"):
@@ -144,6 +144,50 @@ def load(mode, bundle):
         return call
 
     raise RuntimeError("unknown harness mode %r" % mode)
+
+
+def load_file(bundle):
+    # Bundles are cached under their hash: compile the code under the registered file's name,
+    # and give linecache its lines, so tracebacks show that name with the source lines.
+    import linecache
+    import types
+    with open(bundle, "rb") as f:
+        source = f.read()
+    name = os.environ.get("FAASD_SOURCE") or bundle
+    code = compile(source, name, "exec", dont_inherit=True)
+    lines = source.decode("utf-8", "replace").splitlines(True)
+    linecache.cache[name] = (len(source), None, lines, name)
+    module = types.ModuleType("handler")
+    module.__file__ = bundle
+    sys.modules["handler"] = module
+    exec(code, module.__dict__)
+    return module
+
+
+# The directory a directory bundle was unpacked into, once it has been.
+BUNDLE_DIR = None
+
+
+def user_traceback(exc):
+    # The traceback from the first frame outside this harness and the import machinery, with
+    # the unpacked bundle's paths shown as the registered directory's.
+    import importlib
+    internal = (os.path.abspath(__file__), os.path.dirname(importlib.__file__) + os.sep)
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(internal)
+        or tb.tb_frame.f_code.co_filename.startswith("<frozen ")
+    ):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    source = os.environ.get("FAASD_SOURCE")
+    if BUNDLE_DIR and source:
+        if source.endswith(".py"):
+            # A single file sent with its requirements: the bundle holds it as one module.
+            entry = os.environ.get("FAASD_ENTRY", "main").replace(".", os.sep) + ".py"
+            text = text.replace(os.path.join(BUNDLE_DIR, entry), source)
+        text = text.replace(BUNDLE_DIR + os.sep, source.rstrip("/") + "/")
+    return text
 
 
 def failure_result(mode, exc):

@@ -150,7 +150,7 @@ impl WarmExecutor {
             Ok(Ok(body)) if body.as_ref() == b"R" => Ok(()),
             Ok(Ok(body)) if body.first() == Some(&b'E') => Err(Failure {
                 logs: body.slice(1..),
-                ..Failure::init_failed("loading the function failed (traceback in the logs)")
+                ..Failure::init_failed("the function could not be loaded")
             }),
             Ok(Ok(_)) => Err(Failure::protocol(
                 "the executor's first frame was not `R` (ready)",
@@ -369,10 +369,7 @@ fn parse_answer(body: Bytes, limits: Limits) -> Result<Answer, Failure> {
         b'X' => Err(Failure {
             logs,
             result,
-            ..Failure::new(
-                FailureReason::Exception,
-                "the handler raised an exception (traceback in the logs)",
-            )
+            ..Failure::new(FailureReason::Exception, "the handler raised an exception")
         }),
         _ => Err(Failure::protocol(
             "the executor's answer is neither `O` nor `X`",

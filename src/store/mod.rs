@@ -79,6 +79,15 @@ pub enum Error {
         /// Why.
         source: Box<redb::DatabaseError>,
     },
+    /// Another process (another `faasd serve`) holds the database's lock, past the wait.
+    #[error(
+        "the data directory {} is in use: another faasd serve holds its lock",
+        data_dir.display()
+    )]
+    Locked {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
     /// A read or write transaction failed.
     #[error("store {op} failed: {source}")]
     Db {
@@ -305,9 +314,14 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = open_database_waiting(&path).map_err(|source| Error::Open {
-            path: path.clone(),
-            source: Box::new(source),
+        let db = open_database_waiting(&path).map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+                data_dir: data_dir.to_owned(),
+            },
+            source => Error::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            },
         })?;
         create_tables(&db)?;
         index::prepare(&db)?;

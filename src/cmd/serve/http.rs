@@ -4,6 +4,8 @@
 //! (`--keepalive-timeout`). A stop closes idle connections and lets open requests finish.
 //! With `--tls-cert` it serves HTTPS only: every connection starts with a TLS handshake, which
 //! must end within the header timeout, and a plain HTTP request fails that handshake.
+//! A connection closed with a request body left unread (a body over `--max-body`, answered 413)
+//! is drained first, up to a bound, so the client reads the answer rather than a reset.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +46,13 @@ pub(super) struct HttpLimits {
     pub keepalive_timeout: Duration,
     /// The most HTTP connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// The most request bytes read and discarded after the last answer of a connection that
+    /// closes with a body left unread (see [`linger`]).
+    pub linger_bytes: u64,
 }
+
+/// How long a closing connection is drained at most (see [`linger`]).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `stop` fires, then closes
 /// idle connections, waits for open requests to finish, and returns.
@@ -155,23 +163,17 @@ async fn serve_connection<S>(
     };
     // The header timeout is enforced here rather than by hyper, whose header timer also runs
     // while a kept-alive connection waits for its next request.
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut conn = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(io, service);
-    tokio::pin!(conn);
     let mut stopping = false;
-    loop {
+    let served = loop {
         // While a request is open there is no deadline: look again after a while.
         let deadline = activity.deadline(&limits).unwrap_or_else(|| {
             Instant::now() + limits.header_timeout.min(limits.keepalive_timeout)
         });
         tokio::select! {
-            served = conn.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                }
-                return;
-            }
+            served = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break served,
             () = tokio::time::sleep_until(deadline) => {
                 if let Some(phase) = activity.expired(&limits, Instant::now()) {
                     tracing::debug!(phase, "closing a slow or idle HTTP connection");
@@ -180,9 +182,45 @@ async fn serve_connection<S>(
             }
             () = stop.cancelled(), if !stopping => {
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                Pin::new(&mut conn).graceful_shutdown();
             }
         }
+    };
+    match served {
+        Ok(()) if !stopping => {
+            let stream = conn.into_parts().io.into_inner();
+            linger(stream, limits.linger_bytes, &stop).await;
+        }
+        Ok(()) => {}
+        Err(e) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+    }
+}
+
+/// Closes a connection hyper is done with. If the client is still sending (a request body the
+/// server did not read, such as one over `--max-body`), closing at once would make the kernel
+/// answer its next bytes with a reset, which can destroy the answer before the client reads
+/// it. So the answer is flushed and the write side shut down (the client sees the answer end),
+/// then the rest of the request is read and discarded until the client closes, `max_bytes`
+/// have been discarded, [`LINGER_TIMEOUT`] passes, or the server stops.
+async fn linger<S>(mut stream: S, max_bytes: u64, stop: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut bounded = tokio::io::AsyncReadExt::take(&mut stream, max_bytes);
+        tokio::io::copy(&mut bounded, &mut tokio::io::sink()).await
+    };
+    tokio::select! {
+        drained = tokio::time::timeout(LINGER_TIMEOUT, drain) => {
+            if let Ok(Ok(bytes @ 1..)) = drained {
+                tracing::debug!(bytes, "drained the unread rest of a request before closing");
+            }
+        }
+        () = stop.cancelled() => {}
     }
 }
 
@@ -426,6 +464,7 @@ mod tests {
             header_timeout: HEADER,
             keepalive_timeout: KEEPALIVE,
             max_connections: 10,
+            linger_bytes: 1 << 20,
         }
     }
 

@@ -2,7 +2,6 @@
 //! age, a page at a time with an opaque cursor. Served from the store's task indexes.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
@@ -13,7 +12,7 @@ use super::tasks::TaskView;
 use super::{ApiError, AppState};
 use crate::auth::{Caller, policy};
 use crate::store::{TaskQuery, TaskRecord, TaskStatus, first_id_at};
-use crate::units::{ParseError, now_ms, parse_duration};
+use crate::units::{now_ms, parse_duration};
 
 /// The page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -89,7 +88,7 @@ fn parse_query(query: ListQuery, now_ms: u64) -> Result<TaskQuery, ApiError> {
     let status = given(query.status).map(|s| parse_status(&s)).transpose()?;
     let since_id = match given(query.since) {
         Some(since) => {
-            let age = parse_age(&since).map_err(|reason| {
+            let age = parse_duration(&since).map_err(|reason| {
                 bad(
                     "since",
                     format!(
@@ -111,16 +110,6 @@ fn parse_query(query: ListQuery, now_ms: u64) -> Result<TaskQuery, ApiError> {
         before_id,
         limit,
     })
-}
-
-/// A task age: a duration such as `500ms`, `10s`, `2m` or `1h`, or a bare number of seconds.
-/// The one parser of `since`, so every spelling the CLI passes through is read the same way.
-pub fn parse_age(text: &str) -> Result<Duration, ParseError> {
-    let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return parse_duration(&format!("{text}s"));
-    }
-    parse_duration(text)
 }
 
 fn parse_status(text: &str) -> Result<TaskStatus, ApiError> {
@@ -167,16 +156,17 @@ fn parse_cursor(text: &str) -> Result<u128, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ages_are_durations_or_bare_seconds() {
-        assert_eq!(parse_age("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_age("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_age("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_age("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_age("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         for bad in ["", "x", "-1", "1 parsec", "99999999999999999999999"] {
-            assert!(parse_age(bad).is_err(), "{bad:?}");
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -21,7 +21,7 @@ MAX_FN_LINES = 80
 # → proto, with `units` a leaf any module may use. `client` may use `api`'s wire types.
 ALLOWED = {
     "cmd": {"api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units"},
-    "api": {"auth", "broker", "store", "proto", "units"},
+    "api": {"auth", "broker", "exec", "store", "proto", "units"},
     "auth": {"store", "proto", "units"},
     "client": {"api", "auth", "tls", "proto", "units"},
     "worker": {"exec", "proto", "units"},

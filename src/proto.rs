@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -303,6 +303,47 @@ pub enum Frame {
         /// The server's join token, as given to the worker.
         token: String,
     },
+    /// Server → worker: compile this Python module without running it (a registration's code
+    /// check, when the server has no interpreter of its own).
+    CheckCode {
+        /// The server's number for this check, echoed in the answer.
+        check: u64,
+        /// The module's file name, for the compiler's messages.
+        file: String,
+        /// The module's source.
+        source: Bytes,
+    },
+    /// Worker → server: the answer to a `CheckCode`.
+    CodeChecked {
+        /// The check answered.
+        check: u64,
+        /// What the compiler said.
+        verdict: CompileVerdict,
+    },
+}
+
+/// What compiling a Python module (without running it) found: nothing wrong, a syntax error
+/// with its place, or no top-level `handle`. Also the JSON the compile script prints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompileVerdict {
+    /// The compiler's error (`SyntaxError: ...`), if any.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The error's line, from 1.
+    #[serde(default)]
+    pub line: Option<u64>,
+    /// The error's column, from 1.
+    #[serde(default)]
+    pub column: Option<u64>,
+    /// The offending line's text.
+    #[serde(default)]
+    pub text: String,
+    /// The module compiles but binds no top-level `handle`.
+    #[serde(default)]
+    pub missing_handle: bool,
+    /// Why no compile happened at all (no interpreter): the verdict then says nothing.
+    #[serde(default)]
+    pub unavailable: Option<String>,
 }
 
 /// What a worker needs to start warm executors of a function version before any call.
@@ -596,6 +637,28 @@ mod tests {
         );
         golden(Frame::Join { token: "tk".into() }, "0b02746b");
         golden(Frame::Join { token: "".into() }, "0b00");
+        golden(
+            Frame::CheckCode {
+                check: 3,
+                file: "m".into(),
+                source: Bytes::from_static(b"x"),
+            },
+            "0c03016d0178",
+        );
+        golden(
+            Frame::CodeChecked {
+                check: 3,
+                verdict: CompileVerdict {
+                    error: Some("E".into()),
+                    line: Some(2),
+                    column: None,
+                    text: "t".into(),
+                    missing_handle: true,
+                    unavailable: None,
+                },
+            },
+            "0d0301014501020001740100",
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Server, expect_error, text};
+use common::{Server, Worker, expect_error, text, wait_workers};
 
 /// Writes `text` at `path` (making its directory) and returns the path as a string.
 fn write(path: &Path, text: &str) -> String {
@@ -107,6 +107,49 @@ async fn python_that_does_not_compile_or_lacks_handle_is_refused_with_its_line()
     let error = expect_error(&answer, 400, "invalid_code");
     assert_eq!(error["line"], 1, "{error}");
     assert_eq!(live(&server, "api").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_python_has_the_first_worker_compile() {
+    // The server (and so its local workers) has no interpreter; a remote worker does.
+    let server = Server::start(&["--local-workers", "0", "--python", "/no/such/python3"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = write(
+        &dir.path().join("broken.py"),
+        "def handle(payload)\n    return payload\n",
+    );
+    let args = ["bad", broken.as_str(), "--runtime", "python"];
+    // With no worker connected the check is skipped: the code is stored unchecked.
+    let (code, _, stderr) = register(&server, &args);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let _worker = Worker::start(&server.worker_addr, "checker", 1, "push");
+    wait_workers(&server.client(), 1).await;
+    let args = ["bad2", broken.as_str(), "--runtime", "python"];
+    assert_refused(
+        &server,
+        &args,
+        "does not compile: line 1, column ",
+        "bad2",
+        None,
+    )
+    .await;
+    let nohandle = write(
+        &dir.path().join("nohandle.py"),
+        "def main(p):\n    return p\n",
+    );
+    let args = ["bad3", nohandle.as_str(), "--runtime", "python"];
+    assert_refused(&server, &args, "defines no top-level handle", "bad3", None).await;
+    let good = write(
+        &dir.path().join("good.py"),
+        "def handle(payload):\n    return payload\n",
+    );
+    let (code, stdout, stderr) = register(&server, &["good", &good, "--runtime", "python"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "registered good version 1\n"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

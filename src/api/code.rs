@@ -4,64 +4,25 @@
 //! - `shell` and `exec` take a file, not a directory (a tar bundle).
 //! - `pickle` must look like a pickle, by the rule `POST /register_function` applies.
 //! - `python`: a directory bundle must hold its entry module; the module (or the single file) is
-//!   compiled by the server's interpreter, without running it, and must define `handle` at top
-//!   level. When the server cannot start its interpreter the compile step is skipped (logged):
-//!   the first call then reports the error, as before.
+//!   compiled without running it, and must define `handle` at top level. The server's
+//!   interpreter compiles it; a server without one asks the first connected worker that has one
+//!   (`CheckCode` frames). With neither, the compile step is skipped (logged) and the first
+//!   call reports the error.
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use crate::proto::Runtime;
+use crate::broker::{Broker, WorkerCheck};
+use crate::proto::{CompileVerdict, Runtime};
 
 /// How long one compile may take.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most compiles running at once; more registrations wait for a turn.
 const MAX_COMPILES: usize = 4;
-/// The most output read from the compiler (its answer is one short JSON line).
-const MAX_ANSWER_BYTES: u64 = 64 << 10;
-
-/// Compiles the module on stdin (named by argv[1]) without running it, and prints one JSON
-/// object: `{}` when it compiles and binds `handle` at top level, else what is wrong.
-const COMPILE_SCRIPT: &str = r#"
-import ast, json, sys
-def answer(**kw):
-    sys.stdout.write(json.dumps(kw))
-    sys.exit(0)
-def binds_handle(tree):
-    todo = list(ast.iter_child_nodes(tree))
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name == "handle":
-                return True
-            continue
-        if isinstance(node, ast.Lambda):
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                if alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == "handle":
-                    return True
-        if isinstance(node, ast.Name) and node.id == "handle" and isinstance(node.ctx, ast.Store):
-            return True
-        todo.extend(ast.iter_child_nodes(node))
-    return False
-source = sys.stdin.buffer.read()
-try:
-    tree = compile(source, sys.argv[1], "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    compile(tree, sys.argv[1], "exec", dont_inherit=True)
-except SyntaxError as e:
-    answer(error="%s: %s" % (type(e).__name__, e.msg), line=e.lineno, column=e.offset,
-           text=(e.text or "").strip()[:200])
-except Exception as e:
-    answer(error="%s: %s" % (type(e).__name__, str(e)[:500]))
-answer() if binds_handle(tree) else answer(missing_handle=True)
-"#;
 
 /// Why registered code can never run.
 #[derive(Debug, thiserror::Error)]
@@ -156,18 +117,22 @@ fn is_tar(code: &[u8]) -> bool {
 }
 
 /// The code checker: the server's Python interpreter and a bound on compiles at once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CodeCheck {
     python: PathBuf,
     turns: Arc<Semaphore>,
+    /// The broker whose workers compile when the server cannot.
+    workers: Option<Broker>,
 }
 
 impl CodeCheck {
-    /// A checker compiling with `python` (default `python3` on PATH).
-    pub fn new(python: Option<PathBuf>) -> CodeCheck {
+    /// A checker compiling with `python` (default `python3` on PATH), else on the workers of
+    /// `workers`.
+    pub fn new(python: Option<PathBuf>, workers: Option<Broker>) -> CodeCheck {
         CodeCheck {
             python: python.unwrap_or_else(|| PathBuf::from("python3")),
             turns: Arc::new(Semaphore::new(MAX_COMPILES)),
+            workers,
         }
     }
 
@@ -187,68 +152,52 @@ impl CodeCheck {
         }
     }
 
-    /// Compiles `source` in a child interpreter, within [`COMPILE_TIMEOUT`].
+    /// Compiles `source` in the server's interpreter within [`COMPILE_TIMEOUT`]; when it cannot
+    /// start one, on the first worker that can. With neither the compile is skipped (logged).
     async fn compile(&self, file: &str, source: Vec<u8>) -> Result<(), Invalid> {
         let Ok(_turn) = self.turns.acquire().await else {
             return Ok(());
         };
-        let answer = match tokio::time::timeout(COMPILE_TIMEOUT, self.run(file, source)).await {
+        let here = crate::exec::compile_python(&self.python, file, &source);
+        let answer = match tokio::time::timeout(COMPILE_TIMEOUT, here).await {
             Err(_) => {
                 return Err(Invalid::CompileTimeout { file: file.into() });
             }
             Ok(Err(e)) => {
-                tracing::warn!(python = %self.python.display(), error = %e, "cannot check Python code at registration; the first call will");
-                return Ok(());
+                let why = format!("{}: {e}", self.python.display());
+                return self.compile_on_worker(file, source, why).await;
             }
             Ok(Ok(answer)) => answer,
         };
         judge(file, answer)
     }
 
-    /// Runs [`COMPILE_SCRIPT`] over `source` and parses its answer.
-    async fn run(&self, file: &str, source: Vec<u8>) -> std::io::Result<CompileAnswer> {
-        let mut child = tokio::process::Command::new(&self.python)
-            .args(["-I", "-S", "-B", "-c", COMPILE_SCRIPT, file])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(std::io::Error::other("the compiler's pipes are missing"));
+    /// Compiles `source` on a worker, the server's own interpreter having failed with `why`.
+    async fn compile_on_worker(
+        &self,
+        file: &str,
+        source: Vec<u8>,
+        why: String,
+    ) -> Result<(), Invalid> {
+        let Some(broker) = &self.workers else {
+            tracing::warn!(reason = %why, "cannot check Python code at registration; the first call will");
+            return Ok(());
         };
-        let write = async move {
-            // A compiler that stops reading early answers anyway; its answer decides.
-            let _ = stdin.write_all(&source).await;
-        };
-        let mut out = Vec::new();
-        let mut stdout = stdout.take(MAX_ANSWER_BYTES);
-        let read = stdout.read_to_end(&mut out);
-        let ((), read) = tokio::join!(write, read);
-        read?;
-        let status = child.wait().await?;
-        serde_json::from_slice(&out).map_err(|e| {
-            std::io::Error::other(format!(
-                "the compiler exited {status} without an answer: {e}"
-            ))
-        })
+        // The worker bounds its compile at the same timeout; the frames' round trip gets a margin.
+        let wait = COMPILE_TIMEOUT + Duration::from_secs(2);
+        match broker.check_on_worker(file, source.into(), wait).await {
+            WorkerCheck::Verdict(answer) => judge(file, answer),
+            WorkerCheck::TimedOut => Err(Invalid::CompileTimeout { file: file.into() }),
+            WorkerCheck::Unchecked(on_workers) => {
+                tracing::warn!(server = %why, workers = %on_workers, "cannot check Python code at registration, here or on a worker; the first call will");
+                Ok(())
+            }
+        }
     }
 }
 
-/// What [`COMPILE_SCRIPT`] prints.
-#[derive(Debug, Default, serde::Deserialize)]
-struct CompileAnswer {
-    error: Option<String>,
-    line: Option<u64>,
-    column: Option<u64>,
-    #[serde(default)]
-    text: String,
-    #[serde(default)]
-    missing_handle: bool,
-}
-
 /// The verdict on a compiler's answer.
-fn judge(file: &str, answer: CompileAnswer) -> Result<(), Invalid> {
+fn judge(file: &str, answer: CompileVerdict) -> Result<(), Invalid> {
     if let Some(message) = answer.error {
         return Err(Invalid::Syntax {
             file: file.into(),
@@ -324,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn runtimes_refuse_what_they_cannot_run() {
-        let check = CodeCheck::new(Some("/no/such/python3".into()));
+        let check = CodeCheck::new(Some("/no/such/python3".into()), None);
         let tar = bundle(&[("main.py", "def handle(p): return p\n")]);
         for runtime in [Runtime::Shell, Runtime::Exec] {
             let err = check.check(runtime, &tar, "main").await.expect_err("a dir");
@@ -359,7 +308,7 @@ mod tests {
             eprintln!("skipped: no python3");
             return;
         }
-        let check = CodeCheck::new(None);
+        let check = CodeCheck::new(None, None);
         let err = check
             .check(
                 Runtime::Python,

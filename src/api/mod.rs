@@ -279,7 +279,7 @@ pub(super) mod tests {
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),
-            code_check: CodeCheck::new(None),
+            code_check: CodeCheck::new(None, None),
         }
     }
 

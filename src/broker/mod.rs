@@ -11,6 +11,7 @@
 //! back from the store when the task is dispatched (see `outbox`). A sync call keeps its
 //! payload until it ends: its caller's connection holds the request body anyway.
 
+mod checks;
 mod outbox;
 mod session;
 mod state;
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
+pub use checks::WorkerCheck;
 pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 
@@ -141,6 +143,8 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever the number of running tasks drops.
     settled: Notify,
+    /// Code checks waiting for a worker's answer.
+    checks: Mutex<checks::Checks>,
 }
 
 impl Broker {
@@ -159,6 +163,7 @@ impl Broker {
                 store,
                 state: Mutex::new(state),
                 settled: Notify::new(),
+                checks: Mutex::default(),
             }),
         };
         for record in failed {
@@ -190,6 +195,13 @@ impl Broker {
             .state
             .lock()
             .expect("broker state lock poisoned by an earlier panic")
+    }
+
+    fn checks(&self) -> MutexGuard<'_, checks::Checks> {
+        self.inner
+            .checks
+            .lock()
+            .expect("code check lock poisoned by an earlier panic")
     }
 
     /// The store this broker writes to.
@@ -419,6 +431,7 @@ impl Broker {
     /// Detaches a worker whose connection ended: its tasks go back to their queues (or fail
     /// with `worker_lost` past their attempt limit).
     pub(crate) fn detach_worker(&self, id: u64) {
+        self.forget_checks_of(Some(id));
         let mut state = self.lock();
         let lost = state.detach_worker(id, &self.inner.store);
         state.dispatch(&self.inner.store);

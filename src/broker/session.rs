@@ -242,6 +242,9 @@ impl Session {
             Frame::Heartbeat { .. } => self.on_heartbeat(),
             Frame::Pull { slots } => self.on_pull(slots),
             Frame::Drain => self.on_drain(),
+            Frame::CodeChecked { check, verdict } => {
+                self.broker.code_checked(self.id, check, verdict)
+            }
             other => {
                 tracing::warn!(worker = self.id, frame = ?other, "unexpected frame from worker; closing");
                 return Next::Close;

@@ -182,6 +182,11 @@ impl WorkerEntry {
         }
     }
 
+    /// Queues an item for the worker (lost if it has left).
+    pub fn send(&self, item: Outbound) {
+        let _ = self.frames.send(item);
+    }
+
     fn send_prewarm(&self, func: &FunctionRecord, warm: WarmSpec) {
         let _ = self.frames.send(Outbound::Frame(Frame::Prewarm(Prewarm {
             function: func.name.clone(),

@@ -443,7 +443,7 @@ fn start_http(
             max_min_warm: args.max_min_warm,
             ..FunctionDefaults::default()
         },
-        code_check: api::CodeCheck::new(args.executors.python.clone()),
+        code_check: api::CodeCheck::new(args.executors.python.clone(), Some(broker.clone())),
     });
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }

@@ -12,6 +12,7 @@
 //! environment), `warm` (one process serving many calls), `pool` (a worker's warm executors)
 //! and `memory` (what pre-warmed executors hold, against their budget).
 
+mod compile;
 mod memory;
 mod pool;
 pub mod runtimes;
@@ -32,6 +33,7 @@ use tokio::net::unix::pipe;
 use crate::proto::{FailureReason, Outcome, WarmSpec};
 use crate::sandbox::{process, shim as sandbox, sys};
 use crate::units::format_duration;
+pub use compile::compile as compile_python;
 pub use memory::default_warm_budget_bytes;
 pub use pool::{Pool, PoolLimits, WarmCall};
 pub use runtimes::Runtimes;

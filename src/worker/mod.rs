@@ -120,6 +120,17 @@ impl Drop for WorkRoot {
     }
 }
 
+/// How long a registration's compile may take here.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verdict of a compile this worker could not run.
+fn unavailable(agent: &Agent, why: String) -> proto::CompileVerdict {
+    proto::CompileVerdict {
+        unavailable: Some(format!("worker {}: {why}", agent.name())),
+        ..Default::default()
+    }
+}
+
 /// How often idle warm executors are reaped and `min_warm` topped up.
 const REAP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -401,6 +412,11 @@ impl Session {
             Frame::Assign(task) => self.on_assign(task),
             Frame::Prewarm(spec) => self.on_prewarm(spec),
             Frame::Code { hash, found, bytes } => self.on_code(hash, found, bytes),
+            Frame::CheckCode {
+                check,
+                file,
+                source,
+            } => self.on_check_code(check, file, source),
             Frame::Refused { reason } => return Err(Error::Refused { reason }),
             other => tracing::warn!(frame = ?other, "unexpected frame from the server"),
         }
@@ -440,6 +456,27 @@ impl Session {
     fn on_code(&self, hash: proto::CodeHash, found: bool, bytes: bytes::Bytes) {
         let cache = self.agent.config.cache.clone();
         tokio::spawn(async move { cache.fill(hash, found, bytes).await });
+    }
+
+    /// Compiles a registration's module in the background and answers with the verdict; a
+    /// compile past [`COMPILE_TIMEOUT`] gets no answer (the server times it out).
+    fn on_check_code(&self, check: u64, file: String, source: bytes::Bytes) {
+        let agent = self.agent.clone();
+        let frames = self.frames.clone();
+        tokio::spawn(async move {
+            let verdict = match agent.config.runtimes.python() {
+                Err(e) => unavailable(&agent, e.to_string()),
+                Ok(python) => {
+                    let compile = exec::compile_python(python, &file, &source);
+                    match tokio::time::timeout(COMPILE_TIMEOUT, compile).await {
+                        Err(_) => return,
+                        Ok(Err(e)) => unavailable(&agent, e.to_string()),
+                        Ok(Ok(verdict)) => verdict,
+                    }
+                }
+            };
+            let _ = frames.send(Frame::CodeChecked { check, verdict });
+        });
     }
 
     /// Asks the server for no new tasks and starts waiting for the running ones.

@@ -222,11 +222,27 @@ impl Client {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<Answer, Error> {
+        self.request_with(method, path, content_type, &[], body)
+            .await
+    }
+
+    /// Sends a request with extra `headers` and reads the whole answer.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer, Error> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
         if let Some(ct) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         if let Some(auth) = &self.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());

@@ -14,13 +14,15 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::functions::validate_name;
+use super::idempotency::{self, Once};
 use super::{ApiError, AppState, read_body};
 
 /// The content type of a newline-delimited body.
 const NDJSON: &str = "application/x-ndjson";
 
 /// `POST /v1/functions/{name}/batch`: 202 `{"task_ids": [...]}` in input order, once every
-/// task's QUEUED record is durable; all or none are taken.
+/// task's QUEUED record is durable; all or none are taken. A repeat with the same
+/// `Idempotency-Key` answers the first request's ids.
 pub async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<crate::auth::Caller>,
@@ -40,13 +42,23 @@ pub async fn submit(
     } else {
         parse_array(&body)?
     };
-    let records = state
-        .broker
-        .submit_batch(&name, payloads, caller.user)
-        .await?;
-    let ids: Vec<String> = records
-        .iter()
-        .map(|r| uuid::Uuid::from_u128(r.id).to_string())
+    let request = idempotency::Request {
+        function: &name,
+        route: "batch",
+        payload_hash: crate::store::payload_hash(payloads.iter().map(|p| p.as_ref())),
+    };
+    let submitted = idempotency::once(&state, &caller, &headers, request, |key| async {
+        let records = state
+            .broker
+            .submit_batch_keyed(&name, payloads, caller.user, key)
+            .await?;
+        Ok(records.iter().map(|r| r.id).collect())
+    })
+    .await?;
+    let (Once::Fresh(ids) | Once::Repeat(ids)) = submitted;
+    let ids: Vec<String> = ids
+        .into_iter()
+        .map(|id| uuid::Uuid::from_u128(id).to_string())
         .collect();
     Ok((
         StatusCode::ACCEPTED,

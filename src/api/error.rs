@@ -74,6 +74,9 @@ pub enum ErrorCode {
     UserExists,
     /// No user has that name.
     UserNotFound,
+    /// An `Idempotency-Key` was sent again with another function, kind of request or payload
+    /// (409).
+    IdempotencyKeyReused,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -330,7 +333,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 22] = [
+    const CODES: [(ErrorCode, &str); 23] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -353,6 +356,7 @@ mod tests {
         (ErrorCode::ExecutorFailed, "executor_failed"),
         (ErrorCode::Internal, "internal"),
         (ErrorCode::InsufficientStorage, "insufficient_storage"),
+        (ErrorCode::IdempotencyKeyReused, "idempotency_key_reused"),
     ];
 
     #[test]

@@ -22,6 +22,7 @@ mod error;
 mod functions;
 #[cfg(test)]
 mod fuzz;
+mod idempotency;
 mod mpcs;
 mod panic;
 mod settings;
@@ -42,6 +43,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use crate::broker::Broker;
 pub use code::CodeCheck;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
+pub use idempotency::Keys;
 pub use panic::log_panics;
 pub use settings::Change;
 
@@ -60,6 +62,8 @@ pub struct AppState {
     pub anonymous: Option<crate::auth::Role>,
     /// Checks registered code before it is stored.
     pub code_check: CodeCheck,
+    /// The `Idempotency-Key` settings and the locks of the keys in use.
+    pub keys: Keys,
 }
 
 /// The default of the largest `min_warm` a registration may ask for (`serve --max-min-warm`).
@@ -280,6 +284,7 @@ pub(super) mod tests {
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),
             code_check: CodeCheck::new(None, None),
+            keys: Keys::new(Duration::from_secs(24 * 3600)),
         }
     }
 

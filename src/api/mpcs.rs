@@ -13,12 +13,13 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::functions::{RegisterRequest, decode_base64, register_function};
+use super::idempotency::Once;
 use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::auth::Caller;
 use crate::store::TaskStatus;
@@ -120,6 +121,7 @@ pub async fn register(
 pub async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let [function_id, payload] = fields(&state, body, ["function_id", "payload"]).await?;
@@ -133,12 +135,26 @@ pub async fn execute(
     };
     let name = id.hyphenated().to_string();
     super::functions::check_invoke(&state, &caller, &name)?;
-    let (record, _) = state
-        .broker
-        .submit(&name, Bytes::from(payload), false, false, caller.user)
-        .await?;
+    let payload = Bytes::from(payload);
+    let request = super::idempotency::Request {
+        function: &name,
+        route: "execute_function",
+        payload_hash: crate::store::payload_hash([payload.as_ref()]),
+    };
+    let submitted = super::idempotency::once(&state, &caller, &headers, request, |key| async {
+        let (record, _) = state
+            .broker
+            .submit_keyed(&name, payload, false, false, caller.user, key)
+            .await?;
+        Ok(vec![record.id])
+    })
+    .await?;
+    let (Once::Fresh(ids) | Once::Repeat(ids)) = submitted;
+    let Some(&id) = ids.first() else {
+        return Err(ApiError::internal("an idempotency key names no task"));
+    };
     Ok(Json(
-        json!({ "task_id": uuid::Uuid::from_u128(record.id).to_string() }),
+        json!({ "task_id": uuid::Uuid::from_u128(id).to_string() }),
     ))
 }
 

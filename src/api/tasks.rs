@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::functions::{rfc3339, validate_name};
+use super::idempotency::{self, Once};
 use super::{ApiError, AppState, ErrorCode, TASK_ID_HEADER, read_body};
 use crate::auth::{Caller, policy};
 use crate::store::{TaskRecord, TaskStatus};
@@ -127,10 +128,23 @@ async fn call(
     validate_name(name)?;
     super::functions::check_invoke(state, caller, name)?;
     let payload = read_body(body, state.max_body_bytes).await?;
-    let (record, waiter) = state
-        .broker
-        .submit(name, payload, json, !is_async, caller.user)
-        .await?;
+    let request = idempotency::Request {
+        function: name,
+        route: "invoke",
+        payload_hash: crate::store::payload_hash([payload.as_ref()]),
+    };
+    let submitted = idempotency::once(state, caller, headers, request, |key| async move {
+        let submitted = state
+            .broker
+            .submit_keyed(name, payload, json, !is_async, caller.user, key)
+            .await?;
+        Ok(submitted)
+    })
+    .await?;
+    let (record, waiter) = match submitted {
+        Once::Fresh(submitted) => submitted,
+        Once::Repeat(ids) => return repeated_call(state, &ids, is_async).await,
+    };
     let id = uuid::Uuid::from_u128(record.id).to_string();
     let Some(waiter) = waiter else {
         let mut response = (
@@ -146,6 +160,47 @@ async fn call(
         .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
         .map_err(|e| ApiError::store(&e))?;
     finished_response(&finished.record, finished.result.clone(), &finished.logs)
+}
+
+/// The answer to a repeat of a keyed invoke: 202 with the first request's task id and its
+/// status now, or for a sync call that task's result, waiting for it as the first caller does.
+async fn repeated_call(
+    state: &AppState,
+    ids: &[u128],
+    is_async: bool,
+) -> Result<Response, ApiError> {
+    let Some(&task_id) = ids.first() else {
+        return Err(ApiError::internal("an idempotency key names no task"));
+    };
+    let id = uuid::Uuid::from_u128(task_id).to_string();
+    if is_async {
+        let status = state
+            .broker
+            .task(task_id)
+            .await?
+            .map_or("QUEUED", |r| r.status.as_str());
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"task_id": id, "status": status})),
+        )
+            .into_response();
+        set_task_header(&mut response, &id);
+        return Ok(response);
+    }
+    if let Some(waiter) = state.broker.watch(task_id) {
+        let finished = waiter
+            .await
+            .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
+            .map_err(|e| ApiError::store(&e))?;
+        return finished_response(&finished.record, finished.result.clone(), &finished.logs);
+    }
+    let Some(record) = state.broker.task(task_id).await? else {
+        return Err(ApiError::task_not_found(&id));
+    };
+    let store = state.broker.store();
+    let result = store.result(task_id).await?.unwrap_or_default();
+    let logs = store.logs(task_id).await?.unwrap_or_default();
+    finished_response(&record, result, &logs)
 }
 
 fn set_task_header(response: &mut Response, id: &str) {

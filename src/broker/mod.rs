@@ -277,6 +277,22 @@ impl Broker {
         wait: bool,
         caller: u32,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
+        self.submit_keyed(name, payload, json, wait, caller, None)
+            .await
+    }
+
+    /// [`Broker::submit`], recording `key` (when given) in the same transaction as the QUEUED
+    /// record. With a key, a sync call too waits for that commit before its waiter is returned,
+    /// so a repeat of the request finds the key as soon as the first one could.
+    pub async fn submit_keyed(
+        &self,
+        name: &str,
+        payload: Bytes,
+        json: bool,
+        wait: bool,
+        caller: u32,
+        key: Option<NewKey>,
+    ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         // A full disk refuses the call before it runs rather than after.
         self.inner.store.check_writable()?;
         let (record, waiter, committed) = {
@@ -291,11 +307,16 @@ impl Broker {
             // A sync caller's acknowledgement is the result, whose commit makes this record
             // durable too (one writer, in order); it learns no task id before then, so an
             // fsync for the QUEUED record alone would buy it nothing.
-            let committed = if wait {
-                self.inner.store.write_later(enqueue);
-                None
-            } else {
-                Some(self.inner.store.submit(enqueue))
+            let committed = match key {
+                None if wait => {
+                    self.inner.store.write_later(enqueue);
+                    None
+                }
+                None => Some(vec![self.inner.store.submit(enqueue)]),
+                Some(key) => {
+                    let remember = key.write(name, caller, vec![record.id]);
+                    Some(self.inner.store.submit_group(vec![enqueue, remember]))
+                }
             };
             let waiter = state.enqueue(Active::new(record.clone(), Some(payload), func), wait);
             state.dispatch(&self.inner.store);
@@ -304,11 +325,7 @@ impl Broker {
         let Some(committed) = committed else {
             return Ok((record, waiter));
         };
-        let committed = match committed.await {
-            Ok(result) => result,
-            Err(_) => Err(Arc::new(store::Error::Closed)),
-        };
-        if let Err(e) = committed {
+        if let Err(e) = all_committed(committed).await {
             // Never acknowledged: take it back if it has not started (it may have, since
             // dispatch does not wait for the commit; then it runs once, unrecorded as QUEUED).
             self.lock().withdraw(record.id);
@@ -329,40 +346,57 @@ impl Broker {
         payloads: Vec<Bytes>,
         caller: u32,
     ) -> Result<Vec<TaskRecord>, Error> {
+        self.submit_batch_keyed(name, payloads, caller, None).await
+    }
+
+    /// [`Broker::submit_batch`], recording `key` (when given) in the same transaction as the
+    /// QUEUED records: with a key the records and the key are queued as one group, which the
+    /// writer never splits between commits.
+    pub async fn submit_batch_keyed(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        caller: u32,
+        key: Option<NewKey>,
+    ) -> Result<Vec<TaskRecord>, Error> {
         self.inner.store.check_writable()?;
         let (records, acks) = {
             let mut state = self.lock();
             let func = state.admit(name, payloads.len())?;
             let mut records = Vec::with_capacity(payloads.len());
             let mut acks = Vec::with_capacity(payloads.len());
+            let mut group = Vec::new();
             for payload in payloads {
                 state.next_seq += 1;
                 let record = queued_record(&func, state.next_seq, &payload, false, caller);
-                acks.push(self.inner.store.submit(Write::Enqueue {
+                let enqueue = Write::Enqueue {
                     record: record.clone(),
                     payload: payload.clone(),
-                }));
+                };
+                if key.is_some() {
+                    group.push(enqueue);
+                } else {
+                    acks.push(self.inner.store.submit(enqueue));
+                }
                 state.enqueue(
                     Active::new(record.clone(), Some(payload), func.clone()),
                     false,
                 );
                 records.push(record);
             }
+            if let Some(key) = key {
+                group.push(key.write(name, caller, records.iter().map(|r| r.id).collect()));
+                acks = self.inner.store.submit_group(group);
+            }
             state.dispatch(&self.inner.store);
             (records, acks)
         };
-        for ack in acks {
-            let committed = match ack.await {
-                Ok(result) => result,
-                Err(_) => Err(Arc::new(store::Error::Closed)),
-            };
-            if let Err(e) = committed {
-                let mut state = self.lock();
-                for record in &records {
-                    state.withdraw(record.id);
-                }
-                return Err(Error::Store(e));
+        if let Err(e) = all_committed(acks).await {
+            let mut state = self.lock();
+            for record in &records {
+                state.withdraw(record.id);
             }
+            return Err(Error::Store(e));
         }
         self.lock().payloads_stored(records.iter().map(|r| r.id));
         Ok(records)
@@ -715,6 +749,49 @@ async fn pinned_function(
 }
 
 /// The QUEUED record of a new call of `func`, arriving as number `seq`.
+/// An idempotency key to record with the tasks a submit creates (see
+/// [`Broker::submit_keyed`]); the broker fills in the function, the task ids and the time.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// What kind of request it came with (`invoke`, `batch`, `execute_function`).
+    pub route: &'static str,
+    /// [`store::payload_hash`] of the request's payloads.
+    pub payload_hash: [u8; 32],
+}
+
+impl NewKey {
+    /// The store write that records this key for `caller`'s call of `function`.
+    fn write(self, function: &str, caller: u32, task_ids: Vec<u128>) -> Write {
+        Write::RememberKey {
+            caller,
+            key: self.key,
+            record: store::KeyRecord {
+                function: function.to_owned(),
+                route: self.route.to_owned(),
+                payload_hash: self.payload_hash,
+                task_ids,
+                created_ms: now_ms(),
+            },
+        }
+    }
+}
+
+/// Waits for every acknowledgement of a submit's writes; the first error, if any.
+async fn all_committed(
+    acks: Vec<oneshot::Receiver<Result<u32, Arc<store::Error>>>>,
+) -> Result<(), Arc<store::Error>> {
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Arc::new(store::Error::Closed)),
+        }
+    }
+    Ok(())
+}
+
 fn queued_record(
     func: &FunctionRecord,
     seq: u64,

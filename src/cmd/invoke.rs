@@ -23,8 +23,21 @@ pub struct InvokeArgs {
     /// `"result_base64"` when the result is not UTF-8).
     #[arg(long)]
     pub json: bool,
+    /// Send this `Idempotency-Key` (1 to 255 printable ASCII characters): running the same
+    /// command again within the server's `--idempotency-ttl` answers the first call's task
+    /// (and result) instead of running it again.
+    #[arg(long, value_name = "KEY", value_parser = idempotency_key)]
+    pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Checks an `--idempotency-key` as the server does: 1 to 255 printable ASCII characters.
+fn idempotency_key(key: &str) -> Result<String, String> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err("an idempotency key is 1 to 255 printable ASCII characters".into());
+    }
+    Ok(key.to_owned())
 }
 
 /// Reads the payload argument.
@@ -57,7 +70,18 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
         segment(&args.name),
         if args.is_async { "?async=true" } else { "" }
     );
-    let answer = failed::check(client.post(&path, "application/octet-stream", body).await?)?;
+    let key = args.idempotency_key.as_deref();
+    let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    let answer = client
+        .request_with(
+            hyper::Method::POST,
+            &path,
+            Some("application/octet-stream"),
+            &headers,
+            body,
+        )
+        .await?;
+    let answer = failed::check(answer)?;
     let mut out = std::io::stdout().lock();
     if args.is_async {
         let v: serde_json::Value = answer.json()?;

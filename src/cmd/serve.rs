@@ -2,6 +2,7 @@
 //! for remote workers, and in-process workers speaking the same frames over duplex pipes.
 
 mod http;
+mod keys;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -92,6 +93,10 @@ pub struct ServeArgs {
     /// header, need); requests with a wrong token are still refused.
     #[arg(long, value_enum, value_name = "ROLE")]
     pub anonymous: Option<crate::auth::Role>,
+    /// How long an `Idempotency-Key` is remembered: a repeat within it answers the first
+    /// request's tasks; older keys are ignored and purged in the background.
+    #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
+    pub idempotency_ttl: Duration,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -142,6 +147,12 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         users,
         &stops,
     );
+
+    tracker.spawn(keys::expire(
+        store.clone(),
+        args.idempotency_ttl,
+        stops.http.clone(),
+    ));
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
@@ -444,6 +455,7 @@ fn start_http(
             ..FunctionDefaults::default()
         },
         code_check: api::CodeCheck::new(args.executors.python.clone(), Some(broker.clone())),
+        keys: api::Keys::new(args.idempotency_ttl),
     });
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }

@@ -10,6 +10,7 @@
 //! after a failed write) and resumes by itself once space returns. Readers reach the database
 //! through [`Shared`], whose handle the writer swaps when it reopens the file.
 
+mod idempotency;
 mod index;
 mod records;
 mod space;
@@ -27,6 +28,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+pub use idempotency::{KeyRecord, payload_hash};
 pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
@@ -415,6 +417,49 @@ impl Store {
             .map_err(|_| Arc::new(Error::Closed))?
     }
 
+    /// Queues writes that commit in one transaction, whatever else is queued around them (the
+    /// writer never splits a group between commits); returns one receiver per write.
+    pub fn submit_group(
+        &self,
+        writes: Vec<Write>,
+    ) -> Vec<oneshot::Receiver<Result<u32, Arc<Error>>>> {
+        let mut group = Vec::with_capacity(writes.len());
+        let mut done = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (ack, acked) = oneshot::channel();
+            group.push((Box::new(write), Some(ack)));
+            done.push(acked);
+        }
+        // A closed writer drops the acks, which the receivers see as errors.
+        let _ = self.inner.ops.send(Op::Group(group));
+        done
+    }
+
+    /// The record of the idempotency key `key` of user `caller`, if one is stored (whatever its
+    /// age: the caller judges whether it has expired).
+    pub async fn idempotency_key(
+        &self,
+        caller: u32,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let key = key.to_owned();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let keys = txn
+                .open_table(idempotency::KEYS)
+                .map_err(db("open idempotency"))?;
+            idempotency::get(&keys, caller, &key)
+        })
+        .await
+    }
+
+    /// Removes up to `max` idempotency keys created before `before_ms` (Unix ms), oldest first,
+    /// in one write through the writer; returns how many it removed (fewer than `max`: no
+    /// more are that old).
+    pub async fn expire_keys(&self, before_ms: u64, max: u32) -> Result<u32, Arc<Error>> {
+        self.write(Write::ExpireKeys { before_ms, max }).await
+    }
+
     /// Queues a write without waiting for its commit (it still commits in order).
     pub fn write_later(&self, write: Write) {
         let _ = self.inner.ops.send(Op::Write {
@@ -641,6 +686,7 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     txn.open_table(PENDING).map_err(db("create pending"))?;
     users::create_tables(&txn)?;
     txn.open_table(usage::USAGE).map_err(db("create usage"))?;
+    idempotency::create_tables(&txn)?;
     txn.commit().map_err(db("commit"))
 }
 

@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::idempotency::KeyRecord;
 use super::records::{self, FunctionRecord, TaskRecord};
 use super::values::{self, Kind, Values};
 use super::{
@@ -69,6 +70,24 @@ pub enum Write {
         /// Its captured stderr.
         logs: Bytes,
     },
+    /// Records an idempotency key; queued in one group with the enqueues of the tasks it
+    /// names (see [`super::Store::submit_group`]), so both commit together.
+    RememberKey {
+        /// The user whose key it is.
+        caller: u32,
+        /// The key as the client sent it.
+        key: String,
+        /// What it stands for.
+        record: KeyRecord,
+    },
+    /// Removes up to `max` idempotency keys created before `before_ms`; the write's answer is
+    /// how many it removed.
+    ExpireKeys {
+        /// The age limit (Unix ms).
+        before_ms: u64,
+        /// The most keys removed in this write.
+        max: u32,
+    },
 }
 
 type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
@@ -84,6 +103,8 @@ pub(super) enum Op {
     /// Nothing to write: makes the writer plan its next timed check again.
     Wake,
     Close(oneshot::Sender<()>),
+    /// Writes that must commit in one transaction: the writer takes them into one batch.
+    Group(Vec<Queued>),
 }
 
 /// How often a faulted writer retries (reopening the database if it must).
@@ -144,6 +165,7 @@ impl Writer {
             let mut close = None;
             match rx.recv_timeout(wait) {
                 Ok(Op::Write { write, ack }) => batch.push((write, ack)),
+                Ok(Op::Group(writes)) => batch.extend(writes),
                 Ok(Op::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Op::Close(done)) => close = Some(done),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -151,6 +173,8 @@ impl Writer {
             while close.is_none() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(Op::Write { write, ack }) => batch.push((write, ack)),
+                    // A group may take the batch past MAX_BATCH: it is never split.
+                    Ok(Op::Group(writes)) => batch.extend(writes),
                     Ok(Op::Wake) => {}
                     Ok(Op::Close(done)) => close = Some(done),
                     Err(_) => break,
@@ -566,6 +590,17 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
             t.payloads.remove(record.id).map_err(db("drop payload"))?;
             t.pending.remove(record.seq).map_err(db("drop pending"))?;
             Ok(0)
+        }
+        Write::RememberKey {
+            caller,
+            key,
+            record,
+        } => {
+            super::idempotency::put(txn, *caller, key, record)?;
+            Ok(0)
+        }
+        Write::ExpireKeys { before_ms, max } => {
+            super::idempotency::expire(txn, *before_ms, *max as usize)
         }
     }
 }

@@ -144,17 +144,27 @@ class Client:
                 pass
         return name
 
-    def invoke(self, name: str, payload: Union[bytes, str] = b"") -> bytes:
+    def invoke(
+        self, name: str, payload: Union[bytes, str] = b"", *, idempotency_key: Optional[str] = None
+    ) -> bytes:
         """Calls function `name` synchronously with raw `payload` bytes and returns its result
-        bytes; a failed call raises `TaskFailed`.
+        bytes; a failed call raises `TaskFailed`. With `idempotency_key`, a repeat of the same
+        call (after a timeout, say) answers the first call's result instead of running it again;
+        the same key with another payload raises `ApiError` 409 `idempotency_key_reused`.
 
         >>> client.invoke("hello", b"world")
         b'hello, world\\n'
+        >>> client.invoke("charge", b"order-17", idempotency_key="order-17")
         """
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         response = self._http.request(
-            "POST", "/v1/functions/%s/invoke" % name, data=payload, read_timeout=24 * 3600.0
+            "POST",
+            "/v1/functions/%s/invoke" % name,
+            data=payload,
+            headers=headers,
+            read_timeout=24 * 3600.0,
         )
         return response.content
 

@@ -64,6 +64,24 @@ def test_invoke_returns_the_result_bytes(client):
     assert dill.loads(base64.b64decode(result)) == 42
 
 
+def test_invoke_with_an_idempotency_key_runs_once(client):
+    import base64
+
+    import dill
+
+    name = client.register(make_adder(1000))
+    payload = base64.b64encode(dill.dumps(((1, 2), {})))
+    first = client.invoke(name, payload, idempotency_key="py-once")
+    assert client.invoke(name, payload, idempotency_key="py-once") == first
+    tasks = client._http.request("GET", "/v1/tasks", params={"function": name}).json()["tasks"]
+    assert len(tasks) == 1
+    other = base64.b64encode(dill.dumps(((3, 4), {})))
+    with pytest.raises(faasd.ApiError) as info:
+        client.invoke(name, other, idempotency_key="py-once")
+    assert info.value.status == 409
+    assert info.value.code == "idempotency_key_reused"
+
+
 def test_invoke_of_an_unknown_function_is_an_api_error(client):
     with pytest.raises(faasd.ApiError) as info:
         client.invoke("no-such-function", b"")

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/functions` | register (JSON with base64 code, or multipart) |
 //! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
-//! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`) |
+//! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`); `Idempotency-Key` honoured here, on batch and on `/execute_function` |
 //! | `POST /v1/functions/{name}/batch` | many async calls in one request and one commit |
 //! | `GET /v1/tasks` | the tasks the caller may read, newest first, filtered, paged by cursor |
 //! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |

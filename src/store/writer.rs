@@ -927,6 +927,57 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_never_split_between_commits() {
+        let (database, dir) = database();
+        // A mistyped `idempotency` table makes a key write fail, and with it its whole batch.
+        let txn = database.begin_write().expect("write");
+        txn.delete_table(super::super::idempotency::KEYS)
+            .expect("drop idempotency");
+        let wrong: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("idempotency");
+        txn.open_table(wrong).expect("create a mistyped table");
+        txn.commit().expect("commit");
+        let (writer, shared) = writer(database, &dir);
+        let (ops, queue) = mpsc::channel();
+        // Fills the first batch to one short of its limit.
+        for id in 1..MAX_BATCH as u128 {
+            let write = Write::Enqueue {
+                record: task(id, TaskStatus::Queued),
+                payload: Bytes::new(),
+            };
+            ops.send(Op::Write {
+                write: Box::new(write),
+                ack: None,
+            })
+            .expect("queue");
+        }
+        let last = MAX_BATCH as u128;
+        let enqueue = Write::Enqueue {
+            record: task(last, TaskStatus::Queued),
+            payload: Bytes::new(),
+        };
+        let remember = Write::RememberKey {
+            caller: 1,
+            key: "k".into(),
+            record: KeyRecord {
+                function: "f".into(),
+                route: "invoke".into(),
+                payload_hash: [0; 32],
+                task_ids: vec![last],
+                created_ms: 0,
+            },
+        };
+        ops.send(Op::Group(batch(vec![enqueue, remember])))
+            .expect("queue");
+        let (done, closed) = oneshot::channel();
+        ops.send(Op::Close(done)).expect("queue");
+        writer.run(queue);
+        assert!(closed.blocking_recv().is_ok());
+        // Split at the limit, the group's enqueue would have committed without its key.
+        let database = shared.database().expect("open");
+        assert_eq!(stored_task(&database, last), None);
+    }
+
+    #[test]
     fn large_values_go_to_files_and_a_finished_payload_file_is_removed() {
         let (database, dir) = database();
         let values = values(&dir);

@@ -306,7 +306,8 @@ impl Broker {
             };
             // A sync caller's acknowledgement is the result, whose commit makes this record
             // durable too (one writer, in order); it learns no task id before then, so an
-            // fsync for the QUEUED record alone would buy it nothing.
+            // fsync for the QUEUED record alone would buy it nothing. With an idempotency key
+            // it is committed (with the key) before the call goes on, so a repeat finds it.
             let committed = match key {
                 None if wait => {
                     self.inner.store.write_later(enqueue);
@@ -748,7 +749,6 @@ async fn pinned_function(
     Ok(Some(f))
 }
 
-/// The QUEUED record of a new call of `func`, arriving as number `seq`.
 /// An idempotency key to record with the tasks a submit creates (see
 /// [`Broker::submit_keyed`]); the broker fills in the function, the task ids and the time.
 #[derive(Debug, Clone)]
@@ -792,6 +792,7 @@ async fn all_committed(
     Ok(())
 }
 
+/// The QUEUED record of a new call of `func`, arriving as number `seq`.
 fn queued_record(
     func: &FunctionRecord,
     seq: u64,

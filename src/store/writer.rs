@@ -30,7 +30,8 @@ use super::{
     BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db, space,
 };
 
-/// The most writes one transaction groups.
+/// The most writes one transaction groups (a group queued with `Op::Group` may take it past this:
+/// a group is never split).
 const MAX_BATCH: usize = 4096;
 
 /// One change to the store.

@@ -74,6 +74,10 @@ pub enum ErrorCode {
     UserExists,
     /// No user has that name.
     UserNotFound,
+    /// The function has no kept version of that number.
+    VersionNotFound,
+    /// The task's payload is not kept (it cannot be replayed).
+    PayloadNotFound,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -300,6 +304,11 @@ impl From<broker::Error> for ApiError {
                 e.to_string(),
             ),
             broker::Error::Store(e) => ApiError::store(&e),
+            broker::Error::UnknownVersion { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VersionNotFound,
+                e.to_string(),
+            ),
         }
     }
 }
@@ -330,7 +339,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 22] = [
+    const CODES: [(ErrorCode, &str); 24] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -353,6 +362,8 @@ mod tests {
         (ErrorCode::ExecutorFailed, "executor_failed"),
         (ErrorCode::Internal, "internal"),
         (ErrorCode::InsufficientStorage, "insufficient_storage"),
+        (ErrorCode::VersionNotFound, "version_not_found"),
+        (ErrorCode::PayloadNotFound, "payload_not_found"),
     ];
 
     #[test]

@@ -135,7 +135,7 @@ pub async fn execute(
     super::functions::check_invoke(&state, &caller, &name)?;
     let (record, _) = state
         .broker
-        .submit(&name, Bytes::from(payload), false, false, caller.user)
+        .submit(&name, Bytes::from(payload), false, false, caller.user, None)
         .await?;
     Ok(Json(
         json!({ "task_id": uuid::Uuid::from_u128(record.id).to_string() }),

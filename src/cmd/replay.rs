@@ -177,7 +177,20 @@ async fn run_local(client: &Client, args: &ReplayArgs) -> anyhow::Result<u8> {
         .prefix("faasd-replay-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let outcome = run_here(&call, &args.executors, dir.path()).await?;
+    let run = run_here(&call, &args.executors, dir.path());
+    // The function's stderr goes to stderr too: only warnings (a sandbox layer this machine
+    // cannot apply, say) join it, unless RUST_LOG asks for more.
+    let outcome = if std::env::var_os("RUST_LOG").is_some() {
+        run.await?
+    } else {
+        use tracing::instrument::WithSubscriber;
+        let quiet = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        run.with_subscriber(quiet).await?
+    };
     print_outcome(&args.id, &outcome, args.json)?;
     Ok(if outcome.failure.is_none() {
         exit::OK

@@ -141,6 +141,15 @@ mod tests {
     }
 
     #[test]
+    fn only_admins_and_the_owner_read_a_functions_code() {
+        assert!(may_read_code(&user(1, Role::Admin), 3));
+        assert!(may_read_code(&user(3, Role::Developer), 3));
+        assert!(!may_read_code(&user(4, Role::Developer), 3));
+        // An invoker, even one with a grant, calls the function but does not see its code.
+        assert!(!may_read_code(&user(3, Role::Invoker), 3));
+    }
+
+    #[test]
     fn protected_mode_answers_loopback_as_admin_and_refuses_others() {
         for presented in [Presented::Nothing, Presented::Unknown] {
             assert_eq!(

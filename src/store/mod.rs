@@ -969,12 +969,19 @@ mod tests {
         }
         let live = store.function("f", None).await.expect("read");
         assert_eq!(live.map(|f| f.version), Some(2));
+        let (listed, live) = store.versions("f").await.expect("versions").expect("live");
+        let numbers: Vec<u32> = listed.iter().map(|f| f.version).collect();
+        assert_eq!((numbers, live), (vec![1, 2], 2));
+        assert!(store.kept_version("f", 1).await.expect("read").is_some());
         store
             .write(Write::Delete { name: "f".into() })
             .await
             .expect("delete");
         assert!(store.function("f", None).await.expect("read").is_none());
         assert!(store.functions().await.expect("list").is_empty());
+        // Gone from the API (not listed, not pinnable), yet kept for the tasks that pin it.
+        assert!(store.versions("f").await.expect("versions").is_none());
+        assert!(store.kept_version("f", 1).await.expect("read").is_none());
         let pinned = store.function("f", Some(1)).await.expect("read");
         assert_eq!(
             pinned.map(|f| (f.version, f.env)),

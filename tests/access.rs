@@ -83,6 +83,21 @@ const TABLE: &[Row] = &[
         [200, 200, 403, 403, 403, 401, 401, 403],
     ),
     row(
+        "GET",
+        "/v1/functions/{name}/versions",
+        [200, 200, 403, 200, 403, 401, 401, 403],
+    ),
+    row(
+        "GET",
+        "/v1/functions/{name}/versions/{version}/code",
+        [200, 200, 403, 403, 403, 401, 401, 403],
+    ),
+    row(
+        "POST",
+        "/v1/functions/{name}/rollback",
+        [200, 200, 403, 403, 403, 401, 401, 403],
+    ),
+    row(
         "POST",
         "/v1/functions/{name}/invoke",
         [202, 202, 403, 202, 403, 401, 401, 403],
@@ -117,6 +132,16 @@ const TABLE: &[Row] = &[
         "GET",
         "/v1/tasks/{id}/logs",
         [200, 200, 404, 200, 404, 401, 401, 404],
+    ),
+    row(
+        "GET",
+        "/v1/tasks/{id}/payload",
+        [200, 200, 404, 200, 404, 401, 401, 404],
+    ),
+    row(
+        "POST",
+        "/v1/tasks/{id}/replay",
+        [202, 202, 404, 202, 404, 401, 401, 404],
     ),
     row(
         "GET",
@@ -296,11 +321,20 @@ impl Fixture {
             ("POST", "/v1/functions/{name}/batch") => {
                 ("/v1/functions/f/batch".into(), Bytes::from(r#"["a"]"#))
             }
-            (_, "/v1/functions/{name}" | "/function/{name}") => {
+            (_, "/v1/functions/{name}" | "/function/{name}")
+            | ("GET", "/v1/functions/{name}/versions") => {
                 (path.replace("{name}", "f"), Bytes::new())
             }
+            ("GET", "/v1/functions/{name}/versions/{version}/code") => {
+                ("/v1/functions/f/versions/1/code".into(), Bytes::new())
+            }
+            ("POST", "/v1/functions/{name}/rollback") => (
+                "/v1/functions/f/rollback".into(),
+                json(serde_json::json!({"version": 1})),
+            ),
             ("POST", "/v1/tasks/wait") => (path.into(), json(serde_json::json!({"ids": [task]}))),
             (_, "/v1/tasks/{id}" | "/v1/tasks/{id}/result" | "/v1/tasks/{id}/logs")
+            | (_, "/v1/tasks/{id}/payload" | "/v1/tasks/{id}/replay")
             | (_, "/status/{id}" | "/result/{id}") => (path.replace("{id}", task), Bytes::new()),
             ("POST", "/v1/users") => (
                 path.into(),

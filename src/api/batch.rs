@@ -6,7 +6,7 @@
 //! object `{"payload_base64": "..."}` (standard base64).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::{Extension, Json};
 use base64::Engine;
@@ -15,23 +15,27 @@ use serde_json::Value;
 
 use super::functions::validate_name;
 use super::idempotency::{self, Once};
+use super::tasks::VersionQuery;
 use super::{ApiError, AppState, read_body};
 
 /// The content type of a newline-delimited body.
 const NDJSON: &str = "application/x-ndjson";
 
-/// `POST /v1/functions/{name}/batch`: 202 `{"task_ids": [...]}` in input order, once every
+/// `POST /v1/functions/{name}/batch` (`?version=N` pins a kept version): 202 `{"task_ids": [...]}` in input order, once every
 /// task's QUEUED record is durable; all or none are taken. A repeat with the same
 /// `Idempotency-Key` answers the first request's ids.
 pub async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<crate::auth::Caller>,
     Path(name): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     validate_name(&name)?;
     super::functions::check_invoke(&state, &caller, &name)?;
+    let pin = super::tasks::pin(&state, &name, query.version).await?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -50,7 +54,12 @@ pub async fn submit(
     let submitted = idempotency::once(&state, &caller, &headers, request, |key| async {
         let records = state
             .broker
-            .submit_batch_keyed(&name, payloads, caller.user, key)
+            .submit_batch_keyed(
+                &name,
+                payloads,
+                caller.user,
+                crate::broker::Extras { pin, key },
+            )
             .await?;
         Ok(records.iter().map(|r| r.id).collect())
     })

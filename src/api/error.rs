@@ -77,6 +77,10 @@ pub enum ErrorCode {
     /// An `Idempotency-Key` was sent again with another function, kind of request or payload
     /// (409).
     IdempotencyKeyReused,
+    /// The function has no kept version of that number.
+    VersionNotFound,
+    /// The task's payload is not kept (it cannot be replayed).
+    PayloadNotFound,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -303,6 +307,11 @@ impl From<broker::Error> for ApiError {
                 e.to_string(),
             ),
             broker::Error::Store(e) => ApiError::store(&e),
+            broker::Error::UnknownVersion { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VersionNotFound,
+                e.to_string(),
+            ),
         }
     }
 }
@@ -333,7 +342,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 23] = [
+    const CODES: [(ErrorCode, &str); 25] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -357,6 +366,8 @@ mod tests {
         (ErrorCode::Internal, "internal"),
         (ErrorCode::InsufficientStorage, "insufficient_storage"),
         (ErrorCode::IdempotencyKeyReused, "idempotency_key_reused"),
+        (ErrorCode::VersionNotFound, "version_not_found"),
+        (ErrorCode::PayloadNotFound, "payload_not_found"),
     ];
 
     #[test]

@@ -4,10 +4,13 @@
 //! |---|---|
 //! | `POST /v1/functions` | register (JSON with base64 code, or multipart) |
 //! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
-//! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`); `Idempotency-Key` honoured here, on batch and on `/execute_function` |
+//! | `GET /v1/functions/{name}/versions`, `POST /v1/functions/{name}/rollback` | kept versions, go back to one |
+//! | `GET /v1/functions/{name}/versions/{version}/code` | a kept version's code (admins, owner) |
+//! | `POST /v1/functions/{name}/invoke` | call (sync, or `?async=true`; `?version=N` pins a version); `Idempotency-Key` honoured here, on batch and on `/execute_function` |
 //! | `POST /v1/functions/{name}/batch` | many async calls in one request and one commit |
 //! | `GET /v1/tasks` | the tasks the caller may read, newest first, filtered, paged by cursor |
-//! | `GET /v1/tasks/{id}[/result|/logs]` | task status, result bytes, stderr |
+//! | `GET /v1/tasks/{id}[/result|/logs|/payload]` | task status, result bytes, stderr, payload |
+//! | `POST /v1/tasks/{id}/replay` | a new task of the same version and payload |
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
@@ -30,6 +33,7 @@ mod task_list;
 mod tasks;
 mod usage;
 mod users;
+mod versions;
 mod wait;
 
 use std::time::Duration;
@@ -110,12 +114,25 @@ fn route_list() -> Vec<Route> {
         ("DELETE", "/v1/functions/{name}", delete(functions::remove)),
         ("POST", "/v1/functions/{name}/invoke", post(tasks::invoke)),
         ("POST", "/v1/functions/{name}/batch", post(batch::submit)),
+        ("GET", "/v1/functions/{name}/versions", get(versions::list)),
+        (
+            "GET",
+            "/v1/functions/{name}/versions/{version}/code",
+            get(versions::code),
+        ),
+        (
+            "POST",
+            "/v1/functions/{name}/rollback",
+            post(versions::rollback),
+        ),
         ("ANY", "/function/{name}", any(tasks::invoke_url)),
         ("GET", "/v1/tasks", get(task_list::list)),
         ("POST", "/v1/tasks/wait", post(wait::wait)),
         ("GET", "/v1/tasks/{id}", get(tasks::status)),
         ("GET", "/v1/tasks/{id}/result", get(tasks::result)),
         ("GET", "/v1/tasks/{id}/logs", get(tasks::logs)),
+        ("GET", "/v1/tasks/{id}/payload", get(versions::payload)),
+        ("POST", "/v1/tasks/{id}/replay", post(versions::replay)),
         ("GET", "/v1/workers", get(workers)),
         ("GET", "/v1/usage", get(usage::usage)),
         ("POST", "/v1/users", post(users::add)),
@@ -344,6 +361,7 @@ pub(super) mod tests {
             let uri = path
                 .replace("{name}", "f")
                 .replace("{function}", "f")
+                .replace("{version}", "1")
                 .replace("{id}", "0190a4b2-0000-7000-8000-000000000000");
             let method = if method == "ANY" { "PATCH" } else { method };
             let mut request = Request::builder()

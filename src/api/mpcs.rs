@@ -144,7 +144,14 @@ pub async fn execute(
     let submitted = super::idempotency::once(&state, &caller, &headers, request, |key| async {
         let (record, _) = state
             .broker
-            .submit_keyed(&name, payload, false, false, caller.user, key)
+            .submit_keyed(
+                &name,
+                payload,
+                false,
+                false,
+                caller.user,
+                crate::broker::Extras { pin: None, key },
+            )
             .await?;
         Ok(vec![record.id])
     })

@@ -70,11 +70,34 @@ impl From<&TaskRecord> for TaskView {
     }
 }
 
-/// `?async=true` on invoke.
+/// `?async=true` on invoke, and `?version=N` to run a kept version rather than the live one.
 #[derive(Debug, Deserialize)]
 pub struct InvokeQuery {
     #[serde(default, rename = "async", deserialize_with = "flag")]
     is_async: bool,
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+/// `?version=N` on the routes that call a function without other options.
+#[derive(Debug, Deserialize)]
+pub struct VersionQuery {
+    /// The kept version to run instead of the live one.
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+/// The record of the version `version` of `name` for a call that pins one (`None`: the live
+/// version runs); 404 `version_not_found` when it is not kept.
+pub(super) async fn pin(
+    state: &AppState,
+    name: &str,
+    version: Option<u32>,
+) -> Result<Option<std::sync::Arc<crate::store::FunctionRecord>>, ApiError> {
+    match version {
+        Some(v) => Ok(Some(state.broker.pinned(name, v).await?)),
+        None => Ok(None),
+    }
 }
 
 fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -98,7 +121,8 @@ pub async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    call(&state, &caller, &name, &headers, body, query.is_async).await
+    let target = (name.as_str(), query.version);
+    call(&state, &caller, target, &headers, body, query.is_async).await
 }
 
 /// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body.
@@ -106,16 +130,20 @@ pub async fn invoke_url(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    call(&state, &caller, &name, &headers, body, false).await
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let target = (name.as_str(), query.version);
+    call(&state, &caller, target, &headers, body, false).await
 }
 
+/// Calls `name` (pinned to a kept version when one is given).
 async fn call(
     state: &AppState,
     caller: &Caller,
-    name: &str,
+    (name, version): (&str, Option<u32>),
     headers: &HeaderMap,
     body: Body,
     is_async: bool,
@@ -127,6 +155,7 @@ async fn call(
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
     super::functions::check_invoke(state, caller, name)?;
+    let pin = pin(state, name, version).await?;
     let payload = read_body(body, state.max_body_bytes).await?;
     let request = idempotency::Request {
         function: name,
@@ -136,7 +165,14 @@ async fn call(
     let submitted = idempotency::once(state, caller, headers, request, |key| async move {
         let submitted = state
             .broker
-            .submit_keyed(name, payload, json, !is_async, caller.user, key)
+            .submit_keyed(
+                name,
+                payload,
+                json,
+                !is_async,
+                caller.user,
+                crate::broker::Extras { pin, key },
+            )
             .await?;
         Ok(submitted)
     })
@@ -228,7 +264,7 @@ fn finished_response(
     Ok(response)
 }
 
-fn parse_id(id: &str) -> Result<u128, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<u128, ApiError> {
     uuid::Uuid::parse_str(id).map(|u| u.as_u128()).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

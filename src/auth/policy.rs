@@ -79,6 +79,16 @@ pub fn may_delete(caller: &Caller, owner: u32) -> bool {
     }
 }
 
+/// Whether `caller` may download the code of a function owned by `owner` (admins and the
+/// owner: a grant to call a function does not show its code).
+pub fn may_read_code(caller: &Caller, owner: u32) -> bool {
+    match caller.role {
+        Role::Admin => true,
+        Role::Developer => owns(caller, owner),
+        Role::Invoker => false,
+    }
+}
+
 /// Whether `caller` may invoke (and see) a function owned by `owner`; `granted` is whether
 /// the caller holds a grant on it.
 pub fn may_invoke(caller: &Caller, owner: u32, granted: bool) -> bool {
@@ -128,6 +138,15 @@ mod tests {
             name: format!("u{id}"),
             role,
         }
+    }
+
+    #[test]
+    fn only_admins_and_the_owner_read_a_functions_code() {
+        assert!(may_read_code(&user(1, Role::Admin), 3));
+        assert!(may_read_code(&user(3, Role::Developer), 3));
+        assert!(!may_read_code(&user(4, Role::Developer), 3));
+        // An invoker, even one with a grant, calls the function but does not see its code.
+        assert!(!may_read_code(&user(3, Role::Invoker), 3));
     }
 
     #[test]

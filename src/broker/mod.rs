@@ -64,6 +64,15 @@ pub enum Error {
     /// The store failed or is closed.
     #[error("{0}")]
     Store(#[from] Arc<store::Error>),
+    /// The function is live but has no kept version of this number (never registered, or
+    /// removed by `rm`).
+    #[error("{name:?} has no version {version} (`faasd versions {name}` lists them)")]
+    UnknownVersion {
+        /// The function.
+        name: String,
+        /// The version asked for.
+        version: u32,
+    },
 }
 
 impl From<store::Error> for Error {
@@ -231,6 +240,51 @@ impl Broker {
         Ok(record)
     }
 
+    /// Makes a kept version of a function its live one again: the store's head, the record
+    /// calls get from now on (its settings and cap), and the workers' warm executors, as a
+    /// registration does.
+    pub async fn rollback(&self, name: &str, version: u32) -> Result<Arc<FunctionRecord>, Error> {
+        let unknown = || Error::UnknownVersion {
+            name: name.into(),
+            version,
+        };
+        if self.function(name).is_none() {
+            return Err(Error::UnknownFunction { name: name.into() });
+        }
+        let record = self.inner.store.kept_version(name, version).await?;
+        let record = Arc::new(record.ok_or_else(unknown)?);
+        let applied = self
+            .inner
+            .store
+            .write(Write::Rollback {
+                name: name.into(),
+                version,
+            })
+            .await?;
+        if applied != version {
+            return Err(unknown());
+        }
+        let mut state = self.lock();
+        state.replace_function(record.clone());
+        state.prewarm_all(&record);
+        state.dispatch(&self.inner.store);
+        Ok(record)
+    }
+
+    /// The kept version `version` of the live function `name`, for a call that pins it.
+    pub async fn pinned(&self, name: &str, version: u32) -> Result<Arc<FunctionRecord>, Error> {
+        if self.function(name).is_none() {
+            return Err(Error::UnknownFunction { name: name.into() });
+        }
+        match self.inner.store.kept_version(name, version).await? {
+            Some(record) => Ok(Arc::new(record)),
+            None => Err(Error::UnknownVersion {
+                name: name.into(),
+                version,
+            }),
+        }
+    }
+
     /// Removes a function's live version; its queued tasks still run on the version they pin.
     pub async fn delete(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
         let Some(func) = self.function(name) else {
@@ -268,7 +322,9 @@ impl Broker {
     /// Dispatch does not wait for that commit: the store applies writes in the order they are
     /// queued, so the task's later records (RUNNING, its end) always land after its QUEUED one,
     /// and the caller hears nothing before the QUEUED record is on disk.
-    /// `caller` is the id of the user making the call, recorded on the task.
+    /// `caller` is the id of the user making the call, recorded on the task. `pin` (from
+    /// [`Broker::pinned`]) runs a kept version instead of the live one; the live version's
+    /// queue limit and cap still apply.
     pub async fn submit(
         &self,
         name: &str,
@@ -276,8 +332,10 @@ impl Broker {
         json: bool,
         wait: bool,
         caller: u32,
+        pin: Option<Arc<FunctionRecord>>,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
-        self.submit_keyed(name, payload, json, wait, caller, None)
+        let extras = Extras { pin, key: None };
+        self.submit_keyed(name, payload, json, wait, caller, extras)
             .await
     }
 
@@ -291,13 +349,13 @@ impl Broker {
         json: bool,
         wait: bool,
         caller: u32,
-        key: Option<NewKey>,
+        Extras { pin, key }: Extras,
     ) -> Result<(TaskRecord, Option<Waiter>), Error> {
         // A full disk refuses the call before it runs rather than after.
         self.inner.store.check_writable()?;
         let (record, waiter, committed) = {
             let mut state = self.lock();
-            let func = state.admit(name, 1)?;
+            let func = pinned_or(state.admit(name, 1)?, pin);
             state.next_seq += 1;
             let record = queued_record(&func, state.next_seq, &payload, json, caller);
             let enqueue = Write::Enqueue {
@@ -340,14 +398,18 @@ impl Broker {
     /// the queue limit, queues every QUEUED record to the store under one lock (so the writer
     /// groups them into one commit), and returns the records in input order once every one is
     /// durable. If the commit fails, the tasks that have not started are taken back.
-    /// `caller` is the id of the user making the calls, recorded on each task.
+    /// `caller` is the id of the user making the calls, recorded on each task; `pin` as for
+    /// [`Broker::submit`].
     pub async fn submit_batch(
         &self,
         name: &str,
         payloads: Vec<Bytes>,
         caller: u32,
+        pin: Option<Arc<FunctionRecord>>,
     ) -> Result<Vec<TaskRecord>, Error> {
-        self.submit_batch_keyed(name, payloads, caller, None).await
+        let extras = Extras { pin, key: None };
+        self.submit_batch_keyed(name, payloads, caller, extras)
+            .await
     }
 
     /// [`Broker::submit_batch`], recording `key` (when given) in the same transaction as the
@@ -358,12 +420,12 @@ impl Broker {
         name: &str,
         payloads: Vec<Bytes>,
         caller: u32,
-        key: Option<NewKey>,
+        Extras { pin, key }: Extras,
     ) -> Result<Vec<TaskRecord>, Error> {
         self.inner.store.check_writable()?;
         let (records, acks) = {
             let mut state = self.lock();
-            let func = state.admit(name, payloads.len())?;
+            let func = pinned_or(state.admit(name, payloads.len())?, pin);
             let mut records = Vec::with_capacity(payloads.len());
             let mut acks = Vec::with_capacity(payloads.len());
             let mut group = Vec::new();
@@ -749,6 +811,16 @@ async fn pinned_function(
     Ok(Some(f))
 }
 
+/// What a submit may add to a plain call: a pinned version (from [`Broker::pinned`]; `None` runs
+/// the live one) and an idempotency key to record with the tasks.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The kept version to run instead of the live one.
+    pub pin: Option<Arc<FunctionRecord>>,
+    /// The key to record in the same transaction as the tasks.
+    pub key: Option<NewKey>,
+}
+
 /// An idempotency key to record with the tasks a submit creates (see
 /// [`Broker::submit_keyed`]); the broker fills in the function, the task ids and the time.
 #[derive(Debug, Clone)]
@@ -790,6 +862,11 @@ async fn all_committed(
         }
     }
     Ok(())
+}
+
+/// The version a call runs: the pinned one when it is of the same function, else the live one.
+fn pinned_or(live: Arc<FunctionRecord>, pin: Option<Arc<FunctionRecord>>) -> Arc<FunctionRecord> {
+    pin.filter(|p| p.name == live.name).unwrap_or(live)
 }
 
 /// The QUEUED record of a new call of `func`, arriving as number `seq`.

@@ -368,6 +368,12 @@ impl State {
         self.make_runnable(&name);
     }
 
+    /// Makes `func` the live version of its name even when a newer one is live (a rollback).
+    pub fn replace_function(&mut self, func: Arc<FunctionRecord>) {
+        self.functions.remove(&func.name);
+        self.set_function(func);
+    }
+
     /// Puts a task in its function's queue at its arrival position.
     pub fn enqueue(&mut self, mut active: Active, wait: bool) -> Option<Waiter> {
         let waiter = wait.then(|| active.watch());

@@ -11,7 +11,7 @@ use crate::client::segment;
 /// Invoke a function.
 #[derive(Debug, clap::Args)]
 pub struct InvokeArgs {
-    /// The function's name.
+    /// The function's name; `NAME@N` runs its kept version N instead of the live one.
     pub name: String,
     /// The payload: literal text, `@file` for a file's bytes, or `-` for standard input
     /// (default: empty).
@@ -65,11 +65,20 @@ pub fn payload(data: Option<&str>) -> anyhow::Result<Bytes> {
 pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
     let body = payload(args.data.as_deref())?;
     let client = args.client.connect()?;
-    let path = format!(
-        "/v1/functions/{}/invoke{}",
-        segment(&args.name),
-        if args.is_async { "?async=true" } else { "" }
-    );
+    let (name, version) = super::versions::split_pin(&args.name)?;
+    let mut query: Vec<String> = Vec::new();
+    if args.is_async {
+        query.push("async=true".into());
+    }
+    if let Some(version) = version {
+        query.push(format!("version={version}"));
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    let path = format!("/v1/functions/{}/invoke{query}", segment(name));
     let key = args.idempotency_key.as_deref();
     let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
     let answer = client

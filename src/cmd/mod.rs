@@ -11,6 +11,7 @@ mod invoke;
 mod join_token;
 mod ls;
 mod register;
+mod replay;
 mod rm;
 mod serve;
 mod table;
@@ -18,6 +19,7 @@ mod task_list;
 mod tasks;
 mod usage;
 mod user;
+mod versions;
 mod worker;
 mod workers;
 
@@ -173,8 +175,14 @@ pub enum Command {
     Tasks(task_list::TasksArgs),
     /// List functions.
     Ls(ls::LsArgs),
-    /// Remove a function.
+    /// Remove a function: every version of it (its name can be registered again).
     Rm(rm::RmArgs),
+    /// List a function's kept versions, the live one marked.
+    Versions(versions::VersionsArgs),
+    /// Make a kept version of a function the live one again.
+    Rollback(versions::RollbackArgs),
+    /// Run a task's call again (same version and payload), on the server or with --local here.
+    Replay(replay::ReplayArgs),
     /// Benchmark a running server (async throughput, sync latency).
     Bench(bench::BenchArgs),
     /// Manage users and their tokens (admins).
@@ -218,6 +226,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Tasks(args) => task_list::run(args).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
+        Command::Versions(args) => versions::versions(args).await,
+        Command::Rollback(args) => versions::rollback(args).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::User(args) => user::run(args).await,
         Command::Grant(args) => grant::grant(args).await,

@@ -1,9 +1,11 @@
-//! `faasd rm NAME`: remove a function.
+//! `faasd rm NAME`: remove a function, every version of it.
 
 use super::{ClientArgs, exit};
 use crate::client::segment;
 
-/// Remove a function (queued tasks still run on the version they pin).
+/// Remove a function: every version of it leaves `versions`, its name can be registered again
+/// (numbering goes on above the removed versions), and tasks already queued still run on the
+/// version they pin.
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
     /// The function's name.

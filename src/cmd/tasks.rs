@@ -133,7 +133,7 @@ fn print_task(t: &serde_json::Value) {
 
 /// Fetches a task's `what` (`result` or `logs`) and prints its bytes, or with `json` a JSON
 /// object `{"task_id", what}` (see [`bytes_field`]).
-async fn fetch_bytes(
+pub(super) async fn fetch_bytes(
     client: &super::ClientArgs,
     (id, wait, json): (&str, bool, bool),
     what: &str,

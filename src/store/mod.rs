@@ -42,11 +42,15 @@ pub use writer::Write;
 const FUNCTIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("functions");
 /// name → the live (latest registered, not deleted) version.
 const HEADS: TableDefinition<&str, u32> = TableDefinition::new("function_heads");
+/// name → the highest version `rm` removed. Versions up to it are gone from the API (not
+/// listed, pinned or rolled back to) but their rows stay for the retained tasks that pin them,
+/// and a name registered again goes on numbering above it.
+const REMOVED: TableDefinition<&str, u32> = TableDefinition::new("function_removed");
 /// code hash → code bundle.
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// task id → [`TaskRecord`].
 const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
-/// task id → payload, kept until the task finishes.
+/// task id → payload, kept until the task is purged (a replay reads it).
 const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
 /// task id → result bytes (stdout).
 const RESULTS: TableDefinition<u128, &[u8]> = TableDefinition::new("results");
@@ -519,6 +523,59 @@ impl Store {
             .await
     }
 
+    /// Every kept version of a live function, oldest first, with the live version number;
+    /// `None` when no function of that name is live. Versions `rm` removed are left out.
+    pub async fn versions(&self, name: &str) -> Result<Option<(Vec<FunctionRecord>, u32)>, Error> {
+        let name = name.to_owned();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+            let Some(live) = heads.get(name.as_str()).map_err(db("read head"))? else {
+                return Ok(None);
+            };
+            let floor = removed_through(&txn, &name)?;
+            let functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+            let mut out = Vec::new();
+            let range = (name.as_str(), floor.saturating_add(1))..=(name.as_str(), u32::MAX);
+            for entry in functions.range(range).map_err(db("scan versions"))? {
+                let (_, bytes) = entry.map_err(db("scan versions"))?;
+                out.push(decode_function(bytes.value())?);
+            }
+            Ok(Some((out, live.value())))
+        })
+        .await
+    }
+
+    /// A version of a live function that `rm` has not removed (what a call may pin);
+    /// `None` otherwise.
+    pub async fn kept_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<FunctionRecord>, Error> {
+        let name = name.to_owned();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+            if heads.get(name.as_str()).map_err(db("read head"))?.is_none()
+                || version <= removed_through(&txn, &name)?
+            {
+                return Ok(None);
+            }
+            drop(txn);
+            read_function(database, &name, Some(version))
+        })
+        .await
+    }
+
+    /// A task's payload (kept until the task is purged).
+    pub async fn payload(&self, id: u128) -> Result<Option<Bytes>, Error> {
+        let mut one = self
+            .read_values(PAYLOAD_VALUES, vec![id], usize::MAX)
+            .await?;
+        Ok(one.pop().flatten())
+    }
+
     /// A code bundle by its hash.
     pub async fn blob(&self, hash: [u8; 32]) -> Result<Option<Bytes>, Error> {
         self.read(move |database| {
@@ -596,8 +653,8 @@ impl Store {
         self.read_values(LOG_VALUES, ids, max_bytes).await
     }
 
-    /// Many unfinished tasks' payloads, read in one transaction, in the order of `ids` (`None`
-    /// for a task that has no payload stored: unknown, or finished since).
+    /// Many tasks' payloads, read in one transaction, in the order of `ids` (`None` for a task
+    /// that has no payload stored: unknown, or purged).
     pub async fn payloads(&self, ids: Vec<u128>) -> Result<Vec<Option<Bytes>>, Error> {
         self.read_values(PAYLOAD_VALUES, ids, usize::MAX).await
     }
@@ -678,6 +735,7 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     let txn = database.begin_write().map_err(db("begin write"))?;
     txn.open_table(FUNCTIONS).map_err(db("create functions"))?;
     txn.open_table(HEADS).map_err(db("create heads"))?;
+    txn.open_table(REMOVED).map_err(db("create removed"))?;
     txn.open_table(BLOBS).map_err(db("create blobs"))?;
     txn.open_table(TASKS).map_err(db("create tasks"))?;
     txn.open_table(PAYLOADS).map_err(db("create payloads"))?;
@@ -688,6 +746,15 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     txn.open_table(usage::USAGE).map_err(db("create usage"))?;
     idempotency::create_tables(&txn)?;
     txn.commit().map_err(db("commit"))
+}
+
+/// The highest version of `name` that `rm` removed (0 when none was).
+fn removed_through(txn: &redb::ReadTransaction, name: &str) -> Result<u32, Error> {
+    let removed = txn.open_table(REMOVED).map_err(db("open removed"))?;
+    Ok(removed
+        .get(name)
+        .map_err(db("read removed"))?
+        .map_or(0, |v| v.value()))
 }
 
 fn read_function(
@@ -740,8 +807,8 @@ fn read_value(
 }
 
 /// Starts a thread that removes the value files a crash left behind (see [`Values::sweep`]):
-/// a payload whose task has finished or was never stored, a result or stderr of a task that
-/// is not stored. (A result or stderr written for a task whose end did not commit stays: the
+/// a payload, result or stderr of a task that is not stored (a finished task keeps its
+/// payload until it is purged). (A result or stderr written for a task whose end did not commit stays: the
 /// task runs again, and its end rewrites the same file; removing it here could race that.)
 /// It runs beside the server, so start-up does not wait on the directory.
 fn sweep_values_later(shared: &Arc<Shared>) {
@@ -753,12 +820,8 @@ fn sweep_values_later(shared: &Arc<Shared>) {
             let swept = shared.database().and_then(|database| {
                 let txn = database.begin_read().map_err(db("begin read"))?;
                 let tasks = txn.open_table(TASKS).map_err(db("open tasks"))?;
-                shared.values.sweep(before, |id, kind| {
-                    let Some(bytes) = tasks.get(id).map_err(db("read task"))? else {
-                        return Ok(false);
-                    };
-                    let finished = decode_task(bytes.value())?.status.is_finished();
-                    Ok(kind != Kind::Payload || !finished)
+                shared.values.sweep(before, |id, _kind| {
+                    Ok(tasks.get(id).map_err(db("read task"))?.is_some())
                 })
             });
             match swept {
@@ -879,7 +942,8 @@ mod tests {
             payloads,
             [
                 Some(Bytes::from_static(&[20])),
-                None,
+                // A finished task keeps its payload, for a replay.
+                Some(Bytes::from_static(&[10])),
                 Some(Bytes::from_static(&[30]))
             ]
         );
@@ -951,12 +1015,19 @@ mod tests {
         }
         let live = store.function("f", None).await.expect("read");
         assert_eq!(live.map(|f| f.version), Some(2));
+        let (listed, live) = store.versions("f").await.expect("versions").expect("live");
+        let numbers: Vec<u32> = listed.iter().map(|f| f.version).collect();
+        assert_eq!((numbers, live), (vec![1, 2], 2));
+        assert!(store.kept_version("f", 1).await.expect("read").is_some());
         store
             .write(Write::Delete { name: "f".into() })
             .await
             .expect("delete");
         assert!(store.function("f", None).await.expect("read").is_none());
         assert!(store.functions().await.expect("list").is_empty());
+        // Gone from the API (not listed, not pinnable), yet kept for the tasks that pin it.
+        assert!(store.versions("f").await.expect("versions").is_none());
+        assert!(store.kept_version("f", 1).await.expect("read").is_none());
         let pinned = store.function("f", Some(1)).await.expect("read");
         assert_eq!(
             pinned.map(|f| (f.version, f.env)),

@@ -9,9 +9,9 @@
 //! Durability is the table's: the writer thread writes a batch's files and syncs them (and the
 //! directory) before the transaction that makes them reachable commits. A file is found by its
 //! name; readers look in the table first and fall back to the file, so stores written before
-//! values were spilled read as they did. Files are removed once their task no longer needs them
-//! (a payload when its task finishes); files left behind by a crash between the two steps are
-//! swept at the next start.
+//! values were spilled read as they did. A task's files stay as long as its record (a finished
+//! task keeps its payload, which a replay reads) and go when it is purged; files left behind by a
+//! crash between writing and committing are swept at the next start.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,7 +31,7 @@ pub const DIR: &str = "values";
 /// Which of a task's values a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// What the task reads on stdin; needed until it finishes.
+    /// What the task reads on stdin; kept until the task is purged (a replay reads it).
     Payload,
     /// Its stdout, once finished.
     Result,

@@ -27,7 +27,8 @@ use super::idempotency::KeyRecord;
 use super::records::{self, FunctionRecord, TaskRecord};
 use super::values::{self, Kind, Values};
 use super::{
-    BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db, space,
+    BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, REMOVED, RESULTS, Shared, TASKS, db,
+    space,
 };
 
 /// The most writes one transaction groups (a group queued with `Op::Group` may take it past this:
@@ -45,7 +46,8 @@ pub enum Write {
         /// Its code bundle.
         code: Bytes,
     },
-    /// Removes a function's live version; old versions stay for the tasks that pin them.
+    /// Removes a function: its live version and, for the API, every version it has (see
+    /// [`REMOVED`](super::REMOVED)); the rows stay for the tasks that pin them.
     Delete {
         /// The function's name.
         name: String,
@@ -62,7 +64,8 @@ pub enum Write {
         /// The task.
         record: TaskRecord,
     },
-    /// Records a finished task with its result and stderr, and drops its payload.
+    /// Records a finished task with its result and stderr; its payload stays (a replay reads
+    /// it) until the task is purged.
     Finish {
         /// The task in its end state.
         record: TaskRecord,
@@ -88,6 +91,15 @@ pub enum Write {
         before_ms: u64,
         /// The most keys removed in this write.
         max: u32,
+    },
+    /// Makes a kept version of a function its live one again. Commits as the version when the
+    /// function is live and the version is kept (not removed by `rm`), else as 0 and changes
+    /// nothing.
+    Rollback {
+        /// The function's name.
+        name: String,
+        /// The version to make live.
+        version: u32,
     },
 }
 
@@ -506,13 +518,8 @@ fn apply(
         Write::Finish { record, .. } => Some(record),
         _ => None,
     });
-    super::usage::record(&txn, finished.clone())?;
+    super::usage::record(&txn, finished)?;
     txn.commit().map_err(db("commit"))?;
-    for record in finished {
-        if values::spills(record.payload_bytes as usize) {
-            values.remove(record.id, Kind::Payload);
-        }
-    }
     Ok(versions)
 }
 
@@ -554,8 +561,14 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
         Write::Delete { name } => {
             let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
             heads.remove(name.as_str()).map_err(db("remove head"))?;
+            let last = last_version(txn, name)?;
+            let mut removed = txn.open_table(REMOVED).map_err(db("open removed"))?;
+            removed
+                .insert(name.as_str(), last)
+                .map_err(db("write removed"))?;
             Ok(0)
         }
+        Write::Rollback { name, version } => rollback(txn, name, *version),
         Write::Enqueue { record, payload } => {
             t.put_task(record)?;
             if !values::spills(payload.len()) {
@@ -588,7 +601,6 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
                     .insert(record.id, logs.as_ref())
                     .map_err(db("write logs"))?;
             }
-            t.payloads.remove(record.id).map_err(db("drop payload"))?;
             t.pending.remove(record.seq).map_err(db("drop pending"))?;
             Ok(0)
         }
@@ -606,17 +618,52 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
     }
 }
 
-fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Result<u32, Error> {
-    let mut functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
-    let name = record.name.as_str();
-    let last = functions
+/// The highest version ever used for `name`: the last stored row, or the last one `rm` removed
+/// if its rows have been purged since, so a (name, version) never names two codes.
+fn last_version(txn: &WriteTransaction, name: &str) -> Result<u32, Error> {
+    let functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+    let last_row = functions
         .range((name, 0)..=(name, u32::MAX))
         .map_err(db("scan versions"))?
         .next_back()
         .transpose()
         .map_err(db("scan versions"))?
         .map_or(0, |(key, _)| key.value().1);
-    let version = last + 1;
+    let removed = txn.open_table(REMOVED).map_err(db("open removed"))?;
+    let last_removed = removed
+        .get(name)
+        .map_err(db("read removed"))?
+        .map_or(0, |v| v.value());
+    Ok(last_row.max(last_removed))
+}
+
+/// Applies [`Write::Rollback`]: the version when it became live, else 0.
+fn rollback(txn: &WriteTransaction, name: &str, version: u32) -> Result<u32, Error> {
+    let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+    if heads.get(name).map_err(db("read head"))?.is_none() {
+        return Ok(0);
+    }
+    let removed = txn.open_table(REMOVED).map_err(db("open removed"))?;
+    let floor = removed
+        .get(name)
+        .map_err(db("read removed"))?
+        .map_or(0, |v| v.value());
+    let functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+    let kept = functions
+        .get((name, version))
+        .map_err(db("read function"))?
+        .is_some();
+    if version <= floor || !kept {
+        return Ok(0);
+    }
+    heads.insert(name, version).map_err(db("write head"))?;
+    Ok(version)
+}
+
+fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Result<u32, Error> {
+    let name = record.name.as_str();
+    let version = last_version(txn, name)? + 1;
+    let mut functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
     let record = FunctionRecord {
         version,
         ..record.clone()
@@ -751,6 +798,39 @@ mod tests {
         assert_eq!(heads.get("f").expect("get").map(|v| v.value()), Some(2));
     }
 
+    fn head(database: &Database, name: &str) -> Option<u32> {
+        let txn = database.begin_read().expect("read");
+        let heads = txn.open_table(HEADS).expect("heads");
+        heads.get(name).expect("get").map(|v| v.value())
+    }
+
+    #[test]
+    fn rollback_moves_the_head_to_a_kept_version_and_rm_numbering_continues() {
+        let (database, dir) = database();
+        let register = || Write::Register {
+            record: function("f"),
+            code: Bytes::from_static(b"code"),
+        };
+        let rollback = |version| Write::Rollback {
+            name: "f".into(),
+            version,
+        };
+        let writes = batch(vec![register(), register(), rollback(1), rollback(9)]);
+        let answers = apply(&database, &values(&dir), &writes, false, false).expect("apply");
+        assert_eq!(answers, [1, 2, 1, 0]);
+        assert_eq!(head(&database, "f"), Some(1));
+        let writes = batch(vec![
+            Write::Delete { name: "f".into() },
+            rollback(2),
+            register(),
+            // Version 2 was removed with the name: it cannot come back.
+            rollback(2),
+        ]);
+        let answers = apply(&database, &values(&dir), &writes, false, false).expect("apply");
+        assert_eq!(answers, [0, 0, 3, 0]);
+        assert_eq!(head(&database, "f"), Some(3));
+    }
+
     fn finish(id: u128, function: &str, caller: u32, status: TaskStatus) -> Write {
         Write::Finish {
             record: TaskRecord {
@@ -824,7 +904,8 @@ mod tests {
         ]);
         apply(&database, &values(&_dir), &writes, false, false).expect("apply");
         assert_eq!(stored_task(&database, 1), Some(end));
-        assert!(!has(&database, PAYLOADS, 1));
+        // A finished task keeps its payload (for a replay) until it is purged.
+        assert!(has(&database, PAYLOADS, 1));
         assert!(has(&database, RESULTS, 1) && has(&database, LOGS, 1));
         assert_eq!(pending_count(&database), 0);
     }
@@ -979,7 +1060,7 @@ mod tests {
     }
 
     #[test]
-    fn large_values_go_to_files_and_a_finished_payload_file_is_removed() {
+    fn large_values_go_to_files_and_a_finished_task_keeps_its_payload_file() {
         let (database, dir) = database();
         let values = values(&dir);
         let big = Bytes::from(vec![7u8; values::MIN_BYTES]);
@@ -1006,7 +1087,9 @@ mod tests {
             logs: Bytes::from_static(b"small"),
         }]);
         apply(&database, &values, &finish, true, false).expect("apply");
-        assert_eq!(values.read(1, Kind::Payload, 1).expect("read"), None);
+        // The payload stays for a replay until the task is purged.
+        let kept = values.read(1, Kind::Payload, usize::MAX).expect("read");
+        assert_eq!(kept, Some(big.clone()));
         assert!(!has(&database, RESULTS, 1) && has(&database, LOGS, 1));
         let result = values.read(1, Kind::Result, usize::MAX).expect("read");
         assert_eq!(result, Some(big));

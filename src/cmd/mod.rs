@@ -2,6 +2,7 @@
 //! subcommand. The documented exit codes, and the mapping of client errors to them, are in
 //! [`exit`].
 
+mod batch;
 mod bench;
 mod completions;
 pub mod exit;

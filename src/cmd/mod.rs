@@ -162,7 +162,8 @@ pub enum Command {
     Workers(workers::WorkersArgs),
     /// Register (or update) a function from a file.
     Register(register::RegisterArgs),
-    /// Invoke a function and print its result (or its task id with --async).
+    /// Invoke a function and print its result (or its task id with --async); with --batch,
+    /// once per line of input.
     Invoke(invoke::InvokeArgs),
     /// Show a task's status.
     Status(tasks::StatusArgs),

@@ -282,3 +282,31 @@ async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
     );
     assert_eq!(queued(&client).await, 1_000, "nothing more was submitted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_progress_bar_shows_on_a_terminal_and_stdout_keeps_the_results() {
+    let server = Server::start(&[]);
+    register(&server.client(), "echo", "cat", json!({})).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input");
+    std::fs::write(&input, "a\nb\nc\n").expect("write input");
+    let results = dir.path().join("results");
+    // stderr is the pseudo-terminal `script` makes; stdout goes to a file.
+    let command = format!(
+        "{BIN} invoke echo --batch {} > {}",
+        input.display(),
+        results.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("FAASD_URL", &server.url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let terminal = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{terminal}");
+    assert!(terminal.contains("/3 done "), "{terminal:?}");
+    assert!(terminal.contains(", failed 0"), "{terminal:?}");
+    let results = std::fs::read(&results).expect("results");
+    assert_eq!(text(&results), "a\nb\nc\n");
+}

@@ -32,6 +32,8 @@ use output::{Outcome, Output};
 const CHUNK_LINES: usize = 500;
 /// The most tasks submitted and not yet written (below the wait route's 10,000 ids).
 const WINDOW: usize = 1_000;
+// A chunk must fit in the window, or its permits would never come.
+const _: () = assert!(CHUNK_LINES <= WINDOW);
 /// How long one wait request may be held.
 const WAIT: &str = "10s";
 /// The body limit assumed of a server whose `/healthz` does not give one (the serve default).

@@ -262,3 +262,48 @@ async fn bad_wait_requests_are_refused() {
         expect_error(&answer, 400, "invalid_request");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ndjson_batches_are_refused_naming_the_line() {
+    let server = Server::start(&["--local-workers", "0", "--max-body", "1KiB"]);
+    let client = server.client();
+    register(&client, "echo", "cat", json!({})).await;
+    let ndjson = |body: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(
+                    "/v1/functions/echo/batch",
+                    "application/x-ndjson",
+                    Bytes::from(body),
+                )
+                .await
+                .expect("batch")
+        }
+    };
+
+    for empty in ["", "\n\n  \n"] {
+        let body = expect_error(&ndjson(empty.into()).await, 400, "invalid_request");
+        let error = body["error"].as_str().expect("error");
+        assert_eq!(error, "the batch is empty: give at least one payload");
+    }
+    // Lines count from 1, blank ones included; elements from 0, blank lines skipped.
+    let bad = "\"a\"\n\n{\"x\": 1}\n".to_string();
+    let body = expect_error(&ndjson(bad).await, 400, "invalid_request");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.starts_with("batch element 1 (line 3) "), "{error}");
+    assert_eq!(body["index"], 1, "{body}");
+    // A payload over --max-body makes the body too large: 413 naming the limit, none taken.
+    let big = format!("\"{}\"\n", "x".repeat(2048));
+    let body = expect_error(&ndjson(big).await, 413, "payload_too_large");
+    assert_eq!(body["limit_bytes"], 1024, "{body}");
+
+    let health: Value = client
+        .get("/healthz")
+        .await
+        .expect("healthz")
+        .json()
+        .expect("json");
+    assert_eq!(health["queued"], 0, "no refused batch queued anything");
+    assert_eq!(health["max_body_bytes"], 1024, "{health}");
+}

@@ -195,8 +195,9 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 /// `GET /healthz`: 200 with the counters, the data directory's free space (`disk`, once
-/// measured) and `warnings` (free space under `--min-free-space`, writes refused for a full
-/// disk); `status` is `ok`, or `degraded` while there is a warning.
+/// measured), `warnings` (free space under `--min-free-space`, writes refused for a full
+/// disk) and `max_body_bytes` (`--max-body`, which `faasd invoke --batch` sizes its requests
+/// by); `status` is `ok`, or `degraded` while there is a warning.
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {
@@ -211,6 +212,7 @@ async fn healthz(
         "slots": counts.slots,
         "disk": store.space(),
         "warnings": warnings,
+        "max_body_bytes": state.max_body_bytes,
     }))
 }
 

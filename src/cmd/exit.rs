@@ -21,6 +21,9 @@ pub const NOT_FINISHED: u8 = 5;
 /// No token or an unknown one (401 `unauthenticated`), or a right the caller lacks (403
 /// `forbidden`); the message says which.
 pub const ACCESS: u8 = 6;
+/// Interrupted by Ctrl-C (SIGINT) before it was done (`faasd invoke --batch`): 128 + 2, as
+/// shells report a command that SIGINT ended.
+pub const INTERRUPTED: u8 = 130;
 
 /// An error that carries its exit code.
 #[derive(Debug, thiserror::Error)]

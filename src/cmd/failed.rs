@@ -49,7 +49,7 @@ pub fn message(body: &serde_json::Value) -> Option<String> {
 
 /// ` (exit code N)` or ` (signal NAME)` when the task's process ended that way and the reason
 /// does not already say so, else nothing.
-fn ending(body: &serde_json::Value) -> String {
+pub(super) fn ending(body: &serde_json::Value) -> String {
     if matches!(body["reason"].as_str(), Some("exit_status" | "signal")) {
         return String::new();
     }

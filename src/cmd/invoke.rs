@@ -1,4 +1,5 @@
-//! `faasd invoke NAME [DATA | @file | -]`: call a function and print its result bytes.
+//! `faasd invoke NAME [DATA | @file | -]`: call a function and print its result bytes; with
+//! `--batch FILE|-`, once per line of the input (see [`super::batch`]).
 
 use std::io::{Read, Write};
 
@@ -20,7 +21,10 @@ pub struct InvokeArgs {
     #[arg(long = "async")]
     pub is_async: bool,
     /// Print JSON: `{"task_id"}` with --async, else `{"task_id", "result"}` (or
-    /// `"result_base64"` when the result is not UTF-8).
+    /// `"result_base64"` when the result is not UTF-8). With --batch, one object per line of
+    /// input: `{"index", "task_id", "status", "result"}` (or `"result_base64"`), a failed task
+    /// with `"error"` and `"reason"` instead, and with --output `"file"` instead of the result;
+    /// `index` is the line number, from 1.
     #[arg(long)]
     pub json: bool,
     /// Send this `Idempotency-Key` (1 to 255 printable ASCII characters): running the same
@@ -28,6 +32,24 @@ pub struct InvokeArgs {
     /// (and result) instead of running it again.
     #[arg(long, value_name = "KEY", value_parser = idempotency_key)]
     pub idempotency_key: Option<String>,
+    /// Run one task per line of FILE (`-`: standard input): a line's bytes without its newline
+    /// are its payload (an empty line is an empty payload). The whole input is checked before
+    /// anything is submitted; then it goes in chunks, and each result is printed as one line
+    /// (a trailing newline of the result dropped), in input order; a failed task prints an
+    /// empty line and its error on stderr. A progress bar shows on stderr when it is a
+    /// terminal. Exits 1 if any task failed, 130 on Ctrl-C (which stops submitting and says
+    /// how to find the tasks already submitted).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "is_async"])]
+    pub batch: Option<String>,
+    /// With --batch: each line is the standard base64 of its payload, for payloads that hold
+    /// newlines (a line that is not UTF-8 is sent as bytes without it).
+    #[arg(long, requires = "batch")]
+    pub base64: bool,
+    /// With --batch: write each result to DIR/NNNNNN.out, or a failed task's error and the end
+    /// of its stderr to DIR/NNNNNN.err, instead of stdout (NNNNNN: the line number, from 1,
+    /// zero-padded to six digits or more).
+    #[arg(long, value_name = "DIR", requires = "batch")]
+    pub output: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -63,6 +85,19 @@ pub fn payload(data: Option<&str>) -> anyhow::Result<Bytes> {
 
 /// Runs `faasd invoke`.
 pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
+    if let Some(source) = args.batch {
+        let (name, version) = super::versions::split_pin(&args.name)?;
+        let batch = super::batch::Batch {
+            name: name.to_owned(),
+            version,
+            idempotency_key: args.idempotency_key,
+            source,
+            base64: args.base64,
+            json: args.json,
+            output: args.output,
+        };
+        return super::batch::run(args.client.connect()?, batch).await;
+    }
     let body = payload(args.data.as_deref())?;
     let client = args.client.connect()?;
     let (name, version) = super::versions::split_pin(&args.name)?;

@@ -2,6 +2,7 @@
 //! subcommand. The documented exit codes, and the mapping of client errors to them, are in
 //! [`exit`].
 
+mod batch;
 mod bench;
 mod completions;
 pub mod exit;
@@ -163,7 +164,8 @@ pub enum Command {
     Workers(workers::WorkersArgs),
     /// Register (or update) a function from a file.
     Register(register::RegisterArgs),
-    /// Invoke a function and print its result (or its task id with --async).
+    /// Invoke a function and print its result (or its task id with --async); with --batch,
+    /// once per line of input.
     Invoke(invoke::InvokeArgs),
     /// Show a task's status.
     Status(tasks::StatusArgs),

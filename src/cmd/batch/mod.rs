@@ -1,0 +1,441 @@
+//! `faasd invoke NAME --batch FILE|-`: one task per input line, submitted in chunks through
+//! `POST /v1/functions/{name}/batch` and collected with `POST /v1/tasks/wait`.
+//!
+//! Two loops run side by side. The submitter posts chunks of at most [`CHUNK_LINES`] lines
+//! (and at most the server's body limit), but only while fewer than [`WINDOW`] tasks are
+//! submitted and not yet written: memory stays bounded however long the input is. The
+//! collector long-polls for the tasks in flight, and writes each outcome as soon as every
+//! earlier line's is written, so the output comes in input order.
+
+mod input;
+mod output;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::exit;
+use crate::client::{Client, segment};
+use input::{Chunk, Chunks, LineFormat};
+use output::{Outcome, Output};
+
+/// The most lines one batch request carries.
+const CHUNK_LINES: usize = 500;
+/// The most tasks submitted and not yet written (below the wait route's 10,000 ids).
+const WINDOW: usize = 1_000;
+// A chunk must fit in the window, or its permits would never come.
+const _: () = assert!(CHUNK_LINES <= WINDOW);
+/// How long one wait request may be held.
+const WAIT: &str = "10s";
+/// The body limit assumed of a server whose `/healthz` does not give one (the serve default).
+const DEFAULT_LIMIT_BYTES: usize = 6 << 20;
+/// How many times a chunk refused for a full queue is offered again, a second or so apart.
+const QUEUE_FULL_TRIES: u32 = 120;
+
+/// What `faasd invoke --batch` was asked to do.
+#[derive(Debug)]
+pub struct Batch {
+    /// The function's name.
+    pub name: String,
+    /// The kept version to run (`NAME@N`), else the live one.
+    pub version: Option<u32>,
+    /// The idempotency key of the whole batch: each chunk is sent with `KEY:LINE` (its first
+    /// line's number), so the same command run again submits nothing twice.
+    pub idempotency_key: Option<String>,
+    /// The input file, or `-` for standard input.
+    pub source: String,
+    /// Each line is base64.
+    pub base64: bool,
+    /// One JSON object per task.
+    pub json: bool,
+    /// Write one file per task here instead of stdout.
+    pub output: Option<PathBuf>,
+}
+
+/// Counts shared by the loops and the interrupt report.
+#[derive(Default)]
+struct Counts {
+    submitted: AtomicUsize,
+    /// Lines of a request sent but not yet answered.
+    sending: AtomicUsize,
+    written: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// Runs the batch; exits 1 when any task failed, 130 on Ctrl-C.
+pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let format = LineFormat {
+        base64: batch.base64,
+        limit_bytes: limit_bytes(&client).await?,
+    };
+    let source = batch.source.clone();
+    let (file, total) = tokio::task::spawn_blocking(move || {
+        let mut file = input::open(&source)?;
+        let total = input::scan(&mut file, format)?;
+        anyhow::Ok((file, total))
+    })
+    .await
+    .context("the input reader stopped")??;
+    if total == 0 {
+        return Err(exit::coded(
+            exit::USAGE,
+            "the batch is empty: give at least one line",
+        ));
+    }
+    let output = Output::new(batch.json, batch.output.clone(), total)?;
+    let progress = progress_bar(total);
+    let counts = Arc::new(Counts::default());
+    let chunks = read_chunks(Chunks::new(file, format, CHUNK_LINES));
+    let target = Target::of(&batch);
+    let outcome = tokio::select! {
+        done = pipeline(&client, &target, chunks, output, format.limit_bytes, &progress, &counts) => done,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish_and_clear();
+            return Err(interrupted(&batch.name, total, &counts, started.elapsed()));
+        }
+    };
+    progress.finish_and_clear();
+    outcome?;
+    match counts.failed.load(Ordering::Relaxed) {
+        0 => Ok(exit::OK),
+        failed => Err(exit::coded(
+            exit::FAILURE,
+            format!("{failed} of {total} tasks failed"),
+        )),
+    }
+}
+
+/// The largest request body the server takes, from `/healthz`.
+async fn limit_bytes(client: &Client) -> anyhow::Result<usize> {
+    let health: Value = client.get("/healthz").await?.ok()?.json()?;
+    Ok(health["max_body_bytes"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(DEFAULT_LIMIT_BYTES))
+}
+
+/// A progress bar of finished tasks on stderr when it is a terminal; a hidden one otherwise.
+fn progress_bar(total: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "[{bar:30}] {pos}/{len} {msg} ({per_sec}, {elapsed}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("done 0, failed 0");
+    bar
+}
+
+/// Reads chunks on a blocking thread, a couple ahead of the submitter.
+fn read_chunks(mut chunks: Chunks) -> mpsc::Receiver<anyhow::Result<Chunk>> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let next = chunks.next_chunk().transpose();
+            let Some(next) = next else { break };
+            let stop = next.is_err();
+            if tx.blocking_send(next).is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Where the chunks go: the batch route (with its version pin) and the batch's key.
+struct Target {
+    path: String,
+    key: Option<String>,
+}
+
+impl Target {
+    fn of(batch: &Batch) -> Target {
+        let pin = batch.version.map(|v| format!("?version={v}"));
+        Target {
+            path: format!(
+                "/v1/functions/{}/batch{}",
+                segment(&batch.name),
+                pin.unwrap_or_default()
+            ),
+            key: batch.idempotency_key.clone(),
+        }
+    }
+}
+
+/// Submits and collects every task; returns once every outcome is written.
+async fn pipeline(
+    client: &Client,
+    target: &Target,
+    chunks: mpsc::Receiver<anyhow::Result<Chunk>>,
+    output: Output,
+    limit_bytes: usize,
+    progress: &ProgressBar,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let submit = submit_all(client, target, chunks, &window, tx, progress, counts);
+    let max_ids = wait_ids(limit_bytes);
+    let collect = collect_all(client, rx, output, max_ids, &window, progress, counts);
+    tokio::try_join!(submit, collect).map(|_| ())
+}
+
+/// Tasks just submitted: the index (from 0) of the first one's line, and their ids in order.
+struct Submitted {
+    first: usize,
+    ids: Vec<String>,
+}
+
+/// Posts every chunk, each once the window has room for it, and hands its ids to the collector.
+async fn submit_all(
+    client: &Client,
+    target: &Target,
+    mut chunks: mpsc::Receiver<anyhow::Result<Chunk>>,
+    window: &Semaphore,
+    tx: mpsc::UnboundedSender<Submitted>,
+    progress: &ProgressBar,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk?;
+        let permits = u32::try_from(chunk.count).context("a chunk is too large")?;
+        window
+            .acquire_many(permits)
+            .await
+            .context("the batch window closed")?
+            .forget();
+        counts.sending.store(chunk.count, Ordering::Relaxed);
+        let key = target
+            .key
+            .as_ref()
+            .map(|k| format!("{k}:{}", chunk.first + 1));
+        let body = Bytes::from(chunk.body);
+        let ids = post_chunk(client, &target.path, key.as_deref(), body, progress).await?;
+        counts.sending.store(0, Ordering::Relaxed);
+        if ids.len() != chunk.count {
+            anyhow::bail!(
+                "the server took {} tasks for a chunk of {} lines",
+                ids.len(),
+                chunk.count
+            );
+        }
+        counts.submitted.fetch_add(chunk.count, Ordering::Relaxed);
+        let first = chunk.first;
+        if tx.send(Submitted { first, ids }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Posts one chunk; a chunk refused for a full queue is offered again after the answer's
+/// Retry-After. Returns its task ids in order.
+async fn post_chunk(
+    client: &Client,
+    path: &str,
+    key: Option<&str>,
+    body: Bytes,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<String>> {
+    let mut tries = 0;
+    let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    loop {
+        let ndjson = Some("application/x-ndjson");
+        let answer = client
+            .request_with(hyper::Method::POST, path, ndjson, &headers, body.clone())
+            .await?;
+        tries += 1;
+        if answer.status == hyper::StatusCode::TOO_MANY_REQUESTS && tries < QUEUE_FULL_TRIES {
+            let seconds = answer
+                .headers
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 30);
+            progress.set_message("the queue is full: waiting");
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            continue;
+        }
+        let v: Value = answer.ok()?.json()?;
+        let ids = v["task_ids"]
+            .as_array()
+            .context("no task_ids in the answer")?;
+        return Ok(ids
+            .iter()
+            .filter_map(|id| id.as_str().map(str::to_owned))
+            .collect());
+    }
+}
+
+/// The collector's state: tasks in flight by id, finished ones not yet written, and the next
+/// line to write.
+struct Collector {
+    open: HashMap<String, usize>,
+    /// The same tasks by line index: a wait asks for the earliest ones.
+    by_index: BTreeMap<usize, String>,
+    finished: BTreeMap<usize, Outcome>,
+    next: usize,
+    output: Output,
+}
+
+impl Collector {
+    /// Adds tasks just submitted.
+    fn add(&mut self, submitted: Submitted) {
+        for (i, id) in submitted.ids.into_iter().enumerate() {
+            self.open.insert(id.clone(), submitted.first + i);
+            self.by_index.insert(submitted.first + i, id);
+        }
+    }
+
+    /// The body of a wait for the earliest `max_ids` tasks in flight.
+    fn wait_body(&self, max_ids: usize) -> anyhow::Result<Bytes> {
+        let ids: Vec<&String> = self.by_index.values().take(max_ids).collect();
+        Ok(serde_json::to_vec(&json!({ "ids": ids, "wait": WAIT }))?.into())
+    }
+}
+
+/// How many ids one wait request may name: the route's limit, and what fits in the server's
+/// body limit (an id takes 39 bytes of JSON).
+fn wait_ids(limit_bytes: usize) -> usize {
+    (limit_bytes.saturating_sub(64) / 40).clamp(1, WINDOW)
+}
+
+/// Waits for every submitted task (at most `max_ids` per wait request, the earliest lines
+/// first) and writes the outcomes in order.
+async fn collect_all(
+    client: &Client,
+    mut rx: mpsc::UnboundedReceiver<Submitted>,
+    output: Output,
+    max_ids: usize,
+    window: &Semaphore,
+    progress: &ProgressBar,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    let mut state = Collector {
+        open: HashMap::new(),
+        by_index: BTreeMap::new(),
+        finished: BTreeMap::new(),
+        next: 0,
+        output,
+    };
+    loop {
+        if state.open.is_empty() {
+            match rx.recv().await {
+                Some(s) => state.add(s),
+                None => break,
+            }
+        }
+        while let Ok(s) = rx.try_recv() {
+            state.add(s);
+        }
+        let body = state.wait_body(max_ids)?;
+        let answer = tokio::select! {
+            answer = client.post("/v1/tasks/wait", "application/json", body) => answer,
+            Some(s) = rx.recv() => {
+                state.add(s);
+                continue;
+            }
+        };
+        let answer: Value = answer?.ok()?.json()?;
+        take_answer(client, &mut state, &answer, progress, counts).await?;
+        write_ready(&mut state, window, progress, counts)?;
+    }
+    state.output.flush()
+}
+
+/// Records the finished tasks of a wait answer, fetching any result it left out.
+async fn take_answer(
+    client: &Client,
+    state: &mut Collector,
+    answer: &Value,
+    progress: &ProgressBar,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    if let Some(id) = answer["unknown"].as_array().and_then(|u| u.first()) {
+        anyhow::bail!("the server no longer knows task {id}");
+    }
+    let tasks = answer["tasks"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for task in tasks {
+        let Some(index) = task["id"].as_str().and_then(|id| state.open.remove(id)) else {
+            continue;
+        };
+        state.by_index.remove(&index);
+        let result = if task["result_omitted"] == json!(true) {
+            let id = task["id"].as_str().unwrap_or_default();
+            let path = format!("/v1/tasks/{}/result", segment(id));
+            Some(client.get(&path).await?.ok()?.body)
+        } else {
+            None
+        };
+        let outcome = output::outcome(task, result)?;
+        if outcome.failed() {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        state.finished.insert(index, outcome);
+        progress.inc(1);
+    }
+    let failed = counts.failed.load(Ordering::Relaxed);
+    let done = progress.position() as usize - failed;
+    progress.set_message(format!("done {done}, failed {failed}"));
+    Ok(())
+}
+
+/// Writes every finished outcome whose earlier lines are all written, freeing its window slot.
+fn write_ready(
+    state: &mut Collector,
+    window: &Semaphore,
+    progress: &ProgressBar,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    while let Some(outcome) = state.finished.remove(&state.next) {
+        state.next += 1;
+        state.output.write(state.next, &outcome, |line| {
+            progress.suspend(|| eprintln!("faasd: {line}"))
+        })?;
+        window.add_permits(1);
+        counts.written.fetch_add(1, Ordering::Relaxed);
+    }
+    state.output.flush()
+}
+
+/// The error of an interrupted batch: how far it got, and where the submitted tasks are.
+fn interrupted(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> anyhow::Error {
+    let submitted = counts.submitted.load(Ordering::Relaxed);
+    let written = counts.written.load(Ordering::Relaxed);
+    let sending = counts.sending.load(Ordering::Relaxed);
+    let maybe = if sending > 0 {
+        format!(
+            " (and perhaps lines {}-{}, whose request was cut short)",
+            submitted + 1,
+            submitted + sending
+        )
+    } else {
+        String::new()
+    };
+    let lines = match submitted {
+        0 => String::new(),
+        n => format!(" (lines 1-{n})"),
+    };
+    let since = elapsed.as_secs() + 1;
+    exit::coded(
+        exit::INTERRUPTED,
+        format!(
+            "interrupted: submitted {submitted} of {total} tasks{lines}{maybe}, \
+             {written} written; nothing more is submitted, and the submitted tasks still run: \
+             list them with `faasd tasks --function {name} --since {since}s`"
+        ),
+    )
+}

@@ -74,6 +74,9 @@ pub enum ErrorCode {
     UserExists,
     /// No user has that name.
     UserNotFound,
+    /// The task finished longer ago than the server's retention (`serve --retain`) and was
+    /// purged with its result and logs (410).
+    TaskExpired,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -136,6 +139,23 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             ErrorCode::TaskNotFound,
             format!("no task with id {id}"),
+        )
+    }
+
+    /// 410 `task_expired`: the task `id` is not stored, and the retention purge has passed it;
+    /// `retain` is the server's `--retain` when a purge runs now.
+    pub fn task_expired(id: &str, retain: Option<std::time::Duration>) -> ApiError {
+        let kept = match retain {
+            Some(retain) => format!(
+                "finished tasks are kept for {} (serve --retain)",
+                crate::units::format_duration(retain)
+            ),
+            None => "finished tasks are kept for the server's --retain".to_owned(),
+        };
+        ApiError::new(
+            StatusCode::GONE,
+            ErrorCode::TaskExpired,
+            format!("task {id} has expired: {kept}, and its record, result and logs were purged"),
         )
     }
 

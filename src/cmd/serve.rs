@@ -92,6 +92,14 @@ pub struct ServeArgs {
     /// header, need); requests with a wrong token are still refused.
     #[arg(long, value_enum, value_name = "ROLE")]
     pub anonymous: Option<crate::auth::Role>,
+    /// Purge finished tasks (record, payload, result, logs) whose ids were made longer ago than
+    /// this, such as `7d` or `12h`; asking for one then answers 410 `task_expired`. Usage
+    /// totals are kept. 0 keeps every task forever.
+    #[arg(long, default_value = "7d", value_parser = crate::units::parse_duration)]
+    pub retain: Duration,
+    /// How often the retention purge looks for expired tasks once it has caught up.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub purge_interval: Duration,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -132,6 +140,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         &stops,
         &tracker,
     );
+    start_retention(&args, &store, &stops, &tracker);
     let https = tls.is_some();
     let server = start_http(
         listeners.http,
@@ -151,6 +160,21 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     store.close().await;
     tracing::info!("stopped");
     Ok(exit::OK)
+}
+
+/// Starts the background purge of expired tasks (none with `--retain 0`); it stops with the
+/// worker sessions.
+fn start_retention(args: &ServeArgs, store: &Store, stops: &Stops, tracker: &TaskTracker) {
+    if args.retain.is_zero() {
+        return;
+    }
+    let retention = crate::store::Retention {
+        retain: args.retain,
+        interval: args.purge_interval.max(Duration::from_millis(100)),
+    };
+    let store = store.clone();
+    let cancel = stops.workers.clone();
+    tracker.spawn(async move { store.keep_purging(retention, cancel).await });
 }
 
 /// Refuses a `--max-body` that would not fit in a worker frame: a payload travels to its

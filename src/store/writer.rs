@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 use super::records::{self, FunctionRecord, TaskRecord};
 use super::values::{self, Kind, Values};
 use super::{
-    BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db, space,
+    BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, RESULTS, Shared, TASKS, db,
+    decode_task, space,
 };
 
 /// The most writes one transaction groups.
@@ -68,6 +69,15 @@ pub enum Write {
         result: Bytes,
         /// Its captured stderr.
         logs: Bytes,
+    },
+    /// One retention step (see [`super::retention`]): deletes up to `limit` finished tasks
+    /// whose ids are below `before_id`, with their values and index keys, and when fewer were
+    /// left, the versions and blobs nothing refers to. Acknowledged with the tasks deleted.
+    Purge {
+        /// Only tasks with ids below this (made before the retention cut-off).
+        before_id: u128,
+        /// The most tasks to delete.
+        limit: usize,
     },
 }
 
@@ -464,7 +474,14 @@ fn apply(
             _ => None,
         })
         .collect();
+    // Version uses first: a purge later in this batch must see the new tasks' versions.
+    let enqueued = batch.iter().filter_map(|(w, _)| match w.as_ref() {
+        Write::Enqueue { record, .. } => Some(record),
+        _ => None,
+    });
+    super::retention::record_uses(&txn, enqueued)?;
     let mut versions = Vec::with_capacity(batch.len());
+    let mut purged = Vec::new();
     {
         let mut tables = TaskTables::open(&txn)?;
         for (write, _) in batch {
@@ -473,7 +490,7 @@ fn apply(
             versions.push(if superseded {
                 0
             } else {
-                apply_one(&txn, &mut tables, write)?
+                apply_one(&txn, &mut tables, write, &mut purged)?
             });
         }
     }
@@ -486,6 +503,12 @@ fn apply(
     for record in finished {
         if values::spills(record.payload_bytes as usize) {
             values.remove(record.id, Kind::Payload);
+        }
+    }
+    // A purged task's files, whether or not it had any: only now that nothing refers to them.
+    for id in purged {
+        for kind in [Kind::Payload, Kind::Result, Kind::Logs] {
+            values.remove(id, kind);
         }
     }
     Ok(versions)
@@ -523,7 +546,13 @@ impl<'txn> TaskTables<'txn> {
     }
 }
 
-fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> Result<u32, Error> {
+/// Applies one write; a purge adds the ids it deleted to `purged`.
+fn apply_one(
+    txn: &WriteTransaction,
+    t: &mut TaskTables<'_>,
+    write: &Write,
+    purged: &mut Vec<u128>,
+) -> Result<u32, Error> {
     match write {
         Write::Register { record, code } => register(txn, record, code),
         Write::Delete { name } => {
@@ -567,7 +596,62 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
             t.pending.remove(record.seq).map_err(db("drop pending"))?;
             Ok(0)
         }
+        Write::Purge { before_id, limit } => purge(txn, t, *before_id, *limit, purged),
     }
+}
+
+/// A [`Write::Purge`]: the expired tasks, then, once fewer than `limit` were left, the versions
+/// and blobs nothing refers to. Returns how many tasks it deleted.
+fn purge(
+    txn: &WriteTransaction,
+    t: &mut TaskTables<'_>,
+    before_id: u128,
+    limit: usize,
+    purged: &mut Vec<u128>,
+) -> Result<u32, Error> {
+    let ids = purge_tasks(t, before_id, limit)?;
+    let count = ids.len();
+    if let Some(&highest) = ids.iter().max() {
+        super::retention::raise_watermark(txn, highest)?;
+    }
+    purged.extend(ids);
+    if count < limit {
+        let floor = t.tasks.first().map_err(db("read first task"))?;
+        let floor = floor.map(|(id, _)| id.value());
+        let (versions, blobs) = super::retention::purge_versions(txn, floor)?;
+        if versions > 0 {
+            tracing::info!(versions, blobs, "purged function versions no task uses");
+        }
+    }
+    Ok(count as u32)
+}
+
+/// Deletes up to `limit` finished tasks whose ids are below `before_id`, with their values'
+/// rows and index keys. Returns their ids: their value files are removed once the transaction
+/// has committed.
+fn purge_tasks(t: &mut TaskTables<'_>, before_id: u128, limit: usize) -> Result<Vec<u128>, Error> {
+    let candidates = t.index.finished_before(before_id, limit)?;
+    let mut purged = Vec::with_capacity(candidates.len());
+    for (status, id) in candidates {
+        let record = t.tasks.get(id).map_err(db("read task"))?;
+        let record = record.map(|b| decode_task(b.value())).transpose()?;
+        match record {
+            Some(record) if record.status.is_finished() => {
+                t.tasks.remove(id).map_err(db("purge task"))?;
+                t.index.remove(&record)?;
+            }
+            // An index key the record no longer matches: dropped, so the range moves on.
+            _ => {
+                t.index.remove_status_key(status, id)?;
+                continue;
+            }
+        }
+        t.payloads.remove(id).map_err(db("purge payload"))?;
+        t.results.remove(id).map_err(db("purge result"))?;
+        t.logs.remove(id).map_err(db("purge logs"))?;
+        purged.push(id);
+    }
+    Ok(purged)
 }
 
 fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Result<u32, Error> {

@@ -976,6 +976,61 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_keeps_a_version_that_a_task_queued_earlier_in_its_batch_pins() {
+        let (database, dir) = database();
+        let values = values(&dir);
+        let register = |hash| Write::Register {
+            record: FunctionRecord {
+                code_hash: [hash; 32],
+                ..function("f")
+            },
+            code: Bytes::from(vec![hash]),
+        };
+        let registered = batch(vec![register(1), register(2)]);
+        apply(&database, &values, &registered, true, false).expect("apply");
+        // Version 1 is not live and no stored task uses it, but the batch enqueues one that
+        // pins it ahead of the purge.
+        let pinned = TaskRecord {
+            version: 1,
+            ..task(
+                crate::store::first_id_at(crate::units::now_ms()),
+                TaskStatus::Queued,
+            )
+        };
+        let writes = batch(vec![
+            Write::Enqueue {
+                record: pinned,
+                payload: Bytes::new(),
+            },
+            Write::Purge {
+                before_id: 0,
+                limit: 10,
+            },
+        ]);
+        apply(&database, &values, &writes, true, false).expect("apply");
+        let txn = database.begin_read().expect("read");
+        let functions = txn.open_table(FUNCTIONS).expect("functions");
+        assert!(functions.get(("f", 1)).expect("get").is_some());
+        drop((functions, txn));
+        // Without a task, the same purge deletes it and its blob, and keeps the live one's.
+        let (database, dir) = super::tests::database();
+        let values = Values::open(dir.path()).expect("value files");
+        apply(&database, &values, &registered, true, false).expect("apply");
+        let purge = batch(vec![Write::Purge {
+            before_id: 0,
+            limit: 10,
+        }]);
+        apply(&database, &values, &purge, true, false).expect("apply");
+        let txn = database.begin_read().expect("read");
+        let functions = txn.open_table(FUNCTIONS).expect("functions");
+        assert!(functions.get(("f", 1)).expect("get").is_none());
+        assert!(functions.get(("f", 2)).expect("get").is_some());
+        let blobs = txn.open_table(BLOBS).expect("blobs");
+        assert!(blobs.get([1u8; 32].as_slice()).expect("get").is_none());
+        assert!(blobs.get([2u8; 32].as_slice()).expect("get").is_some());
+    }
+
+    #[test]
     fn large_values_go_to_files_and_a_finished_payload_file_is_removed() {
         let (database, dir) = database();
         let values = values(&dir);

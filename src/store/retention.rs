@@ -22,8 +22,10 @@
 //! at or below that mark; the oldest stored task (the first key of the tasks table, finished or
 //! not) is the floor. A version whose mark is under the floor (or that no task used) is used by
 //! no stored task, and unless it is its name's live version it is deleted; its blob goes when
-//! no remaining version has the same hash. Uses began to be recorded when this table was made
-//! ([`USE_SINCE`]): while tasks older than that remain, no version is deleted.
+//! no remaining version has the same hash. A version replaced (by the next registration of its
+//! name) within the retention stays too, so a recent deploy can be rolled back. Uses began to
+//! be recorded when this table was made ([`USE_SINCE`]): while tasks older than that remain, no
+//! version is deleted.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -121,12 +123,26 @@ pub(super) fn raise_watermark(txn: &WriteTransaction, highest: u128) -> Result<(
     Ok(())
 }
 
-/// In the writer's transaction: deletes every function version that is not live and that no
-/// stored task uses (`floor`: the oldest stored task's id, `None` when none is stored), and
-/// the blobs no remaining version uses. Returns how many versions and blobs went.
+/// One stored function version, as the version purge weighs it.
+struct VersionRow {
+    name: String,
+    version: u32,
+    hash: CodeHash,
+    /// When it was registered (Unix ms).
+    created_ms: u64,
+    /// Whether it is its name's live version, or a stored task uses it.
+    needed: bool,
+}
+
+/// In the writer's transaction: deletes every function version that is not live, that no
+/// stored task uses (`floor`: the oldest stored task's id, `None` when none is stored), and that
+/// stopped being live before `before_id`'s time (the retention cut-off: a version replaced
+/// within the retention stays, for a rollback), and the blobs no remaining version uses.
+/// Returns how many versions and blobs went.
 pub(super) fn purge_versions(
     txn: &WriteTransaction,
     floor: Option<u128>,
+    before_id: u128,
 ) -> Result<(usize, usize), Error> {
     let meta = txn.open_table(META).map_err(db("open retention meta"))?;
     let since = meta.get(USE_SINCE).map_err(db("read retention meta"))?;
@@ -134,32 +150,32 @@ pub(super) fn purge_versions(
         // Tasks from before uses were recorded remain: any version may be theirs.
         return Ok((0, 0));
     }
+    let cutoff_ms = (before_id >> 80) as u64;
+    let rows = version_rows(txn, floor)?;
+    let mut doomed: Vec<(&str, u32)> = Vec::new();
+    let mut kept: HashSet<CodeHash> = HashSet::new();
+    let mut freed: HashSet<CodeHash> = HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        // Replaced when the next version of its name was registered; the last version of a
+        // removed name counts from its own registration.
+        let replaced_ms = match rows.get(i + 1) {
+            Some(next) if next.name == row.name => next.created_ms,
+            _ => row.created_ms,
+        };
+        if row.needed || replaced_ms >= cutoff_ms {
+            kept.insert(row.hash);
+        } else {
+            doomed.push((row.name.as_str(), row.version));
+            freed.insert(row.hash);
+        }
+    }
     let mut functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
-    let heads = txn.open_table(HEADS).map_err(db("open heads"))?;
     let mut uses = txn
         .open_table(VERSION_USE)
         .map_err(db("open version use"))?;
-    let mut doomed: Vec<(String, u32)> = Vec::new();
-    let mut kept: HashSet<CodeHash> = HashSet::new();
-    let mut freed: HashSet<CodeHash> = HashSet::new();
-    for entry in functions.iter().map_err(db("scan functions"))? {
-        let (key, value) = entry.map_err(db("scan functions"))?;
-        let (name, version) = key.value();
-        let hash = decode_function(value.value())?.code_hash;
-        let live = heads.get(name).map_err(db("read head"))?.map(|v| v.value()) == Some(version);
-        let mark = uses.get((name, version)).map_err(db("read version use"))?;
-        let used = floor.zip(mark).is_some_and(|(f, m)| m.value() >= f);
-        if live || used {
-            kept.insert(hash);
-        } else {
-            doomed.push((name.to_owned(), version));
-            freed.insert(hash);
-        }
-    }
-    for (name, version) in &doomed {
-        let key = (name.as_str(), *version);
-        functions.remove(key).map_err(db("purge function"))?;
-        uses.remove(key).map_err(db("purge version use"))?;
+    for key in &doomed {
+        functions.remove(*key).map_err(db("purge function"))?;
+        uses.remove(*key).map_err(db("purge version use"))?;
     }
     let mut blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
     let mut blobs_purged = 0;
@@ -173,6 +189,33 @@ pub(super) fn purge_versions(
         }
     }
     Ok((doomed.len(), blobs_purged))
+}
+
+/// Every stored function version in key order (by name, then version), with whether it is
+/// live or used by a stored task (its use mark at or above `floor`).
+fn version_rows(txn: &WriteTransaction, floor: Option<u128>) -> Result<Vec<VersionRow>, Error> {
+    let functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+    let heads = txn.open_table(HEADS).map_err(db("open heads"))?;
+    let uses = txn
+        .open_table(VERSION_USE)
+        .map_err(db("open version use"))?;
+    let mut rows = Vec::new();
+    for entry in functions.iter().map_err(db("scan functions"))? {
+        let (key, value) = entry.map_err(db("scan functions"))?;
+        let (name, version) = key.value();
+        let record = decode_function(value.value())?;
+        let live = heads.get(name).map_err(db("read head"))?.map(|v| v.value()) == Some(version);
+        let mark = uses.get((name, version)).map_err(db("read version use"))?;
+        let used = floor.zip(mark).is_some_and(|(f, m)| m.value() >= f);
+        rows.push(VersionRow {
+            name: name.to_owned(),
+            version,
+            hash: record.code_hash,
+            created_ms: record.created_ms,
+            needed: live || used,
+        });
+    }
+    Ok(rows)
 }
 
 /// Whether a purge has passed `id`: the highest id it deleted is at or above it.

@@ -618,7 +618,7 @@ fn purge(
     if count < limit {
         let floor = t.tasks.first().map_err(db("read first task"))?;
         let floor = floor.map(|(id, _)| id.value());
-        let (versions, blobs) = super::retention::purge_versions(txn, floor)?;
+        let (versions, blobs) = super::retention::purge_versions(txn, floor, before_id)?;
         if versions > 0 {
             tracing::info!(versions, blobs, "purged function versions no task uses");
         }
@@ -1003,7 +1003,7 @@ mod tests {
                 payload: Bytes::new(),
             },
             Write::Purge {
-                before_id: 0,
+                before_id: crate::store::first_id_at(crate::units::now_ms() + 1),
                 limit: 10,
             },
         ]);
@@ -1017,7 +1017,7 @@ mod tests {
         let values = Values::open(dir.path()).expect("value files");
         apply(&database, &values, &registered, true, false).expect("apply");
         let purge = batch(vec![Write::Purge {
-            before_id: 0,
+            before_id: crate::store::first_id_at(crate::units::now_ms() + 1),
             limit: 10,
         }]);
         apply(&database, &values, &purge, true, false).expect("apply");

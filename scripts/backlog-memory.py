@@ -6,6 +6,7 @@
     scripts/backlog-memory.py drain   --tasks 200000 --payload-bytes 1
     scripts/backlog-memory.py restart --tasks 300 --payload-bytes 1048576
     scripts/backlog-memory.py crash-restart --tasks 1000 --payload-bytes 1048576 [--quick-repair] [--drop-caches]
+    scripts/backlog-memory.py retention --retain 10s --rate 100 --seconds 60 --payload-bytes 16384
 
 `queue` starts a server with no workers (`--local-workers 0`, so every task stays queued),
 submits the tasks through the batch route and prints the RSS before and after, per queued task.
@@ -16,6 +17,10 @@ the tasks of a function that answers its payload to their end (a store as large 
 with nothing pending), kills the server with SIGKILL while
 idle, and prints how long the restart took: the cost of a crash by the store's size
 (`--quick-repair` passes that flag to every server).
+`retention` runs a steady load (`--rate` tasks a second, for `--seconds`, of a function that
+answers its payload) on a server started with `--retain` and `--purge-interval 1s`, and prints
+every 5 s the database file's size, the value files' bytes and the tasks still queued: with
+`--retain 0` the file grows with every task, with a retention it levels off.
 """
 
 import argparse
@@ -189,9 +194,31 @@ def crash_restart(args, data):
     clean.kill()
 
 
+def store_bytes(data):
+    """The database file's size."""
+    return os.path.getsize(os.path.join(data, "faasd.redb"))
+
+
+def retention(args, data):
+    server = Server(args.binary, data, args.workers,
+                    ["--retain", args.retain, "--purge-interval", "1s"])
+    register(server, args.rate * args.seconds, code="cat\n")
+    body = json.dumps(["x" * args.payload_bytes] * args.rate).encode()
+    started = time.monotonic()
+    for second in range(1, args.seconds + 1):
+        server.call("POST", "/v1/functions/sink/batch", body)
+        if second % 5 == 0:
+            queued = server.call("GET", "/healthz")["queued"]
+            print(f"t={second}s submitted={second * args.rate} store_bytes={store_bytes(data)} "
+                  f"value_files_bytes={value_files_bytes(data)} queued={queued}", flush=True)
+        time.sleep(max(0.0, started + second - time.monotonic()))
+    server.kill()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("case", choices=["queue", "drain", "restart", "crash-restart"])
+    parser.add_argument("case",
+                        choices=["queue", "drain", "restart", "crash-restart", "retention"])
     parser.add_argument("--binary", default=str(ROOT / "target/release/faasd"))
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--payload-bytes", type=int, default=1)
@@ -203,6 +230,9 @@ def main():
                         help="empty the page cache before the restart (crash-restart; root)")
     parser.add_argument("--quick-repair", action="store_true",
                         help="serve --quick-repair (crash-restart)")
+    parser.add_argument("--retain", default="10s", help="serve --retain (retention)")
+    parser.add_argument("--rate", type=int, default=100, help="tasks a second (retention)")
+    parser.add_argument("--seconds", type=int, default=60, help="how long to run (retention)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="faasd-backlog-") as data:
         if args.case == "queue":
@@ -211,6 +241,8 @@ def main():
             drain(args, data)
         elif args.case == "crash-restart":
             crash_restart(args, data)
+        elif args.case == "retention":
+            retention(args, data)
         else:
             restart(args, data)
 

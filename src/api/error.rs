@@ -81,6 +81,9 @@ pub enum ErrorCode {
     VersionNotFound,
     /// The task's payload is not kept (it cannot be replayed).
     PayloadNotFound,
+    /// The task finished longer ago than the server's retention (`serve --retain`) and was
+    /// purged with its result and logs (410).
+    TaskExpired,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -143,6 +146,23 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             ErrorCode::TaskNotFound,
             format!("no task with id {id}"),
+        )
+    }
+
+    /// 410 `task_expired`: the task `id` is not stored, and the retention purge has passed it;
+    /// `retain` is the server's `--retain` when a purge runs now.
+    pub fn task_expired(id: &str, retain: Option<std::time::Duration>) -> ApiError {
+        let kept = match retain {
+            Some(retain) => format!(
+                "finished tasks are kept for {} (serve --retain)",
+                crate::units::format_duration(retain)
+            ),
+            None => "finished tasks are kept for the server's --retain".to_owned(),
+        };
+        ApiError::new(
+            StatusCode::GONE,
+            ErrorCode::TaskExpired,
+            format!("task {id} has expired: {kept}, and its record, result and logs were purged"),
         )
     }
 
@@ -342,7 +362,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 25] = [
+    const CODES: [(ErrorCode, &str); 26] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -368,6 +388,7 @@ mod tests {
         (ErrorCode::IdempotencyKeyReused, "idempotency_key_reused"),
         (ErrorCode::VersionNotFound, "version_not_found"),
         (ErrorCode::PayloadNotFound, "payload_not_found"),
+        (ErrorCode::TaskExpired, "task_expired"),
     ];
 
     #[test]

@@ -324,7 +324,9 @@ pub(crate) fn may_read(state: &AppState, caller: &Caller, record: &TaskRecord) -
 }
 
 /// The task `id` if `caller` may read it; 404 `task_not_found` both when it does not exist and
-/// when the caller may not read it, so task ids cannot be probed.
+/// when the caller may not read it, so task ids cannot be probed; 410 `task_expired` when it is
+/// not stored and the retention purge has passed its id (whoever asks: nothing of it is left to
+/// reveal).
 pub(crate) async fn visible_task(
     state: &AppState,
     caller: &Caller,
@@ -333,7 +335,14 @@ pub(crate) async fn visible_task(
 ) -> Result<TaskRecord, ApiError> {
     match state.broker.task(task_id).await? {
         Some(record) if may_read(state, caller, &record) => Ok(record),
-        _ => Err(ApiError::task_not_found(id)),
+        Some(_) => Err(ApiError::task_not_found(id)),
+        None => {
+            let store = state.broker.store();
+            if store.expired(task_id).await? {
+                return Err(ApiError::task_expired(id, store.retain()));
+            }
+            Err(ApiError::task_not_found(id))
+        }
     }
 }
 

@@ -14,7 +14,8 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The server is unreachable or answered with a server error.
 pub const SERVER: u8 = 3;
-/// The function or task does not exist.
+/// The function or task does not exist (for a task: also when it expired and was purged, 410
+/// `task_expired`).
 pub const NOT_FOUND: u8 = 4;
 /// The task has not finished yet (`faasd result`, `faasd logs`).
 pub const NOT_FINISHED: u8 = 5;
@@ -72,7 +73,8 @@ pub fn of_client(err: &client::Error) -> u8 {
 }
 
 /// The exit code of an error answer: a failed task is [`FAILURE`], an unfinished one
-/// [`NOT_FINISHED`]; otherwise 401 and 403 are [`ACCESS`], 404 is [`NOT_FOUND`], another 4xx
+/// [`NOT_FINISHED`], an expired (purged) one [`NOT_FOUND`]; otherwise 401 and 403 are
+/// [`ACCESS`], 404 is [`NOT_FOUND`], another 4xx
 /// but 429 is [`USAGE`], and the rest is [`SERVER`].
 pub fn of_answer(status: StatusCode, code: Option<&ErrorCode>) -> u8 {
     match (status, code) {
@@ -88,6 +90,7 @@ pub fn of_answer(status: StatusCode, code: Option<&ErrorCode>) -> u8 {
             ),
         ) => FAILURE,
         (_, Some(ErrorCode::TaskNotFinished)) => NOT_FINISHED,
+        (_, Some(ErrorCode::TaskExpired)) => NOT_FOUND,
         (StatusCode::NOT_FOUND, _) => NOT_FOUND,
         (s, _) if s.is_client_error() && s != StatusCode::TOO_MANY_REQUESTS => USAGE,
         _ => SERVER,
@@ -152,6 +155,12 @@ mod tests {
         ] {
             assert_eq!(of_answer(StatusCode::NOT_FOUND, code.as_ref()), NOT_FOUND);
         }
+    }
+
+    #[test]
+    fn an_expired_task_exits_4_like_an_unknown_one() {
+        let code = Some(&ErrorCode::TaskExpired);
+        assert_eq!(of_answer(StatusCode::GONE, code), NOT_FOUND);
     }
 
     #[test]

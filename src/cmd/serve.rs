@@ -97,6 +97,14 @@ pub struct ServeArgs {
     /// request's tasks; older keys are ignored and purged in the background.
     #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
     pub idempotency_ttl: Duration,
+    /// Purge finished tasks (record, payload, result, logs) whose ids were made longer ago than
+    /// this, such as `7d` or `12h`; asking for one then answers 410 `task_expired`. Usage
+    /// totals are kept. 0 keeps every task forever.
+    #[arg(long, default_value = "7d", value_parser = crate::units::parse_duration)]
+    pub retain: Duration,
+    /// How often the retention purge looks for expired tasks once it has caught up.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub purge_interval: Duration,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -137,6 +145,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         &stops,
         &tracker,
     );
+    start_retention(&args, &store, &stops, &tracker);
     let https = tls.is_some();
     let server = start_http(
         listeners.http,
@@ -150,7 +159,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
 
     tracker.spawn(keys::expire(
         store.clone(),
-        args.idempotency_ttl,
+        args.key_lifetime(),
         stops.http.clone(),
     ));
 
@@ -162,6 +171,33 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     store.close().await;
     tracing::info!("stopped");
     Ok(exit::OK)
+}
+
+impl ServeArgs {
+    /// How long an idempotency key lives: `--idempotency-ttl`, or `--retain` when that is
+    /// shorter, so a key never answers with a task the retention purge has removed.
+    fn key_lifetime(&self) -> Duration {
+        if self.retain.is_zero() {
+            self.idempotency_ttl
+        } else {
+            self.idempotency_ttl.min(self.retain)
+        }
+    }
+}
+
+/// Starts the background purge of expired tasks (none with `--retain 0`); it stops with the
+/// worker sessions.
+fn start_retention(args: &ServeArgs, store: &Store, stops: &Stops, tracker: &TaskTracker) {
+    if args.retain.is_zero() {
+        return;
+    }
+    let retention = crate::store::Retention {
+        retain: args.retain,
+        interval: args.purge_interval.max(Duration::from_millis(100)),
+    };
+    let store = store.clone();
+    let cancel = stops.workers.clone();
+    tracker.spawn(async move { store.keep_purging(retention, cancel).await });
 }
 
 /// Refuses a `--max-body` that would not fit in a worker frame: a payload travels to its
@@ -455,7 +491,7 @@ fn start_http(
             ..FunctionDefaults::default()
         },
         code_check: api::CodeCheck::new(args.executors.python.clone(), Some(broker.clone())),
-        keys: api::Keys::new(args.idempotency_ttl),
+        keys: api::Keys::new(args.key_lifetime()),
     });
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }

@@ -90,25 +90,45 @@ impl<'txn> Tables<'txn> {
         }
         Ok(())
     }
-}
 
-/// Removes every index key of `record`: what deleting a task (a retention sweep) must do in the
-/// transaction that deletes it.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the entry point of the coming retention sweep")
-)]
-pub(crate) fn remove_task(txn: &WriteTransaction, record: &TaskRecord) -> Result<(), Error> {
-    let mut tables = Tables::open(txn)?;
-    tables
-        .by_function
-        .remove((record.function.as_str(), record.id))
-        .map_err(db("drop task index"))?;
-    tables
-        .by_status
-        .remove((status_byte(record.status), record.id))
-        .map_err(db("drop task index"))?;
-    Ok(())
+    /// The finished tasks (COMPLETED, then FAILED) whose ids are below `before_id`, oldest
+    /// first within each status, at most `limit` of them, as `(status byte, id)`.
+    pub(super) fn finished_before(
+        &self,
+        before_id: u128,
+        limit: usize,
+    ) -> Result<Vec<(u8, u128)>, Error> {
+        let mut out = Vec::new();
+        for status in [TaskStatus::Completed, TaskStatus::Failed] {
+            let byte = status_byte(status);
+            let range = self
+                .by_status
+                .range((byte, 0)..(byte, before_id))
+                .map_err(db("scan task index"))?;
+            for entry in range.take(limit - out.len()) {
+                let (key, _) = entry.map_err(db("scan task index"))?;
+                out.push(key.value());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every index key of `record`: what deleting a task (a retention purge) must do
+    /// in the transaction that deletes it.
+    pub(super) fn remove(&mut self, record: &TaskRecord) -> Result<(), Error> {
+        self.by_function
+            .remove((record.function.as_str(), record.id))
+            .map_err(db("drop task index"))?;
+        self.remove_status_key(status_byte(record.status), record.id)
+    }
+
+    /// Removes one key of the status index.
+    pub(super) fn remove_status_key(&mut self, status: u8, id: u128) -> Result<(), Error> {
+        self.by_status
+            .remove((status, id))
+            .map_err(db("drop task index"))?;
+        Ok(())
+    }
 }
 
 /// Creates the index tables; on a store that had tasks before they existed, indexes those
@@ -476,7 +496,10 @@ mod tests {
         let indexed = list(&database, &indexed, &|_| true).expect("list");
         assert_eq!(ids(&indexed), [7]);
         let txn = database.begin_write().expect("write");
-        remove_task(&txn, &record).expect("remove");
+        Tables::open(&txn)
+            .expect("open")
+            .remove(&record)
+            .expect("remove");
         txn.commit().expect("commit");
         let found = list(&database, &query(10), &|_| true).expect("list");
         let by_function = TaskQuery {

@@ -13,6 +13,7 @@
 mod idempotency;
 mod index;
 mod records;
+mod retention;
 mod space;
 mod usage;
 mod users;
@@ -31,6 +32,7 @@ use tokio::sync::oneshot;
 pub use idempotency::{KeyRecord, payload_hash};
 pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
+pub use retention::{PURGE_BATCH, Retention};
 pub use space::{DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT, Space};
 pub use usage::{HOUR_MS, UsageRow, UsageTotals};
 pub use users::UserRecord;
@@ -190,6 +192,8 @@ pub struct Store {
 struct Inner {
     shared: Arc<Shared>,
     ops: std::sync::mpsc::Sender<Op>,
+    /// The `--retain` of the running purge, once it has started.
+    retain: std::sync::OnceLock<Duration>,
 }
 
 /// What the handles and the writer thread share: the database behind a handle the writer swaps
@@ -336,7 +340,11 @@ impl Store {
         sweep_values_later(&shared);
         let ops = writer::start(shared.clone());
         Ok(Store {
-            inner: Arc::new(Inner { shared, ops }),
+            inner: Arc::new(Inner {
+                shared,
+                ops,
+                retain: std::sync::OnceLock::new(),
+            }),
         })
     }
 
@@ -745,6 +753,7 @@ fn create_tables(database: &Database) -> Result<(), Error> {
     users::create_tables(&txn)?;
     txn.open_table(usage::USAGE).map_err(db("create usage"))?;
     idempotency::create_tables(&txn)?;
+    retention::prepare(&txn)?;
     txn.commit().map_err(db("commit"))
 }
 

@@ -28,7 +28,7 @@ use super::records::{self, FunctionRecord, TaskRecord};
 use super::values::{self, Kind, Values};
 use super::{
     BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, REMOVED, RESULTS, Shared, TASKS, db,
-    space,
+    decode_task, space,
 };
 
 /// The most writes one transaction groups (a group queued with `Op::Group` may take it past this:
@@ -100,6 +100,15 @@ pub enum Write {
         name: String,
         /// The version to make live.
         version: u32,
+    },
+    /// One retention step (see [`super::retention`]): deletes up to `limit` finished tasks
+    /// whose ids are below `before_id`, with their values and index keys, and when fewer were
+    /// left, the versions and blobs nothing refers to. Acknowledged with the tasks deleted.
+    Purge {
+        /// Only tasks with ids below this (made before the retention cut-off).
+        before_id: u128,
+        /// The most tasks to delete.
+        limit: usize,
     },
 }
 
@@ -501,7 +510,14 @@ fn apply(
             _ => None,
         })
         .collect();
+    // Version uses first: a purge later in this batch must see the new tasks' versions.
+    let enqueued = batch.iter().filter_map(|(w, _)| match w.as_ref() {
+        Write::Enqueue { record, .. } => Some(record),
+        _ => None,
+    });
+    super::retention::record_uses(&txn, enqueued)?;
     let mut versions = Vec::with_capacity(batch.len());
+    let mut purged = Vec::new();
     {
         let mut tables = TaskTables::open(&txn)?;
         for (write, _) in batch {
@@ -510,7 +526,7 @@ fn apply(
             versions.push(if superseded {
                 0
             } else {
-                apply_one(&txn, &mut tables, write)?
+                apply_one(&txn, &mut tables, write, &mut purged)?
             });
         }
     }
@@ -520,6 +536,12 @@ fn apply(
     });
     super::usage::record(&txn, finished)?;
     txn.commit().map_err(db("commit"))?;
+    // A purged task's files, whether or not it had any: only now that nothing refers to them.
+    for id in purged {
+        for kind in [Kind::Payload, Kind::Result, Kind::Logs] {
+            values.remove(id, kind);
+        }
+    }
     Ok(versions)
 }
 
@@ -555,7 +577,13 @@ impl<'txn> TaskTables<'txn> {
     }
 }
 
-fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> Result<u32, Error> {
+/// Applies one write; a purge adds the ids it deleted to `purged`.
+fn apply_one(
+    txn: &WriteTransaction,
+    t: &mut TaskTables<'_>,
+    write: &Write,
+    purged: &mut Vec<u128>,
+) -> Result<u32, Error> {
     match write {
         Write::Register { record, code } => register(txn, record, code),
         Write::Delete { name } => {
@@ -615,7 +643,62 @@ fn apply_one(txn: &WriteTransaction, t: &mut TaskTables<'_>, write: &Write) -> R
         Write::ExpireKeys { before_ms, max } => {
             super::idempotency::expire(txn, *before_ms, *max as usize)
         }
+        Write::Purge { before_id, limit } => purge(txn, t, *before_id, *limit, purged),
     }
+}
+
+/// A [`Write::Purge`]: the expired tasks, then, once fewer than `limit` were left, the versions
+/// and blobs nothing refers to. Returns how many tasks it deleted.
+fn purge(
+    txn: &WriteTransaction,
+    t: &mut TaskTables<'_>,
+    before_id: u128,
+    limit: usize,
+    purged: &mut Vec<u128>,
+) -> Result<u32, Error> {
+    let ids = purge_tasks(t, before_id, limit)?;
+    let count = ids.len();
+    if let Some(&highest) = ids.iter().max() {
+        super::retention::raise_watermark(txn, highest)?;
+    }
+    purged.extend(ids);
+    if count < limit {
+        let floor = t.tasks.first().map_err(db("read first task"))?;
+        let floor = floor.map(|(id, _)| id.value());
+        let (versions, blobs) = super::retention::purge_versions(txn, floor, before_id)?;
+        if versions > 0 {
+            tracing::info!(versions, blobs, "purged function versions no task uses");
+        }
+    }
+    Ok(count as u32)
+}
+
+/// Deletes up to `limit` finished tasks whose ids are below `before_id`, with their values'
+/// rows and index keys. Returns their ids: their value files are removed once the transaction
+/// has committed.
+fn purge_tasks(t: &mut TaskTables<'_>, before_id: u128, limit: usize) -> Result<Vec<u128>, Error> {
+    let candidates = t.index.finished_before(before_id, limit)?;
+    let mut purged = Vec::with_capacity(candidates.len());
+    for (status, id) in candidates {
+        let record = t.tasks.get(id).map_err(db("read task"))?;
+        let record = record.map(|b| decode_task(b.value())).transpose()?;
+        match record {
+            Some(record) if record.status.is_finished() => {
+                t.tasks.remove(id).map_err(db("purge task"))?;
+                t.index.remove(&record)?;
+            }
+            // An index key the record no longer matches: dropped, so the range moves on.
+            _ => {
+                t.index.remove_status_key(status, id)?;
+                continue;
+            }
+        }
+        t.payloads.remove(id).map_err(db("purge payload"))?;
+        t.results.remove(id).map_err(db("purge result"))?;
+        t.logs.remove(id).map_err(db("purge logs"))?;
+        purged.push(id);
+    }
+    Ok(purged)
 }
 
 /// The highest version ever used for `name`: the last stored row, or the last one `rm` removed
@@ -1057,6 +1140,61 @@ mod tests {
         // Split at the limit, the group's enqueue would have committed without its key.
         let database = shared.database().expect("open");
         assert_eq!(stored_task(&database, last), None);
+    }
+
+    #[test]
+    fn a_purge_keeps_a_version_that_a_task_queued_earlier_in_its_batch_pins() {
+        let (database, dir) = database();
+        let values = values(&dir);
+        let register = |hash| Write::Register {
+            record: FunctionRecord {
+                code_hash: [hash; 32],
+                ..function("f")
+            },
+            code: Bytes::from(vec![hash]),
+        };
+        let registered = batch(vec![register(1), register(2)]);
+        apply(&database, &values, &registered, true, false).expect("apply");
+        // Version 1 is not live and no stored task uses it, but the batch enqueues one that
+        // pins it ahead of the purge.
+        let pinned = TaskRecord {
+            version: 1,
+            ..task(
+                crate::store::first_id_at(crate::units::now_ms()),
+                TaskStatus::Queued,
+            )
+        };
+        let writes = batch(vec![
+            Write::Enqueue {
+                record: pinned,
+                payload: Bytes::new(),
+            },
+            Write::Purge {
+                before_id: crate::store::first_id_at(crate::units::now_ms() + 1),
+                limit: 10,
+            },
+        ]);
+        apply(&database, &values, &writes, true, false).expect("apply");
+        let txn = database.begin_read().expect("read");
+        let functions = txn.open_table(FUNCTIONS).expect("functions");
+        assert!(functions.get(("f", 1)).expect("get").is_some());
+        drop((functions, txn));
+        // Without a task, the same purge deletes it and its blob, and keeps the live one's.
+        let (database, dir) = super::tests::database();
+        let values = Values::open(dir.path()).expect("value files");
+        apply(&database, &values, &registered, true, false).expect("apply");
+        let purge = batch(vec![Write::Purge {
+            before_id: crate::store::first_id_at(crate::units::now_ms() + 1),
+            limit: 10,
+        }]);
+        apply(&database, &values, &purge, true, false).expect("apply");
+        let txn = database.begin_read().expect("read");
+        let functions = txn.open_table(FUNCTIONS).expect("functions");
+        assert!(functions.get(("f", 1)).expect("get").is_none());
+        assert!(functions.get(("f", 2)).expect("get").is_some());
+        let blobs = txn.open_table(BLOBS).expect("blobs");
+        assert!(blobs.get([1u8; 32].as_slice()).expect("get").is_none());
+        assert!(blobs.get([2u8; 32].as_slice()).expect("get").is_some());
     }
 
     #[test]

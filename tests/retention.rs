@@ -80,8 +80,8 @@ async fn a_finished_task_expires_with_its_values_while_an_unfinished_one_stays()
     let large_id = large.task["id"].as_str().expect("id").to_owned();
     assert_eq!(
         value_files(&data, &large_id).len(),
-        2,
-        "result and logs files"
+        3,
+        "payload (kept for a replay), result and logs files"
     );
     let small = run(&client, "echo", b"small").await;
     let small_id = small.task["id"].as_str().expect("id").to_owned();

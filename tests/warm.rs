@@ -195,7 +195,7 @@ async fn failures_kill_only_that_executor() {
         "function_timeout",
     );
     assert_eq!(body["reason"], "timeout");
-    // Killed before the answer; reaped just after it, so it is gone (not even a zombie) soon.
+    // The timeout kills it; it is reaped around the answer, so it is gone (not even a zombie) soon.
     let proc_dir = format!("/proc/{}", second.pid);
     let gone = || async {
         match std::fs::read_to_string(format!("{proc_dir}/stat")) {

@@ -192,9 +192,11 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
         no_executors()
     })
     .await;
+    // At most the baseline: a descriptor open when it was counted (a client connection, a
+    // start-up sweep) may have closed since; more would be a leak.
     eventually("the fd count to return to the baseline", SETTLE, || async {
         let now = fd_count(pid);
-        if now == baseline {
+        if now <= baseline {
             Ok(())
         } else {
             Err(format!("{now} fds, baseline {baseline}"))

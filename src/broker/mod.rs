@@ -700,8 +700,8 @@ impl Broker {
         let since = |from: u64, to: Option<u64>| {
             to.map(|to| Duration::from_millis(to.saturating_sub(from)))
         };
-        // A worker's report sets `finished_ms` and `run_us`; a task failed for a lost worker
-        // never ran to an end a worker measured.
+        // A task failed `worker_lost` ended without a report: no run time was measured and
+        // its executor's start is unknown.
         let reported = record.failure != Some(crate::proto::FailureReason::WorkerLost);
         self.inner.store.metrics().task_ended(TaskEnd {
             function: &record.function,

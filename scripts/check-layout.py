@@ -18,20 +18,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "src"
 MAX_FN_LINES = 80
 
 # Who may import whom: main → cmd → {api, client, worker} → {broker, exec} → {store, sandbox}
-# → proto, with `units` a leaf any module may use. `client` may use `api`'s wire types.
+# → proto, with `units` and `metrics` leaves any module may use. `client` may use `api`'s wire types.
 ALLOWED = {
-    "cmd": {"api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units"},
-    "api": {"auth", "broker", "exec", "store", "proto", "units"},
-    "auth": {"store", "proto", "units"},
-    "client": {"api", "auth", "tls", "proto", "units"},
-    "worker": {"exec", "proto", "units"},
-    "broker": {"store", "proto", "units"},
-    "exec": {"sandbox", "proto", "units"},
-    "store": {"proto", "units"},
-    "sandbox": {"proto", "units"},
+    "cmd": {"api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units", "metrics"},
+    "api": {"auth", "broker", "exec", "store", "proto", "units", "metrics"},
+    "auth": {"store", "proto", "units", "metrics"},
+    "client": {"api", "auth", "tls", "proto", "units", "metrics"},
+    "worker": {"exec", "proto", "units", "metrics"},
+    "broker": {"store", "proto", "units", "metrics"},
+    "exec": {"sandbox", "proto", "units", "metrics"},
+    "store": {"proto", "units", "metrics"},
+    "sandbox": {"proto", "units", "metrics"},
     "proto": set(),
     "tls": set(),
     "units": set(),
+    "metrics": set(),
 }
 
 FN_RE = re.compile(

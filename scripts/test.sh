@@ -2,14 +2,15 @@
 # Runs every test: the layout check (scripts/check-layout.py), unit tests beside the code, the
 # integration tests in tests/ (which start the real faasd binary), and the Python tests of the
 # MPCS FaaS contract (tests/python) and of the Python client (python/tests). What they need
-# (dill, pytest, requests, the client itself) goes into a virtualenv this script makes under
-# target/, never into the system interpreter.
+# (dill, pytest, requests, the client itself, and prometheus-client, whose parser
+# tests/metrics.rs uses) goes into a virtualenv this script makes under target/, never into the
+# system interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The shape of src/ (imports one way, no import cycles, short functions, typed errors).
 python3 scripts/check-layout.py
 venv="$PWD/target/test-venv"
-scripts/python-venv.sh "$venv" dill pytest requests ./python
+scripts/python-venv.sh "$venv" dill pytest requests prometheus-client ./python
 cargo test --locked --all-targets -- --test-threads 4
 # A short fault-injection run (3 rounds a case); scripts/chaos.sh without --short is the full one.
 scripts/chaos.sh --bin target/debug/faasd --short

@@ -4,7 +4,7 @@
 //!
 //! Dependencies run one way, top to bottom:
 //! `main → cmd → {api, client, worker} → {auth, broker, exec} → {store, sandbox} → proto`, with
-//! [`units`] a leaf that any of them may use.
+//! [`units`] and [`metrics`] leaves that any of them may use.
 //!
 //! - [`cmd`]: the command line, one file per subcommand, and the exit codes.
 //! - [`client`]: the HTTP client the CLI commands share, with a typed error.
@@ -19,6 +19,8 @@
 //!   zygote, cgroups, seccomp.
 //! - [`proto`]: the worker frames and their codec.
 //! - [`tls`]: PEM certificates and keys, and the rustls configurations of servers and clients.
+//! - [`metrics`]: the Prometheus metrics of `GET /metrics`: counters and histograms recorded
+//!   by the store, the broker and the API, and the scrape's levels.
 //! - [`units`]: byte sizes, durations and timestamps, parsed and printed.
 
 pub mod api;
@@ -27,6 +29,7 @@ pub mod broker;
 pub mod client;
 pub mod cmd;
 pub mod exec;
+pub mod metrics;
 pub mod proto;
 pub mod sandbox;
 pub mod store;

@@ -206,6 +206,7 @@ const TABLE: &[Row] = &[
         [200, 200, 404, 200, 404, 401, 401, 404],
     ),
     row("GET", "/healthz", [200, 200, 200, 200, 200, 200, 200, 200]),
+    row("GET", "/metrics", [200, 200, 200, 403, 403, 401, 401, 200]),
 ];
 
 /// A token of the right shape that no user holds.

@@ -4,7 +4,8 @@
 //! While no user exists the server is in protected mode: loopback clients act as the local
 //! admin, others are refused with 403 and how to add a user. Once a user exists, a request
 //! needs `Authorization: Bearer TOKEN` (401 `unauthenticated` without a valid one), or acts
-//! with `serve --anonymous ROLE` when it sends no header. `/healthz` needs nothing.
+//! with `serve --anonymous ROLE` when it sends no header. `/healthz` needs nothing, nor does
+//! `/metrics` with `serve --metrics-open`.
 
 use std::net::SocketAddr;
 
@@ -31,7 +32,8 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if OPEN_PATHS.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if OPEN_PATHS.contains(&path) || (state.metrics_open && path == crate::metrics::PATH) {
         return next.run(request).await;
     }
     // Without the peer address (no connection, as in unit tests) the client is not trusted.

@@ -14,6 +14,7 @@
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text; admins and developers, or anyone with `serve --metrics-open`) |
 //! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |
 //! | `GET /v1/usage` | calls, failures, wall and CPU seconds, GB-seconds per user or function |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
@@ -26,6 +27,7 @@ mod functions;
 #[cfg(test)]
 mod fuzz;
 mod idempotency;
+mod metrics;
 mod mpcs;
 mod panic;
 mod settings;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub users: crate::auth::Directory,
     /// The role of requests without a token (`serve --anonymous`), if any.
     pub anonymous: Option<crate::auth::Role>,
+    /// Whether `GET /metrics` needs no caller (`serve --metrics-open`).
+    pub metrics_open: bool,
     /// Checks registered code before it is stored.
     pub code_check: CodeCheck,
     /// The `Idempotency-Key` settings and the locks of the keys in use.
@@ -156,6 +160,7 @@ fn route_list() -> Vec<Route> {
         ("GET", "/status/{id}", get(mpcs::status)),
         ("GET", "/result/{id}", get(mpcs::result)),
         ("GET", "/healthz", get(healthz)),
+        ("GET", crate::metrics::PATH, get(metrics::scrape)),
     ]
 }
 
@@ -189,8 +194,13 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             state.clone(),
             access::authenticate,
         ))
-        // Outermost: a panic anywhere below is answered 500, not a dropped connection.
+        // A panic anywhere below is answered 500, not a dropped connection.
         .layer(axum::middleware::from_fn(panic::catch_panic))
+        // Outermost: every answer is counted, refusals and panics included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 
@@ -299,6 +309,7 @@ pub(super) mod tests {
                 .await
                 .expect("users"),
             anonymous: None,
+            metrics_open: false,
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
             defaults: FunctionDefaults::default(),

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::metrics::{FunctionLevel, Live, TaskEnd, WorkerLevel};
 use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
@@ -116,6 +117,12 @@ pub struct WorkerView {
     pub last_heartbeat: String,
     /// Whether it takes new tasks (`ready` or `draining` in JSON).
     pub state: WorkerState,
+    /// CPU use of its machine, 0 to 100 (`null` before its first health report).
+    pub cpu_percent: Option<f64>,
+    /// Memory in use on its machine, total − available (`null` before its first health report).
+    pub memory_used_bytes: Option<u64>,
+    /// Memory of its machine (`null` before its first health report).
+    pub memory_total_bytes: Option<u64>,
 }
 
 /// Whether a worker takes new tasks.
@@ -657,7 +664,10 @@ impl Broker {
             let mut retry_in = Duration::from_millis(100);
             let outcome = loop {
                 match ack.await {
-                    Ok(Ok(_)) => break Ok(finished),
+                    Ok(Ok(_)) => {
+                        broker.count_end(&finished.record);
+                        break Ok(finished);
+                    }
                     Err(_) => break Err(Arc::new(store::Error::Closed)),
                     Ok(Err(e)) => {
                         tracing::error!(%task, error = %e, ?retry_in, "could not commit a finished task; retrying");
@@ -682,6 +692,23 @@ impl Broker {
             for w in waiters {
                 let _ = w.send(outcome.clone());
             }
+        });
+    }
+
+    /// Counts a task's end in the metrics, once its end is committed.
+    fn count_end(&self, record: &TaskRecord) {
+        let since = |from: u64, to: Option<u64>| {
+            to.map(|to| Duration::from_millis(to.saturating_sub(from)))
+        };
+        // A task failed `worker_lost` ended without a report: no run time was measured and
+        // its executor's start is unknown.
+        let reported = record.failure != Some(crate::proto::FailureReason::WorkerLost);
+        self.inner.store.metrics().task_ended(TaskEnd {
+            function: &record.function,
+            completed: record.status == TaskStatus::Completed,
+            run: reported.then(|| Duration::from_micros(record.run_us)),
+            queue_wait: since(record.created_ms, record.started_ms),
+            cold_start: reported && record.cold_start,
         });
     }
 
@@ -729,6 +756,40 @@ impl Broker {
             workers: state.workers.len(),
             slots: state.workers.values().map(|w| u64::from(w.slots)).sum(),
         }
+    }
+
+    /// The levels `GET /metrics` reports (tasks queued and running per live function, every
+    /// worker's slots and health), taken in one hold of the lock.
+    pub fn live_metrics(&self) -> Live {
+        let state = self.lock();
+        let functions = state
+            .functions
+            .keys()
+            .map(|name| {
+                let queue = state.queues.get(name);
+                FunctionLevel {
+                    name: name.clone(),
+                    queued: queue.map_or(0, |q| q.waiting.len() as u64),
+                    running: queue.map_or(0, |q| u64::from(q.running_now())),
+                }
+            })
+            .collect();
+        let workers = state
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let view = w.view(*id);
+                WorkerLevel {
+                    name: view.name,
+                    slots: u64::from(view.slots),
+                    running: view.running as u64,
+                    cpu_percent: view.cpu_percent,
+                    memory_used_bytes: view.memory_used_bytes,
+                    memory_total_bytes: view.memory_total_bytes,
+                }
+            })
+            .collect();
+        Live { functions, workers }
     }
 
     /// Every connected worker.
@@ -903,6 +964,9 @@ mod tests {
             done: 5,
             last_heartbeat: "1970-01-01T00:00:00Z".into(),
             state: WorkerState::Draining,
+            cpu_percent: None,
+            memory_used_bytes: None,
+            memory_total_bytes: None,
         };
         let json = serde_json::to_value(&view).expect("serialize");
         assert_eq!(
@@ -917,6 +981,9 @@ mod tests {
                 "done": 5,
                 "last_heartbeat": "1970-01-01T00:00:00Z",
                 "state": "draining",
+                "cpu_percent": null,
+                "memory_used_bytes": null,
+                "memory_total_bytes": null,
             })
         );
         let ready = WorkerView {

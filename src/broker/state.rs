@@ -100,6 +100,11 @@ impl FnQueue {
         }
     }
 
+    /// Its tasks leased to workers now.
+    pub fn running_now(&self) -> u32 {
+        self.running
+    }
+
     fn can_start(&self) -> bool {
         !self.waiting.is_empty() && self.cap.is_none_or(|cap| self.running < cap)
     }
@@ -215,6 +220,9 @@ impl WorkerEntry {
             } else {
                 WorkerState::Ready
             },
+            cpu_percent: None,
+            memory_used_bytes: None,
+            memory_total_bytes: None,
         }
     }
 }

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// header, need); requests with a wrong token are still refused.
     #[arg(long, value_enum, value_name = "ROLE")]
     pub anonymous: Option<crate::auth::Role>,
+    /// Serve `GET /metrics` to anyone, without a token (for a scraper on a trusted network);
+    /// without it, the metrics need an admin's or developer's token, as `GET /v1/workers`.
+    #[arg(long)]
+    pub metrics_open: bool,
     /// How long an `Idempotency-Key` is remembered: a repeat within it answers the first
     /// request's tasks; older keys are ignored and purged in the background.
     #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
@@ -483,6 +487,7 @@ fn start_http(
     let app = api::router(AppState {
         users,
         anonymous: args.anonymous,
+        metrics_open: args.metrics_open,
         broker: broker.clone(),
         max_body_bytes: args.max_body,
         defaults: FunctionDefaults {

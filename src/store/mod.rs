@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
@@ -214,6 +215,8 @@ struct Shared {
     quick_repair: AtomicBool,
     /// The large values kept in files beside the database.
     values: Values,
+    /// The server's metrics (the writer times its commits into them).
+    metrics: Metrics,
 }
 
 /// How long a reopen waits for the reads in flight on the old database to finish.
@@ -229,6 +232,7 @@ impl Shared {
             full: AtomicBool::new(false),
             space: Mutex::new(None),
             quick_repair: AtomicBool::new(false),
+            metrics: Metrics::new(),
         }
     }
 
@@ -346,6 +350,12 @@ impl Store {
                 retain: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// The server's metrics: made with the store, as every part that records into them (the
+    /// store's writer, the broker, the API) holds the store.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
     }
 
     /// The database file's path.

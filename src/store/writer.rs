@@ -405,8 +405,12 @@ impl Writer {
         let result = self.shared.database().and_then(|database| {
             apply(&database, &self.shared.values, batch, durable, quick_repair)
         });
-        if let Err(err) = &result {
-            tracing::error!(error = %err, writes = batch.len(), "store commit failed");
+        match &result {
+            Err(err) => tracing::error!(error = %err, writes = batch.len(), "store commit failed"),
+            Ok(_) => self
+                .shared
+                .metrics
+                .store_committed(started.elapsed(), batch.len()),
         }
         tracing::trace!(
             writes = batch.len(),

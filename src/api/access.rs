@@ -31,7 +31,8 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if OPEN_PATHS.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if OPEN_PATHS.contains(&path) || super::dashboard::PATHS.contains(&path) {
         return next.run(request).await;
     }
     // Without the peer address (no connection, as in unit tests) the client is not trusted.

@@ -312,9 +312,24 @@ function renderOverview(total) {
   $("stat-p99").textContent = fmtMs(percentile(state.latencies, 99));
 }
 
-/** Replaces a table's body with `rows`. */
+/** Sets a table's body to `rows`, keeping every existing row that would not change (so that a
+ * row being clicked is not swapped out from under the pointer by an unrelated event). */
 function fillTable(id, rows) {
-  $(id).tBodies[0].replaceChildren(...rows);
+  const body = $(id).tBodies[0];
+  const old = [...body.rows];
+  const same = (a, b) => a.className === b.className && rowText(a) === rowText(b);
+  if (old.length === rows.length && rows.every((row, i) => same(row, old[i]))) return;
+  const kept = new Map(old.map((row) => [JSON.stringify(row.dataset), row]));
+  body.replaceChildren(
+    ...rows.map((row) => {
+      const before = kept.get(JSON.stringify(row.dataset));
+      return before && same(row, before) ? before : row;
+    }),
+  );
+}
+
+function rowText(row) {
+  return [...row.cells].map((cell) => cell.textContent).join("\u0000");
 }
 
 function renderFunctions(byFunction) {

@@ -207,6 +207,17 @@ const TABLE: &[Row] = &[
     ),
     row("GET", "/healthz", [200, 200, 200, 200, 200, 200, 200, 200]),
     row("GET", "/metrics", [200, 200, 200, 403, 403, 401, 401, 200]),
+    row("GET", "/", [200, 200, 200, 200, 200, 200, 200, 200]),
+    row(
+        "GET",
+        "/assets/app.js",
+        [200, 200, 200, 200, 200, 200, 200, 200],
+    ),
+    row(
+        "GET",
+        "/assets/app.css",
+        [200, 200, 200, 200, 200, 200, 200, 200],
+    ),
 ];
 
 /// A token of the right shape that no user holds.

@@ -33,7 +33,8 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if OPEN_PATHS.contains(&path) || (state.metrics_open && path == crate::metrics::PATH) {
+    let open = OPEN_PATHS.contains(&path) || super::dashboard::PATHS.contains(&path);
+    if open || (state.metrics_open && path == crate::metrics::PATH) {
         return next.run(request).await;
     }
     // Without the peer address (no connection, as in unit tests) the client is not trusted.

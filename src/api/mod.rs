@@ -15,6 +15,7 @@
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers, health |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text; admins and developers, or anyone with `serve --metrics-open`) |
+//! | `GET /`, `GET /assets/app.js`, `GET /assets/app.css` | the dashboard (`dashboard.rs`), open to all |
 //! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |
 //! | `GET /v1/usage` | calls, failures, wall and CPU seconds, GB-seconds per user or function |
 //! | `POST /register_function`, `POST /execute_function`, `GET /status/{id}`, `GET /result/{id}` | the MPCS FaaS API |
@@ -22,6 +23,7 @@
 mod access;
 mod batch;
 mod code;
+mod dashboard;
 mod error;
 mod functions;
 #[cfg(test)]
@@ -161,6 +163,9 @@ fn route_list() -> Vec<Route> {
         ("GET", "/result/{id}", get(mpcs::result)),
         ("GET", "/healthz", get(healthz)),
         ("GET", crate::metrics::PATH, get(metrics::scrape)),
+        ("GET", "/", get(dashboard::index)),
+        ("GET", "/assets/app.js", get(dashboard::script)),
+        ("GET", "/assets/app.css", get(dashboard::style)),
     ]
 }
 

@@ -1,0 +1,819 @@
+// The faasd dashboard. It reads the same JSON API and event stream as any client: the initial
+// state from GET /healthz, /v1/functions, /v1/workers, /v1/tasks and /v1/usage, then every change
+// from GET /v1/events (Server-Sent Events, read with fetch() and a stream reader because
+// EventSource cannot send the Authorization header). While the stream is down it polls the JSON
+// API every few seconds; while it is up it sends nothing but what the person asks for.
+//
+// Every server string reaches the page through textContent (the el() helper), never as HTML.
+
+const TOKEN_KEY = "faasd-token";
+const POLL_MS = 5000;
+const TICK_MS = 2000;
+const RENDER_MS = 300;
+const BUCKET_MS = 5000;
+const CHART_BUCKETS = 60; // 5 minutes
+const RATE_BUCKETS = 6; // tasks/s over the last 30 s
+const KEEP_RECENT = 500;
+const SHOWN_TASKS = 50;
+const LATENCIES = 1000;
+const STALE_MS = 15000;
+const MAX_TEXT = 65536;
+const FINISHED = new Set(["COMPLETED", "FAILED"]);
+
+const $ = (id) => document.getElementById(id);
+
+/** Everything the page knows, rebuilt by loadAll() and kept current by events. */
+const state = {
+  functions: new Map(), // name -> function view
+  usage: new Map(), // name -> {calls, failures} over 24 h
+  workers: new Map(), // id -> worker (normalized)
+  tasks: new Map(), // id -> task (normalized)
+  recent: [], // ids of the latest tasks, newest first once sorted
+  recentSorted: true,
+  buckets: new Map(), // Math.floor(finished ms / BUCKET_MS) -> {ok, bad}
+  counted: new Set(), // ids whose end is in buckets and latencies
+  latencies: [], // run_ms of the latest finished tasks, all functions
+  fnLatencies: new Map(), // name -> run_ms of its latest finished tasks
+  selectedTask: null,
+  selectedFunction: null,
+};
+
+/** Creates an element; strings among `children` become text nodes, never markup. */
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "onclick") node.addEventListener("click", value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child == null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+// ---- API access ----------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message, body) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.body = body;
+  }
+}
+
+function token() {
+  return localStorage.getItem(TOKEN_KEY) || "";
+}
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  if (token()) h.Authorization = `Bearer ${token()}`;
+  return h;
+}
+
+/** fetch() with the token; throws ApiError for an error answer. */
+async function request(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: headers(options.headers) });
+  if (res.ok) return res;
+  let body = {};
+  try {
+    body = await res.json();
+  } catch {
+    body = {};
+  }
+  throw new ApiError(res.status, body.code || "", body.error || `HTTP ${res.status}`, body);
+}
+
+async function getJSON(path) {
+  return (await request(path)).json();
+}
+
+const enc = encodeURIComponent;
+
+function notice(text) {
+  const box = $("notice");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+function explain(err) {
+  if (err.status === 401) return `${err.message} (paste a token in the box above)`;
+  return err.message || String(err);
+}
+
+// ---- normalizing what the API and the events send ------------------------------------------
+
+const ms = (text) => (text ? Date.parse(text) : null);
+
+/** A task from GET /v1/tasks (RFC 3339 times, queued_ms = wait) or a `task` event. */
+function normalizeTask(t, before) {
+  const task = {
+    id: t.id,
+    function: t.function,
+    version: t.version,
+    status: t.status,
+    reason: t.reason ?? null,
+    message: t.message ?? null,
+    run_ms: t.run_ms ?? null,
+    created: ms(t.created_at),
+    started: t.started_ms ?? ms(t.started_at),
+    finished: t.finished_ms ?? ms(t.finished_at),
+  };
+  // An event's queued_ms is when the task was queued; accept a wait too, as the list has it.
+  if (task.created == null && t.queued_ms != null) {
+    task.created = t.queued_ms > 1e12 ? t.queued_ms : task.started - t.queued_ms;
+  }
+  if (before) task.created = before.created ?? task.created;
+  return task;
+}
+
+function normalizeWorker(w, before = {}) {
+  const merged = { ...before, ...w };
+  merged.mode = w.mode ?? w.dispatch ?? before.mode;
+  if (w.last_heartbeat_ms == null && w.last_heartbeat) {
+    merged.last_heartbeat_ms = ms(w.last_heartbeat);
+  }
+  return merged;
+}
+
+// ---- the task map, counts, the chart's buckets and latencies --------------------------------
+
+/** Puts a task in the map; counts its end once. Returns the status it had before. */
+function putTask(raw, fromEvent) {
+  const before = state.tasks.get(raw.id);
+  const task = normalizeTask(raw, before);
+  state.tasks.set(task.id, task);
+  if (!before) {
+    state.recent.push(task.id);
+    state.recentSorted = false;
+  }
+  if (FINISHED.has(task.status) && !state.counted.has(task.id)) {
+    countEnd(task, fromEvent);
+  }
+  return before ? before.status : null;
+}
+
+function countEnd(task, fromEvent) {
+  state.counted.add(task.id);
+  if (state.counted.size > 20000) {
+    state.counted.delete(state.counted.values().next().value);
+  }
+  const at = task.finished ?? Date.now();
+  const key = Math.floor(at / BUCKET_MS);
+  const bucket = state.buckets.get(key) || { ok: 0, bad: 0 };
+  if (task.status === "FAILED") bucket.bad += 1;
+  else bucket.ok += 1;
+  state.buckets.set(key, bucket);
+  if (task.run_ms != null) {
+    pushBounded(state.latencies, task.run_ms, LATENCIES);
+    if (!state.fnLatencies.has(task.function)) state.fnLatencies.set(task.function, []);
+    pushBounded(state.fnLatencies.get(task.function), task.run_ms, 200);
+  }
+  if (fromEvent) {
+    const usage = state.usage.get(task.function) || { calls: 0, failures: 0 };
+    usage.calls += 1;
+    if (task.status === "FAILED") usage.failures += 1;
+    state.usage.set(task.function, usage);
+  }
+}
+
+function pushBounded(list, value, max) {
+  list.push(value);
+  if (list.length > max) list.splice(0, list.length - max);
+}
+
+/** Sorts the latest tasks newest first (UUIDv7 ids sort by time) and forgets old ended ones. */
+function trimRecent() {
+  if (state.recentSorted) return;
+  state.recent.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+  const dropped = state.recent.splice(KEEP_RECENT);
+  for (const id of dropped) {
+    const task = state.tasks.get(id);
+    if (task && FINISHED.has(task.status) && id !== state.selectedTask) state.tasks.delete(id);
+  }
+  state.recentSorted = true;
+}
+
+function activeCounts() {
+  const byFunction = new Map();
+  const total = { QUEUED: 0, RUNNING: 0 };
+  for (const task of state.tasks.values()) {
+    if (task.status !== "QUEUED" && task.status !== "RUNNING") continue;
+    total[task.status] += 1;
+    const counts = byFunction.get(task.function) || { QUEUED: 0, RUNNING: 0 };
+    counts[task.status] += 1;
+    byFunction.set(task.function, counts);
+  }
+  return { total, byFunction };
+}
+
+function percentile(values, p) {
+  if (!values || values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+// ---- formatting -----------------------------------------------------------------------------
+
+function fmtMs(value) {
+  if (value == null) return "–";
+  if (value < 1) return `${value.toFixed(2)} ms`;
+  if (value < 1000) return `${value.toFixed(value < 10 ? 1 : 0)} ms`;
+  return `${(value / 1000).toFixed(2)} s`;
+}
+
+function fmtBytes(n) {
+  if (n == null) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function fmtAgo(at) {
+  if (at == null) return "–";
+  const s = Math.max(0, Math.round((Date.now() - at) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  return `${Math.floor(s / 3600)}h ago`;
+}
+
+function fmtTime(at) {
+  return at == null ? "–" : new Date(at).toLocaleTimeString();
+}
+
+/** The answer's text, or `N bytes (binary)` when it is not UTF-8 text. */
+function describeBytes(buffer) {
+  const bytes = new Uint8Array(buffer);
+  if (bytes.includes(0)) return `${bytes.length} bytes (binary)`;
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT)}\n… (${bytes.length} bytes)` : text;
+  } catch {
+    return `${bytes.length} bytes (binary)`;
+  }
+}
+
+// ---- rendering ------------------------------------------------------------------------------
+
+let renderTimer = null;
+
+/** Renders at most every RENDER_MS, however many events arrive. */
+function scheduleRender() {
+  if (renderTimer) return;
+  renderTimer = setTimeout(() => {
+    renderTimer = null;
+    render();
+  }, RENDER_MS);
+}
+
+function render() {
+  trimRecent();
+  const counts = activeCounts();
+  renderOverview(counts.total);
+  renderFunctions(counts.byFunction);
+  renderWorkers();
+  renderTasks();
+  renderChart();
+}
+
+/** What moves with time alone (rates, the chart, heartbeat ages, staleness): no traffic. */
+function tick() {
+  renderOverview(activeCounts().total);
+  renderWorkers();
+  renderChart();
+}
+
+function renderOverview(total) {
+  $("stat-queued").textContent = total.QUEUED;
+  $("stat-running").textContent = total.RUNNING;
+  let used = 0;
+  let slots = 0;
+  for (const w of state.workers.values()) {
+    used += w.running || 0;
+    slots += w.slots || 0;
+  }
+  $("stat-slots").textContent = `${used} / ${slots}`;
+  const now = Math.floor(Date.now() / BUCKET_MS);
+  let ended = 0;
+  for (let k = now - RATE_BUCKETS; k < now; k += 1) {
+    const b = state.buckets.get(k);
+    if (b) ended += b.ok + b.bad;
+  }
+  $("stat-rate").textContent = (ended / ((RATE_BUCKETS * BUCKET_MS) / 1000)).toFixed(1);
+  $("stat-p50").textContent = fmtMs(percentile(state.latencies, 50));
+  $("stat-p99").textContent = fmtMs(percentile(state.latencies, 99));
+}
+
+/** Sets a table's body to `rows`, keeping every existing row that would not change (so that a
+ * row being clicked is not swapped out from under the pointer by an unrelated event). */
+function fillTable(id, rows) {
+  const body = $(id).tBodies[0];
+  const old = [...body.rows];
+  const same = (a, b) => a.className === b.className && rowText(a) === rowText(b);
+  if (old.length === rows.length && rows.every((row, i) => same(row, old[i]))) return;
+  const kept = new Map(old.map((row) => [JSON.stringify(row.dataset), row]));
+  body.replaceChildren(
+    ...rows.map((row) => {
+      const before = kept.get(JSON.stringify(row.dataset));
+      return before && same(row, before) ? before : row;
+    }),
+  );
+}
+
+function rowText(row) {
+  return [...row.cells].map((cell) => cell.textContent).join("\u0000");
+}
+
+function renderFunctions(byFunction) {
+  const names = [...state.functions.keys()].sort();
+  fillTable(
+    "functions",
+    names.map((name) => {
+      const f = state.functions.get(name);
+      const counts = byFunction.get(name) || { QUEUED: 0, RUNNING: 0 };
+      const usage = state.usage.get(name) || { calls: 0, failures: 0 };
+      const row = el(
+        "tr",
+        { dataset: { function: name }, onclick: () => showFunction(name) },
+        el("td", {}, f.display_name ? `${name} (${f.display_name})` : name),
+        el("td", {}, f.version),
+        el("td", {}, f.runtime),
+        el("td", { class: "queued" }, counts.QUEUED),
+        el("td", { class: "running" }, counts.RUNNING),
+        el("td", { class: "calls" }, usage.calls),
+        el("td", { class: "failures" }, usage.failures),
+        el("td", { class: "p50" }, fmtMs(percentile(state.fnLatencies.get(name), 50))),
+      );
+      if (name === state.selectedFunction) row.classList.add("selected");
+      return row;
+    }),
+  );
+  fillSelect($("invoke-function"), names, null);
+  fillSelect($("task-filter-function"), names, "all");
+}
+
+/** Sets a select's options to `names` (after an `all` option when given), keeping its choice. */
+function fillSelect(select, names, all) {
+  const wanted = (all ? [""] : []).concat(names);
+  const have = [...select.options].map((o) => o.value);
+  if (have.length === wanted.length && have.every((v, i) => v === wanted[i])) return;
+  const chosen = select.value;
+  select.replaceChildren(
+    ...(all ? [el("option", { value: "" }, all)] : []),
+    ...names.map((n) => el("option", { value: n }, n)),
+  );
+  if (wanted.includes(chosen)) select.value = chosen;
+}
+
+function workerState(w) {
+  if (w.last_heartbeat_ms != null && Date.now() - w.last_heartbeat_ms > STALE_MS) return "stale";
+  return w.state || "ready";
+}
+
+function renderWorkers() {
+  const workers = [...state.workers.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  fillTable(
+    "workers",
+    workers.map((w) => {
+      const st = workerState(w);
+      const cpu = w.cpu_percent == null ? "–" : `${Number(w.cpu_percent).toFixed(1)}%`;
+      const mem =
+        w.memory_total_bytes == null
+          ? "–"
+          : `${fmtBytes(w.memory_used_bytes)} / ${fmtBytes(w.memory_total_bytes)}`;
+      const load = w.load1 == null ? "–" : Number(w.load1).toFixed(2);
+      return el(
+        "tr",
+        { dataset: { worker: w.name }, class: st === "stale" ? "stale" : "" },
+        el("td", {}, w.name),
+        el("td", {}, w.address ?? "–"),
+        el("td", {}, w.mode ?? "–"),
+        el("td", { class: "slots" }, `${w.running ?? 0}/${w.slots ?? 0}`),
+        el("td", { class: "cpu" }, cpu),
+        el("td", { class: "mem" }, mem),
+        el("td", { class: "load" }, load),
+        el("td", { class: "heartbeat" }, fmtAgo(w.last_heartbeat_ms)),
+        el("td", { class: `state ${st}` }, st),
+      );
+    }),
+  );
+}
+
+function taskRow(task, onclick) {
+  const wait = task.started != null && task.created != null ? task.started - task.created : null;
+  const row = el(
+    "tr",
+    { dataset: { task: task.id }, onclick },
+    el("td", { class: "id", title: task.id }, task.id.slice(0, 13)),
+    el("td", {}, task.function),
+    el("td", { class: `status ${task.status}` }, task.status),
+    el("td", {}, fmtTime(task.created)),
+    el("td", {}, fmtMs(wait)),
+    el("td", {}, fmtMs(task.run_ms)),
+  );
+  if (task.id === state.selectedTask) row.classList.add("selected");
+  return row;
+}
+
+function renderTasks() {
+  const fn = $("task-filter-function").value;
+  const status = $("task-filter-status").value;
+  const rows = [];
+  for (const id of state.recent) {
+    const task = state.tasks.get(id);
+    if (!task || (fn && task.function !== fn) || (status && task.status !== status)) continue;
+    rows.push(taskRow(task, () => showTask(id)));
+    if (rows.length >= SHOWN_TASKS) break;
+  }
+  fillTable("tasks", rows);
+}
+
+function renderChart() {
+  const canvas = $("chart");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 640;
+  const height = canvas.clientHeight || 160;
+  if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
+  if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const now = Math.floor(Date.now() / BUCKET_MS);
+  const series = { ok: [], bad: [] };
+  for (let k = now - CHART_BUCKETS; k < now; k += 1) {
+    const b = state.buckets.get(k) || { ok: 0, bad: 0 };
+    series.ok.push(b.ok / (BUCKET_MS / 1000));
+    series.bad.push(b.bad / (BUCKET_MS / 1000));
+  }
+  for (const key of state.buckets.keys()) if (key < now - CHART_BUCKETS) state.buckets.delete(key);
+  const top = Math.max(1, ...series.ok, ...series.bad);
+  const css = getComputedStyle(document.documentElement);
+  const color = (name) => css.getPropertyValue(name).trim();
+  const pad = { left: 36, bottom: 14, top: 6 };
+  ctx.strokeStyle = color("--line");
+  ctx.fillStyle = color("--muted");
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.beginPath();
+  ctx.moveTo(pad.left, pad.top);
+  ctx.lineTo(pad.left, height - pad.bottom);
+  ctx.lineTo(width, height - pad.bottom);
+  ctx.stroke();
+  ctx.fillText(top.toFixed(top < 10 ? 1 : 0), 2, pad.top + 8);
+  ctx.fillText("0", 2, height - pad.bottom);
+  ctx.fillText("-5m", pad.left, height - 2);
+  ctx.fillText("now", width - 24, height - 2);
+  const plot = (values, stroke) => {
+    ctx.strokeStyle = stroke;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    values.forEach((v, i) => {
+      const x = pad.left + (i / (values.length - 1)) * (width - pad.left - 2);
+      const y = height - pad.bottom - (v / top) * (height - pad.bottom - pad.top);
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  };
+  plot(series.ok, color("--ok"));
+  plot(series.bad, color("--bad"));
+}
+
+// ---- details: a function's settings and tasks, a task's timings, result and logs ------------
+
+function closeButton(onclick) {
+  return el("button", { type: "button", class: "close", onclick }, "close");
+}
+
+function definitionList(pairs) {
+  return el(
+    "dl",
+    {},
+    pairs.flatMap(([key, value]) => [
+      el("dt", {}, key),
+      el("dd", {}, value == null ? "–" : typeof value === "object" ? JSON.stringify(value) : value),
+    ]),
+  );
+}
+
+async function showFunction(name) {
+  state.selectedFunction = name;
+  const box = $("function-detail");
+  box.hidden = false;
+  box.replaceChildren(el("p", {}, `loading ${name}…`));
+  try {
+    const [f, list] = await Promise.all([
+      getJSON(`/v1/functions/${enc(name)}`),
+      getJSON(`/v1/tasks?function=${enc(name)}&limit=20`),
+    ]);
+    const tasks = list.tasks.map((t) => normalizeTask(t));
+    box.replaceChildren(
+      el("h3", {}, `${f.name} version ${f.version}`),
+      definitionList(Object.entries(f)),
+      el("h3", {}, "recent tasks"),
+      el(
+        "div",
+        { class: "scroll" },
+        el("table", {}, el("tbody", {}, tasks.map((t) => taskRow(t, () => showTask(t.id))))),
+      ),
+      closeButton(() => {
+        state.selectedFunction = null;
+        box.hidden = true;
+        scheduleRender();
+      }),
+    );
+  } catch (err) {
+    box.replaceChildren(el("p", {}, explain(err)), closeButton(() => (box.hidden = true)));
+  }
+  scheduleRender();
+}
+
+async function showTask(id) {
+  state.selectedTask = id;
+  const box = $("task-detail");
+  box.hidden = false;
+  box.replaceChildren(el("p", {}, `loading task ${id}…`));
+  try {
+    const t = await getJSON(`/v1/tasks/${enc(id)}`);
+    const parts = [
+      el("h3", {}, `task ${t.id}`),
+      definitionList(
+        [
+          ["function", `${t.function} version ${t.version}`],
+          ["status", t.status],
+          ["attempts", t.attempts],
+          ["created", t.created_at],
+          ["started", t.started_at],
+          ["finished", t.finished_at],
+          ["queue wait", fmtMs(t.queued_ms)],
+          ["run", fmtMs(t.run_ms)],
+          ["cold start", t.cold_start == null ? null : `${t.cold_start} (init ${fmtMs(t.init_ms)})`],
+          ["CPU", fmtMs(t.cpu_ms)],
+          ["peak memory", t.peak_memory_bytes == null ? null : fmtBytes(t.peak_memory_bytes)],
+          ["exit code", t.exit_code],
+          ["reason", t.reason],
+          ["message", t.message],
+        ].filter(([, v]) => v != null),
+      ),
+    ];
+    if (FINISHED.has(t.status)) parts.push(...(await taskOutputs(id)));
+    else parts.push(el("p", {}, "not finished yet: this updates when it ends"));
+    parts.push(closeButton(() => closeTask()));
+    if (state.selectedTask === id) box.replaceChildren(...parts);
+  } catch (err) {
+    box.replaceChildren(el("p", {}, explain(err)), closeButton(() => closeTask()));
+  }
+  scheduleRender();
+}
+
+function closeTask() {
+  state.selectedTask = null;
+  $("task-detail").hidden = true;
+  scheduleRender();
+}
+
+/** The result and logs of a finished task, as headed <pre> blocks. */
+async function taskOutputs(id) {
+  const read = async (path, describe) => {
+    try {
+      const res = await request(path);
+      return describe(await res.arrayBuffer());
+    } catch (err) {
+      return explain(err);
+    }
+  };
+  const [result, logs] = await Promise.all([
+    read(`/v1/tasks/${enc(id)}/result`, describeBytes),
+    read(`/v1/tasks/${enc(id)}/logs`, describeBytes),
+  ]);
+  return [
+    el("h3", {}, "result"),
+    el("pre", { class: "result" }, result),
+    el("h3", {}, "logs"),
+    el("pre", { class: "logs" }, logs || "(none)"),
+  ];
+}
+
+// ---- the invoke form ------------------------------------------------------------------------
+
+async function invoke(event) {
+  event.preventDefault();
+  const name = $("invoke-function").value;
+  if (!name) return;
+  const button = $("invoke-submit");
+  const status = $("invoke-status");
+  const out = $("invoke-result");
+  button.disabled = true;
+  status.textContent = `calling ${name}…`;
+  out.textContent = "";
+  try {
+    const res = await request(`/v1/functions/${enc(name)}/invoke`, {
+      method: "POST",
+      headers: { "Content-Type": "application/octet-stream" },
+      body: $("invoke-payload").value,
+    });
+    const id = res.headers.get("x-faasd-task-id") || "?";
+    const body = await res.arrayBuffer();
+    status.textContent = `task ${id} · COMPLETED · ${body.byteLength} bytes`;
+    out.textContent = describeBytes(body);
+  } catch (err) {
+    const id = err.body && err.body.task_id;
+    status.textContent = id ? `task ${id} · FAILED (${err.code})` : `error ${err.status ?? ""} ${err.code ?? ""}`;
+    out.textContent = explain(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- loading the state, the event stream, polling -------------------------------------------
+
+/** Reads the whole state from the JSON API and replaces what the page holds. */
+async function loadAll() {
+  const wanted = {
+    functions: getJSON("/v1/functions"),
+    workers: getJSON("/v1/workers"),
+    latest: getJSON(`/v1/tasks?limit=${SHOWN_TASKS}`),
+    queued: getJSON("/v1/tasks?status=QUEUED&limit=1000"),
+    running: getJSON("/v1/tasks?status=RUNNING&limit=1000"),
+    usage: getJSON("/v1/usage?by=function&since=24h"),
+    health: getJSON("/healthz"),
+  };
+  const keys = Object.keys(wanted);
+  const settled = await Promise.allSettled(Object.values(wanted));
+  const got = Object.fromEntries(keys.map((k, i) => [k, settled[i]]));
+  const errors = settled.filter((s) => s.status === "rejected").map((s) => s.reason);
+  const value = (k) => (got[k].status === "fulfilled" ? got[k].value : null);
+  if (value("functions")) {
+    state.functions = new Map(value("functions").map((f) => [f.name, f]));
+  }
+  if (value("workers")) {
+    state.workers = new Map(value("workers").map((w) => [w.id, normalizeWorker(w)]));
+  }
+  if (value("usage")) {
+    state.usage = new Map(value("usage").rows.map((r) => [r.function, r]));
+  }
+  if (value("latest") && value("queued") && value("running")) replaceTasks(value);
+  const workersHidden = got.workers.status === "rejected" && got.workers.reason.status === 403;
+  const shown = errors.filter((e) => !(workersHidden && e === got.workers.reason));
+  notice(shown.length ? explain(shown[0]) : workersHidden ? "your role may not list the workers" : "");
+  scheduleRender();
+}
+
+function replaceTasks(value) {
+  const selected = state.selectedTask && state.tasks.get(state.selectedTask);
+  state.tasks = new Map();
+  state.recent = [];
+  for (const list of ["running", "queued", "latest"]) {
+    for (const t of value(list).tasks) putTask(t, false);
+  }
+  if (selected && !state.tasks.has(selected.id)) state.tasks.set(selected.id, selected);
+}
+
+function onEvent(type, data) {
+  if (type === "task") {
+    const before = putTask(data, true);
+    if (data.id === state.selectedTask && FINISHED.has(data.status) && !FINISHED.has(before)) {
+      showTask(data.id);
+    }
+  } else if (type === "worker") {
+    if (data.kind === "left") state.workers.delete(data.id);
+    else state.workers.set(data.id, normalizeWorker(data, state.workers.get(data.id)));
+  } else if (type === "function") {
+    if (data.kind === "removed") state.functions.delete(data.name);
+    else refreshFunctions();
+  } else if (type === "dropped") {
+    notice(`the server dropped this page's event stream (${data.message}); reconnecting`);
+  }
+  scheduleRender();
+}
+
+async function refreshFunctions() {
+  try {
+    state.functions = new Map((await getJSON("/v1/functions")).map((f) => [f.name, f]));
+    scheduleRender();
+  } catch (err) {
+    notice(explain(err));
+  }
+}
+
+/** Hands each complete `event:`/`data:` block of `text` to onEvent; returns the unfinished rest. */
+function parseEvents(text) {
+  const blocks = text.replace(/\r\n/g, "\n").split("\n\n");
+  const rest = blocks.pop();
+  for (const block of blocks) {
+    let type = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") type = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length === 0) continue;
+    try {
+      onEvent(type, JSON.parse(data.join("\n")));
+    } catch (err) {
+      console.warn("faasd: unreadable event", type, err);
+    }
+  }
+  return rest;
+}
+
+const stream = { controller: null, retryMs: 1000, timer: null, poller: null, everLive: false };
+
+function setConnection(text) {
+  const badge = $("connection");
+  badge.textContent = text;
+  badge.className = `badge ${text}`;
+}
+
+function startPolling() {
+  if (!stream.poller) stream.poller = setInterval(loadAll, POLL_MS);
+}
+
+function stopPolling() {
+  clearInterval(stream.poller);
+  stream.poller = null;
+}
+
+/** Opens the event stream; on its end, polls and tries again after a growing pause. */
+async function connect() {
+  clearTimeout(stream.timer);
+  const controller = new AbortController();
+  stream.controller = controller;
+  try {
+    const res = await fetch("/v1/events", { headers: headers(), signal: controller.signal, cache: "no-store" });
+    if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+    setConnection("live");
+    stream.everLive = true;
+    stream.retryMs = 1000;
+    stopPolling();
+    loadAll();
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer = parseEvents(buffer + value);
+    }
+  } catch (err) {
+    if (controller.signal.aborted) return;
+  }
+  if (stream.controller !== controller) return;
+  setConnection(stream.everLive ? "reconnecting" : "offline");
+  if (!stream.poller) {
+    loadAll();
+    startPolling();
+  }
+  stream.timer = setTimeout(connect, stream.retryMs);
+  stream.retryMs = Math.min(stream.retryMs * 2, 30000);
+}
+
+function reconnect() {
+  if (stream.controller) stream.controller.abort();
+  stream.retryMs = 1000;
+  stopPolling();
+  connect();
+}
+
+function start() {
+  const box = $("token");
+  box.value = token();
+  box.addEventListener("change", () => {
+    localStorage.setItem(TOKEN_KEY, box.value.trim());
+    reconnect();
+  });
+  $("invoke-form").addEventListener("submit", invoke);
+  for (const id of ["task-filter-function", "task-filter-status"]) {
+    $(id).addEventListener("change", filterChanged);
+  }
+  setInterval(tick, TICK_MS);
+  window.addEventListener("resize", scheduleRender);
+  connect();
+}
+
+/** A new filter also asks the server for the latest tasks that match it. */
+async function filterChanged() {
+  scheduleRender();
+  const fn = $("task-filter-function").value;
+  const status = $("task-filter-status").value;
+  if (!fn && !status) return;
+  try {
+    const list = await getJSON(`/v1/tasks?function=${enc(fn)}&status=${enc(status)}&limit=${SHOWN_TASKS}`);
+    for (const t of list.tasks) putTask(t, false);
+    scheduleRender();
+  } catch (err) {
+    notice(explain(err));
+  }
+}
+
+start();

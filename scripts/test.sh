@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: the layout check (scripts/check-layout.py), unit tests beside the code, the
 # integration tests in tests/ (which start the real faasd binary), and the Python tests of the
-# MPCS FaaS contract (tests/python) and of the Python client (python/tests). What they need
-# (dill, pytest, requests, the client itself, and prometheus-client, whose parser
-# tests/metrics.rs uses) goes into a virtualenv this script makes under target/, never into the
-# system interpreter.
+# MPCS FaaS contract (tests/python) and of the Python client (python/tests), then the dashboard
+# in headless Chromium (scripts/browser-test.py). What they need (dill, pytest, requests, the
+# client itself, and prometheus-client, whose parser tests/metrics.rs uses) goes into a
+# virtualenv this script makes under target/, never into the system interpreter; Chromium comes
+# from Debian (scripts/install-chromium.sh, only when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The shape of src/ (imports one way, no import cycles, short functions, typed errors).
@@ -20,3 +21,9 @@ scripts/chaos.sh --bin target/debug/faasd --short
 PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider tests/python
 PATH="$venv/bin:$PATH" FAASD_SANDBOX=none python -m pytest -q -p no:cacheprovider tests/python
 PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider python/tests
+# The dashboard in a real browser: two workers, two functions, a live task, the invoke form, a
+# phone's width, and a screenshot at target/dashboard.png; bounded at 5 minutes. With
+# --skip-without-dashboard it passes with a notice when `GET /` serves no dashboard.
+scripts/install-chromium.sh
+PATH="$venv/bin:$PATH" timeout 300 python scripts/browser-test.py target/debug/faasd \
+  --skip-without-dashboard

@@ -244,7 +244,7 @@ async fn a_consumer_that_does_not_read_is_dropped_and_the_broker_keeps_its_pace(
     slow.read_exact(&mut head).expect("the answer starts");
     assert_eq!(&head, b"HTTP/1.1 200");
 
-    const TASKS: usize = 3000;
+    const TASKS: usize = 1500;
     let payloads: Vec<String> = (0..500).map(|i| i.to_string()).collect();
     let batch = Bytes::from(serde_json::to_vec(&payloads).expect("json"));
     for _ in 0..TASKS / payloads.len() {

@@ -235,6 +235,56 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Answer, Error> {
+        let response = self.send(method, path, content_type, headers, body).await?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|cause| Error::ReadAnswer { cause })?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// `GET path` of an event stream (`GET /v1/events`): the answer's body is read event by
+    /// event as it arrives. An error answer is read whole and returned as [`Error::Answered`].
+    pub async fn events(&self, path: &str) -> Result<EventStream, Error> {
+        let accept = [("accept", "text/event-stream")];
+        let response = self
+            .send(Method::GET, path, None, &accept, Bytes::new())
+            .await?;
+        let (parts, body) = response.into_parts();
+        if !parts.status.is_success() {
+            let body = body
+                .collect()
+                .await
+                .map_err(|cause| Error::ReadAnswer { cause })?
+                .to_bytes();
+            let answer = Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            };
+            return Err(answer.into_error());
+        }
+        Ok(EventStream {
+            body,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Sends a request and returns the answer with its body unread.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -253,25 +303,13 @@ impl Client {
                 path: path.to_owned(),
                 cause,
             })?;
-        let response = self
-            .http
+        self.http
             .request(request)
             .await
             .map_err(|cause| Error::Unreachable {
                 url: self.base.clone(),
                 cause,
-            })?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|cause| Error::ReadAnswer { cause })?
-            .to_bytes();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+            })
     }
 
     /// `GET path`.
@@ -288,6 +326,66 @@ impl Client {
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<Answer, Error> {
         self.request(Method::DELETE, path, None, Bytes::new()).await
+    }
+}
+
+/// One Server-Sent Event: its type (`message` when the server gave none) and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// The `event:` field.
+    pub event: String,
+    /// The `data:` lines, joined by line breaks.
+    pub data: String,
+}
+
+/// An open event stream, read one event at a time.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    /// Bytes received and not yet parsed into an event.
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server ended the stream. Comments (keepalives) are
+    /// skipped.
+    pub async fn next(&mut self) -> Result<Option<ServerEvent>, Error> {
+        loop {
+            if let Some(event) = take_event(&mut self.buffer) {
+                return Ok(Some(event));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|cause| Error::ReadAnswer { cause })?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// Takes the first whole event (up to a blank line) off `buffer`, skipping blocks that hold
+/// only comments; `None` until a whole event with data has arrived.
+fn take_event(buffer: &mut Vec<u8>) -> Option<ServerEvent> {
+    loop {
+        let end = buffer.windows(2).position(|w| w == b"\n\n")?;
+        let block: Vec<u8> = buffer.drain(..end + 2).collect();
+        let block = String::from_utf8_lossy(&block);
+        let mut event = String::from("message");
+        let mut data: Vec<&str> = Vec::new();
+        for line in block.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                event = value.trim_start().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push(value.strip_prefix(' ').unwrap_or(value));
+            }
+        }
+        if !data.is_empty() {
+            return Some(ServerEvent {
+                event,
+                data: data.join("\n"),
+            });
+        }
     }
 }
 
@@ -462,5 +560,25 @@ mod tests {
             "{message}"
         );
         assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn server_events_are_cut_at_blank_lines_and_comments_are_skipped() {
+        let mut buffer = b": keepalive\n\nevent: task\ndata: {\"a\":1}\n\nevent: wor".to_vec();
+        assert_eq!(
+            take_event(&mut buffer),
+            Some(ServerEvent {
+                event: "task".into(),
+                data: "{\"a\":1}".into(),
+            })
+        );
+        assert_eq!(take_event(&mut buffer), None);
+        buffer.extend_from_slice(b"ker\ndata:x\ndata: y\n\n");
+        let event = take_event(&mut buffer).expect("a whole event");
+        assert_eq!(
+            (event.event.as_str(), event.data.as_str()),
+            ("worker", "x\ny")
+        );
+        assert!(buffer.is_empty());
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -320,6 +320,26 @@ pub enum Frame {
         /// What the compiler said.
         verdict: CompileVerdict,
     },
+    /// Worker → server, after each `Heartbeat`: the machine's health, read from `/proc`.
+    Health(Health),
+}
+
+/// A worker machine's health, as its heartbeats carry it: whole-machine figures read from
+/// `/proc/stat`, `/proc/meminfo` and `/proc/loadavg` (zero where they cannot be read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// CPU busy over the last heartbeat period, in percent of the whole machine (0 to 100).
+    pub cpu_percent: f64,
+    /// Memory in use: `MemTotal` − `MemAvailable`, in bytes.
+    pub memory_used_bytes: u64,
+    /// `MemTotal`, in bytes.
+    pub memory_total_bytes: u64,
+    /// The 1-minute load average.
+    pub load1: f64,
+    /// The 5-minute load average.
+    pub load5: f64,
+    /// The 15-minute load average.
+    pub load15: f64,
 }
 
 /// What compiling a Python module (without running it) found: nothing wrong, a syntax error
@@ -659,6 +679,24 @@ mod tests {
             },
             "0d0301014501020001740100",
         );
+        golden(
+            Frame::Health(Health {
+                cpu_percent: 0.5,
+                memory_used_bytes: 3,
+                memory_total_bytes: 4,
+                load1: 1.0,
+                load5: 2.0,
+                load15: 0.0,
+            }),
+            concat!(
+                "0e",
+                "000000000000e03f",
+                "0304",
+                "000000000000f03f",
+                "0000000000000040",
+                "0000000000000000"
+            ),
+        );
     }
 
     #[tokio::test]
@@ -764,7 +802,7 @@ mod tests {
 
     #[test]
     fn an_unknown_frame_variant_does_not_decode() {
-        assert!(matches!(decode(&[0x0c]), Err(Error::Decode { len: 1, .. })));
+        assert!(matches!(decode(&[0x0f]), Err(Error::Decode { len: 1, .. })));
     }
 
     #[test]

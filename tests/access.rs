@@ -149,6 +149,11 @@ const TABLE: &[Row] = &[
         [200, 200, 200, 403, 403, 401, 401, 200],
     ),
     row(
+        "GET",
+        "/v1/events",
+        [200, 200, 200, 200, 200, 401, 401, 200],
+    ),
+    row(
         "POST",
         "/v1/users",
         [201, 403, 403, 403, 403, 401, 401, 403],
@@ -438,6 +443,22 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
                 &plain
             };
             let (method, path, body) = fixture.request(row.method, row.path, *who).await;
+            if row.path == "/v1/events" {
+                // A stream that does not end: its status is the answer.
+                let got = match fixture.client(*who).events(&path).await {
+                    Ok(_) => (200, None),
+                    Err(faasd::client::Error::Answered { status, code, .. }) => {
+                        (status.as_u16(), code.map(|c| format!("{c:?}")))
+                    }
+                    Err(e) => panic!("GET /v1/events as {who:?}: {e}"),
+                };
+                if got.0 != expected {
+                    wrong.push(format!(
+                        "GET /v1/events as {who:?}: {got:?} (expected {expected})"
+                    ));
+                }
+                continue;
+            }
             let content_type = (!body.is_empty()).then_some("application/json");
             let answer = fixture
                 .client(*who)

@@ -341,3 +341,66 @@ async fn sigterm_drains_a_worker_it_finishes_its_task_and_takes_no_new_one() {
     assert_eq!(task["attempts"], 1, "{task}");
     assert_eq!(status(&client, &waiting).await["status"], "QUEUED");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_and_remote_workers_report_their_machines_health() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let client = server.client();
+    let remote = Worker::start(&server.worker_addr, "remote-health", 1, "pull");
+    let reported = eventually(
+        "both workers' health reports",
+        Duration::from_secs(20),
+        || async {
+            let list = common::workers(&client).await;
+            let all = list.len() == 2 && list.iter().all(|w| w["cpu_percent"].is_f64());
+            if all {
+                Ok(list)
+            } else {
+                Err(serde_json::Value::from(list))
+            }
+        },
+    )
+    .await;
+    for w in &reported {
+        let cpu = w["cpu_percent"].as_f64().expect("cpu_percent");
+        assert!((0.0..=100.0).contains(&cpu), "{w}");
+        let total = w["memory_total_bytes"]
+            .as_u64()
+            .expect("memory_total_bytes");
+        let used = w["memory_used_bytes"].as_u64().expect("memory_used_bytes");
+        assert!(total > 0 && used <= total, "{w}");
+        assert!(w["load1"].as_f64().is_some_and(|l| l >= 0.0), "{w}");
+        assert!(w["last_heartbeat_ms"].as_u64() > Some(0), "{w}");
+        assert_eq!(w["state"], "ready", "{w}");
+    }
+    assert!(
+        reported.iter().any(|w| w["address"] == "local"),
+        "{reported:?}"
+    );
+
+    let table = server.cli(&["workers"]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    let header = table.lines().next().expect("a header");
+    for column in ["CPU", "MEMORY", "LOAD"] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(table.contains('%') && table.contains("MiB"), "{table}");
+
+    // A worker that stops heartbeating shows as stale before the server drops it.
+    kill(remote.pid(), Signal::SIGSTOP).expect("stop worker");
+    eventually(
+        "the frozen worker to show as stale",
+        Duration::from_secs(20),
+        || async {
+            let list = common::workers(&client).await;
+            let frozen = list.iter().find(|w| w["name"] == "remote-health");
+            match frozen {
+                Some(w) if w["state"] == "stale" => Ok(()),
+                _ => Err(serde_json::Value::from(list)),
+            }
+        },
+    )
+    .await;
+    wait_workers(&client, 1).await;
+}

@@ -13,7 +13,8 @@
 //! | `POST /v1/tasks/{id}/replay` | a new task of the same version and payload |
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
-//! | `GET /v1/workers`, `GET /healthz` | workers, health |
+//! | `GET /v1/workers`, `GET /healthz` | workers (with their machines' health), health |
+//! | `GET /v1/events[?function=NAME]` | live task, worker and function events (Server-Sent Events) |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text; admins and developers, or anyone with `serve --metrics-open`) |
 //! | `GET /`, `GET /assets/app.js`, `GET /assets/app.css` | the dashboard (`dashboard.rs`), open to all |
 //! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |
@@ -25,6 +26,7 @@ mod batch;
 mod code;
 mod dashboard;
 mod error;
+mod events;
 mod functions;
 #[cfg(test)]
 mod fuzz;
@@ -140,6 +142,7 @@ fn route_list() -> Vec<Route> {
         ("GET", "/v1/tasks/{id}/payload", get(versions::payload)),
         ("POST", "/v1/tasks/{id}/replay", post(versions::replay)),
         ("GET", "/v1/workers", get(workers)),
+        ("GET", "/v1/events", get(events::events)),
         ("GET", "/v1/usage", get(usage::usage)),
         ("POST", "/v1/users", post(users::add)),
         ("GET", "/v1/users", get(users::list)),
@@ -393,6 +396,11 @@ pub(super) mod tests {
                 .insert(axum::extract::ConnectInfo(peer));
             let response = app.clone().oneshot(request).await.expect("an answer");
             let status = response.status();
+            if path == "/v1/events" {
+                // A stream that never ends by itself: its status is the answer.
+                assert_eq!(status, StatusCode::OK, "{method} {uri}");
+                continue;
+            }
             let body = axum::body::to_bytes(response.into_body(), 1 << 16)
                 .await
                 .expect("body");

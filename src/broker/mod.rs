@@ -12,6 +12,7 @@
 //! payload until it ends: its caller's connection holds the request body anyway.
 
 mod checks;
+pub mod events;
 mod outbox;
 mod session;
 mod state;
@@ -28,6 +29,8 @@ use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
 pub use checks::WorkerCheck;
+pub use events::{DEFAULT_EVENT_BUFFER, Event};
+use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};
 pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 
@@ -115,14 +118,14 @@ pub struct WorkerView {
     pub done: u64,
     /// When it last heartbeat (RFC 3339).
     pub last_heartbeat: String,
-    /// Whether it takes new tasks (`ready` or `draining` in JSON).
+    /// Whether it takes new tasks (`ready` or `draining`), or has stopped heartbeating
+    /// (`stale`).
     pub state: WorkerState,
-    /// CPU use of its machine, 0 to 100 (`null` before its first health report).
-    pub cpu_percent: Option<f64>,
-    /// Memory in use on its machine, total − available (`null` before its first health report).
-    pub memory_used_bytes: Option<u64>,
-    /// Memory of its machine (`null` before its first health report).
-    pub memory_total_bytes: Option<u64>,
+    /// Its machine's health as last reported (null fields before the first report).
+    #[serde(flatten)]
+    pub health: HealthView,
+    /// When it last heartbeat (Unix ms; its join time before the first).
+    pub last_heartbeat_ms: u64,
 }
 
 /// Whether a worker takes new tasks.
@@ -133,6 +136,8 @@ pub enum WorkerState {
     Ready,
     /// It finishes what it runs and takes nothing new.
     Draining,
+    /// It has not heartbeat for two periods (the server drops it at three).
+    Stale,
 }
 
 /// Counters for `/healthz` and the CLI.
@@ -161,15 +166,25 @@ struct Inner {
     settled: Notify,
     /// Code checks waiting for a worker's answer.
     checks: Mutex<checks::Checks>,
+    /// Where live events are published (the state holds a clone).
+    events: Events,
 }
 
 impl Broker {
     /// Starts the broker over `store`: loads the live functions and puts every task that was
     /// QUEUED or RUNNING when the store was last closed back in its queue, in arrival order.
     pub async fn start(store: Store) -> Result<Broker, Error> {
+        Broker::start_with_events(store, DEFAULT_EVENT_BUFFER).await
+    }
+
+    /// [`Broker::start`], with a live event channel of `event_buffer` events: a consumer that
+    /// falls that far behind is dropped.
+    pub async fn start_with_events(store: Store, event_buffer: usize) -> Result<Broker, Error> {
         let functions = store.functions().await?;
         let last_seq = store.last_seq().await?;
         let mut state = State::new(last_seq);
+        state.events = Events::new(event_buffer);
+        let events = state.events.clone();
         for f in functions {
             state.set_function(Arc::new(f));
         }
@@ -180,6 +195,7 @@ impl Broker {
                 state: Mutex::new(state),
                 settled: Notify::new(),
                 checks: Mutex::default(),
+                events,
             }),
         };
         for record in failed {
@@ -225,6 +241,24 @@ impl Broker {
         &self.inner.store
     }
 
+    /// A new consumer of the live events, from now on. It must keep up: once it is more than
+    /// the event buffer behind, its next read says it lagged.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Fires when the server stops: event streams end then rather than hold up the shutdown.
+    pub fn events_closed(&self) -> tokio_util::sync::CancellationToken {
+        self.inner.events.closed()
+    }
+
+    /// Publishes a function's change.
+    fn function_changed(&self, change: FunctionChange, func: &FunctionRecord) {
+        self.inner
+            .events
+            .publish(|| Event::Function(FunctionEvent::of(change, func)));
+    }
+
     /// Registers a new version of a function and returns it with its assigned version.
     pub async fn register(
         &self,
@@ -244,6 +278,8 @@ impl Broker {
         state.set_function(record.clone());
         state.prewarm_all(&record);
         state.dispatch(&self.inner.store);
+        drop(state);
+        self.function_changed(FunctionChange::Registered, &record);
         Ok(record)
     }
 
@@ -275,6 +311,8 @@ impl Broker {
         state.replace_function(record.clone());
         state.prewarm_all(&record);
         state.dispatch(&self.inner.store);
+        drop(state);
+        self.function_changed(FunctionChange::Rollback, &record);
         Ok(record)
     }
 
@@ -306,6 +344,8 @@ impl Broker {
         for worker in state.workers.values() {
             worker.retire(&func);
         }
+        drop(state);
+        self.function_changed(FunctionChange::Removed, &func);
         Ok(func)
     }
 
@@ -523,10 +563,14 @@ impl Broker {
             heartbeat_ms: heartbeat.as_millis() as u32,
         });
         let outbox = outbox::start(self.clone(), id, frames);
-        let worker = WorkerEntry::new(name, address, slots, mode, outbox);
+        let mut worker = WorkerEntry::new(name, address, slots, mode, outbox);
+        worker.heartbeat_period = heartbeat;
         for func in state.functions.values() {
             worker.prewarm(func);
         }
+        self.inner
+            .events
+            .publish(|| worker.event(id, WorkerChange::Joined));
         state.workers.insert(id, worker);
         state.dispatch(&self.inner.store);
         id
@@ -537,6 +581,11 @@ impl Broker {
     pub(crate) fn detach_worker(&self, id: u64) {
         self.forget_checks_of(Some(id));
         let mut state = self.lock();
+        if let Some(worker) = state.workers.get(&id) {
+            self.inner
+                .events
+                .publish(|| worker.event(id, WorkerChange::Left));
+        }
         let lost = state.detach_worker(id, &self.inner.store);
         state.dispatch(&self.inner.store);
         drop(state);
@@ -579,6 +628,11 @@ impl Broker {
     /// Records a heartbeat from a worker.
     pub(crate) fn heartbeat(&self, worker: u64) {
         self.lock().heartbeat(worker);
+    }
+
+    /// Records a worker's health report (it follows each heartbeat) and publishes it.
+    pub(crate) fn health(&self, worker: u64, health: crate::proto::Health) {
+        self.lock().health(worker, health);
     }
 
     /// Revokes expired leases every `period` until `cancel` fires. At a tick that finds the
@@ -683,12 +737,15 @@ impl Broker {
                     }
                 }
             };
-            let waiters = broker
-                .lock()
-                .tasks
-                .remove(&task_id)
-                .map(|a| a.waiters)
-                .unwrap_or_default();
+            let active = broker.lock().tasks.remove(&task_id);
+            if let (Some(active), Ok(finished)) = (&active, &outcome) {
+                let owner = active.func.owner;
+                broker
+                    .inner
+                    .events
+                    .publish(|| Event::Task(TaskEvent::of(&finished.record, owner)));
+            }
+            let waiters = active.map(|a| a.waiters).unwrap_or_default();
             for w in waiters {
                 let _ = w.send(outcome.clone());
             }
@@ -730,6 +787,8 @@ impl Broker {
         let mut state = self.lock();
         state.accepting = false;
         state.dispatching = false;
+        drop(state);
+        self.inner.events.close();
     }
 
     /// Waits until no task is running, or `deadline` passes; returns the number still running.
@@ -783,9 +842,9 @@ impl Broker {
                     name: view.name,
                     slots: u64::from(view.slots),
                     running: view.running as u64,
-                    cpu_percent: view.cpu_percent,
-                    memory_used_bytes: view.memory_used_bytes,
-                    memory_total_bytes: view.memory_total_bytes,
+                    cpu_percent: view.health.cpu_percent,
+                    memory_used_bytes: view.health.memory_used_bytes,
+                    memory_total_bytes: view.health.memory_total_bytes,
                 }
             })
             .collect();
@@ -964,9 +1023,8 @@ mod tests {
             done: 5,
             last_heartbeat: "1970-01-01T00:00:00Z".into(),
             state: WorkerState::Draining,
-            cpu_percent: None,
-            memory_used_bytes: None,
-            memory_total_bytes: None,
+            health: HealthView::default(),
+            last_heartbeat_ms: 0,
         };
         let json = serde_json::to_value(&view).expect("serialize");
         assert_eq!(
@@ -984,6 +1042,10 @@ mod tests {
                 "cpu_percent": null,
                 "memory_used_bytes": null,
                 "memory_total_bytes": null,
+                "load1": null,
+                "load5": null,
+                "load15": null,
+                "last_heartbeat_ms": 0,
             })
         );
         let ready = WorkerView {

@@ -1,7 +1,7 @@
 //! The server side of one worker connection: the handshake ([`handshake`], with the join-token
 //! check of [`Admission`]), then a loop that
 //! hands each frame from the worker to a handler named after it (`on_report`, `on_fetch_code`,
-//! `on_heartbeat`, `on_pull`, `on_drain`) until the connection ends, when the worker's leased
+//! `on_heartbeat` and its `Health`, `on_pull`, `on_drain`) until the connection ends, when the worker's leased
 //! tasks are handed back to the broker.
 
 use std::sync::Arc;
@@ -240,6 +240,7 @@ impl Session {
             Frame::Report(report) => self.on_report(report),
             Frame::FetchCode { hash } => self.on_fetch_code(hash),
             Frame::Heartbeat { .. } => self.on_heartbeat(),
+            Frame::Health(health) => self.broker.health(self.id, health),
             Frame::Pull { slots } => self.on_pull(slots),
             Frame::Drain => self.on_drain(),
             Frame::CodeChecked { check, verdict } => {

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::events::{Event, Events, HealthView, TaskEvent, WorkerChange, WorkerEvent};
 use super::outbox::{Outbound, Outbox};
 use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
-    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Outcome, Prewarm, Report, WarmSpec,
+    Assignment, CodeHash, DispatchMode, FailureReason, Frame, Health, Outcome, Prewarm, Report,
+    WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::{now_ms, rfc3339};
@@ -33,7 +35,7 @@ pub(super) struct Active {
     pub record: TaskRecord,
     /// The payload, or `None` while it waits in the store.
     payload: Option<Bytes>,
-    func: Arc<FunctionRecord>,
+    pub func: Arc<FunctionRecord>,
     lease: u64,
     worker: Option<u64>,
     /// When the current lease expires: the function's timeout plus [`LEASE_GRACE`].
@@ -129,7 +131,15 @@ pub(super) struct WorkerEntry {
     revoked: HashSet<u128>,
     /// When the worker last heartbeat (Unix ms; its join time before the first).
     last_heartbeat_ms: u64,
+    /// How often it was asked to heartbeat.
+    pub heartbeat_period: Duration,
+    /// Its machine's health as last reported (`None` before the first report).
+    pub health: Option<Health>,
 }
+
+/// How many heartbeat periods without a heartbeat make a worker `stale` (the session drops it
+/// at three periods of silence, so it shows as stale for the last of them).
+const STALE_AFTER_PERIODS: u64 = 2;
 
 impl WorkerEntry {
     pub fn new(
@@ -152,6 +162,40 @@ impl WorkerEntry {
             draining: false,
             revoked: HashSet::new(),
             last_heartbeat_ms: now_ms(),
+            heartbeat_period: Duration::from_secs(1),
+            health: None,
+        }
+    }
+
+    /// The event of `change` to this worker (of id `id`), with its state now.
+    pub fn event(&self, id: u64, change: WorkerChange) -> Event {
+        let health = HealthView::from(self.health);
+        Event::Worker(WorkerEvent {
+            kind: change,
+            id,
+            name: self.name.clone(),
+            address: self.address.clone(),
+            mode: self.mode,
+            slots: self.slots,
+            running: self.running.len(),
+            cpu_percent: health.cpu_percent,
+            memory_used_bytes: health.memory_used_bytes,
+            memory_total_bytes: health.memory_total_bytes,
+            load1: health.load1,
+            last_heartbeat_ms: self.last_heartbeat_ms,
+        })
+    }
+
+    /// Whether the worker is draining, silent past [`STALE_AFTER_PERIODS`], or ready, at
+    /// `now_ms`.
+    fn state_at(&self, now_ms: u64) -> WorkerState {
+        let period_ms = self.heartbeat_period.as_millis() as u64;
+        if self.draining {
+            WorkerState::Draining
+        } else if now_ms.saturating_sub(self.last_heartbeat_ms) > STALE_AFTER_PERIODS * period_ms {
+            WorkerState::Stale
+        } else {
+            WorkerState::Ready
         }
     }
 
@@ -215,14 +259,9 @@ impl WorkerEntry {
             running: self.running.len(),
             done: self.done,
             last_heartbeat: rfc3339(self.last_heartbeat_ms),
-            state: if self.draining {
-                WorkerState::Draining
-            } else {
-                WorkerState::Ready
-            },
-            cpu_percent: None,
-            memory_used_bytes: None,
-            memory_total_bytes: None,
+            state: self.state_at(now_ms()),
+            health: HealthView::from(self.health),
+            last_heartbeat_ms: self.last_heartbeat_ms,
         }
     }
 }
@@ -275,6 +314,8 @@ pub(super) struct State {
     pub dispatching: bool,
     /// Bytes of payloads that left memory for the store since the heap was last trimmed.
     pub released_bytes: usize,
+    /// Where task state changes are published.
+    pub events: Events,
 }
 
 impl State {
@@ -294,6 +335,7 @@ impl State {
             accepting: true,
             dispatching: true,
             released_bytes: 0,
+            events: Events::default(),
         }
     }
 
@@ -389,6 +431,8 @@ impl State {
         let seq = active.record.seq;
         let name = active.record.function.clone();
         let func = active.func.clone();
+        self.events
+            .publish(|| Event::Task(TaskEvent::of(&active.record, func.owner)));
         self.tasks.insert(id, active);
         self.insert_waiting(&func, id, seq);
         self.make_runnable(&name);
@@ -541,6 +585,9 @@ impl State {
         store.write_later(Write::Update {
             record: active.record.clone(),
         });
+        let owner = active.func.owner;
+        self.events
+            .publish(|| Event::Task(TaskEvent::of(&active.record, owner)));
         item
     }
 
@@ -733,6 +780,8 @@ impl State {
             store.write_later(Write::Update {
                 record: active.record.clone(),
             });
+            self.events
+                .publish(|| Event::Task(TaskEvent::of(&active.record, func.owner)));
             self.release(worker_id, id, &func.name, false);
             self.insert_waiting(&func, id, seq);
             self.make_runnable(&func.name);
@@ -751,6 +800,15 @@ impl State {
     pub fn heartbeat(&mut self, worker_id: u64) {
         if let Some(w) = self.workers.get_mut(&worker_id) {
             w.last_heartbeat_ms = now_ms();
+        }
+    }
+
+    /// Records a worker's health report and publishes it.
+    pub fn health(&mut self, worker_id: u64, health: Health) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.health = Some(health);
+            self.events
+                .publish(|| w.event(worker_id, WorkerChange::Health));
         }
     }
 }

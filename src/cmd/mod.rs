@@ -21,6 +21,7 @@ mod tasks;
 mod usage;
 mod user;
 mod versions;
+mod watch;
 mod worker;
 mod workers;
 
@@ -197,6 +198,8 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// Print a shell completion script (bash, zsh or fish) to stdout.
     Completions(completions::CompletionsArgs),
+    /// Print live events (task state changes, workers, functions) as lines or JSON lines.
+    Watch(watch::WatchArgs),
 }
 
 /// Starts tracing to stderr with `RUST_LOG` filtering (default `info`).
@@ -237,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Revoke(args) => grant::revoke(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Completions(args) => completions::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// How often the retention purge looks for expired tasks once it has caught up.
     #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub purge_interval: Duration,
+    /// How many live events (`GET /v1/events`) the server holds for a consumer that is behind;
+    /// one that falls further behind gets a `dropped` event and its stream is closed.
+    #[arg(long, default_value_t = crate::broker::DEFAULT_EVENT_BUFFER, value_parser = clap::value_parser!(usize))]
+    pub event_buffer: usize,
 }
 
 /// Runs `faasd serve` until SIGINT or SIGTERM.
@@ -309,7 +313,7 @@ async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
         .with_context(|| format!("cannot resolve {}", args.data.display()))?;
     store.watch_free_space(args.min_free_space.map(|b| b as u64));
     store.set_quick_repair(args.quick_repair);
-    let broker = Broker::start(store.clone())
+    let broker = Broker::start_with_events(store.clone(), args.event_buffer)
         .await
         .context("cannot load the store")?;
     Ok((store, broker))

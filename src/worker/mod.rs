@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod envs;
+pub mod health;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -305,8 +306,8 @@ struct Session {
     heartbeat: Heartbeat,
 }
 
-/// The task that tells the server, every period, that this worker is alive and how many tasks
-/// it runs. It is a timer of its own that does nothing else, so frames, tasks and executor
+/// The task that tells the server, every period, that this worker is alive, how many tasks
+/// it runs, and how its machine is doing (a `Health` frame after each `Heartbeat`). It is a timer of its own that does nothing else, so frames, tasks and executor
 /// starts cannot delay it; it holds the outbound channel only weakly, and stops when dropped.
 struct Heartbeat(tokio::task::JoinHandle<()>);
 
@@ -316,12 +317,15 @@ impl Heartbeat {
         Heartbeat(tokio::spawn(async move {
             let mut beat = tokio::time::interval(period);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut health = health::Sampler::new();
             loop {
                 beat.tick().await;
                 let running = agent.running.load(Ordering::Relaxed);
-                let sent = frames
-                    .upgrade()
-                    .is_some_and(|tx| tx.send(Frame::Heartbeat { running }).is_ok());
+                let sample = health.sample();
+                let sent = frames.upgrade().is_some_and(|tx| {
+                    tx.send(Frame::Heartbeat { running }).is_ok()
+                        && tx.send(Frame::Health(sample)).is_ok()
+                });
                 if !sent {
                     return;
                 }

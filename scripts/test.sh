@@ -22,8 +22,6 @@ PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider tests/python
 PATH="$venv/bin:$PATH" FAASD_SANDBOX=none python -m pytest -q -p no:cacheprovider tests/python
 PATH="$venv/bin:$PATH" python -m pytest -q -p no:cacheprovider python/tests
 # The dashboard in a real browser: two workers, two functions, a live task, the invoke form, a
-# phone's width, and a screenshot at target/dashboard.png; bounded at 5 minutes. With
-# --skip-without-dashboard it passes with a notice when `GET /` serves no dashboard.
+# phone's width, and a screenshot at target/dashboard.png; bounded at 5 minutes.
 scripts/install-chromium.sh
-PATH="$venv/bin:$PATH" timeout 300 python scripts/browser-test.py target/debug/faasd \
-  --skip-without-dashboard
+PATH="$venv/bin:$PATH" timeout 300 python scripts/browser-test.py target/debug/faasd

@@ -3,10 +3,10 @@
 # same run with the dashboard open in headless Chromium (its live event stream) and `/metrics`
 # scraped every second, alternated ROUNDS times (default 3) on one server, so the machine's noise
 # falls on both. Prints each run's line and the ratio of the medians.
-# Usage: scripts/bench-observed.sh [ROUNDS]
+# Usage: [ROUNDS=3] scripts/bench-observed.sh [extra `faasd serve` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-3}"
+rounds="${ROUNDS:-3}"
 source scripts/bench-env.sh
 source scripts/bench-server.sh
 scripts/install-chromium.sh

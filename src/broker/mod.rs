@@ -274,13 +274,22 @@ impl Broker {
             })
             .await?;
         let record = Arc::new(FunctionRecord { version, ..record });
+        self.make_live(&record, FunctionChange::Registered);
+        Ok(record)
+    }
+
+    /// Makes `record` its name's live version in memory (a new one, or a kept one again for a
+    /// rollback), tells the workers to keep it warm, and announces the change.
+    fn make_live(&self, record: &Arc<FunctionRecord>, change: FunctionChange) {
         let mut state = self.lock();
-        state.set_function(record.clone());
-        state.prewarm_all(&record);
+        match change {
+            FunctionChange::Rollback => state.replace_function(record.clone()),
+            _ => state.set_function(record.clone()),
+        }
+        state.prewarm_all(record);
         state.dispatch(&self.inner.store);
         drop(state);
-        self.function_changed(FunctionChange::Registered, &record);
-        Ok(record)
+        self.function_changed(change, record);
     }
 
     /// Makes a kept version of a function its live one again: the store's head, the record
@@ -307,12 +316,7 @@ impl Broker {
         if applied != version {
             return Err(unknown());
         }
-        let mut state = self.lock();
-        state.replace_function(record.clone());
-        state.prewarm_all(&record);
-        state.dispatch(&self.inner.store);
-        drop(state);
-        self.function_changed(FunctionChange::Rollback, &record);
+        self.make_live(&record, FunctionChange::Rollback);
         Ok(record)
     }
 

@@ -304,27 +304,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::proto::{Isolation, Runtime};
     use crate::store::values::{Kind, MIN_BYTES};
     use crate::store::{FunctionRecord, TaskStatus, Write};
 
     fn function(name: &str, hash: u8) -> FunctionRecord {
         FunctionRecord {
-            name: name.into(),
-            version: 0,
-            runtime: Runtime::Shell,
             code_hash: [hash; 32],
             code_bytes: 1,
-            timeout_ms: 1000,
-            concurrency: None,
-            queue_limit: 10,
-            max_attempts: 1,
-            env: Vec::new(),
-            created_ms: 0,
-            warm: None,
-            isolation: Isolation::default(),
-            owner: 0,
-            display_name: None,
+            ..crate::store::writer::tests::function(name)
         }
     }
 

@@ -776,7 +776,7 @@ fn encode<T: serde::Serialize>(table: &'static str, record: &T) -> Result<Vec<u8
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The writer driven in-process: ops are queued first, then [`run`] applies them on the
     //! test's own thread, so what one batch holds is known.
 
@@ -800,7 +800,8 @@ mod tests {
         Values::open(dir.path()).expect("value files")
     }
 
-    fn function(name: &str) -> FunctionRecord {
+    /// A shell function `name` with a fixed code hash, for the store's tests.
+    pub(in crate::store) fn function(name: &str) -> FunctionRecord {
         FunctionRecord {
             name: name.into(),
             version: 0,

@@ -203,7 +203,9 @@ async fn the_store_file_levels_off_under_a_steady_load() {
         last <= early * 3 / 2,
         "the file grew from {early} to {last} bytes: {sizes:?}"
     );
-    assert!(last < written / 2, "{last} bytes for {written} written");
+    // Well under what went through: the file holds the retained rounds (payload and result each,
+    // both kept until the purge) and the pages redb has yet to reuse, not every round.
+    assert!(last < written * 3 / 4, "{last} bytes for {written} written");
 }
 
 /// An old version whose tasks were purged, and that was replaced longer ago than the

@@ -194,6 +194,8 @@ pub struct Live {
 pub struct FunctionLevel {
     /// The function's name.
     pub name: String,
+    /// Its owner (who may see these levels outside `/metrics`).
+    pub owner: u32,
     /// Tasks waiting in its queue.
     pub queued: u64,
     /// Tasks leased to workers.
@@ -373,6 +375,7 @@ mod tests {
         Live {
             functions: vec![FunctionLevel {
                 name: "f".into(),
+                owner: 1,
                 queued: 3,
                 running: 1,
             }],

@@ -825,18 +825,7 @@ impl Broker {
     /// worker's slots and health), taken in one hold of the lock.
     pub fn live_metrics(&self) -> Live {
         let state = self.lock();
-        let functions = state
-            .functions
-            .keys()
-            .map(|name| {
-                let queue = state.queues.get(name);
-                FunctionLevel {
-                    name: name.clone(),
-                    queued: queue.map_or(0, |q| q.waiting.len() as u64),
-                    running: queue.map_or(0, |q| u64::from(q.running_now())),
-                }
-            })
-            .collect();
+        let functions = function_levels(&state);
         let workers = state
             .workers
             .iter()
@@ -853,6 +842,11 @@ impl Broker {
             })
             .collect();
         Live { functions, workers }
+    }
+
+    /// Every live function's queued and running tasks now.
+    pub fn function_levels(&self) -> Vec<FunctionLevel> {
+        function_levels(&self.lock())
     }
 
     /// Every connected worker.
@@ -1009,6 +1003,25 @@ fn queued_record(
         caller,
         ..TaskRecord::queued(id, seq, func.name.clone(), func.version)
     }
+}
+
+/// Every live function's queued and running tasks in `state`, by name.
+fn function_levels(state: &State) -> Vec<FunctionLevel> {
+    let mut levels: Vec<FunctionLevel> = state
+        .functions
+        .iter()
+        .map(|(name, func)| {
+            let queue = state.queues.get(name);
+            FunctionLevel {
+                name: name.clone(),
+                owner: func.owner,
+                queued: queue.map_or(0, |q| q.waiting.len() as u64),
+                running: queue.map_or(0, |q| u64::from(q.running_now())),
+            }
+        })
+        .collect();
+    levels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    levels
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 // The faasd dashboard. It reads the same JSON API and event stream as any client: the initial
 // state from GET /healthz, /v1/functions, /v1/workers, /v1/tasks and /v1/usage, then every change
-// from GET /v1/events (Server-Sent Events, read with fetch() and a stream reader because
-// EventSource cannot send the Authorization header). While the stream is down it polls the JSON
+// from GET /v1/events?tasks=summary (Server-Sent Events, read with fetch() and a stream reader
+// because EventSource cannot send the Authorization header). The summary form sends one `tasks`
+// event a second (what ended, sampled run times, queue levels, the newest tasks) rather than
+// one event per task change, so that a busy server is cheap to watch. While the stream is down it polls the JSON
 // API every few seconds; while it is up it sends nothing but what the person asks for.
 //
 // Every server string reaches the page through textContent (the el() helper), never as HTML.
@@ -34,6 +36,7 @@ const state = {
   counted: new Set(), // ids whose end is in buckets and latencies
   latencies: [], // run_ms of the latest finished tasks, all functions
   fnLatencies: new Map(), // name -> run_ms of its latest finished tasks
+  levels: new Map(), // name -> {QUEUED, RUNNING} from the summaries, for functions the server reports
   selectedTask: null,
   selectedFunction: null,
 };
@@ -142,8 +145,9 @@ function normalizeWorker(w, before = {}) {
 
 // ---- the task map, counts, the chart's buckets and latencies --------------------------------
 
-/** Puts a task in the map; counts its end once. Returns the status it had before. */
-function putTask(raw, fromEvent) {
+/** Puts a task in the map; counts its end once unless `counted` (a summary counts ends itself).
+ * Returns the status it had before. */
+function putTask(raw, fromEvent, counted = false) {
   const before = state.tasks.get(raw.id);
   const task = normalizeTask(raw, before);
   state.tasks.set(task.id, task);
@@ -151,9 +155,8 @@ function putTask(raw, fromEvent) {
     state.recent.push(task.id);
     state.recentSorted = false;
   }
-  if (FINISHED.has(task.status) && !state.counted.has(task.id)) {
-    countEnd(task, fromEvent);
-  }
+  if (counted) state.counted.add(task.id);
+  else if (FINISHED.has(task.status) && !state.counted.has(task.id)) countEnd(task, fromEvent);
   return before ? before.status : null;
 }
 
@@ -162,22 +165,49 @@ function countEnd(task, fromEvent) {
   if (state.counted.size > 20000) {
     state.counted.delete(state.counted.values().next().value);
   }
-  const at = task.finished ?? Date.now();
+  const failed = task.status === "FAILED" ? 1 : 0;
+  countEnds(task.function, task.finished ?? Date.now(), 1 - failed, failed, fromEvent);
+  if (task.run_ms != null) countRunTimes(task.function, [task.run_ms]);
+}
+
+/** Adds `ok` and `bad` ends of `name` at time `at` to the chart, and to the usage when live. */
+function countEnds(name, at, ok, bad, live) {
   const key = Math.floor(at / BUCKET_MS);
   const bucket = state.buckets.get(key) || { ok: 0, bad: 0 };
-  if (task.status === "FAILED") bucket.bad += 1;
-  else bucket.ok += 1;
+  bucket.ok += ok;
+  bucket.bad += bad;
   state.buckets.set(key, bucket);
-  if (task.run_ms != null) {
-    pushBounded(state.latencies, task.run_ms, LATENCIES);
-    if (!state.fnLatencies.has(task.function)) state.fnLatencies.set(task.function, []);
-    pushBounded(state.fnLatencies.get(task.function), task.run_ms, 200);
+  if (live) {
+    const usage = state.usage.get(name) || { calls: 0, failures: 0 };
+    usage.calls += ok + bad;
+    usage.failures += bad;
+    state.usage.set(name, usage);
   }
-  if (fromEvent) {
-    const usage = state.usage.get(task.function) || { calls: 0, failures: 0 };
-    usage.calls += 1;
-    if (task.status === "FAILED") usage.failures += 1;
-    state.usage.set(task.function, usage);
+}
+
+function countRunTimes(name, runMs) {
+  if (!state.fnLatencies.has(name)) state.fnLatencies.set(name, []);
+  for (const value of runMs) {
+    pushBounded(state.latencies, value, LATENCIES);
+    pushBounded(state.fnLatencies.get(name), value, 200);
+  }
+}
+
+/** A `tasks` summary: a second's ends and run times, queue levels, the newest tasks. */
+function onSummary(data) {
+  const now = Date.now();
+  const levels = new Map();
+  for (const f of data.functions || []) {
+    if (f.completed || f.failed) countEnds(f.name, now, f.completed, f.failed, true);
+    if (f.run_ms && f.run_ms.length) countRunTimes(f.name, f.run_ms);
+    if (f.queued != null) levels.set(f.name, { QUEUED: f.queued, RUNNING: f.running ?? 0 });
+  }
+  state.levels = levels;
+  for (const t of data.latest || []) {
+    const before = putTask(t, true, true);
+    if (t.id === state.selectedTask && FINISHED.has(t.status) && !FINISHED.has(before)) {
+      showTask(t.id);
+    }
   }
 }
 
@@ -190,23 +220,30 @@ function pushBounded(list, value, max) {
 function trimRecent() {
   if (state.recentSorted) return;
   state.recent.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+  // Forgets the older ones whatever their status: under load a summary carries only the newest
+  // tasks, so an old one may never be heard of again (the queue levels count it).
   const dropped = state.recent.splice(KEEP_RECENT);
   for (const id of dropped) {
-    const task = state.tasks.get(id);
-    if (task && FINISHED.has(task.status) && id !== state.selectedTask) state.tasks.delete(id);
+    if (id !== state.selectedTask) state.tasks.delete(id);
   }
   state.recentSorted = true;
 }
 
+/** Queued and running tasks by function: the server's levels where it sent them, otherwise
+ * the tasks this page knows of. */
 function activeCounts() {
-  const byFunction = new Map();
-  const total = { QUEUED: 0, RUNNING: 0 };
+  const byFunction = new Map(state.levels);
   for (const task of state.tasks.values()) {
     if (task.status !== "QUEUED" && task.status !== "RUNNING") continue;
-    total[task.status] += 1;
+    if (state.levels.has(task.function)) continue;
     const counts = byFunction.get(task.function) || { QUEUED: 0, RUNNING: 0 };
     counts[task.status] += 1;
     byFunction.set(task.function, counts);
+  }
+  const total = { QUEUED: 0, RUNNING: 0 };
+  for (const counts of byFunction.values()) {
+    total.QUEUED += counts.QUEUED;
+    total.RUNNING += counts.RUNNING;
   }
   return { total, byFunction };
 }
@@ -682,6 +719,8 @@ function onEvent(type, data) {
     if (data.id === state.selectedTask && FINISHED.has(data.status) && !FINISHED.has(before)) {
       showTask(data.id);
     }
+  } else if (type === "tasks") {
+    onSummary(data);
   } else if (type === "worker") {
     if (data.kind === "left") state.workers.delete(data.id);
     else state.workers.set(data.id, normalizeWorker(data, state.workers.get(data.id)));
@@ -751,7 +790,7 @@ async function connect() {
   const controller = new AbortController();
   stream.controller = controller;
   try {
-    const res = await fetch("/v1/events", { headers: headers(), signal: controller.signal, cache: "no-store" });
+    const res = await fetch("/v1/events?tasks=summary", { headers: headers(), signal: controller.signal, cache: "no-store" });
     if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
     setConnection("live");
     stream.everLive = true;
@@ -770,6 +809,7 @@ async function connect() {
   }
   if (stream.controller !== controller) return;
   setConnection(stream.everLive ? "reconnecting" : "offline");
+  state.levels = new Map(); // the levels come with the stream; the polled task lists count now
   if (!stream.poller) {
     loadAll();
     startPolling();

@@ -383,3 +383,88 @@ async fn faasd_watch_prints_json_lines_and_exits_3_when_the_server_is_unreachabl
         text(&unreachable.stderr)
     );
 }
+
+/// Reads `tasks` summaries until `completed` tasks of `function` ended; returns them.
+async fn summaries_until(
+    stream: &mut EventStream,
+    function: &str,
+    completed: u64,
+) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let mut ended = 0;
+    while ended < completed {
+        let (kind, data) = next(stream).await;
+        if kind != "tasks" {
+            continue;
+        }
+        let functions = data["functions"].as_array().expect("functions");
+        for f in functions.iter().filter(|f| f["name"] == function) {
+            ended += f["completed"].as_u64().expect("completed");
+        }
+        seen.push(data);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_summary_stream_counts_ends_once_a_second_and_shows_levels_only_to_who_may_read_them() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let admin = user(&server, &server.client(), "root", "admin").await;
+    let owner = user(&server, &admin, "dev", "developer").await;
+    let ann = user(&server, &admin, "ann", "invoker").await;
+    let answer = register(&owner, "f", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let path = "/v1/users/ann/grants/f";
+    let granted = owner
+        .request(hyper::Method::PUT, path, None, Bytes::new())
+        .await
+        .expect("grant");
+    assert_eq!(granted.status, 204, "{}", text(&granted.body));
+    let refused = owner.get("/v1/events?tasks=every").await.expect("answer");
+    assert_eq!(refused.status, 400, "{}", text(&refused.body));
+    assert!(text(&refused.body).contains("each or summary"));
+
+    let mut owners = owner
+        .events("/v1/events?tasks=summary")
+        .await
+        .expect("owner's stream");
+    let mut anns = ann
+        .events("/v1/events?tasks=summary")
+        .await
+        .expect("ann's stream");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(submit(&ann, "f", format!("{i}").as_bytes()).await);
+    }
+
+    let summaries = summaries_until(&mut owners, "f", 20).await;
+    for summary in &summaries {
+        assert_eq!(summary["window_ms"], 1000, "{summary}");
+        let f = &summary["functions"][0];
+        assert!(f["queued"].is_u64() && f["running"].is_u64(), "{summary}");
+        assert!(f["run_ms"].as_array().expect("run_ms").len() as u64 <= 100);
+        assert!(summary["latest"].as_array().expect("latest").len() <= 50);
+    }
+    assert!(
+        summaries.iter().all(|s| s.get("id").is_none()),
+        "no per-task events in a summary stream"
+    );
+    let last_of = |summaries: &[serde_json::Value], id: &str| {
+        summaries
+            .iter()
+            .flat_map(|s| s["latest"].as_array().cloned().unwrap_or_default())
+            .filter(|t| t["id"] == id)
+            .last()
+    };
+    let newest = ids.last().expect("an id");
+    let last = last_of(&summaries, newest).expect("the newest task is among the latest");
+    assert_eq!(last["status"], "COMPLETED", "{last}");
+
+    // The invoker sees its own tasks end, but not the function's levels.
+    let anns_summaries = summaries_until(&mut anns, "f", 20).await;
+    for summary in &anns_summaries {
+        assert!(summary["functions"][0]["queued"].is_null(), "{summary}");
+    }
+    let last = last_of(&anns_summaries, newest).expect("its newest task");
+    assert_eq!(last["status"], "COMPLETED", "{last}");
+}

@@ -14,7 +14,7 @@
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers (with their machines' health), health |
-//! | `GET /v1/events[?function=NAME]` | live task, worker and function events (Server-Sent Events) |
+//! | `GET /v1/events[?function=NAME][&tasks=summary]` | live task, worker and function events (Server-Sent Events); task summaries once a second |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text; admins and developers, or anyone with `serve --metrics-open`) |
 //! | `GET /`, `GET /assets/app.js`, `GET /assets/app.css` | the dashboard (`dashboard.rs`), open to all |
 //! | `/v1/users[/{name}[/token\|/grants/{function}]]`, `GET /v1/whoami` | users, tokens, grants |

@@ -453,8 +453,8 @@ async fn a_summary_stream_counts_ends_once_a_second_and_shows_levels_only_to_who
         summaries
             .iter()
             .flat_map(|s| s["latest"].as_array().cloned().unwrap_or_default())
-            .filter(|t| t["id"] == id)
-            .last()
+            .rev()
+            .find(|t| t["id"] == id)
     };
     let newest = ids.last().expect("an id");
     let last = last_of(&summaries, newest).expect("the newest task is among the latest");

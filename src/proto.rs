@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -322,6 +322,18 @@ pub enum Frame {
     },
     /// Worker → server, after each `Heartbeat`: the machine's health, read from `/proc`.
     Health(Health),
+    /// Worker → server, after each `Health`: its warm executors (idle or serving) by function,
+    /// for the functions that have any.
+    Warm(Vec<WarmCount>),
+}
+
+/// One function's warm executors on one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmCount {
+    /// The function's name.
+    pub function: String,
+    /// Its executors started and not stopped, over all its versions.
+    pub executors: u32,
 }
 
 /// A worker machine's health, as its heartbeats carry it: whole-machine figures read from
@@ -696,6 +708,13 @@ mod tests {
                 "0000000000000040",
                 "0000000000000000"
             ),
+        );
+        golden(
+            Frame::Warm(vec![WarmCount {
+                function: "f".into(),
+                executors: 2,
+            }]),
+            "0f01016602",
         );
     }
 

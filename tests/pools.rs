@@ -81,6 +81,36 @@ async fn min_warm_1000_on_two_slots_starts_two_and_others_still_answer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(most, 2, "min_warm 1000 on 2 slots kept {most} executors");
+    // The workers report them with their heartbeats, and the API shows the count.
+    let reported = || async {
+        let answer = client
+            .get("/v1/functions/big")
+            .await
+            .map_err(|e| e.to_string())?;
+        let view: serde_json::Value = answer.json().map_err(|e| e.to_string())?;
+        let listed = client
+            .get("/v1/functions")
+            .await
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = listed.json().map_err(|e| e.to_string())?;
+        let in_list = list
+            .as_array()
+            .and_then(|l| l.iter().find(|f| f["name"] == "big"))
+            .map(|f| f["warm_executors"].clone());
+        match (
+            view["warm_executors"].as_u64(),
+            in_list.and_then(|v| v.as_u64()),
+        ) {
+            (Some(2), Some(2)) => Ok(()),
+            other => Err(format!("warm_executors {other:?}")),
+        }
+    };
+    eventually(
+        "warm_executors 2 in the API",
+        Duration::from_secs(10),
+        reported,
+    )
+    .await;
     // An unrelated function answers promptly.
     let answer = register(&client, "echo", "cat", serde_json::json!({})).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));

@@ -179,6 +179,7 @@ struct Summary {
 impl Summary {
     /// The JSON of the window that just closed, or `None` when nothing changed in it.
     fn take(&mut self, filter: &Filter) -> Option<String> {
+        let warm = self.broker.warm_executors();
         let levels: Vec<Level> = self
             .broker
             .function_levels()
@@ -188,6 +189,7 @@ impl Summary {
                     && policy::may_read_all_tasks(&filter.caller, l.owner)
             })
             .map(|l| Level {
+                warm: warm.get(&l.name).copied().unwrap_or(0),
                 name: l.name,
                 queued: l.queued,
                 running: l.running,
@@ -209,6 +211,8 @@ struct Level {
     name: String,
     queued: u64,
     running: u64,
+    /// Its warm executors over every worker.
+    warm: u32,
 }
 
 /// The task events of one summary window.
@@ -277,6 +281,7 @@ impl Window {
             run_ms: &'a [u64],
             queued: Option<u64>,
             running: Option<u64>,
+            warm_executors: Option<u32>,
         }
         #[derive(Serialize)]
         struct TasksSummary<'a> {
@@ -300,6 +305,7 @@ impl Window {
                     run_ms: ends.map_or(&[], |e| e.run_ms.as_slice()),
                     queued: level.map(|l| l.queued),
                     running: level.map(|l| l.running),
+                    warm_executors: level.map(|l| l.warm),
                 }
             })
             .collect();

@@ -1,6 +1,6 @@
 //! Function routes: register (JSON or multipart), list, show, remove.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -40,6 +40,10 @@ pub struct FunctionView {
     allow_net: bool,
     /// The name an MPCS client gave the function (whose name is its id), or null.
     display_name: Option<String>,
+    /// Its warm executors now over every worker, as they last reported them (in the list and
+    /// on `GET /v1/functions/{name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warm_executors: Option<u32>,
 }
 
 impl From<&FunctionRecord> for FunctionView {
@@ -62,7 +66,16 @@ impl From<&FunctionRecord> for FunctionView {
             memory_bytes: f.isolation.memory_bytes,
             allow_net: f.isolation.allow_net,
             display_name: f.display_name.clone(),
+            warm_executors: None,
         }
+    }
+}
+
+impl FunctionView {
+    /// The view with its live count of warm executors from `warm`.
+    fn with_warm(mut self, warm: &HashMap<String, u32>) -> FunctionView {
+        self.warm_executors = Some(warm.get(&self.name).copied().unwrap_or(0));
+        self
     }
 }
 
@@ -640,13 +653,14 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<Vec<FunctionView>> {
+    let warm = state.broker.warm_executors();
     Json(
         state
             .broker
             .functions()
             .iter()
             .filter(|f| may_see(&state, &caller, f))
-            .map(|f| FunctionView::from(f.as_ref()))
+            .map(|f| FunctionView::from(f.as_ref()).with_warm(&warm))
             .collect(),
     )
 }
@@ -696,7 +710,8 @@ pub async fn show(
         .broker
         .function(&name)
         .ok_or_else(|| function_not_found(&name))?;
-    Ok(Json(FunctionView::from(f.as_ref())))
+    let warm = state.broker.warm_executors();
+    Ok(Json(FunctionView::from(f.as_ref()).with_warm(&warm)))
 }
 
 /// `DELETE /v1/functions/{name}`.

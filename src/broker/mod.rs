@@ -639,6 +639,22 @@ impl Broker {
         self.lock().health(worker, health);
     }
 
+    /// Records a worker's warm executors (its report follows each health report).
+    pub(crate) fn warm(&self, worker: u64, warm: Vec<crate::proto::WarmCount>) {
+        self.lock().warm(worker, warm);
+    }
+
+    /// The warm executors of each function over every connected worker, as they last
+    /// reported them.
+    pub fn warm_executors(&self) -> HashMap<String, u32> {
+        let state = self.lock();
+        let mut total: HashMap<String, u32> = HashMap::new();
+        for count in state.workers.values().flat_map(|w| &w.warm) {
+            *total.entry(count.function.clone()).or_default() += count.executors;
+        }
+        total
+    }
+
     /// Revokes expired leases every `period` until `cancel` fires. At a tick that finds the
     /// broker idle (no task in memory) after tasks came in, hands the memory freed since back to
     /// the system (see [`trim_freed_memory`]).

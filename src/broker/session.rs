@@ -241,6 +241,7 @@ impl Session {
             Frame::FetchCode { hash } => self.on_fetch_code(hash),
             Frame::Heartbeat { .. } => self.on_heartbeat(),
             Frame::Health(health) => self.broker.health(self.id, health),
+            Frame::Warm(warm) => self.broker.warm(self.id, warm),
             Frame::Pull { slots } => self.on_pull(slots),
             Frame::Drain => self.on_drain(),
             Frame::CodeChecked { check, verdict } => {

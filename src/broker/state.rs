@@ -18,7 +18,7 @@ use super::outbox::{Outbound, Outbox};
 use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
     Assignment, CodeHash, DispatchMode, FailureReason, Frame, Health, Outcome, Prewarm, Report,
-    WarmSpec,
+    WarmCount, WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::{now_ms, rfc3339};
@@ -135,6 +135,8 @@ pub(super) struct WorkerEntry {
     pub heartbeat_period: Duration,
     /// Its machine's health as last reported (`None` before the first report).
     pub health: Option<Health>,
+    /// Its warm executors by function, as last reported.
+    pub warm: Vec<WarmCount>,
 }
 
 /// How many heartbeat periods without a heartbeat make a worker `stale` (the session drops it
@@ -164,6 +166,7 @@ impl WorkerEntry {
             last_heartbeat_ms: now_ms(),
             heartbeat_period: Duration::from_secs(1),
             health: None,
+            warm: Vec::new(),
         }
     }
 
@@ -800,6 +803,13 @@ impl State {
     pub fn heartbeat(&mut self, worker_id: u64) {
         if let Some(w) = self.workers.get_mut(&worker_id) {
             w.last_heartbeat_ms = now_ms();
+        }
+    }
+
+    /// Records a worker's report of its warm executors.
+    pub fn warm(&mut self, worker_id: u64, warm: Vec<WarmCount>) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.warm = warm;
         }
     }
 

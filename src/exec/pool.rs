@@ -223,6 +223,25 @@ impl Pool {
         entry.retry_at = None;
     }
 
+    /// Executors alive (idle, serving a call or starting), by function over its versions;
+    /// functions with none are left out.
+    pub fn warm_counts(&self) -> Vec<crate::proto::WarmCount> {
+        let mut counts: std::collections::BTreeMap<String, u32> = Default::default();
+        for ((function, _), entry) in self.lock().iter() {
+            let executors = (entry.idle.len() + entry.busy) as u32;
+            if executors > 0 {
+                *counts.entry(function.clone()).or_default() += executors;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(function, executors)| crate::proto::WarmCount {
+                function,
+                executors,
+            })
+            .collect()
+    }
+
     /// Stops keeping `function` ready at `version` and before (it was removed): its idle
     /// executors stop now, its pending pre-starts are abandoned (their processes killed), and
     /// executors serving calls stop when their call ends.

@@ -322,9 +322,11 @@ impl Heartbeat {
                 beat.tick().await;
                 let running = agent.running.load(Ordering::Relaxed);
                 let sample = health.sample();
+                let warm = agent.pool.warm_counts();
                 let sent = frames.upgrade().is_some_and(|tx| {
                     tx.send(Frame::Heartbeat { running }).is_ok()
                         && tx.send(Frame::Health(sample)).is_ok()
+                        && tx.send(Frame::Warm(warm)).is_ok()
                 });
                 if !sent {
                     return;

@@ -201,6 +201,8 @@ function onSummary(data) {
     if (f.completed || f.failed) countEnds(f.name, now, f.completed, f.failed, true);
     if (f.run_ms && f.run_ms.length) countRunTimes(f.name, f.run_ms);
     if (f.queued != null) levels.set(f.name, { QUEUED: f.queued, RUNNING: f.running ?? 0 });
+    const known = state.functions.get(f.name);
+    if (known && f.warm_executors != null) known.warm_executors = f.warm_executors;
   }
   state.levels = levels;
   for (const t of data.latest || []) {
@@ -385,6 +387,7 @@ function renderFunctions(byFunction) {
         el("td", {}, f.runtime),
         el("td", { class: "queued" }, counts.QUEUED),
         el("td", { class: "running" }, counts.RUNNING),
+        el("td", { class: "warm" }, f.warm_executors ?? "–"),
         el("td", { class: "calls" }, usage.calls),
         el("td", { class: "failures" }, usage.failures),
         el("td", { class: "p50" }, fmtMs(percentile(state.fnLatencies.get(name), 50))),

@@ -82,7 +82,23 @@ async fn register_invoke_status_result_logs_through_the_cli() {
         .expect("request");
     assert_eq!(answer.status, 200);
     assert_eq!(&answer.body[..], b"hello curl");
-    assert!(answer.headers.contains_key("x-faasd-task-id"));
+    // The answer may go before its end is committed; reads agree with it from the moment it
+    // is given.
+    let id = answer.headers["x-faasd-task-id"]
+        .to_str()
+        .expect("task id")
+        .to_owned();
+    let status = client
+        .get(&format!("/v1/tasks/{id}"))
+        .await
+        .expect("status");
+    let status: serde_json::Value = status.json().expect("status json");
+    assert_eq!(status["status"], "COMPLETED");
+    let result = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    assert_eq!(&result.body[..], b"hello curl");
 
     // Re-registering bumps the version; rm removes it.
     let out = server.cli(&["register", "hello", script.to_str().expect("utf8")]);

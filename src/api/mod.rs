@@ -42,6 +42,7 @@ mod users;
 mod versions;
 mod wait;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -57,9 +58,28 @@ pub use idempotency::Keys;
 pub use panic::log_panics;
 pub use settings::Change;
 
-/// What every handler shares.
+/// What every handler shares: a cheap handle (one reference count per clone, as every handler
+/// and middleware takes one) on [`Shared`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The handle on `shared`.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     /// The broker (and through it the store).
     pub broker: Broker,
     /// The largest request body accepted.
@@ -312,7 +332,7 @@ pub(super) mod tests {
     /// A state over a fresh store in `dir`: no users, no anonymous role, default limits.
     pub(super) async fn state(dir: &std::path::Path) -> AppState {
         let store = Store::open(dir).expect("open store");
-        AppState {
+        AppState::new(Shared {
             users: crate::auth::Directory::load(store.clone())
                 .await
                 .expect("users"),
@@ -323,7 +343,7 @@ pub(super) mod tests {
             defaults: FunctionDefaults::default(),
             code_check: CodeCheck::new(None, None),
             keys: Keys::new(Duration::from_secs(24 * 3600)),
-        }
+        })
     }
 
     #[tokio::test]

@@ -196,12 +196,7 @@ pub async fn result(
 ) -> Result<Json<Value>, ApiError> {
     let record = task(&state, &caller, &id).await?;
     let result = if record.status.is_finished() {
-        let bytes = state
-            .broker
-            .store()
-            .result(record.id)
-            .await?
-            .unwrap_or_default();
+        let bytes = state.broker.result(record.id).await?.unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         // A failure without a pickled exception (a timeout, a lost worker) has no result.
         (!(text.is_empty() && record.status == TaskStatus::Failed)).then_some(text)

@@ -233,9 +233,8 @@ async fn repeated_call(
     let Some(record) = state.broker.task(task_id).await? else {
         return Err(ApiError::task_not_found(&id));
     };
-    let store = state.broker.store();
-    let result = store.result(task_id).await?.unwrap_or_default();
-    let logs = store.logs(task_id).await?.unwrap_or_default();
+    let result = state.broker.result(task_id).await?.unwrap_or_default();
+    let logs = state.broker.logs(task_id).await?.unwrap_or_default();
     finished_response(&record, result, &logs)
 }
 
@@ -378,15 +377,15 @@ pub async fn result(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = finished_record(&state, &caller, &id, "result", None).await?;
-    let store = state.broker.store();
+    let broker = &state.broker;
     // A success needs its result; a failure's answer carries the stderr tail instead.
     let (result, logs) = if record.status == TaskStatus::Completed {
-        let result = store.result(record.id).await?.unwrap_or_default();
+        let result = broker.result(record.id).await?.unwrap_or_default();
         (result, Bytes::new())
     } else {
         (
             Bytes::new(),
-            store.logs(record.id).await?.unwrap_or_default(),
+            broker.logs(record.id).await?.unwrap_or_default(),
         )
     };
     finished_response(&record, result, &logs)
@@ -400,12 +399,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let hint = format!("`faasd logs {id} --follow` waits for it to end and prints them");
     let record = finished_record(&state, &caller, &id, "logs", Some(hint)).await?;
-    let logs = state
-        .broker
-        .store()
-        .logs(record.id)
-        .await?
-        .unwrap_or_default();
+    let logs = state.broker.logs(record.id).await?.unwrap_or_default();
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -85,7 +85,7 @@ impl From<store::Error> for Error {
     }
 }
 
-/// A task at its end, as committed to the store.
+/// A task at its end, as committed (or, for a sync call's answer, being committed) to the store.
 #[derive(Debug)]
 pub struct Finished {
     /// The task's final record.
@@ -96,7 +96,8 @@ pub struct Finished {
     pub logs: Bytes,
 }
 
-/// Resolves once the task's end is committed (or with an error if the commit failed).
+/// Resolves once the task's end is committed (or with an error if the commit failed); a sync
+/// caller's resolves as soon as the end is known, unless `serve --commit-before-answer`.
 pub type Waiter = oneshot::Receiver<Result<Arc<Finished>, Arc<store::Error>>>;
 
 /// A worker as listed by `GET /v1/workers`.
@@ -519,9 +520,37 @@ impl Broker {
     /// A task's current record: from memory while it is active, else from the store.
     pub async fn task(&self, id: u128) -> Result<Option<TaskRecord>, Error> {
         if let Some(active) = self.lock().tasks.get(&id) {
-            return Ok(Some(active.record.clone()));
+            return Ok(Some(active.current().clone()));
         }
         Ok(self.inner.store.task(id).await?)
+    }
+
+    /// A finished task's result: from memory while its end is being committed, else from the
+    /// store.
+    pub async fn result(&self, id: u128) -> Result<Option<Bytes>, Error> {
+        if let Some(ended) = self.ended(id) {
+            return Ok(Some(ended.result.clone()));
+        }
+        Ok(self.inner.store.result(id).await?)
+    }
+
+    /// A finished task's captured stderr, as [`Broker::result`] reads its result.
+    pub async fn logs(&self, id: u128) -> Result<Option<Bytes>, Error> {
+        if let Some(ended) = self.ended(id) {
+            return Ok(Some(ended.logs.clone()));
+        }
+        Ok(self.inner.store.logs(id).await?)
+    }
+
+    /// The end of a task whose sync caller was answered before the end was committed.
+    fn ended(&self, id: u128) -> Option<Arc<Finished>> {
+        self.lock().tasks.get(&id).and_then(|a| a.ended.clone())
+    }
+
+    /// Whether a sync call's answer waits until its end is committed (`serve
+    /// --commit-before-answer`); by default it goes as soon as the worker reports it.
+    pub fn set_commit_before_answer(&self, on: bool) {
+        self.lock().answer_before_commit = !on;
     }
 
     /// A waiter for an active task's end, or `None` if the task is not active (finished or

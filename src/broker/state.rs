@@ -42,6 +42,11 @@ pub(super) struct Active {
     deadline: Option<Instant>,
     finishing: bool,
     pub waiters: Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>>,
+    /// Whether a sync caller waits for it (its answer may go before its end is on disk).
+    sync: bool,
+    /// Its end, once its sync caller was answered before the end was committed: what readers
+    /// see until the commit removes the task from memory.
+    pub ended: Option<Arc<Finished>>,
 }
 
 impl Active {
@@ -64,15 +69,26 @@ impl Active {
             deadline: None,
             finishing: false,
             waiters: Vec::new(),
+            sync: false,
+            ended: None,
         }
     }
 
-    /// Adds a waiter for this task's end.
+    /// Adds a waiter for this task's end (answered at once when its end is known already).
     pub fn watch(&mut self) -> Waiter {
-        self.waiters.retain(|w| !w.is_closed());
         let (tx, rx) = oneshot::channel();
+        if let Some(ended) = &self.ended {
+            let _ = tx.send(Ok(ended.clone()));
+            return rx;
+        }
+        self.waiters.retain(|w| !w.is_closed());
         self.waiters.push(tx);
         rx
+    }
+
+    /// Its record as readers see it: its end once that was answered, else its current state.
+    pub fn current(&self) -> &TaskRecord {
+        self.ended.as_ref().map_or(&self.record, |e| &e.record)
     }
 }
 
@@ -298,6 +314,21 @@ fn ended(record: &TaskRecord, outcome: Outcome) -> Finished {
     }
 }
 
+/// Answers a sync call's waiters with its end now, before the end is committed: the caller
+/// holds the answer, so the commit adds nothing to it, and the next group commit writes the
+/// record. Readers see the end from then on ([`Active::current`]). A crash before that commit
+/// loses the record (the task may run again at the next start, as any task a crash
+/// interrupts), never an acknowledged async task: those are answered only from the store.
+fn answer_early(active: &mut Active, finished: &Arc<Finished>) {
+    if !active.sync {
+        return;
+    }
+    active.ended = Some(finished.clone());
+    for w in active.waiters.drain(..) {
+        let _ = w.send(Ok(finished.clone()));
+    }
+}
+
 /// Everything the broker schedules with.
 pub(super) struct State {
     pub functions: HashMap<String, Arc<FunctionRecord>>,
@@ -319,6 +350,9 @@ pub(super) struct State {
     pub released_bytes: usize,
     /// Where task state changes are published.
     pub events: Events,
+    /// Whether a sync call's end is answered before it is committed (see
+    /// [`State::answer_early`]); off with `serve --commit-before-answer`.
+    pub answer_before_commit: bool,
 }
 
 impl State {
@@ -339,6 +373,7 @@ impl State {
             dispatching: true,
             released_bytes: 0,
             events: Events::default(),
+            answer_before_commit: true,
         }
     }
 
@@ -430,6 +465,7 @@ impl State {
     /// Puts a task in its function's queue at its arrival position.
     pub fn enqueue(&mut self, mut active: Active, wait: bool) -> Option<Waiter> {
         let waiter = wait.then(|| active.watch());
+        active.sync = wait;
         let id = active.record.id;
         let seq = active.record.seq;
         let name = active.record.function.clone();
@@ -669,6 +705,12 @@ impl State {
             result: finished.result.clone(),
             logs: finished.logs.clone(),
         });
+        if self.answer_before_commit {
+            answer_early(
+                self.tasks.get_mut(&id).expect("checked by refusal"),
+                &finished,
+            );
+        }
         Some(PendingCommit { ack, finished })
     }
 
@@ -971,6 +1013,64 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Queues a task of `func` for a sync caller (`seq` as for `enqueue`); returns its id and
+    /// the caller's waiter.
+    fn enqueue_sync(fx: &mut Fixture, func: &Arc<FunctionRecord>, seq: u64) -> (u128, Waiter) {
+        let record = TaskRecord::queued(u128::from(seq), seq, func.name.clone(), func.version);
+        let id = record.id;
+        let active = Active::new(record, Some(Bytes::new()), func.clone());
+        let waiter = fx
+            .state
+            .enqueue(active, true)
+            .expect("a sync call has a waiter");
+        (id, waiter)
+    }
+
+    #[test]
+    fn a_sync_caller_is_answered_at_the_report_and_readers_see_the_end_from_then() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(2, DispatchMode::Push);
+        let (sync_id, mut sync_waiter) = enqueue_sync(&mut fx, &f, 1);
+        let async_id = fx.enqueue(&f, 2);
+        let mut async_watcher = fx.state.tasks.get_mut(&async_id).expect("active").watch();
+        fx.dispatch();
+        for (id, lease) in assigned(&mut frames) {
+            let _pending = fx.report(worker, id, lease).expect("accepted");
+        }
+        // The sync caller holds its end before the commit; the async task's watcher does not.
+        let answered = sync_waiter
+            .try_recv()
+            .expect("answered")
+            .expect("no store error");
+        assert_eq!(answered.record.status, TaskStatus::Completed);
+        assert_eq!(&answered.result[..], b"out");
+        assert!(async_watcher.try_recv().is_err());
+        // Readers of the sync task see its end; a late watcher is answered at once.
+        let active = &fx.state.tasks[&sync_id];
+        assert_eq!(active.current().status, TaskStatus::Completed);
+        let mut late = fx.state.tasks.get_mut(&sync_id).expect("active").watch();
+        assert!(late.try_recv().is_ok());
+        assert_eq!(
+            fx.state.tasks[&async_id].current().status,
+            TaskStatus::Running
+        );
+    }
+
+    #[test]
+    fn with_commit_before_answer_a_sync_caller_waits_for_the_commit() {
+        let mut fx = Fixture::new();
+        fx.state.answer_before_commit = false;
+        let f = fx.function("f", 1, None);
+        let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
+        let (id, mut waiter) = enqueue_sync(&mut fx, &f, 1);
+        fx.dispatch();
+        let (_, lease) = assigned(&mut frames)[0];
+        let _pending = fx.report(worker, id, lease).expect("accepted");
+        assert!(waiter.try_recv().is_err());
+        assert_eq!(fx.state.tasks[&id].current().status, TaskStatus::Running);
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// file (about a second per GB). See docs/performance.md for what it costs.
     #[arg(long)]
     pub quick_repair: bool,
+    /// Answer a sync call only once its task's end is on disk (one more fsync on its path).
+    /// Without it the answer goes as soon as the worker reports, and the end is written by the
+    /// next group commit: a crash in between loses that record, whose caller has the answer
+    /// (an async task is always on disk before its 202).
+    #[arg(long)]
+    pub commit_before_answer: bool,
     /// The file holding the token remote workers must present (default: one generated into
     /// the data directory at the first start; print it with `faasd join-token`).
     #[arg(long, value_name = "FILE")]
@@ -316,6 +322,7 @@ async fn open_store(args: &mut ServeArgs) -> anyhow::Result<(Store, Broker)> {
     let broker = Broker::start_with_events(store.clone(), args.event_buffer)
         .await
         .context("cannot load the store")?;
+    broker.set_commit_before_answer(args.commit_before_answer);
     Ok((store, broker))
 }
 
@@ -488,7 +495,7 @@ fn start_http(
     users: crate::auth::Directory,
     stops: &Stops,
 ) -> JoinHandle<()> {
-    let app = api::router(AppState {
+    let app = api::router(AppState::new(api::Shared {
         users,
         anonymous: args.anonymous,
         metrics_open: args.metrics_open,
@@ -501,7 +508,7 @@ fn start_http(
         },
         code_check: api::CodeCheck::new(args.executors.python.clone(), Some(broker.clone())),
         keys: api::Keys::new(args.key_lifetime()),
-    });
+    }));
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }
 

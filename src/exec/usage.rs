@@ -82,7 +82,7 @@ impl Meter {
             stat,
             status,
             last_ticks: None,
-            buf: Vec::with_capacity(2048),
+            buf: Vec::with_capacity(4096),
         };
         meter.last_ticks = meter.read_ticks();
         meter
@@ -120,21 +120,20 @@ impl Meter {
 }
 
 /// The whole of `file` from its start, read into `buf` (a `/proc` file is produced anew by
-/// each read from offset 0).
+/// each read from offset 0). A read that leaves room in `buf` got the whole file, so the usual
+/// case is one `pread`; only a file larger than `buf` takes more (and grows it for next time).
 fn reread<'a>(file: Option<&File>, buf: &'a mut Vec<u8>) -> Option<&'a str> {
     let file = file?;
     buf.clear();
-    buf.resize(buf.capacity().max(2048), 0);
+    buf.resize(buf.capacity().max(4096), 0);
     let mut filled = 0;
     loop {
         let n = file.read_at(&mut buf[filled..], filled as u64).ok()?;
-        if n == 0 {
+        filled += n;
+        if n == 0 || filled < buf.len() {
             break;
         }
-        filled += n;
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
+        buf.resize(buf.len() * 2, 0);
     }
     buf.truncate(filled);
     std::str::from_utf8(buf).ok()
@@ -180,6 +179,27 @@ pub fn executor_pid(started: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_larger_than_the_buffer_is_read_whole_and_the_buffer_grows() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("big");
+        let text: String = (0..3000).map(|i| format!("{i}\n")).collect();
+        std::fs::write(&path, &text).expect("write");
+        let file = File::open(&path).expect("open");
+        let mut buf = Vec::with_capacity(16);
+        assert_eq!(reread(Some(&file), &mut buf), Some(text.as_str()));
+        assert!(buf.capacity() >= text.len());
+        // Read again into the grown buffer: one read, the same text.
+        assert_eq!(reread(Some(&file), &mut buf), Some(text.as_str()));
+    }
+
+    #[test]
+    fn a_meter_of_this_process_reads_its_peak_memory() {
+        let mut meter = Meter::open(std::process::id());
+        let (_cpu_us, peak) = meter.call_ended();
+        assert!(peak > 0);
+    }
 
     #[test]
     fn stat_times_sum_past_a_command_name_with_spaces_and_parentheses() {

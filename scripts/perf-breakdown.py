@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Splits a whole-machine recording (`perf script -F pid,comm,period,ip,sym,dso` of `-g`).
+
+Prints the share of samples (weighted by period) of the server process, the python executors,
+the bench client and the rest; then the server's own samples by what they do. A sample in the
+kernel counts as the kernel's (sockets, disk, pipes, wakeups); one in user space counts for the
+nearest frame up its call chain that names a part of the server (a memcpy called from redb is
+redb's), else for what its own frame is (allocation, copies, the runtime).
+Usage: perf-breakdown.py SAMPLES.txt SERVER_PID BENCH_PID
+"""
+import os
+import re
+import sys
+
+# (label, pattern on the symbol), first match wins; kernel symbols are marked [k].
+SERVER = [
+    ("kernel: sockets (HTTP and worker TCP)",
+     r"\[k\].*(tcp|inet|sock|skb|net_rx|netif|loopback|dev_queue|ip_|__sys_send|__sys_recv|napi)"),
+    ("kernel: disk (fsync, ext4, jbd2)", r"\[k\].*(ext4|jbd2|blk|fsync|nvme|bio_|submit_bio|iomap|filemap|folio)"),
+    ("kernel: pipes to executors", r"\[k\].*(pipe|splice)"),
+    ("kernel: wakeups (futex, epoll, scheduler)",
+     r"\[k\].*(futex|schedul|epoll|switch|pick_next|ttwu|wake|enqueue|dequeue|update_curr|psi_|ep_)"),
+    ("kernel: other (syscall entry, memory, ...)", r"\[k\]"),
+    ("redb", r"redb::"),
+    ("store encode (postcard, serde)", r"postcard|serde|faasd::store"),
+    ("HTTP (hyper, axum, handlers)", r"hyper|axum|http::|httparse|tower|faasd::api"),
+    ("frames (proto, codec)", r"faasd::proto|tokio_util::codec|length_delimited"),
+    ("broker", r"faasd::broker"),
+    ("executor pipes (worker, exec)", r"faasd::exec|faasd::worker"),
+    ("async runtime (tokio)", r"tokio::|mio::"),
+    ("allocation and copies (libc)", r"malloc|free|memcpy|memmove|memset|_int_|realloc|cfree|memcmp"),
+    ("other", r""),
+]
+
+
+HEADER = re.compile(r"^(?P<comm>\S.*?)\s+(?P<pid>\d+)\s+(?P<period>\d+)\s*$")
+FRAME = re.compile(r"^\s+[0-9a-f]+\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$")
+KERNEL = [(label, pattern) for label, pattern in SERVER if label.startswith("kernel")]
+PARTS = [(label, pattern) for label, pattern in SERVER[5:11]]
+LEAF = [(label, pattern) for label, pattern in SERVER[11:]]
+
+
+def group_of(comm, pid, server_pid, bench_pid):
+    if pid == server_pid:
+        return "server (faasd serve)"
+    if pid == bench_pid:
+        return "bench client (faasd bench)"
+    if comm.startswith("python"):
+        return "python executors (harness + interpreter)"
+    if comm == "swapper":
+        return "idle"
+    return "other processes"
+
+
+def first_match(rules, sym):
+    for label, pattern in rules:
+        if re.search(pattern, sym):
+            return label
+    return None
+
+
+def server_label(frames):
+    """What a server sample was doing, from its call chain (leaf first)."""
+    if not frames:
+        return "other"
+    leaf_sym, leaf_dso = frames[0]
+    if "kernel" in leaf_dso:
+        return first_match(KERNEL, "[k] " + leaf_sym)
+    for sym, dso in frames:
+        if "kernel" not in dso:
+            label = first_match(PARTS, sym)
+            if label:
+                return label
+    return first_match(LEAF, leaf_sym)
+
+
+def samples(path):
+    """Yields (comm, pid, period, frames) per sample."""
+    head, frames = None, []
+    for line in open(path, encoding="utf-8", errors="replace"):
+        m = HEADER.match(line)
+        if m:
+            if head:
+                yield (*head, frames)
+            head, frames = (m["comm"].strip(), m["pid"], int(m["period"])), []
+            continue
+        f = FRAME.match(line)
+        if f and head:
+            frames.append((f["sym"], f["dso"]))
+    if head:
+        yield (*head, frames)
+
+
+def main():
+    path, server_pid, bench_pid = sys.argv[1], sys.argv[2], sys.argv[3]
+    procs, server, hottest = {}, {}, {}
+    for comm, pid, period, frames in samples(path):
+        group = group_of(comm, pid, server_pid, bench_pid)
+        procs[group] = procs.get(group, 0) + period
+        if group.startswith("server"):
+            label = server_label(frames)
+            server[label] = server.get(label, 0) + period
+            leaf = frames[0][0] if frames else "?"
+            by_sym = hottest.setdefault(label, {})
+            by_sym[leaf] = by_sym.get(leaf, 0) + period
+    total = sum(procs.values()) or 1
+    busy = sum(server.values()) or 1
+    print(f"{'where the machine spent its samples':44} share")
+    for group, n in sorted(procs.items(), key=lambda kv: -kv[1]):
+        print(f"  {group:42} {100 * n / total:5.1f}%")
+    print(f"\n{'the server, by what it does':44} of server  of machine")
+    for label, _ in SERVER:
+        n = server.get(label, 0)
+        if n:
+            print(f"  {label:42} {100 * n / busy:5.1f}%  {100 * n / total:5.1f}%")
+            top = sorted(hottest[label].items(), key=lambda kv: -kv[1])
+            for sym, m in top[: int(os.environ.get("TOP", "0"))]:
+                print(f"      {100 * m / busy:5.1f}%  {sym[:100]}")
+
+
+if __name__ == "__main__":
+    main()

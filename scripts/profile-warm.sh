@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Where a warm task's CPU goes: records the whole machine with `perf record -g` while a release
+# server starts and `faasd bench` drives warm python no-op tasks through it (async, 32
+# connections; the one cold start is a few percent of the samples),
+# then prints the share of the server, the python executors and the bench client, and the
+# server's own samples split by what they do (see scripts/perf-breakdown.py).
+# The samples stay in target/profile/samples.txt (TOP=N also lists the N hottest symbols of each
+# part).
+# Usage: [TASKS=20000] [TOP=N] scripts/profile-warm.sh [extra `faasd serve` flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tasks="${TASKS:-20000}"
+source scripts/bench-env.sh
+# perf must see the server start: symbols of a process it attaches to later stay unresolved.
+perf_data="$(mktemp)"
+perf record -a -g -o "$perf_data" 2>/dev/null &
+perf_pid=$!
+source scripts/bench-server.sh
+printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
+"$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \
+  --tasks "$tasks" --connections 32 --sync-calls 0 &
+bench_pid=$!
+wait "$bench_pid"
+kill -INT "$perf_pid"
+wait "$perf_pid" || true
+mkdir -p target/profile
+perf script -i "$perf_data" -F pid,comm,period,ip,sym,dso 2>/dev/null >target/profile/samples.txt
+rm -f "$perf_data"
+python3 scripts/perf-breakdown.py target/profile/samples.txt "$server_pid" "$bench_pid"

@@ -2,11 +2,11 @@
 """Splits a whole-machine recording (`perf script -F pid,comm,period,ip,sym,dso` of `-g`).
 
 Prints the share of samples (weighted by period) of the server process, the python executors,
-the bench client and the rest; then the server's own samples by what they do. A sample in the
+the bench client and the rest (other processes on the machine); then the server's own samples by what they do. A sample in the
 kernel counts as the kernel's (sockets, disk, pipes, wakeups); one in user space counts for the
 nearest frame up its call chain that names a part of the server (a memcpy called from redb is
 redb's), else for what its own frame is (allocation, copies, the runtime).
-Usage: perf-breakdown.py SAMPLES.txt SERVER_PID BENCH_PID
+Usage: perf-breakdown.py SAMPLES.txt SERVER_PID BENCH_PID EXECUTOR_PID,...
 """
 import os
 import re
@@ -40,13 +40,13 @@ PARTS = [(label, pattern) for label, pattern in SERVER[5:11]]
 LEAF = [(label, pattern) for label, pattern in SERVER[11:]]
 
 
-def group_of(comm, pid, server_pid, bench_pid):
+def group_of(comm, pid, server_pid, bench_pid, executors):
     if pid == server_pid:
         return "server (faasd serve)"
     if pid == bench_pid:
         return "bench client (faasd bench)"
-    if comm.startswith("python"):
-        return "python executors (harness + interpreter)"
+    if pid in executors:
+        return "executors (python harness, sandbox shim and init)"
     if comm == "swapper":
         return "idle"
     return "other processes"
@@ -93,9 +93,10 @@ def samples(path):
 
 def main():
     path, server_pid, bench_pid = sys.argv[1], sys.argv[2], sys.argv[3]
+    executors = set(sys.argv[4].split(",")) if len(sys.argv) > 4 else set()
     procs, server, hottest = {}, {}, {}
     for comm, pid, period, frames in samples(path):
-        group = group_of(comm, pid, server_pid, bench_pid)
+        group = group_of(comm, pid, server_pid, bench_pid, executors)
         procs[group] = procs.get(group, 0) + period
         if group.startswith("server"):
             label = server_label(frames)

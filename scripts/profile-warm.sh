@@ -21,9 +21,12 @@ printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
   --tasks "$tasks" --connections 32 --sync-calls 0 &
 bench_pid=$!
 wait "$bench_pid"
+# The executors are the server's descendants (through the sandbox's shim and init).
+descendants() { for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+executors="$(descendants "$server_pid" | paste -sd, -)"
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
 mkdir -p target/profile
 perf script -i "$perf_data" -F pid,comm,period,ip,sym,dso 2>/dev/null >target/profile/samples.txt
 rm -f "$perf_data"
-python3 scripts/perf-breakdown.py target/profile/samples.txt "$server_pid" "$bench_pid"
+python3 scripts/perf-breakdown.py target/profile/samples.txt "$server_pid" "$bench_pid" "$executors"

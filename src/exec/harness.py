@@ -27,28 +27,24 @@ def main():
     mode, bundle = sys.argv[1], sys.argv[2]
     # Frames own the real stdout; anything the function prints goes to stderr instead.
     frames_out = os.fdopen(os.dup(1), "wb", buffering=0)
-    frames_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    # Buffered: a call's header and body usually arrive in one read.
+    frames_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     sys.stdout = sys.stderr
+    pack = struct.Struct(">I").pack
+    unpack = struct.Struct(">I").unpack
 
     def send(body):
         # One write per frame where the pipe takes it; a short write continues, never drops.
-        view = memoryview(struct.pack(">I", len(body)) + body)
+        view = memoryview(pack(len(body)) + body)
         while view:
             view = view[frames_out.write(view):]
 
     def read_exact(n):
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            chunk = frames_in.readinto(view[got:])
-            if not chunk:
-                return None
-            got += chunk
-        return bytes(buf)
+        data = frames_in.read(n)
+        return data if len(data) == n else None
 
     try:
         call = load(mode, bundle)
@@ -61,7 +57,7 @@ def main():
         header = read_exact(4)
         if header is None:
             return 0
-        body = read_exact(struct.unpack(">I", header)[0])
+        body = read_exact(unpack(header)[0])
         if body is None or body[:1] != b"C":
             return 2
         is_json = bool(body[1] & 1)
@@ -81,7 +77,7 @@ def main():
             logs = logs[:LOG_LIMIT] + (
                 "\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped
             ).encode()
-        send(kind + struct.pack(">I", len(result)) + result + logs)
+        send(kind + pack(len(result)) + result + logs)
 
 
 def to_bytes(value):

@@ -92,6 +92,7 @@ for round in $(seq "$rounds"); do
   cp "$work/celery.json" "$work/celery-$round.json"
   cp "$work/faasd.json" "$work/faasd-$round.json"
   "$py" scripts/bench_celery.py table --round "$round" "$work/celery.json" "$work/faasd.json"
+  echo "load average after the round: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared)"
 done
 if [ "$rounds" -gt 1 ]; then
   "$py" scripts/bench_celery.py summary --rounds "$rounds" "$work"

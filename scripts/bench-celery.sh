@@ -10,7 +10,7 @@
 # and result backend; a prefork worker with one process per core. Its settings, and why, are in
 # scripts/bench_celery.py. faasd: a release server with its defaults (every task durable).
 #
-# Usage: [ROUNDS=N] [CELERY_CLIENTS=thread|process] scripts/bench-celery.sh [extra `faasd serve` flags]
+# Usage: [ROUNDS=N] [CELERY_CLIENTS=thread|process] scripts/bench-celery.sh [`faasd serve` flags]
 #   ROUNDS (default 1) repeats both measures and prints each round; odd rounds measure Celery
 #   first, even rounds faasd first. CELERY_CLIENTS picks how Celery's 32 clients run: threads of
 #   one process (the default; its best figure here) or 32 processes.
@@ -65,18 +65,21 @@ worker_pid=$!
 "$py" scripts/bench_celery.py ready --timeout 60 || {
   echo "the Celery worker did not answer:"; cat "$celery_dir/worker.log"; exit 1
 }
-echo "celery:  $("$py" -c 'import celery, redis; print(f"Celery {celery.__version__}, redis-py {redis.__version__}")'), $(redis-server --version | cut -d' ' -f1-3), prefork --concurrency $(nproc), $clients ${CELERY_CLIENTS:-thread} clients"
+echo "celery:  $("$py" scripts/bench_celery.py versions), $(redis-server --version | cut -d' ' -f1-3)," \
+  "prefork --concurrency $(nproc), $clients ${CELERY_CLIENTS:-thread} clients"
 
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 measure_celery() {
   # Two processes: the async clients, then the sync calls from a fresh client.
   "$py" scripts/bench_celery.py measure --tasks "$tasks" --clients "$clients" \
     --mode "${CELERY_CLIENTS:-thread}" --sync-calls 0 >"$work/celery-async.json"
-  "$py" scripts/bench_celery.py measure --tasks 0 --sync-calls "$sync_calls" >"$work/celery-sync.json"
+  "$py" scripts/bench_celery.py measure --tasks 0 --sync-calls "$sync_calls" \
+    >"$work/celery-sync.json"
   "$py" -c 'import json, sys
 a, s = (json.load(open(p)) for p in sys.argv[1:3])
 a["latency"] = s["latency"]
-json.dump(a, open(sys.argv[3], "w"))' "$work/celery-async.json" "$work/celery-sync.json" "$work/celery.json"
+json.dump(a, open(sys.argv[3], "w"))' \
+    "$work/celery-async.json" "$work/celery-sync.json" "$work/celery.json"
 }
 measure_faasd() {
   "$bin" bench --url "$url" --label "python warm" --runtime python --function py-noop \

@@ -14,15 +14,15 @@ import sys
 
 # (label, pattern on the symbol), first match wins; kernel symbols are marked [k].
 SERVER = [
-    ("kernel: sockets (HTTP and worker TCP)",
+    ("kernel, no server frame: sockets",
      r"\[k\].*(tcp|inet|sock|skb|net_rx|netif|loopback|dev_queue|ip_|__sys_send|__sys_recv|napi)"),
-    ("kernel: disk (fsync, ext4, jbd2)", r"\[k\].*(ext4|jbd2|blk|fsync|nvme|bio_|submit_bio|iomap|filemap|folio)"),
-    ("kernel: pipes to executors", r"\[k\].*(pipe|splice)"),
-    ("kernel: wakeups (futex, epoll, scheduler)",
+    ("kernel, no server frame: disk (ext4, jbd2, block)", r"\[k\].*(ext4|jbd2|blk|fsync|nvme|bio_|submit_bio|iomap|filemap|folio)"),
+    ("kernel, no server frame: pipes", r"\[k\].*(pipe|splice)"),
+    ("kernel, no server frame: wakeups, scheduler",
      r"\[k\].*(futex|schedul|epoll|switch|pick_next|ttwu|wake|enqueue|dequeue|update_curr|psi_|ep_)"),
-    ("kernel: other (syscall entry, memory, ...)", r"\[k\]"),
+    ("kernel, no server frame: interrupts, other", r"\[k\]"),
     ("redb", r"redb::"),
-    ("store encode (postcard, serde)", r"postcard|serde|faasd::store"),
+    ("store (encode, writer thread)", r"postcard|serde|faasd::store"),
     ("HTTP (hyper, axum, handlers)", r"hyper|axum|http::|httparse|tower|faasd::api"),
     ("frames (proto, codec)", r"faasd::proto|tokio_util::codec|length_delimited"),
     ("broker", r"faasd::broker"),
@@ -36,8 +36,8 @@ SERVER = [
 HEADER = re.compile(r"^(?P<comm>\S.*?)\s+(?P<pid>\d+)\s+(?P<period>\d+)\s*$")
 FRAME = re.compile(r"^\s+[0-9a-f]+\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$")
 KERNEL = [(label, pattern) for label, pattern in SERVER if label.startswith("kernel")]
-PARTS = [(label, pattern) for label, pattern in SERVER[5:11]]
-LEAF = [(label, pattern) for label, pattern in SERVER[11:]]
+PARTS = [(label, pattern) for label, pattern in SERVER[5:12]]
+LEAF = [(label, pattern) for label, pattern in SERVER[12:]]
 
 
 def group_of(comm, pid, server_pid, bench_pid, executors):
@@ -60,18 +60,20 @@ def first_match(rules, sym):
 
 
 def server_label(frames):
-    """What a server sample was doing, from its call chain (leaf first)."""
+    """What a server sample was doing, from its call chain (leaf first): the part of the server
+    named by the nearest user-space frame, and whether the sample was in the kernel (a system
+    call or an interrupt on its behalf) or in user space."""
     if not frames:
-        return "other"
-    leaf_sym, leaf_dso = frames[0]
-    if "kernel" in leaf_dso:
-        return first_match(KERNEL, "[k] " + leaf_sym)
+        return ("other", "user")
+    in_kernel = "kernel" in frames[0][1]
     for sym, dso in frames:
         if "kernel" not in dso:
             label = first_match(PARTS, sym)
             if label:
-                return label
-    return first_match(LEAF, leaf_sym)
+                return (label, "kernel" if in_kernel else "user")
+    if in_kernel:
+        return (first_match(KERNEL, "[k] " + frames[0][0]), "kernel")
+    return (first_match(LEAF, frames[0][0]), "user")
 
 
 def samples(path):
@@ -99,24 +101,27 @@ def main():
         group = group_of(comm, pid, server_pid, bench_pid, executors)
         procs[group] = procs.get(group, 0) + period
         if group.startswith("server"):
-            label = server_label(frames)
-            server[label] = server.get(label, 0) + period
+            label, where = server_label(frames)
+            split = server.setdefault(label, {"user": 0, "kernel": 0})
+            split[where] += period
             leaf = frames[0][0] if frames else "?"
             by_sym = hottest.setdefault(label, {})
             by_sym[leaf] = by_sym.get(leaf, 0) + period
     total = sum(procs.values()) or 1
-    busy = sum(server.values()) or 1
-    print(f"{'where the machine spent its samples':44} share")
+    busy = sum(sum(v.values()) for v in server.values()) or 1
+    print(f"{'where the machine spent its samples':52} share")
     for group, n in sorted(procs.items(), key=lambda kv: -kv[1]):
-        print(f"  {group:42} {100 * n / total:5.1f}%")
-    print(f"\n{'the server, by what it does':44} of server  of machine")
-    for label, _ in SERVER:
-        n = server.get(label, 0)
-        if n:
-            print(f"  {label:42} {100 * n / busy:5.1f}%  {100 * n / total:5.1f}%")
-            top = sorted(hottest[label].items(), key=lambda kv: -kv[1])
-            for sym, m in top[: int(os.environ.get("TOP", "0"))]:
-                print(f"      {100 * m / busy:5.1f}%  {sym[:100]}")
+        print(f"  {group:50} {100 * n / total:5.1f}%")
+    print(f"\n{'the server, by what it does (% of the server)':52} total   user  kernel")
+    for label in [l for l, _ in PARTS + LEAF] + [l for l, _ in KERNEL]:
+        if label not in server:
+            continue
+        user, kernel = server[label]["user"], server[label]["kernel"]
+        print(f"  {label:50} {100 * (user + kernel) / busy:5.1f}%  {100 * user / busy:5.1f}%  {100 * kernel / busy:5.1f}%")
+        top = sorted(hottest[label].items(), key=lambda kv: -kv[1])
+        for sym, m in top[: int(os.environ.get("TOP", "0"))]:
+            print(f"      {100 * m / busy:5.1f}%  {sym[:100]}")
+    print(f"  (the server was {100 * busy / total:.1f}% of the machine's samples)")
 
 
 if __name__ == "__main__":

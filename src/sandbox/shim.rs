@@ -204,9 +204,18 @@ pub(super) fn run_as_init(
     prepared: &Prepared,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
+    prepare_init(config, prepared)?;
+    start_and_wait(config, argv, env, report)
+}
+
+/// The part of [`run_as_init`] before the function is known: the layers up to and including
+/// the private filesystem. A zygote runs it ahead of a call (see `zygote/ready.rs`), so that
+/// the call itself only waits for [`start_and_wait`].
+pub(super) fn prepare_init(config: &Config, prepared: &Prepared) -> Result<(), Error> {
     prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
-    init(config, new_net, argv, env, prepared, report)
+    init_root(config, new_net, prepared)?;
+    filter_init(prepared)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
@@ -344,6 +353,24 @@ fn init(
     prepared: &Prepared,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
+    init_root(config, new_net, prepared)?;
+    filter_init(prepared)?;
+    start_and_wait(config, argv, env, report)
+}
+
+/// Step 6 in the namespace's init, before it forks the function, which inherits the filter:
+/// `no_new_privs` (which lets a process without privileges set a filter), then the seccomp
+/// filter. From here on init only forks the function, waits and reports, none of which the
+/// filter refuses; a zygote's ready sandbox pays for the filter's installation (its JIT)
+/// ahead of the call.
+fn filter_init(prepared: &Prepared) -> Result<(), Error> {
+    sys::no_new_privs()?;
+    install_seccomp(prepared.filter.as_ref())
+}
+
+/// In the namespace's init: dies with its parent, then (with namespaces) names the host, brings
+/// up a new network namespace's loopback and builds the private filesystem.
+fn init_root(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), Error> {
     // If the shim dies (killed with the worker), init dies, and the namespace with it.
     sys::die_with_parent()?;
     if config.namespaces {
@@ -358,11 +385,22 @@ fn init(
         };
         build_root(&config.read_only, &workspace, prepared.template.as_deref())?;
     }
+    Ok(())
+}
+
+/// In the namespace's init, its filesystem built: starts the function as pid 2, waits for it,
+/// reports how it ended on `report` and exits.
+pub(super) fn start_and_wait(
+    config: &Config,
+    argv: &[OsString],
+    env: &[OsString],
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
         ForkResult::Child => {
             drop(report);
-            let err = match start_function(config, argv, env, prepared) {
+            let err = match start_function(config, argv, env) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -396,18 +434,17 @@ fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
     }
 }
 
-/// The function's own process (pid 2): limits, privileges, fds, seccomp, exec.
+/// The function's own process (pid 2), under the filter init installed: limits, privileges,
+/// fds, exec.
 fn start_function(
     config: &Config,
     argv: &[OsString],
     env: &[OsString],
-    prepared: &Prepared,
 ) -> Result<std::convert::Infallible, Error> {
     limit(config)?;
     drop_privileges(config)?;
     // Every fd above 2, inherited or the shim's own.
     sys::close_range(3)?;
-    install_seccomp(prepared.filter.as_ref())?;
     exec(argv, env, config.namespaces)
 }
 

@@ -449,6 +449,33 @@ pub fn close_range(first: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Closes every fd from 3 up but those of `keep`.
+pub fn close_all_but(keep: &[RawFd]) -> Result<(), Error> {
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    kept.sort_unstable();
+    let mut first = 3u32;
+    for fd in kept.into_iter().filter(|&fd| fd >= 3) {
+        if fd > first {
+            // SAFETY: close_range on fds this process owns and the caller gave up.
+            if unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) } != 0 {
+                return Err(last("close_range"));
+            }
+        }
+        first = fd + 1;
+    }
+    close_range(first)
+}
+
+/// Whether `fd` turns readable within `timeout`.
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    // Rounded up, so a wait never ends just before the moment it waits for.
+    let ms = libc::c_int::try_from(timeout.as_millis() + 1).unwrap_or(libc::c_int::MAX);
+    poll_readable(fd, ms)
+}
+
 /// Has the kernel send this process SIGKILL when the thread that forked it ends.
 pub fn die_with_parent() -> Result<(), Error> {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.

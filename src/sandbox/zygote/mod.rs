@@ -40,6 +40,7 @@
 
 mod client;
 mod pools;
+mod ready;
 mod server;
 mod templates;
 mod wire;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 
 use super::pools::{Cgroups, Nets, TakenCgroup};
+use super::ready::{self, Ready, ReadySandboxes};
 use super::templates::Templates;
 use super::wire::{Reply, Request, read_frame, write_frame};
 use crate::sandbox::root;
@@ -49,7 +50,17 @@ fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
     raise_fd_limit();
     let (mut server, ready) = Server::open(dir)?;
     write_frame(sock.as_fd(), &ready, &[])?;
-    while let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? {
+    loop {
+        // Waits for a request, ending the ready sandboxes that have waited too long meanwhile.
+        server.end_ready(false);
+        if let Some(wait) = server.ready.next_expiry()
+            && !sys::readable_within(sock.as_fd(), wait)
+        {
+            continue;
+        }
+        let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? else {
+            break;
+        };
         let (reply, pidfd) = match request {
             // A frame this zygote cannot use fails that request alone.
             Err(e) => (Reply::failed(&e), None),
@@ -57,8 +68,11 @@ fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
         };
         let fds: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
         write_frame(sock.as_fd(), &reply, &fds)?;
+        // Off the call's path: the next call's sandbox.
+        server.prepare_next();
     }
-    // The worker is gone: its idle cgroups go too.
+    // The worker is gone: its ready sandboxes and idle cgroups go too.
+    server.end_ready(true);
     server.cgroups.remove_idle();
     Ok(())
 }
@@ -87,6 +101,11 @@ struct Server {
     home_pid: OwnedFd,
     /// The read end of each unreaped child's report pipe.
     reports: HashMap<i32, OwnedFd>,
+    /// Sandboxes prepared ahead of their call.
+    ready: ReadySandboxes,
+    /// The configuration (as JSON, and parsed) of the last spawn, whose next call's sandbox is
+    /// prepared once its reply is sent.
+    next: Option<(Vec<u8>, Config)>,
 }
 
 /// What a spawn took for its call before the fork.
@@ -122,6 +141,8 @@ impl Server {
             nets: Nets::new(sys::open_namespace("/proc/self/ns/net")?),
             home_pid: sys::open_namespace("/proc/self/ns/pid")?,
             reports: HashMap::new(),
+            ready: ReadySandboxes::default(),
+            next: None,
         };
         Ok((server, Reply::Ready { fast_attach, note }))
     }
@@ -155,7 +176,18 @@ impl Server {
             });
         }
         let (config, inner) = shim::parse_args(&argv[2..])?;
+        let key = argv[2].as_bytes().to_vec();
+        if let Some(ready) = self.ready.take(&key) {
+            if let Some(spawned) = self.hand_over(ready, inner, &env, &stdio) {
+                self.next = Some((key, config));
+                return Ok(spawned);
+            }
+        }
         let taken = self.take(&config)?;
+        if config.namespaces && taken.template.is_some() {
+            // Only over a template: a root built from nothing needs the call's working directory.
+            self.next = Some((key, config.clone()));
+        }
         let (report_r, report_w) = match report_pipe_in_new_pid_namespace(&config) {
             Ok(pipe) => pipe,
             Err(e) => return Err(self.give_back(taken, e)),
@@ -184,6 +216,116 @@ impl Server {
                 self.adopt(child.as_raw(), report_r, taken)
             }
         }
+    }
+
+    /// Hands a call to a ready sandbox: its pid and pidfd, or `None` (the sandbox is ended)
+    /// when it is gone.
+    fn hand_over(
+        &mut self,
+        ready: Ready,
+        argv: &[OsString],
+        env: &[OsString],
+        stdio: &[OwnedFd],
+    ) -> Option<(i32, OwnedFd)> {
+        let (frame, fds) = ready::call_frame(argv, env, stdio);
+        let alive = !sys::has_exited(ready.pidfd.as_fd());
+        if alive && write_frame(ready.control.as_fd(), &frame, &fds).is_ok() {
+            return Some((ready.pid, ready.pidfd));
+        }
+        self.end(ready);
+        None
+    }
+
+    /// Prepares the next call's sandbox for the last spawn's configuration, unless one is
+    /// ready. A failure only means that call prepares its own.
+    fn prepare_next(&mut self) {
+        let Some((key, config)) = self.next.take() else {
+            return;
+        };
+        if self.ready.has(&key) {
+            return;
+        }
+        match self.fork_ready(&config) {
+            Ok(Some(ready)) => {
+                if let Some(displaced) = self.ready.put(key, ready) {
+                    self.end(displaced);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("faasd zygote: cannot prepare a sandbox ahead: {e}"),
+        }
+    }
+
+    /// Forks a ready sandbox for `config` (`None`: it has no template root).
+    fn fork_ready(&mut self, config: &Config) -> Result<Option<Ready>, Error> {
+        let taken = self.take(config)?;
+        if taken.template.is_none() {
+            // Its root would be built from the call's working directory: not ahead of it.
+            let _ = self.give_back(
+                taken,
+                Error::Arguments {
+                    what: "no template",
+                },
+            );
+            return Ok(None);
+        }
+        let sockets = sys::call(
+            "socketpair",
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ),
+        );
+        let pipe = sockets.and_then(|s| Ok((s, report_pipe_in_new_pid_namespace(config)?)));
+        let ((control, theirs), (report_r, report_w)) = match pipe {
+            Ok(fds) => fds,
+            Err(e) => return Err(self.give_back(taken, e)),
+        };
+        match self.fork(config) {
+            Err(e) => Err(self.give_back(taken, e)),
+            Ok(ForkResult::Child) => {
+                drop((report_r, control));
+                let prepared = Prepared {
+                    net_joined: taken.net.is_some(),
+                    filter: Some(self.filter.clone()),
+                    template: taken.template,
+                    cgroup: taken.cgroup.map(|(name, _)| name),
+                };
+                let net = taken.net.as_ref().map(|(_, net)| net);
+                std::process::exit(ready::child(config, &prepared, net, report_w, theirs))
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop((report_w, theirs));
+                let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
+                let since = std::time::Instant::now();
+                Ok(Some(Ready {
+                    pid,
+                    pidfd,
+                    control,
+                    since,
+                }))
+            }
+        }
+    }
+
+    /// Ends the ready sandboxes that waited too long (all of them with `everything`).
+    fn end_ready(&mut self, everything: bool) {
+        for ready in self.ready.expired(everything) {
+            self.end(ready);
+        }
+    }
+
+    /// Ends a ready sandbox that will serve no call: kills and reaps it, and gives its network
+    /// namespace and cgroups back (nothing of a call ever ran in them).
+    fn end(&mut self, ready: Ready) {
+        let _ = sys::pidfd_kill(ready.pidfd.as_fd());
+        drop(ready.control);
+        let _ = sys::reap(ready.pid);
+        self.reports.remove(&ready.pid);
+        self.cgroups.release(ready.pid);
+        self.nets.release(ready.pid);
     }
 
     /// What the call takes before the fork: its template root, a pooled network namespace and

@@ -405,6 +405,26 @@ impl Usage {
     }
 }
 
+/// What this process's children that it has reaped used (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_usage() -> Usage {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage with a valid out pointer; it cannot fail for RUSAGE_CHILDREN.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    Usage::of(&ru)
+}
+
+/// Blocks until `first` or `second` is readable.
+pub fn wait_either(first: BorrowedFd<'_>, second: BorrowedFd<'_>) {
+    let mut polls = [first, second].map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds; the fds stay open for the call (they are borrowed).
+    while unsafe { libc::poll(polls.as_mut_ptr(), 2, -1) } < 0 && Errno::last() == Errno::EINTR {}
+}
+
 /// `wait4` on our own child `pid`, again after a signal: its raw wait status and what it used,
 /// or with `nohang` `None` while it has not ended.
 pub fn wait4(pid: i32, nohang: bool) -> Result<Option<(i32, Usage)>, Error> {

@@ -1,9 +1,12 @@
 //! The zygote process (`faasd __zygote DIR`): [`zygote_main`] sets it up, then serves the
 //! worker's requests one at a time, each handled by a method of [`Server`] named after it
-//! (`spawn`, `reap`, `kill`). A spawn forks the call's init, which sets itself up as
+//! (`spawn`, `reap`, `kill`). A spawn hands the call to the sandbox ready for its
+//! configuration (`ready.rs`), or else forks the call's init, which sets itself up as
 //! `posix_spawn` would (session, stdio, working directory), joins what the zygote prepared
 //! (a pooled network namespace and cgroups, a template root, the compiled seccomp filter) and
-//! runs the shim's layers and the function.
+//! runs the shim's layers and the function. Once the reply is sent, the zygote prepares the
+//! next call's sandbox; between requests it ends ready sandboxes left idle and reaps the
+//! children it answered for early (`reap_early`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -21,7 +24,7 @@ use super::ready::{self, Ready, ReadySandboxes};
 use super::templates::Templates;
 use super::wire::{Reply, Request, read_frame, write_frame};
 use crate::sandbox::root;
-use crate::sandbox::shim::{self, Config, Ending, Prepared};
+use crate::sandbox::shim::{self, Config, Prepared, Report};
 use crate::sandbox::sys::{self, Error};
 
 /// The fd on which the call's init finds its report pipe.
@@ -53,7 +56,8 @@ fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
     loop {
         // Waits for a request, ending the ready sandboxes that have waited too long meanwhile.
         server.end_ready(false);
-        if let Some(wait) = server.ready.next_expiry()
+        server.reap_ending();
+        if let Some(wait) = server.next_wake()
             && !sys::readable_within(sock.as_fd(), wait)
         {
             continue;
@@ -61,18 +65,19 @@ fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
         let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? else {
             break;
         };
-        let (reply, pidfd) = match request {
+        let (reply, sent) = match request {
             // A frame this zygote cannot use fails that request alone.
-            Err(e) => (Reply::failed(&e), None),
+            Err(e) => (Reply::failed(&e), Vec::new()),
             Ok(request) => server.handle(request, fds),
         };
-        let fds: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = sent.iter().map(|fd| fd.as_raw_fd()).collect();
         write_frame(sock.as_fd(), &reply, &fds)?;
         // Off the call's path: the next call's sandbox.
         server.prepare_next();
     }
     // The worker is gone: its ready sandboxes and idle cgroups go too.
     server.end_ready(true);
+    server.reap_ending();
     server.cgroups.remove_idle();
     Ok(())
 }
@@ -101,6 +106,8 @@ struct Server {
     home_pid: OwnedFd,
     /// The read end of each unreaped child's report pipe.
     reports: HashMap<i32, OwnedFd>,
+    /// Children answered for early (see [`Server::reap_early`]), not reaped yet.
+    ending: Vec<i32>,
     /// Sandboxes prepared ahead of their call.
     ready: ReadySandboxes,
     /// The configuration (as JSON, and parsed) of the last spawn, whose next call's sandbox is
@@ -141,6 +148,7 @@ impl Server {
             nets: Nets::new(sys::open_namespace("/proc/self/ns/net")?),
             home_pid: sys::open_namespace("/proc/self/ns/pid")?,
             reports: HashMap::new(),
+            ending: Vec::new(),
             ready: ReadySandboxes::default(),
             next: None,
         };
@@ -148,18 +156,28 @@ impl Server {
     }
 
     /// Answers one request: the reply, and the fd to send with it.
-    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Option<OwnedFd>) {
+    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        // Children answered for early that have ended since refill the pools first.
+        self.reap_ending();
         let answer = match request {
             Request::Spawn { argv, env, cwd } => {
                 let argv = argv.into_iter().map(OsString::from_vec).collect();
                 let env = env.into_iter().map(OsString::from_vec).collect();
                 self.spawn(argv, env, OsString::from_vec(cwd), fds)
-                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, Some(pidfd)))
+                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, self.spawned_fds(pid, pidfd)))
             }
-            Request::Reap { pid } => self.reap(pid).map(|reply| (reply, None)),
-            Request::Kill { pid } => self.kill(pid).map(|reply| (reply, None)),
+            Request::Reap { pid } => self.reap(pid).map(|reply| (reply, Vec::new())),
+            Request::Kill { pid } => self.kill(pid).map(|reply| (reply, Vec::new())),
         };
-        answer.unwrap_or_else(|e| (Reply::failed(&e), None))
+        answer.unwrap_or_else(|e| (Reply::failed(&e), Vec::new()))
+    }
+
+    /// The fds that go with a `Spawned` reply: the pidfd, and a copy of the read end of the
+    /// child's report pipe, which turns readable once the function has ended (the worker waits
+    /// on either, never reads it).
+    fn spawned_fds(&self, pid: i32, pidfd: OwnedFd) -> Vec<OwnedFd> {
+        let report = self.reports.get(&pid).and_then(|r| r.try_clone().ok());
+        std::iter::once(pidfd).chain(report).collect()
     }
 
     /// `Spawn`: forks the call's init for a shim command line; returns its pid and a pidfd.
@@ -310,6 +328,16 @@ impl Server {
         }
     }
 
+    /// How long the zygote may wait for a request before it has work of its own: a ready
+    /// sandbox to end, or children answered for early to reap (`None`: neither).
+    fn next_wake(&self) -> Option<Duration> {
+        let reap = (!self.ending.is_empty()).then_some(Duration::from_millis(1));
+        match (self.ready.next_expiry(), reap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Ends the ready sandboxes that waited too long (all of them with `everything`).
     fn end_ready(&mut self, everything: bool) {
         for ready in self.ready.expired(everything) {
@@ -415,19 +443,60 @@ impl Server {
     /// and gives its network namespace and cgroups back to the pools.
     fn reap(&mut self, pid: i32) -> Result<Reply, Error> {
         let (waited, usage) = match sys::wait4(pid, true) {
-            Ok(None) => return Err(Error::NotEnded { pid }),
+            Ok(None) => return self.reap_early(pid),
             Ok(Some((status, usage))) => (Ok(status), usage),
             Err(e) => (Err(e), sys::Usage::default()),
         };
-        let ending = self.reports.remove(&pid).and_then(|r| Ending::read(&r));
+        let report = self.reports.remove(&pid).and_then(|r| Report::read(&r));
         let oom = self.cgroups.release(pid);
         self.nets.release(pid);
+        let (status, usage) = match report {
+            Some(report) => (report.ending.wait_status(), report.usage),
+            None => (waited?, usage),
+        };
         Ok(Reply::Reaped {
-            status: ending.map_or(waited?, Ending::wait_status),
+            status,
             oom,
             cpu_us: usage.cpu_us,
             peak_memory_bytes: usage.peak_memory_bytes,
         })
+    }
+
+    /// `Reap` of a child whose init has reported how the function ended but has not ended
+    /// itself (it is tearing its namespaces down): answered from the report now, so the call
+    /// need not wait for the teardown; the child is reaped, and its network namespace and
+    /// cgroups go back to the pools, once it has ended ([`Server::reap_ending`]). Refused, as
+    /// by `reap`, while there is no report.
+    fn reap_early(&mut self, pid: i32) -> Result<Reply, Error> {
+        let report = self
+            .reports
+            .get(&pid)
+            .and_then(Report::read)
+            .ok_or(Error::NotEnded { pid })?;
+        self.reports.remove(&pid);
+        let oom = self.cgroups.oom_since_taken(pid);
+        self.ending.push(pid);
+        Ok(Reply::Reaped {
+            status: report.ending.wait_status(),
+            oom,
+            cpu_us: report.usage.cpu_us,
+            peak_memory_bytes: report.usage.peak_memory_bytes,
+        })
+    }
+
+    /// Reaps the children answered for early that have ended since, and gives their network
+    /// namespaces and cgroups back to the pools: every process of their calls is gone then.
+    fn reap_ending(&mut self) {
+        let mut still = Vec::new();
+        for pid in std::mem::take(&mut self.ending) {
+            if let Ok(None) = sys::wait4(pid, true) {
+                still.push(pid);
+                continue;
+            }
+            self.cgroups.release(pid);
+            self.nets.release(pid);
+        }
+        self.ending = still;
     }
 
     /// `Kill`: kills a child and reaps it.

@@ -214,14 +214,17 @@ async fn ten_thousand_invocations_leave_nothing_behind() {
     let what = "the zygote's fd count to return to the baseline";
     eventually(what, SETTLE, zygote_fds_settled).await;
     // Two slots and their warm executors: never more than a few namespaces and cgroups in use
-    // at once, and the kernel is not left holding thousands of removed memory cgroups.
+    // at once, and the kernel is not left holding thousands of removed memory cgroups. A few:
+    // per slot the running call and the one answered before its teardown ended, the warm
+    // executors, and a ready sandbox per function (three here), each holding a pair and a
+    // namespace; the pools keep what the busiest moment used.
     let pooled = netns_count(zygote);
     assert!(
-        (1..=8).contains(&pooled),
+        (1..=16).contains(&pooled),
         "{pooled} pooled network namespaces"
     );
     let pooled = pooled_cgroups(zygote);
-    assert!((1..=8).contains(&pooled), "{pooled} pooled cgroups");
+    assert!((1..=16).contains(&pooled), "{pooled} pooled cgroups");
     let kernel_now = memory_cgroups_in_kernel();
     assert!(
         kernel_now <= kernel_cgroups + 16,

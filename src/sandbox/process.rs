@@ -31,6 +31,8 @@ enum Parent {
 pub struct Child {
     pid: Pid,
     pidfd: AsyncFd<OwnedFd>,
+    /// For a zygote's child: readable once the function has ended (see [`Child::exited`]).
+    ended: Option<AsyncFd<OwnedFd>>,
     reaped: bool,
     parent: Parent,
     /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
@@ -82,6 +84,7 @@ impl Pipes {
         Child {
             pid,
             pidfd,
+            ended: None,
             reaped: false,
             parent,
             memory_killed: None,
@@ -93,7 +96,7 @@ impl Pipes {
     }
 }
 
-/// Registers a pidfd with the async runtime.
+/// Registers a pidfd (or a report pipe) with the async runtime.
 fn watch(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>, Error> {
     // SAFETY: `OwnedFd::as_raw_fd` always returns the one fd it owns, open until it drops.
     unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }.map_err(|e| {
@@ -102,6 +105,16 @@ fn watch(pidfd: OwnedFd) -> Result<AsyncFd<OwnedFd>, Error> {
             errno: sys::errno_of(&e.into_parts().1),
         }
     })
+}
+
+/// Waits until `fd` is readable (it stays so: nothing reads it).
+async fn readable(fd: &AsyncFd<OwnedFd>) -> Result<(), Error> {
+    let guard = fd.readable().await.map_err(|e| Error::Call {
+        call: "epoll_wait(pidfd)",
+        errno: sys::errno_of(&e),
+    })?;
+    drop(guard);
+    Ok(())
 }
 
 /// Starts `program` with `argv` and exactly `envp`, in `cwd`, in a new session.
@@ -133,10 +146,15 @@ pub fn spawn_in_zygote(
     cwd: &CStr,
 ) -> Result<Child, Error> {
     let pipes = Pipes::new()?;
-    let (pid, pidfd, generation) = zygote.spawn(argv, envp, cwd, pipes.theirs())?;
-    let pid = Pid::from_raw(pid);
-    match watch(pidfd) {
-        Ok(pidfd) => Ok(pipes.into_child(pid, pidfd, Parent::Zygote(zygote, generation))),
+    let (spawned, generation) = zygote.spawn(argv, envp, cwd, pipes.theirs())?;
+    let pid = Pid::from_raw(spawned.pid);
+    let ended = spawned.ended.map(watch).transpose();
+    match watch(spawned.pidfd).and_then(|pidfd| Ok((pidfd, ended?))) {
+        Ok((pidfd, ended)) => {
+            let mut child = pipes.into_child(pid, pidfd, Parent::Zygote(zygote, generation));
+            child.ended = ended;
+            Ok(child)
+        }
         Err(e) => {
             zygote.kill(pid.as_raw(), generation);
             Err(e)
@@ -147,15 +165,19 @@ pub fn spawn_in_zygote(
 impl Child {
     /// Waits until the child has exited, without reaping it: while it is an unreaped zombie
     /// its pid (and so its process group id) cannot be reused, so the group can still be
-    /// killed safely.
+    /// killed safely. A zygote's child counts as exited once its init has reported how the
+    /// function ended: init then only exits, tearing its namespaces down, which the call need
+    /// not wait for (its group is killed through the pidfd, which names only it).
     pub async fn exited(&self) -> Result<(), Error> {
-        // A pidfd turns readable when the process exits and stays readable.
-        let guard = self.pidfd.readable().await.map_err(|e| Error::Call {
-            call: "epoll_wait(pidfd)",
-            errno: sys::errno_of(&e),
-        })?;
-        drop(guard);
-        Ok(())
+        // A pidfd turns readable when the process exits and stays readable; so does the
+        // report pipe, which nothing here reads.
+        match &self.ended {
+            Some(ended) => tokio::select! {
+                r = readable(&self.pidfd) => r,
+                r = readable(ended) => r,
+            },
+            None => readable(&self.pidfd).await,
+        }
     }
 
     /// Whether the sandbox's memory limit killed a process of the call, once the child is
@@ -256,14 +278,27 @@ impl Child {
         }
         let status = match self.parent {
             Parent::Zygote(zygote, generation) => {
-                sys::wait_exited(self.pidfd.get_ref().as_fd());
-                zygote
-                    .reap(self.pid.as_raw(), generation)
-                    .map(|(status, oom, usage)| {
-                        self.memory_killed = oom;
-                        self.usage = Some(usage);
-                        status
-                    })
+                let pid = self.pid.as_raw();
+                match &self.ended {
+                    Some(ended) => {
+                        sys::wait_either(self.pidfd.get_ref().as_fd(), ended.get_ref().as_fd())
+                    }
+                    None => sys::wait_exited(self.pidfd.get_ref().as_fd()),
+                }
+                // The report pipe also turns readable when init dies without reporting: the
+                // zygote then refuses while it has not ended; asked again once it has.
+                let reaped = match zygote.reap(pid, generation) {
+                    Err(e) if e.errno() == Errno::EAGAIN => {
+                        sys::wait_exited(self.pidfd.get_ref().as_fd());
+                        zygote.reap(pid, generation)
+                    }
+                    reaped => reaped,
+                };
+                reaped.map(|(status, oom, usage)| {
+                    self.memory_killed = oom;
+                    self.usage = Some(usage);
+                    status
+                })
             }
             Parent::Us => sys::reap_with_usage(self.pid.as_raw()).map(|(status, usage)| {
                 self.usage = Some(usage);

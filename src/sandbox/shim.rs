@@ -17,15 +17,19 @@
 //!    0–2 closed;
 //! 6. a seccomp filter answering EPERM to ptrace, mount, kexec, bpf, keyctl, io_uring,
 //!    perf_event_open, unshare/setns and namespace-creating clones, reboot and module loading.
+//!    The namespace's init installs it (after `no_new_privs`) once its filesystem is built and
+//!    before it forks the function, which inherits it; init itself then only forks, waits and
+//!    reports.
 //!
 //! The shim runs before any thread exists (main dispatches to it before starting the async
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the
 //! system call (a [`sys::Error`]), and the shim then exits with [`SETUP_FAILED`].
 //!
 //! This file owns the shim's command line ([`wrap`], [`is_wrapped`], [`Config`]), its steps
-//! (step 3, the filesystem, is `root.rs`), and `Ending`, the five-byte report of how the
-//! function ended that init writes for the shim or the zygote. A zygote runs the same steps
-//! from `run_as_init`, with what it did ahead of time (`Prepared`).
+//! (step 3, the filesystem, is `root.rs`), and `Report`, how the function ended (`Ending`) and
+//! what it used, which init writes for the shim or the zygote. A zygote runs the same steps
+//! from `run_as_init`, with what it did ahead of time (`Prepared`), or in two halves: a ready
+//! sandbox runs `prepare_init` before its call is known and `start_and_wait` once it is.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;
@@ -204,9 +208,18 @@ pub(super) fn run_as_init(
     prepared: &Prepared,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
+    prepare_init(config, prepared)?;
+    start_and_wait(config, argv, env, report)
+}
+
+/// The part of [`run_as_init`] before the function is known: the layers up to and including
+/// the private filesystem. A zygote runs it ahead of a call (see `zygote/ready.rs`), so that
+/// the call itself only waits for [`start_and_wait`].
+pub(super) fn prepare_init(config: &Config, prepared: &Prepared) -> Result<(), Error> {
     prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
-    init(config, new_net, argv, env, prepared, report)
+    init_root(config, new_net, prepared)?;
+    filter_init(prepared)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
@@ -285,26 +298,69 @@ impl Ending {
         }
     }
 
-    /// Reads the report from `pipe`; `None` when init ended before it could write one.
-    pub(super) fn read(pipe: &OwnedFd) -> Option<Ending> {
-        let mut buf = [0u8; 5];
-        if nix::unistd::read(pipe, &mut buf).ok()? < buf.len() {
-            return None;
-        }
-        Ending::decode(buf)
-    }
-
-    /// Writes the report to `pipe`.
-    fn write(self, pipe: OwnedFd) {
-        let _ = std::io::Write::write_all(&mut std::fs::File::from(pipe), &self.encode());
-    }
-
     /// As a raw wait status.
     pub(super) fn wait_status(self) -> i32 {
         match self {
             Ending::Exited(code) => (code & 0xff) << 8,
             Ending::Signaled(sig) => sig & 0x7f,
         }
+    }
+}
+
+/// What the namespace's init reports on its pipe once the function has ended: the
+/// [`Ending`]'s five bytes, then what init's children (the function and whatever else init
+/// reaped) used: CPU microseconds and peak resident bytes, big-endian `u64`s. With it, a zygote
+/// can answer for the call while init is still on its way out (tearing down its namespaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Report {
+    /// How the function ended.
+    pub ending: Ending,
+    /// What it used.
+    pub usage: sys::Usage,
+}
+
+impl Report {
+    /// The report's length in bytes.
+    const LEN: usize = 21;
+
+    /// The report's bytes.
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[..5].copy_from_slice(&self.ending.encode());
+        bytes[5..13].copy_from_slice(&self.usage.cpu_us.to_be_bytes());
+        bytes[13..].copy_from_slice(&self.usage.peak_memory_bytes.to_be_bytes());
+        bytes
+    }
+
+    /// The report its bytes say; `None` for bytes that are not one.
+    fn decode(bytes: [u8; Self::LEN]) -> Option<Report> {
+        let ending = Ending::decode([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]])?;
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(word)
+        };
+        let usage = sys::Usage {
+            cpu_us: u64_at(5),
+            peak_memory_bytes: u64_at(13),
+        };
+        Some(Report { ending, usage })
+    }
+
+    /// Reads the report from `pipe`; `None` when init ended before it could write one (or,
+    /// on a non-blocking pipe, has not written it yet).
+    pub(super) fn read(pipe: &OwnedFd) -> Option<Report> {
+        let mut buf = [0u8; Self::LEN];
+        if nix::unistd::read(pipe, &mut buf).ok()? < buf.len() {
+            return None;
+        }
+        Report::decode(buf)
+    }
+
+    /// Writes the report to `pipe`, in one `write` (shorter than `PIPE_BUF`, so it arrives
+    /// whole).
+    fn write(self, pipe: OwnedFd) {
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(pipe), &self.encode());
     }
 }
 
@@ -317,7 +373,7 @@ fn pass_on(init: nix::unistd::Pid, report: OwnedFd) -> i32 {
         Ok(_) => SETUP_FAILED,
         Err(_) => return SETUP_FAILED,
     };
-    match Ending::read(&report) {
+    match Report::read(&report).map(|r| r.ending) {
         // Set-up failed before the function started; init said why on stderr.
         None => status,
         Some(Ending::Exited(code)) => code,
@@ -344,6 +400,24 @@ fn init(
     prepared: &Prepared,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
+    init_root(config, new_net, prepared)?;
+    filter_init(prepared)?;
+    start_and_wait(config, argv, env, report)
+}
+
+/// Step 6 in the namespace's init, before it forks the function, which inherits the filter:
+/// `no_new_privs` (which lets a process without privileges set a filter), then the seccomp
+/// filter. From here on init only forks the function, waits and reports, none of which the
+/// filter refuses; a zygote's ready sandbox pays for the filter's installation (its JIT)
+/// ahead of the call.
+fn filter_init(prepared: &Prepared) -> Result<(), Error> {
+    sys::no_new_privs()?;
+    install_seccomp(prepared.filter.as_ref())
+}
+
+/// In the namespace's init: dies with its parent, then (with namespaces) names the host, brings
+/// up a new network namespace's loopback and builds the private filesystem.
+fn init_root(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), Error> {
     // If the shim dies (killed with the worker), init dies, and the namespace with it.
     sys::die_with_parent()?;
     if config.namespaces {
@@ -358,11 +432,22 @@ fn init(
         };
         build_root(&config.read_only, &workspace, prepared.template.as_deref())?;
     }
+    Ok(())
+}
+
+/// In the namespace's init, its filesystem built: starts the function as pid 2, waits for it,
+/// reports how it ended on `report` and exits.
+pub(super) fn start_and_wait(
+    config: &Config,
+    argv: &[OsString],
+    env: &[OsString],
+    report: OwnedFd,
+) -> Result<std::convert::Infallible, Error> {
     // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
     let function = match step("fork", unsafe { fork() })? {
         ForkResult::Child => {
             drop(report);
-            let err = match start_function(config, argv, env, prepared) {
+            let err = match start_function(config, argv, env) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -371,7 +456,9 @@ fn init(
         }
         ForkResult::Parent { child } => child,
     };
-    wait_for_function(function)?.write(report);
+    let ending = wait_for_function(function)?;
+    let usage = sys::children_usage();
+    Report { ending, usage }.write(report);
     std::process::exit(0)
 }
 
@@ -396,18 +483,17 @@ fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
     }
 }
 
-/// The function's own process (pid 2): limits, privileges, fds, seccomp, exec.
+/// The function's own process (pid 2), under the filter init installed: limits, privileges,
+/// fds, exec.
 fn start_function(
     config: &Config,
     argv: &[OsString],
     env: &[OsString],
-    prepared: &Prepared,
 ) -> Result<std::convert::Infallible, Error> {
     limit(config)?;
     drop_privileges(config)?;
     // Every fd above 2, inherited or the shim's own.
     sys::close_range(3)?;
-    install_seccomp(prepared.filter.as_ref())?;
     exec(argv, env, config.namespaces)
 }
 
@@ -590,13 +676,23 @@ mod tests {
     }
 
     #[test]
-    fn an_ending_is_read_from_its_pipe_and_a_short_report_is_none() {
+    fn a_report_is_read_from_its_pipe_and_a_short_one_is_none() {
+        let report = Report {
+            ending: Ending::Signaled(6),
+            usage: sys::Usage {
+                cpu_us: 1_234_567,
+                peak_memory_bytes: 5 << 30,
+            },
+        };
         let (r, w) = sys::pipe().expect("pipe");
-        Ending::Signaled(6).write(w);
-        assert_eq!(Ending::read(&r), Some(Ending::Signaled(6)));
+        report.write(w);
+        assert_eq!(Report::read(&r), Some(report));
         let (r, w) = sys::pipe().expect("pipe");
         drop(w);
-        assert_eq!(Ending::read(&r), None, "init ended before it reported");
+        assert_eq!(Report::read(&r), None, "init ended before it reported");
+        let mut bytes = report.encode();
+        bytes[0] = b'X';
+        assert_eq!(Report::decode(bytes), None);
     }
 
     #[test]

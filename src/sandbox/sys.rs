@@ -405,6 +405,26 @@ impl Usage {
     }
 }
 
+/// What this process's children that it has reaped used (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_usage() -> Usage {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage with a valid out pointer; it cannot fail for RUSAGE_CHILDREN.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    Usage::of(&ru)
+}
+
+/// Blocks until `first` or `second` is readable.
+pub fn wait_either(first: BorrowedFd<'_>, second: BorrowedFd<'_>) {
+    let mut polls = [first, second].map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds; the fds stay open for the call (they are borrowed).
+    while unsafe { libc::poll(polls.as_mut_ptr(), 2, -1) } < 0 && Errno::last() == Errno::EINTR {}
+}
+
 /// `wait4` on our own child `pid`, again after a signal: its raw wait status and what it used,
 /// or with `nohang` `None` while it has not ended.
 pub fn wait4(pid: i32, nohang: bool) -> Result<Option<(i32, Usage)>, Error> {
@@ -447,6 +467,33 @@ pub fn close_range(first: u32) -> Result<(), Error> {
         return Err(last("close_range"));
     }
     Ok(())
+}
+
+/// Closes every fd from 3 up but those of `keep`.
+pub fn close_all_but(keep: &[RawFd]) -> Result<(), Error> {
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    kept.sort_unstable();
+    let mut first = 3u32;
+    for fd in kept.into_iter().filter(|&fd| fd >= 3) {
+        if fd > first {
+            // SAFETY: close_range on fds this process owns and the caller gave up.
+            if unsafe { libc::syscall(libc::SYS_close_range, first, fd - 1, 0u32) } != 0 {
+                return Err(last("close_range"));
+            }
+        }
+        first = fd + 1;
+    }
+    close_range(first)
+}
+
+/// Whether `fd` turns readable within `timeout`.
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    // Rounded up, so a wait never ends just before the moment it waits for.
+    let ms = libc::c_int::try_from(timeout.as_millis() + 1).unwrap_or(libc::c_int::MAX);
+    poll_readable(fd, ms)
 }
 
 /// Has the kernel send this process SIGKILL when the thread that forked it ends.

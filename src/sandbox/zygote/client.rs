@@ -65,6 +65,17 @@ pub enum StartError {
     Ended,
 }
 
+/// A child the zygote forked, as the worker watches it.
+pub struct Spawned {
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd for it.
+    pub pidfd: OwnedFd,
+    /// Readable once the function has ended, when the child's init has reported it and only
+    /// has to exit (never read: the zygote reads the report when reaping).
+    pub ended: Option<OwnedFd>,
+}
+
 /// The worker's handle on its zygote.
 pub struct Zygote {
     faasd: PathBuf,
@@ -294,15 +305,15 @@ impl Zygote {
         self.current.load(Ordering::SeqCst) == generation
     }
 
-    /// Forks a shim for `argv` (a command line from [`crate::sandbox::shim::wrap`]); returns its
-    /// pid, a pidfd for it, and the zygote's generation.
+    /// Forks a shim for `argv` (a command line from [`crate::sandbox::shim::wrap`]); returns
+    /// what the worker watches it through and the zygote's generation.
     pub fn spawn(
         &self,
         argv: &[CString],
         envp: &[CString],
         cwd: &CStr,
         stdio: [BorrowedFd<'_>; 3],
-    ) -> Result<(i32, OwnedFd, u64), Error> {
+    ) -> Result<(Spawned, u64), Error> {
         let bytes = |v: &[CString]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
         let request = Request::Spawn {
             argv: bytes(argv),
@@ -311,8 +322,14 @@ impl Zygote {
         };
         let fds = stdio.map(|fd| fd.as_raw_fd());
         match self.ask(&request, &fds, None)? {
-            (Reply::Spawned { pid }, mut fds, generation) if fds.len() == 1 => {
-                Ok((pid, fds.remove(0), generation))
+            (Reply::Spawned { pid }, fds, generation) if (1..=2).contains(&fds.len()) => {
+                let mut fds = fds.into_iter();
+                let spawned = fds.next().map(|pidfd| Spawned {
+                    pid,
+                    pidfd,
+                    ended: fds.next(),
+                });
+                spawned.map(|s| (s, generation)).ok_or(Error::MissingPidfd)
             }
             (Reply::Spawned { pid }, _, generation) => {
                 // A child we cannot follow must not run unwatched.

@@ -18,14 +18,22 @@
 //!   an empty named hierarchy with that option, privately, for as long as it lives. The
 //!   kernel's documented trade: moves get fast, forks and exits take a slightly slower lock.
 //!
+//! - ready sandboxes (`ready.rs`): after each spawn, the next call's sandbox for the same
+//!   configuration is prepared while the current call runs (everything up to the function's
+//!   fork), so the next call only hands over its stdio, command line and environment; one
+//!   per configuration, at most a few, each ended after a few idle seconds.
+//!
 //! The worker talks to it over a Unix stream socket on the zygote's stdin, one request at a
 //! time: `Spawn` (the shim's command line, the environment, the working directory, and the
-//! three stdio fds as `SCM_RIGHTS`) is answered by the child's pid with a pidfd for it; `Reap`
-//! (sent once the pidfd says the child ended; refused, never waited for, if it has not) by its
-//! wait status; `Kill` kills and reaps a child the worker cannot follow. The zygote never reaps
-//! a child before it is asked to, so the worker may signal the child's process group until
-//! then, exactly as it would its own child. Frames are a little-endian `u32` length and a
-//! postcard body; a frame the zygote cannot use fails that request alone.
+//! three stdio fds as `SCM_RIGHTS`) is answered by the child's pid with a pidfd for it and a
+//! copy of the read end of its report pipe, which turns readable once the function has ended;
+//! `Reap` (sent once either says so; refused, never waited for, while neither holds) by its
+//! wait status, from init's report when init is still tearing its namespaces down (the zygote
+//! then reaps it, and refills its pools, once it has ended); `Kill` kills and reaps a child the
+//! worker cannot follow. The zygote never reaps a child before it is asked to, so the worker
+//! may signal the child's process group until then, exactly as it would its own child. Frames
+//! are a little-endian `u32` length and a postcard body; a frame the zygote cannot use fails
+//! that request alone.
 //!
 //! The zygote dies with the worker (`PR_SET_PDEATHSIG`, tied to the thread that started it, so a
 //! dedicated thread that lives as long as the process starts every zygote), and its children
@@ -36,13 +44,15 @@
 //!
 //! The files: `wire.rs` (the frames and their framing), `client.rs` (the worker's side: the
 //! [`Zygote`] handle and its requests), `server.rs` (the zygote process and its requests),
-//! `pools.rs` (its network namespaces and cgroups) and `templates.rs` (its template roots).
+//! `pools.rs` (its network namespaces and cgroups), `templates.rs` (its template roots) and
+//! `ready.rs` (its ready sandboxes).
 
 mod client;
 mod pools;
+mod ready;
 mod server;
 mod templates;
 mod wire;
 
-pub use client::{StartError, Started, ZYGOTE_COMMAND, Zygote, get, start};
+pub use client::{Spawned, StartError, Started, ZYGOTE_COMMAND, Zygote, get, start};
 pub use server::zygote_main;

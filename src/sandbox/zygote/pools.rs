@@ -76,6 +76,13 @@ impl Cgroups {
         self.held.insert(pid, taken);
     }
 
+    /// Whether the memory limit of the child `pid`'s pair has killed any of its processes so
+    /// far (`None`: it has no pooled pair).
+    pub(super) fn oom_since_taken(&self, pid: i32) -> Option<bool> {
+        let (name, before) = self.held.get(&pid)?;
+        Some(cgroup::oom_kills_of(name) > *before)
+    }
+
     /// Once the child `pid` is reaped: whether its memory limit killed any of its processes
     /// (`None`: it had no pooled pair). Every process of the call is gone (its PID namespace
     /// ended with its init), so the pair is empty and serves the next call.

@@ -1,14 +1,17 @@
 //! The zygote process (`faasd __zygote DIR`): [`zygote_main`] sets it up, then serves the
 //! worker's requests one at a time, each handled by a method of [`Server`] named after it
-//! (`spawn`, `reap`, `kill`). A spawn forks the call's init, which sets itself up as
+//! (`spawn`, `reap`, `kill`). A spawn hands the call to the sandbox ready for its
+//! configuration (`ready.rs`), or else forks the call's init, which sets itself up as
 //! `posix_spawn` would (session, stdio, working directory), joins what the zygote prepared
 //! (a pooled network namespace and cgroups, a template root, the compiled seccomp filter) and
-//! runs the shim's layers and the function.
+//! runs the shim's layers and the function. Once the reply is sent, the zygote prepares the
+//! next call's sandbox; between requests it ends ready sandboxes left idle and reaps the
+//! children it answered for early (`reap_early`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,10 +20,11 @@ use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 
 use super::pools::{Cgroups, Nets, TakenCgroup};
+use super::ready::{self, Ready, ReadySandboxes};
 use super::templates::Templates;
 use super::wire::{Reply, Request, read_frame, write_frame};
 use crate::sandbox::root;
-use crate::sandbox::shim::{self, Config, Ending, Prepared};
+use crate::sandbox::shim::{self, Config, Prepared, Report};
 use crate::sandbox::sys::{self, Error};
 
 /// The fd on which the call's init finds its report pipe.
@@ -49,16 +53,31 @@ fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
     raise_fd_limit();
     let (mut server, ready) = Server::open(dir)?;
     write_frame(sock.as_fd(), &ready, &[])?;
-    while let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? {
-        let (reply, pidfd) = match request {
+    loop {
+        // Waits for a request, ending the ready sandboxes that have waited too long meanwhile.
+        server.end_ready(false);
+        server.reap_ending();
+        if let Some(wait) = server.next_wake()
+            && !sys::readable_within(sock.as_fd(), wait)
+        {
+            continue;
+        }
+        let Some((request, fds)) = read_frame::<Request>(sock.as_fd())? else {
+            break;
+        };
+        let (reply, sent) = match request {
             // A frame this zygote cannot use fails that request alone.
-            Err(e) => (Reply::failed(&e), None),
+            Err(e) => (Reply::failed(&e), Vec::new()),
             Ok(request) => server.handle(request, fds),
         };
-        let fds: Vec<RawFd> = pidfd.iter().map(|fd| fd.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = sent.iter().map(|fd| fd.as_raw_fd()).collect();
         write_frame(sock.as_fd(), &reply, &fds)?;
+        // Off the call's path: the next call's sandbox.
+        server.prepare_next();
     }
-    // The worker is gone: its idle cgroups go too.
+    // The worker is gone: its ready sandboxes and idle cgroups go too.
+    server.end_ready(true);
+    server.reap_ending();
     server.cgroups.remove_idle();
     Ok(())
 }
@@ -87,6 +106,13 @@ struct Server {
     home_pid: OwnedFd,
     /// The read end of each unreaped child's report pipe.
     reports: HashMap<i32, OwnedFd>,
+    /// Children answered for early (see [`Server::reap_early`]), not reaped yet.
+    ending: Vec<i32>,
+    /// Sandboxes prepared ahead of their call.
+    ready: ReadySandboxes,
+    /// The configuration (as JSON, and parsed) of the last spawn, whose next call's sandbox is
+    /// prepared once its reply is sent.
+    next: Option<(Vec<u8>, Config)>,
 }
 
 /// What a spawn took for its call before the fork.
@@ -122,23 +148,36 @@ impl Server {
             nets: Nets::new(sys::open_namespace("/proc/self/ns/net")?),
             home_pid: sys::open_namespace("/proc/self/ns/pid")?,
             reports: HashMap::new(),
+            ending: Vec::new(),
+            ready: ReadySandboxes::default(),
+            next: None,
         };
         Ok((server, Reply::Ready { fast_attach, note }))
     }
 
     /// Answers one request: the reply, and the fd to send with it.
-    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Option<OwnedFd>) {
+    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        // Children answered for early that have ended since refill the pools first.
+        self.reap_ending();
         let answer = match request {
             Request::Spawn { argv, env, cwd } => {
                 let argv = argv.into_iter().map(OsString::from_vec).collect();
                 let env = env.into_iter().map(OsString::from_vec).collect();
                 self.spawn(argv, env, OsString::from_vec(cwd), fds)
-                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, Some(pidfd)))
+                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, self.spawned_fds(pid, pidfd)))
             }
-            Request::Reap { pid } => self.reap(pid).map(|reply| (reply, None)),
-            Request::Kill { pid } => self.kill(pid).map(|reply| (reply, None)),
+            Request::Reap { pid } => self.reap(pid).map(|reply| (reply, Vec::new())),
+            Request::Kill { pid } => self.kill(pid).map(|reply| (reply, Vec::new())),
         };
-        answer.unwrap_or_else(|e| (Reply::failed(&e), None))
+        answer.unwrap_or_else(|e| (Reply::failed(&e), Vec::new()))
+    }
+
+    /// The fds that go with a `Spawned` reply: the pidfd, and a copy of the read end of the
+    /// child's report pipe, which turns readable once the function has ended (the worker waits
+    /// on either, never reads it).
+    fn spawned_fds(&self, pid: i32, pidfd: OwnedFd) -> Vec<OwnedFd> {
+        let report = self.reports.get(&pid).and_then(|r| r.try_clone().ok());
+        std::iter::once(pidfd).chain(report).collect()
     }
 
     /// `Spawn`: forks the call's init for a shim command line; returns its pid and a pidfd.
@@ -155,7 +194,18 @@ impl Server {
             });
         }
         let (config, inner) = shim::parse_args(&argv[2..])?;
+        let key = argv[2].as_bytes().to_vec();
+        if let Some(ready) = self.ready.take(&key) {
+            if let Some(spawned) = self.hand_over(ready, inner, &env, &stdio) {
+                self.next = Some((key, config));
+                return Ok(spawned);
+            }
+        }
         let taken = self.take(&config)?;
+        if config.namespaces && taken.template.is_some() {
+            // Only over a template: a root built from nothing needs the call's working directory.
+            self.next = Some((key, config.clone()));
+        }
         let (report_r, report_w) = match report_pipe_in_new_pid_namespace(&config) {
             Ok(pipe) => pipe,
             Err(e) => return Err(self.give_back(taken, e)),
@@ -184,6 +234,126 @@ impl Server {
                 self.adopt(child.as_raw(), report_r, taken)
             }
         }
+    }
+
+    /// Hands a call to a ready sandbox: its pid and pidfd, or `None` (the sandbox is ended)
+    /// when it is gone.
+    fn hand_over(
+        &mut self,
+        ready: Ready,
+        argv: &[OsString],
+        env: &[OsString],
+        stdio: &[OwnedFd],
+    ) -> Option<(i32, OwnedFd)> {
+        let (frame, fds) = ready::call_frame(argv, env, stdio);
+        let alive = !sys::has_exited(ready.pidfd.as_fd());
+        if alive && write_frame(ready.control.as_fd(), &frame, &fds).is_ok() {
+            return Some((ready.pid, ready.pidfd));
+        }
+        self.end(ready);
+        None
+    }
+
+    /// Prepares the next call's sandbox for the last spawn's configuration, unless one is
+    /// ready. A failure only means that call prepares its own.
+    fn prepare_next(&mut self) {
+        let Some((key, config)) = self.next.take() else {
+            return;
+        };
+        if self.ready.has(&key) {
+            return;
+        }
+        match self.fork_ready(&config) {
+            Ok(Some(ready)) => {
+                if let Some(displaced) = self.ready.put(key, ready) {
+                    self.end(displaced);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("faasd zygote: cannot prepare a sandbox ahead: {e}"),
+        }
+    }
+
+    /// Forks a ready sandbox for `config` (`None`: it has no template root).
+    fn fork_ready(&mut self, config: &Config) -> Result<Option<Ready>, Error> {
+        let taken = self.take(config)?;
+        if taken.template.is_none() {
+            // Its root would be built from the call's working directory: not ahead of it.
+            let _ = self.give_back(
+                taken,
+                Error::Arguments {
+                    what: "no template",
+                },
+            );
+            return Ok(None);
+        }
+        let sockets = sys::call(
+            "socketpair",
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ),
+        );
+        let pipe = sockets.and_then(|s| Ok((s, report_pipe_in_new_pid_namespace(config)?)));
+        let ((control, theirs), (report_r, report_w)) = match pipe {
+            Ok(fds) => fds,
+            Err(e) => return Err(self.give_back(taken, e)),
+        };
+        match self.fork(config) {
+            Err(e) => Err(self.give_back(taken, e)),
+            Ok(ForkResult::Child) => {
+                drop((report_r, control));
+                let prepared = Prepared {
+                    net_joined: taken.net.is_some(),
+                    filter: Some(self.filter.clone()),
+                    template: taken.template,
+                    cgroup: taken.cgroup.map(|(name, _)| name),
+                };
+                let net = taken.net.as_ref().map(|(_, net)| net);
+                std::process::exit(ready::child(config, &prepared, net, report_w, theirs))
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop((report_w, theirs));
+                let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
+                let since = std::time::Instant::now();
+                Ok(Some(Ready {
+                    pid,
+                    pidfd,
+                    control,
+                    since,
+                }))
+            }
+        }
+    }
+
+    /// How long the zygote may wait for a request before it has work of its own: a ready
+    /// sandbox to end, or children answered for early to reap (`None`: neither).
+    fn next_wake(&self) -> Option<Duration> {
+        let reap = (!self.ending.is_empty()).then_some(Duration::from_millis(1));
+        match (self.ready.next_expiry(), reap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the ready sandboxes that waited too long (all of them with `everything`).
+    fn end_ready(&mut self, everything: bool) {
+        for ready in self.ready.expired(everything) {
+            self.end(ready);
+        }
+    }
+
+    /// Ends a ready sandbox that will serve no call: kills and reaps it, and gives its network
+    /// namespace and cgroups back (nothing of a call ever ran in them).
+    fn end(&mut self, ready: Ready) {
+        let _ = sys::pidfd_kill(ready.pidfd.as_fd());
+        drop(ready.control);
+        let _ = sys::reap(ready.pid);
+        self.reports.remove(&ready.pid);
+        self.cgroups.release(ready.pid);
+        self.nets.release(ready.pid);
     }
 
     /// What the call takes before the fork: its template root, a pooled network namespace and
@@ -273,19 +443,60 @@ impl Server {
     /// and gives its network namespace and cgroups back to the pools.
     fn reap(&mut self, pid: i32) -> Result<Reply, Error> {
         let (waited, usage) = match sys::wait4(pid, true) {
-            Ok(None) => return Err(Error::NotEnded { pid }),
+            Ok(None) => return self.reap_early(pid),
             Ok(Some((status, usage))) => (Ok(status), usage),
             Err(e) => (Err(e), sys::Usage::default()),
         };
-        let ending = self.reports.remove(&pid).and_then(|r| Ending::read(&r));
+        let report = self.reports.remove(&pid).and_then(|r| Report::read(&r));
         let oom = self.cgroups.release(pid);
         self.nets.release(pid);
+        let (status, usage) = match report {
+            Some(report) => (report.ending.wait_status(), report.usage),
+            None => (waited?, usage),
+        };
         Ok(Reply::Reaped {
-            status: ending.map_or(waited?, Ending::wait_status),
+            status,
             oom,
             cpu_us: usage.cpu_us,
             peak_memory_bytes: usage.peak_memory_bytes,
         })
+    }
+
+    /// `Reap` of a child whose init has reported how the function ended but has not ended
+    /// itself (it is tearing its namespaces down): answered from the report now, so the call
+    /// need not wait for the teardown; the child is reaped, and its network namespace and
+    /// cgroups go back to the pools, once it has ended ([`Server::reap_ending`]). Refused, as
+    /// by `reap`, while there is no report.
+    fn reap_early(&mut self, pid: i32) -> Result<Reply, Error> {
+        let report = self
+            .reports
+            .get(&pid)
+            .and_then(Report::read)
+            .ok_or(Error::NotEnded { pid })?;
+        self.reports.remove(&pid);
+        let oom = self.cgroups.oom_since_taken(pid);
+        self.ending.push(pid);
+        Ok(Reply::Reaped {
+            status: report.ending.wait_status(),
+            oom,
+            cpu_us: report.usage.cpu_us,
+            peak_memory_bytes: report.usage.peak_memory_bytes,
+        })
+    }
+
+    /// Reaps the children answered for early that have ended since, and gives their network
+    /// namespaces and cgroups back to the pools: every process of their calls is gone then.
+    fn reap_ending(&mut self) {
+        let mut still = Vec::new();
+        for pid in std::mem::take(&mut self.ending) {
+            if let Ok(None) = sys::wait4(pid, true) {
+                still.push(pid);
+                continue;
+            }
+            self.cgroups.release(pid);
+            self.nets.release(pid);
+        }
+        self.ending = still;
     }
 
     /// `Kill`: kills a child and reaps it.

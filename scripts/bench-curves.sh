@@ -32,7 +32,7 @@ payload() {
     tasks=$(( tasks > 5000 ? 5000 : (tasks < 40 ? 40 : tasks) ))
     calls=$(( calls > 500 ? 500 : (calls < 20 ? 20 : calls) ))
     "$bin" bench --url "$url" "${python[@]}" --label "python warm" --payload-size "$size" \
-      --tasks "$tasks" --sync-calls "$calls" --csv "$out/payload.csv"
+      --tasks "$tasks" --sync-calls "$calls" --csv "$out/payload.csv" || echo "payload $size: failed"
   done
 }
 
@@ -40,12 +40,13 @@ functions() {
   rm -f "$out/functions.csv"
   source scripts/bench-server.sh
   for n in 1 10 100 1000 10000; do
-    "$bin" bench --url "$url" --label "shell cat" --functions "$n" --tasks 2000 --sync-calls 200 \
-      --csv "$out/functions.csv"
+    "$bin" bench --url "$url" --label "shell cat" --functions "$n" --tasks 1000 --sync-calls 100 \
+      --csv "$out/functions.csv" || echo "functions=$n: failed"
   done
+  # Past the worker's idle cap (4 per slot, at least 8) every python call is a cold start.
   for n in 1 4 8 16 100 1000 10000; do
-    "$bin" bench --url "$url" "${python[@]}" --label "python warm" --functions "$n" --tasks 1000 \
-      --sync-calls 200 --csv "$out/functions.csv"
+    "$bin" bench --url "$url" "${python[@]}" --label "python warm" --functions "$n" --tasks 400 \
+      --sync-calls 50 --csv "$out/functions.csv" || echo "functions=$n: failed"
   done
 }
 
@@ -56,7 +57,7 @@ connections() {
     local calls=$(( 2 * c > 500 ? 2 * c : 500 ))
     "$bin" bench --url "$url" "${python[@]}" --label "python warm" --tasks 10000 \
       --connections "$c" --sync-calls "$calls" --sync-connections "$c" \
-      --csv "$out/connections.csv"
+      --csv "$out/connections.csv" || echo "connections=$c: failed"
   done
 }
 
@@ -73,7 +74,7 @@ remote() {
 echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d)"
 case "$sweep" in
   payload|functions|connections|backlog|remote) ( "$sweep" ) ;;
-  all) for s in payload functions connections backlog remote; do ( "$s" ); done ;;
+  all) for s in payload functions connections backlog remote; do ( "$s" ) || echo "$s: failed"; done ;;
   *) echo "usage: $0 [payload|functions|connections|backlog|remote|all]" >&2; exit 2 ;;
 esac
 echo "figures in $out"

@@ -3,9 +3,10 @@
 line chart per sweep into docs/curves/ (throughput, and sync p50/p99 where the sweep has them;
 log axes where the sweep is geometric). Standard library only.
 
-    scripts/plot-curves.py [--input target/curves] [--output docs/curves]
+    scripts/plot-curves.py [--input target/curves] [--output docs/curves] [--markdown]
 
-A sweep whose CSV is missing is skipped.
+A sweep whose CSV is missing is skipped. `--markdown` also prints each CSV as a Markdown table
+(the columns that vary or carry a figure), for docs/performance.md.
 """
 
 import argparse
@@ -297,10 +298,26 @@ def plot_remote(rows, out):
     ])
 
 
+TABLE_SKIP = {"unix_time", "runtime"}
+
+
+def markdown(name, rows):
+    """The rows as a Markdown table, without the columns that are empty or the same throughout
+    (those go in a line above it)."""
+    cols = [c for c in rows[0] if c not in TABLE_SKIP]
+    varying = [c for c in cols if len({r[c] for r in rows}) > 1]
+    fixed = [f"{c}={rows[0][c]}" for c in cols if c not in varying and rows[0][c] != ""]
+    lines = [f"`{name}.csv`" + (f" (all rows: {', '.join(fixed)})" if fixed else "") + ":", "",
+             "| " + " | ".join(varying) + " |", "|" + "---|" * len(varying)]
+    lines += ["| " + " | ".join(r[c] for c in varying) + " |" for r in rows]
+    print("\n".join(lines) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", default=str(ROOT / "target/curves"))
     parser.add_argument("--output", default=str(ROOT / "docs/curves"))
+    parser.add_argument("--markdown", action="store_true", help="print the CSVs as tables")
     args = parser.parse_args()
     src, out = pathlib.Path(args.input), pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +327,8 @@ def main():
         rows = read_rows(src / f"{name}.csv")
         if rows:
             plot(rows, out)
+            if args.markdown:
+                markdown(name, rows)
         else:
             print(f"no {src / name}.csv: skipped")
 

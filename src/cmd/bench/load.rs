@@ -146,11 +146,7 @@ async fn wait_finished(
             let mut latest = SystemTime::UNIX_EPOCH;
             let mut failed = 0usize;
             for id in ids.iter().skip(c).step_by(connections) {
-                let t: serde_json::Value = client
-                    .get(&format!("/v1/tasks/{id}?wait=120s"))
-                    .await?
-                    .ok()?
-                    .json()?;
+                let t = wait_one(&client, id).await?;
                 progress.inc(1);
                 if t["status"] != "COMPLETED" {
                     failed += 1;
@@ -169,6 +165,21 @@ async fn wait_finished(
         failed += f;
     }
     Ok((last_finished, failed))
+}
+
+/// Waits for one task to end (QUEUED or RUNNING past one long poll asks again, so a long
+/// backlog is not counted as failed); returns its status JSON.
+async fn wait_one(client: &Client, id: &str) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let t: serde_json::Value = client
+            .get(&format!("/v1/tasks/{id}?wait=120s"))
+            .await?
+            .ok()?
+            .json()?;
+        if t["status"] != "QUEUED" && t["status"] != "RUNNING" {
+            return Ok(t);
+        }
+    }
 }
 
 /// Makes `--sync-calls` sync calls, over `--sync-connections` concurrent callers each calling

@@ -94,7 +94,7 @@ class Axis:
         elif log:
             self.ticks = log_ticks(lo, hi if hi > lo else lo * 10)
         else:
-            self.ticks = nice_ticks(0 if zero else lo, hi)
+            self.ticks = nice_ticks(0 if zero else lo, hi * 1.3 if zero else hi)
         self.lo, self.hi = min(self.ticks + [lo]), max(self.ticks + [hi])
         self.pixels = pixels
 
@@ -107,11 +107,11 @@ class Axis:
 
 def panel(spec, ox, oy):
     """The SVG of one panel at (ox, oy). spec: title, xlabel, ylabel, logx, logy, xunit,
-    series [(name, [(x, y)], dashed)], refs [(name, y)] (dashed horizontal lines), xticks."""
+    series [(name, [(x, y)], dashed)], refs [(name, y, color index)] (dotted horizontal lines), xticks."""
     x0, x1 = ox + MARGIN_L, ox + PANEL_W - MARGIN_R
     y0, y1 = oy + PANEL_H - MARGIN_B, oy + MARGIN_T
     xs = [x for _, pts, _ in spec["series"] for x, _ in pts]
-    ys = [y for _, pts, _ in spec["series"] for _, y in pts] + [y for _, y in spec.get("refs", [])]
+    ys = [y for _, pts, _ in spec["series"] for _, y in pts] + [y for _, y, _ in spec.get("refs", [])]
     ax = Axis(xs, spec.get("logx"), (x0, x1), spec.get("xticks"), zero=False)
     ay = Axis(ys, spec.get("logy"), (y0, y1))
     out = [f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="#ffffff" '
@@ -149,14 +149,16 @@ def lines(spec, ax, ay):
         out += [f'<circle cx="{ax(x):.1f}" cy="{ay(y):.1f}" r="2.6" fill="{color}"/>'
                 for x, y in pts]
         legend.append((name, color, dashed))
-    for j, (name, y) in enumerate(spec.get("refs", [])):
-        color = "#7a7f87"
+    for name, y, index in spec.get("refs", []):
+        color = COLORS[index % len(COLORS)]
         out.append(f'<line x1="{ax.pixels[0]}" y1="{ay(y):.1f}" x2="{ax.pixels[1]}" '
-                   f'y2="{ay(y):.1f}" stroke="{color}" stroke-dasharray="2,3"/>')
+                   f'y2="{ay(y):.1f}" stroke="{color}" stroke-dasharray="2,3" stroke-width="1.5"/>')
         legend.append((name, color, True))
     box_w, box_h = 7 * max(len(n) for n, _, _ in legend) + 34, 16 * len(legend) + 4
     drawn = [(ax(x), ay(y)) for _, pts, _ in spec["series"] for x, y in pts
              if y is not None and (y > 0 or not ay.log)]
+    drawn += [(ax.pixels[0] + (ax.pixels[1] - ax.pixels[0]) * k / 10, ay(y))
+              for _, y, _ in spec.get("refs", []) for k in range(11)]
     lx, ly = legend_corner(ax.pixels, ay.pixels, box_w, box_h, drawn)
     out.append(f'<rect x="{lx - 6}" y="{ly - 4}" width="{box_w}" '
                f'height="{box_h}" fill="#ffffff" fill-opacity="0.88" '
@@ -283,10 +285,10 @@ def plot_remote(rows, out):
     local = [r for r in rows if r["label"].startswith("local")]
     kinds = sorted({r["label"].split()[-1] for r in remote})
     tput, lat, refs = [], [], []
-    for kind in kinds:
+    for index, kind in enumerate(kinds):
         group = [r for r in remote if r["label"].endswith(kind)]
         tput.append(series(group, "workers", "tasks_per_second", f"{kind}, remote"))
-        refs += [(f"{kind}, local", num(r["tasks_per_second"])) for r in local
+        refs += [(f"{kind}, local", num(r["tasks_per_second"]), index) for r in local
                  if r["label"].endswith(kind)]
     noop = [r for r in remote if r["label"].endswith("noop")]
     lat = latency_series(noop, "workers", "noop ")

@@ -7,6 +7,7 @@
     scripts/backlog-memory.py restart --tasks 300 --payload-bytes 1048576
     scripts/backlog-memory.py crash-restart --tasks 1000 --payload-bytes 1048576 [--quick-repair] [--drop-caches]
     scripts/backlog-memory.py retention --retain 10s --rate 100 --seconds 60 --payload-bytes 16384
+    scripts/backlog-memory.py curve --points 0,1000,10000 --code-file noop.py --csv backlog.csv
 
 `queue` starts a server with no workers (`--local-workers 0`, so every task stays queued),
 submits the tasks through the batch route and prints the RSS before and after, per queued task.
@@ -21,10 +22,15 @@ idle, and prints how long the restart took: the cost of a crash by the store's s
 answers its payload) on a server started with `--retain` and `--purge-interval 1s`, and prints
 every 5 s the database file's size, the value files' bytes and the tasks still queued: with
 `--retain 0` the file grows with every task, with a retention it levels off.
+`curve` does, for each backlog of `--points` (on a fresh data directory each): `queue` for a
+`python` function (`--code-file`), then kills the server with SIGKILL, starts it again with
+`--workers` local slots and times its start (until it listens), then times the drain of the
+backlog (until `/healthz` shows nothing queued or running); one CSV row per point (`--csv`).
 """
 
 import argparse
 import base64
+import csv
 import json
 import os
 import pathlib
@@ -78,9 +84,9 @@ class Server:
         self.proc.wait()
 
 
-def register(server, tasks, code="cat >/dev/null\n"):
+def register(server, tasks, code="cat >/dev/null\n", runtime="shell"):
     server.call("POST", "/v1/functions", json.dumps({
-        "name": "sink", "runtime": "shell", "code": base64.b64encode(code.encode()).decode(),
+        "name": "sink", "runtime": runtime, "code": base64.b64encode(code.encode()).decode(),
         "queue_limit": max(tasks, 1), "timeout": 60,
     }).encode())
 
@@ -215,10 +221,66 @@ def retention(args, data):
     server.kill()
 
 
+CURVE_COLUMNS = ["tasks", "payload_bytes", "submit_s", "rss_before_kib", "rss_queued_kib",
+                 "kib_per_task", "store_bytes", "restart_s", "rss_restarted_kib", "workers",
+                 "drain_s", "drain_tasks_per_second"]
+
+
+def wait_drained(server, poll_s=0.01):
+    """Seconds until `/healthz` shows nothing queued or running."""
+    started = time.monotonic()
+    while True:
+        counts = server.call("GET", "/healthz")
+        if counts.get("queued", 1) == 0 and counts.get("running", 1) == 0:
+            return time.monotonic() - started
+        time.sleep(poll_s)
+
+
+def curve_point(args, tasks, data):
+    """One backlog of `tasks`: queued, killed, restarted with workers, drained."""
+    server = Server(args.binary, data, 0)
+    register(server, tasks, pathlib.Path(args.code_file).read_text(), "python")
+    before = settle(server)
+    started = time.monotonic()
+    if tasks:
+        submit(server, tasks, args.payload_bytes)
+    submitted = time.monotonic() - started
+    queued = settle(server)
+    server.kill()
+    again = Server(args.binary, data, args.workers)
+    restarted_rss = again.rss()
+    drain_s = wait_drained(again)
+    again.kill()
+    return {
+        "tasks": tasks, "payload_bytes": args.payload_bytes, "submit_s": f"{submitted:.2f}",
+        "rss_before_kib": before, "rss_queued_kib": queued,
+        "kib_per_task": f"{(queued - before) / tasks:.3f}" if tasks else "",
+        "store_bytes": store_bytes(data), "restart_s": f"{again.ready_after:.3f}",
+        "rss_restarted_kib": restarted_rss, "workers": args.workers,
+        "drain_s": f"{drain_s:.3f}" if tasks else "",
+        "drain_tasks_per_second": f"{tasks / drain_s:.1f}" if tasks else "",
+    }
+
+
+def curve(args):
+    """`curve`: one row per point of `--points`, printed and written to `--csv` (afresh)."""
+    rows = []
+    for tasks in (int(p) for p in args.points.split(",")):
+        with tempfile.TemporaryDirectory(prefix="faasd-backlog-") as data:
+            row = curve_point(args, tasks, data)
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        rows.append(row)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("case",
-                        choices=["queue", "drain", "restart", "crash-restart", "retention"])
+                        choices=["queue", "drain", "restart", "crash-restart", "retention", "curve"])
     parser.add_argument("--binary", default=str(ROOT / "target/release/faasd"))
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--payload-bytes", type=int, default=1)
@@ -233,7 +295,14 @@ def main():
     parser.add_argument("--retain", default="10s", help="serve --retain (retention)")
     parser.add_argument("--rate", type=int, default=100, help="tasks a second (retention)")
     parser.add_argument("--seconds", type=int, default=60, help="how long to run (retention)")
+    parser.add_argument("--points", default="0,1000,10000,100000",
+                        help="backlog sizes, comma-separated (curve)")
+    parser.add_argument("--code-file", help="the python function's code (curve)")
+    parser.add_argument("--csv", help="write the rows to this CSV file (curve)")
     args = parser.parse_args()
+    if args.case == "curve":
+        curve(args)
+        return
     with tempfile.TemporaryDirectory(prefix="faasd-backlog-") as data:
         if args.case == "queue":
             queue(args, data).kill()

@@ -352,6 +352,75 @@ async fn bench_removes_its_function_unless_kept() {
     assert!(!function_names(&server).contains(&"bench-fail".to_string()));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_csv_appends_one_row_per_run_after_one_header() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("figures.csv");
+    let csv_arg = csv.to_str().expect("a UTF-8 path");
+    let run = |extra: &[&str]| {
+        let base = [
+            "bench",
+            "--tasks",
+            "6",
+            "--connections",
+            "2",
+            "--sync-calls",
+            "4",
+            "--csv",
+            csv_arg,
+        ];
+        let out = server.cli(&[&base[..], extra].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    };
+    run(&["--label", "first, quoted"]);
+    run(&[
+        "--functions",
+        "3",
+        "--payload-size",
+        "1KiB",
+        "--sync-connections",
+        "2",
+    ]);
+
+    let written = std::fs::read_to_string(&csv).expect("the CSV file");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two rows: {written}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&header[..3], ["label", "runtime", "functions"], "{written}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("label,")).count(), 1);
+    assert!(
+        lines[1].starts_with("\"first, quoted\",shell,1,"),
+        "{written}"
+    );
+    let second: Vec<&str> = lines[2].split(',').collect();
+    assert_eq!(second.len(), header.len(), "{written}");
+    let field = |name: &str| {
+        let i = header.iter().position(|h| *h == name).expect(name);
+        second[i]
+    };
+    assert_eq!(field("functions"), "3");
+    assert_eq!(field("payload_bytes"), "1024");
+    assert_eq!(field("tasks"), "6");
+    assert_eq!(field("sync_calls"), "4");
+    assert_eq!(field("sync_connections"), "2");
+    for name in ["seconds", "tasks_per_second", "p50_ms", "p99_ms", "max_ms"] {
+        let value: f64 = field(name)
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(value > 0.0, "{name} = {value}: {written}");
+    }
+    assert!(
+        field("slots").parse::<u64>().expect("slots") > 0,
+        "{written}"
+    );
+    assert!(
+        function_names(&server).is_empty(),
+        "every copy removed: {:?}",
+        function_names(&server)
+    );
+}
+
 #[test]
 fn bench_shows_a_progress_bar_on_a_terminal() {
     let server = Server::start(&[]);

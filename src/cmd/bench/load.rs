@@ -1,0 +1,227 @@
+//! The calls of a benchmark: the first call, the async tasks and their ends, the sync calls;
+//! each spread round robin over the function's copies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use indicatif::ProgressBar;
+
+use super::{BenchArgs, FirstCall, exit};
+use crate::client::Client;
+
+/// What every call sends: which function (the i-th call goes to `names[i % len]`) and the
+/// payload.
+pub(super) struct Load {
+    /// The function's copies.
+    pub names: Arc<[String]>,
+    /// The payload of every call.
+    pub payload: Bytes,
+}
+
+impl Load {
+    /// The invoke path of the `i`-th call, with `suffix` (such as `?async=true`).
+    fn path(&self, i: usize, suffix: &str) -> String {
+        let name = &self.names[i % self.names.len()];
+        format!("/v1/functions/{name}/invoke{suffix}")
+    }
+}
+
+/// Makes the first call of the fresh function; for warm runtimes it is a cold start, whose
+/// load and run times are returned.
+pub(super) async fn first_call(client: &Client, load: &Load) -> anyhow::Result<Option<FirstCall>> {
+    let first = client
+        .post(
+            &load.path(0, ""),
+            "application/octet-stream",
+            load.payload.clone(),
+        )
+        .await?
+        .ok()?;
+    if let Some(id) = first
+        .headers
+        .get("x-faasd-task-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let task: serde_json::Value = client.get(&format!("/v1/tasks/{id}")).await?.ok()?.json()?;
+        if task["cold_start"] == true && task["init_ms"].as_f64().unwrap_or(0.0) > 0.0 {
+            return Ok(Some(FirstCall {
+                load_ms: task["init_ms"].as_f64().unwrap_or(0.0),
+                run_ms: task["run_ms"].as_f64().unwrap_or(0.0),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Submits `--tasks` async calls over `--connections`, then reads every task's end: the rate
+/// runs from the first submit to the last `finished_at`.
+pub(super) async fn throughput(
+    client: &Client,
+    args: &BenchArgs,
+    load: &Load,
+    progress: &ProgressBar,
+) -> anyhow::Result<(f64, Duration)> {
+    let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let connections = args.connections.max(1);
+    progress.set_message("submitting");
+    let ids = submit(client, args.tasks, load, connections, progress).await?;
+    let submitted = started.elapsed();
+    progress.set_message("waiting");
+    let (last_finished, failed) = wait_finished(client, ids, connections, progress).await?;
+    if failed > 0 {
+        return Err(exit::coded(
+            exit::FAILURE,
+            format!("{failed} benchmark tasks did not complete"),
+        ));
+    }
+    let elapsed = last_finished
+        .max(started_wall)
+        .duration_since(started_wall)
+        .unwrap_or(submitted)
+        .max(submitted);
+    Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
+}
+
+/// Submits `tasks` async calls, shared out over `connections` concurrent submitters (the
+/// c-th takes calls c, c + connections, ...); returns the task ids.
+async fn submit(
+    client: &Client,
+    tasks: usize,
+    load: &Load,
+    connections: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<String>> {
+    let paths: Arc<[String]> = (0..load.names.len().min(tasks.max(1)))
+        .map(|i| load.path(i, "?async=true"))
+        .collect();
+    let mut submitters = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let client = client.clone();
+        let paths = paths.clone();
+        let payload = load.payload.clone();
+        let progress = progress.clone();
+        submitters.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (c..tasks).step_by(connections) {
+                let answer = client
+                    .post(
+                        &paths[i % paths.len()],
+                        "application/octet-stream",
+                        payload.clone(),
+                    )
+                    .await?
+                    .ok()?;
+                let v: serde_json::Value = answer.json()?;
+                ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
+                progress.inc(1);
+            }
+            anyhow::Ok(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(tasks);
+    while let Some(joined) = submitters.join_next().await {
+        ids.extend(joined.context("a submitter panicked")??);
+    }
+    Ok(ids)
+}
+
+/// Waits for every task over `connections` concurrent readers; returns the latest
+/// `finished_at` and how many tasks did not complete.
+async fn wait_finished(
+    client: &Client,
+    ids: Vec<String>,
+    connections: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<(SystemTime, usize)> {
+    let mut waiters = tokio::task::JoinSet::new();
+    let ids = Arc::new(ids);
+    for c in 0..connections {
+        let client = client.clone();
+        let ids = ids.clone();
+        let progress = progress.clone();
+        waiters.spawn(async move {
+            let mut latest = SystemTime::UNIX_EPOCH;
+            let mut failed = 0usize;
+            for id in ids.iter().skip(c).step_by(connections) {
+                let t = wait_one(&client, id).await?;
+                progress.inc(1);
+                if t["status"] != "COMPLETED" {
+                    failed += 1;
+                }
+                if let Some(ts) = t["finished_at"].as_str() {
+                    latest = latest.max(humantime::parse_rfc3339(ts)?);
+                }
+            }
+            anyhow::Ok((latest, failed))
+        });
+    }
+    let (mut last_finished, mut failed) = (SystemTime::UNIX_EPOCH, 0);
+    while let Some(joined) = waiters.join_next().await {
+        let (latest, f) = joined.context("a waiter panicked")??;
+        last_finished = last_finished.max(latest);
+        failed += f;
+    }
+    Ok((last_finished, failed))
+}
+
+/// Waits for one task to end (QUEUED or RUNNING past one long poll asks again, so a long
+/// backlog is not counted as failed); returns its status JSON.
+async fn wait_one(client: &Client, id: &str) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let t: serde_json::Value = client
+            .get(&format!("/v1/tasks/{id}?wait=120s"))
+            .await?
+            .ok()?
+            .json()?;
+        if t["status"] != "QUEUED" && t["status"] != "RUNNING" {
+            return Ok(t);
+        }
+    }
+}
+
+/// Makes `--sync-calls` sync calls, over `--sync-connections` concurrent callers each calling
+/// one after the other; returns the time each call took.
+pub(super) async fn sync_latency(
+    client: &Client,
+    args: &BenchArgs,
+    load: &Load,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<Duration>> {
+    let (calls, callers) = (
+        args.sync_calls,
+        args.sync_connections.clamp(1, args.sync_calls.max(1)),
+    );
+    let paths: Arc<[String]> = (0..load.names.len().min(calls.max(1)))
+        .map(|i| load.path(i, ""))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let (client, paths) = (client.clone(), paths.clone());
+        let (payload, progress) = (load.payload.clone(), progress.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            for i in (c..calls).step_by(callers) {
+                let t = Instant::now();
+                client
+                    .post(
+                        &paths[i % paths.len()],
+                        "application/octet-stream",
+                        payload.clone(),
+                    )
+                    .await?
+                    .ok()?;
+                latencies.push(t.elapsed());
+                progress.inc(1);
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined.context("a sync caller panicked")??);
+    }
+    Ok(latencies)
+}

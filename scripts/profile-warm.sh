@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Where a warm task's CPU goes: records the whole machine with `perf record -g` while a release
-# server starts and `faasd bench` drives warm python no-op tasks through it (async, 32
-# connections; the one cold start is a few percent of the samples),
+# server starts and `faasd bench` drives warm python no-op tasks through it (async, over
+# CONNECTIONS connections, default 32; the one cold start is a few percent of the samples),
 # then prints the share of the server, the python executors and the bench client, and the
 # server's own samples split by what they do (see scripts/perf-breakdown.py).
 # The samples stay in target/profile/samples.txt (TOP=N also lists the N hottest symbols of each
 # part).
-# Usage: [TASKS=20000] [TOP=N] scripts/profile-warm.sh [extra `faasd serve` flags]
+# Usage: [TASKS=20000] [CONNECTIONS=32] [TOP=N] scripts/profile-warm.sh [extra `faasd serve` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks="${TASKS:-20000}"
+connections="${CONNECTIONS:-32}"
 source scripts/bench-env.sh
 # perf must see the server start: symbols of a process it attaches to later stay unresolved.
 perf_data="$(mktemp)"
@@ -18,7 +19,7 @@ perf_pid=$!
 source scripts/bench-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 "$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \
-  --tasks "$tasks" --connections 32 --sync-calls 0 &
+  --tasks "$tasks" --connections "$connections" --sync-calls 0 &
 bench_pid=$!
 wait "$bench_pid"
 # The executors are the server's descendants (through the sandbox's shim and init).

@@ -16,6 +16,9 @@ source scripts/bench-env.sh
 perf_data="$(mktemp)"
 perf record -a -g -o "$perf_data" 2>/dev/null &
 perf_pid=$!
+# perf takes a moment to set up its events; a server started before then is recorded without
+# its binary's mapping, and its samples stay unresolved.
+sleep 1
 source scripts/bench-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 "$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \

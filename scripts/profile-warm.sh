@@ -6,7 +6,8 @@
 # server's own samples split by what they do (see scripts/perf-breakdown.py).
 # The samples stay in target/profile/samples.txt (TOP=N also lists the N hottest symbols of each
 # part).
-# Usage: [TASKS=20000] [CONNECTIONS=32] [TOP=N] scripts/profile-warm.sh [extra `faasd serve` flags]
+# CALLGRAPH="--call-graph dwarf" unwinds through libraries built without frame pointers.
+# Usage: [TASKS=20000] [CONNECTIONS=32] [TOP=N] [CALLGRAPH=...] scripts/profile-warm.sh [extra `faasd serve` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks="${TASKS:-20000}"
@@ -14,7 +15,8 @@ connections="${CONNECTIONS:-32}"
 source scripts/bench-env.sh
 # perf must see the server start: symbols of a process it attaches to later stay unresolved.
 perf_data="$(mktemp)"
-perf record -a -g -o "$perf_data" 2>/dev/null &
+# shellcheck disable=SC2086
+perf record -a ${CALLGRAPH:--g} -o "$perf_data" 2>/dev/null &
 perf_pid=$!
 # perf takes a moment to set up its events; a server started before then is recorded without
 # its binary's mapping, and its samples stay unresolved.

@@ -593,15 +593,18 @@ async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Ou
                 })
                 .await
         }
+        // Boxed: a cold call's future holds its output buffers (the whole future of a task was
+        // 100 KB), which every task's future would otherwise carry and copy when it is
+        // spawned, warm ones included.
         None => {
-            exec::run(exec::Call {
+            Box::pin(exec::run(exec::Call {
                 argv: &argv,
                 env: &env,
                 payload: task.payload,
                 timeout,
                 work_root: &config.work_root,
                 limits: config.limits,
-            })
+            }))
             .await
         }
     }

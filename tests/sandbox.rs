@@ -23,7 +23,14 @@ async fn run_hostile(server: &Server, name: &str, script: &str) -> Outcome {
 }
 
 async fn sandboxed_server() -> Server {
-    let server = Server::start(&["--local-workers", "2", "--sandbox", "strict"]);
+    sandboxed_server_with(&[]).await
+}
+
+/// [`sandboxed_server`] with more `serve` flags.
+async fn sandboxed_server_with(extra: &[&str]) -> Server {
+    let mut args = vec!["--local-workers", "2", "--sandbox", "strict"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     let answer = register(&server.client(), "benign", "cat", serde_json::json!({})).await;
     assert_eq!(answer.status, 201);
     server
@@ -50,7 +57,11 @@ async fn no_process_with(marker: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runaway_functions_are_stopped_and_nothing_is_left() {
-    let server = sandboxed_server().await;
+    // The fork bomb fills its uid's process limit (RLIMIT_NPROC counts a uid's processes
+    // machine-wide) until its timeout: under a uid of its own, the other tests' functions
+    // (as `nobody`) can still fork meanwhile.
+    let uid = (3_000_000_000_u32 + std::process::id()).to_string();
+    let server = sandboxed_server_with(&["--sandbox-user", &uid]).await;
 
     let Outcome { task, .. } = run_hostile(&server, "loop", "while :; do :; done").await;
     assert_eq!(task["reason"], "timeout", "{task}");

@@ -78,6 +78,30 @@ async fn a_cold_call_records_its_cpu_time_and_peak_memory() {
     }
 }
 
+/// Work moved into a background process is metered too: the sandbox ends what a call leaves
+/// running and counts it before it answers. The background shell does the same counted work
+/// as `busy` before the function may end, then spins until it is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_call_counts_the_cpu_of_what_it_left_running() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "auto"]);
+    let client = server.client();
+    let script = "(i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; touch /tmp/half; \
+                  while :; do :; done) & \
+                  while [ ! -e /tmp/half ]; do sleep 0.01; done; echo left";
+    register_ok(&client, "leaver", script, serde_json::json!({})).await;
+    register_ok(&client, "busy", BUSY_SHELL, serde_json::json!({})).await;
+    let call = run(&client, "leaver", b"").await;
+    assert_eq!(call.task["status"], "COMPLETED", "{}", call.task);
+    assert_eq!(call.result.trim(), "left");
+    // The same counted work done in the foreground, for scale.
+    let busy = run(&client, "busy", b"").await;
+    let (left, counted) = (ms(&call.task, "cpu_ms"), ms(&busy.task, "cpu_ms"));
+    assert!(
+        left >= 0.8 * counted,
+        "cpu {left} ms with the work in the background, {counted} ms in the foreground"
+    );
+}
+
 /// A warm call's CPU time is the executor's increase over that call, not its total; its peak
 /// memory is the executor's peak.
 #[tokio::test(flavor = "multi_thread")]

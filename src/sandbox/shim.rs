@@ -457,9 +457,32 @@ pub(super) fn start_and_wait(
         ForkResult::Parent { child } => child,
     };
     let ending = wait_for_function(function)?;
+    end_leftovers();
     let usage = sys::children_usage();
     Report { ending, usage }.write(report);
     std::process::exit(0)
+}
+
+/// In init, once the function has ended: kills and reaps whatever it left running, so the
+/// report's usage counts their CPU and memory too (work moved into a background process is
+/// metered like any other), and none of them outlives the answer. Only as the PID namespace's
+/// init (pid 1), where `kill(-1)` reaches exactly the call's processes; without that namespace
+/// the shim has no such scope, and the zygote's reap after the call ends them.
+fn end_leftovers() {
+    if nix::unistd::getpid().as_raw() != 1 {
+        return;
+    }
+    // pid 1 is spared by kill(-1): init signals every other process of its namespace.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-1),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    loop {
+        match waitpid(None::<nix::unistd::Pid>, None) {
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 /// In init: reaps every process that ends until `function` does; how it ended.

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
@@ -110,13 +110,19 @@ pub(super) fn child(
     control: OwnedFd,
 ) -> i32 {
     let setup = set_up(net, &report, &control).and_then(|()| shim::prepare_init(config, prepared));
+    // A sandbox that could not be prepared ends now, unused: the zygote sees it gone and
+    // spawns the call cold, which meets the same failure and tells it on the call's stderr.
+    // Else it says it is prepared, and only then can it be handed a call.
+    if setup.is_err() || nix::unistd::write(&control, PREPARED).is_err() {
+        return shim::SETUP_FAILED;
+    }
     let Some((argv, env, stdio)) = wait_for_call(&control) else {
-        // The zygote ended this sandbox unused.
-        return 0;
+        // The zygote ended this sandbox unused, or what it sent could not be read: either way
+        // no call ran, which a status of 0 would claim.
+        return shim::SETUP_FAILED;
     };
-    let started = take_stdio(stdio, control)
-        .and(setup)
-        .and_then(|()| shim::start_and_wait(config, &argv, &env, report));
+    let started =
+        take_stdio(stdio, control).and_then(|()| shim::start_and_wait(config, &argv, &env, report));
     match started {
         Ok(never) => match never {},
         Err(e) => {
@@ -173,6 +179,26 @@ fn wait_for_call(control: &OwnedFd) -> Option<Call> {
         }
         _ => None,
     }
+}
+
+/// What a ready sandbox sends on its control socket once it is prepared.
+const PREPARED: &[u8] = b"R";
+
+/// Whether the ready sandbox on `control` says it is prepared within `wait` (it may still be
+/// preparing when a call comes right after the last); false when it ended instead.
+pub(super) fn prepared_within(control: BorrowedFd<'_>, wait: std::time::Duration) -> bool {
+    if !sys::readable_within(control, wait) {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    matches!(
+        nix::sys::socket::recv(
+            control.as_raw_fd(),
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(1)
+    ) && byte == PREPARED
 }
 
 /// The frame that hands a call to a ready sandbox, and its fds.

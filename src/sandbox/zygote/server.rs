@@ -30,6 +30,9 @@ use crate::sandbox::sys::{self, Error};
 /// The fd on which the call's init finds its report pipe.
 const REPORT_FD: RawFd = 3;
 
+/// How long a call waits for a ready sandbox that is still preparing before it spawns cold.
+const PREPARE_WAIT: Duration = Duration::from_millis(20);
+
 /// Runs the zygote on the socket at fd 0; `args` (what follows `__zygote`) name the directory
 /// for its template roots. Never returns.
 pub fn zygote_main(args: &[OsString]) -> ! {
@@ -246,8 +249,8 @@ impl Server {
         stdio: &[OwnedFd],
     ) -> Option<(i32, OwnedFd)> {
         let (frame, fds) = ready::call_frame(argv, env, stdio);
-        let alive = !sys::has_exited(ready.pidfd.as_fd());
-        if alive && write_frame(ready.control.as_fd(), &frame, &fds).is_ok() {
+        let prepared = ready::prepared_within(ready.control.as_fd(), PREPARE_WAIT);
+        if prepared && write_frame(ready.control.as_fd(), &frame, &fds).is_ok() {
             return Some((ready.pid, ready.pidfd));
         }
         self.end(ready);

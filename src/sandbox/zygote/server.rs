@@ -126,6 +126,19 @@ struct Taken {
     cgroup: Option<TakenCgroup>,
 }
 
+impl Taken {
+    /// What the forked child has ready from it: the template root and the cgroup it hands
+    /// over, whether it joins the network namespace, and the filter.
+    fn prepared(&mut self, filter: &seccompiler::BpfProgram) -> Prepared {
+        Prepared {
+            net_joined: self.net.is_some(),
+            filter: Some(filter.clone()),
+            template: self.template.take(),
+            cgroup: self.cgroup.take().map(|(name, _)| name),
+        }
+    }
+}
+
 impl Server {
     /// Sets the zygote's process up: a private mount namespace (for the template roots and the
     /// fast cgroup moves), the seccomp filter, its home namespaces. Returns the server and its
@@ -204,7 +217,7 @@ impl Server {
                 return Ok(spawned);
             }
         }
-        let taken = self.take(&config)?;
+        let mut taken = self.take(&config)?;
         if config.namespaces && taken.template.is_some() {
             // Only over a template: a root built from nothing needs the call's working directory.
             self.next = Some((key, config.clone()));
@@ -217,12 +230,7 @@ impl Server {
             Err(e) => Err(self.give_back(taken, e)),
             Ok(ForkResult::Child) => {
                 drop(report_r);
-                let prepared = Prepared {
-                    net_joined: taken.net.is_some(),
-                    filter: Some(self.filter.clone()),
-                    template: taken.template,
-                    cgroup: taken.cgroup.map(|(name, _)| name),
-                };
+                let prepared = taken.prepared(&self.filter);
                 let net = taken.net.as_ref().map(|(_, net)| net);
                 let launch = Launch {
                     env: &env,
@@ -279,7 +287,7 @@ impl Server {
 
     /// Forks a ready sandbox for `config` (`None`: it has no template root).
     fn fork_ready(&mut self, config: &Config) -> Result<Option<Ready>, Error> {
-        let taken = self.take(config)?;
+        let mut taken = self.take(config)?;
         if taken.template.is_none() {
             // Its root would be built from the call's working directory: not ahead of it.
             let _ = self.give_back(
@@ -308,12 +316,7 @@ impl Server {
             Err(e) => Err(self.give_back(taken, e)),
             Ok(ForkResult::Child) => {
                 drop((report_r, control));
-                let prepared = Prepared {
-                    net_joined: taken.net.is_some(),
-                    filter: Some(self.filter.clone()),
-                    template: taken.template,
-                    cgroup: taken.cgroup.map(|(name, _)| name),
-                };
+                let prepared = taken.prepared(&self.filter);
                 let net = taken.net.as_ref().map(|(_, net)| net);
                 std::process::exit(ready::child(config, &prepared, net, report_w, theirs))
             }

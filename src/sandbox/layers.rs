@@ -25,7 +25,7 @@ pub struct Layer {
 
 const BASE: [&str; 4] = [
     "new session and process group, default signals, PR_SET_PDEATHSIG",
-    "rlimits: core, nofile, fsize, cpu, nproc",
+    "rlimits: core, nofile, fsize, cpu (nproc without cgroups)",
     "no_new_privs, inherited fds closed, environment cleared",
     "seccomp filter",
 ];

@@ -12,7 +12,7 @@
 //!    paths the runtime needs (the bundle, the interpreter); a size-capped writable tmpfs as
 //!    `/tmp` and the working directory; a fresh `/proc`; nothing else of the host;
 //! 4. cgroups (v1 `memory` and `pids`) limiting the call's memory and process count, and
-//!    rlimits: `CORE` 0, `NOFILE`, `FSIZE`, `CPU`, `NPROC`;
+//!    rlimits: `CORE` 0, `NOFILE`, `FSIZE`, `CPU`, and `NPROC` where there is no pids cgroup;
 //! 5. `no_new_privs`; an unprivileged uid/gid (which also drops every capability); every fd but
 //!    0–2 closed;
 //! 6. a seccomp filter answering EPERM to ptrace, mount, kexec, bpf, keyctl, io_uring,
@@ -76,7 +76,8 @@ pub struct Config {
     pub cpu_seconds: u64,
     /// Open files (`RLIMIT_NOFILE`).
     pub max_files: u64,
-    /// Processes of the function's uid (`RLIMIT_NPROC`), and of the call (its pids cgroup).
+    /// Processes of the call (its pids cgroup), or without cgroups of the function's uid
+    /// (`RLIMIT_NPROC`).
     pub max_processes: u64,
     /// The call's memory limit (its memory cgroup); 0 for none.
     pub memory_bytes: u64,
@@ -552,14 +553,23 @@ fn limit(config: &Config) -> Result<(), Error> {
             config.tmpfs_bytes + (1 << 20),
         ),
         ("setrlimit(CPU)", Resource::RLIMIT_CPU, config.cpu_seconds),
-        (
-            "setrlimit(NPROC)",
-            Resource::RLIMIT_NPROC,
-            config.max_processes,
-        ),
     ];
     for (call, resource, value) in limits {
         step(call, setrlimit(resource, value, value))?;
+    }
+    // The call's pids cgroup bounds its processes where there are cgroups (`memory_bytes` > 0:
+    // the call joined its memory and pids cgroups, or failed). `NPROC` is only the bound
+    // without them: it counts every process of the uid on the machine, so with it one call's
+    // fork bomb would make every other call's forks fail.
+    if config.memory_bytes == 0 {
+        step(
+            "setrlimit(NPROC)",
+            setrlimit(
+                Resource::RLIMIT_NPROC,
+                config.max_processes,
+                config.max_processes,
+            ),
+        )?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 
 use super::{BenchArgs, FirstCall, exit};
-use crate::client::Client;
+use crate::client::{Answer, Client};
 
 /// What every call sends: which function (the i-th call goes to `names[i % len]`) and the
 /// payload.
@@ -85,8 +85,7 @@ pub(super) async fn throughput(
     Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
 }
 
-/// Submits `tasks` async calls, shared out over `connections` concurrent submitters (the
-/// c-th takes calls c, c + connections, ...); returns the task ids.
+/// Submits `tasks` async calls over `connections` concurrent submitters; returns the task ids.
 async fn submit(
     client: &Client,
     tasks: usize,
@@ -94,18 +93,51 @@ async fn submit(
     connections: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<String>> {
-    let paths: Arc<[String]> = (0..load.names.len().min(tasks.max(1)))
-        .map(|i| load.path(i, "?async=true"))
+    let calls = Calls {
+        count: tasks,
+        callers: connections,
+        suffix: "?async=true",
+    };
+    post_all(client, load, calls, progress, |answer, _| {
+        let v: serde_json::Value = answer.json()?;
+        Ok(v["task_id"].as_str().unwrap_or_default().to_string())
+    })
+    .await
+}
+
+/// How many calls [`post_all`] makes, over how many callers, and the query of their path.
+struct Calls {
+    count: usize,
+    callers: usize,
+    suffix: &'static str,
+}
+
+/// Makes `calls.count` calls shared out over `calls.callers` concurrent callers (the c-th
+/// makes calls c, c + callers, ...), each caller one call after the other; returns what `keep`
+/// takes from each answer and the time the call took.
+async fn post_all<T: Send + 'static>(
+    client: &Client,
+    load: &Load,
+    calls: Calls,
+    progress: &ProgressBar,
+    keep: fn(Answer, Duration) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let Calls {
+        count,
+        callers,
+        suffix,
+    } = calls;
+    let paths: Arc<[String]> = (0..load.names.len().min(count.max(1)))
+        .map(|i| load.path(i, suffix))
         .collect();
-    let mut submitters = tokio::task::JoinSet::new();
-    for c in 0..connections {
-        let client = client.clone();
-        let paths = paths.clone();
-        let payload = load.payload.clone();
-        let progress = progress.clone();
-        submitters.spawn(async move {
-            let mut ids = Vec::new();
-            for i in (c..tasks).step_by(connections) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let (client, paths) = (client.clone(), paths.clone());
+        let (payload, progress) = (load.payload.clone(), progress.clone());
+        tasks.spawn(async move {
+            let mut kept = Vec::new();
+            for i in (c..count).step_by(callers) {
+                let t = Instant::now();
                 let answer = client
                     .post(
                         &paths[i % paths.len()],
@@ -114,18 +146,17 @@ async fn submit(
                     )
                     .await?
                     .ok()?;
-                let v: serde_json::Value = answer.json()?;
-                ids.push(v["task_id"].as_str().unwrap_or_default().to_string());
+                kept.push(keep(answer, t.elapsed())?);
                 progress.inc(1);
             }
-            anyhow::Ok(ids)
+            anyhow::Ok(kept)
         });
     }
-    let mut ids = Vec::with_capacity(tasks);
-    while let Some(joined) = submitters.join_next().await {
-        ids.extend(joined.context("a submitter panicked")??);
+    let mut all = Vec::with_capacity(count);
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.context("a caller panicked")??);
     }
-    Ok(ids)
+    Ok(all)
 }
 
 /// Waits for every task over `connections` concurrent readers; returns the latest
@@ -190,38 +221,10 @@ pub(super) async fn sync_latency(
     load: &Load,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Duration>> {
-    let (calls, callers) = (
-        args.sync_calls,
-        args.sync_connections.clamp(1, args.sync_calls.max(1)),
-    );
-    let paths: Arc<[String]> = (0..load.names.len().min(calls.max(1)))
-        .map(|i| load.path(i, ""))
-        .collect();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..callers {
-        let (client, paths) = (client.clone(), paths.clone());
-        let (payload, progress) = (load.payload.clone(), progress.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            for i in (c..calls).step_by(callers) {
-                let t = Instant::now();
-                client
-                    .post(
-                        &paths[i % paths.len()],
-                        "application/octet-stream",
-                        payload.clone(),
-                    )
-                    .await?
-                    .ok()?;
-                latencies.push(t.elapsed());
-                progress.inc(1);
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let mut latencies = Vec::with_capacity(calls);
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.context("a sync caller panicked")??);
-    }
-    Ok(latencies)
+    let calls = Calls {
+        count: args.sync_calls,
+        callers: args.sync_connections.clamp(1, args.sync_calls.max(1)),
+        suffix: "",
+    };
+    post_all(client, load, calls, progress, |_, took| Ok(took)).await
 }

@@ -550,7 +550,7 @@ impl Broker {
     /// Whether a sync call's answer waits until its end is committed (`serve
     /// --commit-before-answer`); by default it goes as soon as the worker reports it.
     pub fn set_commit_before_answer(&self, on: bool) {
-        self.lock().answer_before_commit = !on;
+        self.lock().commit_before_answer = on;
     }
 
     /// A waiter for an active task's end, or `None` if the task is not active (finished or

@@ -350,9 +350,9 @@ pub(super) struct State {
     pub released_bytes: usize,
     /// Where task state changes are published.
     pub events: Events,
-    /// Whether a sync call's end is answered before it is committed (see
-    /// [`State::answer_early`]); off with `serve --commit-before-answer`.
-    pub answer_before_commit: bool,
+    /// Whether a sync call waits for its end's commit (`serve --commit-before-answer`); else it
+    /// is answered at the report (see [`answer_early`]).
+    pub commit_before_answer: bool,
 }
 
 impl State {
@@ -373,7 +373,7 @@ impl State {
             dispatching: true,
             released_bytes: 0,
             events: Events::default(),
-            answer_before_commit: true,
+            commit_before_answer: false,
         }
     }
 
@@ -705,7 +705,7 @@ impl State {
             result: finished.result.clone(),
             logs: finished.logs.clone(),
         });
-        if self.answer_before_commit {
+        if !self.commit_before_answer {
             answer_early(
                 self.tasks.get_mut(&id).expect("checked by refusal"),
                 &finished,
@@ -1062,7 +1062,7 @@ mod tests {
     #[test]
     fn with_commit_before_answer_a_sync_caller_waits_for_the_commit() {
         let mut fx = Fixture::new();
-        fx.state.answer_before_commit = false;
+        fx.state.commit_before_answer = true;
         let f = fx.function("f", 1, None);
         let (worker, mut frames) = fx.worker(1, DispatchMode::Push);
         let (id, mut waiter) = enqueue_sync(&mut fx, &f, 1);

@@ -12,15 +12,20 @@ import os
 import re
 import sys
 
-# (label, pattern on the symbol), first match wins; kernel symbols are marked [k].
-SERVER = [
+# (label, pattern on the symbol), first match wins.
+# A kernel sample with no part of the server up its chain, by its own (leaf) symbol.
+KERNEL = [
     ("kernel, no server frame: sockets",
-     r"\[k\].*(tcp|inet|sock|skb|net_rx|netif|loopback|dev_queue|ip_|__sys_send|__sys_recv|napi)"),
-    ("kernel, no server frame: disk (ext4, jbd2, block)", r"\[k\].*(ext4|jbd2|blk|fsync|nvme|bio_|submit_bio|iomap|filemap|folio)"),
-    ("kernel, no server frame: pipes", r"\[k\].*(pipe|splice)"),
+     r"tcp|inet|sock|skb|net_rx|netif|loopback|dev_queue|ip_|__sys_send|__sys_recv|napi"),
+    ("kernel, no server frame: disk (ext4, jbd2, block)",
+     r"ext4|jbd2|blk|fsync|nvme|bio_|submit_bio|iomap|filemap|folio"),
+    ("kernel, no server frame: pipes", r"pipe|splice"),
     ("kernel, no server frame: wakeups, scheduler",
-     r"\[k\].*(futex|schedul|epoll|switch|pick_next|ttwu|wake|enqueue|dequeue|update_curr|psi_|ep_)"),
-    ("kernel, no server frame: interrupts, other", r"\[k\]"),
+     r"futex|schedul|epoll|switch|pick_next|ttwu|wake|enqueue|dequeue|update_curr|psi_|ep_"),
+    ("kernel, no server frame: interrupts, other", r""),
+]
+# The parts of the server, by the nearest frame up the chain that names one.
+PARTS = [
     ("redb", r"redb::"),
     ("store (encode, writer thread)", r"postcard|serde|faasd::store"),
     ("HTTP (hyper, axum, handlers)", r"hyper|axum|http::|httparse|tower|faasd::api"),
@@ -28,6 +33,9 @@ SERVER = [
     ("broker", r"faasd::broker"),
     ("executor pipes (worker, exec)", r"faasd::exec|faasd::worker"),
     ("async runtime (tokio)", r"tokio::|mio::"),
+]
+# A user-space sample that names no part, by its own (leaf) symbol.
+LEAF = [
     ("allocation and copies (libc)", r"malloc|free|memcpy|memmove|memset|_int_|realloc|cfree|memcmp"),
     ("other", r""),
 ]
@@ -35,9 +43,6 @@ SERVER = [
 
 HEADER = re.compile(r"^(?P<comm>\S.*?)\s+(?P<pid>\d+)\s+(?P<period>\d+)\s*$")
 FRAME = re.compile(r"^\s+[0-9a-f]+\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$")
-KERNEL = [(label, pattern) for label, pattern in SERVER if label.startswith("kernel")]
-PARTS = [(label, pattern) for label, pattern in SERVER[5:12]]
-LEAF = [(label, pattern) for label, pattern in SERVER[12:]]
 
 
 def group_of(comm, pid, server_pid, bench_pid, executors):
@@ -72,7 +77,7 @@ def server_label(frames):
             if label:
                 return (label, "kernel" if in_kernel else "user")
     if in_kernel:
-        return (first_match(KERNEL, "[k] " + frames[0][0]), "kernel")
+        return (first_match(KERNEL, frames[0][0]), "kernel")
     return (first_match(LEAF, frames[0][0]), "user")
 
 

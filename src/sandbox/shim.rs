@@ -219,8 +219,7 @@ pub(super) fn run_as_init(
 pub(super) fn prepare_init(config: &Config, prepared: &Prepared) -> Result<(), Error> {
     prologue(config, prepared)?;
     let new_net = enter_namespaces(config, prepared, false)?;
-    init_root(config, new_net, prepared)?;
-    filter_init(prepared)
+    ready_init(config, new_net, prepared)
 }
 
 /// Step 1 and the cgroups: signals, `PR_SET_PDEATHSIG`, the call's cgroups.
@@ -391,8 +390,7 @@ fn pass_on(init: nix::unistd::Pid, report: OwnedFd) -> i32 {
 }
 
 /// The namespace's init (pid 1): builds the filesystem, starts the function as pid 2 and waits
-/// for it, reaping whatever else ends, then reports the function's end and exits, which ends
-/// every process left in the namespace.
+/// for it, reaping whatever else ends, then ends what the function left, reports and exits.
 fn init(
     config: &Config,
     new_net: bool,
@@ -401,9 +399,14 @@ fn init(
     prepared: &Prepared,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
-    init_root(config, new_net, prepared)?;
-    filter_init(prepared)?;
+    ready_init(config, new_net, prepared)?;
     start_and_wait(config, argv, env, report)
+}
+
+/// The namespace's init up to the function's fork: its filesystem, then the filter.
+fn ready_init(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), Error> {
+    init_root(config, new_net, prepared)?;
+    filter_init(prepared)
 }
 
 /// Step 6 in the namespace's init, before it forks the function, which inherits the filter:

@@ -700,18 +700,23 @@ impl State {
         let finished = Arc::new(ended(&active.record, report.outcome));
         let name = finished.record.function.clone();
         self.release(worker_id, id, &name, true);
+        Some(self.commit_end(id, finished, store))
+    }
+
+    /// Queues task `id`'s end to the store; its sync caller has it at once unless
+    /// `commit_before_answer` (see [`answer_early`]). Returns the commit to wait on.
+    fn commit_end(&mut self, id: u128, finished: Arc<Finished>, store: &Store) -> PendingCommit {
         let ack = store.submit(Write::Finish {
             record: finished.record.clone(),
             result: finished.result.clone(),
             logs: finished.logs.clone(),
         });
         if !self.commit_before_answer {
-            answer_early(
-                self.tasks.get_mut(&id).expect("checked by refusal"),
-                &finished,
-            );
+            if let Some(active) = self.tasks.get_mut(&id) {
+                answer_early(active, &finished);
+            }
         }
-        Some(PendingCommit { ack, finished })
+        PendingCommit { ack, finished }
     }
 
     /// Why a report must be refused: its task is not active, already finishing, or leased under
@@ -812,13 +817,8 @@ impl State {
                 result: Bytes::new(),
                 logs: Bytes::new(),
             });
-            let ack = store.submit(Write::Finish {
-                record: finished.record.clone(),
-                result: Bytes::new(),
-                logs: Bytes::new(),
-            });
             self.release(worker_id, id, &func.name, false);
-            Some(PendingCommit { ack, finished })
+            Some(self.commit_end(id, finished, store))
         } else {
             active.record.status = TaskStatus::Queued;
             let seq = active.record.seq;

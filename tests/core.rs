@@ -88,12 +88,7 @@ async fn register_invoke_status_result_logs_through_the_cli() {
         .to_str()
         .expect("task id")
         .to_owned();
-    let status = client
-        .get(&format!("/v1/tasks/{id}"))
-        .await
-        .expect("status");
-    let status: serde_json::Value = status.json().expect("status json");
-    assert_eq!(status["status"], "COMPLETED");
+    assert_eq!(status(&client, &id).await["status"], "COMPLETED");
     let result = client
         .get(&format!("/v1/tasks/{id}/result"))
         .await

@@ -4,7 +4,8 @@
 # throughput (TASKS, default 10,000, over 32 connections) and SYNC sequential sync calls (default
 # 1,000) on each server; prints every run and the medians with their ratio B/A.
 # A and B are a binary and flags each: A_BIN/B_BIN (default: the release build of this checkout)
-# and A_FLAGS/B_FLAGS (extra `faasd serve` flags).
+# and A_FLAGS/B_FLAGS (extra `faasd serve` flags); A_CLIENT/B_CLIENT pick the `faasd bench` that
+# drives each side (default: the release build of this checkout), for an A/B of the client.
 # Usage: A_BIN=saved/faasd B_FLAGS="--commit-before-answer" scripts/bench-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ sync_calls="${SYNC:-1000}"
 source scripts/bench-env.sh
 a_bin="${A_BIN:-$bin}"
 b_bin="${B_BIN:-$bin}"
+a_client="${A_CLIENT:-$bin}"
+b_client="${B_CLIENT:-$bin}"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -42,7 +45,9 @@ echo "A: $a_bin serve ${A_FLAGS:-}"
 echo "B: $b_bin serve ${B_FLAGS:-}"
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 bench() {
-  "$bin" bench --url "$(cat "$work/$1.url")" --runtime python --function py-noop \
+  local client="$a_client"
+  [ "$1" = b ] && client="$b_client"
+  "$client" bench --url "$(cat "$work/$1.url")" --runtime python --function py-noop \
     --code-file "$work/noop.py" --tasks "$2" --connections 32 --sync-calls "$3" --keep --json
 }
 bench a 1000 50 >/dev/null

@@ -8,8 +8,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::archive::Image;
-use super::unpack::unpack_image;
+use super::unpack::{make_mount_points, unpack_image};
 use super::{Error, ImageConfig, Limits};
+
+/// The directories the sandbox mounts over in an image's root (its `/tmp`, `/proc`, `/dev`,
+/// and where `pivot_root` puts the old root).
+const MOUNT_POINTS: &[&str] = &["tmp", "proc", "dev", ".old-root"];
 
 /// The prefix of a root being built.
 const BUILDING: &str = ".unpack-";
@@ -23,6 +27,8 @@ pub struct Rootfs {
     pub path: PathBuf,
     /// What the image asks to run.
     pub config: ImageConfig,
+    /// Whether this call unpacked it (false: it was in the cache already).
+    pub unpacked: bool,
 }
 
 /// The unpacked root of the image archive at `archive`, unpacked into `cache` unless it already
@@ -30,10 +36,11 @@ pub struct Rootfs {
 pub fn ensure_rootfs(archive: &Path, cache: &Path, limits: Limits) -> Result<Rootfs, Error> {
     let image = Image::open(archive)?;
     let dir = cache.join(&image.digest);
-    let rootfs = Rootfs {
+    let mut rootfs = Rootfs {
         digest: image.digest.clone(),
         path: dir.join("rootfs"),
         config: image.config.clone(),
+        unpacked: false,
     };
     if dir.join("rootfs").is_dir() {
         return Ok(rootfs);
@@ -48,6 +55,7 @@ pub fn ensure_rootfs(archive: &Path, cache: &Path, limits: Limits) -> Result<Roo
         .tempdir_in(cache)
         .map_err(write_err(cache))?;
     build(&image, building.path(), limits)?;
+    rootfs.unpacked = true;
     match fs::rename(building.path(), &dir) {
         Ok(()) => {
             // The directory now lives under its final name; nothing is left to clean up.
@@ -86,6 +94,7 @@ fn build(image: &Image, dir: &Path, limits: Limits) -> Result<(), Error> {
         source,
     })?;
     unpack_image(image, &root, limits)?;
+    make_mount_points(&root, MOUNT_POINTS)?;
     let config = serde_json::to_vec(&image.config).map_err(|e| Error::Write {
         path: dir.join("config.json"),
         source: io::Error::other(e),

@@ -105,8 +105,10 @@ fn a_docker_save_archive_unpacks_with_its_config() {
     assert_eq!(fs::read_to_string(rootfs.path.join("etc/motd")).unwrap(), "hi");
     assert_eq!(scratch.cache_names(), [image.digest()], "no temporary left");
     // A second call finds it in the cache.
+    assert!(rootfs.unpacked);
     let again = ensure_rootfs(&archive, &scratch.cache(), Limits::default()).unwrap();
     assert_eq!(again.path, rootfs.path);
+    assert!(!again.unpacked, "found in the cache");
 }
 
 #[test]

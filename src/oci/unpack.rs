@@ -43,6 +43,32 @@ pub(super) fn unpack_image(image: &Image, root: &Path, limits: Limits) -> Result
     Ok(())
 }
 
+/// Makes each of `names` a directory at the top of `root`, replacing whatever the image put
+/// there (the sandbox mounts its own `/tmp`, `/proc` and `/dev` over them).
+pub(super) fn make_mount_points(root: &Path, names: &[&str]) -> Result<(), Error> {
+    for name in names {
+        let path = root.join(name);
+        let made = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            _ => remove_any(&path).and_then(|()| {
+                fs::create_dir(&path).map_err(|e| Failure::Io(path.clone(), e))
+            }),
+        };
+        made.map_err(|failure| match failure {
+            Failure::Io(path, source) => Error::Write { path, source },
+            Failure::Refused(reason) => Error::Write {
+                path: path.clone(),
+                source: io::Error::other(reason),
+            },
+            Failure::Read(source) => Error::Write {
+                path: path.clone(),
+                source,
+            },
+        })?;
+    }
+    Ok(())
+}
+
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,

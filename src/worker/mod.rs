@@ -679,6 +679,9 @@ impl Agent {
             None => Err(cache::Error::ConnectionClosed),
         }
         .map_err(|e| NotStarted::new(FailureReason::CodeUnavailable, e.to_string()))?;
+        if launch.runtime == proto::Runtime::Oci {
+            return self.prepare_image(&launch, code).await;
+        }
         let function_env = match launch.runtime {
             proto::Runtime::Python => {
                 self.function_env(launch.code_hash, &code, wait_limit)
@@ -702,6 +705,48 @@ impl Agent {
             argv,
             env: runtimes.env(runtime, launch.env),
             waited: function_env.map_or(Duration::ZERO, |(_, waited)| waited),
+        })
+    }
+
+    /// An `oci` function's executor: its image unpacked (once per config digest, on a blocking
+    /// thread; the unpack counts as the call's cold start), then its entrypoint and command
+    /// with the image as the sandbox's root.
+    async fn prepare_image(
+        &self,
+        launch: &Launch<'_>,
+        code: PathBuf,
+    ) -> Result<Prepared, NotStarted> {
+        let started = std::time::Instant::now();
+        let images = self.config.cache.image_dir();
+        let unpack = tokio::task::spawn_blocking(move || {
+            crate::oci::ensure_rootfs(&code, &images, crate::oci::Limits::default())
+        });
+        let rootfs = match unpack.await {
+            Ok(Ok(rootfs)) => rootfs,
+            Ok(Err(e)) => {
+                let message = format!("cannot unpack the function's image: {e}");
+                return Err(NotStarted::new(FailureReason::InitFailed, message));
+            }
+            Err(e) => {
+                let message = format!("the image unpack did not finish: {e}");
+                return Err(NotStarted::new(FailureReason::InitFailed, message));
+            }
+        };
+        let runtimes = &self.config.runtimes;
+        let argv = runtimes
+            .image_command(&rootfs, launch.timeout, launch.isolation)
+            .map_err(|e| {
+                let message = format!("cannot run an oci function: {e}");
+                NotStarted::new(FailureReason::InitFailed, message)
+            })?;
+        Ok(Prepared {
+            argv,
+            env: runtimes.image_env(&rootfs, launch.env),
+            waited: if rootfs.unpacked {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            },
         })
     }
 

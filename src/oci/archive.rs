@@ -226,7 +226,12 @@ impl Blobs<'_> {
         Ok((name, bytes))
     }
 
-    fn layer(&self, name: String, digest: Option<String>, media_type: Option<String>) -> Result<Layer, Error> {
+    fn layer(
+        &self,
+        name: String,
+        digest: Option<String>,
+        media_type: Option<String>,
+    ) -> Result<Layer, Error> {
         let span = self.span(&name)?;
         Ok(Layer {
             name,

@@ -71,7 +71,9 @@ pub enum Error {
         name: String,
     },
     /// A blob's content does not hash to the digest that names it.
-    #[error("blob {name} does not match its digest sha256:{expected} (it hashes to sha256:{actual})")]
+    #[error(
+        "blob {name} does not match its digest sha256:{expected} (it hashes to sha256:{actual})"
+    )]
     DigestMismatch {
         /// The blob's path in the archive.
         name: String,

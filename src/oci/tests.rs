@@ -90,7 +90,10 @@ fn a_docker_save_archive_unpacks_with_its_config() {
     let archive = scratch.archive(&image.docker_save());
     let rootfs = ensure_rootfs(&archive, &scratch.cache(), Limits::default()).unwrap();
     assert_eq!(rootfs.digest, image.digest());
-    assert_eq!(rootfs.path, scratch.cache().join(image.digest()).join("rootfs"));
+    assert_eq!(
+        rootfs.path,
+        scratch.cache().join(image.digest()).join("rootfs")
+    );
     assert_eq!(rootfs.config.argv(), ["/bin/app"]);
     assert_eq!(rootfs.config.env, ["A=1"]);
     assert_eq!(rootfs.config.working_dir, "/w");
@@ -101,8 +104,14 @@ fn a_docker_save_archive_unpacks_with_its_config() {
         Path::new("/bin/app"),
         "absolute link targets are kept as written"
     );
-    assert_eq!(fs::read(rootfs.path.join("bin/again")).unwrap(), b"#!/bin/sh\n");
-    assert_eq!(fs::read_to_string(rootfs.path.join("etc/motd")).unwrap(), "hi");
+    assert_eq!(
+        fs::read(rootfs.path.join("bin/again")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.path.join("etc/motd")).unwrap(),
+        "hi"
+    );
     assert_eq!(scratch.cache_names(), [image.digest()], "no temporary left");
     // A second call finds it in the cache.
     assert!(rootfs.unpacked);
@@ -135,9 +144,19 @@ fn an_oci_layout_with_gzip_layers_applies_whiteouts() {
     let root = &rootfs.path;
     assert!(!root.join("a/x").exists(), "whiteout removes a/x");
     assert_eq!(fs::read_to_string(root.join("a/y")).unwrap(), "y");
-    assert!(!root.join("b/z").exists(), "opaque whiteout hides the lower b/z");
-    assert_eq!(fs::read_to_string(root.join("b/new")).unwrap(), "n", "upper entry kept");
-    assert!(!root.join("c").exists(), "a whited-out directory goes whole");
+    assert!(
+        !root.join("b/z").exists(),
+        "opaque whiteout hides the lower b/z"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("b/new")).unwrap(),
+        "n",
+        "upper entry kept"
+    );
+    assert!(
+        !root.join("c").exists(),
+        "a whited-out directory goes whole"
+    );
     assert!(!root.join("a/.wh.x").exists() && !root.join("b/.wh..wh..opq").exists());
 }
 
@@ -149,13 +168,23 @@ fn concurrent_unpacks_of_one_image_agree() {
     let cache = scratch.cache();
     let roots: Vec<PathBuf> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| ensure_rootfs(&archive, &cache, Limits::default()).unwrap().path))
+            .map(|_| {
+                s.spawn(|| {
+                    ensure_rootfs(&archive, &cache, Limits::default())
+                        .unwrap()
+                        .path
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(roots.iter().all(|r| r == &roots[0]));
     assert_eq!(fs::read_to_string(roots[0].join("f")).unwrap(), "1");
-    assert_eq!(scratch.cache_names(), [image.digest()], "losers leave nothing");
+    assert_eq!(
+        scratch.cache_names(),
+        [image.digest()],
+        "losers leave nothing"
+    );
 }
 
 /// Unpacks a one-layer image of `entries` in both formats and returns the error, after checking
@@ -165,16 +194,34 @@ fn refused(entries: Vec<Entry>, limits: Limits) -> String {
     for oci in [false, true] {
         let scratch = Scratch::new();
         let image = spec(vec![Layer::new(entries.clone())]);
-        let bytes = if oci { image.oci_layout() } else { image.docker_save() };
+        let bytes = if oci {
+            image.oci_layout()
+        } else {
+            image.docker_save()
+        };
         let archive = scratch.archive(&bytes);
         let before = scratch.outside();
         let err = ensure_rootfs(&archive, &scratch.cache(), limits).unwrap_err();
-        assert!(scratch.outside() == before, "something outside the cache changed");
-        assert!(scratch.cache_names().is_empty(), "{:?}", scratch.cache_names());
+        assert!(
+            scratch.outside() == before,
+            "something outside the cache changed"
+        );
+        assert!(
+            scratch.cache_names().is_empty(),
+            "{:?}",
+            scratch.cache_names()
+        );
         let checked = check(&archive, &scratch.cache(), limits).unwrap_err();
         assert_eq!(checked.to_string(), err.to_string());
-        assert!(scratch.outside() == before, "something outside the cache changed");
-        assert!(scratch.cache_names().is_empty(), "{:?}", scratch.cache_names());
+        assert!(
+            scratch.outside() == before,
+            "something outside the cache changed"
+        );
+        assert!(
+            scratch.cache_names().is_empty(),
+            "{:?}",
+            scratch.cache_names()
+        );
         message = err.to_string();
     }
     message
@@ -183,11 +230,17 @@ fn refused(entries: Vec<Entry>, limits: Limits) -> String {
 #[test]
 fn dot_dot_and_absolute_paths_are_refused() {
     let err = refused(vec![file("../outside/secret", "owned")], Limits::default());
-    assert!(err.contains("\"../outside/secret\"") && err.contains("`..`"), "{err}");
+    assert!(
+        err.contains("\"../outside/secret\"") && err.contains("`..`"),
+        "{err}"
+    );
     let err = refused(vec![file("a/../../x", "owned")], Limits::default());
     assert!(err.contains("`..`"), "{err}");
     let err = refused(vec![file("/etc/passwd", "owned")], Limits::default());
-    assert!(err.contains("\"/etc/passwd\"") && err.contains("absolute"), "{err}");
+    assert!(
+        err.contains("\"/etc/passwd\"") && err.contains("absolute"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -214,12 +267,18 @@ fn hard_links_out_of_the_root_or_through_links_are_refused() {
         vec![Entry::HardLink("h".into(), "../outside/secret".into())],
         Limits::default(),
     );
-    assert!(err.contains("hard link target") && err.contains("`..`"), "{err}");
+    assert!(
+        err.contains("hard link target") && err.contains("`..`"),
+        "{err}"
+    );
     let err = refused(
         vec![Entry::HardLink("h".into(), "/etc/passwd".into())],
         Limits::default(),
     );
-    assert!(err.contains("hard link target") && err.contains("absolute"), "{err}");
+    assert!(
+        err.contains("hard link target") && err.contains("absolute"),
+        "{err}"
+    );
     let err = refused(
         vec![
             Entry::Symlink("up".into(), "/".into()),
@@ -233,7 +292,10 @@ fn hard_links_out_of_the_root_or_through_links_are_refused() {
 #[test]
 fn device_nodes_are_refused() {
     let err = refused(vec![Entry::CharDevice("dev/mem".into())], Limits::default());
-    assert!(err.contains("\"dev/mem\"") && err.contains("device nodes"), "{err}");
+    assert!(
+        err.contains("\"dev/mem\"") && err.contains("device nodes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -243,7 +305,10 @@ fn a_sparse_file_counts_at_its_full_size() {
         max_entries: 100,
     };
     let err = refused(vec![Entry::Sparse("big".into(), 2 << 30)], limits);
-    assert!(err.contains("\"big\"") && err.contains("size limit of 1073741824"), "{err}");
+    assert!(
+        err.contains("\"big\"") && err.contains("size limit of 1073741824"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -262,13 +327,14 @@ fn a_tampered_layer_fails_its_digest_and_a_zstd_layer_is_refused() {
     let scratch = Scratch::new();
     let image = spec(vec![Layer::new(vec![file("f", "marker-text")])]);
     let mut bytes = image.oci_layout();
-    let at = bytes
-        .windows(11)
-        .position(|w| w == b"marker-text")
-        .unwrap();
+    let at = bytes.windows(11).position(|w| w == b"marker-text").unwrap();
     bytes[at] = b'M';
-    let err = ensure_rootfs(&scratch.archive(&bytes), &scratch.cache(), Limits::default())
-        .unwrap_err();
+    let err = ensure_rootfs(
+        &scratch.archive(&bytes),
+        &scratch.cache(),
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     assert!(scratch.cache_names().is_empty());
 
@@ -291,12 +357,21 @@ fn an_archive_that_is_not_an_image_is_refused() {
     let mut header = tar::Header::new_gnu();
     header.set_size(2);
     header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", &b"hi"[..]).unwrap();
+    tar.append_data(&mut header, "hello.txt", &b"hi"[..])
+        .unwrap();
     let bytes = tar.into_inner().unwrap();
-    let err = ensure_rootfs(&scratch.archive(&bytes), &scratch.cache(), Limits::default())
-        .unwrap_err();
+    let err = ensure_rootfs(
+        &scratch.archive(&bytes),
+        &scratch.cache(),
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("not an image archive"), "{err}");
-    let err = ensure_rootfs(&scratch.archive(b"junk"), &scratch.cache(), Limits::default())
-        .unwrap_err();
+    let err = ensure_rootfs(
+        &scratch.archive(b"junk"),
+        &scratch.cache(),
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("not an image archive"), "{err}");
 }

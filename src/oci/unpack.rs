@@ -50,9 +50,8 @@ pub(super) fn make_mount_points(root: &Path, names: &[&str]) -> Result<(), Error
         let path = root.join(name);
         let made = match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => Ok(()),
-            _ => remove_any(&path).and_then(|()| {
-                fs::create_dir(&path).map_err(|e| Failure::Io(path.clone(), e))
-            }),
+            _ => remove_any(&path)
+                .and_then(|()| fs::create_dir(&path).map_err(|e| Failure::Io(path.clone(), e))),
         };
         made.map_err(|failure| match failure {
             Failure::Io(path, source) => Error::Write { path, source },
@@ -126,7 +125,12 @@ fn unpack_blob(
 }
 
 /// Applies one layer's tar stream to `root`.
-fn unpack_tar(layer: &Layer, tar: impl Read, root: &Path, budget: &mut Budget) -> Result<(), Error> {
+fn unpack_tar(
+    layer: &Layer,
+    tar: impl Read,
+    root: &Path,
+    budget: &mut Budget,
+) -> Result<(), Error> {
     let read_err = |source| Error::ReadLayer {
         layer: layer.name.clone(),
         source,
@@ -272,10 +276,15 @@ fn apply_entry<R: Read>(
         }
         tar::EntryType::Fifo => {
             remove_any(&target.full())?;
-            nix::unistd::mkfifo(&target.full(), nix::sys::stat::Mode::from_bits_truncate(0o644))
-                .map_err(|e| target.io(e.into()))
+            nix::unistd::mkfifo(
+                &target.full(),
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .map_err(|e| target.io(e.into()))
         }
-        other => Err(Failure::Refused(format!("unsupported entry type {other:?}"))),
+        other => Err(Failure::Refused(format!(
+            "unsupported entry type {other:?}"
+        ))),
     }
 }
 
@@ -295,7 +304,9 @@ fn make_parents(root: &Path, rel: &Path, create: bool) -> Result<(), Failure> {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
                 let at = path.strip_prefix(root).unwrap_or(&path).display();
-                return Err(Failure::Refused(format!("{at} on its path is not a directory")));
+                return Err(Failure::Refused(format!(
+                    "{at} on its path is not a directory"
+                )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 fs::create_dir(&path).map_err(|e| Failure::Io(path.clone(), e))?;
@@ -355,7 +366,11 @@ fn make_dir(target: &Target, _mode: u32) -> Result<(), Failure> {
     fs::set_permissions(&full, fs::Permissions::from_mode(0o755)).map_err(|e| target.io(e))
 }
 
-fn write_file<R: Read>(target: &Target, entry: &mut tar::Entry<R>, mode: u32) -> Result<(), Failure> {
+fn write_file<R: Read>(
+    target: &Target,
+    entry: &mut tar::Entry<R>,
+    mode: u32,
+) -> Result<(), Failure> {
     let full = target.full();
     remove_any(&full)?;
     let mut file = OpenOptions::new()
@@ -378,10 +393,12 @@ fn hard_link<R: Read>(target: &Target, entry: &mut tar::Entry<R>) -> Result<(), 
     let source = inside_path(&link)
         .map_err(|reason| Failure::Refused(format!("its hard link target {reason}")))?
         .ok_or_else(|| Failure::Refused("a hard link to the root".into()))?;
-    make_parents(target.root, source.parent().unwrap_or(Path::new("")), false).map_err(|f| match f {
-        Failure::Refused(reason) => Failure::Refused(format!("its hard link target: {reason}")),
-        other => other,
-    })?;
+    make_parents(target.root, source.parent().unwrap_or(Path::new("")), false).map_err(
+        |f| match f {
+            Failure::Refused(reason) => Failure::Refused(format!("its hard link target: {reason}")),
+            other => other,
+        },
+    )?;
     let from = target.root.join(&source);
     match fs::symlink_metadata(&from) {
         Ok(meta) if !meta.is_dir() => {}

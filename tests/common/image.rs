@@ -115,7 +115,10 @@ impl Image {
         }]);
         append_entry(&mut out, &Entry::File(config_name, config, 0o644));
         let manifest = serde_json::to_vec(&manifest).expect("json");
-        append_entry(&mut out, &Entry::File("manifest.json".into(), manifest, 0o644));
+        append_entry(
+            &mut out,
+            &Entry::File("manifest.json".into(), manifest, 0o644),
+        );
         out.extend_from_slice(&[0; 1024]);
         out
     }
@@ -126,7 +129,10 @@ impl Image {
         let blob = |out: &mut Vec<u8>, bytes: Vec<u8>| -> serde_json::Value {
             let digest = sha256(&bytes);
             let size = bytes.len();
-            append_entry(out, &Entry::File(format!("blobs/sha256/{digest}"), bytes, 0o644));
+            append_entry(
+                out,
+                &Entry::File(format!("blobs/sha256/{digest}"), bytes, 0o644),
+            );
             serde_json::json!({"digest": format!("sha256:{digest}"), "size": size})
         };
         let mut layers = Vec::new();

@@ -209,25 +209,23 @@ impl CodeCheck {
 /// Reads and unpacks an image archive into a temporary directory (off the async threads), and
 /// refuses one that cannot run.
 async fn check_image(code: Vec<u8>) -> Result<(), Invalid> {
-    let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let scratch = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let invalid = |reason: String| Invalid::Image { reason };
+    let checked = tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::tempdir()
+            .map_err(|e| invalid(format!("no temporary directory to check it in: {e}")))?;
         let archive = scratch.path().join("image.tar");
-        std::fs::write(&archive, &code).map_err(|e| format!("cannot write it: {e}"))?;
+        std::fs::write(&archive, &code).map_err(|e| invalid(format!("cannot write it: {e}")))?;
         let image = crate::oci::check(&archive, scratch.path(), crate::oci::Limits::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| invalid(e.to_string()))?;
         if image.config.argv().is_empty() {
-            return Err("its config has neither Entrypoint nor Cmd: nothing to run".into());
+            return Err(invalid(
+                "its config has neither Entrypoint nor Cmd: nothing to run".into(),
+            ));
         }
         Ok(())
     })
     .await;
-    match checked {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err(Invalid::Image { reason }),
-        Err(e) => Err(Invalid::Image {
-            reason: format!("the check did not finish: {e}"),
-        }),
-    }
+    checked.unwrap_or_else(|e| Err(invalid(format!("the check did not finish: {e}"))))
 }
 
 /// The verdict on a compiler's answer.

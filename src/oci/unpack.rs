@@ -169,7 +169,7 @@ fn unpack_tar(
                 limit: budget.limits.max_bytes,
             });
         }
-        let Some(rel) = inside_path(&raw).map_err(|reason| refuse(reason))? else {
+        let Some(rel) = inside_path(&raw).map_err(refuse)? else {
             continue;
         };
         let target = Target { root, rel: &rel };

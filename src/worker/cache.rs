@@ -82,16 +82,6 @@ impl CodeCache {
         })
     }
 
-    /// Where images unpacked from this cache's bundles are kept (`oci` functions): a directory
-    /// beside the bundles', one root per image config digest.
-    pub fn image_dir(&self) -> PathBuf {
-        let dir = &self.inner.dir;
-        match dir.file_name() {
-            Some(name) => dir.with_file_name(format!("{}-images", name.to_string_lossy())),
-            None => dir.join("images"),
-        }
-    }
-
     /// The directory the bundles are kept in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

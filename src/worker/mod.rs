@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod envs;
 pub mod health;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -81,6 +82,8 @@ pub struct Agent {
     pool: exec::Pool,
     /// The `python` functions' own environments (from their `requirements.txt`).
     envs: envs::Envs,
+    /// The `oci` functions' unpacked images.
+    images: images::Images,
     /// The current session's outbound frames; `None` between sessions.
     link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
     /// Signalled when the last running task finishes.
@@ -163,10 +166,12 @@ impl Agent {
         });
         let python = config.runtimes.python().map(Path::to_owned);
         let envs = envs::Envs::new(config.cache.dir().join("envs"), python);
+        let images = images::Images::new(config.cache.dir().join("images"), Default::default());
         Arc::new(Agent {
             config,
             pool,
             envs,
+            images,
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
@@ -717,21 +722,11 @@ impl Agent {
         code: PathBuf,
     ) -> Result<Prepared, NotStarted> {
         let started = std::time::Instant::now();
-        let images = self.config.cache.image_dir();
-        let unpack = tokio::task::spawn_blocking(move || {
-            crate::oci::ensure_rootfs(&code, &images, crate::oci::Limits::default())
-        });
-        let rootfs = match unpack.await {
-            Ok(Ok(rootfs)) => rootfs,
-            Ok(Err(e)) => {
-                let message = format!("cannot unpack the function's image: {e}");
-                return Err(NotStarted::new(FailureReason::InitFailed, message));
-            }
-            Err(e) => {
-                let message = format!("the image unpack did not finish: {e}");
-                return Err(NotStarted::new(FailureReason::InitFailed, message));
-            }
-        };
+        let rootfs = self
+            .images
+            .rootfs(launch.code_hash, &code)
+            .await
+            .map_err(|e| NotStarted::new(FailureReason::InitFailed, e.to_string()))?;
         let runtimes = &self.config.runtimes;
         let argv = runtimes
             .image_command(&rootfs, launch.timeout, launch.isolation)

@@ -206,3 +206,51 @@ async fn an_image_without_a_command_is_refused() {
         "{body}"
     );
 }
+
+/// A warm executor in busybox `sh`: the warm frame protocol's ready frame, then per call an `O`
+/// frame whose result is the payload and the executor's count of calls.
+const WARM_SH: &str = r#"
+be32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1>>24&255)) $(($1>>16&255)) $(($1>>8&255)) $(($1&255)))"; }
+be32 1; printf R
+calls=0
+while :; do
+  set -- $(dd bs=1 count=4 2>/dev/null | od -An -tu1)
+  [ $# -eq 4 ] || exit 0
+  n=$(( ($1<<24) + ($2<<16) + ($3<<8) + $4 ))
+  dd bs=1 count=2 >/dev/null 2>&1
+  payload=$(dd bs=1 count=$((n-2)) 2>/dev/null)
+  calls=$((calls+1))
+  result="warm:$payload:$calls"
+  be32 $((5+${#result})); printf O; be32 ${#result}; printf '%s' "$result"
+done
+"#;
+
+#[tokio::test]
+async fn a_warm_image_serves_many_calls_from_one_executor() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
+    let image = busybox_image(WARM_SH);
+    let body = serde_json::json!({
+        "name": "warm",
+        "runtime": "oci",
+        "warm": true,
+        "code": base64::engine::general_purpose::STANDARD.encode(image.docker_save()),
+    });
+    let client = server.client();
+    let answer = client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register request");
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let first = invoke(&client, "warm", b"a").await;
+    assert_eq!(text(&first.body), "warm:a:1");
+    let second = invoke(&client, "warm", b"b").await;
+    assert_eq!(
+        text(&second.body),
+        "warm:b:2",
+        "the same executor served both"
+    );
+}

@@ -128,28 +128,6 @@ impl Image {
         })
     }
 
-    /// Hashes every layer blob the format names by digest and refuses one that does not match.
-    pub fn verify(&self) -> Result<(), Error> {
-        for layer in &self.layers {
-            let Some(expected) = &layer.digest else {
-                continue;
-            };
-            let mut hasher = Sha256::new();
-            let mut reader = self.layer_reader(layer)?;
-            std::io::copy(&mut reader, &mut hasher).map_err(|source| Error::ReadArchive {
-                path: self.path.clone(),
-                source,
-            })?;
-            check_digest(&layer.name, expected, &hex(&hasher.finalize()))?;
-        }
-        Ok(())
-    }
-
-    /// The number of layers.
-    pub fn layer_count(&self) -> usize {
-        self.layers.len()
-    }
-
     /// A reader over one layer's blob as stored (compressed or not).
     pub(super) fn layer_reader(&self, layer: &Layer) -> Result<impl Read + use<>, Error> {
         let read_err = |source| Error::ReadArchive {

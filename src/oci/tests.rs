@@ -375,3 +375,71 @@ fn an_archive_that_is_not_an_image_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("not an image archive"), "{err}");
 }
+
+/// An OCI layout whose `index.json` lists `outer` (descriptors built by `make` from the digest
+/// of a one-file image's manifest and of an inner index listing it for two platforms).
+fn layout_with_indexes(make: impl Fn(&str, &str) -> serde_json::Value) -> (Vec<u8>, String) {
+    use super::test_image::sha256;
+    let layer = Layer::new(vec![file("f", "nested")]).bytes();
+    let config = spec(Vec::new()).config_bytes();
+    let descriptor = |bytes: &[u8]| serde_json::json!({"digest": format!("sha256:{}", sha256(bytes)), "size": bytes.len()});
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "config": descriptor(&config),
+        "layers": [descriptor(&layer)],
+    }))
+    .unwrap();
+    let platform = |arch: &str| {
+        let mut d = descriptor(&manifest);
+        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        d
+    };
+    let inner = serde_json::to_vec(
+        &serde_json::json!({"manifests": [platform("arm64"), platform("amd64")]}),
+    )
+    .unwrap();
+    let index = make(&sha256(&manifest), &sha256(&inner));
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |name: String, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes).unwrap();
+    };
+    for blob in [&layer, &config, &manifest, &inner] {
+        add(format!("blobs/sha256/{}", sha256(blob)), blob);
+    }
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json".into(), &serde_json::to_vec(&index).unwrap());
+    (tar.into_inner().unwrap(), sha256(&config))
+}
+
+#[test]
+fn a_nested_index_gives_its_linux_amd64_manifest_and_an_ambiguous_one_is_refused() {
+    let scratch = Scratch::new();
+    let (bytes, digest) = layout_with_indexes(
+        |_, inner| serde_json::json!({"manifests": [{"digest": format!("sha256:{inner}"), "size": 1}]}),
+    );
+    let rootfs = ensure_rootfs(
+        &scratch.archive(&bytes),
+        &scratch.cache(),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(rootfs.digest, digest);
+    assert_eq!(fs::read_to_string(rootfs.path.join("f")).unwrap(), "nested");
+
+    let (bytes, _) = layout_with_indexes(|manifest, _| {
+        let d = serde_json::json!({"digest": format!("sha256:{manifest}"), "size": 1});
+        serde_json::json!({"manifests": [d.clone(), d]})
+    });
+    let scratch = Scratch::new();
+    let err = ensure_rootfs(
+        &scratch.archive(&bytes),
+        &scratch.cache(),
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::AmbiguousIndex { count: 2 }), "{err}");
+    assert!(err.to_string().contains("no single linux/amd64"), "{err}");
+}

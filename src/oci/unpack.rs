@@ -257,7 +257,7 @@ fn apply_entry<R: Read>(
     let kind = entry.header().entry_type();
     let mode = entry.header().mode().unwrap_or(0o644);
     match kind {
-        tar::EntryType::Directory => make_dir(target, mode),
+        tar::EntryType::Directory => make_dir(target),
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             write_file(target, entry, mode)
         }
@@ -353,7 +353,8 @@ fn kept_mode(mode: u32) -> u32 {
     mode | 0o444 | exec
 }
 
-fn make_dir(target: &Target, _mode: u32) -> Result<(), Failure> {
+/// A directory (its mode is always 0755: see [`kept_mode`] for files).
+fn make_dir(target: &Target) -> Result<(), Failure> {
     let full = target.full();
     match fs::symlink_metadata(&full) {
         Ok(meta) if meta.is_dir() => return Ok(()),

@@ -71,6 +71,28 @@ pub fn ensure_rootfs(archive: &Path, cache: &Path, limits: Limits) -> Result<Roo
     }
 }
 
+/// Removes the roots of `cache` left half-built (by a process killed mid-unpack) more than
+/// `older_than` ago; a younger one may still be being built. Returns how many it removed.
+pub fn remove_unfinished(cache: &Path, older_than: std::time::Duration) -> usize {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let building = entry.file_name().to_string_lossy().starts_with(BUILDING);
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if building && old && fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Checks that the archive is an image that unpacks within `limits`, by unpacking it into a
 /// temporary directory under `scratch` that is removed afterwards. Blocking.
 pub fn check(archive: &Path, scratch: &Path, limits: Limits) -> Result<Image, Error> {

@@ -18,7 +18,7 @@ mod unpack;
 use std::path::PathBuf;
 
 pub use archive::Image;
-pub use cache::{Rootfs, check, ensure_rootfs};
+pub use cache::{Rootfs, check, ensure_rootfs, remove_unfinished};
 pub use config::ImageConfig;
 
 /// How much one image may unpack to.

@@ -443,3 +443,35 @@ fn a_nested_index_gives_its_linux_amd64_manifest_and_an_ambiguous_one_is_refused
     assert!(matches!(err, Error::AmbiguousIndex { count: 2 }), "{err}");
     assert!(err.to_string().contains("no single linux/amd64"), "{err}");
 }
+
+#[test]
+fn only_old_unfinished_roots_are_removed() {
+    let scratch = Scratch::new();
+    let cache = scratch.cache();
+    for name in [".unpack-old", ".unpack-new", "0123"] {
+        fs::create_dir_all(cache.join(name).join("rootfs")).unwrap();
+    }
+    let hours_ago = nix::sys::time::TimeSpec::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 7200,
+        0,
+    );
+    for name in [".unpack-old", "0123"] {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &cache.join(name),
+            &hours_ago,
+            &hours_ago,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    let removed = super::remove_unfinished(&cache, std::time::Duration::from_secs(3600));
+    assert_eq!(removed, 1);
+    let mut left = scratch.cache_names();
+    left.sort();
+    assert_eq!(left, [".unpack-new", "0123"]);
+}

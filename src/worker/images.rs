@@ -33,8 +33,13 @@ pub struct Images {
 }
 
 impl Images {
-    /// Images unpacked under `dir`, each within `limits`.
+    /// Images unpacked under `dir`, each within `limits`; roots left half-built there over an
+    /// hour ago (by a worker killed mid-unpack) are removed.
     pub fn new(dir: PathBuf, limits: oci::Limits) -> Images {
+        let removed = oci::remove_unfinished(&dir, std::time::Duration::from_secs(3600));
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "removed half-unpacked images");
+        }
         Images {
             dir,
             limits,

@@ -92,8 +92,13 @@ async fn a_docker_save_image_runs_with_its_env_and_working_directory() {
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
     assert_eq!(text(&answer.body), EXPECTED);
     // Again, from the unpacked cache.
-    let answer = invoke(&server.client(), "img", b"in").await;
-    assert_eq!(text(&answer.body), EXPECTED);
+    let outcome = run(&server.client(), "img", b"in").await;
+    assert_eq!(outcome.result, EXPECTED);
+    // And here, outside the server: `replay --local` unpacks the image itself.
+    let id = outcome.task["id"].as_str().expect("id");
+    let out = server.cli(&["replay", id, "--local", "--sandbox", "strict"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), EXPECTED);
 }
 
 #[tokio::test]

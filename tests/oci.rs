@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use common::image::{Entry, Image, Layer};
-use common::{Server, expect_error, invoke, run, text};
+use common::{Server, Worker, expect_error, invoke, run, text, wait_workers};
 
 /// Debian's static busybox (`scripts/install-busybox.sh` installs it).
 const BUSYBOX: &str = "/bin/busybox";
@@ -258,4 +258,23 @@ async fn a_warm_image_serves_many_calls_from_one_executor() {
         "warm:b:2",
         "the same executor served both"
     );
+}
+
+#[tokio::test]
+async fn a_remote_worker_fetches_and_unpacks_the_image() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let _worker = Worker::start_with(
+        &server.worker_addr,
+        "w",
+        1,
+        "push",
+        &["--sandbox", "strict"],
+    );
+    wait_workers(&server.client(), 1).await;
+    let mut image = busybox_image(PROBE);
+    image.config["Env"] = serde_json::json!(["PATH=/bin", "GREETING=hi", "WHO=faasd"]);
+    let answer = register_image(&server, "remote", &image.oci_layout()).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = invoke(&server.client(), "remote", b"in").await;
+    assert_eq!(text(&answer.body), EXPECTED);
 }

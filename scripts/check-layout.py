@@ -19,18 +19,20 @@ MAX_FN_LINES = 80
 
 # Who may import whom: main → cmd → {api, client, worker} → {broker, exec} → {store, sandbox}
 # → proto, with `units` and `metrics` leaves any module may use. `client` may use `api`'s wire types.
+# `oci` (image archives and their unpacking) is a leaf library of `cmd`, `api`, `worker` and `exec`.
 ALLOWED = {
-    "cmd": {"api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units", "metrics"},
-    "api": {"auth", "broker", "exec", "store", "proto", "units", "metrics"},
+    "cmd": {"oci", "api", "auth", "client", "tls", "worker", "broker", "exec", "store", "sandbox", "proto", "units", "metrics"},
+    "api": {"oci", "auth", "broker", "exec", "store", "proto", "units", "metrics"},
     "auth": {"store", "proto", "units", "metrics"},
     "client": {"api", "auth", "tls", "proto", "units", "metrics"},
-    "worker": {"exec", "proto", "units", "metrics"},
+    "worker": {"oci", "exec", "proto", "units", "metrics"},
     "broker": {"store", "proto", "units", "metrics"},
-    "exec": {"sandbox", "proto", "units", "metrics"},
+    "exec": {"oci", "sandbox", "proto", "units", "metrics"},
     "store": {"proto", "units", "metrics"},
     "sandbox": {"proto", "units", "metrics"},
     "proto": set(),
     "tls": set(),
+    "oci": set(),
     "units": set(),
     "metrics": set(),
 }

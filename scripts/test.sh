@@ -5,13 +5,15 @@
 # in headless Chromium (scripts/browser-test.py). What they need (dill, pytest, requests, the
 # client itself, and prometheus-client, whose parser tests/metrics.rs uses) goes into a
 # virtualenv this script makes under target/, never into the system interpreter; Chromium comes
-# from Debian (scripts/install-chromium.sh, only when missing).
+# from Debian (scripts/install-chromium.sh, only when missing), and so does the static busybox the
+# image tests put in their images (scripts/install-busybox.sh, only when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The shape of src/ (imports one way, no import cycles, short functions, typed errors).
 python3 scripts/check-layout.py
 venv="$PWD/target/test-venv"
 scripts/python-venv.sh "$venv" dill pytest requests prometheus-client ./python
+scripts/install-busybox.sh
 cargo test --locked --all-targets -- --test-threads 4
 # A short fault-injection run (3 rounds a case); scripts/chaos.sh without --short is the full one.
 scripts/chaos.sh --bin target/debug/faasd --short

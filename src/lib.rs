@@ -17,6 +17,7 @@
 //! - [`store`]: the redb file, its typed records and its group-commit writer.
 //! - [`sandbox`]: isolation: layers and their negotiation, raw system calls, the shim, the
 //!   zygote, cgroups, seccomp.
+//! - [`oci`]: container images: archives read and checked, layers unpacked into a cached root.
 //! - [`proto`]: the worker frames and their codec.
 //! - [`tls`]: PEM certificates and keys, and the rustls configurations of servers and clients.
 //! - [`metrics`]: the Prometheus metrics of `GET /metrics`: counters and histograms recorded
@@ -30,6 +31,7 @@ pub mod client;
 pub mod cmd;
 pub mod exec;
 pub mod metrics;
+pub mod oci;
 pub mod proto;
 pub mod sandbox;
 pub mod store;

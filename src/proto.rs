@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -54,6 +54,9 @@ pub enum Runtime {
     Python,
     /// The bundle is a dill-pickled Python callable, called with pickled `(args, kwargs)`.
     Pickle,
+    /// The bundle is a container image archive (`docker save` or an OCI layout in a tar): its
+    /// unpacked layers are the sandbox's root and its config says what to run.
+    Oci,
 }
 
 impl Runtime {
@@ -64,6 +67,7 @@ impl Runtime {
             Runtime::Exec => "exec",
             Runtime::Python => "python",
             Runtime::Pickle => "pickle",
+            Runtime::Oci => "oci",
         }
     }
 
@@ -75,7 +79,7 @@ impl Runtime {
 
 /// A runtime name that is not one of faasd's runtimes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown runtime {name:?} (expected shell, exec, python or pickle)")]
+#[error("unknown runtime {name:?} (expected shell, exec, python, pickle or oci)")]
 pub struct UnknownRuntime {
     /// The name given.
     pub name: String,
@@ -90,6 +94,7 @@ impl std::str::FromStr for Runtime {
             "exec" => Ok(Runtime::Exec),
             "python" => Ok(Runtime::Python),
             "pickle" => Ok(Runtime::Pickle),
+            "oci" => Ok(Runtime::Oci),
             other => Err(UnknownRuntime {
                 name: other.to_string(),
             }),
@@ -807,12 +812,30 @@ mod tests {
     }
 
     #[test]
+    fn runtimes_have_pinned_encodings() {
+        // Assignments and stored function records carry the runtime as its variant index:
+        // runtimes are only ever appended.
+        let all = [
+            Runtime::Shell,
+            Runtime::Exec,
+            Runtime::Python,
+            Runtime::Pickle,
+            Runtime::Oci,
+        ];
+        for (index, runtime) in all.into_iter().enumerate() {
+            let bytes = postcard::to_stdvec(&runtime).expect("encode");
+            assert_eq!(bytes, [index as u8], "{runtime:?}");
+        }
+    }
+
+    #[test]
     fn runtimes_parse_from_their_names() {
         for runtime in [
             Runtime::Shell,
             Runtime::Exec,
             Runtime::Python,
             Runtime::Pickle,
+            Runtime::Oci,
         ] {
             assert_eq!(runtime.as_str().parse::<Runtime>(), Ok(runtime));
         }

@@ -3,6 +3,9 @@
 //!
 //! - `shell` and `exec` take a file, not a directory (a tar bundle).
 //! - `pickle` must look like a pickle, by the rule `POST /register_function` applies.
+//! - `oci`: the archive must be an image (`docker save` or an OCI layout) whose blobs match their
+//!   digests, whose layers unpack within the limits with no entry refused (it is unpacked into
+//!   a temporary directory, then removed), and whose config names something to run.
 //! - `python`: a directory bundle must hold its entry module; the module (or the single file) is
 //!   compiled without running it, and must define `handle` at top level. The server's
 //!   interpreter compiles it; a server without one asks the first connected worker that has one
@@ -34,6 +37,12 @@ pub enum Invalid {
     Directory {
         /// The runtime asked for.
         runtime: &'static str,
+    },
+    /// An `oci` function's code is not a usable image.
+    #[error("the image cannot run: {reason}")]
+    Image {
+        /// What is wrong with it.
+        reason: String,
     },
     /// A `pickle` function's code is not a pickle.
     #[error(
@@ -148,6 +157,7 @@ impl CodeCheck {
                 None => Ok(()),
             },
             Runtime::Python => self.compile("the module", code.to_vec()).await,
+            Runtime::Oci => check_image(code.to_vec()).await,
             _ => Ok(()),
         }
     }
@@ -194,6 +204,28 @@ impl CodeCheck {
             }
         }
     }
+}
+
+/// Reads and unpacks an image archive into a temporary directory (off the async threads), and
+/// refuses one that cannot run.
+async fn check_image(code: Vec<u8>) -> Result<(), Invalid> {
+    let invalid = |reason: String| Invalid::Image { reason };
+    let checked = tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::tempdir()
+            .map_err(|e| invalid(format!("no temporary directory to check it in: {e}")))?;
+        let archive = scratch.path().join("image.tar");
+        std::fs::write(&archive, &code).map_err(|e| invalid(format!("cannot write it: {e}")))?;
+        let image = crate::oci::check(&archive, scratch.path(), crate::oci::Limits::default())
+            .map_err(|e| invalid(e.to_string()))?;
+        if image.config.argv().is_empty() {
+            return Err(invalid(
+                "its config has neither Entrypoint nor Cmd: nothing to run".into(),
+            ));
+        }
+        Ok(())
+    })
+    .await;
+    checked.unwrap_or_else(|e| Err(invalid(format!("the check did not finish: {e}"))))
 }
 
 /// The verdict on a compiler's answer.

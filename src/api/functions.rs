@@ -936,6 +936,7 @@ mod tests {
             ("exec", Runtime::Exec),
             ("python", Runtime::Python),
             ("pickle", Runtime::Pickle),
+            ("oci", Runtime::Oci),
         ] {
             let req = parse_request(serde_json::json!({"name": "f", "runtime": text, "code": ""}))
                 .expect("registration");

@@ -30,8 +30,9 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "FILE")]
     pub requirements: Option<PathBuf>,
     /// How the code runs: `shell` (sh runs it), `exec` (run directly), `python` (a module with
-    /// `handle(payload)`) or `pickle` (a dill-pickled callable). Default: the previous
-    /// version's, or `shell`.
+    /// `handle(payload)`), `pickle` (a dill-pickled callable) or `oci` (a container image
+    /// archive: `docker save` or an OCI layout in a tar). Default: the previous version's, or
+    /// `shell`.
     #[arg(long)]
     pub runtime: Option<String>,
     /// Per-call timeout, such as `10` (seconds), `500ms`, `30s` or `2m` (server default 30s).

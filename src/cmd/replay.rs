@@ -218,10 +218,7 @@ async fn run_here(
     std::fs::create_dir(&work_root).context("cannot create the working directory")?;
     std::fs::set_permissions(&work_root, open).context("cannot open up the working directory")?;
     let runtimes = executors.runtimes(dir)?;
-    let argv = runtimes
-        .command(call.runtime, &bundle, call.timeout, call.isolation)
-        .with_context(|| format!("cannot run a {} function here", call.runtime.as_str()))?;
-    let env = runtimes.env(call.runtime, &call.env);
+    let (argv, env) = command_here(call, &runtimes, &bundle, dir).await?;
     let limits = crate::exec::Limits::default();
     if !call.runtime.always_warm() {
         let cold = crate::exec::Call {
@@ -251,6 +248,34 @@ async fn run_here(
         .await;
     pool.retire(&call.function, call.version);
     Ok(outcome)
+}
+
+/// The command line and environment of the call here: an `oci` function's image is unpacked
+/// under `dir` first.
+async fn command_here(
+    call: &LocalCall,
+    runtimes: &crate::exec::Runtimes,
+    bundle: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Vec<std::ffi::OsString>, Vec<(String, String)>)> {
+    let cannot = || format!("cannot run a {} function here", call.runtime.as_str());
+    if call.runtime != Runtime::Oci {
+        let argv = runtimes
+            .command(call.runtime, bundle, call.timeout, call.isolation)
+            .with_context(cannot)?;
+        return Ok((argv, runtimes.env(call.runtime, &call.env)));
+    }
+    let (bundle, images) = (bundle.to_owned(), dir.join("images"));
+    let rootfs = tokio::task::spawn_blocking(move || {
+        crate::oci::ensure_rootfs(&bundle, &images, crate::oci::Limits::default())
+    })
+    .await
+    .context("the image's unpack did not finish")?
+    .context("cannot unpack the function's image")?;
+    let argv = runtimes
+        .image_command(&rootfs, call.timeout, call.isolation)
+        .with_context(cannot)?;
+    Ok((argv, runtimes.image_env(&rootfs, &call.env)))
 }
 
 /// Prints a local run: the result to stdout and the function's stderr to stderr, then on a

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::oci;
 use crate::proto::{Isolation, Runtime};
 use crate::sandbox::{Sandbox, shim};
 
@@ -58,6 +59,17 @@ pub enum Error {
         /// The interpreter asked for.
         python: PathBuf,
     },
+    /// An `oci` function needs its own root, which only the sandbox's namespaces give.
+    #[error(
+        "an oci function needs the sandbox's namespaces for its own root filesystem, and this worker runs without them (--sandbox none, or a machine that refuses namespaces)"
+    )]
+    ImageWithoutNamespaces,
+    /// The image's config names nothing to run.
+    #[error("the image's config has neither Entrypoint nor Cmd: nothing to run")]
+    ImageWithoutCommand,
+    /// An `oci` function's command line comes from its unpacked image, not from its bundle.
+    #[error("an oci function runs from its unpacked image")]
+    ImageNotUnpacked,
 }
 
 /// A resolved Python interpreter.
@@ -216,6 +228,54 @@ impl Runtimes {
         ))
     }
 
+    /// The command line that runs an unpacked image's entrypoint and command in the sandbox,
+    /// with the image as the root and its `WorkingDir` as the working directory.
+    pub fn image_command(
+        &self,
+        rootfs: &oci::Rootfs,
+        timeout: Duration,
+        isolation: Isolation,
+    ) -> Result<Vec<OsString>, Error> {
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .filter(|s| s.namespaces)
+            .ok_or(Error::ImageWithoutNamespaces)?;
+        let argv: Vec<OsString> = rootfs.config.argv().into_iter().map(Into::into).collect();
+        if argv.is_empty() {
+            return Err(Error::ImageWithoutCommand);
+        }
+        let mut config = sandbox.config(timeout, Vec::new(), isolation);
+        config.rootfs = Some(rootfs.path.clone());
+        let workdir = &rootfs.config.working_dir;
+        config.workdir = (!workdir.is_empty()).then(|| PathBuf::from(workdir));
+        Ok(shim::wrap(&sandbox.faasd, &config, argv))
+    }
+
+    /// An image function's environment: the image's `Env`, then the function's own variables
+    /// over it; `HOME` and `TMPDIR` are `/tmp` unless one of them sets them.
+    pub fn image_env(
+        &self,
+        rootfs: &oci::Rootfs,
+        env: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = Vec::new();
+        let image = rootfs.config.env.iter().filter_map(|entry| {
+            let (k, v) = entry.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        });
+        for (k, v) in image.chain(env.iter().cloned()) {
+            all.retain(|(name, _)| *name != k);
+            all.push((k, v));
+        }
+        for k in ["HOME", "TMPDIR"] {
+            if !all.iter().any(|(name, _)| name == k) {
+                all.push((k.to_string(), shim::WORKDIR.to_string()));
+            }
+        }
+        all
+    }
+
     /// The command line outside any sandbox, with the bundle, the harness and the function's
     /// virtualenv (if any) at the paths given.
     fn program(
@@ -228,6 +288,7 @@ impl Runtimes {
         Ok(match runtime {
             Runtime::Shell => vec![SHELL.into(), bundle.into()],
             Runtime::Exec => vec![bundle.into()],
+            Runtime::Oci => return Err(Error::ImageNotUnpacked),
             Runtime::Python | Runtime::Pickle => {
                 let base = &self.python.as_ref().map_err(Clone::clone)?.path;
                 let python = match (function_env, runtime) {

@@ -74,6 +74,8 @@ impl Sandbox {
             uid: self.uid,
             gid: self.gid,
             read_only,
+            rootfs: None,
+            workdir: None,
         }
     }
 

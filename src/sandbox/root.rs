@@ -16,6 +16,17 @@ pub const WORKDIR: &str = "/tmp";
 /// Where the sandbox shows the function's bundle.
 pub const BUNDLE: &str = "/faasd/bundle";
 
+/// What the sandbox shows: host paths read-only at paths inside, or an image's own root.
+pub(super) struct View<'a> {
+    /// Host paths bound read-only, each at the given path inside.
+    pub read_only: &'a [(PathBuf, PathBuf)],
+    /// An unpacked image that is the root itself (its `tmp`, `proc`, `dev` and `.old-root`
+    /// directories exist: the unpack made them as mount points).
+    pub rootfs: Option<&'a Path>,
+    /// Where the function starts instead of `/tmp`.
+    pub workdir: Option<&'a Path>,
+}
+
 /// The function's writable space (`/tmp`): its size and owner.
 pub(super) struct Workspace {
     /// Its size, in bytes.
@@ -108,21 +119,29 @@ fn mkdir_all(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| sys::on_path("mkdir", dir, &e))
 }
 
-/// The private filesystem view, then `pivot_root` into it: over a template a zygote built once,
-/// or built here from nothing; with `read_only` bound in and the workspace mounted.
+/// The private filesystem view, then `pivot_root` into it: an image's root, or over a template
+/// a zygote built once, or built here from nothing; with `read_only` bound in and the
+/// workspace mounted.
 pub(super) fn build_root(
-    read_only: &[(PathBuf, PathBuf)],
+    view: &View<'_>,
     workspace: &Workspace,
     template: Option<&Path>,
 ) -> Result<(), Error> {
+    let read_only = view.read_only;
     let none: Option<&str> = None;
     step(
         "mount(make / private)",
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
     )?;
-    let root = match template {
-        Some(template) => template.to_owned(),
-        None => {
+    let root = match (view.rootfs, template) {
+        (Some(image), _) => {
+            let root =
+                std::env::current_dir().map_err(|e| sys::on_path("getcwd", Path::new("."), &e))?;
+            image_root(image, &root)?;
+            root
+        }
+        (None, Some(template)) => template.to_owned(),
+        (None, None) => {
             // A tmpfs over the executor's fresh, empty working directory (the worker made it;
             // no path the sandbox shows lies beneath it), visible only in this namespace.
             let root =
@@ -144,7 +163,38 @@ pub(super) fn build_root(
             bind_read_only(host, &target, false)?;
         }
     }
-    enter_root(&root)
+    enter_root(&root)?;
+    match view.workdir {
+        Some(dir) => nix::unistd::chdir(dir).map_err(|errno| Error::Path {
+            call: "chdir(working directory)",
+            path: dir.to_owned(),
+            errno,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An image's unpacked root at `root`: bound read-only (no set-uid, no devices), then a small
+/// tmpfs as `/dev` holding the host's harmless device nodes.
+fn image_root(image: &Path, root: &Path) -> Result<(), Error> {
+    bind_read_only(image, root, false)?;
+    step(
+        "mount(tmpfs /dev)",
+        mount(
+            Some("tmpfs"),
+            &root.join("dev"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("size=64k,mode=0755"),
+        ),
+    )?;
+    for device in DEVICES {
+        let device = Path::new(device);
+        if let Some(target) = mirror(device, device, root)? {
+            bind_read_only(device, &target, true)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `host`, shown at the same path, is visible anyway through a system path.

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where the sandbox shows the bundle, and its working directory (see `root.rs`).
 pub use super::root::{BUNDLE, WORKDIR};
-use super::root::{Workspace, build_root};
+use super::root::{View, Workspace, build_root};
 use super::sys::{self, Error, call as step};
 
 /// The hidden subcommand that runs the shim.
@@ -88,6 +88,13 @@ pub struct Config {
     /// Host paths made visible read-only, each at the given path inside (the bundle, the
     /// interpreter...).
     pub read_only: Vec<(PathBuf, PathBuf)>,
+    /// An unpacked image to be the root instead of the host's system paths (an `oci` function):
+    /// bound read-only, with the sandbox's own `/tmp`, `/proc` and `/dev` over it.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    /// Where the function starts inside its root, instead of `/tmp` (an image's `WorkingDir`).
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
 }
 
 fn on() -> bool {
@@ -434,7 +441,12 @@ fn init_root(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), 
             uid: config.uid,
             gid: config.gid,
         };
-        build_root(&config.read_only, &workspace, prepared.template.as_deref())?;
+        let view = View {
+            read_only: &config.read_only,
+            rootfs: config.rootfs.as_deref(),
+            workdir: config.workdir.as_deref(),
+        };
+        build_root(&view, &workspace, prepared.template.as_deref())?;
     }
     Ok(())
 }
@@ -652,6 +664,8 @@ mod tests {
             uid: 65534,
             gid: 65533,
             read_only: vec![(PathBuf::from("/srv/bundle"), PathBuf::from(BUNDLE))],
+            rootfs: None,
+            workdir: None,
         }
     }
 

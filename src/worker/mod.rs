@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod envs;
 pub mod health;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -81,6 +82,8 @@ pub struct Agent {
     pool: exec::Pool,
     /// The `python` functions' own environments (from their `requirements.txt`).
     envs: envs::Envs,
+    /// The `oci` functions' unpacked images.
+    images: images::Images,
     /// The current session's outbound frames; `None` between sessions.
     link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
     /// Signalled when the last running task finishes.
@@ -163,10 +166,12 @@ impl Agent {
         });
         let python = config.runtimes.python().map(Path::to_owned);
         let envs = envs::Envs::new(config.cache.dir().join("envs"), python);
+        let images = images::Images::new(config.cache.dir().join("images"), Default::default());
         Arc::new(Agent {
             config,
             pool,
             envs,
+            images,
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
@@ -679,6 +684,9 @@ impl Agent {
             None => Err(cache::Error::ConnectionClosed),
         }
         .map_err(|e| NotStarted::new(FailureReason::CodeUnavailable, e.to_string()))?;
+        if launch.runtime == proto::Runtime::Oci {
+            return self.prepare_image(&launch, code).await;
+        }
         let function_env = match launch.runtime {
             proto::Runtime::Python => {
                 self.function_env(launch.code_hash, &code, wait_limit)
@@ -702,6 +710,38 @@ impl Agent {
             argv,
             env: runtimes.env(runtime, launch.env),
             waited: function_env.map_or(Duration::ZERO, |(_, waited)| waited),
+        })
+    }
+
+    /// An `oci` function's executor: its image unpacked (once per config digest, on a blocking
+    /// thread; the unpack counts as the call's cold start), then its entrypoint and command
+    /// with the image as the sandbox's root.
+    async fn prepare_image(
+        &self,
+        launch: &Launch<'_>,
+        code: PathBuf,
+    ) -> Result<Prepared, NotStarted> {
+        let started = std::time::Instant::now();
+        let rootfs = self
+            .images
+            .rootfs(launch.code_hash, &code)
+            .await
+            .map_err(|e| NotStarted::new(FailureReason::InitFailed, e.to_string()))?;
+        let runtimes = &self.config.runtimes;
+        let argv = runtimes
+            .image_command(&rootfs, launch.timeout, launch.isolation)
+            .map_err(|e| {
+                let message = format!("cannot run an oci function: {e}");
+                NotStarted::new(FailureReason::InitFailed, message)
+            })?;
+        Ok(Prepared {
+            argv,
+            env: runtimes.image_env(&rootfs, launch.env),
+            waited: if rootfs.unpacked {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            },
         })
     }
 

@@ -1,9 +1,11 @@
 //! Test harness shared by the integration tests: starts the real `faasd` binary on port 0 with
 //! a temporary data directory, reads the addresses it prints when ready, and kills it on drop;
 //! registers and calls functions through the HTTP API; and waits, bounded, for conditions with
-//! [`eventually`].
+//! [`eventually`]; `image.rs` builds container images for the `oci` runtime's tests.
 
 #![allow(dead_code)]
+
+pub mod image;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -365,7 +365,8 @@ impl Server {
     /// What the call takes before the fork: its template root, a pooled network namespace and
     /// pooled cgroups.
     fn take(&mut self, config: &Config) -> Result<Taken, Error> {
-        let template = if config.namespaces {
+        // An image's root is its own, built by the shim from the unpacked layers.
+        let template = if config.namespaces && config.rootfs.is_none() {
             self.templates.for_config(config)
         } else {
             None
@@ -689,6 +690,8 @@ mod tests {
             uid: 65534,
             gid: 65534,
             read_only,
+            rootfs: None,
+            workdir: None,
         }
     }
 

@@ -1,0 +1,280 @@
+//! The `oci` runtime end to end: images built here (Debian's static busybox in one layer, the
+//! config and manifest written by the test, no registry, no Docker) registered with
+//! `faasd register NAME IMAGE.tar --runtime oci` or the JSON API, in both archive formats, and
+//! run in the sandbox with the image as the root; hostile images refused at registration.
+
+mod common;
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use common::image::{Entry, Image, Layer};
+use common::{Server, Worker, expect_error, invoke, run, text, wait_workers};
+
+/// Debian's static busybox (`scripts/install-busybox.sh` installs it).
+const BUSYBOX: &str = "/bin/busybox";
+
+/// An image whose one layer holds busybox (with `sh` and `cat` linked to it), `/app/hello.txt`,
+/// and whose config runs `script` with `sh -c` in `/app`.
+fn busybox_image(script: &str) -> Image {
+    let busybox = std::fs::read(BUSYBOX).expect("/bin/busybox (run scripts/install-busybox.sh)");
+    let layer = Layer::new(vec![
+        Entry::Dir("bin".into()),
+        Entry::File("bin/busybox".into(), busybox, 0o755),
+        Entry::Symlink("bin/sh".into(), "busybox".into()),
+        Entry::Symlink("bin/cat".into(), "/bin/busybox".into()),
+        Entry::Dir("app".into()),
+        Entry::File("app/hello.txt".into(), b"hello-file".to_vec(), 0o644),
+    ]);
+    Image {
+        layers: vec![layer],
+        config: serde_json::json!({
+            "Entrypoint": ["/bin/busybox", "sh", "-c"],
+            "Cmd": [script],
+            "Env": ["PATH=/bin", "GREETING=hi", "WHO=image"],
+            "WorkingDir": "/app",
+            "User": "1000",
+        }),
+    }
+}
+
+/// Writes `bytes` as `name` in a temporary directory kept as long as the returned guard.
+fn archive(bytes: &[u8], name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).expect("write the image");
+    (dir, path)
+}
+
+/// Registers an image through the JSON API.
+async fn register_image(server: &Server, name: &str, bytes: &[u8]) -> faasd::client::Answer {
+    let body = serde_json::json!({
+        "name": name,
+        "runtime": "oci",
+        "code": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    server
+        .client()
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register request")
+}
+
+/// What the image script prints about its root: read-only, a writable `/tmp`, no host `/usr`,
+/// not root.
+const PROBE: &str = "cat; echo; echo ok $GREETING $WHO; pwd; cat hello.txt; echo; \
+    (echo x > /app/x) 2>/dev/null || echo read-only; echo t > /tmp/t && echo tmp-ok; \
+    [ -e /usr/bin ] || echo no-host-usr; [ \"$(busybox id -u)\" != 0 ] && echo not-root";
+
+const EXPECTED: &str =
+    "in\nok hi faasd\n/app\nhello-file\nread-only\ntmp-ok\nno-host-usr\nnot-root\n";
+
+#[tokio::test]
+async fn a_docker_save_image_runs_with_its_env_and_working_directory() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
+    let (_dir, path) = archive(&busybox_image(PROBE).docker_save(), "image.tar");
+    let path = path.to_str().expect("utf8");
+    let out = server.cli(&[
+        "register",
+        "img",
+        path,
+        "--runtime",
+        "oci",
+        "--env",
+        "WHO=faasd",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = invoke(&server.client(), "img", b"in").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_eq!(text(&answer.body), EXPECTED);
+    // Again, from the unpacked cache.
+    let outcome = run(&server.client(), "img", b"in").await;
+    assert_eq!(outcome.result, EXPECTED);
+    // And here, outside the server: `replay --local` unpacks the image itself.
+    let id = outcome.task["id"].as_str().expect("id");
+    let out = server.cli(&["replay", id, "--local", "--sandbox", "strict"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), EXPECTED);
+}
+
+#[tokio::test]
+async fn an_oci_layout_with_a_gzip_layer_runs() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
+    let mut image = busybox_image(PROBE);
+    image.layers[0].gzip = true;
+    image.config["Env"] = serde_json::json!(["PATH=/bin", "GREETING=hi", "WHO=faasd"]);
+    let answer = register_image(&server, "layout", &image.oci_layout()).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = invoke(&server.client(), "layout", b"in").await;
+    assert_eq!(text(&answer.body), EXPECTED);
+}
+
+/// Registers a one-layer image of `entries` in both formats and checks each is refused with
+/// 400 `invalid_code` and a message holding every one of `expect`, and that nothing is stored.
+async fn assert_refused(server: &Server, entries: Vec<Entry>, expect: &[&str]) {
+    let image = Image {
+        layers: vec![Layer::new(entries)],
+        config: serde_json::json!({"Cmd": ["/bin/true"]}),
+    };
+    for bytes in [image.docker_save(), image.oci_layout()] {
+        let answer = register_image(server, "hostile", &bytes).await;
+        let body = expect_error(&answer, 400, "invalid_code");
+        let message = body["error"].as_str().expect("message");
+        for part in expect {
+            assert!(message.contains(part), "{message:?} lacks {part:?}");
+        }
+        let listed = server
+            .client()
+            .get("/v1/functions/hostile")
+            .await
+            .expect("get");
+        assert_eq!(listed.status, 404, "nothing stored");
+    }
+}
+
+#[tokio::test]
+async fn hostile_images_are_refused_at_registration() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let file = |path: &str| Entry::File(path.into(), b"owned".to_vec(), 0o644);
+    assert_refused(
+        &server,
+        vec![file("../../etc/evil")],
+        &["\"../../etc/evil\"", "`..`"],
+    )
+    .await;
+    assert_refused(
+        &server,
+        vec![file("/etc/evil")],
+        &["\"/etc/evil\"", "absolute"],
+    )
+    .await;
+    let escape = vec![
+        Entry::Symlink("escape".into(), "/etc".into()),
+        file("escape/evil"),
+    ];
+    assert_refused(
+        &server,
+        escape,
+        &["passes through the symbolic link escape"],
+    )
+    .await;
+    let device = vec![Entry::CharDevice("dev/mem".into())];
+    assert_refused(&server, device, &["\"dev/mem\"", "device nodes"]).await;
+    let sparse = vec![Entry::Sparse("big".into(), 2 << 30)];
+    assert_refused(&server, sparse, &["\"big\"", "size limit"]).await;
+    let answer = register_image(&server, "hostile", b"not an image at all").await;
+    let body = expect_error(&answer, 400, "invalid_code");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("message")
+            .contains("not an image archive"),
+        "{body}"
+    );
+    assert!(!std::path::Path::new("/etc/evil").exists());
+}
+
+#[tokio::test]
+async fn without_the_sandbox_an_image_function_fails_with_a_clear_error() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let image = busybox_image("cat");
+    let answer = register_image(&server, "img", &image.docker_save()).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let outcome = run(&server.client(), "img", b"x").await;
+    assert_eq!(outcome.task["status"], "FAILED", "{}", outcome.task);
+    assert_eq!(outcome.task["reason"], "init_failed", "{}", outcome.task);
+    let message = outcome.task["message"].as_str().expect("message");
+    assert!(
+        message.contains("needs the sandbox's namespaces"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_without_a_command_is_refused() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let image = Image {
+        layers: vec![Layer::new(vec![Entry::Dir("bin".into())])],
+        config: serde_json::json!({"Env": ["A=1"]}),
+    };
+    let answer = register_image(&server, "empty", &image.oci_layout()).await;
+    let body = expect_error(&answer, 400, "invalid_code");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("message")
+            .contains("neither Entrypoint nor Cmd"),
+        "{body}"
+    );
+}
+
+/// A warm executor in busybox `sh`: the warm frame protocol's ready frame, then per call an `O`
+/// frame whose result is the payload and the executor's count of calls.
+const WARM_SH: &str = r#"
+be32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1>>24&255)) $(($1>>16&255)) $(($1>>8&255)) $(($1&255)))"; }
+be32 1; printf R
+calls=0
+while :; do
+  set -- $(dd bs=1 count=4 2>/dev/null | od -An -tu1)
+  [ $# -eq 4 ] || exit 0
+  n=$(( ($1<<24) + ($2<<16) + ($3<<8) + $4 ))
+  dd bs=1 count=2 >/dev/null 2>&1
+  payload=$(dd bs=1 count=$((n-2)) 2>/dev/null)
+  calls=$((calls+1))
+  result="warm:$payload:$calls"
+  be32 $((5+${#result})); printf O; be32 ${#result}; printf '%s' "$result"
+done
+"#;
+
+#[tokio::test]
+async fn a_warm_image_serves_many_calls_from_one_executor() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
+    let image = busybox_image(WARM_SH);
+    let body = serde_json::json!({
+        "name": "warm",
+        "runtime": "oci",
+        "warm": true,
+        "code": base64::engine::general_purpose::STANDARD.encode(image.docker_save()),
+    });
+    let client = server.client();
+    let answer = client
+        .post(
+            "/v1/functions",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("register request");
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let first = invoke(&client, "warm", b"a").await;
+    assert_eq!(text(&first.body), "warm:a:1");
+    let second = invoke(&client, "warm", b"b").await;
+    assert_eq!(
+        text(&second.body),
+        "warm:b:2",
+        "the same executor served both"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_worker_fetches_and_unpacks_the_image() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let _worker = Worker::start_with(
+        &server.worker_addr,
+        "w",
+        1,
+        "push",
+        &["--sandbox", "strict"],
+    );
+    wait_workers(&server.client(), 1).await;
+    let mut image = busybox_image(PROBE);
+    image.config["Env"] = serde_json::json!(["PATH=/bin", "GREETING=hi", "WHO=faasd"]);
+    let answer = register_image(&server, "remote", &image.oci_layout()).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = invoke(&server.client(), "remote", b"in").await;
+    assert_eq!(text(&answer.body), EXPECTED);
+}

@@ -818,6 +818,7 @@ pub(super) mod tests {
             isolation: Isolation::default(),
             owner: 0,
             display_name: None,
+            http: None,
         }
     }
 

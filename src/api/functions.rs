@@ -509,7 +509,10 @@ fn http_spec(
         return Ok(None);
     };
     if port == 0 {
-        return Err(field("http_port", "http_port must be between 1 and 65535".into()));
+        return Err(field(
+            "http_port",
+            "http_port must be between 1 and 65535".into(),
+        ));
     }
     if !runtime.serves_http() {
         return Err(field(
@@ -528,7 +531,9 @@ fn http_spec(
     if concurrency == 0 || concurrency > MAX_HTTP_CONCURRENCY {
         return Err(field(
             "http_concurrency",
-            format!("http_concurrency must be between 1 and {MAX_HTTP_CONCURRENCY}, got {concurrency}"),
+            format!(
+                "http_concurrency must be between 1 and {MAX_HTTP_CONCURRENCY}, got {concurrency}"
+            ),
         ));
     }
     let record_requests = req

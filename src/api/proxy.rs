@@ -10,12 +10,12 @@
 
 use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 
 use super::{ApiError, AppState, ErrorCode};
@@ -39,7 +39,10 @@ pub async fn proxy_path(
 
 /// Whether `name` is an HTTP-service function (whose `/function/{name}` is proxied too).
 pub(crate) fn is_service(state: &AppState, name: &str) -> bool {
-    state.broker.function(name).is_some_and(|f| f.http.is_some())
+    state
+        .broker
+        .function(name)
+        .is_some_and(|f| f.http.is_some())
 }
 
 /// Forwards `request` to function `name`'s service at `path`.

@@ -28,6 +28,14 @@ pub struct ResponseHead {
     pub headers: Vec<(String, Bytes)>,
 }
 
+/// Why a stream failed before its response head: the service's or the worker's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct StreamFailed {
+    /// For people.
+    pub reason: String,
+}
+
 /// What the proxy sends for a request.
 pub struct RequestHead {
     /// The method.
@@ -41,7 +49,7 @@ pub struct RequestHead {
 /// A stream as the server keeps it.
 struct Open {
     worker: u64,
-    head: Option<oneshot::Sender<Result<ResponseHead, String>>>,
+    head: Option<oneshot::Sender<Result<ResponseHead, StreamFailed>>>,
     body: Inbox,
     window: Window,
 }
@@ -75,7 +83,7 @@ impl Streams {
 /// aborts the stream on the worker.
 pub struct HttpCall {
     guard: Arc<Guard>,
-    head: oneshot::Receiver<Result<ResponseHead, String>>,
+    head: oneshot::Receiver<Result<ResponseHead, StreamFailed>>,
     body: Outlet,
     window: Window,
 }
@@ -105,7 +113,9 @@ impl Drop for Guard {
 
 /// Why a proxied request could not be placed.
 #[derive(Debug, thiserror::Error)]
-#[error("no worker can serve HTTP requests to {function:?} now (none is connected, or all are draining)")]
+#[error(
+    "no worker can serve HTTP requests to {function:?} now (none is connected, or all are draining)"
+)]
 pub struct NoWorker {
     /// The function.
     pub function: String,
@@ -141,10 +151,12 @@ impl HttpCall {
     }
 
     /// Waits for the service's response head; the reason when the stream failed first.
-    pub async fn response(&mut self) -> Result<ResponseHead, String> {
+    pub async fn response(&mut self) -> Result<ResponseHead, StreamFailed> {
         match (&mut self.head).await {
             Ok(head) => head,
-            Err(_) => Err("the worker serving the request went away".into()),
+            Err(_) => Err(StreamFailed {
+                reason: "the worker serving the request went away".into(),
+            }),
         }
     }
 
@@ -206,7 +218,11 @@ impl Broker {
     }
 
     /// Sends a request to an HTTP-service function's worker and opens its stream.
-    pub fn open_http(&self, func: &FunctionRecord, head: RequestHead) -> Result<HttpCall, NoWorker> {
+    pub fn open_http(
+        &self,
+        func: &FunctionRecord,
+        head: RequestHead,
+    ) -> Result<HttpCall, NoWorker> {
         let no_worker = || NoWorker {
             function: func.name.clone(),
         };
@@ -338,7 +354,7 @@ impl Broker {
 fn fail(mut open: Open, reason: String) {
     match open.head.take() {
         Some(head) => {
-            let _ = head.send(Err(reason));
+            let _ = head.send(Err(StreamFailed { reason }));
         }
         None => {
             let _ = open.body.push(Piece::Abort(reason));

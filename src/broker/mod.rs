@@ -30,9 +30,9 @@ use crate::proto::{CodeHash, DispatchMode, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
 pub use checks::WorkerCheck;
-pub use http::{BodySender, HttpCall, NoWorker, RequestHead, ResponseHead};
 pub use events::{DEFAULT_EVENT_BUFFER, Event};
 use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};
+pub use http::{BodySender, HttpCall, NoWorker, RequestHead, ResponseHead, StreamFailed};
 pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 

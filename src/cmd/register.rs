@@ -183,7 +183,10 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
         ("env", (!env.is_empty()).then(|| env.into())),
         ("warm", args.warm.then_some(true.into())),
         ("allow_net", args.allow_net.then_some(true.into())),
-        ("record_requests", args.record_requests.then_some(true.into())),
+        (
+            "record_requests",
+            args.record_requests.then_some(true.into()),
+        ),
         ("reset", args.reset.then_some(true.into())),
     ];
     for (key, value) in given {

@@ -334,15 +334,22 @@ async fn start(spec: &ServiceSpec) -> Result<Running, Error> {
     }
 }
 
+/// Why a started executor never listened.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotListening(String);
+
 /// Tries the port every [`READY_POLL`] until it accepts; the reason when it never does.
-async fn wait_listening(running: &mut Running, spec: &ServiceSpec) -> Result<(), String> {
+async fn wait_listening(running: &mut Running, spec: &ServiceSpec) -> Result<(), NotListening> {
     let deadline = tokio::time::Instant::now() + spec.start_timeout;
     let own_net = own_net_namespace();
     loop {
         if running.child.has_exited() {
             // Let its last output arrive before the message is made.
             let _ = tokio::time::timeout(Duration::from_millis(100), running.child.exited()).await;
-            return Err("the program exited before it listened on its port".into());
+            return Err(NotListening(
+                "the program exited before it listened on its port".into(),
+            ));
         }
         let pid = super::usage::executor_pid(running.child.pid());
         // In the sandbox, wait until the function's process is in its own namespace: until
@@ -353,11 +360,11 @@ async fn wait_listening(running: &mut Running, spec: &ServiceSpec) -> Result<(),
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
+            return Err(NotListening(format!(
                 "nothing accepted connections on port {} within {}",
                 spec.port,
                 format_duration(spec.start_timeout)
-            ));
+            )));
         }
         tokio::time::sleep(READY_POLL).await;
     }
@@ -405,10 +412,7 @@ fn connect_blocking(pid: u32, port: u16) -> std::io::Result<std::net::TcpStream>
 }
 
 /// Keeps the last [`OUTPUT_TAIL_BYTES`] of an executor's output.
-async fn keep_tail(
-    mut out: tokio::net::unix::pipe::Receiver,
-    tail: Arc<Mutex<VecDeque<u8>>>,
-) {
+async fn keep_tail(mut out: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<VecDeque<u8>>>) {
     let mut buf = [0u8; 4096];
     while let Ok(n) = out.read(&mut buf).await {
         if n == 0 {

@@ -192,7 +192,9 @@ pub struct Inbox {
 
 /// A sender sent more than its window.
 #[derive(Debug, thiserror::Error)]
-#[error("the peer sent {unconfirmed} bytes of a stream's body without credit (window {WINDOW_BYTES})")]
+#[error(
+    "the peer sent {unconfirmed} bytes of a stream's body without credit (window {WINDOW_BYTES})"
+)]
 pub struct Overrun {
     /// The bytes in flight with this piece.
     pub unconfirmed: u64,
@@ -313,7 +315,10 @@ mod tests {
         assert!(sent.try_recv().is_err());
         window.grant(CHUNK_BYTES as u32);
         assert!(matches!(sent.recv().await, Some(Frame::HttpBody { .. })));
-        assert!(matches!(sent.recv().await, Some(Frame::HttpEnd { stream: 9 })));
+        assert!(matches!(
+            sent.recv().await,
+            Some(Frame::HttpEnd { stream: 9 })
+        ));
         assert!(sender.await.expect("join"));
     }
 

@@ -20,6 +20,23 @@ use crate::exec::http::{HttpPool, ServiceSpec};
 use crate::proto::http::{self as wire, Inbox, Piece, Window};
 use crate::proto::{Frame, HttpOpen};
 
+/// Why a proxied request failed here: the reason its `HttpAbort` carries.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Abort(String);
+
+impl From<String> for Abort {
+    fn from(reason: String) -> Self {
+        Abort(reason)
+    }
+}
+
+impl From<&str> for Abort {
+    fn from(reason: &str) -> Self {
+        Abort(reason.to_owned())
+    }
+}
+
 /// One proxied request in flight on this worker.
 struct Stream {
     /// Where the request body's pieces go.
@@ -105,7 +122,7 @@ impl Session {
         tokio::spawn(async move {
             tokio::select! {
                 served = serve(&agent, open, outlet, &window, &frames) => {
-                    if let Err(reason) = served {
+                    if let Err(Abort(reason)) = served {
                         tracing::debug!(stream, %reason, "proxied request failed");
                         let _ = frames.send(Frame::HttpAbort { stream, reason });
                     }
@@ -125,14 +142,14 @@ async fn serve(
     outlet: wire::Outlet,
     window: &Window,
     frames: &mpsc::UnboundedSender<Frame>,
-) -> Result<(), String> {
+) -> Result<(), Abort> {
     let lease = agent
         .http
         .pool
         .acquire(service_spec(agent, &open).await?)
         .await
-        .map_err(|e| e.to_string())?;
-    let conn = lease.connect().await.map_err(|e| e.to_string())?;
+        .map_err(|e| Abort(e.to_string()))?;
+    let conn = lease.connect().await.map_err(|e| Abort(e.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
         .await
         .map_err(|e| format!("the HTTP service did not take the connection: {e}"))?;
@@ -154,7 +171,9 @@ async fn serve(
         status: response.status().as_u16(),
         headers,
     };
-    frames.send(head).map_err(|_| "the server connection is gone")?;
+    frames
+        .send(head)
+        .map_err(|_| "the server connection is gone")?;
     wire::send_body(stream, response.into_body(), window, frames).await;
     drop(lease);
     Ok(())
@@ -164,7 +183,10 @@ async fn serve(
 fn request(
     open: HttpOpen,
     outlet: wire::Outlet,
-) -> Result<hyper::Request<http_body_util::StreamBody<impl futures_util::Stream<Item = BodyFrame>>>, String> {
+) -> Result<
+    hyper::Request<http_body_util::StreamBody<impl futures_util::Stream<Item = BodyFrame>>>,
+    Abort,
+> {
     let body = outlet.into_stream().map_ok(hyper::body::Frame::data);
     let mut builder = hyper::Request::builder()
         .method(open.method.as_str())
@@ -174,14 +196,14 @@ fn request(
     }
     builder
         .body(http_body_util::StreamBody::new(body))
-        .map_err(|e| format!("the proxied request is not valid HTTP: {e}"))
+        .map_err(|e| Abort(format!("the proxied request is not valid HTTP: {e}")))
 }
 
 /// One frame of a proxied request body.
 type BodyFrame = Result<hyper::body::Frame<bytes::Bytes>, wire::Abandoned>;
 
 /// How an executor of the request's function version is started here.
-async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, String> {
+async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abort> {
     let target = &open.target;
     let timeout = Duration::from_millis(target.timeout_ms);
     let launch = Launch {
@@ -195,7 +217,7 @@ async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Str
     let prepared = agent
         .prepare(launch, Some(timeout))
         .await
-        .map_err(|why| why.message)?;
+        .map_err(|why| Abort(why.message))?;
     let config = &agent.config;
     Ok(ServiceSpec {
         key: (target.function.clone(), target.version),

@@ -201,6 +201,48 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
     )
     .await;
     assert_eq!(api.status(), 200);
+    requests_are_counted_not_stored(&server).await;
+}
+
+/// Requests are no tasks: the task routes refuse the function and none is stored; they are
+/// counted in the metrics by status class, and in usage.
+async fn requests_are_counted_not_stored(server: &Server) {
+    let client = server.client();
+    let refused = common::invoke(&client, "files", b"").await;
+    assert_eq!(refused.status, 400, "{}", text(&refused.body));
+    assert!(text(&refused.body).contains("is an HTTP service"));
+    let tasks = client.get("/v1/tasks").await.expect("tasks");
+    let tasks: serde_json::Value = tasks.json().expect("json");
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(0), "{tasks}");
+    let metrics = text(&client.get("/metrics").await.expect("metrics").body);
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("faasd_function_http_requests_total{")
+                && l.contains("\"files\"")
+                && l.contains("2xx")
+        })
+        .unwrap_or_else(|| panic!("no request count in:\n{metrics}"));
+    let count: f64 = counted
+        .rsplit(' ')
+        .next()
+        .expect("value")
+        .parse()
+        .expect("number");
+    assert!(count >= 4.0, "{counted}");
+    let usage = || async {
+        let usage = client.get("/v1/usage?by=function").await.expect("usage");
+        let usage: serde_json::Value = usage.json().expect("json");
+        let calls = usage["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["function"] == "files"))
+            .and_then(|r| r["calls"].as_u64());
+        match calls {
+            Some(calls) if calls >= 1 => Ok(()),
+            _ => Err(usage),
+        }
+    };
+    eventually("the requests in usage", Duration::from_secs(10), usage).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

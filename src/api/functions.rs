@@ -787,6 +787,16 @@ pub(crate) fn check_invoke(state: &AppState, caller: &Caller, name: &str) -> Res
     }
 }
 
+/// Refuses a task of an HTTP-service function: its requests go to `/function/{name}/...`.
+pub(crate) fn check_task_function(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.broker.function(name) {
+        Some(f) if f.http.is_some() => Err(ApiError::invalid(format!(
+            "{name:?} is an HTTP service: send HTTP requests to /function/{name}/PATH instead of tasks"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn function_not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,

@@ -69,8 +69,34 @@ pub(crate) async fn forward(
             ),
         ));
     }
+    let started = std::time::Instant::now();
+    let answered = proxy(state, &func, name, path, request, by_host).await;
+    let status = answered
+        .as_ref()
+        .map_or_else(ApiError::status, |r| r.status());
+    let status = status.as_u16();
+    state
+        .broker
+        .store()
+        .metrics()
+        .service_answered(name, status);
+    let wall_us = started.elapsed().as_micros() as u64;
+    state.broker.http_used(caller.user, name, status, wall_us);
+    answered
+}
+
+/// Opens the stream to the service, sends the body beside the wait for the answer, and makes
+/// the response whose body is the service's, as it comes.
+async fn proxy(
+    state: &AppState,
+    func: &crate::store::FunctionRecord,
+    name: &str,
+    path: &str,
+    request: Request,
+    by_host: bool,
+) -> Result<Response, ApiError> {
     let head = request_head(state, &request, name, path, by_host);
-    let mut call = state.broker.open_http(&func, head).map_err(|e| {
+    let mut call = state.broker.open_http(func, head).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ServiceUnavailable,

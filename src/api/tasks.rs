@@ -171,6 +171,7 @@ async fn call(
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
     super::functions::check_invoke(state, caller, name)?;
+    super::functions::check_task_function(state, name)?;
     let pin = pin(state, name, version).await?;
     let payload = read_body(body, state.max_body_bytes).await?;
     let request = idempotency::Request {

@@ -7,7 +7,7 @@
 //! under each stream's window (`proto::http`). A stream dropped before its end (the client
 //! left) is aborted on the worker; a worker that leaves aborts its streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::Broker;
 use crate::proto::http::{self as wire, Inbox, Outlet, Piece, Window};
 use crate::proto::{Frame, HttpOpen, HttpTarget};
-use crate::store::FunctionRecord;
+use crate::store::{FunctionRecord, HOUR_MS, UsageRow, UsageTotals, Write};
+use crate::units::now_ms;
 
 /// The head of a service's response.
 #[derive(Debug)]
@@ -66,7 +67,14 @@ pub(super) struct Streams {
     next: u64,
     open: HashMap<u64, Open>,
     links: HashMap<u64, Link>,
+    /// Usage of answered requests not yet handed to the store, by (hour, caller, function).
+    usage: BTreeMap<(u64, u32, String), UsageTotals>,
+    /// When usage was last handed to the store (Unix ms).
+    usage_flushed_ms: u64,
 }
+
+/// How often the usage of proxied requests is handed to the store, at most.
+const USAGE_FLUSH_MS: u64 = 1_000;
 
 impl Streams {
     /// Takes a stream out, giving its worker's count back.
@@ -294,6 +302,35 @@ impl Broker {
             .filter(|(_, w)| !w.draining)
             .map(|(id, w)| (*id, w.cached.contains(&func.code_hash)))
             .collect()
+    }
+
+    /// Counts one answered request to HTTP-service function `function` by user `caller` in
+    /// the usage totals: a call, a failure if faasd or the service answered 5xx, and the time
+    /// until the answer's head. The sums go to the store at most every [`USAGE_FLUSH_MS`], as
+    /// one write (none per request).
+    pub fn http_used(&self, caller: u32, function: &str, status: u16, wall_us: u64) {
+        let now = now_ms();
+        let mut streams = self.streams();
+        let key = (now / HOUR_MS, caller, function.to_owned());
+        let totals = streams.usage.entry(key).or_default();
+        totals.calls += 1;
+        totals.failures += u64::from(status >= 500);
+        totals.wall_us += wall_us;
+        if now.saturating_sub(streams.usage_flushed_ms) < USAGE_FLUSH_MS {
+            return;
+        }
+        streams.usage_flushed_ms = now;
+        let rows = std::mem::take(&mut streams.usage)
+            .into_iter()
+            .map(|((hour, caller, function), totals)| UsageRow {
+                hour,
+                caller,
+                function,
+                totals,
+            })
+            .collect();
+        drop(streams);
+        self.inner.store.write_later(Write::AddUsage { rows });
     }
 
     /// Hands an HTTP frame from worker `worker` to its stream; `false` for another frame.

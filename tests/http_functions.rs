@@ -413,3 +413,36 @@ async fn bad_http_settings_are_refused_with_the_field_named() {
         assert!(body.contains(message), "{settings}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_that_asks_has_its_requests_stored_as_tasks() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let settings = serde_json::json!({
+        "runtime": "exec", "http_port": PORT, "record_requests": true, "http_concurrency": 4,
+    });
+    let client = server.client();
+    let answer = register(&client, "kept", FILE_SERVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let path = "/function/kept/file.txt?secret=1";
+    let served = request(&server.url, "GET", path, None, Bytes::new()).await;
+    assert_eq!(body_text(served).await, "hello from the service\n");
+    let stored = || async {
+        let tasks = client.get("/v1/tasks?function=kept").await.expect("tasks");
+        let tasks: serde_json::Value = tasks.json().expect("json");
+        match tasks["tasks"].as_array().map(Vec::as_slice) {
+            Some([task]) => Ok(task.clone()),
+            _ => Err(tasks),
+        }
+    };
+    let task = eventually("the request as a task", Duration::from_secs(10), stored).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    let id = task["id"].as_str().expect("id");
+    let full: serde_json::Value = client
+        .get(&format!("/v1/tasks/{id}"))
+        .await
+        .expect("task")
+        .json()
+        .expect("json");
+    let message = full["message"].as_str().unwrap_or_default();
+    assert_eq!(message, "HTTP GET /file.txt: 200", "{full}");
+}

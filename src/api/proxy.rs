@@ -70,6 +70,7 @@ pub(crate) async fn forward(
         ));
     }
     let started = std::time::Instant::now();
+    let method = request.method().clone();
     let answered = proxy(state, &func, name, path, request, by_host).await;
     let status = answered
         .as_ref()
@@ -81,7 +82,19 @@ pub(crate) async fn forward(
         .metrics()
         .service_answered(name, status);
     let wall_us = started.elapsed().as_micros() as u64;
-    state.broker.http_used(caller.user, name, status, wall_us);
+    if func.http.is_some_and(|h| h.record_requests) {
+        let recorded = crate::broker::RecordedRequest {
+            caller: caller.user,
+            method: method.as_str(),
+            path,
+            status,
+            answered_by_service: answered.is_ok(),
+            wall_us,
+        };
+        state.broker.record_http_request(&func, recorded);
+    } else {
+        state.broker.http_used(caller.user, name, status, wall_us);
+    }
     answered
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Broker;
 use crate::proto::http::{self as wire, Inbox, Outlet, Piece, Window};
 use crate::proto::{Frame, HttpOpen, HttpTarget};
-use crate::store::{FunctionRecord, HOUR_MS, UsageRow, UsageTotals, Write};
+use crate::store::{FunctionRecord, HOUR_MS, TaskRecord, TaskStatus, UsageRow, UsageTotals, Write};
 use crate::units::now_ms;
 
 /// The head of a service's response.
@@ -35,6 +35,22 @@ pub struct ResponseHead {
 pub struct StreamFailed {
     /// For people.
     pub reason: String,
+}
+
+/// A request to store as a task (`--record-requests`).
+pub struct RecordedRequest<'a> {
+    /// The caller's user id.
+    pub caller: u32,
+    /// The method.
+    pub method: &'a str,
+    /// The path the service saw, without the query.
+    pub path: &'a str,
+    /// The answer's status.
+    pub status: u16,
+    /// Whether the service answered (else faasd did, for it).
+    pub answered_by_service: bool,
+    /// The time until the answer's head, in microseconds.
+    pub wall_us: u64,
 }
 
 /// What the proxy sends for a request.
@@ -331,6 +347,42 @@ impl Broker {
             .collect();
         drop(streams);
         self.inner.store.write_later(Write::AddUsage { rows });
+    }
+
+    /// Stores one answered request to an HTTP-service function that asks for it
+    /// (`--record-requests`) as a finished task: no payload or result, its method and path
+    /// (without the query) and status in its message, its time until the answer's head as its
+    /// run time. COMPLETED when the service answered (whatever its status), FAILED
+    /// `init_failed` when faasd answered for it (502, 503). The writer adds it to usage.
+    pub fn record_http_request(&self, func: &FunctionRecord, request: RecordedRequest<'_>) {
+        let seq = {
+            let mut state = self.lock();
+            state.next_seq += 1;
+            state.next_seq
+        };
+        let id = uuid::Uuid::now_v7().as_u128();
+        let mut record = TaskRecord::queued(id, seq, func.name.clone(), func.version);
+        let now = now_ms();
+        let started_ms = now.saturating_sub(request.wall_us / 1000);
+        record.created_ms = started_ms;
+        record.started_ms = Some(started_ms);
+        record.finished_ms = Some(now);
+        record.attempts = 1;
+        record.caller = request.caller;
+        record.run_us = request.wall_us;
+        let (method, path, status) = (request.method, request.path, request.status);
+        record.message = Some(format!("HTTP {method} {path}: {status}"));
+        if request.answered_by_service {
+            record.status = TaskStatus::Completed;
+        } else {
+            record.status = TaskStatus::Failed;
+            record.failure = Some(crate::proto::FailureReason::InitFailed);
+        }
+        self.inner.store.write_later(Write::Finish {
+            record,
+            result: Bytes::new(),
+            logs: Bytes::new(),
+        });
     }
 
     /// Hands an HTTP frame from worker `worker` to its stream; `false` for another frame.

@@ -32,7 +32,9 @@ use crate::units::now_ms;
 pub use checks::WorkerCheck;
 pub use events::{DEFAULT_EVENT_BUFFER, Event};
 use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};
-pub use http::{BodySender, HttpCall, NoWorker, RequestHead, ResponseHead, StreamFailed};
+pub use http::{
+    BodySender, HttpCall, NoWorker, RecordedRequest, RequestHead, ResponseHead, StreamFailed,
+};
 pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 

@@ -446,3 +446,82 @@ async fn a_function_that_asks_has_its_requests_stored_as_tasks() {
     let message = full["message"].as_str().unwrap_or_default();
     assert_eq!(message, "HTTP GET /file.txt: 200", "{full}");
 }
+
+/// The function's warm executors as its listing shows them (from the workers' heartbeats).
+async fn executors(server: &Server, name: &str) -> u64 {
+    let shown = server
+        .client()
+        .get(&format!("/v1/functions/{name}"))
+        .await
+        .expect("show");
+    let shown: serde_json::Value = shown.json().expect("json");
+    shown["warm_executors"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn executors_grow_with_concurrent_requests_and_stop_when_idle() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let settings = serde_json::json!({
+        "runtime": "exec", "http_port": PORT, "http_concurrency": 1, "idle_timeout": "1s",
+    });
+    let answer = register(&server.client(), "grow", ECHO_SERVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    // The event stream holds the first executor's one slot ...
+    let held = request(
+        &server.url,
+        "GET",
+        "/function/grow/events",
+        None,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(held.status(), 200);
+    // ... so the next request starts a second executor, which answers it.
+    let path = "/function/grow/other";
+    let second = request(&server.url, "GET", path, None, Bytes::new()).await;
+    assert_eq!(body_text(second).await, "unknown path");
+    let two = || async {
+        match executors(&server, "grow").await {
+            2 => Ok(()),
+            n => Err(n),
+        }
+    };
+    eventually("two executors", Duration::from_secs(10), two).await;
+    // The client leaves: the stream ends, and both executors stop once idle.
+    drop(held);
+    let none = || async {
+        match executors(&server, "grow").await {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    };
+    eventually("the idle executors to stop", Duration::from_secs(20), none).await;
+}
+
+/// A `python` bundle that is a program: it listens on the port itself.
+const PYTHON_SERVER: &str = r#"
+import sys
+from http.server import HTTPServer, BaseHTTPRequestHandler
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("python says " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+if __name__ == "__main__":
+    HTTPServer(("127.0.0.1", 8080), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_bundle_runs_as_a_program_that_listens() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let settings = serde_json::json!({"runtime": "python", "http_port": PORT});
+    let answer = register(&server.client(), "py", PYTHON_SERVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = request(&server.url, "GET", "/function/py/hello", None, Bytes::new()).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(body_text(answer).await, "python says /hello");
+}

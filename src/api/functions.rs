@@ -458,9 +458,13 @@ pub(crate) fn function_record(
     let mut warm = warm_spec(&req, runtime, &base)?;
     if http.is_some() && warm.is_none() {
         // An HTTP service always runs in warm executors, which stop when idle.
+        let idle = match &req.idle_timeout {
+            Some(t) => t.duration("idle_timeout")?,
+            None => base.idle_timeout,
+        };
         warm = Some(WarmSpec {
             min_warm: req.min_warm.unwrap_or(base.min_warm),
-            idle_timeout_ms: base.idle_timeout.as_millis() as u64,
+            idle_timeout_ms: idle.as_millis() as u64,
         });
     }
     let memory_bytes = req.memory.as_ref().map(SizeField::bytes).transpose()?;

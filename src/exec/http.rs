@@ -424,3 +424,53 @@ async fn keep_tail(mut out: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<Ve
         tail.drain(..excess);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(concurrency: u32, own_network: bool) -> ServiceSpec {
+        ServiceSpec {
+            key: ("web".into(), 1),
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            work_root: std::env::temp_dir(),
+            port: 8080,
+            concurrency,
+            start_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            own_network,
+        }
+    }
+
+    #[test]
+    fn a_full_executor_makes_room_on_a_new_one() {
+        let pool = HttpPool::default();
+        let spec = spec(2, true);
+        let held: Vec<_> = (0..5).map(|_| pool.reserve(&spec)).collect();
+        assert_eq!(pool.counts().get("web"), Some(&3));
+        let loads: Vec<u32> = held
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Acquire))
+            .collect();
+        assert!(loads.iter().all(|&n| n <= 2), "{loads:?}");
+    }
+
+    #[test]
+    fn without_a_network_namespace_one_executor_takes_every_request() {
+        let pool = HttpPool::default();
+        let spec = spec(1, false);
+        for _ in 0..3 {
+            pool.reserve(&spec);
+        }
+        assert_eq!(pool.counts().get("web"), Some(&1));
+    }
+
+    #[test]
+    fn retiring_forgets_the_function_s_executors() {
+        let pool = HttpPool::default();
+        pool.reserve(&spec(1, true));
+        pool.retire("web", 1);
+        assert!(pool.counts().is_empty());
+    }
+}

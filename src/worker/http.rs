@@ -60,6 +60,14 @@ impl Services {
         self.streams.lock().expect("http streams lock")
     }
 
+    /// Abandons every stream: the session that carried them ended.
+    pub(super) fn cancel_all(&self) {
+        for (_, s) in self.streams().drain() {
+            s.window.close();
+            s.cancel.cancel();
+        }
+    }
+
     /// Ends a stream here: its request is abandoned.
     fn cancel(&self, stream: u64) {
         if let Some(s) = self.streams().remove(&stream) {

@@ -508,6 +508,7 @@ impl Session {
     /// moment to write them before the connection closes.
     async fn finish_drain(self) {
         self.agent.set_link(None);
+        self.agent.http.cancel_all();
         drop(self.heartbeat);
         drop(self.frames);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.pump).await;
@@ -566,6 +567,7 @@ impl Agent {
     /// Ends a session whose connection is gone: later reports wait for the next session.
     fn close_session(&self, pump: tokio::task::JoinHandle<Result<(), proto::Error>>) {
         self.set_link(None);
+        self.http.cancel_all();
         self.config.cache.abandon_fetches();
         pump.abort();
     }

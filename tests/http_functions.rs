@@ -406,6 +406,46 @@ async fn bad_http_settings_are_refused_with_the_field_named() {
             "http_concurrency must be between 1",
         ),
     ];
+    // The CLI's flags.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("serve.sh");
+    std::fs::write(&script, FILE_SERVER).expect("write the script");
+    let script = script.to_str().expect("utf-8 path");
+    let args = [
+        "register",
+        "cli",
+        script,
+        "--runtime",
+        "exec",
+        "--http-port",
+        "8081",
+        "--http-concurrency",
+        "7",
+        "--record-requests",
+        "--json",
+    ];
+    let out = server.cli(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (
+            &shown["http_port"],
+            &shown["http_concurrency"],
+            &shown["record_requests"]
+        ),
+        (&8081.into(), &7.into(), &true.into()),
+        "{shown}"
+    );
+    let out = server.cli(&[
+        "register",
+        "cli0",
+        script,
+        "--runtime",
+        "exec",
+        "--http-port",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     for (settings, message) in cases {
         let answer = register(&client, "bad", "#!/bin/sh\n", settings.clone()).await;
         assert_eq!(answer.status, 400, "{settings}");

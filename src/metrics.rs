@@ -86,6 +86,14 @@ struct HttpLabels {
     status: u16,
 }
 
+/// Labels of the counter of requests to HTTP-service functions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    function: String,
+    /// The answer's status class: `1xx` to `5xx`.
+    class: &'static str,
+}
+
 /// A cheap, cloneable handle on the server's metrics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -103,6 +111,7 @@ struct Inner {
     commit_seconds: Histogram,
     commit_writes: Histogram,
     http_requests: Family<HttpLabels, Counter>,
+    service_requests: Family<ServiceLabels, Counter>,
 }
 
 impl Default for Inner {
@@ -117,6 +126,7 @@ impl Default for Inner {
             commit_seconds: Histogram::new(COMMIT_SECONDS),
             commit_writes: Histogram::new(COMMIT_WRITES),
             http_requests: Family::default(),
+            service_requests: Family::default(),
         };
         inner.registered()
     }
@@ -160,6 +170,11 @@ impl Inner {
             "http_requests",
             "HTTP requests answered, by method, matched route and status code",
             self.http_requests.clone(),
+        );
+        r.register(
+            "function_http_requests",
+            "Requests proxied to HTTP-service functions, by function and status class",
+            self.service_requests.clone(),
         );
         self
     }
@@ -268,6 +283,23 @@ impl Metrics {
             status,
         };
         self.inner.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one request to HTTP-service function `function`, answered with `status` (the
+    /// service's, or faasd's own 502 or 503 when the service could not answer).
+    pub fn service_answered(&self, function: &str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = ServiceLabels {
+            function: function.to_owned(),
+            class,
+        };
+        self.inner.service_requests.get_or_create(&labels).inc();
     }
 
     /// The OpenMetrics text of every metric, with the levels of `live`.

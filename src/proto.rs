@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+pub mod http;
+pub use http::{HttpOpen, HttpSpec, HttpTarget};
+
 /// The protocol version both sides announce in their first frame.
 pub const PROTOCOL_VERSION: u32 = 8;
 
@@ -69,6 +72,15 @@ impl Runtime {
             Runtime::Pickle => "pickle",
             Runtime::Oci => "oci",
         }
+    }
+
+    /// The runtimes whose functions may be HTTP services, for messages.
+    pub const SERVING_HTTP: &'static str = "exec or python";
+
+    /// Whether a function of this runtime may be an HTTP service (`--http-port`): its program
+    /// can be started as a server that listens.
+    pub fn serves_http(self) -> bool {
+        matches!(self, Runtime::Exec | Runtime::Python)
     }
 
     /// Whether calls of this runtime always run in warm executors.
@@ -330,6 +342,46 @@ pub enum Frame {
     /// Worker → server, after each `Health`: its warm executors (idle or serving) by function,
     /// for the functions that have any.
     Warm(Vec<WarmCount>),
+    /// Server → worker: a proxied HTTP request to an HTTP-service function opens stream
+    /// `open.stream`; its body follows as `HttpBody` frames and an `HttpEnd`.
+    HttpOpen(HttpOpen),
+    /// Worker → server: the response head of a stream; its body follows as `HttpBody` frames.
+    HttpResponse {
+        /// The stream.
+        stream: u64,
+        /// The HTTP status.
+        status: u16,
+        /// The response headers, in order (values as bytes).
+        headers: Vec<(String, Bytes)>,
+    },
+    /// Either side: a piece of a stream's request (server → worker) or response (worker →
+    /// server) body, at most [`http::CHUNK_BYTES`].
+    HttpBody {
+        /// The stream.
+        stream: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Either side: the sender's body of this stream is complete.
+    HttpEnd {
+        /// The stream.
+        stream: u64,
+    },
+    /// Either side: the stream is abandoned (the client went away, the service failed).
+    HttpAbort {
+        /// The stream.
+        stream: u64,
+        /// Why, for the log and the client's error body.
+        reason: String,
+    },
+    /// Either side: the receiver has passed on `bytes` more of the stream's body, so the sender
+    /// may send that much more (each direction starts with [`http::WINDOW_BYTES`]).
+    HttpCredit {
+        /// The stream.
+        stream: u64,
+        /// The bytes consumed.
+        bytes: u32,
+    },
 }
 
 /// One function's warm executors on one worker.
@@ -720,6 +772,68 @@ mod tests {
                 executors: 2,
             }]),
             "0f01016602",
+        );
+        http_frames_have_pinned_encodings();
+    }
+
+    fn http_frames_have_pinned_encodings() {
+        golden(
+            Frame::HttpOpen(HttpOpen {
+                stream: 1,
+                target: HttpTarget {
+                    function: "f".into(),
+                    version: 1,
+                    runtime: Runtime::Exec,
+                    code_hash: [4; 32],
+                    timeout_ms: 5,
+                    env: vec![],
+                    isolation: Isolation::default(),
+                    http: HttpSpec {
+                        port: 8080,
+                        concurrency: 2,
+                        record_requests: false,
+                    },
+                    idle_timeout_ms: 3,
+                },
+                method: "GET".into(),
+                uri: "/".into(),
+                headers: vec![("a".into(), Bytes::from_static(b"b"))],
+            }),
+            &format!(
+                "1001016601 01{}05000000 903f0200 03 03474554012f0101610162",
+                "04".repeat(32)
+            )
+            .replace(' ', ""),
+        );
+        golden(
+            Frame::HttpResponse {
+                stream: 1,
+                status: 200,
+                headers: vec![],
+            },
+            "1101c80100",
+        );
+        golden(
+            Frame::HttpBody {
+                stream: 1,
+                bytes: Bytes::from_static(b"x"),
+            },
+            "12010178",
+        );
+        golden(Frame::HttpEnd { stream: 1 }, "1301");
+        golden(
+            Frame::HttpAbort {
+                stream: 1,
+                reason: "r".into(),
+            },
+            "14010172",
+        );
+        golden(
+            Frame::HttpCredit {
+                stream: 1,
+                bytes: 2,
+            },
+            "150102",
         );
     }
 

@@ -112,6 +112,17 @@ const TABLE: &[Row] = &[
         "/function/{name}",
         [200, 200, 403, 200, 403, 401, 401, 403],
     ),
+    row(
+        "ANY",
+        "/function/{name}/",
+        [200, 200, 403, 200, 403, 401, 401, 403],
+    ),
+    // `f` is no HTTP service: those who may call it learn that its sub-paths are not routes.
+    row(
+        "ANY",
+        "/function/{name}/{*path}",
+        [404, 404, 403, 404, 403, 401, 401, 403],
+    ),
     row("GET", "/v1/tasks", [200, 200, 200, 200, 200, 401, 401, 200]),
     row(
         "POST",
@@ -338,7 +349,7 @@ impl Fixture {
             ("POST", "/v1/functions/{name}/batch") => {
                 ("/v1/functions/f/batch".into(), Bytes::from(r#"["a"]"#))
             }
-            (_, "/v1/functions/{name}" | "/function/{name}")
+            (_, "/v1/functions/{name}" | "/function/{name}" | "/function/{name}/")
             | ("GET", "/v1/functions/{name}/versions") => {
                 (path.replace("{name}", "f"), Bytes::new())
             }
@@ -363,6 +374,7 @@ impl Fixture {
                 add_user(&self.admin, &name, "invoker").await;
                 (path.replace("{name}", &name), Bytes::new())
             }
+            (_, "/function/{name}/{*path}") => ("/function/f/sub/path".into(), Bytes::new()),
             (_, "/v1/users/{name}/grants/{function}") => {
                 ("/v1/users/grantee/grants/f".into(), Bytes::new())
             }

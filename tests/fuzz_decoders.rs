@@ -196,6 +196,7 @@ fn function_record() -> impl Strategy<Value = FunctionRecord> {
             isolation: c.4,
             owner: c.5,
             display_name: c.6,
+            http: None,
         })
 }
 

@@ -35,6 +35,7 @@ pub async fn submit(
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     validate_name(&name)?;
     super::functions::check_invoke(&state, &caller, &name)?;
+    super::functions::check_task_function(&state, &name)?;
     let pin = super::tasks::pin(&state, &name, query.version).await?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)

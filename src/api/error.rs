@@ -84,6 +84,13 @@ pub enum ErrorCode {
     /// The task finished longer ago than the server's retention (`serve --retain`) and was
     /// purged with its result and logs (410).
     TaskExpired,
+    /// No function serves the host name a request was sent to (`serve --domain`).
+    NotFound,
+    /// No worker can take a request to an HTTP-service function now (503).
+    ServiceUnavailable,
+    /// An HTTP-service function could not be started or reached, or failed before answering
+    /// (502).
+    ServiceFailed,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -362,7 +369,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 26] = [
+    const CODES: [(ErrorCode, &str); 29] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -389,6 +396,9 @@ mod tests {
         (ErrorCode::VersionNotFound, "version_not_found"),
         (ErrorCode::PayloadNotFound, "payload_not_found"),
         (ErrorCode::TaskExpired, "task_expired"),
+        (ErrorCode::NotFound, "not_found"),
+        (ErrorCode::ServiceUnavailable, "service_unavailable"),
+        (ErrorCode::ServiceFailed, "service_failed"),
     ];
 
     #[test]

@@ -15,7 +15,7 @@ use super::access::forbidden;
 use super::settings::{self, Base, Change};
 use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::auth::{Caller, policy};
-use crate::proto::{Isolation, Runtime, WarmSpec};
+use crate::proto::{HttpSpec, Isolation, Runtime, WarmSpec};
 use crate::store::FunctionRecord;
 use crate::units::now_ms;
 
@@ -40,6 +40,12 @@ pub struct FunctionView {
     allow_net: bool,
     /// The name an MPCS client gave the function (whose name is its id), or null.
     display_name: Option<String>,
+    /// The port of an HTTP-service function (`--http-port`), or null.
+    http_port: Option<u16>,
+    /// The requests one executor of an HTTP-service function serves at once, or null.
+    http_concurrency: Option<u32>,
+    /// Whether each proxied request is stored as a task.
+    record_requests: bool,
     /// Its warm executors now over every worker, as they last reported them (in the list and
     /// on `GET /v1/functions/{name}`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +72,9 @@ impl From<&FunctionRecord> for FunctionView {
             memory_bytes: f.isolation.memory_bytes,
             allow_net: f.isolation.allow_net,
             display_name: f.display_name.clone(),
+            http_port: f.http.map(|h| h.port),
+            http_concurrency: f.http.map(|h| h.concurrency),
+            record_requests: f.http.is_some_and(|h| h.record_requests),
             warm_executors: None,
         }
     }
@@ -162,6 +171,12 @@ pub(crate) struct RegisterRequest {
     memory: Option<SizeField>,
     /// Let the function use the host's network in the sandbox.
     allow_net: Option<bool>,
+    /// The function is an HTTP service listening on this port (`exec`, `python`).
+    http_port: Option<u16>,
+    /// How many requests one executor of an HTTP service serves at once (default 100).
+    http_concurrency: Option<u32>,
+    /// Store each proxied request as a task (default: only count it).
+    record_requests: Option<bool>,
     /// Start from the server's defaults, not from the previous version's settings.
     #[serde(default)]
     reset: bool,
@@ -234,6 +249,9 @@ impl RegisterRequest {
             source: None,
             memory: None,
             allow_net: None,
+            http_port: None,
+            http_concurrency: None,
+            record_requests: None,
             reset: false,
             display_name: None,
         }
@@ -388,7 +406,10 @@ pub(crate) async fn register_function(
     let mut record = function_record(req, &code, &state.defaults, existing.as_deref())?;
     let entry = record.env.iter().find(|(k, _)| k == ENTRY_VAR);
     let entry = entry.map_or(DEFAULT_ENTRY, |(_, v)| v.as_str());
-    state.code_check.check(record.runtime, &code, entry).await?;
+    // An HTTP service's module is a program that listens, with no `handle` to look for.
+    if record.http.is_none() {
+        state.code_check.check(record.runtime, &code, entry).await?;
+    }
     // An admin updating another user's function leaves it with its owner.
     record.owner = existing.as_ref().map_or(caller.user, |f| f.owner);
     let record = state.broker.register(record, code.into()).await?;
@@ -433,7 +454,19 @@ pub(crate) fn function_record(
     };
     check_counts(&req)?;
     check_min_warm(req.min_warm, defaults.max_min_warm)?;
-    let warm = warm_spec(&req, runtime, &base)?;
+    let http = http_spec(&req, runtime, &base)?;
+    let mut warm = warm_spec(&req, runtime, &base)?;
+    if http.is_some() && warm.is_none() {
+        // An HTTP service always runs in warm executors, which stop when idle.
+        let idle = match &req.idle_timeout {
+            Some(t) => t.duration("idle_timeout")?,
+            None => base.idle_timeout,
+        };
+        warm = Some(WarmSpec {
+            min_warm: req.min_warm.unwrap_or(base.min_warm),
+            idle_timeout_ms: idle.as_millis() as u64,
+        });
+    }
     let memory_bytes = req.memory.as_ref().map(SizeField::bytes).transpose()?;
     Ok(FunctionRecord {
         name: req.name,
@@ -455,7 +488,66 @@ pub(crate) fn function_record(
         // Set by the caller's identity once the registration is accepted.
         owner: 0,
         display_name: req.display_name,
+        http,
     })
+}
+
+/// The most requests one executor of an HTTP service may be given at once.
+const MAX_HTTP_CONCURRENCY: u32 = 10_000;
+
+/// The HTTP-service settings of the new version: the request's, else the base's. Asking for
+/// concurrency or recording without a port, port 0, or a runtime that cannot serve is refused.
+fn http_spec(
+    req: &RegisterRequest,
+    runtime: Runtime,
+    base: &Base,
+) -> Result<Option<HttpSpec>, ApiError> {
+    let field = |name: &str, message: String| ApiError::invalid(message).with("field", name.into());
+    let Some(port) = req.http_port.or(base.http.map(|h| h.port)) else {
+        if req.http_concurrency.is_some() || req.record_requests.is_some() {
+            return Err(field(
+                "http_port",
+                "http_concurrency and record_requests need http_port: the port the function's server listens on".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if port == 0 {
+        return Err(field(
+            "http_port",
+            "http_port must be between 1 and 65535".into(),
+        ));
+    }
+    if !runtime.serves_http() {
+        return Err(field(
+            "http_port",
+            format!(
+                "a {} function cannot be an HTTP service (http_port needs runtime {})",
+                runtime.as_str(),
+                Runtime::SERVING_HTTP
+            ),
+        ));
+    }
+    let concurrency = req
+        .http_concurrency
+        .or(base.http.map(|h| h.concurrency))
+        .unwrap_or(crate::proto::http::DEFAULT_HTTP_CONCURRENCY);
+    if concurrency == 0 || concurrency > MAX_HTTP_CONCURRENCY {
+        return Err(field(
+            "http_concurrency",
+            format!(
+                "http_concurrency must be between 1 and {MAX_HTTP_CONCURRENCY}, got {concurrency}"
+            ),
+        ));
+    }
+    let record_requests = req
+        .record_requests
+        .unwrap_or(base.http.is_some_and(|h| h.record_requests));
+    Ok(Some(HttpSpec {
+        port,
+        concurrency,
+        record_requests,
+    }))
 }
 
 /// The environment of the new version: the request's (else the base's), with the request's
@@ -585,7 +677,7 @@ fn warm_spec(
 
 /// Reads a multipart registration: text fields `name`, `runtime`, `timeout`, `concurrency`,
 /// `queue_limit`, `max_attempts`, `min_warm`, `idle_timeout`, `warm`, `entry`, `memory`,
-/// `allow_net`, `reset`, repeated `env` fields of `K=V`, and a `code` file part.
+/// `allow_net`, `http_port`, `http_concurrency`, `record_requests`, `reset`, repeated `env` fields of `K=V`, and a `code` file part.
 async fn from_multipart(
     mut form: Multipart,
     limit: usize,
@@ -627,6 +719,14 @@ async fn from_multipart(
             "source" => req.source = Some(text),
             "memory" => req.memory = Some(SizeField::Text(text)),
             "allow_net" => req.allow_net = Some(truthy(&text)),
+            "http_port" => {
+                let port = text.trim().parse::<u16>().map_err(|_| {
+                    ApiError::invalid(format!("http_port must be a port number, got {text:?}"))
+                })?;
+                req.http_port = Some(port);
+            }
+            "http_concurrency" => req.http_concurrency = Some(number("http_concurrency")?),
+            "record_requests" => req.record_requests = Some(truthy(&text)),
             "reset" => req.reset = truthy(&text),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
@@ -687,6 +787,16 @@ pub(crate) fn check_invoke(state: &AppState, caller: &Caller, name: &str) -> Res
             caller,
             &format!("invoke {name:?} (it needs a grant: `faasd grant USER FUNCTION`)"),
         )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a task of an HTTP-service function: its requests go to `/function/{name}/...`.
+pub(crate) fn check_task_function(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.broker.function(name) {
+        Some(f) if f.http.is_some() => Err(ApiError::invalid(format!(
+            "{name:?} is an HTTP service: send HTTP requests to /function/{name}/PATH instead of tasks"
+        ))),
         _ => Ok(()),
     }
 }

@@ -87,6 +87,9 @@ fn registration() -> impl Strategy<Value = Value> {
         "env",
         "entry",
         "allow_net",
+        "http_port",
+        "http_concurrency",
+        "record_requests",
     ];
     (prop::collection::vec(field(), fields.len()), any::<bool>()).prop_map(move |(values, name)| {
         let mut body = json!({"name": if name { "f" } else { "F!" }, "code": "ZWNobw=="});

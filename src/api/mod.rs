@@ -34,6 +34,7 @@ mod idempotency;
 mod metrics;
 mod mpcs;
 mod panic;
+mod proxy;
 mod settings;
 mod task_list;
 mod tasks;
@@ -96,6 +97,10 @@ pub struct Shared {
     pub code_check: CodeCheck,
     /// The `Idempotency-Key` settings and the locks of the keys in use.
     pub keys: Keys,
+    /// `serve --domain`: `Host: NAME.DOMAIN` goes to function NAME (lowercase).
+    pub domain: Option<String>,
+    /// Whether the API is served over TLS (the `X-Forwarded-Proto` of proxied requests).
+    pub https: bool,
 }
 
 /// The default of the largest `min_warm` a registration may ask for (`serve --max-min-warm`).
@@ -127,7 +132,14 @@ impl Default for FunctionDefaults {
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
-    finish(routes(), state)
+    let api = finish(routes(), state.clone());
+    if state.domain.is_none() {
+        return api;
+    }
+    // Host routing rewrites the path before the API routes it, so it wraps the whole router.
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn_with_state(state, proxy::by_host))
 }
 
 /// One route: its method (`ANY` for all), its path, and its handler.
@@ -154,6 +166,8 @@ fn route_list() -> Vec<Route> {
             post(versions::rollback),
         ),
         ("ANY", "/function/{name}", any(tasks::invoke_url)),
+        ("ANY", "/function/{name}/", any(tasks::invoke_url_slash)),
+        ("ANY", "/function/{name}/{*path}", any(proxy::proxy_path)),
         ("GET", "/v1/tasks", get(task_list::list)),
         ("POST", "/v1/tasks/wait", post(wait::wait)),
         ("GET", "/v1/tasks/{id}", get(tasks::status)),
@@ -343,6 +357,8 @@ pub(super) mod tests {
             defaults: FunctionDefaults::default(),
             code_check: CodeCheck::new(None, None),
             keys: Keys::new(Duration::from_secs(24 * 3600)),
+            domain: None,
+            https: false,
         })
     }
 

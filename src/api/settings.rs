@@ -33,6 +33,8 @@ pub(crate) struct Base {
     pub idle_timeout: Duration,
     pub memory_bytes: Option<u64>,
     pub allow_net: bool,
+    /// The HTTP-service settings, when the function is one.
+    pub http: Option<crate::proto::HttpSpec>,
 }
 
 impl Base {
@@ -50,6 +52,7 @@ impl Base {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             memory_bytes: None,
             allow_net: false,
+            http: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl Base {
             },
             memory_bytes: f.isolation.memory_bytes,
             allow_net: f.isolation.allow_net,
+            http: f.http,
         }
     }
 }
@@ -118,6 +122,18 @@ fn shown(f: &FunctionRecord) -> Vec<(String, String)> {
                 .map_or_else(none, |b| format!("{b} bytes")),
         ),
         ("allow-net".to_string(), f.isolation.allow_net.to_string()),
+        (
+            "http-port".to_string(),
+            f.http.map_or_else(none, |h| h.port.to_string()),
+        ),
+        (
+            "http-concurrency".to_string(),
+            f.http.map_or_else(none, |h| h.concurrency.to_string()),
+        ),
+        (
+            "record-requests".to_string(),
+            f.http.is_some_and(|h| h.record_requests).to_string(),
+        ),
     ];
     let env: BTreeMap<&str, &str> = f
         .env

@@ -125,18 +125,34 @@ pub async fn invoke(
     call(&state, &caller, target, &headers, body, query.is_async).await
 }
 
-/// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body.
+/// `ANY /function/{name}`: the body goes to stdin, stdout comes back as the body; an
+/// HTTP-service function gets the request at `/` instead (`api/proxy.rs`).
 pub async fn invoke_url(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    if super::proxy::is_service(&state, &name) {
+        return super::proxy::forward(&state, &caller, &name, "/", request).await;
+    }
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let target = (name.as_str(), query.version);
-    call(&state, &caller, target, &headers, body, false).await
+    let (parts, body) = request.into_parts();
+    call(&state, &caller, target, &parts.headers, body, false).await
+}
+
+/// `ANY /function/{name}/`: an HTTP-service function's `/` (as `/function/{name}` for any
+/// other function).
+pub async fn invoke_url_slash(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    name: Path<String>,
+    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    invoke_url(state, caller, name, query, request).await
 }
 
 /// Calls `name` (pinned to a kept version when one is given).
@@ -155,6 +171,7 @@ async fn call(
         .is_some_and(|v| v.starts_with("application/json"));
     validate_name(name)?;
     super::functions::check_invoke(state, caller, name)?;
+    super::functions::check_task_function(state, name)?;
     let pin = pin(state, name, version).await?;
     let payload = read_body(body, state.max_body_bytes).await?;
     let request = idempotency::Request {

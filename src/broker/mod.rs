@@ -13,6 +13,7 @@
 
 mod checks;
 pub mod events;
+mod http;
 mod outbox;
 mod session;
 mod state;
@@ -31,6 +32,9 @@ use crate::units::now_ms;
 pub use checks::WorkerCheck;
 pub use events::{DEFAULT_EVENT_BUFFER, Event};
 use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};
+pub use http::{
+    BodySender, HttpCall, NoWorker, RecordedRequest, RequestHead, ResponseHead, StreamFailed,
+};
 pub use session::{Admission, WRONG_JOIN_TOKEN, serve_worker};
 use state::{Active, INLINE_PAYLOAD, State, WorkerEntry};
 
@@ -169,6 +173,8 @@ struct Inner {
     checks: Mutex<checks::Checks>,
     /// Where live events are published (the state holds a clone).
     events: Events,
+    /// Proxied HTTP requests in flight and the workers' connections they use.
+    http: Mutex<http::Streams>,
 }
 
 impl Broker {
@@ -197,6 +203,7 @@ impl Broker {
                 settled: Notify::new(),
                 checks: Mutex::default(),
                 events,
+                http: Mutex::default(),
             }),
         };
         for record in failed {
@@ -595,6 +602,7 @@ impl Broker {
             worker_id: id,
             heartbeat_ms: heartbeat.as_millis() as u32,
         });
+        self.link_http(id, frames.clone());
         let outbox = outbox::start(self.clone(), id, frames);
         let mut worker = WorkerEntry::new(name, address, slots, mode, outbox);
         worker.heartbeat_period = heartbeat;
@@ -613,6 +621,7 @@ impl Broker {
     /// with `worker_lost` past their attempt limit).
     pub(crate) fn detach_worker(&self, id: u64) {
         self.forget_checks_of(Some(id));
+        self.unlink_http(id);
         let mut state = self.lock();
         if let Some(worker) = state.workers.get(&id) {
             self.inner

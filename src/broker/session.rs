@@ -236,6 +236,9 @@ impl Session {
 
     /// Hands one frame from the worker to its handler.
     fn on_frame(&self, frame: Frame) -> Next {
+        if self.broker.on_http_frame(self.id, &frame) {
+            return Next::Continue;
+        }
         match frame {
             Frame::Report(report) => self.on_report(report),
             Frame::FetchCode { hash } => self.on_fetch_code(hash),

@@ -232,6 +232,11 @@ impl WorkerEntry {
 
     /// Sends a `Prewarm` for `func` if it keeps executors warm even when idle.
     pub fn prewarm(&self, func: &FunctionRecord) {
+        // An HTTP service's executors start with its requests (they do not speak the warm
+        // frame protocol a prewarmed executor is started with).
+        if func.http.is_some() {
+            return;
+        }
         if let Some(warm) = func.warm.filter(|w| w.min_warm > 0) {
             self.send_prewarm(func, warm);
         }
@@ -239,7 +244,8 @@ impl WorkerEntry {
 
     /// Tells the worker to keep no executors of a removed function ready.
     pub fn retire(&self, func: &FunctionRecord) {
-        if let Some(warm) = func.warm.filter(|w| w.min_warm > 0) {
+        let http = func.http.is_some();
+        if let Some(warm) = func.warm.filter(|w| w.min_warm > 0 || http) {
             self.send_prewarm(
                 func,
                 WarmSpec {
@@ -917,6 +923,7 @@ mod tests {
                 isolation: Isolation::default(),
                 owner: 0,
                 display_name: None,
+                http: None,
             });
             self.state.set_function(func.clone());
             func

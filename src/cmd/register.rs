@@ -64,6 +64,16 @@ pub struct RegisterArgs {
     /// Let the function use the network in the sandbox (default: loopback only).
     #[arg(long)]
     pub allow_net: bool,
+    /// The function is a web server listening on this port (`exec`, `python`): faasd starts
+    /// it warm and proxies `/function/NAME/...` to it.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_port: Option<u16>,
+    /// How many requests one executor of an HTTP service serves at once (default 100).
+    #[arg(long, value_name = "N")]
+    pub http_concurrency: Option<u32>,
+    /// Store each request to an HTTP service as a task (default: only count it).
+    #[arg(long)]
+    pub record_requests: bool,
     /// An environment variable for every call, `K=V` (repeatable); given at all, the list
     /// replaces the previous version's.
     #[arg(long = "env", value_name = "K=V")]
@@ -174,6 +184,10 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
         ("env", (!env.is_empty()).then(|| env.into())),
         ("warm", args.warm.then_some(true.into())),
         ("allow_net", args.allow_net.then_some(true.into())),
+        (
+            "record_requests",
+            args.record_requests.then_some(true.into()),
+        ),
         ("reset", args.reset.then_some(true.into())),
     ];
     for (key, value) in given {
@@ -192,6 +206,8 @@ fn request_body(args: &RegisterArgs, code: &[u8]) -> anyhow::Result<serde_json::
         ("idle_timeout", text(&args.idle_timeout)),
         ("entry", text(&args.entry)),
         ("memory", text(&args.memory)),
+        ("http_port", args.http_port.map(serde_json::Value::from)),
+        ("http_concurrency", number(args.http_concurrency)),
     ];
     for (key, value) in fields {
         if let Some(v) = value {

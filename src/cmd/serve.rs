@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Route requests whose `Host` is `NAME.DOMAIN` (any path, any case, port ignored) to
+    /// function NAME, as `/function/NAME/...` is; the bare domain and other hosts keep the
+    /// API. With `--tls-cert` holding a wildcard certificate for `*.DOMAIN`, this serves
+    /// `https://NAME.DOMAIN`.
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
+    pub domain: Option<String>,
     /// Let requests without a token act with this role (as the MPCS clients, which send no
     /// header, need); requests with a wrong token are still refused.
     #[arg(long, value_enum, value_name = "ROLE")]
@@ -225,6 +231,24 @@ fn check_max_body(max_body: usize) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Parses `--domain`: a host name such as `example.com` (a clap value parser).
+fn parse_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim().trim_end_matches('.');
+    let ok = !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(domain.to_ascii_lowercase())
+    } else {
+        Err(format!("{text:?} is not a domain name such as example.com"))
+    }
 }
 
 /// The TLS acceptor of `--tls-cert` and `--tls-key` (both or neither), if given.
@@ -508,6 +532,8 @@ fn start_http(
         },
         code_check: api::CodeCheck::new(args.executors.python.clone(), Some(broker.clone())),
         keys: api::Keys::new(args.key_lifetime()),
+        domain: args.domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        https: tls.is_some(),
     }));
     tokio::spawn(http::serve(listener, app, limits, tls, stops.http.clone()))
 }

@@ -4,6 +4,8 @@
 #   python3 harness.py python MODULE.py   # calls handle(payload), after init() once if defined
 #   python3 harness.py python BUNDLE.tar  # the same, from module $FAASD_ENTRY (default main)
 #   python3 harness.py pickle FUNC.pkl    # calls a dill-pickled callable with pickled (args, kwargs)
+#   python3 harness.py serve MODULE.py    # an HTTP service: runs the module as __main__ (it
+#                                         # listens on its port); a BUNDLE.tar runs $FAASD_ENTRY
 #
 # Frames are a 4-byte big-endian length, then the body. The harness sends b"R" when ready (or
 # b"E" + traceback if loading failed, then exits), reads b"C" + flags + payload per call (flags
@@ -23,8 +25,30 @@ import traceback
 LOG_LIMIT = 1 << 20
 
 
+def serve(bundle):
+    # An HTTP service speaks no frames: its program runs as __main__ and listens on its port.
+    import runpy
+    import tarfile
+    if tarfile.is_tarfile(bundle):
+        target = os.path.abspath("bundle")
+        with tarfile.open(bundle) as archive:
+            try:
+                archive.extractall(target, filter="data")
+            except TypeError:  # Pythons without extraction filters
+                archive.extractall(target)
+        sys.path.insert(0, target)
+        os.chdir(target)
+        runpy.run_module(os.environ.get("FAASD_ENTRY", "main"), run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = [bundle]
+        runpy.run_path(bundle, run_name="__main__")
+    return 0
+
+
 def main():
     mode, bundle = sys.argv[1], sys.argv[2]
+    if mode == "serve":
+        return serve(bundle)
     # Frames own the real stdout; anything the function prints goes to stderr instead.
     frames_out = os.fdopen(os.dup(1), "wb", buffering=0)
     # Buffered: a call's header and body usually arrive in one read.

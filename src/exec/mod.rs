@@ -13,6 +13,7 @@
 //! and `memory` (what pre-warmed executors hold, against their budget).
 
 mod compile;
+pub mod http;
 mod memory;
 mod pool;
 pub mod runtimes;

@@ -129,6 +129,8 @@ pub struct Runtimes {
     /// The function's own virtualenv (see [`Runtimes::in_env`]), whose interpreter runs
     /// `python` executors instead of the worker's.
     function_env: Option<PathBuf>,
+    /// `python` bundles run as programs that listen (HTTP services), not as handlers.
+    serving: bool,
 }
 
 impl Runtimes {
@@ -159,6 +161,7 @@ impl Runtimes {
             python_path,
             harness,
             function_env: None,
+            serving: false,
         })
     }
 
@@ -176,6 +179,20 @@ impl Runtimes {
     pub fn in_env(&self, env: &Path) -> Runtimes {
         Runtimes {
             function_env: Some(env.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether an executor with `isolation` gets a network namespace of its own.
+    pub fn isolates_network(&self, isolation: Isolation) -> bool {
+        self.sandbox.as_ref().is_some_and(|s| s.namespaces) && !isolation.allow_net
+    }
+
+    /// These runtimes, with `python` bundles run as HTTP services: the harness runs the
+    /// module as `__main__`, which listens on its port.
+    pub fn serving(&self) -> Runtimes {
+        Runtimes {
+            serving: true,
             ..self.clone()
         }
     }
@@ -295,10 +312,10 @@ impl Runtimes {
                     (Some(env), Runtime::Python) => env.join("bin").join("python"),
                     _ => base.clone(),
                 };
-                let mode = if runtime == Runtime::Python {
-                    "python"
-                } else {
-                    "pickle"
+                let mode = match runtime {
+                    Runtime::Python if self.serving => "serve",
+                    Runtime::Python => "python",
+                    _ => "pickle",
                 };
                 vec![
                     python.into(),
@@ -405,6 +422,7 @@ mod tests {
             python_path: python_path.iter().map(PathBuf::from).collect(),
             harness: PathBuf::from("/cache/faasd_harness.py"),
             function_env: None,
+            serving: false,
         }
     }
 

@@ -908,6 +908,7 @@ mod tests {
             isolation: Isolation::default(),
             owner: 0,
             display_name: None,
+            http: None,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::proto::{CodeHash, FailureReason, Isolation, Runtime, WarmSpec};
+use crate::proto::{CodeHash, FailureReason, HttpSpec, Isolation, Runtime, WarmSpec};
 
 /// One registered version of a function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +44,10 @@ pub struct FunctionRecord {
     /// its id, and keeps here the `name` its `/register_function` call sent.
     #[serde(deserialize_with = "appended")]
     pub display_name: Option<String>,
+    /// Set when the function is an HTTP service (`--http-port`): its port, the requests one
+    /// executor serves at once, and whether requests are stored as tasks.
+    #[serde(deserialize_with = "appended")]
+    pub http: Option<HttpSpec>,
 }
 
 /// Where a task is in its life.
@@ -214,6 +218,11 @@ mod tests {
             },
             owner: 5,
             display_name: Some("f1".into()),
+            http: Some(HttpSpec {
+                port: 8080,
+                concurrency: 2,
+                record_requests: true,
+            }),
         };
         let bytes = encode(&record).expect("encode");
         // name, version, runtime, hash (fixed 32 bytes), sizes as varints, Some(4), env, created,
@@ -221,8 +230,20 @@ mod tests {
         let before_owner = format!("0166020{}{}", "0", "07".repeat(32))
             + "0ab0ea010104640301014101620101010200 01";
         let before_owner = before_owner.replace(' ', "");
-        assert_eq!(hex(&bytes), format!("{before_owner}05") + "01026631");
+        // The appended HTTP service: Some, port 8080 (varint 903f), concurrency 2, recorded.
+        assert_eq!(
+            hex(&bytes),
+            format!("{before_owner}05") + "01026631" + "01903f0201"
+        );
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);
+        // A record written before `http` was appended still loads, as no HTTP service.
+        let bytes = &bytes[..bytes.len() - 5];
+        let plain = decode::<FunctionRecord>(bytes).expect("decode");
+        assert_eq!(plain.http, None);
+        let record = FunctionRecord {
+            http: None,
+            ..record
+        };
         // A record written before `display_name` was appended still loads, without one.
         let no_name = decode::<FunctionRecord>(&bytes[..bytes.len() - 4]).expect("decode");
         let unnamed = FunctionRecord {
@@ -375,6 +396,7 @@ mod tests {
             },
             owner: 0,
             display_name: None,
+            http: None,
         };
         let bytes = encode(&record).expect("encode");
         assert_eq!(decode::<FunctionRecord>(&bytes).expect("decode"), record);

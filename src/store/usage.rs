@@ -89,6 +89,24 @@ pub(super) fn record<'a>(
     for task in finished.filter(|t| t.status.is_finished()) {
         sums.entry(key_of(task)).or_default().add_task(task);
     }
+    add_sums(txn, sums)
+}
+
+/// In the writer's transaction: adds rows of sums (HTTP requests) to their buckets.
+pub(super) fn add_rows(txn: &WriteTransaction, rows: &[UsageRow]) -> Result<(), Error> {
+    let mut sums: BTreeMap<(u64, u32, String), UsageTotals> = BTreeMap::new();
+    for row in rows {
+        let key = (row.hour, row.caller, row.function.clone());
+        sums.entry(key).or_default().add(&row.totals);
+    }
+    add_sums(txn, sums)
+}
+
+/// Adds each bucket's sum to its stored totals.
+fn add_sums(
+    txn: &WriteTransaction,
+    sums: BTreeMap<(u64, u32, String), UsageTotals>,
+) -> Result<(), Error> {
     if sums.is_empty() {
         return Ok(());
     }

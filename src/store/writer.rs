@@ -110,6 +110,11 @@ pub enum Write {
         /// The most tasks to delete.
         limit: usize,
     },
+    /// Adds usage that is no task's (requests to HTTP-service functions) to its buckets.
+    AddUsage {
+        /// The sums to add, one per bucket.
+        rows: Vec<super::usage::UsageRow>,
+    },
 }
 
 type Ack = oneshot::Sender<Result<u32, Arc<Error>>>;
@@ -648,6 +653,10 @@ fn apply_one(
             super::idempotency::expire(txn, *before_ms, *max as usize)
         }
         Write::Purge { before_id, limit } => purge(txn, t, *before_id, *limit, purged),
+        Write::AddUsage { rows } => {
+            super::usage::add_rows(txn, rows)?;
+            Ok(0)
+        }
     }
 }
 
@@ -818,6 +827,7 @@ pub(super) mod tests {
             isolation: Isolation::default(),
             owner: 0,
             display_name: None,
+            http: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod envs;
 pub mod health;
 pub mod images;
+mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -84,6 +85,8 @@ pub struct Agent {
     envs: envs::Envs,
     /// The `oci` functions' unpacked images.
     images: images::Images,
+    /// The HTTP-service executors and the proxied requests in flight.
+    http: http::Services,
     /// The current session's outbound frames; `None` between sessions.
     link: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
     /// Signalled when the last running task finishes.
@@ -155,6 +158,8 @@ impl Agent {
             config.max_warm_memory_bytes,
         ));
         let reaper = pool.clone();
+        let http = http::Services::default();
+        let http_reaper = http.pool.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_PERIOD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,6 +167,7 @@ impl Agent {
                 tick.tick().await;
                 reaper.keep_min_warm();
                 reaper.reap();
+                http_reaper.reap();
             }
         });
         let python = config.runtimes.python().map(Path::to_owned);
@@ -172,6 +178,7 @@ impl Agent {
             pool,
             envs,
             images,
+            http,
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
@@ -327,7 +334,7 @@ impl Heartbeat {
                 beat.tick().await;
                 let running = agent.running.load(Ordering::Relaxed);
                 let sample = health.sample();
-                let warm = agent.pool.warm_counts();
+                let warm = agent.warm_counts();
                 let sent = frames.upgrade().is_some_and(|tx| {
                     tx.send(Frame::Heartbeat { running }).is_ok()
                         && tx.send(Frame::Health(sample)).is_ok()
@@ -419,7 +426,11 @@ impl Session {
 
     /// Hands a frame from the server to its handler; a `Refused` ends the session.
     fn on_frame(&self, frame: Frame) -> Result<(), Error> {
+        if self.on_http_frame(&frame) {
+            return Ok(());
+        }
         match frame {
+            Frame::HttpOpen(open) => self.on_http_open(open),
             Frame::Assign(task) => self.on_assign(task),
             Frame::Prewarm(spec) => self.on_prewarm(spec),
             Frame::Code { hash, found, bytes } => self.on_code(hash, found, bytes),
@@ -457,6 +468,7 @@ impl Session {
     fn on_prewarm(&self, spec: proto::Prewarm) {
         if spec.warm.min_warm == 0 {
             self.agent.pool.retire(&spec.function, spec.version);
+            self.agent.http.pool.retire(&spec.function, spec.version);
             return;
         }
         let agent = self.agent.clone();
@@ -501,6 +513,7 @@ impl Session {
     /// moment to write them before the connection closes.
     async fn finish_drain(self) {
         self.agent.set_link(None);
+        self.agent.http.cancel_all();
         drop(self.heartbeat);
         drop(self.frames);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.pump).await;
@@ -519,6 +532,7 @@ impl Agent {
             env: &spec.env,
             timeout,
             isolation: spec.isolation,
+            serving: false,
         };
         // No call waits: the function's environment may take as long as its build does.
         match self.prepare(launch, None).await {
@@ -540,9 +554,25 @@ impl Agent {
         }
     }
 
+    /// Its executors by function, warm ones and HTTP services together.
+    fn warm_counts(&self) -> Vec<proto::WarmCount> {
+        let mut counts = self.pool.warm_counts();
+        for (function, executors) in self.http.pool.counts() {
+            match counts.iter_mut().find(|c| c.function == function) {
+                Some(count) => count.executors += executors,
+                None => counts.push(proto::WarmCount {
+                    function,
+                    executors,
+                }),
+            }
+        }
+        counts
+    }
+
     /// Ends a session whose connection is gone: later reports wait for the next session.
     fn close_session(&self, pump: tokio::task::JoinHandle<Result<(), proto::Error>>) {
         self.set_link(None);
+        self.http.cancel_all();
         self.config.cache.abandon_fetches();
         pump.abort();
     }
@@ -558,6 +588,7 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
         env: &task.env,
         timeout,
         isolation: task.isolation,
+        serving: false,
     };
     let prepared = agent.prepare(launch, Some(timeout)).await;
     let (task_id, lease) = (task.task_id, task.lease);
@@ -640,6 +671,8 @@ struct Launch<'a> {
     env: &'a [(String, String)],
     timeout: Duration,
     isolation: proto::Isolation,
+    /// Started as an HTTP service (a `python` module runs as a program).
+    serving: bool,
 }
 
 /// An executor ready to start.
@@ -694,7 +727,13 @@ impl Agent {
             }
             _ => None,
         };
-        let runtimes = &config.runtimes;
+        let serving;
+        let runtimes = if launch.serving {
+            serving = config.runtimes.serving();
+            &serving
+        } else {
+            &config.runtimes
+        };
         let (runtime, timeout, isolation) = (launch.runtime, launch.timeout, launch.isolation);
         let argv = match &function_env {
             Some((venv, _)) => runtimes

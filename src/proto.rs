@@ -75,12 +75,12 @@ impl Runtime {
     }
 
     /// The runtimes whose functions may be HTTP services, for messages.
-    pub const SERVING_HTTP: &'static str = "exec or python";
+    pub const SERVING_HTTP: &'static str = "exec, python or oci";
 
     /// Whether a function of this runtime may be an HTTP service (`--http-port`): its program
     /// can be started as a server that listens.
     pub fn serves_http(self) -> bool {
-        matches!(self, Runtime::Exec | Runtime::Python)
+        matches!(self, Runtime::Exec | Runtime::Python | Runtime::Oci)
     }
 
     /// Whether calls of this runtime always run in warm executors.

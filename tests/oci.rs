@@ -101,6 +101,65 @@ async fn a_docker_save_image_runs_with_its_env_and_working_directory() {
     assert_eq!(text(&out.stdout), EXPECTED);
 }
 
+/// Sends `GET path` with `Host: host` to the server and returns the status line and the body.
+async fn get_with_host(server: &Server, path: &str, host: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let answer = text(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
+}
+
+#[tokio::test]
+async fn an_image_whose_busybox_httpd_serves_a_file_by_path_and_by_host_name() {
+    let server = Server::start(&[
+        "--local-workers",
+        "1",
+        "--sandbox",
+        "strict",
+        "--domain",
+        "example.com",
+    ]);
+    let mut image = busybox_image("unused");
+    image.layers[0].entries.extend([
+        Entry::Dir("www".into()),
+        Entry::File("www/file.txt".into(), b"served by httpd".to_vec(), 0o644),
+    ]);
+    image.config["Entrypoint"] = serde_json::json!(["/bin/busybox", "httpd", "-f"]);
+    image.config["Cmd"] = serde_json::json!(["-p", "127.0.0.1:8080", "-h", "/www"]);
+    let (_dir, path) = archive(&image.docker_save(), "web.tar");
+    let path = path.to_str().expect("utf8");
+    let out = server.cli(&[
+        "register",
+        "web",
+        path,
+        "--runtime",
+        "oci",
+        "--http-port",
+        "8080",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = server
+        .client()
+        .get("/function/web/file.txt")
+        .await
+        .expect("request");
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_eq!(text(&answer.body), "served by httpd");
+    let (status, body) = get_with_host(&server, "/file.txt", "web.example.com").await;
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    assert_eq!(body, "served by httpd");
+    let (status, body) = get_with_host(&server, "/file.txt", "nosuch.example.com").await;
+    assert!(status.contains(" 404 "), "{status}: {body}");
+    assert!(body.contains("nosuch"), "{body}");
+}
+
 #[tokio::test]
 async fn an_oci_layout_with_a_gzip_layer_runs() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);

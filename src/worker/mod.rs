@@ -16,8 +16,8 @@
 pub mod cache;
 pub mod envs;
 pub mod health;
-pub mod images;
 mod http;
+pub mod images;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -84,6 +84,10 @@ pub enum ErrorCode {
     /// The task finished longer ago than the server's retention (`serve --retain`) and was
     /// purged with its result and logs (410).
     TaskExpired,
+    /// An uploaded blob's body does not hash to the digest it was sent to (400).
+    DigestMismatch,
+    /// A registration names a blob (`code_sha256`) that was not uploaded (400).
+    BlobNotFound,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -389,6 +393,8 @@ mod tests {
         (ErrorCode::VersionNotFound, "version_not_found"),
         (ErrorCode::PayloadNotFound, "payload_not_found"),
         (ErrorCode::TaskExpired, "task_expired"),
+        (ErrorCode::DigestMismatch, "digest_mismatch"),
+        (ErrorCode::BlobNotFound, "blob_not_found"),
     ];
 
     #[test]

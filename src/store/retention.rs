@@ -284,6 +284,11 @@ impl Store {
                     if purged > 0 {
                         tracing::debug!(tasks = purged, "purged expired tasks");
                     }
+                    match self.sweep_blob_files().await {
+                        Ok(0) => {}
+                        Ok(removed) => tracing::info!(removed, "removed code blobs no version uses"),
+                        Err(e) => tracing::warn!(error = %e, "cannot sweep the code blob files"),
+                    }
                     retention.interval
                 }
                 Err(e) => {

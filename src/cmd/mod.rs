@@ -18,6 +18,7 @@ mod serve;
 mod table;
 mod task_list;
 mod tasks;
+mod upload;
 mod usage;
 mod user;
 mod versions;

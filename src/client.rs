@@ -265,7 +265,9 @@ impl Client {
     }
 
     /// Reads an answer's whole body.
-    async fn read_answer(response: hyper::Response<hyper::body::Incoming>) -> Result<Answer, Error> {
+    async fn read_answer(
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Answer, Error> {
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -283,7 +285,9 @@ impl Client {
     /// event as it arrives. An error answer is read whole and returned as [`Error::Answered`].
     pub async fn events(&self, path: &str) -> Result<EventStream, Error> {
         let accept = [("accept", "text/event-stream")];
-        let empty = Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
         let response = self.send(Method::GET, path, None, &accept, empty).await?;
         let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
@@ -326,12 +330,10 @@ impl Client {
         if let Some(auth) = &self.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
         }
-        let request = builder
-            .body(body)
-            .map_err(|cause| Error::BuildRequest {
-                path: path.to_owned(),
-                cause,
-            })?;
+        let request = builder.body(body).map_err(|cause| Error::BuildRequest {
+            path: path.to_owned(),
+            cause,
+        })?;
         self.http
             .request(request)
             .await

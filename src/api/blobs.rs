@@ -96,7 +96,11 @@ pub async fn put(
     may_upload(&caller)?;
     let hash = parse_digest(&digest)?;
     let store = state.broker.store();
-    if let Some(bytes) = store.has_blob(hash).await.map_err(|e| ApiError::store(&e))? {
+    if let Some(bytes) = store
+        .has_blob(hash)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
         return Ok((StatusCode::OK, view(&hash, bytes)));
     }
     let limit = state.max_code_bytes;
@@ -112,7 +116,9 @@ pub async fn put(
     let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::invalid(format!("the upload was cut off ({e}); nothing was kept: retry it"))
+            ApiError::invalid(format!(
+                "the upload was cut off ({e}); nothing was kept: retry it"
+            ))
         })?;
         if upload.len() + chunk.len() as u64 > limit {
             return Err(too_large(limit));

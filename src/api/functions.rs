@@ -381,7 +381,11 @@ pub(crate) const CHECKED_BLOB_BYTES: u64 = 4 << 20;
 async fn uploaded(state: &AppState, digest: &str) -> Result<Code, ApiError> {
     let hash = super::blobs::parse_digest(digest)?;
     let store = state.broker.store();
-    match store.has_blob(hash).await.map_err(|e| ApiError::store(&e))? {
+    match store
+        .has_blob(hash)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
         Some(bytes) => Ok(Code::Blob { hash, bytes }),
         None => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -454,7 +458,10 @@ pub(crate) async fn register_function(
     let entry = entry.map_or(DEFAULT_ENTRY, |(_, v)| v.as_str());
     let inline = match code {
         Code::Inline(bytes) => {
-            state.code_check.check(record.runtime, &bytes, entry).await?;
+            state
+                .code_check
+                .check(record.runtime, &bytes, entry)
+                .await?;
             Some(bytes.into())
         }
         Code::Blob { hash, bytes } => {

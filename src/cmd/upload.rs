@@ -69,8 +69,8 @@ pub async fn ensure_blob(client: &Client, source: Source) -> anyhow::Result<Stri
 /// The SHA-256 of a file, read on a blocking thread.
 async fn hash_file(path: PathBuf) -> anyhow::Result<[u8; 32]> {
     tokio::task::spawn_blocking(move || {
-        let mut file =
-            std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut hasher = Sha256::new();
         let mut piece = vec![0; PIECE_BYTES];
         loop {

@@ -80,7 +80,11 @@ impl BlobFiles {
         };
         for entry in std::fs::read_dir(&files.dir).map_err(files.io("list", &files.dir))? {
             let entry = entry.map_err(files.io("list", &files.dir))?;
-            if entry.file_name().to_string_lossy().starts_with(UPLOAD_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(UPLOAD_PREFIX)
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -93,7 +97,9 @@ impl BlobFiles {
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().expect("blob lock poisoned by an earlier panic")
+        self.lock
+            .lock()
+            .expect("blob lock poisoned by an earlier panic")
     }
 
     /// The file of a blob.
@@ -214,7 +220,10 @@ impl Upload {
             return Ok(Stored::Mismatch(actual));
         }
         let io = self.files.io("sync", &self.temp);
-        self.file.flush().await.map_err(self.files.io("write", &self.temp))?;
+        self.file
+            .flush()
+            .await
+            .map_err(self.files.io("write", &self.temp))?;
         self.file.sync_all().await.map_err(io)?;
         drop(self.file);
         let (files, temp, len) = (self.files, self.temp, self.len);
@@ -261,11 +270,17 @@ mod tests {
         upload.write(b"hello ").await.expect("write");
         upload.write(b"world").await.expect("write");
         let hash = hash_of(b"hello world");
-        assert!(matches!(upload.finish(hash).await.expect("finish"), Stored::Stored(11)));
+        assert!(matches!(
+            upload.finish(hash).await.expect("finish"),
+            Stored::Stored(11)
+        ));
         assert_eq!(files.touch(&hash).expect("touch"), Some(11));
         let (total, chunk) = files.read_chunk(&hash, 6, 3).expect("read").expect("found");
         assert_eq!((total, &chunk[..]), (11, &b"wor"[..]));
-        let (_, tail) = files.read_chunk(&hash, 9, 100).expect("read").expect("found");
+        let (_, tail) = files
+            .read_chunk(&hash, 9, 100)
+            .expect("read")
+            .expect("found");
         assert_eq!(&tail[..], b"ld");
 
         let mut upload = files.upload().expect("upload");
@@ -298,16 +313,16 @@ mod tests {
             .expect("sweep");
         assert_eq!(removed, 0);
         let later = SystemTime::now() + Duration::from_secs(1);
-        let removed = files
-            .sweep(later, |h| *h == hash_of(b"a"))
-            .expect("sweep");
+        let removed = files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep");
         assert_eq!(removed, 2, "the unwanted blob and the interrupted upload");
         assert!(files.touch(&hash_of(b"a")).expect("touch").is_some());
         assert!(files.touch(&hash_of(b"b")).expect("touch").is_none());
         // Reopening removes interrupted uploads at once.
         std::mem::forget(files.upload().expect("upload"));
         BlobFiles::open(dir.path()).expect("reopen");
-        let left = std::fs::read_dir(dir.path().join(DIR)).expect("list").count();
+        let left = std::fs::read_dir(dir.path().join(DIR))
+            .expect("list")
+            .count();
         assert_eq!(left, 1);
     }
 }

@@ -10,9 +10,9 @@
 //! after a failed write) and resumes by itself once space returns. Readers reach the database
 //! through [`Shared`], whose handle the writer swaps when it reopens the file.
 
+mod blobs;
 mod idempotency;
 mod index;
-mod blobs;
 mod records;
 mod retention;
 mod space;
@@ -661,7 +661,10 @@ impl Store {
                 let all = blob.value();
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
                 let end = start.saturating_add(max_len).min(all.len());
-                return Ok(Some((all.len() as u64, Bytes::copy_from_slice(&all[start..end]))));
+                return Ok(Some((
+                    all.len() as u64,
+                    Bytes::copy_from_slice(&all[start..end]),
+                )));
             }
             files.read_chunk(&hash, offset, max_len)
         })

@@ -286,7 +286,9 @@ impl Store {
                     }
                     match self.sweep_blob_files().await {
                         Ok(0) => {}
-                        Ok(removed) => tracing::info!(removed, "removed code blobs no version uses"),
+                        Ok(removed) => {
+                            tracing::info!(removed, "removed code blobs no version uses")
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot sweep the code blob files"),
                     }
                     retention.interval

@@ -848,7 +848,9 @@ pub(super) mod tests {
     fn writer(database: Database, dir: &tempfile::TempDir) -> (Writer, Arc<Shared>) {
         let path = dir.path().join("test.redb");
         let values = Values::open(dir.path()).expect("value files");
-        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database, values));
+        let blobs = super::super::BlobFiles::open(dir.path()).expect("blob files");
+        let files = (values, blobs);
+        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database, files));
         (Writer::new(shared.clone()), shared)
     }
 

@@ -267,7 +267,13 @@ impl CodeCache {
                 None => {
                     let (tx, rx) = oneshot::channel();
                     let waiters = vec![tx];
-                    entries.insert(hash, Entry::Fetching { waiters, partial: None });
+                    entries.insert(
+                        hash,
+                        Entry::Fetching {
+                            waiters,
+                            partial: None,
+                        },
+                    );
                     if frames.send(ask(hash, 0)).is_err() {
                         entries.remove(&hash);
                         return Err(Error::ConnectionClosed);
@@ -406,8 +412,11 @@ impl CodeCache {
                 })
                 .min();
             let Some((_, hash, bytes)) = victim else {
-                tracing::warn!(bytes = total, max_bytes = self.inner.max_bytes,
-                    "the code cache is over its size, with every bundle in it in use");
+                tracing::warn!(
+                    bytes = total,
+                    max_bytes = self.inner.max_bytes,
+                    "the code cache is over its size, with every bundle in it in use"
+                );
                 break;
             };
             let path = self.path_of(&hash);
@@ -468,9 +477,15 @@ fn append(
     let len = chunk.bytes.len() as u64;
     let end = partial.received + len;
     let detail = if chunk.offset != partial.received {
-        Some(format!("offset {} where {} was next", chunk.offset, partial.received))
+        Some(format!(
+            "offset {} where {} was next",
+            chunk.offset, partial.received
+        ))
     } else if end > chunk.total_bytes || (len == 0 && end < chunk.total_bytes) {
-        Some(format!("{len} bytes at {} of {}", chunk.offset, chunk.total_bytes))
+        Some(format!(
+            "{len} bytes at {} of {}",
+            chunk.offset, chunk.total_bytes
+        ))
     } else {
         None
     };
@@ -537,7 +552,10 @@ mod tests {
         assert_eq!(std::fs::read(path.path()).expect("read"), code);
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path.path()).expect("stat").permissions().mode();
+            let mode = std::fs::metadata(path.path())
+                .expect("stat")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o755);
         }
         let (frames, mut sent) = mpsc::unbounded_channel();
@@ -566,11 +584,17 @@ mod tests {
         let hash = hash_of(code);
         let (get, mut sent) = start_get(&cache, hash).await;
         let (frames, mut asked) = mpsc::unbounded_channel();
-        cache.fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames)).await;
+        cache
+            .fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames))
+            .await;
         assert_eq!(asked.try_recv().expect("next chunk asked"), ask(hash, 4));
-        cache.fill_chunk(chunk(hash, 4, 10, b"456"), Some(&frames)).await;
+        cache
+            .fill_chunk(chunk(hash, 4, 10, b"456"), Some(&frames))
+            .await;
         assert_eq!(asked.try_recv().expect("next chunk asked"), ask(hash, 7));
-        cache.fill_chunk(chunk(hash, 7, 10, b"789"), Some(&frames)).await;
+        cache
+            .fill_chunk(chunk(hash, 7, 10, b"789"), Some(&frames))
+            .await;
         assert!(asked.try_recv().is_err(), "asked past the end");
         let held = get.await.expect("join").expect("code");
         assert_eq!(std::fs::read(held.path()).expect("read"), code);
@@ -585,8 +609,12 @@ mod tests {
         let hash = hash_of(b"0123456789");
         let (get, _sent) = start_get(&cache, hash).await;
         let (frames, _asked) = mpsc::unbounded_channel();
-        cache.fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames)).await;
-        cache.fill_chunk(chunk(hash, 6, 10, b"6789"), Some(&frames)).await;
+        cache
+            .fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames))
+            .await;
+        cache
+            .fill_chunk(chunk(hash, 6, 10, b"6789"), Some(&frames))
+            .await;
         let err = get.await.expect("join").expect_err("refused");
         assert!(matches!(err, Error::ChunkOutOfOrder { .. }), "{err:?}");
         let left = std::fs::read_dir(cache.dir()).expect("list").count();
@@ -611,7 +639,10 @@ mod tests {
         let b = fetch(&cache, b"bbbbbbbbbb").await;
         // `a` is used again, so `b` is now the least recently used...
         let (frames, _) = mpsc::unbounded_channel();
-        let a = cache.get(hash_of(b"aaaaaaaaaa"), &frames).await.expect("cached");
+        let a = cache
+            .get(hash_of(b"aaaaaaaaaa"), &frames)
+            .await
+            .expect("cached");
         let b_path = b.path().to_owned();
         drop(b);
         // ... and goes when a third bundle passes the bound; `a` is held and stays.
@@ -639,7 +670,10 @@ mod tests {
         std::fs::write(files.join(hex(&hash)), code).expect("write");
         std::fs::write(files.join(".tmpleft"), b"partial").expect("write");
         let cache = CodeCache::new(files.clone(), DEFAULT_MAX_BYTES).expect("reopen");
-        assert!(!files.join(".tmpleft").exists(), "a temporary file was left");
+        assert!(
+            !files.join(".tmpleft").exists(),
+            "a temporary file was left"
+        );
         let (frames, mut sent) = mpsc::unbounded_channel();
         let path = cache.get(hash, &frames).await.expect("on disk");
         assert_eq!(std::fs::read(path.path()).expect("read"), code);
@@ -690,8 +724,7 @@ mod tests {
         // The second call has registered once the entry has two waiters.
         let mut registered = false;
         for _ in 0..500 {
-            registered =
-                matches!(cache.entries().get(&hash), Some(Entry::Fetching { waiters, .. }) if waiters.len() == 2);
+            registered = matches!(cache.entries().get(&hash), Some(Entry::Fetching { waiters, .. }) if waiters.len() == 2);
             if registered {
                 break;
             }

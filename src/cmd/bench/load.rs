@@ -190,7 +190,10 @@ async fn wait_finished(
         if let Some(unknown) = answer["unknown"].as_array().filter(|u| !u.is_empty()) {
             anyhow::bail!("the server does not know {} benchmark tasks", unknown.len());
         }
-        let tasks = answer["tasks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let tasks = answer["tasks"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut ended = std::collections::HashSet::with_capacity(tasks.len());
         for t in tasks {
             if t["status"] != "COMPLETED" {

@@ -493,6 +493,10 @@ async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
                 ));
             }
             let code = answer.error_code().map(|c| format!("{c:?}"));
+            if method == Method::HEAD {
+                // A HEAD answer has no body to carry an error code.
+                continue;
+            }
             match expected {
                 401 => assert_eq!(code.as_deref(), Some("Unauthenticated"), "{method} {path}"),
                 403 => assert_eq!(code.as_deref(), Some("Forbidden"), "{method} {path}"),

@@ -1101,6 +1101,56 @@ mod tests {
         );
     }
 
+    /// Uploads `code` as a blob file and returns its hash.
+    async fn upload(store: &Store, code: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(code).into();
+        let mut upload = store.blob_files().upload().expect("upload");
+        upload.write(code).await.expect("write");
+        assert!(matches!(
+            upload.finish(hash).await.expect("finish"),
+            Stored::Stored(_)
+        ));
+        hash
+    }
+
+    #[tokio::test]
+    async fn blob_files_are_read_in_chunks_and_swept_once_unnamed_and_untouched() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        let named = upload(&store, b"named code").await;
+        let loose = upload(&store, b"loose code").await;
+        let record = FunctionRecord {
+            code_hash: named,
+            ..function("f")
+        };
+        store
+            .write(Write::RegisterFile { record })
+            .await
+            .expect("register by file");
+        let chunk = store.code_chunk(named, 6, 100).await.expect("read");
+        assert_eq!(chunk, Some((10, Bytes::from_static(b"code"))));
+        assert_eq!(
+            store.blob(named).await.expect("read"),
+            None,
+            "a blob file went into redb"
+        );
+        // Within the grace period nothing goes.
+        assert_eq!(store.sweep_blob_files().await.expect("sweep"), 0);
+        let long_ago = std::time::SystemTime::now() - BLOB_GRACE * 2;
+        for hash in [named, loose] {
+            let path = store.blob_files().path(&hash);
+            let file = std::fs::File::options()
+                .write(true)
+                .open(path)
+                .expect("open");
+            file.set_modified(long_ago).expect("age the file");
+        }
+        assert_eq!(store.sweep_blob_files().await.expect("sweep"), 1);
+        assert_eq!(store.has_blob(loose).await.expect("read"), None);
+        assert_eq!(store.has_blob(named).await.expect("read"), Some(10));
+    }
+
     #[tokio::test]
     async fn a_deleted_function_keeps_the_versions_its_tasks_pin() {
         let dir = tempfile::tempdir().expect("temporary directory");

@@ -2,19 +2,23 @@
 //! registration, so a bundle may be larger than a request body (`--max-code-size`, not
 //! `--max-body`) and is sent once however often it is registered.
 //!
-//! `HEAD` answers 200 when the server has the blob, 404 when not. `PUT` answers 200 at once,
-//! without reading the body, when it has it; else it streams the body into a file while hashing
-//! it, refuses it past `--max-code-size` (413) or when it does not hash to its name (400
-//! `digest_mismatch`), keeping nothing either way, and answers 201 once the blob is durable.
-//! An interrupted upload keeps nothing either: it is retried from the start. Who may register
-//! functions (admins and developers) may upload. A registration then names the blob with
+//! `HEAD` answers 200 when the server has the blob, 404 when not (with `Upload-Offset: N` when
+//! an interrupted upload left N bytes). `PUT` answers 200 at once, without reading the body,
+//! when it has it; else it streams the body into a file while hashing it, refuses it past
+//! `--max-code-size` (413) or when it does not hash to its name (400 `digest_mismatch`),
+//! keeping nothing either way, and answers 201 once the blob is durable. An interrupted upload
+//! keeps what it received: `PUT ...?offset=N` sends the rest from byte N (at most what was
+//! kept; 409 `upload_offset_mismatch` with `upload_offset` past it), and a `PUT` without
+//! `offset` starts over. One upload of a blob at a time (409 `upload_in_progress`). Who may
+//! register functions (admins and developers) may upload. A registration then names the blob with
 //! `code_sha256` (see `functions.rs`); blobs no version names are swept after an hour (see
 //! `store/blobs.rs`).
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -22,7 +26,19 @@ use super::access::forbidden;
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::{Caller, policy};
 use crate::proto::{CodeHash, hex};
-use crate::store::Stored;
+use crate::store::{Refused, Stored};
+
+/// The header that gives how many bytes of a blob an interrupted upload left.
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+
+/// The query of a `PUT`: where a resumed upload starts.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// The byte the body starts at (what an interrupted upload left; default 0: start over).
+    #[serde(default)]
+    offset: u64,
+}
 
 /// The default of `serve --max-code-size`: 1 GiB.
 pub const DEFAULT_MAX_CODE_BYTES: u64 = 1 << 30;
@@ -50,27 +66,32 @@ fn view(hash: &CodeHash, bytes: u64) -> Json<serde_json::Value> {
 }
 
 /// `HEAD /v1/blobs/{digest}`: 200 when the server has the blob (with its size in
-/// `Content-Length`), 404 when not.
+/// `Content-Length`), 404 when not (with `Upload-Offset` when an upload of it was interrupted).
 pub async fn head(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(digest): Path<String>,
-) -> Result<(StatusCode, HeaderMap), ApiError> {
+) -> Result<Response, ApiError> {
     may_upload(&caller)?;
     let hash = parse_digest(&digest)?;
-    let found = state.broker.store().has_blob(hash).await;
-    match found.map_err(|e| ApiError::store(&e))? {
-        Some(bytes) => {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_LENGTH, bytes.into());
-            Ok((StatusCode::OK, headers))
-        }
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::BlobNotFound,
-            format!("no blob sha256:{}", hex(&hash)),
-        )),
+    let store = state.broker.store();
+    let found = store
+        .has_blob(hash)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if let Some(bytes) = found {
+        return Ok((StatusCode::OK, [(header::CONTENT_LENGTH, bytes)]).into_response());
     }
+    let missing = ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::BlobNotFound,
+        format!("no blob sha256:{}", hex(&hash)),
+    );
+    let mut answer = missing.into_response();
+    if let Some(kept) = store.blob_files().partial_len(&hash) {
+        answer.headers_mut().insert(UPLOAD_OFFSET, kept.into());
+    }
+    Ok(answer)
 }
 
 /// 413 `payload_too_large` for a bundle over `--max-code-size`.
@@ -90,6 +111,7 @@ pub async fn put(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(digest): Path<String>,
+    Query(query): Query<PutQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -108,24 +130,28 @@ pub async fn put(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if declared.is_some_and(|len| len.saturating_add(query.offset) > limit) {
         return Err(too_large(limit));
     }
     store.check_writable().map_err(|e| ApiError::store(&e))?;
-    let mut upload = store.blob_files().upload().map_err(|e| stored(&e))?;
+    let started = store.blob_files().upload(hash, query.offset).await;
+    let mut upload = match started.map_err(|e| stored(&e))? {
+        Ok(upload) => upload,
+        Err(refused) => return Err(conflict(&hash, refused)),
+    };
     let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::invalid(format!(
-                "the upload was cut off ({e}); nothing was kept: retry it"
-            ))
-        })?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Err(cut_off(&e, upload.len())),
+        };
         if upload.len() + chunk.len() as u64 > limit {
+            upload.discard().await;
             return Err(too_large(limit));
         }
         upload.write(&chunk).await.map_err(|e| stored(&e))?;
     }
-    match upload.finish(hash).await.map_err(|e| stored(&e))? {
+    match upload.finish().await.map_err(|e| stored(&e))? {
         Stored::Stored(bytes) => {
             tracing::info!(digest = %hex(&hash), bytes, "code blob uploaded");
             Ok((StatusCode::CREATED, view(&hash, bytes)))
@@ -139,6 +165,38 @@ pub async fn put(
                 hex(&hash)
             ),
         )),
+    }
+}
+
+/// 400 for an upload whose body broke off after `kept` bytes, which stay for a resume.
+fn cut_off(e: &axum::Error, kept: u64) -> ApiError {
+    ApiError::invalid(format!(
+        "the upload was cut off ({e}) after {kept} bytes: send the rest with ?offset={kept}, or all of it again"
+    ))
+    .with("upload_offset", json!(kept))
+}
+
+/// 409 for an upload that cannot start: another is under way, or the offset is past what an
+/// interrupted one kept.
+fn conflict(hash: &CodeHash, refused: Refused) -> ApiError {
+    match refused {
+        Refused::InProgress => ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::UploadInProgress,
+            format!(
+                "an upload of sha256:{} is under way; retry once it ends",
+                hex(hash)
+            ),
+        ),
+        Refused::Offset(kept) => ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::UploadOffsetMismatch,
+            format!(
+                "only {kept} bytes of sha256:{} were kept: resume with ?offset={kept} or lower",
+                hex(hash)
+            ),
+        )
+        .with("upload_offset", json!(kept)),
     }
 }
 

@@ -86,8 +86,13 @@ pub enum ErrorCode {
     TaskExpired,
     /// An uploaded blob's body does not hash to the digest it was sent to (400).
     DigestMismatch,
-    /// A registration names a blob (`code_sha256`) that was not uploaded (400).
+    /// A registration names a blob (`code_sha256`) that was not uploaded (400), or `HEAD`
+    /// finds none (404).
     BlobNotFound,
+    /// Another upload of the blob is under way (409).
+    UploadInProgress,
+    /// A resumed upload's offset is past what the interrupted one kept (409).
+    UploadOffsetMismatch,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -366,7 +371,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 28] = [
+    const CODES: [(ErrorCode, &str); 30] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -395,6 +400,8 @@ mod tests {
         (ErrorCode::TaskExpired, "task_expired"),
         (ErrorCode::DigestMismatch, "digest_mismatch"),
         (ErrorCode::BlobNotFound, "blob_not_found"),
+        (ErrorCode::UploadInProgress, "upload_in_progress"),
+        (ErrorCode::UploadOffsetMismatch, "upload_offset_mismatch"),
     ];
 
     #[test]

@@ -54,7 +54,7 @@ use axum::http::StatusCode;
 use axum::routing::{MethodRouter, any, delete, get, head, post, put};
 
 use crate::broker::Broker;
-pub use blobs::DEFAULT_MAX_CODE_BYTES;
+pub use blobs::{DEFAULT_MAX_CODE_BYTES, UPLOAD_OFFSET};
 pub use code::CodeCheck;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use idempotency::Keys;

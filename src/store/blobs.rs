@@ -3,9 +3,12 @@
 //!
 //! A bundle uploaded with `PUT /v1/blobs/sha256:<hex>` may be far larger than a request body
 //! (`--max-code-size`, 1 GiB by default), so it never goes into redb as one value nor into
-//! memory whole: the upload streams into a temporary file (`.upload-*`) while it is hashed,
+//! memory whole: the upload streams into a partial file (`.partial-<hex>`) while it is hashed,
 //! and only a body that hashes to its name is synced (the file, then the directory) and renamed
-//! into place. An interrupted or refused upload leaves nothing; a retry starts over.
+//! into place. A refused upload (too large, wrong digest) leaves nothing. An interrupted one
+//! leaves its partial file, which a later upload of the same blob resumes from a given offset
+//! (its bytes up to there are hashed again from disk) or starts over; one upload of a blob at a
+//! time. Partial files are swept like unnamed blobs.
 //!
 //! A file is kept while a stored function version names its hash. One that none names goes at
 //! the retention's sweep, but only once it has been left alone for [`GRACE`]: an upload, a
@@ -13,6 +16,7 @@
 //! uploaded (or found) a blob has that long to register a function with it. Small bundles
 //! registered inline stay in the `blobs` table, as before.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -33,8 +37,8 @@ pub const DIR: &str = "blobs";
 /// registration: the time a client has between uploading a bundle and registering it.
 pub const GRACE: Duration = Duration::from_secs(3600);
 
-/// The prefix of an upload's temporary file.
-const UPLOAD_PREFIX: &str = ".upload-";
+/// The prefix of an upload's partial file (followed by the blob's hex digest).
+const PARTIAL_PREFIX: &str = ".partial-";
 
 /// The blob files of a data directory.
 #[derive(Debug, Clone)]
@@ -43,6 +47,17 @@ pub struct BlobFiles {
     /// Held while a blob's time is touched or a file is put in place, and by the sweep while
     /// it checks and removes one, so a blob just found or stored is never swept under it.
     lock: Arc<Mutex<()>>,
+    /// The blobs being uploaded now (one upload of a blob at a time).
+    uploading: Arc<Mutex<HashSet<CodeHash>>>,
+}
+
+/// Why an upload could not start.
+#[derive(Debug)]
+pub enum Refused {
+    /// Another upload of the blob is under way.
+    InProgress,
+    /// The offset to resume from is past what was received before (given).
+    Offset(u64),
 }
 
 /// How an upload ended.
@@ -54,41 +69,56 @@ pub enum Stored {
     Mismatch(CodeHash),
 }
 
-/// An upload under way: a temporary file in the blob directory, and the hash of what it holds.
-/// Dropped before [`Upload::finish`], it removes its file.
+/// An upload under way: its partial file, and the hash of what it holds. Dropped before
+/// [`Upload::finish`] or [`Upload::discard`] (the connection broke), it leaves its partial
+/// file for a resumed upload.
 pub struct Upload {
     files: BlobFiles,
+    hash: CodeHash,
     file: tokio::fs::File,
-    temp: tempfile::TempPath,
+    path: PathBuf,
     hasher: Sha256,
     len: u64,
 }
 
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.files.uploads().remove(&self.hash);
+    }
+}
+
 impl BlobFiles {
-    /// The blob files of the data directory `data_dir`, creating their directory and removing
-    /// the temporary files of uploads a stop interrupted (only one server opens a data
-    /// directory, so none is under way).
+    /// The blob files of the data directory `data_dir`, creating their directory.
     pub fn open(data_dir: &Path) -> Result<BlobFiles, Error> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
             path: dir.clone(),
             source,
         })?;
-        let files = BlobFiles {
+        Ok(BlobFiles {
             dir,
             lock: Arc::new(Mutex::new(())),
-        };
-        for entry in std::fs::read_dir(&files.dir).map_err(files.io("list", &files.dir))? {
-            let entry = entry.map_err(files.io("list", &files.dir))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(UPLOAD_PREFIX)
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        Ok(files)
+            uploading: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashSet<CodeHash>> {
+        self.uploading
+            .lock()
+            .expect("upload set poisoned by an earlier panic")
+    }
+
+    /// The partial file of an interrupted upload of a blob.
+    fn partial_path(&self, hash: &CodeHash) -> PathBuf {
+        self.dir.join(format!("{PARTIAL_PREFIX}{}", hex(hash)))
+    }
+
+    /// How many bytes an interrupted upload of a blob left (the offset to resume from);
+    /// `None` when none is kept.
+    pub fn partial_len(&self, hash: &CodeHash) -> Option<u64> {
+        std::fs::metadata(self.partial_path(hash))
+            .ok()
+            .map(|m| m.len())
     }
 
     fn io(&self, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -123,20 +153,76 @@ impl BlobFiles {
         Ok(Some(len))
     }
 
-    /// Starts an upload: a temporary file in the blob directory.
-    pub fn upload(&self) -> Result<Upload, Error> {
-        let temp = tempfile::Builder::new()
-            .prefix(UPLOAD_PREFIX)
-            .tempfile_in(&self.dir)
-            .map_err(self.io("create", &self.dir))?;
-        let (file, temp) = temp.into_parts();
-        Ok(Upload {
+    /// Starts an upload of a blob, resuming from `offset` what an interrupted upload left (0
+    /// starts over): the bytes before it are hashed again from the partial file.
+    pub async fn upload(
+        &self,
+        hash: CodeHash,
+        offset: u64,
+    ) -> Result<Result<Upload, Refused>, Error> {
+        if !self.uploads().insert(hash) {
+            return Ok(Err(Refused::InProgress));
+        }
+        // From here the upload owns the blob's partial file; dropped, it lets it go.
+        let files = self.clone();
+        let reopened = tokio::task::spawn_blocking(move || files.reopen(&hash, offset))
+            .await
+            .map_err(|e| Error::Join(e.to_string()));
+        let (file, hasher) = match reopened.and_then(|r| r) {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(refused)) => {
+                self.uploads().remove(&hash);
+                return Ok(Err(refused));
+            }
+            Err(e) => {
+                self.uploads().remove(&hash);
+                return Err(e);
+            }
+        };
+        Ok(Ok(Upload {
             files: self.clone(),
+            hash,
             file: tokio::fs::File::from_std(file),
-            temp,
-            hasher: Sha256::new(),
-            len: 0,
-        })
+            path: self.partial_path(&hash),
+            hasher,
+            len: offset,
+        }))
+    }
+
+    /// Opens a blob's partial file cut to `offset` bytes, with their hash; refused when it
+    /// holds fewer.
+    fn reopen(
+        &self,
+        hash: &CodeHash,
+        offset: u64,
+    ) -> Result<Result<(File, Sha256), Refused>, Error> {
+        let path = self.partial_path(hash);
+        let io = |op| self.io(op, &path);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open"))?;
+        let have = file.metadata().map_err(io("stat"))?.len();
+        if offset > have {
+            return Ok(Err(Refused::Offset(have)));
+        }
+        file.set_len(offset).map_err(io("truncate"))?;
+        let mut hasher = Sha256::new();
+        let mut piece = vec![0; 1 << 20];
+        let mut left = offset;
+        while left > 0 {
+            let n = file.read(&mut piece).map_err(io("read"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&piece[..n]);
+            left -= n as u64;
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io("seek"))?;
+        Ok(Ok((file, hasher)))
     }
 
     /// Up to `max_len` bytes of a blob from `offset`, with the blob's whole size; `None` when
@@ -176,12 +262,17 @@ impl BlobFiles {
             let name = entry.file_name().to_string_lossy().into_owned();
             let doomed = match parse_hash(&name) {
                 Some(hash) => !wanted(&hash),
-                None => name.starts_with(UPLOAD_PREFIX),
+                None => name.starts_with(PARTIAL_PREFIX),
             };
             if !doomed {
                 continue;
             }
             let _guard = self.guard();
+            if let Some(hash) = name.strip_prefix(PARTIAL_PREFIX).and_then(parse_hash) {
+                if self.uploads().contains(&hash) {
+                    continue;
+                }
+            }
             let modified = entry.metadata().and_then(|m| m.modified());
             if modified.is_ok_and(|m| m < before) && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
@@ -199,10 +290,10 @@ impl Upload {
         self.file
             .write_all(bytes)
             .await
-            .map_err(self.files.io("write", &self.temp))
+            .map_err(self.files.io("write", &self.path))
     }
 
-    /// The bytes received so far.
+    /// The bytes received so far (a resumed upload's included).
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -212,26 +303,28 @@ impl Upload {
         self.len == 0
     }
 
+    /// Gives the upload up (it was refused): its partial file is removed.
+    pub async fn discard(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+
     /// Ends the upload: when the body hashes to `expected`, makes it durable (the file, then
     /// the directory) and puts it in place; else removes it.
-    pub async fn finish(mut self, expected: CodeHash) -> Result<Stored, Error> {
-        let actual: CodeHash = self.hasher.finalize().into();
+    pub async fn finish(mut self) -> Result<Stored, Error> {
+        let expected = self.hash;
+        let actual: CodeHash = std::mem::take(&mut self.hasher).finalize().into();
         if actual != expected {
+            self.discard().await;
             return Ok(Stored::Mismatch(actual));
         }
-        let io = self.files.io("sync", &self.temp);
-        self.file
-            .flush()
-            .await
-            .map_err(self.files.io("write", &self.temp))?;
-        self.file.sync_all().await.map_err(io)?;
-        drop(self.file);
-        let (files, temp, len) = (self.files, self.temp, self.len);
+        let io = |op| self.files.io(op, &self.path);
+        self.file.flush().await.map_err(io("write"))?;
+        self.file.sync_all().await.map_err(io("sync"))?;
+        let (files, from, len) = (self.files.clone(), self.path.clone(), self.len);
         tokio::task::spawn_blocking(move || {
             let path = files.path(&expected);
             let _guard = files.guard();
-            temp.persist(&path)
-                .map_err(|e| files.io("rename", &path)(e.error))?;
+            std::fs::rename(&from, &path).map_err(files.io("rename", &path))?;
             File::open(&files.dir)
                 .and_then(|dir| dir.sync_all())
                 .map_err(files.io("sync", &files.dir))?;
@@ -262,16 +355,23 @@ mod tests {
         Sha256::digest(bytes).into()
     }
 
+    async fn upload(files: &BlobFiles, hash: CodeHash, offset: u64) -> Upload {
+        match files.upload(hash, offset).await.expect("upload") {
+            Ok(upload) => upload,
+            Err(refused) => panic!("refused: {refused:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn an_upload_is_kept_only_when_it_matches_its_name() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let files = BlobFiles::open(dir.path()).expect("open");
-        let mut upload = files.upload().expect("upload");
-        upload.write(b"hello ").await.expect("write");
-        upload.write(b"world").await.expect("write");
         let hash = hash_of(b"hello world");
+        let mut up = upload(&files, hash, 0).await;
+        up.write(b"hello ").await.expect("write");
+        up.write(b"world").await.expect("write");
         assert!(matches!(
-            upload.finish(hash).await.expect("finish"),
+            up.finish().await.expect("finish"),
             Stored::Stored(11)
         ));
         assert_eq!(files.touch(&hash).expect("touch"), Some(11));
@@ -283,10 +383,10 @@ mod tests {
             .expect("found");
         assert_eq!(&tail[..], b"ld");
 
-        let mut upload = files.upload().expect("upload");
-        upload.write(b"not it").await.expect("write");
         let other = hash_of(b"something else");
-        let end = upload.finish(other).await.expect("finish");
+        let mut up = upload(&files, other, 0).await;
+        up.write(b"not it").await.expect("write");
+        let end = up.finish().await.expect("finish");
         assert!(matches!(end, Stored::Mismatch(h) if h == hash_of(b"not it")));
         assert_eq!(files.touch(&other).expect("touch"), None);
         let names: Vec<_> = std::fs::read_dir(dir.path().join(DIR))
@@ -297,32 +397,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_sweep_keeps_wanted_and_recent_blobs_and_drops_interrupted_uploads() {
+    async fn an_interrupted_upload_resumes_from_what_it_left() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let files = BlobFiles::open(dir.path()).expect("open");
+        let hash = hash_of(b"0123456789");
+        let mut up = upload(&files, hash, 0).await;
+        up.write(b"012345").await.expect("write");
+        assert!(matches!(
+            files.upload(hash, 0).await.expect("upload"),
+            Err(Refused::InProgress)
+        ));
+        drop(up);
+        assert_eq!(files.partial_len(&hash), Some(6));
+        assert!(matches!(
+            files.upload(hash, 7).await.expect("upload"),
+            Err(Refused::Offset(6))
+        ));
+        // Resumed from 4: the bytes before are hashed again, the rest cut and sent anew.
+        let mut up = upload(&files, hash, 4).await;
+        assert_eq!(up.len(), 4);
+        up.write(b"456789").await.expect("write");
+        assert!(matches!(
+            up.finish().await.expect("finish"),
+            Stored::Stored(10)
+        ));
+        assert_eq!(files.partial_len(&hash), None);
+        let (_, all) = files
+            .read_chunk(&hash, 0, 100)
+            .expect("read")
+            .expect("found");
+        assert_eq!(&all[..], b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_keeps_wanted_and_recent_blobs_and_drops_old_partial_uploads() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let files = BlobFiles::open(dir.path()).expect("open");
         for code in [&b"a"[..], b"b"] {
-            let mut upload = files.upload().expect("upload");
-            upload.write(code).await.expect("write");
-            upload.finish(hash_of(code)).await.expect("finish");
+            let mut up = upload(&files, hash_of(code), 0).await;
+            up.write(code).await.expect("write");
+            up.finish().await.expect("finish");
         }
-        let interrupted = files.upload().expect("upload");
-        std::mem::forget(interrupted);
+        let mut interrupted = upload(&files, hash_of(b"cut"), 0).await;
+        interrupted.write(b"c").await.expect("write");
+        let later = SystemTime::now() + Duration::from_secs(1);
+        // A partial file whose upload is under way stays.
+        assert_eq!(
+            files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep"),
+            1
+        );
+        assert!(files.touch(&hash_of(b"b")).expect("touch").is_none());
+        drop(interrupted);
         // Nothing is old enough yet.
         let removed = files
             .sweep(SystemTime::now() - GRACE, |_| false)
             .expect("sweep");
         assert_eq!(removed, 0);
-        let later = SystemTime::now() + Duration::from_secs(1);
-        let removed = files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep");
-        assert_eq!(removed, 2, "the unwanted blob and the interrupted upload");
+        assert_eq!(
+            files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep"),
+            1
+        );
+        assert_eq!(files.partial_len(&hash_of(b"cut")), None);
         assert!(files.touch(&hash_of(b"a")).expect("touch").is_some());
-        assert!(files.touch(&hash_of(b"b")).expect("touch").is_none());
-        // Reopening removes interrupted uploads at once.
-        std::mem::forget(files.upload().expect("upload"));
-        BlobFiles::open(dir.path()).expect("reopen");
-        let left = std::fs::read_dir(dir.path().join(DIR))
-            .expect("list")
-            .count();
-        assert_eq!(left, 1);
     }
 }

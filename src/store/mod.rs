@@ -31,7 +31,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-pub use blobs::{BlobFiles, GRACE as BLOB_GRACE, Stored, Upload, parse_hash};
+pub use blobs::{BlobFiles, GRACE as BLOB_GRACE, Refused, Stored, Upload, parse_hash};
 pub use idempotency::{KeyRecord, payload_hash};
 pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};

@@ -166,3 +166,87 @@ async fn uploads_are_refused_over_the_limit_or_on_a_wrong_digest_and_keep_nothin
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
     assert_eq!(text(&answer.body).trim(), "small x");
 }
+
+/// The `Upload-Offset` a `HEAD` of a missing blob gives, if any.
+async fn upload_offset(client: &Client, digest: &str) -> Option<u64> {
+    let path = format!("/v1/blobs/{digest}");
+    let answer = client.request(Method::HEAD, &path, None, Bytes::new());
+    let answer = answer.await.expect("HEAD");
+    assert_eq!(answer.status, 404);
+    answer
+        .headers
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_off_resumes_from_what_the_server_kept() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let code: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let digest = digest_of(&code);
+    let sent = 1 << 20;
+    // A client that sends a third of the body, then goes away.
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "PUT /v1/blobs/{digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        code.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send headers");
+    stream.write_all(&code[..sent]).await.expect("send a third");
+    stream.flush().await.expect("flush");
+    drop(stream);
+    // The server keeps what it received, and says how much.
+    let kept = common::eventually(
+        "the interrupted upload's offset",
+        std::time::Duration::from_secs(10),
+        || async {
+            match upload_offset(&client, &digest).await {
+                Some(kept) if kept == sent as u64 => Ok(kept),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // An offset past it is refused, and says what was kept (once the cut-off upload has
+    // ended on the server: until then another upload of the blob is refused as under way).
+    let path = format!("/v1/blobs/{digest}?offset={}", kept + 1);
+    let rest = Bytes::copy_from_slice(&code[kept as usize + 1..]);
+    let refused = common::eventually(
+        "the cut-off upload to end",
+        std::time::Duration::from_secs(10),
+        || async {
+            let answer = client
+                .request(Method::PUT, &path, None, rest.clone())
+                .await
+                .expect("PUT");
+            let busy = answer.status == 409 && text(&answer.body).contains("upload_in_progress");
+            if busy {
+                Err(text(&answer.body))
+            } else {
+                Ok(answer)
+            }
+        },
+    )
+    .await;
+    let error = expect_error(&refused, 409, "upload_offset_mismatch");
+    assert_eq!(error["upload_offset"], kept);
+    // The rest completes it (on a new connection: the server closes one whose body it left
+    // unread).
+    let client = server.client();
+    let path = format!("/v1/blobs/{digest}?offset={kept}");
+    let rest = Bytes::copy_from_slice(&code[kept as usize..]);
+    let done = client
+        .request(Method::PUT, &path, None, rest)
+        .await
+        .expect("PUT");
+    assert_eq!(done.status, 201, "{}", text(&done.body));
+    assert_eq!(head(&client, &digest).await, 200);
+    assert_eq!(blob_files(&server), vec![digest[7..].to_string()]);
+}

@@ -149,7 +149,7 @@ pub async fn put(
             upload.discard().await;
             return Err(too_large(limit));
         }
-        upload.write(&chunk).await.map_err(|e| stored(&e))?;
+        upload.write(chunk).await.map_err(|e| stored(&e))?;
     }
     match upload.finish().await.map_err(|e| stored(&e))? {
         Stored::Stored(bytes) => {

@@ -18,14 +18,13 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::Error;
 use crate::proto::{CodeHash, hex};
@@ -75,13 +74,22 @@ pub enum Stored {
 pub struct Upload {
     files: BlobFiles,
     hash: CodeHash,
-    file: tokio::fs::File,
+    /// The partial file and the blob's upload slot, which travel together to the blocking
+    /// thread that writes: a write cut short by a dropped request still ends before another
+    /// upload of the blob may start. `None` only after a failed write.
+    open: Option<(File, Slot)>,
     path: PathBuf,
     hasher: Sha256,
     len: u64,
 }
 
-impl Drop for Upload {
+/// A blob's place in the set of uploads under way, given up when dropped.
+struct Slot {
+    files: BlobFiles,
+    hash: CodeHash,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.files.uploads().remove(&self.hash);
     }
@@ -179,10 +187,14 @@ impl BlobFiles {
                 return Err(e);
             }
         };
+        let slot = Slot {
+            files: self.clone(),
+            hash,
+        };
         Ok(Ok(Upload {
             files: self.clone(),
             hash,
-            file: tokio::fs::File::from_std(file),
+            open: Some((file, slot)),
             path: self.partial_path(&hash),
             hasher,
             len: offset,
@@ -283,14 +295,32 @@ impl BlobFiles {
 }
 
 impl Upload {
+    /// Runs `op` on the partial file on a blocking thread, the upload slot with it.
+    async fn on_file<T: Send + 'static>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let io = self.files.io(op, &self.path);
+        let Some((mut file, slot)) = self.open.take() else {
+            return Err(io(std::io::Error::other("an earlier write failed")));
+        };
+        let (file, slot, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut file);
+            (file, slot, result)
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?;
+        self.open = Some((file, slot));
+        result.map_err(io)
+    }
+
     /// Appends `bytes` to the upload.
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.hasher.update(bytes);
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), Error> {
+        self.hasher.update(&bytes);
         self.len += bytes.len() as u64;
-        self.file
-            .write_all(bytes)
+        self.on_file("write", move |file| file.write_all(&bytes))
             .await
-            .map_err(self.files.io("write", &self.path))
     }
 
     /// The bytes received so far (a resumed upload's included).
@@ -317,9 +347,7 @@ impl Upload {
             self.discard().await;
             return Ok(Stored::Mismatch(actual));
         }
-        let io = |op| self.files.io(op, &self.path);
-        self.file.flush().await.map_err(io("write"))?;
-        self.file.sync_all().await.map_err(io("sync"))?;
+        self.on_file("sync", |file| file.sync_all()).await?;
         let (files, from, len) = (self.files.clone(), self.path.clone(), self.len);
         tokio::task::spawn_blocking(move || {
             let path = files.path(&expected);
@@ -368,8 +396,10 @@ mod tests {
         let files = BlobFiles::open(dir.path()).expect("open");
         let hash = hash_of(b"hello world");
         let mut up = upload(&files, hash, 0).await;
-        up.write(b"hello ").await.expect("write");
-        up.write(b"world").await.expect("write");
+        up.write(Bytes::from_static(b"hello "))
+            .await
+            .expect("write");
+        up.write(Bytes::from_static(b"world")).await.expect("write");
         assert!(matches!(
             up.finish().await.expect("finish"),
             Stored::Stored(11)
@@ -385,7 +415,9 @@ mod tests {
 
         let other = hash_of(b"something else");
         let mut up = upload(&files, other, 0).await;
-        up.write(b"not it").await.expect("write");
+        up.write(Bytes::from_static(b"not it"))
+            .await
+            .expect("write");
         let end = up.finish().await.expect("finish");
         assert!(matches!(end, Stored::Mismatch(h) if h == hash_of(b"not it")));
         assert_eq!(files.touch(&other).expect("touch"), None);
@@ -402,7 +434,9 @@ mod tests {
         let files = BlobFiles::open(dir.path()).expect("open");
         let hash = hash_of(b"0123456789");
         let mut up = upload(&files, hash, 0).await;
-        up.write(b"012345").await.expect("write");
+        up.write(Bytes::from_static(b"012345"))
+            .await
+            .expect("write");
         assert!(matches!(
             files.upload(hash, 0).await.expect("upload"),
             Err(Refused::InProgress)
@@ -416,7 +450,9 @@ mod tests {
         // Resumed from 4: the bytes before are hashed again, the rest cut and sent anew.
         let mut up = upload(&files, hash, 4).await;
         assert_eq!(up.len(), 4);
-        up.write(b"456789").await.expect("write");
+        up.write(Bytes::from_static(b"456789"))
+            .await
+            .expect("write");
         assert!(matches!(
             up.finish().await.expect("finish"),
             Stored::Stored(10)
@@ -435,11 +471,14 @@ mod tests {
         let files = BlobFiles::open(dir.path()).expect("open");
         for code in [&b"a"[..], b"b"] {
             let mut up = upload(&files, hash_of(code), 0).await;
-            up.write(code).await.expect("write");
+            up.write(Bytes::copy_from_slice(code)).await.expect("write");
             up.finish().await.expect("finish");
         }
         let mut interrupted = upload(&files, hash_of(b"cut"), 0).await;
-        interrupted.write(b"c").await.expect("write");
+        interrupted
+            .write(Bytes::from_static(b"c"))
+            .await
+            .expect("write");
         let later = SystemTime::now() + Duration::from_secs(1);
         // A partial file whose upload is under way stays.
         assert_eq!(

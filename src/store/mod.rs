@@ -1105,10 +1105,14 @@ mod tests {
     async fn upload(store: &Store, code: &[u8]) -> [u8; 32] {
         use sha2::Digest;
         let hash: [u8; 32] = sha2::Sha256::digest(code).into();
-        let mut upload = store.blob_files().upload().expect("upload");
-        upload.write(code).await.expect("write");
+        let upload = store.blob_files().upload(hash, 0).await.expect("upload");
+        let mut upload = upload.expect("not refused");
+        upload
+            .write(Bytes::copy_from_slice(code))
+            .await
+            .expect("write");
         assert!(matches!(
-            upload.finish(hash).await.expect("finish"),
+            upload.finish().await.expect("finish"),
             Stored::Stored(_)
         ));
         hash

@@ -26,6 +26,10 @@
 //! name) within the retention stays too, so a recent deploy can be rolled back. Uses began to
 //! be recorded when this table was made ([`USE_SINCE`]): while tasks older than that remain, no
 //! version is deleted.
+//!
+//! Uploaded blobs (files, see [`super::blobs`]): once a step finds the purge caught up, the blob
+//! files no stored version names, and partial uploads, are removed when untouched for
+//! [`super::BLOB_GRACE`] (an hour), so a blob just uploaded and not registered yet stays.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

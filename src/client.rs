@@ -3,7 +3,8 @@
 //! maps its errors to them.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -155,11 +156,14 @@ impl Answer {
     }
 }
 
+/// A request body: whole bytes, or a stream (an upload from disk).
+type RequestBody = BoxBody<Bytes, std::io::Error>;
+
 /// A client of one faasd server.
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, RequestBody>,
     /// The `Authorization` header value sent with every request, if a token was given.
     authorization: Option<hyper::header::HeaderValue>,
 }
@@ -235,7 +239,35 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Answer, Error> {
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
         let response = self.send(method, path, content_type, headers, body).await?;
+        Self::read_answer(response).await
+    }
+
+    /// `PUT path` with a body of `len` bytes read from `chunks` as it is sent (not held
+    /// whole), and reads the whole answer.
+    pub async fn put_stream(
+        &self,
+        path: &str,
+        len: u64,
+        chunks: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    ) -> Result<Answer, Error> {
+        use futures_util::TryStreamExt;
+        let frames = chunks.map_ok(hyper::body::Frame::data);
+        let body = BodyExt::boxed(StreamBody::new(frames));
+        let length = len.to_string();
+        let headers = [("content-length", length.as_str())];
+        let content_type = Some("application/octet-stream");
+        let response = self
+            .send(Method::PUT, path, content_type, &headers, body)
+            .await?;
+        Self::read_answer(response).await
+    }
+
+    /// Reads an answer's whole body.
+    async fn read_answer(
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Answer, Error> {
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -253,9 +285,10 @@ impl Client {
     /// event as it arrives. An error answer is read whole and returned as [`Error::Answered`].
     pub async fn events(&self, path: &str) -> Result<EventStream, Error> {
         let accept = [("accept", "text/event-stream")];
-        let response = self
-            .send(Method::GET, path, None, &accept, Bytes::new())
-            .await?;
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let response = self.send(Method::GET, path, None, &accept, empty).await?;
         let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
             let body = body
@@ -283,7 +316,7 @@ impl Client {
         path: &str,
         content_type: Option<&str>,
         headers: &[(&str, &str)],
-        body: Bytes,
+        body: RequestBody,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
         let mut builder = Request::builder()
             .method(method)
@@ -297,12 +330,10 @@ impl Client {
         if let Some(auth) = &self.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
         }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|cause| Error::BuildRequest {
-                path: path.to_owned(),
-                cause,
-            })?;
+        let request = builder.body(body).map_err(|cause| Error::BuildRequest {
+            path: path.to_owned(),
+            cause,
+        })?;
         self.http
             .request(request)
             .await

@@ -23,6 +23,9 @@ pub const PROTOCOL_VERSION: u32 = 8;
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// The size of the chunks a worker fetches code in (`FetchCodeChunk`).
+pub const CODE_CHUNK_BYTES: u32 = 4 << 20;
+
 /// The largest frame either side accepts until the handshake is done: a `Hello`, `Join`,
 /// `Welcome` or `Refused` is a few dozen bytes, so a peer cannot make the other side reserve a
 /// large frame buffer before it has said who it is.
@@ -381,6 +384,29 @@ pub enum Frame {
         stream: u64,
         /// The bytes consumed.
         bytes: u32,
+    },
+    /// Worker → server: send me up to `max_len` bytes of the code with this hash, from
+    /// `offset` (a large bundle is fetched in chunks; see [`CODE_CHUNK_BYTES`]).
+    FetchCodeChunk {
+        /// The bundle wanted.
+        hash: CodeHash,
+        /// Where the chunk starts.
+        offset: u64,
+        /// The most bytes wanted.
+        max_len: u32,
+    },
+    /// Server → worker: a chunk of the code asked for (empty and `found: false` when unknown).
+    CodeChunk {
+        /// The bundle's hash.
+        hash: CodeHash,
+        /// Where the chunk starts.
+        offset: u64,
+        /// The whole bundle's size.
+        total_bytes: u64,
+        /// The chunk's bytes.
+        bytes: Bytes,
+        /// Whether the server has the bundle.
+        found: bool,
     },
 }
 
@@ -834,6 +860,24 @@ mod tests {
                 bytes: 2,
             },
             "150102",
+        );
+        golden(
+            Frame::FetchCodeChunk {
+                hash: [1; 32],
+                offset: 5,
+                max_len: 6,
+            },
+            &format!("16{}0506", "01".repeat(32)),
+        );
+        golden(
+            Frame::CodeChunk {
+                hash: [2; 32],
+                offset: 1,
+                total_bytes: 3,
+                bytes: Bytes::from_static(b"x"),
+                found: true,
+            },
+            &format!("17{}01030178 01", "02".repeat(32)).replace(' ', ""),
         );
     }
 

@@ -83,11 +83,16 @@ async fn a_body_over_max_body_is_always_answered_413_naming_the_flag() {
         }
     }
     // The CLI prints the answer's message and exits 2 (a usage error), not 3 (unreachable).
+    // (Code that large is uploaded apart by `register`; a payload is bounded by --max-body.)
+    let client = server.client();
+    let registered = common::register(&client, "big", "cat", serde_json::json!({})).await;
+    assert_eq!(registered.status, 201);
     let dir = tempfile::tempdir().expect("tempdir");
-    let code = dir.path().join("big.sh");
-    std::fs::write(&code, vec![b'#'; 7 << 20]).expect("write code");
+    let payload = dir.path().join("big.bin");
+    std::fs::write(&payload, vec![b'#'; 7 << 20]).expect("write payload");
+    let payload = format!("@{}", payload.to_str().expect("utf-8 path"));
     for _ in 0..5 {
-        let out = server.cli(&["register", "big", code.to_str().expect("utf-8 path")]);
+        let out = server.cli(&["invoke", "big", &payload, "--async"]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(

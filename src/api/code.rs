@@ -209,13 +209,36 @@ impl CodeCheck {
 /// Reads and unpacks an image archive into a temporary directory (off the async threads), and
 /// refuses one that cannot run.
 async fn check_image(code: Vec<u8>) -> Result<(), Invalid> {
+    check_image_archive(ImageArchive::Bytes(code)).await
+}
+
+/// Checks an image archive already in a file (an uploaded blob) as [`check_image`] does, without
+/// reading it into memory.
+pub async fn check_image_file(path: PathBuf) -> Result<(), Invalid> {
+    check_image_archive(ImageArchive::File(path)).await
+}
+
+/// An image archive to check: its bytes, or a file holding them.
+enum ImageArchive {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+async fn check_image_archive(archive: ImageArchive) -> Result<(), Invalid> {
     let invalid = |reason: String| Invalid::Image { reason };
     let checked = tokio::task::spawn_blocking(move || {
         let scratch = tempfile::tempdir()
             .map_err(|e| invalid(format!("no temporary directory to check it in: {e}")))?;
-        let archive = scratch.path().join("image.tar");
-        std::fs::write(&archive, &code).map_err(|e| invalid(format!("cannot write it: {e}")))?;
-        let image = crate::oci::check(&archive, scratch.path(), crate::oci::Limits::default())
+        let path = match archive {
+            ImageArchive::File(path) => path,
+            ImageArchive::Bytes(code) => {
+                let path = scratch.path().join("image.tar");
+                std::fs::write(&path, &code)
+                    .map_err(|e| invalid(format!("cannot write it: {e}")))?;
+                path
+            }
+        };
+        let image = crate::oci::check(&path, scratch.path(), crate::oci::Limits::default())
             .map_err(|e| invalid(e.to_string()))?;
         if image.config.argv().is_empty() {
             return Err(invalid(

@@ -91,6 +91,15 @@ pub enum ErrorCode {
     /// An HTTP-service function could not be started or reached, or failed before answering
     /// (502).
     ServiceFailed,
+    /// An uploaded blob's body does not hash to the digest it was sent to (400).
+    DigestMismatch,
+    /// A registration names a blob (`code_sha256`) that was not uploaded (400), or `HEAD`
+    /// finds none (404).
+    BlobNotFound,
+    /// Another upload of the blob is under way (409).
+    UploadInProgress,
+    /// A resumed upload's offset is past what the interrupted one kept (409).
+    UploadOffsetMismatch,
     /// A code this build does not know.
     #[serde(untagged)]
     Other(String),
@@ -369,7 +378,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 29] = [
+    const CODES: [(ErrorCode, &str); 33] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -399,6 +408,10 @@ mod tests {
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::ServiceUnavailable, "service_unavailable"),
         (ErrorCode::ServiceFailed, "service_failed"),
+        (ErrorCode::DigestMismatch, "digest_mismatch"),
+        (ErrorCode::BlobNotFound, "blob_not_found"),
+        (ErrorCode::UploadInProgress, "upload_in_progress"),
+        (ErrorCode::UploadOffsetMismatch, "upload_offset_mismatch"),
     ];
 
     #[test]

@@ -150,8 +150,13 @@ impl TimeoutField {
 pub(crate) struct RegisterRequest {
     name: String,
     runtime: Option<String>,
-    /// The code, base64 (standard alphabet; line breaks allowed).
+    /// The code, base64 (standard alphabet; line breaks allowed); empty when `code_sha256`
+    /// names it instead.
+    #[serde(default)]
     code: String,
+    /// The code as a blob uploaded before (`PUT /v1/blobs/sha256:<hex>`): `sha256:<hex>` or
+    /// the bare hex.
+    code_sha256: Option<String>,
     timeout: Option<TimeoutField>,
     concurrency: Option<u32>,
     queue_limit: Option<u32>,
@@ -237,6 +242,7 @@ impl RegisterRequest {
             name,
             runtime: Some(runtime.into()),
             code: String::new(),
+            code_sha256: None,
             timeout: None,
             concurrency: None,
             queue_limit: None,
@@ -340,8 +346,26 @@ pub async fn register(
             .await
             .map_err(|e| explain_base64(e, state.max_body_bytes))?;
         let req: RegisterRequest = super::parse_json(&body, "registration JSON")?;
-        let code = decode_base64(&req.code)?;
+        let code = if req.code_sha256.is_some() && req.code.is_empty() {
+            None
+        } else {
+            Some(decode_base64(&req.code)?)
+        };
         (req, code)
+    };
+    let code = match (code, &req.code_sha256) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give the code or code_sha256 (an uploaded blob), not both",
+            ));
+        }
+        (Some(bytes), None) => Code::Inline(bytes),
+        (None, Some(digest)) => uploaded(&state, digest).await?,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "the registration has no code: send `code` or `code_sha256`",
+            ));
+        }
     };
     let (record, changed) = register_function(&state, &caller, req, code).await?;
     Ok((
@@ -351,6 +375,46 @@ pub async fn register(
             changed,
         }),
     ))
+}
+
+/// A registration's code: its bytes, or a blob uploaded before.
+pub(crate) enum Code {
+    /// The bytes, sent with the registration.
+    Inline(Vec<u8>),
+    /// An uploaded blob (a file beside the store).
+    Blob {
+        /// Its SHA-256.
+        hash: crate::proto::CodeHash,
+        /// Its size.
+        bytes: u64,
+    },
+}
+
+/// The largest uploaded bundle the registration's code checks read into memory; a larger one
+/// is registered unchecked (logged), as the checks need the whole bundle.
+pub(crate) const CHECKED_BLOB_BYTES: u64 = 4 << 20;
+
+/// The uploaded blob `digest` names (touched, so the sweep leaves it: see
+/// [`crate::store::BLOB_GRACE`]); 400 `blob_not_found` when there is none.
+async fn uploaded(state: &AppState, digest: &str) -> Result<Code, ApiError> {
+    let hash = super::blobs::parse_digest(digest)?;
+    let store = state.broker.store();
+    match store
+        .has_blob(hash)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        Some(bytes) => Ok(Code::Blob { hash, bytes }),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BlobNotFound,
+            format!(
+                "no blob sha256:{} was uploaded: PUT it to /v1/blobs/sha256:{} first",
+                crate::proto::hex(&hash),
+                crate::proto::hex(&hash)
+            ),
+        )),
+    }
 }
 
 /// Adds to a 413 why code that looks small enough is refused: it travels base64-encoded in
@@ -390,7 +454,7 @@ pub(crate) async fn register_function(
     state: &AppState,
     caller: &Caller,
     req: RegisterRequest,
-    code: Vec<u8>,
+    code: Code,
 ) -> Result<(std::sync::Arc<FunctionRecord>, Vec<Change>), ApiError> {
     if caller.role == crate::auth::Role::Invoker {
         return Err(forbidden(caller, "register functions"));
@@ -403,19 +467,67 @@ pub(crate) async fn register_function(
             &format!("replace {:?}, which another user owns", req.name),
         ));
     }
-    let mut record = function_record(req, &code, &state.defaults, existing.as_deref())?;
+    let id = match &code {
+        Code::Inline(bytes) => (Sha256::digest(bytes).into(), bytes.len() as u64),
+        Code::Blob { hash, bytes } => (*hash, *bytes),
+    };
+    let mut record = record_for(req, id, &state.defaults, existing.as_deref())?;
     let entry = record.env.iter().find(|(k, _)| k == ENTRY_VAR);
     let entry = entry.map_or(DEFAULT_ENTRY, |(_, v)| v.as_str());
-    // An HTTP service's module is a program that listens, with no `handle` to look for.
-    if record.http.is_none() {
-        state.code_check.check(record.runtime, &code, entry).await?;
-    }
+    // An HTTP service's Python module is a program that listens, with no `handle` to look for.
+    let check = !(record.http.is_some() && record.runtime == Runtime::Python);
+    let inline = match code {
+        Code::Inline(bytes) => {
+            if check {
+                state
+                    .code_check
+                    .check(record.runtime, &bytes, entry)
+                    .await?;
+            }
+            Some(bytes.into())
+        }
+        Code::Blob { hash, bytes } => {
+            if check {
+                check_blob(state, record.runtime, hash, bytes, entry).await?;
+            }
+            None
+        }
+    };
     // An admin updating another user's function leaves it with its owner.
     record.owner = existing.as_ref().map_or(caller.user, |f| f.owner);
-    let record = state.broker.register(record, code.into()).await?;
+    let record = state.broker.register(record, inline).await?;
     tracing::info!(function = %record.name, version = record.version, "registered");
     let changed = existing.map_or_else(Vec::new, |old| settings::changes(&old, &record));
     Ok((record, changed))
+}
+
+/// Runs the code checks on an uploaded blob of up to [`CHECKED_BLOB_BYTES`], read from its
+/// file; a larger one is not read into memory, and goes unchecked (logged).
+async fn check_blob(
+    state: &AppState,
+    runtime: Runtime,
+    hash: crate::proto::CodeHash,
+    bytes: u64,
+    entry: &str,
+) -> Result<(), ApiError> {
+    if runtime == Runtime::Oci {
+        // An image is checked from its file, whatever its size: hostile layers are refused here.
+        let path = state.broker.store().blob_files().path(&hash);
+        return Ok(super::code::check_image_file(path).await?);
+    }
+    if bytes > CHECKED_BLOB_BYTES {
+        tracing::info!(hash = %crate::proto::hex(&hash), bytes,
+            "registration code checks skipped: the uploaded bundle is over 4 MiB");
+        return Ok(());
+    }
+    let store = state.broker.store();
+    let chunk = store.code_chunk(hash, 0, bytes as usize).await;
+    let code = match chunk.map_err(|e| ApiError::store(&e))? {
+        Some((_, code)) => code,
+        None => return Err(ApiError::internal("an uploaded blob went missing")),
+    };
+    state.code_check.check(runtime, &code, entry).await?;
+    Ok(())
 }
 
 /// The environment variable that carries a bundle's entry module to the harness.
@@ -426,9 +538,21 @@ const DEFAULT_ENTRY: &str = "main";
 /// Checks every setting of a registration and builds the record to store (version 0: the
 /// broker numbers it). Omitted settings come from `previous` (unless the request asks to
 /// `reset`), else from `defaults`.
+#[cfg(test)]
 pub(crate) fn function_record(
-    mut req: RegisterRequest,
+    req: RegisterRequest,
     code: &[u8],
+    defaults: &super::FunctionDefaults,
+    previous: Option<&FunctionRecord>,
+) -> Result<FunctionRecord, ApiError> {
+    let id = (Sha256::digest(code).into(), code.len() as u64);
+    record_for(req, id, defaults, previous)
+}
+
+/// [`function_record`] for the code of hash and size `(code_hash, code_bytes)`.
+fn record_for(
+    mut req: RegisterRequest,
+    (code_hash, code_bytes): (crate::proto::CodeHash, u64),
     defaults: &super::FunctionDefaults,
     previous: Option<&FunctionRecord>,
 ) -> Result<FunctionRecord, ApiError> {
@@ -445,7 +569,7 @@ pub(crate) fn function_record(
     };
     let env = merged_env(&mut req, &base, runtime)?;
     validate_env(&env)?;
-    if code.is_empty() {
+    if code_bytes == 0 {
         return Err(ApiError::invalid("code is empty"));
     }
     let timeout = match &req.timeout {
@@ -472,8 +596,8 @@ pub(crate) fn function_record(
         name: req.name,
         version: 0,
         runtime,
-        code_hash: Sha256::digest(code).into(),
-        code_bytes: code.len() as u64,
+        code_hash,
+        code_bytes,
         timeout_ms: timeout.as_millis() as u64,
         concurrency: req.concurrency.or(base.concurrency),
         queue_limit: req.queue_limit.unwrap_or(base.queue_limit),
@@ -681,7 +805,7 @@ fn warm_spec(
 async fn from_multipart(
     mut form: Multipart,
     limit: usize,
-) -> Result<(RegisterRequest, Vec<u8>), ApiError> {
+) -> Result<(RegisterRequest, Option<Vec<u8>>), ApiError> {
     let mut req = RegisterRequest::new(String::new(), "shell");
     // Omitted, the runtime is kept from the previous version like any other setting.
     req.runtime = None;
@@ -728,6 +852,7 @@ async fn from_multipart(
             "http_concurrency" => req.http_concurrency = Some(number("http_concurrency")?),
             "record_requests" => req.record_requests = Some(truthy(&text)),
             "reset" => req.reset = truthy(&text),
+            "code_sha256" => req.code_sha256 = Some(text),
             "env" => {
                 let (k, v) = text.split_once('=').ok_or_else(|| {
                     ApiError::invalid(format!("env field must be K=V, got {text:?}"))
@@ -739,7 +864,11 @@ async fn from_multipart(
             other => return Err(ApiError::invalid(format!("unknown form field {other:?}"))),
         }
     }
-    let code = code.ok_or_else(|| ApiError::invalid("the form has no `code` file part"))?;
+    if code.is_none() && req.code_sha256.is_none() {
+        return Err(ApiError::invalid(
+            "the form has no `code` file part (nor a `code_sha256` field)",
+        ));
+    }
     Ok((req, code))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/functions` | register (JSON with base64 code, or multipart) |
+//! | `POST /v1/functions` | register (JSON with base64 code, or multipart; or `code_sha256` naming an uploaded blob) |
+//! | `HEAD/PUT /v1/blobs/sha256:{hex}` | whether the server has a code blob; upload one (streamed, `--max-code-size`) |
 //! | `GET /v1/functions`, `GET/DELETE /v1/functions/{name}` | list, show, remove |
 //! | `GET /v1/functions/{name}/versions`, `POST /v1/functions/{name}/rollback` | kept versions, go back to one |
 //! | `GET /v1/functions/{name}/versions/{version}/code` | a kept version's code (admins, owner) |
@@ -23,6 +24,7 @@
 
 mod access;
 mod batch;
+mod blobs;
 mod code;
 mod dashboard;
 mod error;
@@ -50,9 +52,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, any, delete, get, post, put};
+use axum::routing::{MethodRouter, any, delete, get, head, post, put};
 
 use crate::broker::Broker;
+pub use blobs::{DEFAULT_MAX_CODE_BYTES, UPLOAD_OFFSET};
 pub use code::CodeCheck;
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use idempotency::Keys;
@@ -85,6 +88,8 @@ pub struct Shared {
     pub broker: Broker,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// The largest code bundle uploaded to `PUT /v1/blobs/...` (`--max-code-size`).
+    pub max_code_bytes: u64,
     /// Defaults for functions registered without them.
     pub defaults: FunctionDefaults,
     /// The users, their tokens and grants.
@@ -150,6 +155,8 @@ fn route_list() -> Vec<Route> {
     vec![
         ("POST", "/v1/functions", post(functions::register)),
         ("GET", "/v1/functions", get(functions::list)),
+        ("HEAD", "/v1/blobs/{digest}", head(blobs::head)),
+        ("PUT", "/v1/blobs/{digest}", put(blobs::put)),
         ("GET", "/v1/functions/{name}", get(functions::show)),
         ("DELETE", "/v1/functions/{name}", delete(functions::remove)),
         ("POST", "/v1/functions/{name}/invoke", post(tasks::invoke)),
@@ -354,6 +361,7 @@ pub(super) mod tests {
             metrics_open: false,
             broker: Broker::start(store).await.expect("broker"),
             max_body_bytes: 1 << 20,
+            max_code_bytes: DEFAULT_MAX_CODE_BYTES,
             defaults: FunctionDefaults::default(),
             code_check: CodeCheck::new(None, None),
             keys: Keys::new(Duration::from_secs(24 * 3600)),
@@ -419,6 +427,7 @@ pub(super) mod tests {
                 .replace("{name}", "f")
                 .replace("{function}", "f")
                 .replace("{version}", "1")
+                .replace("{digest}", &format!("sha256:{}", "0".repeat(64)))
                 .replace("{id}", "0190a4b2-0000-7000-8000-000000000000");
             let method = if method == "ANY" { "PATCH" } else { method };
             let mut request = Request::builder()

@@ -18,7 +18,7 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::functions::{RegisterRequest, decode_base64, register_function};
+use super::functions::{Code, RegisterRequest, decode_base64, register_function};
 use super::idempotency::Once;
 use super::{ApiError, AppState, ErrorCode, read_body};
 use crate::auth::Caller;
@@ -112,7 +112,7 @@ pub async fn register(
     let function_id = uuid::Uuid::now_v7().to_string();
     let request =
         RegisterRequest::new(function_id.clone(), "pickle").with_display_name(name.clone());
-    let (record, _) = register_function(&state, &caller, request, code).await?;
+    let (record, _) = register_function(&state, &caller, request, Code::Inline(code)).await?;
     tracing::info!(function = %record.name, mpcs_name = %name, "registered an MPCS function");
     Ok(Json(json!({ "function_id": function_id })))
 }

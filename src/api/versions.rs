@@ -97,18 +97,40 @@ pub async fn code(
         return Err(forbidden(&caller, &format!("read the code of {name:?}")));
     }
     let record = state.broker.pinned(&name, version).await?;
-    let code = state
-        .broker
-        .store()
-        .blob(record.code_hash)
-        .await?
-        .ok_or_else(|| ApiError::internal(format!("the code of {name:?} {version} is missing")))?;
+    let store = state.broker.store();
+    let body = match store.blob(record.code_hash).await? {
+        Some(code) => axum::body::Body::from(code),
+        None => {
+            // An uploaded blob: streamed from its file, never read whole.
+            let path = store.blob_files().path(&record.code_hash);
+            let file = tokio::fs::File::open(&path).await.map_err(|_| {
+                ApiError::internal(format!("the code of {name:?} {version} is missing"))
+            })?;
+            axum::body::Body::from_stream(file_chunks(file))
+        }
+    };
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        code,
+        body,
     )
         .into_response())
+}
+
+/// A file's bytes as a stream of chunks of up to 256 KiB.
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut chunk = bytes::BytesMut::with_capacity(256 << 10);
+        match file.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(chunk.freeze()), Some(file))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// A version number in a path, 400 `invalid_request` if it is not one.

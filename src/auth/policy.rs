@@ -70,6 +70,12 @@ pub fn may_register(caller: &Caller, owner: Option<u32>) -> bool {
     }
 }
 
+/// Whether `caller` may upload code bundles (`PUT`/`HEAD /v1/blobs/...`): whoever may
+/// register functions, admins and developers.
+pub fn may_upload_code(caller: &Caller) -> bool {
+    matches!(caller.role, Role::Admin | Role::Developer)
+}
+
 /// Whether `caller` may delete a function owned by `owner`.
 pub fn may_delete(caller: &Caller, owner: u32) -> bool {
     match caller.role {

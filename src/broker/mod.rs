@@ -267,20 +267,23 @@ impl Broker {
             .publish(|| Event::Function(FunctionEvent::of(change, func)));
     }
 
-    /// Registers a new version of a function and returns it with its assigned version.
+    /// Registers a new version of a function and returns it with its assigned version. The
+    /// code is `Some(bytes)`, or `None` when it is an uploaded blob file already stored.
     pub async fn register(
         &self,
         record: FunctionRecord,
-        code: Bytes,
+        code: Option<Bytes>,
     ) -> Result<Arc<FunctionRecord>, Error> {
-        let version = self
-            .inner
-            .store
-            .write(Write::Register {
+        let write = match code {
+            Some(code) => Write::Register {
                 record: record.clone(),
                 code,
-            })
-            .await?;
+            },
+            None => Write::RegisterFile {
+                record: record.clone(),
+            },
+        };
+        let version = self.inner.store.write(write).await?;
         let record = Arc::new(FunctionRecord { version, ..record });
         self.make_live(&record, FunctionChange::Registered);
         Ok(record)

@@ -242,6 +242,11 @@ impl Session {
         match frame {
             Frame::Report(report) => self.on_report(report),
             Frame::FetchCode { hash } => self.on_fetch_code(hash),
+            Frame::FetchCodeChunk {
+                hash,
+                offset,
+                max_len,
+            } => self.on_fetch_code_chunk(hash, offset, max_len),
             Frame::Heartbeat { .. } => self.on_heartbeat(),
             Frame::Health(health) => self.broker.health(self.id, health),
             Frame::Warm(warm) => self.broker.warm(self.id, warm),
@@ -263,38 +268,60 @@ impl Session {
         self.broker.report(self.id, report);
     }
 
-    /// The worker wants a code bundle: read it from the store off the session loop and send it
-    /// back as a `Code` frame (`found: false` when the store has no such bundle or fails).
+    /// The worker wants a whole code bundle (one `Code` frame): read it off the session loop
+    /// and send it back (`found: false` when the store has no such bundle, fails, or the
+    /// bundle is too large for one frame: such a bundle is fetched in chunks).
     fn on_fetch_code(&self, hash: CodeHash) {
         let broker = self.broker.clone();
         let frames = self.frames.clone();
         let id = self.id;
         tokio::spawn(async move {
-            let blob = broker.store().blob(hash).await;
-            let frame = match blob {
-                Ok(Some(bytes)) => {
+            let max = crate::proto::CODE_CHUNK_BYTES as usize;
+            let (found, bytes) = match broker.store().code_chunk(hash, 0, max).await {
+                Ok(Some((total, bytes))) if total == bytes.len() as u64 => {
                     broker.note_cached(id, hash);
-                    Frame::Code {
-                        hash,
-                        found: true,
-                        bytes,
-                    }
+                    (true, bytes)
                 }
-                Ok(None) => Frame::Code {
-                    hash,
-                    found: false,
-                    bytes: Default::default(),
-                },
+                Ok(_) => (false, Default::default()),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read a code blob for a worker");
-                    Frame::Code {
-                        hash,
-                        found: false,
-                        bytes: Default::default(),
-                    }
+                    (false, Default::default())
                 }
             };
-            let _ = frames.send(frame);
+            let _ = frames.send(Frame::Code { hash, found, bytes });
+        });
+    }
+
+    /// The worker wants a chunk of a code bundle: read it off the session loop and send it
+    /// back as a `CodeChunk` frame (`found: false` when the store has no such bundle or
+    /// fails). A chunk is at most [`crate::proto::CODE_CHUNK_BYTES`] whatever was asked.
+    fn on_fetch_code_chunk(&self, hash: CodeHash, offset: u64, max_len: u32) {
+        let broker = self.broker.clone();
+        let frames = self.frames.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            let max = max_len.min(crate::proto::CODE_CHUNK_BYTES) as usize;
+            let (found, total_bytes, bytes) =
+                match broker.store().code_chunk(hash, offset, max).await {
+                    Ok(Some((total, bytes))) => {
+                        if offset + bytes.len() as u64 >= total {
+                            broker.note_cached(id, hash);
+                        }
+                        (true, total, bytes)
+                    }
+                    Ok(None) => (false, 0, Default::default()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read a code blob for a worker");
+                        (false, 0, Default::default())
+                    }
+                };
+            let _ = frames.send(Frame::CodeChunk {
+                hash,
+                offset,
+                total_bytes,
+                bytes,
+                found,
+            });
         });
     }
 

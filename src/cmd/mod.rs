@@ -18,6 +18,7 @@ mod serve;
 mod table;
 mod task_list;
 mod tasks;
+mod upload;
 mod usage;
 mod user;
 mod versions;
@@ -105,6 +106,10 @@ pub struct ExecutorArgs {
     /// Default: a quarter of the machine's memory.
     #[arg(long, value_parser = crate::units::parse_bytes)]
     pub max_warm_memory: Option<usize>,
+    /// The most bytes of code bundles a worker keeps cached; past it the least recently used
+    /// bundles no executor uses are removed (fetched again when next needed).
+    #[arg(long, default_value = "4GiB", value_parser = crate::units::parse_bytes)]
+    pub code_cache_size: usize,
 }
 
 /// Parses `--sandbox-user`: `UID:GID`, or one number for both (a clap value parser).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use base64::Engine;
 
-use super::{ClientArgs, exit};
+use super::{ClientArgs, exit, upload};
 
 /// Register (or update) a function. Updating a function keeps its settings for every flag not
 /// given; `--reset` goes back to the defaults.
@@ -17,9 +17,10 @@ pub struct RegisterArgs {
     /// The function's name: 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit.
     pub name: String,
     /// The code file (`-` reads standard input), or for `python` a directory, uploaded as a
-    /// bundle whose entry module (`--entry`) defines `handle`. The code travels base64-encoded,
-    /// a third larger: with the default `serve --max-body` of 6 MiB, files up to about 4.4 MiB
-    /// fit. The server checks it before storing it (Python must compile and define `handle`).
+    /// bundle whose entry module (`--entry`) defines `handle`. Code up to 4 MiB travels in the
+    /// registration; larger code is uploaded apart (streamed, up to the server's
+    /// `--max-code-size`) unless the server already has it, then registered by its digest.
+    /// The server checks it before storing it (Python must compile and define `handle`).
     pub file: PathBuf,
     /// The entry module of a `python` directory bundle (default `main`, i.e. `main.py`).
     #[arg(long)]
@@ -95,8 +96,28 @@ pub async fn run(mut args: RegisterArgs) -> anyhow::Result<u8> {
         args.runtime = Some(kept_runtime(&client, &args.name).await);
     }
     let requirements = read_requirements(&args)?;
-    let code = read_code(&args.file, requirements.as_deref())?;
-    let mut body = request_body(&args, &code)?;
+    let (mut body, blob) = match large_file(&args, requirements.is_some()) {
+        Some(len) => {
+            let file = upload::Source::File(args.file.clone(), len);
+            (request_body(&args, &[])?, Some(file))
+        }
+        None => {
+            let code = read_code(&args.file, requirements.as_deref())?;
+            if code.len() as u64 > upload::UPLOAD_THRESHOLD {
+                let bundle = upload::Source::Memory(code.into());
+                (request_body(&args, &[])?, Some(bundle))
+            } else {
+                (request_body(&args, &code)?, None)
+            }
+        }
+    };
+    if let Some(source) = blob {
+        let digest = upload::ensure_blob(&client, source).await?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("code");
+        }
+        body["code_sha256"] = digest.into();
+    }
     if requirements.is_some() && !args.file.is_dir() {
         // A single module travels as a bundle with its requirements; it keeps the module
         // name a single-file function has.
@@ -124,6 +145,16 @@ pub async fn run(mut args: RegisterArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The size of the code file when it is a plain file over [`upload::UPLOAD_THRESHOLD`] sent
+/// as it is (no requirements bundled in): it is uploaded from disk, never read whole.
+fn large_file(args: &RegisterArgs, bundled: bool) -> Option<u64> {
+    if bundled || args.file.as_os_str() == "-" {
+        return None;
+    }
+    let meta = std::fs::metadata(&args.file).ok()?;
+    (meta.is_file() && meta.len() > upload::UPLOAD_THRESHOLD).then_some(meta.len())
 }
 
 /// The runtime a new version of `name` keeps: the live version's, or `shell` for a new

@@ -244,6 +244,7 @@ async fn run_here(
             json: call.json,
             timeout: call.timeout,
             limits,
+            keep: None,
         })
         .await;
     pool.retire(&call.function, call.version);

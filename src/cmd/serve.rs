@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// The largest request body accepted, such as `6MiB` (413 past it).
     #[arg(long, default_value = "6MiB", value_parser = crate::units::parse_bytes)]
     pub max_body: usize,
+    /// The largest code bundle uploaded apart from its registration (`PUT /v1/blobs/...`,
+    /// which `faasd register` uses for large files), streamed to disk, never held in memory.
+    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_bytes)]
+    pub max_code_size: usize,
     /// Timeout of functions registered without one.
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub default_timeout: Duration,
@@ -453,8 +457,9 @@ fn start_local_worker(
     stops: &Stops,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
-    let cache =
-        CodeCache::new(args.data.join("code-cache")).context("cannot create the code cache")?;
+    let cache_size = args.executors.code_cache_size as u64;
+    let cache = CodeCache::new(args.data.join("code-cache"), cache_size)
+        .context("cannot create the code cache")?;
     let agent = worker::Agent::new(worker::Config {
         name: "local".into(),
         slots,
@@ -525,6 +530,7 @@ fn start_http(
         metrics_open: args.metrics_open,
         broker: broker.clone(),
         max_body_bytes: args.max_body,
+        max_code_bytes: args.max_code_size as u64,
         defaults: FunctionDefaults {
             timeout: args.default_timeout,
             max_min_warm: args.max_min_warm,

@@ -128,7 +128,9 @@ fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, wor
     // Executors run in their own working directories: hand them absolute paths.
     let cache_dir = std::fs::canonicalize(&args.cache)
         .with_context(|| format!("cannot resolve {}", args.cache.display()))?;
-    let cache = CodeCache::new(cache_dir.clone()).context("cannot open the code cache")?;
+    let cache_size = args.executors.code_cache_size as u64;
+    let cache =
+        CodeCache::new(cache_dir.clone(), cache_size).context("cannot open the code cache")?;
     let work_root = worker::WorkRoot::create(&cache_dir.join("work"))
         .context("cannot create the executors' working directory")?;
     let agent = Agent::new(worker::Config {

@@ -89,13 +89,21 @@ pub struct WarmCall {
     pub timeout: Duration,
     /// Output bounds.
     pub limits: Limits,
+    /// What the executors need kept while the pool keeps this function version (the worker's
+    /// hold on its code bundle, so the code cache does not evict it); `None` for nothing.
+    pub keep: Option<KeepAlive>,
 }
+
+/// A value a pool entry holds for as long as it lives (see [`WarmCall::keep`]).
+pub type KeepAlive = Arc<dyn std::any::Any + Send + Sync>;
 
 struct Recipe {
     argv: Vec<OsString>,
     env: Vec<(String, String)>,
     work_root: PathBuf,
     timeout: Duration,
+    /// Held, never read: dropped with the entry.
+    _keep: Option<KeepAlive>,
 }
 
 struct Entry {
@@ -191,6 +199,7 @@ impl Pool {
                 env: call.env.clone(),
                 work_root: call.work_root.clone(),
                 timeout: call.timeout,
+                _keep: call.keep.clone(),
             }),
             idle: Vec::new(),
             busy: 0,
@@ -613,6 +622,7 @@ mod tests {
             json: false,
             timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            keep: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! after a failed write) and resumes by itself once space returns. Readers reach the database
 //! through [`Shared`], whose handle the writer swaps when it reopens the file.
 
+mod blobs;
 mod idempotency;
 mod index;
 mod records;
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+pub use blobs::{BlobFiles, GRACE as BLOB_GRACE, Refused, Stored, Upload, parse_hash};
 pub use idempotency::{KeyRecord, payload_hash};
 pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
@@ -149,6 +151,16 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// An uploaded blob's file (kept beside the database) could not be written or read.
+    #[error("cannot {op} blob file {path}: {source}")]
+    BlobFile {
+        /// What was being done.
+        op: &'static str,
+        /// The file (or their directory).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The free space of the data directory could not be measured.
     #[error("cannot measure free space in {path}: statvfs: {source}")]
     Statvfs {
@@ -215,6 +227,8 @@ struct Shared {
     quick_repair: AtomicBool,
     /// The large values kept in files beside the database.
     values: Values,
+    /// The uploaded code bundles kept in files beside the database.
+    blobs: BlobFiles,
     /// The server's metrics (the writer times its commits into them).
     metrics: Metrics,
 }
@@ -223,11 +237,17 @@ struct Shared {
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
 
 impl Shared {
-    fn new(path: PathBuf, data_dir: PathBuf, database: Database, values: Values) -> Shared {
+    fn new(
+        path: PathBuf,
+        data_dir: PathBuf,
+        database: Database,
+        (values, blobs): (Values, BlobFiles),
+    ) -> Shared {
         Shared {
             path,
             data_dir,
             values,
+            blobs,
             db: RwLock::new(Some(Arc::new(database))),
             full: AtomicBool::new(false),
             space: Mutex::new(None),
@@ -339,8 +359,8 @@ impl Store {
         })?;
         create_tables(&db)?;
         index::prepare(&db)?;
-        let values = Values::open(data_dir)?;
-        let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db, values));
+        let files = (Values::open(data_dir)?, BlobFiles::open(data_dir)?);
+        let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db, files));
         sweep_values_later(&shared);
         let ops = writer::start(shared.clone());
         Ok(Store {
@@ -601,6 +621,70 @@ impl Store {
             let blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
             let blob = blobs.get(hash.as_slice()).map_err(db("read blob"))?;
             Ok(blob.map(|b| Bytes::copy_from_slice(b.value())))
+        })
+        .await
+    }
+
+    /// The uploaded code bundles kept as files.
+    pub fn blob_files(&self) -> &BlobFiles {
+        &self.inner.shared.blobs
+    }
+
+    /// The size of a stored code bundle (in the blob table or an uploaded file, whose time is
+    /// touched: see [`BLOB_GRACE`]); `None` when there is none.
+    pub async fn has_blob(&self, hash: [u8; 32]) -> Result<Option<u64>, Error> {
+        let files = self.inner.shared.blobs.clone();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
+            if let Some(blob) = blobs.get(hash.as_slice()).map_err(db("read blob"))? {
+                return Ok(Some(blob.value().len() as u64));
+            }
+            files.touch(&hash)
+        })
+        .await
+    }
+
+    /// Up to `max_len` bytes of a code bundle from `offset`, with its whole size, from the
+    /// blob table or an uploaded file; `None` when there is no such bundle.
+    pub async fn code_chunk(
+        &self,
+        hash: [u8; 32],
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Option<(u64, Bytes)>, Error> {
+        let files = self.inner.shared.blobs.clone();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
+            if let Some(blob) = blobs.get(hash.as_slice()).map_err(db("read blob"))? {
+                let all = blob.value();
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+                let end = start.saturating_add(max_len).min(all.len());
+                return Ok(Some((
+                    all.len() as u64,
+                    Bytes::copy_from_slice(&all[start..end]),
+                )));
+            }
+            files.read_chunk(&hash, offset, max_len)
+        })
+        .await
+    }
+
+    /// Removes the uploaded blob files no stored function version names, once untouched for
+    /// [`BLOB_GRACE`]. Returns how many went.
+    pub async fn sweep_blob_files(&self) -> Result<usize, Error> {
+        let files = self.inner.shared.blobs.clone();
+        let before = std::time::SystemTime::now() - BLOB_GRACE;
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
+            let mut named = std::collections::HashSet::new();
+            for row in functions.iter().map_err(db("scan functions"))? {
+                let (_, value) = row.map_err(db("scan functions"))?;
+                named.insert(decode_function(value.value())?.code_hash);
+            }
+            files.sweep(before, |hash| named.contains(hash))
         })
         .await
     }
@@ -1016,6 +1100,60 @@ mod tests {
                 Some(Bytes::from_static(b"log"))
             ]
         );
+    }
+
+    /// Uploads `code` as a blob file and returns its hash.
+    async fn upload(store: &Store, code: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(code).into();
+        let upload = store.blob_files().upload(hash, 0).await.expect("upload");
+        let mut upload = upload.expect("not refused");
+        upload
+            .write(Bytes::copy_from_slice(code))
+            .await
+            .expect("write");
+        assert!(matches!(
+            upload.finish().await.expect("finish"),
+            Stored::Stored(_)
+        ));
+        hash
+    }
+
+    #[tokio::test]
+    async fn blob_files_are_read_in_chunks_and_swept_once_unnamed_and_untouched() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("open");
+        let named = upload(&store, b"named code").await;
+        let loose = upload(&store, b"loose code").await;
+        let record = FunctionRecord {
+            code_hash: named,
+            ..function("f")
+        };
+        store
+            .write(Write::RegisterFile { record })
+            .await
+            .expect("register by file");
+        let chunk = store.code_chunk(named, 6, 100).await.expect("read");
+        assert_eq!(chunk, Some((10, Bytes::from_static(b"code"))));
+        assert_eq!(
+            store.blob(named).await.expect("read"),
+            None,
+            "a blob file went into redb"
+        );
+        // Within the grace period nothing goes.
+        assert_eq!(store.sweep_blob_files().await.expect("sweep"), 0);
+        let long_ago = std::time::SystemTime::now() - BLOB_GRACE * 2;
+        for hash in [named, loose] {
+            let path = store.blob_files().path(&hash);
+            let file = std::fs::File::options()
+                .write(true)
+                .open(path)
+                .expect("open");
+            file.set_modified(long_ago).expect("age the file");
+        }
+        assert_eq!(store.sweep_blob_files().await.expect("sweep"), 1);
+        assert_eq!(store.has_blob(loose).await.expect("read"), None);
+        assert_eq!(store.has_blob(named).await.expect("read"), Some(10));
     }
 
     #[tokio::test]

@@ -26,6 +26,10 @@
 //! name) within the retention stays too, so a recent deploy can be rolled back. Uses began to
 //! be recorded when this table was made ([`USE_SINCE`]): while tasks older than that remain, no
 //! version is deleted.
+//!
+//! Uploaded blobs (files, see [`super::blobs`]): once a step finds the purge caught up, the blob
+//! files no stored version names, and partial uploads, are removed when untouched for
+//! [`super::BLOB_GRACE`] (an hour), so a blob just uploaded and not registered yet stays.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -283,6 +287,13 @@ impl Store {
                 Ok(purged) => {
                     if purged > 0 {
                         tracing::debug!(tasks = purged, "purged expired tasks");
+                    }
+                    match self.sweep_blob_files().await {
+                        Ok(0) => {}
+                        Ok(removed) => {
+                            tracing::info!(removed, "removed code blobs no version uses")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot sweep the code blob files"),
                     }
                     retention.interval
                 }

@@ -46,6 +46,12 @@ pub enum Write {
         /// Its code bundle.
         code: Bytes,
     },
+    /// Registers a new version of a function whose code is an uploaded blob file (see
+    /// [`super::blobs`]): as [`Write::Register`], with nothing put in the blob table.
+    RegisterFile {
+        /// The function (version assigned on commit).
+        record: FunctionRecord,
+    },
     /// Removes a function: its live version and, for the API, every version it has (see
     /// [`REMOVED`](super::REMOVED)); the rows stay for the tasks that pin them.
     Delete {
@@ -594,7 +600,8 @@ fn apply_one(
     purged: &mut Vec<u128>,
 ) -> Result<u32, Error> {
     match write {
-        Write::Register { record, code } => register(txn, record, code),
+        Write::Register { record, code } => register(txn, record, Some(code)),
+        Write::RegisterFile { record } => register(txn, record, None),
         Write::Delete { name } => {
             let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
             heads.remove(name.as_str()).map_err(db("remove head"))?;
@@ -756,7 +763,12 @@ fn rollback(txn: &WriteTransaction, name: &str, version: u32) -> Result<u32, Err
     Ok(version)
 }
 
-fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Result<u32, Error> {
+/// Applies [`Write::Register`] (with `code`) or [`Write::RegisterFile`] (without).
+fn register(
+    txn: &WriteTransaction,
+    record: &FunctionRecord,
+    code: Option<&Bytes>,
+) -> Result<u32, Error> {
     let name = record.name.as_str();
     let version = last_version(txn, name)? + 1;
     let mut functions = txn.open_table(FUNCTIONS).map_err(db("open functions"))?;
@@ -770,6 +782,9 @@ fn register(txn: &WriteTransaction, record: &FunctionRecord, code: &Bytes) -> Re
         .map_err(db("write function"))?;
     let mut heads = txn.open_table(HEADS).map_err(db("open heads"))?;
     heads.insert(name, version).map_err(db("write head"))?;
+    let Some(code) = code else {
+        return Ok(version);
+    };
     let mut blobs = txn.open_table(BLOBS).map_err(db("open blobs"))?;
     let hash = record.code_hash.as_slice();
     if blobs.get(hash).map_err(db("read blob"))?.is_none() {
@@ -843,7 +858,9 @@ pub(super) mod tests {
     fn writer(database: Database, dir: &tempfile::TempDir) -> (Writer, Arc<Shared>) {
         let path = dir.path().join("test.redb");
         let values = Values::open(dir.path()).expect("value files");
-        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database, values));
+        let blobs = super::super::BlobFiles::open(dir.path()).expect("blob files");
+        let files = (values, blobs);
+        let shared = Arc::new(Shared::new(path, dir.path().to_owned(), database, files));
         (Writer::new(shared.clone()), shared)
     }
 

@@ -1,18 +1,31 @@
-//! The worker's code cache: bundles fetched from the server by content hash, kept as files.
+//! The worker's code cache: bundles fetched from the server by content hash, kept as files,
+//! bounded by size.
 //!
-//! A bundle is asked for once (a `FetchCode` frame) however many calls wait for it; what the
-//! server sends back is checked against its hash before it is written and handed out. A bundle
-//! already on disk (from an earlier run of the worker) is served without asking.
+//! A bundle is asked for once however many calls wait for it, in chunks of
+//! [`CODE_CHUNK_BYTES`] (`FetchCodeChunk`, one in flight per bundle): each chunk is appended
+//! to a temporary file while it is hashed, and the whole is checked against its hash before it
+//! is renamed into place and handed out. A bundle already on disk (from an earlier run of the
+//! worker) is served without asking.
+//!
+//! The cache holds at most `max_bytes` (`--code-cache-size`): past that, the least recently
+//! used bundles that nothing holds a [`CodeRef`] on (no call starting from it, no warm pool
+//! keeping executors of it) are removed. A bundle in use is never removed, so the cache may
+//! pass its bound while every bundle in it is in use.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{CodeHash, Frame, hex};
+use crate::proto::{CODE_CHUNK_BYTES, CodeHash, Frame, hex};
+
+/// The default bound of the code cache (`--code-cache-size`): 4 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 
 /// Why a bundle could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,6 +48,14 @@ pub enum Error {
         /// The bundle asked for.
         hash: CodeHash,
     },
+    /// A chunk the server sent does not continue the bundle (wrong offset or size).
+    #[error("a chunk of code {} came out of order: {detail}", hex(hash.as_slice()))]
+    ChunkOutOfOrder {
+        /// The bundle asked for.
+        hash: CodeHash,
+        /// What was wrong.
+        detail: String,
+    },
     /// The bundle could not be written to the cache directory.
     #[error("cannot write code to the cache: {source}")]
     WriteCode {
@@ -51,12 +72,58 @@ pub enum Error {
     },
 }
 
+/// A bundle in the cache, held: while any clone lives, the bundle is not evicted.
+#[derive(Debug, Clone)]
+pub struct CodeRef {
+    path: Arc<PathBuf>,
+}
+
+impl CodeRef {
+    /// The bundle's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for CodeRef {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A call waiting for a bundle being fetched.
-type Fetch = oneshot::Sender<Result<PathBuf, Error>>;
+type Fetch = oneshot::Sender<Result<CodeRef, Error>>;
+
+/// A bundle on disk.
+struct Bundle {
+    held: CodeRef,
+    bytes: u64,
+    /// When it was last handed out, on the cache's clock.
+    used: u64,
+}
+
+impl Bundle {
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.held.path) > 1
+    }
+}
+
+/// A bundle being fetched: what has arrived so far.
+struct Partial {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    received: u64,
+}
 
 enum Entry {
-    Ready(PathBuf),
-    Fetching(Vec<Fetch>),
+    Ready(Bundle),
+    Fetching {
+        waiters: Vec<Fetch>,
+        /// `None` until the first chunk, and while a chunk is being written.
+        partial: Option<Box<Partial>>,
+    },
 }
 
 /// Code bundles on disk, keyed by their SHA-256, shared by every session of a worker.
@@ -67,24 +134,95 @@ pub struct CodeCache {
 
 struct CacheInner {
     dir: PathBuf,
+    max_bytes: u64,
+    clock: AtomicU64,
     entries: Mutex<HashMap<CodeHash, Entry>>,
 }
 
+/// A chunk of a bundle, as a `CodeChunk` frame carries it.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The bundle.
+    pub hash: CodeHash,
+    /// Where the chunk starts.
+    pub offset: u64,
+    /// The whole bundle's size.
+    pub total_bytes: u64,
+    /// The chunk's bytes.
+    pub bytes: Bytes,
+    /// Whether the server has the bundle.
+    pub found: bool,
+}
+
+/// What appending a chunk left.
+enum Step {
+    /// More to fetch, from the partial's `received`.
+    More(Box<Partial>),
+    /// The bundle is whole, checked and in place, this many bytes long.
+    Whole(u64),
+}
+
+/// The frame asking for a bundle's chunk at `offset`.
+fn ask(hash: CodeHash, offset: u64) -> Frame {
+    Frame::FetchCodeChunk {
+        hash,
+        offset,
+        max_len: CODE_CHUNK_BYTES,
+    }
+}
+
 impl CodeCache {
-    /// A cache that keeps its files in `dir` (created if missing).
-    pub fn new(dir: PathBuf) -> std::io::Result<CodeCache> {
+    /// A cache that keeps its files in `dir` (created if missing) and holds at most
+    /// `max_bytes`. Bundles an earlier run left there are kept (by age, the oldest first to
+    /// go) and temporary files it left are removed.
+    pub fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<CodeCache> {
         std::fs::create_dir_all(&dir)?;
-        Ok(CodeCache {
+        let cache = CodeCache {
             inner: Arc::new(CacheInner {
                 dir,
+                max_bytes,
+                clock: AtomicU64::new(0),
                 entries: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        cache.load()?;
+        Ok(cache)
+    }
+
+    /// Takes in the bundles on disk and removes leftover temporary files.
+    fn load(&self) -> std::io::Result<()> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.inner.dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some(hash) = parse_hash(&name) {
+                found.push((meta.modified().ok(), hash, meta.len()));
+            }
+        }
+        found.sort_by_key(|(modified, ..)| *modified);
+        let mut entries = self.entries();
+        for (_, hash, bytes) in found {
+            let bundle = self.bundle(hash, bytes);
+            entries.insert(hash, Entry::Ready(bundle));
+        }
+        self.evict(&mut entries, None);
+        Ok(())
     }
 
     /// The directory the bundles are kept in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The bound on the bytes the cache holds.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CodeHash, Entry>> {
@@ -94,30 +232,49 @@ impl CodeCache {
             .expect("code cache lock poisoned by an earlier panic")
     }
 
-    /// The path of a bundle, asking the server for it over `frames` if it is not cached yet.
+    fn tick(&self) -> u64 {
+        self.inner.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn bundle(&self, hash: CodeHash, bytes: u64) -> Bundle {
+        Bundle {
+            held: CodeRef {
+                path: Arc::new(self.path_of(&hash)),
+            },
+            bytes,
+            used: self.tick(),
+        }
+    }
+
+    /// A bundle, held, asking the server for it over `frames` if it is not cached yet.
     pub async fn get(
         &self,
         hash: CodeHash,
         frames: &mpsc::UnboundedSender<Frame>,
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<CodeRef, Error> {
         let rx = {
             let mut entries = self.entries();
             match entries.get_mut(&hash) {
-                Some(Entry::Ready(path)) => return Ok(path.clone()),
-                Some(Entry::Fetching(waiters)) => {
+                Some(Entry::Ready(bundle)) => {
+                    bundle.used = self.tick();
+                    return Ok(bundle.held.clone());
+                }
+                Some(Entry::Fetching { waiters, .. }) => {
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
                     rx
                 }
                 None => {
-                    let path = self.path_of(&hash);
-                    if path.exists() {
-                        entries.insert(hash, Entry::Ready(path.clone()));
-                        return Ok(path);
-                    }
                     let (tx, rx) = oneshot::channel();
-                    entries.insert(hash, Entry::Fetching(vec![tx]));
-                    if frames.send(Frame::FetchCode { hash }).is_err() {
+                    let waiters = vec![tx];
+                    entries.insert(
+                        hash,
+                        Entry::Fetching {
+                            waiters,
+                            partial: None,
+                        },
+                    );
+                    if frames.send(ask(hash, 0)).is_err() {
                         entries.remove(&hash);
                         return Err(Error::ConnectionClosed);
                     }
@@ -132,52 +289,149 @@ impl CodeCache {
         self.inner.dir.join(hex(hash.as_slice()))
     }
 
-    /// Stores a bundle the server sent, after checking it matches its hash, and wakes the
-    /// calls waiting for it.
+    /// Stores a whole bundle the server sent (a `Code` frame) after checking it matches its
+    /// hash, and wakes the calls waiting for it.
     pub async fn fill(&self, hash: CodeHash, found: bool, bytes: Bytes) {
-        let result = if !found {
-            Err(Error::CodeNotFound { hash })
-        } else if Sha256::digest(&bytes).as_slice() != hash {
-            Err(Error::HashMismatch { hash })
-        } else {
-            self.write(hash, bytes).await
+        let total_bytes = bytes.len() as u64;
+        let chunk = Chunk {
+            hash,
+            offset: 0,
+            total_bytes,
+            bytes,
+            found,
         };
-        let waiters = {
+        self.fill_chunk(chunk, None).await;
+    }
+
+    /// Takes a chunk the server sent: appends it to the bundle's temporary file and asks for
+    /// the next over `frames`, or, once the bundle is whole, checks its hash, moves it into
+    /// place and wakes the calls waiting for it. A chunk of a bundle not being fetched (its
+    /// fetch was abandoned) is dropped.
+    pub async fn fill_chunk(&self, chunk: Chunk, frames: Option<&mpsc::UnboundedSender<Frame>>) {
+        let hash = chunk.hash;
+        let Some(partial) = self.take_partial(hash) else {
+            return;
+        };
+        let step = if chunk.found {
+            self.append(partial, chunk).await
+        } else {
+            Err(Error::CodeNotFound { hash })
+        };
+        match step {
+            Ok(Step::Whole(bytes)) => self.finish(hash, Ok(bytes)),
+            Ok(Step::More(partial)) => {
+                let offset = partial.received;
+                if !self.put_partial(hash, partial) {
+                    return;
+                }
+                let asked = frames.is_some_and(|f| f.send(ask(hash, offset)).is_ok());
+                if !asked {
+                    self.finish(hash, Err(Error::ConnectionClosed));
+                }
+            }
+            Err(e) => self.finish(hash, Err(e)),
+        }
+    }
+
+    /// The partial file of a bundle being fetched (`Some(None)` before its first chunk);
+    /// `None` when it is not being fetched.
+    fn take_partial(&self, hash: CodeHash) -> Option<Option<Box<Partial>>> {
+        match self.entries().get_mut(&hash) {
+            Some(Entry::Fetching { partial, .. }) => Some(partial.take()),
+            _ => None,
+        }
+    }
+
+    /// Puts a partial file back; false when the fetch was abandoned meanwhile.
+    fn put_partial(&self, hash: CodeHash, file: Box<Partial>) -> bool {
+        match self.entries().get_mut(&hash) {
+            Some(Entry::Fetching { partial, .. }) => {
+                *partial = Some(file);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Appends a chunk off the async threads (see [`append`]).
+    async fn append(&self, partial: Option<Box<Partial>>, chunk: Chunk) -> Result<Step, Error> {
+        let path = self.path_of(&chunk.hash);
+        let dir = self.inner.dir.clone();
+        tokio::task::spawn_blocking(move || append(&dir, &path, partial, chunk))
+            .await
+            .map_err(|e| Error::WriteTask {
+                reason: e.to_string(),
+            })?
+    }
+
+    /// Ends a fetch: the bundle goes in (evicting others past the bound) and the calls
+    /// waiting for it get it, or they get the error.
+    fn finish(&self, hash: CodeHash, result: Result<u64, Error>) {
+        let (waiters, result) = {
             let mut entries = self.entries();
             let waiters = match entries.remove(&hash) {
-                Some(Entry::Fetching(w)) => w,
+                Some(Entry::Fetching { waiters, .. }) => waiters,
                 Some(ready) => {
                     entries.insert(hash, ready);
                     Vec::new()
                 }
                 None => Vec::new(),
             };
-            if let Ok(path) = &result {
-                entries.insert(hash, Entry::Ready(path.clone()));
-            }
-            waiters
+            let result = result.map(|bytes| {
+                let bundle = self.bundle(hash, bytes);
+                let held = bundle.held.clone();
+                entries.insert(hash, Entry::Ready(bundle));
+                self.evict(&mut entries, Some(hash));
+                held
+            });
+            (waiters, result)
         };
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
 
-    /// Writes a checked bundle into the cache directory, off the async threads.
-    async fn write(&self, hash: CodeHash, bytes: Bytes) -> Result<PathBuf, Error> {
-        let path = self.path_of(&hash);
-        let dir = self.inner.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            write_executable(&dir, &path, &bytes)
-                .map(|()| path.clone())
-                .map_err(|source| Error::WriteCode {
-                    path,
-                    source: Arc::new(source),
+    /// Removes the least recently used bundles nobody holds (never `keep`) until the cache
+    /// is within its bound or nothing more can go.
+    fn evict(&self, entries: &mut HashMap<CodeHash, Entry>, keep: Option<CodeHash>) {
+        let mut total: u64 = entries
+            .values()
+            .map(|e| match e {
+                Entry::Ready(bundle) => bundle.bytes,
+                Entry::Fetching { .. } => 0,
+            })
+            .sum();
+        while total > self.inner.max_bytes {
+            let victim = entries
+                .iter()
+                .filter_map(|(hash, entry)| match entry {
+                    Entry::Ready(b) if Some(*hash) != keep && !b.in_use() => {
+                        Some((b.used, *hash, b.bytes))
+                    }
+                    _ => None,
                 })
-        })
-        .await
-        .map_err(|e| Error::WriteTask {
-            reason: e.to_string(),
-        })?
+                .min();
+            let Some((_, hash, bytes)) = victim else {
+                tracing::warn!(
+                    bytes = total,
+                    max_bytes = self.inner.max_bytes,
+                    "the code cache is over its size, with every bundle in it in use"
+                );
+                break;
+            };
+            let path = self.path_of(&hash);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot evict a code bundle");
+                    break;
+                }
+            }
+            entries.remove(&hash);
+            total -= bytes;
+            tracing::info!(hash = %hex(&hash), bytes, "evicted a code bundle from the cache");
+        }
     }
 
     /// Forgets fetches in flight (their connection ended); their callers get an error.
@@ -187,17 +441,74 @@ impl CodeCache {
     }
 }
 
-/// Writes a file under a temporary name and renames it into place, executable.
-fn write_executable(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// `<64 hex digits>` → the hash.
+fn parse_hash(name: &str) -> Option<CodeHash> {
+    if name.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+/// Appends `chunk` to the bundle's temporary file (made in `dir` on the first chunk), and once
+/// the bundle is whole checks its hash and renames it to `path`, executable.
+fn append(
+    dir: &Path,
+    path: &Path,
+    partial: Option<Box<Partial>>,
+    chunk: Chunk,
+) -> Result<Step, Error> {
+    let hash = chunk.hash;
+    let io = |source| Error::WriteCode {
+        path: path.to_owned(),
+        source: Arc::new(source),
+    };
+    let mut partial = match partial {
+        Some(partial) => partial,
+        None => Box::new(Partial {
+            file: tempfile::NamedTempFile::new_in(dir).map_err(io)?,
+            hasher: Sha256::new(),
+            received: 0,
+        }),
+    };
+    let len = chunk.bytes.len() as u64;
+    let end = partial.received + len;
+    let detail = if chunk.offset != partial.received {
+        Some(format!(
+            "offset {} where {} was next",
+            chunk.offset, partial.received
+        ))
+    } else if end > chunk.total_bytes || (len == 0 && end < chunk.total_bytes) {
+        Some(format!(
+            "{len} bytes at {} of {}",
+            chunk.offset, chunk.total_bytes
+        ))
+    } else {
+        None
+    };
+    if let Some(detail) = detail {
+        return Err(Error::ChunkOutOfOrder { hash, detail });
+    }
+    partial.file.write_all(&chunk.bytes).map_err(io)?;
+    partial.hasher.update(&chunk.bytes);
+    partial.received = end;
+    if end < chunk.total_bytes {
+        return Ok(Step::More(partial));
+    }
+    let Partial { file, hasher, .. } = *partial;
+    if hasher.finalize().as_slice() != hash {
+        return Err(Error::HashMismatch { hash });
+    }
     use std::os::unix::fs::PermissionsExt;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(Step::Whole(end))
 }
 
 #[cfg(test)]
@@ -210,7 +521,7 @@ mod tests {
 
     fn cache() -> (tempfile::TempDir, CodeCache) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = CodeCache::new(dir.path().join("code")).expect("cache");
+        let cache = CodeCache::new(dir.path().join("code"), DEFAULT_MAX_BYTES).expect("cache");
         (dir, cache)
     }
 
@@ -219,14 +530,14 @@ mod tests {
         cache: &CodeCache,
         hash: CodeHash,
     ) -> (
-        tokio::task::JoinHandle<Result<PathBuf, Error>>,
+        tokio::task::JoinHandle<Result<CodeRef, Error>>,
         mpsc::UnboundedReceiver<Frame>,
     ) {
         let (frames, mut sent) = mpsc::unbounded_channel();
         let getter = cache.clone();
         let get = tokio::spawn(async move { getter.get(hash, &frames).await });
         let frame = sent.recv().await.expect("a fetch");
-        assert_eq!(frame, Frame::FetchCode { hash });
+        assert_eq!(frame, ask(hash, 0));
         (get, sent)
     }
 
@@ -238,18 +549,116 @@ mod tests {
         let (get, _sent) = start_get(&cache, hash).await;
         cache.fill(hash, true, Bytes::from_static(code)).await;
         let path = get.await.expect("join").expect("code");
-        assert_eq!(std::fs::read(&path).expect("read"), code);
+        assert_eq!(std::fs::read(path.path()).expect("read"), code);
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            let mode = std::fs::metadata(path.path())
+                .expect("stat")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o755);
         }
         let (frames, mut sent) = mpsc::unbounded_channel();
-        assert_eq!(cache.get(hash, &frames).await.expect("cached"), path);
+        let again = cache.get(hash, &frames).await.expect("cached");
+        assert_eq!(again.path(), path.path());
         assert!(
             sent.try_recv().is_err(),
             "a cached bundle was fetched again"
         );
+    }
+
+    fn chunk(hash: CodeHash, offset: u64, total_bytes: u64, bytes: &'static [u8]) -> Chunk {
+        Chunk {
+            hash,
+            offset,
+            total_bytes,
+            bytes: Bytes::from_static(bytes),
+            found: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_arrives_in_chunks_each_asked_for_after_the_last() {
+        let (_dir, cache) = cache();
+        let code = b"0123456789";
+        let hash = hash_of(code);
+        let (get, mut sent) = start_get(&cache, hash).await;
+        let (frames, mut asked) = mpsc::unbounded_channel();
+        cache
+            .fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames))
+            .await;
+        assert_eq!(asked.try_recv().expect("next chunk asked"), ask(hash, 4));
+        cache
+            .fill_chunk(chunk(hash, 4, 10, b"456"), Some(&frames))
+            .await;
+        assert_eq!(asked.try_recv().expect("next chunk asked"), ask(hash, 7));
+        cache
+            .fill_chunk(chunk(hash, 7, 10, b"789"), Some(&frames))
+            .await;
+        assert!(asked.try_recv().is_err(), "asked past the end");
+        let held = get.await.expect("join").expect("code");
+        assert_eq!(std::fs::read(held.path()).expect("read"), code);
+        assert!(sent.try_recv().is_err());
+        let left: Vec<_> = std::fs::read_dir(cache.dir()).expect("list").collect();
+        assert_eq!(left.len(), 1, "a temporary file was left: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_out_of_order_fails_the_fetch_and_leaves_no_file() {
+        let (_dir, cache) = cache();
+        let hash = hash_of(b"0123456789");
+        let (get, _sent) = start_get(&cache, hash).await;
+        let (frames, _asked) = mpsc::unbounded_channel();
+        cache
+            .fill_chunk(chunk(hash, 0, 10, b"0123"), Some(&frames))
+            .await;
+        cache
+            .fill_chunk(chunk(hash, 6, 10, b"6789"), Some(&frames))
+            .await;
+        let err = get.await.expect("join").expect_err("refused");
+        assert!(matches!(err, Error::ChunkOutOfOrder { .. }), "{err:?}");
+        let left = std::fs::read_dir(cache.dir()).expect("list").count();
+        assert_eq!(left, 0, "a file was left");
+    }
+
+    /// Fetches `code` into `cache` whole and returns its hold.
+    async fn fetch(cache: &CodeCache, code: &'static [u8]) -> CodeRef {
+        let hash = hash_of(code);
+        let (get, _sent) = start_get(cache, hash).await;
+        cache.fill(hash, true, Bytes::from_static(code)).await;
+        get.await.expect("join").expect("code")
+    }
+
+    #[tokio::test]
+    async fn past_its_size_the_cache_evicts_the_least_recently_used_bundle_not_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CodeCache::new(dir.path().join("code"), 25).expect("cache");
+        let a = fetch(&cache, b"aaaaaaaaaa").await;
+        let a_path = a.path().to_owned();
+        drop(a);
+        let b = fetch(&cache, b"bbbbbbbbbb").await;
+        // `a` is used again, so `b` is now the least recently used...
+        let (frames, _) = mpsc::unbounded_channel();
+        let a = cache
+            .get(hash_of(b"aaaaaaaaaa"), &frames)
+            .await
+            .expect("cached");
+        let b_path = b.path().to_owned();
+        drop(b);
+        // ... and goes when a third bundle passes the bound; `a` is held and stays.
+        let c = fetch(&cache, b"cccccccccc").await;
+        assert!(!b_path.exists(), "the least recently used bundle stayed");
+        assert!(a_path.exists() && c.path().exists());
+        // Every bundle held: the cache passes its bound rather than remove one in use.
+        let d = fetch(&cache, b"dddddddddd").await;
+        assert!(a.path().exists() && c.path().exists() && d.path().exists());
+        drop((a, c));
+        // Reopened, the cache takes in what is on disk and keeps within its bound.
+        drop(cache);
+        let cache = CodeCache::new(dir.path().join("code"), 15).expect("reopen");
+        let kept = std::fs::read_dir(cache.dir()).expect("list").count();
+        assert_eq!(kept, 1, "reopening did not evict down to the bound");
+        drop(d);
     }
 
     #[tokio::test]
@@ -259,10 +668,15 @@ mod tests {
         let hash = hash_of(code);
         let files = dir.path().join("code");
         std::fs::write(files.join(hex(&hash)), code).expect("write");
-        let cache = CodeCache::new(files).expect("reopen");
+        std::fs::write(files.join(".tmpleft"), b"partial").expect("write");
+        let cache = CodeCache::new(files.clone(), DEFAULT_MAX_BYTES).expect("reopen");
+        assert!(
+            !files.join(".tmpleft").exists(),
+            "a temporary file was left"
+        );
         let (frames, mut sent) = mpsc::unbounded_channel();
         let path = cache.get(hash, &frames).await.expect("on disk");
-        assert_eq!(std::fs::read(path).expect("read"), code);
+        assert_eq!(std::fs::read(path.path()).expect("read"), code);
         assert!(sent.try_recv().is_err(), "a bundle on disk was fetched");
     }
 
@@ -310,8 +724,7 @@ mod tests {
         // The second call has registered once the entry has two waiters.
         let mut registered = false;
         for _ in 0..500 {
-            registered =
-                matches!(cache.entries().get(&hash), Some(Entry::Fetching(w)) if w.len() == 2);
+            registered = matches!(cache.entries().get(&hash), Some(Entry::Fetching { waiters, .. }) if waiters.len() == 2);
             if registered {
                 break;
             }
@@ -324,7 +737,7 @@ mod tests {
         cache.fill(hash, true, Bytes::from_static(code)).await;
         let first = first.await.expect("join").expect("first");
         let second = second.await.expect("join").expect("second");
-        assert_eq!(first, second);
+        assert_eq!(first.path(), second.path());
         assert!(sent.try_recv().is_err(), "fetched twice");
     }
 

@@ -434,6 +434,19 @@ impl Session {
             Frame::Assign(task) => self.on_assign(task),
             Frame::Prewarm(spec) => self.on_prewarm(spec),
             Frame::Code { hash, found, bytes } => self.on_code(hash, found, bytes),
+            Frame::CodeChunk {
+                hash,
+                offset,
+                total_bytes,
+                bytes,
+                found,
+            } => self.on_code_chunk(cache::Chunk {
+                hash,
+                offset,
+                total_bytes,
+                bytes,
+                found,
+            }),
             Frame::CheckCode {
                 check,
                 file,
@@ -479,6 +492,14 @@ impl Session {
     fn on_code(&self, hash: proto::CodeHash, found: bool, bytes: bytes::Bytes) {
         let cache = self.agent.config.cache.clone();
         tokio::spawn(async move { cache.fill(hash, found, bytes).await });
+    }
+
+    /// Writes a chunk of code the server sent and asks for the next, or, with the bundle
+    /// whole, wakes the calls waiting for it.
+    fn on_code_chunk(&self, chunk: cache::Chunk) {
+        let cache = self.agent.config.cache.clone();
+        let frames = self.frames.clone();
+        tokio::spawn(async move { cache.fill_chunk(chunk, Some(&frames)).await });
     }
 
     /// Compiles a registration's module in the background and answers with the verdict; a
@@ -547,6 +568,7 @@ impl Agent {
                 json: false,
                 timeout: Duration::from_millis(spec.timeout_ms),
                 limits: self.config.limits,
+                keep: Some(Arc::new(prepared.code)),
             }),
             Err(why) => {
                 tracing::warn!(function = %spec.function, error = %why.message, "cannot pre-start warm executors");
@@ -605,7 +627,12 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
 
 /// Runs a task whose executor command line and environment are ready.
 async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Outcome {
-    let Prepared { argv, env, waited } = prepared;
+    let Prepared {
+        argv,
+        env,
+        waited,
+        code,
+    } = prepared;
     let config = &agent.config;
     let timeout = Duration::from_millis(task.timeout_ms);
     let warm = task
@@ -626,6 +653,7 @@ async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Ou
                     json: task.json,
                     timeout,
                     limits: config.limits,
+                    keep: Some(Arc::new(code)),
                 })
                 .await
         }
@@ -681,6 +709,8 @@ struct Prepared {
     env: Vec<(String, String)>,
     /// How long getting the function's Python environment built took.
     waited: Duration,
+    /// The hold on its code bundle: the code cache keeps the bundle while it lives.
+    code: cache::CodeRef,
 }
 
 /// Why a task cannot start, and what its outcome shows.
@@ -749,6 +779,7 @@ impl Agent {
             argv,
             env: runtimes.env(runtime, launch.env),
             waited: function_env.map_or(Duration::ZERO, |(_, waited)| waited),
+            code,
         })
     }
 
@@ -758,7 +789,7 @@ impl Agent {
     async fn prepare_image(
         &self,
         launch: &Launch<'_>,
-        code: PathBuf,
+        code: cache::CodeRef,
     ) -> Result<Prepared, NotStarted> {
         let started = std::time::Instant::now();
         let rootfs = self
@@ -781,6 +812,7 @@ impl Agent {
             } else {
                 Duration::ZERO
             },
+            code,
         })
     }
 
@@ -827,7 +859,7 @@ mod tests {
             name: "test".into(),
             slots: 2,
             mode: DispatchMode::Push,
-            cache: CodeCache::new(dir.join("code")).expect("cache"),
+            cache: CodeCache::new(dir.join("code"), cache::DEFAULT_MAX_BYTES).expect("cache"),
             work_root: dir.join("work"),
             limits: exec::Limits::default(),
             runtimes: exec::Runtimes::new(

@@ -1,0 +1,502 @@
+//! Uploaded code bundles kept as files beside the database, named by their SHA-256:
+//! `DATA/blobs/<64 hex digits>`.
+//!
+//! A bundle uploaded with `PUT /v1/blobs/sha256:<hex>` may be far larger than a request body
+//! (`--max-code-size`, 1 GiB by default), so it never goes into redb as one value nor into
+//! memory whole: the upload streams into a partial file (`.partial-<hex>`) while it is hashed,
+//! and only a body that hashes to its name is synced (the file, then the directory) and renamed
+//! into place. A refused upload (too large, wrong digest) leaves nothing. An interrupted one
+//! leaves its partial file, which a later upload of the same blob resumes from a given offset
+//! (its bytes up to there are hashed again from disk) or starts over; one upload of a blob at a
+//! time. Partial files are swept like unnamed blobs.
+//!
+//! A file is kept while a stored function version names its hash. One that none names goes at
+//! the retention's sweep, but only once it has been left alone for [`GRACE`]: an upload, a
+//! `HEAD` finding the blob and a registration naming it all touch its time, so a client that
+//! uploaded (or found) a blob has that long to register a function with it. Small bundles
+//! registered inline stay in the `blobs` table, as before.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::Error;
+use crate::proto::{CodeHash, hex};
+
+/// The directory of blob files, inside the data directory.
+pub const DIR: &str = "blobs";
+
+/// How long a blob file no function version names is kept after its last upload, `HEAD` or
+/// registration: the time a client has between uploading a bundle and registering it.
+pub const GRACE: Duration = Duration::from_secs(3600);
+
+/// The prefix of an upload's partial file (followed by the blob's hex digest).
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// The blob files of a data directory.
+#[derive(Debug, Clone)]
+pub struct BlobFiles {
+    dir: PathBuf,
+    /// Held while a blob's time is touched or a file is put in place, and by the sweep while
+    /// it checks and removes one, so a blob just found or stored is never swept under it.
+    lock: Arc<Mutex<()>>,
+    /// The blobs being uploaded now (one upload of a blob at a time).
+    uploading: Arc<Mutex<HashSet<CodeHash>>>,
+}
+
+/// Why an upload could not start.
+#[derive(Debug)]
+pub enum Refused {
+    /// Another upload of the blob is under way.
+    InProgress,
+    /// The offset to resume from is past what was received before (given).
+    Offset(u64),
+}
+
+/// How an upload ended.
+#[derive(Debug)]
+pub enum Stored {
+    /// The body hashed to its name: the blob is in place, this many bytes long.
+    Stored(u64),
+    /// The body hashed to something else (given): nothing was kept.
+    Mismatch(CodeHash),
+}
+
+/// An upload under way: its partial file, and the hash of what it holds. Dropped before
+/// [`Upload::finish`] or [`Upload::discard`] (the connection broke), it leaves its partial
+/// file for a resumed upload.
+pub struct Upload {
+    files: BlobFiles,
+    hash: CodeHash,
+    /// The partial file and the blob's upload slot, which travel together to the blocking
+    /// thread that writes: a write cut short by a dropped request still ends before another
+    /// upload of the blob may start. `None` only after a failed write.
+    open: Option<(File, Slot)>,
+    path: PathBuf,
+    hasher: Sha256,
+    len: u64,
+}
+
+/// A blob's place in the set of uploads under way, given up when dropped.
+struct Slot {
+    files: BlobFiles,
+    hash: CodeHash,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.files.uploads().remove(&self.hash);
+    }
+}
+
+impl BlobFiles {
+    /// The blob files of the data directory `data_dir`, creating their directory.
+    pub fn open(data_dir: &Path) -> Result<BlobFiles, Error> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(BlobFiles {
+            dir,
+            lock: Arc::new(Mutex::new(())),
+            uploading: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashSet<CodeHash>> {
+        self.uploading
+            .lock()
+            .expect("upload set poisoned by an earlier panic")
+    }
+
+    /// The partial file of an interrupted upload of a blob.
+    fn partial_path(&self, hash: &CodeHash) -> PathBuf {
+        self.dir.join(format!("{PARTIAL_PREFIX}{}", hex(hash)))
+    }
+
+    /// How many bytes an interrupted upload of a blob left (the offset to resume from);
+    /// `None` when none is kept.
+    pub fn partial_len(&self, hash: &CodeHash) -> Option<u64> {
+        std::fs::metadata(self.partial_path(hash))
+            .ok()
+            .map(|m| m.len())
+    }
+
+    fn io(&self, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_owned();
+        move |source| Error::BlobFile { op, path, source }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .expect("blob lock poisoned by an earlier panic")
+    }
+
+    /// The file of a blob.
+    pub fn path(&self, hash: &CodeHash) -> PathBuf {
+        self.dir.join(hex(hash))
+    }
+
+    /// The size of a blob's file, touching its time (the blob is wanted: see [`GRACE`]);
+    /// `None` when there is no such file.
+    pub fn touch(&self, hash: &CodeHash) -> Result<Option<u64>, Error> {
+        let path = self.path(hash);
+        let _guard = self.guard();
+        let file = match File::options().write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("open", &path)(e)),
+        };
+        file.set_modified(SystemTime::now())
+            .map_err(self.io("touch", &path))?;
+        let len = file.metadata().map_err(self.io("stat", &path))?.len();
+        Ok(Some(len))
+    }
+
+    /// Starts an upload of a blob, resuming from `offset` what an interrupted upload left (0
+    /// starts over): the bytes before it are hashed again from the partial file.
+    pub async fn upload(
+        &self,
+        hash: CodeHash,
+        offset: u64,
+    ) -> Result<Result<Upload, Refused>, Error> {
+        if !self.uploads().insert(hash) {
+            return Ok(Err(Refused::InProgress));
+        }
+        // From here the upload owns the blob's partial file; dropped, it lets it go.
+        let files = self.clone();
+        let reopened = tokio::task::spawn_blocking(move || files.reopen(&hash, offset))
+            .await
+            .map_err(|e| Error::Join(e.to_string()));
+        let (file, hasher) = match reopened.and_then(|r| r) {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(refused)) => {
+                self.uploads().remove(&hash);
+                return Ok(Err(refused));
+            }
+            Err(e) => {
+                self.uploads().remove(&hash);
+                return Err(e);
+            }
+        };
+        let slot = Slot {
+            files: self.clone(),
+            hash,
+        };
+        Ok(Ok(Upload {
+            files: self.clone(),
+            hash,
+            open: Some((file, slot)),
+            path: self.partial_path(&hash),
+            hasher,
+            len: offset,
+        }))
+    }
+
+    /// Opens a blob's partial file cut to `offset` bytes, with their hash; refused when it
+    /// holds fewer.
+    fn reopen(
+        &self,
+        hash: &CodeHash,
+        offset: u64,
+    ) -> Result<Result<(File, Sha256), Refused>, Error> {
+        let path = self.partial_path(hash);
+        let io = |op| self.io(op, &path);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open"))?;
+        let have = file.metadata().map_err(io("stat"))?.len();
+        if offset > have {
+            return Ok(Err(Refused::Offset(have)));
+        }
+        file.set_len(offset).map_err(io("truncate"))?;
+        let mut hasher = Sha256::new();
+        let mut piece = vec![0; 1 << 20];
+        let mut left = offset;
+        while left > 0 {
+            let n = file.read(&mut piece).map_err(io("read"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&piece[..n]);
+            left -= n as u64;
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io("seek"))?;
+        Ok(Ok((file, hasher)))
+    }
+
+    /// Up to `max_len` bytes of a blob from `offset`, with the blob's whole size; `None` when
+    /// there is no such file.
+    pub fn read_chunk(
+        &self,
+        hash: &CodeHash,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Option<(u64, Bytes)>, Error> {
+        let path = self.path(hash);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("open", &path)(e)),
+        };
+        let total = file.metadata().map_err(self.io("stat", &path))?.len();
+        let len = total.saturating_sub(offset).min(max_len as u64);
+        file.seek(SeekFrom::Start(offset.min(total)))
+            .map_err(self.io("seek", &path))?;
+        let mut bytes = vec![0; len as usize];
+        file.read_exact(&mut bytes)
+            .map_err(self.io("read", &path))?;
+        Ok(Some((total, Bytes::from(bytes))))
+    }
+
+    /// Removes the blob files (and stale upload files) untouched since `before` whose hash
+    /// `wanted` does not want. Returns how many went.
+    pub fn sweep(
+        &self,
+        before: SystemTime,
+        mut wanted: impl FnMut(&CodeHash) -> bool,
+    ) -> Result<usize, Error> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(self.io("list", &self.dir))? {
+            let entry = entry.map_err(self.io("list", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let doomed = match parse_hash(&name) {
+                Some(hash) => !wanted(&hash),
+                None => name.starts_with(PARTIAL_PREFIX),
+            };
+            if !doomed {
+                continue;
+            }
+            let _guard = self.guard();
+            if let Some(hash) = name.strip_prefix(PARTIAL_PREFIX).and_then(parse_hash) {
+                if self.uploads().contains(&hash) {
+                    continue;
+                }
+            }
+            let modified = entry.metadata().and_then(|m| m.modified());
+            if modified.is_ok_and(|m| m < before) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Upload {
+    /// Runs `op` on the partial file on a blocking thread, the upload slot with it.
+    async fn on_file<T: Send + 'static>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let io = self.files.io(op, &self.path);
+        let Some((mut file, slot)) = self.open.take() else {
+            return Err(io(std::io::Error::other("an earlier write failed")));
+        };
+        let (file, slot, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut file);
+            (file, slot, result)
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?;
+        self.open = Some((file, slot));
+        result.map_err(io)
+    }
+
+    /// Appends `bytes` to the upload.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), Error> {
+        self.hasher.update(&bytes);
+        self.len += bytes.len() as u64;
+        self.on_file("write", move |file| file.write_all(&bytes))
+            .await
+    }
+
+    /// The bytes received so far (a resumed upload's included).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Gives the upload up (it was refused): its partial file is removed.
+    pub async fn discard(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+
+    /// Ends the upload: when the body hashes to `expected`, makes it durable (the file, then
+    /// the directory) and puts it in place; else removes it.
+    pub async fn finish(mut self) -> Result<Stored, Error> {
+        let expected = self.hash;
+        let actual: CodeHash = std::mem::take(&mut self.hasher).finalize().into();
+        if actual != expected {
+            self.discard().await;
+            return Ok(Stored::Mismatch(actual));
+        }
+        self.on_file("sync", |file| file.sync_all()).await?;
+        let (files, from, len) = (self.files.clone(), self.path.clone(), self.len);
+        tokio::task::spawn_blocking(move || {
+            let path = files.path(&expected);
+            let _guard = files.guard();
+            std::fs::rename(&from, &path).map_err(files.io("rename", &path))?;
+            File::open(&files.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(files.io("sync", &files.dir))?;
+            Ok(Stored::Stored(len))
+        })
+        .await
+        .map_err(|e| Error::Join(e.to_string()))?
+    }
+}
+
+/// `<64 hex digits>` → the hash.
+pub fn parse_hash(text: &str) -> Option<CodeHash> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_of(bytes: &[u8]) -> CodeHash {
+        Sha256::digest(bytes).into()
+    }
+
+    async fn upload(files: &BlobFiles, hash: CodeHash, offset: u64) -> Upload {
+        match files.upload(hash, offset).await.expect("upload") {
+            Ok(upload) => upload,
+            Err(refused) => panic!("refused: {refused:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_kept_only_when_it_matches_its_name() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let files = BlobFiles::open(dir.path()).expect("open");
+        let hash = hash_of(b"hello world");
+        let mut up = upload(&files, hash, 0).await;
+        up.write(Bytes::from_static(b"hello "))
+            .await
+            .expect("write");
+        up.write(Bytes::from_static(b"world")).await.expect("write");
+        assert!(matches!(
+            up.finish().await.expect("finish"),
+            Stored::Stored(11)
+        ));
+        assert_eq!(files.touch(&hash).expect("touch"), Some(11));
+        let (total, chunk) = files.read_chunk(&hash, 6, 3).expect("read").expect("found");
+        assert_eq!((total, &chunk[..]), (11, &b"wor"[..]));
+        let (_, tail) = files
+            .read_chunk(&hash, 9, 100)
+            .expect("read")
+            .expect("found");
+        assert_eq!(&tail[..], b"ld");
+
+        let other = hash_of(b"something else");
+        let mut up = upload(&files, other, 0).await;
+        up.write(Bytes::from_static(b"not it"))
+            .await
+            .expect("write");
+        let end = up.finish().await.expect("finish");
+        assert!(matches!(end, Stored::Mismatch(h) if h == hash_of(b"not it")));
+        assert_eq!(files.touch(&other).expect("touch"), None);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join(DIR))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(hex(&hash))]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upload_resumes_from_what_it_left() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let files = BlobFiles::open(dir.path()).expect("open");
+        let hash = hash_of(b"0123456789");
+        let mut up = upload(&files, hash, 0).await;
+        up.write(Bytes::from_static(b"012345"))
+            .await
+            .expect("write");
+        assert!(matches!(
+            files.upload(hash, 0).await.expect("upload"),
+            Err(Refused::InProgress)
+        ));
+        drop(up);
+        assert_eq!(files.partial_len(&hash), Some(6));
+        assert!(matches!(
+            files.upload(hash, 7).await.expect("upload"),
+            Err(Refused::Offset(6))
+        ));
+        // Resumed from 4: the bytes before are hashed again, the rest cut and sent anew.
+        let mut up = upload(&files, hash, 4).await;
+        assert_eq!(up.len(), 4);
+        up.write(Bytes::from_static(b"456789"))
+            .await
+            .expect("write");
+        assert!(matches!(
+            up.finish().await.expect("finish"),
+            Stored::Stored(10)
+        ));
+        assert_eq!(files.partial_len(&hash), None);
+        let (_, all) = files
+            .read_chunk(&hash, 0, 100)
+            .expect("read")
+            .expect("found");
+        assert_eq!(&all[..], b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_keeps_wanted_and_recent_blobs_and_drops_old_partial_uploads() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let files = BlobFiles::open(dir.path()).expect("open");
+        for code in [&b"a"[..], b"b"] {
+            let mut up = upload(&files, hash_of(code), 0).await;
+            up.write(Bytes::copy_from_slice(code)).await.expect("write");
+            up.finish().await.expect("finish");
+        }
+        let mut interrupted = upload(&files, hash_of(b"cut"), 0).await;
+        interrupted
+            .write(Bytes::from_static(b"c"))
+            .await
+            .expect("write");
+        let later = SystemTime::now() + Duration::from_secs(1);
+        // A partial file whose upload is under way stays.
+        assert_eq!(
+            files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep"),
+            1
+        );
+        assert!(files.touch(&hash_of(b"b")).expect("touch").is_none());
+        drop(interrupted);
+        // Nothing is old enough yet.
+        let removed = files
+            .sweep(SystemTime::now() - GRACE, |_| false)
+            .expect("sweep");
+        assert_eq!(removed, 0);
+        assert_eq!(
+            files.sweep(later, |h| *h == hash_of(b"a")).expect("sweep"),
+            1
+        );
+        assert_eq!(files.partial_len(&hash_of(b"cut")), None);
+        assert!(files.touch(&hash_of(b"a")).expect("touch").is_some());
+    }
+}

@@ -161,6 +161,58 @@ async fn an_image_whose_busybox_httpd_serves_a_file_by_path_and_by_host_name() {
 }
 
 #[tokio::test]
+async fn an_image_over_the_body_limit_travels_as_a_blob_once() {
+    let server = Server::start(&[
+        "--local-workers",
+        "1",
+        "--sandbox",
+        "strict",
+        "--max-body",
+        "1MiB",
+    ]);
+    let mut image = busybox_image("cat; echo; wc -c < /app/big.bin");
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    image.layers[0]
+        .entries
+        .push(Entry::File("app/big.bin".into(), big, 0o644));
+    let (_dir, path) = archive(&image.docker_save(), "big.tar");
+    let path = path.to_str().expect("utf8");
+    let register = |name: &str| server.cli(&["register", name, path, "--runtime", "oci"]);
+    let out = register("big");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let answer = invoke(&server.client(), "big", b"in").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_eq!(text(&answer.body), format!("in\n{}\n", 5u32 << 20));
+    // The same image again uploads nothing.
+    let out = register("big-again");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("code already on the server"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A hostile image that travels as a blob is checked from its file all the same.
+    image.layers[0]
+        .entries
+        .push(Entry::File("../escape".into(), b"x".to_vec(), 0o644));
+    let (_dir, path) = archive(&image.docker_save(), "hostile.tar");
+    let out = server.cli(&[
+        "register",
+        "hostile",
+        path.to_str().expect("utf8"),
+        "--runtime",
+        "oci",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(".."), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
 async fn an_oci_layout_with_a_gzip_layer_runs() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
     let mut image = busybox_image(PROBE);

@@ -26,7 +26,7 @@ python3 scripts/make_image.py "$work/web.tar" --entrypoint '["/bin/busybox", "ht
 python3 scripts/bench_images.py cold "$url" "$bin" "$work/cat.tar" "$calls"
 python3 scripts/bench_images.py first "$url" "$bin" "$work/web.tar" web 8080 file.txt
 mkdir -p "$work/pyweb"
-printf 'echo "hello from python" > file.txt\nexec python3 -m http.server 8081 --bind 127.0.0.1\n' \
+printf '#!/bin/sh\necho "hello from python" > file.txt\nexec python3 -m http.server 8081 --bind 127.0.0.1\n' \
   >"$work/pyweb/serve.sh"
 "$bin" register pyweb "$work/pyweb/serve.sh" --runtime exec --http-port 8081 --url "$url" \
   >/dev/null

@@ -21,6 +21,11 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
+        Pki::with_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a server certificate it signed for `names` (`*.example.com` is a wildcard).
+    fn with_names(names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -29,7 +34,7 @@ impl Pki {
             .push(rcgen::DnType::CommonName, "faasd test CA");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let params = rcgen::CertificateParams::new(names).expect("params");
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &ca).expect("certificate");
@@ -252,4 +257,52 @@ fn serve_refuses_a_missing_key_or_an_invalid_certificate() {
         )),
         "{stderr}"
     );
+}
+
+/// An `exec` bundle serving its working directory, where it writes `file.txt`, on port 8080.
+const FILE_SERVER: &str = "#!/bin/sh
+echo 'hello over https' > file.txt
+exec python3 -m http.server 8080 --bind 127.0.0.1
+";
+
+#[tokio::test]
+async fn a_wildcard_certificate_gives_each_function_its_own_https_host() {
+    let pki = Pki::with_names(&["localhost", "127.0.0.1", "*.example.com"]);
+    let server = pki.serve(&["--local-workers", "1", "--domain", "example.com"]);
+    let settings = serde_json::json!({"runtime": "exec", "http_port": 8080});
+    let answer = register(&pki.client(&server), "web", FILE_SERVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    // What a browser does for https://web.example.com/file.txt: TLS with that server name
+    // (the certificate's wildcard must cover it), then a request with that Host.
+    let (status, body) = https_get(&pki, &server, "web.example.com", "/file.txt").await;
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    assert_eq!(body, "hello over https\n");
+    let (status, body) = https_get(&pki, &server, "nosuch.example.com", "/").await;
+    assert!(status.contains(" 404 "), "{status}: {body}");
+}
+
+/// `GET path` over TLS to the server's address with `host` as the server name and `Host`;
+/// the status line and the body.
+async fn https_get(pki: &Pki, server: &Server, host: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = faasd::tls::client_config(Some(&pki.ca)).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let addr = server.url.trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("server name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake as {host}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    // A server may end TLS without a close_notify; what arrived before that is the answer.
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = text(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

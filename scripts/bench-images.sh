@@ -15,9 +15,7 @@ calls="${CALLS:-100}"
 duration="${DURATION:-10}"
 connections="${CONNECTIONS:-32}"
 scripts/install-busybox.sh >/dev/null
-if ! command -v wrk >/dev/null; then
-  apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
-fi
+scripts/apt-install.sh wrk 'command -v wrk >/dev/null' "the HTTP throughput runs" >/dev/null
 source scripts/bench-env.sh
 source scripts/bench-server.sh
 python3 scripts/make_image.py "$work/cat.tar" --cmd '["/bin/busybox", "cat"]'

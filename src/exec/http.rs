@@ -95,13 +95,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let sandboxed = self.sandboxed && !self.child.forked_by_zygote();
-        let pid = self.child.pid();
-        self.child.kill_and_reap_then(move || {
-            if sandboxed {
-                crate::sandbox::cgroup::finish(pid);
-            }
-        });
+        self.child.end_executor(self.sandboxed);
     }
 }
 

@@ -298,15 +298,7 @@ impl WarmExecutor {
 
 impl Drop for WarmExecutor {
     fn drop(&mut self) {
-        // Reap first, then remove the call's cgroups (which must be empty by then); a zygote
-        // recycles its children's cgroups itself.
-        let sandboxed = self.sandboxed && !self.child.forked_by_zygote();
-        let pid = self.child.pid();
-        self.child.kill_and_reap_then(move || {
-            if sandboxed {
-                crate::sandbox::cgroup::finish(pid);
-            }
-        });
+        self.child.end_executor(self.sandboxed);
     }
 }
 

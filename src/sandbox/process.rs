@@ -230,6 +230,19 @@ impl Child {
         let _ = killpg(self.pid, Signal::SIGKILL);
     }
 
+    /// Ends an executor: kills its process group, reaps it, then, for a `sandboxed` one the
+    /// zygote did not fork, removes the cgroups it made (empty by then; a zygote recycles its
+    /// children's cgroups itself). Does nothing once reaped.
+    pub fn end_executor(&mut self, sandboxed: bool) {
+        let sandboxed = sandboxed && !self.forked_by_zygote();
+        let pid = self.pid();
+        self.kill_and_reap_then(move || {
+            if sandboxed {
+                super::cgroup::finish(pid);
+            }
+        });
+    }
+
     /// Kills the process group and reaps the child, then runs `after`; the reap (short, but a
     /// blocking wait) runs off the async threads when there are any. Does nothing once reaped.
     pub fn kill_and_reap_then(&mut self, after: impl FnOnce() + Send + 'static) {

@@ -102,6 +102,32 @@ struct Bundle {
     bytes: u64,
     /// When it was last handed out, on the cache's clock.
     used: u64,
+    /// What was made from it (an `oci` bundle's unpacked image), counted with it.
+    derived: Option<Derived>,
+}
+
+/// A directory made from a bundle (see [`CodeCache::attach`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Derived {
+    /// Where it is.
+    dir: PathBuf,
+    /// What it holds, counted in the cache's size.
+    bytes: u64,
+}
+
+/// The suffix of the file beside a bundle that names what was made from it (its path relative
+/// to the cache, then its size), so a reopened cache counts and evicts it too.
+const DERIVED_SUFFIX: &str = ".derived";
+
+/// The prefix a derived directory is renamed to before it is removed (in the background): the
+/// prefix of a half-built image root, which a restarted worker removes in turn.
+const DISCARDED_PREFIX: &str = ".unpack-discarded-";
+
+impl Bundle {
+    /// The bytes it counts for: its file and what was made from it.
+    fn total_bytes(&self) -> u64 {
+        self.bytes + self.derived.as_ref().map_or(0, |d| d.bytes)
+    }
 }
 
 impl Bundle {
@@ -201,6 +227,11 @@ impl CodeCache {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
+            } else if let Some(bundle) = name.strip_suffix(DERIVED_SUFFIX) {
+                // A note whose bundle is gone names nothing the cache counts.
+                if !self.inner.dir.join(bundle).exists() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             } else if let Some(hash) = parse_hash(&name) {
                 found.push((meta.modified().ok(), hash, meta.len()));
             }
@@ -208,7 +239,8 @@ impl CodeCache {
         found.sort_by_key(|(modified, ..)| *modified);
         let mut entries = self.entries();
         for (_, hash, bytes) in found {
-            let bundle = self.bundle(hash, bytes);
+            let mut bundle = self.bundle(hash, bytes);
+            bundle.derived = self.read_derived(&hash);
             entries.insert(hash, Entry::Ready(bundle));
         }
         self.evict(&mut entries, None);
@@ -243,6 +275,7 @@ impl CodeCache {
             },
             bytes,
             used: self.tick(),
+            derived: None,
         }
     }
 
@@ -397,7 +430,7 @@ impl CodeCache {
         let mut total: u64 = entries
             .values()
             .map(|e| match e {
-                Entry::Ready(bundle) => bundle.bytes,
+                Entry::Ready(bundle) => bundle.total_bytes(),
                 Entry::Fetching { .. } => 0,
             })
             .sum();
@@ -406,7 +439,7 @@ impl CodeCache {
                 .iter()
                 .filter_map(|(hash, entry)| match entry {
                     Entry::Ready(b) if Some(*hash) != keep && !b.in_use() => {
-                        Some((b.used, *hash, b.bytes))
+                        Some((b.used, *hash, b.total_bytes()))
                     }
                     _ => None,
                 })
@@ -428,9 +461,80 @@ impl CodeCache {
                     break;
                 }
             }
-            entries.remove(&hash);
+            if let Some(Entry::Ready(bundle)) = entries.remove(&hash) {
+                self.discard_derived(entries, &hash, bundle.derived);
+            }
             total -= bytes;
             tracing::info!(hash = %hex(&hash), bytes, "evicted a code bundle from the cache");
+        }
+    }
+
+    /// Counts `dir`, made from the bundle `hash` (its unpacked image, `bytes` in all), with the
+    /// bundle: it is evicted with it, unless another bundle made the same directory. Remembered
+    /// beside the bundle, so a reopened cache counts it too. A bundle not in the cache (evicted
+    /// meanwhile) leaves `dir` uncounted.
+    pub fn attach(&self, hash: &CodeHash, dir: PathBuf, bytes: u64) {
+        let mut entries = self.entries();
+        let Some(Entry::Ready(bundle)) = entries.get_mut(hash) else {
+            return;
+        };
+        let relative = dir.strip_prefix(&self.inner.dir).unwrap_or(&dir).to_owned();
+        let note = format!("{}\n{bytes}\n", relative.display());
+        if let Err(e) = std::fs::write(self.derived_note(hash), note) {
+            tracing::warn!(error = %e, "cannot note an unpacked image beside its bundle");
+        }
+        bundle.derived = Some(Derived { dir, bytes });
+        self.evict(&mut entries, Some(*hash));
+    }
+
+    /// Whether something made from the bundle `hash` is counted with it.
+    pub fn has_attached(&self, hash: &CodeHash) -> bool {
+        matches!(self.entries().get(hash), Some(Entry::Ready(b)) if b.derived.is_some())
+    }
+
+    /// Every directory counted with a bundle.
+    pub fn attached_dirs(&self) -> Vec<PathBuf> {
+        self.entries()
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ready(b) => b.derived.as_ref().map(|d| d.dir.clone()),
+                Entry::Fetching { .. } => None,
+            })
+            .collect()
+    }
+
+    fn derived_note(&self, hash: &CodeHash) -> PathBuf {
+        let mut name = hex(hash.as_slice());
+        name.push_str(DERIVED_SUFFIX);
+        self.inner.dir.join(name)
+    }
+
+    /// What the note beside a bundle on disk says was made from it, if that is still there.
+    fn read_derived(&self, hash: &CodeHash) -> Option<Derived> {
+        let note = std::fs::read_to_string(self.derived_note(hash)).ok()?;
+        let mut lines = note.lines();
+        let dir = self.inner.dir.join(lines.next()?);
+        let bytes = lines.next()?.parse().ok()?;
+        dir.is_dir().then_some(Derived { dir, bytes })
+    }
+
+    /// Removes what an evicted bundle `hash` had made, unless another bundle has it too: renamed
+    /// at once, deleted on a thread of its own (an image root may be large).
+    fn discard_derived(
+        &self,
+        entries: &HashMap<CodeHash, Entry>,
+        hash: &CodeHash,
+        derived: Option<Derived>,
+    ) {
+        let _ = std::fs::remove_file(self.derived_note(hash));
+        let Some(derived) = derived else {
+            return;
+        };
+        let shared = entries.values().any(|e| {
+            matches!(e, Entry::Ready(b) if b.derived.as_ref().is_some_and(|d| d.dir == derived.dir))
+        });
+        if !shared {
+            discard_dir(&derived.dir);
         }
     }
 
@@ -509,6 +613,31 @@ fn append(
     file.as_file().sync_all().map_err(io)?;
     file.persist(path).map_err(|e| io(e.error))?;
     Ok(Step::Whole(end))
+}
+
+/// Removes a directory tree without waiting for it: renamed out of the way at once (a restarted
+/// worker removes what a crash left under that name), then deleted on a thread of its own.
+pub fn discard_dir(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let mut discarded = std::ffi::OsString::from(DISCARDED_PREFIX);
+    discarded.push(name);
+    let gone = parent.join(discarded);
+    if let Err(e) = std::fs::rename(dir, &gone) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an unpacked image");
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("faasd-discard".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&gone) {
+                tracing::warn!(dir = %gone.display(), error = %e, "cannot remove an unpacked image");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to remove an unpacked image");
+    }
 }
 
 #[cfg(test)]
@@ -659,6 +788,61 @@ mod tests {
         let kept = std::fs::read_dir(cache.dir()).expect("list").count();
         assert_eq!(kept, 1, "reopening did not evict down to the bound");
         drop(d);
+    }
+
+    /// A directory of `bytes` bytes at `cache`'s `images/NAME`, as an unpacked image would be.
+    fn made_dir(cache: &CodeCache, name: &str, bytes: usize) -> PathBuf {
+        let dir = cache.dir().join("images").join(name);
+        std::fs::create_dir_all(dir.join("rootfs")).expect("mkdir");
+        std::fs::write(dir.join("rootfs").join("file"), vec![0u8; bytes]).expect("write");
+        dir
+    }
+
+    #[tokio::test]
+    async fn what_was_made_from_a_bundle_counts_with_it_and_goes_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CodeCache::new(dir.path().join("code"), 40).expect("cache");
+        let a = fetch(&cache, b"aaaaaaaaaa").await;
+        let a_hash = hash_of(b"aaaaaaaaaa");
+        let root = made_dir(&cache, "a-image", 20);
+        cache.attach(&a_hash, root.clone(), 20);
+        assert!(cache.has_attached(&a_hash));
+        // Reopened, the cache still counts the image with its bundle.
+        drop(a);
+        let cache = CodeCache::new(dir.path().join("code"), 40).expect("reopen");
+        assert_eq!(cache.attached_dirs(), vec![root.clone()]);
+        // 10 + 20 for `a`, then 10 for `b`: within 40. A third bundle passes it, and `a`, the
+        // least recently used, goes with its image.
+        let b = fetch(&cache, b"bbbbbbbbbb").await;
+        let c = fetch(&cache, b"cccccccccc").await;
+        assert!(!root.exists(), "the evicted bundle's image stayed");
+        assert!(
+            !cache
+                .dir()
+                .join(format!("{}.derived", hex(&a_hash)))
+                .exists()
+        );
+        assert!(b.path().exists() && c.path().exists());
+    }
+
+    #[tokio::test]
+    async fn an_image_two_bundles_made_stays_while_one_of_them_is_cached() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = CodeCache::new(dir.path().join("code"), 30).expect("cache");
+        let (a, b) = (
+            fetch(&cache, b"aaaaaaaaaa").await,
+            fetch(&cache, b"bbbbbbbbbb").await,
+        );
+        let root = made_dir(&cache, "shared", 5);
+        cache.attach(&hash_of(b"aaaaaaaaaa"), root.clone(), 5);
+        cache.attach(&hash_of(b"bbbbbbbbbb"), root.clone(), 5);
+        let a_path = a.path().to_owned();
+        drop(a);
+        // A third bundle passes the bound: `a` goes, `b` (held) stays, and so does their image.
+        let c = fetch(&cache, b"cccccccccc").await;
+        assert!(!a_path.exists(), "the bundle not in use stayed");
+        assert!(root.exists(), "an image another bundle has was removed");
+        drop((b, c));
     }
 
     #[tokio::test]

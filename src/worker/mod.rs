@@ -172,7 +172,7 @@ impl Agent {
         });
         let python = config.runtimes.python().map(Path::to_owned);
         let envs = envs::Envs::new(config.cache.dir().join("envs"), python);
-        let images = images::Images::new(config.cache.dir().join("images"), Default::default());
+        let images = images::Images::new(&config.cache, Default::default());
         Arc::new(Agent {
             config,
             pool,

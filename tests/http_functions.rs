@@ -26,7 +26,8 @@ exec python3 -m http.server 8080 --bind 127.0.0.1
 ";
 
 /// An `exec` bundle running a small threaded Python server: POST echoes what it got (method,
-/// path, headers, the body's length and SHA-256), `/events` sends one event, waits for
+/// path, headers, the body's length and SHA-256), `/peer` says the port the request came from
+/// (its connection), `/events` sends one event, waits for
 /// `/release`, then sends the last one, and `/probe?port=N` says whether it can reach the
 /// loopback port N.
 const ECHO_SERVER: &str = r#"#!/bin/sh
@@ -65,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(json.dumps(seen).encode())
 
     def do_GET(self):
+        if self.path == "/peer":
+            return self.reply(str(self.client_address[1]).encode(), "text/plain")
         if self.path == "/release":
             released.set()
             return self.reply(b"released", "text/plain")
@@ -564,4 +567,27 @@ async fn a_python_bundle_runs_as_a_program_that_listens() {
     let answer = request(&server.url, "GET", "/function/py/hello", None, Bytes::new()).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(body_text(answer).await, "python says /hello");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_one_after_another_reuse_the_kept_alive_connection() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    register_service(&server, "peer", ECHO_SERVER).await;
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let response = request(
+            &server.url,
+            "GET",
+            "/function/peer/peer",
+            None,
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        ports.push(body_text(response).await);
+    }
+    assert!(
+        ports.windows(2).all(|w| w[0] == w[1]),
+        "each request came on a new connection: {ports:?}"
+    );
 }

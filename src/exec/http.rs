@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ impl Drop for Running {
 
 /// One executor, starting or started.
 struct Executor {
+    /// Unique among the executors this process ever started.
+    id: u64,
     port: u16,
     function: String,
     /// Requests given to it and not finished.
@@ -112,6 +114,9 @@ struct Executor {
 
 /// A function version: its name and version.
 type Key = (String, u32);
+
+/// The id of the next executor started.
+static NEXT_EXECUTOR_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A request's hold on one executor: its slot is given back when dropped.
 pub struct Lease {
@@ -180,6 +185,7 @@ impl HttpPool {
             Some(e) => e.clone(),
             None => {
                 let e = Arc::new(Executor {
+                    id: NEXT_EXECUTOR_ID.fetch_add(1, Ordering::Relaxed),
                     port: spec.port,
                     function: spec.key.0.clone(),
                     in_flight: AtomicU32::new(0),
@@ -259,6 +265,12 @@ impl Executor {
 }
 
 impl Lease {
+    /// Its executor's id: unique among the executors this process ever started, so what is
+    /// kept for one (a kept-alive connection) is never handed to another.
+    pub fn executor_id(&self) -> u64 {
+        self.executor.id
+    }
+
     /// A new connection to the executor's port, made inside its network namespace.
     pub async fn connect(&self) -> Result<TcpStream, Error> {
         let e = &self.executor;

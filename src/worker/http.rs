@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Agent, Launch, Session};
-use crate::exec::http::{HttpPool, ServiceSpec};
+use crate::exec::http::{HttpPool, Lease, ServiceSpec};
 use crate::proto::http::{self as wire, Inbox, Piece, Window};
 use crate::proto::{Frame, HttpOpen};
 
@@ -47,15 +47,62 @@ struct Stream {
     cancel: CancellationToken,
 }
 
+/// A proxied request's body, boxed so that one kept-alive connection can carry any request.
+type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, wire::Abandoned>;
+
+/// A connection to an executor's port, to send requests on.
+type Connection = hyper::client::conn::http1::SendRequest<ProxyBody>;
+
+/// The most kept-alive connections kept for one executor.
+const KEPT_PER_EXECUTOR: usize = 32;
+
 /// The worker's HTTP services and the requests in flight to them.
 #[derive(Default)]
 pub(super) struct Services {
     /// The executors, by function version.
     pub pool: HttpPool,
     streams: Mutex<HashMap<u64, Stream>>,
+    /// Connections whose last response ended with the connection open, by executor id: the
+    /// next request to that executor takes one instead of connecting again.
+    kept: Mutex<HashMap<u64, Vec<Connection>>>,
 }
 
 impl Services {
+    /// A kept-alive connection to the lease's executor that is ready for a request, if any.
+    async fn kept(&self, lease: &Lease) -> Option<Connection> {
+        loop {
+            let mut connection = {
+                let mut kept = self.kept.lock().expect("kept connections lock");
+                let list = kept.get_mut(&lease.executor_id())?;
+                let connection = list.pop();
+                if list.is_empty() {
+                    kept.remove(&lease.executor_id());
+                }
+                connection?
+            };
+            if !connection.is_closed() && connection.ready().await.is_ok() {
+                return Some(connection);
+            }
+        }
+    }
+
+    /// Keeps a connection whose response ended for the executor's next request (connections
+    /// the service closed, here or to executors that stopped, are dropped).
+    fn keep(&self, lease: &Lease, connection: Connection) {
+        let mut kept = self.kept.lock().expect("kept connections lock");
+        kept.retain(|_, list| {
+            list.retain(|c| !c.is_closed());
+            !list.is_empty()
+        });
+        if connection.is_closed() {
+            return;
+        }
+        let list = kept.entry(lease.executor_id()).or_default();
+        if list.len() < KEPT_PER_EXECUTOR {
+            list.push(connection);
+        }
+    }
+
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Stream>> {
         self.streams.lock().expect("http streams lock")
     }
@@ -157,17 +204,25 @@ async fn serve(
         .acquire(service_spec(agent, &open).await?)
         .await
         .map_err(|e| Abort(e.to_string()))?;
-    let conn = lease.connect().await.map_err(|e| Abort(e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-        .await
-        .map_err(|e| format!("the HTTP service did not take the connection: {e}"))?;
-    tokio::spawn(connection);
+    let (mut connection, reused) = match agent.http.kept(&lease).await {
+        Some(connection) => (connection, true),
+        None => (connect(&lease).await?, false),
+    };
     let stream = open.stream;
     let request = request(open, outlet)?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("the HTTP service did not answer: {e}"))?;
+    let response = match connection.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut failed) => match failed.take_message() {
+            // A kept connection the service closed before the request went: a new one
+            // takes it.
+            Some(request) if reused => {
+                connection = connect(&lease).await?;
+                connection.send_request(request).await
+            }
+            _ => Err(failed.into_error()),
+        }
+        .map_err(|e| format!("the HTTP service did not answer: {e}"))?,
+    };
     let headers = response
         .headers()
         .iter()
@@ -182,19 +237,25 @@ async fn serve(
     frames
         .send(head)
         .map_err(|_| "the server connection is gone")?;
-    wire::send_body(stream, response.into_body(), window, frames).await;
+    if wire::send_body(stream, response.into_body(), window, frames).await {
+        agent.http.keep(&lease, connection);
+    }
     drop(lease);
     Ok(())
 }
 
+/// A new connection to the lease's executor, its HTTP/1.1 handshake done.
+async fn connect(lease: &Lease) -> Result<Connection, Abort> {
+    let stream = lease.connect().await.map_err(|e| Abort(e.to_string()))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("the HTTP service did not take the connection: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// The request to the service, its body streamed from `outlet`.
-fn request(
-    open: HttpOpen,
-    outlet: wire::Outlet,
-) -> Result<
-    hyper::Request<http_body_util::StreamBody<impl futures_util::Stream<Item = BodyFrame>>>,
-    Abort,
-> {
+fn request(open: HttpOpen, outlet: wire::Outlet) -> Result<hyper::Request<ProxyBody>, Abort> {
     let body = outlet.into_stream().map_ok(hyper::body::Frame::data);
     let mut builder = hyper::Request::builder()
         .method(open.method.as_str())
@@ -203,12 +264,11 @@ fn request(
         builder = builder.header(name.as_str(), value.as_ref());
     }
     builder
-        .body(http_body_util::StreamBody::new(body))
+        .body(http_body_util::BodyExt::boxed_unsync(
+            http_body_util::StreamBody::new(body),
+        ))
         .map_err(|e| Abort(format!("the proxied request is not valid HTTP: {e}")))
 }
-
-/// One frame of a proxied request body.
-type BodyFrame = Result<hyper::body::Frame<bytes::Bytes>, wire::Abandoned>;
 
 /// How an executor of the request's function version is started here.
 async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abort> {

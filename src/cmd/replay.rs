@@ -268,7 +268,8 @@ async fn command_here(
     }
     let (bundle, images) = (bundle.to_owned(), dir.join("images"));
     let rootfs = tokio::task::spawn_blocking(move || {
-        crate::oci::ensure_rootfs(&bundle, &images, crate::oci::Limits::default())
+        // The directory is this replay's own: one image in it, under any name.
+        crate::oci::ensure_rootfs(&bundle, "image", &images, crate::oci::Limits::default())
     })
     .await
     .context("the image's unpack did not finish")?

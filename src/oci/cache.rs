@@ -1,5 +1,7 @@
-//! The unpacked roots, one per image config digest: `<cache>/<digest>/rootfs` beside the
-//! image's `config.json`. A root is built in a temporary directory of the cache and renamed into
+//! The unpacked roots, one per image archive: `<cache>/<key>/rootfs` beside the image's
+//! `config.json`, where the key is the archive's own hash (the function's code hash). Never the
+//! config digest alone: nothing ties a config to the layers an archive pairs it with, so two
+//! archives with one config (one of them hostile) must not share a root. A root is built in a temporary directory of the cache and renamed into
 //! place when complete, so a crashed unpack leaves nothing that looks done and two unpacks of one
 //! image at once each build their own and the second rename simply loses.
 
@@ -31,20 +33,26 @@ pub struct Rootfs {
     pub unpacked: bool,
 }
 
-/// The unpacked root of the image archive at `archive`, unpacked into `cache` unless it already
-/// is. Blocking: call it off the async threads.
-pub fn ensure_rootfs(archive: &Path, cache: &Path, limits: Limits) -> Result<Rootfs, Error> {
+/// The unpacked root of the image archive at `archive`, whose own hash (hex) is `key`, unpacked
+/// into `cache` unless it already is (then the archive is not read at all). Blocking: call it
+/// off the async threads.
+pub fn ensure_rootfs(
+    archive: &Path,
+    key: &str,
+    cache: &Path,
+    limits: Limits,
+) -> Result<Rootfs, Error> {
+    let dir = cache.join(key);
+    if let Some(rootfs) = unpacked(&dir) {
+        return Ok(rootfs);
+    }
     let image = Image::open(archive)?;
-    let dir = cache.join(&image.digest);
     let mut rootfs = Rootfs {
         digest: image.digest.clone(),
         path: dir.join("rootfs"),
         config: image.config.clone(),
         unpacked: false,
     };
-    if dir.join("rootfs").is_dir() {
-        return Ok(rootfs);
-    }
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Write { path, source }
@@ -62,13 +70,29 @@ pub fn ensure_rootfs(archive: &Path, cache: &Path, limits: Limits) -> Result<Roo
             let _ = building.keep();
             Ok(rootfs)
         }
-        // Another unpack of the same image finished first: use its root, drop ours.
+        // Another unpack of the same archive finished first: use its root, drop ours.
         Err(_) if dir.join("rootfs").is_dir() => Ok(rootfs),
         Err(e) => Err(Error::Write {
             path: dir,
             source: e,
         }),
     }
+}
+
+/// The root already unpacked in `dir`, with the config written beside it.
+fn unpacked(dir: &Path) -> Option<Rootfs> {
+    let root = dir.join("rootfs");
+    if !root.is_dir() {
+        return None;
+    }
+    let config: ImageConfig =
+        serde_json::from_slice(&fs::read(dir.join("config.json")).ok()?).ok()?;
+    Some(Rootfs {
+        digest: fs::read_to_string(dir.join("digest")).unwrap_or_default(),
+        path: root,
+        config,
+        unpacked: false,
+    })
 }
 
 /// Removes the roots of `cache` left half-built (by a process killed mid-unpack) more than
@@ -123,6 +147,10 @@ fn build(image: &Image, dir: &Path, limits: Limits) -> Result<(), Error> {
     })?;
     fs::write(dir.join("config.json"), config).map_err(|source| Error::Write {
         path: dir.join("config.json"),
+        source,
+    })?;
+    fs::write(dir.join("digest"), &image.digest).map_err(|source| Error::Write {
+        path: dir.join("digest"),
         source,
     })
 }

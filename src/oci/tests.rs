@@ -6,7 +6,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::test_image::{Entry, Image as Spec, Layer};
-use super::{Error, Limits, check, ensure_rootfs};
+use super::{Error, Limits, check};
+
+/// [`super::ensure_rootfs`] keyed, as a worker keys it, by the archive's own hash.
+fn ensure(
+    archive: &std::path::Path,
+    cache: &std::path::Path,
+    limits: Limits,
+) -> Result<super::Rootfs, Error> {
+    super::ensure_rootfs(archive, &key_of(archive), cache, limits)
+}
+
+/// The archive's own hash (hex): the name of its root in the cache.
+fn key_of(archive: &std::path::Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(archive).expect("read the archive");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn file(path: &str, text: &str) -> Entry {
     Entry::File(path.into(), text.as_bytes().to_vec(), 0o644)
@@ -88,11 +107,11 @@ fn a_docker_save_archive_unpacks_with_its_config() {
         file("etc/motd", "hi"),
     ])]);
     let archive = scratch.archive(&image.docker_save());
-    let rootfs = ensure_rootfs(&archive, &scratch.cache(), Limits::default()).unwrap();
+    let rootfs = ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
     assert_eq!(rootfs.digest, image.digest());
     assert_eq!(
         rootfs.path,
-        scratch.cache().join(image.digest()).join("rootfs")
+        scratch.cache().join(key_of(&archive)).join("rootfs")
     );
     assert_eq!(rootfs.config.argv(), ["/bin/app"]);
     assert_eq!(rootfs.config.env, ["A=1"]);
@@ -112,12 +131,17 @@ fn a_docker_save_archive_unpacks_with_its_config() {
         fs::read_to_string(rootfs.path.join("etc/motd")).unwrap(),
         "hi"
     );
-    assert_eq!(scratch.cache_names(), [image.digest()], "no temporary left");
+    assert_eq!(
+        scratch.cache_names(),
+        [key_of(&archive)],
+        "no temporary left"
+    );
     // A second call finds it in the cache.
     assert!(rootfs.unpacked);
-    let again = ensure_rootfs(&archive, &scratch.cache(), Limits::default()).unwrap();
+    let again = ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
     assert_eq!(again.path, rootfs.path);
     assert!(!again.unpacked, "found in the cache");
+    assert_eq!((again.digest, again.config), (rootfs.digest, rootfs.config));
 }
 
 #[test]
@@ -140,7 +164,7 @@ fn an_oci_layout_with_gzip_layers_applies_whiteouts() {
     ]);
     let image = spec(vec![lower, upper]);
     let archive = scratch.archive(&image.oci_layout());
-    let rootfs = ensure_rootfs(&archive, &scratch.cache(), Limits::default()).unwrap();
+    let rootfs = ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
     let root = &rootfs.path;
     assert!(!root.join("a/x").exists(), "whiteout removes a/x");
     assert_eq!(fs::read_to_string(root.join("a/y")).unwrap(), "y");
@@ -168,13 +192,7 @@ fn concurrent_unpacks_of_one_image_agree() {
     let cache = scratch.cache();
     let roots: Vec<PathBuf> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    ensure_rootfs(&archive, &cache, Limits::default())
-                        .unwrap()
-                        .path
-                })
-            })
+            .map(|_| s.spawn(|| ensure(&archive, &cache, Limits::default()).unwrap().path))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -182,7 +200,7 @@ fn concurrent_unpacks_of_one_image_agree() {
     assert_eq!(fs::read_to_string(roots[0].join("f")).unwrap(), "1");
     assert_eq!(
         scratch.cache_names(),
-        [image.digest()],
+        [key_of(&archive)],
         "losers leave nothing"
     );
 }
@@ -201,7 +219,7 @@ fn refused(entries: Vec<Entry>, limits: Limits) -> String {
         };
         let archive = scratch.archive(&bytes);
         let before = scratch.outside();
-        let err = ensure_rootfs(&archive, &scratch.cache(), limits).unwrap_err();
+        let err = ensure(&archive, &scratch.cache(), limits).unwrap_err();
         assert!(
             scratch.outside() == before,
             "something outside the cache changed"
@@ -329,7 +347,7 @@ fn a_tampered_layer_fails_its_digest_and_a_zstd_layer_is_refused() {
     let mut bytes = image.oci_layout();
     let at = bytes.windows(11).position(|w| w == b"marker-text").unwrap();
     bytes[at] = b'M';
-    let err = ensure_rootfs(
+    let err = ensure(
         &scratch.archive(&bytes),
         &scratch.cache(),
         Limits::default(),
@@ -341,7 +359,7 @@ fn a_tampered_layer_fails_its_digest_and_a_zstd_layer_is_refused() {
     let mut zstd = Layer::new(Vec::new());
     zstd.raw = Some(vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]);
     let image = spec(vec![zstd]);
-    let err = ensure_rootfs(
+    let err = ensure(
         &scratch.archive(&image.docker_save()),
         &scratch.cache(),
         Limits::default(),
@@ -360,14 +378,14 @@ fn an_archive_that_is_not_an_image_is_refused() {
     tar.append_data(&mut header, "hello.txt", &b"hi"[..])
         .unwrap();
     let bytes = tar.into_inner().unwrap();
-    let err = ensure_rootfs(
+    let err = ensure(
         &scratch.archive(&bytes),
         &scratch.cache(),
         Limits::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("not an image archive"), "{err}");
-    let err = ensure_rootfs(
+    let err = ensure(
         &scratch.archive(b"junk"),
         &scratch.cache(),
         Limits::default(),
@@ -420,7 +438,7 @@ fn a_nested_index_gives_its_linux_amd64_manifest_and_an_ambiguous_one_is_refused
     let (bytes, digest) = layout_with_indexes(
         |_, inner| serde_json::json!({"manifests": [{"digest": format!("sha256:{inner}"), "size": 1}]}),
     );
-    let rootfs = ensure_rootfs(
+    let rootfs = ensure(
         &scratch.archive(&bytes),
         &scratch.cache(),
         Limits::default(),
@@ -434,7 +452,7 @@ fn a_nested_index_gives_its_linux_amd64_manifest_and_an_ambiguous_one_is_refused
         serde_json::json!({"manifests": [d.clone(), d]})
     });
     let scratch = Scratch::new();
-    let err = ensure_rootfs(
+    let err = ensure(
         &scratch.archive(&bytes),
         &scratch.cache(),
         Limits::default(),
@@ -474,4 +492,34 @@ fn only_old_unfinished_roots_are_removed() {
     let mut left = scratch.cache_names();
     left.sort();
     assert_eq!(left, [".unpack-new", "0123"]);
+}
+
+#[test]
+fn two_archives_with_one_config_get_roots_of_their_own() {
+    // The second archive copies the first's config (so its config digest) over other layers:
+    // it must not be served the first one's root, nor the first its.
+    let scratch = Scratch::new();
+    let first = spec(vec![Layer::new(vec![file("whose", "first")])]);
+    let mut second = spec(vec![Layer::new(vec![file("whose", "second")])]);
+    second.config = first.config.clone();
+    assert_eq!(first.digest(), second.digest(), "one config");
+    let cache = scratch.cache();
+    let first_root = ensure(
+        &scratch.archive(&first.docker_save()),
+        &cache,
+        Limits::default(),
+    )
+    .unwrap()
+    .path;
+    let archive = scratch.archive(&second.docker_save());
+    let second_root = ensure(&archive, &cache, Limits::default()).unwrap().path;
+    assert_ne!(first_root, second_root);
+    assert_eq!(
+        fs::read_to_string(first_root.join("whose")).unwrap(),
+        "first"
+    );
+    assert_eq!(
+        fs::read_to_string(second_root.join("whose")).unwrap(),
+        "second"
+    );
 }

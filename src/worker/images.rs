@@ -1,6 +1,6 @@
 //! The `oci` functions' images, unpacked once per image: each bundle is unpacked (on a blocking
-//! thread) into a root under the code cache's `images/` directory, named by the image's config
-//! digest. Calls of one bundle wait for one unpack instead of each making its own.
+//! thread) into a root under the code cache's `images/` directory, named by the bundle's hash
+//! (never by the image's config digest alone, which a hostile archive can copy). Calls of one bundle wait for one unpack instead of each making its own.
 //!
 //! An unpacked root counts in the code cache's size with the bundle it came from
 //! ([`CodeCache::attach`]) and goes when that bundle is evicted, which it never is while an
@@ -67,7 +67,7 @@ impl Images {
         let (code, dir, limits) = (code.to_owned(), self.dir.clone(), self.limits);
         let counted = self.cache.has_attached(&hash);
         let (rootfs, size) = tokio::task::spawn_blocking(move || {
-            let rootfs = oci::ensure_rootfs(&code, &dir, limits)?;
+            let rootfs = oci::ensure_rootfs(&code, &crate::proto::hex(&hash), &dir, limits)?;
             let size = (!counted).then(|| tree_bytes(&rootfs.path));
             Ok::<_, oci::Error>((rootfs, size))
         })

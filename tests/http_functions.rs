@@ -171,11 +171,18 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
     )
     .await;
     assert_eq!(by_path.status(), 200);
+    // The path route shares the dashboard's origin: its pages run in an opaque origin.
+    let policy = by_path.headers().get("content-security-policy");
+    assert!(
+        policy.is_some_and(|p| p.to_str().unwrap_or_default().starts_with("sandbox ")),
+        "{policy:?}"
+    );
     assert_eq!(body_text(by_path).await, "hello from the service\n");
 
     let host = Some("files.Example.com:443");
     let by_host = request(&server.url, "GET", "/file.txt", host, Bytes::new()).await;
     assert_eq!(by_host.status(), 200);
+    assert!(by_host.headers().get("content-security-policy").is_none());
     assert_eq!(body_text(by_host).await, "hello from the service\n");
 
     // The directory listing at the service's root, through both routes.
@@ -590,4 +597,16 @@ async fn requests_one_after_another_reuse_the_kept_alive_connection() {
         ports.windows(2).all(|w| w[0] == w[1]),
         "each request came on a new connection: {ports:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_path_reaches_the_service_as_the_client_wrote_it() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    register_service(&server, "raw", ECHO_SERVER).await;
+    let path = "/function/raw/a%2Fb/%2e%2e/c%20d?q=%3F";
+    let response = request(&server.url, "POST", path, None, Bytes::from_static(b"x")).await;
+    assert_eq!(response.status(), 200);
+    let seen: serde_json::Value =
+        serde_json::from_str(&body_text(response).await).expect("the echo is JSON");
+    assert_eq!(seen["path"], "/a%2Fb/%2e%2e/c%20d?q=%3F", "{seen}");
 }

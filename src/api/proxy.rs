@@ -31,10 +31,15 @@ pub struct HostRouted;
 pub async fn proxy_path(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((name, path)): Path<(String, String)>,
+    Path((name, _)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    forward(&state, &caller, &name, &format!("/{path}"), request).await
+    // The path as the client wrote it, not as the router decoded it: `%2F`, `%3F` or `%2e%2e`
+    // reach the service as sent, for it to judge.
+    let raw = request.uri().path();
+    let rest = raw.splitn(4, '/').nth(3).unwrap_or_default();
+    let path = format!("/{rest}");
+    forward(&state, &caller, &name, &path, request).await
 }
 
 /// Whether `name` is an HTTP-service function (whose `/function/{name}` is proxied too).
@@ -136,7 +141,25 @@ async fn proxy(
             headers.append(name, value);
         }
     }
+    if !by_host {
+        confine(headers);
+    }
     Ok(response)
+}
+
+/// What a page served on the path route runs under: `/function/NAME/...` shares its origin with
+/// the dashboard and the API, so the page runs in an opaque origin of its own (scripts, forms and
+/// pop-ups allowed; the origin's storage, such as the dashboard's token, out of reach), and may
+/// not claim the origin for a service worker. A host of its own (`serve --domain`) needs none of
+/// this.
+const PATH_ROUTE_POLICY: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
+
+fn confine(headers: &mut axum::http::HeaderMap) {
+    headers.remove("service-worker-allowed");
+    headers.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PATH_ROUTE_POLICY),
+    );
 }
 
 /// The 404 of a name no function has.

@@ -414,7 +414,9 @@ impl Broker {
             Frame::HttpBody { stream, bytes } => (stream, Piece::Data(bytes.clone())),
             Frame::HttpEnd { stream } => (stream, Piece::End),
             Frame::HttpAbort { stream, reason } => {
-                if let Some(open) = streams.remove(*stream) {
+                // Only the worker serving a stream may end it.
+                let serving = streams.open.get(stream).is_some_and(|s| s.worker == worker);
+                if serving && let Some(open) = streams.remove(*stream) {
                     fail(open, reason.clone());
                 }
                 return true;

@@ -81,6 +81,9 @@ pub struct ServiceSpec {
     pub idle_timeout: Duration,
     /// Whether it has a network namespace of its own (else it listens on the host's).
     pub own_network: bool,
+    /// What must stay while an executor of it runs (its code bundle's hold in the worker's
+    /// cache, which keeps the bundle and its unpacked image from eviction).
+    pub keep: Option<super::KeepAlive>,
 }
 
 /// A started executor.
@@ -91,6 +94,7 @@ struct Running {
     sandboxed: bool,
     _stdin: Option<tokio::net::unix::pipe::Sender>,
     _workdir: tempfile::TempDir,
+    _keep: Option<super::KeepAlive>,
 }
 
 impl Drop for Running {
@@ -324,6 +328,7 @@ async fn start(spec: &ServiceSpec) -> Result<Running, Error> {
         child,
         _stdin: stdin,
         _workdir: workdir,
+        _keep: spec.keep.clone(),
     };
     match wait_listening(&mut running, spec).await {
         Ok(()) => Ok(running),

@@ -621,7 +621,14 @@ pub fn discard_dir(dir: &Path) {
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return;
     };
+    // A name of its own each time: an earlier discard of the same root may still be deleting.
+    static DISCARDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut discarded = std::ffi::OsString::from(DISCARDED_PREFIX);
+    discarded.push(format!(
+        "{}-{}-",
+        std::process::id(),
+        DISCARDS.fetch_add(1, Ordering::Relaxed)
+    ));
     discarded.push(name);
     let gone = parent.join(discarded);
     if let Err(e) = std::fs::rename(dir, &gone) {

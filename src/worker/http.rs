@@ -297,5 +297,6 @@ async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abo
         start_timeout: timeout,
         idle_timeout: Duration::from_millis(target.idle_timeout_ms),
         own_network: config.runtimes.isolates_network(target.isolation),
+        keep: Some(std::sync::Arc::new(prepared.code)),
     })
 }

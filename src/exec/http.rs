@@ -451,6 +451,7 @@ mod tests {
             start_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             own_network,
+            keep: None,
         }
     }
 

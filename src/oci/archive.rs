@@ -351,8 +351,15 @@ fn normalize(name: &str) -> Option<String> {
 fn index_tar(file: File) -> std::io::Result<HashMap<String, Span>> {
     let mut files = HashMap::new();
     let mut links = Vec::new();
-    let mut archive = tar::Archive::new(file);
-    for entry in archive.entries_with_seek()? {
+    let guard = super::guard::Guard::default();
+    let mut archive = tar::Archive::new(super::guard::Guarded::new(file, guard.clone()));
+    let mut entries = archive.entries_with_seek()?;
+    loop {
+        // Bodies are sought past, never read: every byte read here is a header.
+        guard.between_entries();
+        let Some(entry) = entries.next() else {
+            break;
+        };
         let entry = entry?;
         let Some(name) = entry.path()?.to_str().and_then(normalize) else {
             continue;

@@ -13,6 +13,7 @@
 mod archive;
 mod cache;
 mod config;
+mod guard;
 mod unpack;
 
 use std::path::PathBuf;

@@ -523,3 +523,40 @@ fn two_archives_with_one_config_get_roots_of_their_own() {
         "second"
     );
 }
+
+/// A layer whose one entry has a GNU long name of `name_bytes` bytes (the `tar` crate reads such a
+/// name whole before it yields the entry).
+fn long_name_layer(name_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(name_bytes as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    out.resize(out.len() + name_bytes.div_ceil(512) * 512, b'a');
+    let mut file = tar::Header::new_gnu();
+    file.set_path("x").unwrap();
+    file.set_size(0);
+    file.set_mode(0o644);
+    file.set_cksum();
+    out.extend_from_slice(file.as_bytes());
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn a_long_name_past_the_header_bound_is_refused_before_it_is_read_whole() {
+    let scratch = Scratch::new();
+    let mut layer = Layer::new(Vec::new());
+    layer.raw = Some(long_name_layer(8 << 20));
+    let archive = scratch.archive(&spec(vec![layer]).docker_save());
+    let err = ensure(&archive, &scratch.cache(), Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("long name"), "{err}");
+    // A long name of a sane length is fine.
+    let mut layer = Layer::new(Vec::new());
+    layer.raw = Some(long_name_layer(200));
+    let archive = scratch.archive(&spec(vec![layer]).docker_save());
+    ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
+}

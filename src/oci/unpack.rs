@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::archive::{Image, Layer, check_digest, hex};
+use super::guard::{Guard, Guarded};
 use super::{Error, Limits};
 
 /// The name of an opaque whiteout: the directory's lower contents are hidden.
@@ -135,51 +136,76 @@ fn unpack_tar(
         layer: layer.name.clone(),
         source,
     };
-    let mut archive = tar::Archive::new(tar);
+    let guard = Guard::default();
+    let mut archive = tar::Archive::new(Guarded::new(tar, guard.clone()));
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
-    for entry in archive.entries().map_err(read_err)? {
+    let mut entries = archive.entries().map_err(read_err)?;
+    loop {
+        guard.between_entries();
+        let Some(entry) = entries.next() else {
+            break;
+        };
+        guard.in_entry();
         let mut entry = entry.map_err(read_err)?;
-        let raw = entry.path().map_err(read_err)?.into_owned();
-        let shown = raw.to_string_lossy().into_owned();
-        let refuse = |reason: &str| Error::UnsafeEntry {
-            layer: layer.name.clone(),
-            entry: shown.clone(),
-            reason: reason.to_owned(),
-        };
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            continue;
-        }
-        budget.entries += 1;
-        if budget.entries > budget.limits.max_entries {
-            return Err(Error::TooManyEntries {
-                layer: layer.name.clone(),
-                limit: budget.limits.max_entries,
-            });
-        }
-        let size = declared_size(&entry);
-        budget.bytes = budget.bytes.saturating_add(size);
-        if budget.bytes > budget.limits.max_bytes {
-            return Err(Error::TooLarge {
-                layer: layer.name.clone(),
-                entry: shown,
-                limit: budget.limits.max_bytes,
-            });
-        }
-        let Some(rel) = inside_path(&raw).map_err(refuse)? else {
-            continue;
-        };
-        let target = Target { root, rel: &rel };
-        apply_entry(&target, &mut entry, &mut this_layer).map_err(|failure| match failure {
-            Failure::Refused(reason) => refuse(&reason),
-            Failure::Io(path, source) => Error::Write { path, source },
-            Failure::Read(source) => read_err(source),
-        })?;
-        this_layer.insert(rel);
+        apply_tar_entry(layer, &mut entry, root, budget, &mut this_layer)?;
+        // What the entry did not read of its body is read here, not counted as headers.
+        io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
     }
+    Ok(())
+}
+
+/// Applies one entry of a layer (within the budget), recording its path in `this_layer`.
+fn apply_tar_entry<R: Read>(
+    layer: &Layer,
+    entry: &mut tar::Entry<R>,
+    root: &Path,
+    budget: &mut Budget,
+    this_layer: &mut HashSet<PathBuf>,
+) -> Result<(), Error> {
+    let read_err = |source| Error::ReadLayer {
+        layer: layer.name.clone(),
+        source,
+    };
+    let raw = entry.path().map_err(read_err)?.into_owned();
+    let shown = raw.to_string_lossy().into_owned();
+    let refuse = |reason: &str| Error::UnsafeEntry {
+        layer: layer.name.clone(),
+        entry: shown.clone(),
+        reason: reason.to_owned(),
+    };
+    let kind = entry.header().entry_type();
+    if matches!(
+        kind,
+        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+    ) {
+        return Ok(());
+    }
+    budget.entries += 1;
+    if budget.entries > budget.limits.max_entries {
+        return Err(Error::TooManyEntries {
+            layer: layer.name.clone(),
+            limit: budget.limits.max_entries,
+        });
+    }
+    let size = declared_size(entry);
+    budget.bytes = budget.bytes.saturating_add(size);
+    if budget.bytes > budget.limits.max_bytes {
+        return Err(Error::TooLarge {
+            layer: layer.name.clone(),
+            entry: shown,
+            limit: budget.limits.max_bytes,
+        });
+    }
+    let Some(rel) = inside_path(&raw).map_err(refuse)? else {
+        return Ok(());
+    };
+    let target = Target { root, rel: &rel };
+    apply_entry(&target, entry, this_layer).map_err(|failure| match failure {
+        Failure::Refused(reason) => refuse(&reason),
+        Failure::Io(path, source) => Error::Write { path, source },
+        Failure::Read(source) => read_err(source),
+    })?;
+    this_layer.insert(rel);
     Ok(())
 }
 

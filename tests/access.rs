@@ -72,17 +72,19 @@ const TABLE: &[Row] = &[
         "/v1/functions",
         [200, 200, 200, 200, 200, 401, 401, 200],
     ),
-    // Uploading code is for those who may register functions; the blob exists (the code of
-    // `f`), so an allowed PUT answers 200 without reading the body.
+    // Uploading code is for those who may register functions. The blob exists (the code of
+    // `f`): `HEAD` finds it, and `PUT` answers 200 without reading the body, only for those who
+    // may use it by digest (an admin, `f`'s owner); another developer is told it is missing
+    // and sends the body, which proves it has the code (201).
     row(
         "HEAD",
         "/v1/blobs/{digest}",
-        [200, 200, 200, 403, 403, 401, 401, 200],
+        [200, 200, 404, 403, 403, 401, 401, 404],
     ),
     row(
         "PUT",
         "/v1/blobs/{digest}",
-        [200, 200, 200, 403, 403, 401, 401, 200],
+        [200, 200, 201, 403, 403, 401, 401, 201],
     ),
     row(
         "GET",

@@ -250,3 +250,58 @@ async fn an_upload_cut_off_resumes_from_what_the_server_kept() {
     assert_eq!(head(&client, &digest).await, 200);
     assert_eq!(blob_files(&server), vec![digest[7..].to_string()]);
 }
+
+/// Adds a user through `admin`; its token.
+async fn add_user(admin: &Client, name: &str, role: &str) -> String {
+    let body = serde_json::json!({"name": name, "role": role}).to_string();
+    let answer = admin
+        .post("/v1/users", "application/json", body.into())
+        .await
+        .expect("add user");
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let user: serde_json::Value = answer.json().expect("json");
+    user["token"].as_str().expect("token").to_string()
+}
+
+/// Registers `name` with the blob `digest` as its code.
+async fn register_by_digest(client: &Client, name: &str, digest: &str) -> faasd::client::Answer {
+    let body = serde_json::json!({"name": name, "runtime": "shell", "code_sha256": digest});
+    client
+        .post("/v1/functions", "application/json", body.to_string().into())
+        .await
+        .expect("register")
+}
+
+#[tokio::test]
+async fn knowing_a_digest_is_not_having_the_code() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let root = add_user(&server.client(), "root", "admin").await;
+    let admin = server.client().with_token(&root).expect("token");
+    let alice = server
+        .client()
+        .with_token(&add_user(&admin, "alice", "developer").await)
+        .expect("token");
+    let mallory = server
+        .client()
+        .with_token(&add_user(&admin, "mallory", "developer").await)
+        .expect("token");
+    let code = Bytes::from_static(b"echo alice's secret\n");
+    let digest = digest_of(&code);
+    assert_eq!(put(&alice, &digest, code.clone()).await.status, 201);
+    let answer = register_by_digest(&alice, "secret", &digest).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    assert_eq!(head(&alice, &digest).await, 200);
+    // Mallory read the digest somewhere: the server answers as if it had no such blob...
+    assert_eq!(head(&mallory, &digest).await, 404);
+    let answer = register_by_digest(&mallory, "stolen", &digest).await;
+    expect_error(&answer, 400, "blob_not_found");
+    // ... and a PUT without the bytes does not pass for having them.
+    let answer = put(&mallory, &digest, Bytes::from_static(b"guess")).await;
+    expect_error(&answer, 400, "digest_mismatch");
+    let answer = register_by_digest(&mallory, "stolen", &digest).await;
+    expect_error(&answer, 400, "blob_not_found");
+    // Whoever sends the whole body has the code, and may use it.
+    assert_eq!(put(&mallory, &digest, code).await.status, 201);
+    let answer = register_by_digest(&mallory, "hers", &digest).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+}

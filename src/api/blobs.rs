@@ -61,6 +61,24 @@ fn may_upload(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// Whether `caller` may use blob `hash` by its digest alone (find it with `HEAD`, skip sending
+/// its body, register a function with it): an admin, whoever sent its whole body since the
+/// server started, or the owner of a live function whose code it is. Knowing a digest (shown on
+/// every function a user may call) is not having the code.
+pub(crate) fn may_use(state: &AppState, caller: &Caller, hash: &CodeHash) -> bool {
+    caller.is_admin()
+        || state
+            .broker
+            .store()
+            .blob_files()
+            .uploaded_by(hash, caller.user)
+        || state
+            .broker
+            .functions()
+            .iter()
+            .any(|f| f.owner == caller.user && &f.code_hash == hash)
+}
+
 fn view(hash: &CodeHash, bytes: u64) -> Json<serde_json::Value> {
     Json(json!({ "digest": format!("sha256:{}", hex(hash)), "bytes": bytes }))
 }
@@ -79,7 +97,7 @@ pub async fn head(
         .has_blob(hash)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    if let Some(bytes) = found {
+    if let Some(bytes) = found.filter(|_| may_use(&state, &caller, &hash)) {
         return Ok((StatusCode::OK, [(header::CONTENT_LENGTH, bytes)]).into_response());
     }
     let missing = ApiError::new(
@@ -118,11 +136,12 @@ pub async fn put(
     may_upload(&caller)?;
     let hash = parse_digest(&digest)?;
     let store = state.broker.store();
-    if let Some(bytes) = store
+    let found = store
         .has_blob(hash)
         .await
-        .map_err(|e| ApiError::store(&e))?
-    {
+        .map_err(|e| ApiError::store(&e))?;
+    // A caller who may not use the blob by its digest sends its body like a first uploader.
+    if let Some(bytes) = found.filter(|_| may_use(&state, &caller, &hash)) {
         return Ok((StatusCode::OK, view(&hash, bytes)));
     }
     let limit = state.max_code_bytes;
@@ -153,6 +172,7 @@ pub async fn put(
     }
     match upload.finish().await.map_err(|e| stored(&e))? {
         Stored::Stored(bytes) => {
+            store.blob_files().record_uploader(hash, caller.user);
             tracing::info!(digest = %hex(&hash), bytes, "code blob uploaded");
             Ok((StatusCode::CREATED, view(&hash, bytes)))
         }

@@ -360,7 +360,7 @@ pub async fn register(
             ));
         }
         (Some(bytes), None) => Code::Inline(bytes),
-        (None, Some(digest)) => uploaded(&state, digest).await?,
+        (None, Some(digest)) => uploaded(&state, &caller, digest).await?,
         (None, None) => {
             return Err(ApiError::invalid(
                 "the registration has no code: send `code` or `code_sha256`",
@@ -396,14 +396,16 @@ pub(crate) const CHECKED_BLOB_BYTES: u64 = 4 << 20;
 
 /// The uploaded blob `digest` names (touched, so the sweep leaves it: see
 /// [`crate::store::BLOB_GRACE`]); 400 `blob_not_found` when there is none.
-async fn uploaded(state: &AppState, digest: &str) -> Result<Code, ApiError> {
+async fn uploaded(state: &AppState, caller: &Caller, digest: &str) -> Result<Code, ApiError> {
     let hash = super::blobs::parse_digest(digest)?;
     let store = state.broker.store();
-    match store
+    let found = store
         .has_blob(hash)
         .await
-        .map_err(|e| ApiError::store(&e))?
-    {
+        .map_err(|e| ApiError::store(&e))?;
+    // A blob the caller may not use by digest answers as if it were missing: the caller
+    // uploads it, which proves it has the code.
+    match found.filter(|_| super::blobs::may_use(state, caller, &hash)) {
         Some(bytes) => Ok(Code::Blob { hash, bytes }),
         None => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

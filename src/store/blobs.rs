@@ -16,7 +16,7 @@
 //! uploaded (or found) a blob has that long to register a function with it. Small bundles
 //! registered inline stay in the `blobs` table, as before.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,8 @@ pub struct BlobFiles {
     lock: Arc<Mutex<()>>,
     /// The blobs being uploaded now (one upload of a blob at a time).
     uploading: Arc<Mutex<HashSet<CodeHash>>>,
+    /// Who sent each blob's whole body since the server started (see [`BlobFiles::uploaded_by`]).
+    uploaders: Arc<Mutex<HashMap<CodeHash, HashSet<u32>>>>,
 }
 
 /// Why an upload could not start.
@@ -107,7 +109,30 @@ impl BlobFiles {
             dir,
             lock: Arc::new(Mutex::new(())),
             uploading: Arc::new(Mutex::new(HashSet::new())),
+            uploaders: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Records that `user` sent the whole body of blob `hash`, checked against its digest.
+    pub fn record_uploader(&self, hash: CodeHash, user: u32) {
+        self.uploaders
+            .lock()
+            .expect("uploaders poisoned by an earlier panic")
+            .entry(hash)
+            .or_default()
+            .insert(user);
+    }
+
+    /// Whether `user` sent the whole body of blob `hash` since the server started. Knowing a
+    /// digest is not having its bytes: a blob is used by digest only by whoever proved to have
+    /// them (or owns code that has that hash). The record lives in memory: after a restart an
+    /// uploader sends the body again (the grace a blob waits for its registration is an hour).
+    pub fn uploaded_by(&self, hash: &CodeHash, user: u32) -> bool {
+        self.uploaders
+            .lock()
+            .expect("uploaders poisoned by an earlier panic")
+            .get(hash)
+            .is_some_and(|users| users.contains(&user))
     }
 
     fn uploads(&self) -> std::sync::MutexGuard<'_, HashSet<CodeHash>> {
@@ -288,6 +313,12 @@ impl BlobFiles {
             let modified = entry.metadata().and_then(|m| m.modified());
             if modified.is_ok_and(|m| m < before) && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
+                if let Some(hash) = parse_hash(&name) {
+                    self.uploaders
+                        .lock()
+                        .expect("uploaders poisoned by an earlier panic")
+                        .remove(&hash);
+                }
             }
         }
         Ok(removed)

@@ -27,7 +27,7 @@ exec python3 -m http.server 8080 --bind 127.0.0.1
 
 /// An `exec` bundle running a small threaded Python server: POST echoes what it got (method,
 /// path, headers, the body's length and SHA-256), `/peer` says the port the request came from
-/// (its connection), `/events` sends one event, waits for
+/// (its connection), `/hang` answers only after a minute, `/events` sends one event, waits for
 /// `/release`, then sends the last one, and `/probe?port=N` says whether it can reach the
 /// loopback port N.
 const ECHO_SERVER: &str = r#"#!/bin/sh
@@ -66,6 +66,9 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(json.dumps(seen).encode())
 
     def do_GET(self):
+        if self.path == "/hang":
+            threading.Event().wait(60)
+            return self.reply(b"late", "text/plain")
         if self.path == "/peer":
             return self.reply(str(self.client_address[1]).encode(), "text/plain")
         if self.path == "/release":
@@ -609,4 +612,34 @@ async fn the_path_reaches_the_service_as_the_client_wrote_it() {
     let seen: serde_json::Value =
         serde_json::from_str(&body_text(response).await).expect("the echo is JSON");
     assert_eq!(seen["path"], "/a%2Fb/%2e%2e/c%20d?q=%3F", "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_does_not_answer_within_the_timeout_is_a_504() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let settings = serde_json::json!({"runtime": "exec", "http_port": PORT, "timeout": "3s"});
+    let answer = register(&server.client(), "slow", ECHO_SERVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let response = request(
+        &server.url,
+        "GET",
+        "/function/slow/hang",
+        None,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(response.status(), 504);
+    let body: serde_json::Value =
+        serde_json::from_str(&body_text(response).await).expect("an error body");
+    assert_eq!(body["code"], "service_failed", "{body}");
+    // The executor is not held by the abandoned request: the next one is served.
+    let response = request(
+        &server.url,
+        "GET",
+        "/function/slow/peer",
+        None,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }

@@ -157,7 +157,13 @@ impl CodeCheck {
                 None => Ok(()),
             },
             Runtime::Python => self.compile("the module", code.to_vec()).await,
-            Runtime::Oci => check_image(code.to_vec()).await,
+            Runtime::Oci => {
+                // An image check unpacks up to its size limit: a few at a time, as compiles.
+                let Ok(_turn) = self.turns.acquire().await else {
+                    return Ok(());
+                };
+                check_image(code.to_vec()).await
+            }
             _ => Ok(()),
         }
     }
@@ -212,10 +218,15 @@ async fn check_image(code: Vec<u8>) -> Result<(), Invalid> {
     check_image_archive(ImageArchive::Bytes(code)).await
 }
 
-/// Checks an image archive already in a file (an uploaded blob) as [`check_image`] does, without
-/// reading it into memory.
-pub async fn check_image_file(path: PathBuf) -> Result<(), Invalid> {
-    check_image_archive(ImageArchive::File(path)).await
+impl CodeCheck {
+    /// Checks an image archive already in a file (an uploaded blob) as a registration's image
+    /// is checked, without reading it into memory; a few at a time, as compiles.
+    pub async fn check_image_file(&self, path: PathBuf) -> Result<(), Invalid> {
+        let Ok(_turn) = self.turns.acquire().await else {
+            return Ok(());
+        };
+        check_image_archive(ImageArchive::File(path)).await
+    }
 }
 
 /// An image archive to check: its bytes, or a file holding them.

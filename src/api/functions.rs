@@ -515,7 +515,7 @@ async fn check_blob(
     if runtime == Runtime::Oci {
         // An image is checked from its file, whatever its size: hostile layers are refused here.
         let path = state.broker.store().blob_files().path(&hash);
-        return Ok(super::code::check_image_file(path).await?);
+        return Ok(state.code_check.check_image_file(path).await?);
     }
     if bytes > CHECKED_BLOB_BYTES {
         tracing::info!(hash = %crate::proto::hex(&hash), bytes,

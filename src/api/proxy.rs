@@ -123,13 +123,28 @@ async fn proxy(
     })?;
     let sender = call.body_sender();
     tokio::spawn(async move { sender.send(request.into_body()).await });
-    let head = call.response().await.map_err(|reason| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::ServiceFailed,
-            format!("the HTTP service of {name:?} failed: {reason}"),
-        )
-    })?;
+    // The response head comes within the function's timeout (a stream that follows it may
+    // last as long as both sides keep it).
+    let wait = std::time::Duration::from_millis(func.timeout_ms);
+    let head = match tokio::time::timeout(wait, call.response()).await {
+        Ok(head) => head.map_err(|reason| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ServiceFailed,
+                format!("the HTTP service of {name:?} failed: {reason}"),
+            )
+        })?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::ServiceFailed,
+                format!(
+                    "the HTTP service of {name:?} did not answer within its timeout ({} ms)",
+                    func.timeout_ms
+                ),
+            ));
+        }
+    };
     let mut response = Response::new(Body::from_stream(call.into_body()));
     *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = response.headers_mut();

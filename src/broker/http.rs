@@ -335,7 +335,19 @@ impl Broker {
         if now.saturating_sub(streams.usage_flushed_ms) < USAGE_FLUSH_MS {
             return;
         }
-        streams.usage_flushed_ms = now;
+        drop(streams);
+        self.flush_http_usage();
+    }
+
+    /// Writes the HTTP requests' usage sums counted so far (one write; none when there are
+    /// none). Called as requests are answered, every second by `serve` (so the sums of the last
+    /// requests do not wait for another), and before the store closes.
+    pub fn flush_http_usage(&self) {
+        let mut streams = self.streams();
+        streams.usage_flushed_ms = now_ms();
+        if streams.usage.is_empty() {
+            return;
+        }
         let rows = std::mem::take(&mut streams.usage)
             .into_iter()
             .map(|((hour, caller, function), totals)| UsageRow {

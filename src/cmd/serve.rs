@@ -186,12 +186,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
         args.key_lifetime(),
         stops.http.clone(),
     ));
+    tracker.spawn(flush_http_usage(broker.clone(), stops.http.clone()));
 
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
     announce(&listeners.addrs, https, slots, &args)?;
     let signal = stop_signal.await;
     shut_down(signal, &args, &broker, &stops, &tracker, server).await;
+    broker.flush_http_usage();
     store.close().await;
     tracing::info!("stopped");
     Ok(exit::OK)
@@ -676,6 +678,18 @@ async fn tls_handshake(
         Err(_) => {
             tracing::warn!(%address, "worker did not finish its TLS handshake in time; closing");
             None
+        }
+    }
+}
+
+/// Writes the HTTP-service requests' usage sums every second until `stop`, so the last requests
+/// before a quiet spell are in `/v1/usage` within a second.
+async fn flush_http_usage(broker: Broker, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => broker.flush_http_usage(),
+            () = stop.cancelled() => return,
         }
     }
 }

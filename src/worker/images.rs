@@ -63,7 +63,22 @@ impl Images {
             let mut turns = self.turns.lock().expect("image locks poisoned");
             turns.entry(hash).or_default().clone()
         };
-        let _turn = turn.lock().await;
+        let result = {
+            let _turn = turn.lock().await;
+            self.unpack(hash, code).await
+        };
+        // The last caller of this bundle for now drops its lock (the map would keep one per
+        // bundle ever run otherwise); callers take the map's lock to join one, so the count is
+        // exact.
+        let mut turns = self.turns.lock().expect("image locks poisoned");
+        if Arc::strong_count(&turn) <= 2 {
+            turns.remove(&hash);
+        }
+        result
+    }
+
+    /// [`Images::rootfs`] under the bundle's lock: unpacked if need be, and counted in the cache.
+    async fn unpack(&self, hash: CodeHash, code: &Path) -> Result<oci::Rootfs, Error> {
         let (code, dir, limits) = (code.to_owned(), self.dir.clone(), self.limits);
         let counted = self.cache.has_attached(&hash);
         let (rootfs, size) = tokio::task::spawn_blocking(move || {

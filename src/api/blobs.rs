@@ -65,7 +65,7 @@ fn may_upload(caller: &Caller) -> Result<(), ApiError> {
 /// its body, register a function with it): an admin, whoever sent its whole body since the
 /// server started, or the owner of a live function whose code it is. Knowing a digest (shown on
 /// every function a user may call) is not having the code.
-pub(crate) fn may_use(state: &AppState, caller: &Caller, hash: &CodeHash) -> bool {
+fn may_use(state: &AppState, caller: &Caller, hash: &CodeHash) -> bool {
     caller.is_admin()
         || state
             .broker
@@ -77,6 +77,22 @@ pub(crate) fn may_use(state: &AppState, caller: &Caller, hash: &CodeHash) -> boo
             .functions()
             .iter()
             .any(|f| f.owner == caller.user && &f.code_hash == hash)
+}
+
+/// The size of blob `hash` when the server has it and `caller` may use it by its digest
+/// ([`may_use`]); `None` otherwise, so a caller who may not is answered as if it were missing.
+pub(crate) async fn usable(
+    state: &AppState,
+    caller: &Caller,
+    hash: &CodeHash,
+) -> Result<Option<u64>, ApiError> {
+    let found = state
+        .broker
+        .store()
+        .has_blob(*hash)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(found.filter(|_| may_use(state, caller, hash)))
 }
 
 fn view(hash: &CodeHash, bytes: u64) -> Json<serde_json::Value> {
@@ -93,11 +109,7 @@ pub async fn head(
     may_upload(&caller)?;
     let hash = parse_digest(&digest)?;
     let store = state.broker.store();
-    let found = store
-        .has_blob(hash)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    if let Some(bytes) = found.filter(|_| may_use(&state, &caller, &hash)) {
+    if let Some(bytes) = usable(&state, &caller, &hash).await? {
         return Ok((StatusCode::OK, [(header::CONTENT_LENGTH, bytes)]).into_response());
     }
     let missing = ApiError::new(
@@ -136,12 +148,8 @@ pub async fn put(
     may_upload(&caller)?;
     let hash = parse_digest(&digest)?;
     let store = state.broker.store();
-    let found = store
-        .has_blob(hash)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
     // A caller who may not use the blob by its digest sends its body like a first uploader.
-    if let Some(bytes) = found.filter(|_| may_use(&state, &caller, &hash)) {
+    if let Some(bytes) = usable(&state, &caller, &hash).await? {
         return Ok((StatusCode::OK, view(&hash, bytes)));
     }
     let limit = state.max_code_bytes;

@@ -398,14 +398,9 @@ pub(crate) const CHECKED_BLOB_BYTES: u64 = 4 << 20;
 /// [`crate::store::BLOB_GRACE`]); 400 `blob_not_found` when there is none.
 async fn uploaded(state: &AppState, caller: &Caller, digest: &str) -> Result<Code, ApiError> {
     let hash = super::blobs::parse_digest(digest)?;
-    let store = state.broker.store();
-    let found = store
-        .has_blob(hash)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
     // A blob the caller may not use by digest answers as if it were missing: the caller
     // uploads it, which proves it has the code.
-    match found.filter(|_| super::blobs::may_use(state, caller, &hash)) {
+    match super::blobs::usable(state, caller, &hash).await? {
         Some(bytes) => Ok(Code::Blob { hash, bytes }),
         None => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -644,3 +644,27 @@ async fn a_service_that_does_not_answer_within_the_timeout_is_a_504() {
     .await;
     assert_eq!(response.status(), 200);
 }
+
+/// A `python` module that starts no server: it defines a WSGI `app`, which the harness serves.
+const WSGI_APP: &str = r#"import os
+
+def app(environ, start_response):
+    said = "wsgi says %s %s on %s" % (environ["REQUEST_METHOD"], environ["PATH_INFO"], os.environ["PORT"])
+    body = said.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_module_defining_a_wsgi_app_is_served() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let settings = serde_json::json!({"runtime": "python", "http_port": PORT});
+    let answer = register(&server.client(), "wsgi", WSGI_APP, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = request(&server.url, "GET", "/function/wsgi/hi", None, Bytes::new()).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        body_text(answer).await,
+        format!("wsgi says GET /hi on {PORT}")
+    );
+}

@@ -5,7 +5,8 @@
 #   python3 harness.py python BUNDLE.tar  # the same, from module $FAASD_ENTRY (default main)
 #   python3 harness.py pickle FUNC.pkl    # calls a dill-pickled callable with pickled (args, kwargs)
 #   python3 harness.py serve MODULE.py    # an HTTP service: runs the module as __main__ (it
-#                                         # listens on its port); a BUNDLE.tar runs $FAASD_ENTRY
+#                                         # listens on its port, or defines a WSGI or ASGI `app`
+#                                         # served here); a BUNDLE.tar runs $FAASD_ENTRY
 #
 # Frames are a 4-byte big-endian length, then the body. The harness sends b"R" when ready (or
 # b"E" + traceback if loading failed, then exits), reads b"C" + flags + payload per call (flags
@@ -26,7 +27,9 @@ LOG_LIMIT = 1 << 20
 
 
 def serve(bundle):
-    # An HTTP service speaks no frames: its program runs as __main__ and listens on its port.
+    # An HTTP service speaks no frames: its program runs as __main__ and listens on its port. A
+    # module that returns without serving, defining a WSGI or ASGI app (`app` or `application`),
+    # has that app served on the port ($FAASD_HTTP_PORT).
     import runpy
     import tarfile
     if tarfile.is_tarfile(bundle):
@@ -38,11 +41,46 @@ def serve(bundle):
                 archive.extractall(target)
         sys.path.insert(0, target)
         os.chdir(target)
-        runpy.run_module(os.environ.get("FAASD_ENTRY", "main"), run_name="__main__", alter_sys=True)
+        entry = os.environ.get("FAASD_ENTRY", "main")
+        names = runpy.run_module(entry, run_name="__main__", alter_sys=True)
     else:
         sys.argv = [bundle]
-        runpy.run_path(bundle, run_name="__main__")
+        names = runpy.run_path(bundle, run_name="__main__")
+    app = names.get("app") or names.get("application")
+    if app is None:
+        return 0
+    port = int(os.environ["FAASD_HTTP_PORT"])
+    if is_asgi(app):
+        serve_asgi(app, port)
+    else:
+        serve_wsgi(app, port)
     return 0
+
+
+def is_asgi(app):
+    import inspect
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
+    return inspect.iscoroutinefunction(call)
+
+
+def serve_wsgi(app, port):
+    # The standard library's WSGI server, a thread per connection.
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    make_server("127.0.0.1", port, app, server_class=Server).serve_forever()
+
+
+def serve_asgi(app, port):
+    try:
+        import uvicorn
+    except ImportError:
+        sys.exit("an ASGI app needs an ASGI server: add uvicorn to the bundle's requirements.txt, "
+                 "or start a server from the module's __main__")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def main():

@@ -270,6 +270,17 @@ fn request(open: HttpOpen, outlet: wire::Outlet) -> Result<hyper::Request<ProxyB
         .map_err(|e| Abort(format!("the proxied request is not valid HTTP: {e}")))
 }
 
+/// A service's environment: the function's, with the port it listens on as `FAASD_HTTP_PORT`,
+/// and as `PORT` unless the function sets that itself.
+fn service_env(mut env: Vec<(String, String)>, port: u16) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != "FAASD_HTTP_PORT");
+    env.push(("FAASD_HTTP_PORT".into(), port.to_string()));
+    if !env.iter().any(|(k, _)| k == "PORT") {
+        env.push(("PORT".into(), port.to_string()));
+    }
+    env
+}
+
 /// How an executor of the request's function version is started here.
 async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abort> {
     let target = &open.target;
@@ -290,7 +301,7 @@ async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abo
     Ok(ServiceSpec {
         key: (target.function.clone(), target.version),
         argv: prepared.argv,
-        env: prepared.env,
+        env: service_env(prepared.env, target.http.port),
         work_root: config.work_root.clone(),
         port: target.http.port,
         concurrency: target.http.concurrency,

@@ -560,3 +560,24 @@ fn a_long_name_past_the_header_bound_is_refused_before_it_is_read_whole() {
     let archive = scratch.archive(&spec(vec![layer]).docker_save());
     ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
 }
+
+#[test]
+fn an_opaque_whiteout_keeps_what_its_layer_put_under_it_and_nothing_lower() {
+    // The upper layer writes b/sub/new without listing b/sub, then makes b opaque: b/sub/new
+    // stays, the lower b/sub/old and b/top go.
+    let scratch = Scratch::new();
+    let lower = Layer::new(vec![file("b/sub/old", "o"), file("b/top", "t")]);
+    let upper = Layer::new(vec![
+        file("b/sub/new", "n"),
+        Entry::File("b/.wh..wh..opq".into(), Vec::new(), 0o644),
+    ]);
+    let archive = scratch.archive(&spec(vec![lower, upper]).docker_save());
+    let rootfs = ensure(&archive, &scratch.cache(), Limits::default()).unwrap();
+    let root = &rootfs.path;
+    assert_eq!(fs::read_to_string(root.join("b/sub/new")).unwrap(), "n");
+    assert!(
+        !root.join("b/sub/old").exists(),
+        "a lower file under a kept directory stayed"
+    );
+    assert!(!root.join("b/top").exists(), "a lower file stayed");
+}

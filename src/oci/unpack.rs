@@ -205,6 +205,13 @@ fn apply_tar_entry<R: Read>(
         Failure::Io(path, source) => Error::Write { path, source },
         Failure::Read(source) => read_err(source),
     })?;
+    // The directories the entry's path goes through are this layer's too (made implicitly
+    // when the layer did not list them): an opaque whiteout later in the layer keeps them.
+    for parent in rel.ancestors().skip(1) {
+        if !parent.as_os_str().is_empty() {
+            this_layer.insert(parent.to_owned());
+        }
+    }
     this_layer.insert(rel);
     Ok(())
 }
@@ -358,14 +365,18 @@ fn remove_any(path: &Path) -> Result<(), Failure> {
     result.map_err(|e| Failure::Io(path.to_owned(), e))
 }
 
-/// An opaque whiteout: removes what lower layers put in `dir`, keeping this layer's entries.
+/// An opaque whiteout: removes what lower layers put under `dir`, keeping this layer's entries
+/// (and, in a directory this layer kept, still removing what lower layers put in it).
 fn clear_lower(root: &Path, dir: &Path, this_layer: &HashSet<PathBuf>) -> Result<(), Failure> {
     let full = root.join(dir);
     let children = fs::read_dir(&full).map_err(|e| Failure::Io(full.clone(), e))?;
     for child in children {
         let child = child.map_err(|e| Failure::Io(full.clone(), e))?;
-        if !this_layer.contains(&dir.join(child.file_name())) {
+        let rel = dir.join(child.file_name());
+        if !this_layer.contains(&rel) {
             remove_any(&child.path())?;
+        } else if child.file_type().is_ok_and(|t| t.is_dir()) {
+            clear_lower(root, &rel, this_layer)?;
         }
     }
     Ok(())

@@ -26,6 +26,20 @@ import traceback
 LOG_LIMIT = 1 << 20
 
 
+def unpack_bundle(bundle):
+    # A directory bundle (a tar) goes into this executor's private working directory, first on
+    # the import path; returns where.
+    import tarfile
+    target = os.path.abspath("bundle")
+    with tarfile.open(bundle) as archive:
+        try:
+            archive.extractall(target, filter="data")
+        except TypeError:  # Pythons without extraction filters
+            archive.extractall(target)
+    sys.path.insert(0, target)
+    return target
+
+
 def serve(bundle):
     # An HTTP service speaks no frames: its program runs as __main__ and listens on its port. A
     # module that returns without serving, defining a WSGI or ASGI app (`app` or `application`),
@@ -33,13 +47,7 @@ def serve(bundle):
     import runpy
     import tarfile
     if tarfile.is_tarfile(bundle):
-        target = os.path.abspath("bundle")
-        with tarfile.open(bundle) as archive:
-            try:
-                archive.extractall(target, filter="data")
-            except TypeError:  # Pythons without extraction filters
-                archive.extractall(target)
-        sys.path.insert(0, target)
+        target = unpack_bundle(bundle)
         os.chdir(target)
         entry = os.environ.get("FAASD_ENTRY", "main")
         names = runpy.run_module(entry, run_name="__main__", alter_sys=True)
@@ -163,14 +171,7 @@ def load(mode, bundle):
         if tarfile.is_tarfile(bundle):
             # A directory bundle: unpack it into this executor's private working directory and
             # import its entry module (FAASD_ENTRY, default "main") from there.
-            target = os.path.abspath("bundle")
-            BUNDLE_DIR = target
-            with tarfile.open(bundle) as archive:
-                try:
-                    archive.extractall(target, filter="data")
-                except TypeError:  # Pythons without extraction filters
-                    archive.extractall(target)
-            sys.path.insert(0, target)
+            BUNDLE_DIR = unpack_bundle(bundle)
             module = importlib.import_module(os.environ.get("FAASD_ENTRY", "main"))
         else:
             module = load_file(bundle)

@@ -83,6 +83,14 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The error of a failed read of `layer`.
+fn read_error(layer: &Layer) -> impl Fn(io::Error) -> Error + Copy + '_ {
+    move |source| Error::ReadLayer {
+        layer: layer.name.clone(),
+        source,
+    }
+}
+
 /// Unpacks one layer blob (plain or gzip tar), checking its digest when it has one.
 fn unpack_blob(
     layer: &Layer,
@@ -90,10 +98,7 @@ fn unpack_blob(
     root: &Path,
     budget: &mut Budget,
 ) -> Result<(), Error> {
-    let read_err = |source| Error::ReadLayer {
-        layer: layer.name.clone(),
-        source,
-    };
+    let read_err = read_error(layer);
     let unsupported = |media_type: &str| Error::UnsupportedLayer {
         name: layer.name.clone(),
         media_type: media_type.to_owned(),
@@ -132,10 +137,7 @@ fn unpack_tar(
     root: &Path,
     budget: &mut Budget,
 ) -> Result<(), Error> {
-    let read_err = |source| Error::ReadLayer {
-        layer: layer.name.clone(),
-        source,
-    };
+    let read_err = read_error(layer);
     let guard = Guard::default();
     let mut archive = tar::Archive::new(Guarded::new(tar, guard.clone()));
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
@@ -162,10 +164,7 @@ fn apply_tar_entry<R: Read>(
     budget: &mut Budget,
     this_layer: &mut HashSet<PathBuf>,
 ) -> Result<(), Error> {
-    let read_err = |source| Error::ReadLayer {
-        layer: layer.name.clone(),
-        source,
-    };
+    let read_err = read_error(layer);
     let raw = entry.path().map_err(read_err)?.into_owned();
     let shown = raw.to_string_lossy().into_owned();
     let refuse = |reason: &str| Error::UnsafeEntry {

@@ -6,6 +6,7 @@
 //! - `seccomp.rs`: the seccomp filter;
 //! - `cgroup.rs`: the per-call memory and pids cgroups;
 //! - `root.rs`: the private filesystem an executor sees (step 3 of the shim);
+//! - `launch.rs`: the function's process, from init's `clone(CLONE_VM | CLONE_VFORK)` to its `execve`;
 //! - `shim.rs`: the shim (`faasd __sandbox`) that applies every layer, then runs the function;
 //! - `zygote/`: the zygote (`faasd __zygote`) that forks sandboxed executors, and the worker's
 //!   handle on it;
@@ -17,6 +18,7 @@
 //! the settings of one executor, and runs it isolated.
 
 pub mod cgroup;
+mod launch;
 pub mod layers;
 mod policy;
 pub mod process;

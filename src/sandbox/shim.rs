@@ -31,7 +31,7 @@
 //! from `run_as_init`, with what it did ahead of time (`Prepared`), or in two halves: a ready
 //! sandbox runs `prepare_init` before its call is known and `start_and_wait` once it is.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -42,9 +42,10 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, signal};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Uid, fork};
+use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
+use super::launch::Launch;
 /// Where the sandbox shows the bundle, and its working directory (see `root.rs`).
 pub use super::root::{BUNDLE, WORKDIR};
 use super::root::{View, Workspace, build_root};
@@ -459,18 +460,23 @@ pub(super) fn start_and_wait(
     env: &[OsString],
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
-    // SAFETY: init is single-threaded; the child only runs the steps below, then execs.
-    let function = match step("fork", unsafe { fork() })? {
-        ForkResult::Child => {
-            drop(report);
-            let err = match start_function(config, argv, env) {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            eprintln!("{ERROR_PREFIX}{err}");
-            std::process::exit(SETUP_FAILED)
+    let ids = config.drop_uid.then_some((config.uid, config.gid));
+    let launch = Launch::new(limits(config), ids, config.namespaces, argv, env);
+    let function = match launch.and_then(|launch| launch.start(SETUP_FAILED)) {
+        Ok((function, failed)) => {
+            if let Some(err) = failed {
+                eprintln!("{ERROR_PREFIX}{err}");
+            }
+            function
         }
-        ForkResult::Parent { child } => child,
+        Err(err) => {
+            // Nothing started: report the set-up failure as the function's own would be.
+            eprintln!("{ERROR_PREFIX}{err}");
+            let ending = Ending::Exited(SETUP_FAILED);
+            let usage = sys::children_usage();
+            Report { ending, usage }.write(report);
+            std::process::exit(0)
+        }
     };
     let ending = wait_for_function(function)?;
     end_leftovers();
@@ -522,23 +528,37 @@ fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
     }
 }
 
-/// The function's own process (pid 2), under the filter init installed: limits, privileges,
-/// fds, exec.
-fn start_function(
-    config: &Config,
-    argv: &[OsString],
-    env: &[OsString],
-) -> Result<std::convert::Infallible, Error> {
-    limit(config)?;
-    drop_privileges(config)?;
-    // Every fd above 2, inherited or the shim's own.
-    sys::close_range(3)?;
-    exec(argv, env, config.namespaces)
+/// The signals whose disposition is not the default in this process, when a zygote noted them
+/// ([`note_signal_dispositions`]) for the inits it forks, which inherit its dispositions.
+static NOT_DEFAULT: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
+
+/// Notes which signals have a disposition other than the default (a Rust program ignores
+/// SIGPIPE and handles SIGSEGV and SIGBUS), so that a forked init resets only those: a reset
+/// of every signal is some sixty system calls per call. For a process that sets no handler
+/// after this.
+pub(super) fn note_signal_dispositions() {
+    let changed = (1..=libc::SIGRTMAX())
+        .filter(|&signo| {
+            // SAFETY: a query (no new action) into a zeroed struct the call fills in.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            let queried = unsafe { libc::sigaction(signo, std::ptr::null(), &mut old) } == 0;
+            queried && old.sa_sigaction != libc::SIG_DFL
+        })
+        .collect();
+    let _ = NOT_DEFAULT.set(changed);
 }
 
 /// Every catchable signal back to its default disposition, and an empty signal mask.
 fn reset_signals() {
-    for signo in 1..=libc::SIGRTMAX() {
+    let every: Vec<libc::c_int>;
+    let signals = match NOT_DEFAULT.get() {
+        Some(noted) => noted.as_slice(),
+        None => {
+            every = (1..=libc::SIGRTMAX()).collect();
+            &every
+        }
+    };
+    for &signo in signals {
         if signo != libc::SIGKILL && signo != libc::SIGSTOP {
             // SAFETY: restoring the default disposition of a signal is always sound; numbers
             // the kernel refuses (reserved by the C library) just fail.
@@ -553,8 +573,8 @@ fn reset_signals() {
 }
 
 /// Step 4: resource limits.
-fn limit(config: &Config) -> Result<(), Error> {
-    let limits = [
+fn limits(config: &Config) -> Vec<(&'static str, Resource, u64)> {
+    let mut limits = vec![
         ("setrlimit(CORE)", Resource::RLIMIT_CORE, 0),
         (
             "setrlimit(NOFILE)",
@@ -569,36 +589,18 @@ fn limit(config: &Config) -> Result<(), Error> {
         ),
         ("setrlimit(CPU)", Resource::RLIMIT_CPU, config.cpu_seconds),
     ];
-    for (call, resource, value) in limits {
-        step(call, setrlimit(resource, value, value))?;
-    }
     // The call's pids cgroup bounds its processes where there are cgroups (`memory_bytes` > 0:
     // the call joined its memory and pids cgroups, or failed). `NPROC` is only the bound
     // without them: it counts every process of the uid on the machine, so with it one call's
     // fork bomb would make every other call's forks fail.
     if config.memory_bytes == 0 {
-        step(
+        limits.push((
             "setrlimit(NPROC)",
-            setrlimit(
-                Resource::RLIMIT_NPROC,
-                config.max_processes,
-                config.max_processes,
-            ),
-        )?;
+            Resource::RLIMIT_NPROC,
+            config.max_processes,
+        ));
     }
-    Ok(())
-}
-
-/// Step 5: no new privileges, an unprivileged uid/gid (which clears every capability).
-fn drop_privileges(config: &Config) -> Result<(), Error> {
-    sys::no_new_privs()?;
-    if !config.drop_uid {
-        return Ok(());
-    }
-    let (uid, gid) = (Uid::from_raw(config.uid), Gid::from_raw(config.gid));
-    step("setgroups", nix::unistd::setgroups(&[gid]))?;
-    step("setresgid", nix::unistd::setresgid(gid, gid, gid))?;
-    step("setresuid", nix::unistd::setresuid(uid, uid, uid))
+    limits
 }
 
 /// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
@@ -607,44 +609,11 @@ fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), Err
     let program = match compiled {
         Some(program) => program,
         None => {
-            built = super::seccomp::program().map_err(|source| Error::SeccompBuild { source })?;
+            built = super::seccomp::program();
             &built
         }
     };
     seccompiler::apply_filter(program).map_err(|source| Error::SeccompInstall { source })
-}
-
-/// Executes the function: `argv` with `env`, where (with a private filesystem) `HOME` and
-/// `TMPDIR` are the sandbox's own writable space.
-fn exec(
-    argv: &[OsString],
-    env: &[OsString],
-    private_fs: bool,
-) -> Result<std::convert::Infallible, Error> {
-    let c = |s: &OsString| CString::new(s.as_bytes()).map_err(|_| Error::NulByte);
-    let args = argv.iter().map(c).collect::<Result<Vec<_>, _>>()?;
-    // HOME and TMPDIR point at the sandbox's own writable space (without a private filesystem
-    // the worker already pointed them at the working directory).
-    let own: &[OsString] = if private_fs {
-        &[OsString::from("HOME=/tmp"), OsString::from("TMPDIR=/tmp")][..]
-    } else {
-        &[]
-    };
-    let env = env
-        .iter()
-        .filter(|kv| {
-            let b = kv.as_bytes();
-            !private_fs || (!b.starts_with(b"HOME=") && !b.starts_with(b"TMPDIR="))
-        })
-        .chain(own)
-        .map(c)
-        .collect::<Result<Vec<_>, _>>()?;
-    let program = args[0].clone();
-    nix::unistd::execve(&program, &args, &env).map_err(|errno| Error::Path {
-        call: "execve",
-        path: PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes())),
-        errno,
-    })
 }
 
 #[cfg(test)]

@@ -45,13 +45,6 @@ pub enum Error {
     /// No cgroup hierarchy with the `memory` and `pids` controllers on this machine.
     #[error("no cgroup hierarchy with the memory and pids controllers")]
     NoCgroups,
-    /// The seccomp filter could not be compiled.
-    #[error("building the seccomp filter failed: {source}")]
-    SeccompBuild {
-        /// What seccompiler said.
-        #[source]
-        source: seccompiler::Error,
-    },
     /// The seccomp filter could not be installed.
     #[error("seccomp(SECCOMP_SET_MODE_FILTER) failed: {}", seccomp_errno(source))]
     SeccompInstall {
@@ -131,7 +124,7 @@ impl Error {
             Error::Call { errno, .. } | Error::Path { errno, .. } => *errno,
             Error::InZygote { errno, .. } => *errno,
             Error::NoCgroups => Errno::ENOENT,
-            Error::SeccompBuild { .. } | Error::Arguments { .. } | Error::NulByte => Errno::EINVAL,
+            Error::Arguments { .. } | Error::NulByte => Errno::EINVAL,
             Error::SeccompInstall { source } => seccomp_errno(source),
             Error::FrameTooLarge { .. } => Errno::EMSGSIZE,
             Error::FrameTruncated => Errno::EPIPE,

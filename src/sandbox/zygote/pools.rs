@@ -28,33 +28,41 @@ const MAX_POOLED_NETNS: usize = 64;
 #[derive(Default)]
 pub(super) struct Cgroups {
     /// Idle pairs.
-    idle: Vec<String>,
-    /// The pair each unreaped child is in, with its count of memory-limit kills when it got
-    /// it.
-    held: HashMap<i32, (String, u64)>,
+    idle: Vec<TakenCgroup>,
+    /// The pair each unreaped child is in.
+    held: HashMap<i32, TakenCgroup>,
     /// Numbers the pairs.
     next: usize,
 }
 
-/// A cgroup pair taken for a call: its name and its count of memory-limit kills then.
-pub(super) type TakenCgroup = (String, u64);
+/// A cgroup pair: its name, the limits last written to it (memory bytes, pids) and its count
+/// of memory-limit kills when it was last idle. An idle pair keeps both, so a call with the
+/// same limits as the pair's last takes it without writing a file, and the count read when
+/// the last call was reaped is the next call's starting point without reading it again
+/// (nothing runs in an idle pair): the cgroup files are the zygote's costliest system calls
+/// per call after the fork.
+pub(super) struct TakenCgroup {
+    /// The pair's name.
+    pub name: String,
+    limits: (u64, u64),
+    oom_kills: u64,
+}
 
 impl Cgroups {
-    /// An idle pair with this call's limits set, or a new one: a pair whose limits cannot be
-    /// set (a lower memory limit than the charge a previous call left, or a pair removed from
-    /// outside) is dropped from the pool.
+    /// An idle pair with this call's limits set, or a new one: an idle pair with the same
+    /// limits first; a pair whose limits cannot be set (a lower memory limit than the charge a
+    /// previous call left, or a pair removed from outside) is dropped from the pool.
     pub(super) fn take(&mut self, memory_bytes: u64, max_pids: u64) -> Result<TakenCgroup, Error> {
-        let name = self.idle_or_new(memory_bytes, max_pids)?;
-        let before = cgroup::oom_kills_of(&name);
-        Ok((name, before))
-    }
-
-    fn idle_or_new(&mut self, memory_bytes: u64, max_pids: u64) -> Result<String, Error> {
-        while let Some(name) = self.idle.pop() {
-            if cgroup::set_limits(&name, memory_bytes, max_pids).is_ok() {
-                return Ok(name);
+        let limits = (memory_bytes, max_pids);
+        if let Some(at) = self.idle.iter().rposition(|c| c.limits == limits) {
+            return Ok(self.idle.swap_remove(at));
+        }
+        while let Some(mut pair) = self.idle.pop() {
+            if cgroup::set_limits(&pair.name, memory_bytes, max_pids).is_ok() {
+                pair.limits = limits;
+                return Ok(pair);
             }
-            cgroup::remove(&name);
+            cgroup::remove(&pair.name);
         }
         let name = format!("z{}-{}", std::process::id(), self.next);
         self.next += 1;
@@ -63,12 +71,17 @@ impl Cgroups {
             cgroup::remove(&name);
             return Err(e);
         }
-        Ok(name)
+        let oom_kills = cgroup::oom_kills_of(&name);
+        Ok(TakenCgroup {
+            name,
+            limits,
+            oom_kills,
+        })
     }
 
     /// Gives back a pair whose call never started.
-    pub(super) fn put_back(&mut self, (name, _): TakenCgroup) {
-        self.idle.push(name);
+    pub(super) fn put_back(&mut self, taken: TakenCgroup) {
+        self.idle.push(taken);
     }
 
     /// Records the pair the child `pid` is in.
@@ -79,20 +92,22 @@ impl Cgroups {
     /// Whether the memory limit of the child `pid`'s pair has killed any of its processes so
     /// far (`None`: it has no pooled pair).
     pub(super) fn oom_since_taken(&self, pid: i32) -> Option<bool> {
-        let (name, before) = self.held.get(&pid)?;
-        Some(cgroup::oom_kills_of(name) > *before)
+        let pair = self.held.get(&pid)?;
+        Some(cgroup::oom_kills_of(&pair.name) > pair.oom_kills)
     }
 
     /// Once the child `pid` is reaped: whether its memory limit killed any of its processes
     /// (`None`: it had no pooled pair). Every process of the call is gone (its PID namespace
     /// ended with its init), so the pair is empty and serves the next call.
     pub(super) fn release(&mut self, pid: i32) -> Option<bool> {
-        let (name, before) = self.held.remove(&pid)?;
-        let oom = cgroup::oom_kills_of(&name) > before;
+        let mut pair = self.held.remove(&pid)?;
+        let now = cgroup::oom_kills_of(&pair.name);
+        let oom = now > pair.oom_kills;
+        pair.oom_kills = now;
         if self.idle.len() < MAX_POOLED_CGROUPS {
-            self.idle.push(name);
+            self.idle.push(pair);
         } else {
-            cgroup::remove(&name);
+            cgroup::remove(&pair.name);
         }
         Some(oom)
     }
@@ -100,8 +115,8 @@ impl Cgroups {
     /// Removes every idle pair (the worker is gone; pairs still in use are swept at its next
     /// start, their zygote being gone).
     pub(super) fn remove_idle(&mut self) {
-        for name in self.idle.drain(..) {
-            cgroup::remove(&name);
+        for pair in self.idle.drain(..) {
+            cgroup::remove(&pair.name);
         }
     }
 }

@@ -54,6 +54,7 @@ pub fn zygote_main(args: &[OsString]) -> ! {
 fn serve(sock: &OwnedFd, dir: PathBuf) -> Result<(), Error> {
     sys::die_with_parent()?;
     raise_fd_limit();
+    crate::sandbox::shim::note_signal_dispositions();
     let (mut server, ready) = Server::open(dir)?;
     write_frame(sock.as_fd(), &ready, &[])?;
     loop {
@@ -134,7 +135,7 @@ impl Taken {
             net_joined: self.net.is_some(),
             filter: Some(filter.clone()),
             template: self.template.take(),
-            cgroup: self.cgroup.take().map(|(name, _)| name),
+            cgroup: self.cgroup.take().map(|pair| pair.name),
         }
     }
 }
@@ -154,8 +155,7 @@ impl Server {
             Ok(()) => (true, String::new()),
             Err(e) => (false, e.to_string()),
         };
-        let filter =
-            crate::sandbox::seccomp::program().map_err(|source| Error::SeccompBuild { source })?;
+        let filter = crate::sandbox::seccomp::program();
         let server = Server {
             filter,
             // Templates need the private mount namespace.

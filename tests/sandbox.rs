@@ -77,6 +77,51 @@ async fn runaway_functions_are_stopped_and_nothing_is_left() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_that_serves_another_call_keeps_nothing_of_the_last() {
+    // Each call reports what it finds of earlier calls, then leaves a file in /tmp, a shared
+    // memory segment (the IPC namespace) and a process in the background.
+    let server = sandboxed_server().await;
+    let client = server.client();
+    let script = r#"
+        echo "pid $$"
+        echo "tmp [$(ls -A /tmp)]"
+        echo "shm $(($(wc -l < /proc/sysvipc/shm) - 1))"
+        echo "sleepers [$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -o 'sleep 8888[.]5')]"
+        echo left > /tmp/left-behind
+        ipcmk -M 4096 > /dev/null
+        n=8888.5; (sleep $n &)
+    "#;
+    let answer = register(&client, "probe", script, serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let mut pids = Vec::new();
+    for call in 0..6 {
+        let answer = invoke(&client, "probe", b"").await;
+        assert_eq!(answer.status, 200, "{}", text(&answer.body));
+        let out = text(&answer.body);
+        assert!(
+            out.contains("tmp []"),
+            "call {call} saw a file of an earlier call: {out}"
+        );
+        assert!(
+            out.contains("shm 0"),
+            "call {call} saw a segment of an earlier call: {out}"
+        );
+        assert!(
+            out.contains("sleepers []"),
+            "call {call} saw an earlier process: {out}"
+        );
+        pids.push(out.lines().next().unwrap_or_default().to_string());
+    }
+    // Later calls ran in sandboxes that had served one before (their PID namespace has
+    // counted past 2), so the checks above saw renewed sandboxes, not only new ones.
+    assert!(
+        pids.iter().any(|p| p != "pid 2"),
+        "no sandbox served twice: {pids:?}"
+    );
+    no_process_with("8888.5").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn floods_and_full_disks_are_contained() {
     let server = sandboxed_server().await;
 

@@ -251,8 +251,11 @@ async fn wait_then_kill(
     let timed_out = tokio::time::timeout(timeout, waited).await.is_err();
     // Whatever the outcome, nothing of the call's process group may outlive it; this also
     // ends background children that would hold the output pipes open. The leader is not
-    // reaped yet, so its pid still names this group.
-    child.kill_group();
+    // reaped yet, so its pid still names this group. A sandbox's init that has reported has
+    // ended every process of the call already, and may serve another call.
+    if !child.finished_contained() {
+        child.kill_group();
+    }
     // Reap only once the kernel says it is gone, so the blocking waitpid never waits.
     let _ = child.exited().await;
     let status = child.reap().ok();

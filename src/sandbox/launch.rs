@@ -1,6 +1,8 @@
-//! The function's own process (pid 2 of its namespace), from init's `clone` to its `execve`:
-//! step 4's rlimits, step 5's `no_new_privs`, uid and gid, every fd above 2 closed, then the
-//! program.
+//! The function's own process (pid 2 of its namespace, or the next free pid in a sandbox that
+//! serves another call), from init's `clone` to its `execve`: step 4's rlimits, step 5's
+//! `no_new_privs`, uid and gid, step 6's seccomp filter, every fd above 2 closed, then the
+//! program. Init itself stays unfiltered, so that a sandbox can renew its `/tmp` and IPC
+//! namespace between calls (`zygote/ready.rs`).
 //!
 //! Init starts it with `clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does: the child runs on
 //! a stack of its own inside init's memory, and init sleeps until the child has called
@@ -36,6 +38,8 @@ pub(super) struct Launch {
     limits: Vec<(&'static str, Resource, u64)>,
     /// Step 5: the uid and gid to switch to, if the sandbox drops them.
     ids: Option<(libc::uid_t, libc::gid_t)>,
+    /// Step 6: the seccomp filter.
+    filter: Vec<libc::sock_filter>,
     /// The program, its arguments and environment, and the NULL-ended pointer arrays `execve`
     /// reads (pointing into the strings, which live as long as this).
     program: CString,
@@ -51,6 +55,7 @@ impl Launch {
     pub(super) fn new(
         limits: Vec<(&'static str, Resource, u64)>,
         ids: Option<(libc::uid_t, libc::gid_t)>,
+        filter: &[seccompiler::sock_filter],
         private_fs: bool,
         argv: &[OsString],
         env: &[OsString],
@@ -88,6 +93,15 @@ impl Launch {
         Ok(Launch {
             limits,
             ids,
+            filter: filter
+                .iter()
+                .map(|f| libc::sock_filter {
+                    code: f.code,
+                    jt: f.jt,
+                    jf: f.jf,
+                    k: f.k,
+                })
+                .collect(),
             program,
             _strings: strings,
             argv,
@@ -162,6 +176,16 @@ impl Launch {
                 return ("setresuid", Errno::last());
             }
         }
+        if !self.filter.is_empty() {
+            let program = libc::sock_fprog {
+                len: self.filter.len() as libc::c_ushort,
+                filter: self.filter.as_ptr().cast_mut(),
+            };
+            let mode = libc::SECCOMP_SET_MODE_FILTER;
+            if unsafe { libc::syscall(libc::SYS_seccomp, mode, 0, &program) } != 0 {
+                return ("seccomp(SECCOMP_SET_MODE_FILTER)", Errno::last());
+            }
+        }
         // Every fd above 2, inherited or init's own.
         if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
             return ("close_range", Errno::last());
@@ -189,7 +213,7 @@ mod tests {
             "exit 3".into(),
         ];
         let env: Vec<OsString> = env.iter().map(OsString::from).collect();
-        Launch::new(Vec::new(), None, false, &argv, &env).expect("a launch")
+        Launch::new(Vec::new(), None, &[], false, &argv, &env).expect("a launch")
     }
 
     #[test]
@@ -223,10 +247,10 @@ mod tests {
     #[test]
     fn arguments_with_a_nul_byte_are_refused_before_anything_starts() {
         let argv = [OsString::from("/bin/sh"), OsString::from("a\0b")];
-        let refused = Launch::new(Vec::new(), None, false, &argv, &[]);
+        let refused = Launch::new(Vec::new(), None, &[], false, &argv, &[]);
         assert!(matches!(refused, Err(Error::NulByte)));
         assert!(matches!(
-            Launch::new(Vec::new(), None, false, &[], &[]),
+            Launch::new(Vec::new(), None, &[], false, &[], &[]),
             Err(Error::Arguments { .. })
         ));
     }
@@ -235,7 +259,7 @@ mod tests {
     fn a_private_filesystem_points_home_and_tmpdir_at_tmp() {
         let argv = [OsString::from("/bin/sh")];
         let env = [OsString::from("HOME=/root"), OsString::from("A=1")];
-        let launch = Launch::new(Vec::new(), None, true, &argv, &env).expect("a launch");
+        let launch = Launch::new(Vec::new(), None, &[], true, &argv, &env).expect("a launch");
         let vars: Vec<String> = launch
             .envp
             .iter()

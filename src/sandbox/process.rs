@@ -33,6 +33,8 @@ pub struct Child {
     pidfd: AsyncFd<OwnedFd>,
     /// For a zygote's child: readable once the function has ended (see [`Child::exited`]).
     ended: Option<AsyncFd<OwnedFd>>,
+    /// Whether nothing of the call runs once `ended` is readable (its init ended the rest).
+    contained: bool,
     reaped: bool,
     parent: Parent,
     /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
@@ -85,6 +87,7 @@ impl Pipes {
             pid,
             pidfd,
             ended: None,
+            contained: false,
             reaped: false,
             parent,
             memory_killed: None,
@@ -153,6 +156,7 @@ pub fn spawn_in_zygote(
         Ok((pidfd, ended)) => {
             let mut child = pipes.into_child(pid, pidfd, Parent::Zygote(zygote, generation));
             child.ended = ended;
+            child.contained = spawned.contained;
             Ok(child)
         }
         Err(e) => {
@@ -178,6 +182,17 @@ impl Child {
             },
             None => readable(&self.pidfd).await,
         }
+    }
+
+    /// Whether nothing of the call runs any more: its init, the init of the call's PID
+    /// namespace, has reported, after ending every other process in it. The group then needs
+    /// no kill, and a sandbox that serves another call lives on for it.
+    pub fn finished_contained(&self) -> bool {
+        self.contained
+            && self
+                .ended
+                .as_ref()
+                .is_some_and(|ended| sys::readable_now(ended.get_ref().as_fd()))
     }
 
     /// Whether the sandbox's memory limit killed a process of the call, once the child is

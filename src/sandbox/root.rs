@@ -204,7 +204,7 @@ fn shown_anyway(host: &Path, inside: &Path) -> bool {
 
 /// Whether `inside` lies in the function's workspace (`/tmp`), which is mounted over the
 /// template: such a path is bound after it, or the workspace would hide it.
-fn in_workspace(inside: &Path) -> bool {
+pub(super) fn in_workspace(inside: &Path) -> bool {
     inside.starts_with(WORKDIR) && inside != Path::new(WORKDIR)
 }
 
@@ -236,6 +236,40 @@ fn mount_workspace(workspace: &Workspace, root: &Path) -> Result<(), Error> {
             Some(options.as_str()),
         ),
     )
+}
+
+/// What says whether a call changed the workspace (`/tmp`) in a sandbox that serves another:
+/// its root directory's change time (any entry made or removed, any change of its mode, owner
+/// or attributes moves it, and no process can set it back) and inode, and the tmpfs's free
+/// blocks and inodes. `None` when it cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WorkspaceState {
+    ctime: (i64, i64),
+    ino: u64,
+    free: (u64, u64),
+}
+
+impl WorkspaceState {
+    /// The workspace's state now.
+    pub(super) fn now() -> Option<WorkspaceState> {
+        let st = nix::sys::stat::stat(WORKDIR).ok()?;
+        let vfs = nix::sys::statvfs::statvfs(WORKDIR).ok()?;
+        Some(WorkspaceState {
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+            ino: st.st_ino,
+            free: (vfs.blocks_free() as u64, vfs.files_free() as u64),
+        })
+    }
+}
+
+/// Between two calls of a sandbox that serves more than one, with every process of the last
+/// call gone: a fresh workspace in place of the old one (detached), and `/tmp` the working
+/// directory again.
+pub(super) fn renew_workspace(workspace: &Workspace) -> Result<(), Error> {
+    step("chdir(/)", nix::unistd::chdir("/"))?;
+    step("umount2(/tmp)", umount2(WORKDIR, MntFlags::MNT_DETACH))?;
+    mount_workspace(workspace, Path::new("/"))?;
+    step("chdir(/tmp)", nix::unistd::chdir(WORKDIR))
 }
 
 /// `pivot_root` into `root`, the old root detached, a fresh `/proc`, and `/tmp` the working

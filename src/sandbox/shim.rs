@@ -36,16 +36,15 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
 use nix::libc;
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, signal};
-use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
 use super::launch::Launch;
+pub(super) use super::root::WorkspaceState;
 /// Where the sandbox shows the bundle, and its working directory (see `root.rs`).
 pub use super::root::{BUNDLE, WORKDIR};
 use super::root::{View, Workspace, build_root};
@@ -218,7 +217,7 @@ pub(super) fn run_as_init(
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
     prepare_init(config, prepared)?;
-    start_and_wait(config, argv, env, report)
+    start_and_wait(config, argv, env, prepared.filter.as_ref(), report)
 }
 
 /// The part of [`run_as_init`] before the function is known: the layers up to and including
@@ -367,7 +366,7 @@ impl Report {
 
     /// Writes the report to `pipe`, in one `write` (shorter than `PIPE_BUF`, so it arrives
     /// whole).
-    fn write(self, pipe: OwnedFd) {
+    pub(super) fn write_to(self, pipe: OwnedFd) {
         let _ = std::io::Write::write_all(&mut std::fs::File::from(pipe), &self.encode());
     }
 }
@@ -408,23 +407,14 @@ fn init(
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
     ready_init(config, new_net, prepared)?;
-    start_and_wait(config, argv, env, report)
+    start_and_wait(config, argv, env, prepared.filter.as_ref(), report)
 }
 
-/// The namespace's init up to the function's fork: its filesystem, then the filter.
+/// The namespace's init up to the function's start: its filesystem. Init itself is never
+/// filtered (the function installs the filter, `launch.rs`), so that a sandbox that serves
+/// another call can renew its `/tmp` and IPC namespace.
 fn ready_init(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), Error> {
-    init_root(config, new_net, prepared)?;
-    filter_init(prepared)
-}
-
-/// Step 6 in the namespace's init, before it forks the function, which inherits the filter:
-/// `no_new_privs` (which lets a process without privileges set a filter), then the seccomp
-/// filter. From here on init only forks the function, waits and reports, none of which the
-/// filter refuses; a zygote's ready sandbox pays for the filter's installation (its JIT)
-/// ahead of the call.
-fn filter_init(prepared: &Prepared) -> Result<(), Error> {
-    sys::no_new_privs()?;
-    install_seccomp(prepared.filter.as_ref())
+    init_root(config, new_net, prepared)
 }
 
 /// In the namespace's init: dies with its parent, then (with namespaces) names the host, brings
@@ -452,16 +442,70 @@ fn init_root(config: &Config, new_net: bool, prepared: &Prepared) -> Result<(), 
     Ok(())
 }
 
-/// In the namespace's init, its filesystem built: starts the function as pid 2, waits for it,
-/// reports how it ended on `report` and exits.
+/// Whether a ready sandbox for `config` may serve another call once its last one has ended
+/// (`zygote/ready.rs`): only with its own namespaces and filesystem, for a function that runs
+/// without privileges (it can change nothing init keeps: no mount, no host name, no network
+/// setting), and with nothing bound into the workspace (which is renewed between calls).
+pub(super) fn serves_again(config: &Config) -> bool {
+    config.namespaces
+        && config.drop_uid
+        && config.rootfs.is_none()
+        && !config
+            .read_only
+            .iter()
+            .any(|(_, inside)| super::root::in_workspace(inside))
+}
+
+/// In the init of a sandbox that serves another call, the last one over (its processes all
+/// gone): a fresh IPC namespace, and a fresh workspace unless the last call left it as it was
+/// (`last`, updated here).
+pub(super) fn renew(config: &Config, last: &mut Option<WorkspaceState>) -> Result<(), Error> {
+    step("unshare(IPC)", unshare(CloneFlags::CLONE_NEWIPC))?;
+    let now = WorkspaceState::now();
+    if now.is_none() || now != *last {
+        let workspace = Workspace {
+            tmpfs_bytes: config.tmpfs_bytes,
+            uid: config.uid,
+            gid: config.gid,
+        };
+        super::root::renew_workspace(&workspace)?;
+        *last = WorkspaceState::now();
+    }
+    Ok(())
+}
+
+/// In the namespace's init, its filesystem built: runs the call, reports how it ended on
+/// `report` and exits.
 pub(super) fn start_and_wait(
     config: &Config,
     argv: &[OsString],
     env: &[OsString],
+    filter: Option<&seccompiler::BpfProgram>,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
+    run_call(config, argv, env, filter)?.write_to(report);
+    std::process::exit(0)
+}
+
+/// In the namespace's init, its filesystem built: one call. Starts the function (as pid 2 in
+/// a fresh PID namespace), lets go of the call's stdio, waits for the function, then ends and
+/// reaps whatever it left; returns how it ended and what every process init reaped used.
+pub(super) fn run_call(
+    config: &Config,
+    argv: &[OsString],
+    env: &[OsString],
+    filter: Option<&seccompiler::BpfProgram>,
+) -> Result<Report, Error> {
+    let built;
+    let filter = match filter {
+        Some(filter) => filter,
+        None => {
+            built = super::seccomp::program();
+            &built
+        }
+    };
     let ids = config.drop_uid.then_some((config.uid, config.gid));
-    let launch = Launch::new(limits(config), ids, config.namespaces, argv, env);
+    let launch = Launch::new(limits(config), ids, filter, config.namespaces, argv, env);
     let function = match launch.and_then(|launch| launch.start(SETUP_FAILED)) {
         Ok((function, failed)) => {
             if let Some(err) = failed {
@@ -473,16 +517,17 @@ pub(super) fn start_and_wait(
             // Nothing started: report the set-up failure as the function's own would be.
             eprintln!("{ERROR_PREFIX}{err}");
             let ending = Ending::Exited(SETUP_FAILED);
-            let usage = sys::children_usage();
-            Report { ending, usage }.write(report);
-            std::process::exit(0)
+            let usage = sys::Usage::default();
+            return Ok(Report { ending, usage });
         }
     };
-    let ending = wait_for_function(function)?;
-    end_leftovers();
-    let usage = sys::children_usage();
-    Report { ending, usage }.write(report);
-    std::process::exit(0)
+    // Init keeps no copy of the call's stdin, stdout and stderr: the outputs end with the
+    // call's own processes.
+    sys::stdio_to_null();
+    let mut usage = sys::Usage::default();
+    let ending = wait_for_function(function, &mut usage)?;
+    end_leftovers(&mut usage);
+    Ok(Report { ending, usage })
 }
 
 /// In init, once the function has ended: kills and reaps whatever it left running, so the
@@ -490,7 +535,7 @@ pub(super) fn start_and_wait(
 /// metered like any other), and none of them outlives the answer. Only as the PID namespace's
 /// init (pid 1), where `kill(-1)` reaches exactly the call's processes; without that namespace
 /// the shim has no such scope, and the zygote's reap after the call ends them.
-fn end_leftovers() {
+fn end_leftovers(usage: &mut sys::Usage) {
     if nix::unistd::getpid().as_raw() != 1 {
         return;
     }
@@ -499,31 +544,25 @@ fn end_leftovers() {
         nix::unistd::Pid::from_raw(-1),
         nix::sys::signal::Signal::SIGKILL,
     );
-    loop {
-        match waitpid(None::<nix::unistd::Pid>, None) {
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => return,
-        }
-    }
+    while sys::wait_any(usage).is_ok() {}
 }
 
-/// In init: reaps every process that ends until `function` does; how it ended.
-fn wait_for_function(function: nix::unistd::Pid) -> Result<Ending, Error> {
+/// In init: reaps every process that ends until `function` does, adding what each used to
+/// `usage`; how the function ended.
+fn wait_for_function(function: nix::unistd::Pid, usage: &mut sys::Usage) -> Result<Ending, Error> {
     loop {
-        match waitpid(None::<nix::unistd::Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == function => {
-                return Ok(Ending::Exited(code));
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == function => {
-                return Ok(Ending::Signaled(sig as i32));
-            }
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(errno) => {
-                return Err(Error::Call {
-                    call: "waitpid",
-                    errno,
-                });
-            }
+        let (pid, status) = sys::wait_any(usage).map_err(|errno| Error::Call {
+            call: "wait4",
+            errno,
+        })?;
+        if pid != function.as_raw() {
+            continue;
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(Ending::Exited(libc::WEXITSTATUS(status)));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(Ending::Signaled(libc::WTERMSIG(status)));
         }
     }
 }
@@ -601,19 +640,6 @@ fn limits(config: &Config) -> Vec<(&'static str, Resource, u64)> {
         ));
     }
     limits
-}
-
-/// Step 6: the seccomp filter (after `no_new_privs`, which lets an unprivileged process set it).
-fn install_seccomp(compiled: Option<&seccompiler::BpfProgram>) -> Result<(), Error> {
-    let built;
-    let program = match compiled {
-        Some(program) => program,
-        None => {
-            built = super::seccomp::program();
-            &built
-        }
-    };
-    seccompiler::apply_filter(program).map_err(|source| Error::SeccompInstall { source })
 }
 
 #[cfg(test)]
@@ -704,7 +730,7 @@ mod tests {
             },
         };
         let (r, w) = sys::pipe().expect("pipe");
-        report.write(w);
+        report.write_to(w);
         assert_eq!(Report::read(&r), Some(report));
         let (r, w) = sys::pipe().expect("pipe");
         drop(w);

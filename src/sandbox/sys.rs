@@ -45,13 +45,6 @@ pub enum Error {
     /// No cgroup hierarchy with the `memory` and `pids` controllers on this machine.
     #[error("no cgroup hierarchy with the memory and pids controllers")]
     NoCgroups,
-    /// The seccomp filter could not be installed.
-    #[error("seccomp(SECCOMP_SET_MODE_FILTER) failed: {}", seccomp_errno(source))]
-    SeccompInstall {
-        /// What seccompiler said.
-        #[source]
-        source: seccompiler::Error,
-    },
     /// The shim's command line is not `CONFIG -- PROGRAM ARGS...` with a valid config.
     #[error("reading the sandbox arguments ({what}) failed: EINVAL: Invalid argument")]
     Arguments {
@@ -125,7 +118,6 @@ impl Error {
             Error::InZygote { errno, .. } => *errno,
             Error::NoCgroups => Errno::ENOENT,
             Error::Arguments { .. } | Error::NulByte => Errno::EINVAL,
-            Error::SeccompInstall { source } => seccomp_errno(source),
             Error::FrameTooLarge { .. } => Errno::EMSGSIZE,
             Error::FrameTruncated => Errno::EPIPE,
             Error::FrameEncode { .. } => Errno::EINVAL,
@@ -135,13 +127,6 @@ impl Error {
             Error::ZygoteLock => Errno::EDEADLK,
             Error::NotEnded { .. } => Errno::EAGAIN,
         }
-    }
-}
-
-fn seccomp_errno(error: &seccompiler::Error) -> Errno {
-    match error {
-        seccompiler::Error::Prctl(e) | seccompiler::Error::Seccomp(e) => errno_of(e),
-        _ => Errno::EINVAL,
     }
 }
 
@@ -398,13 +383,43 @@ impl Usage {
     }
 }
 
-/// What this process's children that it has reaped used (`getrusage(RUSAGE_CHILDREN)`).
-pub fn children_usage() -> Usage {
+/// Waits for any child of this process (again after a signal): its pid and raw wait status,
+/// with what it used added to `usage` (CPU times summed, the largest peak kept).
+pub fn wait_any(usage: &mut Usage) -> Result<(i32, i32), Errno> {
+    let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of the plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage with a valid out pointer; it cannot fail for RUSAGE_CHILDREN.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    Usage::of(&ru)
+    loop {
+        // SAFETY: wait4 for any child with valid out pointers.
+        let rc = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
+        if rc > 0 {
+            let used = Usage::of(&ru);
+            usage.cpu_us += used.cpu_us;
+            usage.peak_memory_bytes = usage.peak_memory_bytes.max(used.peak_memory_bytes);
+            return Ok((rc, status));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            errno => return Err(errno),
+        }
+    }
+}
+
+/// Points fds 0-2 at `/dev/null` (or closes them where there is none).
+pub fn stdio_to_null() {
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    );
+    for target in 0..3 {
+        match &null {
+            // SAFETY: dup2 of an fd we own onto a standard fd number.
+            Ok(fd) => unsafe { libc::dup2(fd.as_raw_fd(), target) },
+            // SAFETY: closing a standard fd number this process owns.
+            Err(_) => unsafe { libc::close(target) },
+        };
+    }
 }
 
 /// Blocks until `first` or `second` is readable.
@@ -480,6 +495,11 @@ pub fn close_all_but(keep: &[RawFd]) -> Result<(), Error> {
         first = fd + 1;
     }
     close_range(first)
+}
+
+/// Whether `fd` is readable now, without waiting.
+pub fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    poll_readable(fd, 0)
 }
 
 /// Whether `fd` turns readable within `timeout`.

@@ -74,6 +74,8 @@ pub struct Spawned {
     /// Readable once the function has ended, when the child's init has reported it and only
     /// has to exit (never read: the zygote reads the report when reaping).
     pub ended: Option<OwnedFd>,
+    /// Whether nothing of the call runs once `ended` is readable (see `Reply::Spawned`).
+    pub contained: bool,
 }
 
 /// The worker's handle on its zygote.
@@ -322,16 +324,19 @@ impl Zygote {
         };
         let fds = stdio.map(|fd| fd.as_raw_fd());
         match self.ask(&request, &fds, None)? {
-            (Reply::Spawned { pid }, fds, generation) if (1..=2).contains(&fds.len()) => {
+            (Reply::Spawned { pid, contained }, fds, generation)
+                if (1..=2).contains(&fds.len()) =>
+            {
                 let mut fds = fds.into_iter();
                 let spawned = fds.next().map(|pidfd| Spawned {
                     pid,
                     pidfd,
                     ended: fds.next(),
+                    contained,
                 });
                 spawned.map(|s| (s, generation)).ok_or(Error::MissingPidfd)
             }
-            (Reply::Spawned { pid }, _, generation) => {
+            (Reply::Spawned { pid, .. }, _, generation) => {
                 // A child we cannot follow must not run unwatched.
                 self.kill(pid, generation);
                 Err(Error::MissingPidfd)

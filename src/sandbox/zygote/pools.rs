@@ -96,6 +96,16 @@ impl Cgroups {
         Some(cgroup::oom_kills_of(&pair.name) > pair.oom_kills)
     }
 
+    /// As [`Cgroups::oom_since_taken`], for a sandbox that serves another call: the count read
+    /// now is where its next call's starts.
+    pub(super) fn oom_since_last_call(&mut self, pid: i32) -> Option<bool> {
+        let pair = self.held.get_mut(&pid)?;
+        let now = cgroup::oom_kills_of(&pair.name);
+        let oom = now > pair.oom_kills;
+        pair.oom_kills = now;
+        Some(oom)
+    }
+
     /// Once the child `pid` is reaped: whether its memory limit killed any of its processes
     /// (`None`: it had no pooled pair). Every process of the call is gone (its PID namespace
     /// ended with its init), so the pair is empty and serves the next call.

@@ -112,11 +112,21 @@ struct Server {
     reports: HashMap<i32, OwnedFd>,
     /// Children answered for early (see [`Server::reap_early`]), not reaped yet.
     ending: Vec<i32>,
+    /// Ready sandboxes serving a call, which serve another once it is reaped.
+    serving: HashMap<i32, Serving>,
     /// Sandboxes prepared ahead of their call.
     ready: ReadySandboxes,
     /// The configuration (as JSON, and parsed) of the last spawn, whose next call's sandbox is
     /// prepared once its reply is sent.
     next: Option<(Vec<u8>, Config)>,
+}
+
+/// A ready sandbox serving a call, as the zygote holds it until the call is reaped: its
+/// configuration, its control socket and a pidfd of its own.
+struct Serving {
+    key: Vec<u8>,
+    control: OwnedFd,
+    pidfd: OwnedFd,
 }
 
 /// What a spawn took for its call before the fork.
@@ -165,6 +175,7 @@ impl Server {
             home_pid: sys::open_namespace("/proc/self/ns/pid")?,
             reports: HashMap::new(),
             ending: Vec::new(),
+            serving: HashMap::new(),
             ready: ReadySandboxes::default(),
             next: None,
         };
@@ -179,8 +190,12 @@ impl Server {
             Request::Spawn { argv, env, cwd } => {
                 let argv = argv.into_iter().map(OsString::from_vec).collect();
                 let env = env.into_iter().map(OsString::from_vec).collect();
-                self.spawn(argv, env, OsString::from_vec(cwd), fds)
-                    .map(|(pid, pidfd)| (Reply::Spawned { pid }, self.spawned_fds(pid, pidfd)))
+                self.spawn(argv, env, OsString::from_vec(cwd), fds).map(
+                    |(pid, pidfd, contained)| {
+                        let fds = self.spawned_fds(pid, pidfd);
+                        (Reply::Spawned { pid, contained }, fds)
+                    },
+                )
             }
             Request::Reap { pid } => self.reap(pid).map(|reply| (reply, Vec::new())),
             Request::Kill { pid } => self.kill(pid).map(|reply| (reply, Vec::new())),
@@ -196,14 +211,15 @@ impl Server {
         std::iter::once(pidfd).chain(report).collect()
     }
 
-    /// `Spawn`: forks the call's init for a shim command line; returns its pid and a pidfd.
+    /// `Spawn`: forks the call's init for a shim command line (or hands the call to a ready
+    /// one); returns its pid, a pidfd, and whether it is the init of the call's PID namespace.
     fn spawn(
         &mut self,
         argv: Vec<OsString>,
         env: Vec<OsString>,
         cwd: OsString,
         stdio: Vec<OwnedFd>,
-    ) -> Result<(i32, OwnedFd), Error> {
+    ) -> Result<(i32, OwnedFd, bool), Error> {
         if stdio.len() != 3 || !shim::is_wrapped(&argv) {
             return Err(Error::Arguments {
                 what: "a spawn needs a shim's command line and three fds",
@@ -212,9 +228,10 @@ impl Server {
         let (config, inner) = shim::parse_args(&argv[2..])?;
         let key = argv[2].as_bytes().to_vec();
         if let Some(ready) = self.ready.take(&key) {
-            if let Some(spawned) = self.hand_over(ready, inner, &env, &stdio) {
+            if let Some((pid, pidfd)) = self.hand_over(&key, ready, (inner, &env, &stdio)) {
+                let contained = config.namespaces;
                 self.next = Some((key, config));
-                return Ok(spawned);
+                return Ok((pid, pidfd, contained));
             }
         }
         let mut taken = self.take(&config)?;
@@ -242,27 +259,47 @@ impl Server {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop((stdio, report_w));
-                self.adopt(child.as_raw(), report_r, taken)
+                let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
+                Ok((pid, pidfd, config.namespaces))
             }
         }
     }
 
-    /// Hands a call to a ready sandbox: its pid and pidfd, or `None` (the sandbox is ended)
-    /// when it is gone.
+    /// Hands a call to a ready sandbox, with a new report pipe (whose read end replaces the
+    /// sandbox's last): its pid and pidfd, or `None` (the sandbox is ended) when it is gone. A
+    /// sandbox that serves again is kept as serving `key` until its call is reaped.
     fn hand_over(
         &mut self,
+        key: &[u8],
         ready: Ready,
-        argv: &[OsString],
-        env: &[OsString],
-        stdio: &[OwnedFd],
+        call: (&[OsString], &[OsString], &[OwnedFd]),
     ) -> Option<(i32, OwnedFd)> {
-        let (frame, fds) = ready::call_frame(argv, env, stdio);
+        let (argv, env, stdio) = call;
+        let Ok((report_r, report_w)) = sys::call(
+            "pipe2",
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK),
+        ) else {
+            self.end(ready);
+            return None;
+        };
+        let (frame, fds) = ready::call_frame(argv, env, stdio, &report_w);
         let prepared = ready::prepared_within(ready.control.as_fd(), PREPARE_WAIT);
-        if prepared && write_frame(ready.control.as_fd(), &frame, &fds).is_ok() {
-            return Some((ready.pid, ready.pidfd));
+        if !(prepared && write_frame(ready.control.as_fd(), &frame, &fds).is_ok()) {
+            self.end(ready);
+            return None;
         }
-        self.end(ready);
-        None
+        self.reports.insert(ready.pid, report_r);
+        if ready.again
+            && let Ok(pidfd) = ready.pidfd.try_clone()
+        {
+            let serving = Serving {
+                key: key.to_vec(),
+                control: ready.control,
+                pidfd,
+            };
+            self.serving.insert(ready.pid, serving);
+        }
+        Some((ready.pid, ready.pidfd))
     }
 
     /// Prepares the next call's sandbox for the last spawn's configuration, unless one is
@@ -324,11 +361,13 @@ impl Server {
                 drop((report_w, theirs));
                 let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
                 let since = std::time::Instant::now();
+                let again = shim::serves_again(config);
                 Ok(Some(Ready {
                     pid,
                     pidfd,
                     control,
                     since,
+                    again,
                 }))
             }
         }
@@ -454,6 +493,7 @@ impl Server {
             Ok(Some((status, usage))) => (Ok(status), usage),
             Err(e) => (Err(e), sys::Usage::default()),
         };
+        self.serving.remove(&pid);
         let report = self.reports.remove(&pid).and_then(|r| Report::read(&r));
         let oom = self.cgroups.release(pid);
         self.nets.release(pid);
@@ -481,8 +521,29 @@ impl Server {
             .and_then(Report::read)
             .ok_or(Error::NotEnded { pid })?;
         self.reports.remove(&pid);
-        let oom = self.cgroups.oom_since_taken(pid);
-        self.ending.push(pid);
+        let oom = match self.serving.remove(&pid) {
+            // Its init has ended and reaped every process of the call: it renews itself and
+            // is ready again (`ready::child`).
+            Some(serving) => {
+                let oom = self.cgroups.oom_since_last_call(pid);
+                let ready = Ready {
+                    pid,
+                    pidfd: serving.pidfd,
+                    control: serving.control,
+                    since: std::time::Instant::now(),
+                    again: true,
+                };
+                if let Some(displaced) = self.ready.put(serving.key, ready) {
+                    self.end(displaced);
+                }
+                oom
+            }
+            None => {
+                let oom = self.cgroups.oom_since_taken(pid);
+                self.ending.push(pid);
+                oom
+            }
+        };
         Ok(Reply::Reaped {
             status: report.ending.wait_status(),
             oom,

@@ -56,6 +56,9 @@ pub(super) enum Reply {
     Spawned {
         /// The child.
         pid: i32,
+        /// Whether its init is the init of the call's PID namespace, which ends every process
+        /// of the call before it reports: once the report is in, nothing of the call runs.
+        contained: bool,
     },
     /// The child's raw wait status, and whether its memory limit killed any of its processes
     /// (`None`: its cgroups are not the zygote's, the worker reads and removes them).
@@ -299,7 +302,10 @@ mod tests {
                 fast_attach: false,
                 note: "no favordynmods".into(),
             },
-            Reply::Spawned { pid: 42 },
+            Reply::Spawned {
+                pid: 42,
+                contained: true,
+            },
             Reply::Reaped {
                 status: 0x0300,
                 oom: Some(true),

@@ -4,9 +4,9 @@
 //!
 //! 1. session and process group (already new, from `posix_spawn`), `PR_SET_PDEATHSIG`;
 //! 2. new PID, mount, IPC, UTS and (unless the function may use the network) network
-//!    namespaces; the shim forks the namespace's init, which forks the function as pid 2 (so
-//!    signals and zombies behave as on any host) and reports how it ended; the shim then ends
-//!    the same way;
+//!    namespaces; the shim forks the namespace's init, which starts the function as pid 2 (so
+//!    signals and zombies behave as on any host), ends whatever it left and reports how it
+//!    ended; the shim then ends the same way;
 //! 3. a private filesystem: a fresh tmpfs root holding read-only binds of the host's `/usr`,
 //!    `/bin`, `/lib*`, `/sbin`, a few files of `/etc`, the device nodes a program needs, the
 //!    paths the runtime needs (the bundle, the interpreter); a size-capped writable tmpfs as
@@ -16,10 +16,10 @@
 //! 5. `no_new_privs`; an unprivileged uid/gid (which also drops every capability); every fd but
 //!    0–2 closed;
 //! 6. a seccomp filter answering EPERM to ptrace, mount, kexec, bpf, keyctl, io_uring,
-//!    perf_event_open, unshare/setns and namespace-creating clones, reboot and module loading.
-//!    The namespace's init installs it (after `no_new_privs`) once its filesystem is built and
-//!    before it forks the function, which inherits it; init itself then only forks, waits and
-//!    reports.
+//!    perf_event_open, unshare/setns and namespace-creating clones, reboot and module loading,
+//!    installed by the function's own process just before its `execve` (`launch.rs`). Init
+//!    runs no code of the function and stays unfiltered, so that a sandbox serving another call
+//!    can renew its `/tmp` and IPC namespace.
 //!
 //! The shim runs before any thread exists (main dispatches to it before starting the async
 //! runtime), so ordinary code is safe between its fork and exec. Each step's failure names the

@@ -20,8 +20,10 @@
 //!
 //! - ready sandboxes (`ready.rs`): after each spawn, the next call's sandbox for the same
 //!   configuration is prepared while the current call runs (everything up to the function's
-//!   fork), so the next call only hands over its stdio, command line and environment; one
-//!   per configuration, at most a few, each ended after a few idle seconds.
+//!   start), so the next call only hands over its stdio, command line, environment and report
+//!   pipe; a sandbox whose function runs without privileges serves the next call of its
+//!   configuration once its call is reaped, with new processes, `/tmp` and IPC namespace;
+//!   a few per configuration, each ended after a few idle seconds.
 //!
 //! The worker talks to it over a Unix stream socket on the zygote's stdin, one request at a
 //! time: `Spawn` (the shim's command line, the environment, the working directory, and the

@@ -1,18 +1,26 @@
 //! Ready sandboxes: after a spawn, the zygote prepares the next call's sandbox for the same
 //! configuration while the current call runs, so a cold call's critical path is only "hand over
-//! stdio, fork the function, exec".
+//! stdio, start the function, exec".
 //!
 //! A ready sandbox is a forked child that has already done everything that does not depend on
 //! the call ([`crate::sandbox::shim::prepare_init`]: it is the init of a new PID namespace,
 //! sits in its pooled cgroups and network namespace, in fresh mount, IPC and UTS namespaces,
 //! with its own fresh `/tmp` and `/proc`, pivoted into a copy of the template root), and waits
 //! on a socket for its call: the function's command line and environment, with its stdin,
-//! stdout and stderr as `SCM_RIGHTS` (a [`Request::Spawn`] frame). Nothing of a call is in it
-//! before that frame, and it serves exactly one call, so no state passes between calls.
+//! stdout, stderr and report pipe as `SCM_RIGHTS` (a [`Request::Spawn`] frame). Nothing of a
+//! call is in it before that frame.
 //!
-//! [`ReadySandboxes`] holds at most one per configuration (the shim's config, which names the
-//! function's bundle and every limit), at most [`MAX_READY`] in all, each for at most
-//! [`READY_IDLE`]: an idle worker keeps none.
+//! A sandbox whose function runs without privileges ([`shim::serves_again`]) then serves the
+//! next call of its configuration: once the call has ended, init has killed and reaped every
+//! other process of the namespace and reported, it takes a new IPC namespace and (unless the
+//! call left it untouched) a fresh `/tmp`, says it is prepared again, and the zygote keeps it
+//! among the ready ones once the worker has reaped the call. Every call gets new processes, a
+//! new `/tmp`, a new IPC namespace, its own stdio and report; what it shares with the last call
+//! of the same function is what that function could not change (`docs/security.md`).
+//!
+//! [`ReadySandboxes`] holds at most [`MAX_READY_PER_CONFIG`] per configuration (the shim's
+//! config, which names the function's bundle and every limit), at most [`MAX_READY`] in all,
+//! each for at most [`READY_IDLE`]: an idle worker keeps none.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

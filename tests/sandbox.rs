@@ -78,16 +78,18 @@ async fn runaway_functions_are_stopped_and_nothing_is_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_that_serves_another_call_keeps_nothing_of_the_last() {
-    // Each call reports what it finds of earlier calls, then leaves a file in /tmp, a shared
-    // memory segment (the IPC namespace) and a process in the background.
+    // Each call reports what it finds of earlier calls, then leaves a file in /tmp, a changed
+    // mode on /tmp, a shared memory segment (the IPC namespace) and a process in the
+    // background.
     let server = sandboxed_server().await;
     let client = server.client();
     let script = r#"
         echo "pid $$"
-        echo "tmp [$(ls -A /tmp)]"
+        echo "tmp [$(ls -A /tmp)] mode $(stat -c %a /tmp)"
         echo "shm $(($(wc -l < /proc/sysvipc/shm) - 1))"
         echo "sleepers [$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -o 'sleep 8888[.]5')]"
         echo left > /tmp/left-behind
+        chmod 0750 /tmp
         ipcmk -M 4096 > /dev/null
         n=8888.5; (sleep $n &)
     "#;

@@ -36,6 +36,9 @@ pub struct Child {
     /// Whether nothing of the call runs once `ended` is readable (its init ended the rest).
     contained: bool,
     reaped: bool,
+    /// Whether [`Child::kill_group`] was sent: its reap then waits for the exit itself, not
+    /// for a report its init may still have written as it died.
+    killed: std::sync::atomic::AtomicBool,
     parent: Parent,
     /// What the zygote said, when reaping, of the call's memory limit (`None`: not its cgroups).
     memory_killed: Option<bool>,
@@ -89,6 +92,7 @@ impl Pipes {
             ended: None,
             contained: false,
             reaped: false,
+            killed: std::sync::atomic::AtomicBool::new(false),
             parent,
             memory_killed: None,
             usage: None,
@@ -231,6 +235,8 @@ impl Child {
         if self.reaped {
             return;
         }
+        self.killed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Parent::Zygote(zygote, generation) = self.parent {
             // Through the pidfd, which cannot name another process; a child the zygote has
             // just forked may not have made its session yet. Its group only while its zygote
@@ -307,11 +313,14 @@ impl Child {
         let status = match self.parent {
             Parent::Zygote(zygote, generation) => {
                 let pid = self.pid.as_raw();
+                let killed = self.killed.load(std::sync::atomic::Ordering::Relaxed);
                 match &self.ended {
-                    Some(ended) => {
+                    // A killed sandbox is reaped once gone, never taken back as one that
+                    // serves another call.
+                    Some(ended) if !killed => {
                         sys::wait_either(self.pidfd.get_ref().as_fd(), ended.get_ref().as_fd())
                     }
-                    None => sys::wait_exited(self.pidfd.get_ref().as_fd()),
+                    _ => sys::wait_exited(self.pidfd.get_ref().as_fd()),
                 }
                 // The report pipe also turns readable when init dies without reporting: the
                 // zygote then refuses while it has not ended; asked again once it has.

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::libc;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::sys::{self, Error, call as step};
@@ -239,13 +240,15 @@ fn mount_workspace(workspace: &Workspace, root: &Path) -> Result<(), Error> {
 }
 
 /// What says whether a call changed the workspace (`/tmp`) in a sandbox that serves another:
-/// its root directory's change time (any entry made or removed, any change of its mode, owner
-/// or attributes moves it, and no process can set it back) and inode, and the tmpfs's free
-/// blocks and inodes. `None` when it cannot be read.
+/// everything `stat` tells of its root directory (mode, owner, links, size, the three times,
+/// inode), the size of its extended attributes' names, and the tmpfs's free blocks and inodes.
+/// A call that created anything, or changed the directory itself (its mode, a time, an
+/// attribute: each could carry data to the next call, which runs as the same uid), leaves a
+/// different state, even within one tick of a coarse clock. `None` when it cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct WorkspaceState {
-    ctime: (i64, i64),
-    ino: u64,
+    stat: [i64; 12],
+    xattr_names: isize,
     free: (u64, u64),
 }
 
@@ -254,9 +257,24 @@ impl WorkspaceState {
     pub(super) fn now() -> Option<WorkspaceState> {
         let st = nix::sys::stat::stat(WORKDIR).ok()?;
         let vfs = nix::sys::statvfs::statvfs(WORKDIR).ok()?;
+        // SAFETY: a size query (no buffer) on a NUL-terminated path.
+        let xattr_names = unsafe { libc::listxattr(c"/tmp".as_ptr(), std::ptr::null_mut(), 0) };
         Some(WorkspaceState {
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-            ino: st.st_ino,
+            stat: [
+                st.st_mode as i64,
+                st.st_uid as i64,
+                st.st_gid as i64,
+                st.st_nlink as i64,
+                st.st_size,
+                st.st_ino as i64,
+                st.st_atime,
+                st.st_atime_nsec,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_ctime,
+                st.st_ctime_nsec,
+            ],
+            xattr_names,
             free: (vfs.blocks_free() as u64, vfs.files_free() as u64),
         })
     }

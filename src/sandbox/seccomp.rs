@@ -42,6 +42,14 @@ const DENIED: &[i64] = &[
     libc::SYS_swapoff,
     libc::SYS_open_by_handle_at,
     libc::SYS_userfaultfd,
+    // The new mount API, refused like mount itself.
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
 ];
 
 /// Namespace flags a `clone` may not carry (all in the low 32 bits of its first argument).
@@ -51,7 +59,8 @@ const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUSER
-    | libc::CLONE_NEWCGROUP) as u32;
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWTIME) as u32;
 
 /// The audit architecture of this build (`AUDIT_ARCH_*`: the ELF machine, 64-bit, little
 /// endian); a call made under any other (such as `int 0x80` on x86-64) kills the process.
@@ -283,6 +292,7 @@ mod tests {
             libc::CLONE_NEWIPC,
             libc::CLONE_NEWUSER,
             libc::CLONE_NEWCGROUP,
+            libc::CLONE_NEWTIME,
         ] {
             assert_eq!(
                 run(&program, AUDIT_ARCH, clone, thread | flag as u64),

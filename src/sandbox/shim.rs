@@ -516,6 +516,7 @@ pub(super) fn run_call(
         Err(err) => {
             // Nothing started: report the set-up failure as the function's own would be.
             eprintln!("{ERROR_PREFIX}{err}");
+            sys::stdio_to_null();
             let ending = Ending::Exited(SETUP_FAILED);
             let usage = sys::Usage::default();
             return Ok(Report { ending, usage });

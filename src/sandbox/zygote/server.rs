@@ -569,6 +569,8 @@ impl Server {
 
     /// `Kill`: kills a child and reaps it.
     fn kill(&mut self, pid: i32) -> Result<Reply, Error> {
+        // A killed sandbox serves no further call, whatever it reported before it died.
+        self.serving.remove(&pid);
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

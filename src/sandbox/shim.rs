@@ -487,9 +487,10 @@ pub(super) fn start_and_wait(
     std::process::exit(0)
 }
 
-/// In the namespace's init, its filesystem built: one call. Starts the function (as pid 2 in
-/// a fresh PID namespace), lets go of the call's stdio, waits for the function, then ends and
-/// reaps whatever it left; returns how it ended and what every process init reaped used.
+/// In the namespace's init, its filesystem built: one call. Starts the function (pid 2 in a
+/// fresh PID namespace; the next free pid in a sandbox serving another call), lets go of the
+/// call's stdio, waits for the function, then ends and reaps whatever it left; returns how it
+/// ended and what every process init reaped during the call used.
 pub(super) fn run_call(
     config: &Config,
     argv: &[OsString],

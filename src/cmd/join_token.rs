@@ -92,11 +92,18 @@ pub(crate) fn load_or_create(file: Option<&Path>, data: &Path) -> anyhow::Result
     Ok(token)
 }
 
-/// A new token: 32 random bytes from the system, base64url without padding (43 characters).
+/// A new token: 32 random bytes from the system, base64url without padding (43 characters),
+/// drawn again while it would begin with `-`: such a token, pasted after `--join-token` in a
+/// script, would read as an option (one in 64 did, and failed to start the worker).
 fn generate() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).context("cannot get random bytes for the join token")?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    loop {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).context("cannot get random bytes for the join token")?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !token.starts_with('-') {
+            return Ok(token);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +130,16 @@ mod tests {
         assert_eq!(load_or_create(None, dir.path()).expect("read"), first);
         let other = tempfile::tempdir().expect("tempdir");
         assert_ne!(load_or_create(None, other.path()).expect("another"), first);
+    }
+
+    #[test]
+    fn no_generated_token_begins_with_a_hyphen() {
+        // A leading `-` is one draw in 64: a thousand draws meet it with near certainty.
+        for _ in 0..1000 {
+            let token = generate().expect("random");
+            assert!(!token.starts_with('-'), "{token}");
+            assert_eq!(token.len(), 43);
+        }
     }
 
     #[test]

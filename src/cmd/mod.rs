@@ -282,5 +282,19 @@ mod tests {
         let err =
             Cli::try_parse_from(["faasd", "serve", "--sandbox-user", "x"]).expect_err("bad ids");
         assert!(err.to_string().contains("\"x\" is not UID:GID"), "{err}");
+        // A join token that begins with `-` is the option's value, not another option.
+        let argv = [
+            "faasd",
+            "worker",
+            "--server",
+            "h:1",
+            "--join-token",
+            "-sAbC",
+        ];
+        let Command::Worker(worker) = Cli::try_parse_from(argv).expect("worker parses").command
+        else {
+            panic!("not worker");
+        };
+        assert_eq!(worker.join_token.as_deref(), Some("-sAbC"));
     }
 }

@@ -53,8 +53,14 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
     pub drain_timeout: Duration,
     /// The server's join token (print it on the server with `faasd join-token`); a worker
-    /// joining over loopback while the server has no users needs none.
-    #[arg(long, env = "FAASD_JOIN_TOKEN", hide_env_values = true)]
+    /// joining over loopback while the server has no users needs none. A token may begin with
+    /// `-` (one made before tokens avoided it, or one of your own): it is taken as the value.
+    #[arg(
+        long,
+        env = "FAASD_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub join_token: Option<String>,
     /// Connect over TLS (the server runs with `--tls-cert`); the certificate must name the
     /// host of `--server`.

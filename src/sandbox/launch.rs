@@ -33,13 +33,13 @@ use super::sys::Error;
 const STACK_BYTES: usize = 64 << 10;
 
 /// Everything the function's process needs between its clone and its `execve`.
-pub(super) struct Launch {
+pub(super) struct Launch<'f> {
     /// Step 4: each limit, with the name of its call.
     limits: Vec<(&'static str, Resource, u64)>,
     /// Step 5: the uid and gid to switch to, if the sandbox drops them.
     ids: Option<(libc::uid_t, libc::gid_t)>,
     /// Step 6: the seccomp filter.
-    filter: Vec<libc::sock_filter>,
+    filter: &'f [libc::sock_filter],
     /// The program, its arguments and environment, and the NULL-ended pointer arrays `execve`
     /// reads (pointing into the strings, which live as long as this).
     program: CString,
@@ -48,14 +48,14 @@ pub(super) struct Launch {
     envp: Vec<*const c_char>,
 }
 
-impl Launch {
+impl<'f> Launch<'f> {
     /// Makes ready the start of `argv` with `env` under `limits` (step 4: each with the name
     /// of its call), as `ids` (uid, gid) if the sandbox drops them; with a private filesystem
     /// `HOME` and `TMPDIR` are the sandbox's own writable space.
     pub(super) fn new(
         limits: Vec<(&'static str, Resource, u64)>,
         ids: Option<(libc::uid_t, libc::gid_t)>,
-        filter: &[seccompiler::sock_filter],
+        filter: &'f [libc::sock_filter],
         private_fs: bool,
         argv: &[OsString],
         env: &[OsString],
@@ -93,15 +93,7 @@ impl Launch {
         Ok(Launch {
             limits,
             ids,
-            filter: filter
-                .iter()
-                .map(|f| libc::sock_filter {
-                    code: f.code,
-                    jt: f.jt,
-                    jf: f.jf,
-                    k: f.k,
-                })
-                .collect(),
+            filter,
             program,
             _strings: strings,
             argv,
@@ -206,7 +198,7 @@ mod tests {
     use super::*;
     use nix::sys::wait::{WaitStatus, waitpid};
 
-    fn launch(program: &str, env: &[&str]) -> Launch {
+    fn launch(program: &str, env: &[&str]) -> Launch<'static> {
         let argv = [
             OsString::from(program),
             OsString::from("-c"),

@@ -10,9 +10,10 @@
 //! installing it costs about a third of the linear chain's time (`docs/performance.md`,
 //! "Cold sandboxed starts, round three"). Every denied call jumps to one shared return.
 
-use nix::libc;
+use nix::libc::{self, sock_filter};
 
-pub use seccompiler::{BpfProgram, sock_filter};
+/// A classic BPF program, as `seccomp(SECCOMP_SET_MODE_FILTER)` takes it.
+pub type BpfProgram = Vec<sock_filter>;
 
 /// The syscalls a function may not make; each answers EPERM.
 const DENIED: &[i64] = &[

@@ -141,7 +141,7 @@ pub(super) struct Prepared {
     /// The shim already sits in a pooled network namespace with loopback up.
     pub net_joined: bool,
     /// The seccomp filter, compiled once.
-    pub filter: Option<seccompiler::BpfProgram>,
+    pub filter: Option<super::seccomp::BpfProgram>,
     /// A root the zygote built for this set of read-only paths (see [`fill_template`]).
     pub template: Option<PathBuf>,
     /// Pooled cgroups the zygote made for this call (else the shim makes its own).
@@ -480,7 +480,7 @@ pub(super) fn start_and_wait(
     config: &Config,
     argv: &[OsString],
     env: &[OsString],
-    filter: Option<&seccompiler::BpfProgram>,
+    filter: Option<&super::seccomp::BpfProgram>,
     report: OwnedFd,
 ) -> Result<std::convert::Infallible, Error> {
     run_call(config, argv, env, filter)?.write_to(report);
@@ -495,7 +495,7 @@ pub(super) fn run_call(
     config: &Config,
     argv: &[OsString],
     env: &[OsString],
-    filter: Option<&seccompiler::BpfProgram>,
+    filter: Option<&super::seccomp::BpfProgram>,
 ) -> Result<Report, Error> {
     let built;
     let filter = match filter {

@@ -99,7 +99,7 @@ fn raise_fd_limit() {
 /// for each unreaped child.
 struct Server {
     /// The seccomp filter, compiled once.
-    filter: seccompiler::BpfProgram,
+    filter: crate::sandbox::seccomp::BpfProgram,
     /// The template roots.
     templates: Templates,
     /// The pooled cgroups.
@@ -140,7 +140,7 @@ struct Taken {
 impl Taken {
     /// What the forked child has ready from it: the template root and the cgroup it hands
     /// over, whether it joins the network namespace, and the filter.
-    fn prepared(&mut self, filter: &seccompiler::BpfProgram) -> Prepared {
+    fn prepared(&mut self, filter: &crate::sandbox::seccomp::BpfProgram) -> Prepared {
         Prepared {
             net_joined: self.net.is_some(),
             filter: Some(filter.clone()),

@@ -102,6 +102,11 @@ EOF
 exec python3 server.py 8080
 "#;
 
+/// `GET path` on the server at `url`, without a `Host` of a function.
+async fn get(url: &str, path: &str) -> hyper::Response<Incoming> {
+    request(url, "GET", path, None, Bytes::new()).await
+}
+
 /// A request to the server at `url`: `path` with `host` as the `Host` header (the server's
 /// address when `None`).
 async fn request(
@@ -165,14 +170,7 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
     let server = sandboxed(&["--local-workers", "1"]);
     register_service(&server, "files", FILE_SERVER).await;
 
-    let by_path = request(
-        &server.url,
-        "GET",
-        "/function/files/file.txt",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let by_path = get(&server.url, "/function/files/file.txt").await;
     assert_eq!(by_path.status(), 200);
     // The path route shares the dashboard's origin: its pages run in an opaque origin.
     let policy = by_path.headers().get("content-security-policy");
@@ -189,7 +187,7 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
     assert_eq!(body_text(by_host).await, "hello from the service\n");
 
     // The directory listing at the service's root, through both routes.
-    let root = request(&server.url, "GET", "/function/files/", None, Bytes::new()).await;
+    let root = get(&server.url, "/function/files/").await;
     assert_eq!(root.status(), 200);
     assert!(body_text(root).await.contains("file.txt"));
     let root = request(&server.url, "GET", "/", host, Bytes::new()).await;
@@ -297,14 +295,7 @@ async fn method_path_query_headers_and_a_large_body_pass_through() {
 async fn a_chunked_event_stream_arrives_as_it_is_written() {
     let server = sandboxed(&["--local-workers", "1"]);
     register_service(&server, "events", ECHO_SERVER).await;
-    let response = request(
-        &server.url,
-        "GET",
-        "/function/events/events",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let response = get(&server.url, "/function/events/events").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -317,14 +308,7 @@ async fn a_chunked_event_stream_arrives_as_it_is_written() {
     }
     // The service holds its last event until released: the first arrived on its own.
     assert!(!got.contains("data: last"), "{got}");
-    let released = request(
-        &server.url,
-        "GET",
-        "/function/events/release",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let released = get(&server.url, "/function/events/release").await;
     assert_eq!(body_text(released).await, "released");
     let rest = body.collect().await.expect("the rest").to_bytes();
     got.push_str(&text(&rest));
@@ -338,7 +322,7 @@ async fn the_service_has_no_host_network() {
     // faasd's own port is open on the host's loopback; the service's loopback is its own.
     let port = server.url.rsplit(':').next().expect("port");
     let path = format!("/function/probe/probe?port={port}");
-    let answer = request(&server.url, "GET", &path, None, Bytes::new()).await;
+    let answer = get(&server.url, &path).await;
     assert_eq!(body_text(answer).await, "refused");
 }
 
@@ -355,14 +339,7 @@ async fn a_remote_worker_serves_it_and_a_plain_function_keeps_its_route() {
     wait_workers(&server.client(), 1).await;
     register_service(&server, "files", FILE_SERVER).await;
     let served = || async {
-        let answer = request(
-            &server.url,
-            "GET",
-            "/function/files/file.txt",
-            None,
-            Bytes::new(),
-        )
-        .await;
+        let answer = get(&server.url, "/function/files/file.txt").await;
         let status = answer.status();
         let body = body_text(answer).await;
         if status == 200 {
@@ -394,7 +371,7 @@ async fn a_remote_worker_serves_it_and_a_plain_function_keeps_its_route() {
     )
     .await;
     assert_eq!(body_text(echoed).await, "x");
-    let sub = request(&server.url, "GET", "/function/cat/sub", None, Bytes::new()).await;
+    let sub = get(&server.url, "/function/cat/sub").await;
     assert_eq!(sub.status(), 404);
 }
 
@@ -478,7 +455,7 @@ async fn a_function_that_asks_has_its_requests_stored_as_tasks() {
     let answer = register(&client, "kept", FILE_SERVER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let path = "/function/kept/file.txt?secret=1";
-    let served = request(&server.url, "GET", path, None, Bytes::new()).await;
+    let served = get(&server.url, path).await;
     assert_eq!(body_text(served).await, "hello from the service\n");
     let stored = || async {
         let tasks = client.get("/v1/tasks?function=kept").await.expect("tasks");
@@ -521,18 +498,11 @@ async fn executors_grow_with_concurrent_requests_and_stop_when_idle() {
     let answer = register(&server.client(), "grow", ECHO_SERVER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     // The event stream holds the first executor's one slot ...
-    let held = request(
-        &server.url,
-        "GET",
-        "/function/grow/events",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let held = get(&server.url, "/function/grow/events").await;
     assert_eq!(held.status(), 200);
     // ... so the next request starts a second executor, which answers it.
     let path = "/function/grow/other";
-    let second = request(&server.url, "GET", path, None, Bytes::new()).await;
+    let second = get(&server.url, path).await;
     assert_eq!(body_text(second).await, "unknown path");
     let two = || async {
         match executors(&server, "grow").await {
@@ -575,7 +545,7 @@ async fn a_python_bundle_runs_as_a_program_that_listens() {
     let settings = serde_json::json!({"runtime": "python", "http_port": PORT});
     let answer = register(&server.client(), "py", PYTHON_SERVER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let answer = request(&server.url, "GET", "/function/py/hello", None, Bytes::new()).await;
+    let answer = get(&server.url, "/function/py/hello").await;
     assert_eq!(answer.status(), 200);
     assert_eq!(body_text(answer).await, "python says /hello");
 }
@@ -586,14 +556,7 @@ async fn requests_one_after_another_reuse_the_kept_alive_connection() {
     register_service(&server, "peer", ECHO_SERVER).await;
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let response = request(
-            &server.url,
-            "GET",
-            "/function/peer/peer",
-            None,
-            Bytes::new(),
-        )
-        .await;
+        let response = get(&server.url, "/function/peer/peer").await;
         assert_eq!(response.status(), 200);
         ports.push(body_text(response).await);
     }
@@ -621,27 +584,13 @@ async fn a_service_that_does_not_answer_within_the_timeout_is_a_504() {
     let settings = serde_json::json!({"runtime": "exec", "http_port": PORT, "timeout": "3s"});
     let answer = register(&server.client(), "slow", ECHO_SERVER, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let response = request(
-        &server.url,
-        "GET",
-        "/function/slow/hang",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let response = get(&server.url, "/function/slow/hang").await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value =
         serde_json::from_str(&body_text(response).await).expect("an error body");
     assert_eq!(body["code"], "service_failed", "{body}");
     // The executor is not held by the abandoned request: the next one is served.
-    let response = request(
-        &server.url,
-        "GET",
-        "/function/slow/peer",
-        None,
-        Bytes::new(),
-    )
-    .await;
+    let response = get(&server.url, "/function/slow/peer").await;
     assert_eq!(response.status(), 200);
 }
 
@@ -661,7 +610,7 @@ async fn a_python_module_defining_a_wsgi_app_is_served() {
     let settings = serde_json::json!({"runtime": "python", "http_port": PORT});
     let answer = register(&server.client(), "wsgi", WSGI_APP, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let answer = request(&server.url, "GET", "/function/wsgi/hi", None, Bytes::new()).await;
+    let answer = get(&server.url, "/function/wsgi/hi").await;
     assert_eq!(answer.status(), 200);
     assert_eq!(
         body_text(answer).await,

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use base64::Engine;
 use common::image::{Entry, Image, Layer};
 use common::{Server, Worker, expect_error, invoke, run, text, wait_workers};
 
@@ -48,20 +47,8 @@ fn archive(bytes: &[u8], name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Registers an image through the JSON API.
 async fn register_image(server: &Server, name: &str, bytes: &[u8]) -> faasd::client::Answer {
-    let body = serde_json::json!({
-        "name": name,
-        "runtime": "oci",
-        "code": base64::engine::general_purpose::STANDARD.encode(bytes),
-    });
-    server
-        .client()
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("register request")
+    let oci = serde_json::json!({"runtime": "oci"});
+    common::register(&server.client(), name, bytes, oci).await
 }
 
 /// What the image script prints about its root: read-only, a writable `/tmp`, no host `/usr`,
@@ -345,21 +332,9 @@ done
 async fn a_warm_image_serves_many_calls_from_one_executor() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "strict"]);
     let image = busybox_image(WARM_SH);
-    let body = serde_json::json!({
-        "name": "warm",
-        "runtime": "oci",
-        "warm": true,
-        "code": base64::engine::general_purpose::STANDARD.encode(image.docker_save()),
-    });
     let client = server.client();
-    let answer = client
-        .post(
-            "/v1/functions",
-            "application/json",
-            serde_json::to_vec(&body).expect("json").into(),
-        )
-        .await
-        .expect("register request");
+    let settings = serde_json::json!({"runtime": "oci", "warm": true});
+    let answer = common::register(&client, "warm", image.docker_save(), settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let first = invoke(&client, "warm", b"a").await;
     assert_eq!(text(&first.body), "warm:a:1");

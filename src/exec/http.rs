@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
-use super::{Pipes, spawn};
+use super::{Pipes, keep_tail, spawn};
 use crate::sandbox::process;
 use crate::units::format_duration;
 
@@ -320,7 +319,7 @@ async fn start(spec: &ServiceSpec) -> Result<Running, Error> {
     } = Pipes::take(&mut child);
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     for out in [stdout, stderr].into_iter().flatten() {
-        tokio::spawn(keep_tail(out, tail.clone()));
+        tokio::spawn(keep_tail(out, tail.clone(), OUTPUT_TAIL_BYTES));
     }
     let mut running = Running {
         net_pid: child.pid(),
@@ -420,20 +419,6 @@ fn connect_blocking(pid: u32, port: u16) -> std::io::Result<std::net::TcpStream>
     }
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
-}
-
-/// Keeps the last [`OUTPUT_TAIL_BYTES`] of an executor's output.
-async fn keep_tail(mut out: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<VecDeque<u8>>>) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = out.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let mut tail = tail.lock().expect("tail lock");
-        tail.extend(&buf[..n]);
-        let excess = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
-        tail.drain(..excess);
-    }
 }
 
 #[cfg(test)]

@@ -228,6 +228,28 @@ async fn feed_and_wait(child: &mut process::Child, pipes: Pipes, call: &Call<'_>
     }
 }
 
+/// Reads an executor's output to its end, keeping its last `max` bytes in `tail` (what a warm
+/// executor writes outside calls, an HTTP service's output), for the error that names why it
+/// stopped.
+async fn keep_tail(
+    mut out: pipe::Receiver,
+    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u8>>>,
+    max: usize,
+) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut tail = tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tail.extend(&buf[..n]);
+        let excess = tail.len().saturating_sub(max);
+        tail.drain(..excess);
+    }
+}
+
 /// Writes the payload to the function's stdin and closes it.
 async fn feed(stdin: Option<pipe::Sender>, payload: Bytes) {
     if let Some(mut stdin) = stdin {

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use super::{Limits, Pipes, spawn, truncation_marker};
+use super::{Limits, Pipes, keep_tail, spawn, truncation_marker};
 use crate::proto::FailureReason;
 use crate::sandbox::process;
 use crate::units::format_duration;
@@ -122,7 +122,8 @@ impl WarmExecutor {
             return Err(Failure::init_failed("cannot set up the executor's pipes"));
         };
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
+        // What the executor writes outside calls.
+        tokio::spawn(keep_tail(stderr, stderr_tail.clone(), STDERR_TAIL_BYTES));
         let pid = child.pid();
         let mut executor = WarmExecutor {
             child,
@@ -306,20 +307,6 @@ enum FrameError {
     Io(std::io::Error),
     Garbage(String),
     TooLarge(usize),
-}
-
-/// Keeps the last [`STDERR_TAIL_BYTES`] of what the executor writes outside calls.
-async fn drain_stderr(mut stderr: pipe::Receiver, tail: Arc<Mutex<VecDeque<u8>>>) {
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let mut tail = tail.lock().expect("stderr tail lock poisoned");
-        tail.extend(&buf[..n]);
-        let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-        tail.drain(..excess);
-    }
 }
 
 /// The frame of one call: `C`, the flags, the payload.

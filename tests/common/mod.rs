@@ -195,18 +195,19 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// Registers a function through the JSON API: a `shell` one unless `extra` names another
-/// `runtime`; the other keys of `extra` are its settings.
+/// `runtime`; the other keys of `extra` are its settings. `code` is the script, or any bytes
+/// (an image archive).
 pub async fn register(
     client: &Client,
     name: &str,
-    script: &str,
+    code: impl AsRef<[u8]>,
     extra: serde_json::Value,
 ) -> Answer {
     use base64::Engine;
     let mut body = serde_json::json!({
         "name": name,
         "runtime": "shell",
-        "code": base64::engine::general_purpose::STANDARD.encode(script),
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
     });
     if let serde_json::Value::Object(map) = extra {
         for (k, v) in map {

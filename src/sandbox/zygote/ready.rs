@@ -142,12 +142,9 @@ pub(super) fn child(
     config: &Config,
     prepared: &Prepared,
     net: Option<&OwnedFd>,
-    report: OwnedFd,
     control: OwnedFd,
 ) -> i32 {
-    let setup = set_up(net, &report, &control).and_then(|()| shim::prepare_init(config, prepared));
-    // Each call brings its own report pipe; this one only tells of a sandbox that ended unused.
-    drop(report);
+    let setup = set_up(net, &control).and_then(|()| shim::prepare_init(config, prepared));
     // A sandbox that could not be prepared ends now, unused: the zygote sees it gone and
     // spawns the call cold, which meets the same failure and tells it on the call's stderr.
     // Else it says it is prepared, and only then can it be handed a call.
@@ -181,9 +178,9 @@ pub(super) fn child(
 }
 
 /// The ready child's own set-up: a new session, nothing of the zygote on 0-2 (`/dev/null`
-/// until the call's stdio arrives), the pooled network namespace, every fd closed but 0-2,
-/// `report` and `control`.
-fn set_up(net: Option<&OwnedFd>, report: &OwnedFd, control: &OwnedFd) -> Result<(), Error> {
+/// until the call's stdio arrives), the pooled network namespace, every fd closed but 0-2
+/// and `control`.
+fn set_up(net: Option<&OwnedFd>, control: &OwnedFd) -> Result<(), Error> {
     sys::call("setsid", nix::unistd::setsid())?;
     let null = sys::call(
         "open(/dev/null)",
@@ -203,7 +200,7 @@ fn set_up(net: Option<&OwnedFd>, report: &OwnedFd, control: &OwnedFd) -> Result<
             nix::sched::setns(net, nix::sched::CloneFlags::CLONE_NEWNET),
         )?;
     }
-    sys::close_all_but(&[report.as_raw_fd(), control.as_raw_fd()])
+    sys::close_all_but(&[control.as_raw_fd()])
 }
 
 /// Puts the call's stdio on 0-2, and closes the originals.

@@ -239,7 +239,8 @@ impl Server {
             // Only over a template: a root built from nothing needs the call's working directory.
             self.next = Some((key, config.clone()));
         }
-        let (report_r, report_w) = match report_pipe_in_new_pid_namespace(&config) {
+        let pipe = report_pipe().and_then(|p| next_child_in_new_pid_namespace(&config).map(|()| p));
+        let (report_r, report_w) = match pipe {
             Ok(pipe) => pipe,
             Err(e) => return Err(self.give_back(taken, e)),
         };
@@ -259,7 +260,7 @@ impl Server {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop((stdio, report_w));
-                let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
+                let (pid, pidfd) = self.adopt(child.as_raw(), Some(report_r), taken)?;
                 Ok((pid, pidfd, config.namespaces))
             }
         }
@@ -275,10 +276,7 @@ impl Server {
         call: (&[OsString], &[OsString], &[OwnedFd]),
     ) -> Option<(i32, OwnedFd)> {
         let (argv, env, stdio) = call;
-        let Ok((report_r, report_w)) = sys::call(
-            "pipe2",
-            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK),
-        ) else {
+        let Ok((report_r, report_w)) = report_pipe() else {
             self.end(ready);
             return None;
         };
@@ -344,22 +342,23 @@ impl Server {
                 nix::sys::socket::SockFlag::SOCK_CLOEXEC,
             ),
         );
-        let pipe = sockets.and_then(|s| Ok((s, report_pipe_in_new_pid_namespace(config)?)));
-        let ((control, theirs), (report_r, report_w)) = match pipe {
+        // Each call brings its own report pipe (`hand_over`).
+        let sockets = sockets.and_then(|s| next_child_in_new_pid_namespace(config).map(|()| s));
+        let (control, theirs) = match sockets {
             Ok(fds) => fds,
             Err(e) => return Err(self.give_back(taken, e)),
         };
         match self.fork(config) {
             Err(e) => Err(self.give_back(taken, e)),
             Ok(ForkResult::Child) => {
-                drop((report_r, control));
+                drop(control);
                 let prepared = taken.prepared(&self.filter);
                 let net = taken.net.as_ref().map(|(_, net)| net);
-                std::process::exit(ready::child(config, &prepared, net, report_w, theirs))
+                std::process::exit(ready::child(config, &prepared, net, theirs))
             }
             Ok(ForkResult::Parent { child }) => {
-                drop((report_w, theirs));
-                let (pid, pidfd) = self.adopt(child.as_raw(), report_r, taken)?;
+                drop(theirs);
+                let (pid, pidfd) = self.adopt(child.as_raw(), None, taken)?;
                 let since = std::time::Instant::now();
                 let again = shim::serves_again(config);
                 Ok(Some(Ready {
@@ -460,9 +459,14 @@ impl Server {
         sys::call("fork", forked)
     }
 
-    /// Takes a forked child in: holds its report pipe, cgroups and network namespace until it
-    /// is reaped; returns its pid and a pidfd for it.
-    fn adopt(&mut self, pid: i32, report: OwnedFd, taken: Taken) -> Result<(i32, OwnedFd), Error> {
+    /// Takes a forked child in: holds its report pipe (a ready sandbox has none before its
+    /// call), cgroups and network namespace until it is reaped; returns its pid and a pidfd.
+    fn adopt(
+        &mut self,
+        pid: i32,
+        report: Option<OwnedFd>,
+        taken: Taken,
+    ) -> Result<(i32, OwnedFd), Error> {
         // The child cannot be reaped before we wait for it, so this is its pidfd.
         let pidfd = match sys::pidfd_open(nix::unistd::Pid::from_raw(pid)) {
             Ok(pidfd) => pidfd,
@@ -475,7 +479,9 @@ impl Server {
                 return Err(self.give_back(taken, e));
             }
         };
-        self.reports.insert(pid, report);
+        if let Some(report) = report {
+            self.reports.insert(pid, report);
+        }
         if let Some(cgroup) = taken.cgroup {
             self.cgroups.hold(pid, cgroup);
         }
@@ -605,20 +611,24 @@ fn net_pool(config: &Config) -> Option<PathBuf> {
     })
 }
 
-/// The pipe on which the call's init reports how the function ended (the zygote reads it at
-/// reaping); with namespaces on, the next child is made the init of a new PID namespace.
-fn report_pipe_in_new_pid_namespace(config: &Config) -> Result<(OwnedFd, OwnedFd), Error> {
-    let pipe = sys::call(
+/// A pipe on which a call's init reports how the function ended (the zygote reads it at
+/// reaping, without blocking).
+fn report_pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    sys::call(
         "pipe2",
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK),
-    )?;
+    )
+}
+
+/// With namespaces on, makes the next child the init of a new PID namespace.
+fn next_child_in_new_pid_namespace(config: &Config) -> Result<(), Error> {
     if config.namespaces {
         sys::call(
             "unshare(PID)",
             nix::sched::unshare(CloneFlags::CLONE_NEWPID),
         )?;
     }
-    Ok(pipe)
+    Ok(())
 }
 
 /// What the forked child sets itself up with before the shim's layers.

@@ -89,16 +89,10 @@ impl Cgroups {
         self.held.insert(pid, taken);
     }
 
-    /// Whether the memory limit of the child `pid`'s pair has killed any of its processes so
-    /// far (`None`: it has no pooled pair).
-    pub(super) fn oom_since_taken(&self, pid: i32) -> Option<bool> {
-        let pair = self.held.get(&pid)?;
-        Some(cgroup::oom_kills_of(&pair.name) > pair.oom_kills)
-    }
-
-    /// As [`Cgroups::oom_since_taken`], for a sandbox that serves another call: the count read
-    /// now is where its next call's starts.
-    pub(super) fn oom_since_last_call(&mut self, pid: i32) -> Option<bool> {
+    /// Whether the memory limit of the child `pid`'s pair has killed any of its processes
+    /// since its call began (`None`: it has no pooled pair); the count read now is where the
+    /// next call's begins, for a sandbox that serves another.
+    pub(super) fn oom_in_call(&mut self, pid: i32) -> Option<bool> {
         let pair = self.held.get_mut(&pid)?;
         let now = cgroup::oom_kills_of(&pair.name);
         let oom = now > pair.oom_kills;

@@ -527,11 +527,11 @@ impl Server {
             .and_then(Report::read)
             .ok_or(Error::NotEnded { pid })?;
         self.reports.remove(&pid);
-        let oom = match self.serving.remove(&pid) {
+        let oom = self.cgroups.oom_in_call(pid);
+        match self.serving.remove(&pid) {
             // Its init has ended and reaped every process of the call: it renews itself and
             // is ready again (`ready::child`).
             Some(serving) => {
-                let oom = self.cgroups.oom_since_last_call(pid);
                 let ready = Ready {
                     pid,
                     pidfd: serving.pidfd,
@@ -542,14 +542,9 @@ impl Server {
                 if let Some(displaced) = self.ready.put(serving.key, ready) {
                     self.end(displaced);
                 }
-                oom
             }
-            None => {
-                let oom = self.cgroups.oom_since_taken(pid);
-                self.ending.push(pid);
-                oom
-            }
-        };
+            None => self.ending.push(pid),
+        }
         Ok(Reply::Reaped {
             status: report.ending.wait_status(),
             oom,

@@ -517,15 +517,15 @@ pub(super) fn run_call(
         Err(err) => {
             // Nothing started: report the set-up failure as the function's own would be.
             eprintln!("{ERROR_PREFIX}{err}");
-            sys::stdio_to_null();
+            let _ = sys::stdio_to_null();
             let ending = Ending::Exited(SETUP_FAILED);
             let usage = sys::Usage::default();
             return Ok(Report { ending, usage });
         }
     };
     // Init keeps no copy of the call's stdin, stdout and stderr: the outputs end with the
-    // call's own processes.
-    sys::stdio_to_null();
+    // call's own processes (closed, if /dev/null cannot be opened).
+    let _ = sys::stdio_to_null();
     let mut usage = sys::Usage::default();
     let ending = wait_for_function(function, &mut usage)?;
     end_leftovers(&mut usage);

@@ -405,20 +405,28 @@ pub fn wait_any(usage: &mut Usage) -> Result<(i32, i32), Errno> {
     }
 }
 
-/// Points fds 0-2 at `/dev/null` (or closes them where there is none).
-pub fn stdio_to_null() {
+/// Points fds 0-2 at `/dev/null`; where it cannot be opened, closes them and says why (either
+/// way nothing that was on them stays open).
+pub fn stdio_to_null() -> Result<(), Error> {
     let null = nix::fcntl::open(
         "/dev/null",
         OFlag::O_RDWR | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     );
-    for target in 0..3 {
-        match &null {
-            // SAFETY: dup2 of an fd we own onto a standard fd number.
-            Ok(fd) => unsafe { libc::dup2(fd.as_raw_fd(), target) },
-            // SAFETY: closing a standard fd number this process owns.
-            Err(_) => unsafe { libc::close(target) },
-        };
+    match null {
+        Ok(null) => (0..3).try_for_each(|target| {
+            dup2("dup2(/dev/null)", std::os::fd::AsFd::as_fd(&null), target)
+        }),
+        Err(errno) => {
+            for target in 0..3 {
+                // SAFETY: closing a standard fd number this process owns.
+                unsafe { libc::close(target) };
+            }
+            Err(Error::Call {
+                call: "open(/dev/null)",
+                errno,
+            })
+        }
     }
 }
 

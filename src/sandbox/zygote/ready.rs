@@ -182,18 +182,7 @@ pub(super) fn child(
 /// and `control`.
 fn set_up(net: Option<&OwnedFd>, control: &OwnedFd) -> Result<(), Error> {
     sys::call("setsid", nix::unistd::setsid())?;
-    let null = sys::call(
-        "open(/dev/null)",
-        nix::fcntl::open(
-            "/dev/null",
-            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        ),
-    )?;
-    for target in 0..3 {
-        sys::dup2("dup2(/dev/null)", null.as_fd(), target)?;
-    }
-    drop(null);
+    sys::stdio_to_null()?;
     if let Some(net) = net {
         sys::call(
             "setns(pooled NET)",

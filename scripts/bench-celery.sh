@@ -10,7 +10,12 @@
 # and result backend; a prefork worker with one process per core. Its settings, and why, are in
 # scripts/bench_celery.py. faasd: a release server with its defaults (every task durable).
 #
-# Usage: [ROUNDS=N] [CELERY_CLIENTS=thread|process] scripts/bench-celery.sh [`faasd serve` flags]
+# Before each async figure, both sides run WARMUP tasks (default 2,000) the same way, not
+# counted: the goal is of warm executors, and Celery's prefork pool is started and warm before
+# it measures, while `faasd bench` registers its function afresh each round (WARMUP=0 measures
+# faasd from its first executor's start, as before).
+#
+# Usage: [ROUNDS=N] [WARMUP=N] [CELERY_CLIENTS=thread|process] scripts/bench-celery.sh [`faasd serve` flags]
 #   ROUNDS (default 1) repeats both measures and prints each round; odd rounds measure Celery
 #   first, even rounds faasd first. CELERY_CLIENTS picks how Celery's 32 clients run: threads of
 #   one process (the default; its best figure here) or 32 processes.
@@ -20,6 +25,7 @@ rounds="${ROUNDS:-1}"
 tasks=20000
 clients=32
 sync_calls=1000
+warmup="${WARMUP:-2000}"
 
 if ! command -v redis-server >/dev/null; then
   apt-get install -y -qq redis-server >/dev/null || {
@@ -72,7 +78,7 @@ printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 measure_celery() {
   # Two processes: the async clients, then the sync calls from a fresh client.
   "$py" scripts/bench_celery.py measure --tasks "$tasks" --clients "$clients" \
-    --mode "${CELERY_CLIENTS:-thread}" --sync-calls 0 >"$work/celery-async.json"
+    --mode "${CELERY_CLIENTS:-thread}" --warmup "$warmup" --sync-calls 0 >"$work/celery-async.json"
   "$py" scripts/bench_celery.py measure --tasks 0 --sync-calls "$sync_calls" \
     >"$work/celery-sync.json"
   "$py" -c 'import json, sys
@@ -83,7 +89,7 @@ json.dump(a, open(sys.argv[3], "w"))' \
 }
 measure_faasd() {
   "$bin" bench --url "$url" --label "python warm" --runtime python --function py-noop \
-    --code-file "$work/noop.py" --tasks "$tasks" --connections "$clients" \
+    --code-file "$work/noop.py" --warmup "$warmup" --tasks "$tasks" --connections "$clients" \
     --sync-calls "$sync_calls" --json >"$work/faasd.json"
 }
 for round in $(seq "$rounds"); do

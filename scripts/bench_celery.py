@@ -169,9 +169,15 @@ def percentile(sorted_values, p):
 
 def measure(args):
     """The async figure, then the sync figures, as one JSON object on stdout."""
-    report = {"clients": args.clients, "mode": args.mode, "tasks": args.tasks}
+    report = {"clients": args.clients, "mode": args.mode, "tasks": args.tasks,
+              "warmup_tasks": args.warmup}
+    run = throughput_threads if args.mode == "thread" else throughput_processes
+    if args.warmup > 0:
+        # The same load first, not counted: the clients' connections and the worker's pool
+        # warm, as faasd's `--warmup` warms its executors.
+        if run(args.warmup, args.clients, 300)[-1]:
+            sys.exit("bench_celery: warm-up tasks did not succeed")
     if args.tasks > 0:
-        run = throughput_threads if args.mode == "thread" else throughput_processes
         started, submitted, last_done, last_received, failed = run(args.tasks, args.clients, 300)
         if failed:
             sys.exit(f"bench_celery: {failed} tasks did not succeed")
@@ -241,6 +247,10 @@ def table(args):
         f"{ct['received_tasks_per_second']:,.0f} tasks/s. faasd async is submit to the last "
         f"finished_at.)"
     )
+    warmups = {celery.get("warmup_tasks", 0), ft.get("warmup_tasks", 0)}
+    if warmups != {0}:
+        print(f"(warm-up before the async figure, not counted: faasd {ft.get('warmup_tasks', 0):,}"
+              f" tasks, Celery {celery.get('warmup_tasks', 0):,})")
 
 
 def summary(args):
@@ -283,6 +293,7 @@ def main():
     p = sub.add_parser("measure", help="async throughput and sync latency, as JSON")
     p.add_argument("--tasks", type=int, default=20000)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=0, help="tasks run first and not counted")
     p.add_argument("--mode", choices=["thread", "process"], default="thread")
     p.add_argument("--sync-calls", type=int, default=1000)
     p.set_defaults(run=measure)

@@ -353,6 +353,58 @@ async fn bench_removes_its_function_unless_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bench_warmup_runs_tasks_before_the_measured_ones() {
+    let server = Server::start(&[]);
+    let args = [
+        "bench",
+        "--warmup",
+        "7",
+        "--tasks",
+        "5",
+        "--connections",
+        "2",
+        "--sync-calls",
+        "0",
+        "--keep",
+        "--json",
+    ];
+    let report = json_of(&server.cli(&args));
+    assert_eq!(report["throughput"]["tasks"], 5, "{report}");
+    assert_eq!(report["throughput"]["warmup_tasks"], 7, "{report}");
+    // The first call, the warm-up and the measured tasks all ran.
+    let out = server.cli(&[
+        "tasks",
+        "--function",
+        "bench-noop",
+        "--status",
+        "COMPLETED",
+        "--limit",
+        "100",
+        "--json",
+    ]);
+    let listed = json_of(&out);
+    let tasks = listed["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 1 + 7 + 5, "{listed}");
+
+    let out = server.cli(&[
+        "bench",
+        "--warmup",
+        "3",
+        "--tasks",
+        "2",
+        "--sync-calls",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("warm-up: 3 tasks first, not counted\n")
+            && printed.contains("async throughput: 2 tasks"),
+        "{printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bench_csv_appends_one_row_per_run_after_one_header() {
     let server = Server::start(&[]);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -55,10 +55,11 @@ pub(super) async fn first_call(client: &Client, load: &Load) -> anyhow::Result<O
     Ok(None)
 }
 
-/// Submits `--tasks` async calls over `--connections`, then reads every task's end: the rate
+/// Submits `tasks` async calls over `--connections`, then reads every task's end: the rate
 /// runs from the first submit to the last `finished_at`.
 pub(super) async fn throughput(
     client: &Client,
+    tasks: usize,
     args: &BenchArgs,
     load: &Load,
     progress: &ProgressBar,
@@ -67,7 +68,7 @@ pub(super) async fn throughput(
     let started = Instant::now();
     let connections = args.connections.max(1);
     progress.set_message("submitting");
-    let ids = submit(client, args.tasks, load, connections, progress).await?;
+    let ids = submit(client, tasks, load, connections, progress).await?;
     let submitted = started.elapsed();
     progress.set_message("waiting");
     let (last_finished, failed) = wait_finished(client, ids, progress).await?;
@@ -82,7 +83,7 @@ pub(super) async fn throughput(
         .duration_since(started_wall)
         .unwrap_or(submitted)
         .max(submitted);
-    Ok((args.tasks as f64 / elapsed.as_secs_f64(), elapsed))
+    Ok((tasks as f64 / elapsed.as_secs_f64(), elapsed))
 }
 
 /// Submits `tasks` async calls over `connections` concurrent submitters; returns the task ids.

@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Concurrent HTTP connections submitting them.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Async tasks run first, the same way, and left out of every figure: the throughput is
+    /// then of executors already started and warm, as a long-running worker's are.
+    #[arg(long, default_value_t = 0, value_name = "TASKS")]
+    pub warmup: usize,
     /// Sequential sync calls for the latency figures.
     #[arg(long, default_value_t = 1_000)]
     pub sync_calls: usize,
@@ -101,6 +105,8 @@ struct FirstCall {
 struct Throughput {
     tasks: usize,
     connections: usize,
+    /// Tasks run before the measured ones (`--warmup`).
+    warmup_tasks: usize,
     seconds: f64,
     tasks_per_second: f64,
 }
@@ -165,7 +171,7 @@ fn progress_bar(args: &BenchArgs) -> ProgressBar {
     if args.json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let total = 2 * args.tasks + args.sync_calls;
+    let total = 2 * (args.warmup + args.tasks) + args.sync_calls;
     let bar = ProgressBar::new(total as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{msg:<12} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
@@ -191,11 +197,16 @@ async fn measure(
     };
     progress.set_message("first call");
     report.first_call = load::first_call(client, load).await?;
+    if args.warmup > 0 {
+        progress.set_message("warm-up");
+        load::throughput(client, args.warmup, args, load, progress).await?;
+    }
     if args.tasks > 0 {
-        let (rate, elapsed) = load::throughput(client, args, load, progress).await?;
+        let (rate, elapsed) = load::throughput(client, args.tasks, args, load, progress).await?;
         report.throughput = Some(Throughput {
             tasks: args.tasks,
             connections: args.connections,
+            warmup_tasks: args.warmup,
             seconds: elapsed.as_secs_f64(),
             tasks_per_second: rate,
         });
@@ -230,6 +241,12 @@ fn print_report(report: &Report) {
         println!(
             "{label}first call: cold start, load {:.1} ms, run {:.2} ms",
             f.load_ms, f.run_ms
+        );
+    }
+    if let Some(t) = report.throughput.as_ref().filter(|t| t.warmup_tasks > 0) {
+        println!(
+            "{label}warm-up: {} tasks first, not counted",
+            t.warmup_tasks
         );
     }
     if let Some(t) = &report.throughput {

@@ -36,7 +36,7 @@ use crate::sandbox::{process, shim as sandbox, sys};
 use crate::units::format_duration;
 pub use compile::compile as compile_python;
 pub use memory::default_warm_budget_bytes;
-pub use pool::{KeepAlive, Pool, PoolLimits, WarmCall};
+pub use pool::{CallInput, KeepAlive, Pool, PoolLimits, Ready, WarmCall};
 pub use runtimes::Runtimes;
 pub use spawn::DEFAULT_PATH;
 

@@ -97,6 +97,25 @@ pub struct WarmCall {
 /// A value a pool entry holds for as long as it lives (see [`WarmCall::keep`]).
 pub type KeepAlive = Arc<dyn std::any::Any + Send + Sync>;
 
+/// An idle executor taken for one call ([`Pool::take_ready`]), counted as busy until
+/// [`Pool::run_ready`] gives it back: take one only to run a call on it at once.
+pub struct Ready {
+    executor: WarmExecutor,
+    key: PoolKey,
+}
+
+/// What one call on a ready executor sends and may take.
+pub struct CallInput {
+    /// The payload.
+    pub payload: Bytes,
+    /// Whether the payload is JSON.
+    pub json: bool,
+    /// The time the call may take.
+    pub timeout: Duration,
+    /// Output bounds.
+    pub limits: Limits,
+}
+
 struct Recipe {
     argv: Vec<OsString>,
     env: Vec<(String, String)>,
@@ -312,23 +331,69 @@ impl Pool {
             }
         };
         let init_us = init_us + call.waited.as_micros() as u64;
-        let mut executor = match executor {
+        let executor = match executor {
             Ok(executor) => executor,
             Err(failure) => {
                 self.release(&call.key, None);
                 return failed(failure, cold_start, init_us, 0);
             }
         };
+        let input = CallInput {
+            payload: call.payload,
+            json: call.json,
+            timeout: deadline.saturating_duration_since(Instant::now()),
+            limits: call.limits,
+        };
+        let ready = Ready {
+            executor,
+            key: call.key,
+        };
+        self.call_on(ready, input, cold_start, init_us).await
+    }
+
+    /// An idle executor of function version `key`, if one is ready, taken for a call (which
+    /// [`Pool::run_ready`] makes): a warm call needs nothing else, not even the command line
+    /// that [`Pool::run`] needs to start one.
+    pub fn take_ready(&self, key: &PoolKey) -> Option<Ready> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(key)?;
+        while let Some(executor) = entry.idle.pop() {
+            // One that died while idle (killed from outside) is dropped here, not handed out.
+            if !executor.has_exited() {
+                entry.busy += 1;
+                return Some(Ready {
+                    executor,
+                    key: key.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Runs one call on an executor from [`Pool::take_ready`] and gives it back.
+    pub async fn run_ready(&self, ready: Ready, input: CallInput) -> Outcome {
+        self.call_on(ready, input, false, 0).await
+    }
+
+    /// The call itself: sends it, reads what it used, and gives the executor back (or stops
+    /// it, when the call left it unsound).
+    async fn call_on(
+        &self,
+        ready: Ready,
+        input: CallInput,
+        cold_start: bool,
+        init_us: u64,
+    ) -> Outcome {
+        let Ready { mut executor, key } = ready;
         let started = Instant::now();
-        let remaining = deadline.saturating_duration_since(started);
         let answer = executor
-            .call(&call.payload, call.json, remaining, call.limits)
+            .call(&input.payload, input.json, input.timeout, input.limits)
             .await;
         let run_us = started.elapsed().as_micros() as u64;
-        let (cpu_us, peak_memory_bytes) = executor.call_ended();
+        let (cpu_us, peak_memory_bytes) = executor.call_ended(answer.is_err());
         match answer {
             Ok(answer) => {
-                self.release(&call.key, Some(executor));
+                self.release(&key, Some(executor));
                 Outcome {
                     failure: None,
                     exit_code: None,
@@ -346,7 +411,7 @@ impl Pool {
             Err(failure) => {
                 // An exception leaves the executor sound; anything else does not.
                 let keep = failure.reason == FailureReason::Exception;
-                self.release(&call.key, keep.then_some(executor));
+                self.release(&key, keep.then_some(executor));
                 Outcome {
                     cpu_us,
                     peak_memory_bytes,
@@ -654,6 +719,37 @@ mod tests {
         entries
             .get(&("f".to_string(), version))
             .map_or(0, |e| e.idle.len())
+    }
+
+    /// An executor that says it is ready, then answers `ok` to every call with an empty payload
+    /// (a frame of six bytes), until its stdin closes.
+    const ANSWERS_OK: &str = "printf '\\000\\000\\000\\001R'; \
+        while [ \"$(head -c 6 | wc -c)\" -eq 6 ]; do printf '\\000\\000\\000\\007O\\000\\000\\000\\002ok'; done";
+
+    #[tokio::test]
+    async fn a_ready_executor_serves_a_call_without_its_recipe_and_goes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(8);
+        let key: PoolKey = ("f".into(), 1);
+        assert!(pool.take_ready(&key).is_none(), "no entry, nothing ready");
+        pool.prewarm(call(dir.path(), 1, ANSWERS_OK, warm(1, 60_000)));
+        pool.keep_min_warm();
+        eventually(&pool, |e| idle(e, 1) == 1).await;
+        let ready = pool.take_ready(&key).expect("the pre-started executor");
+        assert!(pool.take_ready(&key).is_none(), "its one executor is taken");
+        assert_eq!(pool.lock()[&key].busy, 1);
+        let input = CallInput {
+            payload: Bytes::new(),
+            json: false,
+            timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        };
+        let outcome = pool.run_ready(ready, input).await;
+        assert_eq!(outcome.failure, None, "{outcome:?}");
+        assert_eq!(&outcome.stdout[..], b"ok");
+        assert!(!outcome.cold_start);
+        let entries = pool.lock();
+        assert_eq!((entries[&key].idle.len(), entries[&key].busy), (1, 0));
     }
 
     #[test]

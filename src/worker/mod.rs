@@ -601,9 +601,31 @@ impl Agent {
 }
 
 /// Runs one task (warm when its function is kept warm, else in a fresh process) and makes its
-/// report; a task whose code or command line cannot be had fails without running.
+/// report; a task whose code or command line cannot be had fails without running. A warm task
+/// with an executor ready goes straight to it: its code, environment and command line are the
+/// executor's already.
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
+    let (task_id, lease) = (task.task_id, task.lease);
     let timeout = Duration::from_millis(task.timeout_ms);
+    let ready = warm_spec(&task).and_then(|_| {
+        agent
+            .pool
+            .take_ready(&(task.function.clone(), task.version))
+    });
+    if let Some(ready) = ready {
+        let input = exec::CallInput {
+            payload: task.payload,
+            json: task.json,
+            timeout,
+            limits: agent.config.limits,
+        };
+        let outcome = agent.pool.run_ready(ready, input).await;
+        return Report {
+            task_id,
+            lease,
+            outcome,
+        };
+    }
     let launch = Launch {
         runtime: task.runtime,
         code_hash: task.code_hash,
@@ -613,7 +635,6 @@ async fn run_task(agent: &Agent, task: Assignment) -> Report {
         serving: false,
     };
     let prepared = agent.prepare(launch, Some(timeout)).await;
-    let (task_id, lease) = (task.task_id, task.lease);
     let outcome = match prepared {
         Ok(prepared) => run_prepared(agent, task, prepared).await,
         Err(why) => not_started(why),
@@ -635,10 +656,7 @@ async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Ou
     } = prepared;
     let config = &agent.config;
     let timeout = Duration::from_millis(task.timeout_ms);
-    let warm = task
-        .warm
-        .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM));
-    match warm {
+    match warm_spec(&task) {
         Some(warm) => {
             agent
                 .pool
@@ -672,6 +690,12 @@ async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Ou
             .await
         }
     }
+}
+
+/// How the task's executors are kept warm; `None` for a fresh process per call.
+fn warm_spec(task: &Assignment) -> Option<proto::WarmSpec> {
+    task.warm
+        .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM))
 }
 
 /// The outcome of a task that failed before any executor ran it (a wait for its Python

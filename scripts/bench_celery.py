@@ -247,10 +247,10 @@ def table(args):
         f"{ct['received_tasks_per_second']:,.0f} tasks/s. faasd async is submit to the last "
         f"finished_at.)"
     )
-    warmups = {celery.get("warmup_tasks", 0), ft.get("warmup_tasks", 0)}
+    warmups = {celery.get("warmup_tasks", 0), faasd.get("warmup_tasks", 0)}
     if warmups != {0}:
-        print(f"(warm-up before the async figure, not counted: faasd {ft.get('warmup_tasks', 0):,}"
-              f" tasks, Celery {celery.get('warmup_tasks', 0):,})")
+        print(f"(warm-up before the async figure, not counted: faasd"
+              f" {faasd.get('warmup_tasks', 0):,} tasks, Celery {celery.get('warmup_tasks', 0):,})")
 
 
 def summary(args):

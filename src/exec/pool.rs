@@ -390,7 +390,7 @@ impl Pool {
             .call(&input.payload, input.json, input.timeout, input.limits)
             .await;
         let run_us = started.elapsed().as_micros() as u64;
-        let (cpu_us, peak_memory_bytes) = executor.call_ended(answer.is_err());
+        let (cpu_us, peak_memory_bytes) = executor.call_ended();
         match answer {
             Ok(answer) => {
                 self.release(&key, Some(executor));

@@ -19,19 +19,10 @@
 //! time in which a call can map and free tens of MB), or every [`PEAK_EVERY`] calls. A warm
 //! call thus usually costs one small read. What this can miss, a short call's transient peak
 //! freed before it ends, shows at the next reading, on a later call: `VmHWM` keeps it.
-//!
-//! `stat` itself is reread only once a clock tick has passed since its last reading (or when
-//! the call failed, and its executor may go): its times move in whole ticks, so a call that
-//! ends within a tick of the last reading reads as 0 µs, as it would have by a reading, and
-//! what it used is counted at the next reading, by a later call of the same executor. The sum
-//! over an executor's calls stays whole, but for what its last calls used within a tick of its
-//! last reading. The rereading was 4–5% of a busy server's CPU: under a load of sub-millisecond
-//! calls it now happens about once per tick per executor instead of once per call.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// How many faasd processes (shim, init) may stand between the worker and the interpreter.
 const MAX_CHAIN: usize = 4;
@@ -95,9 +86,6 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 pub struct Meter {
     stat: Option<File>,
     status: Option<File>,
-    /// When `stat` was last read, and the least time before it is read again.
-    last_read: Option<Instant>,
-    min_gap: Duration,
     /// The CPU time (clock ticks) at the end of the last call, or when the meter was made.
     last_ticks: Option<u64>,
     /// The resident set (pages) when the peak was last read.
@@ -116,15 +104,12 @@ impl Meter {
         let mut meter = Meter {
             stat,
             status,
-            last_read: None,
-            min_gap: Duration::from_micros(ticks_to_us(1)),
             last_ticks: None,
             peak_rss_pages: 0,
             peak: 0,
             calls_since_peak: 0,
             buf: Vec::with_capacity(4096),
         };
-        // `last_read` stays unset: the first call reads, so its peak is never a zero.
         meter.last_ticks = meter.read_stat().map(|s| s.ticks);
         meter
     }
@@ -134,8 +119,6 @@ impl Meter {
         Meter {
             stat: None,
             status: None,
-            last_read: None,
-            min_gap: Duration::ZERO,
             last_ticks: None,
             peak_rss_pages: 0,
             peak: 0,
@@ -146,18 +129,8 @@ impl Meter {
 
     /// What the call that just ended used: its CPU time in microseconds (the change since the
     /// last reading) and the process's peak resident memory in bytes; zeros for what cannot
-    /// be read. Within a clock tick of the last reading nothing is read (0 µs and the peak as
-    /// last read), unless `failed`: the executor of a failed call may be stopped next.
-    pub fn call_ended(&mut self, failed: bool) -> (u64, u64) {
-        let at = Instant::now();
-        if !failed
-            && self
-                .last_read
-                .is_some_and(|last| at.saturating_duration_since(last) < self.min_gap)
-        {
-            return (0, self.peak);
-        }
-        self.last_read = Some(at);
+    /// be read.
+    pub fn call_ended(&mut self) -> (u64, u64) {
         let now = self.read_stat();
         let spent = match (self.last_ticks, now) {
             (Some(before), Some(after)) => after.ticks.saturating_sub(before),
@@ -258,13 +231,13 @@ mod tests {
 
     #[test]
     fn a_meter_rereads_the_peak_once_the_resident_set_grows() {
-        let mut meter = every_call(Meter::open(std::process::id()));
-        let (_cpu_us, before) = meter.call_ended(false);
+        let mut meter = Meter::open(std::process::id());
+        let (_cpu_us, before) = meter.call_ended();
         assert!(before > 0);
         // 256 MiB written and kept: the resident set grows past the last reading, so the next
         // call's peak is read again and shows it.
         let held = std::hint::black_box(vec![1_u8; 256 << 20]);
-        let (_cpu_us, after) = meter.call_ended(false);
+        let (_cpu_us, after) = meter.call_ended();
         assert!(after >= before + (200 << 20), "{before} -> {after}");
         drop(held);
     }
@@ -290,42 +263,6 @@ mod tests {
         assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
     }
 
-    /// `meter`, reading at every call.
-    fn every_call(mut meter: Meter) -> Meter {
-        meter.min_gap = Duration::ZERO;
-        meter
-    }
-
-    /// Spins for `us` of this process's CPU time (not of wall time, which a loaded machine
-    /// stretches).
-    fn spin(us: u64) {
-        let start = process_cpu_us();
-        while process_cpu_us() - start < us {}
-    }
-
-    #[test]
-    fn within_a_tick_nothing_is_read_and_what_was_used_counts_at_the_next_reading() {
-        let mut meter = Meter::open(std::process::id());
-        // No tick can pass in an hour's gap: after the first call, which always reads, the
-        // calls read nothing.
-        meter.min_gap = Duration::from_secs(3600);
-        let (_, first_peak) = meter.call_ended(false);
-        assert!(first_peak > 1 << 20, "{first_peak}");
-        spin(50_000);
-        assert_eq!(meter.call_ended(false), (0, first_peak));
-        spin(50_000);
-        assert_eq!(meter.call_ended(false), (0, first_peak));
-        // A failed call reads at once, and gets what both earlier calls used: nothing is lost.
-        let (cpu_us, peak) = meter.call_ended(true);
-        assert!(cpu_us >= 80_000, "{cpu_us}");
-        assert!(peak > 1 << 20, "{peak}");
-        // So does the first call after the gap.
-        meter.min_gap = Duration::ZERO;
-        spin(30_000);
-        let (cpu_us, _) = meter.call_ended(false);
-        assert!(cpu_us >= 10_000, "{cpu_us}");
-    }
-
     /// The CPU time this whole process has used, in µs.
     fn process_cpu_us() -> u64 {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
@@ -335,20 +272,20 @@ mod tests {
 
     #[test]
     fn a_meter_reads_the_cpu_a_call_used_and_the_peak() {
-        let mut meter = every_call(Meter::open(std::process::id()));
+        let mut meter = Meter::open(std::process::id());
         // Spins for 50 ms of CPU (not of wall time, which a loaded machine stretches).
         let start = process_cpu_us();
         while process_cpu_us() - start < 50_000 {}
-        let (cpu_us, peak) = meter.call_ended(false);
+        let (cpu_us, peak) = meter.call_ended();
         let ended = process_cpu_us();
         // Clock ticks are 10 ms on most systems: 50 ms of spinning reads as at least 30.
         assert!(cpu_us >= 30_000, "{cpu_us}");
         assert!(peak > 1 << 20, "{peak}");
         // The next call starts from this one's end: it reads what the process used since (other
         // tests' threads share it), within the ticks' rounding.
-        let (idle_us, _) = meter.call_ended(false);
+        let (idle_us, _) = meter.call_ended();
         let since = process_cpu_us() - ended;
         assert!(idle_us <= since + 30_000, "{idle_us} read, {since} used");
-        assert_eq!(Meter::none().call_ended(false), (0, 0));
+        assert_eq!(Meter::none().call_ended(), (0, 0));
     }
 }

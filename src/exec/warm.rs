@@ -281,10 +281,9 @@ impl WarmExecutor {
 
     /// What the call that just ended used: its CPU time in microseconds (the function
     /// process's increase since the previous call ended) and that process's peak memory over
-    /// its life in bytes; zeros for what cannot be read (the executor is gone). Read at most
-    /// once a clock tick unless the call `failed` (see [`super::usage`]).
-    pub fn call_ended(&mut self, failed: bool) -> (u64, u64) {
-        self.meter.call_ended(failed)
+    /// its life in bytes; zeros for what cannot be read (the executor is gone).
+    pub fn call_ended(&mut self) -> (u64, u64) {
+        self.meter.call_ended()
     }
 
     /// Whether the process has exited (killed from outside while idle, say).

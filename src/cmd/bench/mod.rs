@@ -87,6 +87,8 @@ struct Report {
     payload_bytes: usize,
     /// The first call, when it was a cold start with a load time.
     first_call: Option<FirstCall>,
+    /// Async tasks run after the first call and before any figure (`--warmup`).
+    warmup_tasks: usize,
     throughput: Option<Throughput>,
     latency: Option<Latency>,
     /// Whether the function is still registered (`--keep`).
@@ -105,8 +107,6 @@ struct FirstCall {
 struct Throughput {
     tasks: usize,
     connections: usize,
-    /// Tasks run before the measured ones (`--warmup`).
-    warmup_tasks: usize,
     seconds: f64,
     tasks_per_second: f64,
 }
@@ -198,15 +198,14 @@ async fn measure(
     progress.set_message("first call");
     report.first_call = load::first_call(client, load).await?;
     if args.warmup > 0 {
-        progress.set_message("warm-up");
         load::throughput(client, args.warmup, args, load, progress).await?;
+        report.warmup_tasks = args.warmup;
     }
     if args.tasks > 0 {
         let (rate, elapsed) = load::throughput(client, args.tasks, args, load, progress).await?;
         report.throughput = Some(Throughput {
             tasks: args.tasks,
             connections: args.connections,
-            warmup_tasks: args.warmup,
             seconds: elapsed.as_secs_f64(),
             tasks_per_second: rate,
         });
@@ -243,10 +242,10 @@ fn print_report(report: &Report) {
             f.load_ms, f.run_ms
         );
     }
-    if let Some(t) = report.throughput.as_ref().filter(|t| t.warmup_tasks > 0) {
+    if report.warmup_tasks > 0 {
         println!(
             "{label}warm-up: {} tasks first, not counted",
-            t.warmup_tasks
+            report.warmup_tasks
         );
     }
     if let Some(t) = &report.throughput {

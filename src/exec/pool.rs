@@ -354,17 +354,14 @@ impl Pool {
     /// An idle executor of function version `key`, if one is ready, taken for a call (which
     /// [`Pool::run_ready`] makes): a warm call needs nothing else, not even the command line
     /// that [`Pool::run`] needs to start one.
-    pub fn take_ready(&self, key: &PoolKey) -> Option<Ready> {
+    pub fn take_ready(&self, key: PoolKey) -> Option<Ready> {
         let mut entries = self.lock();
-        let entry = entries.get_mut(key)?;
+        let entry = entries.get_mut(&key)?;
         while let Some(executor) = entry.idle.pop() {
             // One that died while idle (killed from outside) is dropped here, not handed out.
             if !executor.has_exited() {
                 entry.busy += 1;
-                return Some(Ready {
-                    executor,
-                    key: key.clone(),
-                });
+                return Some(Ready { executor, key });
             }
         }
         None
@@ -731,12 +728,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pool = pool(8);
         let key: PoolKey = ("f".into(), 1);
-        assert!(pool.take_ready(&key).is_none(), "no entry, nothing ready");
+        assert!(
+            pool.take_ready(key.clone()).is_none(),
+            "no entry, nothing ready"
+        );
         pool.prewarm(call(dir.path(), 1, ANSWERS_OK, warm(1, 60_000)));
         pool.keep_min_warm();
         eventually(&pool, |e| idle(e, 1) == 1).await;
-        let ready = pool.take_ready(&key).expect("the pre-started executor");
-        assert!(pool.take_ready(&key).is_none(), "its one executor is taken");
+        let ready = pool
+            .take_ready(key.clone())
+            .expect("the pre-started executor");
+        assert!(
+            pool.take_ready(key.clone()).is_none(),
+            "its one executor is taken"
+        );
         assert_eq!(pool.lock()[&key].busy, 1);
         let input = CallInput {
             payload: Bytes::new(),

@@ -52,12 +52,12 @@ pub enum Error {
         cause: hyper::http::Error,
     },
     /// Connecting to the server or sending the request failed.
-    #[error("cannot reach the faasd server at {url}: {}", connect_cause(cause))]
+    #[error("cannot reach the faasd server at {url}: {}", connect_cause(cause.as_ref()))]
     Unreachable {
         /// The server's base URL.
         url: String,
-        /// What failed.
-        cause: hyper_util::client::legacy::Error,
+        /// What failed (hyper's or the connector's error).
+        cause: BoxError,
     },
     /// Reading the answer's body failed.
     #[error("reading the answer failed: {cause}")]
@@ -85,8 +85,10 @@ pub enum Error {
 
 /// The most telling part of a failed request: the cause under hyper's wrapper, if it has one,
 /// and for a server certificate the client does not trust, what to do about it.
-fn connect_cause(err: &hyper_util::client::legacy::Error) -> String {
-    let cause = std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string());
+fn connect_cause(err: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    let cause = err
+        .source()
+        .map_or_else(|| err.to_string(), |s| s.to_string());
     if tls::is_certificate_error(err) {
         format!(
             "{cause} (if a CA of your own signed the server's certificate, pass it with --cacert FILE or FAASD_CACERT)"
@@ -159,10 +161,17 @@ impl Answer {
 /// A request body: whole bytes, or a stream (an upload from disk).
 type RequestBody = BoxBody<Bytes, std::io::Error>;
 
+/// An error from hyper or from the connector, boxed.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A client of one faasd server.
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// The server's URL, parsed (for [`Client::connection`]).
+    uri: hyper::Uri,
+    /// What opens connections, TLS or not (the pool has its own clone).
+    connector: HttpsConnector<HttpConnector>,
     http: HyperClient<HttpsConnector<HttpConnector>, RequestBody>,
     /// The `Authorization` header value sent with every request, if a token was given.
     authorization: Option<hyper::header::HeaderValue>,
@@ -200,9 +209,11 @@ impl Client {
         let connector = connector(https, cacert)?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
-            .build(connector);
+            .build(connector.clone());
         Ok(Client {
             base,
+            uri,
+            connector,
             http,
             authorization: None,
         })
@@ -339,7 +350,7 @@ impl Client {
             .await
             .map_err(|cause| Error::Unreachable {
                 url: self.base.clone(),
-                cause,
+                cause: cause.into(),
             })
     }
 
@@ -357,6 +368,88 @@ impl Client {
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<Answer, Error> {
         self.request(Method::DELETE, path, None, Bytes::new()).await
+    }
+}
+
+impl Client {
+    /// Opens an HTTP/1.1 connection of its own to the server, for a caller that sends one
+    /// request after another on it (each of `faasd bench`'s callers). A request on it goes
+    /// out on the caller's task and its answer comes back there: no pool to check out of and
+    /// no hand-off to the pool's connection task, which took about half of the bench
+    /// client's CPU per call.
+    pub async fn connection(&self) -> Result<Connection, Error> {
+        use tower_service::Service;
+        let unreachable = |cause: BoxError| Error::Unreachable {
+            url: self.base.clone(),
+            cause,
+        };
+        let io = self
+            .connector
+            .clone()
+            .call(self.uri.clone())
+            .await
+            .map_err(unreachable)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|cause| unreachable(cause.into()))?;
+        tokio::spawn(async move {
+            // Ends when the connection closes; a request on it then fails with the cause.
+            let _ = conn.await;
+        });
+        let host = self.uri.authority().map_or("", |a| a.as_str());
+        let host = hyper::header::HeaderValue::from_str(host).map_err(|_| Error::UrlNotHttp {
+            url: self.base.clone(),
+        })?;
+        Ok(Connection {
+            client: self.clone(),
+            send,
+            host,
+        })
+    }
+}
+
+/// One connection of a [`Client`], used by one caller at a time (see [`Client::connection`]).
+pub struct Connection {
+    client: Client,
+    send: hyper::client::conn::http1::SendRequest<RequestBody>,
+    /// The `Host` header every request carries.
+    host: hyper::header::HeaderValue,
+}
+
+impl Connection {
+    /// `POST path` with a body on this connection, and reads the whole answer. A connection
+    /// the server has closed is opened again first.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Answer, Error> {
+        if self.send.is_closed() {
+            *self = self.client.connection().await?;
+        }
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, self.host.clone())
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        if let Some(auth) = &self.client.authorization {
+            builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        let request = builder.body(body).map_err(|cause| Error::BuildRequest {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let response =
+            self.send
+                .send_request(request)
+                .await
+                .map_err(|cause| Error::Unreachable {
+                    url: self.client.base.clone(),
+                    cause: cause.into(),
+                })?;
+        Client::read_answer(response).await
     }
 }
 

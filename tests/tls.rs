@@ -306,3 +306,55 @@ async fn https_get(pki: &Pki, server: &Server, host: &str, path: &str) -> (Strin
         body.to_string(),
     )
 }
+
+/// `faasd bench`'s callers each use a connection of their own (`Client::connection`): it
+/// speaks HTTPS with the client's CA, sends the client's token with every request, and serves
+/// one request after another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_of_its_own_speaks_https_and_sends_the_token() {
+    let pki = Pki::new();
+    let server = pki.serve(&[]);
+    let local = pki.client(&server);
+    let registered = register(&local, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(registered.status, 201, "{}", text(&registered.body));
+    let body = bytes::Bytes::from(r#"{"name": "ann", "role": "admin"}"#);
+    let added = local
+        .post("/v1/users", "application/json", body)
+        .await
+        .expect("add a user");
+    assert_eq!(added.status, 201, "{}", text(&added.body));
+    let token: serde_json::Value = added.json().expect("json");
+    let token = token["token"].as_str().expect("token");
+
+    let ann = pki.client(&server).with_token(token).expect("token");
+    let mut connection = ann.connection().await.expect("connect");
+    for payload in ["one", "two"] {
+        let answer = connection
+            .post("/v1/functions/echo/invoke", "text/plain", payload.into())
+            .await
+            .expect("invoke");
+        assert_eq!(answer.status, 200, "{}", text(&answer.body));
+        assert_eq!(text(&answer.body), payload);
+    }
+    // Without a token, now that a user exists, the same route is refused.
+    let mut anonymous = local.connection().await.expect("connect");
+    let refused = anonymous
+        .post("/v1/functions/echo/invoke", "text/plain", "three".into())
+        .await
+        .expect("answer");
+    assert_eq!(refused.status, 401, "{}", text(&refused.body));
+}
+
+/// A connection to a server whose certificate the client does not trust fails with the
+/// same advice as the pooled client's requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_to_an_untrusted_server_says_so() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    let stranger = Client::new(&server.url).expect("client");
+    let err = match stranger.connection().await {
+        Ok(_) => panic!("a certificate nobody vouched for was trusted"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("--cacert"), "{err}");
+}

@@ -100,10 +100,33 @@ async fn submit(
         suffix: "?async=true",
     };
     post_all(client, load, calls, progress, |answer, _| {
-        let v: serde_json::Value = answer.json()?;
-        Ok(v["task_id"].as_str().unwrap_or_default().to_string())
+        Ok(answer.json::<Queued>()?.task_id)
     })
     .await
+}
+
+/// What the bench reads of a 202 (typed, not a `serde_json::Value`: a map per answer cost the
+/// client as much CPU as the request).
+#[derive(serde::Deserialize)]
+struct Queued {
+    task_id: String,
+}
+
+/// What the bench reads of a `POST /v1/tasks/wait` answer.
+#[derive(serde::Deserialize)]
+struct WaitAnswer {
+    #[serde(default)]
+    tasks: Vec<Ended>,
+    #[serde(default)]
+    unknown: Vec<String>,
+}
+
+/// One task of a wait answer.
+#[derive(serde::Deserialize)]
+struct Ended {
+    id: String,
+    status: String,
+    finished_at: Option<String>,
 }
 
 /// How many calls [`post_all`] makes, over how many callers, and the query of their path.
@@ -114,7 +137,8 @@ struct Calls {
 }
 
 /// Makes `calls.count` calls shared out over `calls.callers` concurrent callers (the c-th
-/// makes calls c, c + callers, ...), each caller one call after the other; returns what `keep`
+/// makes calls c, c + callers, ...), each caller one call after the other on a connection of
+/// its own (so `--connections N` is N connections, each used by one caller); returns what `keep`
 /// takes from each answer and the time the call took.
 async fn post_all<T: Send + 'static>(
     client: &Client,
@@ -137,9 +161,10 @@ async fn post_all<T: Send + 'static>(
         let (payload, progress) = (load.payload.clone(), progress.clone());
         tasks.spawn(async move {
             let mut kept = Vec::new();
+            let mut connection = client.connection().await?;
             for i in (c..count).step_by(callers) {
                 let t = Instant::now();
-                let answer = client
+                let answer = connection
                     .post(
                         &paths[i % paths.len()],
                         "application/octet-stream",
@@ -179,7 +204,7 @@ async fn wait_finished(
     let mut window: Vec<String> = rest.by_ref().take(WAIT_WINDOW).collect();
     while !window.is_empty() {
         let request = serde_json::json!({ "ids": window, "wait": "60s" });
-        let answer: serde_json::Value = client
+        let answer: WaitAnswer = client
             .post(
                 "/v1/tasks/wait",
                 "application/json",
@@ -188,22 +213,21 @@ async fn wait_finished(
             .await?
             .ok()?
             .json()?;
-        if let Some(unknown) = answer["unknown"].as_array().filter(|u| !u.is_empty()) {
-            anyhow::bail!("the server does not know {} benchmark tasks", unknown.len());
+        if !answer.unknown.is_empty() {
+            anyhow::bail!(
+                "the server does not know {} benchmark tasks",
+                answer.unknown.len()
+            );
         }
-        let tasks = answer["tasks"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut ended = std::collections::HashSet::with_capacity(tasks.len());
-        for t in tasks {
-            if t["status"] != "COMPLETED" {
+        let mut ended = std::collections::HashSet::with_capacity(answer.tasks.len());
+        for t in answer.tasks {
+            if t.status != "COMPLETED" {
                 failed += 1;
             }
-            if let Some(ts) = t["finished_at"].as_str() {
+            if let Some(ts) = &t.finished_at {
                 latest = latest.max(humantime::parse_rfc3339(ts)?);
             }
-            ended.insert(t["id"].as_str().unwrap_or_default().to_string());
+            ended.insert(t.id);
         }
         progress.inc(ended.len() as u64);
         window.retain(|id| !ended.contains(id));

@@ -172,6 +172,9 @@ pub struct Client {
     uri: hyper::Uri,
     /// What opens connections, TLS or not (the pool has its own clone).
     connector: HttpsConnector<HttpConnector>,
+    /// The `Host` header of [`Connection`]'s requests: the URL's host, and its port if it
+    /// names one (the pooled client sets its own).
+    host: hyper::header::HeaderValue,
     http: HyperClient<HttpsConnector<HttpConnector>, RequestBody>,
     /// The `Authorization` header value sent with every request, if a token was given.
     authorization: Option<hyper::header::HeaderValue>,
@@ -206,6 +209,14 @@ impl Client {
                 url: url.to_owned(),
             });
         }
+        let host = match (uri.host(), uri.port_u16()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (host, None) => host.unwrap_or_default().to_owned(),
+            (None, Some(_)) => String::new(),
+        };
+        let host = hyper::header::HeaderValue::from_str(&host).map_err(|_| Error::UrlNotHttp {
+            url: url.to_owned(),
+        })?;
         let connector = connector(https, cacert)?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(64)
@@ -214,6 +225,7 @@ impl Client {
             base,
             uri,
             connector,
+            host,
             http,
             authorization: None,
         })
@@ -373,10 +385,10 @@ impl Client {
 
 impl Client {
     /// Opens an HTTP/1.1 connection of its own to the server, for a caller that sends one
-    /// request after another on it (each of `faasd bench`'s callers). A request on it goes
-    /// out on the caller's task and its answer comes back there: no pool to check out of and
-    /// no hand-off to the pool's connection task, which took about half of the bench
-    /// client's CPU per call.
+    /// request after another on it (each of `faasd bench`'s callers): no pool to check a
+    /// connection out of and back into, and no task spawned per request to wait for the
+    /// connection's readiness, as the pooled client has; hyper's own task for the connection
+    /// stays.
     pub async fn connection(&self) -> Result<Connection, Error> {
         use tower_service::Service;
         let unreachable = |cause: BoxError| Error::Unreachable {
@@ -393,17 +405,13 @@ impl Client {
             .await
             .map_err(|cause| unreachable(cause.into()))?;
         tokio::spawn(async move {
-            // Ends when the connection closes; a request on it then fails with the cause.
+            // Ends when the connection closes (the `Connection` dropped, or the server
+            // closed it); a request on it then fails, and `Connection::post` reconnects.
             let _ = conn.await;
         });
-        let host = self.uri.authority().map_or("", |a| a.as_str());
-        let host = hyper::header::HeaderValue::from_str(host).map_err(|_| Error::UrlNotHttp {
-            url: self.base.clone(),
-        })?;
         Ok(Connection {
             client: self.clone(),
             send,
-            host,
         })
     }
 }
@@ -412,44 +420,72 @@ impl Client {
 pub struct Connection {
     client: Client,
     send: hyper::client::conn::http1::SendRequest<RequestBody>,
-    /// The `Host` header every request carries.
-    host: hyper::header::HeaderValue,
 }
 
 impl Connection {
-    /// `POST path` with a body on this connection, and reads the whole answer. A connection
-    /// the server has closed is opened again first.
+    /// `POST path` with a body on this connection, and reads the whole answer. When the server
+    /// has closed the connection (its keep-alive timeout, or a `Connection: close`), one new
+    /// connection is opened and the request sent on it, as long as it was not sent on the old
+    /// one.
     pub async fn post(
         &mut self,
         path: &str,
         content_type: &str,
         body: Bytes,
     ) -> Result<Answer, Error> {
-        if self.send.is_closed() {
-            *self = self.client.connection().await?;
-        }
+        let request = self.request(path, content_type, body)?;
+        let request = match self.send.ready().await {
+            Ok(()) => match self.send.try_send_request(request).await {
+                Ok(response) => return Client::read_answer(response).await,
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) => unsent,
+                    None => return Err(self.unreachable(failed.into_error())),
+                },
+            },
+            Err(_) => request,
+        };
+        *self = self.client.connection().await?;
+        self.send
+            .ready()
+            .await
+            .map_err(|cause| self.unreachable(cause))?;
+        let response = self
+            .send
+            .send_request(request)
+            .await
+            .map_err(|cause| self.unreachable(cause))?;
+        Client::read_answer(response).await
+    }
+
+    /// The request of [`Connection::post`]: the path after the server URL's own, and the
+    /// headers the pooled client sends.
+    fn request(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Request<RequestBody>, Error> {
+        let prefix = self.client.uri.path().trim_end_matches('/');
         let mut builder = Request::builder()
             .method(Method::POST)
-            .uri(path)
-            .header(hyper::header::HOST, self.host.clone())
+            .uri(format!("{prefix}{path}"))
+            .header(hyper::header::HOST, self.client.host.clone())
             .header(hyper::header::CONTENT_TYPE, content_type);
         if let Some(auth) = &self.client.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
         }
         let body = Full::new(body).map_err(|never| match never {}).boxed();
-        let request = builder.body(body).map_err(|cause| Error::BuildRequest {
+        builder.body(body).map_err(|cause| Error::BuildRequest {
             path: path.to_owned(),
             cause,
-        })?;
-        let response =
-            self.send
-                .send_request(request)
-                .await
-                .map_err(|cause| Error::Unreachable {
-                    url: self.client.base.clone(),
-                    cause: cause.into(),
-                })?;
-        Client::read_answer(response).await
+        })
+    }
+
+    fn unreachable(&self, cause: hyper::Error) -> Error {
+        Error::Unreachable {
+            url: self.client.base.clone(),
+            cause: cause.into(),
+        }
     }
 }
 

@@ -478,3 +478,32 @@ async fn multipart_registration_and_unfinished_results() {
         .expect("json");
     assert_eq!(health["queued"], 1);
 }
+
+/// A `Client::connection` (one connection per `faasd bench` caller) that the server closes,
+/// here with `Connection: close` on a 413, opens a new one for its next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_the_server_closes_is_opened_again_for_the_next_request() {
+    let server = Server::start(&["--max-body", "1KiB"]);
+    let registered = register(&server.client(), "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(registered.status, 201, "{}", text(&registered.body));
+    let mut connection = server.client().connection().await.expect("connect");
+    let path = "/v1/functions/echo/invoke";
+    let too_large = Bytes::from(vec![b'x'; 4096]);
+    let refused = connection
+        .post(path, "text/plain", too_large)
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status, 413, "{}", text(&refused.body));
+    assert_eq!(
+        refused.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    for payload in ["after", "again"] {
+        let answer = connection
+            .post(path, "text/plain", Bytes::from(payload))
+            .await
+            .expect("a new connection");
+        assert_eq!(answer.status, 200, "{}", text(&answer.body));
+        assert_eq!(text(&answer.body), payload);
+    }
+}

@@ -6,9 +6,9 @@
 //!   of bytes to a pre-written log in DIR, and answers once a group commit (one `pwrite` and one
 //!   `fdatasync` for every request queued meanwhile) has made it durable: the least an
 //!   acknowledged durable submit can cost.
-//! - `faasd-floor load PORT CONNECTIONS REQUESTS PATH`: POSTs `REQUESTS` one-byte bodies to
-//!   `PATH` over `CONNECTIONS` connections, each sending one request after another, and prints
-//!   the rate; every answer must be 202.
+//! - `faasd-floor load PORT CONNECTIONS REQUESTS PATH [STATUS]`: POSTs `REQUESTS` one-byte
+//!   bodies to `PATH` over `CONNECTIONS` connections, each sending one request after another,
+//!   and prints the rate; every answer must have the status `STATUS` (default 202).
 //!
 //! Both print one line and stop on the first error: this is a measuring tool.
 
@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -36,23 +36,29 @@ const LOG_BYTES: u64 = 256 << 20;
 const RECORD_BYTES: usize = 160;
 const ANSWER: &[u8] = br#"{"task_id":"0192f7e0-0000-7000-8000-000000000000","status":"QUEUED"}"#;
 
-fn writer(queue: mpsc::Receiver<(Bytes, Ack)>, path: PathBuf) -> Result<()> {
+/// Opens the log in `dir` and writes it whole once, so that no append changes its size.
+fn prepare_log(dir: &Path) -> Result<std::fs::File> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&path)?;
+        .open(dir.join("floor.log"))?;
     let megabyte = vec![0u8; 1 << 20];
     for at in (0..LOG_BYTES).step_by(megabyte.len()) {
         log.write_at(&megabyte, at)?;
     }
     log.sync_all()?;
+    Ok(log)
+}
+
+/// The group commit: takes the first queued request and every other one queued meanwhile,
+/// appends them in one `pwrite`, `fdatasync`s, and only then answers them.
+fn writer(queue: mpsc::Receiver<(Bytes, Ack)>, log: std::fs::File) -> Result<()> {
     let (mut at, mut batch, mut acks) = (0u64, Vec::new(), Vec::new());
     while let Ok(first) = queue.recv() {
         batch.clear();
-        for (body, ack) in
-            std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok()))
-        {
+        let queued = std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok()));
+        for (body, ack) in queued {
             batch.extend_from_slice(&(body.len() as u32).to_le_bytes());
             batch.extend_from_slice(&body);
             batch.extend_from_slice(&[0u8; RECORD_BYTES]);
@@ -75,9 +81,10 @@ async fn serve(durable: bool, dir: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let (queue, commits) = mpsc::channel::<(Bytes, Ack)>();
     if durable {
-        let path = dir.join("floor.log");
+        // Before "listening on": the load must not start while the log is being written.
+        let log = prepare_log(dir)?;
         std::thread::spawn(move || {
-            if let Err(e) = writer(commits, path) {
+            if let Err(e) = writer(commits, log) {
                 eprintln!("faasd-floor: the log failed: {e}");
                 std::process::exit(1);
             }
@@ -125,7 +132,13 @@ async fn answer(
     response
 }
 
-async fn load(port: u16, connections: usize, requests: usize, path: String) -> Result<()> {
+async fn load(
+    port: u16,
+    connections: usize,
+    requests: usize,
+    path: String,
+    expect: u16,
+) -> Result<()> {
     let started = Instant::now();
     let mut callers = tokio::task::JoinSet::new();
     for c in 0..connections {
@@ -141,10 +154,11 @@ async fn load(port: u16, connections: usize, requests: usize, path: String) -> R
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/octet-stream")
                     .body(Full::new(Bytes::from_static(b"x")))?;
+                send.ready().await?;
                 let response = send.send_request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
-                if status != 202 && std::env::var_os("FLOOR_ANY_STATUS").is_none() {
+                if status != expect {
                     return Err(format!("{path} answered {status}").into());
                 }
             }
@@ -164,8 +178,7 @@ async fn load(port: u16, connections: usize, requests: usize, path: String) -> R
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: faasd-floor serve none|fsync DIR | faasd-floor load PORT CONNECTIONS REQUESTS PATH";
+    let usage = "usage: faasd-floor serve none|fsync DIR | faasd-floor load PORT CONNECTIONS REQUESTS PATH [STATUS]";
     let runtime = tokio::runtime::Runtime::new()?;
     match args.iter().map(String::as_str).collect::<Vec<_>>()[1..] {
         ["serve", mode @ ("none" | "fsync"), dir] => {
@@ -176,6 +189,14 @@ fn main() -> Result<()> {
             connections.parse()?,
             requests.parse()?,
             path.to_owned(),
+            202,
+        )),
+        ["load", port, connections, requests, path, expect] => runtime.block_on(load(
+            port.parse()?,
+            connections.parse()?,
+            requests.parse()?,
+            path.to_owned(),
+            expect.parse()?,
         )),
         _ => Err(usage.into()),
     }

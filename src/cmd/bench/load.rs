@@ -9,7 +9,7 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 
 use super::{BenchArgs, FirstCall, exit};
-use crate::client::{Answer, Client};
+use crate::client::{Answer, Client, Connection};
 
 /// What every call sends: which function (the i-th call goes to `names[i % len]`) and the
 /// payload.
@@ -64,11 +64,12 @@ pub(super) async fn throughput(
     load: &Load,
     progress: &ProgressBar,
 ) -> anyhow::Result<(f64, Duration)> {
+    // Connected before the clock starts: the figure is of the calls, not of the handshakes.
+    let connections = connect(client, args.connections.clamp(1, tasks.max(1))).await?;
     let started_wall = SystemTime::now();
     let started = Instant::now();
-    let connections = args.connections.max(1);
     progress.set_message("submitting");
-    let ids = submit(client, tasks, load, connections, progress).await?;
+    let ids = submit(connections, tasks, load, progress).await?;
     let submitted = started.elapsed();
     progress.set_message("waiting");
     let (last_finished, failed) = wait_finished(client, ids, progress).await?;
@@ -86,20 +87,18 @@ pub(super) async fn throughput(
     Ok((tasks as f64 / elapsed.as_secs_f64(), elapsed))
 }
 
-/// Submits `tasks` async calls over `connections` concurrent submitters; returns the task ids.
+/// Submits `tasks` async calls, one caller on each of `connections`; returns the task ids.
 async fn submit(
-    client: &Client,
+    connections: Vec<Connection>,
     tasks: usize,
     load: &Load,
-    connections: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<String>> {
     let calls = Calls {
         count: tasks,
-        callers: connections,
         suffix: "?async=true",
     };
-    post_all(client, load, calls, progress, |answer, _| {
+    post_all(connections, load, calls, progress, |answer, _| {
         Ok(answer.json::<Queued>()?.task_id)
     })
     .await
@@ -129,39 +128,44 @@ struct Ended {
     finished_at: Option<String>,
 }
 
-/// How many calls [`post_all`] makes, over how many callers, and the query of their path.
+/// How many calls [`post_all`] makes, and the query of their path.
 struct Calls {
     count: usize,
-    callers: usize,
     suffix: &'static str,
 }
 
-/// Makes `calls.count` calls shared out over `calls.callers` concurrent callers (the c-th
-/// makes calls c, c + callers, ...), each caller one call after the other on a connection of
-/// its own (so `--connections N` is N connections, each used by one caller); returns what `keep`
-/// takes from each answer and the time the call took.
+/// Opens `count` connections to the server, one for each caller of [`post_all`].
+async fn connect(client: &Client, count: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let connection = client.connection().await;
+        connections.push(connection.context("cannot open a benchmark connection")?);
+    }
+    Ok(connections)
+}
+
+/// Makes `calls.count` calls shared out over one caller on each of `connections` (the c-th
+/// makes calls c, c + callers, ...), each caller one call after the other, so `--connections
+/// N` is N connections, each used by one caller; returns what `keep` takes from each answer
+/// and the time the call took.
 async fn post_all<T: Send + 'static>(
-    client: &Client,
+    connections: Vec<Connection>,
     load: &Load,
     calls: Calls,
     progress: &ProgressBar,
     keep: fn(Answer, Duration) -> anyhow::Result<T>,
 ) -> anyhow::Result<Vec<T>> {
-    let Calls {
-        count,
-        callers,
-        suffix,
-    } = calls;
+    let Calls { count, suffix } = calls;
+    let callers = connections.len().max(1);
     let paths: Arc<[String]> = (0..load.names.len().min(count.max(1)))
         .map(|i| load.path(i, suffix))
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..callers {
-        let (client, paths) = (client.clone(), paths.clone());
+    for (c, mut connection) in connections.into_iter().enumerate() {
+        let paths = paths.clone();
         let (payload, progress) = (load.payload.clone(), progress.clone());
         tasks.spawn(async move {
             let mut kept = Vec::new();
-            let mut connection = client.connection().await?;
             for i in (c..count).step_by(callers) {
                 let t = Instant::now();
                 let answer = connection
@@ -245,10 +249,11 @@ pub(super) async fn sync_latency(
     load: &Load,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Duration>> {
+    let callers = args.sync_connections.clamp(1, args.sync_calls.max(1));
+    let connections = connect(client, callers).await?;
     let calls = Calls {
         count: args.sync_calls,
-        callers: args.sync_connections.clamp(1, args.sync_calls.max(1)),
         suffix: "",
     };
-    post_all(client, load, calls, progress, |_, took| Ok(took)).await
+    post_all(connections, load, calls, progress, |_, took| Ok(took)).await
 }

@@ -176,7 +176,23 @@ async fn load(
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faasd-floor: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// `text` as a number, or an error naming the argument it was given for.
+fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| format!("{name} must be a whole number, got {text:?}").into())
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: faasd-floor serve none|fsync DIR | faasd-floor load PORT CONNECTIONS REQUESTS PATH [STATUS]";
     let runtime = tokio::runtime::Runtime::new()?;
@@ -185,18 +201,18 @@ fn main() -> Result<()> {
             runtime.block_on(serve(mode == "fsync", Path::new(dir)))
         }
         ["load", port, connections, requests, path] => runtime.block_on(load(
-            port.parse()?,
-            connections.parse()?,
-            requests.parse()?,
+            number("PORT", port)?,
+            number("CONNECTIONS", connections)?,
+            number("REQUESTS", requests)?,
             path.to_owned(),
             202,
         )),
         ["load", port, connections, requests, path, expect] => runtime.block_on(load(
-            port.parse()?,
-            connections.parse()?,
-            requests.parse()?,
+            number("PORT", port)?,
+            number("CONNECTIONS", connections)?,
+            number("REQUESTS", requests)?,
             path.to_owned(),
-            expect.parse()?,
+            number("STATUS", expect)?,
         )),
         _ => Err(usage.into()),
     }

@@ -20,11 +20,11 @@ fn main() -> std::process::ExitCode {
     }
     let cli = faasd::cmd::Cli::parse();
     faasd::cmd::init_tracing(cli.log_format);
-    if matches!(
-        cli.command,
-        faasd::cmd::Command::Serve(_) | faasd::cmd::Command::Worker(_)
-    ) {
-        raise_open_files_limit();
+    use faasd::cmd::Command;
+    let server = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    if server || matches!(cli.command, Command::Bench(_)) {
+        // `faasd bench` holds a connection per caller (`--connections`, up to thousands).
+        raise_open_files_limit(server);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,12 +47,16 @@ fn main() -> std::process::ExitCode {
 
 /// Raises the open-files soft limit to the hard limit, before any thread starts: a server holds a
 /// descriptor per connection, and the usual soft limit (1,024) is far below what it may use.
-/// A failure is a warning: the server still runs, with fewer connections.
-fn raise_open_files_limit() {
+/// A failure is a warning: the server still runs, with fewer connections. A server logs the
+/// limit it runs with (`announce`); a client command only a failure.
+fn raise_open_files_limit(announce: bool) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Ok(()) if announce => {
+                tracing::info!(from = soft, to = hard, "raised the open-files limit")
+            }
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
             Err(err) => tracing::warn!(
                 limit = soft,
                 hard,
@@ -60,7 +64,8 @@ fn raise_open_files_limit() {
                 "cannot raise the open-files limit (setrlimit NOFILE)"
             ),
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit"),
+        Ok((soft, _)) if announce => tracing::info!(limit = soft, "open-files limit"),
+        Ok(_) => {}
         Err(err) => {
             tracing::warn!(error = %err, "cannot read the open-files limit (getrlimit NOFILE)")
         }

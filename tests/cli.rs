@@ -482,3 +482,37 @@ fn bench_shows_a_progress_bar_on_a_terminal() {
     assert!(out.contains("/150"), "no count of the 150 calls: {out:?}");
     assert!(out.contains("async throughput: 50 tasks"), "{out:?}");
 }
+
+/// `faasd bench` holds a connection per caller, so it raises its open-files soft limit to the
+/// hard one as the server does: 300 connections under a soft limit of 64 still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_opens_more_connections_than_the_open_files_soft_limit() {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if hard < 1024 {
+        eprintln!("skipped: the open-files hard limit here is {hard}, under what the test needs");
+        return;
+    }
+    let server = Server::start(&[]);
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Sn 64 && exec \"$0\" \"$@\""])
+        .arg(BIN)
+        .args([
+            "bench",
+            "--tasks",
+            "300",
+            "--connections",
+            "300",
+            "--sync-calls",
+            "0",
+        ])
+        .args(["--json"])
+        .env("FAASD_URL", &server.url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run faasd bench");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["throughput"]["tasks"], 300, "{report}");
+    assert_eq!(report["throughput"]["connections"], 300, "{report}");
+}

@@ -83,6 +83,7 @@ floor_run() {
   mkdir -p "$work/$name"
   "$floor" serve "$mode" "$work/$name" >"$work/$name.out" &
   pid=$!
+  pids+=("$pid")
   for _ in $(seq 600); do grep -q '^listening on' "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
   port="$(sed -n 's/^listening on //p' "$work/$name.out")"
   [ -n "$port" ] || { echo "faasd-floor serve $mode did not start" >&2; exit 1; }
@@ -91,6 +92,7 @@ floor_run() {
   report "$name" "$rate" "$before" "$(threads "$pid")" "$load_us"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
+  unset 'pids[-1]'
 }
 # start NAME FLAGS...: a faasd server; its pid in $server_pid, its URL in $server_url.
 start() {

@@ -341,9 +341,29 @@ impl Client {
         headers: &[(&str, &str)],
         body: RequestBody,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
+        let uri = format!("{}{path}", self.base);
+        let request = self.build(method, uri, path, content_type, headers, body)?;
+        self.http
+            .request(request)
+            .await
+            .map_err(|cause| Error::Unreachable {
+                url: self.base.clone(),
+                cause: cause.into(),
+            })
+    }
+
+    /// A request to `uri` (for `path`, which errors name) with the headers every request of
+    /// this client carries: the content type, `headers`, and the token.
+    fn build(
+        &self,
+        method: Method,
+        uri: String,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: RequestBody,
+    ) -> Result<Request<RequestBody>, Error> {
+        let mut builder = Request::builder().method(method).uri(uri);
         if let Some(ct) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, ct);
         }
@@ -353,17 +373,10 @@ impl Client {
         if let Some(auth) = &self.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
         }
-        let request = builder.body(body).map_err(|cause| Error::BuildRequest {
+        builder.body(body).map_err(|cause| Error::BuildRequest {
             path: path.to_owned(),
             cause,
-        })?;
-        self.http
-            .request(request)
-            .await
-            .map_err(|cause| Error::Unreachable {
-                url: self.base.clone(),
-                cause: cause.into(),
-            })
+        })
     }
 
     /// `GET path`.
@@ -457,28 +470,22 @@ impl Connection {
         Client::read_answer(response).await
     }
 
-    /// The request of [`Connection::post`]: the path after the server URL's own, and the
-    /// headers the pooled client sends.
+    /// The request of [`Connection::post`]: origin-form, after the server URL's own path, with
+    /// the pooled client's headers and the `Host` it would have set.
     fn request(
         &self,
         path: &str,
         content_type: &str,
         body: Bytes,
     ) -> Result<Request<RequestBody>, Error> {
-        let prefix = self.client.uri.path().trim_end_matches('/');
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{prefix}{path}"))
-            .header(hyper::header::HOST, self.client.host.clone())
-            .header(hyper::header::CONTENT_TYPE, content_type);
-        if let Some(auth) = &self.client.authorization {
-            builder = builder.header(hyper::header::AUTHORIZATION, auth.clone());
-        }
+        let client = &self.client;
+        let uri = format!("{}{path}", client.uri.path().trim_end_matches('/'));
         let body = Full::new(body).map_err(|never| match never {}).boxed();
-        builder.body(body).map_err(|cause| Error::BuildRequest {
-            path: path.to_owned(),
-            cause,
-        })
+        let mut request = client.build(Method::POST, uri, path, Some(content_type), &[], body)?;
+        request
+            .headers_mut()
+            .insert(hyper::header::HOST, client.host.clone());
+        Ok(request)
     }
 
     fn unreachable(&self, cause: hyper::Error) -> Error {

@@ -150,6 +150,12 @@ impl Entry {
             self.warm.min_warm as usize
         }
     }
+
+    /// The most recently used idle executor that is still alive (its caches are hot); one that
+    /// died while idle (killed from outside) is dropped here, not handed out.
+    fn pop_live(&mut self) -> Option<WarmExecutor> {
+        std::iter::from_fn(|| self.idle.pop()).find(|executor| !executor.has_exited())
+    }
 }
 
 /// A cheap, cloneable handle on a worker's warm executors.
@@ -303,18 +309,12 @@ impl Pool {
         drop(stopped);
     }
 
-    /// Takes the most recently used idle executor that is still alive (its caches are hot).
+    /// Takes an idle executor ([`Entry::pop_live`]), counting the call as busy either way.
     fn take_idle(&self, call: &WarmCall) -> Option<WarmExecutor> {
         let mut entries = self.lock();
         let entry = self.entry(&mut entries, call);
         entry.busy += 1;
-        // One that died while idle (killed from outside) is dropped here, not handed out.
-        while let Some(executor) = entry.idle.pop() {
-            if !executor.has_exited() {
-                return Some(executor);
-            }
-        }
-        None
+        entry.pop_live()
     }
     /// Runs one call on a warm executor; start-up (on a cold start) and the call share the
     /// call's timeout, so a task never runs past the lease the server gave it.
@@ -357,14 +357,9 @@ impl Pool {
     pub fn take_ready(&self, key: PoolKey) -> Option<Ready> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&key)?;
-        while let Some(executor) = entry.idle.pop() {
-            // One that died while idle (killed from outside) is dropped here, not handed out.
-            if !executor.has_exited() {
-                entry.busy += 1;
-                return Some(Ready { executor, key });
-            }
-        }
-        None
+        let executor = entry.pop_live()?;
+        entry.busy += 1;
+        Some(Ready { executor, key })
     }
 
     /// Runs one call on an executor from [`Pool::take_ready`] and gives it back.

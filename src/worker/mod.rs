@@ -607,10 +607,8 @@ impl Agent {
 async fn run_task(agent: &Agent, task: Assignment) -> Report {
     let (task_id, lease) = (task.task_id, task.lease);
     let timeout = Duration::from_millis(task.timeout_ms);
-    let ready = match warm_spec(&task) {
-        Some(_) => agent.pool.take_ready((task.function.clone(), task.version)),
-        None => None,
-    };
+    let ready =
+        warm_spec(&task).and_then(|_| agent.pool.take_ready((task.function.clone(), task.version)));
     if let Some(ready) = ready {
         let input = exec::CallInput {
             payload: task.payload,

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""What one durable write costs on this machine's disk, by its shape.
+
+Usage: scripts/fsync-cost.py [DIR] [ROUNDS]
+
+Writes 4 KiB pages into a pre-written 64 MiB file in DIR (default: target/fsync-cost) and
+makes them durable, ROUNDS times per shape (default 400), then prints the wall-clock time and
+the CPU time (user + system, this process) of one durable write:
+
+- "24 scattered pages + fdatasync": the shape of a faasd group commit (redb writes some
+  twenty-five pages of its b-trees, one `pwrite` each, wherever they were allocated);
+- "24 contiguous pages + fdatasync": the same bytes in one run;
+- "6 scattered pages + fdatasync": fewer pages, still apart;
+- "2 contiguous pages + fdatasync": the shape of an append to a log (a write-ahead log);
+- "2 contiguous pages, O_DIRECT | O_DSYNC": the same append without the page cache.
+
+The file is written whole first, so no write changes its size. Only the standard library is
+used. Figures move with the neighbours on a shared host: compare shapes within one run.
+"""
+
+import mmap
+import os
+import random
+import resource
+import sys
+import time
+
+PAGE = 4096
+FILE_BYTES = 64 << 20
+PAGES = FILE_BYTES // PAGE
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(name, one, rounds):
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    for i in range(rounds):
+        one(i)
+    wall = (time.perf_counter() - wall) / rounds * 1e6
+    cpu = (cpu_seconds() - cpu) / rounds * 1e6
+    print(f"{name:<42} wall {wall:7.0f} us   cpu {cpu:6.0f} us")
+
+
+def main():
+    directory = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "fsync-cost")
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 400
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "pages")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        zeros = b"\0" * (1 << 20)
+        for at in range(0, FILE_BYTES, len(zeros)):
+            os.pwrite(fd, zeros, at)
+        os.fsync(fd)
+        page = b"\x07" * PAGE
+        rng = random.Random(16)
+
+        def scattered(count):
+            def one(_):
+                for number in rng.sample(range(PAGES), count):
+                    os.pwrite(fd, page, number * PAGE)
+                os.fdatasync(fd)
+            return one
+
+        def contiguous(count):
+            run = page * count
+            def one(i):
+                os.pwrite(fd, run, (i * count) % (PAGES - count) * PAGE)
+                os.fdatasync(fd)
+            return one
+
+        # O_DIRECT needs an aligned buffer: an anonymous map is page-aligned.
+        aligned = mmap.mmap(-1, 2 * PAGE)
+        aligned.write(page * 2)
+        direct = os.open(path, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
+
+        def direct_append(i):
+            os.pwritev(direct, [aligned], (i * 2) % (PAGES - 2) * PAGE)
+
+        print(f"{rounds} durable writes per shape, file {path}")
+        measure("24 scattered pages + fdatasync", scattered(24), rounds)
+        measure("24 contiguous pages + fdatasync", contiguous(24), rounds)
+        measure("6 scattered pages + fdatasync", scattered(6), rounds)
+        measure("2 contiguous pages + fdatasync", contiguous(2), rounds)
+        measure("2 contiguous pages, O_DIRECT | O_DSYNC", direct_append, rounds)
+        os.close(direct)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
 
 Usage: scripts/fsync-cost.py [DIR] [ROUNDS]
 
-Writes 4 KiB pages into a pre-written 64 MiB file in DIR (default: target/fsync-cost) and
+Writes 4 KiB pages into a pre-written 64 MiB file in DIR (default: the repository's target/fsync-cost) and
 makes them durable, ROUNDS times per shape (default 400), then prints the wall-clock time and
 the CPU time (user + system, this process) of one durable write:
 
@@ -45,8 +45,15 @@ def measure(name, one, rounds):
 
 
 def main():
-    directory = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "fsync-cost")
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 400
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    directory = (sys.argv[1] if len(sys.argv) > 1 else "") or os.path.join(
+        root, "target", "fsync-cost")
+    try:
+        rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 400
+        if rounds < 1:
+            raise ValueError
+    except ValueError:
+        sys.exit(f"fsync-cost: ROUNDS must be a positive whole number, not {sys.argv[2]!r}")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "pages")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -346,10 +346,15 @@ impl Client {
         self.http
             .request(request)
             .await
-            .map_err(|cause| Error::Unreachable {
-                url: self.base.clone(),
-                cause: cause.into(),
-            })
+            .map_err(|cause| self.unreachable(cause))
+    }
+
+    /// The error of a request that did not reach this client's server.
+    fn unreachable(&self, cause: impl Into<BoxError>) -> Error {
+        Error::Unreachable {
+            url: self.base.clone(),
+            cause: cause.into(),
+        }
     }
 
     /// A request to `uri` (for `path`, which errors name) with the headers every request of
@@ -404,19 +409,15 @@ impl Client {
     /// stays.
     pub async fn connection(&self) -> Result<Connection, Error> {
         use tower_service::Service;
-        let unreachable = |cause: BoxError| Error::Unreachable {
-            url: self.base.clone(),
-            cause,
-        };
         let io = self
             .connector
             .clone()
             .call(self.uri.clone())
             .await
-            .map_err(unreachable)?;
+            .map_err(|cause| self.unreachable(cause))?;
         let (send, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|cause| unreachable(cause.into()))?;
+            .map_err(|cause| self.unreachable(cause))?;
         tokio::spawn(async move {
             // Ends when the connection closes (the `Connection` dropped, or the server
             // closed it); a request on it then fails, and `Connection::post` reconnects.
@@ -452,7 +453,7 @@ impl Connection {
                 Ok(response) => return Client::read_answer(response).await,
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) => unsent,
-                    None => return Err(self.unreachable(failed.into_error())),
+                    None => return Err(self.client.unreachable(failed.into_error())),
                 },
             },
             Err(_) => request,
@@ -461,12 +462,12 @@ impl Connection {
         self.send
             .ready()
             .await
-            .map_err(|cause| self.unreachable(cause))?;
+            .map_err(|cause| self.client.unreachable(cause))?;
         let response = self
             .send
             .send_request(request)
             .await
-            .map_err(|cause| self.unreachable(cause))?;
+            .map_err(|cause| self.client.unreachable(cause))?;
         Client::read_answer(response).await
     }
 
@@ -486,13 +487,6 @@ impl Connection {
             .headers_mut()
             .insert(hyper::header::HOST, client.host.clone());
         Ok(request)
-    }
-
-    fn unreachable(&self, cause: hyper::Error) -> Error {
-        Error::Unreachable {
-            url: self.client.base.clone(),
-            cause: cause.into(),
-        }
     }
 }
 

@@ -65,7 +65,7 @@ pub(super) async fn throughput(
     progress: &ProgressBar,
 ) -> anyhow::Result<(f64, Duration)> {
     // Connected before the clock starts: the figure is of the calls, not of the handshakes.
-    let connections = connect(client, args.connections.clamp(1, tasks.max(1))).await?;
+    let connections = connect(client, args.connections, tasks).await?;
     let started_wall = SystemTime::now();
     let started = Instant::now();
     progress.set_message("submitting");
@@ -134,8 +134,10 @@ struct Calls {
     suffix: &'static str,
 }
 
-/// Opens `count` connections to the server, one for each caller of [`post_all`].
-async fn connect(client: &Client, count: usize) -> anyhow::Result<Vec<Connection>> {
+/// Opens `wanted` connections to the server, one for each caller of [`post_all`]: at least one,
+/// and no more than the `calls` they will make.
+async fn connect(client: &Client, wanted: usize, calls: usize) -> anyhow::Result<Vec<Connection>> {
+    let count = wanted.clamp(1, calls.max(1));
     let mut connections = Vec::with_capacity(count);
     for _ in 0..count {
         let connection = client.connection().await;
@@ -249,8 +251,7 @@ pub(super) async fn sync_latency(
     load: &Load,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Duration>> {
-    let callers = args.sync_connections.clamp(1, args.sync_calls.max(1));
-    let connections = connect(client, callers).await?;
+    let connections = connect(client, args.sync_connections, args.sync_calls).await?;
     let calls = Calls {
         count: args.sync_calls,
         suffix: "",

@@ -307,6 +307,12 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     what: &str,
 ) -> Result<T, ApiError> {
+    // The usual case, a body that parses, takes the plain parser; only a refused one is parsed
+    // again to name the field at fault (tracking the path costs on every value, a wait
+    // request's thousand ids among them).
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let field = e.path().to_string();

@@ -97,7 +97,7 @@ struct FinishedView {
 
 /// The answer: every finished task among the ids, and the ids that are not valid or not found.
 #[derive(Debug, Default, Serialize)]
-struct WaitAnswer {
+pub struct WaitAnswer {
     tasks: Vec<FinishedView>,
     unknown: Vec<String>,
     #[serde(skip)]
@@ -154,7 +154,7 @@ pub async fn wait(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WaitAnswer>, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
     let request: WaitRequest = super::parse_json(
         &body,
@@ -192,9 +192,7 @@ pub async fn wait(
             .await;
         }
     }
-    serde_json::to_value(&answer)
-        .map(Json)
-        .map_err(ApiError::internal)
+    Ok(Json(answer))
 }
 
 /// The ids as numbers, each once, in the order given, and the text each was given as; a text

@@ -2,7 +2,8 @@
 # An A/B of two servers in one run: warm python no-op tasks through server A and server B in
 # turn, ROUNDS times (default 3), so the machine's noise falls on both. Each round measures async
 # throughput (TASKS, default 10,000, over 32 connections) and SYNC sequential sync calls (default
-# 1,000) on each server; prints every run and the medians with their ratio B/A.
+# 1,000) on each server; prints every run, the medians with their ratio B/A, and the rounds'
+# own ratios (their median and how many rounds B won).
 # A and B are a binary and flags each: A_BIN/B_BIN (default: the release build of this checkout)
 # and A_FLAGS/B_FLAGS (extra `faasd serve` flags); A_CLIENT/B_CLIENT pick the `faasd bench` that
 # drives each side (default: the release build of this checkout), for an A/B of the client.
@@ -73,4 +74,10 @@ med = {k: [statistics.median(col) for col in zip(*v)] for k, v in runs.items()}
 print(f"median A: {at:.0f} tasks/s, sync p50 {ap50:.3f} ms, p99 {ap99:.3f} ms")
 print(f"median B: {bt:.0f} tasks/s, sync p50 {bp50:.3f} ms, p99 {bp99:.3f} ms")
 print(f"B/A: throughput {bt / at:.3f}, sync p50 {bp50 / ap50:.3f}, p99 {bp99 / ap99:.3f}")
+# Each round runs A and B one after the other, so a round's ratio sees the same neighbours on
+# both sides; its median, and how many rounds B won, are steadier than the ratio of medians.
+pairs = [b[0] / a[0] for a, b in zip(runs["A"], runs["B"])]
+ahead = sum(r > 1 for r in pairs)
+print(f"B/A by round: throughput {statistics.median(pairs):.3f} (median of the rounds' ratios, "
+      f"{min(pairs):.3f}-{max(pairs):.3f}), B ahead in {ahead} of {len(pairs)} rounds")
 PY

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # An A/B of two servers in one run: warm python no-op tasks through server A and server B in
-# turn, ROUNDS times (default 3), so the machine's noise falls on both. Each round measures async
-# throughput (TASKS, default 10,000, over 32 connections) and SYNC sequential sync calls (default
-# 1,000) on each server; prints every run, the medians with their ratio B/A, and the rounds'
-# own ratios (their median and how many rounds B won).
+# turn (A first in odd rounds, B first in even ones), ROUNDS times (default 3), so the machine's
+# noise falls on both. Each round measures async throughput (TASKS, default 10,000, over 32
+# connections) and SYNC sequential sync calls (default 1,000) on each server; prints every run,
+# the medians with their ratio B/A, and the rounds' own ratios (their median and how many
+# rounds B won).
 # A and B are a binary and flags each: A_BIN/B_BIN (default: the release build of this checkout)
 # and A_FLAGS/B_FLAGS (extra `faasd serve` flags); A_CLIENT/B_CLIENT pick the `faasd bench` that
 # drives each side (default: the release build of this checkout), for an A/B of the client.
@@ -13,6 +14,9 @@ cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
 tasks="${TASKS:-10000}"
 sync_calls="${SYNC:-1000}"
+for n in "$rounds" "$tasks" "$sync_calls"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS, TASKS and SYNC must be positive whole numbers, got '$n'" >&2; exit 2; }
+done
 source scripts/bench-env.sh
 a_bin="${A_BIN:-$bin}"
 b_bin="${B_BIN:-$bin}"
@@ -35,7 +39,7 @@ start() {
   pids+=($!)
   for _ in $(seq 200); do grep -q '^faasd worker port' "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
   sed -n 's/^faasd listening on //p' "$work/$name.out" >"$work/$name.url"
-  [ -s "$work/$name.url" ] || { echo "server $name did not start:"; cat "$work/$name.log"; exit 1; }
+  [ -s "$work/$name.url" ] || { echo "server $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
 }
 # shellcheck disable=SC2086
 start a "$a_bin" ${A_FLAGS:-}
@@ -54,7 +58,10 @@ bench() {
 bench a 1000 50 >/dev/null
 bench b 1000 50 >/dev/null
 for round in $(seq "$rounds"); do
-  for side in a b; do
+  # A first in odd rounds, B first in even ones, so neither side always runs after the other.
+  order="a b"
+  [ $((round % 2)) -eq 0 ] && order="b a"
+  for side in $order; do
     bench "$side" "$tasks" "$sync_calls" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)

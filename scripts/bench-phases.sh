@@ -5,7 +5,7 @@
 # task record back (`GET /v1/tasks`) and prints:
 #   - the bench's own figure;
 #   - the submit rate, from the first `created_at` to the last, and the rate of ends meanwhile;
-#   - the tasks still queued at the last submit, and how fast they drained;
+#   - the tasks not yet ended at the last submit (queued or running), and how fast they drained;
 #   - the queue wait (`queued_ms`), p50 and max.
 # FAASD_BIN=PATH measures that binary instead of this checkout's release build.
 # Usage: ROUNDS=3 TASKS=20000 scripts/bench-phases.sh
@@ -17,7 +17,7 @@ warmup="${WARMUP:-2000}"
 for n in "$rounds" "$tasks" "$warmup"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "ROUNDS, TASKS and WARMUP must be whole numbers, got '$n'" >&2; exit 2; }
 done
-[ "$tasks" -gt 0 ] || { echo "TASKS must be at least 1" >&2; exit 2; }
+[ "$rounds" -gt 0 ] && [ "$tasks" -gt 0 ] || { echo "ROUNDS and TASKS must be at least 1" >&2; exit 2; }
 source scripts/bench-env.sh
 work="$(mktemp -d)"
 pid=""
@@ -34,24 +34,36 @@ for round in $(seq "$rounds"); do
   "$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
     >"$work/out" 2>"$work/log" &
   pid=$!
-  for _ in $(seq 200); do grep -q '^faasd worker port' "$work/out" 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 200); do
+    grep -q '^faasd worker port' "$work/out" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
   url="$(sed -n 's/^faasd listening on //p' "$work/out")"
-  [ -n "$url" ] || { echo "the server did not start:"; cat "$work/log"; exit 1; }
+  [ -n "$url" ] || { echo "the server did not start:" >&2; cat "$work/log" >&2; exit 1; }
   "$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \
     --tasks "$tasks" --warmup "$warmup" --connections 32 --sync-calls 0 --keep --json >"$work/bench.json"
   printf 'round %s: ' "$round"
-  python3 - "$url" "$work/bench.json" "$tasks" <<'PY'
-import datetime, json, statistics, sys, urllib.request
+  python3 - "$url" "$work/bench.json" "$tasks" "$warmup" <<'PY'
+import datetime, json, statistics, sys, urllib.error, urllib.request
 
-url, report, count = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3])
+url, report = sys.argv[1], json.load(open(sys.argv[2]))
+count, warmup = int(sys.argv[3]), int(sys.argv[4])
 records, cursor = [], None
 while True:
-    page = json.load(urllib.request.urlopen(
-        url + "/v1/tasks?limit=1000" + (f"&cursor={cursor}" if cursor else "")))
+    try:
+        page = json.load(urllib.request.urlopen(
+            url + "/v1/tasks?limit=1000" + (f"&cursor={cursor}" if cursor else "")))
+    except (urllib.error.URLError, ValueError) as e:
+        sys.exit(f"cannot read the task records back from {url}/v1/tasks: {e}")
     records += page["tasks"]
     cursor = page.get("next_cursor")
     if not cursor:
         break
+# The bench's first call (sync), its warm-up tasks, then the measured ones.
+if len(records) != 1 + warmup + count:
+    sys.exit(f"expected {1 + warmup + count} task records (the first call, {warmup} warm-up, "
+             f"{count} measured), found {len(records)}")
 
 
 def at(text):
@@ -74,7 +86,7 @@ drain = (f"{left / max(last_end - last_submit, 1e-3):,.0f}/s in {last_end - last
 queued = sorted(t["queued_ms"] for t in measured)
 print(f"bench {report['throughput']['tasks_per_second']:,.0f} tasks/s | "
       f"submits {count / submitting:,.0f}/s over {submitting:.2f} s, ends meanwhile "
-      f"{meanwhile / submitting:,.0f}/s | queued at the last submit {left:,}, drained {drain} | "
+      f"{meanwhile / submitting:,.0f}/s | not ended at the last submit {left:,}, drained {drain} | "
       f"queue wait p50 {statistics.median(queued):.0f} ms, max {queued[-1]:.0f} ms")
 PY
   kill "$pid" 2>/dev/null || true

@@ -376,6 +376,37 @@ pub(super) mod tests {
         })
     }
 
+    /// A body `parse_json` refuses: its message.
+    fn refused(body: &str) -> String {
+        match parse_json::<super::wait::WaitRequest>(body.as_bytes(), "wait request") {
+            Ok(parsed) => panic!("{body} parsed as {parsed:?}"),
+            Err(e) => e.message().to_owned(),
+        }
+    }
+
+    #[test]
+    fn parse_json_takes_a_good_body_and_names_what_is_wrong_with_a_bad_one() {
+        let parsed: super::wait::WaitRequest =
+            parse_json(br#" {"ids": ["a", "b"], "wait": 5} "#, "wait request").expect("parses");
+        assert_eq!(parsed.ids, ["a", "b"]);
+        assert_eq!(
+            refused(r#"{"ids": ["a", 1]}"#),
+            "bad wait request: field `ids[1]`: invalid type: integer `1`, expected a string at line 1 column 15"
+        );
+        assert_eq!(
+            refused(r#"{"ids": [], "other": 1}"#),
+            "bad wait request: field `other`: unknown field `other`, expected `ids` or `wait` at line 1 column 19"
+        );
+        assert_eq!(
+            refused(r#"{"ids": []} x"#),
+            "bad wait request: trailing characters at line 1 column 13"
+        );
+        assert_eq!(
+            refused(r#"{"ids": "#),
+            "bad wait request: field `ids`: EOF while parsing a value at line 1 column 8"
+        );
+    }
+
     #[tokio::test]
     async fn protected_mode_refuses_clients_off_loopback_and_says_how_to_add_a_user() {
         let dir = tempfile::tempdir().expect("temporary directory");

@@ -202,7 +202,7 @@ async fn call(
     let Some(waiter) = waiter else {
         let mut response = (
             StatusCode::ACCEPTED,
-            Json(Accepted {
+            Json(AcceptedView {
                 status: "QUEUED",
                 task_id: &id,
             }),
@@ -218,11 +218,9 @@ async fn call(
     finished_response(&finished.record, finished.result.clone(), &finished.logs)
 }
 
-/// The body of a 202: the task's id and its status. Typed, so an accepted call builds no map;
-/// the fields in the order a `serde_json::json!` map gave them (sorted), so the bytes are as
-/// before.
+/// The body of an invoke's 202: `{"status": ..., "task_id": ...}`, keys in that order.
 #[derive(serde::Serialize)]
-struct Accepted<'a> {
+struct AcceptedView<'a> {
     status: &'a str,
     task_id: &'a str,
 }
@@ -246,7 +244,7 @@ async fn repeated_call(
             .map_or("QUEUED", |r| r.status.as_str());
         let mut response = (
             StatusCode::ACCEPTED,
-            Json(Accepted {
+            Json(AcceptedView {
                 status,
                 task_id: &id,
             }),
@@ -438,4 +436,22 @@ pub async fn logs(
         logs,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AcceptedView;
+
+    #[test]
+    fn an_accepted_body_is_status_then_task_id() {
+        let body = serde_json::to_string(&AcceptedView {
+            status: "QUEUED",
+            task_id: "0190c1e2-0000-7000-8000-000000000001",
+        })
+        .expect("json");
+        assert_eq!(
+            body,
+            r#"{"status":"QUEUED","task_id":"0190c1e2-0000-7000-8000-000000000001"}"#
+        );
+    }
 }

@@ -371,6 +371,12 @@ async fn bench_warmup_runs_tasks_before_the_measured_ones() {
     let report = json_of(&server.cli(&args));
     assert_eq!(report["throughput"]["tasks"], 5, "{report}");
     assert_eq!(report["warmup_tasks"], 7, "{report}");
+    // The submits' share of the run: some time, and no more than the whole.
+    let submitting = report["throughput"]["submit_seconds"]
+        .as_f64()
+        .expect("submit_seconds");
+    let whole = report["throughput"]["seconds"].as_f64().expect("seconds");
+    assert!(submitting > 0.0 && submitting <= whole, "{report}");
     // The first call, the warm-up and the measured tasks all ran.
     let out = server.cli(&[
         "tasks",
@@ -399,7 +405,8 @@ async fn bench_warmup_runs_tasks_before_the_measured_ones() {
     let printed = text(&out.stdout);
     assert!(
         printed.contains("warm-up: 3 tasks first, not counted\n")
-            && printed.contains("async throughput: 2 tasks"),
+            && printed.contains("async throughput: 2 tasks")
+            && printed.contains("  of which submitting: "),
         "{printed}"
     );
 }

@@ -55,6 +55,14 @@ pub(super) async fn first_call(client: &Client, load: &Load) -> anyhow::Result<O
     Ok(None)
 }
 
+/// How long an async run took: to the last `finished_at`, and to the last submit's answer.
+pub(super) struct Timed {
+    /// From the first submit to the last `finished_at` (never less than `submitting`).
+    pub elapsed: Duration,
+    /// From the first submit to the last 202.
+    pub submitting: Duration,
+}
+
 /// Submits `tasks` async calls over `--connections`, then reads every task's end: the rate
 /// runs from the first submit to the last `finished_at`.
 pub(super) async fn throughput(
@@ -63,7 +71,7 @@ pub(super) async fn throughput(
     args: &BenchArgs,
     load: &Load,
     progress: &ProgressBar,
-) -> anyhow::Result<(f64, Duration)> {
+) -> anyhow::Result<Timed> {
     // Connected before the clock starts: the figure is of the calls, not of the handshakes.
     let connections = connect(client, args.connections, tasks).await?;
     let started_wall = SystemTime::now();
@@ -84,7 +92,10 @@ pub(super) async fn throughput(
         .duration_since(started_wall)
         .unwrap_or(submitted)
         .max(submitted);
-    Ok((tasks as f64 / elapsed.as_secs_f64(), elapsed))
+    Ok(Timed {
+        elapsed,
+        submitting: submitted,
+    })
 }
 
 /// Submits `tasks` async calls, one caller on each of `connections`; returns the task ids.

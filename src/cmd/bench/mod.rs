@@ -109,6 +109,9 @@ struct Throughput {
     connections: usize,
     seconds: f64,
     tasks_per_second: f64,
+    /// Of `seconds`, the time until the last submit was answered: what is left after it is the
+    /// time the tasks still queued then took to end.
+    submit_seconds: f64,
 }
 
 /// The sync figures.
@@ -202,12 +205,14 @@ async fn measure(
         report.warmup_tasks = args.warmup;
     }
     if args.tasks > 0 {
-        let (rate, elapsed) = load::throughput(client, args.tasks, args, load, progress).await?;
+        let timed = load::throughput(client, args.tasks, args, load, progress).await?;
+        let seconds = timed.elapsed.as_secs_f64();
         report.throughput = Some(Throughput {
             tasks: args.tasks,
             connections: args.connections,
-            seconds: elapsed.as_secs_f64(),
-            tasks_per_second: rate,
+            seconds,
+            tasks_per_second: args.tasks as f64 / seconds,
+            submit_seconds: timed.submitting.as_secs_f64(),
         });
     }
     if args.sync_calls > 0 {
@@ -252,6 +257,12 @@ fn print_report(report: &Report) {
         println!(
             "{label}async throughput: {} tasks over {} connections in {:.2} s = {:.0} tasks/s (submit to last COMPLETED)",
             t.tasks, t.connections, t.seconds, t.tasks_per_second
+        );
+        println!(
+            "{label}  of which submitting: {:.2} s ({:.0} submits/s); the last task ended {:.2} s after the last submit",
+            t.submit_seconds,
+            t.tasks as f64 / t.submit_seconds.max(f64::EPSILON),
+            (t.seconds - t.submit_seconds).max(0.0)
         );
     }
     if let Some(l) = &report.latency {

@@ -78,7 +78,7 @@ pub(super) async fn throughput(
     let started = Instant::now();
     progress.set_message("submitting");
     let ids = submit(connections, tasks, load, progress).await?;
-    let submitted = started.elapsed();
+    let submitting = started.elapsed();
     progress.set_message("waiting");
     let (last_finished, failed) = wait_finished(client, ids, progress).await?;
     if failed > 0 {
@@ -90,11 +90,11 @@ pub(super) async fn throughput(
     let elapsed = last_finished
         .max(started_wall)
         .duration_since(started_wall)
-        .unwrap_or(submitted)
-        .max(submitted);
+        .unwrap_or(submitting)
+        .max(submitting);
     Ok(Timed {
         elapsed,
-        submitting: submitted,
+        submitting,
     })
 }
 

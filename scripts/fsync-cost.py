@@ -13,9 +13,13 @@ the CPU time (user + system, this process) of one durable write:
 - "24 contiguous pages + fdatasync": the same bytes in one run;
 - "6 scattered pages + fdatasync": fewer pages, still apart;
 - "2 contiguous pages + fdatasync": the shape of an append to a log (a write-ahead log);
-- "2 contiguous pages, O_DIRECT | O_DSYNC": the same append without the page cache.
+- "2 contiguous pages, O_DIRECT | O_DSYNC": the same append without the page cache;
+- "2 contiguous pages into a hole + fdatasync": the same append into a second file of the same
+  size made with `ftruncate`, so each write lands where no block is allocated yet and the file
+  system allocates one before the flush (how a redb file grows: it doubles its length with
+  `ftruncate` and fills the hole page by page).
 
-The file is written whole first, so no write changes its size. The CPU figures include this
+The first file is written whole first, so no write changes its size or allocates a block. The CPU figures include this
 script's own Python work and leave out what the kernel does on other threads. A file system that
 refuses O_DIRECT skips the last shape. Only the standard library is used. Figures move with
 the neighbours on a shared host: compare shapes within one run.
@@ -61,6 +65,7 @@ def main():
     os.makedirs(directory, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="fsync-cost.", dir=directory)
     direct = None
+    sparse = None
     try:
         zeros = b"\0" * (1 << 20)
         for at in range(0, FILE_BYTES, len(zeros)):
@@ -101,7 +106,22 @@ def main():
                     os.pwritev(direct, [aligned], (i * 2) % (PAGES - 2) * PAGE)
 
                 measure("2 contiguous pages, O_DIRECT | O_DSYNC", direct_append, rounds)
+        sparse, sparse_path = tempfile.mkstemp(prefix="fsync-cost-hole.", dir=directory)
+        os.unlink(sparse_path)
+        os.ftruncate(sparse, FILE_BYTES)
+        os.fsync(sparse)
+        pair = page * 2
+
+        def into_hole(i):
+            # Each round writes two pages no earlier round wrote (rounds past the file's half
+            # wrap around and write allocated blocks again).
+            os.pwrite(sparse, pair, (i * 2) % (PAGES - 2) * PAGE)
+            os.fdatasync(sparse)
+
+        measure("2 contiguous pages into a hole + fdatasync", into_hole, rounds)
     finally:
+        if sparse is not None:
+            os.close(sparse)
         if direct is not None:
             os.close(direct)
         os.close(fd)

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# How fast warm async tasks would run here if one part of their path cost nothing: a bound on
+# what any change to that part could buy. Builds a measurement copy of this checkout with
+# scripts/bounds.patch applied (into target/bounds; never for use), whose two switches are read
+# from the environment:
+#   FAASD_BOUND_NO_EXECUTOR  a warm call is answered at once with its payload as the result,
+#                            without writing to the executor's pipe (no Python, no round trip);
+#   FAASD_BOUND_NO_FSYNC     every store commit skips its fsync (nothing is durable).
+# Then, ROUNDS times (default 5), it runs the four variants of that build in a rotated order:
+# current (no switch), no executor, no fsync, neither. Each run is `faasd bench` of TASKS warm
+# python no-op tasks (default 20,000) over 32 connections after WARMUP (default 2,000), on a
+# fresh server, with the machine's CPU from /proc over the measured part: the server's own,
+# the python3 processes' (the executors, when nothing else runs python here), and the idle
+# time, in clock ticks. It prints every run, then each variant's median and its ratio to
+# current, both as the ratio of the medians and as the median of the rounds' own ratios.
+# Usage: ROUNDS=5 scripts/bench-bounds.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${ROUNDS:-5}"
+tasks="${TASKS:-20000}"
+warmup="${WARMUP:-2000}"
+for n in "$rounds" "$tasks"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS and TASKS must be positive whole numbers, got '$n'" >&2; exit 2; }
+done
+[[ "$warmup" =~ ^[0-9]+$ ]] || { echo "WARMUP must be a whole number, got '$warmup'" >&2; exit 2; }
+source scripts/bench-env.sh
+src="$PWD/target/bounds-src"
+rm -rf "$src"
+mkdir -p "$src"
+cp -r Cargo.toml Cargo.lock src "$src/"
+git apply --directory=target/bounds-src scripts/bounds.patch ||
+  { echo "scripts/bounds.patch no longer applies to this checkout: update it" >&2; exit 1; }
+CARGO_TARGET_DIR="$PWD/target/bounds" cargo build --release --locked --quiet --manifest-path "$src/Cargo.toml"
+bounds_bin="$PWD/target/bounds/release/faasd"
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
+# Busy and idle ticks of the whole machine (/proc/stat: iowait counts as idle).
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+# User and system ticks of the python3 processes now running.
+pythons() {
+  local total=0 p t
+  for p in $(pgrep -x python3 || true); do
+    t="$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || true)"
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+# run VARIANT: one measured run on a fresh server; appends "VARIANT tasks/s server python idle".
+run() {
+  local variant="$1" switches=()
+  case "$variant" in
+    no-executor) switches=(FAASD_BOUND_NO_EXECUTOR=1) ;;
+    no-fsync) switches=(FAASD_BOUND_NO_FSYNC=1) ;;
+    neither) switches=(FAASD_BOUND_NO_EXECUTOR=1 FAASD_BOUND_NO_FSYNC=1) ;;
+  esac
+  rm -rf "$work/data"
+  env "${switches[@]}" "$bounds_bin" serve --data "$work/data" --listen 127.0.0.1:0 \
+    --worker-listen 127.0.0.1:0 >"$work/out" 2>"$work/log" &
+  pid=$!
+  for _ in $(seq 200); do
+    grep -q '^faasd worker port' "$work/out" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  local url
+  url="$(sed -n 's/^faasd listening on //p' "$work/out")"
+  [ -n "$url" ] || { echo "the server did not start:" >&2; cat "$work/log" >&2; exit 1; }
+  local bench=("$bin" bench --url "$url" --runtime python --function py-noop
+    --code-file "$work/noop.py" --connections 32 --sync-calls 0 --keep --json)
+  "${bench[@]}" --tasks "$warmup" --warmup 0 >/dev/null
+  local busy0 idle0 busy1 idle1 py0 py1 srv0 srv1
+  read -r busy0 idle0 < <(machine)
+  py0="$(pythons)"
+  srv0="$(awk '{print $14+$15}' "/proc/$pid/stat")"
+  "${bench[@]}" --tasks "$tasks" --warmup 0 >"$work/bench.json"
+  read -r busy1 idle1 < <(machine)
+  py1="$(pythons)"
+  srv1="$(awk '{print $14+$15}' "/proc/$pid/stat")"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=""
+  local rate
+  rate="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput"]["tasks_per_second"]))' "$work/bench.json")"
+  printf '%-12s %6s tasks/s   server %4s ticks   python3 %4s ticks   machine busy %4s idle %4s ticks\n' \
+    "$variant" "$rate" $((srv1 - srv0)) $((py1 - py0)) $((busy1 - busy0)) $((idle1 - idle0))
+  echo "$round $variant $rate $((srv1 - srv0)) $((py1 - py0)) $((idle1 - idle0))" >>"$work/runs"
+}
+variants=(current no-executor no-fsync neither)
+echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d); $tasks tasks over 32 connections after $warmup warm-up tasks"
+for round in $(seq "$rounds"); do
+  echo "round $round"
+  for k in 0 1 2 3; do
+    run "${variants[$(((k + round - 1) % 4))]}"
+  done
+done
+python3 - "$work/runs" "$tasks" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+
+runs = [line.split() for line in open(sys.argv[1])]
+tasks, ticks_per_second = int(sys.argv[2]), int(sys.argv[3])
+by = {}
+for rnd, variant, rate, server, python, idle in runs:
+    by.setdefault(variant, {})[rnd] = (int(rate), int(server), int(python), int(idle))
+current = by["current"]
+base = statistics.median(r[0] for r in current.values())
+print(f"median of {len(current)} rounds")
+for variant in ("current", "no-executor", "no-fsync", "neither"):
+    rows = by[variant]
+    rate = statistics.median(r[0] for r in rows.values())
+    server_us = statistics.median(r[1] for r in rows.values()) * 1e6 / ticks_per_second / tasks
+    python = statistics.median(r[2] for r in rows.values())
+    idle = statistics.median(r[3] for r in rows.values())
+    line = f"  {variant:<12} {rate:7.0f} tasks/s   server {server_us:4.0f} us a task   python3 {python:4.0f} ticks   idle {idle:4.0f} ticks"
+    if variant != "current":
+        ratios = sorted(rows[k][0] / current[k][0] for k in rows if k in current)
+        line += (f"   {rate / base:.2f}x (ratio of medians), "
+                 f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}, median of the rounds' ratios)")
+    print(line)
+PY

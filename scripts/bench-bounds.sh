@@ -5,14 +5,17 @@
 # from the environment:
 #   FAASD_BOUND_NO_EXECUTOR  a warm call is answered at once with its payload as the result,
 #                            without writing to the executor's pipe (no Python, no round trip);
-#   FAASD_BOUND_NO_FSYNC     every store commit skips its fsync (nothing is durable).
+#   FAASD_BOUND_NO_FSYNC     the store writer's commits skip their fsync (nothing is durable).
 # Then, ROUNDS times (default 5), it runs the four variants of that build in a rotated order:
-# current (no switch), no executor, no fsync, neither. Each run is `faasd bench` of TASKS warm
-# python no-op tasks (default 20,000) over 32 connections after WARMUP (default 2,000), on a
-# fresh server, with the machine's CPU from /proc over the measured part: the server's own,
-# the python3 processes' (the executors, when nothing else runs python here), and the idle
-# time, in clock ticks. It prints every run, then each variant's median and its ratio to
-# current, both as the ratio of the medians and as the median of the rounds' own ratios.
+# current (no switch), no executor, no fsync, neither. Each run is one `faasd bench` of TASKS
+# warm python no-op tasks (default 20,000) over 32 connections after WARMUP warm-up tasks
+# (default 2,000), on a fresh server. The rate is the bench's own (the measured tasks only); the
+# CPU is read from /proc over the whole bench (its first call and warm-up included) and given
+# per task of it: the server's own, the python3 processes' (the executors, when nothing else
+# runs python here), and the machine's idle time, in clock ticks. It prints every run, then each
+# variant's median and its ratio to current, both as the ratio of the medians and as the median
+# of the rounds' own ratios. FAASD_BIN picks the bench client only; the server measured is
+# always the patched build.
 # Usage: ROUNDS=5 scripts/bench-bounds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,14 +35,7 @@ git apply --directory=target/bounds-src scripts/bounds.patch ||
   { echo "scripts/bounds.patch no longer applies to this checkout: update it" >&2; exit 1; }
 CARGO_TARGET_DIR="$PWD/target/bounds" cargo build --release --locked --quiet --manifest-path "$src/Cargo.toml"
 bounds_bin="$PWD/target/bounds/release/faasd"
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/fresh-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 # Busy and idle ticks of the whole machine (/proc/stat: iowait counts as idle).
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
@@ -52,40 +48,28 @@ pythons() {
   done
   echo "$total"
 }
-# run VARIANT: one measured run on a fresh server; appends "VARIANT tasks/s server python idle".
+# run ROUND VARIANT: one measured run on a fresh server; appends "ROUND VARIANT RATE SERVER PYTHON
+# IDLE" (tasks/s, then ticks) to $work/runs.
 run() {
-  local variant="$1" switches=()
+  local round="$1" variant="$2" switches=()
   case "$variant" in
+    current) ;;
     no-executor) switches=(FAASD_BOUND_NO_EXECUTOR=1) ;;
     no-fsync) switches=(FAASD_BOUND_NO_FSYNC=1) ;;
     neither) switches=(FAASD_BOUND_NO_EXECUTOR=1 FAASD_BOUND_NO_FSYNC=1) ;;
+    *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
-  rm -rf "$work/data"
-  env "${switches[@]}" "$bounds_bin" serve --data "$work/data" --listen 127.0.0.1:0 \
-    --worker-listen 127.0.0.1:0 >"$work/out" 2>"$work/log" &
-  pid=$!
-  for _ in $(seq 200); do
-    grep -q '^faasd worker port' "$work/out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  local url
-  url="$(sed -n 's/^faasd listening on //p' "$work/out")"
-  [ -n "$url" ] || { echo "the server did not start:" >&2; cat "$work/log" >&2; exit 1; }
-  local bench=("$bin" bench --url "$url" --runtime python --function py-noop
-    --code-file "$work/noop.py" --connections 32 --sync-calls 0 --keep --json)
-  "${bench[@]}" --tasks "$warmup" --warmup 0 >/dev/null
+  fresh_server env ${switches[@]+"${switches[@]}"} "$bounds_bin"
   local busy0 idle0 busy1 idle1 py0 py1 srv0 srv1
   read -r busy0 idle0 < <(machine)
   py0="$(pythons)"
   srv0="$(awk '{print $14+$15}' "/proc/$pid/stat")"
-  "${bench[@]}" --tasks "$tasks" --warmup 0 >"$work/bench.json"
+  "$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \
+    --tasks "$tasks" --warmup "$warmup" --connections 32 --sync-calls 0 --keep --json >"$work/bench.json"
   read -r busy1 idle1 < <(machine)
   py1="$(pythons)"
   srv1="$(awk '{print $14+$15}' "/proc/$pid/stat")"
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  pid=""
+  stop_server
   local rate
   rate="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput"]["tasks_per_second"]))' "$work/bench.json")"
   printf '%-12s %6s tasks/s   server %4s ticks   python3 %4s ticks   machine busy %4s idle %4s ticks\n' \
@@ -93,18 +77,19 @@ run() {
   echo "$round $variant $rate $((srv1 - srv0)) $((py1 - py0)) $((idle1 - idle0))" >>"$work/runs"
 }
 variants=(current no-executor no-fsync neither)
-echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d); $tasks tasks over 32 connections after $warmup warm-up tasks"
+echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d); $tasks tasks over 32 connections after $warmup warm-up tasks; CPU over both"
 for round in $(seq "$rounds"); do
   echo "round $round"
   for k in 0 1 2 3; do
-    run "${variants[$(((k + round - 1) % 4))]}"
+    run "$round" "${variants[$(((k + round - 1) % 4))]}"
   done
 done
-python3 - "$work/runs" "$tasks" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$work/runs" "$((tasks + warmup + 1))" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
 
 runs = [line.split() for line in open(sys.argv[1])]
-tasks, ticks_per_second = int(sys.argv[2]), int(sys.argv[3])
+# Every task of a bench: its first call, the warm-up and the measured ones.
+all_tasks, ticks_per_second = int(sys.argv[2]), int(sys.argv[3])
 by = {}
 for rnd, variant, rate, server, python, idle in runs:
     by.setdefault(variant, {})[rnd] = (int(rate), int(server), int(python), int(idle))
@@ -114,7 +99,7 @@ print(f"median of {len(current)} rounds")
 for variant in ("current", "no-executor", "no-fsync", "neither"):
     rows = by[variant]
     rate = statistics.median(r[0] for r in rows.values())
-    server_us = statistics.median(r[1] for r in rows.values()) * 1e6 / ticks_per_second / tasks
+    server_us = statistics.median(r[1] for r in rows.values()) * 1e6 / ticks_per_second / all_tasks
     python = statistics.median(r[2] for r in rows.values())
     idle = statistics.median(r[3] for r in rows.values())
     line = f"  {variant:<12} {rate:7.0f} tasks/s   server {server_us:4.0f} us a task   python3 {python:4.0f} ticks   idle {idle:4.0f} ticks"

@@ -19,28 +19,11 @@ for n in "$rounds" "$tasks" "$warmup"; do
 done
 [ "$rounds" -gt 0 ] && [ "$tasks" -gt 0 ] || { echo "ROUNDS and TASKS must be at least 1" >&2; exit 2; }
 source scripts/bench-env.sh
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/fresh-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d); $tasks tasks over 32 connections after $warmup warm-up tasks"
 for round in $(seq "$rounds"); do
-  rm -rf "$work/data"
-  "$bin" serve --data "$work/data" --listen 127.0.0.1:0 --worker-listen 127.0.0.1:0 \
-    >"$work/out" 2>"$work/log" &
-  pid=$!
-  for _ in $(seq 200); do
-    grep -q '^faasd worker port' "$work/out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  url="$(sed -n 's/^faasd listening on //p' "$work/out")"
-  [ -n "$url" ] || { echo "the server did not start:" >&2; cat "$work/log" >&2; exit 1; }
+  fresh_server "$bin"
   "$bin" bench --url "$url" --runtime python --function py-noop --code-file "$work/noop.py" \
     --tasks "$tasks" --warmup "$warmup" --connections 32 --sync-calls 0 --keep --json >"$work/bench.json"
   printf 'round %s: ' "$round"
@@ -89,7 +72,5 @@ print(f"bench {report['throughput']['tasks_per_second']:,.0f} tasks/s | "
       f"{meanwhile / submitting:,.0f}/s | not ended at the last submit {left:,}, drained {drain} | "
       f"queue wait p50 {statistics.median(queued):.0f} ms, max {queued[-1]:.0f} ms")
 PY
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=""
+  stop_server
 done

@@ -19,10 +19,10 @@ the CPU time (user + system, this process) of one durable write:
   system allocates one before the flush (how a redb file grows: it doubles its length with
   `ftruncate` and fills the hole page by page).
 
-The first file is written whole first, so no write changes its size or allocates a block. The CPU figures include this
-script's own Python work and leave out what the kernel does on other threads. A file system that
-refuses O_DIRECT skips the last shape. Only the standard library is used. Figures move with
-the neighbours on a shared host: compare shapes within one run.
+The first file is written whole first, so no write to it changes its size or allocates a block.
+The CPU figures include this script's own Python work and leave out what the kernel does on other
+threads. A file system that refuses O_DIRECT skips the O_DIRECT shape. Only the standard library
+is used. Figures move with the neighbours on a shared host: compare shapes within one run.
 """
 
 import mmap
@@ -113,7 +113,7 @@ def main():
         pair = page * 2
 
         def into_hole(i):
-            # Each round writes two pages no earlier round wrote (rounds past the file's half
+            # Each round writes two pages no earlier round wrote (past 8,191 rounds the offsets
             # wrap around and write allocated blocks again).
             os.pwrite(sparse, pair, (i * 2) % (PAGES - 2) * PAGE)
             os.fdatasync(sparse)

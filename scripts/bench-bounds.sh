@@ -9,12 +9,13 @@
 # Then, ROUNDS times (default 5), it runs the four variants of that build in a rotated order:
 # current (no switch), no executor, no fsync, neither. Each run is one `faasd bench` of TASKS
 # warm python no-op tasks (default 20,000) over 32 connections after WARMUP warm-up tasks
-# (default 2,000), on a fresh server. The rate is the bench's own (the measured tasks only); the
-# CPU is read from /proc over the whole bench (its first call and warm-up included) and given
-# per task of it: the server's own, the python3 processes' (the executors, when nothing else
-# runs python here), and the machine's idle time, in clock ticks. It prints every run, then each
-# variant's median and its ratio to current, both as the ratio of the medians and as the median
-# of the rounds' own ratios. FAASD_BIN picks the bench client only; the server measured is
+# (default 2,000), on a fresh server. The rate is the bench's own (the measured tasks only). The
+# CPU is read from /proc over the whole bench (its first call and warm-up included), in clock
+# ticks: the server's own, the python3 processes' (the executors, when nothing else runs python
+# here), and the whole machine's busy and idle time. It prints every run, then each variant's
+# median rate, the server's and the machine's busy CPU per task of the bench in microseconds,
+# the python3 and idle ticks, and the rate's ratio to current, both as the ratio of the medians
+# and as the median of the rounds' own ratios. FAASD_BIN picks the bench client only; the server measured is
 # always the patched build.
 # Usage: ROUNDS=5 scripts/bench-bounds.sh
 set -euo pipefail
@@ -49,7 +50,7 @@ pythons() {
   echo "$total"
 }
 # run ROUND VARIANT: one measured run on a fresh server; appends "ROUND VARIANT RATE SERVER PYTHON
-# IDLE" (tasks/s, then ticks) to $work/runs.
+# BUSY IDLE" (tasks/s, then ticks) to $work/runs.
 run() {
   local round="$1" variant="$2" switches=()
   case "$variant" in
@@ -74,7 +75,8 @@ run() {
   rate="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput"]["tasks_per_second"]))' "$work/bench.json")"
   printf '%-12s %6s tasks/s   server %4s ticks   python3 %4s ticks   machine busy %4s idle %4s ticks\n' \
     "$variant" "$rate" $((srv1 - srv0)) $((py1 - py0)) $((busy1 - busy0)) $((idle1 - idle0))
-  echo "$round $variant $rate $((srv1 - srv0)) $((py1 - py0)) $((idle1 - idle0))" >>"$work/runs"
+  echo "$round $variant $rate $((srv1 - srv0)) $((py1 - py0)) $((busy1 - busy0)) $((idle1 - idle0))" \
+    >>"$work/runs"
 }
 variants=(current no-executor no-fsync neither)
 echo "machine: $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%d); $tasks tasks over 32 connections after $warmup warm-up tasks; CPU over both"
@@ -91,21 +93,28 @@ runs = [line.split() for line in open(sys.argv[1])]
 # Every task of a bench: its first call, the warm-up and the measured ones.
 all_tasks, ticks_per_second = int(sys.argv[2]), int(sys.argv[3])
 by = {}
-for rnd, variant, rate, server, python, idle in runs:
-    by.setdefault(variant, {})[rnd] = (int(rate), int(server), int(python), int(idle))
+for rnd, variant, *figures in runs:
+    by.setdefault(variant, {})[rnd] = tuple(int(f) for f in figures)
 current = by["current"]
-base = statistics.median(r[0] for r in current.values())
+
+
+def median(rows, i):
+    """The median of figure `i` (rate, server, python3, busy, idle) over a variant's rounds."""
+    return statistics.median(r[i] for r in rows.values())
+
+
+base = median(current, 0)
 print(f"median of {len(current)} rounds")
 for variant in ("current", "no-executor", "no-fsync", "neither"):
     rows = by[variant]
-    rate = statistics.median(r[0] for r in rows.values())
-    server_us = statistics.median(r[1] for r in rows.values()) * 1e6 / ticks_per_second / all_tasks
-    python = statistics.median(r[2] for r in rows.values())
-    idle = statistics.median(r[3] for r in rows.values())
-    line = f"  {variant:<12} {rate:7.0f} tasks/s   server {server_us:4.0f} us a task   python3 {python:4.0f} ticks   idle {idle:4.0f} ticks"
+    # Clock ticks over the bench as microseconds a task of it.
+    server_us, busy_us = (median(rows, i) * 1e6 / ticks_per_second / all_tasks for i in (1, 3))
+    line = (f"  {variant:<12} {median(rows, 0):7.0f} tasks/s   server {server_us:4.0f} us a task   "
+            f"machine {busy_us:4.0f} us a task   python3 {median(rows, 2):4.0f} ticks   "
+            f"idle {median(rows, 4):4.0f} ticks")
     if variant != "current":
         ratios = sorted(rows[k][0] / current[k][0] for k in rows if k in current)
-        line += (f"   {rate / base:.2f}x (ratio of medians), "
+        line += (f"   {median(rows, 0) / base:.2f}x (ratio of medians), "
                  f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}, median of the rounds' ratios)")
     print(line)
 PY

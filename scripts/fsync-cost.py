@@ -4,7 +4,7 @@
 Usage: scripts/fsync-cost.py [DIR] [ROUNDS]
 
 Writes 4 KiB pages into a pre-written 64 MiB temporary file in DIR (default: the repository's
-target/fsync-cost, created if missing and left in place; the file is removed) and makes them
+target/fsync-cost, created if missing and left in place; its files are removed) and makes them
 durable, ROUNDS times per shape (default 400), then prints the wall-clock time and
 the CPU time (user + system, this process) of one durable write:
 
@@ -14,8 +14,8 @@ the CPU time (user + system, this process) of one durable write:
 - "6 scattered pages + fdatasync": fewer pages, still apart;
 - "2 contiguous pages + fdatasync": the shape of an append to a log (a write-ahead log);
 - "2 contiguous pages, O_DIRECT | O_DSYNC": the same append without the page cache;
-- "2 contiguous pages into a hole + fdatasync": the same append into a second file of the same
-  size made with `ftruncate`, so each write lands where no block is allocated yet and the file
+- "2 contiguous pages into a hole + fdatasync": the same append into a second temporary file of
+  the same size made with `ftruncate`, so each write lands where no block is allocated yet and the file
   system allocates one before the flush (how a redb file grows: it doubles its length with
   `ftruncate` and fills the hole page by page).
 
@@ -66,6 +66,7 @@ def main():
     fd, path = tempfile.mkstemp(prefix="fsync-cost.", dir=directory)
     direct = None
     sparse = None
+    sparse_path = None
     try:
         zeros = b"\0" * (1 << 20)
         for at in range(0, FILE_BYTES, len(zeros)):
@@ -107,7 +108,6 @@ def main():
 
                 measure("2 contiguous pages, O_DIRECT | O_DSYNC", direct_append, rounds)
         sparse, sparse_path = tempfile.mkstemp(prefix="fsync-cost-hole.", dir=directory)
-        os.unlink(sparse_path)
         os.ftruncate(sparse, FILE_BYTES)
         os.fsync(sparse)
         pair = page * 2
@@ -122,6 +122,7 @@ def main():
     finally:
         if sparse is not None:
             os.close(sparse)
+            os.unlink(sparse_path)
         if direct is not None:
             os.close(direct)
         os.close(fd)

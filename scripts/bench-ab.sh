@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
 tasks="${TASKS:-10000}"
 sync_calls="${SYNC:-1000}"
-for n in "$rounds" "$tasks" "$sync_calls"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS, TASKS and SYNC must be positive whole numbers, got '$n'" >&2; exit 2; }
-done
+source scripts/need-number.sh
+need_number ROUNDS "$rounds"
+need_number TASKS "$tasks"
+need_number SYNC "$sync_calls"
 source scripts/bench-env.sh
 a_bin="${A_BIN:-$bin}"
 b_bin="${B_BIN:-$bin}"

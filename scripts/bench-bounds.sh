@@ -23,10 +23,10 @@ cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-5}"
 tasks="${TASKS:-20000}"
 warmup="${WARMUP:-2000}"
-for n in "$rounds" "$tasks"; do
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS and TASKS must be positive whole numbers, got '$n'" >&2; exit 2; }
-done
-[[ "$warmup" =~ ^[0-9]+$ ]] || { echo "WARMUP must be a whole number, got '$warmup'" >&2; exit 2; }
+source scripts/need-number.sh
+need_number ROUNDS "$rounds"
+need_number TASKS "$tasks"
+need_number WARMUP "$warmup" 0
 source scripts/bench-env.sh
 src="$PWD/target/bounds-src"
 rm -rf "$src"

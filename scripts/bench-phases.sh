@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
 tasks="${TASKS:-20000}"
 warmup="${WARMUP:-2000}"
-for n in "$rounds" "$tasks" "$warmup"; do
-  [[ "$n" =~ ^[0-9]+$ ]] || { echo "ROUNDS, TASKS and WARMUP must be whole numbers, got '$n'" >&2; exit 2; }
-done
-[ "$rounds" -gt 0 ] && [ "$tasks" -gt 0 ] || { echo "ROUNDS and TASKS must be at least 1" >&2; exit 2; }
+source scripts/need-number.sh
+need_number ROUNDS "$rounds"
+need_number TASKS "$tasks"
+need_number WARMUP "$warmup" 0
 source scripts/bench-env.sh
 source scripts/fresh-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"

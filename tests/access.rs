@@ -559,6 +559,60 @@ async fn protected_mode_serves_loopback_as_admin_until_a_user_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_only_admin_cannot_be_removed_while_other_users_remain() {
+    let server = Server::start(&[]);
+    let local = server.client();
+    let root = add_user(&local, "root", "admin").await;
+    let root = server.client().with_token(&root).expect("token");
+    add_user(&root, "dev", "developer").await;
+
+    // Removing the only admin would leave a developer nobody can manage: refused, and the admin
+    // keeps working.
+    let refused = send(&root, Method::DELETE, "/v1/users/root", Bytes::new(), 409).await;
+    assert_eq!(
+        refused.error_code().map(|c| format!("{c:?}")).as_deref(),
+        Some("LastAdmin")
+    );
+    assert!(
+        text(&refused.body).contains("only admin"),
+        "{}",
+        text(&refused.body)
+    );
+    send(&root, Method::GET, "/v1/users", Bytes::new(), 200).await;
+
+    // With a second admin, the first may go; the second still manages the rest.
+    let second = add_user(&root, "second", "admin").await;
+    let second = server.client().with_token(&second).expect("token");
+    send(&second, Method::DELETE, "/v1/users/root", Bytes::new(), 204).await;
+    send(
+        &second,
+        Method::DELETE,
+        "/v1/users/second",
+        Bytes::new(),
+        409,
+    )
+    .await;
+    send(&second, Method::DELETE, "/v1/users/dev", Bytes::new(), 204).await;
+    // Alone, the last admin may remove itself: the server returns to protected mode.
+    send(
+        &second,
+        Method::DELETE,
+        "/v1/users/second",
+        Bytes::new(),
+        204,
+    )
+    .await;
+    let me = send(&local, Method::GET, "/v1/whoami", Bytes::new(), 200).await;
+    let me: serde_json::Value = me.json().expect("json");
+    assert_eq!(me["mode"], "protected");
+    let users = send(&local, Method::GET, "/v1/users", Bytes::new(), 200).await;
+    assert_eq!(
+        users.json::<serde_json::Value>().expect("json"),
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tasks_are_seen_only_by_their_caller_the_owner_and_admins() {
     let fixture = Fixture::start(&[]).await;
     // The other developer's call of its own function is not the first developer's to read.

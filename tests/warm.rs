@@ -282,9 +282,16 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
     .expect("write");
     std::fs::write(
         app.join("main.py"),
-        "from lib.words import shout\n\ndef handle(payload):\n    return shout(payload.decode())\n",
+        "from lib.words import shout\n\ndef handle(payload):\n    suffix = open('suffix.txt').read()\n    return shout(payload.decode()) + suffix\n",
     )
     .expect("write");
+    // Read from the executor's working directory: the unpacked bundle.
+    std::fs::write(app.join("suffix.txt"), "?").expect("write");
+    // A virtualenv made beside the code, as Python people do: left out of the bundle, with
+    // its links to the machine's interpreter.
+    std::fs::create_dir_all(app.join(".venv/bin")).expect("mkdir");
+    std::fs::write(app.join(".venv/pyvenv.cfg"), "home = /usr/bin\n").expect("write");
+    std::os::unix::fs::symlink("/usr/bin/python3", app.join(".venv/bin/python3")).expect("link");
     std::fs::write(
         app.join("other.py"),
         "def handle(payload):\n    return b'other'\n",
@@ -294,9 +301,14 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
 
     let out = server.cli(&["register", "app", app_path, "--runtime", "python"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(".venv/ (a virtualenv"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = server.cli(&["invoke", "app", "hello"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "HELLO!");
+    assert_eq!(text(&out.stdout), "HELLO!?");
 
     let out = server.cli(&[
         "register",
@@ -329,6 +341,17 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
         "no such",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // A link out of the directory could never unpack on a worker: refused before any upload.
+    std::os::unix::fs::symlink("/etc/hostname", app.join("host")).expect("link");
+    let out = server.cli(&["register", "app4", app_path, "--runtime", "python"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a link to /etc/hostname, outside the directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(server.cli(&["versions", "app4"]).status.code(), Some(4));
 }
 
 /// Whether the harness with process id `pid` waits for a call: its one thread is blocked

@@ -59,6 +59,17 @@ pub enum Invalid {
         /// The paths looked for.
         tried: String,
     },
+    /// A bundle holds an entry no worker can unpack: a path or a link that leaves the
+    /// bundle, or a device or pipe.
+    #[error(
+        "the bundle cannot be unpacked: {path} {reason}; copy what it points to into the directory, or remove it (a virtualenv is never needed: list its packages in requirements.txt)"
+    )]
+    Unpackable {
+        /// The entry's path in the bundle.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The Python code does not compile.
     #[error("{file} does not compile: {}", located(.message, *.line, *.column, .text))]
     Syntax {
@@ -280,8 +291,9 @@ fn judge(file: &str, answer: CompileVerdict) -> Result<(), Invalid> {
 }
 
 /// The file name and source of a bundle's entry module (`pkg.mod`: `pkg/mod.py` or
-/// `pkg/mod/__init__.py`). An entry that is a link, or otherwise not a regular file, is let
-/// through unread.
+/// `pkg/mod/__init__.py`), after checking that every entry of the bundle unpacks inside it (as
+/// the harness's `tarfile` "data" filter will insist). An entry module that is a link, or
+/// otherwise not a regular file, is let through unread.
 fn entry_module(bundle: &[u8], entry: &str) -> Result<Option<(String, Vec<u8>)>, Invalid> {
     let base = entry.replace('.', "/");
     let candidates = [format!("{base}.py"), format!("{base}/__init__.py")];
@@ -291,24 +303,80 @@ fn entry_module(bundle: &[u8], entry: &str) -> Result<Option<(String, Vec<u8>)>,
     };
     let mut archive = tar::Archive::new(bundle);
     let entries = archive.entries().map_err(|_| no_entry())?;
+    let mut found: Option<Option<(String, Vec<u8>)>> = None;
     for item in entries {
         let Ok(mut item) = item else { break };
         let Ok(path) = item.path() else { continue };
         let path = path.to_string_lossy();
         let path = path.trim_start_matches("./").to_string();
-        if !candidates.contains(&path) {
+        unpackable(&path, &item)?;
+        if found.is_some() || !candidates.contains(&path) {
             continue;
         }
         if !item.header().entry_type().is_file() {
-            return Ok(None);
+            found = Some(None);
+            continue;
         }
         let mut source = Vec::new();
         if item.read_to_end(&mut source).is_err() {
             return Err(no_entry());
         }
-        return Ok(Some((path, source)));
+        found = Some(Some((path, source)));
     }
-    Err(no_entry())
+    found.ok_or_else(no_entry)
+}
+
+/// Refuses a bundle entry at `path` that would not unpack inside the bundle.
+fn unpackable(path: &str, item: &tar::Entry<'_, &[u8]>) -> Result<(), Invalid> {
+    let refuse = |reason: String| {
+        Err(Invalid::Unpackable {
+            path: path.into(),
+            reason,
+        })
+    };
+    let rel = std::path::Path::new(path);
+    if !stays_inside(std::path::Path::new(""), rel) {
+        return refuse("is outside the bundle".into());
+    }
+    let kind = item.header().entry_type();
+    if kind.is_symlink() || kind.is_hard_link() {
+        let target = item.link_name().ok().flatten().unwrap_or_default();
+        // A symbolic link resolves from its own directory; a hard link names a path in the
+        // bundle.
+        let from = if kind.is_symlink() {
+            rel
+        } else {
+            std::path::Path::new("")
+        };
+        if !stays_inside(from, &target) {
+            return refuse(format!(
+                "is a link to {}, outside the bundle",
+                target.display()
+            ));
+        }
+    } else if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+        return refuse("is a device or a pipe".into());
+    }
+    Ok(())
+}
+
+/// Whether `target`, seen from the directory holding `rel` (both relative to a bundle's root;
+/// an empty `rel` for the root itself), stays inside the root, by its path alone.
+pub fn stays_inside(rel: &std::path::Path, target: &std::path::Path) -> bool {
+    use std::path::Component;
+    let mut depth = rel.components().count().saturating_sub(1);
+    for part in target.components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -366,6 +434,66 @@ mod tests {
         assert_eq!(tried, "app/web.py and app/web/__init__.py");
         // Without an interpreter the compile step is skipped.
         assert!(check.check(Runtime::Python, b"def (", "main").await.is_ok());
+    }
+
+    /// A tar bundle of `main.py` and one link `name` to `target`, symbolic or hard.
+    fn bundle_with_link(name: &str, target: &str, hard: bool) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let text = "def handle(p): return p\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        archive
+            .append_data(&mut header, "main.py", text.as_bytes())
+            .expect("append");
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(if hard {
+            tar::EntryType::Link
+        } else {
+            tar::EntryType::Symlink
+        });
+        link.set_size(0);
+        archive.append_link(&mut link, name, target).expect("link");
+        archive.into_inner().expect("finish")
+    }
+
+    #[tokio::test]
+    async fn a_bundle_must_unpack_inside_itself() {
+        let check = CodeCheck::new(Some("/no/such/python3".into()), None);
+        for (name, target, hard) in [
+            (".venv/bin/python3", "/usr/bin/python3", false),
+            ("data/out.txt", "../../outside.txt", false),
+            ("copy.py", "/etc/passwd", true),
+            ("up.py", "../main.py", true),
+        ] {
+            let tar = bundle_with_link(name, target, hard);
+            let err = check.check(Runtime::Python, &tar, "main").await;
+            let Err(Invalid::Unpackable { path, reason }) = &err else {
+                panic!("{name} -> {target}: {err:?}");
+            };
+            assert_eq!(path, name);
+            assert!(reason.contains(target), "{reason}");
+        }
+        for (name, target, hard) in [
+            ("data/link.txt", "../main.py", false),
+            ("lib/here.py", "./there.py", false),
+            ("again.py", "main.py", true),
+        ] {
+            let tar = bundle_with_link(name, target, hard);
+            let ok = check.check(Runtime::Python, &tar, "main").await;
+            assert!(ok.is_ok(), "{name} -> {target}: {ok:?}");
+        }
+        // The tar crate will not write `..` into a path; another tool may.
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..10].copy_from_slice(b"../evil.py");
+        header.set_cksum();
+        archive.append(&header, &[][..]).expect("append");
+        let tar = archive.into_inner().expect("finish");
+        let err = check.check(Runtime::Python, &tar, "main").await;
+        assert!(matches!(err, Err(Invalid::Unpackable { .. })), "{err:?}");
     }
 
     #[tokio::test]

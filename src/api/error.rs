@@ -74,6 +74,8 @@ pub enum ErrorCode {
     UserExists,
     /// No user has that name.
     UserNotFound,
+    /// The request would remove the only admin while other users remain (409).
+    LastAdmin,
     /// An `Idempotency-Key` was sent again with another function, kind of request or payload
     /// (409).
     IdempotencyKeyReused,

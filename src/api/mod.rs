@@ -56,7 +56,7 @@ use axum::routing::{MethodRouter, any, delete, get, head, post, put};
 
 use crate::broker::Broker;
 pub use blobs::{DEFAULT_MAX_CODE_BYTES, UPLOAD_OFFSET};
-pub use code::CodeCheck;
+pub use code::{CodeCheck, stays_inside};
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use idempotency::Keys;
 pub use panic::log_panics;

@@ -19,6 +19,7 @@ impl From<auth::Error> for ApiError {
         let status = match &e {
             auth::Error::UserExists { .. } => (StatusCode::CONFLICT, ErrorCode::UserExists),
             auth::Error::UserNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::UserNotFound),
+            auth::Error::LastAdmin { .. } => (StatusCode::CONFLICT, ErrorCode::LastAdmin),
             auth::Error::Store(store) => return ApiError::store(store),
             auth::Error::Random(_) | auth::Error::CorruptRole { .. } => {
                 return ApiError::internal(e);

@@ -115,6 +115,16 @@ impl Directory {
         self.state().users.is_empty()
     }
 
+    /// Whether removing user `id` would leave users but no admin, so that nobody could manage
+    /// them (removing the very last user is allowed: that is protected mode).
+    fn would_orphan(&self, id: u32) -> bool {
+        let state = self.state();
+        let is_admin = |u: &User| u.role == Role::Admin;
+        state.users.get(&id).is_some_and(is_admin)
+            && state.users.len() > 1
+            && !state.users.iter().any(|(k, u)| *k != id && is_admin(u))
+    }
+
     /// The caller a token names, if it is a current token of a user.
     pub fn authenticate(&self, text: &str) -> Option<Caller> {
         let presented = token::parse(text)?;
@@ -166,6 +176,9 @@ impl Directory {
     pub async fn remove(&self, name: &str) -> Result<(), Error> {
         let _change = self.inner.changes.lock().await;
         let id = self.id(name)?;
+        if self.would_orphan(id) {
+            return Err(Error::LastAdmin { name: name.into() });
+        }
         self.inner.store.remove_user(id).await?;
         self.change(|state| {
             state.ids.remove(name);

@@ -98,6 +98,14 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// Removing the user would leave users but no admin to manage them.
+    #[error(
+        "{name:?} is the only admin: add another admin first (or remove the other users first, which returns the server to protected mode)"
+    )]
+    LastAdmin {
+        /// The admin's name.
+        name: String,
+    },
     /// The system's random source failed.
     #[error("cannot draw random bytes for a token: {0}")]
     Random(String),

@@ -319,35 +319,104 @@ fn read_code(file: &PathBuf, requirements: Option<&[u8]>) -> anyhow::Result<Vec<
     }
 }
 
-/// Packs a directory into a tar archive (paths relative to it, symlinks kept as links); with
-/// `requirements`, they replace its top-level `requirements.txt`.
+/// Directories a bundle never carries: version control and Python's byte-code caches. A
+/// virtualenv (any directory holding `pyvenv.cfg`) is left out too: its links point into the
+/// machine that made it, and the worker builds the function's own from `requirements.txt`.
+const SKIPPED_DIRS: &[&str] = &[".git", ".hg", ".svn", "__pycache__"];
+
+/// Packs a directory into a tar archive (paths relative to it, in name order, symlinks kept as
+/// links); with `requirements`, they replace its top-level `requirements.txt`. Leaves out
+/// [`SKIPPED_DIRS`] and virtualenvs, and says so on standard error; refuses a link that points
+/// outside the directory, which no worker could follow.
 fn bundle_dir(dir: &std::path::Path, requirements: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
-    let mut archive = tar::Builder::new(Vec::new());
-    archive.follow_symlinks(false);
-    archive.mode(tar::HeaderMode::Deterministic);
-    let Some(requirements) = requirements else {
-        archive
-            .append_dir_all(".", dir)
-            .context("cannot add the files")?;
-        return archive.into_inner().context("cannot finish the archive");
+    let mut bundle = DirBundle {
+        archive: tar::Builder::new(Vec::new()),
+        root: dir,
+        skipped: Vec::new(),
     };
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
-        .context("cannot list the files")?
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .context("cannot list the files")?;
-    names.sort();
-    for name in names.iter().filter(|n| *n != "requirements.txt") {
-        let path = dir.join(name);
-        if path.is_dir() && !path.is_symlink() {
-            archive.append_dir_all(name, &path)
-        } else {
-            archive.append_path_with_name(&path, name)
-        }
-        .with_context(|| format!("cannot add {}", path.display()))?;
+    bundle.archive.follow_symlinks(false);
+    bundle.archive.mode(tar::HeaderMode::Deterministic);
+    bundle.add_dir(std::path::Path::new(""), requirements.is_some())?;
+    if let Some(requirements) = requirements {
+        append_file(&mut bundle.archive, "requirements.txt", requirements)?;
     }
-    append_file(&mut archive, "requirements.txt", requirements)?;
-    archive.into_inner().context("cannot finish the archive")
+    if !bundle.skipped.is_empty() {
+        eprintln!("left out of the bundle: {}", bundle.skipped.join(", "));
+    }
+    bundle
+        .archive
+        .into_inner()
+        .context("cannot finish the archive")
+}
+
+/// A directory being packed by [`bundle_dir`].
+struct DirBundle<'a> {
+    archive: tar::Builder<Vec<u8>>,
+    root: &'a std::path::Path,
+    /// What was left out, as `path/ (why)`.
+    skipped: Vec<String>,
+}
+
+impl DirBundle<'_> {
+    /// Adds the directory `rel` (relative to the root; empty for the root) and what it holds;
+    /// `replace_requirements` leaves out the top-level `requirements.txt`.
+    fn add_dir(&mut self, rel: &std::path::Path, replace_requirements: bool) -> anyhow::Result<()> {
+        let path = self.root.join(rel);
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot list {}", path.display()))?;
+        names.sort();
+        for name in names {
+            if replace_requirements && rel.as_os_str().is_empty() && name == "requirements.txt" {
+                continue;
+            }
+            let rel = rel.join(&name);
+            let path = self.root.join(&rel);
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if meta.is_dir() {
+                if let Some(why) = skipped_dir(&name, &path) {
+                    self.skipped.push(format!("{}/ ({why})", rel.display()));
+                    continue;
+                }
+                self.archive
+                    .append_dir(&rel, &path)
+                    .with_context(|| format!("cannot add {}", path.display()))?;
+                self.add_dir(&rel, false)?;
+                continue;
+            }
+            if meta.is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .with_context(|| format!("cannot read the link {}", path.display()))?;
+                if !crate::api::stays_inside(&rel, &target) {
+                    anyhow::bail!(
+                        "{} is a link to {}, outside the directory: a bundle cannot carry it; copy what it points to into the directory, or remove the link",
+                        path.display(),
+                        target.display()
+                    );
+                }
+            }
+            self.archive
+                .append_path_with_name(&path, &rel)
+                .with_context(|| format!("cannot add {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why the directory `name` (at `path`) is left out of a bundle, if it is.
+fn skipped_dir(name: &std::ffi::OsStr, path: &std::path::Path) -> Option<&'static str> {
+    if path.join("pyvenv.cfg").is_file() {
+        Some("a virtualenv: list its packages in requirements.txt")
+    } else if name == "__pycache__" {
+        Some("byte-code cache")
+    } else if SKIPPED_DIRS.iter().any(|d| name == *d) {
+        Some("version control")
+    } else {
+        None
+    }
 }
 
 /// Packs one module as `handler.py` with its `requirements.txt`.
@@ -491,6 +560,63 @@ mod tests {
         assert_eq!(files_of(&kept), expected("old\n"));
         let replaced = bundle_dir(dir.path(), Some(b"new\n")).expect("bundle");
         assert_eq!(files_of(&replaced), expected("new\n"));
+    }
+
+    /// The paths of a tar archive's entries, with `/` after directories and `-> target` after
+    /// links.
+    fn entries_of(archive: &[u8]) -> Vec<String> {
+        let mut archive = tar::Archive::new(archive);
+        let mut names = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let name = entry.path().expect("path").to_string_lossy().into_owned();
+            let kind = entry.header().entry_type();
+            names.push(if kind.is_dir() {
+                format!("{name}/")
+            } else if kind.is_symlink() {
+                let target = entry.link_name().expect("link").expect("target");
+                format!("{name} -> {}", target.display())
+            } else {
+                name
+            });
+        }
+        names
+    }
+
+    #[test]
+    fn a_bundle_leaves_out_virtualenvs_and_caches_and_keeps_links_inside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for d in [".venv/bin", ".git", "lib/__pycache__", "env"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(root.join(".venv/pyvenv.cfg"), "home = /usr/bin\n").expect("write");
+        std::fs::write(root.join("env/pyvenv.cfg"), "home = /usr/bin\n").expect("write");
+        std::os::unix::fs::symlink("/usr/bin/python3", root.join(".venv/bin/python3"))
+            .expect("link");
+        std::fs::write(root.join(".git/HEAD"), "ref\n").expect("write");
+        std::fs::write(root.join("lib/__pycache__/util.pyc"), "").expect("write");
+        std::fs::write(root.join("lib/util.py"), "X = 1\n").expect("write");
+        std::fs::write(root.join("main.py"), "import lib.util\n").expect("write");
+        std::os::unix::fs::symlink("../main.py", root.join("lib/entry.py")).expect("link");
+        let bundle = bundle_dir(root, None).expect("bundle");
+        assert_eq!(
+            entries_of(&bundle),
+            [
+                "lib/",
+                "lib/entry.py -> ../main.py",
+                "lib/util.py",
+                "main.py"
+            ]
+        );
+
+        std::os::unix::fs::symlink("/etc/hostname", root.join("lib/host")).expect("link");
+        let err = bundle_dir(root, None).expect_err("a link outside");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("lib/host is a link to /etc/hostname"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -169,9 +169,11 @@ def load(mode, bundle):
         import importlib.util
         import tarfile
         if tarfile.is_tarfile(bundle):
-            # A directory bundle: unpack it into this executor's private working directory and
-            # import its entry module (FAASD_ENTRY, default "main") from there.
+            # A directory bundle: unpack it into this executor's private working directory,
+            # work from there (so `open("config.json")` finds the bundle's file, as in an HTTP
+            # service) and import its entry module (FAASD_ENTRY, default "main").
             BUNDLE_DIR = unpack_bundle(bundle)
+            os.chdir(BUNDLE_DIR)
             module = importlib.import_module(os.environ.get("FAASD_ENTRY", "main"))
         else:
             module = load_file(bundle)

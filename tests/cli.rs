@@ -184,6 +184,41 @@ async fn every_command_that_prints_has_json() {
     let v = json_of(&server.cli(&["status", &id, "--json"]));
     assert_eq!(v["status"], "COMPLETED", "{v}");
 
+    // A failed task still prints JSON on stdout (and exits 1), for scripts that read it.
+    assert!(
+        register(
+            &client,
+            "fails",
+            "echo why >&2; exit 3",
+            serde_json::json!({})
+        )
+        .await
+        .status
+        .is_success()
+    );
+    let out = server.cli(&["invoke", "fails", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    assert_eq!(
+        (&v["status"], &v["reason"]),
+        (&"FAILED".into(), &"exit_status".into()),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["exit_code"], &v["stderr_tail"]),
+        (&3.into(), &"why\n".into()),
+        "{v}"
+    );
+    let failed_id = v["task_id"].as_str().expect("task_id").to_string();
+    let out = server.cli(&["result", &failed_id, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    assert_eq!(
+        (&v["task_id"], &v["status"]),
+        (&failed_id.into(), &"FAILED".into()),
+        "{v}"
+    );
+
     let v = json_of(&server.cli(&["rm", "bin", "--json"]));
     assert_eq!(
         (&v["name"], &v["deleted"]),

@@ -214,6 +214,23 @@ async fn a_python_traceback_names_the_registered_file_and_line() {
         "{stderr}"
     );
 
+    // A result that cannot be sent back is named as such, without the json module's insides.
+    let returns_set = dir.path().join("returns_set.py");
+    std::fs::write(&returns_set, "def handle(p):\n    return {1, 2}\n").expect("write");
+    let path = returns_set.to_str().expect("utf-8");
+    let out = server.cli(&["register", "set", path, "--runtime", "python"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = server.cli(&["invoke", "set"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "  TypeError: handle() returned a set, which is not bytes, str, None or JSON-serializable"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("json/encoder.py"), "{stderr}");
+
     // A module that compiles but does not load says so, and names its line. (One that does
     // not compile is refused at registration.)
     let broken = dir.path().join("broken.py");

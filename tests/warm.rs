@@ -120,6 +120,39 @@ async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
         .await
         .expect("invoke");
     assert_eq!(text(&answer.body), r#"{"doubled": 42}"#);
+    // The media type is matched in any case, with parameters.
+    let answer = client
+        .post(
+            "/function/warm",
+            "Application/JSON; charset=utf-8",
+            Bytes::from_static(br#"{"n": 2}"#),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(text(&answer.body), r#"{"doubled": 4}"#);
+    // A body sent as JSON that is not is the caller's error, not the handler's: no task is
+    // made (an invoke's answer names its task when there is one).
+    for body in [&b"{bad json"[..], b""] {
+        let answer = client
+            .post("/function/warm", "application/json", Bytes::from(body))
+            .await
+            .expect("invoke");
+        assert_eq!(answer.status, 400, "{}", text(&answer.body));
+        assert_eq!(
+            answer.error_code().map(|c| format!("{c:?}")).as_deref(),
+            Some("InvalidRequest")
+        );
+        assert!(
+            text(&answer.body).contains("not JSON"),
+            "{}",
+            text(&answer.body)
+        );
+        assert!(
+            !answer.headers.contains_key("x-faasd-task-id"),
+            "{:?}",
+            answer.headers
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -165,15 +165,15 @@ async fn call(
     is_async: bool,
 ) -> Result<Response, ApiError> {
     // A JSON payload is handed to `python` handlers decoded.
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let json = is_json(headers);
     validate_name(name)?;
     super::functions::check_invoke(state, caller, name)?;
     super::functions::check_task_function(state, name)?;
     let pin = pin(state, name, version).await?;
     let payload = read_body(body, state.max_body_bytes).await?;
+    if json {
+        check_json_payload(state, name, &payload)?;
+    }
     let request = idempotency::Request {
         function: name,
         route: "invoke",
@@ -216,6 +216,34 @@ async fn call(
         .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
         .map_err(|e| ApiError::store(&e))?;
     finished_response(&finished.record, finished.result.clone(), &finished.logs)
+}
+
+/// Whether the request's `Content-Type` is `application/json` (in any case, with or without
+/// parameters such as `charset`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Refuses a body sent as JSON that is not, when the function would decode it (a `python`
+/// handler): the handler never runs, rather than failing inside the harness's decoder.
+fn check_json_payload(state: &AppState, name: &str, payload: &[u8]) -> Result<(), ApiError> {
+    let decodes = state
+        .broker
+        .function(name)
+        .is_some_and(|f| f.runtime == crate::proto::Runtime::Python);
+    if !decodes {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError::invalid(format!(
+            "the body is sent as application/json but is not JSON ({e}); fix it, or send it with another Content-Type to hand the handler the bytes as they are"
+        ))),
+    }
 }
 
 /// The body of an invoke's 202: `{"status": ..., "task_id": ...}`, keys in that order.

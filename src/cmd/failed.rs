@@ -9,13 +9,20 @@ use crate::client::Answer;
 const TAIL_LINES: usize = 10;
 
 /// Passes a 2xx answer; turns the answer of a failed task into its [`message`] (exit 1), and
-/// any other error answer into the client's error.
-pub fn check(answer: Answer) -> anyhow::Result<Answer> {
+/// any other error answer into the client's error. With `json` a failed task's error also goes
+/// to stdout as one JSON line, the server's error object with `"status": "FAILED"` (`task_id`,
+/// `reason`, `message`, `error`, `code`, `exit_code`, `signal`, `stderr_tail`), so that scripts
+/// reading stdout see it.
+pub fn check(answer: Answer, json: bool) -> anyhow::Result<Answer> {
     if answer.status.is_success() {
         return Ok(answer);
     }
     let body: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
     if let Some(text) = body.as_ref().and_then(message) {
+        if let (true, Some(serde_json::Value::Object(mut object))) = (json, body) {
+            object.insert("status".into(), "FAILED".into());
+            println!("{}", serde_json::Value::Object(object));
+        }
         let code = exit::of_answer(answer.status, answer.error_code().as_ref());
         return Err(exit::coded(code, text));
     }

@@ -21,7 +21,8 @@ pub struct InvokeArgs {
     #[arg(long = "async")]
     pub is_async: bool,
     /// Print JSON: `{"task_id"}` with --async, else `{"task_id", "result"}` (or
-    /// `"result_base64"` when the result is not UTF-8). With --batch, one object per line of
+    /// `"result_base64"` when the result is not UTF-8); a failed task prints its error object
+    /// with `"status": "FAILED"`, `"reason"` and `"stderr_tail"` (and still exits 1). With --batch, one object per line of
     /// input: `{"index", "task_id", "status", "result"}` (or `"result_base64"`), a failed task
     /// with `"error"` and `"reason"` instead, and with --output `"file"` instead of the result;
     /// `index` is the line number, from 1.
@@ -125,7 +126,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
             body,
         )
         .await?;
-    let answer = failed::check(answer)?;
+    let answer = failed::check(answer, args.json)?;
     let mut out = std::io::stdout().lock();
     if args.is_async {
         let v: serde_json::Value = answer.json()?;

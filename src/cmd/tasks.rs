@@ -28,7 +28,8 @@ pub struct ResultArgs {
     /// Wait until the task finishes.
     #[arg(long)]
     pub wait: bool,
-    /// Print `{"task_id", ...}` with the bytes as text, or as base64 when not UTF-8.
+    /// Print `{"task_id", ...}` with the bytes as text, or as base64 when not UTF-8; a failed
+    /// task prints its error object with `"status": "FAILED"` (and still exits 1).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -146,6 +147,7 @@ pub(super) async fn fetch_bytes(
         client
             .get(&format!("/v1/tasks/{}/{what}", segment(id)))
             .await?,
+        json,
     )?;
     let mut out = std::io::stdout().lock();
     if json {

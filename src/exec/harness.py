@@ -158,7 +158,13 @@ def to_bytes(value):
     if isinstance(value, str):
         return value.encode("utf-8")
     import json
-    return json.dumps(value).encode("utf-8")
+    try:
+        return json.dumps(value).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            "handle() returned a %s, which is not bytes, str, None or JSON-serializable (%s)"
+            % (type(value).__name__, exc)
+        ) from None
 
 
 def load(mode, bundle):

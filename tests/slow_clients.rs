@@ -2,7 +2,8 @@
 //! normal requests keep answering, connections past `--max-connections` are closed with a log
 //! line, a worker-port connection announcing a huge frame before its handshake is closed
 //! without growing the server's memory, a burst of connections waits in the listen backlog
-//! rather than being dropped, and the server raises its open-files soft limit.
+//! rather than being dropped, a request body that trickles in is answered 408 and its
+//! connection closed, and the server raises its open-files soft limit.
 
 mod common;
 
@@ -185,6 +186,48 @@ async fn half_requests_are_cut_by_the_header_timeout_while_requests_still_answer
         );
     }
     println!("all half-requests closed {:?} later", waiting.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_request_body_is_answered_408_and_its_connection_closed() {
+    let server = LoggedServer::start(&["--body-timeout", "2s"]);
+    let mut stream = TcpStream::connect(&server.http).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /v1/functions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .expect("send the head");
+    // A byte every 200 ms, until the server answers or 20 s pass.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(answer.contains("too slowly"), "{answer}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)).await,
+        "the connection stays open after a body too slow"
+    );
+    // The grace period is 2 s; the few bytes sent earn milliseconds.
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    assert_eq!(
+        healthz(&server.http).await.expect("healthz"),
+        "HTTP/1.1 200 OK"
+    );
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ pub enum ErrorCode {
     Internal,
     /// The data directory is full: the write was not stored.
     InsufficientStorage,
+    /// The request body arrived too slowly (`serve --body-timeout`; 408).
+    RequestTimeout,
     /// The request carries no token, or one no user holds (401).
     Unauthenticated,
     /// The caller's role or grants do not allow the request (403).

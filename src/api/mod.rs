@@ -38,6 +38,7 @@ mod mpcs;
 mod panic;
 mod proxy;
 mod settings;
+mod slow_body;
 mod task_list;
 mod tasks;
 mod usage;
@@ -61,6 +62,7 @@ pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use idempotency::Keys;
 pub use panic::log_panics;
 pub use settings::Change;
+pub use slow_body::{BodyTooSlow, MIN_BYTES_PER_SECOND, SlowBodyGuard};
 
 /// What every handler shares: a cheap handle (one reference count per clone, as every handler
 /// and middleware takes one) on [`Shared`].
@@ -334,11 +336,19 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(e) => {
-            // The length-limit error is wrapped; find it by walking the source chain.
+            // The length-limit and slow-body errors are wrapped; find them by walking the
+            // source chain.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(err) = source {
                 if err.is::<http_body_util::LengthLimitError>() {
                     return Err(ApiError::too_large(limit));
+                }
+                if let Some(slow) = err.downcast_ref::<BodyTooSlow>() {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        ErrorCode::RequestTimeout,
+                        slow.to_string(),
+                    ));
                 }
                 source = err.source();
             }

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// closed.
     #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration)]
     pub header_timeout: Duration,
+    /// How long a request body may take before it must average 1,000 bytes a second: a body
+    /// slower than that afterwards is answered 408 `request_timeout` and its connection closed
+    /// (each kilobyte received earns another second, so large uploads on slow links go on).
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub body_timeout: Duration,
     /// How long an HTTP connection may sit idle between requests before it is closed.
     #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub keepalive_timeout: Duration,
@@ -292,6 +297,7 @@ impl WorkerGate {
 fn http_limits(args: &ServeArgs) -> anyhow::Result<http::HttpLimits> {
     for (flag, value) in [
         ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
         ("--keepalive-timeout", args.keepalive_timeout),
     ] {
         if value.is_zero() {
@@ -310,6 +316,7 @@ fn http_limits(args: &ServeArgs) -> anyhow::Result<http::HttpLimits> {
     }
     Ok(http::HttpLimits {
         header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
         keepalive_timeout: args.keepalive_timeout,
         max_connections,
         linger_bytes: linger_bytes(args.max_body),

@@ -1,7 +1,9 @@
 //! The HTTP server under the API: accepts connections up to `--max-connections`, serves each
 //! with hyper's HTTP/1 connection driving the axum router, and cuts a connection that is slow
 //! to send a request's headers (`--header-timeout`) or sits idle between requests
-//! (`--keepalive-timeout`). A stop closes idle connections and lets open requests finish.
+//! (`--keepalive-timeout`), and fails a request body that arrives too slowly (`--body-timeout`,
+//! see [`crate::api::SlowBodyGuard`]), closing its connection at once. A stop closes idle
+//! connections and lets open requests finish.
 //! With `--tls-cert` it serves HTTPS only: every connection starts with a TLS handshake, which
 //! must end within the header timeout, and a plain HTTP request fails that handshake.
 //! A connection closed with a request body left unread (a body over `--max-body`, answered 413)
@@ -12,6 +14,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +45,9 @@ pub(super) struct HttpLimits {
     /// How long a client may take to send a request's headers, counted from its first byte
     /// (or from the connection's opening, for its first request).
     pub header_timeout: Duration,
+    /// The grace period of a request body, after which it must average
+    /// [`crate::api::MIN_BYTES_PER_SECOND`].
+    pub body_timeout: Duration,
     /// How long a connection may sit idle between requests.
     pub keepalive_timeout: Duration,
     /// The most HTTP connections open at once; more are closed as soon as they are accepted.
@@ -156,10 +162,13 @@ async fn serve_connection<S>(
         inner: stream,
         activity: activity.clone(),
     });
+    let body_too_slow = Arc::new(AtomicBool::new(false));
     let service = Api {
         router: TowerToHyperService::new(app),
         activity: activity.clone(),
         peer,
+        body_timeout: limits.body_timeout,
+        body_too_slow: body_too_slow.clone(),
     };
     // The header timeout is enforced here rather than by hyper, whose header timer also runs
     // while a kept-alive connection waits for its next request.
@@ -187,6 +196,10 @@ async fn serve_connection<S>(
         }
     };
     match served {
+        // A body too slow is not drained: that would hold the connection for its client.
+        Ok(()) if body_too_slow.load(Ordering::Relaxed) => {
+            tracing::debug!(%peer, "closing a connection whose request body was too slow");
+        }
         Ok(()) if !stopping => {
             let stream = conn.into_parts().io.into_inner();
             linger(stream, limits.linger_bytes, &stop).await;
@@ -386,6 +399,10 @@ struct Api {
     activity: Arc<Activity>,
     /// The client's address, given to every request as `ConnectInfo`.
     peer: SocketAddr,
+    /// Each request body's grace period (see [`crate::api::SlowBodyGuard`]).
+    body_timeout: Duration,
+    /// Set when a request body was too slow: the connection then closes without draining it.
+    body_too_slow: Arc<AtomicBool>,
 }
 
 /// The future of one call of [`Api`].
@@ -397,7 +414,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Api {
     type Error = Infallible;
     type Future = ApiFuture;
 
-    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let (timeout, flag) = (self.body_timeout, self.body_too_slow.clone());
+        let mut request =
+            request.map(|body| Body::new(crate::api::SlowBodyGuard::new(body, timeout, flag)));
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
@@ -462,6 +482,7 @@ mod tests {
     fn limits() -> HttpLimits {
         HttpLimits {
             header_timeout: HEADER,
+            body_timeout: Duration::from_secs(30),
             keepalive_timeout: KEEPALIVE,
             max_connections: 10,
             linger_bytes: 1 << 20,

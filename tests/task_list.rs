@@ -134,13 +134,15 @@ async fn bad_parameters_are_refused_naming_the_field() {
         let message = error["error"].as_str().expect("message");
         assert!(message.contains(field), "{query}: {message}");
     }
-    let usage = server.cli(&["tasks", "--limit", "5000"]);
-    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
-    assert!(
-        text(&usage.stderr).contains("limit"),
-        "{}",
-        text(&usage.stderr)
-    );
+    for limit in ["5000", "0"] {
+        let usage = server.cli(&["tasks", "--limit", limit]);
+        assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
+        assert!(
+            text(&usage.stderr).contains("limit"),
+            "{}",
+            text(&usage.stderr)
+        );
+    }
     let usage = server.cli(&["tasks", "--status", "done"]);
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
 }

@@ -227,6 +227,24 @@ async fn a_worker_that_does_not_trust_the_certificate_exits_1() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_without_tls_against_a_tls_port_or_at_the_http_port_exits_1_and_says_why() {
+    let pki = Pki::new();
+    let server = pki.serve(&["--local-workers", "0"]);
+    let http_addr = server.url.trim_start_matches("https://").to_string();
+    for addr in [&server.worker_addr, &http_addr] {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let out = cli(
+            &["worker", "--server", addr, "--cache", path(cache.path())],
+            &[],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{addr}: {stderr}");
+        assert!(stderr.contains("is not a faasd worker frame"), "{stderr}");
+        assert!(stderr.contains("--tls"), "{stderr}");
+    }
+}
+
 #[test]
 fn serve_refuses_a_missing_key_or_an_invalid_certificate() {
     let pki = Pki::new();

@@ -17,7 +17,7 @@ pub struct TasksArgs {
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
     /// The most tasks to list (1 to 1000).
-    #[arg(long, value_name = "N", default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
     /// Go on from where an earlier listing stopped (its `next_cursor`).
     #[arg(long)]

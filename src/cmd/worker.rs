@@ -288,6 +288,10 @@ impl ServerLink {
                     format!("the server at {} refused this worker: {reason}", server),
                 ));
             }
+            // Trying again would get the same answer.
+            Err(e @ worker::Error::NotFaasd(_)) => {
+                return Err(exit::coded(exit::FAILURE, format!("{server}: {e}")));
+            }
             Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),
         }
         Ok(ControlFlow::Continue(()))

@@ -48,6 +48,12 @@ pub enum Error {
     /// The server sent something other than a welcome.
     #[error("unexpected handshake answer from the server: {0}")]
     Handshake(String),
+    /// The server's first answer is not a frame at all: not a faasd worker port, or one that
+    /// speaks TLS to a worker without `--tls`.
+    #[error(
+        "the server's answer is not a faasd worker frame ({0}): check that the address is the worker port `faasd serve` printed (`faasd worker port on ...`), and if the server has --tls-cert, run the worker with --tls"
+    )]
+    NotFaasd(String),
     /// The connection failed.
     #[error("{0}")]
     Proto(#[from] proto::Error),
@@ -289,7 +295,18 @@ where
     reader.set_max_frame_bytes(proto::HANDSHAKE_FRAME_BYTES);
     let answer = tokio::time::timeout(proto::HANDSHAKE_TIMEOUT, reader.next())
         .await
-        .map_err(|_| Error::HandshakeTimeout(proto::HANDSHAKE_TIMEOUT))??;
+        .map_err(|_| Error::HandshakeTimeout(proto::HANDSHAKE_TIMEOUT))?
+        .map_err(|e| match e {
+            // Bytes that do not frame (a TLS record or an HTTP answer reads as a huge length)
+            // or do not decode.
+            proto::Error::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Error::NotFaasd(source.to_string())
+            }
+            proto::Error::Decode { .. } => Error::NotFaasd(e.to_string()),
+            other => Error::Proto(other),
+        })?;
     reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
     match answer {
         Some(Frame::Welcome { heartbeat_ms, .. }) => Ok(on_welcome(heartbeat_ms)),

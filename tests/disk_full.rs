@@ -1,7 +1,9 @@
 //! A full disk is an answer, not an outage: a server whose data directory sits on a small tmpfs
 //! is run into a full disk and back. Writes answer 507 `insufficient_storage`, reads and
 //! `/healthz` keep answering, a sync call answers within its timeout, and once space returns
-//! the store resumes by itself and every acknowledged task completes with its result.
+//! the store resumes by itself and every acknowledged task completes with its result. At the
+//! edges: a blob upload that runs out of space keeps nothing (so the disk is not left full),
+//! and a first start on a full disk leaves no half-made store behind.
 
 mod common;
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Server, eventually, expect_error, register, submit, text, wait_finished};
 use faasd::client::{Answer, Client};
+use sha2::Digest;
 
 /// A tmpfs mounted on a temporary directory for the test's life.
 struct Tmpfs {
@@ -231,5 +234,139 @@ async fn a_full_disk_answers_507_keeps_reads_and_heals_when_space_returns() {
         }
     };
     eventually("/healthz to be ok again", Duration::from_secs(15), healthy).await;
+    drop(server);
+}
+
+/// Free bytes in the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    stat.blocks_available() as u64 * stat.fragment_size() as u64
+}
+
+/// The files left in the server's blob directory.
+fn blob_dir(data: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(data.join("blobs")).expect("blob directory");
+    let names = entries.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned());
+    names.collect()
+}
+
+#[tokio::test]
+async fn a_blob_upload_that_fills_the_disk_keeps_nothing_and_frees_the_space() {
+    let Some(tmpfs) = Tmpfs::mount("32m") else {
+        return;
+    };
+    let data: PathBuf = tmpfs.path().join("data");
+    let server = Server::start_on(&data, &["--local-workers", "1"]);
+    let client = server.client();
+    let echo = register(
+        &client,
+        "echo",
+        "printf 'got:%s' \"$(wc -c)\"",
+        serde_json::json!({}),
+    );
+    let echo = echo.await;
+    assert_eq!(echo.status, 201, "{}", text(&echo.body));
+    // A task run before, so the worker has the code and the store its first pages.
+    let earlier = submit(&client, "echo", b"abc").await;
+    assert_eq!(
+        wait_finished(&client, &earlier).await["status"],
+        "COMPLETED"
+    );
+
+    // About 6 MiB left free: the 20 MiB upload runs out of space part way.
+    let filler = tmpfs.path().join("filler");
+    let written = fill(&filler);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .expect("filler");
+    file.set_len(written - (6 << 20)).expect("free 6 MiB");
+    drop(file);
+    let free_before = free_bytes(tmpfs.path());
+    let blob = Bytes::from(
+        (0..20u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let digest = format!("sha256:{}", faasd::proto::hex(&sha2::Sha256::digest(&blob)));
+    let path = format!("/v1/blobs/{digest}");
+    let answer = client.request(hyper::Method::PUT, &path, None, blob);
+    let answer = answer.await.expect("PUT");
+    let body = expect_error(&answer, 507, "insufficient_storage");
+    let message = body["error"].as_str().expect("message");
+    assert!(message.contains("nothing was kept"), "{message}");
+    assert!(body.get("upload_offset").is_none(), "{body}");
+
+    // Nothing was kept indeed: no partial file, no offset to resume from, the space is back.
+    assert_eq!(blob_dir(&data), Vec::<String>::new());
+    let head = client.request(hyper::Method::HEAD, &path, None, Bytes::new());
+    let head = head.await.expect("HEAD");
+    assert_eq!(head.status, 404);
+    assert!(
+        head.headers.get("upload-offset").is_none(),
+        "{:?}",
+        head.headers
+    );
+    let free_after = free_bytes(tmpfs.path());
+    assert!(
+        free_after + (256 << 10) >= free_before,
+        "{free_after} bytes free after the failed upload, {free_before} before"
+    );
+    // And writes are stored: an async call is accepted and runs.
+    let after = invoke_async(&client, "echo", Bytes::from_static(b"after")).await;
+    assert_eq!(after.status, 202, "{}", text(&after.body));
+    let v: serde_json::Value = after.json().expect("json");
+    let id = v["task_id"].as_str().expect("task_id");
+    assert_eq!(wait_finished(&client, id).await["status"], "COMPLETED");
+    drop(server);
+}
+
+/// Runs `faasd serve` on `data` until it exits (it must, within 30 s); its output.
+async fn serve_until_exit(data: &Path) -> std::process::Output {
+    let child = tokio::process::Command::new(common::BIN)
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0"])
+        .args(["--local-workers", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start faasd serve");
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output());
+    exited
+        .await
+        .expect("faasd serve exited")
+        .expect("its output")
+}
+
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_leaves_no_store_behind() {
+    let Some(tmpfs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let filler = tmpfs.path().join("filler");
+    fill(&filler);
+    let data = tmpfs.path().join("data");
+    let out = serve_until_exit(&data).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // One clear line: what failed, why (once), and that nothing is left to trip the next start.
+    assert_eq!(
+        stderr.matches("No space left on device").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot create store"), "{stderr}");
+    assert!(stderr.contains("was removed"), "{stderr}");
+    assert!(!data.join("faasd.redb").exists(), "{stderr}");
+
+    // Space freed, the next start creates the store and serves.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let server = Server::start_on(&data, &["--local-workers", "0"]);
+    assert_eq!(healthz(&server.client()).await["status"], "ok");
     drop(server);
 }

@@ -6,13 +6,15 @@
 //! an interrupted upload left N bytes). `PUT` answers 200 at once, without reading the body,
 //! when it has it; else it streams the body into a file while hashing it, refuses it past
 //! `--max-code-size` (413) or when it does not hash to its name (400 `digest_mismatch`),
-//! keeping nothing either way, and answers 201 once the blob is durable. An interrupted upload
-//! keeps what it received: `PUT ...?offset=N` sends the rest from byte N (at most what was
-//! kept; 409 `upload_offset_mismatch` with `upload_offset` past it), and a `PUT` without
-//! `offset` starts over. One upload of a blob at a time (409 `upload_in_progress`). Who may
-//! register functions (admins and developers) may upload. A registration then names the blob with
-//! `code_sha256` (see `functions.rs`); blobs no version names are swept after an hour (see
-//! `store/blobs.rs`).
+//! keeping nothing either way, and answers 201 once the blob is durable. A write that fails for
+//! lack of space keeps nothing either (507 `insufficient_storage`): its partial file would keep
+//! the disk full. An upload cut off (or failed otherwise) keeps what it received, and its
+//! answer says how much (`upload_offset`): `PUT ...?offset=N` sends the rest from byte N (at
+//! most what was kept; 409 `upload_offset_mismatch` with `upload_offset` past it), and a `PUT`
+//! without `offset` starts over. A failed upload's answer says what was kept. One upload of a
+//! blob at a time (409 `upload_in_progress`). Who may register functions (admins and
+//! developers) may upload. A registration then names the blob with `code_sha256` (see
+//! `functions.rs`); blobs no version names are swept after an hour (see `store/blobs.rs`).
 
 use axum::Json;
 use axum::body::Body;
@@ -26,7 +28,7 @@ use super::access::forbidden;
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::{Caller, policy};
 use crate::proto::{CodeHash, hex};
-use crate::store::{Refused, Stored};
+use crate::store::{Kept, Refused, Stored};
 
 /// The header that gives how many bytes of a blob an interrupted upload left.
 pub const UPLOAD_OFFSET: &str = "upload-offset";
@@ -124,13 +126,13 @@ pub async fn head(
     Ok(answer)
 }
 
-/// 413 `payload_too_large` for a bundle over `--max-code-size`.
-fn too_large(limit: u64) -> ApiError {
+/// 413 `payload_too_large` for a bundle over `--max-code-size`; `kept` is what stays of it.
+fn too_large(limit: u64, kept: &Kept) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::PayloadTooLarge,
         format!(
-            "code bundle exceeds the {limit} byte limit (--max-code-size); nothing was kept: send a smaller bundle, or raise the server's --max-code-size"
+            "code bundle exceeds the {limit} byte limit (--max-code-size); {kept}: send a smaller bundle, or raise the server's --max-code-size"
         ),
     )
     .with("limit_bytes", json!(limit))
@@ -158,7 +160,7 @@ pub async fn put(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len.saturating_add(query.offset) > limit) {
-        return Err(too_large(limit));
+        return Err(too_large(limit, &Kept::Nothing));
     }
     store.check_writable().map_err(|e| ApiError::store(&e))?;
     let started = store.blob_files().upload(hash, query.offset).await;
@@ -173,8 +175,8 @@ pub async fn put(
             Err(e) => return Err(cut_off(&e, upload.len())),
         };
         if upload.len() + chunk.len() as u64 > limit {
-            upload.discard().await;
-            return Err(too_large(limit));
+            let kept = upload.discard().await;
+            return Err(too_large(limit, &kept));
         }
         upload.write(chunk).await.map_err(|e| stored(&e))?;
     }
@@ -184,11 +186,11 @@ pub async fn put(
             tracing::info!(digest = %hex(&hash), bytes, "code blob uploaded");
             Ok((StatusCode::CREATED, view(&hash, bytes)))
         }
-        Stored::Mismatch(actual) => Err(ApiError::new(
+        Stored::Mismatch { actual, kept } => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::DigestMismatch,
             format!(
-                "the body's SHA-256 is {}, not the {} it was sent to; nothing was kept",
+                "the body's SHA-256 is {}, not the {} it was sent to; {kept}",
                 hex(&actual),
                 hex(&hash)
             ),
@@ -196,12 +198,28 @@ pub async fn put(
     }
 }
 
-/// 400 for an upload whose body broke off after `kept` bytes, which stay for a resume.
+/// 400 for an upload whose body broke off after `kept` bytes, which stay for a resume; 408
+/// when it broke off for arriving too slowly (`serve --body-timeout`).
 fn cut_off(e: &axum::Error, kept: u64) -> ApiError {
-    ApiError::invalid(format!(
+    let message = format!(
         "the upload was cut off ({e}) after {kept} bytes: send the rest with ?offset={kept}, or all of it again"
-    ))
-    .with("upload_offset", json!(kept))
+    );
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut slow = false;
+    while let Some(err) = source {
+        slow |= err.is::<super::BodyTooSlow>();
+        source = err.source();
+    }
+    let error = if slow {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RequestTimeout,
+            message,
+        )
+    } else {
+        ApiError::invalid(message)
+    };
+    error.with("upload_offset", json!(kept))
 }
 
 /// 409 for an upload that cannot start: another is under way, or the offset is past what an
@@ -228,16 +246,24 @@ fn conflict(hash: &CodeHash, refused: Refused) -> ApiError {
     }
 }
 
-/// 507 for a blob file that could not be written for lack of space, else the store's answer.
+/// The answer for an upload that failed in the store: 507 for a blob file that ran out of
+/// space, else the store's answer. The message says what was kept (see `store::Kept`), and
+/// `upload_offset` gives where a resumed upload starts when a partial file stays.
 fn stored(e: &crate::store::Error) -> ApiError {
-    let no_space = matches!(e, crate::store::Error::BlobFile { source, .. }
-        if source.raw_os_error() == Some(nix::libc::ENOSPC) || source.raw_os_error() == Some(nix::libc::EDQUOT));
-    if no_space {
-        return ApiError::new(
+    let answer = if e.is_out_of_space() {
+        ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::InsufficientStorage,
-            format!("{e}; nothing was kept"),
-        );
+            format!("{e}: free space in the data directory, then send it again"),
+        )
+    } else {
+        ApiError::store(e)
+    };
+    match e {
+        crate::store::Error::Upload {
+            kept: Kept::Partial(kept),
+            ..
+        } => answer.with("upload_offset", json!(kept)),
+        _ => answer,
     }
-    ApiError::store(e)
 }

@@ -5,10 +5,12 @@
 //! (`--max-code-size`, 1 GiB by default), so it never goes into redb as one value nor into
 //! memory whole: the upload streams into a partial file (`.partial-<hex>`) while it is hashed,
 //! and only a body that hashes to its name is synced (the file, then the directory) and renamed
-//! into place. A refused upload (too large, wrong digest) leaves nothing. An interrupted one
+//! into place. A refused upload (too large, wrong digest) leaves nothing, and neither does one
+//! whose file ran out of space: its partial file would keep the disk full, and with it every
+//! write of the store refused. An interrupted one (the client went away, another I/O error)
 //! leaves its partial file, which a later upload of the same blob resumes from a given offset
 //! (its bytes up to there are hashed again from disk) or starts over; one upload of a blob at a
-//! time. Partial files are swept like unnamed blobs.
+//! time. A failure says what stays ([`Kept`]). Partial files are swept like unnamed blobs.
 //!
 //! A file is kept while a stored function version names its hash. One that none names goes at
 //! the retention's sweep, but only once it has been left alone for [`GRACE`]: an upload, a
@@ -17,8 +19,9 @@
 //! registered inline stay in the `blobs` table, as before.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::Error;
+use super::{Error, space};
 use crate::proto::{CodeHash, hex};
 
 /// The directory of blob files, inside the data directory.
@@ -66,19 +69,55 @@ pub enum Refused {
 pub enum Stored {
     /// The body hashed to its name: the blob is in place, this many bytes long.
     Stored(u64),
-    /// The body hashed to something else (given): nothing was kept.
-    Mismatch(CodeHash),
+    /// The body hashed to something else: its partial file was removed.
+    Mismatch {
+        /// What the body hashed to.
+        actual: CodeHash,
+        /// What stays of it (nothing, unless the removal failed).
+        kept: Kept,
+    },
+}
+
+/// What stays of an upload that failed or was given up.
+#[derive(Debug)]
+pub enum Kept {
+    /// Nothing: its file is gone, or was never made.
+    Nothing,
+    /// Its partial file, this many bytes long: an upload from that offset resumes it.
+    Partial(u64),
+    /// Its file may remain: removing or measuring it failed too (why).
+    Unknown(std::io::Error),
+    /// The whole blob, in place, but its directory could not be synced: it may not survive a
+    /// crash. It stays, as the same blob may have been in place before, used by functions.
+    Placed,
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kept::Nothing => write!(f, "nothing was kept"),
+            Kept::Partial(bytes) => write!(
+                f,
+                "its first {bytes} bytes were kept: an upload from offset {bytes} resumes it"
+            ),
+            Kept::Unknown(e) => write!(f, "its file may remain ({e})"),
+            Kept::Placed => write!(
+                f,
+                "the blob was put in place but may not survive a crash: send it again"
+            ),
+        }
+    }
 }
 
 /// An upload under way: its partial file, and the hash of what it holds. Dropped before
 /// [`Upload::finish`] or [`Upload::discard`] (the connection broke), it leaves its partial
-/// file for a resumed upload.
+/// file for a resumed upload. A step that fails cleans up as `after_failure` says.
 pub struct Upload {
     files: BlobFiles,
     hash: CodeHash,
     /// The partial file and the blob's upload slot, which travel together to the blocking
-    /// thread that writes: a write cut short by a dropped request still ends before another
-    /// upload of the blob may start. `None` only after a failed write.
+    /// thread that writes: a write cut short by a dropped request still ends (and cleans up
+    /// after itself) before another upload of the blob may start. `None` once a step failed.
     open: Option<(File, Slot)>,
     path: PathBuf,
     hasher: Sha256,
@@ -228,38 +267,14 @@ impl BlobFiles {
 
     /// Opens a blob's partial file cut to `offset` bytes, with their hash; refused when it
     /// holds fewer.
-    fn reopen(
-        &self,
-        hash: &CodeHash,
-        offset: u64,
-    ) -> Result<Result<(File, Sha256), Refused>, Error> {
+    fn reopen(&self, hash: &CodeHash, offset: u64) -> Result<Reopened, Error> {
         let path = self.partial_path(hash);
-        let io = |op| self.io(op, &path);
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open"))?;
-        let have = file.metadata().map_err(io("stat"))?.len();
-        if offset > have {
-            return Ok(Err(Refused::Offset(have)));
-        }
-        file.set_len(offset).map_err(io("truncate"))?;
-        let mut hasher = Sha256::new();
-        let mut piece = vec![0; 1 << 20];
-        let mut left = offset;
-        while left > 0 {
-            let n = file.read(&mut piece).map_err(io("read"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&piece[..n]);
-            left -= n as u64;
-        }
-        file.seek(SeekFrom::Start(offset)).map_err(io("seek"))?;
-        Ok(Ok((file, hasher)))
+        cut_and_hash(&path, offset).map_err(|(op, source)| Error::Upload {
+            op,
+            kept: after_failure(&path, &source),
+            path,
+            source,
+        })
     }
 
     /// Up to `max_len` bytes of a blob from `offset`, with the blob's whole size; `None` when
@@ -326,32 +341,50 @@ impl BlobFiles {
 }
 
 impl Upload {
-    /// Runs `op` on the partial file on a blocking thread, the upload slot with it.
+    /// The partial file and the upload slot; an error when an earlier step failed.
+    fn take_open(&mut self, op: &'static str) -> Result<(File, Slot), Error> {
+        let earlier = || std::io::Error::other("an earlier step of the upload failed");
+        self.open
+            .take()
+            .ok_or_else(|| self.files.io(op, &self.path)(earlier()))
+    }
+
+    /// Runs `op` on the partial file on a blocking thread, the upload slot with it. A failure
+    /// is cleaned up there, before the slot is given up, even if the request is gone by then.
     async fn on_file<T: Send + 'static>(
         &mut self,
         op: &'static str,
         f: impl FnOnce(&mut File) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
-        let io = self.files.io(op, &self.path);
-        let Some((mut file, slot)) = self.open.take() else {
-            return Err(io(std::io::Error::other("an earlier write failed")));
-        };
-        let (file, slot, result) = tokio::task::spawn_blocking(move || {
-            let result = f(&mut file);
-            (file, slot, result)
-        })
-        .await
-        .map_err(|e| Error::Join(e.to_string()))?;
+        let (mut file, slot) = self.take_open(op)?;
+        let path = self.path.clone();
+        let done = tokio::task::spawn_blocking(move || match f(&mut file) {
+            Ok(value) => Ok((value, file, slot)),
+            Err(source) => {
+                drop(file);
+                let kept = after_failure(&path, &source);
+                drop(slot);
+                Err(Error::Upload {
+                    op,
+                    path,
+                    source,
+                    kept,
+                })
+            }
+        });
+        let (value, file, slot) = done.await.map_err(|e| Error::Join(e.to_string()))??;
         self.open = Some((file, slot));
-        result.map_err(io)
+        Ok(value)
     }
 
     /// Appends `bytes` to the upload.
     pub async fn write(&mut self, bytes: Bytes) -> Result<(), Error> {
+        let sent = bytes.clone();
+        self.on_file("write", move |file| file.write_all(&sent))
+            .await?;
         self.hasher.update(&bytes);
         self.len += bytes.len() as u64;
-        self.on_file("write", move |file| file.write_all(&bytes))
-            .await
+        Ok(())
     }
 
     /// The bytes received so far (a resumed upload's included).
@@ -364,9 +397,17 @@ impl Upload {
         self.len == 0
     }
 
-    /// Gives the upload up (it was refused): its partial file is removed.
-    pub async fn discard(self) {
-        let _ = tokio::fs::remove_file(&self.path).await;
+    /// Gives the upload up (it was refused): its partial file is removed, the upload slot held
+    /// until it is. Returns what stays (nothing, unless the removal failed).
+    pub async fn discard(mut self) -> Kept {
+        let (open, path) = (self.open.take(), self.path.clone());
+        let removed = tokio::task::spawn_blocking(move || {
+            drop(open);
+            remove(&path)
+        });
+        removed
+            .await
+            .unwrap_or_else(|e| Kept::Unknown(std::io::Error::other(e.to_string())))
     }
 
     /// Ends the upload: when the body hashes to `expected`, makes it durable (the file, then
@@ -375,22 +416,108 @@ impl Upload {
         let expected = self.hash;
         let actual: CodeHash = std::mem::take(&mut self.hasher).finalize().into();
         if actual != expected {
-            self.discard().await;
-            return Ok(Stored::Mismatch(actual));
+            let kept = self.discard().await;
+            return Ok(Stored::Mismatch { actual, kept });
         }
-        self.on_file("sync", |file| file.sync_all()).await?;
+        let open = self.take_open("sync")?;
         let (files, from, len) = (self.files.clone(), self.path.clone(), self.len);
-        tokio::task::spawn_blocking(move || {
-            let path = files.path(&expected);
-            let _guard = files.guard();
-            std::fs::rename(&from, &path).map_err(files.io("rename", &path))?;
-            File::open(&files.dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(files.io("sync", &files.dir))?;
-            Ok(Stored::Stored(len))
-        })
-        .await
-        .map_err(|e| Error::Join(e.to_string()))?
+        tokio::task::spawn_blocking(move || files.put_in_place(open, &from, &expected, len))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?
+    }
+}
+
+impl BlobFiles {
+    /// Makes a whole upload durable and puts it in place: syncs its partial file `from`, renames
+    /// it to the blob's name and syncs the directory. A failure before the rename cleans up as
+    /// [`after_failure`] says; after it, the blob stays ([`Kept::Placed`]).
+    fn put_in_place(
+        &self,
+        (file, _slot): (File, Slot),
+        from: &Path,
+        hash: &CodeHash,
+        len: u64,
+    ) -> Result<Stored, Error> {
+        let failed = |op: &'static str, source: std::io::Error| Error::Upload {
+            op,
+            path: from.to_owned(),
+            kept: after_failure(from, &source),
+            source,
+        };
+        let synced = file.sync_all();
+        drop(file);
+        synced.map_err(|e| failed("sync", e))?;
+        let path = self.path(hash);
+        let _guard = self.guard();
+        std::fs::rename(from, &path).map_err(|e| failed("rename", e))?;
+        if let Err(source) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            return Err(Error::Upload {
+                op: "sync",
+                path: self.dir.clone(),
+                kept: Kept::Placed,
+                source,
+            });
+        }
+        Ok(Stored::Stored(len))
+    }
+}
+
+/// A partial file reopened for an upload, with the hash of what it holds; or why not.
+type Reopened = Result<(File, Sha256), Refused>;
+
+/// Opens the partial file `path` cut to `offset` bytes, with their hash; refused when it
+/// holds fewer. A failure names its step.
+fn cut_and_hash(path: &Path, offset: u64) -> Result<Reopened, (&'static str, std::io::Error)> {
+    let step = |op| move |e| (op, e);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(step("open"))?;
+    let have = file.metadata().map_err(step("stat"))?.len();
+    if offset > have {
+        return Ok(Err(Refused::Offset(have)));
+    }
+    file.set_len(offset).map_err(step("truncate"))?;
+    let mut hasher = Sha256::new();
+    let mut piece = vec![0; 1 << 20];
+    let mut left = offset;
+    while left > 0 {
+        let n = file.read(&mut piece).map_err(step("read"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&piece[..n]);
+        left -= n as u64;
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(step("seek"))?;
+    Ok(Ok((file, hasher)))
+}
+
+/// What stays of an upload after `error` on its partial file `path` (closed by then). For lack
+/// of space the file is removed: it would keep the disk full, and every write of the store
+/// refused with it, until the sweep an hour later. Otherwise it stays for a resumed upload,
+/// unless it is empty.
+fn after_failure(path: &Path, error: &std::io::Error) -> Kept {
+    if !space::out_of_space(error) {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > 0 => return Kept::Partial(meta.len()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Kept::Nothing,
+            Err(e) => return Kept::Unknown(e),
+        }
+    }
+    remove(path)
+}
+
+/// Removes an upload's file: [`Kept::Nothing`] once it is gone.
+fn remove(path: &Path) -> Kept {
+    match std::fs::remove_file(path) {
+        Ok(()) => Kept::Nothing,
+        Err(e) if e.kind() == ErrorKind::NotFound => Kept::Nothing,
+        Err(e) => Kept::Unknown(e),
     }
 }
 
@@ -450,13 +577,44 @@ mod tests {
             .await
             .expect("write");
         let end = up.finish().await.expect("finish");
-        assert!(matches!(end, Stored::Mismatch(h) if h == hash_of(b"not it")));
+        assert!(
+            matches!(end, Stored::Mismatch { actual, kept: Kept::Nothing } if actual == hash_of(b"not it"))
+        );
         assert_eq!(files.touch(&other).expect("touch"), None);
         let names: Vec<_> = std::fs::read_dir(dir.path().join(DIR))
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(hex(&hash))]);
+    }
+
+    #[test]
+    fn a_failure_for_lack_of_space_removes_the_partial_file_and_others_keep_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join(".partial-x");
+        let os = std::io::Error::from_raw_os_error;
+        std::fs::write(&path, b"012345").expect("write");
+        assert!(matches!(
+            after_failure(&path, &os(nix::libc::EIO)),
+            Kept::Partial(6)
+        ));
+        assert!(path.exists());
+        assert!(matches!(
+            after_failure(&path, &os(nix::libc::ENOSPC)),
+            Kept::Nothing
+        ));
+        assert!(!path.exists());
+        // An empty partial file is worth nothing to a resume.
+        std::fs::write(&path, b"").expect("write");
+        assert!(matches!(
+            after_failure(&path, &os(nix::libc::EIO)),
+            Kept::Nothing
+        ));
+        assert!(!path.exists());
+        assert!(matches!(
+            after_failure(&path, &os(nix::libc::EDQUOT)),
+            Kept::Nothing
+        ));
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-pub use blobs::{BlobFiles, GRACE as BLOB_GRACE, Refused, Stored, Upload, parse_hash};
+pub use blobs::{BlobFiles, GRACE as BLOB_GRACE, Kept, Refused, Stored, Upload, parse_hash};
 pub use idempotency::{KeyRecord, payload_hash};
 pub use index::{SCAN_BUDGET, TaskPage, TaskQuery, first_id_at};
 pub use records::{FunctionRecord, TaskRecord, TaskStatus};
@@ -83,12 +83,43 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The database file could not be opened.
-    #[error("cannot open store {path}: {source}")]
+    #[error("cannot open store {path}: {cause}")]
     Open {
         /// The database file.
         path: PathBuf,
-        /// Why.
-        source: Box<redb::DatabaseError>,
+        /// Why. Part of the message, not a `source()`: `main` prints the chain of causes, which
+        /// would say it twice.
+        cause: Box<redb::DatabaseError>,
+    },
+    /// A new store could not be created. The file this start made for it is removed (when
+    /// that fails too, the message says so): left behind, it would be a file without redb's
+    /// magic number (all zeros on a full disk) that no later start can open.
+    #[error(
+        "cannot create store {path}: {}; {}",
+        creation_cause(cause),
+        creation_leftover(path, cause, not_removed.as_ref())
+    )]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// What failed (not a `source()`, as for [`Error::Open`]).
+        cause: Box<Error>,
+        /// Why the file could not be removed, if it could not.
+        not_removed: Option<std::io::Error>,
+    },
+    /// The database file holds only zeros: what a start leaves when creating the store was cut
+    /// short (by a full disk, or a crash) before anything was stored in it. redb calls it "not
+    /// a redb database"; it is never removed for the operator.
+    #[error(
+        "{path} is not a store but {bytes} bytes of zeros: what is left when creating the store \
+         was cut short (a full disk, a crash) before anything was stored in it. Nothing is lost: \
+         remove the file, then start again to create the store afresh"
+    )]
+    Unfinished {
+        /// The database file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
     },
     /// Another process (another `faasd serve`) holds the database's lock, past the wait.
     #[error(
@@ -161,6 +192,19 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A step of a blob upload failed; `kept` says what stays of it. For lack of space its
+    /// partial file is removed (it would keep the disk full), else it stays for a resume.
+    #[error("cannot {op} blob file {path}: {source}; {kept}")]
+    Upload {
+        /// The step.
+        op: &'static str,
+        /// The file (or their directory).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+        /// What stays of the upload.
+        kept: Kept,
+    },
     /// The free space of the data directory could not be measured.
     #[error("cannot measure free space in {path}: statvfs: {source}")]
     Statvfs {
@@ -176,6 +220,60 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, Error::DiskFull { .. })
     }
+
+    /// Whether this is an I/O error of a file beside the database (a blob or value file, a
+    /// directory) for lack of space (`ENOSPC`, `EDQUOT`). The writer's own refusal for lack of
+    /// space is [`Error::DiskFull`].
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Upload { source, .. }
+            | Error::BlobFile { source, .. }
+            | Error::Value { source, .. }
+            | Error::CreateDir { source, .. } => space::out_of_space(source),
+            _ => false,
+        }
+    }
+
+    /// The I/O error under a failed database operation, if that is what it was.
+    fn database_io(&self) -> Option<&std::io::Error> {
+        match self {
+            Error::Db { source, .. } => match source.as_ref() {
+                redb::Error::Io(io) => Some(io),
+                _ => None,
+            },
+            Error::Open { cause, .. } => match cause.as_ref() {
+                redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Some(io),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Why a new store could not be created, for [`Error::Create`]: a full filesystem in so many
+/// words, else the error.
+fn creation_cause(cause: &Error) -> String {
+    match cause.database_io() {
+        Some(io) if space::out_of_space(io) => format!("its filesystem is full ({io})"),
+        _ => cause.to_string(),
+    }
+}
+
+/// What became of the file a failed creation made, and what to do, for [`Error::Create`].
+fn creation_leftover(path: &Path, cause: &Error, not_removed: Option<&std::io::Error>) -> String {
+    if let Some(e) = not_removed {
+        return format!(
+            "the file this start created could not be removed ({e}): remove {} before the next start",
+            path.display()
+        );
+    }
+    let full = cause.database_io().is_some_and(space::out_of_space);
+    let then = if full {
+        ": free space, then start again"
+    } else {
+        ""
+    };
+    format!("the file this start created was removed{then}")
 }
 
 /// Maps any redb error to [`Error::Db`] naming the operation.
@@ -292,9 +390,9 @@ impl Shared {
                 }
             }
         }
-        let database = open_database(&self.path).map_err(|source| Error::Open {
+        let database = open_database(&self.path).map_err(|cause| Error::Open {
             path: self.path.clone(),
-            source: Box::new(source),
+            cause: Box::new(cause),
         })?;
         *slot = Some(Arc::new(database));
         Ok(())
@@ -340,26 +438,118 @@ fn open_database_waiting(path: &Path) -> Result<Database, redb::DatabaseError> {
     }
 }
 
+/// Opens the store's database file `path` in `data_dir`, creating it when there is none.
+fn open_or_create(path: &Path, data_dir: &Path) -> Result<Database, Error> {
+    let new = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path);
+    match new {
+        Ok(file) => create(path, data_dir, file),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_existing(path, data_dir),
+        Err(e) => Err(Error::Open {
+            path: path.to_owned(),
+            cause: Box::new(e.into()),
+        }),
+    }
+}
+
+/// Makes a new store in `file`, just created at `path`: the database, its tables, and the
+/// directory entry, all durable. Made whole or removed: left half made, the file would lack
+/// redb's magic number (written last; on a full disk the file is all zeros), and no later
+/// start could open it.
+fn create(path: &Path, data_dir: &Path, file: std::fs::File) -> Result<Database, Error> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let made = redb::backends::FileBackend::new(file)
+        .and_then(|backend| builder.create_with_backend(backend))
+        .map_err(|e| match e {
+            // Another start on the same directory took the new file: it is that one's to make.
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+                data_dir: data_dir.to_owned(),
+            },
+            e => db("create")(e),
+        })
+        .and_then(|database| {
+            create_tables(&database)?;
+            index::prepare(&database)?;
+            std::fs::File::open(data_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| db("sync the data directory")(redb::Error::Io(e)))?;
+            Ok(database)
+        });
+    match made {
+        Ok(database) => Ok(database),
+        Err(locked @ Error::Locked { .. }) => Err(locked),
+        // The database is closed by now (dropped with the failed step).
+        Err(cause) => Err(Error::Create {
+            path: path.to_owned(),
+            cause: Box::new(cause),
+            not_removed: std::fs::remove_file(path).err(),
+        }),
+    }
+}
+
+/// Opens the existing store at `path`, waiting a while for its lock; a file left all zeros by
+/// a creation cut short is named for what it is ([`Error::Unfinished`]).
+fn open_existing(path: &Path, data_dir: &Path) -> Result<Database, Error> {
+    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let database = open_database_waiting(path).map_err(|cause| match cause {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+            data_dir: data_dir.to_owned(),
+        },
+        // Checked after redb's refusal, which holds the lock while it looks: a file another
+        // start is creating is not mistaken for a leftover. An empty file redb initializes.
+        _ if bytes > 0 && all_zero(path) => Error::Unfinished {
+            path: path.to_owned(),
+            bytes,
+        },
+        cause => Error::Open {
+            path: path.to_owned(),
+            cause: Box::new(cause),
+        },
+    })?;
+    create_tables(&database)?;
+    index::prepare(&database)?;
+    Ok(database)
+}
+
+/// Whether the file at `path` holds only zero bytes (read up to 64 MiB: a creation cut short
+/// leaves far less; a larger file is not taken for one).
+fn all_zero(path: &Path) -> bool {
+    const MAX_BYTES: u64 = 64 << 20;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if file.metadata().map_or(true, |m| m.len() > MAX_BYTES) {
+        return false;
+    }
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+    loop {
+        match std::io::BufRead::fill_buf(&mut reader) {
+            Ok([]) => return true,
+            Ok(bytes) if bytes.iter().all(|&b| b == 0) => {
+                let n = bytes.len();
+                std::io::BufRead::consume(&mut reader, n);
+            }
+            _ => return false,
+        }
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `data_dir` and starts its writer thread.
+    /// Opens (or creates) the store in `data_dir` and starts its writer thread. A new store
+    /// that cannot be created completely leaves no database file ([`Error::Create`]).
     pub fn open(data_dir: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::CreateDir {
             path: data_dir.to_owned(),
             source,
         })?;
-        let path = data_dir.join(DB_FILE);
-        let db = open_database_waiting(&path).map_err(|source| match source {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-                data_dir: data_dir.to_owned(),
-            },
-            source => Error::Open {
-                path: path.clone(),
-                source: Box::new(source),
-            },
-        })?;
-        create_tables(&db)?;
-        index::prepare(&db)?;
+        // The directories first: a start that cannot make them makes no database file.
         let files = (Values::open(data_dir)?, BlobFiles::open(data_dir)?);
+        let path = data_dir.join(DB_FILE);
+        let db = open_or_create(&path, data_dir)?;
         let shared = Arc::new(Shared::new(path, data_dir.to_owned(), db, files));
         sweep_values_later(&shared);
         let ops = writer::start(shared.clone());
@@ -973,6 +1163,42 @@ mod tests {
         });
         open_database_waiting(&path).expect("opened once the holder let go");
         release.join().expect("holder thread");
+    }
+
+    fn open_error(dir: &Path) -> Error {
+        match Store::open(dir) {
+            Ok(_) => panic!("the store opened"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_file_left_by_a_creation_cut_short_is_named_for_what_it_is_and_kept() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join(DB_FILE);
+        std::fs::write(&path, vec![0u8; 73_728]).expect("write zeros");
+        let error = open_error(dir.path());
+        assert!(
+            matches!(&error, Error::Unfinished { bytes: 73_728, .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("bytes of zeros"), "{message}");
+        assert!(message.contains("remove the file"), "{message}");
+        // Never removed for the operator.
+        assert_eq!(std::fs::metadata(&path).expect("kept").len(), 73_728);
+
+        // Anything else redb refuses keeps its own error, said once however it is printed.
+        std::fs::write(&path, b"not a store").expect("write");
+        let error = open_error(dir.path());
+        assert!(matches!(&error, Error::Open { .. }), "{error:?}");
+        let chain = format!("{:#}", anyhow::Error::new(error));
+        assert_eq!(chain.matches("magic number mismatch").count(), 1, "{chain}");
+
+        // An empty file is a store to create.
+        std::fs::write(&path, b"").expect("empty");
+        drop(Store::open(dir.path()).expect("created in the empty file"));
+        drop(Store::open(dir.path()).expect("opened again"));
     }
 
     fn function(name: &str) -> FunctionRecord {

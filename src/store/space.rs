@@ -1,5 +1,6 @@
 //! Free space in the data directory: measured with `statvfs`, compared with the
-//! `--min-free-space` threshold, warned about in the log, and kept for `/healthz`.
+//! `--min-free-space` threshold, warned about in the log, and kept for `/healthz`; and which
+//! I/O errors mean it ran out ([`out_of_space`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +39,15 @@ pub(super) fn measure(dir: &Path) -> Result<(u64, u64), Error> {
         (stat.blocks_available() as u64).saturating_mul(unit),
         (stat.blocks() as u64).saturating_mul(unit),
     ))
+}
+
+/// Whether an I/O error says the filesystem (or the user's quota) is out of space: `ENOSPC` or
+/// `EDQUOT`.
+pub(super) fn out_of_space(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)
+    )
 }
 
 /// The threshold for a filesystem of `total_bytes`: `min_free_bytes` when set, else the smaller
@@ -146,5 +156,14 @@ mod tests {
         let mut roomy = Watch::new(dir.path().to_owned(), Some(0));
         roomy.check_if_due(Instant::now());
         assert!(!roomy.last.expect("measured").low);
+    }
+
+    #[test]
+    fn out_of_space_is_enospc_or_edquot_only() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(out_of_space(&os(nix::libc::ENOSPC)));
+        assert!(out_of_space(&os(nix::libc::EDQUOT)));
+        assert!(!out_of_space(&os(nix::libc::EIO)));
+        assert!(!out_of_space(&std::io::Error::other("no space")));
     }
 }

@@ -19,12 +19,12 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::errno::Errno;
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::idempotency::KeyRecord;
 use super::records::{self, FunctionRecord, TaskRecord};
+use super::space::out_of_space;
 use super::values::{self, Kind, Values};
 use super::{
     BLOBS, Error, FUNCTIONS, HEADS, LOGS, PAYLOADS, PENDING, REMOVED, RESULTS, Shared, TASKS, db,
@@ -459,14 +459,6 @@ fn io_fault(err: &Error) -> Option<bool> {
         redb::Error::PreviousIo => Some(false),
         _ => None,
     }
-}
-
-/// Whether an I/O error says the filesystem (or the user's quota) is out of space.
-fn out_of_space(err: &std::io::Error) -> bool {
-    matches!(
-        err.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ENOSPC | Errno::EDQUOT)
-    )
 }
 
 /// Whether the database must be reopened after `err` (redb refuses all I/O once a write of its

@@ -5,14 +5,21 @@ It starts `faasd serve` (one local worker) and one remote `faasd worker`, regist
 python function, runs a few tasks, then opens `GET /` in Debian's Chromium and checks what a
 person would see, through the ids of the dashboard's DOM contract:
 
-- both functions (`tr[data-function=NAME]`) and both workers with a CPU figure
+- every function (`tr[data-function=NAME]`) and both workers with a CPU figure
   (`tr[data-worker=NAME] td.cpu` reading like `12.5%`), `#connection` reading `live`, and a
   request of the page to the event stream (`GET /v1/events`);
-- a task invoked over the HTTP API after the page loaded shows up (`tr[data-task=ID]`) and
-  reaches COMPLETED, without the page reloading (the live update over `GET /v1/events`);
+- the overview counts the tasks that ended before the page was opened: `#chart-totals` reads
+  the server's completed and failed tasks, `#stat-rate` is above zero and `#stat-p50` a time;
+- a task invoked over the HTTP API after the page loaded shows up (`tr[data-task=ID]`, its id
+  cell showing the id's last characters and the whole id as its title) and reaches COMPLETED,
+  without the page reloading (the live update over `GET /v1/events`);
 - the invoke form (`#invoke-function`, `#invoke-payload`, `#invoke-submit`) shows the function's
-  answer in `#invoke-result`;
-- at a phone's width (390x844) the page does not scroll sideways.
+  answer in `#invoke-result`; it offers every function but the HTTP service, which
+  `#invoke-note` names;
+- the page left open and the same page loaded afresh show the same `#chart-totals`;
+- at a phone's width (390x844) the page does not scroll sideways;
+- once a user exists, the page without a token shows `–` for every figure of the overview, and
+  `#notice` asks for a token.
 
 It saves a screenshot at 1280x800 (`target/dashboard.png` by default). Every check polls until a
 deadline, so nothing waits a fixed time; a failed one exits 1 naming what the page showed.
@@ -49,10 +56,23 @@ FUNCTIONS = {
     "echo": ("shell", 'printf "echo:%s" "$(cat)"\n', "hello", "echo:hello"),
     "shout": ("python", "def handle(payload):\n    return payload.upper()\n", "quiet", "QUIET"),
 }
+# A function that always fails: (name, shell code), run FAILING_RUNS times before the page opens.
+FAILING = ("broken", "echo broken >&2\nexit 3\n")
+FAILING_RUNS = 2
+# Tasks of `echo` submitted in one batch after the failures and before the page opens: more than
+# the 50 newest tasks the page lists, so the overview must count ends it never lists.
+BURST = 60
+# An HTTP-service function, registered but never called: listed, but not in the invoke form.
+SERVICE = ("web", "exec", "#!/bin/sh\nexec python3 -m http.server \"$PORT\"\n", 8080)
 PHONE_WIDTH, PHONE_HEIGHT = 390, 844
 DESKTOP_WIDTH, DESKTOP_HEIGHT = 1280, 800
 CPU_FIGURE = re.compile(r"^\d+(\.\d+)?%$")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DURATION = re.compile(r"^\d+(\.\d+)? (ms|s)$")
+CHART_TOTALS = re.compile(r"^(\d+) completed, (\d+) failed; peak ")
+# The overview's figures, which read `–` when the page could not read them.
+OVERVIEW = ["#stat-queued", "#stat-running", "#stat-slots", "#stat-rate", "#stat-p50",
+            "#stat-p99", "#chart-totals"]
 
 
 class Failed(Exception):
@@ -156,20 +176,55 @@ def api_json(method, url, body=None, expect=(200,)):
 
 
 def prepare(url):
-    """Waits for both workers, registers the functions and runs each once; returns worker names."""
+    """Waits for both workers, registers the functions, runs each a few times and a batch of
+    `echo`, registers the HTTP service; returns the workers' names."""
     def two_workers():
         workers = api_json("GET", url + "/v1/workers")
         return len(workers) == 2, [w["name"] for w in workers]
     names = poll("two connected workers in GET /v1/workers", two_workers)
     for name, (runtime, code, payload, answer) in FUNCTIONS.items():
-        api_json("POST", url + "/v1/functions", {
-            "name": name, "runtime": runtime, "code": base64.b64encode(code.encode()).decode(),
-        }, expect=(200, 201))
+        register(url, name, runtime, code)
         for _ in range(3):
             status, got = http("POST", f"{url}/v1/functions/{name}/invoke", payload.encode())
             if status != 200 or got.decode() != answer:
                 raise Failed(f"invoke {name}: {status} {got[:300]!r}, expected {answer!r}")
+    name, code = FAILING
+    register(url, name, "shell", code)
+    for _ in range(FAILING_RUNS):
+        status, got = http("POST", f"{url}/v1/functions/{name}/invoke", b"")
+        if status == 200:
+            raise Failed(f"invoke {name}: 200 {got[:300]!r}, expected a failure")
+    completed_before = server_ends(url)[0]
+    payloads = json.dumps([f"burst {i}" for i in range(BURST)]).encode()
+    status, got = http("POST", f"{url}/v1/functions/echo/batch", payloads,
+                       {"Content-Type": "application/json"})
+    if status != 202:
+        raise Failed(f"batch of {BURST} echo tasks: {status} {got[:300]!r}")
+    def burst_done():
+        ends = server_ends(url)
+        return ends[0] == completed_before + BURST, ends
+    poll(f"the {BURST} tasks of the batch completed", burst_done)
+    name, runtime, code, port = SERVICE
+    register(url, name, runtime, code, http_port=port)
     return names
+
+
+def register(url, name, runtime, code, **settings):
+    """Registers function `name` through the JSON API."""
+    api_json("POST", url + "/v1/functions", {
+        "name": name, "runtime": runtime, "code": base64.b64encode(code.encode()).decode(),
+        **settings,
+    }, expect=(200, 201))
+
+
+def server_ends(url):
+    """(completed, failed): how many tasks the server holds in each end state."""
+    def count(status):
+        listed = api_json("GET", f"{url}/v1/tasks?status={status}&limit=1000")
+        if listed.get("next_cursor"):
+            raise Failed(f"more than 1000 {status} tasks: this test runs only a few")
+        return len(listed["tasks"])
+    return count("COMPLETED"), count("FAILED")
 
 
 def dashboard_served(url):
@@ -303,7 +358,7 @@ def text_of(selector):
 
 def check_lists(browser, workers):
     """Both functions, both workers with a CPU figure, `#connection` live, the stream asked for."""
-    for name in FUNCTIONS:
+    for name in [*FUNCTIONS, FAILING[0], SERVICE[0]]:
         selector = f'tr[data-function="{name}"]'
         poll(f"function row {selector}",
              lambda: _is(browser.eval(f"!!document.querySelector({json.dumps(selector)})"), True))
@@ -321,6 +376,47 @@ def check_lists(browser, workers):
         raise Failed(f"the page never requested GET /v1/events (it asked for {asked})")
 
 
+def chart_totals(browser):
+    """(completed, failed) as `#chart-totals` reads them, or its text when it reads otherwise."""
+    text = browser.eval(text_of("#chart-totals"))
+    match = CHART_TOTALS.match(text or "")
+    return (int(match[1]), int(match[2])) if match else text
+
+
+def check_ends_before_load(browser, url):
+    """The overview of a page opened after tasks ended counts them: the chart's totals are the
+    server's, tasks/s is above zero (they ended within its 30 s) and p50/p99 are times."""
+    ends = server_ends(url)
+    if ends[0] == 0 or ends[1] == 0:
+        raise Failed(f"the server holds {ends} (completed, failed) tasks; the test ran both")
+    poll(f"#chart-totals reading {ends[0]} completed, {ends[1]} failed (the tasks that ended "
+         "before the page loaded)", lambda: _is(chart_totals(browser), ends))
+
+    def rate():
+        text = browser.eval(text_of("#stat-rate"))
+        try:
+            return float(text) > 0, text
+        except (TypeError, ValueError):
+            return False, text
+    poll("#stat-rate above 0 for the tasks that ended before the page loaded", rate)
+    for selector in ["#stat-p50", "#stat-p99"]:
+        def duration(selector=selector):
+            text = browser.eval(text_of(selector))
+            return bool(text and DURATION.match(text)), text
+        poll(f"{selector} showing a run time like 3.2 ms", duration)
+
+
+def check_fresh_equals_left_open(browser, url):
+    """The page left open (live since it loaded) and the page loaded afresh show the same
+    chart totals, which are the server's."""
+    ends = server_ends(url)
+    poll(f"#chart-totals of the page left open reading {ends}",
+         lambda: _is(chart_totals(browser), ends))
+    browser.open(url + "/", DESKTOP_WIDTH, DESKTOP_HEIGHT)
+    poll(f"#chart-totals of the page loaded afresh reading {ends}",
+         lambda: _is(chart_totals(browser), ends))
+
+
 def check_live_task(browser, url):
     """A task invoked after the page loaded appears and completes, with no reload of the page."""
     browser.eval("window.__faasdBrowserTest = 'same page'")
@@ -334,6 +430,12 @@ def check_live_task(browser, url):
          lambda: _is(browser.eval(f"!!document.querySelector({json.dumps(row)})"), True))
     first = "document.querySelector('#tasks tr[data-task]')?.dataset.task ?? null"
     poll(f"task {task} first in #tasks (newest first)", lambda: _is(browser.eval(first), task))
+    cell = browser.eval(f"""(() => {{
+        const td = document.querySelector({json.dumps(row + " td.id")});
+        return td && [td.textContent, td.title];
+    }})()""")
+    if cell != ["…" + task[-8:], task]:
+        raise Failed(f"{row} td.id shows {cell!r}: expected the id's end, the whole id as title")
     poll(f"{row} td.status reading COMPLETED",
          lambda: _is((browser.eval(text_of(row + " td.status")) or "").upper(), "COMPLETED"))
     if browser.eval("window.__faasdBrowserTest") != "same page" or browser.loads != loads:
@@ -344,8 +446,12 @@ def check_invoke_form(browser):
     """The invoke form runs `echo` with a payload typed in and shows its answer and task id."""
     options = ("[...document.querySelectorAll('#invoke-function option')]"
                ".map(o => o.value).filter(v => v).sort()")
-    poll("#invoke-function offering every function",
-         lambda: _is(browser.eval(options), sorted(FUNCTIONS)))
+    invocable = sorted([*FUNCTIONS, FAILING[0]])
+    poll(f"#invoke-function offering {invocable} (not the HTTP service {SERVICE[0]})",
+         lambda: _is(browser.eval(options), invocable))
+    note = browser.eval(text_of("#invoke-note")) or ""
+    if f"/function/{SERVICE[0]}/" not in note:
+        raise Failed(f"#invoke-note does not say where {SERVICE[0]} is served: {note!r}")
     browser.eval("""(() => {
         const select = document.querySelector('#invoke-function');
         const payload = document.querySelector('#invoke-payload');
@@ -378,6 +484,28 @@ def check_phone(browser, url):
         raise Failed(f"at {PHONE_WIDTH} px wide the page is {width} px wide (scrolls sideways)")
 
 
+def check_without_token(browser, url):
+    """Once a user exists, the page without a token shows every overview figure as unknown
+    (`–`, not `0`) and asks for a token."""
+    api_json("POST", url + "/v1/users", {"name": "root", "role": "admin"}, expect=(201,))
+    browser.open(url + "/", DESKTOP_WIDTH, DESKTOP_HEIGHT)
+    poll("#notice asking for a token",
+         lambda: (("token" in (browser.eval(text_of("#notice")) or "")),
+                  browser.eval(text_of("#notice"))))
+    # The page's HTML holds `–` until the script first draws the overview; it draws the chart
+    # right after, sizing the canvas (640 px wide in the HTML) to its box. So once the canvas
+    # has been sized, the figures are what the script wrote.
+    figures = "[" + ", ".join(text_of(s) for s in OVERVIEW) + "]"
+    drawn = """(() => {
+        const c = document.querySelector('#chart');
+        return c.clientWidth !== 640 && c.width === Math.round(c.clientWidth * devicePixelRatio);
+    })()"""
+    poll("the overview drawn by the script", lambda: _is(browser.eval(drawn), True))
+    shown = browser.eval(figures)
+    if shown != ["–"] * len(OVERVIEW):
+        raise Failed(f"without a token the overview reads {shown}, not – for each figure")
+
+
 def screenshot(browser, path):
     """Saves the page as it is now, at 1280x800, as a PNG."""
     browser.page("Emulation.setDeviceMetricsOverride", {
@@ -402,18 +530,22 @@ def run(args, procs, work):
     try:
         browser.open(url + "/", DESKTOP_WIDTH, DESKTOP_HEIGHT)
         check_lists(browser, workers)
+        check_ends_before_load(browser, url)
         check_live_task(browser, url)
         check_invoke_form(browser)
+        check_fresh_equals_left_open(browser, url)
         screenshot(browser, args.screenshot)
         check_phone(browser, url)
+        check_without_token(browser, url)
     except Failed:
         if browser.exceptions:
             print("errors thrown in the page:", *browser.exceptions, sep="\n  ", file=sys.stderr)
         raise
     finally:
         browser.close()
-    print(f"browser test passed: {len(FUNCTIONS)} functions, workers {', '.join(workers)}, "
-          f"a live task, the invoke form, phone width; screenshot {args.screenshot}")
+    print(f"browser test passed: {len(FUNCTIONS) + 2} functions, workers {', '.join(workers)}, "
+          "the ends before the page loaded, a live task, the invoke form, the page left open "
+          f"and afresh, phone width, no token; screenshot {args.screenshot}")
     return 0
 
 

@@ -14,10 +14,19 @@
 //! events). A consumer that reads too slowly to keep up with the broker's event buffer gets a
 //! `dropped` event and its stream ends: it should reconnect. The streams end when the server
 //! stops.
+//!
+//! A summary stream opens with one `history` event: the ends of the last five minutes, second
+//! by second, in the `tasks` event's form (counts and sampled run times per function, of the
+//! tasks the caller may read), so that a page opened now shows what a page left open would.
+//! They come from the server's [`Recorder`], which reads every event from the first summary
+//! stream on (having read the last five minutes' ends from the store once, when it started) and
+//! keeps per-second counts, not tasks: opening a stream costs a pass over at most 300 seconds.
+//! An end published at the instant a stream opens may be missed or counted twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::extract::{Query, State};
@@ -25,6 +34,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +42,8 @@ use super::{ApiError, AppState};
 use crate::auth::{Caller, policy};
 use crate::broker::events::TaskEvent;
 use crate::broker::{Broker, Event};
-use crate::store::TaskStatus;
+use crate::store::{TaskQuery, TaskRecord, TaskStatus, first_id_at};
+use crate::units::now_ms;
 
 /// How often an idle stream sends a `: keepalive` comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -43,6 +54,22 @@ const SUMMARY_WINDOW: Duration = Duration::from_secs(1);
 const SUMMARY_LATEST: usize = 50;
 /// How many run times per function a summary samples.
 const SUMMARY_SAMPLES: usize = 100;
+
+/// How far back a `history` event goes (the dashboard's chart), in seconds.
+const HISTORY_SPAN_S: u64 = 300;
+/// How many run times the history samples per second, function and caller.
+const HISTORY_SAMPLES: usize = 50;
+/// How many function and caller pairs one second of history keeps apart; the ends of callers
+/// past them are kept without their caller (see [`Source`]).
+const HISTORY_KEYS: usize = 64;
+/// How many run times a `history` event carries in all, newest first, and how many it carries
+/// of each function even past that (what the dashboard keeps).
+const HISTORY_RUN_TIMES: (usize, usize) = (1000, 200);
+/// The most finished tasks of each status a starting recorder reads from the store.
+const BACKFILL_MAX: usize = 20_000;
+/// How long before the history's span a task may have been created and still be read by the
+/// backfill (the store's listing ranges over creation; the history counts ends).
+const BACKFILL_SLACK_MS: u64 = 10 * 60 * 1000;
 
 /// `?function=` (an empty value is the same as none) and `?tasks=each|summary`.
 #[derive(Debug, Deserialize)]
@@ -73,6 +100,20 @@ impl Filter {
             Event::Function(f) => of_function(&f.name),
         }
     }
+
+    /// Whether this consumer sees the ends of `function` counted under `source` in the history.
+    fn sees_ends(&self, function: &str, source: Source) -> bool {
+        let readable = match source.caller {
+            Some(caller) => policy::may_read_task(&self.caller, caller, source.owner),
+            None => {
+                self.caller.is_admin()
+                    || source
+                        .owner
+                        .is_some_and(|owner| policy::may_read_all_tasks(&self.caller, owner))
+            }
+        };
+        readable && self.function.as_deref().is_none_or(|f| f == function)
+    }
 }
 
 /// `GET /v1/events`.
@@ -83,17 +124,8 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let summary = match query.tasks.as_deref() {
-        None | Some("" | "each") => None,
-        Some("summary") => {
-            let mut ticker = tokio::time::interval(SUMMARY_WINDOW);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            Some(Summary {
-                broker: state.broker.clone(),
-                ticker,
-                window: Window::default(),
-                levels_sent: Vec::new(),
-            })
-        }
+        None | Some("" | "each") => false,
+        Some("summary") => true,
         Some(other) => {
             return Err(ApiError::invalid(format!(
                 "tasks must be each or summary, not {other:?}"
@@ -105,8 +137,27 @@ pub async fn events(
         caller,
         function: query.function.filter(|f| !f.is_empty()),
     };
+    // The history is read just after this stream subscribes: an end is in the history or in
+    // the stream's summaries, but for the few in flight at that instant (see the module doc).
+    let recorder = if summary {
+        Some(Recorder::of(&state.broker, &state.recorder).await)
+    } else {
+        None
+    };
+    let receiver = state.broker.subscribe();
+    let summary = recorder.map(|recorder| {
+        let mut ticker = tokio::time::interval(SUMMARY_WINDOW);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Summary {
+            broker: state.broker.clone(),
+            ticker,
+            history: Some(recorder.json(&filter, now_ms())),
+            window: Window::default(),
+            levels_sent: Vec::new(),
+        }
+    });
     let consumer = Consumer {
-        receiver: state.broker.subscribe(),
+        receiver,
         closed: state.broker.events_closed(),
         filter,
         summary,
@@ -133,6 +184,9 @@ impl Consumer {
     /// What the stream sends next: the next event the filter admits (or the next summary),
     /// `Dropped` once the consumer lagged, or `None` when the server stops.
     async fn next(&mut self) -> Option<Next> {
+        if let Some(json) = self.summary.as_mut().and_then(|s| s.history.take()) {
+            return Some(Next::History(json));
+        }
         loop {
             let received = match &mut self.summary {
                 None => tokio::select! {
@@ -171,6 +225,8 @@ impl Consumer {
 struct Summary {
     broker: Broker,
     ticker: Interval,
+    /// The `history` event, until it is sent (first).
+    history: Option<String>,
     window: Window,
     /// The levels in the last summary, so that an idle server sends nothing.
     levels_sent: Vec<Level>,
@@ -234,6 +290,25 @@ struct Ends {
     run_ms: Vec<u64>,
 }
 
+impl Ends {
+    /// Counts one end, sampling its run time into at most `samples` of them.
+    fn add(&mut self, failed: bool, run_ms: Option<u64>, id: u128, samples: usize) {
+        if failed {
+            self.failed += 1;
+        } else {
+            self.completed += 1;
+        }
+        if let Some(run_ms) = run_ms {
+            let seen = self.completed + self.failed;
+            if self.run_ms.len() < samples {
+                self.run_ms.push(run_ms);
+            } else if let Some(slot) = self.run_ms.get_mut((id as u64 % seen) as usize) {
+                *slot = run_ms;
+            }
+        }
+    }
+}
+
 impl Window {
     fn add(&mut self, task: TaskEvent) {
         if task.status.is_finished() {
@@ -241,22 +316,8 @@ impl Window {
                 Some(ends) => ends,
                 None => self.ends.entry(task.function.clone()).or_default(),
             };
-            if task.status == TaskStatus::Failed {
-                ends.failed += 1;
-            } else {
-                ends.completed += 1;
-            }
-            if let Some(run_ms) = task.run_ms {
-                let seen = ends.completed + ends.failed;
-                if ends.run_ms.len() < SUMMARY_SAMPLES {
-                    ends.run_ms.push(run_ms);
-                } else if let Some(slot) = ends
-                    .run_ms
-                    .get_mut((task.id.as_u128() as u64 % seen) as usize)
-                {
-                    *slot = run_ms;
-                }
-            }
+            let failed = task.status == TaskStatus::Failed;
+            ends.add(failed, task.run_ms, task.id.as_u128(), SUMMARY_SAMPLES);
         }
         let newest_kept = self.latest.first_key_value().map(|(id, _)| *id);
         if self.latest.len() < SUMMARY_LATEST
@@ -319,12 +380,368 @@ impl Window {
     }
 }
 
+/// Where a server keeps its [`Recorder`] once the first summary stream has started it (in
+/// [`super::AppState`]).
+#[derive(Default)]
+pub struct RecorderSlot(Mutex<Option<Arc<Recorder>>>);
+
+/// Locks `mutex`, whose data (counts) stays sound whatever panicked while it was held.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The ends of the last five minutes on one server, for the `history` event. Started by the
+/// first summary stream (so a server nobody watches pays nothing for it), it reads the store's
+/// ends of the last five minutes once, then every task event until the server stops.
+pub struct Recorder {
+    history: Mutex<History>,
+    /// True once the store's ends are in the history.
+    ready: watch::Receiver<bool>,
+}
+
+impl Recorder {
+    /// The recorder of `broker`'s server (kept in `slot`), started now if it has none, once it
+    /// is ready (or the server stops).
+    async fn of(broker: &Broker, slot: &Arc<RecorderSlot>) -> Arc<Recorder> {
+        let recorder = {
+            let mut kept = lock(&slot.0);
+            match kept.as_ref() {
+                Some(recorder) => recorder.clone(),
+                None => {
+                    let (ready_sender, ready) = watch::channel(false);
+                    let recorder = Arc::new(Recorder {
+                        history: Mutex::default(),
+                        ready,
+                    });
+                    *kept = Some(recorder.clone());
+                    // Subscribed before the store is read, so that no end falls between.
+                    let receiver = broker.subscribe();
+                    let run =
+                        recorder
+                            .clone()
+                            .run(broker.clone(), receiver, slot.clone(), ready_sender);
+                    // Not in the server's `TaskTracker`, which a route cannot reach: it holds
+                    // only memory, and ends when the event streams do, at the server's stop.
+                    tokio::spawn(run);
+                    recorder
+                }
+            }
+        };
+        let mut ready = recorder.ready.clone();
+        let closed = broker.events_closed();
+        tokio::select! {
+            _ = ready.wait_for(|ready| *ready) => {}
+            () = closed.cancelled() => {}
+        }
+        recorder
+    }
+
+    /// Reads the store's ends, then records every end the broker publishes until the server
+    /// stops; then leaves its slot.
+    async fn run(
+        self: Arc<Self>,
+        broker: Broker,
+        mut receiver: Receiver<Event>,
+        slot: Arc<RecorderSlot>,
+        ready: watch::Sender<bool>,
+    ) {
+        let closed = broker.events_closed();
+        // An end committed while the store is read is both read and published: the ids read
+        // tell them apart, for as long as the ends read can be in the history.
+        let mut read = match self.backfill(&broker).await {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(error = %err, "the history of ends could not read the store");
+                HashSet::new()
+            }
+        };
+        let forget_read_at = Instant::now() + Duration::from_secs(HISTORY_SPAN_S);
+        ready.send_replace(true);
+        loop {
+            let received = tokio::select! {
+                () = closed.cancelled() => break,
+                received = receiver.recv() => received,
+            };
+            if !read.is_empty() && Instant::now() >= forget_read_at {
+                read = HashSet::new();
+            }
+            match received {
+                Ok(Event::Task(task)) if task.status.is_finished() => {
+                    if !read.contains(&task.id.as_u128()) {
+                        lock(&self.history).add(&End::of_event(&task), now_ms());
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "the history of ends fell behind and misses some");
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+        let mut kept = lock(&slot.0);
+        if kept.as_ref().is_some_and(|r| Arc::ptr_eq(r, &self)) {
+            *kept = None;
+        }
+    }
+
+    /// Adds the store's tasks that ended in the last five minutes, at most [`BACKFILL_MAX`] of
+    /// each status (the newest); returns the ids it added.
+    async fn backfill(&self, broker: &Broker) -> Result<HashSet<u128>, crate::store::Error> {
+        let from_ms = now_ms().saturating_sub(HISTORY_SPAN_S * 1000);
+        let owners: HashMap<String, u32> = broker
+            .functions()
+            .iter()
+            .map(|f| (f.name.clone(), f.owner))
+            .collect();
+        let mut added = HashSet::new();
+        for status in [TaskStatus::Completed, TaskStatus::Failed] {
+            let mut before_id = None;
+            let mut left = BACKFILL_MAX;
+            while left > 0 {
+                let query = TaskQuery {
+                    function: None,
+                    status: Some(status),
+                    since_id: first_id_at(from_ms.saturating_sub(BACKFILL_SLACK_MS)),
+                    before_id,
+                    limit: left.min(super::task_list::MAX_LIMIT),
+                };
+                let page = broker.store().list_tasks(query, |_| true).await?;
+                left = left.saturating_sub(page.tasks.len().max(1));
+                let now = now_ms();
+                let mut history = lock(&self.history);
+                for record in &page.tasks {
+                    let end = End::of_record(record, owners.get(&record.function).copied());
+                    if end.finished_ms >= from_ms {
+                        history.add(&end, now);
+                        added.insert(record.id);
+                    }
+                }
+                match page.next {
+                    Some(next) => before_id = Some(next),
+                    None => break,
+                }
+            }
+        }
+        tracing::debug!(ends = added.len(), "the history of ends read the store");
+        Ok(added)
+    }
+
+    /// The `history` event's JSON for the consumer `filter` describes.
+    fn json(&self, filter: &Filter, now_ms: u64) -> String {
+        lock(&self.history).json(filter, now_ms)
+    }
+}
+
+/// Whose ends a slot of the history counts, for who may see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    /// The user who made the calls; `None` for the callers past [`HISTORY_KEYS`] in a second,
+    /// whose ends only those who may read all of the function's tasks see.
+    caller: Option<u32>,
+    /// The function's owner (`None`: it was gone).
+    owner: Option<u32>,
+}
+
+/// One finished task, as the history counts it.
+#[derive(Debug)]
+struct End<'a> {
+    id: u128,
+    function: &'a str,
+    source: Source,
+    finished_ms: u64,
+    failed: bool,
+    run_ms: Option<u64>,
+}
+
+impl End<'_> {
+    /// The end a finished task's event tells of.
+    fn of_event(task: &TaskEvent) -> End<'_> {
+        End {
+            id: task.id.as_u128(),
+            function: &task.function,
+            source: Source {
+                caller: Some(task.caller),
+                owner: Some(task.owner),
+            },
+            finished_ms: task.finished_ms.unwrap_or_else(now_ms),
+            failed: task.status == TaskStatus::Failed,
+            run_ms: task.run_ms,
+        }
+    }
+
+    /// The end of a finished task's stored record, of a function owned by `owner`.
+    fn of_record(record: &TaskRecord, owner: Option<u32>) -> End<'_> {
+        End {
+            id: record.id,
+            function: &record.function,
+            source: Source {
+                caller: Some(record.caller),
+                owner,
+            },
+            finished_ms: record.finished_ms.unwrap_or(record.created_ms),
+            failed: record.status == TaskStatus::Failed,
+            run_ms: Some(record.run_us / 1000),
+        }
+    }
+}
+
+/// Ends by second over the last [`HISTORY_SPAN_S`] seconds, oldest first.
+#[derive(Debug, Default)]
+struct History {
+    seconds: VecDeque<Second>,
+}
+
+/// The ends of one second: by function, then by source.
+#[derive(Debug)]
+struct Second {
+    /// Unix seconds.
+    at_s: u64,
+    ends: BTreeMap<String, Vec<(Source, Ends)>>,
+    /// How many (function, source) slots `ends` holds.
+    slots: usize,
+}
+
+impl History {
+    /// Counts `end` in the second it finished in (at most `now_ms`), unless that is out of
+    /// the span; forgets the seconds that left the span.
+    fn add(&mut self, end: &End<'_>, now_ms: u64) {
+        let now_s = now_ms / 1000;
+        while self
+            .seconds
+            .front()
+            .is_some_and(|s| s.at_s + HISTORY_SPAN_S <= now_s)
+        {
+            self.seconds.pop_front();
+        }
+        let at_s = (end.finished_ms / 1000).min(now_s);
+        if at_s + HISTORY_SPAN_S <= now_s {
+            return;
+        }
+        let at = self.seconds.partition_point(|s| s.at_s < at_s);
+        if self.seconds.get(at).is_none_or(|s| s.at_s != at_s) {
+            let second = Second {
+                at_s,
+                ends: BTreeMap::new(),
+                slots: 0,
+            };
+            self.seconds.insert(at, second);
+        }
+        if let Some(second) = self.seconds.get_mut(at) {
+            second.add(end);
+        }
+    }
+
+    /// The `history` event's JSON: the seconds of the span before `now_ms` with the ends
+    /// `filter` lets its consumer see, oldest first, each with its functions by name; the run
+    /// times of the newest seconds only, up to [`HISTORY_RUN_TIMES`].
+    fn json(&self, filter: &Filter, now_ms: u64) -> String {
+        #[derive(Serialize)]
+        struct FunctionEnds<'a> {
+            name: &'a str,
+            completed: u64,
+            failed: u64,
+            run_ms: Vec<u64>,
+        }
+        #[derive(Serialize)]
+        struct SecondView<'a> {
+            at_ms: u64,
+            functions: Vec<FunctionEnds<'a>>,
+        }
+        #[derive(Serialize)]
+        struct HistoryView<'a> {
+            now_ms: u64,
+            span_ms: u64,
+            window_ms: u64,
+            seconds: Vec<SecondView<'a>>,
+        }
+        let now_s = now_ms / 1000;
+        let mut seconds: Vec<SecondView> = self
+            .seconds
+            .iter()
+            .filter(|s| s.at_s + HISTORY_SPAN_S > now_s)
+            .map(|second| SecondView {
+                at_ms: second.at_s * 1000,
+                functions: second
+                    .ends
+                    .iter()
+                    .filter_map(|(name, sources)| {
+                        let mut seen = sources
+                            .iter()
+                            .filter(|(source, _)| filter.sees_ends(name, *source))
+                            .peekable();
+                        seen.peek()?;
+                        let mut ends = FunctionEnds {
+                            name,
+                            completed: 0,
+                            failed: 0,
+                            run_ms: Vec::new(),
+                        };
+                        for (_, e) in seen {
+                            ends.completed += e.completed;
+                            ends.failed += e.failed;
+                            ends.run_ms.extend_from_slice(&e.run_ms);
+                        }
+                        Some(ends)
+                    })
+                    .collect(),
+            })
+            .filter(|s| !s.functions.is_empty())
+            .collect();
+        let (most, per_function) = HISTORY_RUN_TIMES;
+        let mut sent = 0;
+        let mut sent_of: HashMap<&str, usize> = HashMap::new();
+        for ends in seconds.iter_mut().rev().flat_map(|s| &mut s.functions) {
+            let of_function = sent_of.entry(ends.name).or_default();
+            if sent >= most && *of_function >= per_function {
+                ends.run_ms.clear();
+            }
+            sent += ends.run_ms.len();
+            *of_function += ends.run_ms.len();
+        }
+        let view = HistoryView {
+            now_ms,
+            span_ms: HISTORY_SPAN_S * 1000,
+            window_ms: SUMMARY_WINDOW.as_millis() as u64,
+            seconds,
+        };
+        serde_json::to_string(&view)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+}
+
+impl Second {
+    /// Counts `end` under its function and source (without its caller past [`HISTORY_KEYS`]).
+    fn add(&mut self, end: &End<'_>) {
+        let sources = match self.ends.get_mut(end.function) {
+            Some(sources) => sources,
+            None => self.ends.entry(end.function.to_owned()).or_default(),
+        };
+        let mut source = end.source;
+        if self.slots >= HISTORY_KEYS && !sources.iter().any(|(s, _)| *s == source) {
+            source.caller = None;
+        }
+        let slot = match sources.iter().position(|(s, _)| *s == source) {
+            Some(slot) => slot,
+            None => {
+                sources.push((source, Ends::default()));
+                self.slots += 1;
+                sources.len() - 1
+            }
+        };
+        if let Some((_, ends)) = sources.get_mut(slot) {
+            ends.add(end.failed, end.run_ms, end.id, HISTORY_SAMPLES);
+        }
+    }
+}
+
 /// What a stream sends next.
 enum Next {
     /// An event for this consumer.
     Event(Event),
     /// A `tasks` summary's JSON.
     Tasks(String),
+    /// The `history` event's JSON.
+    History(String),
     /// It fell this many events behind: the last thing it gets.
     Dropped(u64),
 }
@@ -335,6 +752,7 @@ impl Next {
         let (kind, data) = match self {
             Next::Event(event) => (event.kind(), event_json(&event)),
             Next::Tasks(json) => ("tasks", json),
+            Next::History(json) => ("history", json),
             Next::Dropped(missed) => {
                 let message = format!(
                     "this stream fell {missed} events behind and was closed; reconnect to go on"
@@ -404,6 +822,144 @@ mod tests {
         };
         assert!(only_g.admits(&registered("g")));
         assert!(!only_g.admits(&registered("f")));
+    }
+
+    fn end(function: &str, caller: u32, finished_ms: u64, failed: bool, run_ms: u64) -> End<'_> {
+        End {
+            id: u128::from(finished_ms) << 64 | u128::from(caller),
+            function,
+            source: Source {
+                caller: Some(caller),
+                owner: Some(9),
+            },
+            finished_ms,
+            failed,
+            run_ms: Some(run_ms),
+        }
+    }
+
+    /// (at_ms, function, completed, failed, run times) of each second of a `history` event.
+    fn seconds(json: &str) -> Vec<(u64, String, u64, u64, usize)> {
+        let value: serde_json::Value = serde_json::from_str(json).expect("json");
+        let mut out = Vec::new();
+        for second in value["seconds"].as_array().expect("seconds") {
+            for f in second["functions"].as_array().expect("functions") {
+                out.push((
+                    second["at_ms"].as_u64().expect("at_ms"),
+                    f["name"].as_str().expect("name").to_owned(),
+                    f["completed"].as_u64().expect("completed"),
+                    f["failed"].as_u64().expect("failed"),
+                    f["run_ms"].as_array().expect("run_ms").len(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_history_counts_ends_by_second_and_forgets_them_after_five_minutes() {
+        let start = 1_700_000_000_000;
+        let mut history = History::default();
+        let admin = filter(1, Role::Admin, None);
+        history.add(&end("f", 5, start + 10, false, 3), start + 20);
+        history.add(&end("f", 5, start + 900, true, 4), start + 950);
+        history.add(&end("g", 5, start + 2500, false, 5), start + 2600);
+        // Late, out of order: still in its own second.
+        history.add(&end("f", 6, start + 999, false, 6), start + 2700);
+        assert_eq!(
+            seconds(&history.json(&admin, start + 3000)),
+            vec![
+                (start, "f".into(), 2, 1, 3),
+                (start + 2000, "g".into(), 1, 0, 1)
+            ]
+        );
+        let later = start + HISTORY_SPAN_S * 1000;
+        assert_eq!(
+            seconds(&history.json(&admin, later)),
+            vec![(start + 2000, "g".into(), 1, 0, 1)],
+            "the first second left the span"
+        );
+        history.add(&end("f", 5, start + 1500, false, 1), later + 2000);
+        assert!(
+            seconds(&history.json(&admin, later + 2000)).is_empty(),
+            "an end older than the span is not counted"
+        );
+        assert!(history.seconds.is_empty(), "the old seconds are forgotten");
+    }
+
+    #[test]
+    fn the_history_shows_each_caller_only_the_ends_it_may_read() {
+        let start = 1_700_000_000_000;
+        let mut history = History::default();
+        history.add(&end("f", 5, start, false, 1), start);
+        history.add(&end("f", 6, start, true, 1), start);
+        let counts = |history: &History, filter: &Filter| {
+            seconds(&history.json(filter, start + 1000))
+                .into_iter()
+                .map(|(_, name, completed, failed, _)| (name, completed, failed))
+                .collect::<Vec<(String, u64, u64)>>()
+        };
+        assert_eq!(
+            counts(&history, &filter(5, Role::Invoker, None)),
+            vec![("f".into(), 1, 0)]
+        );
+        assert_eq!(
+            counts(&history, &filter(6, Role::Invoker, None)),
+            vec![("f".into(), 0, 1)]
+        );
+        assert_eq!(counts(&history, &filter(7, Role::Invoker, None)), vec![]);
+        assert_eq!(
+            counts(&history, &filter(9, Role::Developer, None)),
+            vec![("f".into(), 1, 1)]
+        );
+        assert_eq!(counts(&history, &filter(8, Role::Developer, None)), vec![]);
+        assert_eq!(counts(&history, &filter(1, Role::Admin, Some("g"))), vec![]);
+
+        // Past HISTORY_KEYS callers in a second, the ends are kept without their caller:
+        // the owner still counts them all, their caller no longer sees them.
+        let many = HISTORY_KEYS as u32 + 10;
+        for caller in 100..100 + many {
+            history.add(&end("h", caller, start, false, 1), start);
+        }
+        let owner = counts(&history, &filter(9, Role::Developer, Some("h")));
+        assert_eq!(owner, vec![("h".into(), u64::from(many), 0)]);
+        let last = counts(&history, &filter(100 + many - 1, Role::Invoker, Some("h")));
+        assert_eq!(last, vec![]);
+        let first = counts(&history, &filter(100, Role::Invoker, Some("h")));
+        assert_eq!(first, vec![("h".into(), 1, 0)]);
+    }
+
+    #[test]
+    fn the_history_sends_the_newest_run_times_within_its_bounds() {
+        let start = 1_700_000_000_000;
+        let mut history = History::default();
+        for second in 0..100 {
+            for i in 0..30 {
+                let at = start + second * 1000 + i;
+                history.add(&end("busy", 5, at, false, i), at);
+            }
+            let at = start + second * 1000;
+            history.add(&end("rare", 5, at, false, 7), at);
+        }
+        let json = history.json(&filter(1, Role::Admin, None), start + 100_000);
+        let seconds = seconds(&json);
+        let sent =
+            |name: &str| -> usize { seconds.iter().filter(|s| s.1 == name).map(|s| s.4).sum() };
+        let (most, per_function) = HISTORY_RUN_TIMES;
+        assert!(sent("busy") <= most && sent("busy") >= most - HISTORY_SAMPLES);
+        assert_eq!(
+            sent("rare"),
+            per_function.min(100),
+            "a function past the total keeps its own"
+        );
+        let newest = seconds.iter().rev().find(|s| s.1 == "busy").expect("busy");
+        assert_eq!(newest.4, 30, "the newest second keeps its run times");
+        let oldest = seconds.iter().find(|s| s.1 == "busy").expect("busy");
+        assert_eq!(
+            (oldest.2, oldest.4),
+            (30, 0),
+            "the oldest keeps its counts only"
+        );
     }
 
     #[test]

@@ -64,15 +64,22 @@ pub use panic::log_panics;
 pub use settings::Change;
 pub use slow_body::{BodyTooSlow, MIN_BYTES_PER_SECOND, SlowBodyGuard};
 
-/// What every handler shares: a cheap handle (one reference count per clone, as every handler
-/// and middleware takes one) on [`Shared`].
+/// What every handler shares: a cheap handle (two reference counts per clone, as every handler
+/// and middleware takes one) on [`Shared`] and on what the routes keep for themselves.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState {
+    shared: Arc<Shared>,
+    /// The dashboard's history of ends, once a summary stream has started it.
+    recorder: Arc<events::RecorderSlot>,
+}
 
 impl AppState {
     /// The handle on `shared`.
     pub fn new(shared: Shared) -> AppState {
-        AppState(Arc::new(shared))
+        AppState {
+            shared: Arc::new(shared),
+            recorder: Arc::default(),
+        }
     }
 }
 
@@ -80,7 +87,7 @@ impl std::ops::Deref for AppState {
     type Target = Shared;
 
     fn deref(&self) -> &Shared {
-        &self.0
+        &self.shared
     }
 }
 

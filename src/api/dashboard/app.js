@@ -1,10 +1,13 @@
 // The faasd dashboard. It reads the same JSON API and event stream as any client: the initial
 // state from GET /healthz, /v1/functions, /v1/workers, /v1/tasks and /v1/usage, then every change
 // from GET /v1/events?tasks=summary (Server-Sent Events, read with fetch() and a stream reader
-// because EventSource cannot send the Authorization header). The summary form sends one `tasks`
-// event a second (what ended, sampled run times, queue levels, the newest tasks) rather than
-// one event per task change, so that a busy server is cheap to watch. While the stream is down it polls the JSON
-// API every few seconds; while it is up it sends nothing but what the person asks for.
+// because EventSource cannot send the Authorization header). The summary form opens with a
+// `history` event (the last 5 minutes' ends per second and sampled run times, which the chart,
+// tasks/s and p50/p99 start from) and then sends one `tasks` event a second (what ended, sampled
+// run times, queue levels, the newest tasks) rather than one event per task change, so that a
+// busy server is cheap to watch. While the stream is down it polls the JSON API every few
+// seconds (the overview then counts only the ends of the tasks it loads); while it is up it sends
+// nothing but what the person asks for.
 //
 // Every server string reaches the page through textContent (the el() helper), never as HTML.
 
@@ -21,6 +24,8 @@ const LATENCIES = 1000;
 const STALE_MS = 15000;
 const MAX_TEXT = 65536;
 const FINISHED = new Set(["COMPLETED", "FAILED"]);
+const UNKNOWN = "–"; // a figure the page could not read (no token, no right to it, not loaded)
+const SHORT_ID = 8; // the task id's last characters shown: its random part (the start is time)
 
 const $ = (id) => document.getElementById(id);
 
@@ -37,6 +42,7 @@ const state = {
   latencies: [], // run_ms of the latest finished tasks, all functions
   fnLatencies: new Map(), // name -> run_ms of its latest finished tasks
   levels: new Map(), // name -> {QUEUED, RUNNING} from the summaries, for functions the server reports
+  known: { tasks: false, workers: false, ends: false }, // which figures were read from the server
   selectedTask: null,
   selectedFunction: null,
 };
@@ -213,6 +219,22 @@ function onSummary(data) {
   }
 }
 
+/** A `history`: the last 5 minutes' ends per second, which replace what the page counted. The
+ * server's clock places them; `now_ms` lets a page whose clock differs place them on its own. */
+function onHistory(data) {
+  const skew = data.now_ms == null ? 0 : Date.now() - data.now_ms;
+  state.buckets = new Map();
+  state.latencies = [];
+  state.fnLatencies = new Map();
+  for (const second of data.seconds || []) {
+    for (const f of second.functions || []) {
+      countEnds(f.name, second.at_ms + skew, f.completed, f.failed, false);
+      if (f.run_ms && f.run_ms.length) countRunTimes(f.name, f.run_ms);
+    }
+  }
+  state.known.ends = true;
+}
+
 function pushBounded(list, value, max) {
   list.push(value);
   if (list.length > max) list.splice(0, list.length - max);
@@ -331,22 +353,24 @@ function tick() {
 }
 
 function renderOverview(total) {
-  $("stat-queued").textContent = total.QUEUED;
-  $("stat-running").textContent = total.RUNNING;
+  const { known } = state;
+  $("stat-queued").textContent = known.tasks ? total.QUEUED : UNKNOWN;
+  $("stat-running").textContent = known.tasks ? total.RUNNING : UNKNOWN;
   let used = 0;
   let slots = 0;
   for (const w of state.workers.values()) {
     used += w.running || 0;
     slots += w.slots || 0;
   }
-  $("stat-slots").textContent = `${used} / ${slots}`;
+  $("stat-slots").textContent = known.workers ? `${used} / ${slots}` : UNKNOWN;
   const now = Math.floor(Date.now() / BUCKET_MS);
   let ended = 0;
   for (let k = now - RATE_BUCKETS; k < now; k += 1) {
     const b = state.buckets.get(k);
     if (b) ended += b.ok + b.bad;
   }
-  $("stat-rate").textContent = (ended / ((RATE_BUCKETS * BUCKET_MS) / 1000)).toFixed(1);
+  const rate = ended / ((RATE_BUCKETS * BUCKET_MS) / 1000);
+  $("stat-rate").textContent = known.ends ? rate.toFixed(1) : UNKNOWN;
   $("stat-p50").textContent = fmtMs(percentile(state.latencies, 50));
   $("stat-p99").textContent = fmtMs(percentile(state.latencies, 99));
 }
@@ -384,7 +408,7 @@ function renderFunctions(byFunction) {
         { dataset: { function: name }, onclick: () => showFunction(name) },
         el("td", {}, f.display_name ? `${name} (${f.display_name})` : name),
         el("td", {}, f.version),
-        el("td", {}, f.runtime),
+        el("td", {}, isService(f) ? `${f.runtime} · HTTP :${f.http_port}` : f.runtime),
         el("td", { class: "queued" }, counts.QUEUED),
         el("td", { class: "running" }, counts.RUNNING),
         el("td", { class: "warm" }, f.warm_executors ?? "–"),
@@ -396,8 +420,23 @@ function renderFunctions(byFunction) {
       return row;
     }),
   );
-  fillSelect($("invoke-function"), names, null);
+  // An HTTP-service function takes no tasks (its invoke answers 400): the form leaves it out.
+  const services = names.filter((name) => isService(state.functions.get(name)));
+  fillSelect($("invoke-function"), names.filter((name) => !services.includes(name)), null);
+  const note = $("invoke-note");
+  const noteText = services.length
+    ? `Not listed (HTTP services, which take requests rather than tasks): ${services
+        .map((name) => `${name} at /function/${name}/`)
+        .join(", ")}.`
+    : "";
+  if (note.textContent !== noteText) note.textContent = noteText;
+  note.hidden = !noteText;
   fillSelect($("task-filter-function"), names, "all");
+}
+
+/** Whether `f` is an HTTP-service function (registered with an HTTP port). */
+function isService(f) {
+  return f != null && f.http_port != null;
 }
 
 /** Sets a select's options to `names` (after an `all` option when given), keeping its choice. */
@@ -452,7 +491,7 @@ function taskRow(task, onclick) {
   const row = el(
     "tr",
     { dataset: { task: task.id }, onclick },
-    el("td", { class: "id", title: task.id }, task.id.slice(0, 13)),
+    el("td", { class: "id", title: task.id }, shortId(task.id)),
     el("td", {}, task.function),
     el("td", { class: `status ${task.status}` }, task.status),
     el("td", {}, fmtTime(task.created)),
@@ -461,6 +500,12 @@ function taskRow(task, onclick) {
   );
   if (task.id === state.selectedTask) row.classList.add("selected");
   return row;
+}
+
+/** The end of a task id: UUIDv7s made in the same millisecond share their first 13 characters
+ * (the time), and differ in their random last ones. */
+function shortId(id) {
+  return id.length > SHORT_ID ? `…${id.slice(-SHORT_ID)}` : id;
 }
 
 function renderTasks() {
@@ -494,6 +539,7 @@ function renderChart() {
     series.bad.push(b.bad / (BUCKET_MS / 1000));
   }
   for (const key of state.buckets.keys()) if (key < now - CHART_BUCKETS) state.buckets.delete(key);
+  renderChartTotals(now);
   const top = Math.max(1, ...series.ok, ...series.bad);
   const css = getComputedStyle(document.documentElement);
   const color = (name) => css.getPropertyValue(name).trim();
@@ -522,8 +568,29 @@ function renderChart() {
     });
     ctx.stroke();
   };
+  if (!state.known.ends) return;
   plot(series.ok, color("--ok"));
   plot(series.bad, color("--bad"));
+}
+
+/** The chart's figures in words, under it: the ends of its 5 minutes (the current bucket too)
+ * and its peak. */
+function renderChartTotals(now) {
+  let ok = 0;
+  let bad = 0;
+  let peak = 0;
+  for (let k = now - CHART_BUCKETS; k <= now; k += 1) {
+    const b = state.buckets.get(k);
+    if (!b) continue;
+    ok += b.ok;
+    bad += b.bad;
+    if (k < now) peak = Math.max(peak, (b.ok + b.bad) / (BUCKET_MS / 1000));
+  }
+  const text = state.known.ends
+    ? `${ok} completed, ${bad} failed; peak ${peak.toFixed(peak < 10 ? 1 : 0)}/s`
+    : UNKNOWN;
+  const totals = $("chart-totals");
+  if (totals.textContent !== text) totals.textContent = text;
 }
 
 // ---- details: a function's settings and tasks, a task's timings, result and logs ------------
@@ -690,11 +757,13 @@ async function loadAll() {
   const got = Object.fromEntries(keys.map((k, i) => [k, settled[i]]));
   const errors = settled.filter((s) => s.status === "rejected").map((s) => s.reason);
   const value = (k) => (got[k].status === "fulfilled" ? got[k].value : null);
+  if (errors.some((e) => e.status === 401)) forget();
   if (value("functions")) {
     state.functions = new Map(value("functions").map((f) => [f.name, f]));
   }
   if (value("workers")) {
     state.workers = new Map(value("workers").map((w) => [w.id, normalizeWorker(w)]));
+    state.known.workers = true;
   }
   if (value("usage")) {
     state.usage = new Map(value("usage").rows.map((r) => [r.function, r]));
@@ -706,14 +775,34 @@ async function loadAll() {
   scheduleRender();
 }
 
+/** Forgets every figure read with a token that no longer works (a 401): they show as unknown. */
+function forget() {
+  Object.assign(state, {
+    functions: new Map(),
+    usage: new Map(),
+    workers: new Map(),
+    tasks: new Map(),
+    recent: [],
+    buckets: new Map(),
+    latencies: [],
+    fnLatencies: new Map(),
+    levels: new Map(),
+    known: { tasks: false, workers: false, ends: false },
+  });
+}
+
+/** Replaces the tasks with the loaded lists. While the stream is live their ends are already in
+ * its history and summaries; otherwise the overview counts the ends of the tasks loaded. */
 function replaceTasks(value) {
   const selected = state.selectedTask && state.tasks.get(state.selectedTask);
   state.tasks = new Map();
   state.recent = [];
   for (const list of ["running", "queued", "latest"]) {
-    for (const t of value(list).tasks) putTask(t, false);
+    for (const t of value(list).tasks) putTask(t, false, stream.live);
   }
   if (selected && !state.tasks.has(selected.id)) state.tasks.set(selected.id, selected);
+  state.known.tasks = true;
+  if (!stream.live) state.known.ends = true;
 }
 
 function onEvent(type, data) {
@@ -724,6 +813,8 @@ function onEvent(type, data) {
     }
   } else if (type === "tasks") {
     onSummary(data);
+  } else if (type === "history") {
+    onHistory(data);
   } else if (type === "worker") {
     if (data.kind === "left") state.workers.delete(data.id);
     else state.workers.set(data.id, normalizeWorker(data, state.workers.get(data.id)));
@@ -770,7 +861,14 @@ function parseEvents(text) {
   return rest;
 }
 
-const stream = { controller: null, retryMs: 1000, timer: null, poller: null, everLive: false };
+const stream = {
+  controller: null,
+  retryMs: 1000,
+  timer: null,
+  poller: null,
+  everLive: false,
+  live: false, // the stream is open: ends are counted from its history and summaries
+};
 
 function setConnection(text) {
   const badge = $("connection");
@@ -797,6 +895,7 @@ async function connect() {
     if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
     setConnection("live");
     stream.everLive = true;
+    stream.live = true;
     stream.retryMs = 1000;
     stopPolling();
     loadAll();
@@ -811,6 +910,7 @@ async function connect() {
     if (controller.signal.aborted) return;
   }
   if (stream.controller !== controller) return;
+  stream.live = false;
   setConnection(stream.everLive ? "reconnecting" : "offline");
   state.levels = new Map(); // the levels come with the stream; the polled task lists count now
   if (!stream.poller) {
@@ -823,6 +923,7 @@ async function connect() {
 
 function reconnect() {
   if (stream.controller) stream.controller.abort();
+  stream.live = false;
   stream.retryMs = 1000;
   stopPolling();
   connect();
@@ -852,7 +953,7 @@ async function filterChanged() {
   if (!fn && !status) return;
   try {
     const list = await getJSON(`/v1/tasks?function=${enc(fn)}&status=${enc(status)}&limit=${SHOWN_TASKS}`);
-    for (const t of list.tasks) putTask(t, false);
+    for (const t of list.tasks) putTask(t, false, stream.live);
     scheduleRender();
   } catch (err) {
     notice(explain(err));

@@ -222,6 +222,15 @@ async fn bad_input_is_refused_before_anything_is_submitted() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = cli(&server, &["invoke", "nope", "--batch", "-"], b"a\n");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    // The batch's own flags without --batch are refused, not ignored.
+    for flags in [&["--base64"][..], &["--output", "out"]] {
+        let mut args = vec!["invoke", "echo", "eA=="];
+        args.extend(flags);
+        let out = cli(&server, &args, b"");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("goes with --batch"), "{stderr}");
+    }
     assert_eq!(queued(&client).await, 0, "no refused batch queued anything");
 
     // Lines that fit are cut into requests under the limit: 40 lines of 100 bytes.

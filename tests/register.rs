@@ -208,6 +208,30 @@ async fn a_directory_as_shell_and_a_script_as_pickle_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_py_file_without_runtime_is_not_taken_for_a_shell_script() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let greet = write(
+        &dir.path().join("greet.py"),
+        "def handle(p):\n    return b'hi ' + p\n",
+    );
+    let (code, _, stderr) = register(&server, &["greet", &greet]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("add --runtime python"), "{stderr}");
+    assert_eq!(server.cli(&["versions", "greet"]).status.code(), Some(4));
+    // Said outright, either runtime is taken; a python function's next version needs no flag.
+    let (code, _, stderr) = register(&server, &["greet", &greet, "--runtime", "python"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = register(&server, &["greet", &greet]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = server.cli(&["invoke", "greet", "you"]);
+    assert_eq!(text(&out.stdout), "hi you", "{}", text(&out.stderr));
+    let script = write(&dir.path().join("odd.py"), "echo shell\n");
+    let (code, _, stderr) = register(&server, &["odd", &script, "--runtime", "shell"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_new_version_keeps_the_settings_not_given_and_reset_drops_them() {
     let server = Server::start(&[]);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -86,6 +86,13 @@ pub fn payload(data: Option<&str>) -> anyhow::Result<Bytes> {
 
 /// Runs `faasd invoke`.
 pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
+    if args.batch.is_none() && (args.base64 || args.output.is_some()) {
+        let flag = if args.base64 { "--base64" } else { "--output" };
+        return Err(exit::coded(
+            exit::USAGE,
+            format!("{flag} goes with --batch FILE: without it, invoke runs one call"),
+        ));
+    }
     if let Some(source) = args.batch {
         let (name, version) = super::versions::split_pin(&args.name)?;
         let batch = super::batch::Batch {

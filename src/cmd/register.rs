@@ -95,6 +95,9 @@ pub async fn run(mut args: RegisterArgs) -> anyhow::Result<u8> {
     if args.requirements.is_some() && args.runtime.is_none() {
         args.runtime = Some(kept_runtime(&client, &args.name).await);
     }
+    if args.runtime.is_none() && args.file.extension().is_some_and(|e| e == "py") {
+        refuse_python_as_shell(&client, &args).await?;
+    }
     let requirements = read_requirements(&args)?;
     let (mut body, blob) = match large_file(&args, requirements.is_some()) {
         Some(len) => {
@@ -166,6 +169,26 @@ async fn kept_runtime(client: &crate::client::Client, name: &str) -> String {
     };
     live.and_then(|f| f["runtime"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "shell".into())
+}
+
+/// Refuses a `.py` file given without `--runtime` for a function that would run it as a shell
+/// script (a new one, or one whose live version is `shell`): that is almost always a forgotten
+/// `--runtime python`, which would otherwise only show at the first call.
+async fn refuse_python_as_shell(
+    client: &crate::client::Client,
+    args: &RegisterArgs,
+) -> anyhow::Result<()> {
+    if kept_runtime(client, &args.name).await != "shell" {
+        return Ok(());
+    }
+    Err(exit::coded(
+        exit::USAGE,
+        format!(
+            "{} looks like Python, but {} would run it with /bin/sh: add --runtime python (or --runtime shell if it really is a shell script)",
+            args.file.display(),
+            args.name
+        ),
+    ))
 }
 
 /// One `setting: old -> new` line per setting the new version changed.

@@ -75,6 +75,19 @@ pub enum Error {
         /// The `error` of the error body, or the status and the body's text.
         message: String,
     },
+    /// An error answer without faasd's error body (`{"error", "code"}`): most likely not a
+    /// faasd server at all (another web server, a proxy's error page).
+    #[error(
+        "the server answered {status} ({content_type}) without a faasd error: is the URL (--url, FAASD_URL) a faasd server's? It said: {start}"
+    )]
+    NotFaasd {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The answer's `Content-Type`, or `no content type`.
+        content_type: String,
+        /// The start of the body's text, on one line.
+        start: String,
+    },
     /// The body is not the JSON the command expected.
     #[error("the server sent a body that is not the expected JSON: {cause}")]
     UnexpectedBody {
@@ -133,6 +146,28 @@ impl Answer {
     /// Turns an error answer into [`Error::Answered`] with the server's message.
     pub fn into_error(self) -> Error {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
+        if parsed
+            .as_ref()
+            .and_then(|v| v.get("code")?.as_str())
+            .is_none()
+        {
+            let content_type = self
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no content type")
+                .to_string();
+            let text = String::from_utf8_lossy(&self.body);
+            let mut start: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if start.chars().count() > 120 {
+                start = start.chars().take(120).collect::<String>() + "…";
+            }
+            return Error::NotFaasd {
+                status: self.status,
+                content_type,
+                start,
+            };
+        }
         let message = parsed
             .as_ref()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
@@ -651,15 +686,20 @@ mod tests {
     }
 
     #[test]
-    fn an_error_answer_without_json_shows_status_and_body() {
-        let err = answer(StatusCode::BAD_GATEWAY, "upstream down\n")
+    fn an_error_answer_without_faasd_json_is_named_as_not_faasd() {
+        let err = answer(StatusCode::BAD_GATEWAY, "upstream\n  down\n")
             .ok()
             .expect_err("502");
         assert_eq!(
             err.to_string(),
-            "server answered 502 Bad Gateway: upstream down"
+            "the server answered 502 Bad Gateway (no content type) without a faasd error: is the URL (--url, FAASD_URL) a faasd server's? It said: upstream down"
         );
-        assert!(matches!(err, Error::Answered { code: None, .. }), "{err:?}");
+        assert!(matches!(err, Error::NotFaasd { .. }), "{err:?}");
+        // JSON without faasd's `code` is not faasd's either; a long page is cut.
+        let page = format!("{{\"detail\": \"{}\"}}", "x".repeat(300));
+        let err = answer(StatusCode::NOT_FOUND, &page).ok().expect_err("404");
+        assert!(matches!(err, Error::NotFaasd { .. }), "{err:?}");
+        assert!(err.to_string().ends_with("x…"), "{err}");
     }
 
     #[test]

@@ -148,6 +148,50 @@ async fn durations_are_seconds_or_units_in_the_cli_and_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn another_web_server_at_the_url_is_named_as_such_not_a_missing_function() {
+    // A web server that answers everything with an HTML 404 page.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html>\n<body><h1>Not Found</h1>\n<p>nothing here</p></body></html>";
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    for args in [
+        &["ls"][..],
+        &["status", "00000000-0000-7000-8000-000000000000"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--url", url.as_str()]);
+        let out = Command::new(BIN).args(&all).output().expect("run faasd");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("404 Not Found (text/html) without a faasd error"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("FAASD_URL"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_command_that_prints_has_json() {
     let server = Server::start(&[]);
     let client = server.client();

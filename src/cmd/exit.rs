@@ -22,6 +22,8 @@ pub const NOT_FINISHED: u8 = 5;
 /// No token or an unknown one (401 `unauthenticated`), or a right the caller lacks (403
 /// `forbidden`); the message says which.
 pub const ACCESS: u8 = 6;
+/// Nothing to cancel: the task had already ended (`faasd cancel`, 409 `task_finished`).
+pub const ALREADY_ENDED: u8 = 7;
 /// Interrupted by Ctrl-C (SIGINT) before it was done (`faasd invoke --batch`): 128 + 2, as
 /// shells report a command that SIGINT ended.
 pub const INTERRUPTED: u8 = 130;
@@ -66,14 +68,16 @@ pub fn of_client(err: &client::Error) -> u8 {
         | client::Error::Tls { .. }
         | client::Error::BuildRequest { .. } => USAGE,
         client::Error::Unreachable { .. }
+        | client::Error::NotFaasd { .. }
         | client::Error::ReadAnswer { .. }
         | client::Error::UnexpectedBody { .. } => SERVER,
         client::Error::Answered { status, code, .. } => of_answer(*status, code.as_ref()),
     }
 }
 
-/// The exit code of an error answer: a failed task is [`FAILURE`], an unfinished one
-/// [`NOT_FINISHED`], an expired (purged) one [`NOT_FOUND`]; otherwise 401 and 403 are
+/// The exit code of an error answer: a failed (or cancelled) task is [`FAILURE`], an unfinished
+/// one [`NOT_FINISHED`] (also a RUNNING task `cancel` cannot stop), one that ended before a
+/// `cancel` [`ALREADY_ENDED`], an expired (purged) one [`NOT_FOUND`]; otherwise 401 and 403 are
 /// [`ACCESS`], 404 is [`NOT_FOUND`], another 4xx
 /// but 429 is [`USAGE`], and the rest is [`SERVER`].
 pub fn of_answer(status: StatusCode, code: Option<&ErrorCode>) -> u8 {
@@ -86,10 +90,12 @@ pub fn of_answer(status: StatusCode, code: Option<&ErrorCode>) -> u8 {
                 | ErrorCode::FunctionTimeout
                 | ErrorCode::WorkerLost
                 | ErrorCode::OutputTooLarge
-                | ErrorCode::ExecutorFailed,
+                | ErrorCode::ExecutorFailed
+                | ErrorCode::TaskCancelled,
             ),
         ) => FAILURE,
-        (_, Some(ErrorCode::TaskNotFinished)) => NOT_FINISHED,
+        (_, Some(ErrorCode::TaskNotFinished | ErrorCode::TaskRunning)) => NOT_FINISHED,
+        (_, Some(ErrorCode::TaskFinished)) => ALREADY_ENDED,
         (_, Some(ErrorCode::TaskExpired)) => NOT_FOUND,
         (StatusCode::NOT_FOUND, _) => NOT_FOUND,
         (s, _) if s.is_client_error() && s != StatusCode::TOO_MANY_REQUESTS => USAGE,
@@ -143,6 +149,16 @@ mod tests {
     fn an_unfinished_task_exits_5() {
         let code = Some(&ErrorCode::TaskNotFinished);
         assert_eq!(of_answer(StatusCode::CONFLICT, code), NOT_FINISHED);
+        let running = Some(&ErrorCode::TaskRunning);
+        assert_eq!(of_answer(StatusCode::CONFLICT, running), NOT_FINISHED);
+    }
+
+    #[test]
+    fn cancelling_an_ended_task_exits_7_and_a_cancelled_task_exits_1() {
+        let ended = Some(&ErrorCode::TaskFinished);
+        assert_eq!(of_answer(StatusCode::CONFLICT, ended), ALREADY_ENDED);
+        let cancelled = Some(&ErrorCode::TaskCancelled);
+        assert_eq!(of_answer(StatusCode::CONFLICT, cancelled), FAILURE);
     }
 
     #[test]

@@ -270,6 +270,25 @@ async fn a_function_s_own_memory_limit_and_network_access_apply() {
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let task = wait_finished(&client, &submit(&client, "tight", b"").await).await;
     assert_eq!(task["reason"], "out_of_memory", "{task}");
+    // A warm executor killed by its limit says so as a cold call does, not by its signal.
+    let warm_hog = "def handle(p):\n    x = bytearray(200 * 1024 * 1024)\n    return str(len(x))\n";
+    let answer = register(
+        &client,
+        "tight-warm",
+        warm_hog,
+        serde_json::json!({"memory": "64MiB", "runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let task = wait_finished(&client, &submit(&client, "tight-warm", b"").await).await;
+    assert_eq!(
+        (&task["reason"], &task["message"]),
+        (
+            &"out_of_memory".into(),
+            &"killed by the memory limit".into()
+        ),
+        "{task}"
+    );
 
     let port = server.url.rsplit(':').next().expect("port").to_string();
     let dial = format!(

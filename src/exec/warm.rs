@@ -258,15 +258,21 @@ impl WarmExecutor {
                 } else {
                     reason
                 };
-                let how = status.map_or_else(
-                    || format!("stopped answering ({io})"),
-                    |s| format!("exited ({s})"),
-                );
+                let message = if killed_by_memory_limit {
+                    // As a cold call's: the cause, not the signal it came by.
+                    "killed by the memory limit".to_string()
+                } else {
+                    let how = status.map_or_else(
+                        || format!("stopped answering ({io})"),
+                        |s| format!("exited ({s})"),
+                    );
+                    format!("the executor {how}")
+                };
                 // Give the stderr drain a moment to catch the last words.
                 tokio::task::yield_now().await;
                 Failure {
                     reason,
-                    message: format!("the executor {how}"),
+                    message,
                     logs: self.stderr_tail(),
                     result: Bytes::new(),
                 }

@@ -20,9 +20,12 @@ inits = 0
 # token, so two executors never look the same even when the sandbox gives both pid 2.
 EXECUTOR = "%d:%s" % (os.getpid(), os.urandom(8).hex())
 
+print("importing")
+
 def init():
     global inits
     inits += 1
+    print("init", inits)
 
 def handle(payload):
     if payload == b"boom":
@@ -104,12 +107,18 @@ async fn one_warm_executor_serves_many_calls_and_init_runs_once() {
         first_task["init_ms"].as_f64().unwrap_or(0.0) > 0.0,
         "{first_task}"
     );
-    // What the handler printed is the task's log.
+    // What the handler printed is the task's log; the first call's starts with what the
+    // module printed while it loaded (its import and init()).
     let logs = client
         .get(&format!("/v1/tasks/{id}/logs"))
         .await
         .expect("logs");
     assert_eq!(text(&logs.body), "handling b'x'\n");
+    let first_logs = client
+        .get(&format!("/v1/tasks/{first_id}/logs"))
+        .await
+        .expect("logs");
+    assert_eq!(text(&first_logs.body), "importing\ninit 1\nhandling b'x'\n");
     // JSON in, JSON out.
     let answer = client
         .post(

@@ -116,12 +116,18 @@ def main():
         data = frames_in.read(n)
         return data if len(data) == n else None
 
+    # What the module's import and init() print is sent with the ready frame: faasd makes it
+    # the start of the first call's log.
+    loading = io.StringIO()
+    sys.stdout = sys.stderr = loading
     try:
         call = load(mode, bundle)
     except BaseException as exc:
-        send(b"E" + user_traceback(exc).encode("utf-8", "replace"))
+        sys.stdout = sys.stderr = sys.__stderr__
+        send(b"E" + (loading.getvalue() + user_traceback(exc)).encode("utf-8", "replace"))
         return 1
-    send(b"R")
+    sys.stdout = sys.stderr = sys.__stderr__
+    send(b"R" + loading.getvalue().encode("utf-8", "replace")[:LOG_LIMIT])
 
     while True:
         header = read_exact(4)

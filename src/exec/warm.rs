@@ -65,6 +65,9 @@ pub struct WarmExecutor {
     /// Runs through the sandbox shim (whose cgroups must go when it does).
     sandboxed: bool,
     _workdir: tempfile::TempDir,
+    /// What the executor printed while loading (its ready frame's text), until the first call
+    /// takes it into its log.
+    init_logs: Bytes,
     /// The `/proc` files of the process that runs the function, whose CPU and memory a call's
     /// usage reads (see `usage.rs`); opened once the executor is ready.
     meter: super::usage::Meter,
@@ -132,6 +135,7 @@ impl WarmExecutor {
             stderr_tail,
             sandboxed: crate::sandbox::shim::is_wrapped(argv),
             _workdir: workdir,
+            init_logs: Bytes::new(),
             meter: super::usage::Meter::none(),
             last_used: Instant::now(),
         };
@@ -148,7 +152,11 @@ impl WarmExecutor {
                 "the executor was not ready within {}",
                 format_duration(timeout)
             ))),
-            Ok(Ok(body)) if body.as_ref() == b"R" => Ok(()),
+            Ok(Ok(body)) if body.first() == Some(&b'R') => {
+                // What it printed while loading, for the first call's log.
+                self.init_logs = body.slice(1..);
+                Ok(())
+            }
             Ok(Ok(body)) if body.first() == Some(&b'E') => Err(Failure {
                 logs: body.slice(1..),
                 ..Failure::init_failed("the function could not be loaded")
@@ -170,9 +178,32 @@ impl WarmExecutor {
     ) -> Result<Answer, Failure> {
         let frame = call_frame(payload, json);
         let limit = limits.stdout_bytes + limits.stderr_bytes + 16;
-        let body = self.exchange(&frame, limit, timeout).await?;
+        let answered = self
+            .exchange(&frame, limit, timeout)
+            .await
+            .and_then(|body| parse_answer(body, limits));
         self.last_used = Instant::now();
-        parse_answer(body, limits)
+        // The first call's log starts with what the executor printed while loading.
+        let init_logs = std::mem::take(&mut self.init_logs);
+        if init_logs.is_empty() {
+            return answered;
+        }
+        let with_init = |logs: Bytes| {
+            bound(
+                [init_logs.clone(), logs].concat().into(),
+                limits.stderr_bytes,
+            )
+        };
+        match answered {
+            Ok(answer) => Ok(Answer {
+                logs: with_init(answer.logs),
+                ..answer
+            }),
+            Err(failure) => Err(Failure {
+                logs: with_init(failure.logs),
+                ..failure
+            }),
+        }
     }
 
     /// Writes a call frame and reads the answer's body, within `timeout`.

@@ -147,6 +147,9 @@ pub enum FailureReason {
     InitFailed,
     /// The call's memory limit killed it.
     OutOfMemory,
+    /// The task was cancelled before it ran (`POST /v1/tasks/{id}/cancel`, a function's
+    /// cancel, or `faasd rm` of its function). Set by the server only; no worker sends it.
+    Cancelled,
 }
 
 impl FailureReason {
@@ -166,6 +169,7 @@ impl FailureReason {
             FailureReason::ProtocolError => "protocol_error",
             FailureReason::InitFailed => "init_failed",
             FailureReason::OutOfMemory => "out_of_memory",
+            FailureReason::Cancelled => "cancelled",
         }
     }
 }
@@ -959,6 +963,7 @@ mod tests {
             FailureReason::ProtocolError,
             FailureReason::InitFailed,
             FailureReason::OutOfMemory,
+            FailureReason::Cancelled,
         ];
         for (index, reason) in all.into_iter().enumerate() {
             let json = serde_json::to_value(reason).expect("json");

@@ -121,6 +121,13 @@ const TABLE: &[Row] = &[
         "/v1/functions/{name}/batch",
         [202, 202, 403, 202, 403, 401, 401, 403],
     ),
+    // An invoker cancels its own queued tasks of a function it may invoke; its owner and
+    // admins everyone's.
+    row(
+        "POST",
+        "/v1/functions/{name}/cancel",
+        [200, 200, 403, 200, 403, 401, 401, 403],
+    ),
     row(
         "ANY",
         "/function/{name}",
@@ -167,6 +174,13 @@ const TABLE: &[Row] = &[
         "POST",
         "/v1/tasks/{id}/replay",
         [202, 202, 404, 202, 404, 401, 401, 404],
+    ),
+    // The task has finished: whoever may cancel it learns so (409 `task_finished`); whoever
+    // may not read it learns nothing (404).
+    row(
+        "POST",
+        "/v1/tasks/{id}/cancel",
+        [409, 409, 404, 409, 404, 401, 401, 404],
     ),
     row(
         "GET",
@@ -366,6 +380,9 @@ impl Fixture {
             ("POST", "/v1/functions/{name}/invoke") => {
                 ("/v1/functions/f/invoke?async=true".into(), Bytes::new())
             }
+            ("POST", "/v1/functions/{name}/cancel") => {
+                ("/v1/functions/f/cancel".into(), Bytes::new())
+            }
             ("POST", "/v1/functions/{name}/batch") => {
                 ("/v1/functions/f/batch".into(), Bytes::from(r#"["a"]"#))
             }
@@ -383,6 +400,7 @@ impl Fixture {
             ("POST", "/v1/tasks/wait") => (path.into(), json(serde_json::json!({"ids": [task]}))),
             (_, "/v1/tasks/{id}" | "/v1/tasks/{id}/result" | "/v1/tasks/{id}/logs")
             | (_, "/v1/tasks/{id}/payload" | "/v1/tasks/{id}/replay")
+            | (_, "/v1/tasks/{id}/cancel")
             | (_, "/status/{id}" | "/result/{id}") => (path.replace("{id}", task), Bytes::new()),
             ("POST", "/v1/users") => (
                 path.into(),

@@ -48,6 +48,12 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The task has not finished yet.
     TaskNotFinished,
+    /// A cancel found the task already finished (409; the body's `status` says how it ended).
+    TaskFinished,
+    /// A cancel found the task RUNNING: only QUEUED tasks can be cancelled (409).
+    TaskRunning,
+    /// The task was cancelled before it ran (reason `cancelled`; 409 on its result).
+    TaskCancelled,
     /// The function's queue is full.
     QueueFull,
     /// The server is stopping.
@@ -247,6 +253,7 @@ impl ApiError {
             Some(FailureReason::ExitStatus | FailureReason::Signal) | None => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::FunctionFailed)
             }
+            Some(FailureReason::Cancelled) => (StatusCode::CONFLICT, ErrorCode::TaskCancelled),
         };
         let id = uuid::Uuid::from_u128(record.id).to_string();
         let detail = record
@@ -382,7 +389,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 33] = [
+    const CODES: [(ErrorCode, &str); 36] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -396,6 +403,9 @@ mod tests {
         (ErrorCode::RouteNotFound, "route_not_found"),
         (ErrorCode::MethodNotAllowed, "method_not_allowed"),
         (ErrorCode::TaskNotFinished, "task_not_finished"),
+        (ErrorCode::TaskFinished, "task_finished"),
+        (ErrorCode::TaskRunning, "task_running"),
+        (ErrorCode::TaskCancelled, "task_cancelled"),
         (ErrorCode::QueueFull, "queue_full"),
         (ErrorCode::ShuttingDown, "shutting_down"),
         (ErrorCode::FunctionFailed, "function_failed"),

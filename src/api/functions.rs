@@ -950,7 +950,8 @@ pub async fn show(
     Ok(Json(FunctionView::from(f.as_ref()).with_warm(&warm)))
 }
 
-/// `DELETE /v1/functions/{name}`.
+/// `DELETE /v1/functions/{name}`: removes every version; its queued tasks end FAILED
+/// `cancelled` (`"cancelled": N` in the answer).
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -962,12 +963,19 @@ pub async fn remove(
             return Err(forbidden(&caller, &format!("delete {name:?}")));
         }
     }
-    let f = state.broker.delete(&name).await?;
+    let why = format!(
+        "its function {name:?} was removed by {} before it ran",
+        caller.name
+    );
+    let (f, cancelled) = state.broker.delete(&name, &why).await?;
     state.users.forget_function(&name).await?;
-    tracing::info!(function = %name, by = %caller.name, "deleted");
-    Ok(Json(
-        serde_json::json!({"name": f.name, "version": f.version, "deleted": true}),
-    ))
+    tracing::info!(function = %name, by = %caller.name, cancelled, "deleted");
+    Ok(Json(serde_json::json!({
+        "name": f.name,
+        "version": f.version,
+        "deleted": true,
+        "cancelled": cancelled,
+    })))
 }
 
 #[cfg(test)]

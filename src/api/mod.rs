@@ -12,6 +12,7 @@
 //! | `GET /v1/tasks` | the tasks the caller may read, newest first, filtered, paged by cursor |
 //! | `GET /v1/tasks/{id}[/result|/logs|/payload]` | task status, result bytes, stderr, payload |
 //! | `POST /v1/tasks/{id}/replay` | a new task of the same version and payload |
+//! | `POST /v1/tasks/{id}/cancel`, `POST /v1/functions/{name}/cancel` | cancel a QUEUED task, or a function's (`cancel.rs`) |
 //! | `POST /v1/tasks/wait` | wait for the first of many tasks to finish; their results inline |
 //! | `ANY /function/{name}` | body to stdin, stdout to body |
 //! | `GET /v1/workers`, `GET /healthz` | workers (with their machines' health), health |
@@ -25,6 +26,7 @@
 mod access;
 mod batch;
 mod blobs;
+mod cancel;
 mod code;
 mod dashboard;
 mod error;
@@ -170,6 +172,11 @@ fn route_list() -> Vec<Route> {
         ("DELETE", "/v1/functions/{name}", delete(functions::remove)),
         ("POST", "/v1/functions/{name}/invoke", post(tasks::invoke)),
         ("POST", "/v1/functions/{name}/batch", post(batch::submit)),
+        (
+            "POST",
+            "/v1/functions/{name}/cancel",
+            post(cancel::function),
+        ),
         ("GET", "/v1/functions/{name}/versions", get(versions::list)),
         (
             "GET",
@@ -191,6 +198,7 @@ fn route_list() -> Vec<Route> {
         ("GET", "/v1/tasks/{id}/logs", get(tasks::logs)),
         ("GET", "/v1/tasks/{id}/payload", get(versions::payload)),
         ("POST", "/v1/tasks/{id}/replay", post(versions::replay)),
+        ("POST", "/v1/tasks/{id}/cancel", post(cancel::task)),
         ("GET", "/v1/workers", get(workers)),
         ("GET", "/v1/events", get(events::events)),
         ("GET", "/v1/usage", get(usage::usage)),

@@ -119,6 +119,47 @@ pub fn may_read_all_tasks(caller: &Caller, owner: u32) -> bool {
     caller.is_admin() || (caller.role == Role::Developer && owner == caller.user)
 }
 
+/// Whether `caller` may cancel a task made by `task_caller` of a function owned by
+/// `function_owner` (`None`: the function is gone); `granted` is whether the caller holds a
+/// grant on it. Admins and the function's owner cancel anyone's task; others their own, while
+/// they may still invoke the function.
+pub fn may_cancel_task(
+    caller: &Caller,
+    task_caller: u32,
+    function_owner: Option<u32>,
+    granted: bool,
+) -> bool {
+    match function_owner {
+        _ if caller.is_admin() => true,
+        Some(owner) if may_read_all_tasks(caller, owner) => true,
+        Some(owner) => task_caller == caller.user && may_invoke(caller, owner, granted),
+        None => false,
+    }
+}
+
+/// Whose queued tasks of a function owned by `owner` `caller` may cancel at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelScope {
+    /// Everyone's (admins, the function's owner).
+    All,
+    /// The caller's own (whoever may invoke it).
+    Own,
+    /// None: the caller may not invoke the function.
+    Nothing,
+}
+
+/// Whose queued tasks of a function owned by `owner` `caller` may cancel; `granted` is whether
+/// the caller holds a grant on it.
+pub fn cancel_scope(caller: &Caller, owner: u32, granted: bool) -> CancelScope {
+    if may_read_all_tasks(caller, owner) {
+        CancelScope::All
+    } else if may_invoke(caller, owner, granted) {
+        CancelScope::Own
+    } else {
+        CancelScope::Nothing
+    }
+}
+
 /// Whether `caller` may add, list, remove users and issue their tokens.
 pub fn may_manage_users(caller: &Caller) -> bool {
     caller.is_admin()
@@ -234,6 +275,36 @@ mod tests {
         assert!(!may_read_task(&dev, 5, None));
         assert!(!may_read_task(&invoker, 6, Some(5)));
         assert!(may_read_task(&user(1, Role::Admin), 5, None));
+    }
+
+    #[test]
+    fn a_task_is_cancelled_by_admins_the_owner_and_its_caller_while_it_may_invoke() {
+        let dev = user(3, Role::Developer);
+        let invoker = user(5, Role::Invoker);
+        // Its own task, with a grant; without one (revoked) it may no longer cancel it.
+        assert!(may_cancel_task(&invoker, 5, Some(3), true));
+        assert!(!may_cancel_task(&invoker, 5, Some(3), false));
+        // Another user's task: only the owner and admins.
+        assert!(!may_cancel_task(&invoker, 6, Some(3), true));
+        assert!(may_cancel_task(&dev, 6, Some(3), false));
+        assert!(!may_cancel_task(&dev, 6, Some(4), true));
+        assert!(may_cancel_task(&user(1, Role::Admin), 6, None, false));
+        assert!(!may_cancel_task(&dev, 3, None, false));
+    }
+
+    #[test]
+    fn a_functions_queue_is_cancelled_whole_by_admins_and_its_owner_and_in_part_by_invokers() {
+        assert_eq!(
+            cancel_scope(&user(1, Role::Admin), 3, false),
+            CancelScope::All
+        );
+        let dev = user(3, Role::Developer);
+        assert_eq!(cancel_scope(&dev, 3, false), CancelScope::All);
+        assert_eq!(cancel_scope(&dev, 4, true), CancelScope::Own);
+        assert_eq!(cancel_scope(&dev, 4, false), CancelScope::Nothing);
+        let invoker = user(5, Role::Invoker);
+        assert_eq!(cancel_scope(&invoker, 3, true), CancelScope::Own);
+        assert_eq!(cancel_scope(&invoker, 3, false), CancelScope::Nothing);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! back from the store when the task is dispatched (see `outbox`). A sync call keeps its
 //! payload until it ends: its caller's connection holds the request body anyway.
 
+mod cancel;
 mod checks;
 pub mod events;
 mod http;
@@ -26,9 +27,10 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::metrics::{FunctionLevel, Live, TaskEnd, WorkerLevel};
-use crate::proto::{CodeHash, DispatchMode, Frame, Report};
+use crate::proto::{CodeHash, DispatchMode, FailureReason, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
+pub use cancel::{Cancel, CancelFilter};
 pub use checks::WorkerCheck;
 pub use events::{DEFAULT_EVENT_BUFFER, Event};
 use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};
@@ -103,6 +105,9 @@ pub struct Finished {
 /// Resolves once the task's end is committed (or with an error if the commit failed); a sync
 /// caller's resolves as soon as the end is known, unless `serve --commit-before-answer`.
 pub type Waiter = oneshot::Receiver<Result<Arc<Finished>, Arc<store::Error>>>;
+
+/// Told how a task end's first commit went (see [`Broker::finalize_noting`]).
+type Done = oneshot::Sender<Result<(), Arc<store::Error>>>;
 
 /// A worker as listed by `GET /v1/workers`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -212,10 +217,24 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Ends a task recovery will not run: FAILED `worker_lost` when a stop interrupted every
+    /// attempt, or `cancelled` when its function was removed (a crash between `rm`'s commit and
+    /// its cancels' commit leaves such a task pending).
     async fn fail_lost_at_start(&self, mut record: TaskRecord) -> Result<(), Error> {
+        let removed = !self.lock().functions.contains_key(&record.function);
+        let (failure, message) = if removed {
+            let why = format!(
+                "its function {:?} was removed before it ran",
+                record.function
+            );
+            (FailureReason::Cancelled, why)
+        } else {
+            let why = "interrupted by server stops on every attempt".to_owned();
+            (FailureReason::WorkerLost, why)
+        };
         record.status = TaskStatus::Failed;
-        record.failure = Some(crate::proto::FailureReason::WorkerLost);
-        record.message = Some("interrupted by server stops on every attempt".into());
+        record.failure = Some(failure);
+        record.message = Some(message);
         record.finished_ms = Some(now_ms());
         self.inner
             .store
@@ -345,8 +364,15 @@ impl Broker {
         }
     }
 
-    /// Removes a function's live version; its queued tasks still run on the version they pin.
-    pub async fn delete(&self, name: &str) -> Result<Arc<FunctionRecord>, Error> {
+    /// Removes a function (every version), and ends its queued tasks FAILED `cancelled`
+    /// (`message` says why) rather than let them run the removed code; its running tasks run to
+    /// their end. Returns the removed live version and how many tasks were cancelled, once
+    /// their ends are durable.
+    pub async fn delete(
+        &self,
+        name: &str,
+        message: &str,
+    ) -> Result<(Arc<FunctionRecord>, usize), Error> {
         let Some(func) = self.function(name) else {
             return Err(Error::UnknownFunction { name: name.into() });
         };
@@ -354,14 +380,19 @@ impl Broker {
             .store
             .write(Write::Delete { name: name.into() })
             .await?;
-        let mut state = self.lock();
-        state.functions.remove(name);
-        for worker in state.workers.values() {
-            worker.retire(&func);
-        }
-        drop(state);
+        let commits = {
+            let mut state = self.lock();
+            state.functions.remove(name);
+            for worker in state.workers.values() {
+                worker.retire(&func);
+            }
+            // In the same hold as the removal, so that no queued task starts the removed code.
+            let every = |_: &TaskRecord| true;
+            state.cancel_waiting(name, every, usize::MAX, message, &self.inner.store)
+        };
         self.function_changed(FunctionChange::Removed, &func);
-        Ok(func)
+        let cancelled = self.settle_cancelled(name, commits).await?;
+        Ok((func, cancelled))
     }
 
     /// The live version of a function.
@@ -771,6 +802,12 @@ impl Broker {
     /// still RUNNING to readers, until its end is on disk or the store closes (then the task is
     /// still pending in the store and runs again at the next start).
     fn finalize_after(&self, task_id: u128, commit: state::PendingCommit) {
+        self.finalize_noting(task_id, commit, None);
+    }
+
+    /// [`Broker::finalize_after`], also telling `done` how the first commit went: once the end
+    /// is durable, or at once with the error when it failed (the retries go on regardless).
+    fn finalize_noting(&self, task_id: u128, commit: state::PendingCommit, mut done: Option<Done>) {
         let broker = self.clone();
         tokio::spawn(async move {
             let task = uuid::Uuid::from_u128(task_id);
@@ -786,6 +823,9 @@ impl Broker {
                     Err(_) => break Err(Arc::new(store::Error::Closed)),
                     Ok(Err(e)) => {
                         tracing::error!(%task, error = %e, ?retry_in, "could not commit a finished task; retrying");
+                        if let Some(done) = done.take() {
+                            let _ = done.send(Err(e.clone()));
+                        }
                         broker.answer_waiters(task_id, &Err(e));
                         tokio::time::sleep(retry_in).await;
                         // The store retries on its own every second; this only needs to follow.
@@ -810,6 +850,9 @@ impl Broker {
             for w in waiters {
                 let _ = w.send(outcome.clone());
             }
+            if let Some(done) = done {
+                let _ = done.send(outcome.map(|_| ()));
+            }
         });
     }
 
@@ -818,9 +861,12 @@ impl Broker {
         let since = |from: u64, to: Option<u64>| {
             to.map(|to| Duration::from_millis(to.saturating_sub(from)))
         };
-        // A task failed `worker_lost` ended without a report: no run time was measured and
-        // its executor's start is unknown.
-        let reported = record.failure != Some(crate::proto::FailureReason::WorkerLost);
+        // A task failed `worker_lost` ended without a report, and one `cancelled` never ran:
+        // no run time was measured and no executor started.
+        let reported = !matches!(
+            record.failure,
+            Some(FailureReason::WorkerLost | FailureReason::Cancelled)
+        );
         self.inner.store.metrics().task_ended(TaskEnd {
             function: &record.function,
             completed: record.status == TaskStatus::Completed,
@@ -932,7 +978,8 @@ fn trim_freed_memory() {
 
 /// Puts every task the store holds as unfinished back in its queue, in arrival order, pinned to
 /// the function version it was called with. A task that was RUNNING counts that attempt; one
-/// that has used every attempt is returned, to be failed with `worker_lost`.
+/// that has used every attempt is returned, to be failed with `worker_lost`, and so is one whose
+/// function was removed, to be failed `cancelled`.
 async fn recover_pending(store: &Store, state: &mut State) -> Result<Vec<TaskRecord>, Error> {
     let pending = store.pending(INLINE_PAYLOAD).await?;
     let mut versions: HashMap<(String, u32), Arc<FunctionRecord>> = HashMap::new();
@@ -944,6 +991,11 @@ async fn recover_pending(store: &Store, state: &mut State) -> Result<Vec<TaskRec
             continue;
         };
         let mut record = task.record;
+        if !state.functions.contains_key(&record.function) {
+            // Its function was removed: the task is cancelled, not run on removed code.
+            failed.push(record);
+            continue;
+        }
         if record.status == TaskStatus::Running {
             // Interrupted mid-run by the stop: that attempt counts.
             if record.attempts >= func.max_attempts {

@@ -86,6 +86,11 @@ impl Active {
         rx
     }
 
+    /// Whether its end is known and being committed (reported, failed for good, cancelled).
+    pub fn is_finishing(&self) -> bool {
+        self.finishing
+    }
+
     /// Its record as readers see it: its end once that was answered, else its current state.
     pub fn current(&self) -> &TaskRecord {
         self.ended.as_ref().map_or(&self.record, |e| &e.record)
@@ -511,6 +516,75 @@ impl State {
                 self.tasks.remove(&id);
             }
         }
+    }
+
+    /// Ends task `id` FAILED `cancelled` with `message` if it waits in its queue (not leased,
+    /// not finishing); returns its commit, or `None` when it does not wait.
+    pub fn cancel_queued(
+        &mut self,
+        id: u128,
+        message: &str,
+        store: &Store,
+    ) -> Option<PendingCommit> {
+        let active = self.tasks.get(&id)?;
+        if active.finishing || active.worker.is_some() {
+            return None;
+        }
+        let queue = self.queues.get_mut(&active.record.function)?;
+        let at = queue.waiting.iter().position(|t| *t == id)?;
+        queue.waiting.remove(at);
+        Some(self.end_cancelled(id, message, store))
+    }
+
+    /// Takes up to `max` of the tasks waiting in `name`'s queue that `pick` accepts off it and
+    /// ends them FAILED `cancelled` with `message`, in one pass; returns their commits (fewer
+    /// than `max` once none is left).
+    pub fn cancel_waiting(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&TaskRecord) -> bool,
+        max: usize,
+        message: &str,
+        store: &Store,
+    ) -> Vec<(u128, PendingCommit)> {
+        let tasks = &self.tasks;
+        let Some(queue) = self.queues.get_mut(name) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        queue.waiting.retain(|id| {
+            let waits = tasks
+                .get(id)
+                .is_some_and(|a| !a.finishing && a.worker.is_none() && pick(&a.record));
+            if waits && taken.len() < max {
+                taken.push(*id);
+                return false;
+            }
+            true
+        });
+        taken
+            .into_iter()
+            .map(|id| (id, self.end_cancelled(id, message, store)))
+            .collect()
+    }
+
+    /// Ends task `id`, which is off its queue and not leased, FAILED `cancelled`: queues the
+    /// end to the store (readers see it QUEUED until that commits, as a reported end is seen
+    /// RUNNING). Returns the commit to wait on.
+    fn end_cancelled(&mut self, id: u128, message: &str, store: &Store) -> PendingCommit {
+        let active = self.tasks.get_mut(&id).expect("a waiting task is active");
+        active.finishing = true;
+        let mut end = active.record.clone();
+        end.status = TaskStatus::Failed;
+        end.failure = Some(FailureReason::Cancelled);
+        end.message = Some(message.to_owned());
+        end.finished_ms = Some(now_ms());
+        let finished = Arc::new(Finished {
+            record: end,
+            result: Bytes::new(),
+            logs: Bytes::new(),
+        });
+        self.commit_end(id, finished, store)
     }
 
     /// Picks the worker for a task of code `hash`: one with a free slot, preferring one that
@@ -1199,6 +1273,57 @@ mod tests {
         assert_eq!((active.lease, active.worker), (0, None));
         assert_eq!(fx.waiting("f"), [id]);
         assert_eq!(fx.state.running_count(), 0);
+    }
+
+    #[test]
+    fn only_a_waiting_task_is_cancelled_and_it_never_starts() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (running, queued, last) = (fx.enqueue(&f, 1), fx.enqueue(&f, 2), fx.enqueue(&f, 3));
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        assert_eq!(fx.status(running), TaskStatus::Running);
+        // A leased task is not cancelled; a waiting one is, and only once.
+        assert!(fx.state.cancel_queued(running, "no", &fx.store).is_none());
+        let commit = fx
+            .state
+            .cancel_queued(queued, "why", &fx.store)
+            .expect("waiting");
+        let end = &commit.finished.record;
+        assert_eq!(
+            (end.status, end.failure),
+            (TaskStatus::Failed, Some(FailureReason::Cancelled))
+        );
+        assert_eq!(end.message.as_deref(), Some("why"));
+        assert!(fx.state.tasks[&queued].is_finishing());
+        assert!(fx.state.cancel_queued(queued, "again", &fx.store).is_none());
+        assert_eq!(fx.waiting("f"), [last]);
+        // When the slot frees, the next task to start is the one after the cancelled one.
+        let lease = assigned(&mut frames)[0].1;
+        assert!(fx.report(1, running, lease).is_some());
+        fx.dispatch();
+        assert_eq!(assigned(&mut frames)[0].0, last);
+    }
+
+    #[test]
+    fn a_functions_waiting_tasks_are_cancelled_in_steps_by_filter() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let ids: Vec<u128> = (1..=5).map(|seq| fx.enqueue(&f, seq)).collect();
+        let odd = |r: &TaskRecord| r.seq % 2 == 1;
+        let step = fx.state.cancel_waiting("f", odd, 2, "why", &fx.store);
+        assert_eq!(
+            step.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [ids[0], ids[2]]
+        );
+        let step = fx.state.cancel_waiting("f", odd, 2, "why", &fx.store);
+        assert_eq!(step.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [ids[4]]);
+        assert_eq!(fx.waiting("f"), [ids[1], ids[3]]);
+        assert!(
+            fx.state
+                .cancel_waiting("g", |_| true, 9, "why", &fx.store)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod batch;
 mod bench;
+mod cancel;
 mod completions;
 pub mod exit;
 mod failed;
@@ -181,6 +182,8 @@ pub enum Command {
     Logs(tasks::LogsArgs),
     /// List tasks, newest first, by function, status and age.
     Tasks(task_list::TasksArgs),
+    /// Cancel QUEUED tasks (by id, or every one of a function): they end FAILED `cancelled`.
+    Cancel(cancel::CancelArgs),
     /// List functions.
     Ls(ls::LsArgs),
     /// Remove a function: every version of it (its name can be registered again).
@@ -234,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Result(args) => tasks::result(args).await,
         Command::Logs(args) => tasks::logs(args).await,
         Command::Tasks(args) => task_list::run(args).await,
+        Command::Cancel(args) => cancel::run(args).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Rm(args) => rm::run(args).await,
         Command::Versions(args) => versions::versions(args).await,

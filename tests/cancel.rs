@@ -1,0 +1,404 @@
+//! Cancelling queued tasks: by id, by function, by `rm`; what waiters, the CLI and a restart
+//! after a crash see; and who may cancel whose tasks.
+//!
+//! The functions here append their payload to a file (`--sandbox none`, so the host file is
+//! theirs to write), so a task that ran cannot hide it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Server, eventually, expect_error, register, status, submit, text, wait_finished};
+use faasd::client::{Answer, Client};
+
+/// Appends its payload, one line, to `$LOG`.
+const APPEND: &str = "printf '%s\\n' \"$(cat)\" >> \"$LOG\"\n";
+
+/// Holds its slot until the file `$GATE` exists (bounded by its timeout).
+const GATE: &str = "while [ ! -e \"$GATE\" ]; do sleep 0.01; done\n";
+
+/// Registers `name` as [`APPEND`] writing to `log`.
+async fn register_append(client: &Client, name: &str, log: &Path) {
+    let env = serde_json::json!({"env": {"LOG": log.to_str().expect("utf-8 path")}});
+    let answer = register(client, name, APPEND, env).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+}
+
+/// Registers `gate` as [`GATE`] waiting for `file`, and starts one call of it, which holds the
+/// server's only slot until `file` exists; returns its task id once it runs.
+async fn hold_the_slot(client: &Client, file: &Path) -> String {
+    let settings = serde_json::json!({
+        "env": {"GATE": file.to_str().expect("utf-8 path")},
+        "timeout": "60s",
+    });
+    let answer = register(client, "gate", GATE, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let id = submit(client, "gate", b"").await;
+    common::wait_running(client, &id).await;
+    id
+}
+
+/// Reads `events` until the event of task `id` ending FAILED.
+async fn failed_event(events: &mut faasd::client::EventStream, id: &str) -> serde_json::Value {
+    loop {
+        let event = events.next().await.expect("read").expect("an event");
+        if event.event != "task" {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&event.data).expect("json");
+        if data["id"] == id && data["status"] == "FAILED" {
+            return data;
+        }
+    }
+}
+
+/// Adds a user (as `admin`) and returns a client with its token.
+async fn add_user(server: &Server, admin: &Client, name: &str, role: &str) -> Client {
+    let body = serde_json::json!({"name": name, "role": role}).to_string();
+    let answer = admin
+        .post("/v1/users", "application/json", Bytes::from(body))
+        .await
+        .expect("add user");
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let v: serde_json::Value = answer.json().expect("json");
+    let token = v["token"].as_str().expect("token");
+    server.client().with_token(token).expect("client")
+}
+
+async fn post(client: &Client, path: &str) -> Answer {
+    client
+        .post(path, "application/json", Bytes::new())
+        .await
+        .expect("request")
+}
+
+/// The lines the functions appended to `log` (none when it does not exist).
+fn lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_cancelled(task: &serde_json::Value) {
+    assert_eq!(task["status"], "FAILED", "{task}");
+    assert_eq!(task["reason"], "cancelled", "{task}");
+    assert!(task["started_at"].is_null(), "it never started: {task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_task_is_cancelled_never_runs_and_its_waiters_see_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, open) = (dir.path().join("log"), dir.path().join("open"));
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    register_append(&client, "side", &log).await;
+    let gate = hold_the_slot(&client, &open).await;
+    let first = submit(&client, "side", b"first").await;
+    let second = submit(&client, "side", b"second").await;
+
+    // Waiters on the first task: a long poll and an event stream.
+    let mut events = client
+        .events("/v1/events?function=side")
+        .await
+        .expect("stream");
+    let waiting = {
+        let client = server.client();
+        let body = serde_json::json!({"ids": [first], "wait": "30s"}).to_string();
+        tokio::spawn(async move {
+            let answer = client
+                .post("/v1/tasks/wait", "application/json", Bytes::from(body))
+                .await
+                .expect("wait");
+            answer.json::<serde_json::Value>().expect("json")
+        })
+    };
+    let cancelled = post(&client, &format!("/v1/tasks/{first}/cancel")).await;
+    assert_eq!(cancelled.status, 200, "{}", text(&cancelled.body));
+    let view: serde_json::Value = cancelled.json().expect("json");
+    assert_cancelled(&view);
+    assert!(
+        view["message"]
+            .as_str()
+            .expect("message")
+            .contains("cancelled by")
+    );
+    assert_cancelled(&status(&client, &first).await);
+    let waited = waiting.await.expect("waiter");
+    assert_cancelled(&waited["tasks"][0]);
+    let event = tokio::time::timeout(Duration::from_secs(10), failed_event(&mut events, &first))
+        .await
+        .expect("the cancelled end on the event stream within 10 s");
+    assert_eq!(event["reason"], "cancelled", "{event}");
+
+    // The running gate cannot be cancelled; once it ends, the second task runs, the first never.
+    let running = post(&client, &format!("/v1/tasks/{gate}/cancel")).await;
+    expect_error(&running, 409, "task_running");
+    std::fs::write(&open, b"").expect("open the gate");
+    let done = wait_finished(&client, &second).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(lines(&log), ["second"]);
+    // Its result answers the failure: 409 task_cancelled, reason cancelled.
+    let result = client
+        .get(&format!("/v1/tasks/{first}/result"))
+        .await
+        .expect("result");
+    let body = expect_error(&result, 409, "task_cancelled");
+    assert_eq!(body["reason"], "cancelled", "{body}");
+    // A finished task: 409 task_finished with its status.
+    for id in [&first, &second] {
+        let again = post(&client, &format!("/v1/tasks/{id}/cancel")).await;
+        let body = expect_error(&again, 409, "task_finished");
+        assert!(
+            body["status"] == "FAILED" || body["status"] == "COMPLETED",
+            "{body}"
+        );
+    }
+    let unknown = post(
+        &client,
+        "/v1/tasks/0190c1e2-0000-7000-8000-000000000001/cancel",
+    )
+    .await;
+    expect_error(&unknown, 404, "task_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_cancels_tasks_and_exits_by_what_it_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = dir.path().join("open");
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    register_append(&client, "side", &dir.path().join("log")).await;
+    let gate = hold_the_slot(&client, &open).await;
+    let (a, b) = (
+        submit(&client, "side", b"a").await,
+        submit(&client, "side", b"b").await,
+    );
+
+    let out = server.cli(&["cancel", &a, &b]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("cancelled {a}\ncancelled {b}\n"));
+    // Already ended: exit 7, the reason on stderr; with --json one document.
+    let out = server.cli(&["cancel", &a, "--json"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already ended FAILED (cancelled)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["errors"][0]["code"], "task_finished", "{doc}");
+    // RUNNING: exit 5. Unknown: exit 4. The first refusal's code wins; every id is tried.
+    let out = server.cli(&["cancel", &gate]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("RUNNING"),
+        "{}",
+        text(&out.stderr)
+    );
+    let unknown = "0190c1e2-0000-7000-8000-000000000001";
+    let c = submit(&client, "side", b"c").await;
+    let out = server.cli(&["cancel", unknown, &c]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_cancelled(&status(&client, &c).await);
+    // By function: how many, as text or JSON.
+    let d = submit(&client, "side", b"d").await;
+    let out = server.cli(&["cancel", "--function", "side"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "cancelled 1 queued task of side\n");
+    assert_cancelled(&status(&client, &d).await);
+    let out = server.cli(&["cancel", "--function", "side", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc, serde_json::json!({"function": "side", "cancelled": 0}));
+    let out = server.cli(&["cancel", "--function", "nope"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    std::fs::write(&open, b"").expect("open the gate");
+}
+
+/// Submits `n` tasks of `name` as batches; returns their ids.
+async fn submit_many(client: &Client, name: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let count = (n - ids.len()).min(5000);
+        let payloads: Vec<String> = (0..count).map(|i| format!("p{}", ids.len() + i)).collect();
+        let body = serde_json::to_vec(&payloads).expect("json");
+        let answer = client
+            .post(
+                &format!("/v1/functions/{name}/batch"),
+                "application/json",
+                body.into(),
+            )
+            .await
+            .expect("batch");
+        assert_eq!(answer.status, 202, "{}", text(&answer.body));
+        let v: serde_json::Value = answer.json().expect("json");
+        let new = v["task_ids"].as_array().expect("task_ids");
+        ids.extend(new.iter().map(|id| id.as_str().expect("id").to_owned()));
+    }
+    ids
+}
+
+async fn queued(client: &Client) -> u64 {
+    let health: serde_json::Value = client
+        .get("/healthz")
+        .await
+        .expect("healthz")
+        .json()
+        .expect("json");
+    health["queued"].as_u64().expect("queued")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    // No worker: everything stays queued until cancelled.
+    let server = Server::start(&["--local-workers", "0", "--sandbox", "none"]);
+    let client = server.client();
+    register_append(&client, "many", &log).await;
+    let v1 = submit_many(&client, "many", 20_000).await;
+    register_append(&client, "many", &log).await;
+    let v2 = submit_many(&client, "many", 30).await;
+    assert_eq!(queued(&client).await, 20_030);
+
+    let answer = post(&client, "/v1/functions/many/cancel?version=2").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    let body: serde_json::Value = answer.json().expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({"function": "many", "cancelled": 30})
+    );
+    assert_cancelled(&status(&client, &v2[29]).await);
+    assert_eq!(status(&client, &v1[0]).await["status"], "QUEUED");
+
+    let answer = post(&client, "/v1/functions/many/cancel").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    let body: serde_json::Value = answer.json().expect("json");
+    assert_eq!(body["cancelled"], 20_000, "{body}");
+    assert_eq!(queued(&client).await, 0);
+    for id in [&v1[0], &v1[9_999], &v1[19_999]] {
+        assert_cancelled(&status(&client, id).await);
+    }
+    let listed = client
+        .get("/v1/tasks?function=many&status=QUEUED")
+        .await
+        .expect("list");
+    let listed: serde_json::Value = listed.json().expect("json");
+    assert_eq!(listed["tasks"], serde_json::json!([]), "{listed}");
+    let missing = post(&client, "/v1/functions/nope/cancel").await;
+    expect_error(&missing, 404, "function_not_found");
+    assert!(lines(&log).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_cancels_the_queued_tasks_and_nothing_comes_back_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (dir.path().join("data"), dir.path().join("log"));
+    let mut server = Server::start_on(&data, &["--local-workers", "0", "--sandbox", "none"]);
+    let client = server.client();
+    register_append(&client, "kept", &log).await;
+    register_append(&client, "gone", &log).await;
+    let cancelled = submit(&client, "kept", b"cancelled").await;
+    let kept = submit(&client, "kept", b"kept").await;
+    let removed: Vec<String> = [b"r1", b"r2", b"r3"]
+        .iter()
+        .map(|p| submit(&client, "gone", *p))
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await;
+    let answer = post(&client, &format!("/v1/tasks/{cancelled}/cancel")).await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+
+    let out = server.cli(&["rm", "gone"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "removed gone (cancelled its 3 queued tasks)\n"
+    );
+    for id in &removed {
+        let task = status(&client, id).await;
+        assert_cancelled(&task);
+        assert!(
+            task["message"]
+                .as_str()
+                .expect("message")
+                .contains("was removed"),
+            "{task}"
+        );
+    }
+
+    // kill -9, then a start with a worker: the kept task runs, nothing cancelled does.
+    server.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    let server = Server::start_on(&data, &["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let done = wait_finished(&client, &kept).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    for id in removed.iter().chain([&cancelled]) {
+        assert_cancelled(&status(&client, id).await);
+    }
+    let healthy = || async {
+        let health: serde_json::Value = client
+            .get("/healthz")
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .map_err(|e| e.to_string())?;
+        match (health["queued"].as_u64(), health["running"].as_u64()) {
+            (Some(0), Some(0)) => Ok(()),
+            _ => Err(health.to_string()),
+        }
+    };
+    eventually("an idle server", Duration::from_secs(10), healthy).await;
+    assert_eq!(lines(&log), ["kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invoker_cancels_only_its_own_tasks_while_it_may_invoke() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let local = server.client();
+    let admin = add_user(&server, &local, "root", "admin").await;
+    let owner = add_user(&server, &admin, "dev", "developer").await;
+    let alice = add_user(&server, &admin, "alice", "invoker").await;
+    let bob = add_user(&server, &admin, "bob", "invoker").await;
+    let answer = register(&owner, "f", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    for who in ["alice", "bob"] {
+        let path = format!("/v1/users/{who}/grants/f");
+        let answer = owner
+            .request(hyper::Method::PUT, &path, None, Bytes::new())
+            .await
+            .expect("grant");
+        assert_eq!(answer.status, 204, "{}", text(&answer.body));
+    }
+    let alices = submit(&alice, "f", b"a").await;
+    let bobs = submit(&bob, "f", b"b").await;
+
+    // Bob may not even read Alice's task; his cancel of the function takes only his own.
+    let refused = post(&bob, &format!("/v1/tasks/{alices}/cancel")).await;
+    expect_error(&refused, 404, "task_not_found");
+    let mine = post(&bob, "/v1/functions/f/cancel").await;
+    assert_eq!(
+        mine.json::<serde_json::Value>().expect("json")["cancelled"],
+        1
+    );
+    assert_cancelled(&status(&bob, &bobs).await);
+    assert_eq!(status(&alice, &alices).await["status"], "QUEUED");
+    // Without her grant Alice reads her task but may no longer cancel it; the owner may.
+    let path = "/v1/users/alice/grants/f";
+    let answer = owner
+        .request(hyper::Method::DELETE, path, None, Bytes::new())
+        .await
+        .expect("revoke");
+    assert_eq!(answer.status, 204, "{}", text(&answer.body));
+    let refused = post(&alice, &format!("/v1/tasks/{alices}/cancel")).await;
+    expect_error(&refused, 403, "forbidden");
+    let refused = post(&alice, "/v1/functions/f/cancel").await;
+    expect_error(&refused, 403, "forbidden");
+    let answer = post(&owner, &format!("/v1/tasks/{alices}/cancel")).await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    let view: serde_json::Value = answer.json().expect("json");
+    assert_cancelled(&view);
+    assert_eq!(view["message"], "cancelled by dev before it ran", "{view}");
+}

@@ -11,12 +11,11 @@
 # warm python no-op tasks (default 20,000) over 32 connections after WARMUP warm-up tasks
 # (default 2,000), on a fresh server. The rate is the bench's own (the measured tasks only). The
 # CPU is read from /proc over the whole bench (its first call and warm-up included), in clock
-# ticks: the server's own, the python3 processes' (the executors, when nothing else runs python
-# here), and the whole machine's busy and idle time. It prints every run, then each variant's
-# median rate, the server's and the machine's busy CPU per task of the bench in microseconds,
-# the python3 and idle ticks, and the rate's ratio to current, both as the ratio of the medians
-# and as the median of the rounds' own ratios. FAASD_BIN picks the bench client only; the server measured is
-# always the patched build.
+# ticks: the server's own, its python3 processes' (the executors), and the whole machine's busy
+# and idle time. It prints every run, then each variant's median rate, the server's and the
+# machine's busy CPU per task of the bench in microseconds, the python3 and idle ticks, and the
+# rate's ratio to current, both as the ratio of the medians and as the median of the rounds' own
+# ratios. FAASD_BIN picks the bench client only; the server measured is always the patched build.
 # Usage: ROUNDS=5 scripts/bench-bounds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +39,10 @@ source scripts/fresh-server.sh
 printf 'def handle(payload):\n    return payload\n' >"$work/noop.py"
 # Busy and idle ticks of the whole machine (/proc/stat: iowait counts as idle).
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
-# User and system ticks of the python3 processes now running.
+# User and system ticks of the server's python3 processes (its executors) now running.
 pythons() {
   local total=0 p t
-  for p in $(pgrep -x python3 || true); do
+  for p in $(server_pythons); do
     t="$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || true)"
     total=$((total + ${t:-0}))
   done

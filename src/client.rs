@@ -111,6 +111,9 @@ fn connect_cause(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Strin
     }
 }
 
+/// The `Server` header every answer of `faasd serve`'s HTTP API carries.
+pub const SERVER_NAME: &str = "faasd";
+
 /// An answer from the server.
 #[derive(Debug)]
 pub struct Answer {
@@ -146,11 +149,15 @@ impl Answer {
     /// Turns an error answer into [`Error::Answered`] with the server's message.
     pub fn into_error(self) -> Error {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
-        if parsed
+        let faasd_code = parsed
             .as_ref()
             .and_then(|v| v.get("code")?.as_str())
-            .is_none()
-        {
+            .is_some();
+        let faasd_server = self
+            .headers
+            .get(hyper::header::SERVER)
+            .is_some_and(|v| v.as_bytes() == SERVER_NAME.as_bytes());
+        if !faasd_code && !faasd_server {
             let content_type = self
                 .headers
                 .get(hyper::header::CONTENT_TYPE)
@@ -700,6 +707,13 @@ mod tests {
         let err = answer(StatusCode::NOT_FOUND, &page).ok().expect_err("404");
         assert!(matches!(err, Error::NotFaasd { .. }), "{err:?}");
         assert!(err.to_string().ends_with("x…"), "{err}");
+        // A plain-text error faasd itself sent (hyper's, an axum rejection) is faasd's.
+        let mut plain = answer(StatusCode::BAD_REQUEST, "Invalid URL: bad percent-encoding");
+        plain
+            .headers
+            .insert(hyper::header::SERVER, SERVER_NAME.parse().expect("value"));
+        let err = plain.ok().expect_err("400");
+        assert!(matches!(err, Error::Answered { code: None, .. }), "{err:?}");
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Server, eventually, expect_error, register, status, submit, text, wait_finished};
+use common::{
+    Server, Worker, eventually, expect_error, register, status, submit, text, wait_finished,
+    wait_workers,
+};
 use faasd::client::{Answer, Client};
 
 /// Appends its payload, one line, to `$LOG`.
@@ -352,6 +355,50 @@ async fn rm_cancels_the_queued_tasks_and_nothing_comes_back_after_a_crash() {
     };
     eventually("an idle server", Duration::from_secs(10), healthy).await;
     assert_eq!(lines(&log), ["kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_function_s_running_task_is_not_started_again_when_its_worker_is_lost() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Unsandboxed, so the function may write the host file.
+    let unsandboxed = ["--sandbox", "none"];
+    let mut worker = Worker::start_with(&server.worker_addr, "w1", 1, "push", &unsandboxed);
+    wait_workers(&client, 1).await;
+    // Never lets go of its slot: appends, then waits for a gate that never opens.
+    let log = dir.path().join("log");
+    let settings = serde_json::json!({
+        "env": {"LOG": log.to_str().expect("utf-8 path"), "GATE": "/nonexistent"},
+        "timeout": "60s",
+    });
+    let code = format!("{APPEND}{GATE}");
+    let answer = register(&client, "stuck", code, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let id = submit(&client, "stuck", b"ran").await;
+    let appended = || async {
+        if lines(&log) == ["ran"] {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    };
+    eventually("the task to run", Duration::from_secs(10), appended).await;
+    let answer = client.delete("/v1/functions/stuck").await.expect("rm");
+    assert!(answer.status.is_success(), "{}", text(&answer.body));
+
+    // Its worker dies: the task is not queued again for the removed code.
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+    let task = wait_finished(&client, &id).await;
+    assert_eq!(
+        (&task["status"], &task["reason"]),
+        (&"FAILED".into(), &"cancelled".into()),
+        "{task}"
+    );
+    let _next = Worker::start_with(&server.worker_addr, "w2", 1, "push", &unsandboxed);
+    wait_workers(&client, 1).await;
+    assert_eq!(lines(&log), ["ran"], "it ran once, before the removal");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -335,8 +335,13 @@ fn unpackable(path: &str, item: &tar::Entry<'_, &[u8]>) -> Result<(), Invalid> {
         })
     };
     let rel = std::path::Path::new(path);
-    if !stays_inside(std::path::Path::new(""), rel) {
-        return refuse("is outside the bundle".into());
+    // No `..` at all in an entry's own path: a link's target is judged from where its entry
+    // claims to be, which `a/../l` would misstate.
+    let climbs = rel
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if climbs || !stays_inside(std::path::Path::new(""), rel) {
+        return refuse("is outside the bundle (or names `..` in its path)".into());
     }
     let kind = item.header().entry_type();
     if kind.is_symlink() || kind.is_hard_link() {

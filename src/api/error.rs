@@ -389,7 +389,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 36] = [
+    const CODES: [(ErrorCode, &str); 38] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -426,6 +426,8 @@ mod tests {
         (ErrorCode::BlobNotFound, "blob_not_found"),
         (ErrorCode::UploadInProgress, "upload_in_progress"),
         (ErrorCode::UploadOffsetMismatch, "upload_offset_mismatch"),
+        (ErrorCode::RequestTimeout, "request_timeout"),
+        (ErrorCode::LastAdmin, "last_admin"),
     ];
 
     #[test]

@@ -968,7 +968,10 @@ pub async fn remove(
         caller.name
     );
     let (f, cancelled) = state.broker.delete(&name, &why).await?;
+    // The function is gone whatever became of its cancels: its grants go too, or a function
+    // registered under the name later would inherit them.
     state.users.forget_function(&name).await?;
+    let cancelled = cancelled?;
     tracing::info!(function = %name, by = %caller.name, cancelled, "deleted");
     Ok(Json(serde_json::json!({
         "name": f.name,

@@ -63,6 +63,7 @@ pub use code::{CodeCheck, stays_inside};
 pub use error::{ApiError, ErrorCode, TASK_ID_HEADER};
 pub use idempotency::Keys;
 pub use panic::log_panics;
+pub use proxy::function_of_host;
 pub use settings::Change;
 pub use slow_body::{BodyTooSlow, MIN_BYTES_PER_SECOND, SlowBodyGuard};
 

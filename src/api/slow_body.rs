@@ -52,16 +52,25 @@ impl<B> SlowBodyGuard<B> {
             grace,
             start,
             received: 0,
-            sleep: Box::pin(tokio::time::sleep_until(start + grace)),
+            sleep: Box::pin(tokio::time::sleep_until(deadline_after(start, grace))),
             timed_out,
         }
     }
 
-    /// The deadline after `received` bytes.
+    /// The deadline after `received` bytes (far off rather than past the clock's range, for
+    /// a huge `--body-timeout`).
     fn deadline(&self) -> Instant {
         let earned = Duration::from_secs_f64(self.received as f64 / MIN_BYTES_PER_SECOND as f64);
-        self.start + self.grace + earned
+        deadline_after(self.start, self.grace.saturating_add(earned))
     }
+}
+
+/// `start + wait`, or a century from `start` when that is past what an `Instant` can hold.
+fn deadline_after(start: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    start
+        .checked_add(wait.min(CENTURY))
+        .unwrap_or_else(|| start + Duration::from_secs(3600))
 }
 
 impl<B> Body for SlowBodyGuard<B>

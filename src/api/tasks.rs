@@ -172,7 +172,11 @@ async fn call(
     let pin = pin(state, name, version).await?;
     let payload = read_body(body, state.max_body_bytes).await?;
     if json {
-        check_json_payload(state, name, &payload)?;
+        let runtime = match &pin {
+            Some(version) => Some(version.runtime),
+            None => state.broker.function(name).map(|f| f.runtime),
+        };
+        check_json_payload(runtime, &payload)?;
     }
     let request = idempotency::Request {
         function: name,
@@ -228,14 +232,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Refuses a body sent as JSON that is not, when the function would decode it (a `python`
-/// handler): the handler never runs, rather than failing inside the harness's decoder.
-fn check_json_payload(state: &AppState, name: &str, payload: &[u8]) -> Result<(), ApiError> {
-    let decodes = state
-        .broker
-        .function(name)
-        .is_some_and(|f| f.runtime == crate::proto::Runtime::Python);
-    if !decodes {
+/// Refuses a body sent as JSON that is not, when the version called would decode it (a
+/// `python` handler): the handler never runs, rather than failing inside the harness's decoder.
+fn check_json_payload(
+    runtime: Option<crate::proto::Runtime>,
+    payload: &[u8],
+) -> Result<(), ApiError> {
+    if runtime != Some(crate::proto::Runtime::Python) {
         return Ok(());
     }
     match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {

@@ -366,13 +366,13 @@ impl Broker {
 
     /// Removes a function (every version), and ends its queued tasks FAILED `cancelled`
     /// (`message` says why) rather than let them run the removed code; its running tasks run to
-    /// their end. Returns the removed live version and how many tasks were cancelled, once
-    /// their ends are durable.
+    /// their end. Returns the removed live version and how many tasks were cancelled once their
+    /// ends are durable, or, when they are not (the removal itself is), why.
     pub async fn delete(
         &self,
         name: &str,
         message: &str,
-    ) -> Result<(Arc<FunctionRecord>, usize), Error> {
+    ) -> Result<(Arc<FunctionRecord>, Result<usize, Error>), Error> {
         let Some(func) = self.function(name) else {
             return Err(Error::UnknownFunction { name: name.into() });
         };
@@ -391,7 +391,7 @@ impl Broker {
             state.cancel_waiting(name, every, usize::MAX, message, &self.inner.store)
         };
         self.function_changed(FunctionChange::Removed, &func);
-        let cancelled = self.settle_cancelled(name, commits).await?;
+        let cancelled = self.settle_cancelled(name, commits).await;
         Ok((func, cancelled))
     }
 

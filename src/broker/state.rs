@@ -878,19 +878,29 @@ impl State {
     }
 
     /// Takes a leased task back from its worker: QUEUED again at its arrival position, or FAILED
-    /// `worker_lost` when it has used every attempt (then returns the commit to wait on).
+    /// `worker_lost` when it has used every attempt, or `cancelled` when its function was removed
+    /// meanwhile, so that the removed code never starts again (then returns the commit to wait
+    /// on).
     fn revoke(&mut self, id: u128, why: &str, store: &Store) -> Option<PendingCommit> {
         let active = self.tasks.get_mut(&id)?;
         let worker_id = active.worker.take()?;
         let func = active.func.clone();
         active.lease = 0;
         active.deadline = None;
-        if active.record.attempts >= func.max_attempts {
+        let removed = !self.functions.contains_key(&func.name);
+        if removed || active.record.attempts >= func.max_attempts {
             active.finishing = true;
             let r = &mut active.record;
             r.status = TaskStatus::Failed;
-            r.failure = Some(FailureReason::WorkerLost);
-            r.message = Some(format!("{why}, on each of {} attempts", r.attempts));
+            if removed {
+                r.failure = Some(FailureReason::Cancelled);
+                r.message = Some(format!(
+                    "{why}; its function was removed, so it is not started again"
+                ));
+            } else {
+                r.failure = Some(FailureReason::WorkerLost);
+                r.message = Some(format!("{why}, on each of {} attempts", r.attempts));
+            }
             r.finished_ms = Some(now_ms());
             let finished = Arc::new(Finished {
                 record: r.clone(),

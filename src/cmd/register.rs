@@ -178,7 +178,23 @@ async fn refuse_python_as_shell(
     client: &crate::client::Client,
     args: &RegisterArgs,
 ) -> anyhow::Result<()> {
-    if kept_runtime(client, &args.name).await != "shell" {
+    // A new function (404) runs as shell; any other failure is the registration's to report.
+    let live = client
+        .get(&format!(
+            "/v1/functions/{}",
+            crate::client::segment(&args.name)
+        ))
+        .await;
+    let runtime = match live {
+        Ok(answer) if answer.status == hyper::StatusCode::NOT_FOUND => "shell".to_string(),
+        Ok(answer) if answer.status.is_success() => answer
+            .json::<serde_json::Value>()
+            .ok()
+            .and_then(|f| f["runtime"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        _ => return Ok(()),
+    };
+    if runtime != "shell" {
         return Ok(());
     }
     Err(exit::coded(

@@ -320,6 +320,10 @@ fn http_limits(args: &ServeArgs) -> anyhow::Result<http::HttpLimits> {
         keepalive_timeout: args.keepalive_timeout,
         max_connections,
         linger_bytes: linger_bytes(args.max_body),
+        domain: args
+            .domain
+            .as_deref()
+            .map(|d| d.to_ascii_lowercase().into()),
     })
 }
 

@@ -288,8 +288,9 @@ impl ServerLink {
                     format!("the server at {} refused this worker: {reason}", server),
                 ));
             }
-            // Trying again would get the same answer.
-            Err(e @ worker::Error::NotFaasd(_)) => {
+            // Trying again would get the same answer, unless this address has answered as
+            // faasd before (then it is retried like any broken session).
+            Err(e @ worker::Error::NotFaasd(_)) if !self.agent.was_welcomed() => {
                 return Err(exit::coded(exit::FAILURE, format!("{server}: {e}")));
             }
             Err(e) => tracing::warn!(error = %e, "session failed; reconnecting"),

@@ -102,7 +102,6 @@ def main():
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    sys.stdout = sys.stderr
     pack = struct.Struct(">I").pack
     unpack = struct.Struct(">I").unpack
 
@@ -116,18 +115,21 @@ def main():
         data = frames_in.read(n)
         return data if len(data) == n else None
 
+    out = Output()
+    sys.stdout = sys.stderr = out
     # What the module's import and init() print is sent with the ready frame: faasd makes it
-    # the start of the first call's log.
-    loading = io.StringIO()
-    sys.stdout = sys.stderr = loading
+    # the start of the first call's log. (Both frames stay under faasd's 1 MiB for them.)
+    loading = out.target = io.StringIO()
     try:
         call = load(mode, bundle)
     except BaseException as exc:
-        sys.stdout = sys.stderr = sys.__stderr__
-        send(b"E" + (loading.getvalue() + user_traceback(exc)).encode("utf-8", "replace"))
+        out.target = sys.__stderr__
+        printed = capped(loading.getvalue().encode("utf-8", "replace"), LOG_LIMIT // 4)
+        failure = capped(user_traceback(exc).encode("utf-8", "replace"), LOG_LIMIT // 4)
+        send(b"E" + printed + failure)
         return 1
-    sys.stdout = sys.stderr = sys.__stderr__
-    send(b"R" + loading.getvalue().encode("utf-8", "replace")[:LOG_LIMIT])
+    out.target = sys.__stderr__
+    send(b"R" + capped(loading.getvalue().encode("utf-8", "replace"), LOG_LIMIT // 2))
 
     while True:
         header = read_exact(4)
@@ -138,22 +140,53 @@ def main():
             return 2
         is_json = bool(body[1] & 1)
         payload = body[2:]
-        captured = io.StringIO()
-        sys.stdout = sys.stderr = captured
+        captured = out.target = io.StringIO()
         try:
             kind, result = b"O", call(payload, is_json)
         except BaseException as exc:  # the function's failure is the call's outcome
             captured.write(user_traceback(exc))
             kind, result = b"X", failure_result(mode, exc)
         finally:
-            sys.stdout = sys.stderr = sys.__stderr__
-        logs = captured.getvalue().encode("utf-8", "replace")
-        if len(logs) > LOG_LIMIT:
-            dropped = len(logs) - LOG_LIMIT
-            logs = logs[:LOG_LIMIT] + (
-                "\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped
-            ).encode()
+            out.target = sys.__stderr__
+        logs = capped(captured.getvalue().encode("utf-8", "replace"), LOG_LIMIT)
         send(kind + pack(len(result)) + result + logs)
+
+
+class Output(io.TextIOBase):
+    # sys.stdout and sys.stderr for the executor's whole life. Writes go to the current target:
+    # the log being captured (the load's, or the call's), else the process's stderr. So a
+    # logging handler made at import, which keeps this object, writes into each call's log.
+    def __init__(self):
+        super().__init__()
+        self.target = sys.__stderr__
+
+    def write(self, text):
+        return self.target.write(text)
+
+    def flush(self):
+        self.target.flush()
+
+    def fileno(self):
+        # For code that wants a real file (faulthandler, subprocess): the process's stderr.
+        return 2
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+
+def capped(data, limit):
+    # At most `limit` bytes of `data`, then a marker saying how much was dropped.
+    if len(data) <= limit:
+        return data
+    dropped = len(data) - limit
+    return data[:limit] + ("\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped).encode()
 
 
 def to_bytes(value):

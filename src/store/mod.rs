@@ -466,27 +466,37 @@ fn create(path: &Path, data_dir: &Path, file: std::fs::File) -> Result<Database,
         .and_then(|backend| builder.create_with_backend(backend))
         .map_err(|e| match e {
             // Another start on the same directory took the new file: it is that one's to make.
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-                data_dir: data_dir.to_owned(),
-            },
-            e => db("create")(e),
+            redb::DatabaseError::DatabaseAlreadyOpen => (
+                Error::Locked {
+                    data_dir: data_dir.to_owned(),
+                },
+                None,
+            ),
+            // Nothing was made: the file is this start's to remove.
+            e => (db("create")(e), std::fs::remove_file(path).err()),
         })
         .and_then(|database| {
-            create_tables(&database)?;
-            index::prepare(&database)?;
-            std::fs::File::open(data_dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|e| db("sync the data directory")(redb::Error::Io(e)))?;
-            Ok(database)
+            let finished = create_tables(&database)
+                .and_then(|()| index::prepare(&database))
+                .and_then(|()| {
+                    std::fs::File::open(data_dir)
+                        .and_then(|dir| dir.sync_all())
+                        .map_err(|e| db("sync the data directory")(redb::Error::Io(e)))
+                });
+            match finished {
+                Ok(()) => Ok(database),
+                // Unlinked while this start still holds the file's lock, so that no other
+                // start waiting for it can have opened it meanwhile.
+                Err(cause) => Err((cause, std::fs::remove_file(path).err())),
+            }
         });
     match made {
         Ok(database) => Ok(database),
-        Err(locked @ Error::Locked { .. }) => Err(locked),
-        // The database is closed by now (dropped with the failed step).
-        Err(cause) => Err(Error::Create {
+        Err((locked @ Error::Locked { .. }, _)) => Err(locked),
+        Err((cause, not_removed)) => Err(Error::Create {
             path: path.to_owned(),
             cause: Box::new(cause),
-            not_removed: std::fs::remove_file(path).err(),
+            not_removed,
         }),
     }
 }

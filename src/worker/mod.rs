@@ -20,7 +20,7 @@ mod http;
 pub mod images;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +99,8 @@ pub struct Agent {
     idle: Notify,
     running: AtomicU32,
     unsent: Mutex<Vec<Report>>,
+    /// Whether a server has welcomed this worker at least once.
+    welcomed: AtomicBool,
 }
 
 /// The directory executors' working directories are made in: emptied when created (a worker
@@ -189,12 +191,19 @@ impl Agent {
             idle: Notify::new(),
             running: AtomicU32::new(0),
             unsent: Mutex::new(Vec::new()),
+            welcomed: AtomicBool::new(false),
         })
     }
 
     /// The worker's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Whether a server has welcomed this worker at least once (so its address is a faasd
+    /// worker port, whatever it answers now).
+    pub fn was_welcomed(&self) -> bool {
+        self.welcomed.load(Ordering::Relaxed)
     }
 
     fn sender(&self) -> Option<mpsc::UnboundedSender<Frame>> {
@@ -251,6 +260,7 @@ where
 {
     let (mut reader, mut writer) = proto::split(io);
     let heartbeat = handshake(&agent.config, &mut reader, &mut writer).await?;
+    agent.welcomed.store(true, Ordering::Relaxed);
     let mut session = Session::open(agent, writer, heartbeat);
     match session.serve(&mut reader, cancel, drain_deadline).await {
         Ok(Ended::Drained) => {
@@ -304,7 +314,7 @@ where
             {
                 Error::NotFaasd(source.to_string())
             }
-            proto::Error::Decode { .. } => Error::NotFaasd(e.to_string()),
+            // A frame that does not decode is more likely another protocol version's.
             other => Error::Proto(other),
         })?;
     reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);

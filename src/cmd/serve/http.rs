@@ -40,7 +40,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The bounds put on HTTP clients.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct HttpLimits {
     /// How long a client may take to send a request's headers, counted from its first byte
     /// (or from the connection's opening, for its first request).
@@ -50,6 +50,10 @@ pub(super) struct HttpLimits {
     pub body_timeout: Duration,
     /// How long a connection may sit idle between requests.
     pub keepalive_timeout: Duration,
+    /// `serve --domain`: requests to `NAME.DOMAIN` go to HTTP-service functions, whose streams
+    /// (like those of `/function/NAME/...`) are the function's to pace, not
+    /// `--body-timeout`'s.
+    pub domain: Option<Arc<str>>,
     /// The most HTTP connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
     /// The most request bytes read and discarded after the last answer of a connection that
@@ -104,7 +108,7 @@ pub(super) async fn serve(
             stream,
             tls.clone(),
             app.clone(),
-            limits,
+            limits.clone(),
             stop.clone(),
             permit,
         ));
@@ -169,6 +173,7 @@ async fn serve_connection<S>(
         peer,
         body_timeout: limits.body_timeout,
         body_too_slow: body_too_slow.clone(),
+        domain: limits.domain.clone(),
     };
     // The header timeout is enforced here rather than by hyper, whose header timer also runs
     // while a kept-alive connection waits for its next request.
@@ -403,6 +408,27 @@ struct Api {
     body_timeout: Duration,
     /// Set when a request body was too slow: the connection then closes without draining it.
     body_too_slow: Arc<AtomicBool>,
+    /// `serve --domain`, whose function hosts are proxied.
+    domain: Option<Arc<str>>,
+}
+
+impl Api {
+    /// Whether `request` goes to an HTTP-service function (`/function/NAME/...`, or a function's
+    /// host under `--domain`), whose request stream is the service's to pace.
+    fn proxied(&self, request: &hyper::Request<Incoming>) -> bool {
+        if request.uri().path().starts_with("/function/") {
+            return true;
+        }
+        let Some(domain) = self.domain.as_deref() else {
+            return false;
+        };
+        request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .is_some_and(|host| crate::api::function_of_host(host, domain).is_some())
+    }
 }
 
 /// The future of one call of [`Api`].
@@ -415,16 +441,25 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Api {
     type Future = ApiFuture;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        let (timeout, flag) = (self.body_timeout, self.body_too_slow.clone());
-        let mut request =
-            request.map(|body| Body::new(crate::api::SlowBodyGuard::new(body, timeout, flag)));
+        let mut request = if self.proxied(&request) {
+            request.map(Body::new)
+        } else {
+            let (timeout, flag) = (self.body_timeout, self.body_too_slow.clone());
+            request.map(|body| Body::new(crate::api::SlowBodyGuard::new(body, timeout, flag)))
+        };
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
         let open = OpenRequest::start(self.activity.clone());
         let response = self.router.call(request);
         Box::pin(async move {
-            let response = response.await?;
+            let mut response = response.await?;
+            // Every answer says whose it is, so a client can tell faasd's plain-text errors
+            // (hyper's, axum's rejections) from another server's.
+            response.headers_mut().insert(
+                hyper::header::SERVER,
+                hyper::header::HeaderValue::from_static(crate::client::SERVER_NAME),
+            );
             Ok(response.map(|body| GuardedBody { body, _open: open }))
         })
     }
@@ -486,6 +521,7 @@ mod tests {
             keepalive_timeout: KEEPALIVE,
             max_connections: 10,
             linger_bytes: 1 << 20,
+            domain: None,
         }
     }
 

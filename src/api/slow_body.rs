@@ -39,20 +39,21 @@ pub struct SlowBodyGuard<B> {
     grace: Duration,
     start: Instant,
     received: u64,
-    sleep: Pin<Box<Sleep>>,
+    /// Armed only once the body has had to wait: most bodies arrive with their headers, and
+    /// never touch the timer wheel.
+    sleep: Option<Pin<Box<Sleep>>>,
     timed_out: Arc<AtomicBool>,
 }
 
 impl<B> SlowBodyGuard<B> {
     /// Guards `inner`, starting its grace period now.
     pub fn new(inner: B, grace: Duration, timed_out: Arc<AtomicBool>) -> Self {
-        let start = Instant::now();
         SlowBodyGuard {
             inner,
             grace,
-            start,
+            start: Instant::now(),
             received: 0,
-            sleep: Box::pin(tokio::time::sleep_until(deadline_after(start, grace))),
+            sleep: None,
             timed_out,
         }
     }
@@ -90,20 +91,28 @@ where
                 if let Some(data) = frame.data_ref() {
                     self.received += data.len() as u64;
                     let deadline = self.deadline();
-                    self.sleep.as_mut().reset(deadline);
+                    if let Some(sleep) = self.sleep.as_mut() {
+                        sleep.as_mut().reset(deadline);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.timed_out.store(true, Ordering::Relaxed);
-                    let grace = self.grace;
-                    Poll::Ready(Some(Err(Box::new(BodyTooSlow { grace }))))
+            Poll::Pending => {
+                let deadline = self.deadline();
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.timed_out.store(true, Ordering::Relaxed);
+                        let grace = self.grace;
+                        Poll::Ready(Some(Err(Box::new(BodyTooSlow { grace }))))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 

@@ -120,7 +120,7 @@ async fn durations_are_seconds_or_units_in_the_cli_and_the_api() {
         (serde_json::json!("2m"), 120_000),
     ];
     for (given, ms) in api {
-        let extra = serde_json::json!({ "timeout": given, "idle_timeout": given });
+        let extra = serde_json::json!({ "timeout": given });
         let answer = register(&client, "g", "cat", extra).await;
         assert!(
             answer.status.is_success(),
@@ -129,6 +129,34 @@ async fn durations_are_seconds_or_units_in_the_cli_and_the_api() {
         );
         let f: serde_json::Value = answer.json().expect("json");
         assert_eq!(f["timeout_ms"], ms, "timeout {given}");
+        // idle_timeout is a warm executor's setting.
+        let extra = serde_json::json!({ "runtime": "python", "idle_timeout": given });
+        let answer = register(&client, "py", "def handle(p):\n    return p\n", extra).await;
+        assert!(
+            answer.status.is_success(),
+            "{given}: {}",
+            text(&answer.body)
+        );
+        let f: serde_json::Value = answer.json().expect("json");
+        assert_eq!(f["idle_timeout_ms"], ms, "idle_timeout {given}");
+    }
+    // On a cold function they would do nothing: refused rather than ignored.
+    for extra in [
+        serde_json::json!({ "idle_timeout": "3h" }),
+        serde_json::json!({ "min_warm": 2 }),
+    ] {
+        let answer = register(&client, "g", "cat", extra.clone()).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            400,
+            "{extra}: {}",
+            text(&answer.body)
+        );
+        assert!(
+            text(&answer.body).contains("settings of warm executors"),
+            "{}",
+            text(&answer.body)
+        );
     }
     for (field, bad) in [("timeout", "10x"), ("idle_timeout", "soon")] {
         let answer = register(&client, "g", "cat", serde_json::json!({ field: bad })).await;

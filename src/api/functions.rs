@@ -588,6 +588,12 @@ fn record_for(
             idle_timeout_ms: idle.as_millis() as u64,
         });
     }
+    if warm.is_none() && (req.min_warm.is_some_and(|n| n > 0) || req.idle_timeout.is_some()) {
+        return Err(ApiError::invalid(format!(
+            "min_warm and idle_timeout are settings of warm executors, and a {} function without warm runs each call in a fresh process: drop them, or make it warm",
+            runtime.as_str()
+        )));
+    }
     let memory_bytes = req.memory.as_ref().map(SizeField::bytes).transpose()?;
     Ok(FunctionRecord {
         name: req.name,

@@ -308,6 +308,13 @@ async fn every_command_that_prints_has_json() {
 /// `user add|ls|token|rm`, `grant` and `revoke` with `--json` (the first user ends protected
 /// mode, so the rest use its token).
 fn users_and_grants_print_json(server: &Server) {
+    let out = server.cli(&["whoami"]);
+    assert_eq!(
+        text(&out.stdout),
+        "local (admin), protected mode\n",
+        "{}",
+        text(&out.stderr)
+    );
     let v = json_of(&server.cli(&["user", "add", "root", "--role", "admin", "--json"]));
     assert_eq!(v["role"], "admin", "{v}");
     let token = v["token"].as_str().expect("token").to_string();
@@ -327,6 +334,11 @@ fn users_and_grants_print_json(server: &Server) {
     assert_eq!(v["name"], "bob", "{v}");
     let v = cli(&["user", "rm", "bob", "--json"]);
     assert_eq!(v, serde_json::json!({"name": "bob", "removed": true}));
+    let v = cli(&["whoami", "--json"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "root", "role": "admin", "mode": "tokens"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,6 +24,7 @@ mod usage;
 mod user;
 mod versions;
 mod watch;
+mod whoami;
 mod worker;
 mod workers;
 
@@ -169,6 +170,8 @@ pub enum Command {
     JoinToken(join_token::JoinTokenArgs),
     /// List the workers connected to a server.
     Workers(workers::WorkersArgs),
+    /// Show who the server takes this client for: user, role, and protected mode.
+    Whoami(whoami::WhoamiArgs),
     /// Register (or update) a function from a file.
     Register(register::RegisterArgs),
     /// Invoke a function and print its result (or its task id with --async); with --batch,
@@ -231,6 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Worker(args) => worker::run(args).await,
         Command::JoinToken(args) => join_token::run(args).await,
         Command::Workers(args) => workers::run(args).await,
+        Command::Whoami(args) => whoami::run(args).await,
         Command::Register(args) => register::run(args).await,
         Command::Invoke(args) => invoke::run(args).await,
         Command::Status(args) => tasks::status(args).await,

@@ -388,52 +388,44 @@ async fn a_python_directory_bundle_runs_its_entry_module() {
     assert_eq!(server.cli(&["versions", "app4"]).status.code(), Some(4));
 }
 
+/// Runs one task of `name` with `payload`; returns its status and its logs.
+async fn run_logged(
+    client: &faasd::client::Client,
+    name: &str,
+    payload: &[u8],
+) -> (serde_json::Value, String) {
+    let id = submit(client, name, payload).await;
+    let task = wait_finished(client, &id).await;
+    let logs = client.get(&format!("/v1/tasks/{id}/logs")).await;
+    (task, text(&logs.expect("logs").body))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn logging_set_up_at_import_writes_into_each_call_s_log_and_a_loud_load_still_loads() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
+    let python = || serde_json::json!({"runtime": "python"});
     // A handler made at import keeps the sys.stderr it saw; faulthandler wants a real file.
     let logs_at_import = "import faulthandler, logging, sys\nfaulthandler.enable()\nlogging.basicConfig(level=logging.INFO, format='%(message)s')\nlog = logging.getLogger('f')\n\ndef handle(p):\n    log.info('handled %s', p.decode())\n    return p\n";
-    let answer = register(
-        &client,
-        "logs",
-        logs_at_import,
-        serde_json::json!({"runtime": "python"}),
-    )
-    .await;
+    let answer = register(&client, "logs", logs_at_import, python()).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    // The same executor's first call and its second.
     for word in ["one", "two"] {
-        let id = submit(&client, "logs", word.as_bytes()).await;
-        let task = wait_finished(&client, &id).await;
+        let (task, logs) = run_logged(&client, "logs", word.as_bytes()).await;
         assert_eq!(task["status"], "COMPLETED", "{task}");
-        let logs = client
-            .get(&format!("/v1/tasks/{id}/logs"))
-            .await
-            .expect("logs");
-        assert_eq!(text(&logs.body), format!("handled {word}\n"));
+        assert_eq!(logs, format!("handled {word}\n"));
     }
     // Two MiB printed while loading is cut, not mistaken for garbage.
     let loud =
         "import sys\nsys.stdout.write('x' * (2 << 20))\n\ndef handle(p):\n    return b'ok'\n";
-    let answer = register(
-        &client,
-        "loud",
-        loud,
-        serde_json::json!({"runtime": "python"}),
-    )
-    .await;
+    let answer = register(&client, "loud", loud, python()).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let id = submit(&client, "loud", b"").await;
-    let task = wait_finished(&client, &id).await;
+    let (task, logs) = run_logged(&client, "loud", b"").await;
     assert_eq!(task["status"], "COMPLETED", "{task}");
-    let logs = client
-        .get(&format!("/v1/tasks/{id}/logs"))
-        .await
-        .expect("logs");
     assert!(
-        text(&logs.body).contains("[faasd: stderr truncated,"),
+        logs.contains("[faasd: stderr truncated,"),
         "{} bytes",
-        logs.body.len()
+        logs.len()
     );
 }
 

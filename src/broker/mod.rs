@@ -814,15 +814,26 @@ impl Broker {
             let finished = commit.finished;
             let mut ack = commit.ack;
             let mut retry_in = Duration::from_millis(100);
+            let mut retries = 0u32;
             let outcome = loop {
                 match ack.await {
                     Ok(Ok(_)) => {
+                        if retries > 0 {
+                            tracing::info!(%task, retries, "committed a finished task after retrying");
+                        }
                         broker.count_end(&finished.record);
                         break Ok(finished);
                     }
                     Err(_) => break Err(Arc::new(store::Error::Closed)),
                     Ok(Err(e)) => {
-                        tracing::error!(%task, error = %e, ?retry_in, "could not commit a finished task; retrying");
+                        // Once a task at error level; its retries (each 100 ms to 1 s while a
+                        // disk stays full) at debug, so a full disk does not flood the log.
+                        if retries == 0 {
+                            tracing::error!(%task, error = %e, "could not commit a finished task; retrying until it is on disk");
+                        } else {
+                            tracing::debug!(%task, error = %e, ?retry_in, retries, "still cannot commit a finished task; retrying");
+                        }
+                        retries += 1;
                         if let Some(done) = done.take() {
                             let _ = done.send(Err(e.clone()));
                         }

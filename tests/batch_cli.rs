@@ -9,7 +9,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{BIN, Server, eventually, register, text};
-use faasd::client::Client;
 use serde_json::{Value, json};
 
 /// Starts `faasd ARGS` against `server`, feeding `input` on stdin from a thread (so a large
@@ -35,17 +34,6 @@ fn cli(server: &Server, args: &[&str], input: &[u8]) -> Output {
     spawn_cli(server, args, input.to_vec())
         .wait_with_output()
         .expect("CLI output")
-}
-
-/// How many tasks the server holds queued.
-async fn queued(client: &Client) -> u64 {
-    let health: Value = client
-        .get("/healthz")
-        .await
-        .expect("healthz")
-        .json()
-        .expect("json");
-    health["queued"].as_u64().expect("queued")
 }
 
 /// A shell function that echoes its payload, and fails (exit 3, a line on stderr) for a payload
@@ -78,7 +66,7 @@ async fn ten_thousand_lines_come_back_one_result_per_line_in_input_order() {
     for (i, (got, want)) in got.iter().zip(&lines).enumerate() {
         assert_eq!(got, want, "line {}", i + 1);
     }
-    assert_eq!(queued(&client).await, 0);
+    assert_eq!(common::queued(&client).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +219,11 @@ async fn bad_input_is_refused_before_anything_is_submitted() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("goes with --batch"), "{stderr}");
     }
-    assert_eq!(queued(&client).await, 0, "no refused batch queued anything");
+    assert_eq!(
+        common::queued(&client).await,
+        0,
+        "no refused batch queued anything"
+    );
 
     // Lines that fit are cut into requests under the limit: 40 lines of 100 bytes.
     let line = "y".repeat(100);
@@ -240,7 +232,7 @@ async fn bad_input_is_refused_before_anything_is_submitted() {
     eventually("the 40 tasks to be queued", Duration::from_secs(30), || {
         let client = client.clone();
         async move {
-            match queued(&client).await {
+            match common::queued(&client).await {
                 40 => Ok(()),
                 n => Err(format!("{n} queued")),
             }
@@ -264,7 +256,7 @@ async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
     eventually("the window to fill", Duration::from_secs(60), || {
         let client = client.clone();
         async move {
-            match queued(&client).await {
+            match common::queued(&client).await {
                 1_000 => Ok(()),
                 n => Err(format!("{n} queued")),
             }
@@ -289,7 +281,11 @@ async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
         stderr.contains("`faasd tasks --function held --since "),
         "{stderr}"
     );
-    assert_eq!(queued(&client).await, 1_000, "nothing more was submitted");
+    assert_eq!(
+        common::queued(&client).await,
+        1_000,
+        "nothing more was submitted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -244,16 +244,6 @@ async fn submit_many(client: &Client, name: &str, n: usize) -> Vec<String> {
     ids
 }
 
-async fn queued(client: &Client) -> u64 {
-    let health: serde_json::Value = client
-        .get("/healthz")
-        .await
-        .expect("healthz")
-        .json()
-        .expect("json");
-    health["queued"].as_u64().expect("queued")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -265,7 +255,7 @@ async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
     let v1 = submit_many(&client, "many", 20_000).await;
     register_append(&client, "many", &log).await;
     let v2 = submit_many(&client, "many", 30).await;
-    assert_eq!(queued(&client).await, 20_030);
+    assert_eq!(common::queued(&client).await, 20_030);
 
     let answer = post(&client, "/v1/functions/many/cancel?version=2").await;
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
@@ -281,7 +271,7 @@ async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
     let body: serde_json::Value = answer.json().expect("json");
     assert_eq!(body["cancelled"], 20_000, "{body}");
-    assert_eq!(queued(&client).await, 0);
+    assert_eq!(common::queued(&client).await, 0);
     for id in [&v1[0], &v1[9_999], &v1[19_999]] {
         assert_cancelled(&status(&client, id).await);
     }

@@ -204,13 +204,7 @@ fn cut_off(e: &axum::Error, kept: u64) -> ApiError {
     let message = format!(
         "the upload was cut off ({e}) after {kept} bytes: send the rest with ?offset={kept}, or all of it again"
     );
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut slow = false;
-    while let Some(err) = source {
-        slow |= err.is::<super::BodyTooSlow>();
-        source = err.source();
-    }
-    let error = if slow {
+    let error = if super::too_slow(e).is_some() {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             ErrorCode::RequestTimeout,

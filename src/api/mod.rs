@@ -65,7 +65,7 @@ pub use idempotency::Keys;
 pub use panic::log_panics;
 pub use proxy::function_of_host;
 pub use settings::Change;
-pub use slow_body::{BodyTooSlow, MIN_BYTES_PER_SECOND, SlowBodyGuard};
+pub use slow_body::{BodyTooSlow, MIN_BYTES_PER_SECOND, SlowBodyGuard, too_slow};
 
 /// What every handler shares: a cheap handle (two reference counts per clone, as every handler
 /// and middleware takes one) on [`Shared`] and on what the routes keep for themselves.
@@ -352,19 +352,18 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(e) => {
-            // The length-limit and slow-body errors are wrapped; find them by walking the
-            // source chain.
+            if let Some(slow) = too_slow(&e) {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::RequestTimeout,
+                    slow.to_string(),
+                ));
+            }
+            // The length-limit error is wrapped; find it by walking the source chain.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(err) = source {
                 if err.is::<http_body_util::LengthLimitError>() {
                     return Err(ApiError::too_large(limit));
-                }
-                if let Some(slow) = err.downcast_ref::<BodyTooSlow>() {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        ErrorCode::RequestTimeout,
-                        slow.to_string(),
-                    ));
                 }
                 source = err.source();
             }

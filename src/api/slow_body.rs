@@ -31,6 +31,18 @@ pub struct BodyTooSlow {
     pub grace: Duration,
 }
 
+/// The [`BodyTooSlow`] in `err`'s chain of sources (reading a body wraps it), if any.
+pub fn too_slow<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTooSlow> {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(slow) = err.downcast_ref::<BodyTooSlow>() {
+            return Some(slow);
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// A request body with a deadline that each received byte pushes back by a thousandth of a
 /// second. When it passes, the body fails with [`BodyTooSlow`] and `timed_out` is set, so that
 /// the connection can close at once rather than drain the rest.

@@ -163,12 +163,22 @@ fn large_file(args: &RegisterArgs, bundled: bool) -> Option<u64> {
 /// The runtime a new version of `name` keeps: the live version's, or `shell` for a new
 /// function (or one the caller may not see).
 async fn kept_runtime(client: &crate::client::Client, name: &str) -> String {
-    let live = match client.get(&format!("/v1/functions/{name}")).await {
-        Ok(answer) if answer.status.is_success() => answer.json::<serde_json::Value>().ok(),
-        _ => None,
-    };
-    live.and_then(|f| f["runtime"].as_str().map(str::to_owned))
+    live_runtime(client, name)
+        .await
+        .flatten()
         .unwrap_or_else(|| "shell".into())
+}
+
+/// The runtime of `name`'s live version: `Some(None)` for a function the server does not have
+/// (404), `None` when the server could not be asked or would not say.
+async fn live_runtime(client: &crate::client::Client, name: &str) -> Option<Option<String>> {
+    let path = format!("/v1/functions/{}", crate::client::segment(name));
+    let answer = client.get(&path).await.ok()?;
+    if answer.status == hyper::StatusCode::NOT_FOUND {
+        return Some(None);
+    }
+    let live = answer.ok().ok()?.json::<serde_json::Value>().ok()?;
+    Some(live["runtime"].as_str().map(str::to_owned))
 }
 
 /// Refuses a `.py` file given without `--runtime` for a function that would run it as a shell
@@ -178,21 +188,11 @@ async fn refuse_python_as_shell(
     client: &crate::client::Client,
     args: &RegisterArgs,
 ) -> anyhow::Result<()> {
-    // A new function (404) runs as shell; any other failure is the registration's to report.
-    let live = client
-        .get(&format!(
-            "/v1/functions/{}",
-            crate::client::segment(&args.name)
-        ))
-        .await;
-    let runtime = match live {
-        Ok(answer) if answer.status == hyper::StatusCode::NOT_FOUND => "shell".to_string(),
-        Ok(answer) if answer.status.is_success() => answer
-            .json::<serde_json::Value>()
-            .ok()
-            .and_then(|f| f["runtime"].as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        _ => return Ok(()),
+    // A new function runs as shell; a server that cannot be asked is the registration's to
+    // report.
+    let runtime = match live_runtime(client, &args.name).await {
+        Some(runtime) => runtime.unwrap_or_else(|| "shell".into()),
+        None => return Ok(()),
     };
     if runtime != "shell" {
         return Ok(());

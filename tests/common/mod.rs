@@ -417,3 +417,14 @@ pub async fn wait_workers(client: &Client, n: usize) -> Vec<serde_json::Value> {
     let what = format!("{n} connected workers");
     eventually(&what, Duration::from_secs(20), listed).await
 }
+
+/// How many tasks the server holds queued (`GET /healthz`).
+pub async fn queued(client: &Client) -> u64 {
+    let health: serde_json::Value = client
+        .get("/healthz")
+        .await
+        .expect("healthz")
+        .json()
+        .expect("json");
+    health["queued"].as_u64().expect("queued")
+}

@@ -18,7 +18,7 @@ pub mod http;
 pub use http::{HttpOpen, HttpSpec, HttpTarget};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -411,6 +411,14 @@ pub enum Frame {
         bytes: Bytes,
         /// Whether the server has the bundle.
         found: bool,
+    },
+    /// Server → worker: stop the task `task_id` it runs under `lease` (it was cancelled) and
+    /// report it FAILED `cancelled`; a task no longer running there is left alone.
+    Cancel {
+        /// The task.
+        task_id: u128,
+        /// The lease it was assigned under.
+        lease: u64,
     },
 }
 
@@ -882,6 +890,13 @@ mod tests {
                 found: true,
             },
             &format!("17{}01030178 01", "02".repeat(32)).replace(' ', ""),
+        );
+        golden(
+            Frame::Cancel {
+                task_id: 1,
+                lease: 2,
+            },
+            "180102",
         );
     }
 

@@ -1,5 +1,6 @@
-//! Cancelling queued tasks: by id, by function, by `rm`; what waiters, the CLI and a restart
-//! after a crash see; and who may cancel whose tasks.
+//! Cancelling tasks: queued ones by id, by function, by `rm`; running ones by id, on local and
+//! remote workers, cold and warm, and with a worker that does not answer or is lost; what
+//! waiters, the CLI and a restart after a crash see; and who may cancel whose tasks.
 //!
 //! The functions here append their payload to a file (`--sandbox none`, so the host file is
 //! theirs to write), so a task that ran cannot hide it.
@@ -86,6 +87,18 @@ fn lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that `task` was stopped while RUNNING, by `who`.
+fn assert_stopped(task: &serde_json::Value, who: &str) {
+    assert_eq!(task["status"], "FAILED", "{task}");
+    assert_eq!(task["reason"], "cancelled", "{task}");
+    assert_eq!(
+        task["message"],
+        format!("cancelled by {who} while it ran"),
+        "{task}"
+    );
+    assert!(!task["started_at"].is_null(), "it ran: {task}");
+}
+
 fn assert_cancelled(task: &serde_json::Value) {
     assert_eq!(task["status"], "FAILED", "{task}");
     assert_eq!(task["reason"], "cancelled", "{task}");
@@ -137,10 +150,10 @@ async fn a_queued_task_is_cancelled_never_runs_and_its_waiters_see_its_end() {
         .expect("the cancelled end on the event stream within 10 s");
     assert_eq!(event["reason"], "cancelled", "{event}");
 
-    // The running gate cannot be cancelled; once it ends, the second task runs, the first never.
+    // The running gate is stopped; then the second task runs, the first never.
     let running = post(&client, &format!("/v1/tasks/{gate}/cancel")).await;
-    expect_error(&running, 409, "task_running");
-    std::fs::write(&open, b"").expect("open the gate");
+    assert_eq!(running.status, 200, "{}", text(&running.body));
+    assert_stopped(&running.json().expect("json"), "local");
     let done = wait_finished(&client, &second).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(lines(&log), ["second"]);
@@ -171,7 +184,7 @@ async fn a_queued_task_is_cancelled_never_runs_and_its_waiters_see_its_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_cancels_tasks_and_exits_by_what_it_found() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = dir.path().join("open");
+    let open = dir.path().join("never");
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
     register_append(&client, "side", &dir.path().join("log")).await;
@@ -194,14 +207,7 @@ async fn the_cli_cancels_tasks_and_exits_by_what_it_found() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(doc["errors"][0]["code"], "task_finished", "{doc}");
-    // RUNNING: exit 5. Unknown: exit 4. The first refusal's code wins; every id is tried.
-    let out = server.cli(&["cancel", &gate]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("RUNNING"),
-        "{}",
-        text(&out.stderr)
-    );
+    // Unknown: exit 4. The first refusal's code wins; every id is tried.
     let unknown = "0190c1e2-0000-7000-8000-000000000001";
     let c = submit(&client, "side", b"c").await;
     let out = server.cli(&["cancel", unknown, &c]);
@@ -218,7 +224,11 @@ async fn the_cli_cancels_tasks_and_exits_by_what_it_found() {
     assert_eq!(doc, serde_json::json!({"function": "side", "cancelled": 0}));
     let out = server.cli(&["cancel", "--function", "nope"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
-    std::fs::write(&open, b"").expect("open the gate");
+    // RUNNING: stopped.
+    let out = server.cli(&["cancel", &gate]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("cancelled {gate}\n"));
+    assert_stopped(&status(&client, &gate).await, "local");
 }
 
 /// Submits `n` tasks of `name` as batches; returns their ids.
@@ -438,4 +448,243 @@ async fn an_invoker_cancels_only_its_own_tasks_while_it_may_invoke() {
     let view: serde_json::Value = answer.json().expect("json");
     assert_cancelled(&view);
     assert_eq!(view["message"], "cancelled by dev before it ran", "{view}");
+}
+
+/// Writes its process id to `$PIDS`, then loops until killed.
+const FOREVER: &str = "echo $$ >> \"$PIDS\"\nwhile :; do sleep 0.05; done\n";
+
+/// Registers `name` as [`FOREVER`] writing to `pids`.
+async fn register_forever(client: &Client, name: &str, pids: &Path) {
+    let settings = serde_json::json!({
+        "env": {"PIDS": pids.to_str().expect("utf-8 path")},
+        "timeout": "120s",
+    });
+    let answer = register(client, name, FOREVER, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+}
+
+/// The process ids the [`FOREVER`] tasks wrote to `pids`, once there are `n`.
+async fn pids(pids: &Path, n: usize) -> Vec<nix::unistd::Pid> {
+    let read = || async {
+        let found: Vec<nix::unistd::Pid> = std::fs::read_to_string(pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .map(nix::unistd::Pid::from_raw)
+            .collect();
+        if found.len() >= n {
+            Ok(found)
+        } else {
+            Err(format!("{} of {n} tasks running", found.len()))
+        }
+    };
+    eventually("the tasks to run", Duration::from_secs(20), read).await
+}
+
+/// Kills the process groups of these process ids when dropped.
+struct KillGroups(Vec<nix::unistd::Pid>);
+
+impl Drop for KillGroups {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::killpg(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether process `pid` is gone (killed and reaped).
+fn gone(pid: nix::unistd::Pid) -> bool {
+    nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_task_is_stopped_its_process_killed_and_its_slot_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pid_file, log) = (dir.path().join("pids"), dir.path().join("log"));
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    register_forever(&client, "forever", &pid_file).await;
+    register_append(&client, "next", &log).await;
+    let running = submit(&client, "forever", b"").await;
+    let pid = pids(&pid_file, 1).await[0];
+    let next = submit(&client, "next", b"next").await;
+    assert_eq!(status(&client, &next).await["status"], "QUEUED");
+    let mut events = client
+        .events("/v1/events?function=forever")
+        .await
+        .expect("stream");
+
+    let answer = post(&client, &format!("/v1/tasks/{running}/cancel")).await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    let view: serde_json::Value = answer.json().expect("json");
+    assert_stopped(&view, "local");
+    assert!(view["run_ms"].as_f64().expect("run_ms") > 0.0, "{view}");
+    // Its end is durable and seen by readers and the event stream; its process is gone.
+    assert_stopped(&status(&client, &running).await, "local");
+    let event = tokio::time::timeout(Duration::from_secs(10), failed_event(&mut events, &running))
+        .await
+        .expect("the cancelled end on the event stream within 10 s");
+    assert_eq!(event["reason"], "cancelled", "{event}");
+    assert!(gone(pid), "the task's process {pid} still exists");
+    // The freed slot runs the next task.
+    let done = wait_finished(&client, &next).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(lines(&log), ["next"]);
+    let again = post(&client, &format!("/v1/tasks/{running}/cancel")).await;
+    expect_error(&again, 409, "task_finished");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_warm_call_is_stopped_and_its_executor_replaced() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let code = "import time\n\ndef handle(event):\n    while 'forever' in str(event):\n        time.sleep(0.05)\n    return event\n";
+    let settings = serde_json::json!({"runtime": "python", "timeout": "120s"});
+    let answer = register(&client, "py", code, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let first = common::invoke(&client, "py", b"\"warm\"").await;
+    assert_eq!(first.status, 200, "{}", text(&first.body));
+
+    let id = submit(&client, "py", b"\"forever\"").await;
+    common::wait_running(&client, &id).await;
+    let answer = post(&client, &format!("/v1/tasks/{id}/cancel")).await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_stopped(&answer.json().expect("json"), "local");
+    // The next call gets a fresh executor, and the pool counts one executor, not the killed
+    // one's call as still busy.
+    let after = common::invoke(&client, "py", b"\"after\"").await;
+    assert_eq!(after.status, 200, "{}", text(&after.body));
+    assert_eq!(text(&after.body), "\"after\"");
+    let one = || async {
+        let view: serde_json::Value = client
+            .get("/v1/functions/py")
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .map_err(|e| e.to_string())?;
+        match view["warm_executors"].as_u64() {
+            Some(1) => Ok(()),
+            other => Err(format!("warm_executors {other:?}")),
+        }
+    };
+    eventually("one warm executor", Duration::from_secs(10), one).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_does_not_answer_gets_202_then_stops_the_task_or_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pids");
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let unsandboxed = ["--sandbox", "none"];
+    let mut worker = Worker::start_with(&server.worker_addr, "w1", 2, "push", &unsandboxed);
+    wait_workers(&client, 1).await;
+    register_forever(&client, "forever", &pid_file).await;
+    let (a, b) = (
+        submit(&client, "forever", b"").await,
+        submit(&client, "forever", b"").await,
+    );
+    let running = pids(&pid_file, 2).await;
+    // A worker killed outright leaves its tasks' processes behind: kill them at the end.
+    let _reap = KillGroups(running.clone());
+    let (stop, resume) = (
+        nix::sys::signal::Signal::SIGSTOP,
+        nix::sys::signal::Signal::SIGCONT,
+    );
+
+    // A stopped worker cannot answer: 202, the task still RUNNING; the CLI exits 5.
+    nix::sys::signal::kill(worker.pid(), stop).expect("stop the worker");
+    let answer = post(&client, &format!("/v1/tasks/{a}/cancel?wait=100ms")).await;
+    assert_eq!(answer.status, 202, "{}", text(&answer.body));
+    let view: serde_json::Value = answer.json().expect("json");
+    assert_eq!(view["status"], "RUNNING", "{view}");
+    let out = server.cli(&["cancel", &a, "--wait", "100ms"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("still RUNNING"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Resumed, it reads the cancel, kills the process and reports.
+    nix::sys::signal::kill(worker.pid(), resume).expect("resume the worker");
+    let task = wait_finished(&client, &a).await;
+    assert_stopped(&task, "local");
+    let first = running
+        .iter()
+        .copied()
+        .find(|pid| gone(*pid))
+        .expect("one of the two processes is gone");
+    assert!(
+        !running.iter().all(|pid| gone(*pid)),
+        "only {first} stopped"
+    );
+
+    // Lost before it answers: the task ends cancelled, not back in its queue.
+    nix::sys::signal::kill(worker.pid(), stop).expect("stop the worker");
+    let answer = post(&client, &format!("/v1/tasks/{b}/cancel?wait=0s")).await;
+    assert_eq!(answer.status, 202, "{}", text(&answer.body));
+    nix::sys::signal::kill(worker.pid(), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let _ = worker.child.wait();
+    let task = wait_finished(&client, &b).await;
+    assert_eq!(task["reason"], "cancelled", "{task}");
+    let message = task["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("cancelled by local while it ran; ")
+            && message.ends_with("before it stopped"),
+        "{task}"
+    );
+    assert!(task["run_ms"].as_f64().expect("run_ms") > 0.0, "{task}");
+    let _next = Worker::start_with(&server.worker_addr, "w2", 2, "push", &unsandboxed);
+    wait_workers(&client, 1).await;
+    assert_eq!(common::queued(&client).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_functions_running_tasks_are_stopped_with_its_queued_ones_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pids");
+    let server = Server::start(&["--local-workers", "2", "--sandbox", "none"]);
+    let client = server.client();
+    register_forever(&client, "forever", &pid_file).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&client, "forever", b"").await);
+    }
+    let running = pids(&pid_file, 2).await;
+    let _reap = KillGroups(running.clone());
+
+    let out = server.cli(&["cancel", "--function", "forever", "--wait", "5s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--running"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without --running the two running tasks go on; with it they stop.
+    let out = server.cli(&["cancel", "--function", "forever"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "cancelled 1 queued task of forever\n");
+    assert!(running.iter().all(|pid| !gone(*pid)));
+    let out = server.cli(&["cancel", "--function", "forever", "--running", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        doc,
+        serde_json::json!({"function": "forever", "cancelled": 0, "stopped": 2, "stopping": 0})
+    );
+    for pid in &running {
+        assert!(gone(*pid), "process {pid} still exists");
+    }
+    let mut stopped = 0;
+    for id in &ids {
+        let task = status(&client, id).await;
+        assert_eq!(task["reason"], "cancelled", "{task}");
+        if !task["started_at"].is_null() {
+            assert_stopped(&task, "local");
+            stopped += 1;
+        }
+    }
+    assert_eq!(stopped, 2);
+    let answer = post(&client, "/v1/functions/forever/cancel?wait=1s").await;
+    expect_error(&answer, 400, "invalid_request");
 }

@@ -192,6 +192,21 @@ class Client:
         read_timeout = (wait or 0) + self._http.timeout
         return self._http.request("GET", "/v1/tasks/" + task_id, params=params, read_timeout=read_timeout).json()
 
+    def cancel(self, task_id: str, wait: Optional[float] = None) -> Dict[str, Any]:
+        """Cancels the task and returns its status object. A QUEUED task ends FAILED with
+        reason `cancelled` and never runs; a RUNNING one is stopped on its worker, which kills
+        it. If that worker has not reported within `wait` seconds (the server's default is 10),
+        the status is still RUNNING and the task ends `cancelled` once the worker reports. A task
+        that already ended raises `ApiError` with code `task_finished`.
+
+        >>> client.cancel(task_id)["reason"]
+        'cancelled'
+        """
+        params = {"wait": "%dms" % max(0, int(wait * 1000))} if wait is not None else None
+        read_timeout = (10.0 if wait is None else wait) + self._http.timeout
+        path = "/v1/tasks/%s/cancel" % task_id
+        return self._http.request("POST", path, params=params, read_timeout=read_timeout).json()
+
     def result(self, task_id: str, timeout: Optional[float] = None) -> Any:
         """Waits for the task (long-polling, up to `timeout` seconds; `None` waits as long as it
         takes) and returns its result: for a pickle function, the unpickled return value (an

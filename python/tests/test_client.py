@@ -114,6 +114,27 @@ def test_result_times_out_with_wait_timeout(client):
     assert client.result(task_id, timeout=60) is None
 
 
+def test_cancel_stops_a_running_task(client):
+    def spin(tag):
+        import time
+
+        while True:
+            time.sleep(0.05)
+
+    task_id = client.submit(spin, "cancel-me")
+    while client.status(task_id, wait=0.2)["status"] == "QUEUED":
+        pass
+    status = client.cancel(task_id)
+    assert status["status"] == "FAILED" and status["reason"] == "cancelled", status
+    assert "while it ran" in status["message"], status
+    with pytest.raises(faasd.TaskFailed) as info:
+        client.result(task_id, timeout=10)
+    assert info.value.reason == "cancelled"
+    with pytest.raises(faasd.ApiError) as again:
+        client.cancel(task_id)
+    assert (again.value.status, again.value.code) == (409, "task_finished")
+
+
 def test_unpicklable_function_fails_at_submit(client):
     generator = (i for i in range(3))
 

@@ -1,9 +1,13 @@
-//! Cancel routes: `POST /v1/tasks/{id}/cancel` (one QUEUED task) and
-//! `POST /v1/functions/{name}/cancel[?version=N]` (every QUEUED task of a function the caller
-//! may cancel).
+//! Cancel routes: `POST /v1/tasks/{id}/cancel[?wait=10s]` (one QUEUED or RUNNING task) and
+//! `POST /v1/functions/{name}/cancel[?version=N][&running=true]` (every QUEUED task of a
+//! function the caller may cancel, and with `running`, every RUNNING one).
 //!
-//! A cancelled task ends FAILED with reason `cancelled`, durably, before the answer; a RUNNING
-//! task is not cancelled (409 `task_running`): it runs to its end or its timeout.
+//! A cancelled task ends FAILED with reason `cancelled`, durably, before the answer. A RUNNING
+//! task is stopped on its worker (its process killed); if the worker has not reported within
+//! the wait, the answer is 202 with the task still RUNNING, and it ends `cancelled` once the
+//! worker reports or is lost.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -12,31 +16,47 @@ use axum::http::StatusCode;
 
 use super::access::forbidden;
 use super::functions::{function_not_found, validate_name};
-use super::tasks::{TaskView, VersionQuery, parse_id, visible_task};
+use super::tasks::{TaskView, parse_id, visible_task, wait_param};
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::Caller;
 use crate::auth::policy::{self, CancelScope};
 use crate::broker::{Cancel, CancelFilter};
 use crate::store::TaskRecord;
 
-/// `POST /v1/tasks/{id}/cancel`: 200 with the task's view, now FAILED `cancelled`; 409
-/// `task_running` or `task_finished` (with `status`) when it is not QUEUED.
+/// `?wait=10s` on a task's cancel: how long to wait for a RUNNING task's worker to stop it.
+#[derive(Debug, serde::Deserialize)]
+pub struct CancelQuery {
+    wait: Option<String>,
+}
+
+/// How long a task's cancel waits for its worker by default.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// `POST /v1/tasks/{id}/cancel`: 200 with the task's view, now FAILED `cancelled`; 202 with
+/// its view, still RUNNING, when its worker was told to stop it and has not reported within
+/// `?wait` (default 10 s); 409 `task_finished` (with `status`) when it has ended.
 pub async fn task(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    query: Result<Query<CancelQuery>, axum::extract::rejection::QueryRejection>,
     _body: Body,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let wait = query.wait.as_deref().map(wait_param).transpose()?;
     let task_id = parse_id(&id)?;
     let record = visible_task(&state, &caller, &id, task_id).await?;
     check_cancel(&state, &caller, &record)?;
-    let why = format!("cancelled by {} before it ran", caller.name);
-    match state.broker.cancel(task_id, &why).await? {
+    let wait = wait.unwrap_or(STOP_WAIT);
+    match state.broker.cancel(task_id, &caller.name, wait).await? {
         Cancel::Cancelled(end) => {
             tracing::info!(task = %id, by = %caller.name, "cancelled");
-            Ok(Json(TaskView::from(&end)))
+            Ok((StatusCode::OK, Json(TaskView::from(&end))))
         }
-        Cancel::Running(now) => Err(running(&id, &now)),
+        Cancel::Stopping(now) => {
+            tracing::info!(task = %id, by = %caller.name, "cancelled; its worker is stopping it");
+            Ok((StatusCode::ACCEPTED, Json(TaskView::from(&now))))
+        }
         Cancel::Finished(end) => Err(finished(&id, &end)),
         Cancel::NotActive => match state.broker.task(task_id).await? {
             Some(end) => Err(finished(&id, &end)),
@@ -64,18 +84,6 @@ fn check_cancel(state: &AppState, caller: &Caller, record: &TaskRecord) -> Resul
     Err(forbidden(caller, &what))
 }
 
-/// 409 `task_running`: only a QUEUED task can be cancelled.
-fn running(id: &str, record: &TaskRecord) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        ErrorCode::TaskRunning,
-        format!(
-            "task {id} is RUNNING and cannot be cancelled: only QUEUED tasks can; it runs to its end or its function's timeout"
-        ),
-    )
-    .with("status", serde_json::json!(record.status.as_str()))
-}
-
 /// 409 `task_finished`: nothing is left to cancel.
 fn finished(id: &str, record: &TaskRecord) -> ApiError {
     let status = record.status.as_str();
@@ -95,17 +103,35 @@ fn finished(id: &str, record: &TaskRecord) -> ApiError {
     )
 }
 
-/// `POST /v1/functions/{name}/cancel[?version=N]`: cancels the function's QUEUED tasks (of
-/// version N only, with `?version`), everyone's for admins and its owner, the caller's own for
-/// whoever may invoke it; 200 `{"function", "cancelled": N}` once their ends are durable.
+/// The query of a function's cancel: `?version=N` takes that version's tasks only;
+/// `?running=true` stops its RUNNING tasks too, waiting up to `?wait` (default 10 s) for them.
+#[derive(Debug, serde::Deserialize)]
+pub struct FunctionCancelQuery {
+    version: Option<u32>,
+    #[serde(default)]
+    running: bool,
+    wait: Option<String>,
+}
+
+/// `POST /v1/functions/{name}/cancel[?version=N][&running=true[&wait=10s]]`: cancels the
+/// function's QUEUED tasks (of version N only, with `?version`), everyone's for admins and its
+/// owner, the caller's own for whoever may invoke it; with `?running=true` stops the same
+/// RUNNING tasks on their workers. 200 `{"function", "cancelled": N}` (with `running`, also
+/// `"stopped"` and `"stopping"`) once the queued ends (and the stopped ones) are durable.
 pub async fn function(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    query: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<FunctionCancelQuery>, axum::extract::rejection::QueryRejection>,
     _body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let wait = query.wait.as_deref().map(wait_param).transpose()?;
+    if wait.is_some() && !query.running {
+        return Err(
+            ApiError::invalid("wait applies to running=true only").with("field", "wait".into())
+        );
+    }
     validate_name(&name)?;
     let func = state
         .broker
@@ -127,7 +153,15 @@ pub async fn function(
     let why = format!("cancelled by {} before it ran", caller.name);
     let cancelled = state.broker.cancel_queued_of(&name, filter, &why).await?;
     tracing::info!(function = %name, by = %caller.name, cancelled, "cancelled queued tasks");
-    Ok(Json(
-        serde_json::json!({"function": name, "cancelled": cancelled}),
-    ))
+    let mut answer = serde_json::json!({"function": name, "cancelled": cancelled});
+    if query.running {
+        let wait = wait.unwrap_or(STOP_WAIT);
+        let stopped = state
+            .broker
+            .stop_running_of(&name, filter, &caller.name, wait)
+            .await?;
+        answer["stopped"] = stopped.stopped.into();
+        answer["stopping"] = stopped.stopping.into();
+    }
+    Ok(Json(answer))
 }

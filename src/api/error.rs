@@ -50,9 +50,10 @@ pub enum ErrorCode {
     TaskNotFinished,
     /// A cancel found the task already finished (409; the body's `status` says how it ended).
     TaskFinished,
-    /// A cancel found the task RUNNING: only QUEUED tasks can be cancelled (409).
+    /// A cancel found the task RUNNING (409): sent only by servers from before a cancel could
+    /// stop a running task; read still, so that a newer client exits 5 against one.
     TaskRunning,
-    /// The task was cancelled before it ran (reason `cancelled`; 409 on its result).
+    /// The task was cancelled (reason `cancelled`; 409 on its result).
     TaskCancelled,
     /// The function's queue is full.
     QueueFull,

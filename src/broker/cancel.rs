@@ -1,18 +1,22 @@
-//! Cancelling queued tasks: one by id, every waiting task of a function (or of one caller, or
-//! one version), and a removed function's.
+//! Cancelling tasks: one by id (QUEUED or RUNNING), every waiting task of a function (or of
+//! one caller, or one version), and a removed function's.
 //!
-//! A cancelled task is taken off its queue under the broker's lock and ends FAILED with reason
-//! `cancelled`, as any end does: its end record is queued to the store's writer (which groups
-//! many into one commit, so a queue of 100,000 costs a few dozen fsyncs, not one each), its
-//! waiters and the event stream hear of it once the end is on disk, and the caller is answered
-//! only then. A RUNNING task is not cancelled: its worker runs it to its end (see
-//! `docs/architecture.md`, The life of a task).
+//! A cancelled QUEUED task is taken off its queue under the broker's lock and ends FAILED with
+//! reason `cancelled`, as any end does: its end record is queued to the store's writer (which
+//! groups many into one commit, so a queue of 100,000 costs a few dozen fsyncs, not one each),
+//! its waiters and the event stream hear of it once the end is on disk, and the caller is
+//! answered only then. A RUNNING task's worker is sent a `Cancel` frame: it kills the task's
+//! process (or warm executor) and reports the task FAILED `cancelled`, which ends it the same
+//! way. A worker lost meanwhile ends it `cancelled` too, never back in its queue.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::state::Active;
 use super::{Broker, Error, state};
+use crate::proto::FailureReason;
 use crate::store::{self, TaskRecord};
 
 /// How many tasks one hold of the broker's lock cancels at most: a queue of 100,000 is
@@ -25,14 +29,36 @@ pub enum Cancel {
     /// It was QUEUED: it has ended FAILED `cancelled`, and that end is on disk. Its final
     /// record.
     Cancelled(TaskRecord),
-    /// It is RUNNING on a worker and was left alone. Its record now.
-    Running(TaskRecord),
+    /// It is RUNNING: its worker was told to stop it, and had not reported by the time the
+    /// caller would wait. It ends FAILED `cancelled` once the worker reports or is lost
+    /// (unless it ended on its own first). Its record now.
+    Stopping(TaskRecord),
     /// It has already ended (its end may still be being committed). Its record as readers see
     /// it.
     Finished(TaskRecord),
     /// No task with this id is in memory: it finished earlier, or never existed (read the
     /// store).
     NotActive,
+}
+
+/// What [`Broker::stop_running_of`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stopped {
+    /// RUNNING tasks that ended `cancelled` within the wait.
+    pub stopped: usize,
+    /// RUNNING tasks whose workers were told to stop them and had not reported by then.
+    pub stopping: usize,
+}
+
+/// What a cancel found under the broker's lock.
+enum Taken {
+    /// A QUEUED task, now ended: the commit of its end.
+    Queued(state::PendingCommit),
+    /// A RUNNING task (its record then) whose worker was told to stop it, with a waiter for
+    /// its end (`None` when it was not leased after all).
+    Running(Box<TaskRecord>, Option<super::Waiter>),
+    /// A task whose end is being committed: a waiter for it.
+    Ending(super::Waiter),
 }
 
 /// Which waiting tasks of a function a cancel takes.
@@ -52,37 +78,75 @@ impl CancelFilter {
 }
 
 impl Broker {
-    /// Cancels task `id` if it is QUEUED, recording `message` as why; returns once its end is
-    /// durable. A RUNNING or finished task is left as it is and reported as such; one whose end
-    /// is being committed is reported once that end is durable.
-    pub async fn cancel(&self, id: u128, message: &str) -> Result<Cancel, Error> {
+    /// Cancels task `id`, `by` whom: a QUEUED task ends at once; a RUNNING one is stopped on
+    /// its worker, waiting up to `wait` for it to end. Returns once the end is durable (or the
+    /// wait is over). A task that ended meanwhile, or had ended, is reported as such; one whose
+    /// end is being committed is reported once that end is durable.
+    pub async fn cancel(&self, id: u128, by: &str, wait: Duration) -> Result<Cancel, Error> {
         let taken = {
             let mut state = self.lock();
             let Some(active) = state.tasks.get_mut(&id) else {
                 return Ok(Cancel::NotActive);
             };
             if active.is_finishing() {
-                Err(active.watch())
+                Taken::Ending(active.watch())
             } else {
                 let record = active.current().clone();
-                match state.cancel_queued(id, message, &self.inner.store) {
-                    Some(commit) => Ok(commit),
-                    None => return Ok(Cancel::Running(record)),
+                let before = format!("cancelled by {by} before it ran");
+                match state.cancel_queued(id, &before, &self.inner.store) {
+                    Some(commit) => Taken::Queued(commit),
+                    None => {
+                        let during = format!("cancelled by {by} while it ran");
+                        let end = state
+                            .stop_running(id, &during)
+                            .then(|| state.tasks.get_mut(&id).map(Active::watch))
+                            .flatten();
+                        Taken::Running(Box::new(record), end)
+                    }
                 }
             }
         };
-        let commit = match taken {
-            Ok(commit) => commit,
-            Err(ending) => {
+        match taken {
+            Taken::Ending(ending) => {
                 let finished = ending.await.map_err(|_| closed())??;
-                return Ok(Cancel::Finished(finished.record.clone()));
+                Ok(Cancel::Finished(finished.record.clone()))
             }
+            Taken::Running(record, end) => self.stopped(*record, end, wait).await,
+            Taken::Queued(commit) => {
+                let (tx, rx) = oneshot::channel();
+                let end = commit.finished.record.clone();
+                self.finalize_noting(id, commit, Some(tx));
+                settled(vec![rx]).await?;
+                Ok(Cancel::Cancelled(end))
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the end of a RUNNING task its worker was told to stop
+    /// (`record` as it was then).
+    async fn stopped(
+        &self,
+        record: TaskRecord,
+        end: Option<super::Waiter>,
+        wait: Duration,
+    ) -> Result<Cancel, Error> {
+        let Some(end) = end else {
+            return Ok(Cancel::Stopping(record));
         };
-        let (tx, rx) = oneshot::channel();
-        let end = commit.finished.record.clone();
-        self.finalize_noting(id, commit, Some(tx));
-        settled(vec![rx]).await?;
-        Ok(Cancel::Cancelled(end))
+        match tokio::time::timeout(wait, end).await {
+            Err(_) => Ok(Cancel::Stopping(
+                self.task(record.id).await?.unwrap_or(record),
+            )),
+            Ok(ended) => {
+                let finished = ended.map_err(|_| closed())??;
+                let end = finished.record.clone();
+                Ok(if end.failure == Some(FailureReason::Cancelled) {
+                    Cancel::Cancelled(end)
+                } else {
+                    Cancel::Finished(end)
+                })
+            }
+        }
     }
 
     /// Cancels every task waiting in `name`'s queue that `filter` takes (every version of the
@@ -110,6 +174,40 @@ impl Broker {
             }
         }
         self.settle_cancelled(name, commits).await
+    }
+
+    /// Stops every RUNNING task of `name` that `filter` takes, `by` whom, on its worker; waits up
+    /// to `wait` for their ends. Returns how many ended `cancelled` and how many still run
+    /// (their workers have not reported; each ends `cancelled` when its worker reports or is
+    /// lost). A task that ended on its own meanwhile counts in neither.
+    pub async fn stop_running_of(
+        &self,
+        name: &str,
+        filter: CancelFilter,
+        by: &str,
+        wait: Duration,
+    ) -> Result<Stopped, Error> {
+        let during = format!("cancelled by {by} while it ran");
+        let ends = self
+            .lock()
+            .stop_running_of(name, |r| filter.takes(r), &during);
+        let mut stopped = Stopped::default();
+        let deadline = tokio::time::Instant::now() + wait;
+        for end in ends {
+            match tokio::time::timeout_at(deadline, end).await {
+                Err(_) => stopped.stopping += 1,
+                Ok(ended) => {
+                    let finished = ended.map_err(|_| closed())??;
+                    if finished.record.failure == Some(FailureReason::Cancelled) {
+                        stopped.stopped += 1;
+                    }
+                }
+            }
+        }
+        if stopped.stopped + stopped.stopping > 0 {
+            tracing::info!(function = %name, stopped = stopped.stopped, stopping = stopped.stopping, "stopped running tasks");
+        }
+        Ok(stopped)
     }
 
     /// Hands the ends of cancelled tasks of `name` to their commits; returns how many once

@@ -30,7 +30,7 @@ use crate::metrics::{FunctionLevel, Live, TaskEnd, WorkerLevel};
 use crate::proto::{CodeHash, DispatchMode, FailureReason, Frame, Report};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
-pub use cancel::{Cancel, CancelFilter};
+pub use cancel::{Cancel, CancelFilter, Stopped};
 pub use checks::WorkerCheck;
 pub use events::{DEFAULT_EVENT_BUFFER, Event};
 use events::{Events, FunctionChange, FunctionEvent, HealthView, TaskEvent, WorkerChange};

@@ -47,6 +47,9 @@ pub(super) struct Active {
     /// Its end, once its sync caller was answered before the end was committed: what readers
     /// see until the commit removes the task from memory.
     pub ended: Option<Arc<Finished>>,
+    /// Why it is being stopped, once it was cancelled while RUNNING: its worker was told to
+    /// stop it, and it ends FAILED `cancelled` with this message unless its end came first.
+    stopping: Option<String>,
 }
 
 impl Active {
@@ -71,6 +74,7 @@ impl Active {
             waiters: Vec::new(),
             sync: false,
             ended: None,
+            stopping: None,
         }
     }
 
@@ -568,6 +572,61 @@ impl State {
             .collect()
     }
 
+    /// Tells the worker running task `id` to stop it (it was cancelled while RUNNING, `message`
+    /// saying by whom): the worker kills its process and reports it FAILED `cancelled`, and a
+    /// lost worker ends it `cancelled` rather than giving it back to its queue. Returns whether
+    /// the task is leased (a second cancel sends nothing more).
+    pub fn stop_running(&mut self, id: u128, message: &str) -> bool {
+        let Some(active) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        let Some(worker_id) = active.worker.filter(|_| !active.finishing) else {
+            return false;
+        };
+        if active.stopping.is_some() {
+            return true;
+        }
+        active.stopping = Some(message.to_owned());
+        let frame = Frame::Cancel {
+            task_id: id,
+            lease: active.lease,
+        };
+        if let Some(worker) = self.workers.get(&worker_id) {
+            worker.send(Outbound::Frame(frame));
+        }
+        true
+    }
+
+    /// Stops every RUNNING task of function `name` that `pick` accepts ([`State::stop_running`]
+    /// with `message`); returns a waiter for each one's end.
+    pub fn stop_running_of(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&TaskRecord) -> bool,
+        message: &str,
+    ) -> Vec<super::Waiter> {
+        let running: Vec<u128> = self
+            .workers
+            .values()
+            .flat_map(|w| w.running.iter().copied())
+            .filter(|id| {
+                self.tasks.get(id).is_some_and(|a| {
+                    a.record.function == name
+                        && !a.finishing
+                        && a.stopping.is_none()
+                        && pick(&a.record)
+                })
+            })
+            .collect();
+        let mut ends = Vec::with_capacity(running.len());
+        for id in running {
+            if self.stop_running(id, message) {
+                ends.extend(self.tasks.get_mut(&id).map(Active::watch));
+            }
+        }
+        ends
+    }
+
     /// Ends task `id`, which is off its queue and not leased, FAILED `cancelled`: queues the
     /// end to the store (readers see it QUEUED until that commits, as a reported end is seen
     /// RUNNING). Returns the commit to wait on.
@@ -777,7 +836,13 @@ impl State {
         let active = self.tasks.get_mut(&id).expect("checked by refusal");
         active.finishing = true;
         // Readers keep seeing RUNNING until the end is committed: the end record is a copy.
-        let finished = Arc::new(ended(&active.record, report.outcome));
+        let mut end = ended(&active.record, report.outcome);
+        if end.record.failure == Some(FailureReason::Cancelled) {
+            if let Some(why) = active.stopping.take() {
+                end.record.message = Some(why);
+            }
+        }
+        let finished = Arc::new(end);
         let name = finished.record.function.clone();
         self.release(worker_id, id, &name, true);
         Some(self.commit_end(id, finished, store))
@@ -888,11 +953,15 @@ impl State {
         active.lease = 0;
         active.deadline = None;
         let removed = !self.functions.contains_key(&func.name);
-        if removed || active.record.attempts >= func.max_attempts {
+        let stopping = active.stopping.take();
+        if removed || stopping.is_some() || active.record.attempts >= func.max_attempts {
             active.finishing = true;
             let r = &mut active.record;
             r.status = TaskStatus::Failed;
-            if removed {
+            if let Some(stopping) = stopping {
+                r.failure = Some(FailureReason::Cancelled);
+                r.message = Some(format!("{stopping}; {why} before it stopped"));
+            } else if removed {
                 r.failure = Some(FailureReason::Cancelled);
                 r.message = Some(format!(
                     "{why}; its function was removed, so it is not started again"
@@ -901,7 +970,10 @@ impl State {
                 r.failure = Some(FailureReason::WorkerLost);
                 r.message = Some(format!("{why}, on each of {} attempts", r.attempts));
             }
-            r.finished_ms = Some(now_ms());
+            let now = now_ms();
+            r.finished_ms = Some(now);
+            // It ran (as far as anyone knows) from its last start until it was given up.
+            r.run_us = r.started_ms.map_or(0, |at| now.saturating_sub(at) * 1000);
             let finished = Arc::new(Finished {
                 record: r.clone(),
                 result: Bytes::new(),
@@ -1283,6 +1355,36 @@ mod tests {
         assert_eq!((active.lease, active.worker), (0, None));
         assert_eq!(fx.waiting("f"), [id]);
         assert_eq!(fx.state.running_count(), 0);
+    }
+
+    #[test]
+    fn a_stopped_task_gets_a_cancel_frame_once_and_ends_cancelled_when_its_lease_expires() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        let id = fx.enqueue(&f, 1);
+        fx.dispatch();
+        let lease = assigned(&mut frames)[0].1;
+        assert!(fx.state.stop_running(id, "cancelled by x while it ran"));
+        assert!(fx.state.stop_running(id, "again"));
+        let cancels: Vec<(u128, u64)> = std::iter::from_fn(|| frames.try_recv().ok())
+            .filter_map(|item| match item {
+                Outbound::Frame(Frame::Cancel { task_id, lease }) => Some((task_id, lease)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cancels, [(id, lease)], "one Cancel, under the task's lease");
+        // Lost before it answers: cancelled with the first message, not queued again.
+        let ended = fx.expire();
+        assert_eq!(ended.len(), 1);
+        let end = &ended[0].1.finished.record;
+        assert_eq!(end.failure, Some(FailureReason::Cancelled));
+        let message = end.message.as_deref().unwrap_or_default();
+        assert!(
+            message.starts_with("cancelled by x while it ran; "),
+            "{message}"
+        );
+        assert!(fx.waiting("f").is_empty());
     }
 
     #[test]

@@ -98,10 +98,36 @@ pub struct WarmCall {
 pub type KeepAlive = Arc<dyn std::any::Any + Send + Sync>;
 
 /// An idle executor taken for one call ([`Pool::take_ready`]), counted as busy until
-/// [`Pool::run_ready`] gives it back: take one only to run a call on it at once.
-pub struct Ready {
+/// [`Pool::run_ready`] gives it back: take one only to run a call on it at once. Dropped
+/// instead, it stops the executor and uncounts the call.
+pub struct Ready<'a> {
     executor: WarmExecutor,
-    key: PoolKey,
+    busy: Busy<'a>,
+}
+
+/// A call (or a start) counted as busy in its function version's entry until [`Busy::end`]. A
+/// call's future dropped halfway (its task was cancelled) drops this too, which uncounts it: the
+/// executor it held was dropped with the future, and so stopped.
+struct Busy<'a> {
+    pool: &'a Pool,
+    key: Option<PoolKey>,
+}
+
+impl Busy<'_> {
+    /// Ends the call: the executor goes back to the idle ones (`Some`) or stops (`None`).
+    fn end(mut self, executor: Option<WarmExecutor>) {
+        if let Some(key) = self.key.take() {
+            self.pool.release(&key, executor);
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.pool.release(&key, None);
+        }
+    }
 }
 
 /// What one call on a ready executor sends and may take.
@@ -321,7 +347,12 @@ impl Pool {
     pub async fn run(&self, call: WarmCall) -> Outcome {
         let timeout = call.timeout.saturating_sub(call.waited);
         let deadline = Instant::now() + timeout;
-        let (executor, cold_start, init_us) = match self.take_idle(&call) {
+        let taken = self.take_idle(&call);
+        let busy = Busy {
+            pool: self,
+            key: Some(call.key),
+        };
+        let (executor, cold_start, init_us) = match taken {
             Some(executor) => (Ok(executor), !call.waited.is_zero(), 0),
             None => {
                 let started = Instant::now();
@@ -334,7 +365,7 @@ impl Pool {
         let executor = match executor {
             Ok(executor) => executor,
             Err(failure) => {
-                self.release(&call.key, None);
+                busy.end(None);
                 return failed(failure, cold_start, init_us, 0);
             }
         };
@@ -344,26 +375,29 @@ impl Pool {
             timeout: deadline.saturating_duration_since(Instant::now()),
             limits: call.limits,
         };
-        let ready = Ready {
-            executor,
-            key: call.key,
-        };
-        self.call_on(ready, input, cold_start, init_us).await
+        self.call_on(Ready { executor, busy }, input, cold_start, init_us)
+            .await
     }
 
     /// An idle executor of function version `key`, if one is ready, taken for a call (which
     /// [`Pool::run_ready`] makes): a warm call needs nothing else, not even the command line
     /// that [`Pool::run`] needs to start one.
-    pub fn take_ready(&self, key: PoolKey) -> Option<Ready> {
+    pub fn take_ready(&self, key: PoolKey) -> Option<Ready<'_>> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&key)?;
         let executor = entry.pop_live()?;
         entry.busy += 1;
-        Some(Ready { executor, key })
+        Some(Ready {
+            executor,
+            busy: Busy {
+                pool: self,
+                key: Some(key),
+            },
+        })
     }
 
     /// Runs one call on an executor from [`Pool::take_ready`] and gives it back.
-    pub async fn run_ready(&self, ready: Ready, input: CallInput) -> Outcome {
+    pub async fn run_ready(&self, ready: Ready<'_>, input: CallInput) -> Outcome {
         self.call_on(ready, input, false, 0).await
     }
 
@@ -371,12 +405,12 @@ impl Pool {
     /// it, when the call left it unsound).
     async fn call_on(
         &self,
-        ready: Ready,
+        ready: Ready<'_>,
         input: CallInput,
         cold_start: bool,
         init_us: u64,
     ) -> Outcome {
-        let Ready { mut executor, key } = ready;
+        let Ready { mut executor, busy } = ready;
         let started = Instant::now();
         let answer = executor
             .call(&input.payload, input.json, input.timeout, input.limits)
@@ -385,7 +419,7 @@ impl Pool {
         let (cpu_us, peak_memory_bytes) = executor.call_ended();
         match answer {
             Ok(answer) => {
-                self.release(&key, Some(executor));
+                busy.end(Some(executor));
                 Outcome {
                     failure: None,
                     exit_code: None,
@@ -403,7 +437,7 @@ impl Pool {
             Err(failure) => {
                 // An exception leaves the executor sound; anything else does not.
                 let keep = failure.reason == FailureReason::Exception;
-                self.release(&key, keep.then_some(executor));
+                busy.end(keep.then_some(executor));
                 Outcome {
                     cpu_us,
                     peak_memory_bytes,

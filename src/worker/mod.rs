@@ -19,6 +19,7 @@ pub mod health;
 mod http;
 pub mod images;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,9 @@ pub struct Agent {
     unsent: Mutex<Vec<Report>>,
     /// Whether a server has welcomed this worker at least once.
     welcomed: AtomicBool,
+    /// The running tasks by id, each with its lease and what stops it (a `Cancel` from the
+    /// server).
+    stops: Mutex<HashMap<u128, (u64, CancellationToken)>>,
 }
 
 /// The directory executors' working directories are made in: emptied when created (a worker
@@ -192,6 +196,7 @@ impl Agent {
             running: AtomicU32::new(0),
             unsent: Mutex::new(Vec::new()),
             welcomed: AtomicBool::new(false),
+            stops: Mutex::new(HashMap::new()),
         })
     }
 
@@ -459,6 +464,7 @@ impl Session {
         match frame {
             Frame::HttpOpen(open) => self.on_http_open(open),
             Frame::Assign(task) => self.on_assign(task),
+            Frame::Cancel { task_id, lease } => self.on_cancel_task(task_id, lease),
             Frame::Prewarm(spec) => self.on_prewarm(spec),
             Frame::Code { hash, found, bytes } => self.on_code(hash, found, bytes),
             Frame::CodeChunk {
@@ -485,12 +491,22 @@ impl Session {
         Ok(())
     }
 
-    /// Runs the task in the background and reports it; in pull mode, then asks for another.
+    /// Runs the task in the background and reports it; in pull mode, then asks for another. A
+    /// `Cancel` for it stops it (its process or warm executor is killed) and reports it
+    /// FAILED `cancelled`.
     fn on_assign(&self, task: Assignment) {
         let agent = self.agent.clone();
         agent.running.fetch_add(1, Ordering::AcqRel);
+        let stop = agent.track(task.task_id, task.lease);
         tokio::spawn(async move {
-            let report = run_task(&agent, task).await;
+            let (task_id, lease) = (task.task_id, task.lease);
+            let started = std::time::Instant::now();
+            let report = tokio::select! {
+                biased;
+                () = stop.cancelled() => cancelled(task_id, lease, started.elapsed()),
+                report = run_task(&agent, task) => report,
+            };
+            agent.untrack(task_id, lease);
             agent.deliver(report);
             if agent.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 agent.idle.notify_waiters();
@@ -501,6 +517,19 @@ impl Session {
                 }
             }
         });
+    }
+
+    /// Stops task `task_id` if it runs here under `lease`; else (it has ended, its report on
+    /// the way) nothing.
+    fn on_cancel_task(&self, task_id: u128, lease: u64) {
+        let stops = self.agent.stops.lock().expect("stops lock poisoned");
+        match stops.get(&task_id) {
+            Some((held, stop)) if *held == lease => {
+                tracing::info!(task = %uuid::Uuid::from_u128(task_id), "stopping a cancelled task");
+                stop.cancel();
+            }
+            _ => {}
+        }
     }
 
     /// Registers the function version's warm settings in the background; `min_warm` 0 (the
@@ -570,6 +599,23 @@ impl Session {
 }
 
 impl Agent {
+    /// Notes task `task_id` as running under `lease`; returns what stops it.
+    fn track(&self, task_id: u128, lease: u64) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let mut stops = self.stops.lock().expect("stops lock poisoned");
+        stops.insert(task_id, (lease, stop.clone()));
+        stop
+    }
+
+    /// Forgets task `task_id`'s run under `lease` (a later run of it under another lease
+    /// stays).
+    fn untrack(&self, task_id: u128, lease: u64) {
+        let mut stops = self.stops.lock().expect("stops lock poisoned");
+        if stops.get(&task_id).is_some_and(|(held, _)| *held == lease) {
+            stops.remove(&task_id);
+        }
+    }
+
     /// Registers a function version's warm settings with the pool, which starts its `min_warm`
     /// executors on its next round.
     async fn prewarm(&self, spec: proto::Prewarm) {
@@ -720,6 +766,29 @@ async fn run_prepared(agent: &Agent, task: Assignment, prepared: Prepared) -> Ou
 fn warm_spec(task: &Assignment) -> Option<proto::WarmSpec> {
     task.warm
         .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM))
+}
+
+/// The report of a task stopped by a `Cancel` after running for `ran`: its process (or warm
+/// executor) was killed when its run was dropped, and what it had written so far is lost with
+/// it.
+fn cancelled(task_id: u128, lease: u64, ran: Duration) -> Report {
+    Report {
+        task_id,
+        lease,
+        outcome: Outcome {
+            failure: Some(FailureReason::Cancelled),
+            exit_code: None,
+            signal: None,
+            message: Some("cancelled while it ran".to_owned()),
+            stdout: Default::default(),
+            stderr: Default::default(),
+            run_us: ran.as_micros() as u64,
+            cold_start: false,
+            init_us: 0,
+            cpu_us: 0,
+            peak_memory_bytes: 0,
+        },
+    }
 }
 
 /// The outcome of a task that failed before any executor ran it (a wait for its Python

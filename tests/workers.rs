@@ -66,6 +66,45 @@ async fn push_and_pull_workers_share_a_thousand_tasks() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_call_with_no_worker_is_refused_at_once_and_an_async_one_waits_for_one() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let answer = register(&client, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = invoke(&client, "echo", b"now").await;
+    let body = common::expect_error(&answer, 503, "no_workers");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("faasd worker"),
+        "{body}"
+    );
+    let out = server.cli(&["invoke", "echo", "now"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no worker"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        common::queued(&client).await,
+        0,
+        "the refused calls left no task"
+    );
+    // An async call is queued and runs once a worker joins; then sync calls run too.
+    let queued = submit(&client, "echo", b"later").await;
+    let _worker = Worker::start(&server.worker_addr, "w", 1, "push");
+    wait_workers(&client, 1).await;
+    assert_eq!(wait_finished(&client, &queued).await["status"], "COMPLETED");
+    let answer = invoke(&client, "echo", b"now").await;
+    assert_eq!(
+        (answer.status.as_u16(), text(&answer.body)),
+        (200, "now".into())
+    );
+}
+
 /// A server with two one-slot push workers running `sleep 2; echo $PPID` (the worker's pid is
 /// the executor's parent; the workers run `--sandbox none`, since inside the sandbox the parent
 /// is the namespace's init): returns them, the task id, and the pid of the worker running it.

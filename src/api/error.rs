@@ -59,6 +59,8 @@ pub enum ErrorCode {
     QueueFull,
     /// The server is stopping.
     ShuttingDown,
+    /// A sync call found no worker connected to run it (503).
+    NoWorkers,
     /// The function failed (an exception, a non-zero exit, a signal, out of memory).
     FunctionFailed,
     /// The function ran past its timeout.
@@ -349,6 +351,11 @@ impl From<broker::Error> for ApiError {
                 ErrorCode::QueueFull,
                 e.to_string(),
             ),
+            broker::Error::NoWorkers { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::NoWorkers,
+                e.to_string(),
+            ),
             broker::Error::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ShuttingDown,
@@ -390,7 +397,7 @@ mod tests {
     use super::*;
 
     /// Every known code and the exact string it has on the wire.
-    const CODES: [(ErrorCode, &str); 38] = [
+    const CODES: [(ErrorCode, &str); 39] = [
         (ErrorCode::InvalidRequest, "invalid_request"),
         (ErrorCode::InvalidName, "invalid_name"),
         (ErrorCode::InvalidBase64, "invalid_base64"),
@@ -409,6 +416,7 @@ mod tests {
         (ErrorCode::TaskCancelled, "task_cancelled"),
         (ErrorCode::QueueFull, "queue_full"),
         (ErrorCode::ShuttingDown, "shutting_down"),
+        (ErrorCode::NoWorkers, "no_workers"),
         (ErrorCode::FunctionFailed, "function_failed"),
         (ErrorCode::FunctionTimeout, "function_timeout"),
         (ErrorCode::WorkerLost, "worker_lost"),

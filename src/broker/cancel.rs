@@ -21,7 +21,7 @@ use crate::store::{self, TaskRecord};
 
 /// How many tasks one hold of the broker's lock cancels at most: a queue of 100,000 is
 /// cancelled in steps, so dispatch and submits go on between them.
-const CANCEL_STEP: usize = 4096;
+pub(super) const CANCEL_STEP: usize = 4096;
 
 /// What [`Broker::cancel`] did with a task.
 #[derive(Debug)]
@@ -55,8 +55,8 @@ enum Taken {
     /// A QUEUED task, now ended: the commit of its end.
     Queued(state::PendingCommit),
     /// A RUNNING task (its record then) whose worker was told to stop it, with a waiter for
-    /// its end (`None` when it was not leased after all).
-    Running(Box<TaskRecord>, Option<super::Waiter>),
+    /// its end.
+    Running(Box<TaskRecord>, super::Waiter),
     /// A task whose end is being committed: a waiter for it.
     Ending(super::Waiter),
 }
@@ -97,11 +97,15 @@ impl Broker {
                     Some(commit) => Taken::Queued(commit),
                     None => {
                         let during = format!("cancelled by {by} while it ran");
-                        let end = state
-                            .stop_running(id, &during)
-                            .then(|| state.tasks.get_mut(&id).map(Active::watch))
-                            .flatten();
-                        Taken::Running(Box::new(record), end)
+                        let running = state.stop_running(id, &during);
+                        let end = state.tasks.get_mut(&id).map(Active::watch);
+                        match end {
+                            Some(end) if running => Taken::Running(Box::new(record), end),
+                            // Neither waiting nor leased: off its queue to be cancelled by
+                            // `rm` (the function was removed); its end comes shortly.
+                            Some(end) => Taken::Ending(end),
+                            None => return Ok(Cancel::NotActive),
+                        }
                     }
                 }
             }
@@ -127,12 +131,9 @@ impl Broker {
     async fn stopped(
         &self,
         record: TaskRecord,
-        end: Option<super::Waiter>,
+        end: super::Waiter,
         wait: Duration,
     ) -> Result<Cancel, Error> {
-        let Some(end) = end else {
-            return Ok(Cancel::Stopping(record));
-        };
         match tokio::time::timeout(wait, end).await {
             Err(_) => Ok(Cancel::Stopping(
                 self.task(record.id).await?.unwrap_or(record),

@@ -68,6 +68,17 @@ pub enum Error {
         /// Its concurrency cap.
         concurrency: u32,
     },
+    /// A sync call found no worker connected to run it (none has joined, or every one is
+    /// draining): it would wait for one with no answer meanwhile.
+    #[error(
+        "no worker is connected to run {name:?} now, so a sync call would wait with no answer \
+         until one joins: start a worker (`faasd worker --server HOST:PORT`), or call it async \
+         (`?async=true`, `faasd invoke --async`), which queues it until a worker takes it"
+    )]
+    NoWorkers {
+        /// The function.
+        name: String,
+    },
     /// The server is shutting down and takes no new tasks.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -211,16 +222,36 @@ impl Broker {
                 http: Mutex::default(),
             }),
         };
-        for record in failed {
-            broker.fail_lost_at_start(record).await?;
-        }
+        broker.fail_lost_at_start(failed).await?;
         Ok(broker)
     }
 
-    /// Ends a task recovery will not run: FAILED `worker_lost` when a stop interrupted every
-    /// attempt, or `cancelled` when its function was removed (a crash between `rm`'s commit and
-    /// its cancels' commit leaves such a task pending).
-    async fn fail_lost_at_start(&self, mut record: TaskRecord) -> Result<(), Error> {
+    /// Ends the tasks recovery will not run, all in the store's group commits (not one fsync
+    /// each: a crash right after `rm` of a function with 100,000 queued tasks leaves them all
+    /// here) and waits until they are on disk.
+    async fn fail_lost_at_start(&self, failed: Vec<TaskRecord>) -> Result<(), Error> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let count = failed.len();
+        let acks: Vec<_> = failed
+            .into_iter()
+            .map(|record| self.inner.store.submit(self.lost_at_start(record)))
+            .collect();
+        for ack in acks {
+            ack.await.map_err(|_| Arc::new(store::Error::Closed))??;
+        }
+        tracing::info!(
+            tasks = count,
+            "ended unfinished tasks that will not run again"
+        );
+        Ok(())
+    }
+
+    /// The end of a task recovery will not run: FAILED `worker_lost` when a stop interrupted
+    /// every attempt, or `cancelled` when its function was removed (a crash between `rm`'s
+    /// commit and its cancels' commit leaves such a task pending).
+    fn lost_at_start(&self, mut record: TaskRecord) -> Write {
         let removed = !self.lock().functions.contains_key(&record.function);
         let (failure, message) = if removed {
             let why = format!(
@@ -236,15 +267,11 @@ impl Broker {
         record.failure = Some(failure);
         record.message = Some(message);
         record.finished_ms = Some(now_ms());
-        self.inner
-            .store
-            .write(Write::Finish {
-                record,
-                result: Bytes::new(),
-                logs: Bytes::new(),
-            })
-            .await?;
-        Ok(())
+        Write::Finish {
+            record,
+            result: Bytes::new(),
+            logs: Bytes::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -380,17 +407,22 @@ impl Broker {
             .store
             .write(Write::Delete { name: name.into() })
             .await?;
-        let commits = {
+        let mut waiting = {
             let mut state = self.lock();
             state.functions.remove(name);
             for worker in state.workers.values() {
                 worker.retire(&func);
             }
-            // In the same hold as the removal, so that no queued task starts the removed code.
-            let every = |_: &TaskRecord| true;
-            state.cancel_waiting(name, every, usize::MAX, message, &self.inner.store)
+            // Off the queue in the same hold as the removal, so that no queued task starts the
+            // removed code; ended below in steps, so that a queue of 100,000 does not hold the
+            // lock (and so every submit and dispatch) for all of them at once.
+            state.take_waiting(name)
         };
         self.function_changed(FunctionChange::Removed, &func);
+        let mut commits = Vec::with_capacity(waiting.len());
+        for step in waiting.make_contiguous().chunks(cancel::CANCEL_STEP) {
+            commits.extend(self.lock().cancel_taken(step, message, &self.inner.store));
+        }
         let cancelled = self.settle_cancelled(name, commits).await;
         Ok((func, cancelled))
     }
@@ -449,6 +481,9 @@ impl Broker {
         let (record, waiter, committed) = {
             let mut state = self.lock();
             let func = pinned_or(state.admit(name, 1)?, pin);
+            if wait && !state.has_worker() {
+                return Err(Error::NoWorkers { name: name.into() });
+            }
             state.next_seq += 1;
             let record = queued_record(&func, state.next_seq, &payload, json, caller);
             let enqueue = Write::Enqueue {
@@ -773,6 +808,18 @@ impl Broker {
             *trimmed_at_seq = idle_at;
         }
         (failed, trim)
+    }
+
+    /// Waits until a worker that takes tasks is connected, up to `within`; whether one is.
+    pub async fn wait_for_worker(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.lock().has_worker() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 
     /// Marks a worker as draining: it gets no new tasks.

@@ -433,6 +433,11 @@ impl State {
         Ok(func)
     }
 
+    /// Whether a worker that takes tasks (not draining) is connected.
+    pub fn has_worker(&self) -> bool {
+        self.workers.values().any(|w| !w.draining)
+    }
+
     fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
         self.queues
             .entry(func.name.clone())
@@ -595,6 +600,36 @@ impl State {
             worker.send(Outbound::Frame(frame));
         }
         true
+    }
+
+    /// Takes every task waiting in `name`'s queue off it at once (its function was removed):
+    /// none of them can start from now on. [`State::cancel_taken`] ends them in steps.
+    pub fn take_waiting(&mut self, name: &str) -> VecDeque<u128> {
+        self.queues
+            .get_mut(name)
+            .map(|q| std::mem::take(&mut q.waiting))
+            .unwrap_or_default()
+    }
+
+    /// Ends the tasks of `ids` that [`State::take_waiting`] took, FAILED `cancelled` with
+    /// `message` (a task that ended otherwise meanwhile is left alone); returns their commits.
+    pub fn cancel_taken(
+        &mut self,
+        ids: &[u128],
+        message: &str,
+        store: &Store,
+    ) -> Vec<(u128, PendingCommit)> {
+        let mut commits = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let waits = self
+                .tasks
+                .get(&id)
+                .is_some_and(|a| !a.finishing && a.worker.is_none());
+            if waits {
+                commits.push((id, self.end_cancelled(id, message, store)));
+            }
+        }
+        commits
     }
 
     /// Stops every RUNNING task of function `name` that `pick` accepts ([`State::stop_running`]
@@ -1385,6 +1420,28 @@ mod tests {
             "{message}"
         );
         assert!(fx.waiting("f").is_empty());
+    }
+
+    #[test]
+    fn a_removed_functions_waiting_tasks_never_start_and_end_cancelled_in_steps() {
+        let mut fx = Fixture::new();
+        let f = fx.function("f", 1, None);
+        let ids: Vec<u128> = (1..=3).map(|seq| fx.enqueue(&f, seq)).collect();
+        let taken: Vec<u128> = fx.state.take_waiting("f").into();
+        assert_eq!(taken, ids);
+        let (_, mut frames) = fx.worker(1, DispatchMode::Push);
+        fx.dispatch();
+        assert!(assigned(&mut frames).is_empty(), "nothing taken starts");
+        let first = fx.state.cancel_taken(&taken[..2], "gone", &fx.store);
+        assert_eq!(first.len(), 2);
+        // A task already ending is left alone; the rest end cancelled.
+        let again = fx.state.cancel_taken(&taken, "gone", &fx.store);
+        assert_eq!(
+            again.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [ids[2]]
+        );
+        let end = &again[0].1.finished.record;
+        assert_eq!(end.failure, Some(FailureReason::Cancelled));
     }
 
     #[test]

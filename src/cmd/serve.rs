@@ -193,6 +193,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<u8> {
     ));
     tracker.spawn(flush_http_usage(broker.clone(), stops.http.clone()));
 
+    // Ready means ready to run calls: a sync call is refused while no worker is connected, so
+    // the local worker's handshake (a few frames over a pipe) comes before the announcement.
+    if slots > 0 && !broker.wait_for_worker(Duration::from_secs(10)).await {
+        tracing::warn!("the local worker has not joined after 10 s");
+    }
     // Watch for signals before announcing readiness, so a stop right after it is graceful.
     let stop_signal = wait_for_signal().await?;
     announce(&listeners.addrs, https, slots, &args)?;

@@ -258,14 +258,36 @@ async fn submit_many(client: &Client, name: &str, n: usize) -> Vec<String> {
 async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
-    // No worker: everything stays queued until cancelled.
-    let server = Server::start(&["--local-workers", "0", "--sandbox", "none"]);
+    // No worker: everything stays queued until cancelled. An event buffer far smaller than
+    // the burst of ends, which a stream must still receive whole.
+    let args = [
+        "--local-workers",
+        "0",
+        "--sandbox",
+        "none",
+        "--event-buffer",
+        "1024",
+    ];
+    let server = Server::start(&args);
     let client = server.client();
     register_append(&client, "many", &log).await;
     let v1 = submit_many(&client, "many", 20_000).await;
     register_append(&client, "many", &log).await;
     let v2 = submit_many(&client, "many", 30).await;
     assert_eq!(common::queued(&client).await, 20_030);
+    let mut events = client
+        .events("/v1/events?function=many")
+        .await
+        .expect("stream");
+    let watcher = tokio::spawn(async move {
+        let mut ends = 0;
+        while ends < 20_030 {
+            let event = events.next().await.expect("read").expect("an event");
+            assert_ne!(event.event, "dropped", "{}", event.data);
+            ends += usize::from(event.event == "task" && event.data.contains("\"FAILED\""));
+        }
+        ends
+    });
 
     let answer = post(&client, "/v1/functions/many/cancel?version=2").await;
     assert_eq!(answer.status, 200, "{}", text(&answer.body));
@@ -294,6 +316,11 @@ async fn a_functions_queued_tasks_are_cancelled_at_once_by_version_or_all() {
     let missing = post(&client, "/v1/functions/nope/cancel").await;
     expect_error(&missing, 404, "function_not_found");
     assert!(lines(&log).is_empty());
+    let ends = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("every end on the event stream within 60 s")
+        .expect("watcher");
+    assert_eq!(ends, 20_030);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,14 +14,19 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::events::{Event, TaskEvent};
 use super::state::Active;
-use super::{Broker, Error, state};
+use super::{Broker, Error, Finished, state};
 use crate::proto::FailureReason;
 use crate::store::{self, TaskRecord};
 
 /// How many tasks one hold of the broker's lock cancels at most: a queue of 100,000 is
 /// cancelled in steps, so dispatch and submits go on between them.
 pub(super) const CANCEL_STEP: usize = 4096;
+
+/// How long a bulk cancel may pause in all for event consumers that fall behind (see
+/// [`super::events::Events::publish_paced`]).
+const PACE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What [`Broker::cancel`] did with a task.
 #[derive(Debug)]
@@ -211,27 +216,77 @@ impl Broker {
         Ok(stopped)
     }
 
-    /// Hands the ends of cancelled tasks of `name` to their commits; returns how many once
-    /// every one is durable.
+    /// Settles the ends of cancelled tasks of `name` in steps of [`CANCEL_STEP`]; returns how
+    /// many once every one is durable (or the first commit's error; a failed end is retried as
+    /// any is, see [`Broker::finalize_after`]).
     pub(super) async fn settle_cancelled(
         &self,
         name: &str,
         commits: Vec<(u128, state::PendingCommit)>,
     ) -> Result<usize, Error> {
         let cancelled = commits.len();
-        let dones = commits
-            .into_iter()
-            .map(|(id, commit)| {
-                let (tx, rx) = oneshot::channel();
-                self.finalize_noting(id, commit, Some(tx));
-                rx
-            })
-            .collect();
+        let deadline = tokio::time::Instant::now() + PACE_PATIENCE;
+        let mut first_error = None;
+        let mut commits = commits.into_iter().peekable();
+        while commits.peek().is_some() {
+            let step: Vec<_> = commits.by_ref().take(CANCEL_STEP).collect();
+            if let Err(e) = self.settle_step(step, deadline).await {
+                first_error.get_or_insert(e);
+            }
+        }
         if cancelled > 0 {
             tracing::info!(function = %name, tasks = cancelled, "cancelled queued tasks");
         }
-        settled(dones).await?;
-        Ok(cancelled)
+        first_error.map_or(Ok(cancelled), Err)
+    }
+
+    /// One step of [`Broker::settle_cancelled`]: once the step's ends are durable, forgets the
+    /// tasks in one hold of the lock, answers their waiters, and publishes their events paced to
+    /// the event consumers ([`super::events::Events::publish_paced`] until `deadline`), where ending each on
+    /// its own would publish the whole burst at once and drop every open event stream.
+    async fn settle_step(
+        &self,
+        step: Vec<(u128, state::PendingCommit)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Error> {
+        let mut durable = Vec::with_capacity(step.len());
+        let mut error = None;
+        for (id, commit) in step {
+            let failure = match commit.ack.await {
+                Ok(Ok(_)) => {
+                    durable.push((id, commit.finished));
+                    continue;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => Arc::new(store::Error::Closed),
+            };
+            // Retried on its own, as any end whose commit failed.
+            let (failed, ack) = oneshot::channel();
+            let _ = failed.send(Err(failure.clone()));
+            let finished = commit.finished;
+            self.finalize_after(id, state::PendingCommit { ack, finished });
+            error.get_or_insert(Error::Store(failure));
+        }
+        let ended: Vec<(Active, Arc<Finished>)> = {
+            let mut state = self.lock();
+            durable
+                .into_iter()
+                .filter_map(|(id, finished)| state.tasks.remove(&id).map(|a| (a, finished)))
+                .collect()
+        };
+        let mut events = Vec::with_capacity(ended.len());
+        for (active, finished) in ended {
+            self.count_end(&finished.record);
+            events.push(Event::Task(TaskEvent::of(
+                &finished.record,
+                active.func.owner,
+            )));
+            for waiter in active.waiters {
+                let _ = waiter.send(Ok(finished.clone()));
+            }
+        }
+        self.inner.events.publish_paced(events, deadline).await;
+        error.map_or(Ok(()), Err)
     }
 }
 

@@ -19,6 +19,9 @@ use crate::store::{FunctionRecord, TaskRecord, TaskStatus};
 /// (`serve --event-buffer`).
 pub const DEFAULT_EVENT_BUFFER: usize = 8192;
 
+/// How long [`Events::publish_paced`] pauses at a time for its consumers.
+const PACE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One live event.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -210,6 +213,8 @@ impl FunctionEvent {
 #[derive(Debug, Clone)]
 pub struct Events {
     sender: broadcast::Sender<Event>,
+    /// How many events the channel holds.
+    capacity: usize,
     /// Fires when the server stops, so that open streams end instead of holding it up.
     closed: CancellationToken,
 }
@@ -217,10 +222,33 @@ pub struct Events {
 impl Events {
     /// A channel holding up to `capacity` events (at least 1).
     pub fn new(capacity: usize) -> Events {
-        let (sender, _) = broadcast::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (sender, _) = broadcast::channel(capacity);
         Events {
             sender,
+            capacity,
             closed: CancellationToken::new(),
+        }
+    }
+
+    /// Publishes many events (the ends of a bulk cancel), pausing while the slowest consumer is
+    /// more than half the channel behind, until `deadline`: a burst of 100,000 then reaches
+    /// consumers that keep up at their own pace, where publishing it at once would drop every
+    /// one of them. Past `deadline` it publishes without pausing, so a consumer that stopped
+    /// reading holds an operation up for a bounded time, and is then dropped as usual.
+    pub async fn publish_paced(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+        deadline: tokio::time::Instant,
+    ) {
+        for event in events {
+            if self.sender.receiver_count() == 0 {
+                return;
+            }
+            while self.sender.len() >= self.capacity / 2 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(PACE).await;
+            }
+            let _ = self.sender.send(event);
         }
     }
 
@@ -302,6 +330,34 @@ mod tests {
             slow.recv().await,
             Err(broadcast::error::RecvError::Lagged(96))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_paced_burst_reaches_a_consumer_that_keeps_up_at_its_own_pace() {
+        let events = Events::new(4);
+        let mut consumer = events.subscribe();
+        let reader = tokio::spawn(async move {
+            let mut versions = Vec::new();
+            while let Ok(Event::Function(f)) = consumer.recv().await {
+                versions.push(f.version);
+                if versions.len() == 100 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            versions
+        });
+        let burst = (0..100).map(|version| {
+            Event::Function(FunctionEvent {
+                kind: FunctionChange::Registered,
+                name: "f".into(),
+                version,
+            })
+        });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        events.publish_paced(burst, deadline).await;
+        let seen = reader.await.expect("reader");
+        assert_eq!(seen, (0..100).collect::<Vec<u32>>(), "none missed");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum Cancel {
     Cancelled(TaskRecord),
     /// It is RUNNING: its worker was told to stop it, and had not reported by the time the
     /// caller would wait. It ends FAILED `cancelled` once the worker reports or is lost
-    /// (unless it ended on its own first). Its record now.
+    /// (unless it ended on its own first). Its record as the cancel found it.
     Stopping(TaskRecord),
     /// It has already ended (its end may still be being committed). Its record as readers see
     /// it.
@@ -103,7 +103,13 @@ impl Broker {
                     None => {
                         let during = format!("cancelled by {by} while it ran");
                         let running = state.stop_running(id, &during);
-                        let end = state.tasks.get_mut(&id).map(Active::watch);
+                        let end = match state.tasks.get_mut(&id) {
+                            // A sync caller hears of the end before it is committed; the
+                            // canceller only once it is, so the cancel survives a crash.
+                            Some(active) if running => Some(active.watch_durable()),
+                            Some(active) => Some(active.watch()),
+                            None => None,
+                        };
                         match end {
                             Some(end) if running => Taken::Running(Box::new(record), end),
                             // Neither waiting nor leased: off its queue to be cancelled by
@@ -140,9 +146,9 @@ impl Broker {
         wait: Duration,
     ) -> Result<Cancel, Error> {
         match tokio::time::timeout(wait, end).await {
-            Err(_) => Ok(Cancel::Stopping(
-                self.task(record.id).await?.unwrap_or(record),
-            )),
+            // Its record as the cancel found it (RUNNING): a read now could catch its end
+            // answered early to a sync caller, not yet on disk.
+            Err(_) => Ok(Cancel::Stopping(record)),
             Ok(ended) => {
                 let finished = ended.map_err(|_| closed())??;
                 let end = finished.record.clone();
@@ -225,29 +231,40 @@ impl Broker {
         commits: Vec<(u128, state::PendingCommit)>,
     ) -> Result<usize, Error> {
         let cancelled = commits.len();
-        let deadline = tokio::time::Instant::now() + PACE_PATIENCE;
-        let mut first_error = None;
-        let mut commits = commits.into_iter().peekable();
-        while commits.peek().is_some() {
-            let step: Vec<_> = commits.by_ref().take(CANCEL_STEP).collect();
-            if let Err(e) = self.settle_step(step, deadline).await {
-                first_error.get_or_insert(e);
+        // On a task of its own: the tasks are taken and their ends queued already, so their
+        // settling must not stop halfway when the request's client goes away.
+        let broker = self.clone();
+        let settling = tokio::spawn(async move {
+            let mut patience = PACE_PATIENCE;
+            let mut first_error = None;
+            let mut commits = commits.into_iter().peekable();
+            while commits.peek().is_some() {
+                let step: Vec<_> = commits.by_ref().take(CANCEL_STEP).collect();
+                if let Err(e) = broker.settle_step(step, &mut patience).await {
+                    first_error.get_or_insert(e);
+                }
             }
-        }
+            first_error
+        });
         if cancelled > 0 {
             tracing::info!(function = %name, tasks = cancelled, "cancelled queued tasks");
         }
-        first_error.map_or(Ok(cancelled), Err)
+        match settling.await {
+            Ok(None) => Ok(cancelled),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(closed()),
+        }
     }
 
     /// One step of [`Broker::settle_cancelled`]: once the step's ends are durable, forgets the
     /// tasks in one hold of the lock, answers their waiters, and publishes their events paced to
-    /// the event consumers ([`super::events::Events::publish_paced`] until `deadline`), where ending each on
-    /// its own would publish the whole burst at once and drop every open event stream.
+    /// the event consumers ([`super::events::Events::publish_paced`], within what is left of
+    /// `patience`), where ending each on its own would publish the whole burst at once and drop
+    /// every open event stream.
     async fn settle_step(
         &self,
         step: Vec<(u128, state::PendingCommit)>,
-        deadline: tokio::time::Instant,
+        patience: &mut Duration,
     ) -> Result<(), Error> {
         let mut durable = Vec::with_capacity(step.len());
         let mut error = None;
@@ -275,17 +292,17 @@ impl Broker {
                 .collect()
         };
         let mut events = Vec::with_capacity(ended.len());
-        for (active, finished) in ended {
+        for (mut active, finished) in ended {
             self.count_end(&finished.record);
             events.push(Event::Task(TaskEvent::of(
                 &finished.record,
                 active.func.owner,
             )));
-            for waiter in active.waiters {
+            for waiter in active.take_waiters() {
                 let _ = waiter.send(Ok(finished.clone()));
             }
         }
-        self.inner.events.publish_paced(events, deadline).await;
+        self.inner.events.publish_paced(events, patience).await;
         error.map_or(Ok(()), Err)
     }
 }

@@ -232,21 +232,25 @@ impl Events {
     }
 
     /// Publishes many events (the ends of a bulk cancel), pausing while the slowest consumer is
-    /// more than half the channel behind, until `deadline`: a burst of 100,000 then reaches
-    /// consumers that keep up at their own pace, where publishing it at once would drop every
-    /// one of them. Past `deadline` it publishes without pausing, so a consumer that stopped
+    /// more than half the channel behind, for at most `patience` in all (what is left of it is
+    /// given back for the operation's next call): a burst of 100,000 then reaches consumers
+    /// that keep up at their own pace, where publishing it at once would drop every one of
+    /// them. Once `patience` is spent it publishes without pausing, so a consumer that stopped
     /// reading holds an operation up for a bounded time, and is then dropped as usual.
     pub async fn publish_paced(
         &self,
         events: impl IntoIterator<Item = Event>,
-        deadline: tokio::time::Instant,
+        patience: &mut std::time::Duration,
     ) {
+        let behind = (self.capacity / 2).max(1);
         for event in events {
             if self.sender.receiver_count() == 0 {
                 return;
             }
-            while self.sender.len() >= self.capacity / 2 && tokio::time::Instant::now() < deadline {
+            while self.sender.len() >= behind && !patience.is_zero() {
+                let paused = tokio::time::Instant::now();
                 tokio::time::sleep(PACE).await;
+                *patience = patience.saturating_sub(paused.elapsed());
             }
             let _ = self.sender.send(event);
         }
@@ -354,8 +358,8 @@ mod tests {
                 version,
             })
         });
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        events.publish_paced(burst, deadline).await;
+        let mut patience = std::time::Duration::from_secs(30);
+        events.publish_paced(burst, &mut patience).await;
         let seen = reader.await.expect("reader");
         assert_eq!(seen, (0..100).collect::<Vec<u32>>(), "none missed");
     }

@@ -904,7 +904,7 @@ impl Broker {
                     .events
                     .publish(|| Event::Task(TaskEvent::of(&finished.record, owner)));
             }
-            let waiters = active.map(|a| a.waiters).unwrap_or_default();
+            let waiters = active.map(|mut a| a.take_waiters()).unwrap_or_default();
             for w in waiters {
                 let _ = w.send(outcome.clone());
             }
@@ -940,7 +940,7 @@ impl Broker {
             .lock()
             .tasks
             .get_mut(&task_id)
-            .map(|a| std::mem::take(&mut a.waiters))
+            .map(Active::take_waiters)
             .unwrap_or_default();
         for w in waiters {
             let _ = w.send(outcome.clone());

@@ -42,6 +42,9 @@ pub(super) struct Active {
     deadline: Option<Instant>,
     finishing: bool,
     pub waiters: Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>>,
+    /// Waiters that hear of its end only once it is on disk, even when its sync caller is
+    /// answered before (a cancel's: a cancel the caller heard of must survive a crash).
+    durable: Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>>,
     /// Whether a sync caller waits for it (its answer may go before its end is on disk).
     sync: bool,
     /// Its end, once its sync caller was answered before the end was committed: what readers
@@ -72,6 +75,7 @@ impl Active {
             deadline: None,
             finishing: false,
             waiters: Vec::new(),
+            durable: Vec::new(),
             sync: false,
             ended: None,
             stopping: None,
@@ -88,6 +92,23 @@ impl Active {
         self.waiters.retain(|w| !w.is_closed());
         self.waiters.push(tx);
         rx
+    }
+
+    /// Adds a waiter for this task's end once that end is on disk (never answered early, as a
+    /// sync caller is; see [`answer_early`]).
+    pub fn watch_durable(&mut self) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.durable.push(tx);
+        rx
+    }
+
+    /// Takes every waiter, early and durable (its end is committed, or its commit failed).
+    pub fn take_waiters(
+        &mut self,
+    ) -> Vec<oneshot::Sender<Result<Arc<Finished>, Arc<store::Error>>>> {
+        let mut all = std::mem::take(&mut self.waiters);
+        all.append(&mut self.durable);
+        all
     }
 
     /// Whether its end is known and being committed (reported, failed for good, cancelled).
@@ -633,7 +654,8 @@ impl State {
     }
 
     /// Stops every RUNNING task of function `name` that `pick` accepts ([`State::stop_running`]
-    /// with `message`); returns a waiter for each one's end.
+    /// with `message`, or the message of an earlier cancel already stopping it); returns a
+    /// waiter for each one's durable end.
     pub fn stop_running_of(
         &mut self,
         name: &str,
@@ -645,18 +667,16 @@ impl State {
             .values()
             .flat_map(|w| w.running.iter().copied())
             .filter(|id| {
-                self.tasks.get(id).is_some_and(|a| {
-                    a.record.function == name
-                        && !a.finishing
-                        && a.stopping.is_none()
-                        && pick(&a.record)
-                })
+                self.tasks
+                    .get(id)
+                    .is_some_and(|a| a.record.function == name && !a.finishing && pick(&a.record))
             })
             .collect();
         let mut ends = Vec::with_capacity(running.len());
         for id in running {
+            // One already being stopped (an earlier cancel) is waited for again, not re-sent.
             if self.stop_running(id, message) {
-                ends.extend(self.tasks.get_mut(&id).map(Active::watch));
+                ends.extend(self.tasks.get_mut(&id).map(Active::watch_durable));
             }
         }
         ends
@@ -1234,6 +1254,8 @@ mod tests {
         let (sync_id, mut sync_waiter) = enqueue_sync(&mut fx, &f, 1);
         let async_id = fx.enqueue(&f, 2);
         let mut async_watcher = fx.state.tasks.get_mut(&async_id).expect("active").watch();
+        let sync_active = fx.state.tasks.get_mut(&sync_id).expect("active");
+        let mut canceller = sync_active.watch_durable();
         fx.dispatch();
         for (id, lease) in assigned(&mut frames) {
             let _pending = fx.report(worker, id, lease).expect("accepted");
@@ -1246,6 +1268,19 @@ mod tests {
         assert_eq!(answered.record.status, TaskStatus::Completed);
         assert_eq!(&answered.result[..], b"out");
         assert!(async_watcher.try_recv().is_err());
+        // A durable waiter (a cancel's) hears of it only from the commit.
+        assert!(canceller.try_recv().is_err());
+        let durable = fx
+            .state
+            .tasks
+            .get_mut(&sync_id)
+            .expect("active")
+            .take_waiters();
+        assert_eq!(
+            durable.len(),
+            1,
+            "the durable waiter is kept for the commit"
+        );
         // Readers of the sync task see its end; a late watcher is answered at once.
         let active = &fx.state.tasks[&sync_id];
         assert_eq!(active.current().status, TaskStatus::Completed);

@@ -199,8 +199,12 @@ async fn the_store_file_levels_off_under_a_steady_load() {
     let early = sizes[2];
     let last = sizes[ROUNDS - 1];
     eprintln!("store file sizes after each round: {sizes:?}; {written} bytes written");
+    // redb grows its file by doubling it, and the retained rounds plus the pages not yet reused
+    // sit near one size (7.3 MB here): one doubling late in the run is allocation, not growth
+    // (a full run once went 7.3 MB for six rounds, then 14.7 MB for the last four). Without the
+    // purge the file would double again and pass the bound below as well.
     assert!(
-        last <= early * 3 / 2,
+        last <= early * 2,
         "the file grew from {early} to {last} bytes: {sizes:?}"
     );
     // Well under what went through: the file holds the retained rounds (payload and result each,

@@ -566,6 +566,10 @@ async fn a_running_task_is_stopped_its_process_killed_and_its_slot_freed() {
     let view: serde_json::Value = answer.json().expect("json");
     assert_stopped(&view, "local");
     assert!(view["run_ms"].as_f64().expect("run_ms") > 0.0, "{view}");
+    assert_eq!(
+        view["cold_start"], true,
+        "a shell task runs in a fresh process: {view}"
+    );
     // Its end is durable and seen by readers and the event stream; its process is gone.
     assert_stopped(&status(&client, &running).await, "local");
     let event = tokio::time::timeout(Duration::from_secs(10), failed_event(&mut events, &running))

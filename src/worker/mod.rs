@@ -500,10 +500,12 @@ impl Session {
         let stop = agent.track(task.task_id, task.lease);
         tokio::spawn(async move {
             let (task_id, lease) = (task.task_id, task.lease);
+            // A task not kept warm runs in a fresh process: a cold start, stopped or not.
+            let cold = warm_spec(&task).is_none();
             let started = std::time::Instant::now();
             let report = tokio::select! {
                 biased;
-                () = stop.cancelled() => cancelled(task_id, lease, started.elapsed()),
+                () = stop.cancelled() => cancelled(task_id, lease, started.elapsed(), cold),
                 report = run_task(&agent, task) => report,
             };
             agent.untrack(task_id, lease);
@@ -768,10 +770,10 @@ fn warm_spec(task: &Assignment) -> Option<proto::WarmSpec> {
         .or(task.runtime.always_warm().then_some(exec::DEFAULT_WARM))
 }
 
-/// The report of a task stopped by a `Cancel` after running for `ran`: its process (or warm
-/// executor) was killed when its run was dropped, and what it had written so far is lost with
-/// it.
-fn cancelled(task_id: u128, lease: u64, ran: Duration) -> Report {
+/// The report of a task stopped by a `Cancel` after running for `ran` (`cold_start`: in a
+/// fresh process): its process (or warm executor) was killed when its run was dropped, and what
+/// it had written so far is lost with it.
+fn cancelled(task_id: u128, lease: u64, ran: Duration, cold_start: bool) -> Report {
     Report {
         task_id,
         lease,
@@ -783,7 +785,7 @@ fn cancelled(task_id: u128, lease: u64, ran: Duration) -> Report {
             stdout: Default::default(),
             stderr: Default::default(),
             run_us: ran.as_micros() as u64,
-            cold_start: false,
+            cold_start,
             init_us: 0,
             cpu_us: 0,
             peak_memory_bytes: 0,

@@ -748,3 +748,45 @@ async fn a_functions_running_tasks_are_stopped_with_its_queued_ones_when_asked()
     let answer = post(&client, "/v1/functions/forever/cancel?wait=1s").await;
     expect_error(&answer, 400, "invalid_request");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_loses_its_session_stops_its_tasks_and_runs_them_again_when_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pids");
+    let mut server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let unsandboxed = ["--sandbox", "none"];
+    let worker = Worker::start_with(&server.worker_addr, "w1", 2, "push", &unsandboxed);
+    wait_workers(&client, 1).await;
+    register_forever(&client, "forever", &pid_file).await;
+    let ids = [
+        submit(&client, "forever", b"").await,
+        submit(&client, "forever", b"").await,
+    ];
+    let first = pids(&pid_file, 2).await;
+    let _reap = KillGroups(first.clone());
+
+    // Stopped past three heartbeats, the worker is lost: the server takes both tasks back.
+    nix::sys::signal::kill(worker.pid(), nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    wait_workers(&client, 0).await;
+    for id in &ids {
+        assert_eq!(status(&client, id).await["status"], "QUEUED");
+    }
+    // Resumed, it finds its session gone and stops what that session ran; on its next session
+    // it gets both tasks again and runs them anew.
+    nix::sys::signal::kill(worker.pid(), nix::sys::signal::Signal::SIGCONT).expect("resume");
+    for pid in &first {
+        wait_gone(*pid).await;
+    }
+    let again = pids(&pid_file, 4).await;
+    let _reap_again = KillGroups(again[2..].to_vec());
+    for id in &ids {
+        common::wait_running(&client, id).await;
+    }
+
+    // A server that dies outright takes every lease with it: the worker stops both tasks.
+    server.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    for pid in &again[2..] {
+        wait_gone(*pid).await;
+    }
+}

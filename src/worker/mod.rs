@@ -3,8 +3,10 @@
 //! It is the same code inside `serve` (over an in-memory duplex pipe) and in `faasd worker`
 //! (over TCP): it says `Hello` and `Join` (its join token), waits for `Welcome`, then runs every `Assign` it gets in an
 //! executor, fetching code it lacks by hash, heartbeats, and sends back a `Report` per task.
-//! Reports that find their session gone are kept and sent at the start of the next session;
-//! the server refuses any whose lease has since moved on.
+//! A session that ends stops every task it was running: the server hands a lost worker's tasks
+//! back to their queues (or fails them) and never accepts a report from an earlier session, so
+//! running them on would only hold executors the next session's tasks need. A report that finds
+//! its session gone is dropped for the same reason.
 //!
 //! A session is `handshake` (with `on_welcome`), then a loop that hands each frame from
 //! the server to a handler named after it (`on_assign`, `on_prewarm`, `on_code`; `Refused`
@@ -99,7 +101,6 @@ pub struct Agent {
     /// Signalled when the last running task finishes.
     idle: Notify,
     running: AtomicU32,
-    unsent: Mutex<Vec<Report>>,
     /// Whether a server has welcomed this worker at least once.
     welcomed: AtomicBool,
     /// The running tasks by id, each with its lease and what stops it (a `Cancel` from the
@@ -194,7 +195,6 @@ impl Agent {
             link: Mutex::new(None),
             idle: Notify::new(),
             running: AtomicU32::new(0),
-            unsent: Mutex::new(Vec::new()),
             welcomed: AtomicBool::new(false),
             stops: Mutex::new(HashMap::new()),
         })
@@ -219,18 +219,16 @@ impl Agent {
         *self.link.lock().expect("link lock poisoned") = frames;
     }
 
-    /// Sends a report on the current session, or keeps it for the next one.
+    /// Sends a report on the current session. Without one it is dropped: the server took the
+    /// task back when the session that leased it ended, and refuses a report from any other
+    /// session (a lease belongs to one).
     fn deliver(&self, report: Report) {
-        let frame = Frame::Report(report);
-        let undelivered = match self.sender() {
-            Some(tx) => tx.send(frame).err().map(|e| e.0),
-            None => Some(frame),
-        };
-        if let Some(Frame::Report(report)) = undelivered {
-            self.unsent
-                .lock()
-                .expect("unsent lock poisoned")
-                .push(report);
+        let task = report.task_id;
+        let sent = self
+            .sender()
+            .is_some_and(|tx| tx.send(Frame::Report(report)).is_ok());
+        if !sent {
+            tracing::debug!(task = %uuid::Uuid::from_u128(task), "dropped the report of a task whose session ended");
         }
     }
 
@@ -398,9 +396,6 @@ impl Session {
         let (frames, outbox) = mpsc::unbounded_channel();
         agent.set_link(Some(frames.clone()));
         let pump = tokio::spawn(async move { writer.pump(outbox).await });
-        for report in std::mem::take(&mut *agent.unsent.lock().expect("unsent lock poisoned")) {
-            let _ = frames.send(Frame::Report(report));
-        }
         if config.mode == DispatchMode::Pull {
             let free = config
                 .slots
@@ -609,6 +604,17 @@ impl Agent {
         stop
     }
 
+    /// Stops every running task (their session ended, and its leases with it); returns how
+    /// many.
+    fn stop_all(&self) -> usize {
+        let mut stops = self.stops.lock().expect("stops lock poisoned");
+        let stopped = stops.len();
+        for (_, (_, stop)) in stops.drain() {
+            stop.cancel();
+        }
+        stopped
+    }
+
     /// Forgets task `task_id`'s run under `lease` (a later run of it under another lease
     /// stays).
     fn untrack(&self, task_id: u128, lease: u64) {
@@ -666,9 +672,17 @@ impl Agent {
         counts
     }
 
-    /// Ends a session whose connection is gone: later reports wait for the next session.
+    /// Ends a session whose connection is gone, and stops the tasks it leased: their leases
+    /// ended with it.
     fn close_session(&self, pump: tokio::task::JoinHandle<Result<(), proto::Error>>) {
         self.set_link(None);
+        let stopped = self.stop_all();
+        if stopped > 0 {
+            tracing::warn!(
+                tasks = stopped,
+                "stopped the tasks of the lost session; the server runs them again or fails them"
+            );
+        }
         self.http.cancel_all();
         self.config.cache.abandon_fetches();
         pump.abort();

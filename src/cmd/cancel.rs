@@ -30,7 +30,8 @@ pub struct CancelArgs {
     pub wait: Option<String>,
     /// Print one JSON document: `{"cancelled": [TASK...], "stopping": [TASK...], "errors":
     /// [{"task_id", "code", "error"}]}` (`stopping`: RUNNING tasks not yet stopped), or with
-    /// --function the server's `{"function", "cancelled": N}`.
+    /// --function the server's `{"function", "cancelled": N}` (with --running also `"stopped":
+    /// N, "stopping": N`).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -185,7 +185,7 @@ pub enum Command {
     Logs(tasks::LogsArgs),
     /// List tasks, newest first, by function, status and age.
     Tasks(task_list::TasksArgs),
-    /// Cancel QUEUED tasks (by id, or every one of a function): they end FAILED `cancelled`.
+    /// Cancel tasks by id, or a function's: QUEUED ones never run, RUNNING ones are stopped.
     Cancel(cancel::CancelArgs),
     /// List functions.
     Ls(ls::LsArgs),

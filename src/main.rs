@@ -26,6 +26,9 @@ fn main() -> std::process::ExitCode {
         // `faasd bench` holds a connection per caller (`--connections`, up to thousands).
         raise_open_files_limit(server);
     }
+    if !server && !matches!(cli.command, Command::Bench(_) | Command::Replay(_)) {
+        die_quietly_on_closed_output();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,6 +45,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("faasd: {err:#}");
             std::process::ExitCode::from(faasd::cmd::exit::code_of(&err))
         }
+    }
+}
+
+/// Lets a client command end as `cat` does when what reads its output goes away (`faasd tasks |
+/// head`): by `SIGPIPE`, which the shell reports as status 141, rather than with a panic in
+/// `println!` (exit 101) or a write error read as a failed task (exit 1). Rust ignores the
+/// signal by default; the server, the worker and commands that write to their executors' pipes
+/// (`bench`, `replay --local`) keep it ignored, where a closed pipe is an error to handle.
+fn die_quietly_on_closed_output() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: set before any thread starts, to the default disposition, with no handler code.
+    if let Err(err) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!(error = %err, "cannot restore SIGPIPE's default");
     }
 }
 

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{BIN, Server, eventually, register, text};
 use serde_json::{Value, json};
 
@@ -312,6 +313,48 @@ async fn a_progress_bar_shows_on_a_terminal_and_stdout_keeps_the_results() {
     assert_eq!(out.status.code(), Some(0), "{terminal}");
     assert!(terminal.contains("/3 done "), "{terminal:?}");
     assert!(terminal.contains(", failed 0"), "{terminal:?}");
+    assert!(
+        terminal.contains("faasd: 3 tasks in ") && terminal.contains("3 completed, 0 failed"),
+        "the bar ends with a summary line: {terminal:?}"
+    );
     let results = std::fs::read(&results).expect("results");
     assert_eq!(text(&results), "a\nb\nc\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_larger_than_the_queue_is_sent_in_requests_that_fit_it() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let settings = json!({"concurrency": 1, "queue_limit": 3});
+    let answer = register(&client, "small", "cat", settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let lines: Vec<String> = (1..=10).map(|i| format!("line {i}")).collect();
+    let input = lines.join("\n") + "\n";
+
+    // Ten lines could never be admitted at once by a queue of three.
+    let out = cli(
+        &server,
+        &["invoke", "small", "--batch", "-"],
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), lines);
+
+    // Over the API, the refusal says why such a batch can never fit.
+    let body = Bytes::from(serde_json::to_vec(&lines).expect("json"));
+    let answer = client
+        .request_with(
+            hyper::Method::POST,
+            "/v1/functions/small/batch",
+            Some("application/json"),
+            &[],
+            body,
+        )
+        .await
+        .expect("batch");
+    let error = common::expect_error(&answer, 429, "queue_full");
+    let message = error["error"].as_str().expect("message");
+    assert!(message.contains("can never fit"), "{message}");
+    assert_eq!(error["queue_limit"], 3, "{error}");
 }

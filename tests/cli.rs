@@ -80,6 +80,56 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
+/// Runs `faasd ARGS` with its stdout a pipe whose reading end is already closed, as `| head`
+/// leaves it; returns how it ended and its stderr.
+fn with_output_closed(
+    server: Option<&Server>,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let mut command = Command::new(BIN);
+    command.args(args);
+    if let Some(server) = server {
+        command.args(["--url", &server.url]);
+    }
+    let out = command
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    (out.status, text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_output_pipe_ends_a_command_by_sigpipe_not_a_panic_or_a_failure_code() {
+    use std::os::unix::process::ExitStatusExt;
+    let sigpipe = nix::sys::signal::Signal::SIGPIPE as i32;
+    let (status, stderr) = with_output_closed(None, &["completions", "bash"]);
+    assert_eq!(status.signal(), Some(sigpipe), "{status:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let server = Server::start(&[]);
+    let client = server.client();
+    let answer = register(&client, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let id = common::submit(&client, "echo", b"hello").await;
+    common::wait_finished(&client, &id).await;
+    for args in [
+        vec!["tasks"],
+        vec!["result", id.as_str()],
+        vec!["invoke", "echo", "hi"],
+    ] {
+        let (status, stderr) = with_output_closed(Some(&server), &args);
+        assert_eq!(
+            status.signal(),
+            Some(sigpipe),
+            "{args:?}: {status:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn durations_are_seconds_or_units_in_the_cli_and_the_api() {
     let server = Server::start(&[]);

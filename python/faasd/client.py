@@ -73,6 +73,7 @@ class Client:
         timeout: Union[float, str, None] = None,
         memory: Union[int, str, None] = None,
         concurrency: Optional[int] = None,
+        queue_limit: Optional[int] = None,
         min_warm: Optional[int] = None,
         env: Optional[Dict[str, str]] = None,
     ) -> str:
@@ -92,7 +93,7 @@ class Client:
             key: value
             for key, value in (
                 ("timeout", timeout), ("memory", memory), ("concurrency", concurrency),
-                ("min_warm", min_warm), ("env", env),
+                ("queue_limit", queue_limit), ("min_warm", min_warm), ("env", env),
             )
             if value is not None
         }

@@ -240,6 +240,10 @@ class Executor(concurrent.futures.Executor):
             self._ids_ready.notify_all()
 
     def _post_batch(self, name: str, calls: List[_Call]) -> List[str]:
+        """Submits `calls` in one request, or in smaller ones while the queue has no room for
+        all: the server admits a batch whole or not at all, so one larger than the function's
+        `queue_limit` would never fit. Halves are sent in order; a single call refused for a
+        full queue is offered again a second later, as the queue drains."""
         payloads = [call.payload for call in calls]
         while True:
             try:
@@ -248,6 +252,9 @@ class Executor(concurrent.futures.Executor):
             except ApiError as err:
                 if err.code != "queue_full":
                     raise
+                if len(calls) > 1:
+                    half = len(calls) // 2
+                    return self._post_batch(name, calls[:half]) + self._post_batch(name, calls[half:])
                 time.sleep(QUEUE_FULL_RETRY_SECONDS)
 
     def _post_one(self, name: str, call: _Call) -> Optional[str]:

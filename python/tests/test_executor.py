@@ -134,3 +134,16 @@ def test_without_the_batch_routes_it_falls_back_to_single_task_routes(server_url
         with pytest.raises(ZeroDivisionError) as info:
             pool.submit(lambda: 1 / 0).result(timeout=60)
         assert isinstance(info.value.__cause__, faasd.RemoteTraceback)
+
+
+def test_more_calls_than_the_queue_holds_are_sent_in_parts_and_all_run(server_url, client):
+    # The server admits a batch whole or not at all: ten calls at once could never fit a
+    # queue of three, so the executor sends them in smaller requests as the queue drains.
+    name = client.register(make_nap(), "nap_small_queue", concurrency=1, queue_limit=3)
+    pool = faasd.Executor(server_url)
+    try:
+        futures = [pool.submit(name, 0.05, i) for i in range(10)]
+        assert [f.result(timeout=120) for f in futures] == list(range(10))
+    finally:
+        # Not `with`: a stalled submitter would hold its exit for ever.
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -346,7 +346,14 @@ impl From<broker::Error> for ApiError {
                 ErrorCode::FunctionNotFound,
                 e.to_string(),
             ),
-            broker::Error::QueueFull { .. } | broker::Error::NoFreeSlot { .. } => ApiError::new(
+            broker::Error::QueueFull { limit, waiting, .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            )
+            .with("queue_limit", json!(limit))
+            .with("waiting", json!(waiting)),
+            broker::Error::NoFreeSlot { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::QueueFull,
                 e.to_string(),

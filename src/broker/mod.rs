@@ -49,13 +49,17 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
-    /// The function's queue is at its limit.
-    #[error("the queue of {name:?} is full ({limit} tasks waiting)")]
+    /// The function's queue has no room for the calls.
+    #[error("{}", queue_full(name, *limit, *waiting, *asked))]
     QueueFull {
         /// The function.
         name: String,
         /// Its queue limit.
         limit: u32,
+        /// The tasks waiting in its queue.
+        waiting: usize,
+        /// How many calls asked for room (a batch's size).
+        asked: usize,
     },
     /// The function has no waiting line (`queue_limit` 0) and every concurrency slot is busy.
     #[error(
@@ -1189,6 +1193,25 @@ fn function_levels(state: &State) -> Vec<FunctionLevel> {
         .collect();
     levels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     levels
+}
+
+/// The message of [`Error::QueueFull`]: a batch that could never fit says so (it must be sent
+/// in smaller parts), one that could later says how much room there is now.
+fn queue_full(name: &str, limit: u32, waiting: usize, asked: usize) -> String {
+    let room = (limit as usize).saturating_sub(waiting);
+    if asked <= 1 {
+        format!("the queue of {name:?} is full ({waiting} of {limit} tasks waiting)")
+    } else if asked > limit as usize {
+        format!(
+            "a batch of {asked} calls can never fit the queue of {name:?}, which holds at most \
+             {limit} tasks: send at most {limit} calls at a time"
+        )
+    } else {
+        format!(
+            "the queue of {name:?} has room for {room} more tasks ({waiting} of {limit} \
+             waiting), not the {asked} this batch asks for"
+        )
+    }
 }
 
 #[cfg(test)]

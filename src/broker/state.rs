@@ -449,6 +449,8 @@ impl State {
             return Err(Error::QueueFull {
                 name: name.into(),
                 limit: func.queue_limit,
+                waiting,
+                asked: count,
             });
         }
         Ok(func)

@@ -20,7 +20,7 @@ pub struct InvokeArgs {
     /// Queue the call and print its task id instead of waiting for the result.
     #[arg(long = "async")]
     pub is_async: bool,
-    /// Print JSON: `{"task_id"}` with --async, else `{"task_id", "result"}` (or
+    /// Print JSON: `{"task_id", "status"}` with --async, else `{"task_id", "result"}` (or
     /// `"result_base64"` when the result is not UTF-8); a failed task prints its error object
     /// with `"status": "FAILED"`, `"reason"` and `"stderr_tail"` (and still exits 1). With --batch, one object per line of
     /// input: `{"index", "task_id", "status", "result"}` (or `"result_base64"`), a failed task

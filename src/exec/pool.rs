@@ -29,6 +29,7 @@ use super::Limits;
 use super::memory;
 use super::warm::WarmExecutor;
 use crate::proto::{FailureReason, Outcome, WarmSpec};
+use crate::units::format_duration;
 
 /// Which executors can serve a call: one function version.
 pub type PoolKey = (String, u32);
@@ -375,8 +376,10 @@ impl Pool {
             timeout: deadline.saturating_duration_since(Instant::now()),
             limits: call.limits,
         };
-        self.call_on(Ready { executor, busy }, input, cold_start, init_us)
-            .await
+        let outcome = self
+            .call_on(Ready { executor, busy }, input, cold_start, init_us)
+            .await;
+        budget_spent(outcome, call.timeout, init_us)
     }
 
     /// An idle executor of function version `key`, if one is ready, taken for a call (which
@@ -687,6 +690,21 @@ fn failed(failure: super::warm::Failure, cold_start: bool, init_us: u64, run_us:
     }
 }
 
+/// A timed-out call's message names the function's whole timeout and the part of it that
+/// starting the executor (and waiting for it) took, rather than the remainder the call itself
+/// had: "timed out after 3s (35ms of it starting its executor)", not "after 2s 964ms 424us".
+fn budget_spent(mut outcome: Outcome, timeout: Duration, init_us: u64) -> Outcome {
+    if outcome.failure == Some(FailureReason::Timeout) && init_us > 0 {
+        let start = Duration::from_millis(init_us / 1000);
+        outcome.message = Some(format!(
+            "timed out after {} ({} of it starting its executor)",
+            format_duration(timeout),
+            format_duration(start)
+        ));
+    }
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +769,25 @@ mod tests {
     /// (a frame of six bytes), until its stdin closes.
     const ANSWERS_OK: &str = "printf '\\000\\000\\000\\001R'; \
         while [ \"$(head -c 6 | wc -c)\" -eq 6 ]; do printf '\\000\\000\\000\\007O\\000\\000\\000\\002ok'; done";
+
+    #[tokio::test]
+    async fn a_call_that_times_out_after_a_start_names_the_whole_timeout_and_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = pool(8);
+        // Ready after 200 ms, then never answers.
+        let slow_start = format!("sleep 0.2; {READY}");
+        let mut slow = call(dir.path(), 1, &slow_start, warm(0, 60_000));
+        slow.timeout = Duration::from_secs(1);
+        let outcome = pool.run(slow).await;
+        assert_eq!(outcome.failure, Some(FailureReason::Timeout), "{outcome:?}");
+        let message = outcome.message.expect("a message");
+        assert!(
+            message.starts_with("timed out after 1s (")
+                && message.ends_with("ms of it starting its executor)"),
+            "{message}"
+        );
+        assert!(outcome.init_us >= 200_000, "{}", outcome.init_us);
+    }
 
     #[tokio::test]
     async fn a_ready_executor_serves_a_call_without_its_recipe_and_goes_back() {

@@ -95,7 +95,8 @@ pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
     let output = Output::new(batch.json, batch.output.clone(), total)?;
     let progress = progress_bar(total);
     let counts = Arc::new(Counts::default());
-    let chunks = read_chunks(Chunks::new(file, format, CHUNK_LINES));
+    let lines = chunk_lines(&client, &batch.name).await;
+    let chunks = read_chunks(Chunks::new(file, format, lines));
     let target = Target::of(&batch);
     let outcome = tokio::select! {
         done = pipeline(&client, &target, chunks, output, format.limit_bytes, &progress, &counts) => done,
@@ -106,6 +107,9 @@ pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
     };
     progress.finish_and_clear();
     outcome?;
+    if !progress.is_hidden() {
+        eprintln!("faasd: {}", summary(total, &counts, started.elapsed()));
+    }
     match counts.failed.load(Ordering::Relaxed) {
         0 => Ok(exit::OK),
         failed => Err(exit::coded(
@@ -113,6 +117,17 @@ pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
             format!("{failed} of {total} tasks failed"),
         )),
     }
+}
+
+/// The line a batch shown with a progress bar ends with, in place of the bar.
+fn summary(total: usize, counts: &Counts, elapsed: Duration) -> String {
+    let failed = counts.failed.load(Ordering::Relaxed);
+    let rate = total as f64 / elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "{total} tasks in {:.1}s ({rate:.0}/s): {} completed, {failed} failed",
+        elapsed.as_secs_f64(),
+        total - failed
+    )
 }
 
 /// The largest request body the server takes, from `/healthz`.
@@ -124,16 +139,38 @@ async fn limit_bytes(client: &Client) -> anyhow::Result<usize> {
         .unwrap_or(DEFAULT_LIMIT_BYTES))
 }
 
+/// How many lines a chunk may carry: [`CHUNK_LINES`], or fewer when the function's queue could
+/// never take that many at once (a batch is admitted whole or not at all). Its `queue_limit`,
+/// or without a waiting line (`queue_limit` 0) its concurrency cap. The function's current
+/// settings decide, so a batch run again with its idempotency key is cut the same way unless
+/// they changed. A function that cannot be read is left to the submit to report.
+async fn chunk_lines(client: &Client, name: &str) -> usize {
+    let path = format!("/v1/functions/{}", segment(name));
+    let view: Option<Value> = match client.get(&path).await {
+        Ok(answer) if answer.status.is_success() => answer.json().ok(),
+        _ => None,
+    };
+    let cap = view.and_then(|v| match v["queue_limit"].as_u64()? {
+        0 => v["concurrency"].as_u64(),
+        limit => Some(limit),
+    });
+    cap.and_then(|c| usize::try_from(c).ok())
+        .map_or(CHUNK_LINES, |c| c.clamp(1, CHUNK_LINES))
+}
+
 /// A progress bar of finished tasks on stderr when it is a terminal; a hidden one otherwise.
 fn progress_bar(total: usize) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "[{bar:30}] {pos}/{len} {msg} ({per_sec}, {elapsed}, eta {eta})",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+    if let Ok(style) =
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} ({rate}, {elapsed}, eta {eta})")
+    {
+        let rate = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", state.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
     }
     bar.set_message("done 0, failed 0");
     bar
@@ -368,6 +405,7 @@ async fn take_answer(
         anyhow::bail!("the server no longer knows task {id}");
     }
     let tasks = answer["tasks"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut ended = 0;
     for task in tasks {
         let Some(index) = task["id"].as_str().and_then(|id| state.open.remove(id)) else {
             continue;
@@ -385,11 +423,13 @@ async fn take_answer(
             counts.failed.fetch_add(1, Ordering::Relaxed);
         }
         state.finished.insert(index, outcome);
-        progress.inc(1);
+        ended += 1;
     }
+    // The message first: the bar may redraw at the increment, and must show both new.
     let failed = counts.failed.load(Ordering::Relaxed);
-    let done = progress.position() as usize - failed;
+    let done = (progress.position() as usize + ended).saturating_sub(failed);
     progress.set_message(format!("done {done}, failed {failed}"));
+    progress.inc(ended as u64);
     Ok(())
 }
 

@@ -192,7 +192,8 @@ async fn a_frozen_worker_s_late_result_is_refused() {
         .expect("result");
     assert_eq!(text(&first.body).trim(), survivor.to_string());
 
-    // Thaw it: it finishes its copy, reconnects, and delivers the late report, which is refused.
+    // Thaw it: it finds its session gone, stops its copy (whose report no session would take)
+    // and reconnects; the task keeps the survivor's end.
     kill(frozen, Signal::SIGCONT).expect("continue worker");
     wait_workers(&client, 2).await;
     let again = status(&client, &id).await;
@@ -442,4 +443,41 @@ async fn local_and_remote_workers_report_their_machines_health() {
     )
     .await;
     wait_workers(&client, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_worker_on_the_same_cache_exits_1_saying_so() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let worker = |name: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["worker", "--server", &server.worker_addr, "--name", name])
+            .arg("--cache")
+            .arg(cache.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start faasd worker")
+    };
+    let mut first = worker("first");
+    wait_workers(&client, 1).await;
+    let second = worker("second").wait_with_output().expect("second worker");
+    let stderr = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use: another faasd worker holds its lock"),
+        "{stderr}"
+    );
+    // The first keeps working.
+    let answer = register(&client, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    assert_eq!(
+        text(&invoke(&client, "echo", b"still here").await.body),
+        "still here"
+    );
+    assert_eq!(wait_workers(&client, 1).await[0]["name"], "first");
+    let _ = first.kill();
+    let _ = first.wait();
 }

@@ -44,7 +44,8 @@ pub struct WorkerArgs {
     /// A name for people (default: the host name and pid).
     #[arg(long)]
     pub name: Option<String>,
-    /// Where fetched code is cached.
+    /// Where fetched code is cached, and executors work: one worker's (a second one on it exits
+    /// 1).
     #[arg(long, default_value = "./faasd-worker-cache")]
     pub cache: PathBuf,
     #[command(flatten)]
@@ -92,8 +93,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         return Err(exit::coded(exit::USAGE, "--slots must be at least 1"));
     }
     let tls = tls_connector(&args, &server)?;
-    // `_work_root` lives until `run` returns: dropping it removes the executors' directories.
-    let (agent, _work_root) = build_agent(&args, slots)?;
+    // `_work_root` lives until `run` returns: dropping it removes the executors' directories;
+    // `_lock` keeps other workers off the cache meanwhile.
+    let (agent, _work_root, _lock) = build_agent(&args, slots)?;
     let link = ServerLink {
         server,
         tls,
@@ -126,14 +128,57 @@ struct WorkerTls {
     name: rustls::pki_types::ServerName<'static>,
 }
 
-/// Prepares the code cache and the executors' working directory under `--cache`, and the
-/// agent that runs tasks with them.
-fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, worker::WorkRoot)> {
+/// The lock a worker holds on its `--cache` for as long as it runs.
+type CacheLock = nix::fcntl::Flock<std::fs::File>;
+
+/// How long a worker waits for its cache's lock (a worker being restarted may still be exiting).
+const CACHE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the lock of cache directory `dir` (the file `.lock` in it), waiting up to
+/// [`CACHE_LOCK_WAIT`] while another process holds it. Two workers on one cache would remove
+/// each other's working directories and partial downloads, so the second one exits 1 instead.
+/// The file is opened close-on-exec: executors never inherit the lock.
+fn lock_cache(dir: &std::path::Path) -> anyhow::Result<CacheLock> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = dir.join(".lock");
+    let mut file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let until = std::time::Instant::now() + CACHE_LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((held, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                file = held;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+                "the code cache {} is in use: another faasd worker holds its lock (give each \
+                 worker on a machine its own --cache)",
+                dir.display()
+            ),
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+    }
+}
+
+/// Prepares the code cache (locked for this worker) and the executors' working directory under
+/// `--cache`, and the agent that runs tasks with them.
+fn build_agent(
+    args: &WorkerArgs,
+    slots: u32,
+) -> anyhow::Result<(Arc<Agent>, worker::WorkRoot, CacheLock)> {
     std::fs::create_dir_all(&args.cache)
         .with_context(|| format!("cannot create the code cache {}", args.cache.display()))?;
     // Executors run in their own working directories: hand them absolute paths.
     let cache_dir = std::fs::canonicalize(&args.cache)
         .with_context(|| format!("cannot resolve {}", args.cache.display()))?;
+    let lock = lock_cache(&cache_dir)?;
     let cache_size = args.executors.code_cache_size as u64;
     let cache =
         CodeCache::new(cache_dir.clone(), cache_size).context("cannot open the code cache")?;
@@ -158,7 +203,7 @@ fn build_agent(args: &WorkerArgs, slots: u32) -> anyhow::Result<(Arc<Agent>, wor
             .trim()
             .to_owned(),
     });
-    Ok((agent, work_root))
+    Ok((agent, work_root, lock))
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT: the worker drains and exits.

@@ -18,7 +18,7 @@ pub mod http;
 pub use http::{HttpOpen, HttpSpec, HttpTarget};
 
 /// The protocol version both sides announce in their first frame.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The largest frame either side accepts (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -66,6 +66,15 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// Every runtime.
+    pub const ALL: [Runtime; 5] = [
+        Runtime::Shell,
+        Runtime::Exec,
+        Runtime::Python,
+        Runtime::Pickle,
+        Runtime::Oci,
+    ];
+
     /// The name used in the API and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -273,6 +282,9 @@ pub enum Frame {
         slots: u32,
         /// How it wants to receive tasks.
         mode: DispatchMode,
+        /// The runtimes it can start executors of (no `python` without an interpreter, no
+        /// `oci` without the sandbox): the server gives it no other task (protocol 10).
+        runtimes: Vec<Runtime>,
     },
     /// Server → worker: the handshake succeeded.
     Welcome {
@@ -673,8 +685,9 @@ mod tests {
                 name: "w".into(),
                 slots: 2,
                 mode: DispatchMode::Pull,
+                runtimes: vec![Runtime::Shell, Runtime::Oci],
             },
-            "000101770201",
+            "000101770201020004",
         );
         golden(
             Frame::Welcome {
@@ -943,6 +956,7 @@ mod tests {
             name: "w".repeat(64),
             slots: 4,
             mode: DispatchMode::Push,
+            runtimes: Runtime::ALL.to_vec(),
         };
         a.send(&hello).await.expect("send hello");
         assert_eq!(b.next().await.expect("read hello"), Some(hello));

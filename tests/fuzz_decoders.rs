@@ -82,7 +82,8 @@ fn frame() -> impl Strategy<Value = Frame> {
                 protocol,
                 name,
                 slots,
-                mode
+                mode,
+                runtimes: vec![faasd::proto::Runtime::Shell],
             }
         ),
         (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(

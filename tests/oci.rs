@@ -277,19 +277,21 @@ async fn hostile_images_are_refused_at_registration() {
 }
 
 #[tokio::test]
-async fn without_the_sandbox_an_image_function_fails_with_a_clear_error() {
+async fn without_the_sandbox_an_image_function_is_refused_at_once_or_waits_for_a_sandbox() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let image = busybox_image("cat");
     let answer = register_image(&server, "img", &image.docker_save()).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
-    let outcome = run(&server.client(), "img", b"x").await;
-    assert_eq!(outcome.task["status"], "FAILED", "{}", outcome.task);
-    assert_eq!(outcome.task["reason"], "init_failed", "{}", outcome.task);
-    let message = outcome.task["message"].as_str().expect("message");
-    assert!(
-        message.contains("needs the sandbox's namespaces"),
-        "{message}"
-    );
+    // The only worker cannot run images: a sync call is refused saying so, an async one waits
+    // in its queue for a worker with the sandbox (rather than failing on this one).
+    let client = server.client();
+    let refused = common::invoke(&client, "img", b"x").await;
+    let body = expect_error(&refused, 503, "no_workers");
+    let message = body["error"].as_str().expect("message");
+    assert!(message.contains("can run oci functions"), "{message}");
+    let id = common::submit(&client, "img", b"x").await;
+    assert_eq!(common::status(&client, &id).await["status"], "QUEUED");
+    assert_eq!(common::queued(&client).await, 1);
 }
 
 #[tokio::test]

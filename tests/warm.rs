@@ -273,14 +273,20 @@ async fn a_missing_interpreter_is_one_clear_error() {
     let server = Server::start(&["--local-workers", "1", "--python", "/no/such/python3"]);
     let client = server.client();
     register_python(&client, "nopy", serde_json::json!({})).await;
-    let body = expect_error(&invoke(&client, "nopy", b"x").await, 502, "executor_failed");
+    // The only worker has no Python, so it takes no python task: a sync call is refused at
+    // once (a worker's log says why it has none), an async one waits for a worker that has.
+    let body = expect_error(&invoke(&client, "nopy", b"x").await, 503, "no_workers");
     assert!(
         body["error"]
             .as_str()
             .unwrap_or_default()
-            .contains("/no/such/python3"),
+            .contains("can run python functions"),
         "{body}"
     );
+    let workers = common::workers(&client).await;
+    let runtimes = workers[0]["runtimes"].as_array().expect("runtimes");
+    assert!(runtimes.contains(&"shell".into()), "{workers:?}");
+    assert!(!runtimes.contains(&"python".into()) && !runtimes.contains(&"pickle".into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -222,6 +222,7 @@ async fn a_worker_with_the_wrong_protocol_version_is_refused() {
             name: "time-traveller".into(),
             slots: 1,
             mode: DispatchMode::Push,
+            runtimes: vec![proto::Runtime::Shell],
         })
         .await
         .expect("send hello");
@@ -480,4 +481,69 @@ async fn a_second_worker_on_the_same_cache_exits_1_saying_so() {
     assert_eq!(wait_workers(&client, 1).await[0]["name"], "first");
     let _ = first.kill();
     let _ = first.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_go_only_to_workers_that_run_their_runtime() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let no_python = ["--sandbox", "none", "--python", "/nonexistent/python3"];
+    let _plain = Worker::start_with(&server.worker_addr, "plain", 2, "push", &no_python);
+    let listed = wait_workers(&client, 1).await;
+    assert_eq!(
+        listed[0]["runtimes"],
+        serde_json::json!(["shell", "exec"]),
+        "{listed:?}"
+    );
+    let code = "def handle(event):\n    return event\n";
+    let answer = register(
+        &client,
+        "py",
+        code,
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+
+    // Only a worker without Python: a sync call is refused at once, naming why; an async one
+    // waits in its queue rather than failing on that worker.
+    let refused = invoke(&client, "py", b"1").await;
+    let error = common::expect_error(&refused, 503, "no_workers");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("can run python functions")),
+        "{error}"
+    );
+    let queued = submit(&client, "py", b"2").await;
+    let python = Worker::start_with(
+        &server.worker_addr,
+        "python",
+        2,
+        "push",
+        &["--sandbox", "none"],
+    );
+    wait_workers(&client, 2).await;
+    let done = wait_finished(&client, &queued).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+
+    // With both connected, every python task runs on the one that can, and shell tasks on
+    // either.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(submit(&client, "py", i.to_string().as_bytes()).await);
+    }
+    for id in &ids {
+        let task = wait_finished(&client, id).await;
+        assert_eq!(task["status"], "COMPLETED", "{task}");
+    }
+    let done_by = |list: &[serde_json::Value], name: &str| {
+        list.iter()
+            .find(|w| w["name"] == name)
+            .and_then(|w| w["done"].as_u64())
+    };
+    let list = wait_workers(&client, 2).await;
+    assert_eq!(done_by(&list, "plain"), Some(0), "{list:?}");
+    assert_eq!(done_by(&list, "python"), Some(11), "{list:?}");
+    drop(python);
 }

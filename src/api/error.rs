@@ -358,7 +358,7 @@ impl From<broker::Error> for ApiError {
                 ErrorCode::QueueFull,
                 e.to_string(),
             ),
-            broker::Error::NoWorkers { .. } => ApiError::new(
+            broker::Error::NoWorkers { .. } | broker::Error::NoWorkerRuns { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::NoWorkers,
                 e.to_string(),

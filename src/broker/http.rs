@@ -315,7 +315,7 @@ impl Broker {
         state
             .workers
             .iter()
-            .filter(|(_, w)| !w.draining)
+            .filter(|(_, w)| !w.draining && w.runs(func.runtime))
             .map(|(id, w)| (*id, w.cached.contains(&func.code_hash)))
             .collect()
     }

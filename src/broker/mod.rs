@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::metrics::{FunctionLevel, Live, TaskEnd, WorkerLevel};
-use crate::proto::{CodeHash, DispatchMode, FailureReason, Frame, Report};
+use crate::proto::{CodeHash, DispatchMode, FailureReason, Frame, Report, Runtime};
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::now_ms;
 pub use cancel::{Cancel, CancelFilter, Stopped};
@@ -83,6 +83,21 @@ pub enum Error {
         /// The function.
         name: String,
     },
+    /// A sync call found workers, but none that runs the function's runtime (no Python
+    /// interpreter, or no sandbox for `oci`).
+    #[error(
+        "no connected worker can run {runtime} functions such as {name:?} now (python and \
+         pickle need a Python interpreter on the worker, oci its sandbox: a worker's log says at \
+         start which it lacks and why), so a sync call would wait \
+         with no answer until one joins: start such a worker, or call it async, which queues it \
+         until one takes it"
+    )]
+    NoWorkerRuns {
+        /// The function.
+        name: String,
+        /// Its runtime.
+        runtime: &'static str,
+    },
     /// The server is shutting down and takes no new tasks.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -124,6 +139,20 @@ pub type Waiter = oneshot::Receiver<Result<Arc<Finished>, Arc<store::Error>>>;
 /// Told how a task end's first commit went (see [`Broker::finalize_noting`]).
 type Done = oneshot::Sender<Result<(), Arc<store::Error>>>;
 
+/// A worker as its `Hello` describes it.
+pub(crate) struct Joining {
+    /// Its name.
+    pub name: String,
+    /// Where it connected from.
+    pub address: String,
+    /// Its slots.
+    pub slots: u32,
+    /// How it receives tasks.
+    pub mode: DispatchMode,
+    /// The runtimes it can start executors of.
+    pub runtimes: Vec<Runtime>,
+}
+
 /// A worker as listed by `GET /v1/workers`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkerView {
@@ -137,6 +166,8 @@ pub struct WorkerView {
     pub dispatch: DispatchMode,
     /// Its slots.
     pub slots: u32,
+    /// The runtimes it can run (tasks of the others go to other workers).
+    pub runtimes: Vec<Runtime>,
     /// Tasks it runs now.
     pub running: usize,
     /// Tasks it finished.
@@ -488,6 +519,12 @@ impl Broker {
             if wait && !state.has_worker() {
                 return Err(Error::NoWorkers { name: name.into() });
             }
+            if wait && !state.has_worker_for(func.runtime) {
+                return Err(Error::NoWorkerRuns {
+                    name: name.into(),
+                    runtime: func.runtime.as_str(),
+                });
+            }
             state.next_seq += 1;
             let record = queued_record(&func, state.next_seq, &payload, json, caller);
             let enqueue = Write::Enqueue {
@@ -660,13 +697,17 @@ impl Broker {
     /// of any task) and returns its id.
     pub(crate) fn attach_worker(
         &self,
-        name: String,
-        address: String,
-        slots: u32,
-        mode: DispatchMode,
+        joining: Joining,
         frames: mpsc::UnboundedSender<Frame>,
         heartbeat: Duration,
     ) -> u64 {
+        let Joining {
+            name,
+            address,
+            slots,
+            mode,
+            runtimes,
+        } = joining;
         let mut state = self.lock();
         state.next_worker += 1;
         let id = state.next_worker;
@@ -679,6 +720,7 @@ impl Broker {
         let outbox = outbox::start(self.clone(), id, frames);
         let mut worker = WorkerEntry::new(name, address, slots, mode, outbox);
         worker.heartbeat_period = heartbeat;
+        worker.runtimes = runtimes;
         for func in state.functions.values() {
             worker.prewarm(func);
         }
@@ -1226,6 +1268,7 @@ mod tests {
             address: "local".into(),
             dispatch: DispatchMode::Pull,
             slots: 2,
+            runtimes: vec![Runtime::Shell, Runtime::Python],
             running: 1,
             done: 5,
             last_heartbeat: "1970-01-01T00:00:00Z".into(),
@@ -1242,6 +1285,7 @@ mod tests {
                 "address": "local",
                 "dispatch": "pull",
                 "slots": 2,
+                "runtimes": ["shell", "python"],
                 "running": 1,
                 "done": 5,
                 "last_heartbeat": "1970-01-01T00:00:00Z",

@@ -61,6 +61,7 @@ struct Hello {
     name: String,
     slots: u32,
     mode: DispatchMode,
+    runtimes: Vec<proto::Runtime>,
 }
 
 /// One attached worker, as the session loop sees it.
@@ -103,21 +104,32 @@ pub async fn serve_worker<T>(
             None
         }
     };
-    let Some(Hello { name, slots, mode }) = hello else {
+    let Some(Hello {
+        name,
+        slots,
+        mode,
+        runtimes,
+    }) = hello
+    else {
         return;
     };
     reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
 
     let (frames, outbox) = mpsc::unbounded_channel();
+    let names: Vec<&str> = runtimes.iter().map(|r| r.as_str()).collect();
+    let runtimes_text = names.join(",");
     let id = broker.attach_worker(
-        name.clone(),
-        address.clone(),
-        slots,
-        mode,
+        super::Joining {
+            name: name.clone(),
+            address: address.clone(),
+            slots,
+            mode,
+            runtimes,
+        },
         frames.clone(),
         HEARTBEAT,
     );
-    tracing::info!(worker = id, %name, %address, slots, ?mode, "worker joined");
+    tracing::info!(worker = id, %name, %address, slots, ?mode, runtimes = %runtimes_text, "worker joined");
     let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
     let session = Session {
         broker,
@@ -148,6 +160,7 @@ where
         name,
         slots,
         mode,
+        runtimes,
     } = handshake_frame(reader, address).await?
     else {
         tracing::warn!(%address, "worker's first frame was not a hello; closing");
@@ -172,7 +185,12 @@ where
         refuse(writer, WRONG_JOIN_TOKEN.into()).await;
         return None;
     }
-    Some(Hello { name, slots, mode })
+    Some(Hello {
+        name,
+        slots,
+        mode,
+        runtimes,
+    })
 }
 
 /// Reads one handshake frame; `None` (logged) when the connection fails or ends first.
@@ -366,6 +384,7 @@ mod tests {
             name: "w".into(),
             slots: 1,
             mode: DispatchMode::Push,
+            runtimes: proto::Runtime::ALL.to_vec(),
         }
     }
 

@@ -18,7 +18,7 @@ use super::outbox::{Outbound, Outbox};
 use super::{Error, Finished, Waiter, WorkerState, WorkerView};
 use crate::proto::{
     Assignment, CodeHash, DispatchMode, FailureReason, Frame, Health, Outcome, Prewarm, Report,
-    WarmCount, WarmSpec,
+    Runtime, WarmCount, WarmSpec,
 };
 use crate::store::{self, FunctionRecord, Store, TaskRecord, TaskStatus, Write};
 use crate::units::{now_ms, rfc3339};
@@ -183,6 +183,8 @@ pub(super) struct WorkerEntry {
     pub health: Option<Health>,
     /// Its warm executors by function, as last reported.
     pub warm: Vec<WarmCount>,
+    /// The runtimes it can start executors of (all of them until its `Hello` says).
+    pub runtimes: Vec<Runtime>,
 }
 
 /// How many heartbeat periods without a heartbeat make a worker `stale` (the session drops it
@@ -213,7 +215,13 @@ impl WorkerEntry {
             heartbeat_period: Duration::from_secs(1),
             health: None,
             warm: Vec::new(),
+            runtimes: Runtime::ALL.to_vec(),
         }
+    }
+
+    /// Whether it can start executors of `runtime`.
+    pub fn runs(&self, runtime: Runtime) -> bool {
+        self.runtimes.contains(&runtime)
     }
 
     /// The event of `change` to this worker (of id `id`), with its state now.
@@ -264,7 +272,7 @@ impl WorkerEntry {
     pub fn prewarm(&self, func: &FunctionRecord) {
         // An HTTP service's executors start with its requests (they do not speak the warm
         // frame protocol a prewarmed executor is started with).
-        if func.http.is_some() {
+        if func.http.is_some() || !self.runs(func.runtime) {
             return;
         }
         if let Some(warm) = func.warm.filter(|w| w.min_warm > 0) {
@@ -311,6 +319,7 @@ impl WorkerEntry {
             address: self.address.clone(),
             dispatch: self.mode,
             slots: self.slots,
+            runtimes: self.runtimes.clone(),
             running: self.running.len(),
             done: self.done,
             last_heartbeat: rfc3339(self.last_heartbeat_ms),
@@ -371,6 +380,9 @@ pub(super) struct State {
     pub queues: HashMap<String, FnQueue>,
     /// Functions with a task that can start now, in rotation order.
     runnable: VecDeque<String>,
+    /// Functions out of the rotation for now: no worker with a free slot runs their runtime
+    /// (see [`State::dispatch`]). Still `listed`.
+    parked: Vec<String>,
     pub tasks: HashMap<u128, Active>,
     pub workers: BTreeMap<u64, WorkerEntry>,
     pub next_worker: u64,
@@ -397,6 +409,7 @@ impl State {
             functions: HashMap::new(),
             queues: HashMap::new(),
             runnable: VecDeque::new(),
+            parked: Vec::new(),
             tasks: HashMap::new(),
             workers: BTreeMap::new(),
             next_worker: 0,
@@ -459,6 +472,13 @@ impl State {
     /// Whether a worker that takes tasks (not draining) is connected.
     pub fn has_worker(&self) -> bool {
         self.workers.values().any(|w| !w.draining)
+    }
+
+    /// Whether a worker that takes tasks (not draining) and runs `runtime` is connected.
+    pub fn has_worker_for(&self, runtime: Runtime) -> bool {
+        self.workers
+            .values()
+            .any(|w| !w.draining && w.runs(runtime))
     }
 
     fn queue(&mut self, func: &FunctionRecord) -> &mut FnQueue {
@@ -705,12 +725,12 @@ impl State {
 
     /// Picks the worker for a task of code `hash`: one with a free slot, preferring one that
     /// holds the code, then the least loaded, then round robin from the last pick.
-    fn pick_worker(&self, hash: &CodeHash) -> Option<u64> {
+    fn pick_worker(&self, hash: &CodeHash, runtime: Runtime) -> Option<u64> {
         let after = self.workers.range(self.last_pick + 1..);
         let before = self.workers.range(..=self.last_pick);
         let mut best: Option<(u64, bool, usize, u32)> = None;
         for (&id, w) in after.chain(before) {
-            if w.free() == 0 {
+            if w.free() == 0 || !w.runs(runtime) {
                 continue;
             }
             let cold = !w.cached.contains(hash);
@@ -730,12 +750,23 @@ impl State {
     }
 
     /// Leases queued tasks to workers with free slots until either runs out.
+    ///
+    /// A function whose runtime no worker with a free slot runs is set aside (`parked`) while
+    /// the others go on; every dispatch tries the parked ones again first, since a slot may
+    /// have freed or a worker joined that runs them.
     pub fn dispatch(&mut self, store: &Store) {
         if !self.dispatching {
             return;
         }
-        while let Some((name, head, hash)) = self.next_runnable() {
-            let Some(worker_id) = self.pick_worker(&hash) else {
+        for name in std::mem::take(&mut self.parked).into_iter().rev() {
+            self.runnable.push_front(name);
+        }
+        while let Some((name, head, hash, runtime)) = self.next_runnable() {
+            let Some(worker_id) = self.pick_worker(&hash, runtime) else {
+                if self.workers.values().any(|w| w.free() > 0) {
+                    self.parked.push(name);
+                    continue;
+                }
                 self.runnable.push_front(name);
                 return;
             };
@@ -748,7 +779,7 @@ impl State {
     /// The next function in the rotation whose queue can start a task, with its head task and
     /// that task's code hash. Functions that cannot start now leave the rotation; a head that is
     /// no longer active is dropped from its queue.
-    fn next_runnable(&mut self) -> Option<(String, u128, CodeHash)> {
+    fn next_runnable(&mut self) -> Option<(String, u128, CodeHash, Runtime)> {
         while let Some(name) = self.runnable.pop_front() {
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
@@ -758,12 +789,16 @@ impl State {
                 continue;
             }
             let head = queue.waiting[0];
-            let Some(hash) = self.tasks.get(&head).map(|a| a.func.code_hash) else {
+            let Some((hash, runtime)) = self
+                .tasks
+                .get(&head)
+                .map(|a| (a.func.code_hash, a.func.runtime))
+            else {
                 queue.waiting.pop_front();
                 self.runnable.push_front(name);
                 continue;
             };
-            return Some((name, head, hash));
+            return Some((name, head, hash, runtime));
         }
         None
     }

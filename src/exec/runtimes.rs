@@ -165,6 +165,24 @@ impl Runtimes {
         })
     }
 
+    /// Whether this worker can start executors of `runtime`: `python` and `pickle` need an
+    /// interpreter, `oci` the sandbox's namespaces (its own root); the others run anywhere.
+    pub fn can_run(&self, runtime: Runtime) -> bool {
+        match runtime {
+            Runtime::Shell | Runtime::Exec => true,
+            Runtime::Python | Runtime::Pickle => self.python.is_ok(),
+            Runtime::Oci => self.sandbox.is_some(),
+        }
+    }
+
+    /// The runtimes [`Runtimes::can_run`] allows.
+    pub fn runnable(&self) -> Vec<Runtime> {
+        Runtime::ALL
+            .into_iter()
+            .filter(|r| self.can_run(*r))
+            .collect()
+    }
+
     /// The worker's Python interpreter, or why there is none.
     pub fn python(&self) -> Result<&Path, Error> {
         self.python

@@ -298,6 +298,7 @@ where
             name: config.name.clone(),
             slots: config.slots,
             mode: config.mode,
+            runtimes: config.runtimes.runnable(),
         })
         .await?;
     writer
@@ -1038,6 +1039,7 @@ mod tests {
                 name: "test".into(),
                 slots: 2,
                 mode: DispatchMode::Push,
+                runtimes: config.runtimes.runnable(),
             }
         );
         result

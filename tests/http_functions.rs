@@ -82,7 +82,9 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 answer = b"refused"
             return self.reply(answer, "text/plain")
-        if self.path == "/events":
+        if self.path.split("?")[0] == "/events":
+            # `?after=S`: the last event comes S seconds after the first if not released sooner.
+            after = float(self.path.split("after=")[1]) if "after=" in self.path else 60
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
@@ -91,7 +93,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
             chunk(b"data: first\n\n")
-            released.wait(60)
+            released.wait(after)
             chunk(b"data: last\n\n")
             self.wfile.write(b"0\r\n\r\n")
             return
@@ -616,4 +618,58 @@ async fn a_python_module_defining_a_wsgi_app_is_served() {
         body_text(answer).await,
         format!("wsgi says GET /hi on {PORT}")
     );
+}
+
+/// Reads `body` until it holds `data: first`; returns what it read.
+async fn first_event(body: &mut Incoming) -> String {
+    let mut got = String::new();
+    while !got.contains("data: first") {
+        let frame = body.frame().await.expect("a frame").expect("body");
+        if let Ok(data) = frame.into_data() {
+            got.push_str(&text(&data));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_worker_or_server_lets_proxied_requests_finish() {
+    use nix::sys::signal::{Signal, kill};
+    // A remote worker told to stop (SIGTERM) drains: the request it serves ends whole.
+    let server = sandboxed(&["--local-workers", "0"]);
+    let mut worker = Worker::start_with(
+        &server.worker_addr,
+        "w",
+        2,
+        "push",
+        &["--sandbox", "strict"],
+    );
+    wait_workers(&server.client(), 1).await;
+    register_service(&server, "events", ECHO_SERVER).await;
+    let response = get(&server.url, "/function/events/events?after=1").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut got = first_event(&mut body).await;
+    kill(worker.pid(), Signal::SIGTERM).expect("stop the worker");
+    let rest = body.collect().await.expect("the whole body").to_bytes();
+    got.push_str(&text(&rest));
+    assert!(got.ends_with("data: last\n\n"), "{got}");
+    let status = worker.child.wait().expect("worker exit");
+    assert_eq!(status.code(), Some(0));
+
+    // So does `serve` on SIGTERM, for a request its local worker serves.
+    let mut server = sandboxed(&["--local-workers", "1"]);
+    register_service(&server, "events", ECHO_SERVER).await;
+    let response = get(&server.url, "/function/events/events?after=1").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut got = first_event(&mut body).await;
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("stop the server");
+    let rest = body.collect().await.expect("the whole body").to_bytes();
+    got.push_str(&text(&rest));
+    assert!(got.ends_with("data: last\n\n"), "{got}");
+    let exited = || std::future::ready(server.child.try_wait().expect("try_wait").ok_or("running"));
+    let status = eventually("the server to exit", Duration::from_secs(30), exited).await;
+    assert_eq!(status.code(), Some(0));
 }

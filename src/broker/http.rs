@@ -211,6 +211,19 @@ impl Broker {
         self.inner.http.lock().expect("http streams lock")
     }
 
+    /// Waits until no proxied request is in flight, or `until`; returns how many still are. A
+    /// stop calls it (rarely, and with nothing else to do), so it looks every 10 ms rather than
+    /// make every stream's end signal.
+    pub async fn wait_streams_done(&self, until: tokio::time::Instant) -> usize {
+        loop {
+            let open = self.streams().open.len();
+            if open == 0 || tokio::time::Instant::now() >= until {
+                return open;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Lets proxied requests use worker `worker`'s connection.
     pub(super) fn link_http(&self, worker: u64, frames: mpsc::UnboundedSender<Frame>) {
         let link = Link {

@@ -592,11 +592,21 @@ async fn shut_down(
     );
     broker.stop_dispatch();
     stops.http.cancel();
+    let until = tokio::time::Instant::now() + args.shutdown_timeout;
     let still_running = broker.wait_settled(args.shutdown_timeout).await;
     if still_running > 0 {
         tracing::warn!(
             tasks = still_running,
             "shutdown deadline passed; those tasks re-run at the next start"
+        );
+    }
+    // Requests proxied to HTTP-service functions finish too, within the same deadline: the
+    // worker sessions that carry them end next.
+    let still_open = broker.wait_streams_done(until).await;
+    if still_open > 0 {
+        tracing::warn!(
+            requests = still_open,
+            "shutdown deadline passed with proxied HTTP requests still open; they are cut"
         );
     }
     stops.workers.cancel();

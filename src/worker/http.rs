@@ -107,6 +107,11 @@ impl Services {
         self.streams.lock().expect("http streams lock")
     }
 
+    /// The proxied requests in flight here.
+    pub(super) fn in_flight(&self) -> usize {
+        self.streams().len()
+    }
+
     /// Abandons every stream: the session that carried them ended.
     pub(super) fn cancel_all(&self) {
         for (_, s) in self.streams().drain() {
@@ -185,6 +190,8 @@ impl Session {
                 () = cancel.cancelled() => {}
             }
             agent.http.streams().remove(&stream);
+            // A drain may be waiting for the last request to end.
+            agent.idle.notify_waiters();
         });
     }
 }

@@ -232,7 +232,13 @@ impl Agent {
         }
     }
 
-    /// Waits until no task is running, or `deadline` passes; returns whether it is idle.
+    /// Whether no task runs and no proxied HTTP request is in flight here.
+    fn is_idle(&self) -> bool {
+        self.running.load(Ordering::Acquire) == 0 && self.http.in_flight() == 0
+    }
+
+    /// Waits until no task is running and no proxied HTTP request is in flight (a drain lets
+    /// both finish), or `deadline` passes; returns whether it is idle.
     pub async fn wait_idle(&self, deadline: Duration) -> bool {
         let until = tokio::time::Instant::now() + deadline;
         loop {
@@ -240,11 +246,11 @@ impl Agent {
             tokio::pin!(idle);
             // Registered before the check, so a task ending in between still wakes us.
             idle.as_mut().enable();
-            if self.running.load(Ordering::Acquire) == 0 {
+            if self.is_idle() {
                 return true;
             }
             if tokio::time::timeout_at(until, idle).await.is_err() {
-                return self.running.load(Ordering::Acquire) == 0;
+                return self.is_idle();
             }
         }
     }

@@ -547,3 +547,60 @@ async fn tasks_go_only_to_workers_that_run_their_runtime() {
     assert_eq!(done_by(&list, "python"), Some(11), "{list:?}");
     drop(python);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_task() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let mut worker = Worker::start_with(
+        &server.worker_addr,
+        "only",
+        1,
+        "push",
+        &["--sandbox", "none"],
+    );
+    wait_workers(&client, 1).await;
+    let answer = register(
+        &client,
+        "nap",
+        "exec sleep 20",
+        serde_json::json!({"timeout": "30s"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let caller = {
+        let client = server.client();
+        tokio::spawn(async move { invoke(&client, "nap", b"").await })
+    };
+    let running = || async {
+        let tasks: serde_json::Value = client
+            .get("/v1/tasks?status=RUNNING")
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .map_err(|e| e.to_string())?;
+        match tasks["tasks"].as_array().and_then(|t| t.first()) {
+            Some(task) => Ok(task["id"].as_str().unwrap_or_default().to_owned()),
+            None => Err(format!("nothing running yet: {tasks}")),
+        }
+    };
+    let id = eventually("the call to run", Duration::from_secs(20), running).await;
+
+    // The only worker dies: the caller hears at once, with the task's id, instead of waiting
+    // for a worker that may never come; the task is queued again for the next one.
+    kill(worker.pid(), Signal::SIGKILL).expect("kill the worker");
+    let _ = worker.child.wait();
+    let answer = tokio::time::timeout(Duration::from_secs(20), caller)
+        .await
+        .expect("an answer within 20 s")
+        .expect("the caller");
+    let error = common::expect_error(&answer, 503, "no_workers");
+    assert_eq!(error["task_id"], id.as_str(), "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("QUEUED again")),
+        "{error}"
+    );
+    assert_eq!(status(&client, &id).await["status"], "QUEUED");
+}

@@ -150,6 +150,23 @@ impl ApiError {
         }
     }
 
+    /// 503 `no_workers` for a sync call whose task lost its worker with no other connected
+    /// that runs it: the task waits in its queue, and the caller can follow it by its id.
+    pub fn stranded(id: &str) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NoWorkers,
+            format!(
+                "the worker running task {id} was lost and no connected worker can run it now; \
+                 it is QUEUED again and runs when one joins: follow it with `faasd status {id} \
+                 --wait`"
+            ),
+        );
+        err.extra.insert("task_id".into(), json!(id));
+        err.task_id = Some(id.to_owned());
+        err
+    }
+
     /// 401 `unauthenticated`: no token, or one no user holds.
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError::new(

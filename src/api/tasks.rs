@@ -215,8 +215,10 @@ async fn call(
         set_task_header(&mut response, &id);
         return Ok(response);
     };
-    let finished = waiter
-        .await
+    let Some(ended) = state.broker.wait_while_runnable(record.id, waiter).await else {
+        return Err(ApiError::stranded(&id));
+    };
+    let finished = ended
         .map_err(|_| ApiError::internal("the task's waiter was dropped"))?
         .map_err(|e| ApiError::store(&e))?;
     finished_response(&finished.record, finished.result.clone(), &finished.logs)

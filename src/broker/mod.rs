@@ -220,6 +220,8 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever the number of running tasks drops.
     settled: Notify,
+    /// Signalled whenever a worker leaves (sync callers check they still have one).
+    worker_left: Notify,
     /// Code checks waiting for a worker's answer.
     checks: Mutex<checks::Checks>,
     /// Where live events are published (the state holds a clone).
@@ -252,6 +254,7 @@ impl Broker {
                 store,
                 state: Mutex::new(state),
                 settled: Notify::new(),
+                worker_left: Notify::new(),
                 checks: Mutex::default(),
                 events,
                 http: Mutex::default(),
@@ -750,6 +753,36 @@ impl Broker {
             self.finalize_after(task_id, commit);
         }
         self.inner.settled.notify_waiters();
+        self.inner.worker_left.notify_waiters();
+    }
+
+    /// Waits for task `id`'s end as [`Broker::watch`]'s waiter gives it, unless every worker
+    /// that could run it leaves first: then `None`, and the task stays queued for the next
+    /// one (a sync caller is told so rather than held with no answer).
+    pub async fn wait_while_runnable(
+        &self,
+        id: u128,
+        waiter: Waiter,
+    ) -> Option<Result<Result<Arc<Finished>, Arc<store::Error>>, oneshot::error::RecvError>> {
+        tokio::pin!(waiter);
+        loop {
+            let left = self.inner.worker_left.notified();
+            tokio::pin!(left);
+            // Registered before the check, so a worker leaving in between still wakes us.
+            left.as_mut().enable();
+            if !self.can_still_run(id) {
+                return None;
+            }
+            tokio::select! {
+                ended = &mut waiter => return Some(ended),
+                () = left => {}
+            }
+        }
+    }
+
+    /// Whether task `id` is running, ended, or has a connected worker that could run it.
+    fn can_still_run(&self, id: u128) -> bool {
+        self.lock().can_still_run(id)
     }
 
     /// Takes back a task whose assignment under `lease` could not reach `worker` (its payload

@@ -474,6 +474,16 @@ impl State {
         self.workers.values().any(|w| !w.draining)
     }
 
+    /// Whether task `id` is leased, ended, or waits with a connected worker that could run it.
+    pub fn can_still_run(&self, id: u128) -> bool {
+        match self.tasks.get(&id) {
+            Some(active) if active.worker.is_none() && active.ended.is_none() => {
+                self.has_worker_for(active.func.runtime)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether a worker that takes tasks (not draining) and runs `runtime` is connected.
     pub fn has_worker_for(&self, runtime: Runtime) -> bool {
         self.workers

@@ -398,6 +398,14 @@ async fn bad_http_settings_are_refused_with_the_field_named() {
             serde_json::json!({"runtime": "exec", "http_port": 80, "http_concurrency": 0}),
             "http_concurrency must be between 1",
         ),
+        (
+            serde_json::json!({"runtime": "exec", "http_port": 80, "concurrency": 2}),
+            "concurrency does nothing for an HTTP-service function",
+        ),
+        (
+            serde_json::json!({"runtime": "exec", "http_port": 80, "min_warm": 2}),
+            "min_warm does nothing for an HTTP-service function",
+        ),
     ];
     // The CLI's flags.
     let dir = tempfile::tempdir().expect("tempdir");

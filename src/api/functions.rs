@@ -655,6 +655,23 @@ fn http_spec(
             ),
         ));
     }
+    // Settings of tasks, which an HTTP service never takes: given, they would do nothing.
+    let task_settings = [
+        ("concurrency", req.concurrency.is_some()),
+        ("queue_limit", req.queue_limit.is_some()),
+        ("max_attempts", req.max_attempts.is_some()),
+        ("min_warm", req.min_warm.is_some_and(|n| n > 0)),
+    ];
+    if let Some((name, _)) = task_settings.iter().find(|(_, given)| *given) {
+        return Err(field(
+            name,
+            format!(
+                "{name} does nothing for an HTTP-service function, which takes requests, not \
+                 tasks: its executors start with the requests (http_concurrency each) and stop \
+                 after idle_timeout"
+            ),
+        ));
+    }
     let concurrency = req
         .http_concurrency
         .or(base.http.map(|h| h.concurrency))

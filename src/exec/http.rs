@@ -74,6 +74,9 @@ pub struct ServiceSpec {
     pub port: u16,
     /// Requests one executor serves at once.
     pub concurrency: u32,
+    /// The most executors of the function version this worker runs (a few per slot it has):
+    /// past them, requests share the executors beyond `concurrency` rather than start more.
+    pub max_executors: u32,
     /// The longest its start may take until the port accepts.
     pub start_timeout: Duration,
     /// How long it may stay idle.
@@ -179,7 +182,11 @@ impl HttpPool {
         let mut executors = self.executors.lock().expect("http pool lock");
         let list = executors.entry(spec.key.clone()).or_default();
         list.retain(|e| e.alive());
-        let max = if spec.own_network { usize::MAX } else { 1 };
+        let max = if spec.own_network {
+            spec.max_executors.max(1) as usize
+        } else {
+            1
+        };
         let room = list
             .iter()
             .filter(|e| e.in_flight.load(Ordering::Acquire) < spec.concurrency || list.len() >= max)
@@ -433,11 +440,28 @@ mod tests {
             work_root: std::env::temp_dir(),
             port: 8080,
             concurrency,
+            max_executors: 8,
             start_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             own_network,
             keep: None,
         }
+    }
+
+    #[test]
+    fn executors_stop_growing_at_the_workers_slots_and_share_the_rest() {
+        let pool = HttpPool::default();
+        let spec = ServiceSpec {
+            max_executors: 2,
+            ..spec(1, true)
+        };
+        let held: Vec<_> = (0..6).map(|_| pool.reserve(&spec)).collect();
+        assert_eq!(pool.counts().get("web"), Some(&2));
+        let loads: Vec<u32> = held[..2]
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Acquire))
+            .collect();
+        assert_eq!(loads, [3, 3], "the six requests spread evenly");
     }
 
     #[test]

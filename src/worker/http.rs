@@ -53,6 +53,10 @@ type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, wire::
 /// A connection to an executor's port, to send requests on.
 type Connection = hyper::client::conn::http1::SendRequest<ProxyBody>;
 
+/// How many executors of one HTTP-service function version a worker runs at most per slot it
+/// has: a burst of requests starts executors up to that, then shares them.
+const EXECUTORS_PER_SLOT: u32 = 4;
+
 /// The most kept-alive connections kept for one executor.
 const KEPT_PER_EXECUTOR: usize = 32;
 
@@ -312,6 +316,7 @@ async fn service_spec(agent: &Agent, open: &HttpOpen) -> Result<ServiceSpec, Abo
         work_root: config.work_root.clone(),
         port: target.http.port,
         concurrency: target.http.concurrency,
+        max_executors: config.slots.max(1).saturating_mul(EXECUTORS_PER_SLOT),
         start_timeout: timeout,
         idle_timeout: Duration::from_millis(target.idle_timeout_ms),
         own_network: config.runtimes.isolates_network(target.isolation),

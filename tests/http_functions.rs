@@ -681,3 +681,22 @@ async fn a_stopping_worker_or_server_lets_proxied_requests_finish() {
     let status = eventually("the server to exit", Duration::from_secs(30), exited).await;
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_never_listens_is_a_502_with_its_output() {
+    let server = sandboxed(&["--local-workers", "1"]);
+    let never = "#!/bin/sh\necho 'starting, but listening nowhere' >&2\nexec sleep 30\n";
+    let settings = serde_json::json!({"runtime": "exec", "http_port": PORT, "timeout": "2s"});
+    let answer = register(&server.client(), "deaf", never, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let response = get(&server.url, "/function/deaf/").await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value =
+        serde_json::from_str(&body_text(response).await).expect("an error body");
+    assert_eq!(body["code"], "service_failed", "{body}");
+    let message = body["error"].as_str().expect("message");
+    assert!(
+        message.contains("starting, but listening nowhere"),
+        "{message}"
+    );
+}

@@ -23,6 +23,10 @@ use crate::auth::Caller;
 use crate::broker::RequestHead;
 use crate::proto::http::is_hop_by_hop;
 
+/// How long past a function's timeout the proxy waits for a response head, so that a worker's
+/// report of a start that timed out comes first.
+const START_REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Marks a request that `serve --domain` routed by its `Host`.
 #[derive(Debug, Clone)]
 pub struct HostRouted;
@@ -124,8 +128,10 @@ async fn proxy(
     let sender = call.body_sender();
     tokio::spawn(async move { sender.send(request.into_body()).await });
     // The response head comes within the function's timeout (a stream that follows it may
-    // last as long as both sides keep it).
-    let wait = std::time::Duration::from_millis(func.timeout_ms);
+    // last as long as both sides keep it). The worker bounds an executor's start by the same
+    // timeout and reports why it failed (with the program's output): the grace lets that
+    // report, a 502 that says why, arrive before this 504, which could only say "no answer".
+    let wait = std::time::Duration::from_millis(func.timeout_ms) + START_REPORT_GRACE;
     let head = match tokio::time::timeout(wait, call.response()).await {
         Ok(head) => head.map_err(|reason| {
             ApiError::new(

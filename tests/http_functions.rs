@@ -196,15 +196,22 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
     assert!(body_text(root).await.contains("file.txt"));
 
     // An unknown name under the domain is a 404 that says so; the bare domain is the API.
+    // The same at the host's root, which the path route would take for a plain function.
     let unknown = Some("nosuch.example.com");
-    let missing = request(&server.url, "GET", "/x", unknown, Bytes::new()).await;
-    assert_eq!(missing.status(), 404);
-    let body: serde_json::Value = serde_json::from_str(&body_text(missing).await).expect("json");
-    assert_eq!(body["code"], "not_found", "{body}");
-    assert!(
-        body["error"].as_str().expect("error").contains("nosuch"),
-        "{body}"
-    );
+    for path in ["/x", "/"] {
+        let missing = request(&server.url, "GET", path, unknown, Bytes::new()).await;
+        assert_eq!(missing.status(), 404);
+        let body: serde_json::Value =
+            serde_json::from_str(&body_text(missing).await).expect("json");
+        assert_eq!(body["code"], "not_found", "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .expect("error")
+                .contains("no function \"nosuch\" serves this host name"),
+            "{path}: {body}"
+        );
+    }
     let api = request(
         &server.url,
         "GET",

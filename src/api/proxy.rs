@@ -184,7 +184,7 @@ fn confine(headers: &mut axum::http::HeaderMap) {
 }
 
 /// The 404 of a name no function has.
-fn unknown_function(name: &str, by_host: bool) -> ApiError {
+pub(crate) fn unknown_function(name: &str, by_host: bool) -> ApiError {
     if by_host {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -137,6 +137,15 @@ pub async fn invoke_url(
     if super::proxy::is_service(&state, &name) {
         return super::proxy::forward(&state, &caller, &name, "/", request).await;
     }
+    let by_host = request
+        .extensions()
+        .get::<super::proxy::HostRouted>()
+        .is_some();
+    if by_host && state.broker.function(&name).is_none() {
+        // As the proxy answers it: after the caller's right to invoke the name is checked.
+        super::functions::check_invoke(&state, &caller, &name)?;
+        return Err(super::proxy::unknown_function(&name, true));
+    }
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let target = (name.as_str(), query.version);
     let (parts, body) = request.into_parts();

@@ -604,3 +604,31 @@ async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_t
     );
     assert_eq!(status(&client, &id).await["status"], "QUEUED");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let run = |args: &[&str]| {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(common::BIN)
+            .arg("worker")
+            .args(args)
+            .arg("--cache")
+            .arg(cache.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run faasd worker");
+        (out.status.code(), text(&out.stderr))
+    };
+    // No port: it could never connect.
+    let (code, stderr) = run(&["--server", "127.0.0.1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not HOST:PORT"), "{stderr}");
+    // TLS against a plain worker port: the handshake can never succeed.
+    let (code, stderr) = run(&["--server", &server.worker_addr, "--tls"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not complete a TLS handshake"),
+        "{stderr}"
+    );
+}

@@ -22,8 +22,10 @@ use crate::auth::{Caller, Directory};
 const OPEN_PATHS: &[&str] = &["/healthz"];
 
 /// The message of a protected-mode refusal.
-pub const PROTECTED_MESSAGE: &str = "faasd is in protected mode: no user exists yet; on the \
-     server's machine run `faasd user add NAME --role admin`, then send its token as \
+pub const PROTECTED_MESSAGE: &str = "faasd is in protected mode: no user exists yet, and only \
+     loopback clients are served; on the server's machine run `faasd user add NAME --role admin \
+     --url http://127.0.0.1:PORT` (a server listening only on another address must also listen \
+     on loopback for this: `serve --listen 0.0.0.0:PORT`), then send its token as \
      `Authorization: Bearer TOKEN` (or `--token` / FAASD_TOKEN)";
 
 /// Finds the caller of `request` (see the module doc) or answers the refusal.

@@ -92,6 +92,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     if slots == 0 {
         return Err(exit::coded(exit::USAGE, "--slots must be at least 1"));
     }
+    check_server_address(&server)?;
     let tls = tls_connector(&args, &server)?;
     // `_work_root` lives until `run` returns: dropping it removes the executors' directories;
     // `_lock` keeps other workers off the cache meanwhile.
@@ -105,6 +106,24 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         drain_timeout: args.drain_timeout,
     };
     link.stay_connected().await
+}
+
+/// Refuses a `--server` that is not `HOST:PORT` (exit 2): it could never connect, and would
+/// retry for ever.
+fn check_server_address(server: &str) -> anyhow::Result<()> {
+    let port = server
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port > 0 => Ok(()),
+        _ => Err(exit::coded(
+            exit::USAGE,
+            format!(
+                "--server {server:?} is not HOST:PORT: give the server's worker port, as \
+                 `faasd serve` prints it (`faasd worker port on HOST:PORT`)"
+            ),
+        )),
+    }
 }
 
 /// The TLS connector and server name of `--tls` (with `--cacert`), if asked for.
@@ -291,6 +310,16 @@ impl ServerLink {
                 exit::FAILURE,
                 format!(
                     "the server at {} has a certificate this worker does not trust: {e} (pass its CA certificate with --cacert FILE)",
+                    self.server
+                ),
+            )),
+            // A port that has never welcomed this worker and breaks off the handshake is most
+            // likely a plain worker port: trying again would get the same answer.
+            Ok(Err(e)) if !self.agent.was_welcomed() => Err(exit::coded(
+                exit::FAILURE,
+                format!(
+                    "the server at {} did not complete a TLS handshake ({e}): is its worker port \
+                     plain? Drop --tls, or start serve with --tls-cert/--tls-key",
                     self.server
                 ),
             )),

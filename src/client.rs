@@ -595,6 +595,9 @@ fn take_event(buffer: &mut Vec<u8>) -> Option<ServerEvent> {
 /// The connector of a client: plain TCP for `http://`; TLS, trusting `cacert` or the system's
 /// roots, for `https://` (and then only TLS: an `https://` client never falls back to plain
 /// HTTP).
+/// How long connecting to the server may take before the command gives up (exit 3).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn connector(
     https: bool,
     cacert: Option<&std::path::Path>,
@@ -602,6 +605,9 @@ fn connector(
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
+    // A host that drops connection attempts would otherwise hold a command for the kernel's
+    // two minutes or so of retries.
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     if https {
         let config = tls::client_config(cacert).map_err(|cause| Error::Tls { cause })?;

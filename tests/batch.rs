@@ -200,7 +200,7 @@ async fn waiting_on_a_running_task_answers_empty_once_the_wait_passes() {
     let started = Instant::now();
     let answer = wait_round(&client, &ids, "300ms").await;
     let waited = started.elapsed();
-    assert_eq!(answer, json!({"tasks": [], "unknown": []}));
+    assert_eq!(answer, json!({"tasks": [], "unknown": [], "expired": []}));
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert!(waited < Duration::from_secs(10), "{waited:?}");
     // Without a wait, the answer comes at once.

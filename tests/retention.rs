@@ -125,6 +125,19 @@ async fn a_finished_task_expires_with_its_values_while_an_unfinished_one_stays()
         .await
         .expect("status");
     expect_error(&answer, 404, "task_not_found");
+    // `POST /v1/tasks/wait` tells the two apart the same way.
+    let body = serde_json::json!({"ids": [small_id, unknown], "wait": "0s"});
+    let answer = client
+        .post(
+            "/v1/tasks/wait",
+            "application/json",
+            serde_json::to_vec(&body).expect("json").into(),
+        )
+        .await
+        .expect("wait");
+    let answer: serde_json::Value = answer.ok().expect("200").json().expect("json");
+    assert_eq!(answer["expired"], serde_json::json!([small_id]), "{answer}");
+    assert_eq!(answer["unknown"], serde_json::json!([unknown]), "{answer}");
 
     // The running task is as old as the retention by now, and stays.
     let running = || async {

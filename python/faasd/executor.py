@@ -352,7 +352,7 @@ class Executor(concurrent.futures.Executor):
                 result = None
             self._settle(task_id, status, result, str(status.get("logs_tail") or ""))
             done.append(task_id)
-        unknown = [str(task_id) for task_id in answer.get("unknown", [])]
+        unknown = [str(task_id) for task_id in answer.get("unknown", []) + answer.get("expired", [])]
         if unknown:
             self._fail([self._in_flight[i] for i in unknown if i in self._in_flight],
                        Error("the server does not know these tasks (any more): %s" % ", ".join(unknown[:5])))

@@ -100,6 +100,8 @@ struct FinishedView {
 pub struct WaitAnswer {
     tasks: Vec<FinishedView>,
     unknown: Vec<String>,
+    /// Ids of tasks the retention purge removed (`GET /v1/tasks/{id}` answers them 410).
+    expired: Vec<String>,
     #[serde(skip)]
     inlined_bytes: usize,
 }
@@ -148,7 +150,7 @@ fn lossy_tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[cut..]).into_owned()
 }
 
-/// `POST /v1/tasks/wait`: 200 `{"tasks": [...], "unknown": [...]}` once at least one of the
+/// `POST /v1/tasks/wait`: 200 `{"tasks": [...], "unknown": [...], "expired": [...]}` once at least one of the
 /// ids is finished, or when `wait` passes.
 pub async fn wait(
     State(state): State<AppState>,
@@ -269,9 +271,14 @@ async fn read_stored(
     let mut finished = Vec::new();
     for (id, record) in ids.iter().zip(records) {
         match record {
-            None => answer
-                .unknown
-                .push(texts.get(id).cloned().unwrap_or_default()),
+            None => {
+                let text = texts.get(id).cloned().unwrap_or_default();
+                if store.expired(*id).await? {
+                    answer.expired.push(text);
+                } else {
+                    answer.unknown.push(text);
+                }
+            }
             Some(r) if r.status.is_finished() => {
                 let inline = answer.inline(r.result_bytes as usize);
                 finished.push((r, inline));

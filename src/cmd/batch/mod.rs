@@ -404,6 +404,11 @@ async fn take_answer(
     if let Some(id) = answer["unknown"].as_array().and_then(|u| u.first()) {
         anyhow::bail!("the server no longer knows task {id}");
     }
+    if let Some(id) = answer["expired"].as_array().and_then(|u| u.first()) {
+        anyhow::bail!(
+            "task {id} has expired: the server purged it (serve --retain) before its result was read"
+        );
+    }
     let tasks = answer["tasks"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut ended = 0;
     for task in tasks {

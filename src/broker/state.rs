@@ -1074,8 +1074,10 @@ impl State {
             }
             let now = now_ms();
             r.finished_ms = Some(now);
-            // It ran (as far as anyone knows) from its last start until it was given up.
+            // It ran (as far as anyone knows) from its last start until it was given up, in a
+            // fresh process unless its function keeps executors warm.
             r.run_us = r.started_ms.map_or(0, |at| now.saturating_sub(at) * 1000);
+            r.cold_start = func.warm.is_none();
             let finished = Arc::new(Finished {
                 record: r.clone(),
                 result: Bytes::new(),

@@ -50,7 +50,10 @@ pub fn message(body: &serde_json::Value) -> Option<String> {
         text.push_str("\n  ");
         text.push_str(line);
     }
-    text.push_str(&format!("\nsee all of it: faasd logs {id}"));
+    // Only when there is more to see: a task that never ran (lost, cancelled) has no logs.
+    if !lines.is_empty() {
+        text.push_str(&format!("\nsee all of it: faasd logs {id}"));
+    }
     Some(text)
 }
 
@@ -101,6 +104,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_with_no_logs_does_not_point_at_them() {
+        let body = json!({
+            "task_id": "T", "reason": "worker_lost",
+            "message": "the worker running it was lost, on each of 3 attempts",
+            "exit_code": null, "signal": null, "stderr_tail": "",
+        });
+        assert_eq!(
+            message(&body).expect("a failure"),
+            "task T failed: the worker running it was lost, on each of 3 attempts"
+        );
+    }
+
+    #[test]
     fn the_exit_code_or_signal_follows_a_reason_that_does_not_say_it() {
         let body = json!({
             "task_id": "T", "reason": "exception", "message": "the handler raised an exception",
@@ -108,7 +124,7 @@ mod tests {
         });
         assert_eq!(
             message(&body).expect("a failure"),
-            "task T failed: the handler raised an exception (exit code 1)\nsee all of it: faasd logs T"
+            "task T failed: the handler raised an exception (exit code 1)"
         );
         let body = json!({
             "task_id": "T", "reason": "out_of_memory", "message": "killed by the memory limit",
@@ -116,7 +132,7 @@ mod tests {
         });
         assert_eq!(
             message(&body).expect("a failure"),
-            "task T failed: killed by the memory limit (signal SIGKILL)\nsee all of it: faasd logs T"
+            "task T failed: killed by the memory limit (signal SIGKILL)"
         );
     }
 

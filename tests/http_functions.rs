@@ -180,6 +180,15 @@ async fn a_file_is_served_through_the_path_and_the_host_routes() {
         policy.is_some_and(|p| p.to_str().unwrap_or_default().starts_with("sandbox ")),
         "{policy:?}"
     );
+    // The service's own `Server` stays (faasd's answers carry `Server: faasd`).
+    let server_header = by_path
+        .headers()
+        .get("server")
+        .map(|v| v.to_str().unwrap_or_default());
+    assert!(
+        server_header.is_some_and(|s| s.starts_with("SimpleHTTP")),
+        "{server_header:?}"
+    );
     assert_eq!(body_text(by_path).await, "hello from the service\n");
 
     let host = Some("files.Example.com:443");

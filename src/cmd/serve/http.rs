@@ -454,12 +454,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Api {
         let response = self.router.call(request);
         Box::pin(async move {
             let mut response = response.await?;
-            // Every answer says whose it is, so a client can tell faasd's plain-text errors
-            // (hyper's, axum's rejections) from another server's.
-            response.headers_mut().insert(
-                hyper::header::SERVER,
-                hyper::header::HeaderValue::from_static(crate::client::SERVER_NAME),
-            );
+            // Every answer of faasd's says whose it is, so a client can tell faasd's plain-text
+            // errors (hyper's, axum's rejections) from another server's; an HTTP-service
+            // function's answer keeps the `Server` its service sent.
+            response
+                .headers_mut()
+                .entry(hyper::header::SERVER)
+                .or_insert(hyper::header::HeaderValue::from_static(
+                    crate::client::SERVER_NAME,
+                ));
             Ok(response.map(|body| GuardedBody { body, _open: open }))
         })
     }

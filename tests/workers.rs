@@ -632,3 +632,57 @@ async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_stops_a_draining_worker_at_once() {
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    let mut worker =
+        Worker::start_with(&server.worker_addr, "w", 1, "push", &["--sandbox", "none"]);
+    wait_workers(&client, 1).await;
+    let answer = register(
+        &client,
+        "nap",
+        "exec sleep 20",
+        serde_json::json!({"timeout": "30s"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let id = submit(&client, "nap", b"").await;
+    wait_running(&client, &id).await;
+    // The first signal drains (the task has 20 s to go); the second does not wait for it.
+    kill(worker.pid(), Signal::SIGTERM).expect("first signal");
+    let draining = || async {
+        let list = common::workers(&client).await;
+        match list.first().map(|w| w["state"].clone()) {
+            Some(state) if state == "draining" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    eventually("the worker to drain", Duration::from_secs(10), draining).await;
+    kill(worker.pid(), Signal::SIGTERM).expect("second signal");
+    let child = &mut worker.child;
+    let exited = || std::future::ready(child.try_wait().expect("try_wait").ok_or("running"));
+    let status = eventually("the worker to exit", Duration::from_secs(5), exited).await;
+    assert_eq!(status.code(), Some(143));
+    // The server takes the task back.
+    let queued = || async {
+        match status_of(&client, &id).await.as_str() {
+            "QUEUED" => Ok(()),
+            other => Err(other.to_owned()),
+        }
+    };
+    eventually(
+        "the task back in its queue",
+        Duration::from_secs(10),
+        queued,
+    )
+    .await;
+}
+
+async fn status_of(client: &faasd::client::Client, id: &str) -> String {
+    status(client, id).await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -234,9 +234,20 @@ async fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
         let name = signal.await;
         tracing::info!(
             signal = name,
-            "draining: no new tasks; finishing the running ones"
+            "draining: no new tasks; finishing the running ones (a second signal stops at once)"
         );
         on_signal.cancel();
+        // A second signal does not wait for the drain: the server takes the tasks back when
+        // the connection drops, and runs them again elsewhere.
+        if let Ok(again) = super::serve::wait_for_signal().await {
+            let name = again.await;
+            tracing::warn!(
+                signal = name,
+                "stopping at once; the running tasks are left to the server"
+            );
+            let code = if name == "SIGINT" { 130 } else { 143 };
+            std::process::exit(code);
+        }
     });
     Ok(cancel)
 }

@@ -106,9 +106,28 @@ fn connect_cause(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Strin
         format!(
             "{cause} (if a CA of your own signed the server's certificate, pass it with --cacert FILE or FAASD_CACERT)"
         )
+    } else if answer_unparsable(err) {
+        // What a plain request to a TLS port reads: the server's TLS alert, not HTTP.
+        format!(
+            "{cause} (the answer was not HTTP: if the server speaks HTTPS, use an https:// URL)"
+        )
     } else {
         cause
     }
+}
+
+/// Whether hyper failed to parse the server's answer, somewhere down `err`'s chain.
+fn answer_unparsable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The `Server` header every answer of `faasd serve`'s HTTP API carries.

@@ -127,6 +127,7 @@ async fn plain_http_and_https_are_never_mixed_on_one_port() {
             .starts_with("cannot reach the faasd server at "),
         "{err}"
     );
+    assert!(err.to_string().contains("use an https:// URL"), "{err}");
     let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

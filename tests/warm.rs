@@ -275,14 +275,8 @@ async fn a_missing_interpreter_is_one_clear_error() {
     register_python(&client, "nopy", serde_json::json!({})).await;
     // The only worker has no Python, so it takes no python task: a sync call is refused at
     // once (a worker's log says why it has none), an async one waits for a worker that has.
-    let body = expect_error(&invoke(&client, "nopy", b"x").await, 503, "no_workers");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("can run python functions"),
-        "{body}"
-    );
+    let refused = invoke(&client, "nopy", b"x").await;
+    common::expect_no_workers(&refused, "can run python functions");
     let workers = common::workers(&client).await;
     let runtimes = workers[0]["runtimes"].as_array().expect("runtimes");
     assert!(runtimes.contains(&"shell".into()), "{workers:?}");

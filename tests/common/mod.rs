@@ -332,6 +332,14 @@ pub fn expect_error(answer: &Answer, status: u16, code: &str) -> serde_json::Val
     v
 }
 
+/// The body of a 503 `no_workers` answer whose message contains `says`.
+pub fn expect_no_workers(answer: &Answer, says: &str) -> serde_json::Value {
+    let body = expect_error(answer, 503, "no_workers");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{body}");
+    body
+}
+
 /// A running `faasd worker`.
 pub struct Worker {
     /// The `faasd worker` process.

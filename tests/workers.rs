@@ -535,11 +535,12 @@ async fn tasks_go_only_to_workers_that_run_their_runtime() {
     drop(python);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_task() {
+/// A server with no local workers, one unsandboxed remote worker of one slot, and `nap`, a
+/// function that sleeps 20 s.
+async fn one_worker_and_a_nap() -> (Server, Worker) {
     let server = Server::start(&["--local-workers", "0"]);
     let client = server.client();
-    let mut worker = Worker::start_with(
+    let worker = Worker::start_with(
         &server.worker_addr,
         "only",
         1,
@@ -547,14 +548,16 @@ async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_t
         &["--sandbox", "none"],
     );
     wait_workers(&client, 1).await;
-    let answer = register(
-        &client,
-        "nap",
-        "exec sleep 20",
-        serde_json::json!({"timeout": "30s"}),
-    )
-    .await;
+    let settings = serde_json::json!({"timeout": "30s"});
+    let answer = register(&client, "nap", "exec sleep 20", settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    (server, worker)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_task() {
+    let (server, mut worker) = one_worker_and_a_nap().await;
+    let client = server.client();
     let caller = {
         let client = server.client();
         tokio::spawn(async move { invoke(&client, "nap", b"").await })
@@ -616,19 +619,8 @@ async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_stops_a_draining_worker_at_once() {
-    let server = Server::start(&["--local-workers", "0"]);
+    let (server, mut worker) = one_worker_and_a_nap().await;
     let client = server.client();
-    let mut worker =
-        Worker::start_with(&server.worker_addr, "w", 1, "push", &["--sandbox", "none"]);
-    wait_workers(&client, 1).await;
-    let answer = register(
-        &client,
-        "nap",
-        "exec sleep 20",
-        serde_json::json!({"timeout": "30s"}),
-    )
-    .await;
-    assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let id = submit(&client, "nap", b"").await;
     wait_running(&client, &id).await;
     // The first signal drains (the task has 20 s to go); the second does not wait for it.

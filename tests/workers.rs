@@ -575,6 +575,8 @@ async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_t
         }
     };
     let id = eventually("the call to run", Duration::from_secs(20), running).await;
+    // Its status names the worker running it.
+    assert_eq!(status(&client, &id).await["worker"], "only");
 
     // The only worker dies: the caller hears at once, with the task's id, instead of waiting
     // for a worker that may never come; the task is queued again for the next one.
@@ -586,7 +588,9 @@ async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_t
         .expect("the caller");
     let error = common::expect_no_workers(&answer, "QUEUED again");
     assert_eq!(error["task_id"], id.as_str(), "{error}");
-    assert_eq!(status(&client, &id).await["status"], "QUEUED");
+    let queued = status(&client, &id).await;
+    assert_eq!(queued["status"], "QUEUED");
+    assert!(queued["worker"].is_null(), "{queued}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,6 +40,9 @@ pub struct TaskView {
     init_ms: Option<f64>,
     cpu_ms: Option<f64>,
     peak_memory_bytes: Option<u64>,
+    /// The worker running it, while it runs (`GET /v1/tasks/{id}` only; not stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker: Option<String>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -66,6 +69,7 @@ impl From<&TaskRecord> for TaskView {
             init_ms: t.status.is_finished().then(|| t.init_us as f64 / 1000.0),
             cpu_ms: t.status.is_finished().then(|| t.cpu_us as f64 / 1000.0),
             peak_memory_bytes: t.status.is_finished().then_some(t.peak_memory_bytes),
+            worker: None,
         }
     }
 }
@@ -381,7 +385,11 @@ pub async fn status(
         }
     }
     let record = visible_task(&state, &caller, &id, task_id).await?;
-    Ok(Json(TaskView::from(&record)))
+    let mut view = TaskView::from(&record);
+    if !record.status.is_finished() {
+        view.worker = state.broker.worker_of(task_id);
+    }
+    Ok(Json(view))
 }
 
 /// Whether `caller` may read `record` (its caller, the function's owner, admins).

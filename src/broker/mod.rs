@@ -780,6 +780,11 @@ impl Broker {
         }
     }
 
+    /// The name of the worker running task `id`, if one is.
+    pub fn worker_of(&self, id: u128) -> Option<String> {
+        self.lock().worker_of(id)
+    }
+
     /// Whether task `id` is running, ended, or has a connected worker that could run it.
     fn can_still_run(&self, id: u128) -> bool {
         self.lock().can_still_run(id)

@@ -474,6 +474,12 @@ impl State {
         self.workers.values().any(|w| !w.draining)
     }
 
+    /// The name of the worker task `id` is leased to, if any.
+    pub fn worker_of(&self, id: u128) -> Option<String> {
+        let worker = self.tasks.get(&id)?.worker?;
+        self.workers.get(&worker).map(|w| w.name.clone())
+    }
+
     /// Whether task `id` is leased, ended, or waits with a connected worker that could run it.
     pub fn can_still_run(&self, id: u128) -> bool {
         match self.tasks.get(&id) {

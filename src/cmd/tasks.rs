@@ -104,6 +104,9 @@ fn print_task(t: &serde_json::Value) {
     println!("attempts  {}", text("attempts"));
     println!("created   {}", text("created_at"));
     println!("started   {}", text("started_at"));
+    if let Some(worker) = t["worker"].as_str() {
+        println!("worker    {worker}");
+    }
     println!("finished  {}", text("finished_at"));
     if t["status"].as_str() == Some("FAILED") {
         println!("reason    {}", text("reason"));

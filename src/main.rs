@@ -26,8 +26,8 @@ fn main() -> std::process::ExitCode {
         // `faasd bench` holds a connection per caller (`--connections`, up to thousands).
         raise_open_files_limit(server);
     }
-    if !server && !matches!(cli.command, Command::Bench(_) | Command::Replay(_)) {
-        die_quietly_on_closed_output();
+    if !server {
+        end_quietly_when_output_closes();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(faasd::cmd::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
+        Err(err) if !server && closed_output(&err) => std::process::ExitCode::from(CLOSED_OUTPUT),
         Err(err) => {
             eprintln!("faasd: {err:#}");
             std::process::ExitCode::from(faasd::cmd::exit::code_of(&err))
@@ -48,17 +49,38 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Lets a client command end as `cat` does when what reads its output goes away (`faasd tasks |
-/// head`): by `SIGPIPE`, which the shell reports as status 141, rather than with a panic in
-/// `println!` (exit 101) or a write error read as a failed task (exit 1). Rust ignores the
-/// signal by default; the server, the worker and commands that write to their executors' pipes
-/// (`bench`, `replay --local`) keep it ignored, where a closed pipe is an error to handle.
-fn die_quietly_on_closed_output() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: set before any thread starts, to the default disposition, with no handler code.
-    if let Err(err) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
-        tracing::debug!(error = %err, "cannot restore SIGPIPE's default");
-    }
+/// The exit status of a client command whose output was closed early (`faasd tasks | head`):
+/// what a shell reports for `cat` killed by `SIGPIPE` there.
+const CLOSED_OUTPUT: u8 = 141;
+
+/// Lets a client command end quietly with [`CLOSED_OUTPUT`] when what reads its output goes
+/// away, rather than with a panic in `println!` (exit 101) or a write error read as a failed
+/// task (exit 1). `SIGPIPE` itself stays ignored (Rust's default): a socket written with
+/// `writev` raises it too, and a server that resets an upload must be an error, not a silent
+/// death.
+fn end_quietly_when_output_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        // `println!`'s "failed printing to stdout: Broken pipe (os error 32)", or a library's
+        // own wording of the same error (clap_complete's "... kind: BrokenPipe ...").
+        if message.contains("Broken pipe") || message.contains("BrokenPipe") {
+            std::process::exit(i32::from(CLOSED_OUTPUT));
+        }
+        default(info);
+    }));
+}
+
+/// Whether `err` is a write to a closed output (a `BrokenPipe` the command itself got, not one
+/// of its connection's, which the client wraps in errors of its own).
+fn closed_output(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Raises the open-files soft limit to the hard limit, before any thread starts: a server holds a

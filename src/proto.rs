@@ -522,6 +522,13 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A `Hello` of another protocol version, whose fields this side cannot decode (read
+    /// from its first two numbers, which every version keeps: the variant and the version).
+    #[error("a hello of protocol {protocol}, which this side does not speak")]
+    OtherProtocol {
+        /// The version the peer speaks.
+        protocol: u32,
+    },
     /// A frame's bytes are not a valid postcard `Frame`.
     #[error("undecodable frame of {len} bytes: {source}")]
     Decode {
@@ -588,7 +595,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         match self.inner.next().await {
             None => Ok(None),
             Some(Err(source)) => Err(Error::Io { op: "read", source }),
-            Some(Ok(bytes)) => decode(&bytes).map(Some),
+            Some(Ok(bytes)) => decode(&bytes).map(Some).map_err(|e| {
+                match postcard::take_from_bytes::<(u32, u32)>(&bytes) {
+                    // Variant 0 is `Hello` in every version; its first field is the version.
+                    Ok(((0, protocol), _)) if protocol != PROTOCOL_VERSION => {
+                        Error::OtherProtocol { protocol }
+                    }
+                    _ => e,
+                }
+            }),
         }
     }
 

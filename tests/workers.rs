@@ -226,6 +226,24 @@ async fn a_worker_with_the_wrong_protocol_version_is_refused() {
         other => panic!("expected Refused, got {other:?}"),
     }
     assert_eq!(reader.next().await.expect("eof"), None);
+
+    // A worker of protocol 9, whose `Hello` had no runtimes and so does not decode here, is
+    // told the same rather than dropped (it would reconnect for ever).
+    let mut stream = tokio::net::TcpStream::connect(&server.worker_addr)
+        .await
+        .expect("connect");
+    // Variant 0 (`Hello`), protocol 9, its name, slots 1, `push`: as a version-9 worker sent it.
+    let old_hello = postcard::to_allocvec(&(0_u32, 9_u32, "old", 1_u32, 0_u32)).expect("encode");
+    let mut framed = (old_hello.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&old_hello);
+    stream.write_all(&framed).await.expect("send the old hello");
+    let (mut reader, _writer) = proto::split(stream);
+    match reader.next().await.expect("read answer") {
+        Some(Frame::Refused { reason }) => {
+            assert!(reason.contains("worker speaks 9"), "{reason}");
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
     let health = server.client().get("/healthz").await.expect("healthz");
     assert_eq!(health.status, 200);
 }

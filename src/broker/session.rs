@@ -155,22 +155,34 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let first = match reader.next().await {
+        // A worker of another version whose `Hello` does not decode here is told why.
+        Err(proto::Error::OtherProtocol { protocol }) => {
+            let reason = mismatch(protocol);
+            tracing::warn!(%address, "{reason}; refusing");
+            refuse(writer, reason).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
+            return None;
+        }
+        Ok(frame) => frame?,
+    };
     let Frame::Hello {
         protocol,
         name,
         slots,
         mode,
         runtimes,
-    } = handshake_frame(reader, address).await?
+    } = first
     else {
         tracing::warn!(%address, "worker's first frame was not a hello; closing");
         refuse(writer, "the first frame must be a Hello".into()).await;
         return None;
     };
     if protocol != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol version mismatch: worker speaks {protocol}, server speaks {PROTOCOL_VERSION}"
-        );
+        let reason = mismatch(protocol);
         tracing::warn!(%address, worker = %name, "{reason}; refusing");
         refuse(writer, reason).await;
         return None;
@@ -191,6 +203,11 @@ where
         mode,
         runtimes,
     })
+}
+
+/// Why a worker speaking `protocol` is refused.
+fn mismatch(protocol: u32) -> String {
+    format!("protocol version mismatch: worker speaks {protocol}, server speaks {PROTOCOL_VERSION}")
 }
 
 /// Reads one handshake frame; `None` (logged) when the connection fails or ends first.

@@ -483,7 +483,10 @@ impl State {
     /// Whether task `id` is leased, ended, or waits with a connected worker that could run it.
     pub fn can_still_run(&self, id: u128) -> bool {
         match self.tasks.get(&id) {
-            Some(active) if active.worker.is_none() && active.ended.is_none() => {
+            // A task ending (given up when its worker left) is answered with its end.
+            Some(active)
+                if active.worker.is_none() && !active.finishing && active.ended.is_none() =>
+            {
                 self.has_worker_for(active.func.runtime)
             }
             _ => true,

@@ -94,9 +94,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     }
     check_server_address(&server)?;
     let tls = tls_connector(&args, &server)?;
-    // `_work_root` lives until `run` returns: dropping it removes the executors' directories;
-    // `_lock` keeps other workers off the cache meanwhile.
-    let (agent, _work_root, _lock) = build_agent(&args, slots)?;
+    // `work_root` lives until the worker ends: dropping it removes the executors' directories;
+    // `lock` keeps other workers off the cache meanwhile.
+    let (agent, work_root, lock) = build_agent(&args, slots)?;
     let link = ServerLink {
         server,
         tls,
@@ -105,7 +105,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
         cancel: cancel_on_signal().await?,
         drain_timeout: args.drain_timeout,
     };
-    link.stay_connected().await
+    let ended = link.stay_connected().await;
+    // The working directories go before the lock does: a worker started next on this cache
+    // waits for the lock, and must not have its own directories removed by this one.
+    drop(link);
+    drop(work_root);
+    drop(lock);
+    ended
 }
 
 /// Refuses a `--server` that is not `HOST:PORT` (exit 2): it could never connect, and would

@@ -171,7 +171,7 @@ impl Runtimes {
         match runtime {
             Runtime::Shell | Runtime::Exec => true,
             Runtime::Python | Runtime::Pickle => self.python.is_ok(),
-            Runtime::Oci => self.sandbox.is_some(),
+            Runtime::Oci => self.sandbox.as_ref().is_some_and(|s| s.namespaces),
         }
     }
 

@@ -626,10 +626,12 @@ async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
             .expect("run faasd worker");
         (out.status.code(), text(&out.stderr))
     };
-    // No port: it could never connect.
-    let (code, stderr) = run(&["--server", "127.0.0.1"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("is not HOST:PORT"), "{stderr}");
+    // No port, a URL, an IPv6 address without brackets: it could never connect.
+    for server in ["127.0.0.1", "http://127.0.0.1:7000", "::1"] {
+        let (code, stderr) = run(&["--server", server]);
+        assert_eq!(code, Some(2), "{server}: {stderr}");
+        assert!(stderr.contains("is not HOST:PORT"), "{server}: {stderr}");
+    }
     // TLS against a plain worker port: the handshake can never succeed.
     let (code, stderr) = run(&["--server", &server.worker_addr, "--tls"]);
     assert_eq!(code, Some(1), "{stderr}");

@@ -219,43 +219,58 @@ class Executor(concurrent.futures.Executor):
 
     def _send(self, name: str, calls: List[_Call]) -> None:
         """Queues `calls` of function `name` on the server and hands their ids to the waiters."""
-        ids: List[Optional[str]]
-        try:
-            ids = list(self._post_batch(name, calls)) if self._batch_route else []
-        except ApiError as err:
-            if err.code not in NO_ROUTE:
-                return self._give_up(calls, err)
-            self._batch_route = False
-        except Error as err:
-            return self._give_up(calls, err)
-        if not self._batch_route:
-            # One request per call: a few threads send them, as the server commits each alone.
-            if self._single_senders is None:
-                self._single_senders = concurrent.futures.ThreadPoolExecutor(SINGLE_SENDERS, "faasd-sender")
-            ids = list(self._single_senders.map(lambda call: self._post_one(name, call), calls))
+        accepted: List[_Call] = []
+        if self._batch_route:
+            try:
+                self._post_batch(name, calls, accepted)
+                return
+            except ApiError as err:
+                # The calls already queued (a first part of a batch sent in parts) are the
+                # waiters' now; only the others fail.
+                if err.code not in NO_ROUTE or accepted:
+                    return self._give_up(calls[len(accepted):], err)
+                self._batch_route = False
+            except Error as err:
+                return self._give_up(calls[len(accepted):], err)
+        # One request per call: a few threads send them, as the server commits each alone.
+        if self._single_senders is None:
+            self._single_senders = concurrent.futures.ThreadPoolExecutor(SINGLE_SENDERS, "faasd-sender")
+        ids = list(self._single_senders.map(lambda call: self._post_one(name, call), calls))
+        self._register(ids, calls)
+
+    def _register(self, ids: List[Optional[str]], calls: List[_Call]) -> None:
+        """Hands the ids of calls the server queued to the waiters."""
         with self._lock:
             for task_id, call in zip(ids, calls):
                 if task_id is not None:
                     self._in_flight[task_id] = call.future
             self._ids_ready.notify_all()
 
-    def _post_batch(self, name: str, calls: List[_Call]) -> List[str]:
+    def _post_batch(self, name: str, calls: List[_Call], accepted: List[_Call]) -> None:
         """Submits `calls` in one request, or in smaller ones while the queue has no room for
         all: the server admits a batch whole or not at all, so one larger than the function's
-        `queue_limit` would never fit. Halves are sent in order; a single call refused for a
-        full queue is offered again a second later, as the queue drains."""
+        `queue_limit` would never fit. Halves are sent in order, and each part the server takes
+        is registered and added to `accepted` at once (so a later part's failure fails only the
+        calls not sent); a single call refused for a full queue is offered again a second
+        later, as the queue drains."""
         payloads = [call.payload for call in calls]
         while True:
             try:
                 answer = self._http.request("POST", "/v1/functions/%s/batch" % name, json=payloads)
-                return [str(task_id) for task_id in answer.json()["task_ids"]]
             except ApiError as err:
                 if err.code != "queue_full":
                     raise
                 if len(calls) > 1:
                     half = len(calls) // 2
-                    return self._post_batch(name, calls[:half]) + self._post_batch(name, calls[half:])
+                    self._post_batch(name, calls[:half], accepted)
+                    self._post_batch(name, calls[half:], accepted)
+                    return
                 time.sleep(QUEUE_FULL_RETRY_SECONDS)
+                continue
+            ids: List[Optional[str]] = [str(task_id) for task_id in answer.json()["task_ids"]]
+            self._register(ids, calls)
+            accepted.extend(calls)
+            return
 
     def _post_one(self, name: str, call: _Call) -> Optional[str]:
         while True:

@@ -82,10 +82,9 @@ impl Broker {
             source: source.clone(),
         };
         let state = self.lock();
-        let (&worker, entry) = state
-            .workers
-            .iter()
-            .find(|(id, w)| !w.draining && !asked.contains(id))?;
+        let (&worker, entry) = state.workers.iter().find(|(id, w)| {
+            !w.draining && w.runs(crate::proto::Runtime::Python) && !asked.contains(id)
+        })?;
         entry.send(Outbound::Frame(frame));
         drop(state);
         checks.waiting.insert(check, (worker, tx));

@@ -120,8 +120,14 @@ fn check_server_address(server: &str) -> anyhow::Result<()> {
     let port = server
         .rsplit_once(':')
         .map(|(host, port)| (host, port.parse::<u16>()));
+    // An IPv6 host is bracketed (`[::1]:7000`); a URL (`http://...`) is not an address.
+    let host_ok = |host: &str| {
+        !host.is_empty()
+            && !host.contains('/')
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    };
     match port {
-        Some((host, Ok(port))) if !host.is_empty() && port > 0 => Ok(()),
+        Some((host, Ok(port))) if host_ok(host) && port > 0 => Ok(()),
         _ => Err(exit::coded(
             exit::USAGE,
             format!(
@@ -332,14 +338,18 @@ impl ServerLink {
             )),
             // A port that has never welcomed this worker and breaks off the handshake is most
             // likely a plain worker port: trying again would get the same answer.
-            Ok(Err(e)) if !self.agent.was_welcomed() => Err(exit::coded(
-                exit::FAILURE,
-                format!(
-                    "the server at {} did not complete a TLS handshake ({e}): is its worker port \
+            Ok(Err(e))
+                if !self.agent.was_welcomed() && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Err(exit::coded(
+                    exit::FAILURE,
+                    format!(
+                        "the server at {} did not complete a TLS handshake ({e}): is its worker port \
                      plain? Drop --tls, or start serve with --tls-cert/--tls-key",
-                    self.server
-                ),
-            )),
+                        self.server
+                    ),
+                ))
+            }
             Ok(Err(e)) => {
                 tracing::warn!(server = %self.server, error = %e, "TLS handshake failed; reconnecting");
                 Ok(ControlFlow::Continue(()))

@@ -140,8 +140,9 @@ async fn limit_bytes(client: &Client) -> anyhow::Result<usize> {
 }
 
 /// How many lines a chunk may carry: [`CHUNK_LINES`], or fewer when the function's queue could
-/// never take that many at once (a batch is admitted whole or not at all). Its `queue_limit`,
-/// or without a waiting line (`queue_limit` 0) its concurrency cap. The function's current
+/// not take that many at once while it still holds tasks (a batch is admitted whole or not at
+/// all): half its `queue_limit`, or without a waiting line (`queue_limit` 0) half its
+/// concurrency cap, so a chunk fits once the queue is half drained. The function's current
 /// settings decide, so a batch run again with its idempotency key is cut the same way unless
 /// they changed. A function that cannot be read is left to the submit to report.
 async fn chunk_lines(client: &Client, name: &str) -> usize {
@@ -154,7 +155,7 @@ async fn chunk_lines(client: &Client, name: &str) -> usize {
         0 => v["concurrency"].as_u64(),
         limit => Some(limit),
     });
-    cap.and_then(|c| usize::try_from(c).ok())
+    cap.and_then(|c| usize::try_from(c / 2).ok())
         .map_or(CHUNK_LINES, |c| c.clamp(1, CHUNK_LINES))
 }
 

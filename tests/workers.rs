@@ -645,8 +645,26 @@ async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
 async fn a_second_signal_stops_a_draining_worker_at_once() {
     let (server, mut worker) = one_worker_and_a_nap().await;
     let client = server.client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("pid");
+    let settings = serde_json::json!({
+        "timeout": "30s",
+        "env": {"PID_FILE": pid_file.to_str().expect("utf-8 path")},
+    });
+    let code = "echo $$ > \"$PID_FILE\"\nexec sleep 20\n";
+    let answer = register(&client, "nap", code, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
     let id = submit(&client, "nap", b"").await;
     wait_running(&client, &id).await;
+    let read_pid = || {
+        std::future::ready(
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .ok_or("no pid yet"),
+        )
+    };
+    let pid = eventually("the task's pid", Duration::from_secs(10), read_pid).await;
     // The first signal drains (the task has 20 s to go); the second does not wait for it.
     kill(worker.pid(), Signal::SIGTERM).expect("first signal");
     let draining = || async {
@@ -662,6 +680,24 @@ async fn a_second_signal_stops_a_draining_worker_at_once() {
     let exited = || std::future::ready(child.try_wait().expect("try_wait").ok_or("running"));
     let status = eventually("the worker to exit", Duration::from_secs(5), exited).await;
     assert_eq!(status.code(), Some(143));
+    // It killed the task's process before it went (a zombie waiting for its reaper counts).
+    let gone = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        std::future::ready(match state {
+            None | Some("Z") => Ok(()),
+            Some(other) => Err(format!("process {pid} is {other}")),
+        })
+    };
+    eventually(
+        "the task's process to be gone",
+        Duration::from_secs(5),
+        gone,
+    )
+    .await;
     // The server takes the task back.
     let queued = || async {
         match status_of(&client, &id).await.as_str() {

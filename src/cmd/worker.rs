@@ -97,12 +97,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     // `work_root` lives until the worker ends: dropping it removes the executors' directories;
     // `lock` keeps other workers off the cache meanwhile.
     let (agent, work_root, lock) = build_agent(&args, slots)?;
+    let cancel = cancel_on_signal(agent.clone()).await?;
     let link = ServerLink {
         server,
         tls,
         agent,
         slots,
-        cancel: cancel_on_signal().await?,
+        cancel,
         drain_timeout: args.drain_timeout,
     };
     let ended = link.stay_connected().await;
@@ -238,7 +239,7 @@ fn build_agent(
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT: the worker drains and exits.
-async fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
+async fn cancel_on_signal(agent: Arc<Agent>) -> anyhow::Result<CancellationToken> {
     let cancel = CancellationToken::new();
     let signal = super::serve::wait_for_signal().await?;
     let on_signal = cancel.clone();
@@ -257,6 +258,9 @@ async fn cancel_on_signal() -> anyhow::Result<CancellationToken> {
                 signal = name,
                 "stopping at once; the running tasks are left to the server"
             );
+            // Their processes go first (the exit below runs no destructors), within a moment.
+            agent.stop_now();
+            agent.wait_idle(Duration::from_secs(2)).await;
             let code = if name == "SIGINT" { 130 } else { 143 };
             std::process::exit(code);
         }

@@ -611,6 +611,14 @@ impl Agent {
         stop
     }
 
+    /// Stops every running task without reporting them: the worker is told to stop at once,
+    /// and the server takes the tasks back when its connection drops (a report would end them
+    /// `cancelled` instead). Their processes are killed as the tasks' runs are dropped.
+    pub fn stop_now(&self) {
+        self.set_link(None);
+        self.stop_all();
+    }
+
     /// Stops every running task (their session ended, and its leases with it); returns how
     /// many.
     fn stop_all(&self) -> usize {

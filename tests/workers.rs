@@ -434,9 +434,10 @@ async fn local_and_remote_workers_report_their_machines_health() {
     assert!(table.status.success(), "{}", text(&table.stderr));
     let table = text(&table.stdout);
     let header = table.lines().next().expect("a header");
-    for column in ["CPU", "MEMORY", "LOAD"] {
+    for column in ["CPU", "MEMORY", "LOAD", "RUNTIMES"] {
         assert!(header.contains(column), "{table}");
     }
+    assert!(table.contains("shell,exec"), "{table}");
     assert!(table.contains('%') && table.contains("MiB"), "{table}");
 
     // A worker that stops heartbeating shows as stale before the server drops it.

@@ -37,6 +37,7 @@ pub async fn run(args: WorkersArgs) -> anyhow::Result<u8> {
         ("LOAD", right),
         ("LAST HEARTBEAT", left),
         ("STATE", left),
+        ("RUNTIMES", left),
     ]);
     for w in workers {
         let s = |k: &str| match &w[k] {
@@ -48,7 +49,11 @@ pub async fn run(args: WorkersArgs) -> anyhow::Result<u8> {
         ];
         let mut row: Vec<String> = keys.iter().map(|k| s(k)).collect();
         row.extend(health_cells(&w));
-        row.extend([s("last_heartbeat"), s("state")]);
+        let runtimes: Vec<&str> = w["runtimes"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        row.extend([s("last_heartbeat"), s("state"), runtimes.join(",")]);
         table.row(row);
     }
     table.print();

@@ -882,3 +882,72 @@ async fn mpcs_clients_without_a_header_work_with_anonymous_developer() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_user_is_an_admin_and_anonymous_invokers_hold_grants() {
+    let server = Server::start(&["--anonymous", "invoker"]);
+    let local = server.client();
+    // In protected mode the first user must be an admin: no one else could manage users.
+    let body = json(serde_json::json!({"name": "bob", "role": "developer"}));
+    let refused = send(&local, Method::POST, "/v1/users", body, 400).await;
+    let refused: serde_json::Value = refused.json().expect("json");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("the first user must be an admin")),
+        "{refused}"
+    );
+    let token = add_user(&local, "root", "admin").await;
+    let admin = server.client().with_token(&token).expect("token");
+    assert_eq!(register_fn(&admin, "f").await.status, 201);
+
+    // A tokenless caller is the anonymous invoker: refused until `anonymous` is granted.
+    let anonymous = server.client();
+    let refused = send(
+        &anonymous,
+        Method::POST,
+        "/v1/functions/f/invoke",
+        Bytes::new(),
+        403,
+    )
+    .await;
+    let refused: serde_json::Value = refused.json().expect("json");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("faasd grant anonymous f")),
+        "{refused}"
+    );
+    send(
+        &admin,
+        Method::PUT,
+        "/v1/users/anonymous/grants/f",
+        Bytes::new(),
+        204,
+    )
+    .await;
+    send(
+        &anonymous,
+        Method::POST,
+        "/v1/functions/f/invoke",
+        Bytes::new(),
+        200,
+    )
+    .await;
+    send(
+        &admin,
+        Method::DELETE,
+        "/v1/users/anonymous/grants/f",
+        Bytes::new(),
+        204,
+    )
+    .await;
+    send(
+        &anonymous,
+        Method::POST,
+        "/v1/functions/f/invoke",
+        Bytes::new(),
+        403,
+    )
+    .await;
+}

@@ -934,7 +934,14 @@ pub(crate) fn check_invoke(state: &AppState, caller: &Caller, name: &str) -> Res
     match state.broker.function(name) {
         Some(f) if !may_see(state, caller, &f) => Err(forbidden(
             caller,
-            &format!("invoke {name:?} (it needs a grant: `faasd grant USER FUNCTION`)"),
+            &format!(
+                "invoke {name:?} (it needs a grant: `faasd grant {} {name}`)",
+                if caller.user == crate::auth::NO_USER {
+                    crate::auth::ANONYMOUS
+                } else {
+                    "USER"
+                }
+            ),
         )),
         _ => Ok(()),
     }

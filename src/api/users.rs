@@ -98,6 +98,16 @@ pub async fn add(
         r#"user (expected {"name": "...", "role": "admin|developer|invoker"})"#,
     )?;
     validate_user_name(&req.name)?;
+    if state.users.is_empty() && req.role != Role::Admin {
+        // Protected mode ends with the first user: were it not an admin, no one could manage
+        // users any more.
+        return Err(ApiError::invalid(format!(
+            "the first user must be an admin (--role admin): once {:?} exists every request \
+             needs a token, and a {} could not add or manage users",
+            req.name, req.role
+        ))
+        .with("field", "role".into()));
+    }
     let (user, token) = state.users.add(&req.name, req.role).await?;
     tracing::info!(user = %user.name, role = %user.role, by = %caller.name, "user added");
     Ok((

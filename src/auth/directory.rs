@@ -219,7 +219,13 @@ impl Directory {
     /// Grants (`allow`) or revokes a user's right to invoke `function`.
     pub async fn set_grant(&self, name: &str, function: &str, allow: bool) -> Result<(), Error> {
         let _change = self.inner.changes.lock().await;
-        let id = self.id(name)?;
+        // Tokenless callers (`serve --anonymous ROLE`) are one identity, `anonymous`, without
+        // a user: their grants are kept under the no-user id they call with.
+        let id = if name == super::ANONYMOUS {
+            super::NO_USER
+        } else {
+            self.id(name)?
+        };
         self.inner
             .store
             .set_grant(id, function.into(), allow)

@@ -45,6 +45,9 @@ impl std::fmt::Display for Role {
 /// caller made it.
 pub const NO_USER: u32 = 0;
 
+/// The name of tokenless callers under `serve --anonymous ROLE`, which may hold grants.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Who made a request, as the authentication layer found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -77,7 +80,7 @@ impl Caller {
     pub fn anonymous(role: Role) -> Caller {
         Caller {
             user: NO_USER,
-            name: "anonymous".into(),
+            name: ANONYMOUS.into(),
             role,
         }
     }

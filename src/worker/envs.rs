@@ -463,7 +463,9 @@ async fn run_step(
     }
 }
 
-/// The last [`LOG_TAIL_BYTES`] of a build log.
+/// The last [`LOG_TAIL_BYTES`] of a build log, with the environment's directory (the log's)
+/// left out of the paths it names: callers see `requirements.txt`, not where the worker keeps
+/// its data.
 fn log_tail(log: &Path) -> String {
     let Ok(mut file) = std::fs::File::open(log) else {
         return String::new();
@@ -472,7 +474,15 @@ fn log_tail(log: &Path) -> String {
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
     let mut tail = Vec::new();
     let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut tail);
-    String::from_utf8_lossy(&tail).into_owned()
+    let tail = String::from_utf8_lossy(&tail).into_owned();
+    match log
+        .parent()
+        .and_then(Path::to_str)
+        .filter(|d| !d.is_empty())
+    {
+        Some(dir) => tail.replace(&format!("{dir}/"), ""),
+        None => tail,
+    }
 }
 
 /// A program's path when it is on `PATH`.
@@ -724,6 +734,21 @@ mod tests {
         let tail = log_tail(&log);
         assert_eq!(tail.len(), LOG_TAIL_BYTES as usize);
         assert!(tail.ends_with("No matching distribution found for nothing-here\n"));
+    }
+
+    #[test]
+    fn a_build_log_names_no_path_of_the_worker_s() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("build.log");
+        let line = format!(
+            "ERROR: Invalid requirement: 'six[' (from line 1 of {}/requirements.txt)\n",
+            dir.path().display()
+        );
+        std::fs::write(&log, line).expect("write");
+        assert_eq!(
+            log_tail(&log),
+            "ERROR: Invalid requirement: 'six[' (from line 1 of requirements.txt)\n"
+        );
     }
 
     #[test]

@@ -118,16 +118,10 @@ fn connect_cause(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Strin
 
 /// Whether hyper failed to parse the server's answer, somewhere down `err`'s chain.
 fn answer_unparsable(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        if e.downcast_ref::<hyper::Error>()
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_parse)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    })
 }
 
 /// The `Server` header every answer of `faasd serve`'s HTTP API carries.

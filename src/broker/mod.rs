@@ -519,13 +519,16 @@ impl Broker {
         let (record, waiter, committed) = {
             let mut state = self.lock();
             let func = pinned_or(state.admit(name, 1)?, pin);
-            if wait && !state.has_worker() {
-                return Err(Error::NoWorkers { name: name.into() });
-            }
+            // One look at the workers on the usual path; why none can run it, only when none can.
             if wait && !state.has_worker_for(func.runtime) {
-                return Err(Error::NoWorkerRuns {
-                    name: name.into(),
-                    runtime: func.runtime.as_str(),
+                let name = name.into();
+                return Err(if state.has_worker() {
+                    Error::NoWorkerRuns {
+                        name,
+                        runtime: func.runtime.as_str(),
+                    }
+                } else {
+                    Error::NoWorkers { name }
                 });
             }
             state.next_seq += 1;

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use crate::proto::{
-    self, CodeHash, DispatchMode, Frame, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, Reader, Report,
-    Writer,
+    self, CodeHash, Frame, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, Reader, Report, Writer,
 };
 
 /// How often workers are asked to heartbeat.
@@ -57,13 +56,6 @@ impl Admission {
 }
 
 /// What a worker announced in its `Hello`.
-struct Hello {
-    name: String,
-    slots: u32,
-    mode: DispatchMode,
-    runtimes: Vec<proto::Runtime>,
-}
-
 /// One attached worker, as the session loop sees it.
 struct Session {
     broker: Broker,
@@ -104,32 +96,16 @@ pub async fn serve_worker<T>(
             None
         }
     };
-    let Some(Hello {
-        name,
-        slots,
-        mode,
-        runtimes,
-    }) = hello
-    else {
+    let Some(joining) = hello else {
         return;
     };
     reader.set_max_frame_bytes(proto::MAX_FRAME_BYTES);
 
     let (frames, outbox) = mpsc::unbounded_channel();
-    let names: Vec<&str> = runtimes.iter().map(|r| r.as_str()).collect();
-    let runtimes_text = names.join(",");
-    let id = broker.attach_worker(
-        super::Joining {
-            name: name.clone(),
-            address: address.clone(),
-            slots,
-            mode,
-            runtimes,
-        },
-        frames.clone(),
-        HEARTBEAT,
-    );
-    tracing::info!(worker = id, %name, %address, slots, ?mode, runtimes = %runtimes_text, "worker joined");
+    let name = joining.name.clone();
+    let (slots, mode, runtimes) = (joining.slots, joining.mode, joining.runtimes.clone());
+    let id = broker.attach_worker(joining, frames.clone(), HEARTBEAT);
+    tracing::info!(worker = id, %name, %address, slots, ?mode, ?runtimes, "worker joined");
     let mut pump = tokio::spawn(async move { writer.pump(outbox).await });
     let session = Session {
         broker,
@@ -150,32 +126,18 @@ async fn handshake<R, W>(
     writer: &mut Writer<W>,
     address: &str,
     admission: &Admission,
-) -> Option<Hello>
+) -> Option<super::Joining>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let first = match reader.next().await {
-        // A worker of another version whose `Hello` does not decode here is told why.
-        Err(proto::Error::OtherProtocol { protocol }) => {
-            let reason = mismatch(protocol);
-            tracing::warn!(%address, "{reason}; refusing");
-            refuse(writer, reason).await;
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
-            return None;
-        }
-        Ok(frame) => frame?,
-    };
     let Frame::Hello {
         protocol,
         name,
         slots,
         mode,
         runtimes,
-    } = first
+    } = handshake_frame(reader, writer, address).await?
     else {
         tracing::warn!(%address, "worker's first frame was not a hello; closing");
         refuse(writer, "the first frame must be a Hello".into()).await;
@@ -187,7 +149,7 @@ where
         refuse(writer, reason).await;
         return None;
     }
-    let Frame::Join { token } = handshake_frame(reader, address).await? else {
+    let Frame::Join { token } = handshake_frame(reader, writer, address).await? else {
         tracing::warn!(%address, worker = %name, "worker's second frame was not a join; closing");
         refuse(writer, "the second frame must be a Join".into()).await;
         return None;
@@ -197,8 +159,9 @@ where
         refuse(writer, WRONG_JOIN_TOKEN.into()).await;
         return None;
     }
-    Some(Hello {
+    Some(super::Joining {
         name,
+        address: address.to_owned(),
         slots,
         mode,
         runtimes,
@@ -210,12 +173,24 @@ fn mismatch(protocol: u32) -> String {
     format!("protocol version mismatch: worker speaks {protocol}, server speaks {PROTOCOL_VERSION}")
 }
 
-/// Reads one handshake frame; `None` (logged) when the connection fails or ends first.
-async fn handshake_frame<R: AsyncRead + Unpin>(
+/// Reads one handshake frame; `None` (logged) when the connection fails or ends first. A
+/// worker of another version whose `Hello` does not decode here is told why.
+async fn handshake_frame<R, W>(
     reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
     address: &str,
-) -> Option<Frame> {
+) -> Option<Frame>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     match reader.next().await {
+        Err(proto::Error::OtherProtocol { protocol }) => {
+            let reason = mismatch(protocol);
+            tracing::warn!(%address, "{reason}; refusing");
+            refuse(writer, reason).await;
+            None
+        }
         Err(e) => {
             tracing::warn!(%address, error = %e, "bad handshake from worker; closing");
             None
@@ -400,7 +375,7 @@ mod tests {
             protocol,
             name: "w".into(),
             slots: 1,
-            mode: DispatchMode::Push,
+            mode: proto::DispatchMode::Push,
             runtimes: proto::Runtime::ALL.to_vec(),
         }
     }

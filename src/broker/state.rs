@@ -744,12 +744,20 @@ impl State {
 
     /// Picks the worker for a task of code `hash`: one with a free slot, preferring one that
     /// holds the code, then the least loaded, then round robin from the last pick.
-    fn pick_worker(&self, hash: &CodeHash, runtime: Runtime) -> Option<u64> {
+    ///
+    /// `Err(true)` when no such worker runs `runtime` though one has a free slot, `Err(false)`
+    /// when no worker has a free slot.
+    fn pick_worker(&self, hash: &CodeHash, runtime: Runtime) -> Result<u64, bool> {
         let after = self.workers.range(self.last_pick + 1..);
         let before = self.workers.range(..=self.last_pick);
         let mut best: Option<(u64, bool, usize, u32)> = None;
+        let mut free_elsewhere = false;
         for (&id, w) in after.chain(before) {
-            if w.free() == 0 || !w.runs(runtime) {
+            if w.free() == 0 {
+                continue;
+            }
+            if !w.runs(runtime) {
+                free_elsewhere = true;
                 continue;
             }
             let cold = !w.cached.contains(hash);
@@ -765,7 +773,7 @@ impl State {
                 best = Some((id, cold, running, slots));
             }
         }
-        best.map(|(id, ..)| id)
+        best.map(|(id, ..)| id).ok_or(free_elsewhere)
     }
 
     /// Leases queued tasks to workers with free slots until either runs out.
@@ -781,13 +789,16 @@ impl State {
             self.runnable.push_front(name);
         }
         while let Some((name, head, hash, runtime)) = self.next_runnable() {
-            let Some(worker_id) = self.pick_worker(&hash, runtime) else {
-                if self.workers.values().any(|w| w.free() > 0) {
+            let worker_id = match self.pick_worker(&hash, runtime) {
+                Ok(id) => id,
+                Err(true) => {
                     self.parked.push(name);
                     continue;
                 }
-                self.runnable.push_front(name);
-                return;
+                Err(false) => {
+                    self.runnable.push_front(name);
+                    return;
+                }
             };
             self.take_head(name);
             let frame = self.lease(head, worker_id, store);

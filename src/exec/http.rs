@@ -183,7 +183,7 @@ impl HttpPool {
         let list = executors.entry(spec.key.clone()).or_default();
         list.retain(|e| e.alive());
         let max = if spec.own_network {
-            spec.max_executors.max(1) as usize
+            spec.max_executors as usize
         } else {
             1
         };

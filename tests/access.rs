@@ -903,51 +903,33 @@ async fn the_first_user_is_an_admin_and_anonymous_invokers_hold_grants() {
 
     // A tokenless caller is the anonymous invoker: refused until `anonymous` is granted.
     let anonymous = server.client();
-    let refused = send(
-        &anonymous,
-        Method::POST,
-        "/v1/functions/f/invoke",
-        Bytes::new(),
-        403,
-    )
-    .await;
-    let refused: serde_json::Value = refused.json().expect("json");
+    let invoke = |status| {
+        send(
+            &anonymous,
+            Method::POST,
+            "/v1/functions/f/invoke",
+            Bytes::new(),
+            status,
+        )
+    };
+    let grant = |method| {
+        send(
+            &admin,
+            method,
+            "/v1/users/anonymous/grants/f",
+            Bytes::new(),
+            204,
+        )
+    };
+    let refused: serde_json::Value = invoke(403).await.json().expect("json");
     assert!(
         refused["error"]
             .as_str()
             .is_some_and(|m| m.contains("faasd grant anonymous f")),
         "{refused}"
     );
-    send(
-        &admin,
-        Method::PUT,
-        "/v1/users/anonymous/grants/f",
-        Bytes::new(),
-        204,
-    )
-    .await;
-    send(
-        &anonymous,
-        Method::POST,
-        "/v1/functions/f/invoke",
-        Bytes::new(),
-        200,
-    )
-    .await;
-    send(
-        &admin,
-        Method::DELETE,
-        "/v1/users/anonymous/grants/f",
-        Bytes::new(),
-        204,
-    )
-    .await;
-    send(
-        &anonymous,
-        Method::POST,
-        "/v1/functions/f/invoke",
-        Bytes::new(),
-        403,
-    )
-    .await;
+    grant(Method::PUT).await;
+    invoke(200).await;
+    grant(Method::DELETE).await;
+    invoke(403).await;
 }

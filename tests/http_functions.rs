@@ -161,6 +161,19 @@ async fn register_service(server: &Server, name: &str, script: &str) {
     assert_eq!(shown["record_requests"], false, "{shown}");
 }
 
+/// A remote worker of `server` with two slots and the strict sandbox, once it has joined.
+async fn strict_worker(server: &Server, name: &str) -> Worker {
+    let worker = Worker::start_with(
+        &server.worker_addr,
+        name,
+        2,
+        "push",
+        &["--sandbox", "strict"],
+    );
+    wait_workers(&server.client(), 1).await;
+    worker
+}
+
 fn sandboxed(extra: &[&str]) -> Server {
     let mut args = vec!["--sandbox", "strict", "--domain", "example.com"];
     args.extend_from_slice(extra);
@@ -317,13 +330,7 @@ async fn a_chunked_event_stream_arrives_as_it_is_written() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
-    let mut got = String::new();
-    while !got.contains("data: first") {
-        let frame = body.frame().await.expect("a frame").expect("body");
-        if let Ok(data) = frame.into_data() {
-            got.push_str(&text(&data));
-        }
-    }
+    let mut got = first_event(&mut body).await;
     // The service holds its last event until released: the first arrived on its own.
     assert!(!got.contains("data: last"), "{got}");
     let released = get(&server.url, "/function/events/release").await;
@@ -347,14 +354,7 @@ async fn the_service_has_no_host_network() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_worker_serves_it_and_a_plain_function_keeps_its_route() {
     let server = sandboxed(&["--local-workers", "0"]);
-    let _worker = Worker::start_with(
-        &server.worker_addr,
-        "remote",
-        2,
-        "push",
-        &["--sandbox", "strict"],
-    );
-    wait_workers(&server.client(), 1).await;
+    let _worker = strict_worker(&server, "remote").await;
     register_service(&server, "files", FILE_SERVER).await;
     let served = || async {
         let answer = get(&server.url, "/function/files/file.txt").await;
@@ -661,14 +661,7 @@ async fn a_stopping_worker_or_server_lets_proxied_requests_finish() {
     use nix::sys::signal::{Signal, kill};
     // A remote worker told to stop (SIGTERM) drains: the request it serves ends whole.
     let server = sandboxed(&["--local-workers", "0"]);
-    let mut worker = Worker::start_with(
-        &server.worker_addr,
-        "w",
-        2,
-        "push",
-        &["--sandbox", "strict"],
-    );
-    wait_workers(&server.client(), 1).await;
+    let mut worker = strict_worker(&server, "w").await;
     register_service(&server, "events", ECHO_SERVER).await;
     let response = get(&server.url, "/function/events/events?after=1").await;
     assert_eq!(response.status(), 200);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -522,13 +523,7 @@ async fn tasks_go_only_to_workers_that_run_their_runtime() {
     let refused = invoke(&client, "py", b"1").await;
     common::expect_no_workers(&refused, "can run python functions");
     let queued = submit(&client, "py", b"2").await;
-    let python = Worker::start_with(
-        &server.worker_addr,
-        "python",
-        2,
-        "push",
-        &["--sandbox", "none"],
-    );
+    let python = Worker::unsandboxed(&server.worker_addr, "python", 2);
     wait_workers(&client, 2).await;
     let done = wait_finished(&client, &queued).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
@@ -555,27 +550,26 @@ async fn tasks_go_only_to_workers_that_run_their_runtime() {
 }
 
 /// A server with no local workers, one unsandboxed remote worker of one slot, and `nap`, a
-/// function that sleeps 20 s.
-async fn one_worker_and_a_nap() -> (Server, Worker) {
+/// function that writes its process id to `pid_file`, then sleeps 20 s.
+async fn one_worker_and_a_nap(pid_file: &Path) -> (Server, Worker) {
     let server = Server::start(&["--local-workers", "0"]);
     let client = server.client();
-    let worker = Worker::start_with(
-        &server.worker_addr,
-        "only",
-        1,
-        "push",
-        &["--sandbox", "none"],
-    );
+    let worker = Worker::unsandboxed(&server.worker_addr, "only", 1);
     wait_workers(&client, 1).await;
-    let settings = serde_json::json!({"timeout": "30s"});
-    let answer = register(&client, "nap", "exec sleep 20", settings).await;
+    let settings = serde_json::json!({
+        "timeout": "30s",
+        "env": {"PID_FILE": pid_file.to_str().expect("utf-8 path")},
+    });
+    let code = "echo $$ > \"$PID_FILE\"\nexec sleep 20\n";
+    let answer = register(&client, "nap", code, settings).await;
     assert_eq!(answer.status, 201, "{}", text(&answer.body));
     (server, worker)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_call_whose_last_worker_is_lost_is_answered_503_with_its_queued_task() {
-    let (server, mut worker) = one_worker_and_a_nap().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, mut worker) = one_worker_and_a_nap(&dir.path().join("pid")).await;
     let client = server.client();
     let caller = {
         let client = server.client();
@@ -644,17 +638,10 @@ async fn a_worker_misconfigured_for_its_server_exits_at_once_saying_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_stops_a_draining_worker_at_once() {
-    let (server, mut worker) = one_worker_and_a_nap().await;
-    let client = server.client();
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("pid");
-    let settings = serde_json::json!({
-        "timeout": "30s",
-        "env": {"PID_FILE": pid_file.to_str().expect("utf-8 path")},
-    });
-    let code = "echo $$ > \"$PID_FILE\"\nexec sleep 20\n";
-    let answer = register(&client, "nap", code, settings).await;
-    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let (server, mut worker) = one_worker_and_a_nap(&pid_file).await;
+    let client = server.client();
     let id = submit(&client, "nap", b"").await;
     wait_running(&client, &id).await;
     let read_pid = || {

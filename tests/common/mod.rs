@@ -388,6 +388,12 @@ impl Worker {
         }
     }
 
+    /// [`Worker::start`] in push mode with `--sandbox none` (its tasks' processes and files are
+    /// the host's, for a test to see).
+    pub fn unsandboxed(server_addr: &str, name: &str, slots: u32) -> Worker {
+        Worker::start_with(server_addr, name, slots, "push", &["--sandbox", "none"])
+    }
+
     /// The worker's process id.
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.child.id() as i32)

@@ -161,10 +161,14 @@ async fn a_killed_worker_loses_its_task_to_another_worker() {
         .expect("result");
     let survivor = workers
         .iter()
-        .find(|w| w.pid() != victim)
-        .expect("survivor")
-        .pid();
-    assert_eq!(text(&result.body).trim(), survivor.to_string());
+        .position(|w| w.pid() != victim)
+        .expect("survivor");
+    assert_eq!(
+        text(&result.body).trim(),
+        workers[survivor].pid().to_string()
+    );
+    // The finished record names the worker its last attempt ran on.
+    assert_eq!(task["worker"], format!("w{survivor}"), "{task}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -343,11 +347,19 @@ async fn a_worker_reconnects_after_the_server_restarts() {
     );
     let answer = invoke(&client, "echo", b"before").await;
     assert_eq!(&answer.body[..], b"before");
+    let before = answer.headers["x-faasd-task-id"]
+        .to_str()
+        .expect("task id")
+        .to_owned();
 
     assert_eq!(server.stop_with(Signal::SIGTERM).await, Some(0));
     drop(server);
     let server = Server::start_on(&data, &args);
     let client = server.client();
+    // The stored record still names the worker that ran it.
+    let task = status(&client, &before).await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(task["worker"], "steady", "{task}");
     wait_workers(&client, 1).await;
     let answer = invoke(&client, "echo", b"after").await;
     assert_eq!(&answer.body[..], b"after");

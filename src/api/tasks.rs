@@ -40,7 +40,7 @@ pub struct TaskView {
     init_ms: Option<f64>,
     cpu_ms: Option<f64>,
     peak_memory_bytes: Option<u64>,
-    /// The worker running it, while it runs (`GET /v1/tasks/{id}` only; not stored).
+    /// The worker its latest attempt ran on: while it runs and once it has ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     worker: Option<String>,
 }
@@ -69,7 +69,7 @@ impl From<&TaskRecord> for TaskView {
             init_ms: t.status.is_finished().then(|| t.init_us as f64 / 1000.0),
             cpu_ms: t.status.is_finished().then(|| t.cpu_us as f64 / 1000.0),
             peak_memory_bytes: t.status.is_finished().then_some(t.peak_memory_bytes),
-            worker: None,
+            worker: t.worker.clone(),
         }
     }
 }
@@ -386,7 +386,8 @@ pub async fn status(
     }
     let record = visible_task(&state, &caller, &id, task_id).await?;
     let mut view = TaskView::from(&record);
-    if !record.status.is_finished() {
+    if record.status == TaskStatus::Queued {
+        // Leased since the store's copy was read, or its RUNNING record not yet committed.
         view.worker = state.broker.worker_of(task_id);
     }
     Ok(Json(view))

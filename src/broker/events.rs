@@ -68,6 +68,9 @@ pub struct TaskEvent {
     pub finished_ms: Option<u64>,
     /// How long its run took, once finished (ms).
     pub run_ms: Option<u64>,
+    /// The worker its latest attempt runs or ran on, from RUNNING on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// The user who made the call (for who may see the event; not sent).
     #[serde(skip)]
     pub caller: u32,
@@ -91,6 +94,7 @@ impl TaskEvent {
             started_ms: record.started_ms,
             finished_ms: record.finished_ms,
             run_ms: finished.then_some(record.run_us / 1000),
+            worker: record.worker.clone(),
             caller: record.caller,
             owner,
         }

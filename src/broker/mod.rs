@@ -1148,6 +1148,7 @@ async fn recover_pending(store: &Store, state: &mut State) -> Result<Vec<TaskRec
                 continue;
             }
             record.status = TaskStatus::Queued;
+            record.worker = None;
             store.write_later(Write::Update {
                 record: record.clone(),
             });

@@ -863,6 +863,7 @@ impl State {
         r.status = TaskStatus::Running;
         r.attempts += 1;
         r.started_ms = Some(now_ms());
+        r.worker = self.workers.get(&worker_id).map(|w| w.name.clone());
         let assignment = Assignment {
             task_id: id,
             lease,
@@ -1107,6 +1108,7 @@ impl State {
             Some(self.commit_end(id, finished, store))
         } else {
             active.record.status = TaskStatus::Queued;
+            active.record.worker = None;
             let seq = active.record.seq;
             store.write_later(Write::Update {
                 record: active.record.clone(),

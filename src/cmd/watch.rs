@@ -99,6 +99,9 @@ fn line(event: &ServerEvent, data: &serde_json::Value) -> String {
             if !data["reason"].is_null() {
                 out.push_str(&format!(" {}: {}", s("reason"), s("message")));
             }
+            if let Some(worker) = data["worker"].as_str() {
+                out.push_str(&format!(" (worker {worker})"));
+            }
             out
         }
         "worker" if data["kind"] == "health" => format!(
@@ -142,6 +145,9 @@ mod tests {
         let failed = serde_json::json!({"id": "abc", "function": "f", "status": "FAILED",
             "reason": "timeout", "message": "too slow", "run_ms": null});
         assert_eq!(event("task", failed), "task abc f FAILED timeout: too slow");
+        let ran = serde_json::json!({"id": "abc", "function": "f", "status": "RUNNING",
+            "reason": null, "message": null, "run_ms": null, "worker": "w1"});
+        assert_eq!(event("task", ran), "task abc f RUNNING (worker w1)");
         let registered = serde_json::json!({"kind": "registered", "name": "f", "version": 2});
         assert_eq!(event("function", registered), "function registered f v2");
         let joined = serde_json::json!({"kind": "joined", "name": "w", "address": "local",

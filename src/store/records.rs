@@ -134,6 +134,10 @@ pub struct TaskRecord {
     /// is the executor's peak over its whole life, not only over this call.
     #[serde(deserialize_with = "appended")]
     pub peak_memory_bytes: u64,
+    /// The name of the worker its latest attempt was leased to: set while it runs and kept in
+    /// its end record; `None` while it waits.
+    #[serde(deserialize_with = "appended")]
+    pub worker: Option<String>,
 }
 
 impl TaskRecord {
@@ -164,6 +168,7 @@ impl TaskRecord {
             caller: 0,
             cpu_us: 0,
             peak_memory_bytes: 0,
+            worker: None,
         }
     }
 }
@@ -288,13 +293,22 @@ mod tests {
             caller: 10,
             cpu_us: 11,
             peak_memory_bytes: 12,
+            worker: Some("w1".into()),
         };
         let bytes = encode(&record).expect("encode");
         let before_usage = "010201660103030104000101010001000005060708010109";
-        assert_eq!(hex(&bytes), format!("{before_usage}0a0b0c"));
+        // The usage fields, then the appended worker (Some, length 2, "w1").
+        assert_eq!(hex(&bytes), format!("{before_usage}0a0b0c01027731"));
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
-        // A record written before the caller and usage fields were appended still loads.
-        let old = decode::<TaskRecord>(&bytes[..bytes.len() - 3]).expect("decode old");
+        // A record written before the worker was appended still loads, naming none.
+        let unnamed = decode::<TaskRecord>(&bytes[..bytes.len() - 4]).expect("decode");
+        let record = TaskRecord {
+            worker: None,
+            ..record
+        };
+        assert_eq!(unnamed, record);
+        // One written before the caller and usage fields were appended still loads.
+        let old = decode::<TaskRecord>(&bytes[..bytes.len() - 7]).expect("decode old");
         let zeroed = TaskRecord {
             caller: 0,
             cpu_us: 0,
@@ -329,6 +343,7 @@ mod tests {
             caller: 0,
             cpu_us: 0,
             peak_memory_bytes: 0,
+            worker: None,
         }
     }
 
@@ -351,7 +366,7 @@ mod tests {
         let record = bare_task();
         let bytes = encode(&record).expect("encode");
         // id: u128::MAX as a 19-byte varint; seq 300 as ac02; then the name and zeros.
-        let expected = format!("{}03ac0202666e01{}", "ff".repeat(18), "00".repeat(19));
+        let expected = format!("{}03ac0202666e01{}", "ff".repeat(18), "00".repeat(20));
         assert_eq!(hex(&bytes), expected);
         assert_eq!(decode::<TaskRecord>(&bytes).expect("decode"), record);
     }
@@ -405,8 +420,8 @@ mod tests {
     #[test]
     fn a_record_cut_before_its_appended_fields_does_not_decode() {
         let bytes = encode(&bare_task()).expect("encode");
-        // The last field of the first release is `init_us`, three bytes from the end.
-        assert!(decode::<TaskRecord>(&bytes[..bytes.len() - 4]).is_err());
+        // The last field of the first release is `init_us`, four bytes from the end.
+        assert!(decode::<TaskRecord>(&bytes[..bytes.len() - 5]).is_err());
     }
 
     #[test]

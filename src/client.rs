@@ -2,6 +2,8 @@
 //! typed [`Error`] that says what went wrong. The client knows nothing of exit codes: `cmd`
 //! maps its errors to them.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -87,6 +89,31 @@ pub enum Error {
         content_type: String,
         /// The start of the body's text, on one line.
         start: String,
+    },
+    /// A request went unanswered past the client's check interval, and the server did not
+    /// answer a `GET /healthz` on another connection either: it is stopped, hung or
+    /// overloaded ([`Client::checking_after`]).
+    #[error(
+        "the faasd server at {url} has not answered for {}, and did not answer a health check within {} either: it is stopped, hung or overloaded (--check-after, FAASD_CHECK_AFTER)",
+        crate::units::format_duration(*waited),
+        crate::units::format_duration(*check)
+    )]
+    NotAnswering {
+        /// The server's base URL.
+        url: String,
+        /// How long the request had waited when its check began.
+        waited: Duration,
+        /// How long the health check waited.
+        check: Duration,
+    },
+    /// An event stream sent nothing, not even a keepalive, for [`STREAM_SILENCE`].
+    #[error(
+        "the event stream from {url} sent nothing for {}s, though the server sends a keepalive every 15s: the connection is lost",
+        STREAM_SILENCE.as_secs()
+    )]
+    StreamSilent {
+        /// The server's base URL.
+        url: String,
     },
     /// The body is not the JSON the command expected.
     #[error("the server sent a body that is not the expected JSON: {cause}")]
@@ -233,7 +260,18 @@ pub struct Client {
     http: HyperClient<HttpsConnector<HttpConnector>, RequestBody>,
     /// The `Authorization` header value sent with every request, if a token was given.
     authorization: Option<hyper::header::HeaderValue>,
+    /// How long a request waits for its answer before the server's health is checked
+    /// ([`Client::checking_after`]); `None` waits as long as the connection lasts.
+    check_after: Option<Duration>,
 }
+
+/// The longest the health check of a server that has not answered a request may take (no
+/// longer than the interval that started it).
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an event stream may send nothing before it counts as lost: three of the server's
+/// 15 s keepalives.
+pub const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
 impl Client {
     /// A client for the server at `url` (`http://HOST:PORT`, or `https://HOST:PORT` trusting
@@ -283,7 +321,20 @@ impl Client {
             host,
             http,
             authorization: None,
+            check_after: None,
         })
+    }
+
+    /// The same client, checking the server's health whenever a request has waited `after`
+    /// for its answer (and again every `after` while it waits): `GET /healthz` on another
+    /// connection. A server that answers it is alive, however long the request takes (a sync
+    /// call of a long function, a long poll); one that does not answer within `after` (at
+    /// most [`HEALTH_CHECK_TIMEOUT`]) fails the request with [`Error::NotAnswering`], where it
+    /// would otherwise wait for ever on a server that accepted the connection and stopped.
+    /// An event stream silent for [`STREAM_SILENCE`] fails with [`Error::StreamSilent`].
+    pub fn checking_after(mut self, after: Duration) -> Client {
+        self.check_after = Some(after);
+        self
     }
 
     /// The same client, sending `token` as `Authorization: Bearer TOKEN` with every request.
@@ -318,8 +369,51 @@ impl Client {
         body: Bytes,
     ) -> Result<Answer, Error> {
         let body = Full::new(body).map_err(|never| match never {}).boxed();
-        let response = self.send(method, path, content_type, headers, body).await?;
-        Self::read_answer(response).await
+        self.checked(async {
+            let response = self.send(method, path, content_type, headers, body).await?;
+            Self::read_answer(response).await
+        })
+        .await
+    }
+
+    /// Runs `work` (a request and the reading of its answer), checking the server's health
+    /// each time it has waited [`Client::checking_after`]'s interval.
+    async fn checked<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let Some(after) = self.check_after else {
+            return work.await;
+        };
+        let started = std::time::Instant::now();
+        tokio::pin!(work);
+        loop {
+            match tokio::time::timeout(after, &mut work).await {
+                Ok(done) => return done,
+                Err(_) => self.check_health(started.elapsed(), after).await?,
+            }
+        }
+    }
+
+    /// `GET /healthz` on a connection of its own: any answer within `after` (at most
+    /// [`HEALTH_CHECK_TIMEOUT`]) means the server is alive.
+    async fn check_health(&self, waited: Duration, after: Duration) -> Result<(), Error> {
+        let check = after.min(HEALTH_CHECK_TIMEOUT);
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let uri = format!("{}/healthz", self.base);
+        let request = self.build(Method::GET, uri, "/healthz", None, &[], empty)?;
+        match tokio::time::timeout(check, self.http.request(request)).await {
+            Ok(Ok(_answer)) => Ok(()),
+            Ok(Err(cause)) => Err(self.unreachable(cause)),
+            Err(_) => Err(Error::NotAnswering {
+                url: self.base.clone(),
+                // To a tenth of a second, as people read it.
+                waited: Duration::from_millis(waited.as_millis() as u64 / 100 * 100),
+                check,
+            }),
+        }
     }
 
     /// `PUT path` with a body of `len` bytes read from `chunks` as it is sent (not held
@@ -336,10 +430,13 @@ impl Client {
         let length = len.to_string();
         let headers = [("content-length", length.as_str())];
         let content_type = Some("application/octet-stream");
-        let response = self
-            .send(Method::PUT, path, content_type, &headers, body)
-            .await?;
-        Self::read_answer(response).await
+        self.checked(async {
+            let response = self
+                .send(Method::PUT, path, content_type, &headers, body)
+                .await?;
+            Self::read_answer(response).await
+        })
+        .await
     }
 
     /// Reads an answer's whole body.
@@ -366,7 +463,9 @@ impl Client {
         let empty = Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed();
-        let response = self.send(Method::GET, path, None, &accept, empty).await?;
+        let response = self
+            .checked(self.send(Method::GET, path, None, &accept, empty))
+            .await?;
         let (parts, body) = response.into_parts();
         if !parts.status.is_success() {
             let body = body
@@ -384,6 +483,8 @@ impl Client {
         Ok(EventStream {
             body,
             buffer: Vec::new(),
+            silence: self.check_after.map(|_| STREAM_SILENCE),
+            url: self.base.clone(),
         })
     }
 
@@ -559,6 +660,10 @@ pub struct EventStream {
     body: hyper::body::Incoming,
     /// Bytes received and not yet parsed into an event.
     buffer: Vec<u8>,
+    /// How long the stream may send nothing before it counts as lost, when its client checks.
+    silence: Option<Duration>,
+    /// The server's base URL, for the error of a lost stream.
+    url: String,
 }
 
 impl EventStream {
@@ -569,7 +674,15 @@ impl EventStream {
             if let Some(event) = take_event(&mut self.buffer) {
                 return Ok(Some(event));
             }
-            let Some(frame) = self.body.frame().await else {
+            let frame = match self.silence {
+                Some(silence) => tokio::time::timeout(silence, self.body.frame())
+                    .await
+                    .map_err(|_| Error::StreamSilent {
+                        url: self.url.clone(),
+                    })?,
+                None => self.body.frame().await,
+            };
+            let Some(frame) = frame else {
                 return Ok(None);
             };
             let frame = frame.map_err(|cause| Error::ReadAnswer { cause })?;
@@ -605,12 +718,12 @@ fn take_event(buffer: &mut Vec<u8>) -> Option<ServerEvent> {
     }
 }
 
+/// How long connecting to the server may take before the command gives up (exit 3).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The connector of a client: plain TCP for `http://`; TLS, trusting `cacert` or the system's
 /// roots, for `https://` (and then only TLS: an `https://` client never falls back to plain
 /// HTTP).
-/// How long connecting to the server may take before the command gives up (exit 3).
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 fn connector(
     https: bool,
     cacert: Option<&std::path::Path>,

@@ -265,6 +265,57 @@ async fn another_web_server_at_the_url_is_named_as_such_not_a_missing_function()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_accepts_and_never_answers_fails_a_command_with_3_and_a_slow_one_does_not() {
+    // Accepts connections (the kernel's backlog would too) and holds them without a byte.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let run = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--url", url.as_str(), "--check-after", "1s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run faasd");
+        // Bounded here so a regression fails the test rather than hanging it.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    };
+    for args in [&["ls"][..], &["invoke", "f", "x"]] {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("has not answered for 1s"), "{stderr}");
+        assert!(stderr.contains("did not answer a health check"), "{stderr}");
+    }
+
+    // A live server is waited for, however long past the interval its answer takes.
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let answer = register(&client, "slow", "sleep 3; echo done", serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let out = cli_env(&server, &["invoke", "slow", "--check-after", "1s"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_command_that_prints_has_json() {
     let server = Server::start(&[]);
     let client = server.client();

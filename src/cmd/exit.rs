@@ -68,6 +68,8 @@ pub fn of_client(err: &client::Error) -> u8 {
         | client::Error::Tls { .. }
         | client::Error::BuildRequest { .. } => USAGE,
         client::Error::Unreachable { .. }
+        | client::Error::NotAnswering { .. }
+        | client::Error::StreamSilent { .. }
         | client::Error::NotFaasd { .. }
         | client::Error::ReadAnswer { .. }
         | client::Error::UnexpectedBody { .. } => SERVER,

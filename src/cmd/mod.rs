@@ -65,13 +65,27 @@ pub struct ClientArgs {
     /// without it the system's roots are trusted.
     #[arg(long, env = "FAASD_CACERT", value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
+    /// When an answer has taken this long, check that the server is alive (`GET /healthz` on
+    /// another connection, waiting as long again, at most 10 s) and exit 3 if it is not; a
+    /// live server is waited for however long the answer takes. `0` never checks.
+    #[arg(
+        long,
+        env = "FAASD_CHECK_AFTER",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = crate::units::parse_duration
+    )]
+    pub check_after: std::time::Duration,
 }
 
 impl ClientArgs {
     /// A client for the server at `--url`, sending `--token` if one was given and trusting
     /// `--cacert` (or the system's roots) for an `https://` URL.
     pub fn connect(&self) -> Result<crate::client::Client, crate::client::Error> {
-        let client = crate::client::Client::with_cacert(&self.url, self.cacert.as_deref())?;
+        let mut client = crate::client::Client::with_cacert(&self.url, self.cacert.as_deref())?;
+        if !self.check_after.is_zero() {
+            client = client.checking_after(self.check_after);
+        }
         match &self.token {
             Some(token) => client.with_token(token),
             None => Ok(client),

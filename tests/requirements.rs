@@ -191,6 +191,56 @@ async fn requirements_are_for_python_functions_only() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_requirement_is_refused_at_registration_not_at_the_first_call() {
+    let server = Server::start(&["--local-workers", "1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = write(&dir.path().join("h.py"), "def handle(p):\n    return p\n");
+    let typo = write(&dir.path().join("reqs.txt"), "six\nnumpy=1.26\n");
+    let args = ["register", "p", &handler, "--runtime", "python"];
+    let out = server.cli(&[&args[..], &["--requirements", &typo]].concat());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"numpy=1.26\" is not a valid requirement"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use `==`"), "{stderr}");
+
+    // A bundle sent to the API without the CLI is refused by the server, naming the line.
+    let mut bundle = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("handler.py", "def handle(p):\n    return p\n"),
+        ("requirements.txt", "pandas 2.0\n"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        bundle
+            .append_data(&mut header, name, body.as_bytes())
+            .expect("append");
+    }
+    let bundle = bundle.into_inner().expect("tar");
+    let settings = serde_json::json!({"runtime": "python"});
+    let answer = common::register(&server.client(), "q", bundle, settings).await;
+    let error = common::expect_error(&answer, 400, "invalid_code");
+    let message = error["error"].as_str().expect("message");
+    assert!(
+        message.contains("requirements.txt: \"pandas 2.0\" is not a valid requirement"),
+        "{message}"
+    );
+    assert_eq!(
+        server
+            .client()
+            .get("/v1/functions/q")
+            .await
+            .expect("get")
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn min_warm_builds_the_env_at_registration() {
     let server = Server::start(&["--local-workers", "1"]);
     let client = server.client();

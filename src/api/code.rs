@@ -6,11 +6,12 @@
 //! - `oci`: the archive must be an image (`docker save` or an OCI layout) whose blobs match their
 //!   digests, whose layers unpack within the limits with no entry refused (it is unpacked into
 //!   a temporary directory, then removed), and whose config names something to run.
-//! - `python`: a directory bundle must hold its entry module; the module (or the single file) is
-//!   compiled without running it, and must define `handle` at top level. The server's
-//!   interpreter compiles it; a server without one asks the first connected worker that has one
-//!   (`CheckCode` frames). With neither, the compile step is skipped (logged) and the first
-//!   call reports the error.
+//! - `python`: a directory bundle's top-level `requirements.txt` must hold only requirements
+//!   (PEP 508) and the allowed index options, and the bundle must hold its entry module; the
+//!   module (or the single file) is compiled without running it, and must define `handle` at
+//!   top level. The server's interpreter compiles it; a server without one asks the first
+//!   connected worker that has one (`CheckCode` frames). With neither, the compile step is
+//!   skipped (logged) and the first call reports the error.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::broker::{Broker, WorkerCheck};
+use crate::exec::requirements;
 use crate::proto::{CompileVerdict, Runtime};
 
 /// How long one compile may take.
@@ -68,6 +70,12 @@ pub enum Invalid {
         /// The entry's path in the bundle.
         path: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The bundle's `requirements.txt` cannot be installed as written.
+    #[error("{reason}")]
+    Requirements {
+        /// What is wrong with it (naming `requirements.txt`).
         reason: String,
     },
     /// The Python code does not compile.
@@ -163,10 +171,13 @@ impl CodeCheck {
                 runtime: runtime.as_str(),
             }),
             Runtime::Pickle if !looks_like_pickle(code) || is_tar(code) => Err(Invalid::NotPickle),
-            Runtime::Python if is_tar(code) => match entry_module(code, entry)? {
-                Some((file, source)) => self.compile(&file, source).await,
-                None => Ok(()),
-            },
+            Runtime::Python if is_tar(code) => {
+                check_requirements(code)?;
+                match entry_module(code, entry)? {
+                    Some((file, source)) => self.compile(&file, source).await,
+                    None => Ok(()),
+                }
+            }
             Runtime::Python => self.compile("the module", code.to_vec()).await,
             Runtime::Oci => {
                 // An image check unpacks up to its size limit: a few at a time, as compiles.
@@ -324,6 +335,17 @@ fn entry_module(bundle: &[u8], entry: &str) -> Result<Option<(String, Vec<u8>)>,
         found = Some(Some((path, source)));
     }
     found.ok_or_else(no_entry)
+}
+
+/// Refuses a bundle whose top-level `requirements.txt` every worker would refuse: an option
+/// not allowed, or a line that is not a requirement.
+fn check_requirements(bundle: &[u8]) -> Result<(), Invalid> {
+    let text = requirements::requirements_in(bundle);
+    text.and_then(|text| text.map(|t| requirements::normalize(&t)).transpose())
+        .map(drop)
+        .map_err(|e| Invalid::Requirements {
+            reason: e.to_string(),
+        })
 }
 
 /// Refuses a bundle entry at `path` that would not unpack inside the bundle.

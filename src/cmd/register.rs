@@ -325,7 +325,7 @@ fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
 
 /// Refuses a requirements file the worker would refuse (a usage error naming the file).
 fn check_requirements(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    crate::worker::envs::normalize(text)
+    crate::exec::requirements::normalize(text)
         .map(drop)
         .map_err(|e| exit::coded(exit::USAGE, format!("{}: {e}", path.display())))
 }

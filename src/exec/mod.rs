@@ -15,7 +15,9 @@
 mod compile;
 pub mod http;
 mod memory;
+mod pep508;
 mod pool;
+pub mod requirements;
 pub mod runtimes;
 mod spawn;
 mod usage;

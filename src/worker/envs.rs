@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
-use crate::exec::runtimes;
+use crate::exec::{requirements, runtimes};
 use crate::proto::{CodeHash, hex};
 
 /// How long a failed build is remembered before a call tries again.
@@ -41,40 +41,18 @@ pub const FAILURE_MEMORY: Duration = Duration::from_secs(30);
 /// The longest one build (virtualenv and install) may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The largest `requirements.txt` accepted.
-const MAX_REQUIREMENTS_BYTES: u64 = 64 * 1024;
-
 /// How much of the end of a failed build's log goes into the call's logs.
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
 /// Builds running at once (others wait their turn).
 const PARALLEL_BUILDS: usize = 2;
 
-/// The options a requirements file may carry.
-const ALLOWED_OPTIONS: &[&str] = &["-i", "--index-url", "--extra-index-url", "--pre"];
-
 /// Why a function's environment cannot be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The bundle could not be opened to look for its requirements.
-    #[error("cannot read the bundle {}: {source}", path.display())]
-    ReadBundle {
-        /// The bundle.
-        path: PathBuf,
-        /// Why (shared: every call waiting for it gets this error).
-        source: Arc<std::io::Error>,
-    },
-    /// `requirements.txt` is over [`MAX_REQUIREMENTS_BYTES`] or not UTF-8.
-    #[error("requirements.txt must be UTF-8 text of at most {MAX_REQUIREMENTS_BYTES} bytes")]
-    RequirementsUnreadable,
-    /// `requirements.txt` carries an option that is not allowed.
-    #[error(
-        "requirements.txt: the option in {line:?} is not allowed (only wheels are installed; allowed: -i, --index-url, --extra-index-url, --pre)"
-    )]
-    OptionRefused {
-        /// The line, normalized.
-        line: String,
-    },
+    /// The bundle's requirements cannot be read or are refused.
+    #[error(transparent)]
+    Requirements(#[from] requirements::Error),
     /// The worker has no Python interpreter to build with.
     #[error("no Python interpreter to build the environment with: {source}")]
     NoPython {
@@ -216,13 +194,18 @@ impl Envs {
             return known.clone();
         }
         let path = bundle.to_owned();
-        let found = tokio::task::spawn_blocking(move || read_requirements(&path))
+        let read = move || {
+            let text = requirements::read(&path)?;
+            text.map(|t| requirements::normalize(&t)).transpose()
+        };
+        let found = tokio::task::spawn_blocking(read)
             .await
             .map_err(|_| Error::BuildLost)?
-            .and_then(|text| text.map(|t| normalize(&t)).transpose())
-            .map(|text| text.filter(|t| !t.is_empty()));
+            .map(|text| text.filter(|t| !t.is_empty()))
+            .map_err(Error::from);
         // A bundle that could not be read is tried again by the next call.
-        if !matches!(found, Err(Error::ReadBundle { .. } | Error::BuildLost)) {
+        use requirements::Error::ReadBundle;
+        if !matches!(found, Err(Error::Requirements(ReadBundle { .. }))) {
             self.lock_wanted().insert(hash, found.clone());
         }
         found
@@ -532,147 +515,10 @@ pub fn wanted(identity: &str, requirements: &str) -> Wanted {
     }
 }
 
-/// Normalizes a requirements file: line continuations joined, comments, blank lines and extra
-/// whitespace dropped, lines sorted and deduplicated (the empty string when nothing is left).
-/// Options other than [`ALLOWED_OPTIONS`] are refused.
-pub fn normalize(text: &str) -> Result<String, Error> {
-    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
-    let mut lines = Vec::new();
-    for line in joined.lines() {
-        let words: Vec<&str> = strip_comment(line).split_whitespace().collect();
-        let Some(first) = words.first() else {
-            continue;
-        };
-        let line = words.join(" ");
-        if first.starts_with('-') {
-            let option = first.split('=').next().unwrap_or(first);
-            if !ALLOWED_OPTIONS.contains(&option) {
-                return Err(Error::OptionRefused { line });
-            }
-        }
-        lines.push(line);
-    }
-    lines.sort();
-    lines.dedup();
-    Ok(lines.iter().map(|l| format!("{l}\n")).collect())
-}
-
-/// A line without its comment: from a `#` that starts the line or follows whitespace (pip's
-/// rule, so a URL's `#fragment` stays).
-fn strip_comment(line: &str) -> &str {
-    let mut previous = ' ';
-    for (i, c) in line.char_indices() {
-        if c == '#' && previous.is_whitespace() {
-            return &line[..i];
-        }
-        previous = c;
-    }
-    line
-}
-
-/// The text of the top-level `requirements.txt` of a tar bundle; `None` when the bundle is not
-/// a tar archive (a single-file module) or holds none.
-pub fn read_requirements(bundle: &Path) -> Result<Option<String>, Error> {
-    let file = std::fs::File::open(bundle).map_err(|source| Error::ReadBundle {
-        path: bundle.to_owned(),
-        source: Arc::new(source),
-    })?;
-    let mut archive = tar::Archive::new(file);
-    let Ok(entries) = archive.entries() else {
-        return Ok(None);
-    };
-    let mut found = None;
-    for entry in entries {
-        // Not a tar archive (or a damaged one, which the harness reports when it unpacks it).
-        let Ok(entry) = entry else {
-            return Ok(found);
-        };
-        let top_level = entry.path().is_ok_and(|path| {
-            let parts: Vec<Component<'_>> = path
-                .components()
-                .filter(|c| !matches!(c, Component::CurDir))
-                .collect();
-            matches!(parts[..], [Component::Normal(name)] if name == "requirements.txt")
-        });
-        if !top_level || !entry.header().entry_type().is_file() {
-            continue;
-        }
-        if entry.size() > MAX_REQUIREMENTS_BYTES {
-            return Err(Error::RequirementsUnreadable);
-        }
-        let mut text = String::new();
-        entry
-            .take(MAX_REQUIREMENTS_BYTES)
-            .read_to_string(&mut text)
-            .map_err(|_| Error::RequirementsUnreadable)?;
-        // Unpacking keeps the last of two entries with one name; so does this.
-        found = Some(text);
-    }
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A tar archive of `files` (name, text).
-    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-        let mut archive = tar::Builder::new(Vec::new());
-        for (name, text) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            archive
-                .append_data(&mut header, name, text.as_bytes())
-                .expect("append");
-        }
-        archive.into_inner().expect("finish")
-    }
-
-    fn read(bytes: &[u8]) -> Result<Option<String>, Error> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bundle = dir.path().join("bundle");
-        std::fs::write(&bundle, bytes).expect("write");
-        read_requirements(&bundle)
-    }
-
-    #[test]
-    fn normalizing_drops_comments_blanks_and_order() {
-        let text = "# pinned\nsix==1.16.0   # for py2\n\n  requests >= 2  \nsix==1.16.0\nattrs \\\n  ==23.1\n";
-        assert_eq!(
-            normalize(text).expect("valid"),
-            "attrs ==23.1\nrequests >= 2\nsix==1.16.0\n"
-        );
-        assert_eq!(
-            normalize("requests\nsix==1.16.0").expect("valid"),
-            normalize("six==1.16.0 \r\n# x\nrequests\n").expect("valid")
-        );
-        assert_eq!(normalize("# nothing\n\n").expect("valid"), "");
-    }
-
-    #[test]
-    fn a_url_fragment_is_not_a_comment() {
-        let text = "pkg @ https://example.com/pkg.whl#sha256=abc\n";
-        assert_eq!(normalize(text).expect("valid"), text);
-    }
-
-    #[test]
-    fn only_index_options_are_allowed() {
-        let ok = "--index-url https://pypi.org/simple\n-i https://x\n--extra-index-url=https://y\n--pre\nsix\n";
-        assert!(normalize(ok).is_ok());
-        for bad in [
-            "-r other.txt",
-            "-e .",
-            "--no-binary :all:",
-            "--find-links /srv",
-        ] {
-            let err = normalize(&format!("six\n{bad}\n")).expect_err(bad);
-            assert!(
-                matches!(err, Error::OptionRefused { ref line } if line == bad),
-                "{err:?}"
-            );
-        }
-    }
+    use crate::exec::requirements::tests::tar_of;
 
     #[test]
     fn the_env_name_follows_the_requirements_and_the_interpreter() {
@@ -685,43 +531,6 @@ mod tests {
             a.name,
             wanted("/usr/bin/python3.12\n3.12.1", "six==1.16.0\n").name
         );
-    }
-
-    #[test]
-    fn requirements_are_read_from_the_top_of_a_tar_bundle() {
-        let bundle = tar_of(&[
-            ("main.py", "def handle(p):\n    return p\n"),
-            ("./requirements.txt", "six==1.16.0\n"),
-            ("lib/requirements.txt", "not-this\n"),
-        ]);
-        assert_eq!(
-            read(&bundle).expect("read").as_deref(),
-            Some("six==1.16.0\n")
-        );
-        let without = tar_of(&[("main.py", ""), ("lib/requirements.txt", "x\n")]);
-        assert_eq!(read(&without).expect("read"), None);
-    }
-
-    #[test]
-    fn a_single_module_has_no_requirements() {
-        assert_eq!(read(b"def handle(p):\n    return p\n").expect("read"), None);
-        let long = "# a long module\n".repeat(200);
-        assert_eq!(read(long.as_bytes()).expect("read"), None);
-    }
-
-    #[test]
-    fn oversized_or_binary_requirements_are_refused() {
-        let big = "six\n".repeat(20_000);
-        let err = read(&tar_of(&[("requirements.txt", &big)])).expect_err("too big");
-        assert!(matches!(err, Error::RequirementsUnreadable), "{err:?}");
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(2);
-        archive
-            .append_data(&mut header, "requirements.txt", &[0xff, 0xfe][..])
-            .expect("append");
-        let err = read(&archive.into_inner().expect("finish")).expect_err("not text");
-        assert!(matches!(err, Error::RequirementsUnreadable), "{err:?}");
     }
 
     #[test]

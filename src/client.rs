@@ -129,10 +129,8 @@ fn connect_cause(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Strin
     let cause = err
         .source()
         .map_or_else(|| err.to_string(), |s| s.to_string());
-    if tls::is_certificate_error(err) {
-        format!(
-            "{cause} (if a CA of your own signed the server's certificate, pass it with --cacert FILE or FAASD_CACERT)"
-        )
+    if let Some(explained) = tls::explain_certificate_error(err) {
+        explained
     } else if answer_unparsable(err) {
         // What a plain request to a TLS port reads: the server's TLS alert, not HTTP.
         format!(

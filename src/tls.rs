@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
 /// What went wrong loading certificates or keys, or building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -215,21 +216,74 @@ pub fn server_name(address: &str) -> Result<ServerName<'static>, Error> {
 /// Whether `err`, or any error under it, is a certificate the client did not accept: the
 /// server's certificate is signed by a CA it does not trust, expired, or names another host.
 pub fn is_certificate_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    certificate_error(err).is_some()
+}
+
+/// The refusal of the server's certificate in `err` or under it, if that is what failed.
+fn certificate_error<'e>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e CertificateError> {
     let mut next = Some(err);
     while let Some(err) = next {
-        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
-            return true;
+        if let Some(rustls::Error::InvalidCertificate(refused)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return Some(refused);
         }
         // An `io::Error` hides the error it wraps from `source()`: look inside it.
         let inside = err
             .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
-        if inside.is_some_and(|inner| is_certificate_error(inner)) {
-            return true;
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| certificate_error(inner));
+        if inside.is_some() {
+            return inside;
         }
         next = err.source();
     }
-    false
+    None
+}
+
+/// What to tell a person whose client refused the server's certificate (found in `err` or under
+/// it), with what to do about it; `None` when no certificate was refused.
+pub fn explain_certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let refused = certificate_error(err)?;
+    Some(match refused {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => "the server's certificate is not signed by a CA this client trusts: pass the certificate of the CA that signed it (for a self-signed certificate, the certificate itself) with --cacert FILE or FAASD_CACERT".into(),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!("the server's certificate does not name the host this client connects to ({refused}): connect by a name or address the certificate holds in its subjectAltName, or make one that holds it"),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } | CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!("the server's certificate is outside its validity period ({refused}): renew it, or check this machine's clock"),
+        other if is_ca_as_leaf(other) => CA_AS_LEAF.into(),
+        other => format!("the server's certificate was refused: {other}"),
+    })
+}
+
+/// Why a self-signed certificate marked as a CA cannot be a server's, and how to make one.
+const CA_AS_LEAF: &str = "the server's certificate is marked as a CA's (basicConstraints CA:TRUE, which `openssl req -x509` sets unless told otherwise), and no client accepts a CA's certificate as a server's own: make it with `-addext basicConstraints=critical,CA:FALSE`, or sign a server certificate with that CA (docs/security.md)";
+
+/// Whether `refused` is webpki's refusal of a CA certificate as a server's own.
+fn is_ca_as_leaf(refused: &CertificateError) -> bool {
+    matches!(refused, CertificateError::Other(other) if other.to_string().contains("CaUsedAsEndEntity"))
+}
+
+/// Why no client could accept the certificate chain in `cert` as a server's, whatever it
+/// trusts: today, a leaf marked as a CA's (what `openssl req -x509` makes by default). `serve`
+/// warns of it at start, since clients would only say so at their handshake.
+pub fn unusable_server_certificate(cert: &Path) -> Option<&'static str> {
+    let chain = load_certificates(cert).ok()?;
+    let (leaf, rest) = chain.split_first()?;
+    let mut roots = RootCertStore::empty();
+    roots.add(chain.last()?.clone()).ok()?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .ok()?;
+    let name = ServerName::try_from("localhost").ok()?;
+    let now = rustls::pki_types::UnixTime::now();
+    match verifier.verify_server_cert(leaf, rest, &name, &[], now) {
+        Err(rustls::Error::InvalidCertificate(refused)) if is_ca_as_leaf(&refused) => {
+            Some(CA_AS_LEAF)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,10 @@ async fn an_https_client_that_does_not_trust_the_certificate_says_so() {
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(
+        stderr.contains("is not signed by a CA this client trusts"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--cacert"), "{stderr}");
 
     let out = cli(
@@ -223,8 +226,62 @@ async fn a_worker_that_does_not_trust_the_certificate_exits_1() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("has a certificate this worker does not trust"),
+        stderr.contains("has a certificate this worker does not accept"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("is not signed by a CA this client trusts"),
+        "{stderr}"
+    );
+}
+
+/// What `openssl req -x509` makes by default: a self-signed certificate marked as a CA's,
+/// which no client accepts as a server's own. `serve` warns at start, and the client says what
+/// to do rather than webpki's error code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_self_signed_ca_certificate_is_named_as_such_by_serve_and_by_clients() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let mut params = rcgen::CertificateParams::new(names).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+
+    let data = dir.path().join("data");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--data", path(&data), "--listen", "127.0.0.1:0"])
+        .args(["--worker-listen", "127.0.0.1:0", "--local-workers", "0"])
+        .args(["--tls-cert", path(&cert_path), "--tls-key", path(&key_path)])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stdout = serve.stdout.take().expect("stdout");
+    let url = std::io::BufReader::new(stdout)
+        .lines()
+        .map(|line| line.expect("read stdout"))
+        .find_map(|line| line.strip_prefix("faasd listening on ").map(str::to_owned))
+        .expect("serve's ready line");
+    let out = cli(&["ls", "--url", &url, "--cacert", path(&cert_path)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("marked as a CA's"), "{stderr}");
+    assert!(
+        stderr.contains("basicConstraints=critical,CA:FALSE"),
+        "{stderr}"
+    );
+
+    let _ = serve.kill();
+    let logged = text(&serve.wait_with_output().expect("serve's output").stderr);
+    assert!(
+        logged.contains("clients will refuse this certificate"),
+        "{logged}"
     );
 }
 

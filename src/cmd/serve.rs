@@ -274,6 +274,9 @@ fn tls_acceptor(args: &ServeArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcce
     };
     let config = crate::tls::server_config(cert, key)
         .map_err(|e| exit::coded(exit::USAGE, format!("cannot serve TLS: {e}")))?;
+    if let Some(why) = crate::tls::unusable_server_certificate(cert) {
+        tracing::warn!(cert = %cert.display(), "clients will refuse this certificate: {why}");
+    }
     Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 

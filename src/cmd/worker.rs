@@ -336,8 +336,9 @@ impl ServerLink {
             Ok(Err(e)) if crate::tls::is_certificate_error(&e) => Err(exit::coded(
                 exit::FAILURE,
                 format!(
-                    "the server at {} has a certificate this worker does not trust: {e} (pass its CA certificate with --cacert FILE)",
-                    self.server
+                    "the server at {} has a certificate this worker does not accept: {}",
+                    self.server,
+                    crate::tls::explain_certificate_error(&e).unwrap_or_else(|| e.to_string())
                 ),
             )),
             // A port that has never welcomed this worker and breaks off the handshake is most

@@ -649,7 +649,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// Writes every frame that arrives on `frames` until the channel closes, flushing only when
-    /// no more are waiting, so a burst of frames leaves in few writes.
+    /// no more are waiting, so a burst of frames leaves in few writes; then shuts the stream
+    /// down.
     pub async fn pump(&mut self, mut frames: mpsc::UnboundedReceiver<Frame>) -> Result<(), Error> {
         while let Some(frame) = frames.recv().await {
             self.feed(&frame).await?;
@@ -658,7 +659,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             self.flush().await?;
         }
-        self.flush().await
+        // The session is over: shutting the stream down sends TLS's close_notify (and the TCP
+        // FIN), so the peer reads a clean end, not a connection cut short.
+        SinkExt::<Bytes>::close(&mut self.inner)
+            .await
+            .map_err(|source| Error::Io {
+                op: "close",
+                source,
+            })
     }
 }
 

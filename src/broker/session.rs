@@ -23,6 +23,9 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How many heartbeat periods may pass without any frame before the worker is declared dead.
 const MISSED_HEARTBEATS: u32 = 3;
 
+/// How long a leaving worker's connection may take to write its last frames and shut down.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Who may join over one connection.
 #[derive(Clone)]
 pub enum Admission {
@@ -115,7 +118,7 @@ pub async fn serve_worker<T>(
     };
 
     session.run(&mut reader, &mut pump, &cancel).await;
-    session.end(pump);
+    session.end(pump).await;
 }
 
 /// Waits for the worker's `Hello` and `Join` and checks them. A worker that sends garbage,
@@ -352,7 +355,7 @@ impl Session {
     }
 
     /// Detaches the worker, handing its leased tasks back, and stops writing to it.
-    fn end(self, pump: Pump) {
+    async fn end(self, pump: Pump) {
         let Session {
             broker,
             id,
@@ -361,7 +364,12 @@ impl Session {
         } = self;
         broker.detach_worker(id);
         drop(frames);
-        pump.abort();
+        // With every sender gone the pump writes what is queued and shuts the stream down (a
+        // TLS close_notify), unless the worker stopped reading: then it is cut off.
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(CLOSE_GRACE, pump).await.is_err() {
+            abort.abort();
+        }
         tracing::info!(worker = id, %name, "worker left");
     }
 }

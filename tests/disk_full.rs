@@ -237,6 +237,60 @@ async fn a_full_disk_answers_507_keeps_reads_and_heals_when_space_returns() {
     drop(server);
 }
 
+/// One result larger than the space left must not keep every other write out: its end is
+/// stored without it (FAILED `output_too_large`, saying why), and the writes behind it land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_too_large_for_the_space_left_does_not_stop_other_writes() {
+    let Some(tmpfs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let data: PathBuf = tmpfs.path().join("data");
+    let server = Server::start_on(&data, &["--local-workers", "2", "--min-free-space", "1MiB"]);
+    let client = server.client();
+    let big = "sleep 1; head -c 5000000 /dev/zero | tr '\\0' x";
+    let reg = register(&client, "big", big, serde_json::json!({"timeout": "10s"})).await;
+    assert_eq!(reg.status, 201, "{}", text(&reg.body));
+    let reg = register(&client, "echo", "cat", serde_json::json!({})).await;
+    assert_eq!(reg.status, 201, "{}", text(&reg.body));
+    let warm = submit(&client, "echo", b"warm").await;
+    assert_eq!(wait_finished(&client, &warm).await["status"], "COMPLETED");
+
+    // About 3 MB left: small writes fit, the 5 MB result does not.
+    let filler = tmpfs.path().join("filler");
+    let spare = free_bytes(tmpfs.path()).saturating_sub(3 << 20);
+    std::fs::write(&filler, vec![0u8; spare as usize]).expect("fill");
+    let large = submit(&client, "big", b"").await;
+    let done = wait_finished(&client, &large).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["reason"], "output_too_large", "{done}");
+    let message = done["message"].as_str().expect("message");
+    assert!(
+        message.contains("it completed, but its result"),
+        "{message}"
+    );
+    assert!(message.contains("too little free space"), "{message}");
+
+    // Writes go on: a new task is acknowledged and completes with its result.
+    let stored = || async {
+        let answer = invoke_async(&client, "echo", Bytes::from_static(b"after")).await;
+        match answer.status.as_u16() {
+            202 => Ok(answer.json::<serde_json::Value>().expect("json")["task_id"]
+                .as_str()
+                .expect("task_id")
+                .to_owned()),
+            _ => Err(format!("{} {}", answer.status, text(&answer.body))),
+        }
+    };
+    let after = eventually("a write to be stored", Duration::from_secs(5), stored).await;
+    assert_eq!(wait_finished(&client, &after).await["status"], "COMPLETED");
+    let result = client
+        .get(&format!("/v1/tasks/{after}/result"))
+        .await
+        .expect("result");
+    assert_eq!(text(&result.body), "after");
+    drop(server);
+}
+
 /// Free bytes in the filesystem holding `path`.
 fn free_bytes(path: &Path) -> u64 {
     let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");

@@ -132,6 +132,32 @@ pub struct Finished {
     pub logs: Bytes,
 }
 
+impl Finished {
+    /// This end without its result and logs, FAILED with `output_too_large` saying why: what
+    /// is stored of a task whose output does not fit in the data directory's free space.
+    fn without_output(&self) -> Finished {
+        let mut record = self.record.clone();
+        let ended = match (record.status, &record.message) {
+            (TaskStatus::Completed, _) => "it completed".to_owned(),
+            (_, Some(message)) => format!("it failed ({message})"),
+            _ => "it failed".to_owned(),
+        };
+        let bytes = self.result.len() + self.logs.len();
+        record.message = Some(format!(
+            "{ended}, but its result and logs ({bytes} bytes) could not be stored: the data directory had too little free space"
+        ));
+        record.status = TaskStatus::Failed;
+        record.failure = Some(FailureReason::OutputTooLarge);
+        record.result_bytes = 0;
+        record.stderr_bytes = 0;
+        Finished {
+            record,
+            result: Bytes::new(),
+            logs: Bytes::new(),
+        }
+    }
+}
+
 /// Resolves once the task's end is committed (or with an error if the commit failed); a sync
 /// caller's resolves as soon as the end is known, unless `serve --commit-before-answer`.
 pub type Waiter = oneshot::Receiver<Result<Arc<Finished>, Arc<store::Error>>>;
@@ -945,7 +971,7 @@ impl Broker {
         let broker = self.clone();
         tokio::spawn(async move {
             let task = uuid::Uuid::from_u128(task_id);
-            let finished = commit.finished;
+            let mut finished = commit.finished;
             let mut ack = commit.ack;
             let mut retry_in = Duration::from_millis(100);
             let mut retries = 0u32;
@@ -970,6 +996,12 @@ impl Broker {
                         retries += 1;
                         if let Some(done) = done.take() {
                             let _ = done.send(Err(e.clone()));
+                        }
+                        let output = (finished.result.len() + finished.logs.len()) as u64;
+                        if e.is_disk_full() && broker.inner.store.exceeds_space_left(output) {
+                            // It could never be stored, and every write waits behind it.
+                            tracing::warn!(%task, bytes = output, "a finished task's result and logs do not fit in the data directory's free space: its end is stored without them");
+                            finished = Arc::new(finished.without_output());
                         }
                         broker.answer_waiters(task_id, &Err(e));
                         tokio::time::sleep(retry_in).await;

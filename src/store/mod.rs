@@ -627,6 +627,15 @@ impl Store {
         watch.unwrap_or_else(PoisonError::into_inner).as_ref()?.last
     }
 
+    /// Whether `bytes` more cannot be stored now though the data directory is not short of
+    /// space: they are more than its free space above `--min-free-space` (last measured, and
+    /// measured again after every write that failed for lack of space). A write of them fails
+    /// until space is freed, and every write waits behind it meanwhile.
+    pub fn exceeds_space_left(&self, bytes: u64) -> bool {
+        self.space()
+            .is_some_and(|s| !s.low && bytes > s.free_bytes.saturating_sub(s.min_free_bytes))
+    }
+
     /// What an operator should know now: free space under the threshold, writes refused.
     pub fn warnings(&self) -> Vec<String> {
         let shared = &self.inner.shared;

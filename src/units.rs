@@ -13,7 +13,9 @@ pub enum ParseError {
         text: String,
     },
     /// The suffix is not one of B, K, KB, KiB, M, MB, MiB, G, GB, GiB.
-    #[error("unknown size unit {unit:?} in {text:?}")]
+    #[error(
+        "unknown size unit {unit:?} in {text:?}: use a whole number with B, K, M, G, T (×1000) or KiB, MiB, GiB, TiB (×1024)"
+    )]
     UnknownUnit {
         /// The suffix given.
         unit: String,
@@ -37,7 +39,8 @@ pub enum ParseError {
     },
 }
 
-/// Parses a byte size: a number with an optional K, M, G (×1000) or KiB, MiB, GiB (×1024) suffix.
+/// Parses a byte size: a number with an optional K, M, G, T (×1000) or KiB, MiB, GiB, TiB (×1024)
+/// suffix.
 pub fn parse_bytes(text: &str) -> Result<usize, ParseError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -53,6 +56,8 @@ pub fn parse_bytes(text: &str) -> Result<usize, ParseError> {
         "MiB" => 1 << 20,
         "G" | "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
+        "T" | "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
         other => {
             return Err(ParseError::UnknownUnit {
                 unit: other.to_string(),
@@ -123,6 +128,8 @@ mod tests {
         assert_eq!(parse_bytes("6 MB"), Ok(6_000_000));
         assert_eq!(parse_bytes(" 2GiB "), Ok(2 << 30));
         assert_eq!(parse_bytes("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_bytes("2TB"), Ok(2_000_000_000_000));
     }
 
     #[test]
@@ -157,7 +164,10 @@ mod tests {
     #[test]
     fn size_errors_say_what_was_given() {
         let err = parse_bytes("6XB").map(|_| ()).unwrap_err().to_string();
-        assert_eq!(err, "unknown size unit \"XB\" in \"6XB\"");
+        assert_eq!(
+            err,
+            "unknown size unit \"XB\" in \"6XB\": use a whole number with B, K, M, G, T (×1000) or KiB, MiB, GiB, TiB (×1024)"
+        );
     }
 
     #[test]

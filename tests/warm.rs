@@ -429,6 +429,50 @@ async fn logging_set_up_at_import_writes_into_each_call_s_log_and_a_loud_load_st
     );
 }
 
+/// A call that prints far more than the log keeps holds no more than the log in memory, says
+/// exactly how much it dropped, and keeps the traceback of a failure after what it printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_prints_hundreds_of_megabytes_keeps_one_and_counts_the_rest() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let chatty = "import sys\n\ndef handle(p):\n    for _ in range(300):\n        sys.stdout.write('y' * (1 << 20))\n    if p == b'fail':\n        raise ValueError('boom')\n    return b'done'\n";
+    let answer = register(
+        &client,
+        "chatty",
+        chatty,
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let limit = 1 << 20;
+    let (task, logs) = run_logged(&client, "chatty", b"").await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    let peak = task["peak_memory_bytes"].as_u64().expect("peak");
+    assert!(peak < 150 << 20, "the executor held {peak} bytes");
+    assert!(logs.len() <= limit, "{} bytes of logs", logs.len());
+    let kept = logs.bytes().take_while(|&b| b == b'y').count();
+    let marker = format!(
+        "\n[faasd: stderr truncated, {} more bytes dropped]\n",
+        (300 << 20) - kept
+    );
+    assert_eq!(&logs[kept..], marker);
+
+    let (task, logs) = run_logged(&client, "chatty", b"fail").await;
+    assert_eq!(task["status"], "FAILED", "{task}");
+    assert_eq!(task["reason"], "exception", "{task}");
+    assert!(logs.len() <= limit, "{} bytes of logs", logs.len());
+    assert!(
+        logs.contains("more bytes dropped]"),
+        "{}",
+        &logs[logs.len() - 400..]
+    );
+    assert!(
+        logs.trim_end().ends_with("ValueError: boom"),
+        "{}",
+        &logs[logs.len() - 400..]
+    );
+}
+
 /// Whether the harness with process id `pid` waits for a call: its one thread is blocked
 /// reading a pipe, which it does only once it has sent its ready frame.
 fn waiting_for_a_call(pid: &str) -> Result<(), String> {

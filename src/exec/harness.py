@@ -119,17 +119,16 @@ def main():
     sys.stdout = sys.stderr = out
     # What the module's import and init() print is sent with the ready frame: faasd makes it
     # the start of the first call's log. (Both frames stay under faasd's 1 MiB for them.)
-    loading = out.target = io.StringIO()
+    loading = out.target = Capture(LOG_LIMIT)
     try:
         call = load(mode, bundle)
     except BaseException as exc:
         out.target = sys.__stderr__
-        printed = capped(loading.getvalue().encode("utf-8", "replace"), LOG_LIMIT // 4)
         failure = capped(user_traceback(exc).encode("utf-8", "replace"), LOG_LIMIT // 4)
-        send(b"E" + printed + failure)
+        send(b"E" + loading.value(LOG_LIMIT // 4) + failure)
         return 1
     out.target = sys.__stderr__
-    send(b"R" + capped(loading.getvalue().encode("utf-8", "replace"), LOG_LIMIT // 2))
+    send(b"R" + loading.value(LOG_LIMIT // 2))
 
     while True:
         header = read_exact(4)
@@ -140,15 +139,17 @@ def main():
             return 2
         is_json = bool(body[1] & 1)
         payload = body[2:]
-        captured = out.target = io.StringIO()
+        captured = out.target = Capture(LOG_LIMIT)
+        trace = b""
         try:
             kind, result = b"O", call(payload, is_json)
         except BaseException as exc:  # the function's failure is the call's outcome
-            captured.write(user_traceback(exc))
+            # Kept whatever was printed before it: the traceback says why the call failed.
+            trace = capped(user_traceback(exc).encode("utf-8", "replace"), LOG_LIMIT // 4)
             kind, result = b"X", failure_result(mode, exc)
         finally:
             out.target = sys.__stderr__
-        logs = capped(captured.getvalue().encode("utf-8", "replace"), LOG_LIMIT)
+        logs = captured.value(LOG_LIMIT - len(trace)) + trace
         send(kind + pack(len(result)) + result + logs)
 
 
@@ -181,12 +182,44 @@ class Output(io.TextIOBase):
         return "utf-8"
 
 
-def capped(data, limit):
-    # At most `limit` bytes of `data`, then a marker saying how much was dropped.
-    if len(data) <= limit:
+# Room kept for the marker of a cut log, so a cut log with its marker stays within the limit.
+MARKER_ROOM = 96
+
+
+def capped(data, limit, dropped=0):
+    # `data` (of which `dropped` more bytes were not kept) in at most `limit` bytes: when cut, its
+    # start and a marker saying how much was dropped.
+    if len(data) <= limit and not dropped:
         return data
-    dropped = len(data) - limit
-    return data[:limit] + ("\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped).encode()
+    keep = max(0, min(len(data), limit - MARKER_ROOM))
+    dropped += len(data) - keep
+    return data[:keep] + ("\n[faasd: stderr truncated, %d more bytes dropped]\n" % dropped).encode()
+
+
+class Capture:
+    # A call's log as it is printed: its first `limit` bytes, and a count of the rest, so a
+    # function that prints gigabytes holds a megabyte, not gigabytes.
+    def __init__(self, limit):
+        self.parts = []
+        self.room = limit
+        self.dropped = 0
+
+    def write(self, text):
+        data = text.encode("utf-8", "replace")
+        if len(data) <= self.room:
+            self.parts.append(data)
+            self.room -= len(data)
+        else:
+            self.parts.append(data[: self.room])
+            self.dropped += len(data) - self.room
+            self.room = 0
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def value(self, limit):
+        return capped(b"".join(self.parts), limit, self.dropped)
 
 
 def to_bytes(value):

@@ -326,6 +326,64 @@ async fn a_huge_frame_before_the_handshake_is_refused_without_growing_memory() {
     );
 }
 
+/// A large stored result is sent as it is read: readers that never read hold a chunk each in
+/// the server, not a copy of the whole result.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_that_never_read_a_large_result_do_not_each_hold_a_copy() {
+    const READERS: usize = 100;
+    const RESULT_BYTES: usize = 4 << 20;
+    allow_open_files(READERS as u64 + 64);
+    let server = LoggedServer::start(&["--sandbox", "none"]);
+    let client = faasd::client::Client::new(&format!("http://{}", server.http)).expect("client");
+    let code = format!("head -c {RESULT_BYTES} /dev/zero");
+    let answer = common::register(&client, "big", code, serde_json::json!({})).await;
+    assert_eq!(answer.status, 201, "{}", common::text(&answer.body));
+    let id = common::submit(&client, "big", b"").await;
+    assert_eq!(
+        common::wait_finished(&client, &id).await["status"],
+        "COMPLETED"
+    );
+    let before_kib = server.rss_kib();
+
+    let request = format!("GET /v1/tasks/{id}/result HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let addr = server.http.parse().expect("address");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        readers.push(stream);
+    }
+    // Each answer has started: its first bytes wait in the reader's socket.
+    for stream in &mut readers {
+        let mut first = [0u8; 12];
+        stream.read_exact(&mut first).await.expect("status line");
+        assert_eq!(&first, b"HTTP/1.1 200");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_kib = server.rss_kib().saturating_sub(before_kib);
+    println!(
+        "{READERS} stalled readers of a {RESULT_BYTES}-byte result: RSS grew by {grown_kib} KiB"
+    );
+    // A copy each would be 400 MiB.
+    assert!(
+        grown_kib < 64 << 10,
+        "RSS grew by {grown_kib} KiB from {before_kib} KiB"
+    );
+
+    // A reader that does read gets the whole result.
+    let whole = client
+        .get(&format!("/v1/tasks/{id}/result"))
+        .await
+        .expect("result");
+    assert_eq!(whole.body.len(), RESULT_BYTES);
+    assert_eq!(
+        whole.headers["content-length"],
+        RESULT_BYTES.to_string().as_str()
+    );
+}
+
 #[tokio::test]
 async fn a_burst_of_connections_waits_in_the_backlog_while_the_server_is_not_accepting() {
     const BURST: usize = 600;

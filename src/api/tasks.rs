@@ -14,7 +14,7 @@ use super::functions::{rfc3339, validate_name};
 use super::idempotency::{self, Once};
 use super::{ApiError, AppState, ErrorCode, TASK_ID_HEADER, read_body};
 use crate::auth::{Caller, policy};
-use crate::store::{TaskRecord, TaskStatus};
+use crate::store::{Output, TaskRecord, TaskStatus};
 
 /// A task as the API shows it.
 #[derive(Debug, Serialize)]
@@ -460,16 +460,32 @@ pub async fn result(
     let record = finished_record(&state, &caller, &id, "result", None).await?;
     let broker = &state.broker;
     // A success needs its result; a failure's answer carries the stderr tail instead.
-    let (result, logs) = if record.status == TaskStatus::Completed {
-        let result = broker.result(record.id).await?.unwrap_or_default();
-        (result, Bytes::new())
-    } else {
-        (
-            Bytes::new(),
-            broker.logs(record.id).await?.unwrap_or_default(),
-        )
-    };
-    finished_response(&record, result, &logs)
+    if record.status != TaskStatus::Completed {
+        let logs = broker.logs(record.id).await?.unwrap_or_default();
+        return finished_response(&record, Bytes::new(), &logs);
+    }
+    match broker.result_to_send(record.id).await? {
+        Some(Output::File { file, len }) => {
+            // Streamed: a reader that reads slowly holds a chunk, not the whole result.
+            let body = Body::from_stream(super::file_chunks(tokio::fs::File::from_std(file)));
+            let mut response = (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (header::CONTENT_LENGTH, HeaderValue::from(len)),
+                ],
+                body,
+            )
+                .into_response();
+            set_task_header(&mut response, &uuid::Uuid::from_u128(record.id).to_string());
+            Ok(response)
+        }
+        Some(Output::Whole(result)) => finished_response(&record, result, &[]),
+        None => finished_response(&record, Bytes::new(), &[]),
+    }
 }
 
 /// `GET /v1/tasks/{id}/logs`: the captured stderr of a finished task (409 while unfinished).

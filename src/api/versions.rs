@@ -106,7 +106,7 @@ pub async fn code(
             let file = tokio::fs::File::open(&path).await.map_err(|_| {
                 ApiError::internal(format!("the code of {name:?} {version} is missing"))
             })?;
-            axum::body::Body::from_stream(file_chunks(file))
+            axum::body::Body::from_stream(super::file_chunks(file))
         }
     };
     Ok((
@@ -115,22 +115,6 @@ pub async fn code(
         body,
     )
         .into_response())
-}
-
-/// A file's bytes as a stream of chunks of up to 256 KiB.
-fn file_chunks(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold(Some(file), |file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file?;
-        let mut chunk = bytes::BytesMut::with_capacity(256 << 10);
-        match file.read_buf(&mut chunk).await {
-            Ok(0) => None,
-            Ok(_) => Some((Ok(chunk.freeze()), Some(file))),
-            Err(e) => Some((Err(e), None)),
-        }
-    })
 }
 
 /// A version number in a path, 400 `invalid_request` if it is not one.

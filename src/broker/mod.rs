@@ -683,6 +683,15 @@ impl Broker {
         Ok(self.inner.store.result(id).await?)
     }
 
+    /// A finished task's result to send, as [`Broker::result`] reads it, but a large stored one
+    /// as its file ([`store::Store::result_to_send`]).
+    pub async fn result_to_send(&self, id: u128) -> Result<Option<store::Output>, Error> {
+        if let Some(ended) = self.ended(id) {
+            return Ok(Some(store::Output::Whole(ended.result.clone())));
+        }
+        Ok(self.inner.store.result_to_send(id).await?)
+    }
+
     /// A finished task's captured stderr, as [`Broker::result`] reads its result.
     pub async fn logs(&self, id: u128) -> Result<Option<Bytes>, Error> {
         if let Some(ended) = self.ended(id) {

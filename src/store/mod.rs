@@ -927,6 +927,22 @@ impl Store {
         Ok(one.pop().flatten())
     }
 
+    /// A finished task's result to send: small ones whole, large ones as their open file,
+    /// so a reader holds a chunk of it at a time, not all of it.
+    pub async fn result_to_send(&self, id: u128) -> Result<Option<Output>, Error> {
+        let values = self.inner.shared.values.clone();
+        self.read(move |database| {
+            let txn = database.begin_read().map_err(db("begin read"))?;
+            let results = txn.open_table(RESULTS).map_err(db("open table"))?;
+            if let Some(value) = results.get(id).map_err(db("read"))? {
+                return Ok(Some(Output::Whole(Bytes::copy_from_slice(value.value()))));
+            }
+            let file = values.open_file(id, Kind::Result)?;
+            Ok(file.map(|(file, len)| Output::File { file, len }))
+        })
+        .await
+    }
+
     /// A finished task's captured stderr.
     pub async fn logs(&self, id: u128) -> Result<Option<Bytes>, Error> {
         let mut one = self.read_values(LOG_VALUES, vec![id], usize::MAX).await?;
@@ -1100,6 +1116,20 @@ type ValueTable = TableDefinition<'static, u128, &'static [u8]>;
 const PAYLOAD_VALUES: (ValueTable, Kind) = (PAYLOADS, Kind::Payload);
 const RESULT_VALUES: (ValueTable, Kind) = (RESULTS, Kind::Result);
 const LOG_VALUES: (ValueTable, Kind) = (LOGS, Kind::Logs);
+
+/// A value to send: whole bytes, or the file a large one is kept in.
+#[derive(Debug)]
+pub enum Output {
+    /// The bytes.
+    Whole(Bytes),
+    /// The value's file, open, and its length.
+    File {
+        /// The file.
+        file: std::fs::File,
+        /// Its length.
+        len: u64,
+    },
+}
 
 /// A task's value, cut to its last `max_bytes`: from its table, or else from its file.
 fn read_value(

@@ -19,7 +19,8 @@ person would see, through the ids of the dashboard's DOM contract:
 - the page left open and the same page loaded afresh show the same `#chart-totals`;
 - at a phone's width (390x844) the page does not scroll sideways;
 - once a user exists, the page without a token shows `–` for every figure of the overview, and
-  `#notice` asks for a token.
+  `#notice` asks for a token;
+- an invoker's page shows the queue levels it may not read as `–`, not 0.
 
 It saves a screenshot at 1280x800 (`target/dashboard.png` by default). Every check polls until a
 deadline, so nothing waits a fixed time; a failed one exits 1 naming what the page showed.
@@ -165,14 +166,16 @@ def start_worker(procs, binary, work, worker_addr, name):
     log.close()
 
 
-def api_json(method, url, body=None, expect=(200,)):
+def api_json(method, url, body=None, expect=(200,), token=None):
     """The decoded JSON answer of one API call; raises Failed on another status."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = "Bearer " + token
     data = json.dumps(body).encode() if body is not None else None
     status, answer = http(method, url, data, headers)
     if status not in expect:
         raise Failed(f"{method} {url}: {status} {answer[:300]!r}")
-    return json.loads(answer)
+    return json.loads(answer) if answer else None
 
 
 def prepare(url):
@@ -487,7 +490,7 @@ def check_phone(browser, url):
 def check_without_token(browser, url):
     """Once a user exists, the page without a token shows every overview figure as unknown
     (`–`, not `0`) and asks for a token."""
-    api_json("POST", url + "/v1/users", {"name": "root", "role": "admin"}, expect=(201,))
+    root = api_json("POST", url + "/v1/users", {"name": "root", "role": "admin"}, expect=(201,))
     browser.open(url + "/", DESKTOP_WIDTH, DESKTOP_HEIGHT)
     poll("#notice asking for a token",
          lambda: (("token" in (browser.eval(text_of("#notice")) or "")),
@@ -504,6 +507,24 @@ def check_without_token(browser, url):
     shown = browser.eval(figures)
     if shown != ["–"] * len(OVERVIEW):
         raise Failed(f"without a token the overview reads {shown}, not – for each figure")
+    return root["token"]
+
+
+def check_invoker(browser, url, admin_token):
+    """An invoker may not read the queue levels (other callers' tasks): the page shows them as
+    unknown (`–`), not as the 0 tasks of its own it knows of."""
+    carol = api_json("POST", url + "/v1/users", {"name": "carol", "role": "invoker"},
+                     expect=(201,), token=admin_token)
+    api_json("PUT", url + "/v1/users/carol/grants/shout", expect=(200, 201, 204),
+             token=admin_token)
+    browser.eval(f"localStorage.setItem('faasd-token', {json.dumps(carol['token'])})")
+    browser.open(url + "/", DESKTOP_WIDTH, DESKTOP_HEIGHT)
+    row = "tr[data-function=shout]"
+    poll("the granted function listed for the invoker",
+         lambda: _is(browser.eval(f"!!document.querySelector({json.dumps(row)})"), True))
+    cells = [f"{row} td.queued", f"{row} td.running"]
+    levels = "[" + ", ".join(text_of(s) for s in ["#stat-queued", "#stat-running", *cells]) + "]"
+    poll("queue levels unknown to an invoker", lambda: _is(browser.eval(levels), ["–"] * 4))
 
 
 def screenshot(browser, path):
@@ -536,7 +557,8 @@ def run(args, procs, work):
         check_fresh_equals_left_open(browser, url)
         screenshot(browser, args.screenshot)
         check_phone(browser, url)
-        check_without_token(browser, url)
+        admin_token = check_without_token(browser, url)
+        check_invoker(browser, url, admin_token)
     except Failed:
         if browser.exceptions:
             print("errors thrown in the page:", *browser.exceptions, sep="\n  ", file=sys.stderr)
@@ -545,7 +567,7 @@ def run(args, procs, work):
         browser.close()
     print(f"browser test passed: {len(FUNCTIONS) + 2} functions, workers {', '.join(workers)}, "
           "the ends before the page loaded, a live task, the invoke form, the page left open "
-          f"and afresh, phone width, no token; screenshot {args.screenshot}")
+          f"and afresh, phone width, no token, an invoker; screenshot {args.screenshot}")
     return 0
 
 

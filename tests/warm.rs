@@ -283,6 +283,44 @@ async fn a_missing_interpreter_is_one_clear_error() {
     assert!(!runtimes.contains(&"python".into()) && !runtimes.contains(&"pickle".into()));
 }
 
+/// `python3` found through a relative `PATH` entry (`PATH=.venv/bin:...`, as a shell in a
+/// project directory may have it) still runs in the sandbox, which starts executors elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_found_through_a_relative_path_entry_runs_in_the_sandbox() {
+    std::fs::create_dir_all("target").expect("target dir");
+    let dir = tempfile::tempdir_in("target").expect("tempdir under the crate");
+    let venv = dir.path().join("venv");
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success());
+    let bin = venv.join("bin");
+    let relative = bin
+        .strip_prefix(std::env::current_dir().expect("cwd"))
+        .unwrap_or(&bin);
+    assert!(relative.is_relative(), "{}", relative.display());
+    let path = format!(
+        "{}:{}",
+        relative.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let server = Server::start_with_env(&[("PATH", path.as_ref())], &["--local-workers", "1"]);
+    let client = server.client();
+    let answer = register(
+        &client,
+        "up",
+        "def handle(p):\n    return p.upper()\n",
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let answer = invoke(&client, "up", b"relative").await;
+    assert_eq!(answer.status, 200, "{}", text(&answer.body));
+    assert_eq!(text(&answer.body), "RELATIVE");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn min_warm_keeps_an_executor_ready() {
     let server = Server::start(&["--local-workers", "2"]);

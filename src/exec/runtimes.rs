@@ -407,10 +407,23 @@ fn resolve_python(python: &Path) -> Result<Python, Error> {
             python: python.to_owned(),
         });
     }
+    // Relative, or through `..`, when found through such a `PATH` entry: executors start
+    // elsewhere (their own working directory, the sandbox's root, where only the paths it
+    // shows exist), so every path is made absolute here, its directory resolved but not its
+    // last part (a virtualenv's `python3` is a link that must stay one).
+    let absolute = |path: PathBuf| {
+        let resolved = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
+                std::fs::canonicalize(dir).map(|dir| dir.join(name))
+            }
+            _ => std::path::absolute(&path),
+        };
+        resolved.unwrap_or(path)
+    };
     Ok(Python {
-        path: answer.executable,
-        visible: outermost(answer.paths),
-        user_base: answer.user_base,
+        path: absolute(answer.executable),
+        visible: outermost(answer.paths.into_iter().map(absolute).collect()),
+        user_base: answer.user_base.map(absolute),
     })
 }
 

@@ -42,6 +42,7 @@ const state = {
   latencies: [], // run_ms of the latest finished tasks, all functions
   fnLatencies: new Map(), // name -> run_ms of its latest finished tasks
   levels: new Map(), // name -> {QUEUED, RUNNING} from the summaries, for functions the server reports
+  role: null, // the caller's role (GET /v1/whoami): only an admin sees every function's levels
   known: { tasks: false, workers: false, ends: false }, // which figures were read from the server
   selectedTask: null,
   selectedFunction: null,
@@ -253,21 +254,29 @@ function trimRecent() {
   state.recentSorted = true;
 }
 
-/** Queued and running tasks by function: the server's levels where it sent them, otherwise
- * the tasks this page knows of. */
+/** Queued and running tasks by function: the server's levels where it sent them, otherwise,
+ * for an admin, the tasks this page knows of. Anyone else sees only the levels of their own
+ * functions (the summaries hold those), so every other function's are unknown (null), and the
+ * totals with them: counting the tasks this caller may read would say 0 of a busy queue. */
 function activeCounts() {
   const byFunction = new Map(state.levels);
+  const admin = state.role === "admin";
+  if (!admin) {
+    for (const name of state.functions.keys()) {
+      if (!state.levels.has(name)) byFunction.set(name, { QUEUED: null, RUNNING: null });
+    }
+  }
   for (const task of state.tasks.values()) {
     if (task.status !== "QUEUED" && task.status !== "RUNNING") continue;
-    if (state.levels.has(task.function)) continue;
+    if (state.levels.has(task.function) || !admin) continue;
     const counts = byFunction.get(task.function) || { QUEUED: 0, RUNNING: 0 };
     counts[task.status] += 1;
     byFunction.set(task.function, counts);
   }
   const total = { QUEUED: 0, RUNNING: 0 };
   for (const counts of byFunction.values()) {
-    total.QUEUED += counts.QUEUED;
-    total.RUNNING += counts.RUNNING;
+    total.QUEUED = counts.QUEUED == null || total.QUEUED == null ? null : total.QUEUED + counts.QUEUED;
+    total.RUNNING = counts.RUNNING == null || total.RUNNING == null ? null : total.RUNNING + counts.RUNNING;
   }
   return { total, byFunction };
 }
@@ -354,8 +363,8 @@ function tick() {
 
 function renderOverview(total) {
   const { known } = state;
-  $("stat-queued").textContent = known.tasks ? total.QUEUED : UNKNOWN;
-  $("stat-running").textContent = known.tasks ? total.RUNNING : UNKNOWN;
+  $("stat-queued").textContent = known.tasks ? (total.QUEUED ?? UNKNOWN) : UNKNOWN;
+  $("stat-running").textContent = known.tasks ? (total.RUNNING ?? UNKNOWN) : UNKNOWN;
   let used = 0;
   let slots = 0;
   for (const w of state.workers.values()) {
@@ -409,8 +418,8 @@ function renderFunctions(byFunction) {
         el("td", {}, f.display_name ? `${name} (${f.display_name})` : name),
         el("td", {}, f.version),
         el("td", {}, isService(f) ? `${f.runtime} · HTTP :${f.http_port}` : f.runtime),
-        el("td", { class: "queued" }, counts.QUEUED),
-        el("td", { class: "running" }, counts.RUNNING),
+        el("td", { class: "queued" }, counts.QUEUED ?? "–"),
+        el("td", { class: "running" }, counts.RUNNING ?? "–"),
         el("td", { class: "warm" }, f.warm_executors ?? "–"),
         el("td", { class: "calls" }, usage.calls),
         el("td", { class: "failures" }, usage.failures),
@@ -751,6 +760,7 @@ async function loadAll() {
     running: getJSON("/v1/tasks?status=RUNNING&limit=1000"),
     usage: getJSON("/v1/usage?by=function&since=24h"),
     health: getJSON("/healthz"),
+    whoami: getJSON("/v1/whoami"),
   };
   const keys = Object.keys(wanted);
   const settled = await Promise.allSettled(Object.values(wanted));
@@ -761,6 +771,7 @@ async function loadAll() {
   if (value("functions")) {
     state.functions = new Map(value("functions").map((f) => [f.name, f]));
   }
+  if (value("whoami")) state.role = value("whoami").role;
   if (value("workers")) {
     state.workers = new Map(value("workers").map((w) => [w.id, normalizeWorker(w)]));
     state.known.workers = true;
@@ -787,6 +798,7 @@ function forget() {
     latencies: [],
     fnLatencies: new Map(),
     levels: new Map(),
+    role: null,
     known: { tasks: false, workers: false, ends: false },
   });
 }

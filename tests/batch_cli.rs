@@ -290,6 +290,46 @@ async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_batch_stopped_by_an_error_says_which_tasks_were_submitted() {
+    // No workers, a queue of 10: the first 10 lines are taken, then the batch waits for room.
+    let server = Server::start(&["--local-workers", "0"]);
+    let client = server.client();
+    register(&client, "held", "cat", json!({"queue_limit": 10})).await;
+    let input: Vec<u8> = (0..30)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let child = spawn_cli(&server, &["invoke", "held", "--batch", "-"], input);
+    eventually("the queue to fill", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            match common::queued(&client).await {
+                10 => Ok(()),
+                n => Err(format!("{n} queued")),
+            }
+        }
+    })
+    .await;
+    // The function goes away: the next request is refused, and the batch stops.
+    let removed = client.delete("/v1/functions/held").await.expect("remove");
+    assert_eq!(removed.status, 200, "{}", text(&removed.body));
+    let out = child.wait_with_output().expect("CLI output");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    // (The submitted tasks, cancelled with their function, may have had their failures
+    // printed first, line by line.)
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("faasd: submitted 10 of 30 tasks (lines 1-10)"),
+        "{stderr}"
+    );
+    assert!(
+        last.contains("faasd tasks --function held --since"),
+        "{last}"
+    );
+    assert!(last.ends_with("no function named \"held\""), "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_progress_bar_shows_on_a_terminal_and_stdout_keeps_the_results() {
     let server = Server::start(&[]);
     register(&server.client(), "echo", "cat", json!({})).await;

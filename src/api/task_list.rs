@@ -88,14 +88,8 @@ fn parse_query(query: ListQuery, now_ms: u64) -> Result<TaskQuery, ApiError> {
     let status = given(query.status).map(|s| parse_status(&s)).transpose()?;
     let since_id = match given(query.since) {
         Some(since) => {
-            let age = parse_duration(&since).map_err(|reason| {
-                bad(
-                    "since",
-                    format!(
-                        "since {since:?} is not a duration such as 10s, 500ms, 2m or 1h: {reason}"
-                    ),
-                )
-            })?;
+            let age = parse_duration(&since)
+                .map_err(|reason| bad("since", format!("since {since:?}: {reason}")))?;
             let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
             first_id_at(now_ms.saturating_sub(age_ms))
         }

@@ -86,7 +86,9 @@ impl ClientArgs {
         if !self.check_after.is_zero() {
             client = client.checking_after(self.check_after);
         }
-        match &self.token {
+        // An empty token (`FAASD_TOKEN=`, `--token ""`) is none: the server then says a token
+        // is missing, not that this one is unknown.
+        match self.token.as_deref().filter(|t| !t.trim().is_empty()) {
             Some(token) => client.with_token(token),
             None => Ok(client),
         }

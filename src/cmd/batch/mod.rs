@@ -106,7 +106,16 @@ pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
         }
     };
     progress.finish_and_clear();
-    outcome?;
+    if let Err(err) = outcome {
+        let submitted = counts.submitted.load(Ordering::Relaxed);
+        if submitted == 0 {
+            return Err(err);
+        }
+        // Say what was already acknowledged: those tasks run, and running the batch again
+        // would run them twice.
+        let report = stopped_report(&batch.name, total, &counts, started.elapsed());
+        return Err(err.context(report));
+    }
     if !progress.is_hidden() {
         eprintln!("faasd: {}", summary(total, &counts, started.elapsed()));
     }
@@ -459,6 +468,12 @@ fn write_ready(
 
 /// The error of an interrupted batch: how far it got, and where the submitted tasks are.
 fn interrupted(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> anyhow::Error {
+    let report = stopped_report(name, total, counts, elapsed);
+    exit::coded(exit::INTERRUPTED, format!("interrupted: {report}"))
+}
+
+/// How far a batch that stopped early got, and where its submitted tasks are.
+fn stopped_report(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> String {
     let submitted = counts.submitted.load(Ordering::Relaxed);
     let written = counts.written.load(Ordering::Relaxed);
     let sending = counts.sending.load(Ordering::Relaxed);
@@ -476,12 +491,9 @@ fn interrupted(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> 
         n => format!(" (lines 1-{n})"),
     };
     let since = elapsed.as_secs() + 1;
-    exit::coded(
-        exit::INTERRUPTED,
-        format!(
-            "interrupted: submitted {submitted} of {total} tasks{lines}{maybe}, \
-             {written} written; nothing more is submitted, and the submitted tasks still run: \
-             list them with `faasd tasks --function {name} --since {since}s`"
-        ),
+    format!(
+        "submitted {submitted} of {total} tasks{lines}{maybe}, {written} written; nothing more \
+         is submitted, and the submitted tasks still run: list them with \
+         `faasd tasks --function {name} --since {since}s`"
     )
 }

@@ -283,6 +283,30 @@ async fn a_missing_interpreter_is_one_clear_error() {
     assert!(!runtimes.contains(&"python".into()) && !runtimes.contains(&"pickle".into()));
 }
 
+/// A call that never answers (it hangs past its timeout, or kills its executor) still has
+/// what it printed in its logs, and only what it printed, not an earlier call's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_never_answers_keeps_what_it_printed() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let code = "import os, sys, time\n\ndef handle(p):\n    print('printed by', p.decode(), flush=True)\n    if p == b'hang':\n        time.sleep(30)\n    if p == b'die':\n        os._exit(9)\n    return p\n";
+    let settings = serde_json::json!({"runtime": "python", "timeout": "2s"});
+    let answer = register(&client, "talk", code, settings).await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let (task, logs) = run_logged(&client, "talk", b"ok").await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    assert_eq!(logs, "printed by ok\n");
+    for (payload, reason) in [("hang", "timeout"), ("die", "executor_died")] {
+        let (task, logs) = run_logged(&client, "talk", payload.as_bytes()).await;
+        assert_eq!(task["reason"], reason, "{task}");
+        assert!(
+            logs.contains(&format!("printed by {payload}")),
+            "{payload}: {logs:?}"
+        );
+        assert!(!logs.contains("printed by ok"), "{payload}: {logs:?}");
+    }
+}
+
 /// `python3` found through a relative `PATH` entry (`PATH=.venv/bin:...`, as a shell in a
 /// project directory may have it) still runs in the sandbox, which starts executors elsewhere.
 #[tokio::test(flavor = "multi_thread")]

@@ -198,13 +198,16 @@ def capped(data, limit, dropped=0):
 
 class Capture:
     # A call's log as it is printed: its first `limit` bytes, and a count of the rest, so a
-    # function that prints gigabytes holds a megabyte, not gigabytes.
+    # function that prints gigabytes holds a megabyte, not gigabytes. Each write also goes to
+    # the process's stderr, whose tail faasd keeps: a call that times out or kills its executor
+    # never sends its log, and then that tail is what it printed last.
     def __init__(self, limit):
         self.parts = []
         self.room = limit
         self.dropped = 0
 
     def write(self, text):
+        sys.__stderr__.write(text)
         data = text.encode("utf-8", "replace")
         if len(data) <= self.room:
             self.parts.append(data)
@@ -216,7 +219,7 @@ class Capture:
         return len(text)
 
     def flush(self):
-        pass
+        sys.__stderr__.flush()
 
     def value(self, limit):
         return capped(b"".join(self.parts), limit, self.dropped)

@@ -213,6 +213,12 @@ impl WarmExecutor {
         limit: usize,
         timeout: Duration,
     ) -> Result<Bytes, Failure> {
+        // The tail from here on is this call's: what it printed (the harness copies it to
+        // stderr) is its log if it never answers.
+        self.stderr_tail
+            .lock()
+            .expect("stderr tail lock poisoned")
+            .clear();
         let exchange = async {
             self.stdin.write_all(frame).await.map_err(FrameError::Io)?;
             self.read_frame(limit).await

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import requests
 
-from .errors import ApiError, Forbidden, ServerUnreachable, TaskFailed, Unauthenticated
+from .errors import ApiError, Forbidden, InvalidUrl, ServerUnreachable, TaskFailed, Unauthenticated
 
 # Error codes the server gives a task that FAILED (see the README's HTTP API).
 TASK_FAILURE_CODES = {"function_failed", "function_timeout", "worker_lost", "output_too_large", "executor_failed"}
@@ -20,6 +20,9 @@ class Transport:
     """Sends requests to one server, from any thread, each thread over its own session."""
 
     def __init__(self, url: str, token: Optional[str], timeout: float, cacert: Optional[str] = None) -> None:
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            raise InvalidUrl(url)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._cacert = cacert
@@ -53,6 +56,8 @@ class Transport:
             raise ServerUnreachable(self.url, str(exc)) from exc
         except requests.Timeout as exc:
             raise ServerUnreachable(self.url, "no answer in time: %s" % exc) from exc
+        except requests.RequestException as exc:  # any other way the request could not be made
+            raise ServerUnreachable(self.url, str(exc)) from exc
         if response.status_code >= 400:
             # The server may close a connection whose request body it did not read (a 404 to
             # a large POST): drop the pooled connections rather than reuse a closed one.

@@ -56,7 +56,7 @@ class Client:
         cacert = cacert or os.environ.get("FAASD_CACERT") or None
         self._http = Transport(url, token, timeout, cacert)
         self._lock = threading.Lock()
-        self._names: Dict[str, str] = {}  # registration key -> function name
+        self._live: Dict[str, str] = {}  # function name -> registration key this client made live
         self._by_object: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
         self._runtimes: Dict[str, str] = {}  # function name -> runtime
 
@@ -101,15 +101,26 @@ class Client:
         key = _serial.sha256_hex(code, json.dumps(options, sort_keys=True).encode())
         name = name or _serial.function_name(fn, key)
         with self._lock:
-            if self._names.get(key + name) == name:
+            # Registered live by this client, and not replaced by it since under that name.
+            if self._live.get(name) == key:
                 return name
             if not self._registered_with(name, code, derived=name.endswith(key[:12]) or not options):
                 body = {"name": name, "runtime": "pickle", "code": _encode(code)}
                 body.update(options)
                 self._http.request("POST", "/v1/functions", json=body)
-            self._names[key + name] = name
+            self._live[name] = key
             self._runtimes[name] = "pickle"
         return name
+
+    def _forget(self, name: str) -> None:
+        """Forgets that `name` was registered (the server no longer has it): the next use of a
+        callable registered under it registers it again."""
+        with self._lock:
+            self._live.pop(name, None)
+            self._runtimes.pop(name, None)
+            for fn, known in list(self._by_object.items()):
+                if known == name:
+                    del self._by_object[fn]
 
     def _registered_with(self, name: str, code: bytes, derived: bool) -> bool:
         """Whether the server's live `name` already holds `code` (and, for a derived name, the
@@ -176,11 +187,32 @@ class Client:
         >>> task_id = client.submit(square, 7)
         """
         name = self.function_name(name_or_fn)
-        payload = _serial.dumps_call(name_or_fn, args, kwargs)
-        response = self._http.request(
-            "POST", "/v1/functions/%s/invoke" % name, params={"async": "true"}, data=payload.encode("ascii")
-        )
+        if isinstance(name_or_fn, str):
+            self.require_pickle(name)
+        payload = _serial.dumps_call(name_or_fn, args, kwargs).encode("ascii")
+        path = "/v1/functions/%s/invoke" % name
+        try:
+            response = self._http.request("POST", path, params={"async": "true"}, data=payload)
+        except ApiError as err:
+            if err.code != "function_not_found" or isinstance(name_or_fn, str):
+                raise
+            # Removed on the server since this client registered it: register it again.
+            self._forget(name)
+            name = self.function_name(name_or_fn)
+            path = "/v1/functions/%s/invoke" % name
+            response = self._http.request("POST", path, params={"async": "true"}, data=payload)
         return str(response.json()["task_id"])
+
+    def require_pickle(self, name: str) -> None:
+        """Raises `TypeError` unless the function `name` is a `pickle` one: a call made of
+        Python arguments means nothing to another runtime (its handler would get the pickle's
+        text), so it is refused before anything is sent."""
+        runtime = self._runtime(name)
+        if runtime not in ("pickle", "unknown"):
+            raise TypeError(
+                "%s is a %s function: submit() and Executor call pickle functions with Python "
+                "arguments; call it with invoke() and a bytes payload" % (name, runtime)
+            )
 
     def status(self, task_id: str, wait: Optional[float] = None) -> Dict[str, Any]:
         """The task's status object (`status`, `reason`, `message`, `run_ms`...); with `wait`
@@ -255,12 +287,14 @@ class Client:
         return result.encode("ascii") if result else None
 
     def _runtime(self, name: str) -> str:
+        """The runtime of function `name`, or "unknown" when the server does not say (the
+        function is gone, or this caller may not read it yet): only a known one is kept."""
         runtime = self._runtimes.get(name)
         if runtime is None:
             try:
                 runtime = str(self._http.request("GET", "/v1/functions/" + name).json()["runtime"])
             except ApiError:
-                runtime = "unknown"
+                return "unknown"
             self._runtimes[name] = runtime
         return runtime
 

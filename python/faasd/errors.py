@@ -1,7 +1,8 @@
 """The client's exceptions: every one is a `faasd.Error`.
 
 Some also subclass the builtin a caller would catch anyway: `ServerUnreachable` is a
-`ConnectionError`, `PicklingError` a `TypeError`, `WaitTimeout` a `TimeoutError`.
+`ConnectionError`, `PicklingError` a `TypeError`, `WaitTimeout` a `TimeoutError`, `InvalidUrl`
+a `ValueError`.
 """
 
 from typing import Any, Dict, Optional
@@ -20,6 +21,17 @@ class ServerUnreachable(Error, ConnectionError):
 
     def __init__(self, url: str, detail: str) -> None:
         super().__init__("cannot reach the faasd server at %s: %s" % (url, detail))
+        self.url = url
+
+
+class InvalidUrl(Error, ValueError):
+    """The server URL is not `http://HOST:PORT` or `https://HOST:PORT` (raised by `Client(...)`
+    and `Executor(...)`, before any request)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            "invalid server URL %r: expected http://HOST:PORT or https://HOST:PORT" % url
+        )
         self.url = url
 
 

@@ -126,6 +126,8 @@ class Executor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         name = self._client.function_name(fn)
+        if isinstance(fn, str):
+            self._client.require_pickle(name)
         call = _Call(concurrent.futures.Future(), name, _serial.dumps_call(fn, args, kwargs))
         with self._lock:
             if self._shutdown:
@@ -230,7 +232,7 @@ class Executor(concurrent.futures.Executor):
                 if err.code not in NO_ROUTE or accepted:
                     return self._give_up(calls[len(accepted):], err)
                 self._batch_route = False
-            except Error as err:
+            except Exception as err:  # never leave a future unsettled
                 return self._give_up(calls[len(accepted):], err)
         # One request per call: a few threads send them, as the server commits each alone.
         if self._single_senders is None:
@@ -284,7 +286,7 @@ class Executor(concurrent.futures.Executor):
                     time.sleep(QUEUE_FULL_RETRY_SECONDS)
                     continue
                 self._give_up([call], err)
-            except Error as err:
+            except Exception as err:  # never leave a future unsettled
                 self._give_up([call], err)
             return None
 

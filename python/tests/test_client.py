@@ -185,3 +185,39 @@ def test_url_and_token_from_the_environment(monkeypatch):
     thread.start()
     thread.join()
     assert sessions[0] is not client._http.session()
+
+
+def test_a_url_without_a_scheme_is_refused_at_once():
+    for url in ["127.0.0.1:8000", "localhost", "ftp://127.0.0.1:8000", "http://"]:
+        with pytest.raises(faasd.InvalidUrl, match="expected http://HOST:PORT"):
+            faasd.Client(url)
+        with pytest.raises(ValueError):
+            faasd.Executor(url)
+
+
+def test_the_last_function_registered_under_a_name_is_the_live_one(client):
+    first, second = make_adder(100), make_adder(200)
+    for fn, expected in [(first, 101), (second, 201), (first, 101)]:
+        assert client.register(fn, "adder-shared") == "adder-shared"
+        assert client.result(client.submit("adder-shared", 1), timeout=60) == expected
+
+
+def test_a_function_removed_on_the_server_is_registered_again(client):
+    add = make_adder(7)
+    name = client.register(add)
+    assert client.result(client.submit(add, 1), timeout=60) == 8
+    client._http.request("DELETE", "/v1/functions/" + name)
+    assert client.result(client.submit(add, 2), timeout=60) == 9
+
+
+def test_python_arguments_are_refused_for_a_function_of_another_runtime(client, executor):
+    import base64
+
+    code = base64.b64encode(b"def handle(payload):\n    return payload\n").decode()
+    body = {"name": "plain-python-echo", "runtime": "python", "code": code}
+    client._http.request("POST", "/v1/functions", json=body)
+    with pytest.raises(TypeError, match="plain-python-echo is a python function"):
+        client.submit("plain-python-echo", 1)
+    with pytest.raises(TypeError, match="call it with invoke"):
+        executor.submit("plain-python-echo", 1)
+    assert client.invoke("plain-python-echo", b"bytes") == b"bytes"

@@ -316,6 +316,31 @@ async fn a_server_that_accepts_and_never_answers_fails_a_command_with_3_and_a_sl
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn invoke_sends_a_content_type_so_a_python_handler_gets_json() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let code = "def handle(p):\n    return p['a'] * 2\n";
+    let answer = register(
+        &server.client(),
+        "j",
+        code,
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    let json = ["--content-type", "application/json"];
+    let out = server.cli(&[&["invoke", "j", r#"{"a": 21}"#][..], &json].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42");
+    let out = server.cli(&[&["invoke", "j", "not json"][..], &json].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_command_that_prints_has_json() {
     let server = Server::start(&[]);
     let client = server.client();

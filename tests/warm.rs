@@ -307,6 +307,27 @@ async fn a_call_that_never_answers_keeps_what_it_printed() {
     }
 }
 
+/// `async def handle` and `async def init` run on one event loop kept by the executor.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_handler_runs_on_the_executor_s_event_loop() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    let code = "import asyncio\n\nasync def init():\n    global LOOP\n    LOOP = asyncio.get_running_loop()\n\nasync def handle(p):\n    await asyncio.sleep(0)\n    same = asyncio.get_running_loop() is LOOP\n    return p.decode() + (' same loop' if same else ' another loop')\n";
+    let answer = register(
+        &client,
+        "aio",
+        code,
+        serde_json::json!({"runtime": "python"}),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    for word in ["one", "two"] {
+        let answer = invoke(&client, "aio", word.as_bytes()).await;
+        assert_eq!(answer.status, 200, "{}", text(&answer.body));
+        assert_eq!(text(&answer.body), format!("{word} same loop"));
+    }
+}
+
 /// `python3` found through a relative `PATH` entry (`PATH=.venv/bin:...`, as a shell in a
 /// project directory may have it) still runs in the sandbox, which starts executors elsewhere.
 #[tokio::test(flavor = "multi_thread")]

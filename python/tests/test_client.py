@@ -221,3 +221,11 @@ def test_python_arguments_are_refused_for_a_function_of_another_runtime(client, 
     with pytest.raises(TypeError, match="call it with invoke"):
         executor.submit("plain-python-echo", 1)
     assert client.invoke("plain-python-echo", b"bytes") == b"bytes"
+
+
+def test_invoke_sends_json_to_a_python_handler(client):
+    import base64
+
+    code = base64.b64encode(b"def handle(payload):\n    return sum(payload['items'])\n").decode()
+    client._http.request("POST", "/v1/functions", json={"name": "json-total", "runtime": "python", "code": code})
+    assert client.invoke("json-total", json={"items": [1, 2, 3]}) == b"6"

@@ -51,6 +51,15 @@ pub struct InvokeArgs {
     /// zero-padded to six digits or more).
     #[arg(long, value_name = "DIR", requires = "batch")]
     pub output: Option<std::path::PathBuf>,
+    /// The payload's content type: `application/json` has a `python` function's handler get
+    /// the decoded JSON value (the server refuses a payload that is not JSON then).
+    #[arg(
+        long,
+        value_name = "TYPE",
+        default_value = "application/octet-stream",
+        conflicts_with = "batch"
+    )]
+    pub content_type: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -128,7 +137,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<u8> {
         .request_with(
             hyper::Method::POST,
             &path,
-            Some("application/octet-stream"),
+            Some(args.content_type.as_str()),
             &headers,
             body,
         )

@@ -260,15 +260,26 @@ def load(mode, bundle):
             module = load_file(bundle)
         if not hasattr(module, "handle"):
             raise RuntimeError("the module defines no handle(payload) function")
+        loop = None
         if hasattr(module, "init"):
-            module.init()
+            init_result = module.init()
+            if is_awaitable(init_result):
+                loop = new_loop()
+                loop.run_until_complete(init_result)
         handle = module.handle
 
         def call(payload, is_json):
+            nonlocal loop
             if is_json:
                 import json
                 payload = json.loads(payload)
-            return to_bytes(handle(payload))
+            result = handle(payload)
+            if is_awaitable(result):
+                # `async def handle`: run on one event loop kept for the executor's life, so
+                # what init() set up on it (a client session, a pool) stays usable.
+                loop = loop or new_loop()
+                result = loop.run_until_complete(result)
+            return to_bytes(result)
 
         return call
 
@@ -286,6 +297,18 @@ def load(mode, bundle):
         return call
 
     raise RuntimeError("unknown harness mode %r" % mode)
+
+
+def is_awaitable(value):
+    import inspect
+    return inspect.isawaitable(value)
+
+
+def new_loop():
+    import asyncio
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
 
 
 def load_file(bundle):

@@ -219,6 +219,10 @@ async fn a_trickling_request_body_is_answered_408_and_its_connection_closed() {
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     assert!(answer.contains("too slowly"), "{answer}");
     assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
         closed_within(&mut stream, Duration::from_secs(5)).await,
         "the connection stays open after a body too slow"
     );

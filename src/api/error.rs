@@ -343,7 +343,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is not read: the connection closes after this answer.
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
             response
                 .headers_mut()
                 .insert("connection", HeaderValue::from_static("close"));

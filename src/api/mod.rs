@@ -335,7 +335,9 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
-        if field == "." {
+        // A body cut short or not JSON at all has no field at fault (the path ends in `?`
+        // where the parser met the end before a key).
+        if field == "." || field.ends_with('?') {
             ApiError::invalid(format!("bad {what}: {inner}"))
         } else {
             ApiError::invalid(format!("bad {what}: field `{field}`: {inner}"))
@@ -446,6 +448,10 @@ pub(super) mod tests {
         assert_eq!(
             refused(r#"{"ids": "#),
             "bad wait request: field `ids`: EOF while parsing a value at line 1 column 8"
+        );
+        assert_eq!(
+            refused(r#"{"ids": [],"#),
+            "bad wait request: EOF while parsing a value at line 1 column 11"
         );
     }
 

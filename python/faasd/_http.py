@@ -80,8 +80,15 @@ def error_for(response: requests.Response) -> Exception:
         if not isinstance(body, dict):
             raise ValueError("not an object")
     except ValueError:
-        text = response.text[:500] or response.reason or ""
-        return ApiError(response.status_code, "http_%d" % response.status_code, text)
+        # Not faasd's error body: most likely not a faasd server (another web server, a proxy's
+        # error page). Say so in one line, as the CLI does, rather than pass on its HTML.
+        start = " ".join(response.text.split())[:200] or response.reason or ""
+        content_type = response.headers.get("Content-Type", "no content type")
+        message = (
+            "the server answered %d (%s) without a faasd error: is the URL a faasd server's? "
+            "It said: %s" % (response.status_code, content_type, start)
+        )
+        return ApiError(response.status_code, "http_%d" % response.status_code, message)
     code = str(body.get("code", "http_%d" % response.status_code))
     message = str(body.get("error", response.reason or ""))
     if code in TASK_FAILURE_CODES and body.get("task_id"):

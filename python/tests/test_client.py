@@ -229,3 +229,31 @@ def test_invoke_sends_json_to_a_python_handler(client):
     code = base64.b64encode(b"def handle(payload):\n    return sum(payload['items'])\n").decode()
     client._http.request("POST", "/v1/functions", json={"name": "json-total", "runtime": "python", "code": code})
     assert client.invoke("json-total", json={"items": [1, 2, 3]}) == b"6"
+
+
+def test_another_web_server_at_the_url_is_named_as_such():
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = b"<html>\n<body><h1>Not Found</h1></body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = faasd.Client("http://127.0.0.1:%d" % server.server_address[1])
+        with pytest.raises(faasd.ApiError, match="without a faasd error") as info:
+            client.status("00000000-0000-7000-8000-000000000000")
+        assert info.value.code == "http_404"
+        assert "<h1>Not Found</h1>" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        server.shutdown()

@@ -16,6 +16,8 @@ person would see, through the ids of the dashboard's DOM contract:
 - the invoke form (`#invoke-function`, `#invoke-payload`, `#invoke-submit`) shows the function's
   answer in `#invoke-result`; it offers every function but the HTTP service, which
   `#invoke-note` names;
+- a function's panel (`#function-detail`), left open, lists a task of that function made since
+  and shows it reach COMPLETED;
 - the page left open and the same page loaded afresh show the same `#chart-totals`;
 - at a phone's width (390x844) the page does not scroll sideways;
 - once a user exists, the page without a token shows `–` for every figure of the overview, and
@@ -445,6 +447,22 @@ def check_live_task(browser, url):
         raise Failed("the page reloaded to show the new task; it must update live")
 
 
+def check_function_panel_live(browser, url):
+    """A function's panel, left open, lists a task of that function made after it opened, and
+    shows it reach COMPLETED."""
+    browser.eval("document.querySelector('tr[data-function=echo]').click()")
+    poll("the panel of echo open",
+         lambda: (("echo version" in (browser.eval(text_of("#function-detail h3")) or "")),
+                  browser.eval(text_of("#function-detail h3"))))
+    status, body = http("POST", f"{url}/v1/functions/echo/invoke?async=true", b"panel")
+    if status != 202:
+        raise Failed(f"async invoke: {status} {body[:300]!r}")
+    task = json.loads(body)["task_id"]
+    row = f'#function-detail tr[data-task="{task}"]'
+    poll(f"{row} reading COMPLETED in the open panel",
+         lambda: _is((browser.eval(text_of(row + " td.status")) or "").upper(), "COMPLETED"))
+
+
 def check_invoke_form(browser):
     """The invoke form runs `echo` with a payload typed in and shows its answer and task id."""
     options = ("[...document.querySelectorAll('#invoke-function option')]"
@@ -554,6 +572,7 @@ def run(args, procs, work):
         check_ends_before_load(browser, url)
         check_live_task(browser, url)
         check_invoke_form(browser)
+        check_function_panel_live(browser, url)
         check_fresh_equals_left_open(browser, url)
         screenshot(browser, args.screenshot)
         check_phone(browser, url)

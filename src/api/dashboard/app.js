@@ -46,6 +46,8 @@ const state = {
   known: { tasks: false, workers: false, ends: false }, // which figures were read from the server
   selectedTask: null,
   selectedFunction: null,
+  functionTasks: null, // id -> task shown in the open function panel
+  functionTable: null, // that panel's table body
 };
 
 /** Creates an element; strings among `children` become text nodes, never markup. */
@@ -158,6 +160,9 @@ function putTask(raw, fromEvent, counted = false) {
   const before = state.tasks.get(raw.id);
   const task = normalizeTask(raw, before);
   state.tasks.set(task.id, task);
+  if (task.function === state.selectedFunction && state.functionTasks) {
+    state.functionTasks.set(task.id, task);
+  }
   if (!before) {
     state.recent.push(task.id);
     state.recentSorted = false;
@@ -351,6 +356,7 @@ function render() {
   renderFunctions(counts.byFunction);
   renderWorkers();
   renderTasks();
+  renderFunctionTasks();
   renderChart();
 }
 
@@ -387,7 +393,10 @@ function renderOverview(total) {
 /** Sets a table's body to `rows`, keeping every existing row that would not change (so that a
  * row being clicked is not swapped out from under the pointer by an unrelated event). */
 function fillTable(id, rows) {
-  const body = $(id).tBodies[0];
+  fillBody($(id).tBodies[0], rows);
+}
+
+function fillBody(body, rows) {
   const old = [...body.rows];
   const same = (a, b) => a.className === b.className && rowText(a) === rowText(b);
   if (old.length === rows.length && rows.every((row, i) => same(row, old[i]))) return;
@@ -629,26 +638,35 @@ async function showFunction(name) {
       getJSON(`/v1/functions/${enc(name)}`),
       getJSON(`/v1/tasks?function=${enc(name)}&limit=20`),
     ]);
-    const tasks = list.tasks.map((t) => normalizeTask(t));
+    // Kept up to date by the task events while the panel is open (putTask).
+    state.functionTasks = new Map(list.tasks.map((t) => [t.id, normalizeTask(t)]));
+    state.functionTable = el("tbody", {});
     box.replaceChildren(
       el("h3", {}, `${f.name} version ${f.version}`),
       definitionList(Object.entries(f)),
       el("h3", {}, "recent tasks"),
-      el(
-        "div",
-        { class: "scroll" },
-        el("table", {}, el("tbody", {}, tasks.map((t) => taskRow(t, () => showTask(t.id))))),
-      ),
+      el("div", { class: "scroll" }, el("table", {}, state.functionTable)),
       closeButton(() => {
         state.selectedFunction = null;
+        state.functionTasks = null;
         box.hidden = true;
         scheduleRender();
       }),
     );
+    renderFunctionTasks();
   } catch (err) {
     box.replaceChildren(el("p", {}, explain(err)), closeButton(() => (box.hidden = true)));
   }
   scheduleRender();
+}
+
+/** The open function panel's recent tasks: the 20 newest it loaded or heard of since. */
+function renderFunctionTasks() {
+  if (!state.functionTasks || !state.functionTable) return;
+  const newest = [...state.functionTasks.values()]
+    .sort((a, b) => (b.created ?? 0) - (a.created ?? 0))
+    .slice(0, 20);
+  fillBody(state.functionTable, newest.map((t) => taskRow(t, () => showTask(t.id))));
 }
 
 async function showTask(id) {

@@ -403,8 +403,10 @@ impl Client {
         let uri = format!("{}/healthz", self.base);
         let request = self.build(Method::GET, uri, "/healthz", None, &[], empty)?;
         match tokio::time::timeout(check, self.http.request(request)).await {
-            Ok(Ok(_answer)) => Ok(()),
-            Ok(Err(cause)) => Err(self.unreachable(cause)),
+            // An answer, or a connection refused or cut (a server at its connection limit
+            // closes new ones at once): it is alive, or the request's own connection will say
+            // it is not. Only silence counts against it.
+            Ok(_) => Ok(()),
             Err(_) => Err(Error::NotAnswering {
                 url: self.base.clone(),
                 // To a tenth of a second, as people read it.

@@ -518,7 +518,7 @@ async fn logging_set_up_at_import_writes_into_each_call_s_log_and_a_loud_load_st
 async fn a_call_that_prints_hundreds_of_megabytes_keeps_one_and_counts_the_rest() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
-    let chatty = "import sys\n\ndef handle(p):\n    for _ in range(300):\n        sys.stdout.write('y' * (1 << 20))\n    if p == b'fail':\n        raise ValueError('boom')\n    return b'done'\n";
+    let chatty = "import sys\n\ndef handle(p):\n    for _ in range(300):\n        sys.stdout.write('y' * (1 << 20))\n    if p == b'tiny':\n        for _ in range(3_000_000):\n            sys.stdout.write('z')\n    if p == b'fail':\n        raise ValueError('boom')\n    return b'done'\n";
     let answer = register(
         &client,
         "chatty",
@@ -539,6 +539,17 @@ async fn a_call_that_prints_hundreds_of_megabytes_keeps_one_and_counts_the_rest(
         (300 << 20) - kept
     );
     assert_eq!(&logs[kept..], marker);
+
+    // Millions of small writes past the limit hold nothing either.
+    let (task, logs) = run_logged(&client, "chatty", b"tiny").await;
+    assert_eq!(task["status"], "COMPLETED", "{task}");
+    let peak = task["peak_memory_bytes"].as_u64().expect("peak");
+    assert!(peak < 150 << 20, "the executor held {peak} bytes");
+    let marker = format!(
+        "\n[faasd: stderr truncated, {} more bytes dropped]\n",
+        (300 << 20) + 3_000_000 - kept
+    );
+    assert!(logs.ends_with(&marker), "{}", &logs[logs.len() - 200..]);
 
     let (task, logs) = run_logged(&client, "chatty", b"fail").await;
     assert_eq!(task["status"], "FAILED", "{task}");

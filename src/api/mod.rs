@@ -374,6 +374,51 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
     }
 }
 
+/// The first `len` bytes of the file at `path` as a stream of chunks of up to 64 KiB, the file
+/// opened for each chunk: a client that stalls holds no open file, only its connection (which
+/// `--max-connections` bounds). A file that ends early ends the stream with an error.
+pub(crate) fn path_chunks(
+    path: std::path::PathBuf,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(0u64, move |offset| {
+        let path = path.clone();
+        async move {
+            if offset >= len {
+                return None;
+            }
+            let want = (len - offset).min(64 << 10) as usize;
+            let read = tokio::task::spawn_blocking(move || read_chunk(&path, offset, want))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|chunk| chunk);
+            match read {
+                Ok(chunk) => {
+                    let next = offset + chunk.len() as u64;
+                    Some((Ok(chunk), next))
+                }
+                Err(e) => Some((Err(e), len)),
+            }
+        }
+    })
+}
+
+/// Up to `want` bytes of the file at `path` from `offset`; an error if none are left.
+fn read_chunk(path: &std::path::Path, offset: u64, want: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; want];
+    let read = file.read_at(&mut chunk, offset)?;
+    if read == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file ended before its length",
+        ));
+    }
+    chunk.truncate(read);
+    Ok(bytes::Bytes::from(chunk))
+}
+
 /// A file's bytes as a stream of chunks of up to 64 KiB: sent as the client reads, so a slow
 /// reader holds a chunk, not the file.
 pub(crate) fn file_chunks(

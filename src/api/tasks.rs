@@ -465,9 +465,10 @@ pub async fn result(
         return finished_response(&record, Bytes::new(), &logs);
     }
     match broker.result_to_send(record.id).await? {
-        Some(Output::File { file, len }) => {
-            // Streamed: a reader that reads slowly holds a chunk, not the whole result.
-            let body = Body::from_stream(super::file_chunks(tokio::fs::File::from_std(file)));
+        Some(Output::File { path, len }) => {
+            // Streamed: a reader that reads slowly holds a chunk, not the whole result, and
+            // no open file between chunks.
+            let body = Body::from_stream(super::path_chunks(path, len));
             let mut response = (
                 StatusCode::OK,
                 [
@@ -484,7 +485,13 @@ pub async fn result(
             Ok(response)
         }
         Some(Output::Whole(result)) => finished_response(&record, result, &[]),
-        None => finished_response(&record, Bytes::new(), &[]),
+        None => {
+            // Its end may have been stored since without its output (a full disk): answer
+            // what is stored, not an empty result.
+            let now = finished_record(&state, &caller, &id, "result", None).await?;
+            let logs = broker.logs(now.id).await?.unwrap_or_default();
+            finished_response(&now, Bytes::new(), &logs)
+        }
     }
 }
 

@@ -700,6 +700,16 @@ impl Broker {
         Ok(self.inner.store.logs(id).await?)
     }
 
+    /// Makes `finished` the end readers see of a task answered before its end was committed:
+    /// the end as it will be stored, when that changed (stored without its output).
+    fn replace_ended(&self, id: u128, finished: &Arc<Finished>) {
+        if let Some(active) = self.lock().tasks.get_mut(&id) {
+            if active.ended.is_some() {
+                active.ended = Some(finished.clone());
+            }
+        }
+    }
+
     /// The end of a task whose sync caller was answered before the end was committed.
     fn ended(&self, id: u128) -> Option<Arc<Finished>> {
         self.lock().tasks.get(&id).and_then(|a| a.ended.clone())
@@ -1011,6 +1021,7 @@ impl Broker {
                             // It could never be stored, and every write waits behind it.
                             tracing::warn!(%task, bytes = output, "a finished task's result and logs do not fit in the data directory's free space: its end is stored without them");
                             finished = Arc::new(finished.without_output());
+                            broker.replace_ended(task_id, &finished);
                         }
                         broker.answer_waiters(task_id, &Err(e));
                         tokio::time::sleep(retry_in).await;

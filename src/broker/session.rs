@@ -366,9 +366,12 @@ impl Session {
         drop(frames);
         // With every sender gone the pump writes what is queued and shuts the stream down (a
         // TLS close_notify), unless the worker stopped reading: then it is cut off.
-        let abort = pump.abort_handle();
-        if tokio::time::timeout(CLOSE_GRACE, pump).await.is_err() {
-            abort.abort();
+        // (A pump that already ended, polled to its end by `run`, must not be awaited again.)
+        if !pump.is_finished() {
+            let abort = pump.abort_handle();
+            if tokio::time::timeout(CLOSE_GRACE, pump).await.is_err() {
+                abort.abort();
+            }
         }
         tracing::info!(worker = id, %name, "worker left");
     }

@@ -209,7 +209,9 @@ class Capture:
     def write(self, text):
         sys.__stderr__.write(text)
         data = text.encode("utf-8", "replace")
-        if len(data) <= self.room:
+        if not self.room:
+            self.dropped += len(data)
+        elif len(data) <= self.room:
             self.parts.append(data)
             self.room -= len(data)
         else:
@@ -336,8 +338,13 @@ BUNDLE_DIR = None
 def user_traceback(exc):
     # The traceback from the first frame outside this harness and the import machinery, with
     # the unpacked bundle's paths shown as the registered directory's.
+    import asyncio
     import importlib
-    internal = (os.path.abspath(__file__), os.path.dirname(importlib.__file__) + os.sep)
+    # This harness, the import machinery, and asyncio (whose loop runs an `async def handle`).
+    internal = tuple(
+        [os.path.abspath(__file__)]
+        + [os.path.dirname(m.__file__) + os.sep for m in (importlib, asyncio)]
+    )
     tb = exc.__traceback__
     while tb is not None and (
         tb.tb_frame.f_code.co_filename.startswith(internal)

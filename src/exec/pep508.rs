@@ -39,9 +39,13 @@ pub struct NotARequirement(String);
 /// Refuses a requirement line (normalized: words joined by one space, no comment) that is not
 /// a PEP 508 requirement, saying what is wrong. Option lines are not for this check.
 pub fn check(line: &str) -> Result<(), NotARequirement> {
-    // Per-requirement options (`--hash=...`, `--config-settings ...`) follow the requirement.
-    let requirement = match line.find(" --") {
-        Some(at) => &line[..at],
+    // Per-requirement options (`--hash=...`, `--config-settings ...`, `-C key=value`) follow
+    // the requirement.
+    let option = line
+        .match_indices(" -")
+        .find(|(at, _)| line[at + 2..].starts_with(|c: char| c == '-' || c.is_ascii_alphabetic()));
+    let requirement = match option {
+        Some((at, _)) => &line[..at],
         None => line,
     };
     if left_for_pip(requirement) {
@@ -345,6 +349,7 @@ mod tests {
             "pkg; extra not in 'a b'",
             "pkg; os.name == 'posix'",
             "six==1.16.0 --hash=sha256:1e61c3",
+            "pkg==1.0 -C key=value",
             "https://example.com/pkg-1.0-py3-none-any.whl",
             "./wheels/pkg-1.0-py3-none-any.whl",
             "pkg-1.0-py3-none-any.whl",

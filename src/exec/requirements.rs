@@ -55,6 +55,8 @@ pub enum Error {
 /// Options other than [`ALLOWED_OPTIONS`] are refused, and so is a line that is not a PEP 508
 /// requirement ([`super::pep508::check`]).
 pub fn normalize(text: &str) -> Result<String, Error> {
+    // A byte-order mark, as some editors on Windows write, is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
     let mut lines = Vec::new();
     for line in joined.lines() {
@@ -175,6 +177,7 @@ pub(crate) mod tests {
             normalize("six==1.16.0 \r\n# x\nrequests\n").expect("valid")
         );
         assert_eq!(normalize("# nothing\n\n").expect("valid"), "");
+        assert_eq!(normalize("\u{feff}six\n").expect("valid"), "six\n");
     }
 
     #[test]

@@ -927,8 +927,8 @@ impl Store {
         Ok(one.pop().flatten())
     }
 
-    /// A finished task's result to send: small ones whole, large ones as their open file,
-    /// so a reader holds a chunk of it at a time, not all of it.
+    /// A finished task's result to send: small ones whole, large ones as their file, so a
+    /// reader holds a chunk of it at a time, not all of it.
     pub async fn result_to_send(&self, id: u128) -> Result<Option<Output>, Error> {
         let values = self.inner.shared.values.clone();
         self.read(move |database| {
@@ -937,8 +937,8 @@ impl Store {
             if let Some(value) = results.get(id).map_err(db("read"))? {
                 return Ok(Some(Output::Whole(Bytes::copy_from_slice(value.value()))));
             }
-            let file = values.open_file(id, Kind::Result)?;
-            Ok(file.map(|(file, len)| Output::File { file, len }))
+            let file = values.file(id, Kind::Result)?;
+            Ok(file.map(|(path, len)| Output::File { path, len }))
         })
         .await
     }
@@ -1122,10 +1122,11 @@ const LOG_VALUES: (ValueTable, Kind) = (LOGS, Kind::Logs);
 pub enum Output {
     /// The bytes.
     Whole(Bytes),
-    /// The value's file, open, and its length.
+    /// The value's file (opened for each chunk sent, so a reader that stalls holds no file
+    /// open) and its length.
     File {
         /// The file.
-        file: std::fs::File,
+        path: PathBuf,
         /// Its length.
         len: u64,
     },

@@ -126,20 +126,18 @@ impl Values {
         sync_dir(&self.dir)
     }
 
-    /// A task's value file, open for reading, and its length; `None` if it has no file.
-    pub fn open_file(&self, id: u128, kind: Kind) -> Result<Option<(File, u64)>, Error> {
+    /// A task's value file and its length; `None` if it has no file.
+    pub fn file(&self, id: u128, kind: Kind) -> Result<Option<(PathBuf, u64)>, Error> {
         let path = self.path(id, kind);
-        let io = |op| {
-            let path = path.clone();
-            move |source| Error::Value { op, path, source }
-        };
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("open")(e)),
-        };
-        let len = file.metadata().map_err(io("stat"))?.len();
-        Ok(Some((file, len)))
+        match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some((path, meta.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Value {
+                op: "stat",
+                path,
+                source,
+            }),
+        }
     }
 
     /// A task's value from its file, cut to its last `max_bytes`; `None` if it has no file.

@@ -312,7 +312,7 @@ async fn a_call_that_never_answers_keeps_what_it_printed() {
 async fn an_async_handler_runs_on_the_executor_s_event_loop() {
     let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
     let client = server.client();
-    let code = "import asyncio\n\nasync def init():\n    global LOOP\n    LOOP = asyncio.get_running_loop()\n\nasync def handle(p):\n    await asyncio.sleep(0)\n    same = asyncio.get_running_loop() is LOOP\n    return p.decode() + (' same loop' if same else ' another loop')\n";
+    let code = "import asyncio\n\nasync def init():\n    global LOOP\n    LOOP = asyncio.get_running_loop()\n\nasync def handle(p):\n    await asyncio.sleep(0)\n    if p == b'boom':\n        raise ValueError('boom')\n    same = asyncio.get_running_loop() is LOOP\n    return p.decode() + (' same loop' if same else ' another loop')\n";
     let answer = register(
         &client,
         "aio",
@@ -326,6 +326,14 @@ async fn an_async_handler_runs_on_the_executor_s_event_loop() {
         assert_eq!(answer.status, 200, "{}", text(&answer.body));
         assert_eq!(text(&answer.body), format!("{word} same loop"));
     }
+    // Its traceback starts at the function, not in the event loop.
+    let (task, logs) = run_logged(&client, "aio", b"boom").await;
+    assert_eq!(task["reason"], "exception", "{task}");
+    let first = logs
+        .lines()
+        .find(|l| l.trim_start().starts_with("File "))
+        .unwrap_or_default();
+    assert!(first.contains("in handle"), "{logs}");
 }
 
 /// `python3` found through a relative `PATH` entry (`PATH=.venv/bin:...`, as a shell in a

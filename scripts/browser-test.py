@@ -422,14 +422,19 @@ def check_fresh_equals_left_open(browser, url):
          lambda: _is(chart_totals(browser), ends))
 
 
+def submit_echo(url, payload):
+    """The id of an async call of `echo` with `payload`."""
+    status, body = http("POST", f"{url}/v1/functions/echo/invoke?async=true", payload)
+    if status != 202:
+        raise Failed(f"async invoke: {status} {body[:300]!r}")
+    return json.loads(body)["task_id"]
+
+
 def check_live_task(browser, url):
     """A task invoked after the page loaded appears and completes, with no reload of the page."""
     browser.eval("window.__faasdBrowserTest = 'same page'")
     loads = browser.loads
-    status, body = http("POST", f"{url}/v1/functions/echo/invoke?async=true", b"live")
-    if status != 202:
-        raise Failed(f"async invoke: {status} {body[:300]!r}")
-    task = json.loads(body)["task_id"]
+    task = submit_echo(url, b"live")
     row = f'tr[data-task="{task}"]'
     poll(f"live task row {row}",
          lambda: _is(browser.eval(f"!!document.querySelector({json.dumps(row)})"), True))
@@ -454,10 +459,7 @@ def check_function_panel_live(browser, url):
     poll("the panel of echo open",
          lambda: (("echo version" in (browser.eval(text_of("#function-detail h3")) or "")),
                   browser.eval(text_of("#function-detail h3"))))
-    status, body = http("POST", f"{url}/v1/functions/echo/invoke?async=true", b"panel")
-    if status != 202:
-        raise Failed(f"async invoke: {status} {body[:300]!r}")
-    task = json.loads(body)["task_id"]
+    task = submit_echo(url, b"panel")
     row = f'#function-detail tr[data-task="{task}"]'
     poll(f"{row} reading COMPLETED in the open panel",
          lambda: _is((browser.eval(text_of(row + " td.status")) or "").upper(), "COMPLETED"))

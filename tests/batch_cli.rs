@@ -244,6 +244,20 @@ async fn bad_input_is_refused_before_anything_is_submitted() {
     let _ = child.wait();
 }
 
+/// Waits (bounded) until the server holds exactly `n` queued tasks.
+async fn queued_reaches(client: &faasd::client::Client, n: u64, what: &str) {
+    eventually(what, Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            match common::queued(&client).await {
+                q if q == n => Ok(()),
+                q => Err(format!("{q} queued")),
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
     // No workers: nothing finishes, so the window (1,000 tasks) fills and the rest waits.
@@ -254,16 +268,7 @@ async fn ctrl_c_stops_submitting_and_says_where_the_tasks_are() {
         .flat_map(|i| format!("{i}\n").into_bytes())
         .collect();
     let child = spawn_cli(&server, &["invoke", "held", "--batch", "-"], input);
-    eventually("the window to fill", Duration::from_secs(60), || {
-        let client = client.clone();
-        async move {
-            match common::queued(&client).await {
-                1_000 => Ok(()),
-                n => Err(format!("{n} queued")),
-            }
-        }
-    })
-    .await;
+    queued_reaches(&client, 1_000, "the window to fill").await;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let out = child.wait_with_output().expect("CLI output");
@@ -299,16 +304,7 @@ async fn a_batch_stopped_by_an_error_says_which_tasks_were_submitted() {
         .flat_map(|i| format!("{i}\n").into_bytes())
         .collect();
     let child = spawn_cli(&server, &["invoke", "held", "--batch", "-"], input);
-    eventually("the queue to fill", Duration::from_secs(60), || {
-        let client = client.clone();
-        async move {
-            match common::queued(&client).await {
-                10 => Ok(()),
-                n => Err(format!("{n} queued")),
-            }
-        }
-    })
-    .await;
+    queued_reaches(&client, 10, "the queue to fill").await;
     // The function goes away: the next request is refused, and the batch stops.
     let removed = client.delete("/v1/functions/held").await.expect("remove");
     assert_eq!(removed.status, 200, "{}", text(&removed.body));

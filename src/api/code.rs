@@ -412,16 +412,7 @@ mod tests {
 
     /// A tar bundle of `files`.
     fn bundle(files: &[(&str, &str)]) -> Vec<u8> {
-        let mut archive = tar::Builder::new(Vec::new());
-        for (name, text) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            archive
-                .append_data(&mut header, name, text.as_bytes())
-                .expect("append");
-        }
-        archive.into_inner().expect("finish")
+        crate::exec::requirements::tests::tar_of(files)
     }
 
     fn python_present() -> bool {

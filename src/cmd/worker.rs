@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -112,8 +113,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     drop(link);
     drop(work_root);
     drop(lock);
-    ended
+    // Stopped at once by a second signal: the drain may have ended first (its tasks were
+    // killed), but the exit says how the worker was stopped.
+    match STOPPED_BY.load(Ordering::Acquire) {
+        0 => ended,
+        code => Ok(code),
+    }
 }
+
+/// The exit code of a second signal (130 for SIGINT, 143 for SIGTERM) once one arrived.
+static STOPPED_BY: AtomicU8 = AtomicU8::new(0);
 
 /// Refuses a `--server` that is not `HOST:PORT` (exit 2): it could never connect, and would
 /// retry for ever.
@@ -258,11 +267,12 @@ async fn cancel_on_signal(agent: Arc<Agent>) -> anyhow::Result<CancellationToken
                 signal = name,
                 "stopping at once; the running tasks are left to the server"
             );
+            let code = if name == "SIGINT" { 130 } else { 143 };
+            STOPPED_BY.store(code, Ordering::Release);
             // Their processes go first (the exit below runs no destructors), within a moment.
             agent.stop_now();
             agent.wait_idle(Duration::from_secs(2)).await;
-            let code = if name == "SIGINT" { 130 } else { 143 };
-            std::process::exit(code);
+            std::process::exit(i32::from(code));
         }
     });
     Ok(cancel)

@@ -719,3 +719,42 @@ async fn status_of(client: &faasd::client::Client, id: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// A server paused past three heartbeats (SIGSTOP, a suspended machine) drops its own local
+/// worker as it would any silent one; the local worker joins again once it runs, rather than
+/// leaving the server without workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_worker_joins_again_after_the_server_was_paused() {
+    let server = Server::start(&["--local-workers", "1", "--sandbox", "none"]);
+    let client = server.client();
+    assert_eq!(
+        register(&client, "echo", "cat", serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_secs(5));
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    let answered = || async {
+        let answer = invoke(&client, "echo", b"back").await;
+        match answer.status.as_u16() {
+            200 => Ok(text(&answer.body)),
+            _ => Err(text(&answer.body)),
+        }
+    };
+    let echoed = eventually(
+        "a sync call to run again",
+        Duration::from_secs(20),
+        answered,
+    )
+    .await;
+    assert_eq!(echoed, "back");
+    let names: Vec<String> = wait_workers(&client, 1)
+        .await
+        .iter()
+        .map(|w| w["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["local"]);
+}

@@ -492,19 +492,34 @@ fn start_local_worker(
         max_warm_memory_bytes: args.executors.max_warm_memory_bytes(),
         join_token: String::new(),
     });
-    let (server_end, worker_end) = tokio::io::duplex(1 << 20);
-    tracker.spawn(broker::serve_worker(
-        broker.clone(),
-        server_end,
-        "local".into(),
-        broker::Admission::Open,
-        stops.workers.clone(),
-    ));
     let cancel = stops.workers.clone();
     let deadline = args.shutdown_timeout;
+    let (broker, sessions) = (broker.clone(), tracker.clone());
+    // Joins again whenever its session ends before the server stops: the broker drops a
+    // worker that has not heartbeat for three periods, as it would after the whole process
+    // was paused (SIGSTOP, a suspended machine), and the server must not be left without it.
     tracker.spawn(async move {
-        if let Err(e) = worker::run_session(worker_end, agent, cancel, deadline).await {
-            tracing::error!(error = %e, "local worker stopped");
+        loop {
+            let (server_end, worker_end) = tokio::io::duplex(1 << 20);
+            sessions.spawn(broker::serve_worker(
+                broker.clone(),
+                server_end,
+                "local".into(),
+                broker::Admission::Open,
+                cancel.clone(),
+            ));
+            let ended = worker::run_session(worker_end, agent.clone(), cancel.clone(), deadline);
+            match ended.await {
+                Ok(worker::Ended::Drained) => return,
+                _ if cancel.is_cancelled() => return,
+                Ok(ended) => {
+                    tracing::warn!(?ended, "the local worker's session ended; joining again")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the local worker's session failed; joining again")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     Ok(())

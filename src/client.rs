@@ -94,7 +94,7 @@ pub enum Error {
     /// answer a `GET /healthz` on another connection either: it is stopped, hung or
     /// overloaded ([`Client::checking_after`]).
     #[error(
-        "the faasd server at {url} has not answered for {}, and did not answer a health check within {} either: it is stopped, hung or overloaded (--check-after, FAASD_CHECK_AFTER)",
+        "the faasd server at {url} has not answered for {}, and did not answer a health check within {} either: it is stopped, hung or overloaded (--check-after, FAASD_CHECK_AFTER); the request may still take effect if it resumes (--idempotency-key makes a retry of a call safe)",
         crate::units::format_duration(*waited),
         crate::units::format_duration(*check)
     )]

@@ -257,7 +257,7 @@ pub fn explain_certificate_error(err: &(dyn std::error::Error + 'static)) -> Opt
 }
 
 /// Why a self-signed certificate marked as a CA cannot be a server's, and how to make one.
-const CA_AS_LEAF: &str = "the server's certificate is marked as a CA's (basicConstraints CA:TRUE, which `openssl req -x509` sets unless told otherwise), and no client accepts a CA's certificate as a server's own: make it with `-addext basicConstraints=critical,CA:FALSE`, or sign a server certificate with that CA (docs/security.md)";
+const CA_AS_LEAF: &str = "the server's certificate is marked as a CA's (basicConstraints CA:TRUE, which `openssl req -x509` sets unless told otherwise), and faasd's clients (rustls) refuse a CA's certificate as a server's own, though some others accept it: make it with `-addext basicConstraints=critical,CA:FALSE`, or sign a server certificate with that CA (docs/security.md)";
 
 /// Whether `refused` is webpki's refusal of a CA certificate as a server's own.
 fn is_ca_as_leaf(refused: &CertificateError) -> bool {

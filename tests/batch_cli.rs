@@ -323,6 +323,10 @@ async fn a_batch_stopped_by_an_error_says_which_tasks_were_submitted() {
         "{last}"
     );
     assert!(last.ends_with("no function named \"held\""), "{last}");
+    // The refused request took no lines, and the tasks are not said to run (they were
+    // cancelled with their function).
+    assert!(!last.contains("perhaps"), "{last}");
+    assert!(!last.contains("still run"), "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -107,6 +107,11 @@ pub async fn serve_worker<T>(
     let (frames, outbox) = mpsc::unbounded_channel();
     let name = joining.name.clone();
     let (slots, mode, runtimes) = (joining.slots, joining.mode, joining.runtimes.clone());
+    if broker.workers().iter().any(|w| w.name == joining.name) {
+        // Allowed (a restarted worker may join before its old session is dropped), but the
+        // tasks' records and the lists name workers by name: say so.
+        tracing::warn!(name = %joining.name, %address, "a worker of the same name is connected: give each worker its own --name");
+    }
     let id = broker.attach_worker(joining, frames.clone(), HEARTBEAT);
     tracing::info!(worker = id, %name, %address, slots, ?mode, ?runtimes, "worker joined");
     let mut pump = tokio::spawn(async move { writer.pump(outbox).await });

@@ -327,7 +327,15 @@ fn read_requirements(args: &RegisterArgs) -> anyhow::Result<Option<Vec<u8>>> {
 fn check_requirements(text: &str, path: &std::path::Path) -> anyhow::Result<()> {
     crate::exec::requirements::normalize(text)
         .map(drop)
-        .map_err(|e| exit::coded(exit::USAGE, format!("{}: {e}", path.display())))
+        .map_err(|e| {
+            // The message names `requirements.txt`: name the file given instead.
+            let message = e.to_string();
+            let named = match message.strip_prefix("requirements.txt") {
+                Some(rest) => format!("{}{rest}", path.display()),
+                None => format!("{}: {message}", path.display()),
+            };
+            exit::coded(exit::USAGE, named)
+        })
 }
 
 /// Reads the code: a file, standard input (`-`), or a directory packed as a bundle; with

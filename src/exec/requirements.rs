@@ -66,7 +66,11 @@ pub fn normalize(text: &str) -> Result<String, Error> {
         };
         let line = words.join(" ");
         if first.starts_with('-') {
-            let option = first.split('=').next().unwrap_or(first);
+            // `--name=value`, and a short option with its value attached (`-ihttps://...`).
+            let option = match first.strip_prefix('-') {
+                Some(short) if !short.starts_with('-') => &first[..first.len().min(2)],
+                _ => first.split('=').next().unwrap_or(first),
+            };
             if !ALLOWED_OPTIONS.contains(&option) {
                 return Err(Error::OptionRefused { line });
             }
@@ -188,7 +192,7 @@ pub(crate) mod tests {
 
     #[test]
     fn only_index_options_are_allowed() {
-        let ok = "--index-url https://pypi.org/simple\n-i https://x\n--extra-index-url=https://y\n--pre\nsix\n";
+        let ok = "--index-url https://pypi.org/simple\n-i https://x\n-ihttps://z\n--extra-index-url=https://y\n--pre\nsix\n";
         assert!(normalize(ok).is_ok());
         for bad in [
             "-r other.txt",

@@ -113,7 +113,17 @@ pub async fn run(client: Client, batch: Batch) -> anyhow::Result<u8> {
         }
         // Say what was already acknowledged: those tasks run, and running the batch again
         // would run them twice.
-        let report = stopped_report(&batch.name, total, &counts, started.elapsed());
+        // An error answer means its request was not taken: no lines of it may have been.
+        let answered = err.chain().any(|e| {
+            matches!(
+                e.downcast_ref::<crate::client::Error>(),
+                Some(crate::client::Error::Answered { .. })
+            )
+        });
+        if answered {
+            counts.sending.store(0, Ordering::Relaxed);
+        }
+        let report = stopped_report(&batch.name, total, &counts, started.elapsed(), false);
         return Err(err.context(report));
     }
     if !progress.is_hidden() {
@@ -468,12 +478,19 @@ fn write_ready(
 
 /// The error of an interrupted batch: how far it got, and where the submitted tasks are.
 fn interrupted(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> anyhow::Error {
-    let report = stopped_report(name, total, counts, elapsed);
+    let report = stopped_report(name, total, counts, elapsed, true);
     exit::coded(exit::INTERRUPTED, format!("interrupted: {report}"))
 }
 
-/// How far a batch that stopped early got, and where its submitted tasks are.
-fn stopped_report(name: &str, total: usize, counts: &Counts, elapsed: Duration) -> String {
+/// How far a batch that stopped early got (by Ctrl-C, `interrupted`, or an error), and where
+/// its submitted tasks are.
+fn stopped_report(
+    name: &str,
+    total: usize,
+    counts: &Counts,
+    elapsed: Duration,
+    interrupted: bool,
+) -> String {
     let submitted = counts.submitted.load(Ordering::Relaxed);
     let written = counts.written.load(Ordering::Relaxed);
     let sending = counts.sending.load(Ordering::Relaxed);
@@ -491,9 +508,14 @@ fn stopped_report(name: &str, total: usize, counts: &Counts, elapsed: Duration) 
         n => format!(" (lines 1-{n})"),
     };
     let since = elapsed.as_secs() + 1;
+    // After an error the submitted tasks may have ended too (removed with their function).
+    let fate = if interrupted {
+        "and the submitted tasks still run: list them with"
+    } else {
+        "see what became of the submitted tasks with"
+    };
     format!(
-        "submitted {submitted} of {total} tasks{lines}{maybe}, {written} written; nothing more \
-         is submitted, and the submitted tasks still run: list them with \
-         `faasd tasks --function {name} --since {since}s`"
+        "submitted {submitted} of {total} tasks{lines}{maybe}, {written} written; \
+         nothing more is submitted, {fate} `faasd tasks --function {name} --since {since}s`"
     )
 }

@@ -263,11 +263,14 @@ async fn a_self_signed_ca_certificate_is_named_as_such_by_serve_and_by_clients()
         .spawn()
         .expect("start serve");
     let stdout = serve.stdout.take().expect("stdout");
-    let url = std::io::BufReader::new(stdout)
-        .lines()
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = lines
+        .by_ref()
         .map(|line| line.expect("read stdout"))
         .find_map(|line| line.strip_prefix("faasd listening on ").map(str::to_owned))
         .expect("serve's ready line");
+    // Keep reading, so the server's later lines never meet a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     let out = cli(&["ls", "--url", &url, "--cacert", path(&cert_path)], &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");

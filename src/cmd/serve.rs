@@ -584,11 +584,16 @@ fn start_http(
 fn announce(addrs: &Addrs, https: bool, slots: u32, args: &ServeArgs) -> anyhow::Result<()> {
     let (http_addr, worker_addr) = (addrs.http, addrs.workers);
     let scheme = if https { "https" } else { "http" };
-    {
+    let printed = {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "faasd listening on {scheme}://{http_addr}")?;
-        writeln!(out, "faasd worker port on {worker_addr}")?;
-        out.flush()?;
+        writeln!(out, "faasd listening on {scheme}://{http_addr}")
+            .and_then(|()| writeln!(out, "faasd worker port on {worker_addr}"))
+            .and_then(|()| out.flush())
+    };
+    // A reader that took the first line and went (`faasd serve | head -1`) must not stop
+    // the server.
+    if let Err(e) = printed {
+        tracing::warn!(error = %e, "cannot print the ready lines on standard output");
     }
     tracing::info!(%http_addr, %worker_addr, local_slots = slots, data = %args.data.display(), "faasd ready");
     Ok(())

@@ -419,23 +419,6 @@ fn read_chunk(path: &std::path::Path, offset: u64, want: usize) -> std::io::Resu
     Ok(bytes::Bytes::from(chunk))
 }
 
-/// A file's bytes as a stream of chunks of up to 64 KiB: sent as the client reads, so a slow
-/// reader holds a chunk, not the file.
-pub(crate) fn file_chunks(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold(Some(file), |file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file?;
-        let mut chunk = bytes::BytesMut::with_capacity(64 << 10);
-        match file.read_buf(&mut chunk).await {
-            Ok(0) => None,
-            Ok(_) => Some((Ok(chunk.freeze()), Some(file))),
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use axum::body::Body;

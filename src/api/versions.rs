@@ -103,10 +103,10 @@ pub async fn code(
         None => {
             // An uploaded blob: streamed from its file, never read whole.
             let path = store.blob_files().path(&record.code_hash);
-            let file = tokio::fs::File::open(&path).await.map_err(|_| {
+            let len = tokio::fs::metadata(&path).await.map_err(|_| {
                 ApiError::internal(format!("the code of {name:?} {version} is missing"))
             })?;
-            axum::body::Body::from_stream(super::file_chunks(file))
+            axum::body::Body::from_stream(super::path_chunks(path, len.len()))
         }
     };
     Ok((

@@ -265,7 +265,7 @@ def load(mode, bundle):
         loop = None
         if hasattr(module, "init"):
             init_result = module.init()
-            if is_awaitable(init_result):
+            if hasattr(init_result, "__await__"):
                 loop = new_loop()
                 loop.run_until_complete(init_result)
         handle = module.handle
@@ -276,7 +276,8 @@ def load(mode, bundle):
                 import json
                 payload = json.loads(payload)
             result = handle(payload)
-            if is_awaitable(result):
+            # A coroutine (`async def handle`); a plain attribute look-up on the hot path.
+            if hasattr(result, "__await__"):
                 # `async def handle`: run on one event loop kept for the executor's life, so
                 # what init() set up on it (a client session, a pool) stays usable.
                 loop = loop or new_loop()
@@ -299,11 +300,6 @@ def load(mode, bundle):
         return call
 
     raise RuntimeError("unknown harness mode %r" % mode)
-
-
-def is_awaitable(value):
-    import inspect
-    return inspect.isawaitable(value)
 
 
 def new_loop():

@@ -185,6 +185,11 @@ async fn a_caller_does_not_see_the_tasks_it_may_not_read_nor_the_workers() {
     }
     let mut bobs = bob.events("/v1/events").await.expect("bob's stream");
     let mut owners = owner.events("/v1/events").await.expect("owner's stream");
+    // A function bob may not invoke is not his to hear of; a new version of his is.
+    for name in ["secret", "f"] {
+        let answer = register(&owner, name, "cat", serde_json::json!({})).await;
+        assert_eq!(answer.status, 201, "{}", text(&answer.body));
+    }
 
     let of_ann = submit(&ann, "f", b"ann's").await;
     let of_bob = submit(&bob, "f", b"bob's").await;
@@ -193,6 +198,12 @@ async fn a_caller_does_not_see_the_tasks_it_may_not_read_nor_the_workers() {
         statuses(&seen_by_bob, &of_ann).is_empty(),
         "{seen_by_bob:?}"
     );
+    let functions: Vec<&str> = seen_by_bob
+        .iter()
+        .filter(|(kind, _)| kind == "function")
+        .filter_map(|(_, data)| data["name"].as_str())
+        .collect();
+    assert_eq!(functions, ["f"], "{seen_by_bob:?}");
     assert_eq!(
         statuses(&seen_by_bob, &of_bob),
         ["QUEUED", "RUNNING", "COMPLETED"]

@@ -32,7 +32,7 @@ use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -85,6 +85,9 @@ struct Filter {
     function: Option<String>,
     /// Whether it may see the workers.
     workers: bool,
+    /// Who holds grants, for the events of functions it may invoke without owning them
+    /// (`None`: nobody holds any).
+    users: Option<crate::auth::Directory>,
 }
 
 impl Filter {
@@ -97,8 +100,19 @@ impl Filter {
                     && policy::may_read_task(&self.caller, t.caller, Some(t.owner))
             }
             Event::Worker(_) => self.workers && self.function.is_none(),
-            Event::Function(f) => of_function(&f.name),
+            Event::Function(f) => of_function(&f.name) && self.sees_function(f.owner, &f.name),
         }
+    }
+
+    /// Whether this consumer may see the function `name` of `owner` at all: as it may list it
+    /// (`GET /v1/functions`), which is as it may invoke it.
+    fn sees_function(&self, owner: u32, name: &str) -> bool {
+        let granted = || {
+            self.users
+                .as_ref()
+                .is_some_and(|users| users.is_granted(self.caller.user, name))
+        };
+        self.caller.is_admin() || policy::may_invoke(&self.caller, owner, granted())
     }
 
     /// Whether this consumer sees the ends of `function` counted under `source` in the history.
@@ -136,6 +150,7 @@ pub async fn events(
         workers: policy::may_list_workers(&caller),
         caller,
         function: query.function.filter(|f| !f.is_empty()),
+        users: Some(state.users.clone()),
     };
     // The history is read just after this stream subscribes: an end is in the history or in
     // the stream's summaries, but for the few in flight at that instant (see the module doc).
@@ -285,25 +300,25 @@ struct Window {
 struct Ends {
     completed: u64,
     failed: u64,
-    /// A uniform sample of their run times (reservoir sampling keyed by the task id's random
-    /// bits).
-    run_ms: Vec<u64>,
+    /// A uniform sample of their run times in microseconds (reservoir sampling keyed by the
+    /// task id's random bits).
+    run_us: Vec<u64>,
 }
 
 impl Ends {
     /// Counts one end, sampling its run time into at most `samples` of them.
-    fn add(&mut self, failed: bool, run_ms: Option<u64>, id: u128, samples: usize) {
+    fn add(&mut self, failed: bool, run_us: Option<u64>, id: u128, samples: usize) {
         if failed {
             self.failed += 1;
         } else {
             self.completed += 1;
         }
-        if let Some(run_ms) = run_ms {
+        if let Some(run_us) = run_us {
             let seen = self.completed + self.failed;
-            if self.run_ms.len() < samples {
-                self.run_ms.push(run_ms);
-            } else if let Some(slot) = self.run_ms.get_mut((id as u64 % seen) as usize) {
-                *slot = run_ms;
+            if self.run_us.len() < samples {
+                self.run_us.push(run_us);
+            } else if let Some(slot) = self.run_us.get_mut((id as u64 % seen) as usize) {
+                *slot = run_us;
             }
         }
     }
@@ -317,7 +332,7 @@ impl Window {
                 None => self.ends.entry(task.function.clone()).or_default(),
             };
             let failed = task.status == TaskStatus::Failed;
-            ends.add(failed, task.run_ms, task.id.as_u128(), SUMMARY_SAMPLES);
+            ends.add(failed, task.run_us, task.id.as_u128(), SUMMARY_SAMPLES);
         }
         let newest_kept = self.latest.first_key_value().map(|(id, _)| *id);
         if self.latest.len() < SUMMARY_LATEST
@@ -339,7 +354,8 @@ impl Window {
             name: &'a str,
             completed: u64,
             failed: u64,
-            run_ms: &'a [u64],
+            #[serde(rename = "run_ms", serialize_with = "as_ms")]
+            run_us: &'a [u64],
             queued: Option<u64>,
             running: Option<u64>,
             warm_executors: Option<u32>,
@@ -363,7 +379,7 @@ impl Window {
                     name,
                     completed: ends.map_or(0, |e| e.completed),
                     failed: ends.map_or(0, |e| e.failed),
-                    run_ms: ends.map_or(&[], |e| e.run_ms.as_slice()),
+                    run_us: ends.map_or(&[], |e| e.run_us.as_slice()),
                     queued: level.map(|l| l.queued),
                     running: level.map(|l| l.running),
                     warm_executors: level.map(|l| l.warm),
@@ -550,7 +566,7 @@ struct End<'a> {
     source: Source,
     finished_ms: u64,
     failed: bool,
-    run_ms: Option<u64>,
+    run_us: Option<u64>,
 }
 
 impl End<'_> {
@@ -565,7 +581,7 @@ impl End<'_> {
             },
             finished_ms: task.finished_ms.unwrap_or_else(now_ms),
             failed: task.status == TaskStatus::Failed,
-            run_ms: task.run_ms,
+            run_us: task.run_us,
         }
     }
 
@@ -580,7 +596,7 @@ impl End<'_> {
             },
             finished_ms: record.finished_ms.unwrap_or(record.created_ms),
             failed: record.status == TaskStatus::Failed,
-            run_ms: Some(record.run_us / 1000),
+            run_us: Some(record.run_us),
         }
     }
 }
@@ -640,7 +656,8 @@ impl History {
             name: &'a str,
             completed: u64,
             failed: u64,
-            run_ms: Vec<u64>,
+            #[serde(rename = "run_ms", serialize_with = "as_ms")]
+            run_us: Vec<u64>,
         }
         #[derive(Serialize)]
         struct SecondView<'a> {
@@ -674,12 +691,12 @@ impl History {
                             name,
                             completed: 0,
                             failed: 0,
-                            run_ms: Vec::new(),
+                            run_us: Vec::new(),
                         };
                         for (_, e) in seen {
                             ends.completed += e.completed;
                             ends.failed += e.failed;
-                            ends.run_ms.extend_from_slice(&e.run_ms);
+                            ends.run_us.extend_from_slice(&e.run_us);
                         }
                         Some(ends)
                     })
@@ -693,10 +710,10 @@ impl History {
         for ends in seconds.iter_mut().rev().flat_map(|s| &mut s.functions) {
             let of_function = sent_of.entry(ends.name).or_default();
             if sent >= most && *of_function >= per_function {
-                ends.run_ms.clear();
+                ends.run_us.clear();
             }
-            sent += ends.run_ms.len();
-            *of_function += ends.run_ms.len();
+            sent += ends.run_us.len();
+            *of_function += ends.run_us.len();
         }
         let view = HistoryView {
             now_ms,
@@ -729,9 +746,15 @@ impl Second {
             }
         };
         if let Some((_, ends)) = sources.get_mut(slot) {
-            ends.add(end.failed, end.run_ms, end.id, HISTORY_SAMPLES);
+            ends.add(end.failed, end.run_us, end.id, HISTORY_SAMPLES);
         }
     }
+}
+
+/// Run times kept in microseconds, sent as milliseconds with their fraction (`0.052`), so that
+/// a sub-millisecond run is not counted as 0.
+fn as_ms<S: Serializer>(run_us: &[u64], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(run_us.iter().map(|us| *us as f64 / 1000.0))
 }
 
 /// What a stream sends next.
@@ -800,6 +823,7 @@ mod tests {
             workers: policy::may_list_workers(&caller),
             caller,
             function: function.map(str::to_owned),
+            users: None,
         }
     }
 
@@ -818,10 +842,16 @@ mod tests {
                 kind: FunctionChange::Registered,
                 name: name.into(),
                 version: 1,
+                owner: 9,
             })
         };
         assert!(only_g.admits(&registered("g")));
         assert!(!only_g.admits(&registered("f")));
+        // A function's events go to those who may list it: its owner and admins here (no
+        // grants in this filter), not an invoker or another developer.
+        assert!(owner.admits(&registered("f")));
+        assert!(!invoker.admits(&registered("f")));
+        assert!(!filter(8, Role::Developer, None).admits(&registered("f")));
     }
 
     fn end(function: &str, caller: u32, finished_ms: u64, failed: bool, run_ms: u64) -> End<'_> {
@@ -834,7 +864,7 @@ mod tests {
             },
             finished_ms,
             failed,
-            run_ms: Some(run_ms),
+            run_us: Some(run_ms * 1000),
         }
     }
 
@@ -927,6 +957,20 @@ mod tests {
         assert_eq!(last, vec![]);
         let first = counts(&history, &filter(100, Role::Invoker, Some("h")));
         assert_eq!(first, vec![("h".into(), 1, 0)]);
+    }
+
+    #[test]
+    fn run_times_are_sent_in_milliseconds_to_the_microsecond() {
+        let start = 1_700_000_000_000;
+        let mut history = History::default();
+        let mut quick = end("f", 5, start, false, 0);
+        quick.run_us = Some(52);
+        history.add(&quick, start);
+        history.add(&end("f", 5, start, false, 3), start);
+        let json = history.json(&filter(1, Role::Admin, None), start + 1000);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let run_ms = &value["seconds"][0]["functions"][0]["run_ms"];
+        assert_eq!(run_ms, &serde_json::json!([0.052, 3.0]));
     }
 
     #[test]

@@ -66,8 +66,10 @@ pub struct TaskEvent {
     pub started_ms: Option<u64>,
     /// When it finished (Unix ms).
     pub finished_ms: Option<u64>,
-    /// How long its run took, once finished (ms).
+    /// How long its run took, once finished (ms, rounded down).
     pub run_ms: Option<u64>,
+    /// The same, in microseconds (what a sub-millisecond run needs).
+    pub run_us: Option<u64>,
     /// The worker its latest attempt runs or ran on, from RUNNING on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
@@ -94,6 +96,7 @@ impl TaskEvent {
             started_ms: record.started_ms,
             finished_ms: record.finished_ms,
             run_ms: finished.then_some(record.run_us / 1000),
+            run_us: finished.then_some(record.run_us),
             worker: record.worker.clone(),
             caller: record.caller,
             owner,
@@ -200,6 +203,9 @@ pub struct FunctionEvent {
     pub name: String,
     /// The version registered, removed or made live.
     pub version: u32,
+    /// The function's owner (for who may see the event; not sent).
+    #[serde(skip)]
+    pub owner: u32,
 }
 
 impl FunctionEvent {
@@ -209,6 +215,7 @@ impl FunctionEvent {
             kind: change,
             name: func.name.clone(),
             version: func.version,
+            owner: func.owner,
         }
     }
 }
@@ -301,7 +308,7 @@ mod tests {
         record.created_ms = 10;
         record.started_ms = Some(11);
         record.finished_ms = Some(20);
-        record.run_us = 5_000;
+        record.run_us = 5_042;
         record.caller = 3;
         let json = serde_json::to_value(TaskEvent::of(&record, 4)).expect("json");
         assert_eq!(
@@ -317,6 +324,7 @@ mod tests {
                 "started_ms": 11,
                 "finished_ms": 20,
                 "run_ms": 5,
+                "run_us": 5_042,
             })
         );
     }
@@ -331,6 +339,7 @@ mod tests {
                     kind: FunctionChange::Registered,
                     name: "f".into(),
                     version,
+                    owner: 1,
                 })
             });
         }
@@ -360,6 +369,7 @@ mod tests {
                 kind: FunctionChange::Registered,
                 name: "f".into(),
                 version,
+                owner: 1,
             })
         });
         let mut patience = std::time::Duration::from_secs(30);

@@ -93,8 +93,14 @@ fn line(event: &ServerEvent, data: &serde_json::Value) -> String {
     match event.event.as_str() {
         "task" => {
             let mut out = format!("task {} {} {}", s("id"), s("function"), s("status"));
-            if let Some(ms) = data["run_ms"].as_u64() {
-                out.push_str(&format!(" {ms} ms"));
+            // Whole milliseconds, as before; a run under one (`run_us`, from servers that send
+            // it) with two decimals rather than as 0.
+            match (data["run_us"].as_u64(), data["run_ms"].as_u64()) {
+                (Some(us), _) if us < 1000 => {
+                    out.push_str(&format!(" {:.2} ms", us as f64 / 1000.0))
+                }
+                (_, Some(ms)) => out.push_str(&format!(" {ms} ms")),
+                _ => {}
             }
             if !data["reason"].is_null() {
                 out.push_str(&format!(" {}: {}", s("reason"), s("message")));
@@ -142,6 +148,9 @@ mod tests {
         let task = serde_json::json!({"id": "abc", "function": "f", "status": "COMPLETED",
             "reason": null, "message": null, "run_ms": 3});
         assert_eq!(event("task", task), "task abc f COMPLETED 3 ms");
+        let quick = serde_json::json!({"id": "abc", "function": "f", "status": "COMPLETED",
+            "reason": null, "message": null, "run_ms": 0, "run_us": 52});
+        assert_eq!(event("task", quick), "task abc f COMPLETED 0.05 ms");
         let failed = serde_json::json!({"id": "abc", "function": "f", "status": "FAILED",
             "reason": "timeout", "message": "too slow", "run_ms": null});
         assert_eq!(event("task", failed), "task abc f FAILED timeout: too slow");

@@ -130,7 +130,8 @@ function normalizeTask(t, before) {
     status: t.status,
     reason: t.reason ?? null,
     message: t.message ?? null,
-    run_ms: t.run_ms ?? null,
+    // Events carry whole milliseconds and `run_us`; the task list a fraction already.
+    run_ms: t.run_us != null ? t.run_us / 1000 : (t.run_ms ?? null),
     created: ms(t.created_at),
     started: t.started_ms ?? ms(t.started_at),
     finished: t.finished_ms ?? ms(t.finished_at),
